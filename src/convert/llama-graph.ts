@@ -1,0 +1,330 @@
+/**
+ * Builds the decoder graph for the llama family (llama, mistral-as-llama, qwen2) from GGUF tensors.
+ *
+ * KV layout: one key and one value tensor per layer, [1, kvHeads, kvCapacity, headDim] float32,
+ * fed as past_key_values.* and bound again as the present.* outputs, so GroupQueryAttention writes
+ * new entries in place at [pastLength, pastLength+T). The KV "length" is a number the engine owns
+ * (seqlens_k / total_sequence_length inputs), which makes rollback free: rewinding to n just means
+ * the next forward passes pastLength = n and overwrites the stale tail.
+ */
+import { ModelFormatError } from '../errors.js';
+import type { GgufFile, GgufTensorInfo } from './gguf-reader.js';
+import { GgmlType, metaNumber, metaString, requireNumber } from './gguf-reader.js';
+import { type GraphSpec, type Initializer, type NodeSpec, OnnxDataType, type ValueInfo } from './onnx-writer.js';
+import { dequantize, matrixShape, type NBitsWeight, q8_0ToNBits, QUANT_BLOCK, toNBits4 } from './quantize.js';
+
+export const SUPPORTED_ARCHITECTURES = ['llama', 'qwen2'] as const;
+export type Architecture = (typeof SUPPORTED_ARCHITECTURES)[number];
+
+export interface LlamaHyperParams {
+  readonly architecture: Architecture;
+  readonly layers: number;
+  readonly hidden: number;
+  readonly ffn: number;
+  readonly heads: number;
+  readonly kvHeads: number;
+  readonly headDim: number;
+  readonly vocab: number;
+  readonly contextLength: number;
+  readonly ropeTheta: number;
+  readonly rmsEps: number;
+  /** llama.cpp's llama rope rotates adjacent pairs (its converter permutes Q/K); qwen2 uses NeoX halves. */
+  readonly ropeInterleaved: boolean;
+}
+
+export interface GraphOptions {
+  /** 'nbits': MatMulNBits (4-bit layers, 8-bit head when the GGUF has Q8_0); 'f32': dequantized MatMul. */
+  readonly weights: 'nbits' | 'f32';
+  /** 'fused': (Skip)SimplifiedLayerNormalization; 'plain': Pow/ReduceMean/Sqrt/Div/Mul. */
+  readonly norms: 'fused' | 'plain';
+  /** accuracy_level for MatMulNBits (4 = int8 compute, the fast path on CPU). */
+  readonly accuracyLevel: number;
+}
+
+export const DEFAULT_GRAPH_OPTIONS: GraphOptions = { weights: 'nbits', norms: 'fused', accuracyLevel: 4 };
+
+export function readHyperParams(file: GgufFile): LlamaHyperParams {
+  const arch = metaString(file, 'general.architecture');
+  if (arch === undefined) throw new ModelFormatError(file.path, 'metadata general.architecture is missing');
+  if (!(SUPPORTED_ARCHITECTURES as readonly string[]).includes(arch)) {
+    throw new ModelFormatError(file.path, `unsupported architecture "${arch}" (supported: ${SUPPORTED_ARCHITECTURES.join(', ')})`);
+  }
+  const a = arch as Architecture;
+  const hidden = requireNumber(file, `${a}.embedding_length`);
+  const heads = requireNumber(file, `${a}.attention.head_count`);
+  const embd = file.tensors.get('token_embd.weight');
+  if (embd === undefined) throw new ModelFormatError(file.path, 'tensor token_embd.weight is missing');
+  return {
+    architecture: a,
+    layers: requireNumber(file, `${a}.block_count`),
+    hidden,
+    ffn: requireNumber(file, `${a}.feed_forward_length`),
+    heads,
+    kvHeads: metaNumber(file, `${a}.attention.head_count_kv`) ?? heads,
+    headDim: metaNumber(file, `${a}.rope.dimension_count`) ?? hidden / heads,
+    vocab: metaNumber(file, `${a}.vocab_size`) ?? embd.dims[1]!,
+    contextLength: requireNumber(file, `${a}.context_length`),
+    ropeTheta: metaNumber(file, `${a}.rope.freq_base`) ?? 10000,
+    rmsEps: metaNumber(file, `${a}.attention.layer_norm_rms_epsilon`) ?? 1e-5,
+    ropeInterleaved: a === 'llama',
+  };
+}
+
+/** Names of the graph's inputs and outputs: the runtime binds these. */
+export const IO = {
+  inputIds: 'input_ids',
+  seqlensK: 'seqlens_k',
+  totalSequenceLength: 'total_sequence_length',
+  logitsToKeep: 'num_logits_to_keep',
+  logits: 'logits',
+  pastKey: (layer: number) => `past_key_values.${layer}.key`,
+  pastValue: (layer: number) => `past_key_values.${layer}.value`,
+  presentKey: (layer: number) => `present.${layer}.key`,
+  presentValue: (layer: number) => `present.${layer}.value`,
+} as const;
+
+function f32Bytes(a: Float32Array): Uint8Array {
+  return new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
+}
+
+class GraphBuilder {
+  readonly nodes: NodeSpec[] = [];
+  readonly initializers: Initializer[] = [];
+  private counter = 0;
+
+  fresh(prefix: string): string {
+    return `${prefix}_${this.counter++}`;
+  }
+
+  node(op: string, inputs: readonly string[], outputs: readonly string[], attributes?: NodeSpec['attributes'], domain?: string): void {
+    this.nodes.push({
+      op,
+      inputs,
+      outputs,
+      name: this.fresh(op),
+      ...(attributes ? { attributes } : {}),
+      ...(domain ? { domain } : {}),
+    });
+  }
+
+  one(op: string, inputs: readonly string[], attributes?: NodeSpec['attributes'], domain?: string): string {
+    const out = this.fresh(op.toLowerCase());
+    this.node(op, inputs, [out], attributes, domain);
+    return out;
+  }
+
+  init(name: string, type: OnnxDataType, dims: readonly number[], data: Uint8Array): string {
+    this.initializers.push({ name, type, dims, data });
+    return name;
+  }
+
+  f32(name: string, dims: readonly number[], data: Float32Array): string {
+    return this.init(name, OnnxDataType.FLOAT, dims, f32Bytes(data));
+  }
+
+  i64(name: string, values: readonly number[], scalar = false): string {
+    const data = new BigInt64Array(values.map((v) => BigInt(v)));
+    return this.init(name, OnnxDataType.INT64, scalar ? [] : [values.length], new Uint8Array(data.buffer));
+  }
+}
+
+/** Concatenates NBits weights along N (rows are independent, so the blobs simply append). */
+function concatRows(parts: readonly NBitsWeight[]): NBitsWeight {
+  const first = parts[0]!;
+  for (const p of parts) {
+    if (p.k !== first.k || p.bits !== first.bits || (p.zeroPoints === undefined) !== (first.zeroPoints === undefined)) {
+      throw new Error('concatRows: incompatible parts');
+    }
+  }
+  const cat = <T extends Uint8Array | Float32Array>(arrays: T[], ctor: new (n: number) => T): T => {
+    const out = new ctor(arrays.reduce((s, a) => s + a.length, 0));
+    let o = 0;
+    for (const a of arrays) {
+      out.set(a as never, o);
+      o += a.length;
+    }
+    return out;
+  };
+  return {
+    bits: first.bits,
+    n: parts.reduce((s, p) => s + p.n, 0),
+    k: first.k,
+    packed: cat(parts.map((p) => p.packed), Uint8Array),
+    scales: cat(parts.map((p) => p.scales), Float32Array),
+    zeroPoints: first.zeroPoints === undefined ? undefined : cat(parts.map((p) => p.zeroPoints!), Uint8Array),
+  };
+}
+
+export interface BuiltGraph {
+  readonly graph: GraphSpec;
+  readonly hyper: LlamaHyperParams;
+  readonly kvCapacityDim: string;
+}
+
+export type ProgressFn = (done: number, total: number) => void;
+
+export function buildLlamaGraph(file: GgufFile, options: GraphOptions = DEFAULT_GRAPH_OPTIONS, progress?: ProgressFn): BuiltGraph {
+  const hp = readHyperParams(file);
+  const g = new GraphBuilder();
+  const tensor = (name: string): GgufTensorInfo => {
+    const t = file.tensors.get(name);
+    if (t === undefined) throw new ModelFormatError(file.path, `tensor ${name} is missing (architecture ${hp.architecture})`);
+    return t;
+  };
+  const optionalTensor = (name: string): GgufTensorInfo | undefined => file.tensors.get(name);
+  const vector = (name: string): string => g.f32(name, [tensor(name).elementCount], dequantize(file, tensor(name)));
+
+  /** y = x · Wᵀ for a ggml matrix W [N rows, K]; x [1, T, K] → [1, T, N]. */
+  const linear = (x: string, name: string, weight: NBitsWeight | GgufTensorInfo): string => {
+    if (options.weights === 'f32') {
+      const t = weight as GgufTensorInfo;
+      const { n, k } = matrixShape(file, t);
+      const w = dequantize(file, t);
+      const wt = new Float32Array(k * n); // MatMul wants [K, N]
+      for (let r = 0; r < n; r++) for (let c = 0; c < k; c++) wt[c * n + r] = w[r * k + c]!;
+      return g.one('MatMul', [x, g.f32(name, [k, n], wt)]);
+    }
+    const wq = weight as NBitsWeight;
+    const blocksPerRow = wq.k / QUANT_BLOCK;
+    const blob = (QUANT_BLOCK * wq.bits) / 8;
+    const inputs = [
+      x,
+      g.init(`${name}.qweight`, OnnxDataType.UINT8, [wq.n, blocksPerRow, blob], wq.packed),
+      g.f32(`${name}.scales`, [wq.n * blocksPerRow], wq.scales),
+    ];
+    if (wq.zeroPoints !== undefined) {
+      inputs.push(g.init(`${name}.qzeros`, OnnxDataType.UINT8, [wq.zeroPoints.length], wq.zeroPoints));
+    }
+    return g.one('MatMulNBits', inputs, { K: wq.k, N: wq.n, bits: wq.bits, block_size: QUANT_BLOCK, accuracy_level: options.accuracyLevel }, 'com.microsoft');
+  };
+  const quant = (t: GgufTensorInfo): NBitsWeight => (t.type === GgmlType.Q8_0 ? q8_0ToNBits(file, t) : toNBits4(file, t));
+
+  /** Concatenated Q/K/V (or gate/up) projection: one MatMul instead of several small ones. */
+  const fusedLinear = (x: string, name: string, names: readonly string[]): string => {
+    const ts = names.map(tensor);
+    if (options.weights === 'f32') {
+      const outs = ts.map((t, i) => linear(x, `${name}.${i}`, t));
+      return g.one('Concat', outs, { axis: -1 });
+    }
+    const parts = ts.map((t) => toNBits4(file, t));
+    return linear(x, name, concatRows(parts));
+  };
+
+  const eps = { float: hp.rmsEps };
+  const rmsNorm = (x: string, weight: string): string => {
+    if (options.norms === 'fused') return g.one('SimplifiedLayerNormalization', [x, weight], { axis: -1, epsilon: eps, stash_type: 1 });
+    const sq = g.one('Mul', [x, x]);
+    const mean = g.one('ReduceMean', [sq, g.i64(g.fresh('axes'), [-1])], { keepdims: 1 });
+    const rms = g.one('Sqrt', [g.one('Add', [mean, g.f32(g.fresh('eps'), [], new Float32Array([hp.rmsEps]))])]);
+    return g.one('Mul', [g.one('Div', [x, rms]), weight]);
+  };
+  /** Returns [normalized(x + residual), x + residual]. */
+  const skipNorm = (x: string, residual: string, weight: string): [string, string] => {
+    if (options.norms === 'fused') {
+      const normed = g.fresh('skipnorm');
+      const sum = g.fresh('residual');
+      g.node('SkipSimplifiedLayerNormalization', [x, residual, weight], [normed, '', '', sum], { epsilon: eps }, 'com.microsoft');
+      return [normed, sum];
+    }
+    const sum = g.one('Add', [x, residual]);
+    return [rmsNorm(sum, weight), sum];
+  };
+
+  // Rotary tables [contextLength, headDim/2].
+  const half = hp.headDim / 2;
+  const cos = new Float32Array(hp.contextLength * half);
+  const sin = new Float32Array(hp.contextLength * half);
+  for (let p = 0; p < hp.contextLength; p++) {
+    for (let i = 0; i < half; i++) {
+      const angle = p * hp.ropeTheta ** ((-2 * i) / hp.headDim);
+      cos[p * half + i] = Math.cos(angle);
+      sin[p * half + i] = Math.sin(angle);
+    }
+  }
+  const cosCache = g.f32('rotary.cos_cache', [hp.contextLength, half], cos);
+  const sinCache = g.f32('rotary.sin_cache', [hp.contextLength, half], sin);
+
+  // Embedding: gather rows of the (usually Q8_0) table.
+  const embd = tensor('token_embd.weight');
+  let x: string;
+  if (embd.type === GgmlType.Q8_0 && options.weights === 'nbits') {
+    const q = q8_0ToNBits(file, embd);
+    x = g.one(
+      'GatherBlockQuantized',
+      [
+        g.init('token_embd.qweight', OnnxDataType.UINT8, [q.n, q.k], q.packed),
+        IO.inputIds,
+        g.f32('token_embd.scales', [q.n, q.k / QUANT_BLOCK], q.scales),
+      ],
+      { gather_axis: 0, quantize_axis: 1, block_size: QUANT_BLOCK, bits: 8 },
+      'com.microsoft',
+    );
+  } else {
+    x = g.one('Gather', [g.f32('token_embd.weight', [hp.vocab, hp.hidden], dequantize(file, embd)), IO.inputIds], { axis: 0 });
+  }
+
+  const kvCapacityDim = 'kv_capacity';
+  const totalSteps = hp.layers + 1;
+  let residual = x;
+  let normed = rmsNorm(x, vector('blk.0.attn_norm.weight'));
+  for (let l = 0; l < hp.layers; l++) {
+    const p = `blk.${l}`;
+    let qkv = fusedLinear(normed, `${p}.attn_qkv`, [`${p}.attn_q.weight`, `${p}.attn_k.weight`, `${p}.attn_v.weight`]);
+    const biases = ['q', 'k', 'v'].map((n) => optionalTensor(`${p}.attn_${n}.bias`));
+    if (biases.some((b) => b !== undefined)) {
+      if (!biases.every((b) => b !== undefined)) throw new ModelFormatError(file.path, `${p}: only some of the q/k/v biases are present`);
+      const parts = biases.map((b) => dequantize(file, b!));
+      const all = new Float32Array(parts.reduce((s, a) => s + a.length, 0));
+      let o = 0;
+      for (const a of parts) {
+        all.set(a, o);
+        o += a.length;
+      }
+      qkv = g.one('Add', [qkv, g.f32(`${p}.attn_qkv.bias`, [all.length], all)]);
+    }
+    const attn = g.fresh('attn');
+    g.node(
+      'GroupQueryAttention',
+      [qkv, '', '', IO.pastKey(l), IO.pastValue(l), IO.seqlensK, IO.totalSequenceLength, cosCache, sinCache],
+      [attn, IO.presentKey(l), IO.presentValue(l)],
+      { num_heads: hp.heads, kv_num_heads: hp.kvHeads, do_rotary: 1, rotary_interleaved: hp.ropeInterleaved ? 1 : 0 },
+      'com.microsoft',
+    );
+    const o = linear(attn, `${p}.attn_output`, options.weights === 'f32' ? tensor(`${p}.attn_output.weight`) : quant(tensor(`${p}.attn_output.weight`)));
+    const [ffnIn, res1] = skipNorm(o, residual, vector(`${p}.ffn_norm.weight`));
+    const gateUp = fusedLinear(ffnIn, `${p}.ffn_gate_up`, [`${p}.ffn_gate.weight`, `${p}.ffn_up.weight`]);
+    const gate = g.fresh('gate');
+    const up = g.fresh('up');
+    g.node('Split', [gateUp, g.i64(g.fresh('split'), [hp.ffn, hp.ffn])], [gate, up], { axis: -1 });
+    const act = g.one('Mul', [g.one('Mul', [gate, g.one('Sigmoid', [gate])]), up]);
+    const down = linear(act, `${p}.ffn_down`, options.weights === 'f32' ? tensor(`${p}.ffn_down.weight`) : quant(tensor(`${p}.ffn_down.weight`)));
+    const nextNorm = l + 1 < hp.layers ? `blk.${l + 1}.attn_norm.weight` : 'output_norm.weight';
+    [normed, residual] = skipNorm(down, res1, vector(nextNorm));
+    progress?.(l + 1, totalSteps);
+  }
+
+  // Only the last num_logits_to_keep positions go through the LM head (prefill needs one row).
+  const start = g.one('Neg', [IO.logitsToKeep]);
+  const kept = g.one('Slice', [normed, start, g.i64('slice.end', [Number.MAX_SAFE_INTEGER]), g.i64('slice.axis', [1])]);
+  const headTensor = optionalTensor('output.weight') ?? embd;
+  const head = options.weights === 'f32' ? headTensor : quant(headTensor);
+  const logits = linear(kept, 'lm_head', head);
+  g.node('Identity', [logits], [IO.logits]);
+  progress?.(totalSteps, totalSteps);
+
+  const kvShape = [1, hp.kvHeads, kvCapacityDim, hp.headDim];
+  const inputs: ValueInfo[] = [
+    { name: IO.inputIds, type: OnnxDataType.INT64, shape: [1, 'sequence_length'] },
+    { name: IO.seqlensK, type: OnnxDataType.INT32, shape: [1] },
+    { name: IO.totalSequenceLength, type: OnnxDataType.INT32, shape: [] },
+    { name: IO.logitsToKeep, type: OnnxDataType.INT64, shape: [1] },
+  ];
+  const outputs: ValueInfo[] = [{ name: IO.logits, type: OnnxDataType.FLOAT, shape: [1, 'logits_length', hp.vocab] }];
+  for (let l = 0; l < hp.layers; l++) {
+    inputs.push({ name: IO.pastKey(l), type: OnnxDataType.FLOAT, shape: kvShape });
+    inputs.push({ name: IO.pastValue(l), type: OnnxDataType.FLOAT, shape: kvShape });
+    outputs.push({ name: IO.presentKey(l), type: OnnxDataType.FLOAT, shape: kvShape });
+    outputs.push({ name: IO.presentValue(l), type: OnnxDataType.FLOAT, shape: kvShape });
+  }
+  return { graph: { name: `${hp.architecture}-decoder`, nodes: g.nodes, inputs, outputs, initializers: g.initializers }, hyper: hp, kvCapacityDim };
+}

@@ -1,0 +1,52 @@
+/**
+ * Error classes with stable codes. No transport types here: the gRPC edge owns the one mapping table.
+ */
+
+export type ErrorCode =
+  | 'INVALID_REQUEST'
+  | 'MODEL_INVALID'
+  | 'MODEL_NOT_FOUND'
+  | 'CONTEXT_OVERFLOW'
+  | 'OVERLOADED'
+  | 'CANCELLED'
+  | 'INTERNAL';
+
+export class AnpdError extends Error {
+  readonly code: ErrorCode;
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.code = code;
+    this.name = new.target.name;
+  }
+}
+
+/** A request the engine cannot serve as asked (bad parameters, prompt too long). */
+export class InvalidRequestError extends AnpdError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('INVALID_REQUEST', message, options);
+  }
+}
+
+/** The prompt plus the requested tokens do not fit the model's context or the KV capacity. */
+export class ContextOverflowError extends AnpdError {
+  constructor(message: string) {
+    super('CONTEXT_OVERFLOW', message);
+  }
+}
+
+/** A model file that is missing, truncated, of the wrong format or of an unsupported kind. Names the file. */
+export class ModelFormatError extends AnpdError {
+  readonly file: string;
+  constructor(file: string, message: string, options?: { cause?: unknown }) {
+    super('MODEL_INVALID', `${file}: ${message}`, options);
+    this.file = file;
+  }
+}
+
+export class ModelNotFoundError extends AnpdError {
+  readonly file: string;
+  constructor(file: string, message: string) {
+    super('MODEL_NOT_FOUND', `${file}: ${message}`);
+    this.file = file;
+  }
+}

@@ -1,0 +1,185 @@
+#!/usr/bin/env node
+/**
+ * Command line: fetch and convert the default model, convert any GGUF, and generate text with
+ * streaming output — a way to see the engine work without a gRPC client.
+ */
+import { readFileSync } from 'node:fs';
+import { cpus } from 'node:os';
+import { parseArgs } from 'node:util';
+import { convertGguf } from '../convert/convert-gguf.js';
+import { DEFAULT_GRAPH_OPTIONS, type GraphOptions } from '../convert/llama-graph.js';
+import { createEngine } from '../engine/create-engine.js';
+import type { Prompt } from '../engine/engine.js';
+import { AnpdError } from '../errors.js';
+import { ensureDefaultModel } from '../model/default-model.js';
+import { createProgressReporter } from './progress.js';
+
+const HELP = `anpd — lossless LLM inference with adaptive n-gram speculative decoding
+
+Usage:
+  anpd generate "PROMPT" [options]    stream a completion to stdout
+  anpd fetch-model                    download and convert the default model (SmolLM2-135M-Instruct)
+  anpd convert FILE.gguf OUT_DIR      convert a GGUF (llama / qwen2 family) to an ONNX model directory
+
+generate options:
+  --model DIR               model directory: converted (anpd-model.json) or a Hugging Face ONNX export
+                            (default: the default model, fetched and converted on first use)
+  --prompt-file PATH        read the prompt from a file instead of the argument
+  --chat / --no-chat        wrap the prompt in the model's chat template (default: on when the model has one)
+  --max-new-tokens N        tokens to generate at most (default 256)
+  --temperature T           0 = greedy (default 0)
+  --top-k K                 sample among the K most likely tokens (default 0 = off)
+  --top-p P                 nucleus sampling mass (default 1 = off)
+  --repetition-penalty R    penalise tokens already present (default 1 = off)
+  --seed S                  RNG seed for sampling (default 0)
+  --stop TEXT               stop sequence (repeatable)
+  --ignore-eos              keep generating past the end-of-sequence token
+  --threads N               ONNX Runtime intra-op threads (default: number of cores)
+  --stats                   print one JSON line of statistics on stderr at the end
+
+convert options:
+  --weights nbits|f32       4-bit MatMulNBits (default) or dequantized float32 MatMul
+  --norms fused|plain       fused (Skip)SimplifiedLayerNormalization (default) or plain ops
+
+Environment:
+  ANPD_CACHE_DIR            where downloads and converted models go (default: .cache/ in the project)
+  ANPD_PYTHON               Python used for pip download (default: python3)
+`;
+
+function graphOptions(values: { weights?: string | undefined; norms?: string | undefined }): GraphOptions {
+  const weights = values.weights ?? DEFAULT_GRAPH_OPTIONS.weights;
+  const norms = values.norms ?? DEFAULT_GRAPH_OPTIONS.norms;
+  if (weights !== 'nbits' && weights !== 'f32') throw new AnpdError('INVALID_REQUEST', `--weights must be nbits or f32, got ${weights}`);
+  if (norms !== 'fused' && norms !== 'plain') throw new AnpdError('INVALID_REQUEST', `--norms must be fused or plain, got ${norms}`);
+  return { ...DEFAULT_GRAPH_OPTIONS, weights, norms };
+}
+
+function num(value: string | undefined, name: string, fallback: number): number {
+  if (value === undefined) return fallback;
+  const n = Number(value);
+  if (!Number.isFinite(n)) throw new AnpdError('INVALID_REQUEST', `--${name} must be a number, got "${value}"`);
+  return n;
+}
+
+async function main(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: {
+      help: { type: 'boolean', short: 'h' },
+      model: { type: 'string' },
+      'prompt-file': { type: 'string' },
+      chat: { type: 'boolean' },
+      'no-chat': { type: 'boolean' },
+      'max-new-tokens': { type: 'string' },
+      temperature: { type: 'string' },
+      'top-k': { type: 'string' },
+      'top-p': { type: 'string' },
+      'repetition-penalty': { type: 'string' },
+      seed: { type: 'string' },
+      stop: { type: 'string', multiple: true },
+      'ignore-eos': { type: 'boolean' },
+      threads: { type: 'string' },
+      stats: { type: 'boolean' },
+      weights: { type: 'string' },
+      norms: { type: 'string' },
+    },
+  });
+  const [command, ...rest] = positionals;
+  if (values.help || command === undefined || command === 'help') {
+    process.stdout.write(HELP);
+    return command === undefined && !values.help ? 2 : 0;
+  }
+  const options = graphOptions(values);
+
+  if (command === 'fetch-model') {
+    const progress = createProgressReporter();
+    const dir = await ensureDefaultModel(options, progress);
+    progress.stop();
+    process.stdout.write(`${dir}\n`);
+    return 0;
+  }
+  if (command === 'convert') {
+    const [gguf, out] = rest;
+    if (gguf === undefined || out === undefined) throw new AnpdError('INVALID_REQUEST', 'usage: anpd convert FILE.gguf OUT_DIR');
+    const progress = createProgressReporter();
+    const result = convertGguf(gguf, out, options, (phase, done, total) => progress({ phase: phase as 'convert', done, total }));
+    progress.stop();
+    process.stdout.write(`${result.dir} (${(result.onnxBytes / 1e6).toFixed(1)} MB, ${(result.convertMs / 1000).toFixed(1)} s)\n`);
+    return 0;
+  }
+  if (command !== 'generate') {
+    process.stderr.write(`unknown command "${command}"\n\n${HELP}`);
+    return 2;
+  }
+
+  let text = rest.join(' ');
+  if (values['prompt-file'] !== undefined) text = readFileSync(values['prompt-file'], 'utf8');
+  if (text.trim() === '') throw new AnpdError('INVALID_REQUEST', 'generate needs a prompt (argument or --prompt-file)');
+  let modelDir = values.model;
+  if (modelDir === undefined) {
+    const progress = createProgressReporter();
+    modelDir = await ensureDefaultModel(options, progress);
+    progress.stop();
+  }
+  const threads = num(values.threads, 'threads', cpus().length);
+  const engine = await createEngine(modelDir, { executionProvider: 'cpu', intraOpThreads: threads, kvCapacity: 4096 });
+  const chat = values['no-chat'] ? false : (values.chat ?? engine.tokenizer.hasChatTemplate);
+  const prompt: Prompt = { kind: 'text', text, chat };
+  const controller = new AbortController();
+  process.once('SIGINT', () => controller.abort(new Error('interrupted')));
+  for await (const event of engine.generate(
+    {
+      prompt,
+      maxNewTokens: num(values['max-new-tokens'], 'max-new-tokens', 256),
+      stopSequences: values.stop ?? [],
+      ignoreEos: values['ignore-eos'] ?? false,
+      sampling: {
+        temperature: num(values.temperature, 'temperature', 0),
+        topK: num(values['top-k'], 'top-k', 0),
+        topP: num(values['top-p'], 'top-p', 1),
+        repetitionPenalty: num(values['repetition-penalty'], 'repetition-penalty', 1),
+        seed: num(values.seed, 'seed', 0),
+      },
+    },
+    controller.signal,
+  )) {
+    if (event.type === 'delta') {
+      process.stdout.write(event.text);
+    } else {
+      process.stdout.write('\n');
+      if (values.stats) {
+        const decodeMs = event.totalMs - event.prefillMs;
+        const s = event.stats;
+        process.stderr.write(
+          `${JSON.stringify({
+            finishReason: event.finishReason,
+            promptTokens: event.promptTokens,
+            tokens: event.completionTokens,
+            verifySteps: s.rounds,
+            drafted: s.draftTokensProposed,
+            accepted: s.draftTokensAccepted,
+            tau: s.rounds > 0 ? +(event.completionTokens / s.rounds).toFixed(3) : 0,
+            prefillMs: +event.prefillMs.toFixed(1),
+            firstTokenMs: +event.firstTokenMs.toFixed(1),
+            decodeMs: +decodeMs.toFixed(1),
+            tokPerS: decodeMs > 0 ? +((event.completionTokens / decodeMs) * 1000).toFixed(2) : 0,
+          })}\n`,
+        );
+      }
+    }
+  }
+  await engine.model.dispose();
+  return 0;
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (error: unknown) => {
+    const message = error instanceof AnpdError ? `error (${error.code}): ${error.message}` : `error: ${(error as Error).stack ?? String(error)}`;
+    process.stderr.write(`${message}\n`);
+    process.exitCode = 1;
+  },
+);

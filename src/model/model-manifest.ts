@@ -1,0 +1,28 @@
+/**
+ * `anpd-model.json`: what the converter writes next to `model.onnx` and the runtime reads back.
+ * Optimum/transformers.js exports have no manifest; `model-directory.ts` derives the same facts from `config.json`.
+ */
+export const MANIFEST_FILE = 'anpd-model.json';
+export const MANIFEST_FORMAT = 'anpd-gqa-decoder';
+/** Bump when the converter's output changes: it keys the conversion cache. */
+export const CONVERTER_VERSION = 1;
+
+export interface ModelManifest {
+  readonly format: typeof MANIFEST_FORMAT;
+  readonly converterVersion: number;
+  readonly name: string;
+  readonly architecture: string;
+  readonly layers: number;
+  readonly hidden: number;
+  readonly heads: number;
+  readonly kvHeads: number;
+  readonly headDim: number;
+  readonly vocab: number;
+  readonly contextLength: number;
+  readonly bosTokenId: number | null;
+  readonly eosTokenIds: readonly number[];
+  readonly onnxFile: string;
+  readonly weights: string;
+  readonly norms: string;
+  readonly source: { readonly file: string; readonly sha256: string };
+}

@@ -1,0 +1,70 @@
+/**
+ * Opens a model directory: ours (anpd-model.json + model.onnx) or a Hugging Face ONNX export
+ * (config.json + onnx/model*.onnx). Every problem names the file at fault.
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { ModelFormatError, ModelNotFoundError } from '../errors.js';
+import { MANIFEST_FILE, MANIFEST_FORMAT, type ModelManifest } from '../model/model-manifest.js';
+import { GqaDecoderModel } from './gqa-decoder.js';
+import { inspectOptimumSession, OptimumDecoderModel } from './optimum-decoder.js';
+import { createOrtSession } from './ort-session.js';
+import { DEFAULT_RUNTIME_OPTIONS, type DecoderModel, type RuntimeOptions } from './types.js';
+
+/** Where Optimum / transformers.js put the decoder, in order of preference. */
+export const OPTIMUM_ONNX_CANDIDATES = ['onnx/model.onnx', 'onnx/decoder_with_past_model.onnx', 'model.onnx', 'decoder_with_past_model.onnx'];
+
+function readJsonFile(path: string): Record<string, unknown> {
+  try {
+    return JSON.parse(readFileSync(path, 'utf8')) as Record<string, unknown>;
+  } catch (cause) {
+    throw new ModelFormatError(path, `not valid JSON (${(cause as Error).message})`, { cause });
+  }
+}
+
+export async function loadDecoderModel(dir: string, options: RuntimeOptions = DEFAULT_RUNTIME_OPTIONS): Promise<DecoderModel> {
+  if (!existsSync(dir)) throw new ModelNotFoundError(dir, 'model directory not found');
+  const manifestPath = join(dir, MANIFEST_FILE);
+  if (existsSync(manifestPath)) {
+    const manifest = readJsonFile(manifestPath) as unknown as ModelManifest;
+    if (manifest.format !== MANIFEST_FORMAT) throw new ModelFormatError(manifestPath, `format "${String(manifest.format)}" is not "${MANIFEST_FORMAT}"`);
+    const session = await createOrtSession(join(dir, manifest.onnxFile), options);
+    return new GqaDecoderModel(session, manifest, options.executionProvider, options.kvCapacity);
+  }
+  const configPath = join(dir, 'config.json');
+  if (!existsSync(configPath)) {
+    throw new ModelNotFoundError(dir, `not a model directory: expected ${MANIFEST_FILE} (converted GGUF) or config.json (Hugging Face ONNX export)`);
+  }
+  const config = readJsonFile(configPath);
+  const num = (key: string): number | undefined => (typeof config[key] === 'number' ? (config[key] as number) : undefined);
+  const need = (key: string): number => {
+    const v = num(key);
+    if (v === undefined) throw new ModelFormatError(configPath, `"${key}" is missing or not a number`);
+    return v;
+  };
+  const heads = need('num_attention_heads');
+  const hidden = need('hidden_size');
+  const kvHeads = num('num_key_value_heads') ?? heads;
+  const headDim = num('head_dim') ?? hidden / heads;
+  const onnxRel = OPTIMUM_ONNX_CANDIDATES.find((c) => existsSync(join(dir, c)));
+  if (onnxRel === undefined) throw new ModelNotFoundError(dir, `no ONNX decoder found (looked for ${OPTIMUM_ONNX_CANDIDATES.join(', ')})`);
+  const onnxPath = join(dir, onnxRel);
+  const session = await createOrtSession(onnxPath, options);
+  const layout = inspectOptimumSession(onnxPath, session, { kvHeads, headDim });
+  const expectedLayers = num('num_hidden_layers');
+  if (expectedLayers !== undefined && expectedLayers !== layout.layers) {
+    throw new ModelFormatError(onnxPath, `has ${layout.layers} past_key_values layers but config.json says num_hidden_layers = ${expectedLayers}`);
+  }
+  const eos = config['eos_token_id'];
+  const eosTokenIds = Array.isArray(eos) ? eos.filter((x): x is number => typeof x === 'number') : typeof eos === 'number' ? [eos] : [];
+  return new OptimumDecoderModel(session, layout, {
+    name: typeof config['_name_or_path'] === 'string' && config['_name_or_path'] !== '' ? (config['_name_or_path'] as string) : dir,
+    kind: 'optimum',
+    architecture: typeof config['model_type'] === 'string' ? (config['model_type'] as string) : 'unknown',
+    vocabSize: need('vocab_size'),
+    contextLength: Math.min(num('max_position_embeddings') ?? options.kvCapacity, options.kvCapacity),
+    bosTokenId: num('bos_token_id'),
+    eosTokenIds,
+    executionProvider: options.executionProvider,
+  });
+}

@@ -1,0 +1,48 @@
+/**
+ * What the rest of the project sees of a model runtime: token ids in, float32 logits rows out,
+ * and a KV cache whose length the caller owns. No onnxruntime types cross this line.
+ */
+
+export interface ModelInfo {
+  readonly name: string;
+  /** 'anpd-gqa' (our converted GGUF) or 'optimum' (a Hugging Face ONNX export). */
+  readonly kind: 'anpd-gqa' | 'optimum';
+  readonly architecture: string;
+  readonly vocabSize: number;
+  readonly contextLength: number;
+  readonly bosTokenId: number | undefined;
+  readonly eosTokenIds: readonly number[];
+  readonly executionProvider: string;
+}
+
+export interface DecoderSequence {
+  /** Tokens whose keys/values are in the cache. */
+  readonly length: number;
+  /** Most tokens this sequence can hold. */
+  readonly capacity: number;
+  /**
+   * Appends `tokens` at position `length` and returns logits for the last `logitsRows` of them,
+   * row-major [logitsRows × vocabSize]. The array is reused by the next forward: copy what you keep.
+   */
+  forward(tokens: ArrayLike<number>, logitsRows: number): Promise<Float32Array>;
+  /** Forgets every position ≥ `length` (a rejected draft). O(1) for the GQA layout. */
+  rewind(length: number): void;
+  dispose(): void;
+}
+
+export interface DecoderModel {
+  readonly info: ModelInfo;
+  createSequence(options?: { readonly capacity?: number }): DecoderSequence;
+  dispose(): Promise<void>;
+}
+
+export interface RuntimeOptions {
+  /** 'cpu' now; GPU providers come with the GPU session pool. */
+  readonly executionProvider: 'cpu';
+  /** ORT intra-op threads; 0 lets ORT pick (one per physical core). */
+  readonly intraOpThreads: number;
+  /** KV positions allocated per sequence (GQA layout), clamped to the model's context. */
+  readonly kvCapacity: number;
+}
+
+export const DEFAULT_RUNTIME_OPTIONS: RuntimeOptions = { executionProvider: 'cpu', intraOpThreads: 0, kvCapacity: 4096 };

@@ -1,0 +1,209 @@
+/**
+ * Token choice from a logits row: greedy, or seeded sampling with temperature, top-k, top-p and a
+ * repetition penalty. Pure (no I/O) and allocation-free per call: scratch buffers are sized once.
+ * Every pick consumes exactly one uniform from the RNG when sampling, none when greedy, so a
+ * speculative decoder that picks at the same positions reproduces plain decoding's choices.
+ */
+
+export interface SamplingParams {
+  /** 0 means greedy. */
+  readonly temperature: number;
+  /** 0 disables top-k. */
+  readonly topK: number;
+  /** 1 disables top-p. */
+  readonly topP: number;
+  /** 1 disables the penalty (CTRL-style: positive logits divided, negative multiplied). */
+  readonly repetitionPenalty: number;
+  /** Seed of the RNG; the same seed and inputs give the same tokens. */
+  readonly seed: number;
+}
+
+export const GREEDY: SamplingParams = { temperature: 0, topK: 0, topP: 1, repetitionPenalty: 1, seed: 0 };
+
+/** xoshiro128** — small, fast, good enough for sampling, fully determined by a 32-bit seed. */
+export class Rng {
+  private s0: number;
+  private s1: number;
+  private s2: number;
+  private s3: number;
+
+  constructor(seed: number) {
+    // splitmix32 expands the seed into the 128-bit state.
+    let x = seed >>> 0;
+    const next = (): number => {
+      x = (x + 0x9e3779b9) >>> 0;
+      let z = x;
+      z = Math.imul(z ^ (z >>> 16), 0x85ebca6b) >>> 0;
+      z = Math.imul(z ^ (z >>> 13), 0xc2b2ae35) >>> 0;
+      return (z ^ (z >>> 16)) >>> 0;
+    };
+    this.s0 = next();
+    this.s1 = next();
+    this.s2 = next();
+    this.s3 = next();
+  }
+
+  /** Uniform in [0, 1). */
+  next(): number {
+    const result = Math.imul(rotl(Math.imul(this.s1, 5) >>> 0, 7), 9) >>> 0;
+    const t = (this.s1 << 9) >>> 0;
+    this.s2 ^= this.s0;
+    this.s3 ^= this.s1;
+    this.s1 ^= this.s2;
+    this.s0 ^= this.s3;
+    this.s2 ^= t;
+    this.s3 = rotl(this.s3, 11);
+    return result / 4294967296;
+  }
+}
+
+function rotl(x: number, k: number): number {
+  return ((x << k) | (x >>> (32 - k))) >>> 0;
+}
+
+/** Index of the largest value in row[offset, offset+n); ties go to the lowest index. */
+export function argmax(row: Float32Array, offset: number, n: number): number {
+  let best = 0;
+  let bestValue = row[offset]!;
+  for (let i = 1; i < n; i++) {
+    const v = row[offset + i]!;
+    if (v > bestValue) {
+      bestValue = v;
+      best = i;
+    }
+  }
+  return best;
+}
+
+/** The tokens a repetition penalty applies to: presence flags plus the list of present ids. */
+export class TokenPresence {
+  private readonly seen: Uint8Array;
+  private readonly ids: number[] = [];
+
+  constructor(vocabSize: number) {
+    this.seen = new Uint8Array(vocabSize);
+  }
+
+  add(token: number): void {
+    if (token >= 0 && token < this.seen.length && this.seen[token] === 0) {
+      this.seen[token] = 1;
+      this.ids.push(token);
+    }
+  }
+
+  /** Undo adds back to `count` distinct ids (used when a speculative round rejects tokens). */
+  truncate(count: number): void {
+    while (this.ids.length > count) this.seen[this.ids.pop()!] = 0;
+  }
+
+  get size(): number {
+    return this.ids.length;
+  }
+
+  forEach(fn: (id: number) => void): void {
+    for (const id of this.ids) fn(id);
+  }
+}
+
+export class Sampler {
+  readonly params: SamplingParams;
+  private readonly vocab: number;
+  private readonly rng: Rng;
+  private readonly probs: Float32Array;
+  private readonly order: Int32Array;
+
+  constructor(params: SamplingParams, vocabSize: number) {
+    this.params = params;
+    this.vocab = vocabSize;
+    this.rng = new Rng(params.seed);
+    this.probs = new Float32Array(params.temperature > 0 ? vocabSize : 0);
+    this.order = new Int32Array(params.temperature > 0 ? vocabSize : 0);
+  }
+
+  get greedy(): boolean {
+    return this.params.temperature <= 0;
+  }
+
+  /**
+   * Picks a token from logits row `rowIndex` (rows of vocabSize). The penalty is applied in place
+   * on the row, so call once per row.
+   */
+  pick(logits: Float32Array, rowIndex: number, presence: TokenPresence | undefined): number {
+    const offset = rowIndex * this.vocab;
+    const penalty = this.params.repetitionPenalty;
+    if (penalty !== 1 && presence !== undefined) {
+      presence.forEach((id) => {
+        const v = logits[offset + id]!;
+        logits[offset + id] = v > 0 ? v / penalty : v * penalty;
+      });
+    }
+    if (this.greedy) return argmax(logits, offset, this.vocab);
+    return this.sample(logits, offset);
+  }
+
+  private sample(logits: Float32Array, offset: number): number {
+    const { temperature, topK, topP } = this.params;
+    const n = this.vocab;
+    const probs = this.probs;
+    let max = -Infinity;
+    for (let i = 0; i < n; i++) if (logits[offset + i]! > max) max = logits[offset + i]!;
+    let sum = 0;
+    for (let i = 0; i < n; i++) {
+      const p = Math.exp((logits[offset + i]! - max) / temperature);
+      probs[i] = p;
+      sum += p;
+    }
+    if (topK <= 0 && topP >= 1) {
+      // Full distribution: no ordering needed.
+      const u = this.rng.next() * sum;
+      let acc = 0;
+      for (let i = 0; i < n; i++) {
+        acc += probs[i]!;
+        if (u < acc) return i;
+      }
+      return argmax(logits, offset, n);
+    }
+    // Candidates are the tokens at or above a threshold, lowered until they hold the top-k set
+    // (top-k given) or the top-p mass (top-p alone), so the filtered set is exact; then sorted.
+    const keep = topK > 0 ? Math.min(topK, n) : n;
+    let threshold = sum / (64 * n);
+    let count = 0;
+    for (;;) {
+      count = 0;
+      let mass = 0;
+      for (let i = 0; i < n; i++) {
+        if (probs[i]! >= threshold) {
+          this.order[count++] = i;
+          mass += probs[i]!;
+        }
+      }
+      const enough = topK > 0 ? count >= keep : mass >= topP * sum;
+      if (enough || threshold === 0) break;
+      threshold = threshold > 1e-30 * sum ? threshold / 64 : 0;
+    }
+    const candidates = this.order.subarray(0, count);
+    candidates.sort((a, b) => probs[b]! - probs[a]! || a - b);
+    let limit = Math.min(count, keep);
+    let mass = 0;
+    for (let i = 0; i < limit; i++) mass += probs[candidates[i]!]!;
+    if (topP < 1) {
+      let acc = 0;
+      const target = topP * mass;
+      for (let i = 0; i < limit; i++) {
+        acc += probs[candidates[i]!]!;
+        if (acc >= target) {
+          limit = i + 1;
+          break;
+        }
+      }
+      mass = acc;
+    }
+    const u = this.rng.next() * mass;
+    let acc = 0;
+    for (let i = 0; i < limit; i++) {
+      acc += probs[candidates[i]!]!;
+      if (u < acc) return candidates[i]!;
+    }
+    return candidates[limit - 1]!;
+  }
+}

@@ -75,7 +75,9 @@ export const IO = {
   inputIds: 'input_ids',
   seqlensK: 'seqlens_k',
   totalSequenceLength: 'total_sequence_length',
-  logitsToKeep: 'num_logits_to_keep',
+  /** Rows [logits_start, logits_end) of the new positions go through the LM head. */
+  logitsStart: 'logits_start',
+  logitsEnd: 'logits_end',
   logits: 'logits',
   pastKey: (layer: number) => `past_key_values.${layer}.key`,
   pastValue: (layer: number) => `past_key_values.${layer}.value`,
@@ -303,9 +305,9 @@ export function buildLlamaGraph(file: GgufFile, options: GraphOptions = DEFAULT_
     progress?.(l + 1, totalSteps);
   }
 
-  // Only the last num_logits_to_keep positions go through the LM head (prefill needs one row).
-  const start = g.one('Neg', [IO.logitsToKeep]);
-  const kept = g.one('Slice', [normed, start, g.i64('slice.end', [Number.MAX_SAFE_INTEGER]), g.i64('slice.axis', [1])]);
+  // Only the requested rows go through the LM head: prefill needs one, a padded decode step one
+  // (the pad row is skipped), verification all of them.
+  const kept = g.one('Slice', [normed, IO.logitsStart, IO.logitsEnd, g.i64('slice.axis', [1])]);
   const headTensor = optionalTensor('output.weight') ?? embd;
   const head = options.weights === 'f32' ? headTensor : quant(headTensor);
   const logits = linear(kept, 'lm_head', head);
@@ -317,7 +319,8 @@ export function buildLlamaGraph(file: GgufFile, options: GraphOptions = DEFAULT_
     { name: IO.inputIds, type: OnnxDataType.INT64, shape: [1, 'sequence_length'] },
     { name: IO.seqlensK, type: OnnxDataType.INT32, shape: [1] },
     { name: IO.totalSequenceLength, type: OnnxDataType.INT32, shape: [] },
-    { name: IO.logitsToKeep, type: OnnxDataType.INT64, shape: [1] },
+    { name: IO.logitsStart, type: OnnxDataType.INT64, shape: [1] },
+    { name: IO.logitsEnd, type: OnnxDataType.INT64, shape: [1] },
   ];
   const outputs: ValueInfo[] = [{ name: IO.logits, type: OnnxDataType.FLOAT, shape: [1, 'logits_length', hp.vocab] }];
   for (let l = 0; l < hp.layers; l++) {

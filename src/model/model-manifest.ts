@@ -5,7 +5,7 @@
 export const MANIFEST_FILE = 'anpd-model.json';
 export const MANIFEST_FORMAT = 'anpd-gqa-decoder';
 /** Bump when the converter's output changes: it keys the conversion cache. */
-export const CONVERTER_VERSION = 1;
+export const CONVERTER_VERSION = 2;
 
 export interface ModelManifest {
   readonly format: typeof MANIFEST_FORMAT;

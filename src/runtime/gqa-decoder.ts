@@ -3,6 +3,13 @@
  * Each sequence owns fixed-capacity KV tensors that are bound both as past inputs and as present
  * outputs, so ORT appends in place; rewind only changes the length we pass next time.
  * Every tensor a forward touches is allocated once per sequence (logits per row count, lazily).
+ *
+ * Batch invariance: ORT's GroupQueryAttention takes a different kernel for one query row than for
+ * several, and the int8 activation quantization of MatMulNBits amplifies that 1e-6 difference into
+ * logit differences up to ~1. Every forward here therefore runs at least 2 rows: a 1-token forward
+ * gets a pad row whose KV slot is overwritten next time and whose logits are never computed.
+ * With T ≥ 2 the logits of a position are bitwise identical whatever T and row (measured, see
+ * docs/perf-notes.md), so verifying a draft gives exactly the tokens plain decoding gives.
  */
 import { ContextOverflowError, InvalidRequestError } from '../errors.js';
 import type { ModelManifest } from '../model/model-manifest.js';
@@ -13,7 +20,10 @@ import type { DecoderModel, DecoderSequence, ModelInfo } from './types.js';
 const INPUT_IDS = 'input_ids';
 const SEQLENS_K = 'seqlens_k';
 const TOTAL_SEQUENCE_LENGTH = 'total_sequence_length';
-const LOGITS_TO_KEEP = 'num_logits_to_keep';
+const LOGITS_START = 'logits_start';
+const LOGITS_END = 'logits_end';
+/** Query rows every forward runs at least (see batch invariance above). */
+export const FORWARD_ROWS_MIN = 2;
 const LOGITS = 'logits';
 
 /** Largest single forward (prefill chunk); larger prompts are fed in chunks of this size. */
@@ -34,7 +44,7 @@ export class GqaDecoderModel implements DecoderModel {
       kind: 'anpd-gqa',
       architecture: manifest.architecture,
       vocabSize: manifest.vocab,
-      contextLength: Math.min(manifest.contextLength, this.defaultCapacity),
+      contextLength: Math.min(manifest.contextLength - (FORWARD_ROWS_MIN - 1), this.defaultCapacity),
       bosTokenId: manifest.bosTokenId ?? undefined,
       eosTokenIds: manifest.eosTokenIds,
       executionProvider,
@@ -42,7 +52,8 @@ export class GqaDecoderModel implements DecoderModel {
   }
 
   createSequence(options?: { readonly capacity?: number }): DecoderSequence {
-    const capacity = Math.min(options?.capacity ?? this.defaultCapacity, this.manifest.contextLength);
+    // One position stays free for the pad row (rotary tables cover contextLength positions).
+    const capacity = Math.min(options?.capacity ?? this.defaultCapacity, this.manifest.contextLength - (FORWARD_ROWS_MIN - 1));
     return new GqaSequence(this.session, this.manifest, capacity);
   }
 
@@ -60,7 +71,8 @@ class GqaSequence implements DecoderSequence {
   private readonly fetches: Record<string, ort.Tensor> = {};
   private readonly seqlensK = new Int32Array(1);
   private readonly totalLength = new Int32Array(1);
-  private readonly keep = new BigInt64Array(1);
+  private readonly logitsStart = new BigInt64Array(1);
+  private readonly logitsEnd = new BigInt64Array(1);
   private readonly idsByLength = new Map<number, { data: BigInt64Array; tensor: ort.Tensor }>();
   private readonly logitsByRows = new Map<number, { data: Float32Array; tensor: ort.Tensor }>();
   private disposed = false;
@@ -69,8 +81,9 @@ class GqaSequence implements DecoderSequence {
     this.session = session;
     this.capacity = capacity;
     this.vocab = m.vocab;
-    const kvDims = [1, m.kvHeads, capacity, m.headDim];
-    const kvSize = m.kvHeads * capacity * m.headDim;
+    const slots = capacity + FORWARD_ROWS_MIN - 1;
+    const kvDims = [1, m.kvHeads, slots, m.headDim];
+    const kvSize = m.kvHeads * slots * m.headDim;
     for (let l = 0; l < m.layers; l++) {
       const key = new ort.Tensor('float32', new Float32Array(kvSize), kvDims);
       const value = new ort.Tensor('float32', new Float32Array(kvSize), kvDims);
@@ -81,7 +94,8 @@ class GqaSequence implements DecoderSequence {
     }
     this.feeds[SEQLENS_K] = new ort.Tensor('int32', this.seqlensK, [1]);
     this.feeds[TOTAL_SEQUENCE_LENGTH] = new ort.Tensor('int32', this.totalLength, []);
-    this.feeds[LOGITS_TO_KEEP] = new ort.Tensor('int64', this.keep, [1]);
+    this.feeds[LOGITS_START] = new ort.Tensor('int64', this.logitsStart, [1]);
+    this.feeds[LOGITS_END] = new ort.Tensor('int64', this.logitsEnd, [1]);
   }
 
   get length(): number {
@@ -107,14 +121,18 @@ class GqaSequence implements DecoderSequence {
     return this.run(tokens, start, t - start, logitsRows);
   }
 
+  /** Runs tokens[start, start+count) and returns logits of the last `rows` of them. */
   private async run(tokens: ArrayLike<number>, start: number, count: number, rows: number): Promise<Float32Array> {
-    let ids = this.idsByLength.get(count);
+    const padded = Math.max(count, FORWARD_ROWS_MIN);
+    let ids = this.idsByLength.get(padded);
     if (ids === undefined) {
-      const data = new BigInt64Array(count);
-      ids = { data, tensor: new ort.Tensor('int64', data, [1, count]) };
-      this.idsByLength.set(count, ids);
+      const data = new BigInt64Array(padded);
+      ids = { data, tensor: new ort.Tensor('int64', data, [1, padded]) };
+      this.idsByLength.set(padded, ids);
     }
     for (let i = 0; i < count; i++) ids.data[i] = BigInt(tokens[start + i]!);
+    // Pad rows repeat the last token; causal attention keeps them out of the real rows.
+    for (let i = count; i < padded; i++) ids.data[i] = ids.data[count - 1]!;
     let logits = this.logitsByRows.get(rows);
     if (logits === undefined) {
       const data = new Float32Array(rows * this.vocab);
@@ -122,9 +140,10 @@ class GqaSequence implements DecoderSequence {
       this.logitsByRows.set(rows, logits);
     }
     this.feeds[INPUT_IDS] = ids.tensor;
-    this.seqlensK[0] = this.kvLength + count - 1;
-    this.totalLength[0] = this.kvLength + count;
-    this.keep[0] = BigInt(rows);
+    this.seqlensK[0] = this.kvLength + padded - 1;
+    this.totalLength[0] = this.kvLength + padded;
+    this.logitsStart[0] = BigInt(count - rows);
+    this.logitsEnd[0] = BigInt(count);
     this.fetches[LOGITS] = logits.tensor;
     await this.session.run(this.feeds, this.fetches);
     this.kvLength += count;

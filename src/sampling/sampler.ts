@@ -149,9 +149,8 @@ export class Sampler {
     for (let i = 0; i < n; i++) if (logits[offset + i]! > max) max = logits[offset + i]!;
     let sum = 0;
     for (let i = 0; i < n; i++) {
-      const p = Math.exp((logits[offset + i]! - max) / temperature);
-      probs[i] = p;
-      sum += p;
+      probs[i] = Math.exp((logits[offset + i]! - max) / temperature);
+      sum += probs[i]!; // sum the stored float32 values, so the cumulative scan below reaches it
     }
     if (topK <= 0 && topP >= 1) {
       // Full distribution: no ordering needed.
@@ -188,7 +187,8 @@ export class Sampler {
     for (let i = 0; i < limit; i++) mass += probs[candidates[i]!]!;
     if (topP < 1) {
       let acc = 0;
-      const target = topP * mass;
+      // top-p alone measures against the whole distribution; after top-k, against the kept set (as HF does).
+      const target = topP * (topK > 0 ? mass : sum);
       for (let i = 0; i < limit; i++) {
         acc += probs[candidates[i]!]!;
         if (acc >= target) {

@@ -78,7 +78,7 @@ export function loadTokenizer(dir: string): TextTokenizer {
     hasChatTemplate: template !== undefined,
     specialTokenIds,
     encode: (text, options) => hf.encode(text, { add_special_tokens: options?.addSpecialTokens ?? true }).ids,
-    decode: (ids, options) => hf.decode(ids as number[], { skip_special_tokens: options?.skipSpecialTokens ?? false, clean_up_tokenization_spaces: false }),
+    decode: (ids, options) => ids.length === 0 ? '' : hf.decode(ids as number[], { skip_special_tokens: options?.skipSpecialTokens ?? false, clean_up_tokenization_spaces: false }),
     tokenToId: (token) => hf.token_to_id(token),
     applyChatTemplate: (messages) => {
       if (template === undefined) throw new InvalidRequestError('this model has no chat template: send a plain prompt instead of chat messages');

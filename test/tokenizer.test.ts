@@ -1,0 +1,60 @@
+import test from 'ava';
+import { loadTokenizer, type TextTokenizer } from '../src/tokenizer/tokenizer.js';
+import { defaultModelDir } from './support/default-model.js';
+
+let tokenizer: TextTokenizer;
+test.before(async () => {
+  tokenizer = loadTokenizer(await defaultModelDir());
+});
+
+const SAMPLES = [
+  'Hello, world!',
+  'The quick brown fox jumps over the lazy dog.',
+  '  leading spaces,   runs of   spaces\tand\ttabs\n\n\nand newlines\r\n',
+  'unicode: café naïve Straße Ελληνικά русский 東京 한국어 العربية',
+  'emoji: 🎉🚀👩‍👩‍👧‍👦 🇫🇷 ❤️',
+  'code:\nfunction add(a, b) {\n    return a + b; // sum\n}\n\tconst x = [1, 2, 3].map((v) => v ** 2);\n',
+  'numbers 1234567890 3.14159 -42 1e-9',
+  "contractions: don't, it's, we're, they'll, I'd",
+  '',
+  ' ',
+];
+
+for (const [i, text] of SAMPLES.entries()) {
+  test(`text round-trips through encode and decode (sample ${i})`, (t) => {
+    const ids = tokenizer.encode(text, { addSpecialTokens: false });
+    t.is(tokenizer.decode(ids), text);
+    for (const id of ids) t.true(id >= 0 && id < tokenizer.vocabSize);
+  });
+}
+
+test('digits are split one per token, as SmolLM2 pre-tokenizes them', (t) => {
+  const ids = tokenizer.encode('12345', { addSpecialTokens: false });
+  t.is(ids.length, 5);
+});
+
+test('special tokens in text encode to their single ids and can be skipped on decode', (t) => {
+  const start = tokenizer.tokenToId('<|im_start|>');
+  const end = tokenizer.tokenToId('<|im_end|>');
+  t.is(start, 1);
+  t.is(end, 2);
+  const ids = tokenizer.encode('<|im_start|>user\nhi<|im_end|>', { addSpecialTokens: false });
+  t.is(ids[0], 1);
+  t.is(ids[ids.length - 1], 2);
+  t.is(tokenizer.decode(ids, { skipSpecialTokens: true }), 'user\nhi');
+  t.true(tokenizer.specialTokenIds.has(1));
+  t.false(tokenizer.specialTokenIds.has(ids[1]!));
+});
+
+test('the converted tokenizer has the whole 49152-token vocabulary and a chat template', (t) => {
+  t.is(tokenizer.vocabSize, 49152);
+  t.true(tokenizer.hasChatTemplate);
+});
+
+test('a system message replaces the default one in the chat template', (t) => {
+  const text = tokenizer.applyChatTemplate([
+    { role: 'system', content: 'Be brief.' },
+    { role: 'user', content: 'Hi' },
+  ]);
+  t.is(text, '<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n');
+});

@@ -9,7 +9,7 @@ import { parseArgs } from 'node:util';
 import { convertGguf } from '../convert/convert-gguf.js';
 import { DEFAULT_GRAPH_OPTIONS, type GraphOptions } from '../convert/llama-graph.js';
 import { createEngine } from '../engine/create-engine.js';
-import type { Prompt } from '../engine/engine.js';
+import { DEFAULT_SPECULATION, type Prompt, type SpeculationOptions } from '../engine/engine.js';
 import { AnpdError } from '../errors.js';
 import { ensureDefaultModel } from '../model/default-model.js';
 import { createProgressReporter } from './progress.js';
@@ -34,6 +34,11 @@ generate options:
   --seed S                  RNG seed for sampling (default 0)
   --stop TEXT               stop sequence (repeatable)
   --ignore-eos              keep generating past the end-of-sequence token
+  --speculation off|ngram   n-gram speculative decoding (default ngram; output is identical either way)
+  --draft-max K             largest draft per round (default 7, at most 16)
+  --ngram-n N               highest n-gram order (default 5)
+  --draft-length adaptive|fixed   per-round length from acceptance and verify cost (default), or always K
+  --drafter hybrid|paper    span copy + gated tables (default), or the paper's ungated tables
   --threads N               ONNX Runtime intra-op threads (default: number of cores)
   --stats                   print one JSON line of statistics on stderr at the end
 
@@ -52,6 +57,12 @@ function graphOptions(values: { weights?: string | undefined; norms?: string | u
   if (weights !== 'nbits' && weights !== 'f32') throw new AnpdError('INVALID_REQUEST', `--weights must be nbits or f32, got ${weights}`);
   if (norms !== 'fused' && norms !== 'plain') throw new AnpdError('INVALID_REQUEST', `--norms must be fused or plain, got ${norms}`);
   return { ...DEFAULT_GRAPH_OPTIONS, weights, norms };
+}
+
+function oneOf<T extends string>(value: string | undefined, name: string, allowed: readonly T[], fallback: T): T {
+  if (value === undefined) return fallback;
+  if (!(allowed as readonly string[]).includes(value)) throw new AnpdError('INVALID_REQUEST', `--${name} must be one of ${allowed.join(', ')}, got "${value}"`);
+  return value as T;
 }
 
 function num(value: string | undefined, name: string, fallback: number): number {
@@ -80,6 +91,11 @@ async function main(argv: string[]): Promise<number> {
       stop: { type: 'string', multiple: true },
       'ignore-eos': { type: 'boolean' },
       threads: { type: 'string' },
+      speculation: { type: 'string' },
+      'draft-max': { type: 'string' },
+      'ngram-n': { type: 'string' },
+      'draft-length': { type: 'string' },
+      drafter: { type: 'string' },
       stats: { type: 'boolean' },
       weights: { type: 'string' },
       norms: { type: 'string' },
@@ -126,6 +142,13 @@ async function main(argv: string[]): Promise<number> {
   const engine = await createEngine(modelDir, { executionProvider: 'cpu', intraOpThreads: threads, kvCapacity: 4096 });
   const chat = values['no-chat'] ? false : (values.chat ?? engine.tokenizer.hasChatTemplate);
   const prompt: Prompt = { kind: 'text', text, chat };
+  const speculation: SpeculationOptions = {
+    mode: oneOf(values.speculation, 'speculation', ['off', 'ngram'], DEFAULT_SPECULATION.mode),
+    ngramN: num(values['ngram-n'], 'ngram-n', DEFAULT_SPECULATION.ngramN),
+    draftTokensMax: num(values['draft-max'], 'draft-max', DEFAULT_SPECULATION.draftTokensMax),
+    draftLength: oneOf(values['draft-length'], 'draft-length', ['adaptive', 'fixed'], DEFAULT_SPECULATION.draftLength),
+    drafter: oneOf(values.drafter, 'drafter', ['hybrid', 'paper'], DEFAULT_SPECULATION.drafter),
+  };
   const controller = new AbortController();
   process.once('SIGINT', () => controller.abort(new Error('interrupted')));
   for await (const event of engine.generate(
@@ -134,6 +157,7 @@ async function main(argv: string[]): Promise<number> {
       maxNewTokens: num(values['max-new-tokens'], 'max-new-tokens', 256),
       stopSequences: values.stop ?? [],
       ignoreEos: values['ignore-eos'] ?? false,
+      speculation,
       sampling: {
         temperature: num(values.temperature, 'temperature', 0),
         topK: num(values['top-k'], 'top-k', 0),
@@ -164,6 +188,8 @@ async function main(argv: string[]): Promise<number> {
             firstTokenMs: +event.firstTokenMs.toFixed(1),
             decodeMs: +decodeMs.toFixed(1),
             tokPerS: decodeMs > 0 ? +((event.completionTokens / decodeMs) * 1000).toFixed(2) : 0,
+            draftMs: +s.draftMs.toFixed(2),
+            acceptanceByPosition: s.draftedAtPosition.map((d, j) => (d > 0 ? +(s.acceptedAtPosition[j]! / d).toFixed(3) : null)),
           })}\n`,
         );
       }

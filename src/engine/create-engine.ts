@@ -1,11 +1,16 @@
 import { loadDecoderModel } from '../runtime/load-model.js';
 import { DEFAULT_RUNTIME_OPTIONS, type RuntimeOptions } from '../runtime/types.js';
 import { loadTokenizer } from '../tokenizer/tokenizer.js';
-import { Engine } from './engine.js';
+import { DRAFT_TOKENS_LIMIT, Engine } from './engine.js';
 
-/** Opens a model directory (ours or an Optimum export) with its tokenizer. */
-export async function createEngine(modelDir: string, runtime: RuntimeOptions = DEFAULT_RUNTIME_OPTIONS): Promise<Engine> {
+/**
+ * Opens a model directory (ours or an Optimum export) with its tokenizer, and measures the cost
+ * of verifying T tokens (the adaptive draft length needs it; ~1 s on 2 cores) unless told not to.
+ */
+export async function createEngine(modelDir: string, runtime: RuntimeOptions = DEFAULT_RUNTIME_OPTIONS, options: { calibrate?: boolean } = {}): Promise<Engine> {
   const tokenizer = loadTokenizer(modelDir);
   const model = await loadDecoderModel(modelDir, runtime);
-  return new Engine(model, tokenizer);
+  const engine = new Engine(model, tokenizer);
+  if (options.calibrate ?? true) await engine.forwardCost(DRAFT_TOKENS_LIMIT + 1);
+  return engine;
 }

@@ -7,7 +7,9 @@
  * committed − 1 (the newest token is fed at the start of the next round) and the drafter has seen
  * exactly the committed tokens.
  */
+import { DEFAULT_CONTROLLER_OPTIONS, DraftLengthController, fixedDraftLength } from '../draft/draft-length-controller.js';
 import { type Drafter, NO_DRAFTER } from '../draft/drafter.js';
+import { ANPD_PAPER_OPTIONS, DEFAULT_NGRAM_OPTIONS, NGRAM_N_MAX, NgramDrafter } from '../draft/ngram-drafter.js';
 import { AnpdError, ContextOverflowError, InvalidRequestError } from '../errors.js';
 import { verifyDraft } from '../generate/verify.js';
 import type { DecoderModel } from '../runtime/types.js';
@@ -35,18 +37,42 @@ export interface GenerateRequest {
   /** Do not stop at the model's EOS tokens (benchmarks). */
   readonly ignoreEos?: boolean;
   readonly sampling?: SamplingParams;
-  /** Makes draft proposals; the default never drafts. Changes speed only, never output. */
-  readonly drafter?: (promptTokens: readonly number[]) => Drafter;
-  /** Largest draft per round. */
-  readonly draftTokensMax?: number;
+  /** Speculation changes speed only, never output. Default: DEFAULT_SPECULATION. */
+  readonly speculation?: SpeculationOptions;
 }
+
+export interface SpeculationOptions {
+  readonly mode: 'off' | 'ngram';
+  /** Highest n-gram order N (tables for n = 2..N). */
+  readonly ngramN: number;
+  /** Largest draft per round. */
+  readonly draftTokensMax: number;
+  /** 'adaptive': length per round from acceptance and verify cost; 'fixed': always up to draftTokensMax (the paper). */
+  readonly draftLength: 'adaptive' | 'fixed';
+  /** 'hybrid': span copy + confidence-gated tables; 'paper': ANPD's multi-level tables only, ungated. */
+  readonly drafter: 'hybrid' | 'paper';
+}
+
+/** Cap on draft tokens per round: verify cost grows with every row (see docs/perf-notes.md). */
+export const DRAFT_TOKENS_LIMIT = 16;
+export const DEFAULT_SPECULATION: SpeculationOptions = { mode: 'ngram', ngramN: 5, draftTokensMax: 7, draftLength: 'adaptive', drafter: 'hybrid' };
+export const PAPER_SPECULATION: SpeculationOptions = { mode: 'ngram', ngramN: 5, draftTokensMax: 7, draftLength: 'fixed', drafter: 'paper' };
+export const NO_SPECULATION: SpeculationOptions = { ...DEFAULT_SPECULATION, mode: 'off' };
 
 export type FinishReason = 'length' | 'eos_token' | 'stop_sequence';
 
 export interface GenerationStats {
+  /** Verify steps (forward passes after prefill). */
   rounds: number;
+  /** Rounds that carried a non-empty draft. */
+  draftRounds: number;
+  /** Draft rounds in which nothing was accepted. */
+  zeroAcceptRounds: number;
   draftTokensProposed: number;
   draftTokensAccepted: number;
+  /** draftedAtPosition[j] / acceptedAtPosition[j]: rounds that drafted / accepted position j+1. */
+  draftedAtPosition: number[];
+  acceptedAtPosition: number[];
   forwardMs: number;
   draftMs: number;
 }
@@ -111,6 +137,45 @@ export class Engine {
     return ids;
   }
 
+  private costTable: Promise<number[]> | undefined;
+
+  /**
+   * forwardCost[T] = time of one forward over T tokens relative to T = 1, for T = 1..maxT, measured
+   * once per engine on this model and device (median of interleaved repetitions, made monotone).
+   */
+  async forwardCost(maxT: number): Promise<number[]> {
+    this.costTable ??= this.measureForwardCost(DRAFT_TOKENS_LIMIT + 1);
+    return (await this.costTable).slice(0, maxT + 1);
+  }
+
+  private async measureForwardCost(maxT: number): Promise<number[]> {
+    const repetitions = 3;
+    const past = 48;
+    const seq = this.model.createSequence({ capacity: past + maxT + 1 });
+    try {
+      const ids = Array.from({ length: past + maxT }, (_, i) => (i * 7919) % this.model.info.vocabSize);
+      await seq.forward(ids.slice(0, past), 1);
+      await seq.forward(ids.slice(past, past + 2), 2); // warm-up
+      seq.rewind(past);
+      const samples: number[][] = Array.from({ length: maxT + 1 }, () => []);
+      for (let r = 0; r < repetitions; r++) {
+        for (let t = 1; t <= maxT; t++) {
+          const t0 = performance.now();
+          await seq.forward(ids.slice(past, past + t), t);
+          samples[t]!.push(performance.now() - t0);
+          seq.rewind(past);
+        }
+      }
+      const median = (a: number[]) => a.sort((x, y) => x - y)[a.length >> 1]!;
+      const base = median(samples[1]!);
+      const cost = [0, 1];
+      for (let t = 2; t <= maxT; t++) cost.push(Math.max(cost[t - 1]!, median(samples[t]!) / base));
+      return cost;
+    } finally {
+      seq.dispose();
+    }
+  }
+
   private validate(request: GenerateRequest, promptLength: number): void {
     const { maxNewTokens } = request;
     if (!Number.isInteger(maxNewTokens) || maxNewTokens < 1 || maxNewTokens > MAX_NEW_TOKENS_LIMIT) {
@@ -128,6 +193,14 @@ export class Engine {
       if (s.length === 0 || s.length > STOP_SEQUENCE_CHARS_MAX) {
         throw new InvalidRequestError(`stop sequences must be 1..${STOP_SEQUENCE_CHARS_MAX} characters`);
       }
+    }
+    const spec = request.speculation ?? DEFAULT_SPECULATION;
+    if (spec.mode !== 'off' && spec.mode !== 'ngram') throw new InvalidRequestError(`speculation mode must be off or ngram, got ${String(spec.mode)}`);
+    if (!Number.isInteger(spec.ngramN) || spec.ngramN < 2 || spec.ngramN > NGRAM_N_MAX) {
+      throw new InvalidRequestError(`speculation n must be an integer in [2, ${NGRAM_N_MAX}], got ${spec.ngramN}`);
+    }
+    if (!Number.isInteger(spec.draftTokensMax) || spec.draftTokensMax < 0 || spec.draftTokensMax > DRAFT_TOKENS_LIMIT) {
+      throw new InvalidRequestError(`speculation max draft tokens must be an integer in [0, ${DRAFT_TOKENS_LIMIT}], got ${spec.draftTokensMax}`);
     }
     const s = request.sampling ?? GREEDY;
     if (!(s.temperature >= 0) || !Number.isFinite(s.temperature)) throw new InvalidRequestError(`temperature must be ≥ 0, got ${s.temperature}`);
@@ -150,11 +223,33 @@ export class Engine {
     const presence = new TokenPresence(vocab);
     for (const t of promptTokens) presence.add(t);
     const usePresence = sampler.params.repetitionPenalty !== 1 ? presence : undefined;
-    const drafter = request.drafter?.(promptTokens) ?? NO_DRAFTER;
-    const draftTokensMax = request.drafter ? Math.max(0, request.draftTokensMax ?? 0) : 0;
+    const spec = request.speculation ?? DEFAULT_SPECULATION;
+    const speculate = spec.mode === 'ngram';
+    const draftTokensMax = speculate ? spec.draftTokensMax : 0;
+    const forwardCost = speculate && spec.draftLength === 'adaptive' ? await this.forwardCost(draftTokensMax + 1) : [];
+    const d0 = performance.now();
+    const drafter: Drafter = speculate
+      ? new NgramDrafter(promptTokens, { ...(spec.drafter === 'paper' ? ANPD_PAPER_OPTIONS : DEFAULT_NGRAM_OPTIONS), n: spec.ngramN })
+      : NO_DRAFTER;
+    const controller = !speculate
+      ? fixedDraftLength(0)
+      : spec.draftLength === 'fixed'
+        ? fixedDraftLength(draftTokensMax)
+        : new DraftLengthController({ ...DEFAULT_CONTROLLER_OPTIONS, draftTokensMax, forwardCost });
+    const indexMs = performance.now() - d0;
     const detokenizer = new IncrementalDetokenizer(this.tokenizer, promptTokens);
     const stopMatcher = new StopSequenceMatcher(request.stopSequences ?? []);
-    const stats: GenerationStats = { rounds: 0, draftTokensProposed: 0, draftTokensAccepted: 0, forwardMs: 0, draftMs: 0 };
+    const stats: GenerationStats = {
+      rounds: 0,
+      draftRounds: 0,
+      zeroAcceptRounds: 0,
+      draftTokensProposed: 0,
+      draftTokensAccepted: 0,
+      draftedAtPosition: new Array<number>(draftTokensMax).fill(0),
+      acceptedAtPosition: new Array<number>(draftTokensMax).fill(0),
+      forwardMs: 0,
+      draftMs: indexMs,
+    };
 
     const sequence = this.model.createSequence({ capacity: Math.min(info.contextLength, promptTokens.length + request.maxNewTokens + draftTokensMax + 1) });
     try {
@@ -180,7 +275,7 @@ export class Engine {
       while (finishReason === undefined) {
         throwIfAborted(signal);
         // Room left for drafts: never past max_new_tokens nor the KV capacity.
-        const room = Math.min(draftTokensMax, request.maxNewTokens - completionTokens - 1, sequence.capacity - sequence.length - 1);
+        const room = Math.min(controller.current(), request.maxNewTokens - completionTokens - 1, sequence.capacity - sequence.length - 1);
         let draft: readonly number[] = [];
         if (room > 0) {
           const d0 = performance.now();
@@ -195,9 +290,16 @@ export class Engine {
         const logits = await sequence.forward(input, input.length);
         stats.forwardMs += performance.now() - f0;
         const accepted = verifyDraft(draft, pickAt(logits, draft), emitted);
+        controller.record(draft.length, accepted);
         stats.rounds++;
-        stats.draftTokensProposed += draft.length;
-        stats.draftTokensAccepted += accepted;
+        if (draft.length > 0) {
+          stats.draftRounds++;
+          if (accepted === 0) stats.zeroAcceptRounds++;
+          stats.draftTokensProposed += draft.length;
+          stats.draftTokensAccepted += accepted;
+          for (let j = 0; j < draft.length; j++) stats.draftedAtPosition[j]!++;
+          for (let j = 0; j < accepted; j++) stats.acceptedAtPosition[j]!++;
+        }
         // KV keeps [last, accepted drafts]; the model's own token is fed next round.
         sequence.rewind(kvBefore + 1 + accepted);
 

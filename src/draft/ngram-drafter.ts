@@ -1,0 +1,237 @@
+/**
+ * Adaptive N-gram drafter (ANPD, Ou et al. 2024) with a longest-suffix copy (prompt lookup).
+ *
+ * For each level n = 2..N a table maps the previous n−1 tokens to the tokens that followed them,
+ * with counts and the position of the latest occurrence. It is built from the prompt and extended
+ * with every committed token; rejected drafts never enter it. Updates are O(N) per token.
+ *
+ * Keys are 52-bit rolling hashes of the context; a hit is confirmed by comparing the context with
+ * the history at the entry's latest occurrence, so collisions cost a miss, never a wrong lookup.
+ *
+ * Drafting: if the longest level's context occurred before with a long enough exact suffix match,
+ * copy the span that followed it (prompt lookup: long, precise drafts on copy-heavy text);
+ * otherwise draft token by token from the highest level that has a confident entry (ANPD's
+ * multi-level n-gram), the most frequent continuation first, ties to the most recent.
+ */
+import type { Drafter } from './drafter.js';
+
+export interface NgramDrafterOptions {
+  /** Highest n-gram order N (contexts of N−1 tokens); levels are 2..N. Paper default 5. */
+  readonly n: number;
+  /** Minimum count for a level-n entry to be used, per level index 0 → n=2 (llama.cpp-style gating). */
+  readonly minCount: readonly number[];
+  /** Minimum share of the chosen continuation among all continuations of the context. */
+  readonly minShare: number;
+  /** Exact suffix match length (tokens) from which the span copy is used instead of the tables; 0 disables copying. */
+  readonly copyMinMatch: number;
+  /** Longest suffix compared when measuring a match. */
+  readonly copyMaxMatch: number;
+}
+
+export const NGRAM_N_MAX = 8;
+/** Continuations remembered per context: constant memory per entry (llama.cpp ngram-mod keeps 4). */
+export const SLOTS_PER_CONTEXT = 4;
+
+export const ANPD_PAPER_OPTIONS: NgramDrafterOptions = { n: 5, minCount: [1, 1, 1, 1, 1, 1, 1], minShare: 0, copyMinMatch: 0, copyMaxMatch: 0 };
+export const DEFAULT_NGRAM_OPTIONS: NgramDrafterOptions = { n: 5, minCount: [2, 1, 1, 1, 1, 1, 1], minShare: 0.3, copyMinMatch: 3, copyMaxMatch: 16 };
+
+class Entry {
+  readonly tokens = new Int32Array(SLOTS_PER_CONTEXT);
+  readonly counts = new Int32Array(SLOTS_PER_CONTEXT);
+  /** History index of the continuation token at its latest occurrence, per slot. */
+  readonly last = new Int32Array(SLOTS_PER_CONTEXT);
+  used = 0;
+  total = 0;
+  /** History index of the continuation at the latest occurrence of this context (any slot). */
+  latest = 0;
+}
+
+const HASH_MUL = 0x9e3779b1;
+const HASH_MOD = 2 ** 52;
+
+function mix(h: number, token: number): number {
+  // Multiply-add kept below 2^52 so doubles stay exact; the low 20 bits of the multiplier suffice.
+  return ((h * 1048573) % HASH_MOD + ((token + 1) * HASH_MUL) % 1048576) % HASH_MOD;
+}
+
+export class NgramDrafter implements Drafter {
+  readonly options: NgramDrafterOptions;
+  private history: Int32Array;
+  private length = 0;
+  /** tables[level] for level = n − 2 (context of n − 1 tokens). */
+  private readonly tables: Map<number, Entry>[];
+  private readonly scratch: number[] = [];
+  lookups = 0;
+  hits = 0;
+
+  constructor(prompt: readonly number[], options: NgramDrafterOptions = DEFAULT_NGRAM_OPTIONS) {
+    if (!Number.isInteger(options.n) || options.n < 2 || options.n > NGRAM_N_MAX) throw new RangeError(`n must be in [2, ${NGRAM_N_MAX}]`);
+    this.options = options;
+    this.tables = Array.from({ length: options.n - 1 }, () => new Map<number, Entry>());
+    this.history = new Int32Array(Math.max(64, prompt.length * 2));
+    this.commit(prompt);
+  }
+
+  get size(): number {
+    return this.length;
+  }
+
+  /** Number of distinct contexts stored per level (for tests and memory accounting). */
+  contextCounts(): number[] {
+    return this.tables.map((t) => t.size);
+  }
+
+  commit(tokens: readonly number[]): void {
+    for (const t of tokens) this.push(t);
+  }
+
+  private push(token: number): void {
+    if (this.length === this.history.length) {
+      const grown = new Int32Array(this.history.length * 2);
+      grown.set(this.history);
+      this.history = grown;
+    }
+    const pos = this.length;
+    this.history[pos] = token;
+    this.length++;
+    // For each level, the context is history[pos-(n-1) .. pos-1] and the continuation is `token`.
+    let h = 0;
+    for (let ctx = 1; ctx <= this.tables.length && ctx <= pos; ctx++) {
+      h = mix(h, this.history[pos - ctx]!);
+      const table = this.tables[ctx - 1]!;
+      let entry = table.get(h);
+      if (entry === undefined) {
+        entry = new Entry();
+        table.set(h, entry);
+      } else if (!this.contextMatches(entry.latest, pos, ctx)) {
+        // Hash collision with a different context: the newer context takes the slot.
+        entry.used = 0;
+        entry.total = 0;
+      }
+      addContinuation(entry, token, pos);
+    }
+  }
+
+  /** True if the ctx tokens before history index a equal the ctx tokens before index b. */
+  private contextMatches(a: number, b: number, ctx: number): boolean {
+    if (a < ctx) return false;
+    for (let i = 1; i <= ctx; i++) if (this.history[a - i] !== this.history[b - i]) return false;
+    return true;
+  }
+
+  propose(maxTokens: number): readonly number[] {
+    const draft = this.scratch;
+    draft.length = 0;
+    if (maxTokens <= 0 || this.length === 0) return draft;
+    const o = this.options;
+    // 1. Span copy from the latest occurrence of the longest context, if its match is long enough.
+    if (o.copyMinMatch > 0) {
+      const src = this.copySource();
+      if (src >= 0) {
+        // Past the end of history the copy continues from its own draft: a periodic pattern
+        // (a list, a repeated line) extends itself.
+        for (let i = src; draft.length < maxTokens; i++) draft.push(i < this.length ? this.history[i]! : draft[i - this.length]!);
+        return draft;
+      }
+    }
+    // 2. Multi-level n-gram, token by token over committed + drafted tokens.
+    while (draft.length < maxTokens) {
+      const next = this.lookup(draft);
+      if (next < 0) break;
+      draft.push(next);
+    }
+    return draft;
+  }
+
+  /** History index to copy from, or −1. */
+  private copySource(): number {
+    const o = this.options;
+    const ctx = Math.min(this.tables.length, this.length);
+    if (ctx < 1) return -1;
+    let h = 0;
+    for (let i = 1; i <= ctx; i++) h = mix(h, this.history[this.length - i]!);
+    this.lookups++;
+    const entry = this.tables[ctx - 1]!.get(h);
+    // entry.latest < length always: the context at the end of history has no continuation yet.
+    if (entry === undefined || entry.used === 0) return -1;
+    if (!this.contextMatches(entry.latest, this.length, ctx)) return -1;
+    let match = ctx;
+    while (match < o.copyMaxMatch && entry.latest - match - 1 >= 0 && this.history[entry.latest - match - 1] === this.history[this.length - match - 1]) match++;
+    if (match < o.copyMinMatch) return -1;
+    this.hits++;
+    return entry.latest;
+  }
+
+  /** Next token after committed history + draft from the highest confident level, or −1. */
+  private lookup(draft: readonly number[]): number {
+    const o = this.options;
+    const total = this.length + draft.length;
+    const at = (back: number): number => {
+      // Token `back` positions before the end of committed + draft (back ≥ 1).
+      const i = total - back;
+      return i >= this.length ? draft[i - this.length]! : this.history[i]!;
+    };
+    const maxCtx = Math.min(this.tables.length, total);
+    // Hashes for every context length, shortest first (they share the rolling prefix).
+    let h = 0;
+    const hashes = this.hashScratch;
+    for (let ctx = 1; ctx <= maxCtx; ctx++) {
+      h = mix(h, at(ctx));
+      hashes[ctx] = h;
+    }
+    this.lookups++;
+    for (let ctx = maxCtx; ctx >= 1; ctx--) {
+      const entry = this.tables[ctx - 1]!.get(hashes[ctx]!);
+      if (entry === undefined || entry.used === 0) continue;
+      // Confirm the context (collisions are misses).
+      let same = true;
+      for (let i = 1; i <= ctx && same; i++) same = this.history[entry.latest - i] === at(i);
+      if (!same) continue;
+      const best = bestSlot(entry);
+      const count = entry.counts[best]!;
+      if (count < (o.minCount[ctx - 1] ?? 1) || count < o.minShare * entry.total) continue;
+      this.hits++;
+      return entry.tokens[best]!;
+    }
+    return -1;
+  }
+
+  private readonly hashScratch: number[] = new Array<number>(NGRAM_N_MAX + 1).fill(0);
+}
+
+function addContinuation(entry: Entry, token: number, pos: number): void {
+  entry.total++;
+  entry.latest = pos;
+  for (let s = 0; s < entry.used; s++) {
+    if (entry.tokens[s] === token) {
+      entry.counts[s]!++;
+      entry.last[s] = pos;
+      return;
+    }
+  }
+  if (entry.used < SLOTS_PER_CONTEXT) {
+    const s = entry.used++;
+    entry.tokens[s] = token;
+    entry.counts[s] = 1;
+    entry.last[s] = pos;
+    return;
+  }
+  // Full: replace the weakest slot (lowest count, then oldest).
+  let weakest = 0;
+  for (let s = 1; s < SLOTS_PER_CONTEXT; s++) {
+    if (entry.counts[s]! < entry.counts[weakest]! || (entry.counts[s] === entry.counts[weakest] && entry.last[s]! < entry.last[weakest]!)) weakest = s;
+  }
+  entry.total -= entry.counts[weakest]!;
+  entry.tokens[weakest] = token;
+  entry.counts[weakest] = 1;
+  entry.last[weakest] = pos;
+}
+
+/** Most frequent continuation; ties go to the most recent. */
+function bestSlot(entry: Entry): number {
+  let best = 0;
+  for (let s = 1; s < entry.used; s++) {
+    if (entry.counts[s]! > entry.counts[best]! || (entry.counts[s] === entry.counts[best] && entry.last[s]! > entry.last[best]!)) best = s;
+  }
+  return best;
+}

@@ -1,0 +1,131 @@
+/**
+ * The headline guarantee: n-gram speculative decoding gives token-for-token the output of plain
+ * decoding on the real default model, over varied prompts, while actually speculating.
+ */
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import test from 'ava';
+import {
+  DEFAULT_SPECULATION,
+  type Engine,
+  type GenerateRequest,
+  type GenerationFinal,
+  NO_SPECULATION,
+  PAPER_SPECULATION,
+  type SpeculationOptions,
+} from '../src/engine/engine.js';
+import { projectRoot } from '../src/model/default-model.js';
+import { defaultEngine } from './support/default-model.js';
+
+interface PromptCase {
+  id: string;
+  prompt: string;
+}
+
+const root = projectRoot();
+const load = (path: string): PromptCase[] => JSON.parse(readFileSync(join(root, path), 'utf8')) as PromptCase[];
+const CATEGORIES = ['summarization', 'code-editing', 'document-qa', 'open-chat'] as const;
+const PROMPTS: PromptCase[] = [...CATEGORIES.flatMap((c) => load(`bench/prompts/${c}.json`)), ...load('test/fixtures/exactness-extra.json')];
+const MAX_NEW_TOKENS = 96;
+
+async function generate(engine: Engine, prompt: string, speculation: SpeculationOptions, extra: Partial<GenerateRequest> = {}) {
+  const tokens: number[] = [];
+  let text = '';
+  let final: GenerationFinal | undefined;
+  for await (const e of engine.generate({ prompt: { kind: 'text', text: prompt, chat: true }, maxNewTokens: MAX_NEW_TOKENS, speculation, ...extra })) {
+    if (e.type === 'delta') {
+      tokens.push(...e.tokenIds);
+      text += e.text;
+    } else final = e;
+  }
+  return { tokens, text, final: final! };
+}
+
+function firstDivergence(a: readonly number[], b: readonly number[]): number {
+  const n = Math.min(a.length, b.length);
+  for (let i = 0; i < n; i++) if (a[i] !== b[i]) return i;
+  return a.length === b.length ? -1 : n;
+}
+
+test('there are at least 30 varied exactness prompts', (t) => {
+  t.true(PROMPTS.length >= 30, `${PROMPTS.length} prompts`);
+  t.is(new Set(PROMPTS.map((p) => p.id)).size, PROMPTS.length);
+});
+
+test.serial('adaptive n-gram speculation reproduces plain greedy decoding token for token, and speculates on copy-heavy prompts', async (t) => {
+  const engine = await defaultEngine();
+  const byCategory = new Map<string, { tokens: number; rounds: number }>();
+  let mismatches = 0;
+  for (const p of PROMPTS) {
+    const plain = await generate(engine, p.prompt, NO_SPECULATION);
+    const fast = await generate(engine, p.prompt, DEFAULT_SPECULATION);
+    const at = firstDivergence(plain.tokens, fast.tokens);
+    if (at !== -1) mismatches++;
+    t.is(at, -1, `${p.id}: first divergence at token ${at}`);
+    t.is(fast.text, plain.text, p.id);
+    t.is(fast.final.finishReason, plain.final.finishReason, p.id);
+    t.is(plain.final.stats.draftTokensProposed, 0);
+    const category = p.id.replace(/-\d+$/, '');
+    const c = byCategory.get(category) ?? { tokens: 0, rounds: 0 };
+    c.tokens += fast.final.completionTokens;
+    c.rounds += fast.final.stats.rounds;
+    byCategory.set(category, c);
+  }
+  const tau = (c: string) => byCategory.get(c)!.tokens / byCategory.get(c)!.rounds;
+  t.log(Object.fromEntries([...byCategory.keys()].map((c) => [c, +tau(c).toFixed(2)])));
+  t.is(mismatches, 0);
+  // A drafter that never drafts gives τ ≤ 1; copy-heavy prompts must do much better.
+  t.true(tau('code-editing') > 1.5, `code-editing τ = ${tau('code-editing')}`);
+  t.true(tau('summarization') > 1.5, `summarization τ = ${tau('summarization')}`);
+});
+
+test.serial('the paper setting (N = 5, K = 7, ungated tables) is exact as well', async (t) => {
+  const engine = await defaultEngine();
+  for (const p of PROMPTS.filter((_, i) => i % 4 === 0)) {
+    const plain = await generate(engine, p.prompt, NO_SPECULATION);
+    const paper = await generate(engine, p.prompt, PAPER_SPECULATION);
+    t.is(firstDivergence(plain.tokens, paper.tokens), -1, p.id);
+    t.true(paper.final.stats.draftTokensProposed > 0 || paper.final.completionTokens < 8, `${p.id} drafted nothing`);
+  }
+});
+
+test.serial('speculative sampling gives the same tokens as plain sampling for the same seed', async (t) => {
+  const engine = await defaultEngine();
+  for (const [i, p] of PROMPTS.filter((_, i) => i % 5 === 1).entries()) {
+    for (const sampling of [
+      { temperature: 0.7, topK: 0, topP: 1, repetitionPenalty: 1, seed: 11 + i },
+      { temperature: 1.0, topK: 40, topP: 0.9, repetitionPenalty: 1.1, seed: 99 + i },
+    ]) {
+      const plain = await generate(engine, p.prompt, NO_SPECULATION, { sampling });
+      const fast = await generate(engine, p.prompt, DEFAULT_SPECULATION, { sampling });
+      t.is(firstDivergence(plain.tokens, fast.tokens), -1, `${p.id} ${JSON.stringify(sampling)}`);
+    }
+  }
+});
+
+test.serial('a repetition penalty sees the accepted draft prefix, so greedy output with a penalty stays exact', async (t) => {
+  const engine = await defaultEngine();
+  const sampling = { temperature: 0, topK: 0, topP: 1, repetitionPenalty: 1.3, seed: 0 };
+  for (const p of PROMPTS.filter((_, i) => i % 6 === 2)) {
+    const plain = await generate(engine, p.prompt, NO_SPECULATION, { sampling });
+    const fast = await generate(engine, p.prompt, { ...DEFAULT_SPECULATION, draftLength: 'fixed' }, { sampling });
+    t.is(firstDivergence(plain.tokens, fast.tokens), -1, p.id);
+  }
+});
+
+test.serial('stop sequences and max_new_tokens cut inside a verified chunk exactly where plain decoding stops', async (t) => {
+  const engine = await defaultEngine();
+  const p = PROMPTS.find((x) => x.id.startsWith('code-editing'))!;
+  const plain = await generate(engine, p.prompt, NO_SPECULATION);
+  // Pick a stop string from the middle of the plain output and token limits at every length.
+  const stop = plain.text.slice(Math.floor(plain.text.length / 2), Math.floor(plain.text.length / 2) + 6);
+  const a = await generate(engine, p.prompt, NO_SPECULATION, { stopSequences: [stop] });
+  const b = await generate(engine, p.prompt, { ...DEFAULT_SPECULATION, draftLength: 'fixed' }, { stopSequences: [stop] });
+  t.is(b.text, a.text);
+  t.deepEqual(b.tokens, a.tokens);
+  t.is(b.final.finishReason, 'stop_sequence');
+  for (const limit of [1, 2, 3, 5, 8, 13, 21]) {
+    const x = await generate(engine, p.prompt, { ...DEFAULT_SPECULATION, draftLength: 'fixed' }, { maxNewTokens: limit });
+    t.deepEqual(x.tokens, plain.tokens.slice(0, limit), `max_new_tokens ${limit}`);
+  }
+});

@@ -6,7 +6,8 @@
  * draft of K yields E(K) = 1 + Σ_{j≤K} Π_{i≤j} p_i tokens for cost(K+1); plain decoding yields
  * 1 token for cost(1). The controller picks the K with the highest E(K)/cost(K+1) — K = 0 when no
  * draft beats plain decoding — and re-probes with one token now and then so a sequence whose text
- * turns repetitive later can win drafting back.
+ * turns repetitive later can win drafting back. Positions past a fully accepted draft drift toward
+ * the last tested position's estimate, so a length that was never tried can still be reached.
  */
 
 export interface DraftLengthControllerOptions {
@@ -76,6 +77,12 @@ export class DraftLengthController {
     for (let j = 1; j <= tested; j++) {
       const hit = j <= accepted ? 1 : 0;
       this.p[j - 1] = (1 - w) * this.p[j - 1]! + w * hit;
+    }
+    // A fully accepted draft says nothing about the positions after it, yet a controller that never
+    // drafts them could never learn they pay: let them follow the last tested position, so K can grow.
+    if (accepted === drafted) {
+      const last = this.p[drafted - 1]!;
+      for (let j = drafted + 1; j <= this.p.length; j++) this.p[j - 1] = (1 - w) * this.p[j - 1]! + w * last;
     }
   }
 

@@ -5,7 +5,7 @@
  * with counts and the position of the latest occurrence. It is built from the prompt and extended
  * with every committed token; rejected drafts never enter it. Updates are O(N) per token.
  *
- * Keys are 52-bit rolling hashes of the context; a hit is confirmed by comparing the context with
+ * Keys are 32-bit rolling hashes of the context; a hit is confirmed by comparing the context with
  * the history at the entry's latest occurrence, so collisions cost a miss, never a wrong lookup.
  *
  * Drafting: if the longest level's context occurred before with a long enough exact suffix match,
@@ -46,12 +46,12 @@ class Entry {
   latest = 0;
 }
 
-const HASH_MUL = 0x9e3779b1;
-const HASH_MOD = 2 ** 52;
-
+/** 32-bit rolling hash step (murmur-style, exact integer arithmetic via Math.imul). */
 function mix(h: number, token: number): number {
-  // Multiply-add kept below 2^52 so doubles stay exact; the low 20 bits of the multiplier suffice.
-  return ((h * 1048573) % HASH_MOD + ((token + 1) * HASH_MUL) % 1048576) % HASH_MOD;
+  let x = (h ^ Math.imul(token + 1, 0x9e3779b1)) >>> 0;
+  x = Math.imul(x ^ (x >>> 16), 0x85ebca6b);
+  x = Math.imul(x ^ (x >>> 13), 0xc2b2ae35);
+  return (x ^ (x >>> 16)) >>> 0;
 }
 
 export class NgramDrafter implements Drafter {

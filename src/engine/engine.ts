@@ -149,27 +149,37 @@ export class Engine {
   }
 
   private async measureForwardCost(maxT: number): Promise<number[]> {
-    const repetitions = 3;
+    // Measured sizes (the rest interpolated): every T up to 9, then a few larger ones.
+    const sizes = [...new Set([...Array.from({ length: Math.min(9, maxT) }, (_, i) => i + 1), Math.min(12, maxT), maxT])];
+    const rounds = 5;
     const past = 48;
     const seq = this.model.createSequence({ capacity: past + maxT + 1 });
     try {
       const ids = Array.from({ length: past + maxT }, (_, i) => (i * 7919) % this.model.info.vocabSize);
       await seq.forward(ids.slice(0, past), 1);
-      await seq.forward(ids.slice(past, past + 2), 2); // warm-up
-      seq.rewind(past);
-      const samples: number[][] = Array.from({ length: maxT + 1 }, () => []);
-      for (let r = 0; r < repetitions; r++) {
-        for (let t = 1; t <= maxT; t++) {
+      const samples = new Map<number, number[]>(sizes.map((t) => [t, []]));
+      for (let r = 0; r <= rounds; r++) {
+        // Rotate the order each round so drift (frequency, caches) does not favour any size.
+        for (let i = 0; i < sizes.length; i++) {
+          const t = sizes[(i + r) % sizes.length]!;
           const t0 = performance.now();
           await seq.forward(ids.slice(past, past + t), t);
-          samples[t]!.push(performance.now() - t0);
+          if (r > 0) samples.get(t)!.push(performance.now() - t0); // round 0 warms up
           seq.rewind(past);
         }
       }
       const median = (a: number[]) => a.sort((x, y) => x - y)[a.length >> 1]!;
-      const base = median(samples[1]!);
-      const cost = [0, 1];
-      for (let t = 2; t <= maxT; t++) cost.push(Math.max(cost[t - 1]!, median(samples[t]!) / base));
+      const base = median(samples.get(1)!);
+      const measured = sizes.map((t) => [t, median(samples.get(t)!) / base] as const);
+      const cost = [0];
+      for (let t = 1; t <= maxT; t++) {
+        const hi = measured.findIndex(([s]) => s >= t);
+        const [t1, c1] = measured[hi]!;
+        const [t0, c0] = measured[Math.max(0, hi - 1)]!;
+        const interpolated = t1 === t ? c1 : c0 + ((c1 - c0) * (t - t0)) / (t1 - t0);
+        // Cost never falls with more tokens; noise below T=1 is clamped.
+        cost.push(Math.max(t === 1 ? 1 : cost[t - 1]!, interpolated));
+      }
       return cost;
     } finally {
       seq.dispose();

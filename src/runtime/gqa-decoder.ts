@@ -26,6 +26,9 @@ const LOGITS_END = 'logits_end';
 export const FORWARD_ROWS_MIN = 2;
 const LOGITS = 'logits';
 
+/** KV positions allocated at first, and the step buffers grow by, up to the sequence's capacity. */
+export const KV_SLOTS_INITIAL = 256;
+export const KV_SLOTS_STEP = 256;
 /** Largest single forward (prefill chunk); larger prompts are fed in chunks of this size. */
 export const FORWARD_TOKENS_MAX = 512;
 
@@ -76,22 +79,19 @@ class GqaSequence implements DecoderSequence {
   private readonly idsByLength = new Map<number, { data: BigInt64Array; tensor: ort.Tensor }>();
   private readonly logitsByRows = new Map<number, { data: Float32Array; tensor: ort.Tensor }>();
   private disposed = false;
+  private slots = 0;
+  private readonly layers: number;
+  private readonly kvHeads: number;
+  private readonly headDim: number;
 
   constructor(session: ort.InferenceSession, m: ModelManifest, capacity: number) {
     this.session = session;
     this.capacity = capacity;
     this.vocab = m.vocab;
-    const slots = capacity + FORWARD_ROWS_MIN - 1;
-    const kvDims = [1, m.kvHeads, slots, m.headDim];
-    const kvSize = m.kvHeads * slots * m.headDim;
-    for (let l = 0; l < m.layers; l++) {
-      const key = new ort.Tensor('float32', new Float32Array(kvSize), kvDims);
-      const value = new ort.Tensor('float32', new Float32Array(kvSize), kvDims);
-      this.feeds[`past_key_values.${l}.key`] = key;
-      this.feeds[`past_key_values.${l}.value`] = value;
-      this.fetches[`present.${l}.key`] = key;
-      this.fetches[`present.${l}.value`] = value;
-    }
+    this.layers = m.layers;
+    this.kvHeads = m.kvHeads;
+    this.headDim = m.headDim;
+    this.bindKv(Math.min(capacity + FORWARD_ROWS_MIN - 1, KV_SLOTS_INITIAL));
     this.feeds[SEQLENS_K] = new ort.Tensor('int32', this.seqlensK, [1]);
     this.feeds[TOTAL_SEQUENCE_LENGTH] = new ort.Tensor('int32', this.totalLength, []);
     this.feeds[LOGITS_START] = new ort.Tensor('int64', this.logitsStart, [1]);
@@ -100,6 +100,37 @@ class GqaSequence implements DecoderSequence {
 
   get length(): number {
     return this.kvLength;
+  }
+
+  /**
+   * (Re)allocates the KV buffers with `slots` positions, keeping the first kvLength. ORT's CPU
+   * GroupQueryAttention with a shared buffer costs time in proportion to the buffer's length, not
+   * the sequence's (docs/perf-notes.md), so buffers start small and grow in steps as the sequence does (a copy of the
+   * live prefix every KV_SLOTS_STEP tokens).
+   */
+  private bindKv(slots: number): void {
+    const dims = [1, this.kvHeads, slots, this.headDim];
+    const size = this.kvHeads * slots * this.headDim;
+    const rowFloats = this.headDim;
+    for (let l = 0; l < this.layers; l++) {
+      for (const [input, output] of [
+        [`past_key_values.${l}.key`, `present.${l}.key`],
+        [`past_key_values.${l}.value`, `present.${l}.value`],
+      ] as const) {
+        const next = new ort.Tensor('float32', new Float32Array(size), dims);
+        const old = this.feeds[input];
+        if (old !== undefined && this.kvLength > 0) {
+          const src = old.data as Float32Array;
+          const dst = next.data as Float32Array;
+          for (let h = 0; h < this.kvHeads; h++) {
+            dst.set(src.subarray(h * this.slots * rowFloats, (h * this.slots + this.kvLength) * rowFloats), h * slots * rowFloats);
+          }
+        }
+        this.feeds[input] = next;
+        this.fetches[output] = next;
+      }
+    }
+    this.slots = slots;
   }
 
   async forward(tokens: ArrayLike<number>, logitsRows: number): Promise<Float32Array> {
@@ -124,6 +155,10 @@ class GqaSequence implements DecoderSequence {
   /** Runs tokens[start, start+count) and returns logits of the last `rows` of them. */
   private async run(tokens: ArrayLike<number>, start: number, count: number, rows: number): Promise<Float32Array> {
     const padded = Math.max(count, FORWARD_ROWS_MIN);
+    if (this.kvLength + padded > this.slots) {
+      const needed = Math.ceil((this.kvLength + padded) / KV_SLOTS_STEP) * KV_SLOTS_STEP;
+      this.bindKv(Math.min(this.capacity + FORWARD_ROWS_MIN - 1, needed));
+    }
     let ids = this.idsByLength.get(padded);
     if (ids === undefined) {
       const data = new BigInt64Array(padded);

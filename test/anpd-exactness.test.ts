@@ -129,3 +129,65 @@ test.serial('stop sequences and max_new_tokens cut inside a verified chunk exact
     t.deepEqual(x.tokens, plain.tokens.slice(0, limit), `max_new_tokens ${limit}`);
   }
 });
+
+test.serial('speculative sampling draws next tokens from the same distribution as plain sampling (two-sample chi-square)', async (t) => {
+  const engine = await defaultEngine();
+  // A repetitive prompt makes the n-gram drafter propose tokens the sampler sometimes picks.
+  const prompt = engine.tokenizer.encode('one, two, three, four, one, two, three, four, one, two, three, four, one, two,', { addSpecialTokens: false });
+  const samples = 300;
+  const positions = 3;
+  const collect = async (mode: 'off' | 'ngram', seedBase: number) => {
+    const counts = Array.from({ length: positions }, () => new Map<number, number>());
+    let drafted = 0;
+    let accepted = 0;
+    for (let s = 0; s < samples; s++) {
+      const tokens: number[] = [];
+      for await (const e of engine.generate({
+        prompt: { kind: 'tokens', tokenIds: prompt },
+        maxNewTokens: positions,
+        ignoreEos: true,
+        sampling: { temperature: 0.8, topK: 0, topP: 1, repetitionPenalty: 1, seed: seedBase + s },
+        speculation: { mode, ngramN: 5, draftTokensMax: 3, draftLength: 'fixed', drafter: 'paper' },
+      })) {
+        if (e.type === 'delta') tokens.push(...e.tokenIds);
+        else {
+          drafted += e.stats.draftTokensProposed;
+          accepted += e.stats.draftTokensAccepted;
+        }
+      }
+      tokens.forEach((tok, p) => counts[p]!.set(tok, (counts[p]!.get(tok) ?? 0) + 1));
+    }
+    return { counts, drafted, accepted };
+  };
+  const plain = await collect('off', 1);
+  const fast = await collect('ngram', 100_000); // different seeds: a real distributional comparison
+  t.true(fast.drafted > 0 && fast.accepted > 0, `drafted ${fast.drafted}, accepted ${fast.accepted}`);
+  for (let p = 0; p < positions; p++) {
+    // Categories with enough mass; the rest pooled.
+    const keys = new Set([...plain.counts[p]!.keys(), ...fast.counts[p]!.keys()]);
+    let stat = 0;
+    let categories = 0;
+    let restA = 0;
+    let restB = 0;
+    for (const k of keys) {
+      const a = plain.counts[p]!.get(k) ?? 0;
+      const b = fast.counts[p]!.get(k) ?? 0;
+      if (a + b >= 10) {
+        stat += (a - b) ** 2 / (a + b);
+        categories++;
+      } else {
+        restA += a;
+        restB += b;
+      }
+    }
+    if (restA + restB > 0) {
+      stat += (restA - restB) ** 2 / (restA + restB);
+      categories++;
+    }
+    const dof = Math.max(1, categories - 1);
+    // Wilson–Hilferty approximation of the chi-square quantile at p = 0.001 (z = 3.09).
+    const critical = dof * (1 - 2 / (9 * dof) + 3.09 * Math.sqrt(2 / (9 * dof))) ** 3;
+    t.true(categories >= 2, `position ${p}: the distribution should not be degenerate`);
+    t.true(stat < critical, `position ${p}: chi-square ${stat.toFixed(1)} ≥ ${critical.toFixed(1)} (dof ${dof})`);
+  }
+});

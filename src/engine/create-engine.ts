@@ -7,10 +7,14 @@ import { DRAFT_TOKENS_LIMIT, Engine } from './engine.js';
  * Opens a model directory (ours or an Optimum export) with its tokenizer, and measures the cost
  * of verifying T tokens (the adaptive draft length needs it; ~1 s on 2 cores) unless told not to.
  */
-export async function createEngine(modelDir: string, runtime: RuntimeOptions = DEFAULT_RUNTIME_OPTIONS, options: { calibrate?: boolean } = {}): Promise<Engine> {
+export async function createEngine(
+  modelDir: string,
+  runtime: RuntimeOptions = DEFAULT_RUNTIME_OPTIONS,
+  options: { calibrate?: boolean; forwardCost?: readonly number[] } = {},
+): Promise<Engine> {
   const tokenizer = loadTokenizer(modelDir);
   const model = await loadDecoderModel(modelDir, runtime);
-  const engine = new Engine(model, tokenizer);
-  if (options.calibrate ?? true) await engine.forwardCost(DRAFT_TOKENS_LIMIT + 1);
+  const engine = new Engine(model, tokenizer, options.forwardCost);
+  if ((options.calibrate ?? true) && options.forwardCost === undefined) await engine.forwardCost(DRAFT_TOKENS_LIMIT + 1);
   return engine;
 }

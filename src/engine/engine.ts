@@ -106,9 +106,16 @@ export class Engine {
   readonly model: DecoderModel;
   readonly tokenizer: TextTokenizer;
 
-  constructor(model: DecoderModel, tokenizer: TextTokenizer) {
+  /** `forwardCost`: a fixed cost-by-T table (index T) instead of measuring one, e.g. for reproducible runs. */
+  constructor(model: DecoderModel, tokenizer: TextTokenizer, forwardCost?: readonly number[]) {
     this.model = model;
     this.tokenizer = tokenizer;
+    if (forwardCost !== undefined) {
+      if (forwardCost.length < DRAFT_TOKENS_LIMIT + 2 || forwardCost[1] !== 1) {
+        throw new InvalidRequestError(`a forward cost table needs entries for T = 1..${DRAFT_TOKENS_LIMIT + 1} with cost[1] = 1`);
+      }
+      this.costTable = Promise.resolve([...forwardCost]);
+    }
   }
 
   /** Prompt → token ids, validated against the vocabulary. */

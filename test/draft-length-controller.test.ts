@@ -1,3 +1,4 @@
+import { Rng } from '../src/sampling/sampler.js';
 import test from 'ava';
 import {
   DEFAULT_CONTROLLER_OPTIONS,
@@ -19,16 +20,10 @@ function flatCost(draftTokensMax: number, value = 1): number[] {
   return [0, ...new Array<number>(draftTokensMax + 1).fill(value)];
 }
 
-/** Deterministic PRNG (mulberry32) returning floats in [0, 1). */
+/** Deterministic uniform [0, 1) source: the project's own seeded RNG. */
 function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const r = new Rng(seed);
+  return () => r.next();
 }
 
 /** Runs `rounds` rounds where each draft token is accepted with probability `p`; returns the K chosen each round. */

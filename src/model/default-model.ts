@@ -4,7 +4,7 @@
  */
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { unzipSync } from 'fflate';
@@ -114,10 +114,4 @@ export async function ensureDefaultModel(options: GraphOptions = DEFAULT_GRAPH_O
   return ensureConverted(gguf, DEFAULT_MODEL.ggufSha256, options, (phase, done, total) =>
     progress?.({ phase: phase as 'convert' | 'write' | 'read', done, total }),
   );
-}
-
-/** Lists converted model directories in the cache (for `--help` and diagnostics). */
-export function listCachedModels(): string[] {
-  const dir = join(cacheDir(), 'models');
-  return existsSync(dir) ? readdirSync(dir).filter((d) => isConverted(join(dir, d))) : [];
 }

@@ -8,7 +8,10 @@ export type ErrorCode =
   | 'MODEL_NOT_FOUND'
   | 'CONTEXT_OVERFLOW'
   | 'OVERLOADED'
+  | 'UNAVAILABLE'
+  | 'DUPLICATE_REQUEST'
   | 'CANCELLED'
+  | 'DEADLINE_EXCEEDED'
   | 'INTERNAL';
 
 export class AnpdError extends Error {
@@ -48,5 +51,40 @@ export class ModelNotFoundError extends AnpdError {
   constructor(file: string, message: string) {
     super('MODEL_NOT_FOUND', `${file}: ${message}`);
     this.file = file;
+  }
+}
+
+/** A request names a model this server does not serve. */
+export class UnknownModelError extends AnpdError {
+  constructor(model: string, served: readonly string[]) {
+    super('MODEL_NOT_FOUND', `model "${model}" is not served here; served: ${served.join(', ')}`);
+  }
+}
+
+/** Every sequence slot is busy and the wait queue is full: shed load now rather than grow memory. */
+export class OverloadedError extends AnpdError {
+  constructor(message: string) {
+    super('OVERLOADED', message);
+  }
+}
+
+/** The server is draining (shutting down) and takes no new work. */
+export class UnavailableError extends AnpdError {
+  constructor(message: string) {
+    super('UNAVAILABLE', message);
+  }
+}
+
+/** A request id that is already in flight on the same stream. */
+export class DuplicateRequestError extends AnpdError {
+  constructor(requestId: string) {
+    super('DUPLICATE_REQUEST', `request_id "${requestId}" is already in flight on this call`);
+  }
+}
+
+/** The caller's deadline passed before the generation finished. */
+export class DeadlineExceededError extends AnpdError {
+  constructor(message = 'deadline exceeded') {
+    super('DEADLINE_EXCEEDED', message);
   }
 }

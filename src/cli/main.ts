@@ -12,12 +12,16 @@ import { createEngine } from '../engine/create-engine.js';
 import { DEFAULT_SPECULATION, type Prompt, type SpeculationOptions } from '../engine/engine.js';
 import { AnpdError } from '../errors.js';
 import { ensureDefaultModel } from '../model/default-model.js';
+import { runClient } from './client.js';
 import { createProgressReporter } from './progress.js';
+import { runServe } from './serve.js';
 
 const HELP = `anpd — lossless LLM inference with adaptive n-gram speculative decoding
 
 Usage:
-  anpd generate "PROMPT" [options]    stream a completion to stdout
+  anpd serve [options]                start the gRPC server (anpd serve --help)
+  anpd client "PROMPT" [options]      stream a generation from a running server (anpd client --help)
+  anpd generate "PROMPT" [options]    stream a completion to stdout, in process
   anpd fetch-model                    download and convert the default model (SmolLM2-135M-Instruct)
   anpd convert FILE.gguf OUT_DIR      convert a GGUF (llama / qwen2 family) to an ONNX model directory
 
@@ -73,6 +77,8 @@ function num(value: string | undefined, name: string, fallback: number): number 
 }
 
 async function main(argv: string[]): Promise<number> {
+  if (argv[0] === 'serve') return runServe(argv.slice(1));
+  if (argv[0] === 'client') return runClient(argv.slice(1));
   const { values, positionals } = parseArgs({
     args: argv,
     allowPositionals: true,

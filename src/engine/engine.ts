@@ -96,10 +96,24 @@ export interface GenerationFinal {
 
 export type GenerationEvent = GenerationDelta | GenerationFinal;
 
+/** Progress of a generation when it was cancelled, so callers can still report usage. */
+export interface CancelProgress {
+  readonly promptTokens: number;
+  readonly completionTokens: number;
+}
+
 export class CancelledError extends AnpdError {
-  constructor(reason: unknown) {
+  readonly progress: CancelProgress;
+  constructor(reason: unknown, progress: CancelProgress = { promptTokens: 0, completionTokens: 0 }) {
     super('CANCELLED', reason instanceof Error ? reason.message : 'generation cancelled', { cause: reason });
+    this.progress = progress;
   }
+}
+
+/** A request that passed validation, with its prompt tokenized: what `Engine.run` takes. */
+export interface PreparedGeneration {
+  readonly request: GenerateRequest;
+  readonly promptTokens: readonly number[];
 }
 
 export class Engine {
@@ -228,10 +242,24 @@ export class Engine {
     }
   }
 
-  async *generate(request: GenerateRequest, signal?: AbortSignal): AsyncGenerator<GenerationEvent> {
-    const started = performance.now();
+  /** Tokenizes and validates: throws InvalidRequestError / ContextOverflowError before any model work. */
+  prepare(request: GenerateRequest): PreparedGeneration {
     const promptTokens = this.tokenizePrompt(request.prompt);
     this.validate(request, promptTokens.length);
+    return { request, promptTokens };
+  }
+
+  generate(request: GenerateRequest, signal?: AbortSignal): AsyncGenerator<GenerationEvent> {
+    return this.run(this.prepare(request), signal);
+  }
+
+  /**
+   * Decodes a prepared request. Aborting `signal` ends it between rounds with a CancelledError
+   * carrying the usage so far.
+   */
+  async *run(prepared: PreparedGeneration, signal?: AbortSignal): AsyncGenerator<GenerationEvent> {
+    const started = performance.now();
+    const { request, promptTokens } = prepared;
     const info = this.model.info;
     const vocab = info.vocabSize;
     const stopTokens = new Set<number>(request.stopTokenIds ?? []);
@@ -268,9 +296,10 @@ export class Engine {
       draftMs: indexMs,
     };
 
+    let completionTokens = 0;
     const sequence = this.model.createSequence({ capacity: Math.min(info.contextLength, promptTokens.length + request.maxNewTokens + draftTokensMax + 1) });
     try {
-      throwIfAborted(signal);
+      throwIfAborted(signal, promptTokens.length, 0);
       // Prefill everything but the last prompt token: it opens the first round like every newest token.
       if (promptTokens.length > 1) {
         const t0 = performance.now();
@@ -279,7 +308,6 @@ export class Engine {
       }
       const prefillMs = performance.now() - started;
       let firstTokenMs = 0;
-      let completionTokens = 0;
       let last = promptTokens[promptTokens.length - 1]!;
       const input: number[] = [];
       const emitted: number[] = [];
@@ -290,7 +318,7 @@ export class Engine {
       };
 
       while (finishReason === undefined) {
-        throwIfAborted(signal);
+        throwIfAborted(signal, promptTokens.length, completionTokens);
         // Room left for drafts: never past max_new_tokens nor the KV capacity.
         const room = Math.min(controller.current(), request.maxNewTokens - completionTokens - 1, sequence.capacity - sequence.length - 1);
         let draft: readonly number[] = [];
@@ -372,6 +400,6 @@ export class Engine {
   }
 }
 
-function throwIfAborted(signal: AbortSignal | undefined): void {
-  if (signal?.aborted) throw new CancelledError(signal.reason);
+function throwIfAborted(signal: AbortSignal | undefined, promptTokens: number, completionTokens: number): void {
+  if (signal?.aborted) throw new CancelledError(signal.reason, { promptTokens, completionTokens });
 }

@@ -1,0 +1,102 @@
+/**
+ * `anpd client`: streams one generation from a running server (GenerateStream) to stdout.
+ */
+import { parseArgs } from 'node:util';
+import { AnpdError } from '../errors.js';
+import { TextGenerationClient } from '../transport/grpc/client.js';
+import type { GenerateChunkMsg, GenerateRequestMsg } from '../transport/grpc/messages.js';
+
+export const CLIENT_HELP = `anpd client "PROMPT" — stream a generation from a running server
+
+Options:
+  --address HOST:PORT       server (default: ANPD_ADDRESS or localhost:50051)
+  --no-chat                 send the prompt as raw text (default: as a user chat message)
+  --max-new-tokens N        (default: the server's default)
+  --temperature T --top-k K --top-p P --repetition-penalty R --seed S
+  --stop TEXT               stop sequence (repeatable)
+  --speculation off|ngram   (default ngram; the output is the same either way)
+  --deadline-ms N           call deadline
+  --info                    print ModelInfo as JSON instead of generating
+  --stats                   print the final chunk's info as JSON on stderr
+`;
+
+function number(value: string | undefined, name: string): number | undefined {
+  if (value === undefined) return undefined;
+  const n = Number(value);
+  if (!Number.isFinite(n)) throw new AnpdError('INVALID_REQUEST', `--${name} must be a number, got "${value}"`);
+  return n;
+}
+
+export async function runClient(argv: readonly string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: [...argv],
+    allowPositionals: true,
+    options: {
+      help: { type: 'boolean', short: 'h' },
+      address: { type: 'string' },
+      'no-chat': { type: 'boolean' },
+      'max-new-tokens': { type: 'string' },
+      temperature: { type: 'string' },
+      'top-k': { type: 'string' },
+      'top-p': { type: 'string' },
+      'repetition-penalty': { type: 'string' },
+      seed: { type: 'string' },
+      stop: { type: 'string', multiple: true },
+      speculation: { type: 'string' },
+      'deadline-ms': { type: 'string' },
+      info: { type: 'boolean' },
+      stats: { type: 'boolean' },
+    },
+  });
+  if (values.help) {
+    process.stdout.write(CLIENT_HELP);
+    return 0;
+  }
+  const client = new TextGenerationClient(values.address ?? process.env['ANPD_ADDRESS'] ?? 'localhost:50051');
+  const deadlineMs = number(values['deadline-ms'], 'deadline-ms');
+  const settings = deadlineMs !== undefined ? { deadlineMs } : {};
+  try {
+    if (values.info) {
+      process.stdout.write(`${JSON.stringify(await client.modelInfo('', settings), null, 2)}\n`);
+      return 0;
+    }
+    const text = positionals.join(' ');
+    if (text.trim() === '') throw new AnpdError('INVALID_REQUEST', 'client needs a prompt argument');
+    const sampling: NonNullable<GenerateRequestMsg['sampling']> = {};
+    const temperature = number(values.temperature, 'temperature');
+    if (temperature !== undefined) sampling.temperature = temperature;
+    const topK = number(values['top-k'], 'top-k');
+    if (topK !== undefined) sampling.top_k = topK;
+    const topP = number(values['top-p'], 'top-p');
+    if (topP !== undefined) sampling.top_p = topP;
+    const penalty = number(values['repetition-penalty'], 'repetition-penalty');
+    if (penalty !== undefined) sampling.repetition_penalty = penalty;
+    if (values.seed !== undefined) sampling.seed = values.seed;
+    const request: GenerateRequestMsg = {
+      request_id: `cli-${process.pid}`,
+      ...(values['no-chat'] ? { text } : { messages: { messages: [{ role: 'user', content: text }] } }),
+      sampling,
+      stopping: { max_new_tokens: number(values['max-new-tokens'], 'max-new-tokens') ?? 0, stop_sequences: values.stop ?? [] },
+      speculation: { mode: values.speculation === 'off' ? 'MODE_OFF' : 'MODE_NGRAM' },
+    };
+    const stream = client.generateStream(request, settings);
+    process.once('SIGINT', () => stream.cancel());
+    for await (const chunk of stream as AsyncIterable<GenerateChunkMsg>) {
+      process.stdout.write(chunk.text);
+      if (chunk.final) {
+        process.stdout.write('\n');
+        if (values.stats) process.stderr.write(`${JSON.stringify(chunk.final)}\n`);
+      }
+    }
+    return 0;
+  } catch (error) {
+    const e = error as { code?: number; details?: string };
+    if (typeof e.code === 'number' && e.details !== undefined) {
+      process.stderr.write(`error: gRPC status ${e.code}: ${e.details}\n`);
+      return 1;
+    }
+    throw error;
+  } finally {
+    client.close();
+  }
+}

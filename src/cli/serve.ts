@@ -1,0 +1,54 @@
+/**
+ * `anpd serve`: configuration → model → engine → gRPC server; SIGTERM/SIGINT → drain → exit 0.
+ */
+import { basename, resolve } from 'node:path';
+import { parseServerConfig, SERVE_HELP, wantsHelp } from '../config/server-config.js';
+import { DEFAULT_GRAPH_OPTIONS } from '../convert/llama-graph.js';
+import { createEngine } from '../engine/create-engine.js';
+import { InferenceService } from '../engine/inference-service.js';
+import { createLogger } from '../log.js';
+import { DEFAULT_MODEL, ensureDefaultModel } from '../model/default-model.js';
+import { startGrpcServer } from '../transport/grpc/server.js';
+import { createProgressReporter } from './progress.js';
+
+export async function runServe(argv: readonly string[]): Promise<number> {
+  if (wantsHelp(argv)) {
+    process.stdout.write(SERVE_HELP);
+    return 0;
+  }
+  const config = parseServerConfig(argv, process.env);
+  const logger = createLogger(config.logLevel);
+  let modelDir = config.modelDir;
+  if (modelDir === undefined) {
+    const progress = createProgressReporter();
+    modelDir = await ensureDefaultModel(DEFAULT_GRAPH_OPTIONS, progress);
+    progress.stop();
+  }
+  const loadStarted = performance.now();
+  const engine = await createEngine(modelDir, {
+    executionProvider: config.executionProvider,
+    intraOpThreads: config.intraOpThreads,
+    kvCapacity: config.kvCapacity,
+  });
+  logger.info('model loaded', { modelDir, model: engine.model.info.name, loadMs: Math.round(performance.now() - loadStarted) });
+  const service = new InferenceService({
+    engine,
+    modelName: config.modelName ?? (config.modelDir === undefined ? DEFAULT_MODEL.name.toLowerCase() : basename(resolve(config.modelDir))),
+    pool: { maxActive: config.maxActiveSequences, maxQueued: config.maxQueuedRequests },
+    limits: { maxNewTokensDefault: config.maxNewTokensDefault, maxNewTokensLimit: config.maxNewTokensLimit },
+  });
+  const server = await startGrpcServer(service, config, logger);
+  const signal = await new Promise<NodeJS.Signals>((resolve) => {
+    process.once('SIGTERM', () => resolve('SIGTERM'));
+    process.once('SIGINT', () => resolve('SIGINT'));
+  });
+  logger.info('shutdown requested', { signal, graceMs: config.shutdownGraceMs });
+  // A second signal means "now".
+  const forceExit = () => process.exit(1);
+  process.once('SIGTERM', forceExit);
+  process.once('SIGINT', forceExit);
+  const finishedInGrace = await server.shutdown(config.shutdownGraceMs);
+  await engine.model.dispose();
+  logger.info('exiting', { finishedInGrace });
+  return 0;
+}

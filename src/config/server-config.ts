@@ -1,0 +1,180 @@
+/**
+ * Server configuration: parsed once from flags and the environment (flags win), validated, frozen.
+ * The table of settings lives in docs/configuration.md — keep both in step.
+ */
+import { availableParallelism } from 'node:os';
+import { parseArgs } from 'node:util';
+import { MAX_NEW_TOKENS_LIMIT } from '../engine/engine.js';
+import { AnpdError } from '../errors.js';
+import type { LogLevel } from '../log.js';
+
+export class ConfigError extends AnpdError {
+  constructor(message: string) {
+    super('INVALID_REQUEST', message);
+  }
+}
+
+export interface ServerConfig {
+  /** @default '0.0.0.0' */
+  readonly host: string;
+  /** @default 50051 */
+  readonly port: number;
+  /** Model directory (ours or an Optimum export); undefined = the default model, fetched on first use. */
+  readonly modelDir: string | undefined;
+  /** Name requests use in `model`. @default 'smollm2-135m-instruct' for the default model, else the directory's name */
+  readonly modelName: string | undefined;
+  /** Sequences decoding at once. @default max(4, 2 × cores) */
+  readonly maxActiveSequences: number;
+  /** Requests waiting for a slot; beyond it RESOURCE_EXHAUSTED. @default 8 × maxActiveSequences */
+  readonly maxQueuedRequests: number;
+  /** @default 256 */
+  readonly maxNewTokensDefault: number;
+  /** @default 4096 */
+  readonly maxNewTokensLimit: number;
+  /** @default 'cpu' */
+  readonly executionProvider: 'cpu';
+  /** ONNX Runtime intra-op threads; 0 = one per core. @default 0 */
+  readonly intraOpThreads: number;
+  /** KV positions a sequence may grow to (clamped to the model's context). @default 8192 */
+  readonly kvCapacity: number;
+  /** SIGTERM: how long in-flight generations may run before connections are cut. @default 30000 */
+  readonly shutdownGraceMs: number;
+  /** @default 4194304 */
+  readonly maxReceiveMessageBytes: number;
+  /** HTTP/2 streams per connection. @default 256 */
+  readonly maxConcurrentStreams: number;
+  /** @default 30000 */
+  readonly keepaliveTimeMs: number;
+  /** @default 10000 */
+  readonly keepaliveTimeoutMs: number;
+  /** @default 'info' */
+  readonly logLevel: LogLevel;
+}
+
+interface Setting {
+  readonly flag: string;
+  readonly env: readonly string[];
+}
+
+/** Flag and environment names of every setting (docs/configuration.md lists them). */
+export const SERVER_SETTINGS = {
+  host: { flag: 'host', env: ['ANPD_HOST'] },
+  port: { flag: 'port', env: ['ANPD_PORT', 'PORT'] },
+  modelDir: { flag: 'model', env: ['ANPD_MODEL_DIR'] },
+  modelName: { flag: 'model-name', env: ['ANPD_MODEL_NAME'] },
+  maxActiveSequences: { flag: 'max-active-sequences', env: ['ANPD_MAX_ACTIVE_SEQUENCES'] },
+  maxQueuedRequests: { flag: 'max-queued-requests', env: ['ANPD_MAX_QUEUED_REQUESTS'] },
+  maxNewTokensDefault: { flag: 'max-new-tokens-default', env: ['ANPD_MAX_NEW_TOKENS_DEFAULT'] },
+  maxNewTokensLimit: { flag: 'max-new-tokens-limit', env: ['ANPD_MAX_NEW_TOKENS_LIMIT'] },
+  executionProvider: { flag: 'execution-provider', env: ['ANPD_EXECUTION_PROVIDER'] },
+  intraOpThreads: { flag: 'threads', env: ['ANPD_THREADS'] },
+  kvCapacity: { flag: 'kv-capacity', env: ['ANPD_KV_CAPACITY'] },
+  shutdownGraceMs: { flag: 'shutdown-grace-ms', env: ['ANPD_SHUTDOWN_GRACE_MS'] },
+  maxReceiveMessageBytes: { flag: 'max-receive-message-bytes', env: ['ANPD_MAX_RECEIVE_MESSAGE_BYTES'] },
+  maxConcurrentStreams: { flag: 'max-concurrent-streams', env: ['ANPD_MAX_CONCURRENT_STREAMS'] },
+  keepaliveTimeMs: { flag: 'keepalive-time-ms', env: ['ANPD_KEEPALIVE_TIME_MS'] },
+  keepaliveTimeoutMs: { flag: 'keepalive-timeout-ms', env: ['ANPD_KEEPALIVE_TIMEOUT_MS'] },
+  logLevel: { flag: 'log-level', env: ['ANPD_LOG_LEVEL'] },
+} as const satisfies Record<keyof ServerConfig, Setting>;
+
+export const SERVE_HELP = `anpd serve — start the gRPC server (llm.v1.TextGeneration, health, reflection)
+
+Options (flag, environment variable, default):
+  --host HOST                        ANPD_HOST                       0.0.0.0
+  --port N                           ANPD_PORT or PORT               50051
+  --model DIR                        ANPD_MODEL_DIR                  the default model (SmolLM2-135M-Instruct)
+  --model-name NAME                  ANPD_MODEL_NAME                 smollm2-135m-instruct, or DIR's name
+  --max-active-sequences N           ANPD_MAX_ACTIVE_SEQUENCES       max(4, 2 × cores)
+  --max-queued-requests N            ANPD_MAX_QUEUED_REQUESTS        8 × max-active-sequences
+  --max-new-tokens-default N         ANPD_MAX_NEW_TOKENS_DEFAULT     256
+  --max-new-tokens-limit N           ANPD_MAX_NEW_TOKENS_LIMIT       4096
+  --execution-provider cpu           ANPD_EXECUTION_PROVIDER         cpu
+  --threads N                        ANPD_THREADS                    0 (one per core)
+  --kv-capacity N                    ANPD_KV_CAPACITY                8192
+  --shutdown-grace-ms N              ANPD_SHUTDOWN_GRACE_MS          30000
+  --max-receive-message-bytes N      ANPD_MAX_RECEIVE_MESSAGE_BYTES  4194304
+  --max-concurrent-streams N         ANPD_MAX_CONCURRENT_STREAMS     256
+  --keepalive-time-ms N              ANPD_KEEPALIVE_TIME_MS          30000
+  --keepalive-timeout-ms N           ANPD_KEEPALIVE_TIMEOUT_MS       10000
+  --log-level debug|info|warn|error|silent   ANPD_LOG_LEVEL          info
+
+On SIGTERM or SIGINT: health NOT_SERVING, new requests UNAVAILABLE, in-flight generations finish
+within the grace period, exit 0.
+`;
+
+const LOG_LEVELS: readonly LogLevel[] = ['debug', 'info', 'warn', 'error', 'silent'];
+
+/** Largest accepted values: each guards memory or a timer. */
+const LIMITS = {
+  sequences: 1024,
+  queue: 100_000,
+  kv: 131_072,
+  threads: 1024,
+  graceMs: 24 * 3600_000,
+  messageBytes: 1 << 30,
+  streams: 100_000,
+  timerMs: 2 ** 31 - 1,
+} as const;
+
+export function parseServerConfig(argv: readonly string[], env: NodeJS.ProcessEnv = process.env): ServerConfig {
+  const options = Object.fromEntries(Object.values(SERVER_SETTINGS).map((s) => [s.flag, { type: 'string' as const }]));
+  let values: Record<string, string | boolean | undefined>;
+  try {
+    ({ values } = parseArgs({ args: [...argv], options: { ...options, help: { type: 'boolean', short: 'h' } }, allowPositionals: false, strict: true }));
+  } catch (cause) {
+    throw new ConfigError((cause as Error).message);
+  }
+  const raw = (key: keyof ServerConfig): { value: string; source: string } | undefined => {
+    const setting: Setting = SERVER_SETTINGS[key];
+    const flagValue = values[setting.flag];
+    if (typeof flagValue === 'string') return { value: flagValue, source: `--${setting.flag}` };
+    for (const name of setting.env) {
+      const v = env[name];
+      if (v !== undefined && v !== '') return { value: v, source: name };
+    }
+    return undefined;
+  };
+  const int = (key: keyof ServerConfig, fallback: number, min: number, max: number): number => {
+    const r = raw(key);
+    if (r === undefined) return fallback;
+    const n = Number(r.value);
+    if (!/^\s*\d+\s*$/.test(r.value) || !Number.isSafeInteger(n) || n < min || n > max) {
+      throw new ConfigError(`${r.source} must be an integer in [${min}, ${max}], got "${r.value}"`);
+    }
+    return n;
+  };
+  const choice = <T extends string>(key: keyof ServerConfig, allowed: readonly T[], fallback: T): T => {
+    const r = raw(key);
+    if (r === undefined) return fallback;
+    if (!(allowed as readonly string[]).includes(r.value)) throw new ConfigError(`${r.source} must be one of ${allowed.join(', ')}, got "${r.value}"`);
+    return r.value as T;
+  };
+
+  const maxActiveSequences = int('maxActiveSequences', Math.max(4, 2 * availableParallelism()), 1, LIMITS.sequences);
+  const maxNewTokensLimit = int('maxNewTokensLimit', 4096, 1, MAX_NEW_TOKENS_LIMIT);
+  const maxNewTokensDefault = int('maxNewTokensDefault', Math.min(256, maxNewTokensLimit), 1, maxNewTokensLimit);
+  const config: ServerConfig = {
+    host: raw('host')?.value ?? '0.0.0.0',
+    port: int('port', 50051, 0, 65535),
+    modelDir: raw('modelDir')?.value,
+    modelName: raw('modelName')?.value,
+    maxActiveSequences,
+    maxQueuedRequests: int('maxQueuedRequests', 8 * maxActiveSequences, 0, LIMITS.queue),
+    maxNewTokensDefault,
+    maxNewTokensLimit,
+    executionProvider: choice('executionProvider', ['cpu'] as const, 'cpu'),
+    intraOpThreads: int('intraOpThreads', 0, 0, LIMITS.threads),
+    kvCapacity: int('kvCapacity', 8192, 16, LIMITS.kv),
+    shutdownGraceMs: int('shutdownGraceMs', 30_000, 0, LIMITS.graceMs),
+    maxReceiveMessageBytes: int('maxReceiveMessageBytes', 4 * 1024 * 1024, 1024, LIMITS.messageBytes),
+    maxConcurrentStreams: int('maxConcurrentStreams', 256, 1, LIMITS.streams),
+    keepaliveTimeMs: int('keepaliveTimeMs', 30_000, 1000, LIMITS.timerMs),
+    keepaliveTimeoutMs: int('keepaliveTimeoutMs', 10_000, 1000, LIMITS.timerMs),
+    logLevel: choice('logLevel', LOG_LEVELS, 'info'),
+  };
+  return Object.freeze(config);
+}
+
+export function wantsHelp(argv: readonly string[]): boolean {
+  return argv.includes('--help') || argv.includes('-h');
+}

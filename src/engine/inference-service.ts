@@ -1,0 +1,140 @@
+/**
+ * What a transport talks to: the served model(s), admission through the session pool, drain on
+ * shutdown. Transport-neutral — the gRPC adapter translates messages to and from these calls.
+ */
+import { InvalidRequestError, UnavailableError, UnknownModelError } from '../errors.js';
+import type { ModelInfo } from '../runtime/types.js';
+import type { ChatMessage } from '../tokenizer/tokenizer.js';
+import {
+  type Engine,
+  type GenerateRequest,
+  type GenerationDelta,
+  type GenerationFinal,
+  DRAFT_TOKENS_LIMIT,
+  MAX_NEW_TOKENS_LIMIT,
+  type Prompt,
+} from './engine.js';
+import { SessionPool, type SessionPoolOptions, type SessionPoolState } from './session-pool.js';
+
+export interface ServiceLimits {
+  /** Used when a request leaves max_new_tokens unset (0). */
+  readonly maxNewTokensDefault: number;
+  /** Largest max_new_tokens a request may ask for (≤ MAX_NEW_TOKENS_LIMIT). */
+  readonly maxNewTokensLimit: number;
+}
+
+export interface ServiceFinal extends GenerationFinal {
+  /** Time spent waiting for a sequence slot. */
+  readonly queueMs: number;
+}
+
+export type ServiceEvent = GenerationDelta | ServiceFinal;
+
+export interface ServedModelInfo extends ModelInfo {
+  readonly maxNewTokensLimit: number;
+  readonly maxNewTokensDefault: number;
+  readonly draftTokensLimit: number;
+  readonly hasChatTemplate: boolean;
+}
+
+export interface InferenceServiceOptions {
+  readonly engine: Engine;
+  /** The name requests use in `model` (empty also selects it). */
+  readonly modelName: string;
+  readonly pool: SessionPoolOptions;
+  readonly limits: ServiceLimits;
+}
+
+export class InferenceService {
+  readonly engine: Engine;
+  readonly modelName: string;
+  readonly pool: SessionPool;
+  readonly limits: ServiceLimits;
+
+  constructor({ engine, modelName, pool, limits }: InferenceServiceOptions) {
+    if (limits.maxNewTokensLimit > MAX_NEW_TOKENS_LIMIT || limits.maxNewTokensDefault > limits.maxNewTokensLimit) {
+      throw new RangeError(`need maxNewTokensDefault ≤ maxNewTokensLimit ≤ ${MAX_NEW_TOKENS_LIMIT}`);
+    }
+    this.engine = engine;
+    this.modelName = modelName;
+    this.pool = new SessionPool(pool);
+    this.limits = limits;
+  }
+
+  get poolState(): SessionPoolState {
+    return this.pool.state;
+  }
+
+  get draining(): boolean {
+    return this.pool.state.draining;
+  }
+
+  /** Empty name = the default model. Throws UnknownModelError for anything not served. */
+  resolveModel(name: string): Engine {
+    if (name === '' || name === this.modelName) return this.engine;
+    throw new UnknownModelError(name, [this.modelName]);
+  }
+
+  modelInfo(name: string): ServedModelInfo {
+    const engine = this.resolveModel(name);
+    return {
+      ...engine.model.info,
+      name: this.modelName,
+      maxNewTokensLimit: this.limits.maxNewTokensLimit,
+      maxNewTokensDefault: this.limits.maxNewTokensDefault,
+      draftTokensLimit: DRAFT_TOKENS_LIMIT,
+      hasChatTemplate: engine.tokenizer.hasChatTemplate,
+    };
+  }
+
+  tokenize(name: string, prompt: Prompt): number[] {
+    return this.resolveModel(name).tokenizePrompt(prompt);
+  }
+
+  decodeTokens(name: string, ids: readonly number[]): string[] {
+    const tokenizer = this.resolveModel(name).tokenizer;
+    return ids.map((id) => tokenizer.decode([id], { skipSpecialTokens: false }));
+  }
+
+  /** Applies the default max_new_tokens (0 = unset) and the server's limit. */
+  withLimits(request: GenerateRequest): GenerateRequest {
+    const maxNewTokens = request.maxNewTokens === 0 ? this.limits.maxNewTokensDefault : request.maxNewTokens;
+    if (!Number.isInteger(maxNewTokens) || maxNewTokens < 1 || maxNewTokens > this.limits.maxNewTokensLimit) {
+      throw new InvalidRequestError(`max_new_tokens must be an integer in [1, ${this.limits.maxNewTokensLimit}], got ${maxNewTokens}`);
+    }
+    return maxNewTokens === request.maxNewTokens ? request : { ...request, maxNewTokens };
+  }
+
+  /**
+   * Validates (before taking a slot, so bad requests cost no queue space), waits for a slot, then
+   * streams the engine's events. Errors: UnknownModelError, InvalidRequestError,
+   * ContextOverflowError, UnavailableError (draining), OverloadedError (queue full),
+   * CancelledError (signal aborted), anything else is an engine failure.
+   */
+  async *generate(model: string, request: GenerateRequest, signal?: AbortSignal): AsyncGenerator<ServiceEvent> {
+    const received = performance.now();
+    const engine = this.resolveModel(model);
+    if (this.draining) throw new UnavailableError('server is shutting down and accepts no new requests');
+    const prepared = engine.prepare(this.withLimits(request));
+    const lease = await this.pool.acquire(signal);
+    try {
+      const queueMs = performance.now() - received;
+      for await (const event of engine.run(prepared, signal)) {
+        if (event.type === 'final') yield { ...event, queueMs };
+        else yield event;
+      }
+    } finally {
+      lease.release();
+    }
+  }
+
+  startDraining(): void {
+    this.pool.startDraining();
+  }
+
+  whenIdle(): Promise<void> {
+    return this.pool.whenIdle();
+  }
+}
+
+export type { ChatMessage };

@@ -1,0 +1,137 @@
+/**
+ * Admission control for one model: at most `maxActive` sequences decode at once (each holds a KV
+ * cache), at most `maxQueued` requests wait for a slot, and anything beyond that is refused at
+ * once with OverloadedError — the queue never grows without bound.
+ */
+import { OverloadedError, UnavailableError } from '../errors.js';
+import { CancelledError } from './engine.js';
+
+export interface SessionPoolOptions {
+  /** Sequences decoding concurrently (each owns a KV cache). */
+  readonly maxActive: number;
+  /** Requests waiting for a slot; beyond it requests are refused. */
+  readonly maxQueued: number;
+}
+
+export interface SessionPoolState {
+  readonly active: number;
+  readonly queued: number;
+  readonly maxActive: number;
+  readonly maxQueued: number;
+  readonly draining: boolean;
+  /** Requests refused because the queue was full, since start. */
+  readonly rejected: number;
+}
+
+/** A slot; `release` is idempotent so every exit path may call it. */
+export interface Lease {
+  release(): void;
+}
+
+interface Waiter {
+  readonly grant: (lease: Lease) => void;
+  readonly fail: (error: Error) => void;
+}
+
+export class SessionPool {
+  readonly maxActive: number;
+  readonly maxQueued: number;
+  private active = 0;
+  private rejected = 0;
+  private draining = false;
+  private readonly waiters: Waiter[] = [];
+  private idleWaiters: Array<() => void> = [];
+
+  constructor(options: SessionPoolOptions) {
+    if (!Number.isInteger(options.maxActive) || options.maxActive < 1) throw new RangeError('maxActive must be an integer ≥ 1');
+    if (!Number.isInteger(options.maxQueued) || options.maxQueued < 0) throw new RangeError('maxQueued must be an integer ≥ 0');
+    this.maxActive = options.maxActive;
+    this.maxQueued = options.maxQueued;
+  }
+
+  get state(): SessionPoolState {
+    return {
+      active: this.active,
+      queued: this.waiters.length,
+      maxActive: this.maxActive,
+      maxQueued: this.maxQueued,
+      draining: this.draining,
+      rejected: this.rejected,
+    };
+  }
+
+  /**
+   * Resolves with a slot, in arrival order. Rejects at once with OverloadedError when the queue is
+   * full, UnavailableError while draining, and CancelledError if `signal` aborts while waiting.
+   */
+  acquire(signal?: AbortSignal): Promise<Lease> {
+    if (signal?.aborted) return Promise.reject(new CancelledError(signal.reason));
+    if (this.draining) return Promise.reject(new UnavailableError('server is shutting down and accepts no new requests'));
+    if (this.active < this.maxActive) {
+      this.active++;
+      return Promise.resolve(this.newLease());
+    }
+    if (this.waiters.length >= this.maxQueued) {
+      this.rejected++;
+      return Promise.reject(
+        new OverloadedError(`server is at capacity: ${this.active} generations running and ${this.waiters.length} queued; retry later`),
+      );
+    }
+    return new Promise<Lease>((resolve, reject) => {
+      const onAbort = () => {
+        const i = this.waiters.indexOf(waiter);
+        if (i >= 0) this.waiters.splice(i, 1);
+        reject(new CancelledError(signal?.reason));
+        this.notifyIfIdle();
+      };
+      const waiter: Waiter = {
+        grant: (lease) => {
+          signal?.removeEventListener('abort', onAbort);
+          resolve(lease);
+        },
+        fail: (error) => {
+          signal?.removeEventListener('abort', onAbort);
+          reject(error);
+        },
+      };
+      this.waiters.push(waiter);
+      signal?.addEventListener('abort', onAbort, { once: true });
+    });
+  }
+
+  /** Refuse new requests from now on; queued and running ones still complete. */
+  startDraining(): void {
+    this.draining = true;
+    this.notifyIfIdle();
+  }
+
+  /** Resolves once nothing runs or waits. */
+  whenIdle(): Promise<void> {
+    if (this.active === 0 && this.waiters.length === 0) return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  private newLease(): Lease {
+    let released = false;
+    return {
+      release: () => {
+        if (released) return;
+        released = true;
+        const next = this.waiters.shift();
+        if (next) {
+          next.grant(this.newLease());
+        } else {
+          this.active--;
+          this.notifyIfIdle();
+        }
+      },
+    };
+  }
+
+  private notifyIfIdle(): void {
+    if (this.active !== 0 || this.waiters.length !== 0) return;
+    const waiting = this.idleWaiters;
+    this.idleWaiters = [];
+    for (const resolve of waiting) resolve();
+  }
+}

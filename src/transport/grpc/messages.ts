@@ -1,0 +1,270 @@
+/**
+ * The proto messages as proto-loader decodes them (keepCase, longs/enums as strings, no defaults,
+ * empty arrays, oneof names), and their translation to and from engine types. Validation of what
+ * only the wire can get wrong (missing prompt, unknown role, huge seed) lives here; the engine
+ * validates the rest. Every message names the field.
+ */
+import type { GenerateRequest as EngineRequest, Prompt, SpeculationOptions } from '../../engine/engine.js';
+import { DEFAULT_SPECULATION } from '../../engine/engine.js';
+import type { ServiceFinal, ServedModelInfo } from '../../engine/inference-service.js';
+import { InvalidRequestError } from '../../errors.js';
+import type { SamplingParams as EngineSampling } from '../../sampling/sampler.js';
+import type { ChatMessage } from '../../tokenizer/tokenizer.js';
+
+export interface ChatMessageMsg {
+  role?: string;
+  content?: string;
+}
+
+export interface GenerateRequestMsg {
+  request_id?: string;
+  model?: string;
+  prompt?: 'text' | 'messages' | 'token_ids';
+  text?: string;
+  messages?: { messages?: ChatMessageMsg[] };
+  token_ids?: { ids?: number[] };
+  sampling?: {
+    temperature?: number;
+    top_p?: number;
+    top_k?: number;
+    repetition_penalty?: number;
+    seed?: string;
+  };
+  stopping?: {
+    max_new_tokens?: number;
+    stop_sequences?: string[];
+    stop_token_ids?: number[];
+    ignore_eos?: boolean;
+  };
+  speculation?: {
+    mode?: 'MODE_DEFAULT' | 'MODE_OFF' | 'MODE_NGRAM';
+    max_draft_tokens?: number;
+    ngram_n?: number;
+  };
+}
+
+export type FinishReasonMsg =
+  | 'FINISH_REASON_LENGTH'
+  | 'FINISH_REASON_EOS_TOKEN'
+  | 'FINISH_REASON_STOP_SEQUENCE'
+  | 'FINISH_REASON_CANCELLED';
+
+export interface FinalInfoMsg {
+  finish_reason: FinishReasonMsg;
+  usage: { input_tokens: number; output_tokens: number };
+  speculation: { verify_steps: number; draft_tokens: number; accepted_tokens: number };
+  queue_ms: number;
+  first_token_ms: number;
+  total_ms: number;
+  seed: string;
+}
+
+export interface GenerateChunkMsg {
+  request_id: string;
+  seq: number;
+  text: string;
+  token_ids: readonly number[];
+  final?: FinalInfoMsg;
+}
+
+export interface GenerateResponseMsg {
+  request_id: string;
+  text: string;
+  token_ids: number[];
+  final: FinalInfoMsg;
+}
+
+export interface CancelRequestMsg {
+  request_ids?: string[];
+  all?: boolean;
+}
+
+export interface BidiClientMsg {
+  msg?: 'generate' | 'cancel';
+  generate?: GenerateRequestMsg;
+  cancel?: CancelRequestMsg;
+}
+
+export interface RequestErrorMsg {
+  request_id: string;
+  code: number;
+  message: string;
+  reason: string;
+}
+
+export type BidiServerMsg = { chunk: GenerateChunkMsg } | { error: RequestErrorMsg };
+
+export interface TokenizeRequestMsg {
+  model?: string;
+  prompt?: 'text' | 'messages';
+  text?: string;
+  messages?: { messages?: ChatMessageMsg[] };
+  return_tokens?: boolean;
+}
+
+export interface ModelInfoResponseMsg {
+  model: string;
+  architecture: string;
+  vocab_size: number;
+  max_context_tokens: number;
+  max_new_tokens_limit: number;
+  max_new_tokens_default: number;
+  eos_token_ids: number[];
+  has_chat_template: boolean;
+  speculation_available: boolean;
+  max_draft_tokens: number;
+  execution_provider: string;
+  max_active_sequences: number;
+  max_queued_requests: number;
+}
+
+/** Request ids are echoed on every chunk: keep them short. */
+export const REQUEST_ID_CHARS_MAX = 256;
+/** Chat messages per request: rendering cost and prompt size stay bounded. */
+export const CHAT_MESSAGES_MAX = 1024;
+const CHAT_ROLES = new Set(['system', 'user', 'assistant']);
+const UINT32_MAX = 0xffff_ffff;
+
+export function parseChatMessages(field: string, msg: { messages?: ChatMessageMsg[] } | undefined): ChatMessage[] {
+  const list = msg?.messages ?? [];
+  if (list.length === 0) throw new InvalidRequestError(`${field} must hold at least one message`);
+  if (list.length > CHAT_MESSAGES_MAX) throw new InvalidRequestError(`${field} holds ${list.length} messages; at most ${CHAT_MESSAGES_MAX}`);
+  return list.map((m, i) => {
+    const role = m.role ?? '';
+    if (!CHAT_ROLES.has(role)) {
+      throw new InvalidRequestError(`${field}[${i}].role must be one of system, user, assistant; got "${role}"`);
+    }
+    if (typeof m.content !== 'string' || m.content.length === 0) throw new InvalidRequestError(`${field}[${i}].content is empty`);
+    return { role, content: m.content };
+  });
+}
+
+function parsePrompt(msg: GenerateRequestMsg): Prompt {
+  switch (msg.prompt) {
+    case 'text':
+      if (!msg.text) throw new InvalidRequestError('text is empty');
+      return { kind: 'text', text: msg.text };
+    case 'messages':
+      return { kind: 'messages', messages: parseChatMessages('messages.messages', msg.messages) };
+    case 'token_ids': {
+      const ids = msg.token_ids?.ids ?? [];
+      if (ids.length === 0) throw new InvalidRequestError('token_ids.ids is empty');
+      return { kind: 'tokens', tokenIds: ids };
+    }
+    default:
+      throw new InvalidRequestError('prompt is missing: set one of text, messages, token_ids');
+  }
+}
+
+/** uint64 seed (decimal string) → the sampler's 32-bit seed: small seeds map to themselves. */
+export function foldSeed(seed: string | undefined): number {
+  if (seed === undefined || seed === '') return 0;
+  if (!/^\d+$/.test(seed)) throw new InvalidRequestError(`sampling.seed must be an unsigned integer, got "${seed}"`);
+  const big = BigInt(seed);
+  return Number((big & 0xffff_ffffn) ^ (big >> 32n)) >>> 0;
+}
+
+function parseSampling(s: GenerateRequestMsg['sampling']): EngineSampling {
+  const temperature = s?.temperature ?? 0;
+  const topP = s?.top_p ?? 1;
+  const repetitionPenalty = s?.repetition_penalty ?? 1;
+  // Checked here so the message names the proto field; the engine checks again.
+  if (!Number.isFinite(temperature) || temperature < 0) throw new InvalidRequestError(`sampling.temperature must be ≥ 0, got ${temperature}`);
+  if (!(topP > 0 && topP <= 1)) throw new InvalidRequestError(`sampling.top_p must be in (0, 1], got ${topP}`);
+  if (!(repetitionPenalty > 0) || !Number.isFinite(repetitionPenalty)) {
+    throw new InvalidRequestError(`sampling.repetition_penalty must be > 0, got ${repetitionPenalty}`);
+  }
+  return { temperature, topP, topK: s?.top_k ?? 0, repetitionPenalty, seed: foldSeed(s?.seed) };
+}
+
+function parseSpeculation(s: GenerateRequestMsg['speculation']): SpeculationOptions {
+  const mode = s?.mode === 'MODE_OFF' ? 'off' : 'ngram';
+  return {
+    ...DEFAULT_SPECULATION,
+    mode,
+    draftTokensMax: s?.max_draft_tokens || DEFAULT_SPECULATION.draftTokensMax,
+    ngramN: s?.ngram_n || DEFAULT_SPECULATION.ngramN,
+  };
+}
+
+export interface ParsedGenerate {
+  readonly requestId: string;
+  readonly model: string;
+  readonly request: EngineRequest;
+  /** Echoed in FinalInfo.seed. */
+  readonly seed: string;
+}
+
+/** Wire request → engine request. max_new_tokens 0 stays 0: the service applies its default. */
+export function parseGenerateRequest(msg: GenerateRequestMsg): ParsedGenerate {
+  const requestId = msg.request_id ?? '';
+  if (requestId.length > REQUEST_ID_CHARS_MAX) throw new InvalidRequestError(`request_id is longer than ${REQUEST_ID_CHARS_MAX} characters`);
+  const stopping = msg.stopping;
+  const stopTokenIds = stopping?.stop_token_ids ?? [];
+  for (const id of stopTokenIds) {
+    if (id > UINT32_MAX) throw new InvalidRequestError(`stopping.stop_token_ids holds ${id}, outside uint32`);
+  }
+  const request: EngineRequest = {
+    prompt: parsePrompt(msg),
+    maxNewTokens: stopping?.max_new_tokens ?? 0,
+    stopSequences: stopping?.stop_sequences ?? [],
+    stopTokenIds,
+    ignoreEos: stopping?.ignore_eos ?? false,
+    sampling: parseSampling(msg.sampling),
+    speculation: parseSpeculation(msg.speculation),
+  };
+  return { requestId, model: msg.model ?? '', request, seed: msg.sampling?.seed ?? '0' };
+}
+
+const FINISH_REASONS: Record<ServiceFinal['finishReason'], FinishReasonMsg> = {
+  length: 'FINISH_REASON_LENGTH',
+  eos_token: 'FINISH_REASON_EOS_TOKEN',
+  stop_sequence: 'FINISH_REASON_STOP_SEQUENCE',
+};
+
+export function toFinalInfo(final: ServiceFinal, seed: string): FinalInfoMsg {
+  return {
+    finish_reason: FINISH_REASONS[final.finishReason],
+    usage: { input_tokens: final.promptTokens, output_tokens: final.completionTokens },
+    speculation: {
+      verify_steps: final.stats.rounds,
+      draft_tokens: final.stats.draftTokensProposed,
+      accepted_tokens: final.stats.draftTokensAccepted,
+    },
+    queue_ms: final.queueMs,
+    first_token_ms: final.completionTokens > 0 ? final.queueMs + final.firstTokenMs : 0,
+    total_ms: final.queueMs + final.totalMs,
+    seed,
+  };
+}
+
+/** The final info of a request ended by a cancel message. */
+export function cancelledFinalInfo(progress: { promptTokens: number; completionTokens: number }, queueMs: number, totalMs: number, seed: string): FinalInfoMsg {
+  return {
+    finish_reason: 'FINISH_REASON_CANCELLED',
+    usage: { input_tokens: progress.promptTokens, output_tokens: progress.completionTokens },
+    speculation: { verify_steps: 0, draft_tokens: 0, accepted_tokens: 0 },
+    queue_ms: queueMs,
+    first_token_ms: 0,
+    total_ms: totalMs,
+    seed,
+  };
+}
+
+export function toModelInfo(info: ServedModelInfo, pool: { maxActive: number; maxQueued: number }): ModelInfoResponseMsg {
+  return {
+    model: info.name,
+    architecture: info.architecture,
+    vocab_size: info.vocabSize,
+    max_context_tokens: info.contextLength,
+    max_new_tokens_limit: info.maxNewTokensLimit,
+    max_new_tokens_default: info.maxNewTokensDefault,
+    eos_token_ids: [...info.eosTokenIds],
+    has_chat_template: info.hasChatTemplate,
+    speculation_available: true,
+    max_draft_tokens: info.draftTokensLimit,
+    execution_provider: info.executionProvider,
+    max_active_sequences: pool.maxActive,
+    max_queued_requests: pool.maxQueued,
+  };
+}

@@ -1,0 +1,219 @@
+/**
+ * The gRPC server: TextGeneration handlers over an InferenceService, grpc.health.v1 health,
+ * server reflection, keepalive and message limits, and the SIGTERM drain sequence.
+ */
+import {
+  type sendUnaryData,
+  Server,
+  ServerCredentials,
+  type ServerUnaryCall,
+  type ServerWritableStream,
+  type ServiceError,
+  type UntypedServiceImplementation,
+} from '@grpc/grpc-js';
+import { ReflectionService } from '@grpc/reflection';
+import { HealthImplementation } from 'grpc-health-check';
+import type { InferenceService } from '../../engine/inference-service.js';
+import { InvalidRequestError } from '../../errors.js';
+import type { Logger } from '../../log.js';
+import { BidiCall, type BidiStream } from './bidi-call.js';
+import { CallWriter, createCallContext, effectiveError } from './call-context.js';
+import {
+  type GenerateChunkMsg,
+  type GenerateRequestMsg,
+  type GenerateResponseMsg,
+  type ModelInfoResponseMsg,
+  type TokenizeRequestMsg,
+  parseChatMessages,
+  parseGenerateRequest,
+  toFinalInfo,
+  toModelInfo,
+} from './messages.js';
+import { SERVICE_NAME, loadProtos } from './proto.js';
+import { toGrpcStatus } from './status.js';
+
+export interface GrpcServerOptions {
+  readonly host: string;
+  /** 0 = any free port. */
+  readonly port: number;
+  readonly maxReceiveMessageBytes: number;
+  readonly maxConcurrentStreams: number;
+  /** Server pings an idle connection this often to find vanished clients. */
+  readonly keepaliveTimeMs: number;
+  readonly keepaliveTimeoutMs: number;
+}
+
+export const DEFAULT_GRPC_SERVER_OPTIONS: GrpcServerOptions = {
+  host: '0.0.0.0',
+  port: 50051,
+  maxReceiveMessageBytes: 4 * 1024 * 1024,
+  maxConcurrentStreams: 256,
+  keepaliveTimeMs: 30_000,
+  keepaliveTimeoutMs: 10_000,
+};
+
+export interface RunningGrpcServer {
+  readonly port: number;
+  readonly server: Server;
+  readonly health: HealthImplementation;
+  /** Live bidi calls (tests look at them). */
+  readonly bidiCalls: ReadonlySet<BidiCall>;
+  /**
+   * Health NOT_SERVING, refuse new work (UNAVAILABLE), let in-flight generations finish for up to
+   * `graceMs`, then close every connection. Resolves true if everything finished in time.
+   */
+  shutdown(graceMs: number): Promise<boolean>;
+}
+
+/** After the drain, how long closing connections may take before they are cut. */
+const SHUTDOWN_FLUSH_MS = 2000;
+
+function toServiceError(error: unknown, logger: Logger, context: Record<string, unknown>): Partial<ServiceError> {
+  const mapped = toGrpcStatus(error);
+  if (mapped.internal) logger.error('request failed', { ...context, error });
+  return { code: mapped.code, details: mapped.details };
+}
+
+export async function startGrpcServer(service: InferenceService, options: GrpcServerOptions, logger: Logger): Promise<RunningGrpcServer> {
+  const protos = loadProtos();
+  const server = new Server({
+    'grpc.max_receive_message_length': options.maxReceiveMessageBytes,
+    'grpc.max_concurrent_streams': options.maxConcurrentStreams,
+    'grpc.keepalive_time_ms': options.keepaliveTimeMs,
+    'grpc.keepalive_timeout_ms': options.keepaliveTimeoutMs,
+  });
+  const health = new HealthImplementation({ '': 'SERVING', [SERVICE_NAME]: 'SERVING' });
+  const drainController = new AbortController();
+  const bidiCalls = new Set<BidiCall>();
+
+  const handlers: UntypedServiceImplementation = {
+    Generate: (call: ServerUnaryCall<GenerateRequestMsg, GenerateResponseMsg>, callback: sendUnaryData<GenerateResponseMsg>) => {
+      const context = createCallContext(call);
+      void (async () => {
+        const requestId = call.request.request_id ?? '';
+        try {
+          const parsed = parseGenerateRequest(call.request);
+          let text = '';
+          const tokenIds: number[] = [];
+          for await (const event of service.generate(parsed.model, parsed.request, context.signal)) {
+            if (event.type === 'delta') {
+              text += event.text;
+              for (const id of event.tokenIds) tokenIds.push(id);
+            } else {
+              callback(null, { request_id: requestId, text, token_ids: tokenIds, final: toFinalInfo(event, parsed.seed) });
+            }
+          }
+        } catch (error) {
+          callback(toServiceError(effectiveError(error, context.signal), logger, { rpc: 'Generate', requestId }));
+        } finally {
+          context.dispose();
+        }
+      })();
+    },
+
+    GenerateStream: (call: ServerWritableStream<GenerateRequestMsg, GenerateChunkMsg>) => {
+      const context = createCallContext(call);
+      const writer = new CallWriter(call, context.signal);
+      void (async () => {
+        const requestId = call.request.request_id ?? '';
+        let seq = 0;
+        try {
+          const parsed = parseGenerateRequest(call.request);
+          for await (const event of service.generate(parsed.model, parsed.request, context.signal)) {
+            const chunk: GenerateChunkMsg =
+              event.type === 'delta'
+                ? { request_id: requestId, seq: seq++, text: event.text, token_ids: event.tokenIds }
+                : { request_id: requestId, seq: seq++, text: '', token_ids: [], final: toFinalInfo(event, parsed.seed) };
+            if (!(await writer.write(chunk))) return;
+          }
+          if (writer.open) call.end();
+        } catch (error) {
+          if (writer.open) call.emit('error', toServiceError(effectiveError(error, context.signal), logger, { rpc: 'GenerateStream', requestId }));
+        } finally {
+          context.dispose();
+        }
+      })();
+    },
+
+    GenerateBidi: (call: BidiStream) => {
+      const bidi = new BidiCall(call, service, logger, drainController.signal);
+      bidiCalls.add(bidi);
+      call.on('close', () => bidiCalls.delete(bidi));
+    },
+
+    Tokenize: (call: ServerUnaryCall<TokenizeRequestMsg, unknown>, callback: sendUnaryData<unknown>) => {
+      try {
+        const msg = call.request;
+        const model = msg.model ?? '';
+        let ids: number[];
+        if (msg.prompt === 'text') {
+          if (!msg.text) throw new InvalidRequestError('text is empty');
+          ids = service.tokenize(model, { kind: 'text', text: msg.text });
+        } else if (msg.prompt === 'messages') {
+          ids = service.tokenize(model, { kind: 'messages', messages: parseChatMessages('messages.messages', msg.messages) });
+        } else {
+          throw new InvalidRequestError('prompt is missing: set one of text, messages');
+        }
+        callback(null, { token_count: ids.length, token_ids: ids, tokens: msg.return_tokens ? service.decodeTokens(model, ids) : [] });
+      } catch (error) {
+        callback(toServiceError(error, logger, { rpc: 'Tokenize' }));
+      }
+    },
+
+    ModelInfo: (call: ServerUnaryCall<{ model?: string }, ModelInfoResponseMsg>, callback: sendUnaryData<ModelInfoResponseMsg>) => {
+      try {
+        callback(null, toModelInfo(service.modelInfo(call.request.model ?? ''), service.pool));
+      } catch (error) {
+        callback(toServiceError(error, logger, { rpc: 'ModelInfo' }));
+      }
+    },
+  };
+
+  server.addService(protos.service, handlers);
+  health.addToServer(server);
+  new ReflectionService(protos.packageDefinition).addToServer(server);
+
+  const port = await new Promise<number>((resolve, reject) => {
+    server.bindAsync(`${options.host}:${options.port}`, ServerCredentials.createInsecure(), (error, bound) => {
+      if (error) reject(error);
+      else resolve(bound);
+    });
+  });
+  logger.info('gRPC server listening', { host: options.host, port, service: SERVICE_NAME, model: service.modelName });
+
+  let shuttingDown: Promise<boolean> | undefined;
+  const shutdown = (graceMs: number): Promise<boolean> => {
+    shuttingDown ??= (async () => {
+      health.setStatus('', 'NOT_SERVING');
+      health.setStatus(SERVICE_NAME, 'NOT_SERVING');
+      service.startDraining();
+      drainController.abort();
+      logger.info('draining', { graceMs, ...service.poolState });
+      let timer: NodeJS.Timeout | undefined;
+      const finished = await Promise.race([
+        service.whenIdle().then(() => true),
+        new Promise<boolean>((resolve) => {
+          timer = setTimeout(() => resolve(false), graceMs);
+        }),
+      ]);
+      clearTimeout(timer);
+      // Every call has ended by now (or the grace is spent): GOAWAY lets the last statuses flush;
+      // whatever is still open after a short wait is cut.
+      await new Promise<void>((resolve) => {
+        const cut = setTimeout(() => {
+          server.forceShutdown();
+          resolve();
+        }, finished ? SHUTDOWN_FLUSH_MS : 0);
+        server.tryShutdown(() => {
+          clearTimeout(cut);
+          resolve();
+        });
+      });
+      logger.info('server stopped', { finishedInGrace: finished });
+      return finished;
+    })();
+    return shuttingDown;
+  };
+
+  return { port, server, health, bidiCalls, shutdown };
+}

@@ -30,7 +30,6 @@ export interface Lease {
 
 interface Waiter {
   readonly grant: (lease: Lease) => void;
-  readonly fail: (error: Error) => void;
 }
 
 export class SessionPool {
@@ -88,10 +87,6 @@ export class SessionPool {
         grant: (lease) => {
           signal?.removeEventListener('abort', onAbort);
           resolve(lease);
-        },
-        fail: (error) => {
-          signal?.removeEventListener('abort', onAbort);
-          reject(error);
         },
       };
       this.waiters.push(waiter);

@@ -68,6 +68,11 @@ export class BidiCall {
     return [...this.inFlight.keys()];
   }
 
+  /** Messages written so far, and whether writing is blocked on flow control. */
+  get writes(): { readonly written: number; readonly congested: boolean } {
+    return { written: this.writer.written, congested: this.writer.congested };
+  }
+
   private onMessage(message: BidiClientMsg): void {
     if (this.ended) return;
     if (message.msg === 'generate' && message.generate) this.start(message.generate);

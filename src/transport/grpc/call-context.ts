@@ -77,6 +77,8 @@ export class CallWriter<T> {
   private readonly call: WritableCall<T>;
   private readonly signal: AbortSignal;
   private drained: Promise<void> | undefined;
+  /** Messages handed to the stream so far. */
+  written = 0;
 
   constructor(call: WritableCall<T>, signal: AbortSignal) {
     this.call = call;
@@ -96,6 +98,7 @@ export class CallWriter<T> {
   async write(message: T): Promise<boolean> {
     while (this.drained) await this.drained;
     if (!this.open) return false;
+    this.written++;
     if (!this.call.write(message)) await this.waitForDrain();
     return this.open;
   }

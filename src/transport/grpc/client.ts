@@ -3,6 +3,7 @@
  */
 import {
   type CallOptions,
+  type ChannelOptions,
   type ClientDuplexStream,
   type ClientReadableStream,
   type GrpcObject,
@@ -58,9 +59,10 @@ export class TextGenerationClient {
   readonly raw: RawTextGenerationClient;
   private readonly healthClient: RawHealthClient;
 
-  constructor(address: string) {
+  /** `channelOptions`: grpc-js channel options, e.g. 'grpc-node.flow_control_window'. */
+  constructor(address: string, channelOptions: ChannelOptions = {}) {
     const { clientConstructor, packageDefinition } = loadProtos();
-    this.raw = new clientConstructor(address, credentials.createInsecure()) as unknown as RawTextGenerationClient;
+    this.raw = new clientConstructor(address, credentials.createInsecure(), channelOptions) as unknown as RawTextGenerationClient;
     const grpcObject = loadPackageDefinition(packageDefinition);
     const health = ((grpcObject['grpc'] as GrpcObject)['health'] as GrpcObject)['v1'] as GrpcObject;
     this.healthClient = new (health['Health'] as ServiceClientConstructor)(address, credentials.createInsecure()) as unknown as RawHealthClient;

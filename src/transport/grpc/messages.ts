@@ -213,7 +213,7 @@ export function parseGenerateRequest(msg: GenerateRequestMsg): ParsedGenerate {
     sampling: parseSampling(msg.sampling),
     speculation: parseSpeculation(msg.speculation),
   };
-  return { requestId, model: msg.model ?? '', request, seed: msg.sampling?.seed ?? '0' };
+  return { requestId, model: msg.model ?? '', request, seed: msg.sampling?.seed || '0' };
 }
 
 const FINISH_REASONS: Record<ServiceFinal['finishReason'], FinishReasonMsg> = {

@@ -1,0 +1,227 @@
+import test from 'ava';
+import { availableParallelism } from 'node:os';
+import { ConfigError, parseServerConfig } from '../src/config/server-config.js';
+import { MAX_NEW_TOKENS_LIMIT } from '../src/engine/engine.js';
+
+test('empty argv and environment give the documented defaults', (t) => {
+  const config = parseServerConfig([], {});
+  const expectedActive = Math.max(4, 2 * availableParallelism());
+  t.deepEqual(config, {
+    host: '0.0.0.0',
+    port: 50051,
+    modelDir: undefined,
+    modelName: undefined,
+    maxActiveSequences: expectedActive,
+    maxQueuedRequests: 8 * expectedActive,
+    maxNewTokensDefault: 256,
+    maxNewTokensLimit: 4096,
+    executionProvider: 'cpu',
+    intraOpThreads: 0,
+    kvCapacity: 8192,
+    shutdownGraceMs: 30_000,
+    maxReceiveMessageBytes: 4 * 1024 * 1024,
+    maxConcurrentStreams: 256,
+    keepaliveTimeMs: 30_000,
+    keepaliveTimeoutMs: 10_000,
+    logLevel: 'info',
+  });
+  t.true(config.maxActiveSequences >= 4);
+  t.is(config.maxQueuedRequests, 8 * config.maxActiveSequences);
+});
+
+test('the default queue length follows an explicit maxActiveSequences', (t) => {
+  t.is(parseServerConfig(['--max-active-sequences', '3'], {}).maxQueuedRequests, 24);
+  t.is(parseServerConfig([], { ANPD_MAX_ACTIVE_SEQUENCES: '5' }).maxQueuedRequests, 40);
+  t.is(parseServerConfig(['--max-active-sequences', '3', '--max-queued-requests', '0'], {}).maxQueuedRequests, 0);
+});
+
+test('environment variables are read', (t) => {
+  const config = parseServerConfig([], {
+    ANPD_HOST: '127.0.0.1',
+    ANPD_PORT: '6000',
+    ANPD_MODEL_DIR: '/models/x',
+    ANPD_MODEL_NAME: 'x',
+    ANPD_MAX_ACTIVE_SEQUENCES: '2',
+    ANPD_MAX_QUEUED_REQUESTS: '7',
+    ANPD_MAX_NEW_TOKENS_DEFAULT: '100',
+    ANPD_MAX_NEW_TOKENS_LIMIT: '200',
+    ANPD_EXECUTION_PROVIDER: 'cpu',
+    ANPD_THREADS: '3',
+    ANPD_KV_CAPACITY: '1024',
+    ANPD_SHUTDOWN_GRACE_MS: '500',
+    ANPD_MAX_RECEIVE_MESSAGE_BYTES: '2048',
+    ANPD_MAX_CONCURRENT_STREAMS: '9',
+    ANPD_KEEPALIVE_TIME_MS: '2000',
+    ANPD_KEEPALIVE_TIMEOUT_MS: '1500',
+    ANPD_LOG_LEVEL: 'debug',
+  });
+  t.deepEqual(config, {
+    host: '127.0.0.1',
+    port: 6000,
+    modelDir: '/models/x',
+    modelName: 'x',
+    maxActiveSequences: 2,
+    maxQueuedRequests: 7,
+    maxNewTokensDefault: 100,
+    maxNewTokensLimit: 200,
+    executionProvider: 'cpu',
+    intraOpThreads: 3,
+    kvCapacity: 1024,
+    shutdownGraceMs: 500,
+    maxReceiveMessageBytes: 2048,
+    maxConcurrentStreams: 9,
+    keepaliveTimeMs: 2000,
+    keepaliveTimeoutMs: 1500,
+    logLevel: 'debug',
+  });
+});
+
+test('PORT is a fallback for ANPD_PORT', (t) => {
+  t.is(parseServerConfig([], { PORT: '8080' }).port, 8080);
+  t.is(parseServerConfig([], { ANPD_PORT: '9090', PORT: '8080' }).port, 9090);
+  // An empty ANPD_PORT counts as unset.
+  t.is(parseServerConfig([], { ANPD_PORT: '', PORT: '8080' }).port, 8080);
+});
+
+test('empty environment variables count as unset', (t) => {
+  const config = parseServerConfig([], { ANPD_HOST: '', ANPD_LOG_LEVEL: '', ANPD_MAX_ACTIVE_SEQUENCES: '' });
+  t.is(config.host, '0.0.0.0');
+  t.is(config.logLevel, 'info');
+  t.true(config.maxActiveSequences >= 4);
+});
+
+test('flags are read, in both --flag value and --flag=value forms', (t) => {
+  const config = parseServerConfig(
+    ['--host', '::1', '--port=7000', '--model', '/m', '--model-name', 'mine', '--threads', '2', '--log-level=warn', '--kv-capacity', '16'],
+    {},
+  );
+  t.like(config, { host: '::1', port: 7000, modelDir: '/m', modelName: 'mine', intraOpThreads: 2, logLevel: 'warn', kvCapacity: 16 });
+});
+
+test('flags override environment variables', (t) => {
+  const config = parseServerConfig(['--port', '1234', '--max-active-sequences', '6', '--log-level', 'error', '--host', 'localhost'], {
+    ANPD_PORT: '9999',
+    PORT: '8888',
+    ANPD_MAX_ACTIVE_SEQUENCES: '2',
+    ANPD_LOG_LEVEL: 'debug',
+    ANPD_HOST: '10.0.0.1',
+  });
+  t.like(config, { port: 1234, maxActiveSequences: 6, maxQueuedRequests: 48, logLevel: 'error', host: 'localhost' });
+});
+
+test('every log level is accepted', (t) => {
+  for (const level of ['debug', 'info', 'warn', 'error', 'silent'] as const) {
+    t.is(parseServerConfig(['--log-level', level], {}).logLevel, level);
+  }
+});
+
+test('the result is frozen', (t) => {
+  const config = parseServerConfig([], {});
+  t.true(Object.isFrozen(config));
+  t.throws(() => {
+    (config as { port: number }).port = 1;
+  }, { instanceOf: TypeError });
+});
+
+test('port 0 (any free port) and 65535 are accepted', (t) => {
+  t.is(parseServerConfig(['--port', '0'], {}).port, 0);
+  t.is(parseServerConfig(['--port', '65535'], {}).port, 65535);
+});
+
+test('a non-numeric flag value throws a ConfigError naming the flag and the value', (t) => {
+  const error = t.throws(() => parseServerConfig(['--port', 'abc'], {}), { instanceOf: ConfigError, message: /--port.*"abc"/ });
+  t.is(error?.code, 'INVALID_REQUEST');
+  t.throws(() => parseServerConfig(['--max-active-sequences', '2.5'], {}), {
+    instanceOf: ConfigError,
+    message: /--max-active-sequences.*"2\.5"/,
+  });
+  t.throws(() => parseServerConfig(['--threads', '1e3'], {}), { instanceOf: ConfigError, message: /--threads.*"1e3"/ });
+  t.throws(() => parseServerConfig(['--port', ''], {}), { instanceOf: ConfigError, message: /--port/ });
+});
+
+test('a non-numeric environment value throws a ConfigError naming the variable and the value', (t) => {
+  t.throws(() => parseServerConfig([], { ANPD_PORT: 'http' }), { instanceOf: ConfigError, message: /ANPD_PORT.*"http"/ });
+  t.throws(() => parseServerConfig([], { PORT: 'x1' }), { instanceOf: ConfigError, message: /\bPORT.*"x1"/ });
+  t.throws(() => parseServerConfig([], { ANPD_MAX_ACTIVE_SEQUENCES: 'many' }), {
+    instanceOf: ConfigError,
+    message: /ANPD_MAX_ACTIVE_SEQUENCES.*"many"/,
+  });
+});
+
+test('negative values are rejected', (t) => {
+  t.throws(() => parseServerConfig(['--port=-1'], {}), { instanceOf: ConfigError, message: /--port.*"-1"/ });
+  t.throws(() => parseServerConfig([], { ANPD_MAX_QUEUED_REQUESTS: '-5' }), {
+    instanceOf: ConfigError,
+    message: /ANPD_MAX_QUEUED_REQUESTS.*"-5"/,
+  });
+  t.throws(() => parseServerConfig([], { ANPD_THREADS: '-1' }), { instanceOf: ConfigError, message: /ANPD_THREADS.*"-1"/ });
+});
+
+test('out-of-range values are rejected with the allowed range', (t) => {
+  t.throws(() => parseServerConfig(['--port', '70000'], {}), { instanceOf: ConfigError, message: /--port.*\[0, 65535\].*"70000"/ });
+  t.throws(() => parseServerConfig([], { ANPD_PORT: '65536' }), { instanceOf: ConfigError, message: /ANPD_PORT.*"65536"/ });
+  t.throws(() => parseServerConfig(['--max-active-sequences', '0'], {}), {
+    instanceOf: ConfigError,
+    message: /--max-active-sequences.*"0"/,
+  });
+  t.throws(() => parseServerConfig(['--max-active-sequences', '1025'], {}), {
+    instanceOf: ConfigError,
+    message: /--max-active-sequences.*"1025"/,
+  });
+  t.throws(() => parseServerConfig(['--kv-capacity', '15'], {}), { instanceOf: ConfigError, message: /--kv-capacity.*"15"/ });
+  t.throws(() => parseServerConfig(['--keepalive-time-ms', '999'], {}), {
+    instanceOf: ConfigError,
+    message: /--keepalive-time-ms.*"999"/,
+  });
+  t.throws(() => parseServerConfig(['--max-new-tokens-limit', String(MAX_NEW_TOKENS_LIMIT + 1)], {}), {
+    instanceOf: ConfigError,
+    message: /--max-new-tokens-limit/,
+  });
+  t.throws(() => parseServerConfig(['--port', '99999999999999999999'], {}), { instanceOf: ConfigError, message: /--port/ });
+});
+
+test('an unknown execution provider is rejected naming the source and the value', (t) => {
+  t.throws(() => parseServerConfig(['--execution-provider', 'cuda'], {}), {
+    instanceOf: ConfigError,
+    message: /--execution-provider.*cpu.*"cuda"/,
+  });
+  t.throws(() => parseServerConfig([], { ANPD_EXECUTION_PROVIDER: 'webgpu' }), {
+    instanceOf: ConfigError,
+    message: /ANPD_EXECUTION_PROVIDER.*"webgpu"/,
+  });
+});
+
+test('an unknown log level is rejected naming the source and the value', (t) => {
+  t.throws(() => parseServerConfig(['--log-level', 'verbose'], {}), { instanceOf: ConfigError, message: /--log-level.*"verbose"/ });
+  t.throws(() => parseServerConfig([], { ANPD_LOG_LEVEL: 'INFO' }), { instanceOf: ConfigError, message: /ANPD_LOG_LEVEL.*"INFO"/ });
+});
+
+test('unknown flags and positional arguments throw ConfigError', (t) => {
+  t.throws(() => parseServerConfig(['--no-such-flag', '1'], {}), { instanceOf: ConfigError, message: /no-such-flag/ });
+  t.throws(() => parseServerConfig(['--prot', '80'], {}), { instanceOf: ConfigError, message: /prot/ });
+  t.throws(() => parseServerConfig(['serve'], {}), { instanceOf: ConfigError });
+  t.throws(() => parseServerConfig(['--port'], {}), { instanceOf: ConfigError, message: /port/ });
+});
+
+test('maxNewTokensDefault cannot exceed maxNewTokensLimit', (t) => {
+  t.throws(() => parseServerConfig(['--max-new-tokens-limit', '100', '--max-new-tokens-default', '101'], {}), {
+    instanceOf: ConfigError,
+    message: /--max-new-tokens-default.*\[1, 100\].*"101"/,
+  });
+  t.throws(() => parseServerConfig([], { ANPD_MAX_NEW_TOKENS_LIMIT: '50', ANPD_MAX_NEW_TOKENS_DEFAULT: '60' }), {
+    instanceOf: ConfigError,
+    message: /ANPD_MAX_NEW_TOKENS_DEFAULT.*"60"/,
+  });
+  t.like(parseServerConfig(['--max-new-tokens-limit', '100', '--max-new-tokens-default', '100'], {}), {
+    maxNewTokensDefault: 100,
+    maxNewTokensLimit: 100,
+  });
+});
+
+test('a limit below 256 lowers the default new-token count to the limit', (t) => {
+  t.like(parseServerConfig(['--max-new-tokens-limit', '64'], {}), { maxNewTokensDefault: 64, maxNewTokensLimit: 64 });
+  t.like(parseServerConfig(['--max-new-tokens-limit', String(MAX_NEW_TOKENS_LIMIT)], {}), {
+    maxNewTokensDefault: 256,
+    maxNewTokensLimit: MAX_NEW_TOKENS_LIMIT,
+  });
+});

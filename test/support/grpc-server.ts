@@ -1,0 +1,78 @@
+import type { ChannelOptions } from '@grpc/grpc-js';
+import { InferenceService } from '../../src/engine/inference-service.js';
+import { SILENT_LOGGER } from '../../src/log.js';
+import { TextGenerationClient } from '../../src/transport/grpc/client.js';
+import type { BidiServerMsg, GenerateChunkMsg } from '../../src/transport/grpc/messages.js';
+import { DEFAULT_GRPC_SERVER_OPTIONS, type RunningGrpcServer, startGrpcServer } from '../../src/transport/grpc/server.js';
+import { defaultEngine } from './default-model.js';
+
+export const TEST_MODEL_NAME = 'smollm2-135m-instruct';
+
+export interface TestServer {
+  readonly address: string;
+  readonly service: InferenceService;
+  readonly running: RunningGrpcServer;
+  client(channelOptions?: ChannelOptions): TextGenerationClient;
+  close(): Promise<void>;
+}
+
+/** A real gRPC server on 127.0.0.1 (free port) over the default model, as `anpd serve` builds it. */
+export async function startTestServer(
+  options: { maxActive?: number; maxQueued?: number; maxNewTokensLimit?: number; maxReceiveMessageBytes?: number } = {},
+): Promise<TestServer> {
+  const engine = await defaultEngine();
+  const service = new InferenceService({
+    engine,
+    modelName: TEST_MODEL_NAME,
+    pool: { maxActive: options.maxActive ?? 16, maxQueued: options.maxQueued ?? 64 },
+    limits: { maxNewTokensDefault: 64, maxNewTokensLimit: options.maxNewTokensLimit ?? 2048 },
+  });
+  const running = await startGrpcServer(
+    service,
+    {
+      ...DEFAULT_GRPC_SERVER_OPTIONS,
+      host: '127.0.0.1',
+      port: 0,
+      ...(options.maxReceiveMessageBytes !== undefined ? { maxReceiveMessageBytes: options.maxReceiveMessageBytes } : {}),
+    },
+    SILENT_LOGGER,
+  );
+  const address = `127.0.0.1:${running.port}`;
+  const clients: TextGenerationClient[] = [];
+  return {
+    address,
+    service,
+    running,
+    client: (channelOptions) => {
+      const c = new TextGenerationClient(address, channelOptions);
+      clients.push(c);
+      return c;
+    },
+    close: async () => {
+      for (const c of clients) c.close();
+      await running.shutdown(0);
+    },
+  };
+}
+
+/** Polls until `predicate` holds or `timeoutMs` passes; returns whether it held. */
+export async function waitFor(predicate: () => boolean, timeoutMs: number, stepMs = 10): Promise<boolean> {
+  const end = Date.now() + timeoutMs;
+  while (Date.now() < end) {
+    if (predicate()) return true;
+    await new Promise((r) => setTimeout(r, stepMs));
+  }
+  return predicate();
+}
+
+export interface CollectedStream {
+  readonly text: string;
+  readonly tokenIds: number[];
+  readonly chunks: GenerateChunkMsg[];
+}
+
+export function joinChunks(chunks: readonly GenerateChunkMsg[]): CollectedStream {
+  return { text: chunks.map((c) => c.text).join(''), tokenIds: chunks.flatMap((c) => [...c.token_ids]), chunks: [...chunks] };
+}
+
+export type BidiMessage = BidiServerMsg & { chunk?: GenerateChunkMsg; error?: { request_id: string; code: number; message: string; reason: string } };

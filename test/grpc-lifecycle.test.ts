@@ -1,0 +1,168 @@
+import { type ChildProcess, spawn } from 'node:child_process';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { type GrpcObject, type ServiceClientConstructor, type ServiceError, credentials, loadPackageDefinition, status as GrpcStatus } from '@grpc/grpc-js';
+import { loadSync } from '@grpc/proto-loader';
+import test from 'ava';
+import { TextGenerationClient } from '../src/transport/grpc/client.js';
+import type { BidiServerMsg, GenerateChunkMsg, GenerateRequestMsg } from '../src/transport/grpc/messages.js';
+import { defaultModelDir } from './support/default-model.js';
+import { startTestServer, waitFor } from './support/grpc-server.js';
+
+function countRequest(id: string, maxNewTokens: number): GenerateRequestMsg {
+  return { request_id: id, text: 'Count from one to one thousand: one, two, three,', stopping: { max_new_tokens: maxNewTokens, ignore_eos: true } };
+}
+
+async function collect(stream: AsyncIterable<GenerateChunkMsg>): Promise<GenerateChunkMsg[]> {
+  const chunks: GenerateChunkMsg[] = [];
+  for await (const c of stream) chunks.push(c);
+  return chunks;
+}
+
+async function grpcError(promise: Promise<unknown>): Promise<ServiceError> {
+  try {
+    await promise;
+  } catch (error) {
+    return error as ServiceError;
+  }
+  throw new Error('expected the call to fail');
+}
+
+/** Asks server reflection (v1 or v1alpha) for the list of services. */
+async function reflectedServices(address: string, version: 'v1' | 'v1alpha'): Promise<string[]> {
+  const require = createRequire(import.meta.url);
+  const protoDir = join(dirname(require.resolve('@grpc/reflection/package.json')), 'build', 'proto');
+  const definition = loadSync(join(protoDir, `grpc/reflection/${version}/reflection.proto`), { keepCase: true, includeDirs: [protoDir] });
+  const reflection = ((loadPackageDefinition(definition)['grpc'] as GrpcObject)['reflection'] as GrpcObject)[version] as GrpcObject;
+  const Client = reflection['ServerReflection'] as ServiceClientConstructor;
+  const client = new Client(address, credentials.createInsecure()) as unknown as {
+    ServerReflectionInfo(): NodeJS.ReadWriteStream & { end(): void };
+    close(): void;
+  };
+  try {
+    const call = client.ServerReflectionInfo();
+    const reply = new Promise<{ list_services_response: { service: { name: string }[] } }>((resolve, reject) => {
+      call.on('data', resolve);
+      call.on('error', reject);
+    });
+    call.write({ list_services: '*' } as never);
+    const response = await reply;
+    call.end();
+    return response.list_services_response.service.map((s) => s.name);
+  } finally {
+    client.close();
+  }
+}
+
+test.serial('health reports SERVING, reflection lists the service (v1 and v1alpha)', async (t) => {
+  const s = await startTestServer();
+  try {
+    const client = s.client();
+    t.is(await client.health(''), 'SERVING');
+    t.is(await client.health('llm.v1.TextGeneration'), 'SERVING');
+    const unknown = await grpcError(client.health('no.such.Service'));
+    t.is(unknown.code, GrpcStatus.NOT_FOUND);
+    for (const version of ['v1', 'v1alpha'] as const) {
+      const services = await reflectedServices(s.address, version);
+      t.true(services.includes('llm.v1.TextGeneration'), `${version}: ${services.join(', ')}`);
+      t.true(services.includes('grpc.health.v1.Health'), version);
+    }
+  } finally {
+    await s.close();
+  }
+});
+
+test.serial('shutdown: health turns NOT_SERVING, new work gets UNAVAILABLE, in-flight work finishes, idle bidi calls end UNAVAILABLE', async (t) => {
+  const s = await startTestServer();
+  const client = s.client();
+  const inFlight = collect(client.generateStream(countRequest('in-flight', 80)));
+  const idle = client.generateBidi();
+  idle.on('data', () => {});
+  idle.on('error', () => {});
+  const idleStatus = new Promise<{ code: number }>((resolve) => idle.on('status', resolve));
+  t.true(await waitFor(() => s.service.poolState.active === 1 && s.running.bidiCalls.size === 1, 10_000));
+  const stopped = s.running.shutdown(30_000);
+  t.is(await client.health(''), 'NOT_SERVING');
+  t.is(await client.health('llm.v1.TextGeneration'), 'NOT_SERVING');
+  const refused = await grpcError(client.generate(countRequest('late', 4)));
+  t.is(refused.code, GrpcStatus.UNAVAILABLE);
+  t.regex(refused.details, /shutting down/);
+  t.is((await idleStatus).code, GrpcStatus.UNAVAILABLE);
+  const chunks = await inFlight;
+  const final = chunks[chunks.length - 1]!.final!;
+  t.is(final.finish_reason, 'FINISH_REASON_LENGTH');
+  t.is(final.usage.output_tokens, 80);
+  t.true(await stopped, 'everything finished within the grace period');
+  client.close();
+});
+
+test.serial('shutdown past the grace period cuts the remaining generations and reports it', async (t) => {
+  const s = await startTestServer();
+  const client = s.client();
+  const stream = client.generateStream(countRequest('too-long', 2000));
+  const outcome = collect(stream).then(
+    () => 'completed',
+    (e: ServiceError) => e.code,
+  );
+  t.true(await waitFor(() => s.service.poolState.active === 1, 10_000));
+  t.false(await s.running.shutdown(300));
+  t.not(await outcome, 'completed');
+  t.true(await waitFor(() => s.service.poolState.active === 0, 3000), 'the cut generation freed its slot');
+  client.close();
+});
+
+/** Starts `anpd serve` as a real process on a free port; resolves with its port once it listens. */
+async function spawnServer(): Promise<{ child: ChildProcess; port: number; logs: string[] }> {
+  const modelDir = await defaultModelDir();
+  const cli = new URL('../src/cli/main.js', import.meta.url).pathname;
+  const child = spawn(process.execPath, [cli, 'serve', '--host', '127.0.0.1', '--port', '0', '--model', modelDir, '--shutdown-grace-ms', '60000'], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  const logs: string[] = [];
+  const port = await new Promise<number>((resolve, reject) => {
+    createInterface({ input: child.stderr! }).on('line', (line) => {
+      logs.push(line);
+      try {
+        const record = JSON.parse(line) as { msg?: string; port?: number };
+        if (record.msg === 'gRPC server listening' && record.port !== undefined) resolve(record.port);
+      } catch {
+        // not a log line
+      }
+    });
+    child.once('exit', (code) => reject(new Error(`server exited early with ${code}: ${logs.join('\n')}`)));
+  });
+  return { child, port, logs };
+}
+
+test.serial('SIGTERM: the server drains — in-flight generations finish, new requests get UNAVAILABLE — and exits 0', async (t) => {
+  const { child, port, logs } = await spawnServer();
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  const client = new TextGenerationClient(`127.0.0.1:${port}`);
+  try {
+    t.is(await client.health(''), 'SERVING');
+    const bidi = client.generateBidi();
+    const messages: BidiServerMsg[] = [];
+    bidi.on('data', (m: BidiServerMsg) => messages.push(m));
+    bidi.on('error', () => {});
+    const bidiStatus = new Promise<{ code: number }>((resolve) => bidi.on('status', resolve));
+    bidi.write({ generate: countRequest('bidi-in-flight', 120) });
+    const stream = collect(client.generateStream(countRequest('stream-in-flight', 120)));
+    t.true(await waitFor(() => messages.length > 0, 20_000), 'generation started');
+    child.kill('SIGTERM');
+    t.true(await waitFor(() => logs.some((l) => l.includes('"draining"')), 5000));
+    const refused = await grpcError(client.generate(countRequest('after-sigterm', 4)));
+    t.is(refused.code, GrpcStatus.UNAVAILABLE);
+    const chunks = await stream;
+    t.is(chunks[chunks.length - 1]!.final!.usage.output_tokens, 120);
+    const status = await bidiStatus;
+    const finals = messages.flatMap((m) => ('chunk' in m && m.chunk.final ? [m.chunk.final] : []));
+    t.is(finals.length, 1, 'the bidi generation finished');
+    t.is(finals[0]!.usage.output_tokens, 120);
+    t.is(status.code, GrpcStatus.UNAVAILABLE, 'the bidi call then ends UNAVAILABLE (the client had not half-closed)');
+    t.is(await exited, 0);
+  } finally {
+    client.close();
+    if (child.exitCode === null) child.kill('SIGKILL');
+  }
+});

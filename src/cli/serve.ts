@@ -38,6 +38,10 @@ export async function runServe(argv: readonly string[]): Promise<number> {
     limits: { maxNewTokensDefault: config.maxNewTokensDefault, maxNewTokensLimit: config.maxNewTokensLimit },
   });
   const server = await startGrpcServer(service, config, logger);
+  process.stdout.write(
+    `anpd: serving ${service.modelName} over gRPC on ${config.host}:${server.port} (llm.v1.TextGeneration, health, reflection)\n` +
+      `try:  node dist/src/cli/main.js client --address localhost:${server.port} "What is the capital of France?"\n`,
+  );
   const signal = await new Promise<NodeJS.Signals>((resolve) => {
     process.once('SIGTERM', () => resolve('SIGTERM'));
     process.once('SIGINT', () => resolve('SIGINT'));

@@ -1,0 +1,186 @@
+/**
+ * gRPC path vs in-process engine, and aggregate throughput under concurrency.
+ *
+ * 1. Overhead: the same requests through `Engine.generate` directly and through GenerateStream on a
+ *    loopback server over the same Engine object (so both use the same forward-cost table and
+ *    model), interleaved, several repetitions; overhead = median(gRPC / in-process) − 1. The client
+ *    shares the process with the server, so this is an upper bound on the server's own cost.
+ * 2. Concurrency: one fixed workload of 16 requests run with 1, 4 and 16 GenerateStream calls in
+ *    flight; aggregate output tokens/s, median time to first token and request latency.
+ *
+ *   npm run bench:grpc [-- --reps 3 --max-new-tokens 96]   → bench/results/grpc.json
+ */
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { availableParallelism, cpus } from 'node:os';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { createEngine } from '../src/engine/create-engine.js';
+import { DEFAULT_SPECULATION, type Engine, NO_SPECULATION, type SpeculationOptions } from '../src/engine/engine.js';
+import { InferenceService } from '../src/engine/inference-service.js';
+import { SILENT_LOGGER } from '../src/log.js';
+import { ensureDefaultModel, projectRoot } from '../src/model/default-model.js';
+import { TextGenerationClient } from '../src/transport/grpc/client.js';
+import type { GenerateChunkMsg, GenerateRequestMsg } from '../src/transport/grpc/messages.js';
+import { DEFAULT_GRPC_SERVER_OPTIONS, startGrpcServer } from '../src/transport/grpc/server.js';
+
+interface Prompt {
+  readonly id: string;
+  readonly prompt: string;
+}
+
+function loadPrompts(): Prompt[] {
+  const dir = join(projectRoot(), 'bench', 'prompts');
+  return ['open-chat', 'summarization', 'code-editing', 'document-qa'].flatMap((category) =>
+    (JSON.parse(readFileSync(join(dir, `${category}.json`), 'utf8')) as Prompt[]).slice(0, 2),
+  );
+}
+
+const median = (values: number[]) => {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = sorted.length >> 1;
+  return sorted.length % 2 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
+};
+const round = (x: number, digits = 2) => Number(x.toFixed(digits));
+
+async function inProcess(engine: Engine, prompt: string, maxNewTokens: number, speculation: SpeculationOptions) {
+  const t0 = performance.now();
+  let tokens = 0;
+  let firstMs = 0;
+  for await (const event of engine.generate({ prompt: { kind: 'messages', messages: [{ role: 'user', content: prompt }] }, maxNewTokens, speculation })) {
+    if (event.type === 'delta') {
+      if (tokens === 0) firstMs = performance.now() - t0;
+      tokens += event.tokenIds.length;
+    }
+  }
+  return { ms: performance.now() - t0, tokens, firstMs };
+}
+
+function request(id: string, prompt: string, maxNewTokens: number, speculation: SpeculationOptions): GenerateRequestMsg {
+  return {
+    request_id: id,
+    messages: { messages: [{ role: 'user', content: prompt }] },
+    stopping: { max_new_tokens: maxNewTokens },
+    speculation: { mode: speculation.mode === 'off' ? 'MODE_OFF' : 'MODE_NGRAM' },
+  };
+}
+
+async function overGrpc(client: TextGenerationClient, msg: GenerateRequestMsg) {
+  const t0 = performance.now();
+  let tokens = 0;
+  let firstMs = 0;
+  for await (const chunk of client.generateStream(msg) as AsyncIterable<GenerateChunkMsg>) {
+    if (chunk.token_ids.length > 0 && tokens === 0) firstMs = performance.now() - t0;
+    tokens += chunk.token_ids.length;
+  }
+  return { ms: performance.now() - t0, tokens, firstMs };
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({ options: { reps: { type: 'string' }, 'max-new-tokens': { type: 'string' }, out: { type: 'string' } } });
+  const reps = Number(values.reps ?? 3);
+  const maxNewTokens = Number(values['max-new-tokens'] ?? 96);
+  const prompts = loadPrompts();
+  const engine = await createEngine(await ensureDefaultModel(), { executionProvider: 'cpu', intraOpThreads: 0, kvCapacity: 4096 });
+  const service = new InferenceService({
+    engine,
+    modelName: 'bench',
+    pool: { maxActive: 16, maxQueued: 64 },
+    limits: { maxNewTokensDefault: maxNewTokens, maxNewTokensLimit: 4096 },
+  });
+  const server = await startGrpcServer(service, { ...DEFAULT_GRPC_SERVER_OPTIONS, host: '127.0.0.1', port: 0 }, SILENT_LOGGER);
+  const client = new TextGenerationClient(`127.0.0.1:${server.port}`);
+
+  // Warm-up: first runs pay for JIT, allocations and the first ORT runs.
+  for (const p of prompts.slice(0, 2)) {
+    await inProcess(engine, p.prompt, 16, DEFAULT_SPECULATION);
+    await overGrpc(client, request('warm', p.prompt, 16, DEFAULT_SPECULATION));
+  }
+
+  const overhead: Record<string, unknown> = {};
+  for (const [label, speculation] of [
+    ['speculation off', NO_SPECULATION],
+    ['speculation ngram (default)', DEFAULT_SPECULATION],
+  ] as const) {
+    const ratios: number[] = [];
+    const perToken: { direct: number[]; grpc: number[] } = { direct: [], grpc: [] };
+    let tokensDirect = 0;
+    let tokensGrpc = 0;
+    for (let rep = 0; rep < reps; rep++) {
+      for (const [i, p] of prompts.entries()) {
+        // Alternate which path goes first so drift does not favour one.
+        const grpcFirst = (rep + i) % 2 === 1;
+        const g1 = grpcFirst ? await overGrpc(client, request(p.id, p.prompt, maxNewTokens, speculation)) : undefined;
+        const d = await inProcess(engine, p.prompt, maxNewTokens, speculation);
+        const g = g1 ?? (await overGrpc(client, request(p.id, p.prompt, maxNewTokens, speculation)));
+        if (d.tokens !== g.tokens) throw new Error(`${p.id}: ${d.tokens} tokens in process, ${g.tokens} over gRPC — outputs differ`);
+        ratios.push(g.ms / d.ms);
+        perToken.direct.push(d.ms / d.tokens);
+        perToken.grpc.push(g.ms / g.tokens);
+        tokensDirect += d.tokens;
+        tokensGrpc += g.tokens;
+      }
+    }
+    const overheadPct = (median(ratios) - 1) * 100;
+    overhead[label] = {
+      requests: ratios.length,
+      tokens: { direct: tokensDirect, grpc: tokensGrpc },
+      medianMsPerToken: { direct: round(median(perToken.direct)), grpc: round(median(perToken.grpc)) },
+      medianRatio: round(median(ratios), 4),
+      overheadPct: round(overheadPct, 2),
+      ratioRange: [round(Math.min(...ratios), 3), round(Math.max(...ratios), 3)],
+    };
+    process.stderr.write(`overhead (${label}): ${overheadPct.toFixed(2)}% (median of ${ratios.length} ratios)\n`);
+  }
+
+  // Concurrency: the same 16-request workload each time, with 1, 4 or 16 requests in flight.
+  const workload = Array.from({ length: 16 }, (_, i) => prompts[i % prompts.length]!);
+  const concurrency: Record<string, unknown>[] = [];
+  for (const streams of [1, 4, 16]) {
+    for (const speculation of [NO_SPECULATION, DEFAULT_SPECULATION]) {
+      const t0 = performance.now();
+      let next = 0;
+      const results: Array<{ ms: number; tokens: number; firstMs: number }> = [];
+      await Promise.all(
+        Array.from({ length: streams }, async () => {
+          while (next < workload.length) {
+            const i = next++;
+            results.push(await overGrpc(client, request(`c${i}`, workload[i]!.prompt, maxNewTokens, speculation)));
+          }
+        }),
+      );
+      const wallMs = performance.now() - t0;
+      const tokens = results.reduce((a, r) => a + r.tokens, 0);
+      const row = {
+        streams,
+        speculation: speculation.mode,
+        requests: results.length,
+        tokens,
+        wallMs: Math.round(wallMs),
+        aggregateTokPerS: round((tokens / wallMs) * 1000, 1),
+        medianFirstTokenMs: Math.round(median(results.map((r) => r.firstMs))),
+        medianLatencyMs: Math.round(median(results.map((r) => r.ms))),
+      };
+      concurrency.push(row);
+      process.stderr.write(`${JSON.stringify(row)}\n`);
+    }
+  }
+
+  const result = {
+    date: new Date().toISOString(),
+    machine: { cpus: availableParallelism(), model: cpus()[0]?.model ?? 'unknown', node: process.version },
+    command: `npm run bench:grpc -- --reps ${reps} --max-new-tokens ${maxNewTokens}`,
+    prompts: prompts.map((p) => p.id),
+    maxNewTokens,
+    overhead,
+    concurrency,
+  };
+  const out = values.out ?? join(projectRoot(), 'bench', 'results', 'grpc.json');
+  mkdirSync(join(out, '..'), { recursive: true });
+  writeFileSync(out, `${JSON.stringify(result, null, 2)}\n`);
+  process.stdout.write(`${out}\n`);
+  client.close();
+  await server.shutdown(0);
+  await engine.model.dispose();
+}
+
+await main();

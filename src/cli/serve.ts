@@ -4,8 +4,8 @@
 import { basename, resolve } from 'node:path';
 import { parseServerConfig, SERVE_HELP, wantsHelp } from '../config/server-config.js';
 import { DEFAULT_GRAPH_OPTIONS } from '../convert/llama-graph.js';
-import { createEngine } from '../engine/create-engine.js';
 import { InferenceService } from '../engine/inference-service.js';
+import { createWorkerEngine } from '../engine/worker-engine.js';
 import { createLogger } from '../log.js';
 import { DEFAULT_MODEL, ensureDefaultModel } from '../model/default-model.js';
 import { startGrpcServer } from '../transport/grpc/server.js';
@@ -25,12 +25,13 @@ export async function runServe(argv: readonly string[]): Promise<number> {
     progress.stop();
   }
   const loadStarted = performance.now();
-  const engine = await createEngine(modelDir, {
+  // The model runs on a worker thread: this thread stays free for gRPC I/O while it computes.
+  const engine = await createWorkerEngine(modelDir, {
     executionProvider: config.executionProvider,
     intraOpThreads: config.intraOpThreads,
     kvCapacity: config.kvCapacity,
   });
-  logger.info('model loaded', { modelDir, model: engine.model.info.name, loadMs: Math.round(performance.now() - loadStarted) });
+  logger.info('model loaded', { modelDir, model: engine.info.name, loadMs: Math.round(performance.now() - loadStarted) });
   const service = new InferenceService({
     engine,
     modelName: config.modelName ?? (config.modelDir === undefined ? DEFAULT_MODEL.name.toLowerCase() : basename(resolve(config.modelDir))),
@@ -52,7 +53,7 @@ export async function runServe(argv: readonly string[]): Promise<number> {
   process.once('SIGTERM', forceExit);
   process.once('SIGINT', forceExit);
   const finishedInGrace = await server.shutdown(config.shutdownGraceMs);
-  await engine.model.dispose();
+  await engine.dispose();
   logger.info('exiting', { finishedInGrace });
   return 0;
 }

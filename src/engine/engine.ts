@@ -12,7 +12,7 @@ import { type Drafter, NO_DRAFTER } from '../draft/drafter.js';
 import { ANPD_PAPER_OPTIONS, DEFAULT_NGRAM_OPTIONS, NGRAM_N_MAX, NgramDrafter } from '../draft/ngram-drafter.js';
 import { AnpdError, ContextOverflowError, InvalidRequestError } from '../errors.js';
 import { verifyDraft } from '../generate/verify.js';
-import type { DecoderModel } from '../runtime/types.js';
+import type { DecoderModel, ModelInfo } from '../runtime/types.js';
 import { GREEDY, Sampler, type SamplingParams, TokenPresence } from '../sampling/sampler.js';
 import { IncrementalDetokenizer } from '../tokenizer/incremental-detokenizer.js';
 import type { ChatMessage, TextTokenizer } from '../tokenizer/tokenizer.js';
@@ -116,7 +116,89 @@ export interface PreparedGeneration {
   readonly promptTokens: readonly number[];
 }
 
-export class Engine {
+/** Prompt → token ids, validated against the vocabulary. */
+export function tokenizePrompt(tokenizer: TextTokenizer, info: ModelInfo, prompt: Prompt): number[] {
+  let ids: number[];
+  switch (prompt.kind) {
+    case 'tokens':
+      ids = [...prompt.tokenIds];
+      for (const id of ids) {
+        if (!Number.isInteger(id) || id < 0 || id >= info.vocabSize) {
+          throw new InvalidRequestError(`prompt token id ${id} is outside the vocabulary [0, ${info.vocabSize})`);
+        }
+      }
+      break;
+    case 'messages':
+      if (prompt.messages.length === 0) throw new InvalidRequestError('chat prompt has no messages');
+      ids = tokenizer.encode(tokenizer.applyChatTemplate(prompt.messages), { addSpecialTokens: false });
+      break;
+    case 'text':
+      ids = prompt.chat
+        ? tokenizer.encode(tokenizer.applyChatTemplate([{ role: 'user', content: prompt.text }]), { addSpecialTokens: false })
+        : tokenizer.encode(prompt.text, { addSpecialTokens: true });
+      break;
+  }
+  if (ids.length === 0) throw new InvalidRequestError('prompt is empty');
+  return ids;
+}
+
+/** Checks a request against the engine's limits and the model's context. */
+export function validateRequest(info: ModelInfo, request: GenerateRequest, promptLength: number): void {
+  const { maxNewTokens } = request;
+  if (!Number.isInteger(maxNewTokens) || maxNewTokens < 1 || maxNewTokens > MAX_NEW_TOKENS_LIMIT) {
+    throw new InvalidRequestError(`max_new_tokens must be an integer in [1, ${MAX_NEW_TOKENS_LIMIT}], got ${maxNewTokens}`);
+  }
+  const context = info.contextLength;
+  if (promptLength + maxNewTokens > context) {
+    throw new ContextOverflowError(
+      `prompt of ${promptLength} tokens plus max_new_tokens ${maxNewTokens} exceeds the context of ${context} tokens`,
+    );
+  }
+  const stops = request.stopSequences ?? [];
+  if (stops.length > STOP_SEQUENCES_MAX) throw new InvalidRequestError(`at most ${STOP_SEQUENCES_MAX} stop sequences, got ${stops.length}`);
+  for (const s of stops) {
+    if (s.length === 0 || s.length > STOP_SEQUENCE_CHARS_MAX) {
+      throw new InvalidRequestError(`stop sequences must be 1..${STOP_SEQUENCE_CHARS_MAX} characters`);
+    }
+  }
+  const spec = request.speculation ?? DEFAULT_SPECULATION;
+  if (spec.mode !== 'off' && spec.mode !== 'ngram') throw new InvalidRequestError(`speculation mode must be off or ngram, got ${String(spec.mode)}`);
+  if (!Number.isInteger(spec.ngramN) || spec.ngramN < 2 || spec.ngramN > NGRAM_N_MAX) {
+    throw new InvalidRequestError(`speculation n must be an integer in [2, ${NGRAM_N_MAX}], got ${spec.ngramN}`);
+  }
+  if (!Number.isInteger(spec.draftTokensMax) || spec.draftTokensMax < 0 || spec.draftTokensMax > DRAFT_TOKENS_LIMIT) {
+    throw new InvalidRequestError(`speculation max draft tokens must be an integer in [0, ${DRAFT_TOKENS_LIMIT}], got ${spec.draftTokensMax}`);
+  }
+  const s = request.sampling ?? GREEDY;
+  if (!(s.temperature >= 0) || !Number.isFinite(s.temperature)) throw new InvalidRequestError(`temperature must be ≥ 0, got ${s.temperature}`);
+  if (!(s.topP > 0 && s.topP <= 1)) throw new InvalidRequestError(`top_p must be in (0, 1], got ${s.topP}`);
+  if (!Number.isInteger(s.topK) || s.topK < 0) throw new InvalidRequestError(`top_k must be a non-negative integer, got ${s.topK}`);
+  if (!(s.repetitionPenalty > 0) || !Number.isFinite(s.repetitionPenalty)) {
+    throw new InvalidRequestError(`repetition_penalty must be > 0, got ${s.repetitionPenalty}`);
+  }
+}
+
+/** Tokenizes and validates a request (no model work): what `Engine.run` and engine workers take. */
+export function prepareGeneration(tokenizer: TextTokenizer, info: ModelInfo, request: GenerateRequest): PreparedGeneration {
+  const promptTokens = tokenizePrompt(tokenizer, info, request.prompt);
+  validateRequest(info, request, promptTokens.length);
+  return { request, promptTokens };
+}
+
+/**
+ * What serves generations: the in-process Engine, or a WorkerEngine that runs one on another
+ * thread. Transports and the InferenceService see only this.
+ */
+export interface GenerationBackend {
+  readonly info: ModelInfo;
+  readonly tokenizer: TextTokenizer;
+  tokenizePrompt(prompt: Prompt): number[];
+  prepare(request: GenerateRequest): PreparedGeneration;
+  run(prepared: PreparedGeneration, signal?: AbortSignal): AsyncGenerator<GenerationEvent>;
+  dispose(): Promise<void>;
+}
+
+export class Engine implements GenerationBackend {
   readonly model: DecoderModel;
   readonly tokenizer: TextTokenizer;
 
@@ -132,30 +214,13 @@ export class Engine {
     }
   }
 
+  get info(): ModelInfo {
+    return this.model.info;
+  }
+
   /** Prompt → token ids, validated against the vocabulary. */
   tokenizePrompt(prompt: Prompt): number[] {
-    let ids: number[];
-    switch (prompt.kind) {
-      case 'tokens':
-        ids = [...prompt.tokenIds];
-        for (const id of ids) {
-          if (!Number.isInteger(id) || id < 0 || id >= this.model.info.vocabSize) {
-            throw new InvalidRequestError(`prompt token id ${id} is outside the vocabulary [0, ${this.model.info.vocabSize})`);
-          }
-        }
-        break;
-      case 'messages':
-        if (prompt.messages.length === 0) throw new InvalidRequestError('chat prompt has no messages');
-        ids = this.tokenizer.encode(this.tokenizer.applyChatTemplate(prompt.messages), { addSpecialTokens: false });
-        break;
-      case 'text':
-        ids = prompt.chat
-          ? this.tokenizer.encode(this.tokenizer.applyChatTemplate([{ role: 'user', content: prompt.text }]), { addSpecialTokens: false })
-          : this.tokenizer.encode(prompt.text, { addSpecialTokens: true });
-        break;
-    }
-    if (ids.length === 0) throw new InvalidRequestError('prompt is empty');
-    return ids;
+    return tokenizePrompt(this.tokenizer, this.model.info, prompt);
   }
 
   private costTable: Promise<number[]> | undefined;
@@ -207,46 +272,13 @@ export class Engine {
     }
   }
 
-  private validate(request: GenerateRequest, promptLength: number): void {
-    const { maxNewTokens } = request;
-    if (!Number.isInteger(maxNewTokens) || maxNewTokens < 1 || maxNewTokens > MAX_NEW_TOKENS_LIMIT) {
-      throw new InvalidRequestError(`max_new_tokens must be an integer in [1, ${MAX_NEW_TOKENS_LIMIT}], got ${maxNewTokens}`);
-    }
-    const context = this.model.info.contextLength;
-    if (promptLength + maxNewTokens > context) {
-      throw new ContextOverflowError(
-        `prompt of ${promptLength} tokens plus max_new_tokens ${maxNewTokens} exceeds the context of ${context} tokens`,
-      );
-    }
-    const stops = request.stopSequences ?? [];
-    if (stops.length > STOP_SEQUENCES_MAX) throw new InvalidRequestError(`at most ${STOP_SEQUENCES_MAX} stop sequences, got ${stops.length}`);
-    for (const s of stops) {
-      if (s.length === 0 || s.length > STOP_SEQUENCE_CHARS_MAX) {
-        throw new InvalidRequestError(`stop sequences must be 1..${STOP_SEQUENCE_CHARS_MAX} characters`);
-      }
-    }
-    const spec = request.speculation ?? DEFAULT_SPECULATION;
-    if (spec.mode !== 'off' && spec.mode !== 'ngram') throw new InvalidRequestError(`speculation mode must be off or ngram, got ${String(spec.mode)}`);
-    if (!Number.isInteger(spec.ngramN) || spec.ngramN < 2 || spec.ngramN > NGRAM_N_MAX) {
-      throw new InvalidRequestError(`speculation n must be an integer in [2, ${NGRAM_N_MAX}], got ${spec.ngramN}`);
-    }
-    if (!Number.isInteger(spec.draftTokensMax) || spec.draftTokensMax < 0 || spec.draftTokensMax > DRAFT_TOKENS_LIMIT) {
-      throw new InvalidRequestError(`speculation max draft tokens must be an integer in [0, ${DRAFT_TOKENS_LIMIT}], got ${spec.draftTokensMax}`);
-    }
-    const s = request.sampling ?? GREEDY;
-    if (!(s.temperature >= 0) || !Number.isFinite(s.temperature)) throw new InvalidRequestError(`temperature must be ≥ 0, got ${s.temperature}`);
-    if (!(s.topP > 0 && s.topP <= 1)) throw new InvalidRequestError(`top_p must be in (0, 1], got ${s.topP}`);
-    if (!Number.isInteger(s.topK) || s.topK < 0) throw new InvalidRequestError(`top_k must be a non-negative integer, got ${s.topK}`);
-    if (!(s.repetitionPenalty > 0) || !Number.isFinite(s.repetitionPenalty)) {
-      throw new InvalidRequestError(`repetition_penalty must be > 0, got ${s.repetitionPenalty}`);
-    }
-  }
-
   /** Tokenizes and validates: throws InvalidRequestError / ContextOverflowError before any model work. */
   prepare(request: GenerateRequest): PreparedGeneration {
-    const promptTokens = this.tokenizePrompt(request.prompt);
-    this.validate(request, promptTokens.length);
-    return { request, promptTokens };
+    return prepareGeneration(this.tokenizer, this.model.info, request);
+  }
+
+  dispose(): Promise<void> {
+    return this.model.dispose();
   }
 
   generate(request: GenerateRequest, signal?: AbortSignal): AsyncGenerator<GenerationEvent> {

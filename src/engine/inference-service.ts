@@ -6,7 +6,7 @@ import { InvalidRequestError, UnavailableError, UnknownModelError } from '../err
 import type { ModelInfo } from '../runtime/types.js';
 import type { ChatMessage } from '../tokenizer/tokenizer.js';
 import {
-  type Engine,
+  type GenerationBackend,
   type GenerateRequest,
   type GenerationDelta,
   type GenerationFinal,
@@ -38,7 +38,7 @@ export interface ServedModelInfo extends ModelInfo {
 }
 
 export interface InferenceServiceOptions {
-  readonly engine: Engine;
+  readonly engine: GenerationBackend;
   /** The name requests use in `model` (empty also selects it). */
   readonly modelName: string;
   readonly pool: SessionPoolOptions;
@@ -46,7 +46,7 @@ export interface InferenceServiceOptions {
 }
 
 export class InferenceService {
-  readonly engine: Engine;
+  readonly engine: GenerationBackend;
   readonly modelName: string;
   readonly pool: SessionPool;
   readonly limits: ServiceLimits;
@@ -70,7 +70,7 @@ export class InferenceService {
   }
 
   /** Empty name = the default model. Throws UnknownModelError for anything not served. */
-  resolveModel(name: string): Engine {
+  resolveModel(name: string): GenerationBackend {
     if (name === '' || name === this.modelName) return this.engine;
     throw new UnknownModelError(name, [this.modelName]);
   }
@@ -78,7 +78,7 @@ export class InferenceService {
   modelInfo(name: string): ServedModelInfo {
     const engine = this.resolveModel(name);
     return {
-      ...engine.model.info,
+      ...engine.info,
       name: this.modelName,
       maxNewTokensLimit: this.limits.maxNewTokensLimit,
       maxNewTokensDefault: this.limits.maxNewTokensDefault,

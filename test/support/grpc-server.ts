@@ -4,7 +4,8 @@ import { SILENT_LOGGER } from '../../src/log.js';
 import { TextGenerationClient } from '../../src/transport/grpc/client.js';
 import type { BidiServerMsg, GenerateChunkMsg } from '../../src/transport/grpc/messages.js';
 import { DEFAULT_GRPC_SERVER_OPTIONS, type RunningGrpcServer, startGrpcServer } from '../../src/transport/grpc/server.js';
-import { defaultEngine } from './default-model.js';
+import { createWorkerEngine, type WorkerEngine } from '../../src/engine/worker-engine.js';
+import { defaultEngine, defaultModelDir, TEST_FORWARD_COST } from './default-model.js';
 
 export const TEST_MODEL_NAME = 'smollm2-135m-instruct';
 
@@ -17,10 +18,29 @@ export interface TestServer {
 }
 
 /** A real gRPC server on 127.0.0.1 (free port) over the default model, as `anpd serve` builds it. */
+let sharedWorker: Promise<WorkerEngine> | undefined;
+/** One engine worker per test file, as `anpd serve` runs it (fixed forward cost for reproducible drafts). */
+export function defaultWorkerEngine(): Promise<WorkerEngine> {
+  sharedWorker ??= defaultModelDir().then((dir) =>
+    createWorkerEngine(dir, { executionProvider: 'cpu', intraOpThreads: 0, kvCapacity: 2048 }, { forwardCost: TEST_FORWARD_COST }),
+  );
+  return sharedWorker;
+}
+
+/**
+ * A real gRPC server on 127.0.0.1 (free port) over the default model. `backend: 'worker'` (default)
+ * runs the model on a worker thread as `anpd serve` does; 'in-process' uses the engine directly.
+ */
 export async function startTestServer(
-  options: { maxActive?: number; maxQueued?: number; maxNewTokensLimit?: number; maxReceiveMessageBytes?: number } = {},
+  options: {
+    maxActive?: number;
+    maxQueued?: number;
+    maxNewTokensLimit?: number;
+    maxReceiveMessageBytes?: number;
+    backend?: 'worker' | 'in-process';
+  } = {},
 ): Promise<TestServer> {
-  const engine = await defaultEngine();
+  const engine = options.backend === 'in-process' ? await defaultEngine() : await defaultWorkerEngine();
   const service = new InferenceService({
     engine,
     modelName: TEST_MODEL_NAME,

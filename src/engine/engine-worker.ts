@@ -1,0 +1,106 @@
+/**
+ * Worker-thread entry: owns an Engine (and so the ONNX Runtime session) and runs generations
+ * for the main thread. ORT's `run` is synchronous; here it blocks only this thread, so the main
+ * thread keeps serving I/O (gRPC frames, cancels, health checks) while the model computes.
+ */
+import { parentPort } from 'node:worker_threads';
+import { AnpdError } from '../errors.js';
+import { createEngine } from './create-engine.js';
+import { CancelledError, DRAFT_TOKENS_LIMIT, type Engine } from './engine.js';
+import { type FromWorker, type SerializedError, type ToWorker, WORKER_DELTAS_IN_FLIGHT_MAX } from './worker-protocol.js';
+
+interface Run {
+  readonly controller: AbortController;
+  outstanding: number;
+  wake: (() => void) | undefined;
+}
+
+const port = parentPort;
+if (port === null) throw new Error('engine-worker.js must run in a worker thread');
+
+let engine: Engine | undefined;
+const runs = new Map<number, Run>();
+const post = (message: FromWorker) => port.postMessage(message);
+
+function serialize(error: unknown): SerializedError {
+  if (error instanceof CancelledError) return { code: error.code, name: error.name, message: error.message, progress: error.progress };
+  if (error instanceof AnpdError) return { code: error.code, name: error.name, message: error.message };
+  const e = error instanceof Error ? error : new Error(String(error));
+  return { code: 'INTERNAL', name: e.name, message: e.stack ?? e.message };
+}
+
+async function run(id: number, message: Extract<ToWorker, { type: 'run' }>): Promise<void> {
+  const state: Run = { controller: new AbortController(), outstanding: 0, wake: undefined };
+  runs.set(id, state);
+  const signal = state.controller.signal;
+  try {
+    if (engine === undefined) throw new AnpdError('INTERNAL', 'engine worker is not initialised');
+    for await (const event of engine.run({ request: message.request, promptTokens: message.promptTokens }, signal)) {
+      if (event.type === 'delta') {
+        post({ type: 'delta', id, text: event.text, tokenIds: event.tokenIds });
+        state.outstanding++;
+        // Pause this generation (not the others) until the consumer catches up or cancels.
+        while (state.outstanding >= WORKER_DELTAS_IN_FLIGHT_MAX && !signal.aborted) {
+          await new Promise<void>((resolve) => {
+            state.wake = resolve;
+          });
+        }
+      } else {
+        post({ type: 'final', id, final: event });
+      }
+    }
+  } catch (error) {
+    post({ type: 'error', id, error: serialize(error) });
+  } finally {
+    runs.delete(id);
+  }
+}
+
+function wake(state: Run): void {
+  const resolve = state.wake;
+  state.wake = undefined;
+  resolve?.();
+}
+
+port.on('message', (message: ToWorker) => {
+  switch (message.type) {
+    case 'init':
+      createEngine(message.modelDir, message.runtime, {
+        calibrate: message.calibrate,
+        ...(message.forwardCost !== undefined ? { forwardCost: message.forwardCost } : {}),
+      }).then(
+        async (created) => {
+          engine = created;
+          post({ type: 'ready', info: created.model.info, forwardCost: await created.forwardCost(DRAFT_TOKENS_LIMIT + 1) });
+        },
+        (error: unknown) => post({ type: 'init-error', error: serialize(error) }),
+      );
+      break;
+    case 'run':
+      void run(message.id, message);
+      break;
+    case 'cancel': {
+      const state = runs.get(message.id);
+      if (state) {
+        state.controller.abort(new Error(message.message));
+        wake(state);
+      }
+      break;
+    }
+    case 'credit': {
+      const state = runs.get(message.id);
+      if (state) {
+        state.outstanding--;
+        wake(state);
+      }
+      break;
+    }
+    case 'dispose':
+      for (const state of runs.values()) state.controller.abort(new Error('engine worker disposed'));
+      void (engine?.dispose() ?? Promise.resolve()).finally(() => {
+        post({ type: 'disposed' });
+        port.close();
+      });
+      break;
+  }
+});

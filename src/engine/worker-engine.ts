@@ -1,0 +1,191 @@
+/**
+ * A GenerationBackend whose model runs on a worker thread (engine-worker.ts). Tokenization and
+ * validation happen here, on the calling thread, with the same tokenizer files, so bad requests
+ * never reach the worker; the worker runs the very same Engine code, so outputs are identical.
+ */
+import { Worker } from 'node:worker_threads';
+import { AnpdError, type ErrorCode } from '../errors.js';
+import type { ModelInfo, RuntimeOptions } from '../runtime/types.js';
+import { loadTokenizer, type TextTokenizer } from '../tokenizer/tokenizer.js';
+import {
+  CancelledError,
+  type GenerateRequest,
+  type GenerationBackend,
+  type GenerationEvent,
+  type PreparedGeneration,
+  type Prompt,
+  prepareGeneration,
+  tokenizePrompt,
+} from './engine.js';
+import type { FromWorker, SerializedError, ToWorker } from './worker-protocol.js';
+
+type RunMessage = Extract<FromWorker, { id: number }>;
+
+interface PendingRun {
+  push(message: RunMessage): void;
+}
+
+/** The worker died or failed: every pending and later run fails with this. */
+export class EngineWorkerError extends AnpdError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('INTERNAL', message, options);
+  }
+}
+
+function reviveError(error: SerializedError, signal: AbortSignal | undefined): Error {
+  if (error.code === 'CANCELLED') {
+    // Report the caller's own abort reason (cancel, deadline, disconnect), as Engine.run does.
+    return new CancelledError(signal?.aborted ? signal.reason : new Error(error.message), error.progress);
+  }
+  const revived = new AnpdError(error.code as ErrorCode, error.message);
+  revived.name = error.name;
+  return revived;
+}
+
+export class WorkerEngine implements GenerationBackend {
+  readonly info: ModelInfo;
+  readonly tokenizer: TextTokenizer;
+  /** The worker's forward-cost table (index T), e.g. to give an in-process engine the same one. */
+  readonly forwardCost: readonly number[];
+  private readonly worker: Worker;
+  private readonly runs = new Map<number, PendingRun>();
+  private nextId = 1;
+  private failure: Error | undefined;
+
+  private constructor(worker: Worker, info: ModelInfo, tokenizer: TextTokenizer, forwardCost: readonly number[]) {
+    this.worker = worker;
+    this.info = info;
+    this.tokenizer = tokenizer;
+    this.forwardCost = forwardCost;
+    worker.on('message', (message: FromWorker) => {
+      if ('id' in message) this.runs.get(message.id)?.push(message);
+    });
+    const fail = (error: Error) => {
+      this.failure ??= error;
+      for (const [id, run] of this.runs) run.push({ type: 'error', id, error: { code: 'INTERNAL', name: error.name, message: error.message } });
+    };
+    worker.on('error', (error) => fail(new EngineWorkerError(`engine worker failed: ${error.message}`, { cause: error })));
+    worker.on('exit', (code) => fail(new EngineWorkerError(`engine worker exited with code ${code}`)));
+  }
+
+  /** Starts a worker, loads the model there (and calibrates, unless `forwardCost` is given). */
+  static async create(
+    modelDir: string,
+    runtime: RuntimeOptions,
+    options: { calibrate?: boolean; forwardCost?: readonly number[] } = {},
+  ): Promise<WorkerEngine> {
+    const tokenizer = loadTokenizer(modelDir);
+    const worker = new Worker(new URL('./engine-worker.js', import.meta.url));
+    let onMessage: ((message: FromWorker) => void) | undefined;
+    let onError: ((error: Error) => void) | undefined;
+    let onExit: ((code: number) => void) | undefined;
+    const ready = await new Promise<Extract<FromWorker, { type: 'ready' }>>((resolve, reject) => {
+      onMessage = (message: FromWorker) => {
+        if (message.type === 'ready') resolve(message);
+        else if (message.type === 'init-error') reject(reviveError(message.error, undefined));
+      };
+      onError = reject;
+      onExit = (code: number) => reject(new EngineWorkerError(`engine worker exited with code ${code} while loading ${modelDir}`));
+      worker.on('message', onMessage);
+      worker.on('error', onError);
+      worker.on('exit', onExit);
+      const init: ToWorker = { type: 'init', modelDir, runtime, forwardCost: options.forwardCost, calibrate: options.calibrate ?? true };
+      worker.postMessage(init);
+    }).catch(async (error: unknown) => {
+      await worker.terminate();
+      throw error;
+    });
+    worker.off('message', onMessage!);
+    worker.off('error', onError!);
+    worker.off('exit', onExit!);
+    // An idle worker must not keep the process alive; runs ref it while they are in flight.
+    worker.unref();
+    return new WorkerEngine(worker, ready.info, tokenizer, ready.forwardCost);
+  }
+
+  tokenizePrompt(prompt: Prompt): number[] {
+    return tokenizePrompt(this.tokenizer, this.info, prompt);
+  }
+
+  prepare(request: GenerateRequest): PreparedGeneration {
+    return prepareGeneration(this.tokenizer, this.info, request);
+  }
+
+  async *run(prepared: PreparedGeneration, signal?: AbortSignal): AsyncGenerator<GenerationEvent> {
+    if (this.failure) throw this.failure;
+    const id = this.nextId++;
+    const queue: RunMessage[] = [];
+    let wake: (() => void) | undefined;
+    if (this.runs.size === 0) this.worker.ref();
+    this.runs.set(id, {
+      push: (message) => {
+        queue.push(message);
+        const resolve = wake;
+        wake = undefined;
+        resolve?.();
+      },
+    });
+    let finished = false;
+    const onAbort = () => this.post({ type: 'cancel', id, message: signal?.reason instanceof Error ? signal.reason.message : 'cancelled' });
+    signal?.addEventListener('abort', onAbort, { once: true });
+    try {
+      this.post({ type: 'run', id, request: prepared.request, promptTokens: prepared.promptTokens });
+      if (signal?.aborted) onAbort();
+      for (;;) {
+        while (queue.length === 0) {
+          await new Promise<void>((resolve) => {
+            wake = resolve;
+          });
+        }
+        const message = queue.shift()!;
+        if (message.type === 'delta') {
+          yield { type: 'delta', text: message.text, tokenIds: message.tokenIds };
+          this.post({ type: 'credit', id });
+        } else if (message.type === 'final') {
+          finished = true;
+          yield message.final;
+          return;
+        } else if (message.type === 'error') {
+          finished = true;
+          throw reviveError(message.error, signal);
+        }
+      }
+    } finally {
+      signal?.removeEventListener('abort', onAbort);
+      // The consumer stopped early: stop the worker's run too (its late messages are dropped).
+      if (!finished) this.post({ type: 'cancel', id, message: 'consumer stopped reading' });
+      this.runs.delete(id);
+      if (this.runs.size === 0) this.worker.unref();
+    }
+  }
+
+  private post(message: ToWorker): void {
+    if (this.failure === undefined) this.worker.postMessage(message);
+  }
+
+  async dispose(): Promise<void> {
+    this.worker.ref(); // keep the process alive until the worker has released the model
+    if (this.failure) {
+      await this.worker.terminate();
+      return;
+    }
+    const disposed = new Promise<void>((resolve) => {
+      this.worker.on('message', (message: FromWorker) => {
+        if (message.type === 'disposed') resolve();
+      });
+      this.worker.once('exit', () => resolve());
+    });
+    this.post({ type: 'dispose' });
+    await disposed;
+    this.failure = new EngineWorkerError('engine worker disposed');
+    await this.worker.terminate();
+  }
+}
+
+export function createWorkerEngine(
+  modelDir: string,
+  runtime: RuntimeOptions,
+  options: { calibrate?: boolean; forwardCost?: readonly number[] } = {},
+): Promise<WorkerEngine> {
+  return WorkerEngine.create(modelDir, runtime, options);
+}

@@ -1,0 +1,41 @@
+/**
+ * Messages between the main thread (WorkerEngine) and an engine worker (engine-worker.ts).
+ * Plain data only: they cross threads by structured clone.
+ */
+import type { RuntimeOptions, ModelInfo } from '../runtime/types.js';
+import type { GenerateRequest, GenerationFinal } from './engine.js';
+
+/**
+ * Deltas a run may have outstanding (posted, not yet taken by the consumer) before the worker
+ * pauses it: keeps a slow consumer's backlog bounded while hiding the thread hop.
+ */
+export const WORKER_DELTAS_IN_FLIGHT_MAX = 4;
+
+export type ToWorker =
+  | {
+      readonly type: 'init';
+      readonly modelDir: string;
+      readonly runtime: RuntimeOptions;
+      readonly forwardCost: readonly number[] | undefined;
+      readonly calibrate: boolean;
+    }
+  | { readonly type: 'run'; readonly id: number; readonly request: GenerateRequest; readonly promptTokens: readonly number[] }
+  | { readonly type: 'cancel'; readonly id: number; readonly message: string }
+  | { readonly type: 'credit'; readonly id: number }
+  | { readonly type: 'dispose' };
+
+export interface SerializedError {
+  readonly code: string;
+  readonly name: string;
+  readonly message: string;
+  /** For CANCELLED: usage so far. */
+  readonly progress?: { readonly promptTokens: number; readonly completionTokens: number };
+}
+
+export type FromWorker =
+  | { readonly type: 'ready'; readonly info: ModelInfo; readonly forwardCost: readonly number[] }
+  | { readonly type: 'init-error'; readonly error: SerializedError }
+  | { readonly type: 'delta'; readonly id: number; readonly text: string; readonly tokenIds: readonly number[] }
+  | { readonly type: 'final'; readonly id: number; readonly final: GenerationFinal }
+  | { readonly type: 'error'; readonly id: number; readonly error: SerializedError }
+  | { readonly type: 'disposed' };

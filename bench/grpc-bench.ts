@@ -1,10 +1,12 @@
 /**
  * gRPC path vs in-process engine, and aggregate throughput under concurrency.
  *
- * 1. Overhead: the same requests through `Engine.generate` directly and through GenerateStream on a
- *    loopback server over the same Engine object (so both use the same forward-cost table and
- *    model), interleaved, several repetitions; overhead = median(gRPC / in-process) − 1. The client
- *    shares the process with the server, so this is an upper bound on the server's own cost.
+ * 1. Overhead: the same requests through `Engine.generate` in this thread and through
+ *    GenerateStream on a loopback server whose model runs on a worker thread (as `anpd serve`
+ *    runs it; same model and forward-cost table), interleaved, several repetitions;
+ *    overhead = median(gRPC / in-process) − 1. Also against the worker engine called directly
+ *    (same thread layout, no gRPC): the transport's own cost. The client shares the process with
+ *    the server, so its decoding work counts against the gRPC path.
  * 2. Concurrency: one fixed workload of 16 requests run with 1, 4 and 16 GenerateStream calls in
  *    flight; aggregate output tokens/s, median time to first token and request latency.
  *
@@ -15,8 +17,9 @@ import { availableParallelism, cpus } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { createEngine } from '../src/engine/create-engine.js';
-import { DEFAULT_SPECULATION, type Engine, NO_SPECULATION, type SpeculationOptions } from '../src/engine/engine.js';
+import { DEFAULT_SPECULATION, DRAFT_TOKENS_LIMIT, type GenerationBackend, NO_SPECULATION, type SpeculationOptions } from '../src/engine/engine.js';
 import { InferenceService } from '../src/engine/inference-service.js';
+import { createWorkerEngine } from '../src/engine/worker-engine.js';
 import { SILENT_LOGGER } from '../src/log.js';
 import { ensureDefaultModel, projectRoot } from '../src/model/default-model.js';
 import { TextGenerationClient } from '../src/transport/grpc/client.js';
@@ -42,11 +45,11 @@ const median = (values: number[]) => {
 };
 const round = (x: number, digits = 2) => Number(x.toFixed(digits));
 
-async function inProcess(engine: Engine, prompt: string, maxNewTokens: number, speculation: SpeculationOptions) {
+async function inProcess(engine: GenerationBackend, prompt: string, maxNewTokens: number, speculation: SpeculationOptions) {
   const t0 = performance.now();
   let tokens = 0;
   let firstMs = 0;
-  for await (const event of engine.generate({ prompt: { kind: 'messages', messages: [{ role: 'user', content: prompt }] }, maxNewTokens, speculation })) {
+  for await (const event of engine.run(engine.prepare({ prompt: { kind: 'messages', messages: [{ role: 'user', content: prompt }] }, maxNewTokens, speculation }))) {
     if (event.type === 'delta') {
       if (tokens === 0) firstMs = performance.now() - t0;
       tokens += event.tokenIds.length;
@@ -76,13 +79,18 @@ async function overGrpc(client: TextGenerationClient, msg: GenerateRequestMsg) {
 }
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { reps: { type: 'string' }, 'max-new-tokens': { type: 'string' }, out: { type: 'string' } } });
+  const { values } = parseArgs({ options: { reps: { type: 'string' }, 'max-new-tokens': { type: 'string' }, out: { type: 'string' }, 'skip-concurrency': { type: 'boolean' } } });
   const reps = Number(values.reps ?? 3);
   const maxNewTokens = Number(values['max-new-tokens'] ?? 96);
   const prompts = loadPrompts();
   const engine = await createEngine(await ensureDefaultModel(), { executionProvider: 'cpu', intraOpThreads: 0, kvCapacity: 4096 });
+  // The server runs the model on a worker thread, as `anpd serve` does, with the same forward-cost
+  // table as the in-process engine so both pick the same draft lengths.
+  const workerEngine = await createWorkerEngine(await ensureDefaultModel(), { executionProvider: 'cpu', intraOpThreads: 0, kvCapacity: 4096 }, {
+    forwardCost: await engine.forwardCost(DRAFT_TOKENS_LIMIT + 1),
+  });
   const service = new InferenceService({
-    engine,
+    engine: workerEngine,
     modelName: 'bench',
     pool: { maxActive: 16, maxQueued: 64 },
     limits: { maxNewTokensDefault: maxNewTokens, maxNewTokensLimit: 4096 },
@@ -93,6 +101,7 @@ async function main(): Promise<void> {
   // Warm-up: first runs pay for JIT, allocations and the first ORT runs.
   for (const p of prompts.slice(0, 2)) {
     await inProcess(engine, p.prompt, 16, DEFAULT_SPECULATION);
+    await inProcess(workerEngine, p.prompt, 16, DEFAULT_SPECULATION);
     await overGrpc(client, request('warm', p.prompt, 16, DEFAULT_SPECULATION));
   }
 
@@ -102,40 +111,52 @@ async function main(): Promise<void> {
     ['speculation ngram (default)', DEFAULT_SPECULATION],
   ] as const) {
     const ratios: number[] = [];
-    const perToken: { direct: number[]; grpc: number[] } = { direct: [], grpc: [] };
-    let tokensDirect = 0;
-    let tokensGrpc = 0;
+    const transportRatios: number[] = [];
+    const perToken: { direct: number[]; worker: number[]; grpc: number[] } = { direct: [], worker: [], grpc: [] };
+    let tokens = 0;
     for (let rep = 0; rep < reps; rep++) {
       for (const [i, p] of prompts.entries()) {
-        // Alternate which path goes first so drift does not favour one.
-        const grpcFirst = (rep + i) % 2 === 1;
-        const g1 = grpcFirst ? await overGrpc(client, request(p.id, p.prompt, maxNewTokens, speculation)) : undefined;
-        const d = await inProcess(engine, p.prompt, maxNewTokens, speculation);
-        const g = g1 ?? (await overGrpc(client, request(p.id, p.prompt, maxNewTokens, speculation)));
-        if (d.tokens !== g.tokens) throw new Error(`${p.id}: ${d.tokens} tokens in process, ${g.tokens} over gRPC — outputs differ`);
+        // Rotate the order of the three paths so drift does not favour one.
+        const paths = [
+          async () => inProcess(engine, p.prompt, maxNewTokens, speculation),
+          async () => inProcess(workerEngine, p.prompt, maxNewTokens, speculation),
+          async () => overGrpc(client, request(p.id, p.prompt, maxNewTokens, speculation)),
+        ];
+        const results: Array<{ ms: number; tokens: number }> = [];
+        for (let k = 0; k < 3; k++) {
+          const j = (k + rep + i) % 3;
+          results[j] = await paths[j]!();
+        }
+        const [d, w, g] = results as [{ ms: number; tokens: number }, { ms: number; tokens: number }, { ms: number; tokens: number }];
+        if (d.tokens !== g.tokens || w.tokens !== g.tokens) throw new Error(`${p.id}: token counts differ (${d.tokens}, ${w.tokens}, ${g.tokens})`);
         ratios.push(g.ms / d.ms);
+        transportRatios.push(g.ms / w.ms);
         perToken.direct.push(d.ms / d.tokens);
+        perToken.worker.push(w.ms / w.tokens);
         perToken.grpc.push(g.ms / g.tokens);
-        tokensDirect += d.tokens;
-        tokensGrpc += g.tokens;
+        tokens += g.tokens;
       }
     }
     const overheadPct = (median(ratios) - 1) * 100;
+    const transportPct = (median(transportRatios) - 1) * 100;
     overhead[label] = {
       requests: ratios.length,
-      tokens: { direct: tokensDirect, grpc: tokensGrpc },
-      medianMsPerToken: { direct: round(median(perToken.direct)), grpc: round(median(perToken.grpc)) },
-      medianRatio: round(median(ratios), 4),
-      overheadPct: round(overheadPct, 2),
-      ratioRange: [round(Math.min(...ratios), 3), round(Math.max(...ratios), 3)],
+      tokensPerPath: tokens,
+      medianMsPerToken: { inProcess: round(median(perToken.direct)), workerDirect: round(median(perToken.worker)), grpc: round(median(perToken.grpc)) },
+      grpcVsInProcess: { medianRatio: round(median(ratios), 4), overheadPct: round(overheadPct, 2), ratioRange: [round(Math.min(...ratios), 3), round(Math.max(...ratios), 3)] },
+      grpcVsWorkerDirect: {
+        medianRatio: round(median(transportRatios), 4),
+        overheadPct: round(transportPct, 2),
+        ratioRange: [round(Math.min(...transportRatios), 3), round(Math.max(...transportRatios), 3)],
+      },
     };
-    process.stderr.write(`overhead (${label}): ${overheadPct.toFixed(2)}% (median of ${ratios.length} ratios)\n`);
+    process.stderr.write(`overhead (${label}): vs in-process ${overheadPct.toFixed(2)}%, vs worker direct ${transportPct.toFixed(2)}% (medians of ${ratios.length} ratios)\n`);
   }
 
   // Concurrency: the same 16-request workload each time, with 1, 4 or 16 requests in flight.
   const workload = Array.from({ length: 16 }, (_, i) => prompts[i % prompts.length]!);
   const concurrency: Record<string, unknown>[] = [];
-  for (const streams of [1, 4, 16]) {
+  for (const streams of values['skip-concurrency'] ? [] : [1, 4, 16]) {
     for (const speculation of [NO_SPECULATION, DEFAULT_SPECULATION]) {
       const t0 = performance.now();
       let next = 0;
@@ -180,7 +201,8 @@ async function main(): Promise<void> {
   process.stdout.write(`${out}\n`);
   client.close();
   await server.shutdown(0);
-  await engine.model.dispose();
+  await engine.dispose();
+  await workerEngine.dispose();
 }
 
 await main();

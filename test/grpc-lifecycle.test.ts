@@ -6,28 +6,14 @@ import { type GrpcObject, type ServiceClientConstructor, type ServiceError, cred
 import { loadSync } from '@grpc/proto-loader';
 import test from 'ava';
 import { TextGenerationClient } from '../src/transport/grpc/client.js';
-import type { BidiServerMsg, GenerateChunkMsg, GenerateRequestMsg } from '../src/transport/grpc/messages.js';
+import type { BidiServerMsg, GenerateRequestMsg } from '../src/transport/grpc/messages.js';
 import { defaultModelDir } from './support/default-model.js';
-import { startTestServer, waitFor } from './support/grpc-server.js';
+import { collectStream, grpcError, startTestServer, waitFor } from './support/grpc-server.js';
 
 function countRequest(id: string, maxNewTokens: number): GenerateRequestMsg {
   return { request_id: id, text: 'Count from one to one thousand: one, two, three,', stopping: { max_new_tokens: maxNewTokens, ignore_eos: true } };
 }
 
-async function collect(stream: AsyncIterable<GenerateChunkMsg>): Promise<GenerateChunkMsg[]> {
-  const chunks: GenerateChunkMsg[] = [];
-  for await (const c of stream) chunks.push(c);
-  return chunks;
-}
-
-async function grpcError(promise: Promise<unknown>): Promise<ServiceError> {
-  try {
-    await promise;
-  } catch (error) {
-    return error as ServiceError;
-  }
-  throw new Error('expected the call to fail');
-}
 
 /** Asks server reflection (v1 or v1alpha) for the list of services. */
 async function reflectedServices(address: string, version: 'v1' | 'v1alpha'): Promise<string[]> {
@@ -76,7 +62,7 @@ test.serial('health reports SERVING, reflection lists the service (v1 and v1alph
 test.serial('shutdown: health turns NOT_SERVING, new work gets UNAVAILABLE, in-flight work finishes, idle bidi calls end UNAVAILABLE', async (t) => {
   const s = await startTestServer();
   const client = s.client();
-  const inFlight = collect(client.generateStream(countRequest('in-flight', 80)));
+  const inFlight = collectStream(client.generateStream(countRequest('in-flight', 80)));
   const idle = client.generateBidi();
   idle.on('data', () => {});
   idle.on('error', () => {});
@@ -101,7 +87,7 @@ test.serial('shutdown past the grace period cuts the remaining generations and r
   const s = await startTestServer();
   const client = s.client();
   const stream = client.generateStream(countRequest('too-long', 2000));
-  const outcome = collect(stream).then(
+  const outcome = collectStream(stream).then(
     () => 'completed',
     (e: ServiceError) => e.code,
   );
@@ -147,7 +133,7 @@ test.serial('SIGTERM: the server drains — in-flight generations finish, new re
     bidi.on('error', () => {});
     const bidiStatus = new Promise<{ code: number }>((resolve) => bidi.on('status', resolve));
     bidi.write({ generate: countRequest('bidi-in-flight', 120) });
-    const stream = collect(client.generateStream(countRequest('stream-in-flight', 120)));
+    const stream = collectStream(client.generateStream(countRequest('stream-in-flight', 120)));
     t.true(await waitFor(() => messages.length > 0, 20_000), 'generation started');
     child.kill('SIGTERM');
     t.true(await waitFor(() => logs.some((l) => l.includes('"draining"')), 5000));

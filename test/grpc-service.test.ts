@@ -5,7 +5,7 @@ import test from 'ava';
 import protobuf from 'protobufjs';
 import { GENERATION_PROTO, PROTO_DIR } from '../src/transport/grpc/proto.js';
 import type { BidiClientMsg, BidiServerMsg, GenerateChunkMsg, GenerateRequestMsg } from '../src/transport/grpc/messages.js';
-import { TEST_MODEL_NAME, type TestServer, joinChunks, startTestServer, waitFor } from './support/grpc-server.js';
+import { TEST_MODEL_NAME, type TestServer, collectStream, grpcError, joinChunks, startTestServer, waitFor } from './support/grpc-server.js';
 
 const QUESTIONS = [
   'What is the capital of France?',
@@ -54,20 +54,6 @@ function errorsOf(messages: readonly BidiServerMsg[], id?: string) {
   return messages.flatMap((m) => ('error' in m && m.error && (id === undefined || m.error.request_id === id) ? [m.error] : []));
 }
 
-async function collectStream(stream: AsyncIterable<GenerateChunkMsg>): Promise<GenerateChunkMsg[]> {
-  const chunks: GenerateChunkMsg[] = [];
-  for await (const c of stream) chunks.push(c);
-  return chunks;
-}
-
-async function grpcError(promise: Promise<unknown>): Promise<ServiceError> {
-  try {
-    await promise;
-  } catch (error) {
-    return error as ServiceError;
-  }
-  throw new Error('expected the call to fail');
-}
 
 let shared: TestServer | undefined;
 async function server(): Promise<TestServer> {

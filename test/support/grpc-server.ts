@@ -1,8 +1,8 @@
-import type { ChannelOptions } from '@grpc/grpc-js';
+import type { ChannelOptions, ServiceError } from '@grpc/grpc-js';
 import { InferenceService } from '../../src/engine/inference-service.js';
 import { SILENT_LOGGER } from '../../src/log.js';
 import { TextGenerationClient } from '../../src/transport/grpc/client.js';
-import type { BidiServerMsg, GenerateChunkMsg } from '../../src/transport/grpc/messages.js';
+import type { GenerateChunkMsg } from '../../src/transport/grpc/messages.js';
 import { DEFAULT_GRPC_SERVER_OPTIONS, type RunningGrpcServer, startGrpcServer } from '../../src/transport/grpc/server.js';
 import { createWorkerEngine, type WorkerEngine } from '../../src/engine/worker-engine.js';
 import { defaultEngine, defaultModelDir, TEST_FORWARD_COST } from './default-model.js';
@@ -95,4 +95,19 @@ export function joinChunks(chunks: readonly GenerateChunkMsg[]): CollectedStream
   return { text: chunks.map((c) => c.text).join(''), tokenIds: chunks.flatMap((c) => [...c.token_ids]), chunks: [...chunks] };
 }
 
-export type BidiMessage = BidiServerMsg & { chunk?: GenerateChunkMsg; error?: { request_id: string; code: number; message: string; reason: string } };
+/** Every chunk of a server stream, in order. */
+export async function collectStream(stream: AsyncIterable<GenerateChunkMsg>): Promise<GenerateChunkMsg[]> {
+  const chunks: GenerateChunkMsg[] = [];
+  for await (const c of stream) chunks.push(c);
+  return chunks;
+}
+
+/** The error a call failed with; fails the test if it succeeded. */
+export async function grpcError(promise: Promise<unknown>): Promise<ServiceError> {
+  try {
+    await promise;
+  } catch (error) {
+    return error as ServiceError;
+  }
+  throw new Error('expected the call to fail');
+}

@@ -1,9 +1,10 @@
 /**
- * Structured logs: one JSON object per line on stderr. Never called per token.
+ * Structured logs: pino JSON lines on stderr (one line per request at its end, never per token).
+ * Request lines carry the trace and span ids of the generation's span.
  */
-export type LogLevel = 'debug' | 'info' | 'warn' | 'error' | 'silent';
+import { pino } from 'pino';
 
-const RANK: Record<LogLevel, number> = { debug: 10, info: 20, warn: 30, error: 40, silent: 100 };
+export type LogLevel = 'debug' | 'info' | 'warn' | 'error' | 'silent';
 
 export type LogFields = Readonly<Record<string, unknown>>;
 
@@ -14,22 +15,33 @@ export interface Logger {
   error(message: string, fields?: LogFields): void;
 }
 
-export function createLogger(level: LogLevel, write: (line: string) => void = (line) => process.stderr.write(line)): Logger {
-  const emit = (at: Exclude<LogLevel, 'silent'>, message: string, fields?: LogFields) => {
-    if (RANK[at] < RANK[level]) return;
-    const record: Record<string, unknown> = { time: new Date().toISOString(), level: at, msg: message };
-    if (fields) {
-      for (const [key, value] of Object.entries(fields)) {
-        record[key] = value instanceof Error ? { name: value.name, message: value.message, stack: value.stack } : value;
-      }
+function plain(fields: LogFields | undefined): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  if (fields) {
+    for (const [key, value] of Object.entries(fields)) {
+      out[key] = value instanceof Error ? { name: value.name, message: value.message, stack: value.stack } : value;
     }
-    write(`${JSON.stringify(record)}\n`);
-  };
+  }
+  return out;
+}
+
+/** `write` receives each JSON line (default: stderr, synchronously so nothing is lost at exit). */
+export function createLogger(level: LogLevel, write?: (line: string) => void): Logger {
+  const destination = write ? { write } : pino.destination({ fd: 2, sync: true });
+  const log = pino(
+    {
+      level,
+      base: { service: 'anpd-serve' },
+      timestamp: pino.stdTimeFunctions.isoTime,
+      formatters: { level: (label) => ({ level: label }) },
+    },
+    destination,
+  );
   return {
-    debug: (m, f) => emit('debug', m, f),
-    info: (m, f) => emit('info', m, f),
-    warn: (m, f) => emit('warn', m, f),
-    error: (m, f) => emit('error', m, f),
+    debug: (m, f) => log.debug(plain(f), m),
+    info: (m, f) => log.info(plain(f), m),
+    warn: (m, f) => log.warn(plain(f), m),
+    error: (m, f) => log.error(plain(f), m),
   };
 }
 

@@ -8,6 +8,8 @@ import { InferenceService } from '../engine/inference-service.js';
 import { createWorkerEngine } from '../engine/worker-engine.js';
 import { createLogger } from '../log.js';
 import { DEFAULT_MODEL, ensureDefaultModel } from '../model/default-model.js';
+import { GenerationTelemetry } from '../telemetry/generation-telemetry.js';
+import { startTelemetry } from '../telemetry/telemetry.js';
 import { startGrpcServer } from '../transport/grpc/server.js';
 import { createProgressReporter } from './progress.js';
 
@@ -18,6 +20,8 @@ export async function runServe(argv: readonly string[]): Promise<number> {
   }
   const config = parseServerConfig(argv, process.env);
   const logger = createLogger(config.logLevel);
+  // Before the server exists, so every span and metric has a provider to go to.
+  const telemetry = startTelemetry({ serviceName: 'anpd-serve', metricsPort: config.metricsPort, metricsHost: config.metricsHost }, logger);
   let modelDir = config.modelDir;
   if (modelDir === undefined) {
     const progress = createProgressReporter();
@@ -38,7 +42,8 @@ export async function runServe(argv: readonly string[]): Promise<number> {
     pool: { maxActive: config.maxActiveSequences, maxQueued: config.maxQueuedRequests },
     limits: { maxNewTokensDefault: config.maxNewTokensDefault, maxNewTokensLimit: config.maxNewTokensLimit },
   });
-  const server = await startGrpcServer(service, config, logger);
+  const generationTelemetry = new GenerationTelemetry(telemetry.tracer, telemetry.meter, logger, () => service.poolState);
+  const server = await startGrpcServer(service, config, logger, generationTelemetry);
   process.stdout.write(
     `anpd: serving ${service.modelName} over gRPC on ${config.host}:${server.port} (llm.v1.TextGeneration, health, reflection)\n` +
       `try:  node dist/src/cli/main.js client --address localhost:${server.port} "What is the capital of France?"\n`,
@@ -54,6 +59,7 @@ export async function runServe(argv: readonly string[]): Promise<number> {
   process.once('SIGINT', forceExit);
   const finishedInGrace = await server.shutdown(config.shutdownGraceMs);
   await engine.dispose();
+  await telemetry.shutdown();
   logger.info('exiting', { finishedInGrace });
   return 0;
 }

@@ -49,6 +49,10 @@ export interface ServerConfig {
   readonly keepaliveTimeoutMs: number;
   /** @default 'info' */
   readonly logLevel: LogLevel;
+  /** Prometheus scrape endpoint port; 0 turns it off. @default 9464 */
+  readonly metricsPort: number;
+  /** @default '0.0.0.0' */
+  readonly metricsHost: string;
 }
 
 interface Setting {
@@ -75,6 +79,8 @@ export const SERVER_SETTINGS = {
   keepaliveTimeMs: { flag: 'keepalive-time-ms', env: ['ANPD_KEEPALIVE_TIME_MS'] },
   keepaliveTimeoutMs: { flag: 'keepalive-timeout-ms', env: ['ANPD_KEEPALIVE_TIMEOUT_MS'] },
   logLevel: { flag: 'log-level', env: ['ANPD_LOG_LEVEL'] },
+  metricsPort: { flag: 'metrics-port', env: ['ANPD_METRICS_PORT'] },
+  metricsHost: { flag: 'metrics-host', env: ['ANPD_METRICS_HOST'] },
 } as const satisfies Record<keyof ServerConfig, Setting>;
 
 export const SERVE_HELP = `anpd serve — start the gRPC server (llm.v1.TextGeneration, health, reflection)
@@ -97,6 +103,11 @@ Options (flag, environment variable, default):
   --keepalive-time-ms N              ANPD_KEEPALIVE_TIME_MS          30000
   --keepalive-timeout-ms N           ANPD_KEEPALIVE_TIMEOUT_MS       10000
   --log-level debug|info|warn|error|silent   ANPD_LOG_LEVEL          info
+  --metrics-port N                   ANPD_METRICS_PORT               9464 (Prometheus /metrics; 0 = off)
+  --metrics-host HOST                ANPD_METRICS_HOST               0.0.0.0
+
+Tracing and OTLP export follow the standard OTEL_* variables (off unless OTEL_TRACES_EXPORTER /
+OTEL_METRICS_EXPORTER are set, e.g. OTEL_TRACES_EXPORTER=otlp OTEL_EXPORTER_OTLP_ENDPOINT=...).
 
 On SIGTERM or SIGINT: health NOT_SERVING, new requests UNAVAILABLE, in-flight generations finish
 within the grace period, exit 0.
@@ -171,6 +182,8 @@ export function parseServerConfig(argv: readonly string[], env: NodeJS.ProcessEn
     keepaliveTimeMs: int('keepaliveTimeMs', 30_000, 1000, LIMITS.timerMs),
     keepaliveTimeoutMs: int('keepaliveTimeoutMs', 10_000, 1000, LIMITS.timerMs),
     logLevel: choice('logLevel', LOG_LEVELS, 'info'),
+    metricsPort: int('metricsPort', 9464, 0, 65535),
+    metricsHost: raw('metricsHost')?.value ?? '0.0.0.0',
   };
   return Object.freeze(config);
 }

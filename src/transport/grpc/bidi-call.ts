@@ -7,8 +7,10 @@ import type { ServerDuplexStream } from '@grpc/grpc-js';
 import { status as GrpcStatus } from '@grpc/grpc-js';
 import { CancelledError } from '../../engine/engine.js';
 import type { InferenceService } from '../../engine/inference-service.js';
-import { DuplicateRequestError, InvalidRequestError } from '../../errors.js';
+import { type Context, ROOT_CONTEXT, type Span } from '@opentelemetry/api';
+import { DeadlineExceededError, DuplicateRequestError, InvalidRequestError } from '../../errors.js';
 import type { Logger } from '../../log.js';
+import type { GenerationTelemetry } from '../../telemetry/generation-telemetry.js';
 import { CallWriter, createCallContext, effectiveError } from './call-context.js';
 import {
   type BidiClientMsg,
@@ -19,6 +21,7 @@ import {
   toFinalInfo,
 } from './messages.js';
 import { toGrpcStatus } from './status.js';
+import { callerContext, observeGeneration } from './tracing.js';
 
 /** The reason a request's own controller aborts with when the client sends `cancel` for it. */
 class CancelRequested extends Error {
@@ -45,8 +48,15 @@ export class BidiCall {
   private readonly onDraining: () => void;
   private readonly drainSignal: AbortSignal;
 
-  constructor(call: BidiStream, service: InferenceService, logger: Logger, drainSignal: AbortSignal) {
+  private readonly telemetry: GenerationTelemetry | undefined;
+  private readonly rpc: { span: Span; context: Context } | undefined;
+  /** Call status for the RPC span: set where the call ends. */
+  private endStatus: number = GrpcStatus.CANCELLED;
+
+  constructor(call: BidiStream, service: InferenceService, logger: Logger, drainSignal: AbortSignal, telemetry?: GenerationTelemetry) {
     this.call = call;
+    this.telemetry = telemetry;
+    this.rpc = telemetry?.startRpc('GenerateBidi', callerContext(call.metadata));
     this.service = service;
     this.logger = logger;
     this.context = createCallContext(call);
@@ -115,7 +125,9 @@ export class BidiCall {
     try {
       const parsed = parseGenerateRequest(msg);
       seed = parsed.seed;
-      for await (const event of this.service.generate(parsed.model, parsed.request, signal)) {
+      const meta = { method: 'GenerateBidi', requestId, model: this.service.modelName, request: parsed.request, stream: true };
+      const events = this.service.generate(parsed.model, parsed.request, signal);
+      for await (const event of observeGeneration(this.telemetry, events, meta, this.rpc?.context ?? ROOT_CONTEXT, signal)) {
         if (event.type === 'delta') {
           await this.writer.write({ chunk: { request_id: requestId, seq: seq++, text: event.text, token_ids: event.tokenIds } });
         } else {
@@ -148,9 +160,11 @@ export class BidiCall {
   private maybeEnd(): void {
     if (this.ended || this.inFlight.size > 0) return;
     if (this.halfClosed) {
+      if (this.writer.open) this.endStatus = GrpcStatus.OK;
       this.finish();
       if (this.writer.open) this.call.end();
     } else if (this.drainSignal.aborted) {
+      if (this.writer.open) this.endStatus = GrpcStatus.UNAVAILABLE;
       this.finish();
       if (this.writer.open) this.call.emit('error', { code: GrpcStatus.UNAVAILABLE, details: 'server is shutting down; reconnect elsewhere' });
     }
@@ -161,5 +175,10 @@ export class BidiCall {
     this.ended = true;
     this.drainSignal.removeEventListener('abort', this.onDraining);
     this.context.dispose();
+    if (this.rpc) {
+      const reason = this.context.signal.reason;
+      if (this.endStatus === GrpcStatus.CANCELLED && reason instanceof DeadlineExceededError) this.endStatus = GrpcStatus.DEADLINE_EXCEEDED;
+      this.telemetry?.endRpc(this.rpc.span, this.endStatus, this.endStatus === GrpcStatus.OK ? undefined : GrpcStatus[this.endStatus]);
+    }
   }
 }

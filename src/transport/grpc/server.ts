@@ -9,13 +9,16 @@ import {
   type ServerUnaryCall,
   type ServerWritableStream,
   type ServiceError,
+  status as GrpcStatus,
   type UntypedServiceImplementation,
 } from '@grpc/grpc-js';
+import { ROOT_CONTEXT } from '@opentelemetry/api';
 import { ReflectionService } from '@grpc/reflection';
 import { HealthImplementation } from 'grpc-health-check';
 import type { InferenceService } from '../../engine/inference-service.js';
 import { InvalidRequestError } from '../../errors.js';
 import type { Logger } from '../../log.js';
+import type { GenerationTelemetry } from '../../telemetry/generation-telemetry.js';
 import { BidiCall, type BidiStream } from './bidi-call.js';
 import { CallWriter, createCallContext, effectiveError } from './call-context.js';
 import {
@@ -30,7 +33,8 @@ import {
   toModelInfo,
 } from './messages.js';
 import { SERVICE_NAME, loadProtos } from './proto.js';
-import { toGrpcStatus } from './status.js';
+import { type MappedStatus, toGrpcStatus } from './status.js';
+import { callerContext, observeGeneration } from './tracing.js';
 
 export interface GrpcServerOptions {
   readonly host: string;
@@ -74,7 +78,12 @@ function toServiceError(error: unknown, logger: Logger, context: Record<string, 
   return { code: mapped.code, details: mapped.details };
 }
 
-export async function startGrpcServer(service: InferenceService, options: GrpcServerOptions, logger: Logger): Promise<RunningGrpcServer> {
+export async function startGrpcServer(
+  service: InferenceService,
+  options: GrpcServerOptions,
+  logger: Logger,
+  telemetry?: GenerationTelemetry,
+): Promise<RunningGrpcServer> {
   const protos = loadProtos();
   const server = new Server({
     'grpc.max_receive_message_length': options.maxReceiveMessageBytes,
@@ -89,13 +98,17 @@ export async function startGrpcServer(service: InferenceService, options: GrpcSe
   const handlers: UntypedServiceImplementation = {
     Generate: (call: ServerUnaryCall<GenerateRequestMsg, GenerateResponseMsg>, callback: sendUnaryData<GenerateResponseMsg>) => {
       const context = createCallContext(call);
+      const rpc = telemetry?.startRpc('Generate', callerContext(call.metadata));
       void (async () => {
         const requestId = call.request.request_id ?? '';
+        let failure: MappedStatus | undefined;
         try {
           const parsed = parseGenerateRequest(call.request);
           let text = '';
           const tokenIds: number[] = [];
-          for await (const event of service.generate(parsed.model, parsed.request, context.signal)) {
+          const meta = { method: 'Generate', requestId, model: service.modelName, request: parsed.request, stream: false };
+          const events = service.generate(parsed.model, parsed.request, context.signal);
+          for await (const event of observeGeneration(telemetry, events, meta, rpc?.context ?? ROOT_CONTEXT, context.signal)) {
             if (event.type === 'delta') {
               text += event.text;
               for (const id of event.tokenIds) tokenIds.push(id);
@@ -104,9 +117,11 @@ export async function startGrpcServer(service: InferenceService, options: GrpcSe
             }
           }
         } catch (error) {
+          failure = toGrpcStatus(effectiveError(error, context.signal));
           callback(toServiceError(effectiveError(error, context.signal), logger, { rpc: 'Generate', requestId }));
         } finally {
           context.dispose();
+          if (rpc) telemetry?.endRpc(rpc.span, failure?.code ?? GrpcStatus.OK, failure ? GrpcStatus[failure.code] : undefined);
         }
       })();
     },
@@ -114,12 +129,16 @@ export async function startGrpcServer(service: InferenceService, options: GrpcSe
     GenerateStream: (call: ServerWritableStream<GenerateRequestMsg, GenerateChunkMsg>) => {
       const context = createCallContext(call);
       const writer = new CallWriter(call, context.signal);
+      const rpc = telemetry?.startRpc('GenerateStream', callerContext(call.metadata));
       void (async () => {
         const requestId = call.request.request_id ?? '';
         let seq = 0;
+        let failure: MappedStatus | undefined;
         try {
           const parsed = parseGenerateRequest(call.request);
-          for await (const event of service.generate(parsed.model, parsed.request, context.signal)) {
+          const meta = { method: 'GenerateStream', requestId, model: service.modelName, request: parsed.request, stream: true };
+          const events = service.generate(parsed.model, parsed.request, context.signal);
+          for await (const event of observeGeneration(telemetry, events, meta, rpc?.context ?? ROOT_CONTEXT, context.signal)) {
             const chunk: GenerateChunkMsg =
               event.type === 'delta'
                 ? { request_id: requestId, seq: seq++, text: event.text, token_ids: event.tokenIds }
@@ -128,15 +147,17 @@ export async function startGrpcServer(service: InferenceService, options: GrpcSe
           }
           if (writer.open) call.end();
         } catch (error) {
+          failure = toGrpcStatus(effectiveError(error, context.signal));
           if (writer.open) call.emit('error', toServiceError(effectiveError(error, context.signal), logger, { rpc: 'GenerateStream', requestId }));
         } finally {
           context.dispose();
+          if (rpc) telemetry?.endRpc(rpc.span, failure?.code ?? GrpcStatus.OK, failure ? GrpcStatus[failure.code] : undefined);
         }
       })();
     },
 
     GenerateBidi: (call: BidiStream) => {
-      const bidi = new BidiCall(call, service, logger, drainController.signal);
+      const bidi = new BidiCall(call, service, logger, drainController.signal, telemetry);
       bidiCalls.add(bidi);
       call.on('close', () => bidiCalls.delete(bidi));
     },
@@ -179,7 +200,7 @@ export async function startGrpcServer(service: InferenceService, options: GrpcSe
       else resolve(bound);
     });
   });
-  logger.info('gRPC server listening', { host: options.host, port, service: SERVICE_NAME, model: service.modelName });
+  logger.info('gRPC server listening', { host: options.host, port, grpcService: SERVICE_NAME, model: service.modelName });
 
   let shuttingDown: Promise<boolean> | undefined;
   const shutdown = (graceMs: number): Promise<boolean> => {

@@ -42,3 +42,11 @@ export function toGrpcStatus(error: unknown): MappedStatus {
   const details = mapping.expose && error instanceof Error ? error.message : 'internal error while generating; see the server log';
   return { code: mapping.code, details, reason: mapping.reason, internal: !mapping.expose };
 }
+
+/** How telemetry reports a failed generation: the gRPC status name and an outcome class. */
+export function failureInfo(error: unknown): { errorType: string; outcome: 'cancelled' | 'error' | 'rejected' } {
+  const mapped = toGrpcStatus(error);
+  const errorType = GrpcStatus[mapped.code] ?? 'UNKNOWN';
+  if (mapped.code === GrpcStatus.CANCELLED || mapped.code === GrpcStatus.DEADLINE_EXCEEDED) return { errorType, outcome: 'cancelled' };
+  return { errorType, outcome: mapped.internal ? 'error' : 'rejected' };
+}

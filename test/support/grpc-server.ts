@@ -1,6 +1,7 @@
 import type { ChannelOptions, ServiceError } from '@grpc/grpc-js';
 import { InferenceService } from '../../src/engine/inference-service.js';
 import { SILENT_LOGGER } from '../../src/log.js';
+import type { GenerationTelemetry } from '../../src/telemetry/generation-telemetry.js';
 import { TextGenerationClient } from '../../src/transport/grpc/client.js';
 import type { GenerateChunkMsg } from '../../src/transport/grpc/messages.js';
 import { DEFAULT_GRPC_SERVER_OPTIONS, type RunningGrpcServer, startGrpcServer } from '../../src/transport/grpc/server.js';
@@ -38,6 +39,7 @@ export async function startTestServer(
     maxNewTokensLimit?: number;
     maxReceiveMessageBytes?: number;
     backend?: 'worker' | 'in-process';
+    telemetry?: (service: InferenceService) => GenerationTelemetry;
   } = {},
 ): Promise<TestServer> {
   const engine = options.backend === 'in-process' ? await defaultEngine() : await defaultWorkerEngine();
@@ -56,6 +58,7 @@ export async function startTestServer(
       ...(options.maxReceiveMessageBytes !== undefined ? { maxReceiveMessageBytes: options.maxReceiveMessageBytes } : {}),
     },
     SILENT_LOGGER,
+    options.telemetry?.(service),
   );
   const address = `127.0.0.1:${running.port}`;
   const clients: TextGenerationClient[] = [];

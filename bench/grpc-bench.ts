@@ -7,12 +7,15 @@
  *    overhead = median(gRPC / in-process) − 1. Also against the worker engine called directly
  *    (same thread layout, no gRPC): the transport's own cost. The client shares the process with
  *    the server, so its decoding work counts against the gRPC path.
- * 2. Concurrency: one fixed workload of 16 requests run with 1, 4 and 16 GenerateStream calls in
+ * 2. Telemetry: the same requests through a server with tracing and metrics on vs one without.
+ * 3. Concurrency: one fixed workload of 16 requests run with 1, 4 and 16 GenerateStream calls in
  *    flight; aggregate output tokens/s, median time to first token and request latency.
  *
  *   npm run bench:grpc [-- --reps 3 --max-new-tokens 96]   → bench/results/grpc.json
  */
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { AggregationTemporality, InMemoryMetricExporter, MeterProvider, PeriodicExportingMetricReader } from '@opentelemetry/sdk-metrics';
+import { BatchSpanProcessor, InMemorySpanExporter, TracerProvider } from '@opentelemetry/sdk-trace';
 import { availableParallelism, cpus } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -21,6 +24,7 @@ import { DEFAULT_SPECULATION, DRAFT_TOKENS_LIMIT, type GenerationBackend, NO_SPE
 import { InferenceService } from '../src/engine/inference-service.js';
 import { createWorkerEngine } from '../src/engine/worker-engine.js';
 import { SILENT_LOGGER } from '../src/log.js';
+import { GenerationTelemetry } from '../src/telemetry/generation-telemetry.js';
 import { ensureDefaultModel, projectRoot } from '../src/model/default-model.js';
 import { TextGenerationClient } from '../src/transport/grpc/client.js';
 import type { GenerateChunkMsg, GenerateRequestMsg } from '../src/transport/grpc/messages.js';
@@ -153,6 +157,40 @@ async function main(): Promise<void> {
     process.stderr.write(`overhead (${label}): vs in-process ${overheadPct.toFixed(2)}%, vs worker direct ${transportPct.toFixed(2)}% (medians of ${ratios.length} ratios)\n`);
   }
 
+  // Telemetry on vs off: a second server over the same service whose generations are traced
+  // (batch span processor into memory, as an exporter would) and metered.
+  const spans = new InMemorySpanExporter();
+  const tracerProvider = new TracerProvider({ spanProcessors: [new BatchSpanProcessor({ exporter: spans })] });
+  const metricReader = new PeriodicExportingMetricReader({ exporter: new InMemoryMetricExporter(AggregationTemporality.CUMULATIVE), exportIntervalMillis: 1000 });
+  const meterProvider = new MeterProvider({ readers: [metricReader] });
+  const telemetry = new GenerationTelemetry(tracerProvider.getTracer('bench'), meterProvider.getMeter('bench'), SILENT_LOGGER, () => service.poolState);
+  const tracedServer = await startGrpcServer(service, { ...DEFAULT_GRPC_SERVER_OPTIONS, host: '127.0.0.1', port: 0 }, SILENT_LOGGER, telemetry);
+  const tracedClient = new TextGenerationClient(`127.0.0.1:${tracedServer.port}`);
+  const telemetryRatios: number[] = [];
+  for (let rep = 0; rep < reps; rep++) {
+    for (const [i, p] of prompts.entries()) {
+      const off = async () => overGrpc(client, request(p.id, p.prompt, maxNewTokens, DEFAULT_SPECULATION));
+      const on = async () => overGrpc(tracedClient, request(p.id, p.prompt, maxNewTokens, DEFAULT_SPECULATION));
+      const first = (rep + i) % 2 === 0;
+      const a = await (first ? on : off)();
+      const b = await (first ? off : on)();
+      const [tOn, tOff] = first ? [a, b] : [b, a];
+      telemetryRatios.push(tOn.ms / tOff.ms);
+      spans.reset();
+    }
+  }
+  const telemetryOverhead = {
+    requests: telemetryRatios.length,
+    medianRatio: round(median(telemetryRatios), 4),
+    overheadPct: round((median(telemetryRatios) - 1) * 100, 2),
+    ratioRange: [round(Math.min(...telemetryRatios), 3), round(Math.max(...telemetryRatios), 3)],
+  };
+  process.stderr.write(`telemetry on vs off: ${telemetryOverhead.overheadPct}% (median of ${telemetryRatios.length} ratios)\n`);
+  tracedClient.close();
+  await tracedServer.shutdown(0);
+  await tracerProvider.shutdown();
+  await meterProvider.shutdown();
+
   // Concurrency: the same 16-request workload each time, with 1, 4 or 16 requests in flight.
   const workload = Array.from({ length: 16 }, (_, i) => prompts[i % prompts.length]!);
   const concurrency: Record<string, unknown>[] = [];
@@ -193,6 +231,7 @@ async function main(): Promise<void> {
     prompts: prompts.map((p) => p.id),
     maxNewTokens,
     overhead,
+    telemetryOverhead,
     concurrency,
   };
   const out = values.out ?? join(projectRoot(), 'bench', 'results', 'grpc.json');

@@ -9,7 +9,6 @@ import {
   type ServerUnaryCall,
   type ServerWritableStream,
   type ServiceError,
-  status as GrpcStatus,
   type UntypedServiceImplementation,
 } from '@grpc/grpc-js';
 import { ROOT_CONTEXT } from '@opentelemetry/api';
@@ -34,7 +33,7 @@ import {
 } from './messages.js';
 import { SERVICE_NAME, loadProtos } from './proto.js';
 import { type MappedStatus, toGrpcStatus } from './status.js';
-import { callerContext, observeGeneration } from './tracing.js';
+import { callerContext, finishRpc, observeGeneration } from './tracing.js';
 
 export interface GrpcServerOptions {
   readonly host: string;
@@ -121,7 +120,7 @@ export async function startGrpcServer(
           callback(toServiceError(effectiveError(error, context.signal), logger, { rpc: 'Generate', requestId }));
         } finally {
           context.dispose();
-          if (rpc) telemetry?.endRpc(rpc.span, failure?.code ?? GrpcStatus.OK, failure ? GrpcStatus[failure.code] : undefined);
+          finishRpc(telemetry, rpc, failure);
         }
       })();
     },
@@ -151,7 +150,7 @@ export async function startGrpcServer(
           if (writer.open) call.emit('error', toServiceError(effectiveError(error, context.signal), logger, { rpc: 'GenerateStream', requestId }));
         } finally {
           context.dispose();
-          if (rpc) telemetry?.endRpc(rpc.span, failure?.code ?? GrpcStatus.OK, failure ? GrpcStatus[failure.code] : undefined);
+          finishRpc(telemetry, rpc, failure);
         }
       })();
     },
@@ -163,6 +162,8 @@ export async function startGrpcServer(
     },
 
     Tokenize: (call: ServerUnaryCall<TokenizeRequestMsg, unknown>, callback: sendUnaryData<unknown>) => {
+      const rpc = telemetry?.startRpc('Tokenize', callerContext(call.metadata));
+      let failure: MappedStatus | undefined;
       try {
         const msg = call.request;
         const model = msg.model ?? '';
@@ -177,15 +178,23 @@ export async function startGrpcServer(
         }
         callback(null, { token_count: ids.length, token_ids: ids, tokens: msg.return_tokens ? service.decodeTokens(model, ids) : [] });
       } catch (error) {
+        failure = toGrpcStatus(error);
         callback(toServiceError(error, logger, { rpc: 'Tokenize' }));
+      } finally {
+        finishRpc(telemetry, rpc, failure);
       }
     },
 
     ModelInfo: (call: ServerUnaryCall<{ model?: string }, ModelInfoResponseMsg>, callback: sendUnaryData<ModelInfoResponseMsg>) => {
+      const rpc = telemetry?.startRpc('ModelInfo', callerContext(call.metadata));
+      let failure: MappedStatus | undefined;
       try {
         callback(null, toModelInfo(service.modelInfo(call.request.model ?? ''), service.pool));
       } catch (error) {
+        failure = toGrpcStatus(error);
         callback(toServiceError(error, logger, { rpc: 'ModelInfo' }));
+      } finally {
+        finishRpc(telemetry, rpc, failure);
       }
     },
   };

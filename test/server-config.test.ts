@@ -24,6 +24,8 @@ test('empty argv and environment give the documented defaults', (t) => {
     keepaliveTimeMs: 30_000,
     keepaliveTimeoutMs: 10_000,
     logLevel: 'info',
+    metricsPort: 9464,
+    metricsHost: '0.0.0.0',
   });
   t.true(config.maxActiveSequences >= 4);
   t.is(config.maxQueuedRequests, 8 * config.maxActiveSequences);
@@ -54,6 +56,8 @@ test('environment variables are read', (t) => {
     ANPD_KEEPALIVE_TIME_MS: '2000',
     ANPD_KEEPALIVE_TIMEOUT_MS: '1500',
     ANPD_LOG_LEVEL: 'debug',
+    ANPD_METRICS_PORT: '0',
+    ANPD_METRICS_HOST: '127.0.0.1',
   });
   t.deepEqual(config, {
     host: '127.0.0.1',
@@ -73,6 +77,8 @@ test('environment variables are read', (t) => {
     keepaliveTimeMs: 2000,
     keepaliveTimeoutMs: 1500,
     logLevel: 'debug',
+    metricsPort: 0,
+    metricsHost: '127.0.0.1',
   });
 });
 

@@ -187,7 +187,8 @@ async function main(): Promise<void> {
   };
   process.stderr.write(`telemetry on vs off: ${telemetryOverhead.overheadPct}% (median of ${telemetryRatios.length} ratios)\n`);
   tracedClient.close();
-  await tracedServer.shutdown(0);
+  // Not shutdown(): that drains the service, which the untraced server still uses.
+  tracedServer.server.forceShutdown();
   await tracerProvider.shutdown();
   await meterProvider.shutdown();
 

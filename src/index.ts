@@ -8,6 +8,7 @@ export {
   Engine,
   type FinishReason,
   type GenerateRequest,
+  type GenerationBackend,
   type GenerationEvent,
   type GenerationStats,
   NO_SPECULATION,
@@ -15,7 +16,28 @@ export {
   type Prompt,
   type SpeculationOptions,
 } from './engine/engine.js';
-export { AnpdError, ContextOverflowError, type ErrorCode, InvalidRequestError, ModelFormatError, ModelNotFoundError } from './errors.js';
+export { InferenceService, type InferenceServiceOptions, type ServiceLimits } from './engine/inference-service.js';
+export { SessionPool, type SessionPoolOptions, type SessionPoolState } from './engine/session-pool.js';
+export { createWorkerEngine, WorkerEngine } from './engine/worker-engine.js';
+export { ConfigError, parseServerConfig, type ServerConfig } from './config/server-config.js';
+export {
+  AnpdError,
+  ContextOverflowError,
+  DeadlineExceededError,
+  DuplicateRequestError,
+  type ErrorCode,
+  InvalidRequestError,
+  ModelFormatError,
+  ModelNotFoundError,
+  OverloadedError,
+  UnavailableError,
+  UnknownModelError,
+} from './errors.js';
+export { createLogger, type Logger, type LogLevel } from './log.js';
+export { GenerationTelemetry } from './telemetry/generation-telemetry.js';
+export { startTelemetry } from './telemetry/telemetry.js';
+export { TextGenerationClient } from './transport/grpc/client.js';
+export { DEFAULT_GRPC_SERVER_OPTIONS, type GrpcServerOptions, type RunningGrpcServer, startGrpcServer } from './transport/grpc/server.js';
 export { DEFAULT_MODEL, ensureDefaultModel } from './model/default-model.js';
 export type { DecoderModel, DecoderSequence, ModelInfo, RuntimeOptions } from './runtime/types.js';
 export type { SamplingParams } from './sampling/sampler.js';

@@ -4,7 +4,6 @@
  */
 import { InvalidRequestError, UnavailableError, UnknownModelError } from '../errors.js';
 import type { ModelInfo } from '../runtime/types.js';
-import type { ChatMessage } from '../tokenizer/tokenizer.js';
 import {
   type GenerationBackend,
   type GenerateRequest,
@@ -137,4 +136,3 @@ export class InferenceService {
   }
 }
 
-export type { ChatMessage };

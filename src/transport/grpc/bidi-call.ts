@@ -120,8 +120,6 @@ export class BidiCall {
     const signal = AbortSignal.any([this.context.signal, controller.signal]);
     let seed = '0';
     let seq = 0;
-    // Known only at the final event; a request cancelled before it reports 0.
-    const queueMs = 0;
     try {
       const parsed = parseGenerateRequest(msg);
       seed = parsed.seed;
@@ -139,7 +137,7 @@ export class BidiCall {
     } catch (error) {
       if (this.context.signal.aborted) return; // the call is gone: nothing can be written
       if (error instanceof CancelledError && controller.signal.reason instanceof CancelRequested) {
-        const final = cancelledFinalInfo(error.progress, queueMs, performance.now() - received, seed);
+        const final = cancelledFinalInfo(error.progress, 0, performance.now() - received, seed); // queue time is known only at the final event
         await this.writer.write({ chunk: { request_id: requestId, seq: seq++, text: '', token_ids: [], final } });
       } else {
         await this.sendError(requestId, effectiveError(error, signal));

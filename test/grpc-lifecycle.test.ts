@@ -1,4 +1,4 @@
-import { type ChildProcess, spawn } from 'node:child_process';
+import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -71,6 +71,7 @@ test.serial('shutdown: health turns NOT_SERVING, new work gets UNAVAILABLE, in-f
   const stopped = s.running.shutdown(30_000);
   t.is(await client.health(''), 'NOT_SERVING');
   t.is(await client.health('llm.v1.TextGeneration'), 'NOT_SERVING');
+  t.is(await client.health('liveness'), 'SERVING', 'liveness holds while draining');
   const refused = await grpcError(client.generate(countRequest('late', 4)));
   t.is(refused.code, GrpcStatus.UNAVAILABLE);
   t.regex(refused.details, /shutting down/);
@@ -97,6 +98,17 @@ test.serial('shutdown past the grace period cuts the remaining generations and r
   t.true(await waitFor(() => s.service.poolState.active === 0, 3000), 'the cut generation freed its slot');
   client.close();
 });
+
+/** Runs `anpd health ARGS` (what the container HEALTHCHECK runs); resolves with exit code and output. */
+function cliHealth(args: readonly string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number; out: string }> {
+  const cli = new URL('../src/cli/main.js', import.meta.url).pathname;
+  return new Promise((resolve) => {
+    execFile(process.execPath, [cli, 'health', ...args], { env: { ...process.env, ANPD_ADDRESS: '', ...env }, timeout: 20_000 }, (error, stdout) => {
+      const code = error === null ? 0 : typeof error.code === 'number' ? error.code : -1;
+      resolve({ code, out: stdout.trim() });
+    });
+  });
+}
 
 /** Starts `anpd serve` as a real process on a free port; resolves with its port once it listens. */
 async function spawnServer(): Promise<{ child: ChildProcess; port: number; logs: string[] }> {
@@ -127,6 +139,8 @@ test.serial('SIGTERM: the server drains — in-flight generations finish, new re
   const client = new TextGenerationClient(`127.0.0.1:${port}`);
   try {
     t.is(await client.health(''), 'SERVING');
+    // The container health check: follows ANPD_PORT when no address is given.
+    t.deepEqual(await cliHealth([], { ANPD_PORT: String(port) }), { code: 0, out: 'SERVING' });
     const bidi = client.generateBidi();
     const messages: BidiServerMsg[] = [];
     bidi.on('data', (m: BidiServerMsg) => messages.push(m));
@@ -139,6 +153,9 @@ test.serial('SIGTERM: the server drains — in-flight generations finish, new re
     t.true(await waitFor(() => logs.some((l) => l.includes('"draining"')), 5000));
     const refused = await grpcError(client.generate(countRequest('after-sigterm', 4)));
     t.is(refused.code, GrpcStatus.UNAVAILABLE);
+    // Draining: readiness fails, liveness holds (so Kubernetes does not restart the draining pod).
+    t.deepEqual(await cliHealth(['--address', `127.0.0.1:${port}`]), { code: 1, out: 'NOT_SERVING' });
+    t.deepEqual(await cliHealth(['--address', `127.0.0.1:${port}`, '--service', 'liveness']), { code: 0, out: 'SERVING' });
     const chunks = await stream;
     t.is(chunks[chunks.length - 1]!.final!.usage.output_tokens, 120);
     const status = await bidiStatus;
@@ -147,6 +164,9 @@ test.serial('SIGTERM: the server drains — in-flight generations finish, new re
     t.is(finals[0]!.usage.output_tokens, 120);
     t.is(status.code, GrpcStatus.UNAVAILABLE, 'the bidi call then ends UNAVAILABLE (the client had not half-closed)');
     t.is(await exited, 0);
+    const gone = await cliHealth(['--address', `127.0.0.1:${port}`, '--timeout-ms', '1000']);
+    t.is(gone.code, 1);
+    t.regex(gone.out, /^UNREACHABLE/);
   } finally {
     client.close();
     if (child.exitCode === null) child.kill('SIGKILL');

@@ -52,7 +52,7 @@ export async function runClient(argv: readonly string[]): Promise<number> {
     process.stdout.write(CLIENT_HELP);
     return 0;
   }
-  const client = new TextGenerationClient(values.address ?? process.env['ANPD_ADDRESS'] ?? 'localhost:50051');
+  const client = new TextGenerationClient(values.address ?? (process.env['ANPD_ADDRESS'] || 'localhost:50051'));
   const deadlineMs = number(values['deadline-ms'], 'deadline-ms');
   const settings = deadlineMs !== undefined ? { deadlineMs } : {};
   try {
@@ -96,6 +96,47 @@ export async function runClient(argv: readonly string[]): Promise<number> {
       return 1;
     }
     throw error;
+  } finally {
+    client.close();
+  }
+}
+
+export const HEALTH_HELP = `anpd health — ask a running server's grpc.health.v1 service (for container health checks)
+
+Options:
+  --address HOST:PORT       server (default: ANPD_ADDRESS, else 127.0.0.1:ANPD_PORT, else 127.0.0.1:50051)
+  --service NAME            service to ask about (default "": the whole server)
+  --timeout-ms N            give up after N ms (default 3000)
+
+Prints the status; exits 0 when SERVING, 1 otherwise (NOT_SERVING, unreachable, timeout).
+`;
+
+export async function runHealth(argv: readonly string[]): Promise<number> {
+  const { values } = parseArgs({
+    args: [...argv],
+    options: {
+      help: { type: 'boolean', short: 'h' },
+      address: { type: 'string' },
+      service: { type: 'string' },
+      'timeout-ms': { type: 'string' },
+    },
+  });
+  if (values.help) {
+    process.stdout.write(HEALTH_HELP);
+    return 0;
+  }
+  // The server's own port setting, so a container health check follows ANPD_PORT.
+  const address = values.address ?? (process.env['ANPD_ADDRESS'] || `127.0.0.1:${process.env['ANPD_PORT'] || 50051}`);
+  const timeoutMs = number(values['timeout-ms'], 'timeout-ms') ?? 3000;
+  const client = new TextGenerationClient(address);
+  try {
+    const status = await client.health(values.service ?? '', { deadlineMs: timeoutMs });
+    process.stdout.write(`${status}\n`);
+    return status === 'SERVING' ? 0 : 1;
+  } catch (error) {
+    const e = error as { code?: number; details?: string };
+    process.stdout.write(`UNREACHABLE ${address}: ${e.details ?? String(error)}\n`);
+    return 1;
   } finally {
     client.close();
   }

@@ -12,7 +12,7 @@ import { createEngine } from '../engine/create-engine.js';
 import { DEFAULT_SPECULATION, type Prompt, type SpeculationOptions } from '../engine/engine.js';
 import { AnpdError } from '../errors.js';
 import { ensureDefaultModel } from '../model/default-model.js';
-import { runClient } from './client.js';
+import { runClient, runHealth } from './client.js';
 import { createProgressReporter } from './progress.js';
 import { runServe } from './serve.js';
 
@@ -21,6 +21,7 @@ const HELP = `anpd — lossless LLM inference with adaptive n-gram speculative d
 Usage:
   anpd serve [options]                start the gRPC server (anpd serve --help)
   anpd client "PROMPT" [options]      stream a generation from a running server (anpd client --help)
+  anpd health [options]               check a running server's health; exit 0 when SERVING (anpd health --help)
   anpd generate "PROMPT" [options]    stream a completion to stdout, in process
   anpd fetch-model                    download and convert the default model (SmolLM2-135M-Instruct)
   anpd convert FILE.gguf OUT_DIR      convert a GGUF (llama / qwen2 family) to an ONNX model directory
@@ -79,6 +80,7 @@ function num(value: string | undefined, name: string, fallback: number): number 
 async function main(argv: string[]): Promise<number> {
   if (argv[0] === 'serve') return runServe(argv.slice(1));
   if (argv[0] === 'client') return runClient(argv.slice(1));
+  if (argv[0] === 'health') return runHealth(argv.slice(1));
   const { values, positionals } = parseArgs({
     args: argv,
     allowPositionals: true,

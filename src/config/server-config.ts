@@ -47,6 +47,10 @@ export interface ServerConfig {
   readonly keepaliveTimeMs: number;
   /** @default 10000 */
   readonly keepaliveTimeoutMs: number;
+  /** GOAWAY a connection after this long so clients reconnect and rebalance; 0 = never. @default 0 */
+  readonly maxConnectionAgeMs: number;
+  /** After that GOAWAY, how long in-flight calls may go on before the connection is cut. @default 600000 */
+  readonly maxConnectionAgeGraceMs: number;
   /** @default 'info' */
   readonly logLevel: LogLevel;
   /** Prometheus scrape endpoint port; 0 turns it off. @default 9464 */
@@ -78,6 +82,8 @@ export const SERVER_SETTINGS = {
   maxConcurrentStreams: { flag: 'max-concurrent-streams', env: ['ANPD_MAX_CONCURRENT_STREAMS'] },
   keepaliveTimeMs: { flag: 'keepalive-time-ms', env: ['ANPD_KEEPALIVE_TIME_MS'] },
   keepaliveTimeoutMs: { flag: 'keepalive-timeout-ms', env: ['ANPD_KEEPALIVE_TIMEOUT_MS'] },
+  maxConnectionAgeMs: { flag: 'max-connection-age-ms', env: ['ANPD_MAX_CONNECTION_AGE_MS'] },
+  maxConnectionAgeGraceMs: { flag: 'max-connection-age-grace-ms', env: ['ANPD_MAX_CONNECTION_AGE_GRACE_MS'] },
   logLevel: { flag: 'log-level', env: ['ANPD_LOG_LEVEL'] },
   metricsPort: { flag: 'metrics-port', env: ['ANPD_METRICS_PORT'] },
   metricsHost: { flag: 'metrics-host', env: ['ANPD_METRICS_HOST'] },
@@ -102,6 +108,8 @@ Options (flag, environment variable, default):
   --max-concurrent-streams N         ANPD_MAX_CONCURRENT_STREAMS     256
   --keepalive-time-ms N              ANPD_KEEPALIVE_TIME_MS          30000
   --keepalive-timeout-ms N           ANPD_KEEPALIVE_TIMEOUT_MS       10000
+  --max-connection-age-ms N          ANPD_MAX_CONNECTION_AGE_MS      0 (never; set it to rebalance behind an L4 Service)
+  --max-connection-age-grace-ms N    ANPD_MAX_CONNECTION_AGE_GRACE_MS  600000
   --log-level debug|info|warn|error|silent   ANPD_LOG_LEVEL          info
   --metrics-port N                   ANPD_METRICS_PORT               9464 (Prometheus /metrics; 0 = off)
   --metrics-host HOST                ANPD_METRICS_HOST               0.0.0.0
@@ -181,6 +189,8 @@ export function parseServerConfig(argv: readonly string[], env: NodeJS.ProcessEn
     maxConcurrentStreams: int('maxConcurrentStreams', 256, 1, LIMITS.streams),
     keepaliveTimeMs: int('keepaliveTimeMs', 30_000, 1000, LIMITS.timerMs),
     keepaliveTimeoutMs: int('keepaliveTimeoutMs', 10_000, 1000, LIMITS.timerMs),
+    maxConnectionAgeMs: int('maxConnectionAgeMs', 0, 0, LIMITS.timerMs),
+    maxConnectionAgeGraceMs: int('maxConnectionAgeGraceMs', 600_000, 0, LIMITS.timerMs),
     logLevel: choice('logLevel', LOG_LEVELS, 'info'),
     metricsPort: int('metricsPort', 9464, 0, 65535),
     metricsHost: raw('metricsHost')?.value ?? '0.0.0.0',

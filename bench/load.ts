@@ -15,8 +15,6 @@
  */
 import { execFile, spawn } from 'node:child_process';
 import { readFileSync, writeFileSync, mkdirSync } from 'node:fs';
-import { get as httpGet } from 'node:http';
-import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { parseArgs, promisify } from 'node:util';
 import { parse as parseYaml } from 'yaml';
@@ -24,6 +22,7 @@ import { cpus } from 'node:os';
 import { ensureDefaultModel, projectRoot } from '../src/model/default-model.js';
 import { TextGenerationClient } from '../src/transport/grpc/client.js';
 import { ensureGhz } from './go-tools.js';
+import { fetchMetricsText, freePort } from './loopback.js';
 import { runSoak, type SoakResult } from './soak.js';
 
 const ROOT = projectRoot();
@@ -50,14 +49,8 @@ function parsePrometheus(text: string): Sample[] {
   return samples;
 }
 
-function scrape(port: number): Promise<Sample[]> {
-  return new Promise((resolve, reject) => {
-    httpGet({ host: '127.0.0.1', port, path: '/metrics' }, (res) => {
-      let body = '';
-      res.on('data', (d: Buffer) => (body += d.toString()));
-      res.on('end', () => resolve(parsePrometheus(body)));
-    }).on('error', reject);
-  });
+async function scrape(port: number): Promise<Sample[]> {
+  return parsePrometheus(await fetchMetricsText(port));
 }
 
 function total(samples: readonly Sample[], name: string, match: Record<string, string> = {}): number {
@@ -72,6 +65,8 @@ interface HistogramDelta {
   readonly p50S: number;
   readonly p90S: number;
   readonly p99S: number;
+  /** Largest finite bucket bound: a quantile equal to it lies at or above it (the +Inf bucket). */
+  readonly topBoundS: number;
 }
 
 /** Histogram over the interval between two scrapes; quantiles interpolated within buckets. */
@@ -100,7 +95,9 @@ function histogramDelta(before: readonly Sample[], after: readonly Sample[], nam
     }
     return lower;
   };
-  return { count, meanS: count > 0 ? sum / count : NaN, p50S: quantile(0.5), p90S: quantile(0.9), p99S: quantile(0.99) };
+  const finite = cumulative.filter((b) => Number.isFinite(b.bound));
+  const topBoundS = finite.length > 0 ? finite[finite.length - 1]!.bound : NaN;
+  return { count, meanS: count > 0 ? sum / count : NaN, p50S: quantile(0.5), p90S: quantile(0.9), p99S: quantile(0.99), topBoundS };
 }
 
 interface ServerView {
@@ -219,19 +216,6 @@ async function ghz(binary: string, args: readonly string[]): Promise<GhzSummary>
   };
 }
 
-// ---------- server process ----------
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.listen(0, '127.0.0.1', () => {
-      const port = (server.address() as { port: number }).port;
-      server.close(() => resolve(port));
-    });
-    server.on('error', reject);
-  });
-}
-
 // ---------- main ----------
 
 interface ScenarioResult {
@@ -290,6 +274,7 @@ async function main(): Promise<void> {
     const prompt = (n: string) => `"messages":{"messages":[{"role":"user","content":"Write a short note about the number ${n} and why it is interesting."}]},"stopping":{"max_new_tokens":${maxNewTokens}}`;
     const unaryData = `{"request_id":"{{.UUID}}",${prompt('{{.RequestNumber}}')}}`;
     const n = quick ? 8 : 48;
+    const longTokens = quick ? 256 : Number(config['ANPD_MAX_NEW_TOKENS_LIMIT']);
     const scenarios: { name: string; description: string; args: string[] }[] = [
       {
         name: 'unary',
@@ -308,6 +293,15 @@ async function main(): Promise<void> {
           '--call', 'llm.v1.TextGeneration.GenerateBidi', '-c', '2', '-n', String(n / 4), '-t', '600s', '--count-errors',
           '--stream-dynamic-messages', '--stream-call-count', '4', '--stream-interval', '20ms',
           '-d', `{"generate":{"request_id":"{{newUUID}}",${prompt('{{randomInt 1 1000}}')}}}`, address,
+        ],
+      },
+      {
+        // Memory sizing: every slot at the longest generation the settings allow.
+        name: 'long-generations',
+        description: `Generate, ${maxActive} workers, ${maxActive} calls of ${longTokens} new tokens each (ignore_eos): every slot at the longest allowed generation`,
+        args: [
+          '--call', 'llm.v1.TextGeneration.Generate', '-c', String(maxActive), '-n', String(maxActive), '-t', '1800s', '--count-errors',
+          '-d', `{"request_id":"{{.UUID}}","text":"Chapter {{.RequestNumber}}. It was a dark and stormy night;","stopping":{"max_new_tokens":${longTokens},"ignore_eos":true}}`, address,
         ],
       },
     ];
@@ -425,6 +419,11 @@ function fmt(x: number, digits = 0): string {
   return Number.isFinite(x) ? x.toFixed(digits) : '–';
 }
 
+/** A histogram quantile in ms; "≥ top" when it lies in the overflow bucket. */
+function fmtQuantileMs(h: HistogramDelta, q: 'p50S' | 'p99S'): string {
+  return h[q] >= h.topBoundS ? `≥ ${fmt(h.topBoundS * 1000)}` : fmt(h[q] * 1000);
+}
+
 function markdown(report: {
   date: string;
   machine: { cpus: number; cpuModel: string; node: string };
@@ -453,7 +452,7 @@ function markdown(report: {
   for (const r of report.results) {
     const v = r.server;
     lines.push(
-      `| ${r.name} | ${v.requests} | ${fmt(v.outputTokensPerS, 1)} | ${fmt(v.timeToFirstToken.p50S * 1000)} | ${fmt(v.timeToFirstToken.p99S * 1000)} | ${fmt(v.timePerOutputToken.meanS * 1000, 1)} | ${fmt(v.queueDuration.meanS * 1000)} | ${Object.entries(v.outcomes).map(([k, n]) => `${k} ${n}`).join(', ')} |`,
+      `| ${r.name} | ${v.requests} | ${fmt(v.outputTokensPerS, 1)} | ${fmtQuantileMs(v.timeToFirstToken, 'p50S')} | ${fmtQuantileMs(v.timeToFirstToken, 'p99S')} | ${fmt(v.timePerOutputToken.meanS * 1000, 1)} | ${fmt(v.queueDuration.meanS * 1000)} | ${Object.entries(v.outcomes).map(([k, n]) => `${k} ${n}`).join(', ')} |`,
     );
   }
   const unary = report.results.find((r) => r.name === 'unary');

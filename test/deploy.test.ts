@@ -9,8 +9,6 @@
  */
 import { type ChildProcess, execFile, execFileSync, spawn } from 'node:child_process';
 import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
-import { get as httpGet } from 'node:http';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -19,6 +17,7 @@ import test from 'ava';
 import { validate as lintDockerfile } from 'dockerfile-utils';
 import { parse as parseYaml, parseAllDocuments } from 'yaml';
 import { ensureKustomize } from '../bench/go-tools.js';
+import { fetchMetricsText, freePort } from '../bench/loopback.js';
 import { parseServerConfig, SERVER_SETTINGS } from '../src/config/server-config.js';
 import { projectRoot } from '../src/model/default-model.js';
 import { LIVENESS_SERVICE } from '../src/transport/grpc/server.js';
@@ -329,27 +328,6 @@ test.serial('the image runs from what it ships: dist/src imports only production
   }
 });
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.listen(0, '127.0.0.1', () => {
-      const port = (server.address() as { port: number }).port;
-      server.close(() => resolve(port));
-    });
-    server.on('error', reject);
-  });
-}
-
-function scrape(port: number): Promise<string> {
-  return new Promise((resolve, reject) => {
-    httpGet({ host: '127.0.0.1', port, path: '/metrics' }, (res) => {
-      let body = '';
-      res.on('data', (d: Buffer) => (body += d.toString()));
-      res.on('end', () => resolve(body));
-    }).on('error', reject);
-  });
-}
-
 test.serial("the image's file set boots with the base ConfigMap; health answers through the CLI; /metrics has the autoscaler's series", async (t) => {
   // The runtime stage: package.json, proto/, dist/src/, node_modules (production), the model.
   const app = mkdtempSync(join(tmpdir(), 'anpd-image-'));
@@ -393,7 +371,7 @@ test.serial("the image's file set boots with the base ConfigMap; health answers 
     const hpaMetric = (find(objects, 'HorizontalPodAutoscaler')['spec']['metrics'] as Obj[]).find((m) => m['type'] === 'Pods')!['pods']['metric']['name'];
     t.is(rule['name']['as'], hpaMetric, 'the adapter serves the metric the HPA asks for');
     t.true(new RegExp(rule['name']['matches'] as string).test(series));
-    const body = await scrape(metricsPort);
+    const body = await fetchMetricsText(metricsPort);
     t.regex(body, new RegExp(`^# TYPE ${series} gauge$`, 'm'), `the server exports ${series}`);
   } finally {
     child.kill('SIGTERM');

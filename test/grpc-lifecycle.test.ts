@@ -99,6 +99,37 @@ test.serial('shutdown past the grace period cuts the remaining generations and r
   client.close();
 });
 
+test.serial('max connection age: the server sends GOAWAY, calls in flight finish, the client reconnects for the next ones', async (t) => {
+  const s = await startTestServer({ maxConnectionAgeMs: 300 });
+  try {
+    const client = s.client();
+    // Outlives several connection ages: finishes thanks to the grace period.
+    const long = await collectStream(client.generateStream(countRequest('long', 48)));
+    t.is(long[long.length - 1]!.final!.usage.output_tokens, 48);
+    for (let i = 0; i < 3; i++) {
+      await new Promise((resolve) => setTimeout(resolve, 400));
+      const r = await client.generate(countRequest(`after-${i}`, 4));
+      t.is(r.final.usage.output_tokens, 4, 'a new connection serves the next call');
+    }
+  } finally {
+    await s.close();
+  }
+  // The setting is live: with a grace shorter than the generation, the connection is cut under it.
+  const strict = await startTestServer({ maxConnectionAgeMs: 300, maxConnectionAgeGraceMs: 200 });
+  try {
+    const outcome = await collectStream(strict.client().generateStream(countRequest('cut', 400))).then(
+      () => 'completed',
+      (e: ServiceError) => e.code,
+    );
+    t.not(outcome, 'completed', 'a 400-token generation outlives age + grace and is cut');
+    t.true(await waitFor(() => strict.service.poolState.active === 0, 5000), 'the cut generation freed its slot');
+    // And the model worker moved on: a fresh call (new connection) completes.
+    t.is((await strict.client().generate(countRequest('next', 4))).final.usage.output_tokens, 4);
+  } finally {
+    await strict.close();
+  }
+});
+
 /** Runs `anpd health ARGS` (what the container HEALTHCHECK runs); resolves with exit code and output. */
 function cliHealth(args: readonly string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number; out: string }> {
   const cli = new URL('../src/cli/main.js', import.meta.url).pathname;

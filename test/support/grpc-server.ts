@@ -38,6 +38,8 @@ export async function startTestServer(
     maxQueued?: number;
     maxNewTokensLimit?: number;
     maxReceiveMessageBytes?: number;
+    maxConnectionAgeMs?: number;
+    maxConnectionAgeGraceMs?: number;
     backend?: 'worker' | 'in-process';
     telemetry?: (service: InferenceService) => GenerationTelemetry;
   } = {},
@@ -56,6 +58,7 @@ export async function startTestServer(
       host: '127.0.0.1',
       port: 0,
       ...(options.maxReceiveMessageBytes !== undefined ? { maxReceiveMessageBytes: options.maxReceiveMessageBytes } : {}),
+      ...(options.maxConnectionAgeMs !== undefined ? { maxConnectionAgeMs: options.maxConnectionAgeMs, maxConnectionAgeGraceMs: options.maxConnectionAgeGraceMs ?? 60_000 } : {}),
     },
     SILENT_LOGGER,
     options.telemetry?.(service),

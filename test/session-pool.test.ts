@@ -132,6 +132,20 @@ test('a full queue rejects the next acquire at once with OverloadedError and cou
   t.like(pool.state, { active: 0, queued: 0, rejected: 2 });
 });
 
+test('refuseIfFull throws exactly when acquire would refuse, and counts it', async (t) => {
+  const pool = new SessionPool({ maxActive: 1, maxQueued: 1 });
+  t.notThrows(() => pool.refuseIfFull());
+  const running = await pool.acquire();
+  t.notThrows(() => pool.refuseIfFull(), 'a queue place is still free');
+  const queued = pool.acquire();
+  t.throws(() => pool.refuseIfFull(), { instanceOf: OverloadedError, message: /capacity/ });
+  t.is(pool.state.rejected, 1);
+  running.release();
+  t.notThrows(() => pool.refuseIfFull(), 'the queued request took the slot: the queue has room again');
+  (await queued).release();
+  t.like(pool.state, { active: 0, queued: 0, rejected: 1 });
+});
+
 test('maxQueued 0 means a request never waits', async (t) => {
   const pool = new SessionPool({ maxActive: 1, maxQueued: 0 });
   const lease = await pool.acquire();

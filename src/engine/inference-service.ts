@@ -105,7 +105,8 @@ export class InferenceService {
   }
 
   /**
-   * Validates (before taking a slot, so bad requests cost no queue space), waits for a slot, then
+   * Refuses at once when every slot and queue place is taken; otherwise validates (before taking a
+   * slot, so bad requests cost no queue space), waits for a slot, then
    * streams the engine's events. Errors: UnknownModelError, InvalidRequestError,
    * ContextOverflowError, UnavailableError (draining), OverloadedError (queue full),
    * CancelledError (signal aborted), anything else is an engine failure.
@@ -114,6 +115,8 @@ export class InferenceService {
     const received = performance.now();
     const engine = this.resolveModel(model);
     if (this.draining) throw new UnavailableError('server is shutting down and accepts no new requests');
+    // Full: refuse before tokenizing (a malformed request then also gets RESOURCE_EXHAUSTED).
+    this.pool.refuseIfFull();
     const prepared = engine.prepare(this.withLimits(request));
     const lease = await this.pool.acquire(signal);
     try {

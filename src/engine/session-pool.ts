@@ -60,6 +60,19 @@ export class SessionPool {
   }
 
   /**
+   * Throws OverloadedError now if `acquire` would: lets a caller refuse before doing any work
+   * for the request (tokenizing), which is most of a refusal's cost under an overload storm.
+   */
+  refuseIfFull(): void {
+    if (this.active >= this.maxActive && this.waiters.length >= this.maxQueued && !this.draining) throw this.overloaded();
+  }
+
+  private overloaded(): OverloadedError {
+    this.rejected++;
+    return new OverloadedError(`server is at capacity: ${this.active} generations running and ${this.waiters.length} queued; retry later`);
+  }
+
+  /**
    * Resolves with a slot, in arrival order. Rejects at once with OverloadedError when the queue is
    * full, UnavailableError while draining, and CancelledError if `signal` aborts while waiting.
    */
@@ -70,12 +83,7 @@ export class SessionPool {
       this.active++;
       return Promise.resolve(this.newLease());
     }
-    if (this.waiters.length >= this.maxQueued) {
-      this.rejected++;
-      return Promise.reject(
-        new OverloadedError(`server is at capacity: ${this.active} generations running and ${this.waiters.length} queued; retry later`),
-      );
-    }
+    if (this.waiters.length >= this.maxQueued) return Promise.reject(this.overloaded());
     return new Promise<Lease>((resolve, reject) => {
       const onAbort = () => {
         const i = this.waiters.indexOf(waiter);

@@ -54,6 +54,15 @@ export class ModelNotFoundError extends AnpdError {
   }
 }
 
+/** The configured execution provider cannot run here (not installed, no device, unsupported node). */
+export class ExecutionProviderError extends AnpdError {
+  readonly provider: string;
+  constructor(provider: string, message: string, options?: { cause?: unknown }) {
+    super('UNAVAILABLE', `execution provider "${provider}": ${message}`, options);
+    this.provider = provider;
+  }
+}
+
 /** A request names a model this server does not serve. */
 export class UnknownModelError extends AnpdError {
   constructor(model: string, served: readonly string[]) {

@@ -192,15 +192,16 @@ test('out-of-range values are rejected with the allowed range', (t) => {
   t.throws(() => parseServerConfig(['--port', '99999999999999999999'], {}), { instanceOf: ConfigError, message: /--port/ });
 });
 
-test('an unknown execution provider is rejected naming the source and the value', (t) => {
-  t.throws(() => parseServerConfig(['--execution-provider', 'cuda'], {}), {
+test('an unknown execution provider is rejected naming the source and the value; cpu, webgpu and cuda are known', (t) => {
+  t.throws(() => parseServerConfig(['--execution-provider', 'tpu'], {}), {
     instanceOf: ConfigError,
-    message: /--execution-provider.*cpu.*"cuda"/,
+    message: /--execution-provider.*cpu, webgpu, cuda.*"tpu"/,
   });
-  t.throws(() => parseServerConfig([], { ANPD_EXECUTION_PROVIDER: 'webgpu' }), {
+  t.throws(() => parseServerConfig([], { ANPD_EXECUTION_PROVIDER: 'gpu' }), {
     instanceOf: ConfigError,
-    message: /ANPD_EXECUTION_PROVIDER.*"webgpu"/,
+    message: /ANPD_EXECUTION_PROVIDER.*"gpu"/,
   });
+  for (const provider of ['cpu', 'webgpu', 'cuda'] as const) t.is(parseServerConfig(['--execution-provider', provider], {}).executionProvider, provider);
 });
 
 test('an unknown log level is rejected naming the source and the value', (t) => {

@@ -11,6 +11,7 @@ import { DEFAULT_GRAPH_OPTIONS, type GraphOptions } from '../convert/llama-graph
 import { createEngine } from '../engine/create-engine.js';
 import { DEFAULT_SPECULATION, type Prompt, type SpeculationOptions } from '../engine/engine.js';
 import { AnpdError } from '../errors.js';
+import { EXECUTION_PROVIDERS } from '../runtime/types.js';
 import { ensureDefaultModel } from '../model/default-model.js';
 import { runClient, runHealth } from './client.js';
 import { createProgressReporter } from './progress.js';
@@ -45,6 +46,10 @@ generate options:
   --draft-length adaptive|fixed   per-round length from acceptance and verify cost (default), or always K
   --drafter hybrid|paper    span copy + gated tables (default), or the paper's ungated tables
   --threads N               ONNX Runtime intra-op threads (default: number of cores)
+  --execution-provider cpu|webgpu|cuda   where the model runs (default cpu; a GPU provider must take
+                            every node: no silent CPU fallback)
+  --rows-min N              smallest forward in query rows (default 2 on cpu, 4 on a GPU; exactness
+                            of speculation depends on it: change it only to investigate)
   --stats                   print one JSON line of statistics on stderr at the end
 
 convert options:
@@ -99,6 +104,8 @@ async function main(argv: string[]): Promise<number> {
       stop: { type: 'string', multiple: true },
       'ignore-eos': { type: 'boolean' },
       threads: { type: 'string' },
+      'execution-provider': { type: 'string' },
+      'rows-min': { type: 'string' },
       speculation: { type: 'string' },
       'draft-max': { type: 'string' },
       'ngram-n': { type: 'string' },
@@ -147,7 +154,9 @@ async function main(argv: string[]): Promise<number> {
     progress.stop();
   }
   const threads = num(values.threads, 'threads', cpus().length);
-  const engine = await createEngine(modelDir, { executionProvider: 'cpu', intraOpThreads: threads, kvCapacity: 4096 });
+  const executionProvider = oneOf(values['execution-provider'], 'execution-provider', EXECUTION_PROVIDERS, 'cpu');
+  const rowsMin = values['rows-min'] !== undefined ? { forwardRowsMin: num(values['rows-min'], 'rows-min', 2) } : {};
+  const engine = await createEngine(modelDir, { executionProvider, intraOpThreads: threads, kvCapacity: 4096, ...rowsMin });
   const chat = values['no-chat'] ? false : (values.chat ?? engine.tokenizer.hasChatTemplate);
   const prompt: Prompt = { kind: 'text', text, chat };
   const speculation: SpeculationOptions = {

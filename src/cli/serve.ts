@@ -35,7 +35,7 @@ export async function runServe(argv: readonly string[]): Promise<number> {
     intraOpThreads: config.intraOpThreads,
     kvCapacity: config.kvCapacity,
   });
-  logger.info('model loaded', { modelDir, model: engine.info.name, loadMs: Math.round(performance.now() - loadStarted) });
+  logger.info('model loaded', { modelDir, model: engine.info.name, executionProvider: engine.info.executionProvider, loadMs: Math.round(performance.now() - loadStarted) });
   const service = new InferenceService({
     engine,
     modelName: config.modelName ?? (config.modelDir === undefined ? DEFAULT_MODEL.name.toLowerCase() : basename(resolve(config.modelDir))),

@@ -7,6 +7,7 @@ import { parseArgs } from 'node:util';
 import { MAX_NEW_TOKENS_LIMIT } from '../engine/engine.js';
 import { AnpdError } from '../errors.js';
 import type { LogLevel } from '../log.js';
+import { EXECUTION_PROVIDERS, type ExecutionProviderName } from '../runtime/types.js';
 
 export class ConfigError extends AnpdError {
   constructor(message: string) {
@@ -32,7 +33,7 @@ export interface ServerConfig {
   /** @default 4096 */
   readonly maxNewTokensLimit: number;
   /** @default 'cpu' */
-  readonly executionProvider: 'cpu';
+  readonly executionProvider: ExecutionProviderName;
   /** ONNX Runtime intra-op threads; 0 = one per core. @default 0 */
   readonly intraOpThreads: number;
   /** KV positions a sequence may grow to (clamped to the model's context). @default 8192 */
@@ -100,7 +101,7 @@ Options (flag, environment variable, default):
   --max-queued-requests N            ANPD_MAX_QUEUED_REQUESTS        8 × max-active-sequences
   --max-new-tokens-default N         ANPD_MAX_NEW_TOKENS_DEFAULT     256
   --max-new-tokens-limit N           ANPD_MAX_NEW_TOKENS_LIMIT       4096
-  --execution-provider cpu           ANPD_EXECUTION_PROVIDER         cpu
+  --execution-provider cpu|webgpu|cuda  ANPD_EXECUTION_PROVIDER      cpu
   --threads N                        ANPD_THREADS                    0 (one per core)
   --kv-capacity N                    ANPD_KV_CAPACITY                8192
   --shutdown-grace-ms N              ANPD_SHUTDOWN_GRACE_MS          30000
@@ -181,7 +182,7 @@ export function parseServerConfig(argv: readonly string[], env: NodeJS.ProcessEn
     maxQueuedRequests: int('maxQueuedRequests', 8 * maxActiveSequences, 0, LIMITS.queue),
     maxNewTokensDefault,
     maxNewTokensLimit,
-    executionProvider: choice('executionProvider', ['cpu'] as const, 'cpu'),
+    executionProvider: choice('executionProvider', EXECUTION_PROVIDERS, 'cpu'),
     intraOpThreads: int('intraOpThreads', 0, 0, LIMITS.threads),
     kvCapacity: int('kvCapacity', 8192, 16, LIMITS.kv),
     shutdownGraceMs: int('shutdownGraceMs', 30_000, 0, LIMITS.graceMs),

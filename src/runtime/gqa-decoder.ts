@@ -14,7 +14,7 @@
 import { ContextOverflowError, InvalidRequestError } from '../errors.js';
 import type { ModelManifest } from '../model/model-manifest.js';
 import { ort } from './ort-session.js';
-import type { DecoderModel, DecoderSequence, ModelInfo } from './types.js';
+import type { DecoderModel, DecoderSequence, ModelInfo, RuntimeOptions } from './types.js';
 
 // Names must match src/convert/llama-graph.ts IO (the runtime may not import the converter).
 const INPUT_IDS = 'input_ids';
@@ -22,8 +22,14 @@ const SEQLENS_K = 'seqlens_k';
 const TOTAL_SEQUENCE_LENGTH = 'total_sequence_length';
 const LOGITS_START = 'logits_start';
 const LOGITS_END = 'logits_end';
-/** Query rows every forward runs at least (see batch invariance above). */
+/** Query rows every forward runs at least on the CPU (see batch invariance above). */
 export const FORWARD_ROWS_MIN = 2;
+/**
+ * On WebGPU, MatMulNBits takes another kernel from 4 rows on (the T-ratio table steps there), and
+ * with 2-row forwards plain decoding and draft verification gave different tokens on 3 of 10
+ * prompts on an H200 (docs/perf-notes.md, "GPU"): GPU forwards run at least 4 rows.
+ */
+export const FORWARD_ROWS_MIN_GPU = 4;
 const LOGITS = 'logits';
 
 /** KV positions allocated at first, and the step buffers grow by, up to the sequence's capacity. */
@@ -37,17 +43,21 @@ export class GqaDecoderModel implements DecoderModel {
   private readonly session: ort.InferenceSession;
   private readonly manifest: ModelManifest;
   private readonly defaultCapacity: number;
+  private readonly rowsMin: number;
 
-  constructor(session: ort.InferenceSession, manifest: ModelManifest, executionProvider: string, kvCapacity: number) {
+  constructor(session: ort.InferenceSession, manifest: ModelManifest, options: RuntimeOptions) {
     this.session = session;
     this.manifest = manifest;
-    this.defaultCapacity = Math.min(kvCapacity, manifest.contextLength);
+    const executionProvider = options.executionProvider;
+    this.rowsMin = options.forwardRowsMin ?? (executionProvider === 'cpu' ? FORWARD_ROWS_MIN : FORWARD_ROWS_MIN_GPU);
+    if (!Number.isInteger(this.rowsMin) || this.rowsMin < 1 || this.rowsMin > 64) throw new RangeError(`forwardRowsMin must be an integer in [1, 64], got ${this.rowsMin}`);
+    this.defaultCapacity = Math.min(options.kvCapacity, manifest.contextLength);
     this.info = {
       name: manifest.name,
       kind: 'anpd-gqa',
       architecture: manifest.architecture,
       vocabSize: manifest.vocab,
-      contextLength: Math.min(manifest.contextLength - (FORWARD_ROWS_MIN - 1), this.defaultCapacity),
+      contextLength: Math.min(manifest.contextLength - (this.rowsMin - 1), this.defaultCapacity),
       bosTokenId: manifest.bosTokenId ?? undefined,
       eosTokenIds: manifest.eosTokenIds,
       executionProvider,
@@ -56,8 +66,8 @@ export class GqaDecoderModel implements DecoderModel {
 
   createSequence(options?: { readonly capacity?: number }): DecoderSequence {
     // One position stays free for the pad row (rotary tables cover contextLength positions).
-    const capacity = Math.min(options?.capacity ?? this.defaultCapacity, this.manifest.contextLength - (FORWARD_ROWS_MIN - 1));
-    return new GqaSequence(this.session, this.manifest, capacity);
+    const capacity = Math.min(options?.capacity ?? this.defaultCapacity, this.manifest.contextLength - (this.rowsMin - 1));
+    return new GqaSequence(this.session, this.manifest, capacity, this.rowsMin);
   }
 
   async dispose(): Promise<void> {
@@ -83,15 +93,17 @@ class GqaSequence implements DecoderSequence {
   private readonly layers: number;
   private readonly kvHeads: number;
   private readonly headDim: number;
+  private readonly rowsMin: number;
 
-  constructor(session: ort.InferenceSession, m: ModelManifest, capacity: number) {
+  constructor(session: ort.InferenceSession, m: ModelManifest, capacity: number, rowsMin: number) {
     this.session = session;
     this.capacity = capacity;
+    this.rowsMin = rowsMin;
     this.vocab = m.vocab;
     this.layers = m.layers;
     this.kvHeads = m.kvHeads;
     this.headDim = m.headDim;
-    this.bindKv(Math.min(capacity + FORWARD_ROWS_MIN - 1, KV_SLOTS_INITIAL));
+    this.bindKv(Math.min(capacity + rowsMin - 1, KV_SLOTS_INITIAL));
     this.feeds[SEQLENS_K] = new ort.Tensor('int32', this.seqlensK, [1]);
     this.feeds[TOTAL_SEQUENCE_LENGTH] = new ort.Tensor('int32', this.totalLength, []);
     this.feeds[LOGITS_START] = new ort.Tensor('int64', this.logitsStart, [1]);
@@ -154,10 +166,10 @@ class GqaSequence implements DecoderSequence {
 
   /** Runs tokens[start, start+count) and returns logits of the last `rows` of them. */
   private async run(tokens: ArrayLike<number>, start: number, count: number, rows: number): Promise<Float32Array> {
-    const padded = Math.max(count, FORWARD_ROWS_MIN);
+    const padded = Math.max(count, this.rowsMin);
     if (this.kvLength + padded > this.slots) {
       const needed = Math.ceil((this.kvLength + padded) / KV_SLOTS_STEP) * KV_SLOTS_STEP;
-      this.bindKv(Math.min(this.capacity + FORWARD_ROWS_MIN - 1, needed));
+      this.bindKv(Math.min(this.capacity + this.rowsMin - 1, needed));
     }
     let ids = this.idsByLength.get(padded);
     if (ids === undefined) {

@@ -29,7 +29,7 @@ export async function loadDecoderModel(dir: string, options: RuntimeOptions = DE
     const manifest = readJsonFile(manifestPath) as unknown as ModelManifest;
     if (manifest.format !== MANIFEST_FORMAT) throw new ModelFormatError(manifestPath, `format "${String(manifest.format)}" is not "${MANIFEST_FORMAT}"`);
     const session = await createOrtSession(join(dir, manifest.onnxFile), options);
-    return new GqaDecoderModel(session, manifest, options.executionProvider, options.kvCapacity);
+    return new GqaDecoderModel(session, manifest, options);
   }
   const configPath = join(dir, 'config.json');
   if (!existsSync(configPath)) {

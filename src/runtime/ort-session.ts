@@ -3,25 +3,61 @@
  */
 import { existsSync, statSync } from 'node:fs';
 import ort from 'onnxruntime-node';
-import { ModelFormatError, ModelNotFoundError } from '../errors.js';
-import type { RuntimeOptions } from './types.js';
+import { ExecutionProviderError, ModelFormatError, ModelNotFoundError } from '../errors.js';
+import type { ExecutionProviderName, RuntimeOptions } from './types.js';
 
 export { ort };
+
+const INSTALL_HINTS: Record<ExecutionProviderName, string> = {
+  cpu: '',
+  webgpu: 'it needs a Vulkan loader (libvulkan1) and a Vulkan driver for the GPU (NVIDIA: the driver\'s ICD plus libglvnd; see docs/gpu.md)',
+  cuda: "onnxruntime-node's CUDA binaries are not bundled: install with `npm ci --onnxruntime-node-install=cuda12` where NuGet is reachable (needs CUDA 12 + cuDNN 9)",
+};
+
+/** Providers this onnxruntime-node build can load, by name (bundled or installed next to the binding). */
+export function availableExecutionProviders(): Map<string, { bundled: boolean }> {
+  return new Map(ort.listSupportedBackends().map((b: { name: string; bundled: boolean }) => [b.name, { bundled: b.bundled }]));
+}
+
+/**
+ * Checks that `provider` exists in this build before a session is tried, so the error says what
+ * is missing rather than what ORT stumbled on.
+ */
+export function checkExecutionProvider(provider: ExecutionProviderName): void {
+  if (provider === 'cpu') return;
+  const available = availableExecutionProviders();
+  if (!available.has(provider)) {
+    throw new ExecutionProviderError(provider, `this onnxruntime-node build has no such provider (it has: ${[...available.keys()].join(', ')}); ${INSTALL_HINTS[provider]}`);
+  }
+}
 
 export async function createOrtSession(path: string, options: RuntimeOptions): Promise<ort.InferenceSession> {
   if (!existsSync(path)) throw new ModelNotFoundError(path, 'ONNX model file not found');
   const size = statSync(path).size;
   if (size === 0) throw new ModelFormatError(path, 'ONNX model file is empty');
+  const provider = options.executionProvider;
+  checkExecutionProvider(provider);
+  const gpu = provider !== 'cpu';
   try {
     return await ort.InferenceSession.create(path, {
-      executionProviders: [options.executionProvider],
+      executionProviders: [provider],
       graphOptimizationLevel: 'all',
       ...(options.intraOpThreads > 0 ? { intraOpNumThreads: options.intraOpThreads } : {}),
       interOpNumThreads: 1,
       logSeverityLevel: 3,
+      // A node the GPU provider cannot run becomes a load error instead of a silent CPU fallback.
+      ...(gpu && options.allowCpuFallback !== true ? { extra: { session: { disable_cpu_ep_fallback: '1' } } } : {}),
     });
   } catch (cause) {
     const detail = (cause as Error).message.split('\n')[0]?.slice(0, 500) ?? 'unknown error';
-    throw new ModelFormatError(path, `ONNX Runtime cannot load it: ${detail}`, { cause });
+    if (gpu && isProviderFailure(detail)) {
+      throw new ExecutionProviderError(provider, `cannot start: ${detail}; ${INSTALL_HINTS[provider]}`, { cause });
+    }
+    throw new ModelFormatError(path, `ONNX Runtime cannot load it${gpu ? ` on ${provider}` : ''}: ${detail}`, { cause });
   }
+}
+
+/** Errors that come from the provider or the device, not from the model file. */
+function isProviderFailure(message: string): boolean {
+  return /adapter|vulkan|webgpu|dawn|cuda|cudnn|libcu|provider|device/i.test(message);
 }

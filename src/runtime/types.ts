@@ -36,9 +36,21 @@ export interface DecoderModel {
   dispose(): Promise<void>;
 }
 
+/** ONNX Runtime execution providers this runtime knows how to configure. */
+export const EXECUTION_PROVIDERS = ['cpu', 'webgpu', 'cuda'] as const;
+export type ExecutionProviderName = (typeof EXECUTION_PROVIDERS)[number];
+
 export interface RuntimeOptions {
-  /** 'cpu' now; GPU providers come with the GPU session pool. */
-  readonly executionProvider: 'cpu';
+  /** Where the model runs. A GPU provider that cannot take every node is an error, not a silent CPU fallback. */
+  readonly executionProvider: ExecutionProviderName;
+  /** Let ORT put nodes the GPU provider lacks on the CPU instead of failing (slower; for diagnosis). @default false */
+  readonly allowCpuFallback?: boolean;
+  /**
+   * Query rows every forward runs at least (pad rows are never read). Kernels that change with the
+   * row count break the bitwise equality of a position's logits across forward sizes, which
+   * speculative decoding's exactness needs. @default 2 on cpu, 4 on GPU providers
+   */
+  readonly forwardRowsMin?: number;
   /** ORT intra-op threads; 0 lets ORT pick (one per physical core). */
   readonly intraOpThreads: number;
   /** KV positions allocated per sequence (GQA layout), clamped to the model's context. */

@@ -1,0 +1,160 @@
+/**
+ * Device benchmark: one execution provider (cpu, webgpu, cuda) on this machine.
+ *   1. The T-ratio table: one forward over T tokens (after a 64-token prefix) vs T = 1.
+ *   2. Decode tok/s plain vs ANPD on the bench prompts, with the outputs checked identical.
+ *   3. Host↔device bytes per decode step, counted from the tensors each forward binds on the host.
+ * Runs where there is no network and no package cache: --model names a converted model directory.
+ *   node dist/bench/device-bench.js --execution-provider webgpu --model DIR --out results.json
+ */
+import { readFileSync, writeFileSync } from 'node:fs';
+import { availableParallelism, cpus } from 'node:os';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { createEngine } from '../src/engine/create-engine.js';
+import { DEFAULT_SPECULATION, type Engine, type GenerationFinal, NO_SPECULATION, type SpeculationOptions } from '../src/engine/engine.js';
+import { projectRoot } from '../src/model/default-model.js';
+import { loadDecoderModel } from '../src/runtime/load-model.js';
+import { EXECUTION_PROVIDERS, type ExecutionProviderName, type RuntimeOptions } from '../src/runtime/types.js';
+
+const T_SIZES = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32];
+
+function median(xs: readonly number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)]!;
+}
+
+async function forwardTable(modelDir: string, options: RuntimeOptions, reps: number): Promise<{ t: number; ms: number; ratio: number }[]> {
+  const model = await loadDecoderModel(modelDir, { ...options, kvCapacity: 1024 });
+  try {
+    const seq = model.createSequence({ capacity: 256 });
+    const prefix = 64;
+    const ids = Array.from({ length: prefix + 32 }, (_, i) => (i * 7919 + 13) % model.info.vocabSize);
+    await seq.forward(ids.slice(0, prefix), 1);
+    const times = new Map<number, number[]>(T_SIZES.map((t) => [t, []]));
+    for (let warm = 0; warm < 3; warm++) for (const t of T_SIZES) (await seq.forward(ids.slice(prefix, prefix + t), 1), seq.rewind(prefix));
+    for (let r = 0; r < reps; r++) {
+      for (const t of T_SIZES) {
+        const started = performance.now();
+        await seq.forward(ids.slice(prefix, prefix + t), Math.min(t, 8));
+        times.get(t)!.push(performance.now() - started);
+        seq.rewind(prefix);
+      }
+    }
+    seq.dispose();
+    const base = median(times.get(1)!);
+    return T_SIZES.map((t) => ({ t, ms: +median(times.get(t)!).toFixed(3), ratio: +(median(times.get(t)!) / base).toFixed(2) }));
+  } finally {
+    await model.dispose();
+  }
+}
+
+/**
+ * What one decode step moves between host and device when every tensor a forward binds lives on
+ * the host (ORT copies inputs up and outputs down): the KV buffers both ways, the ids, the logits.
+ * At 256 KV slots (a sequence under 256 tokens), for 1 and 8 logits rows.
+ */
+function hostDeviceBytes(modelDir: string): Record<string, number> {
+  const m = JSON.parse(readFileSync(join(modelDir, 'anpd-model.json'), 'utf8')) as { layers: number; kvHeads: number; headDim: number; vocab: number };
+  const slots = 256;
+  const kv = m.layers * 2 * m.kvHeads * slots * m.headDim * 4;
+  return { kvUpBytes: kv, kvDownBytes: kv, idsBytes: 2 * 8, logits1RowBytes: m.vocab * 4, logits8RowsBytes: 8 * m.vocab * 4 };
+}
+
+async function once(engine: Engine, prompt: string, speculation: SpeculationOptions, maxNewTokens: number): Promise<{ tokens: number[]; final: GenerationFinal }> {
+  const tokens: number[] = [];
+  let final: GenerationFinal | undefined;
+  for await (const e of engine.generate({ prompt: { kind: 'text', text: prompt, chat: true }, maxNewTokens, speculation })) {
+    if (e.type === 'delta') tokens.push(...e.tokenIds);
+    else final = e;
+  }
+  return { tokens, final: final! };
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    options: {
+      'execution-provider': { type: 'string', default: 'cpu' },
+      model: { type: 'string' },
+      threads: { type: 'string' },
+      'rows-min': { type: 'string' },
+      categories: { type: 'string', default: 'code-editing,summarization' },
+      'max-new-tokens': { type: 'string', default: '128' },
+      reps: { type: 'string', default: '20' },
+      'skip-decode': { type: 'boolean', default: false },
+      out: { type: 'string' },
+    },
+  });
+  const provider = values['execution-provider'] as ExecutionProviderName;
+  if (!EXECUTION_PROVIDERS.includes(provider)) throw new Error(`--execution-provider must be one of ${EXECUTION_PROVIDERS.join(', ')}`);
+  if (values.model === undefined) throw new Error('--model DIR (a converted model directory) is required');
+  const threads = Number(values.threads ?? availableParallelism());
+  const rowsMin = values['rows-min'] !== undefined ? { forwardRowsMin: Number(values['rows-min']) } : {};
+  const log = (line: string) => process.stderr.write(`[${provider}] ${line}\n`);
+
+  const loadStarted = performance.now();
+  const table = await forwardTable(values.model, { executionProvider: provider, intraOpThreads: threads, kvCapacity: 1024, ...rowsMin }, Number(values.reps));
+  log(`T-ratio: ${table.map((r) => `T=${r.t} ${r.ms} ms (${r.ratio}×)`).join(', ')} [incl. load ${((performance.now() - loadStarted) / 1000).toFixed(1)} s]`);
+
+  const decode: Record<string, unknown>[] = [];
+  let identical = true;
+  if (!values['skip-decode']) {
+    const engine = await createEngine(values.model, { executionProvider: provider, intraOpThreads: threads, kvCapacity: 2048, ...rowsMin });
+    await once(engine, 'Hello', NO_SPECULATION, 8);
+    await once(engine, 'Hello', DEFAULT_SPECULATION, 8);
+    const maxNewTokens = Number(values['max-new-tokens']);
+    for (const category of values.categories!.split(',')) {
+      const prompts = JSON.parse(readFileSync(join(projectRoot(), 'bench', 'prompts', `${category}.json`), 'utf8')) as { id: string; prompt: string }[];
+      const totals = { plain: { tokens: 0, ms: 0 }, anpd: { tokens: 0, ms: 0, rounds: 0, accepted: 0, drafted: 0 } };
+      const prefillMs: number[] = [];
+      for (const [i, p] of prompts.entries()) {
+        const order = i % 2 === 0 ? (['plain', 'anpd'] as const) : (['anpd', 'plain'] as const);
+        const runs: Record<string, { tokens: number[]; final: GenerationFinal }> = {};
+        for (const mode of order) runs[mode] = await once(engine, p.prompt, mode === 'plain' ? NO_SPECULATION : DEFAULT_SPECULATION, maxNewTokens);
+        if (runs['plain']!.tokens.join() !== runs['anpd']!.tokens.join()) {
+          identical = false;
+          log(`MISMATCH ${p.id}`);
+        }
+        for (const mode of ['plain', 'anpd'] as const) {
+          const f = runs[mode]!.final;
+          totals[mode].tokens += f.completionTokens;
+          totals[mode].ms += f.totalMs - f.prefillMs;
+        }
+        prefillMs.push(runs['plain']!.final.prefillMs, runs['anpd']!.final.prefillMs);
+        totals.anpd.rounds += runs['anpd']!.final.stats.rounds;
+        totals.anpd.drafted += runs['anpd']!.final.stats.draftTokensProposed;
+        totals.anpd.accepted += runs['anpd']!.final.stats.draftTokensAccepted;
+      }
+      const plainTokS = (totals.plain.tokens / totals.plain.ms) * 1000;
+      const anpdTokS = (totals.anpd.tokens / totals.anpd.ms) * 1000;
+      const row = {
+        category,
+        prompts: prompts.length,
+        plainTokPerS: +plainTokS.toFixed(1),
+        anpdTokPerS: +anpdTokS.toFixed(1),
+        speedup: +(anpdTokS / plainTokS).toFixed(2),
+        tokensPerStep: +(totals.anpd.tokens / totals.anpd.rounds).toFixed(2),
+        acceptance: +(totals.anpd.accepted / Math.max(1, totals.anpd.drafted)).toFixed(3),
+        /** Sequence creation (KV allocation, on a GPU its upload) + prompt forward: the engine's part of TTFT. */
+        prefillMsMedian: +median(prefillMs).toFixed(1),
+      };
+      decode.push(row);
+      log(JSON.stringify(row));
+    }
+    await engine.dispose();
+  }
+  const report = {
+    date: new Date().toISOString(),
+    hostDeviceBytesPerStep: hostDeviceBytes(values.model),
+    provider,
+    threads,
+    forwardRowsMin: values['rows-min'] ?? 'default',
+    cpu: `${cpus().length} × ${cpus()[0]?.model ?? 'unknown'}`,
+    forwardTable: table,
+    decode,
+    outputsIdentical: identical,
+  };
+  process.stdout.write(`${JSON.stringify(report)}\n`);
+  if (values.out !== undefined) writeFileSync(values.out, `${JSON.stringify(report, null, 2)}\n`);
+}
+
+await main();

@@ -11,26 +11,12 @@ import { availableParallelism, cpus } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { createEngine } from '../src/engine/create-engine.js';
-import { DEFAULT_SPECULATION, type Engine, type GenerationFinal, NO_SPECULATION, PAPER_SPECULATION, type SpeculationOptions } from '../src/engine/engine.js';
+import { DEFAULT_SPECULATION, NO_SPECULATION, PAPER_SPECULATION, type SpeculationOptions } from '../src/engine/engine.js';
 import { ensureDefaultModel, projectRoot } from '../src/model/default-model.js';
+import { generateOnce, type Sample } from './generate-once.js';
 
 const MODES = { plain: NO_SPECULATION, adaptive: DEFAULT_SPECULATION, paper: PAPER_SPECULATION } satisfies Record<string, SpeculationOptions>;
 type Mode = keyof typeof MODES;
-
-interface Sample {
-  tokens: number[];
-  final: GenerationFinal;
-}
-
-async function once(engine: Engine, prompt: string, speculation: SpeculationOptions, maxNewTokens: number): Promise<Sample> {
-  const tokens: number[] = [];
-  let final: GenerationFinal | undefined;
-  for await (const e of engine.generate({ prompt: { kind: 'text', text: prompt, chat: true }, maxNewTokens, speculation })) {
-    if (e.type === 'delta') tokens.push(...e.tokenIds);
-    else final = e;
-  }
-  return { tokens, final: final! };
-}
 
 interface Totals {
   tokens: number;
@@ -65,8 +51,8 @@ async function main(): Promise<void> {
   const forwardCost = await engine.forwardCost(9);
   process.stderr.write(`forward cost T=1..9 relative to T=1: ${forwardCost.slice(1).map((c) => c.toFixed(2)).join(' ')}\n`);
   // Warm-up so the first measured prompt does not pay for lazy allocations.
-  await once(engine, 'Hello', NO_SPECULATION, 8);
-  await once(engine, 'Hello', DEFAULT_SPECULATION, 8);
+  await generateOnce(engine, 'Hello', NO_SPECULATION, 8);
+  await generateOnce(engine, 'Hello', DEFAULT_SPECULATION, 8);
 
   const results: Record<string, Record<Mode, Totals>> = {};
   let mismatches = 0;
@@ -78,7 +64,7 @@ async function main(): Promise<void> {
         // Rotate the order so no mode always runs first (cache and frequency effects).
         const order = (Object.keys(MODES) as Mode[]).map((_, i, a) => a[(i + pi + r) % a.length]!);
         const samples = {} as Record<Mode, Sample>;
-        for (const m of order) samples[m] = await once(engine, p.prompt, MODES[m], maxNewTokens);
+        for (const m of order) samples[m] = await generateOnce(engine, p.prompt, MODES[m], maxNewTokens);
         for (const m of order) {
           const s = samples[m];
           if (s.tokens.join() !== samples.plain.tokens.join()) {

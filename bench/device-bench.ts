@@ -11,8 +11,9 @@ import { availableParallelism, cpus } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { createEngine } from '../src/engine/create-engine.js';
-import { DEFAULT_SPECULATION, type Engine, type GenerationFinal, NO_SPECULATION, type SpeculationOptions } from '../src/engine/engine.js';
+import { DEFAULT_SPECULATION, NO_SPECULATION } from '../src/engine/engine.js';
 import { projectRoot } from '../src/model/default-model.js';
+import { generateOnce, type Sample } from './generate-once.js';
 import { loadDecoderModel } from '../src/runtime/load-model.js';
 import { EXECUTION_PROVIDERS, type ExecutionProviderName, type RuntimeOptions } from '../src/runtime/types.js';
 
@@ -60,16 +61,6 @@ function hostDeviceBytes(modelDir: string): Record<string, number> {
   return { kvUpBytes: kv, kvDownBytes: kv, idsBytes: 2 * 8, logits1RowBytes: m.vocab * 4, logits8RowsBytes: 8 * m.vocab * 4 };
 }
 
-async function once(engine: Engine, prompt: string, speculation: SpeculationOptions, maxNewTokens: number): Promise<{ tokens: number[]; final: GenerationFinal }> {
-  const tokens: number[] = [];
-  let final: GenerationFinal | undefined;
-  for await (const e of engine.generate({ prompt: { kind: 'text', text: prompt, chat: true }, maxNewTokens, speculation })) {
-    if (e.type === 'delta') tokens.push(...e.tokenIds);
-    else final = e;
-  }
-  return { tokens, final: final! };
-}
-
 async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
@@ -99,8 +90,8 @@ async function main(): Promise<void> {
   let identical = true;
   if (!values['skip-decode']) {
     const engine = await createEngine(values.model, { executionProvider: provider, intraOpThreads: threads, kvCapacity: 2048, ...rowsMin });
-    await once(engine, 'Hello', NO_SPECULATION, 8);
-    await once(engine, 'Hello', DEFAULT_SPECULATION, 8);
+    await generateOnce(engine, 'Hello', NO_SPECULATION, 8);
+    await generateOnce(engine, 'Hello', DEFAULT_SPECULATION, 8);
     const maxNewTokens = Number(values['max-new-tokens']);
     for (const category of values.categories!.split(',')) {
       const prompts = JSON.parse(readFileSync(join(projectRoot(), 'bench', 'prompts', `${category}.json`), 'utf8')) as { id: string; prompt: string }[];
@@ -108,8 +99,8 @@ async function main(): Promise<void> {
       const prefillMs: number[] = [];
       for (const [i, p] of prompts.entries()) {
         const order = i % 2 === 0 ? (['plain', 'anpd'] as const) : (['anpd', 'plain'] as const);
-        const runs: Record<string, { tokens: number[]; final: GenerationFinal }> = {};
-        for (const mode of order) runs[mode] = await once(engine, p.prompt, mode === 'plain' ? NO_SPECULATION : DEFAULT_SPECULATION, maxNewTokens);
+        const runs: Record<string, Sample> = {};
+        for (const mode of order) runs[mode] = await generateOnce(engine, p.prompt, mode === 'plain' ? NO_SPECULATION : DEFAULT_SPECULATION, maxNewTokens);
         if (runs['plain']!.tokens.join() !== runs['anpd']!.tokens.join()) {
           identical = false;
           log(`MISMATCH ${p.id}`);

@@ -177,22 +177,32 @@ test.serial('SIGTERM: the server drains — in-flight generations finish, new re
     bidi.on('data', (m: BidiServerMsg) => messages.push(m));
     bidi.on('error', () => {});
     const bidiStatus = new Promise<{ code: number }>((resolve) => bidi.on('status', resolve));
-    bidi.write({ generate: countRequest('bidi-in-flight', 120) });
-    const stream = collectStream(client.generateStream(countRequest('stream-in-flight', 120)));
+    // Long enough that the drain outlasts the health CLI calls below (each starts a Node process).
+    const inFlightTokens = 400;
+    bidi.write({ generate: countRequest('bidi-in-flight', inFlightTokens) });
+    const stream = collectStream(client.generateStream(countRequest('stream-in-flight', inFlightTokens)));
     t.true(await waitFor(() => messages.length > 0, 20_000), 'generation started');
     child.kill('SIGTERM');
     t.true(await waitFor(() => logs.some((l) => l.includes('"draining"')), 5000));
     const refused = await grpcError(client.generate(countRequest('after-sigterm', 4)));
     t.is(refused.code, GrpcStatus.UNAVAILABLE);
     // Draining: readiness fails, liveness holds (so Kubernetes does not restart the draining pod).
-    t.deepEqual(await cliHealth(['--address', `127.0.0.1:${port}`]), { code: 1, out: 'NOT_SERVING' });
-    t.deepEqual(await cliHealth(['--address', `127.0.0.1:${port}`, '--service', 'liveness']), { code: 0, out: 'SERVING' });
+    const [readiness, liveness] = await Promise.all([
+      cliHealth(['--address', `127.0.0.1:${port}`]),
+      cliHealth(['--address', `127.0.0.1:${port}`, '--service', 'liveness']),
+    ]);
+    t.false(
+      messages.some((m) => 'chunk' in m && m.chunk.final !== undefined),
+      'the bidi generation was still running when health was asked (the drain had not ended)',
+    );
+    t.deepEqual(readiness, { code: 1, out: 'NOT_SERVING' });
+    t.deepEqual(liveness, { code: 0, out: 'SERVING' });
     const chunks = await stream;
-    t.is(chunks[chunks.length - 1]!.final!.usage.output_tokens, 120);
+    t.is(chunks[chunks.length - 1]!.final!.usage.output_tokens, inFlightTokens);
     const status = await bidiStatus;
     const finals = messages.flatMap((m) => ('chunk' in m && m.chunk.final ? [m.chunk.final] : []));
     t.is(finals.length, 1, 'the bidi generation finished');
-    t.is(finals[0]!.usage.output_tokens, 120);
+    t.is(finals[0]!.usage.output_tokens, inFlightTokens);
     t.is(status.code, GrpcStatus.UNAVAILABLE, 'the bidi call then ends UNAVAILABLE (the client had not half-closed)');
     t.is(await exited, 0);
     const gone = await cliHealth(['--address', `127.0.0.1:${port}`, '--timeout-ms', '1000']);

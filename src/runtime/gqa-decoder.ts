@@ -67,7 +67,7 @@ export class GqaDecoderModel implements DecoderModel {
   createSequence(options?: { readonly capacity?: number }): DecoderSequence {
     // One position stays free for the pad row (rotary tables cover contextLength positions).
     const capacity = Math.min(options?.capacity ?? this.defaultCapacity, this.manifest.contextLength - (this.rowsMin - 1));
-    return new GqaSequence(this.session, this.manifest, capacity, this.rowsMin);
+    return new GqaSequence(this.session, this.manifest, capacity, this.rowsMin, this.info.executionProvider !== 'cpu');
   }
 
   async dispose(): Promise<void> {
@@ -94,16 +94,22 @@ class GqaSequence implements DecoderSequence {
   private readonly kvHeads: number;
   private readonly headDim: number;
   private readonly rowsMin: number;
+  /** GPU: the KV cache lives on the device; `past` is bound to the previous forward's `present`. */
+  private readonly deviceKv: boolean;
+  private readonly kvNames: (readonly [string, string])[] = [];
 
-  constructor(session: ort.InferenceSession, m: ModelManifest, capacity: number, rowsMin: number) {
+  constructor(session: ort.InferenceSession, m: ModelManifest, capacity: number, rowsMin: number, deviceKv: boolean) {
     this.session = session;
     this.capacity = capacity;
     this.rowsMin = rowsMin;
+    this.deviceKv = deviceKv;
+    for (let l = 0; l < m.layers; l++) this.kvNames.push([`past_key_values.${l}.key`, `present.${l}.key`], [`past_key_values.${l}.value`, `present.${l}.value`]);
     this.vocab = m.vocab;
     this.layers = m.layers;
     this.kvHeads = m.kvHeads;
     this.headDim = m.headDim;
-    this.bindKv(Math.min(capacity + rowsMin - 1, KV_SLOTS_INITIAL));
+    // Device buffers cannot grow from here (no device-side copy): they get the full capacity.
+    this.bindKv(deviceKv ? capacity + rowsMin - 1 : Math.min(capacity + rowsMin - 1, KV_SLOTS_INITIAL));
     this.feeds[SEQLENS_K] = new ort.Tensor('int32', this.seqlensK, [1]);
     this.feeds[TOTAL_SEQUENCE_LENGTH] = new ort.Tensor('int32', this.totalLength, []);
     this.feeds[LOGITS_START] = new ort.Tensor('int64', this.logitsStart, [1]);
@@ -192,9 +198,37 @@ class GqaSequence implements DecoderSequence {
     this.logitsStart[0] = BigInt(count - rows);
     this.logitsEnd[0] = BigInt(count);
     this.fetches[LOGITS] = logits.tensor;
+    if (this.deviceKv) {
+      const data = await this.runOnDevice();
+      this.kvLength += count;
+      return data;
+    }
     await this.session.run(this.feeds, this.fetches);
     this.kvLength += count;
     return logits.data;
+  }
+
+  /**
+   * GPU forward. The first one uploads the host zeros as `past` once; every forward's `present`
+   * (the past prefix plus the new rows, allocated by ORT on the device) becomes the next `past`, and
+   * the old one is released. WebGPU's attention cannot bind one buffer as both (Dawn refuses a
+   * writable buffer bound twice), hence a new buffer per forward instead of the CPU's in-place
+   * append. With device outputs in play ORT ignores pre-allocated host outputs, so the logits are
+   * read from the result. Only ids go up and logits rows come down; a rejected draft is rolled back
+   * by passing a shorter length, as on the CPU.
+   */
+  private async runOnDevice(): Promise<Float32Array> {
+    const results = await this.session.run(this.feeds);
+    for (const [past, present] of this.kvNames) {
+      const next = results[present];
+      if (next === undefined || next.location !== 'gpu-buffer') {
+        throw new Error(`${present} came back at "${next?.location}", not on the device: the provider did not keep the KV cache`);
+      }
+      const previous = this.feeds[past]!;
+      if (previous.location === 'gpu-buffer') previous.dispose();
+      this.feeds[past] = next;
+    }
+    return results[LOGITS]!.data as Float32Array;
   }
 
   rewind(length: number): void {
@@ -206,6 +240,7 @@ class GqaSequence implements DecoderSequence {
 
   dispose(): void {
     this.disposed = true;
+    for (const [past] of this.kvNames) if (this.feeds[past]?.location === 'gpu-buffer') this.feeds[past].dispose();
     this.idsByLength.clear();
     this.logitsByRows.clear();
   }

@@ -28,7 +28,9 @@ export async function loadDecoderModel(dir: string, options: RuntimeOptions = DE
   if (existsSync(manifestPath)) {
     const manifest = readJsonFile(manifestPath) as unknown as ModelManifest;
     if (manifest.format !== MANIFEST_FORMAT) throw new ModelFormatError(manifestPath, `format "${String(manifest.format)}" is not "${MANIFEST_FORMAT}"`);
-    const session = await createOrtSession(join(dir, manifest.onnxFile), options);
+    // On a GPU the KV cache stays on the device: ORT leaves the present.* outputs there.
+    const deviceKv = options.executionProvider !== 'cpu' ? Array.from({ length: manifest.layers }, (_, l) => [`present.${l}.key`, `present.${l}.value`]).flat() : [];
+    const session = await createOrtSession(join(dir, manifest.onnxFile), options, deviceKv);
     return new GqaDecoderModel(session, manifest, options);
   }
   const configPath = join(dir, 'config.json');

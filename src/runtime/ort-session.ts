@@ -31,7 +31,8 @@ export function checkExecutionProvider(provider: ExecutionProviderName): void {
   }
 }
 
-export async function createOrtSession(path: string, options: RuntimeOptions): Promise<ort.InferenceSession> {
+/** `deviceOutputs`: outputs ORT should leave on the device (GPU providers), e.g. the KV cache. */
+export async function createOrtSession(path: string, options: RuntimeOptions, deviceOutputs: readonly string[] = []): Promise<ort.InferenceSession> {
   if (!existsSync(path)) throw new ModelNotFoundError(path, 'ONNX model file not found');
   const size = statSync(path).size;
   if (size === 0) throw new ModelFormatError(path, 'ONNX model file is empty');
@@ -45,6 +46,7 @@ export async function createOrtSession(path: string, options: RuntimeOptions): P
       ...(options.intraOpThreads > 0 ? { intraOpNumThreads: options.intraOpThreads } : {}),
       interOpNumThreads: 1,
       logSeverityLevel: 3,
+      ...(gpu && deviceOutputs.length > 0 ? { preferredOutputLocation: Object.fromEntries(deviceOutputs.map((n) => [n, 'gpu-buffer' as const])) } : {}),
       // A node the GPU provider cannot run becomes a load error instead of a silent CPU fallback.
       ...(gpu && options.allowCpuFallback !== true ? { extra: { session: { disable_cpu_ep_fallback: '1' } } } : {}),
     });

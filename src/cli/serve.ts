@@ -5,7 +5,7 @@ import { basename, resolve } from 'node:path';
 import { parseServerConfig, SERVE_HELP, wantsHelp } from '../config/server-config.js';
 import { DEFAULT_GRAPH_OPTIONS } from '../convert/llama-graph.js';
 import { InferenceService } from '../engine/inference-service.js';
-import { createWorkerEngine } from '../engine/worker-engine.js';
+import { createEnginePool } from '../engine/engine-pool.js';
 import { createLogger } from '../log.js';
 import { DEFAULT_MODEL, ensureDefaultModel } from '../model/default-model.js';
 import { GenerationTelemetry } from '../telemetry/generation-telemetry.js';
@@ -29,13 +29,19 @@ export async function runServe(argv: readonly string[]): Promise<number> {
     progress.stop();
   }
   const loadStarted = performance.now();
-  // The model runs on a worker thread: this thread stays free for gRPC I/O while it computes.
-  const engine = await createWorkerEngine(modelDir, {
-    executionProvider: config.executionProvider,
-    intraOpThreads: config.intraOpThreads,
-    kvCapacity: config.kvCapacity,
+  // The model runs on worker threads (one per replica): this thread stays free for gRPC I/O.
+  const engine = await createEnginePool(
+    modelDir,
+    { executionProvider: config.executionProvider, intraOpThreads: config.intraOpThreads, kvCapacity: config.kvCapacity },
+    { replicas: config.engineReplicas },
+  );
+  logger.info('model loaded', {
+    modelDir,
+    model: engine.info.name,
+    executionProvider: engine.info.executionProvider,
+    replicas: engine.replicas.length,
+    loadMs: Math.round(performance.now() - loadStarted),
   });
-  logger.info('model loaded', { modelDir, model: engine.info.name, executionProvider: engine.info.executionProvider, loadMs: Math.round(performance.now() - loadStarted) });
   const service = new InferenceService({
     engine,
     modelName: config.modelName ?? (config.modelDir === undefined ? DEFAULT_MODEL.name.toLowerCase() : basename(resolve(config.modelDir))),

@@ -5,6 +5,7 @@
 import { availableParallelism } from 'node:os';
 import { parseArgs } from 'node:util';
 import { MAX_NEW_TOKENS_LIMIT } from '../engine/engine.js';
+import { ENGINE_REPLICAS_LIMIT } from '../engine/engine-pool.js';
 import { AnpdError } from '../errors.js';
 import type { LogLevel } from '../log.js';
 import { EXECUTION_PROVIDERS, type ExecutionProviderName } from '../runtime/types.js';
@@ -36,6 +37,8 @@ export interface ServerConfig {
   readonly executionProvider: ExecutionProviderName;
   /** ONNX Runtime intra-op threads; 0 = one per core. @default 0 */
   readonly intraOpThreads: number;
+  /** Model replicas in this process, each on its own thread and ORT session (threads shared out when 0). @default 1 */
+  readonly engineReplicas: number;
   /** KV positions a sequence may grow to (clamped to the model's context). @default 8192 */
   readonly kvCapacity: number;
   /** SIGTERM: how long in-flight generations may run before connections are cut. @default 30000 */
@@ -77,6 +80,7 @@ export const SERVER_SETTINGS = {
   maxNewTokensLimit: { flag: 'max-new-tokens-limit', env: ['ANPD_MAX_NEW_TOKENS_LIMIT'] },
   executionProvider: { flag: 'execution-provider', env: ['ANPD_EXECUTION_PROVIDER'] },
   intraOpThreads: { flag: 'threads', env: ['ANPD_THREADS'] },
+  engineReplicas: { flag: 'engine-replicas', env: ['ANPD_ENGINE_REPLICAS'] },
   kvCapacity: { flag: 'kv-capacity', env: ['ANPD_KV_CAPACITY'] },
   shutdownGraceMs: { flag: 'shutdown-grace-ms', env: ['ANPD_SHUTDOWN_GRACE_MS'] },
   maxReceiveMessageBytes: { flag: 'max-receive-message-bytes', env: ['ANPD_MAX_RECEIVE_MESSAGE_BYTES'] },
@@ -102,7 +106,9 @@ Options (flag, environment variable, default):
   --max-new-tokens-default N         ANPD_MAX_NEW_TOKENS_DEFAULT     256
   --max-new-tokens-limit N           ANPD_MAX_NEW_TOKENS_LIMIT       4096
   --execution-provider cpu|webgpu|cuda  ANPD_EXECUTION_PROVIDER      cpu
-  --threads N                        ANPD_THREADS                    0 (one per core)
+  --threads N                        ANPD_THREADS                    0 (one per core, shared out among replicas)
+  --engine-replicas N                ANPD_ENGINE_REPLICAS            1 (model copies, each on its own thread
+                                                                     and session; more overlap forwards on a GPU)
   --kv-capacity N                    ANPD_KV_CAPACITY                8192
   --shutdown-grace-ms N              ANPD_SHUTDOWN_GRACE_MS          30000
   --max-receive-message-bytes N      ANPD_MAX_RECEIVE_MESSAGE_BYTES  4194304
@@ -184,6 +190,7 @@ export function parseServerConfig(argv: readonly string[], env: NodeJS.ProcessEn
     maxNewTokensLimit,
     executionProvider: choice('executionProvider', EXECUTION_PROVIDERS, 'cpu'),
     intraOpThreads: int('intraOpThreads', 0, 0, LIMITS.threads),
+    engineReplicas: int('engineReplicas', 1, 1, ENGINE_REPLICAS_LIMIT),
     kvCapacity: int('kvCapacity', 8192, 16, LIMITS.kv),
     shutdownGraceMs: int('shutdownGraceMs', 30_000, 0, LIMITS.graceMs),
     maxReceiveMessageBytes: int('maxReceiveMessageBytes', 4 * 1024 * 1024, 1024, LIMITS.messageBytes),

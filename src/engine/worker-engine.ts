@@ -72,9 +72,9 @@ export class WorkerEngine implements GenerationBackend {
   static async create(
     modelDir: string,
     runtime: RuntimeOptions,
-    options: { calibrate?: boolean; forwardCost?: readonly number[] } = {},
+    options: { calibrate?: boolean; forwardCost?: readonly number[]; tokenizer?: TextTokenizer } = {},
   ): Promise<WorkerEngine> {
-    const tokenizer = loadTokenizer(modelDir);
+    const tokenizer = options.tokenizer ?? loadTokenizer(modelDir);
     const worker = new Worker(new URL('./engine-worker.js', import.meta.url));
     let onMessage: ((message: FromWorker) => void) | undefined;
     let onError: ((error: Error) => void) | undefined;
@@ -185,7 +185,7 @@ export class WorkerEngine implements GenerationBackend {
 export function createWorkerEngine(
   modelDir: string,
   runtime: RuntimeOptions,
-  options: { calibrate?: boolean; forwardCost?: readonly number[] } = {},
+  options: { calibrate?: boolean; forwardCost?: readonly number[]; tokenizer?: TextTokenizer } = {},
 ): Promise<WorkerEngine> {
   return WorkerEngine.create(modelDir, runtime, options);
 }

@@ -1,0 +1,103 @@
+/**
+ * Several model replicas in one process, each a WorkerEngine (its own thread and ORT session), so
+ * forwards of different sequences run at the same time: on a GPU one replica leaves the device
+ * idle while its thread encodes and submits kernels (the 135M model is dispatch-bound), and on a
+ * many-core CPU two half-width sessions can beat one full-width. Runs go to the replica with the
+ * fewest runs in flight; a sequence stays on its replica (its KV cache lives there).
+ */
+import { availableParallelism } from 'node:os';
+import type { ModelInfo, RuntimeOptions } from '../runtime/types.js';
+import type { TextTokenizer } from '../tokenizer/tokenizer.js';
+import type { GenerateRequest, GenerationBackend, GenerationEvent, PreparedGeneration, Prompt } from './engine.js';
+import { WorkerEngine } from './worker-engine.js';
+
+export const ENGINE_REPLICAS_LIMIT = 64;
+
+export class EnginePool implements GenerationBackend {
+  readonly replicas: readonly WorkerEngine[];
+  private readonly inFlight: number[];
+
+  private constructor(replicas: readonly WorkerEngine[]) {
+    this.replicas = replicas;
+    this.inFlight = replicas.map(() => 0);
+  }
+
+  /**
+   * Loads `replicas` copies of the model. The first measures the forward cost (unless given) and the
+   * others reuse its table, so every replica drafts alike and start-up pays one calibration.
+   */
+  static async create(
+    modelDir: string,
+    runtime: RuntimeOptions,
+    options: { replicas?: number; calibrate?: boolean; forwardCost?: readonly number[] } = {},
+  ): Promise<EnginePool> {
+    const count = options.replicas ?? 1;
+    if (!Number.isInteger(count) || count < 1 || count > ENGINE_REPLICAS_LIMIT) {
+      throw new RangeError(`engine replicas must be an integer in [1, ${ENGINE_REPLICAS_LIMIT}], got ${count}`);
+    }
+    // "0 = one thread per core" is shared out, or the replicas' thread pools would fight over cores.
+    const perReplica: RuntimeOptions =
+      runtime.intraOpThreads === 0 && count > 1 ? { ...runtime, intraOpThreads: Math.max(1, Math.floor(availableParallelism() / count)) } : runtime;
+    const first = await WorkerEngine.create(modelDir, perReplica, options);
+    const rest = await Promise.allSettled(
+      Array.from({ length: count - 1 }, () =>
+        WorkerEngine.create(modelDir, perReplica, { calibrate: false, forwardCost: first.forwardCost, tokenizer: first.tokenizer }),
+      ),
+    );
+    const loaded = [first, ...rest.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []))];
+    const failed = rest.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed !== undefined) {
+      await Promise.all(loaded.map((replica) => replica.dispose()));
+      throw failed.reason;
+    }
+    return new EnginePool(loaded);
+  }
+
+  get info(): ModelInfo {
+    return this.replicas[0]!.info;
+  }
+
+  get tokenizer(): TextTokenizer {
+    return this.replicas[0]!.tokenizer;
+  }
+
+  get forwardCost(): readonly number[] {
+    return this.replicas[0]!.forwardCost;
+  }
+
+  /** Runs in flight per replica (for tests and diagnostics). */
+  get runsInFlight(): readonly number[] {
+    return [...this.inFlight];
+  }
+
+  tokenizePrompt(prompt: Prompt): number[] {
+    return this.replicas[0]!.tokenizePrompt(prompt);
+  }
+
+  prepare(request: GenerateRequest): PreparedGeneration {
+    return this.replicas[0]!.prepare(request);
+  }
+
+  async *run(prepared: PreparedGeneration, signal?: AbortSignal): AsyncGenerator<GenerationEvent> {
+    let chosen = 0;
+    for (let i = 1; i < this.inFlight.length; i++) if (this.inFlight[i]! < this.inFlight[chosen]!) chosen = i;
+    this.inFlight[chosen]!++;
+    try {
+      yield* this.replicas[chosen]!.run(prepared, signal);
+    } finally {
+      this.inFlight[chosen]!--;
+    }
+  }
+
+  async dispose(): Promise<void> {
+    await Promise.all(this.replicas.map((replica) => replica.dispose()));
+  }
+}
+
+export function createEnginePool(
+  modelDir: string,
+  runtime: RuntimeOptions,
+  options: { replicas?: number; calibrate?: boolean; forwardCost?: readonly number[] } = {},
+): Promise<EnginePool> {
+  return EnginePool.create(modelDir, runtime, options);
+}

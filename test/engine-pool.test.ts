@@ -1,0 +1,75 @@
+/**
+ * EnginePool: several model replicas (worker threads with their own ORT sessions) behind one
+ * GenerationBackend. Concurrent runs spread over the replicas, every output equals the in-process
+ * engine's, and a cancel on one replica leaves the others' runs alone.
+ */
+import test from 'ava';
+import { CancelledError, type GenerateRequest, type GenerationBackend } from '../src/engine/engine.js';
+import { createEnginePool, type EnginePool } from '../src/engine/engine-pool.js';
+import { defaultEngine, defaultModelDir, TEST_FORWARD_COST } from './support/default-model.js';
+
+async function collect(backend: GenerationBackend, request: GenerateRequest, signal?: AbortSignal, onDelta?: () => void): Promise<number[]> {
+  const tokens: number[] = [];
+  for await (const event of backend.run(backend.prepare(request), signal)) {
+    if (event.type === 'delta') {
+      tokens.push(...event.tokenIds);
+      onDelta?.();
+    }
+  }
+  return tokens;
+}
+
+let pool: EnginePool | undefined;
+test.after.always(async () => {
+  await pool?.dispose();
+});
+
+test.serial('concurrent runs spread over the replicas and each output equals the in-process engine', async (t) => {
+  pool = await createEnginePool(await defaultModelDir(), { executionProvider: 'cpu', intraOpThreads: 1, kvCapacity: 512 }, { replicas: 2, forwardCost: TEST_FORWARD_COST });
+  t.is(pool.replicas.length, 2);
+  t.deepEqual(pool.replicas[1]!.forwardCost, pool.replicas[0]!.forwardCost);
+  const requests: GenerateRequest[] = [
+    { prompt: { kind: 'text', text: 'What is the capital of France?', chat: true }, maxNewTokens: 24 },
+    { prompt: { kind: 'text', text: 'Repeat twice: the quick brown fox.', chat: true }, maxNewTokens: 32 },
+    { prompt: { kind: 'text', text: 'Name three colors.', chat: true }, maxNewTokens: 24 },
+    { prompt: { kind: 'text', text: 'Write a haiku about rain.', chat: true }, maxNewTokens: 24 },
+  ];
+  let peak: readonly number[] = [0, 0];
+  const outputs = await Promise.all(
+    requests.map((r) =>
+      collect(pool!, r, undefined, () => {
+        const now = pool!.runsInFlight;
+        if (now[0]! + now[1]! > peak[0]! + peak[1]!) peak = now;
+      }),
+    ),
+  );
+  t.deepEqual(peak, [2, 2], 'four concurrent runs should sit two per replica');
+  t.deepEqual(pool.runsInFlight, [0, 0]);
+  const direct = await defaultEngine();
+  for (const [i, request] of requests.entries()) t.deepEqual(outputs[i], await collect(direct, request), `request ${i}`);
+});
+
+test.serial('a cancelled run on one replica leaves the other replica’s run to finish', async (t) => {
+  const p = pool!;
+  const controller = new AbortController();
+  const long: GenerateRequest = { prompt: { kind: 'text', text: 'Count: one, two, three,' }, maxNewTokens: 400, ignoreEos: true };
+  const short: GenerateRequest = { prompt: { kind: 'text', text: 'Name three colors.', chat: true }, maxNewTokens: 24 };
+  let deltas = 0;
+  const [cancelled, finished] = await Promise.allSettled([
+    collect(p, long, controller.signal, () => {
+      if (++deltas === 3) controller.abort(new Error('client went away'));
+    }),
+    collect(p, short),
+  ]);
+  t.is(cancelled.status, 'rejected');
+  t.true((cancelled as PromiseRejectedResult).reason instanceof CancelledError);
+  t.is(finished.status, 'fulfilled');
+  t.deepEqual((finished as PromiseFulfilledResult<number[]>).value, await collect(await defaultEngine(), short));
+});
+
+test('the replica count is validated', async (t) => {
+  await t.throwsAsync(createEnginePool(await defaultModelDir(), { executionProvider: 'cpu', intraOpThreads: 1, kvCapacity: 256 }, { replicas: 0 }), {
+    instanceOf: RangeError,
+    message: /engine replicas/,
+  });
+});

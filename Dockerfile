@@ -46,7 +46,7 @@ COPY package.json package-lock.json .npmrc ./
 RUN ONNXRUNTIME_NODE_INSTALL="${ORT_NODE_INSTALL}" npm ci --omit=dev --no-audit --no-fund \
  && npm cache clean --force
 
-FROM ${NODE_IMAGE} AS runtime
+FROM ${NODE_IMAGE} AS runtime-base
 WORKDIR /app
 ENV NODE_ENV=production \
     ANPD_HOST=0.0.0.0 \
@@ -70,3 +70,18 @@ HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["node", "dist/src/cli/main.js"]
 CMD ["serve"]
+
+# The GPU image (deploy/k8s/overlays/gpu): docker build --target runtime-gpu -t anpd-serve:0.1.0-gpu .
+# The WebGPU provider runs over Vulkan: the loader comes from Debian; the NVIDIA container toolkit
+# mounts the driver's Vulkan ICD when the "graphics" capability is asked for (docs/gpu.md).
+FROM runtime-base AS runtime-gpu
+USER 0:0
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libvulkan1 \
+ && rm -rf /var/lib/apt/lists/*
+USER 1000:1000
+ENV NVIDIA_DRIVER_CAPABILITIES=compute,utility,graphics \
+    ANPD_EXECUTION_PROVIDER=webgpu
+
+# The default target: the CPU image.
+FROM runtime-base AS runtime

@@ -72,6 +72,8 @@ async function main(): Promise<void> {
       'max-new-tokens': { type: 'string', default: '128' },
       reps: { type: 'string', default: '20' },
       'skip-decode': { type: 'boolean', default: false },
+      'skip-table': { type: 'boolean', default: false },
+      'draft-max': { type: 'string' },
       out: { type: 'string' },
     },
   });
@@ -83,8 +85,8 @@ async function main(): Promise<void> {
   const log = (line: string) => process.stderr.write(`[${provider}] ${line}\n`);
 
   const loadStarted = performance.now();
-  const table = await forwardTable(values.model, { executionProvider: provider, intraOpThreads: threads, kvCapacity: 1024, ...rowsMin }, Number(values.reps));
-  log(`T-ratio: ${table.map((r) => `T=${r.t} ${r.ms} ms (${r.ratio}×)`).join(', ')} [incl. load ${((performance.now() - loadStarted) / 1000).toFixed(1)} s]`);
+  const table = values['skip-table'] ? [] : await forwardTable(values.model, { executionProvider: provider, intraOpThreads: threads, kvCapacity: 1024, ...rowsMin }, Number(values.reps));
+  if (table.length > 0) log(`T-ratio: ${table.map((r) => `T=${r.t} ${r.ms} ms (${r.ratio}×)`).join(', ')} [incl. load ${((performance.now() - loadStarted) / 1000).toFixed(1)} s]`);
 
   const decode: Record<string, unknown>[] = [];
   let identical = true;
@@ -93,6 +95,7 @@ async function main(): Promise<void> {
     await generateOnce(engine, 'Hello', NO_SPECULATION, 8);
     await generateOnce(engine, 'Hello', DEFAULT_SPECULATION, 8);
     const maxNewTokens = Number(values['max-new-tokens']);
+    const anpd = values['draft-max'] !== undefined ? { ...DEFAULT_SPECULATION, draftTokensMax: Number(values['draft-max']) } : DEFAULT_SPECULATION;
     for (const category of values.categories!.split(',')) {
       const prompts = JSON.parse(readFileSync(join(projectRoot(), 'bench', 'prompts', `${category}.json`), 'utf8')) as { id: string; prompt: string }[];
       const totals = { plain: { tokens: 0, ms: 0 }, anpd: { tokens: 0, ms: 0, rounds: 0, accepted: 0, drafted: 0 } };
@@ -100,7 +103,7 @@ async function main(): Promise<void> {
       for (const [i, p] of prompts.entries()) {
         const order = i % 2 === 0 ? (['plain', 'anpd'] as const) : (['anpd', 'plain'] as const);
         const runs: Record<string, Sample> = {};
-        for (const mode of order) runs[mode] = await generateOnce(engine, p.prompt, mode === 'plain' ? NO_SPECULATION : DEFAULT_SPECULATION, maxNewTokens);
+        for (const mode of order) runs[mode] = await generateOnce(engine, p.prompt, mode === 'plain' ? NO_SPECULATION : anpd, maxNewTokens);
         if (runs['plain']!.tokens.join() !== runs['anpd']!.tokens.join()) {
           identical = false;
           log(`MISMATCH ${p.id}`);
@@ -139,6 +142,7 @@ async function main(): Promise<void> {
     provider,
     threads,
     forwardRowsMin: values['rows-min'] ?? 'default',
+    draftTokensMax: values['draft-max'] !== undefined ? Number(values['draft-max']) : DEFAULT_SPECULATION.draftTokensMax,
     cpu: `${cpus().length} × ${cpus()[0]?.model ?? 'unknown'}`,
     forwardTable: table,
     decode,

@@ -174,9 +174,10 @@ for (const kustomization of ['k8s/base', 'k8s/overlays/gpu'] as const) {
     const preStopS = Number((container['lifecycle']['preStop']['exec']['command'] as string[])[1]);
     t.true(pod['terminationGracePeriodSeconds'] * 1000 >= preStopS * 1000 + config.shutdownGraceMs + 2000 + 5000, 'terminationGracePeriodSeconds must exceed preStop + drain grace');
 
-    // One ORT thread per requested core: node's core count is the node's, not the pod's.
+    // One ORT thread per requested core (threads × replicas): node's core count is the node's, not the pod's.
     const cpu = Number(container['resources']['requests']['cpu']);
-    t.is(config.intraOpThreads, cpu);
+    t.true(data['ANPD_THREADS'] !== undefined && data['ANPD_ENGINE_REPLICAS'] !== undefined, 'threads and replicas must be set explicitly');
+    t.is(config.intraOpThreads * config.engineReplicas, cpu);
     t.deepEqual(container['resources']['requests'], container['resources']['limits'], 'Guaranteed QoS: requests = limits');
     t.true(pod['securityContext']['runAsNonRoot']);
 
@@ -195,6 +196,8 @@ test.serial('the GPU overlay asks for a GPU and scales on queue depth only', (t)
   const container = find(objects, 'Deployment')['spec']['template']['spec']['containers'][0] as Obj;
   t.is(container['resources']['limits']['nvidia.com/gpu'], '1');
   t.regex(container['image'] as string, /-gpu$/);
+  const data = find(objects, 'ConfigMap', 'anpd-serve-config')['data'] as Record<string, string>;
+  t.is(parseServerConfig([], data).executionProvider, 'webgpu');
   const metrics = find(objects, 'HorizontalPodAutoscaler')['spec']['metrics'] as Obj[];
   t.deepEqual(
     metrics.map((m) => m['type']),
@@ -282,7 +285,7 @@ test.serial('Dockerfile: lints clean; stages, user, ports, health check and mode
     .split('\n')
     .filter((l) => l.trim() !== '' && !l.trimStart().startsWith('#'));
   const stages = instructions.filter((l) => l.startsWith('FROM ')).map((l) => / AS (\S+)/i.exec(l)?.[1]);
-  t.deepEqual(stages, ['build', 'model', 'deps', 'runtime']);
+  t.deepEqual(stages, ['build', 'model', 'deps', 'runtime-base', 'runtime-gpu', 'runtime']);
   for (const l of instructions.filter((i) => i.includes('--from='))) {
     t.true(stages.includes(/--from=(\S+)/.exec(l)![1]), l);
   }
@@ -305,6 +308,12 @@ test.serial('Dockerfile: lints clean; stages, user, ports, health check and mode
   const modelMove = / mv "\$dir" (\S+)/.exec(instructions.find((l) => l.includes('fetch-model'))!)![1];
   t.regex(runtime.find((l) => l.includes('ANPD_MODEL_DIR='))!, new RegExp(`ANPD_MODEL_DIR=${modelMove}\\b`));
   t.regex(text, /ARG ORT_NODE_INSTALL=skip/);
+  // The GPU target: the Vulkan loader, back to the non-root user, the WebGPU provider, the graphics capability.
+  const gpu = instructions.slice(instructions.findIndex((l) => / AS runtime-gpu/.test(l)), instructions.findIndex((l) => / AS runtime$/.test(l)));
+  t.true(gpu.some((l) => l.startsWith('RUN ') && l.includes('libvulkan1')));
+  t.is(gpu.filter((l) => l.startsWith('USER ')).at(-1), user === undefined ? undefined : `USER ${user}`);
+  t.regex(gpu.join('\n'), /ANPD_EXECUTION_PROVIDER=webgpu/);
+  t.regex(gpu.join('\n'), /NVIDIA_DRIVER_CAPABILITIES=\S*graphics/);
 });
 
 /** Production dependencies only: what `npm ci --omit=dev` installs in the image. */

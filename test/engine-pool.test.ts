@@ -67,6 +67,24 @@ test.serial('a cancelled run on one replica leaves the other replica’s run to 
   t.deepEqual((finished as PromiseFulfilledResult<number[]>).value, await collect(await defaultEngine(), short));
 });
 
+test.serial('replicas in child processes (how GPU replicas run) give the same outputs and exit on dispose', async (t) => {
+  const processes = await createEnginePool(await defaultModelDir(), { executionProvider: 'cpu', intraOpThreads: 1, kvCapacity: 512 }, {
+    replicas: 2,
+    forwardCost: TEST_FORWARD_COST,
+    isolation: 'process',
+  });
+  try {
+    const request: GenerateRequest = { prompt: { kind: 'text', text: 'Repeat twice: the quick brown fox.', chat: true }, maxNewTokens: 32 };
+    const [a, b] = await Promise.all([collect(processes, request), collect(processes, request)]);
+    const expected = await collect(await defaultEngine(), request);
+    t.deepEqual(a, expected);
+    t.deepEqual(b, expected);
+  } finally {
+    await processes.dispose();
+  }
+  await t.throwsAsync(collect(processes, { prompt: { kind: 'text', text: 'hi' }, maxNewTokens: 2 }), { message: /disposed|exited/ });
+});
+
 test('the replica count is validated', async (t) => {
   await t.throwsAsync(createEnginePool(await defaultModelDir(), { executionProvider: 'cpu', intraOpThreads: 1, kvCapacity: 256 }, { replicas: 0 }), {
     instanceOf: RangeError,

@@ -1,6 +1,6 @@
 import test from 'ava';
 import { availableParallelism } from 'node:os';
-import { ConfigError, parseServerConfig } from '../src/config/server-config.js';
+import { ConfigError, defaultEngineReplicas, parseServerConfig } from '../src/config/server-config.js';
 import { MAX_NEW_TOKENS_LIMIT } from '../src/engine/engine.js';
 
 test('empty argv and environment give the documented defaults', (t) => {
@@ -17,7 +17,7 @@ test('empty argv and environment give the documented defaults', (t) => {
     maxNewTokensLimit: 4096,
     executionProvider: 'cpu',
     intraOpThreads: 0,
-    engineReplicas: 1,
+    engineReplicas: Math.max(1, Math.floor(availableParallelism() / 4)),
     kvCapacity: 8192,
     shutdownGraceMs: 30_000,
     maxReceiveMessageBytes: 4 * 1024 * 1024,
@@ -32,6 +32,15 @@ test('empty argv and environment give the documented defaults', (t) => {
   });
   t.true(config.maxActiveSequences >= 4);
   t.is(config.maxQueuedRequests, 8 * config.maxActiveSequences);
+});
+
+test('engine replicas default to a quarter of the cores on the CPU (at least 1) and 2 on a GPU', (t) => {
+  t.is(defaultEngineReplicas('cpu', 2), 1);
+  t.is(defaultEngineReplicas('cpu', 16), 4);
+  t.is(defaultEngineReplicas('webgpu', 16), 2);
+  t.is(parseServerConfig(['--execution-provider', 'webgpu'], {}).engineReplicas, 2);
+  t.is(parseServerConfig(['--engine-replicas', '3'], {}).engineReplicas, 3);
+  t.throws(() => parseServerConfig(['--engine-replicas', '0'], {}), { message: /--engine-replicas must be an integer in \[1, 64\]/ });
 });
 
 test('the default queue length follows an explicit maxActiveSequences', (t) => {

@@ -1,15 +1,16 @@
 /**
- * Several model replicas in one process, each a WorkerEngine (its own thread and ORT session), so
- * forwards of different sequences run at the same time: on a GPU one replica leaves the device
- * idle while its thread encodes and submits kernels (the 135M model is dispatch-bound), and on a
- * many-core CPU two half-width sessions can beat one full-width. Runs go to the replica with the
- * fewest runs in flight; a sequence stays on its replica (its KV cache lives there).
+ * Several model replicas behind one backend, each a WorkerEngine with its own ORT session (on its
+ * own thread, or on a GPU in its own process), so forwards of different sequences run at the same
+ * time: on a GPU one replica leaves the device idle while its thread encodes and submits kernels
+ * (the 135M model is dispatch-bound), and on a many-core CPU two half-width sessions can beat one
+ * full-width. Runs go to the replica with the fewest runs in flight; a sequence stays on its
+ * replica (its KV cache lives there).
  */
 import { availableParallelism } from 'node:os';
 import type { ModelInfo, RuntimeOptions } from '../runtime/types.js';
 import type { TextTokenizer } from '../tokenizer/tokenizer.js';
 import type { GenerateRequest, GenerationBackend, GenerationEvent, PreparedGeneration, Prompt } from './engine.js';
-import { WorkerEngine } from './worker-engine.js';
+import { type EngineIsolation, WorkerEngine } from './worker-engine.js';
 
 export const ENGINE_REPLICAS_LIMIT = 64;
 
@@ -29,7 +30,7 @@ export class EnginePool implements GenerationBackend {
   static async create(
     modelDir: string,
     runtime: RuntimeOptions,
-    options: { replicas?: number; calibrate?: boolean; forwardCost?: readonly number[] } = {},
+    options: { replicas?: number; calibrate?: boolean; forwardCost?: readonly number[]; isolation?: EngineIsolation } = {},
   ): Promise<EnginePool> {
     const count = options.replicas ?? 1;
     if (!Number.isInteger(count) || count < 1 || count > ENGINE_REPLICAS_LIMIT) {
@@ -38,10 +39,13 @@ export class EnginePool implements GenerationBackend {
     // "0 = one thread per core" is shared out, or the replicas' thread pools would fight over cores.
     const perReplica: RuntimeOptions =
       runtime.intraOpThreads === 0 && count > 1 ? { ...runtime, intraOpThreads: Math.max(1, Math.floor(availableParallelism() / count)) } : runtime;
-    const first = await WorkerEngine.create(modelDir, perReplica, options);
+    // ORT's WebGPU provider keeps one device context per process, and two threads submitting to it
+    // at once corrupt its command encoder (seen on an H200): GPU replicas get a process each.
+    const isolation: EngineIsolation = options.isolation ?? (count > 1 && runtime.executionProvider !== 'cpu' ? 'process' : 'thread');
+    const first = await WorkerEngine.create(modelDir, perReplica, { ...options, isolation });
     const rest = await Promise.allSettled(
       Array.from({ length: count - 1 }, () =>
-        WorkerEngine.create(modelDir, perReplica, { calibrate: false, forwardCost: first.forwardCost, tokenizer: first.tokenizer }),
+        WorkerEngine.create(modelDir, perReplica, { calibrate: false, forwardCost: first.forwardCost, tokenizer: first.tokenizer, isolation }),
       ),
     );
     const loaded = [first, ...rest.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []))];
@@ -97,7 +101,7 @@ export class EnginePool implements GenerationBackend {
 export function createEnginePool(
   modelDir: string,
   runtime: RuntimeOptions,
-  options: { replicas?: number; calibrate?: boolean; forwardCost?: readonly number[] } = {},
+  options: { replicas?: number; calibrate?: boolean; forwardCost?: readonly number[]; isolation?: EngineIsolation } = {},
 ): Promise<EnginePool> {
   return EnginePool.create(modelDir, runtime, options);
 }

@@ -1,7 +1,9 @@
 /**
- * Worker-thread entry: owns an Engine (and so the ONNX Runtime session) and runs generations
+ * Engine worker entry: owns an Engine (and so the ONNX Runtime session) and runs generations
  * for the main thread. ORT's `run` is synchronous; here it blocks only this thread, so the main
  * thread keeps serving I/O (gRPC frames, cancels, health checks) while the model computes.
+ * Runs as a worker thread, or as a child process (same messages over IPC) where ORT state must
+ * not be shared between replicas (the WebGPU provider keeps one device context per process).
  */
 import { parentPort } from 'node:worker_threads';
 import { AnpdError } from '../errors.js';
@@ -15,8 +17,23 @@ interface Run {
   wake: (() => void) | undefined;
 }
 
-const port = parentPort;
-if (port === null) throw new Error('engine-worker.js must run in a worker thread');
+interface Port {
+  postMessage(message: FromWorker): void;
+  on(event: 'message', listener: (message: ToWorker) => void): void;
+  close(): void;
+}
+
+function processPort(): Port | null {
+  if (process.send === undefined) return null;
+  return {
+    postMessage: (message) => process.send!(message),
+    on: (event, listener) => process.on(event, listener as (message: unknown) => void),
+    close: () => process.disconnect(),
+  };
+}
+
+const port: Port | null = parentPort ?? processPort();
+if (port === null) throw new Error('engine-worker.js must run in a worker thread or a forked child process');
 
 let engine: Engine | undefined;
 const runs = new Map<number, Run>();

@@ -3,6 +3,8 @@
  * validation happen here, on the calling thread, with the same tokenizer files, so bad requests
  * never reach the worker; the worker runs the very same Engine code, so outputs are identical.
  */
+import { type ChildProcess, fork } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { AnpdError, type ErrorCode } from '../errors.js';
 import type { ModelInfo, RuntimeOptions } from '../runtime/types.js';
@@ -20,6 +22,58 @@ import {
 import type { FromWorker, SerializedError, ToWorker } from './worker-protocol.js';
 
 type RunMessage = Extract<FromWorker, { id: number }>;
+
+/** Where an engine worker runs: a thread of this process, or a child process of its own. */
+export type EngineIsolation = 'thread' | 'process';
+
+/** What WorkerEngine needs of a worker thread or child process. */
+interface EngineHost {
+  postMessage(message: ToWorker): void;
+  on(event: 'message', listener: (message: FromWorker) => void): void;
+  on(event: 'error', listener: (error: Error) => void): void;
+  on(event: 'exit', listener: (code: number) => void): void;
+  off(event: 'message' | 'error' | 'exit', listener: (...args: never[]) => void): void;
+  ref(): void;
+  unref(): void;
+  terminate(): Promise<unknown>;
+}
+
+function childProcessHost(child: ChildProcess): EngineHost {
+  const host = {
+    postMessage: (message: ToWorker) => {
+      if (child.connected) child.send(message);
+    },
+    on: (event: string, listener: (...args: never[]) => void) => {
+      child.on(event, listener as (...args: unknown[]) => void);
+    },
+    off: (event: string, listener: (...args: never[]) => void) => {
+      child.off(event, listener as (...args: unknown[]) => void);
+    },
+    // The IPC channel holds the event loop open on its own: (un)ref both.
+    ref: () => {
+      child.ref();
+      child.channel?.ref();
+    },
+    unref: () => {
+      child.unref();
+      child.channel?.unref();
+    },
+    terminate: () =>
+      new Promise<void>((resolve) => {
+        if (child.exitCode !== null || child.signalCode !== null) return resolve();
+        child.once('exit', () => resolve());
+        child.kill('SIGKILL');
+      }),
+  };
+  return host as EngineHost;
+}
+
+function startHost(isolation: EngineIsolation): EngineHost {
+  const entry = new URL('./engine-worker.js', import.meta.url);
+  if (isolation === 'thread') return new Worker(entry) as unknown as EngineHost;
+  // 'advanced' serialization = structured clone, as between threads.
+  return childProcessHost(fork(fileURLToPath(entry), [], { serialization: 'advanced', execArgv: [], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] }));
+}
 
 interface PendingRun {
   push(message: RunMessage): void;
@@ -47,12 +101,12 @@ export class WorkerEngine implements GenerationBackend {
   readonly tokenizer: TextTokenizer;
   /** The worker's forward-cost table (index T), e.g. to give an in-process engine the same one. */
   readonly forwardCost: readonly number[];
-  private readonly worker: Worker;
+  private readonly worker: EngineHost;
   private readonly runs = new Map<number, PendingRun>();
   private nextId = 1;
   private failure: Error | undefined;
 
-  private constructor(worker: Worker, info: ModelInfo, tokenizer: TextTokenizer, forwardCost: readonly number[]) {
+  private constructor(worker: EngineHost, info: ModelInfo, tokenizer: TextTokenizer, forwardCost: readonly number[]) {
     this.worker = worker;
     this.info = info;
     this.tokenizer = tokenizer;
@@ -72,10 +126,10 @@ export class WorkerEngine implements GenerationBackend {
   static async create(
     modelDir: string,
     runtime: RuntimeOptions,
-    options: { calibrate?: boolean; forwardCost?: readonly number[]; tokenizer?: TextTokenizer } = {},
+    options: { calibrate?: boolean; forwardCost?: readonly number[]; tokenizer?: TextTokenizer; isolation?: EngineIsolation } = {},
   ): Promise<WorkerEngine> {
     const tokenizer = options.tokenizer ?? loadTokenizer(modelDir);
-    const worker = new Worker(new URL('./engine-worker.js', import.meta.url));
+    const worker = startHost(options.isolation ?? 'thread');
     let onMessage: ((message: FromWorker) => void) | undefined;
     let onError: ((error: Error) => void) | undefined;
     let onExit: ((code: number) => void) | undefined;
@@ -173,7 +227,7 @@ export class WorkerEngine implements GenerationBackend {
       this.worker.on('message', (message: FromWorker) => {
         if (message.type === 'disposed') resolve();
       });
-      this.worker.once('exit', () => resolve());
+      this.worker.on('exit', () => resolve());
     });
     this.post({ type: 'dispose' });
     await disposed;

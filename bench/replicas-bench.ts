@@ -1,0 +1,128 @@
+/**
+ * Concurrent sequences on one device: aggregate decode tok/s for S streams in flight over R model
+ * replicas (EnginePool: one worker thread and ORT session each), speculation off and on, with every
+ * output checked against the same prompt's single-stream plain greedy output.
+ *   node dist/bench/replicas-bench.js --execution-provider webgpu --model DIR --replicas 1,2,4 --streams 1,4,16 --out r.json
+ */
+import { readFileSync, writeFileSync } from 'node:fs';
+import { cpus } from 'node:os';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { createEnginePool, type EnginePool } from '../src/engine/engine-pool.js';
+import { DEFAULT_SPECULATION, type GenerateRequest, type GenerationFinal, NO_SPECULATION, type SpeculationOptions } from '../src/engine/engine.js';
+import { projectRoot } from '../src/model/default-model.js';
+import { EXECUTION_PROVIDERS, type ExecutionProviderName } from '../src/runtime/types.js';
+
+interface Outcome {
+  tokens: number[];
+  final: GenerationFinal;
+}
+
+async function generate(pool: EnginePool, prompt: string, speculation: SpeculationOptions, maxNewTokens: number): Promise<Outcome> {
+  const request: GenerateRequest = { prompt: { kind: 'text', text: prompt, chat: true }, maxNewTokens, speculation };
+  const tokens: number[] = [];
+  let final: GenerationFinal | undefined;
+  for await (const e of pool.run(pool.prepare(request))) {
+    if (e.type === 'delta') tokens.push(...e.tokenIds);
+    else final = e;
+  }
+  return { tokens, final: final! };
+}
+
+function percentile(xs: readonly number[], q: number): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor(q * s.length))]!;
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    options: {
+      'execution-provider': { type: 'string', default: 'cpu' },
+      model: { type: 'string' },
+      threads: { type: 'string', default: '0' },
+      replicas: { type: 'string', default: '1,2' },
+      streams: { type: 'string', default: '1,4' },
+      category: { type: 'string', default: 'code-editing' },
+      'max-new-tokens': { type: 'string', default: '96' },
+      'draft-max': { type: 'string' },
+      out: { type: 'string' },
+    },
+  });
+  const provider = values['execution-provider'] as ExecutionProviderName;
+  if (!EXECUTION_PROVIDERS.includes(provider)) throw new Error(`--execution-provider must be one of ${EXECUTION_PROVIDERS.join(', ')}`);
+  if (values.model === undefined) throw new Error('--model DIR (a converted model directory) is required');
+  const log = (line: string) => process.stderr.write(`[replicas ${provider}] ${line}\n`);
+  const maxNewTokens = Number(values['max-new-tokens']);
+  const anpd: SpeculationOptions = values['draft-max'] !== undefined ? { ...DEFAULT_SPECULATION, draftTokensMax: Number(values['draft-max']) } : DEFAULT_SPECULATION;
+  const prompts = (JSON.parse(readFileSync(join(projectRoot(), 'bench', 'prompts', `${values.category}.json`), 'utf8')) as { prompt: string }[]).map((p) => p.prompt);
+  const streamCounts = values.streams!.split(',').map(Number);
+  const rows: Record<string, unknown>[] = [];
+  const reference = new Map<number, string>();
+  let mismatches = 0;
+  let forwardCost: readonly number[] | undefined;
+  for (const replicas of values.replicas!.split(',').map(Number)) {
+    const started = performance.now();
+    const pool = await createEnginePool(values.model, { executionProvider: provider, intraOpThreads: Number(values.threads), kvCapacity: 1024 }, forwardCost === undefined ? { replicas } : { replicas, forwardCost });
+    forwardCost ??= pool.forwardCost;
+    log(`${replicas} replica(s) loaded in ${((performance.now() - started) / 1000).toFixed(1)} s`);
+    for (let r = 0; r < replicas; r++) await generate(pool, 'Hello', anpd, 4); // warm every replica (least-loaded picks in turn)
+    await Promise.all(Array.from({ length: replicas }, () => generate(pool, 'Hello', NO_SPECULATION, 4)));
+    for (const streams of streamCounts) {
+      for (const [mode, speculation] of [['plain', NO_SPECULATION], ['anpd', anpd]] as const) {
+        // `streams` workers each take prompts in turn until 2 × streams generations (at least the prompt set) are done.
+        const total = Math.max(prompts.length, 2 * streams);
+        let next = 0;
+        let tokens = 0;
+        const tpot: number[] = [];
+        const ttft: number[] = [];
+        const t0 = performance.now();
+        await Promise.all(
+          Array.from({ length: streams }, async () => {
+            while (next < total) {
+              const i = next++ % prompts.length;
+              const out = await generate(pool, prompts[i]!, speculation, maxNewTokens);
+              tokens += out.tokens.length;
+              ttft.push(out.final.firstTokenMs);
+              tpot.push((out.final.totalMs - out.final.firstTokenMs) / Math.max(1, out.tokens.length - 1));
+              const key = out.tokens.join(',');
+              if (!reference.has(i)) reference.set(i, key);
+              else if (reference.get(i) !== key) {
+                mismatches++;
+                log(`MISMATCH prompt ${i} (${mode}, ${streams} streams, ${replicas} replicas)`);
+              }
+            }
+          }),
+        );
+        const seconds = (performance.now() - t0) / 1000;
+        const row = {
+          replicas,
+          streams,
+          mode,
+          generations: total,
+          aggregateTokPerS: +(tokens / seconds).toFixed(1),
+          ttftMsP50: +percentile(ttft, 0.5).toFixed(1),
+          ttftMsP99: +percentile(ttft, 0.99).toFixed(1),
+          tpotMsP50: +percentile(tpot, 0.5).toFixed(2),
+          tpotMsP99: +percentile(tpot, 0.99).toFixed(2),
+        };
+        rows.push(row);
+        log(JSON.stringify(row));
+      }
+    }
+    await pool.dispose();
+  }
+  const report = {
+    date: new Date().toISOString(),
+    provider,
+    cpu: `${cpus().length} × ${cpus()[0]?.model ?? 'unknown'}`,
+    category: values.category,
+    maxNewTokens,
+    draftTokensMax: anpd.draftTokensMax,
+    rows,
+    outputsIdentical: mismatches === 0,
+  };
+  process.stdout.write(`${JSON.stringify(report)}\n`);
+  if (values.out !== undefined) writeFileSync(values.out, `${JSON.stringify(report, null, 2)}\n`);
+}
+
+await main();

@@ -4,6 +4,7 @@
  * engine's, and a cancel on one replica leaves the others' runs alone.
  */
 import test from 'ava';
+import { execFileSync } from 'node:child_process';
 import { CancelledError, type GenerateRequest, type GenerationBackend } from '../src/engine/engine.js';
 import { createEnginePool, type EnginePool } from '../src/engine/engine-pool.js';
 import { defaultEngine, defaultModelDir, TEST_FORWARD_COST } from './support/default-model.js';
@@ -67,7 +68,7 @@ test.serial('a cancelled run on one replica leaves the other replica’s run to 
   t.deepEqual((finished as PromiseFulfilledResult<number[]>).value, await collect(await defaultEngine(), short));
 });
 
-test.serial('replicas in child processes (how GPU replicas run) give the same outputs and exit on dispose', async (t) => {
+test.serial('replicas in child processes (how GPU replicas run) give the same outputs, survive a replica dying, and exit on dispose', async (t) => {
   const processes = await createEnginePool(await defaultModelDir(), { executionProvider: 'cpu', intraOpThreads: 1, kvCapacity: 512 }, {
     replicas: 2,
     forwardCost: TEST_FORWARD_COST,
@@ -79,6 +80,16 @@ test.serial('replicas in child processes (how GPU replicas run) give the same ou
     const expected = await collect(await defaultEngine(), request);
     t.deepEqual(a, expected);
     t.deepEqual(b, expected);
+    // A replica process dies (OOM killer, driver fault): later runs go to the live one.
+    const children = execFileSync('ps', ['--ppid', String(process.pid), '-o', 'pid=,args='], { encoding: 'utf8' })
+      .split('\n')
+      .filter((l) => l.includes('engine-worker.js'))
+      .map((l) => Number(l.trim().split(/\s+/)[0]));
+    t.is(children.length, 2);
+    process.kill(children[0]!, 'SIGKILL');
+    while (processes.replicas.every((r) => r.alive)) await new Promise((resolve) => setTimeout(resolve, 20));
+    const after = await Promise.all([collect(processes, request), collect(processes, request), collect(processes, request)]);
+    for (const tokens of after) t.deepEqual(tokens, expected);
   } finally {
     await processes.dispose();
   }

@@ -83,8 +83,12 @@ export class EnginePool implements GenerationBackend {
   }
 
   async *run(prepared: PreparedGeneration, signal?: AbortSignal): AsyncGenerator<GenerationEvent> {
-    let chosen = 0;
-    for (let i = 1; i < this.inFlight.length; i++) if (this.inFlight[i]! < this.inFlight[chosen]!) chosen = i;
+    // A dead replica fails its runs at once, so "fewest in flight" would pick it every time: skip it.
+    let chosen = -1;
+    for (let i = 0; i < this.inFlight.length; i++) {
+      if (this.replicas[i]!.alive && (chosen === -1 || this.inFlight[i]! < this.inFlight[chosen]!)) chosen = i;
+    }
+    if (chosen === -1) chosen = 0; // none alive: its run reports why
     this.inFlight[chosen]!++;
     try {
       yield* this.replicas[chosen]!.run(prepared, signal);

@@ -157,6 +157,11 @@ export class WorkerEngine implements GenerationBackend {
     return new WorkerEngine(worker, ready.info, tokenizer, ready.forwardCost);
   }
 
+  /** False once the worker has died or been disposed: every run would fail. */
+  get alive(): boolean {
+    return this.failure === undefined;
+  }
+
   tokenizePrompt(prompt: Prompt): number[] {
     return tokenizePrompt(this.tokenizer, this.info, prompt);
   }

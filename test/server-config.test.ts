@@ -18,6 +18,8 @@ test('empty argv and environment give the documented defaults', (t) => {
     executionProvider: 'cpu',
     intraOpThreads: 0,
     engineReplicas: Math.max(1, Math.floor(availableParallelism() / 4)),
+    batchSlots: 0,
+    batchModelDir: undefined,
     kvCapacity: 8192,
     shutdownGraceMs: 30_000,
     maxReceiveMessageBytes: 4 * 1024 * 1024,
@@ -43,6 +45,13 @@ test('engine replicas default to a quarter of the cores on the CPU (at least 1) 
   t.throws(() => parseServerConfig(['--engine-replicas', '0'], {}), { message: /--engine-replicas must be an integer in \[1, 64\]/ });
 });
 
+test('batched forwards: 0 or K ≥ 2 slots, CPU only, --batch-model only with --model', (t) => {
+  t.is(parseServerConfig(['--batch-slots', '4'], {}).batchSlots, 4);
+  t.throws(() => parseServerConfig(['--batch-slots', '1'], {}), { message: /--batch-slots must be 0 \(off\) or at least 2/ });
+  t.throws(() => parseServerConfig(['--batch-slots', '4', '--execution-provider', 'webgpu'], {}), { message: /cpu provider only/ });
+  t.throws(() => parseServerConfig(['--batch-model', '/m'], {}), { message: /--batch-model goes with --model/ });
+});
+
 test('the default queue length follows an explicit maxActiveSequences', (t) => {
   t.is(parseServerConfig(['--max-active-sequences', '3'], {}).maxQueuedRequests, 24);
   t.is(parseServerConfig([], { ANPD_MAX_ACTIVE_SEQUENCES: '5' }).maxQueuedRequests, 40);
@@ -62,6 +71,8 @@ test('environment variables are read', (t) => {
     ANPD_EXECUTION_PROVIDER: 'cpu',
     ANPD_THREADS: '3',
     ANPD_ENGINE_REPLICAS: '2',
+    ANPD_BATCH_SLOTS: '4',
+    ANPD_BATCH_MODEL_DIR: '/models/x-slots4',
     ANPD_KV_CAPACITY: '1024',
     ANPD_SHUTDOWN_GRACE_MS: '500',
     ANPD_MAX_RECEIVE_MESSAGE_BYTES: '2048',
@@ -86,6 +97,8 @@ test('environment variables are read', (t) => {
     executionProvider: 'cpu',
     intraOpThreads: 3,
     engineReplicas: 2,
+    batchSlots: 4,
+    batchModelDir: '/models/x-slots4',
     kvCapacity: 1024,
     shutdownGraceMs: 500,
     maxReceiveMessageBytes: 2048,

@@ -55,18 +55,21 @@ generate options:
 convert options:
   --weights nbits|f32       4-bit MatMulNBits (default) or dequantized float32 MatMul
   --norms fused|plain       fused (Skip)SimplifiedLayerNormalization (default) or plain ops
+  --slots K                 a K-slot batch graph (K sequences per forward) for anpd serve --batch-model
 
 Environment:
   ANPD_CACHE_DIR            where downloads and converted models go (default: .cache/ in the project)
   ANPD_PYTHON               Python used for pip download (default: python3)
 `;
 
-function graphOptions(values: { weights?: string | undefined; norms?: string | undefined }): GraphOptions {
+function graphOptions(values: { weights?: string | undefined; norms?: string | undefined; slots?: string | undefined }): GraphOptions {
   const weights = values.weights ?? DEFAULT_GRAPH_OPTIONS.weights;
   const norms = values.norms ?? DEFAULT_GRAPH_OPTIONS.norms;
   if (weights !== 'nbits' && weights !== 'f32') throw new AnpdError('INVALID_REQUEST', `--weights must be nbits or f32, got ${weights}`);
   if (norms !== 'fused' && norms !== 'plain') throw new AnpdError('INVALID_REQUEST', `--norms must be fused or plain, got ${norms}`);
-  return { ...DEFAULT_GRAPH_OPTIONS, weights, norms };
+  const slots = Number(values.slots ?? 0);
+  if (!Number.isInteger(slots) || slots < 0 || slots > 64 || slots === 1) throw new AnpdError('INVALID_REQUEST', `--slots must be 0 or an integer in [2, 64], got ${values.slots}`);
+  return { ...DEFAULT_GRAPH_OPTIONS, weights, norms, ...(slots > 0 ? { slots } : {}) };
 }
 
 function oneOf<T extends string>(value: string | undefined, name: string, allowed: readonly T[], fallback: T): T {
@@ -114,6 +117,7 @@ async function main(argv: string[]): Promise<number> {
       stats: { type: 'boolean' },
       weights: { type: 'string' },
       norms: { type: 'string' },
+      slots: { type: 'string' },
     },
   });
   const [command, ...rest] = positionals;

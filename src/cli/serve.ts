@@ -23,16 +23,23 @@ export async function runServe(argv: readonly string[]): Promise<number> {
   // Before the server exists, so every span and metric has a provider to go to.
   const telemetry = startTelemetry({ serviceName: 'anpd-serve', metricsPort: config.metricsPort, metricsHost: config.metricsHost }, logger);
   let modelDir = config.modelDir;
+  let batchModelDir = config.batchModelDir;
   if (modelDir === undefined) {
     const progress = createProgressReporter();
     modelDir = await ensureDefaultModel(DEFAULT_GRAPH_OPTIONS, progress);
+    if (config.batchSlots > 0) batchModelDir = await ensureDefaultModel({ ...DEFAULT_GRAPH_OPTIONS, slots: config.batchSlots }, progress);
     progress.stop();
   }
   const loadStarted = performance.now();
   // The model runs on worker threads (one per replica): this thread stays free for gRPC I/O.
   const engine = await createEnginePool(
     modelDir,
-    { executionProvider: config.executionProvider, intraOpThreads: config.intraOpThreads, kvCapacity: config.kvCapacity },
+    {
+      executionProvider: config.executionProvider,
+      intraOpThreads: config.intraOpThreads,
+      kvCapacity: config.kvCapacity,
+      ...(batchModelDir !== undefined ? { batchModelDir } : {}),
+    },
     { replicas: config.engineReplicas },
   );
   logger.info('model loaded', {
@@ -40,6 +47,7 @@ export async function runServe(argv: readonly string[]): Promise<number> {
     model: engine.info.name,
     executionProvider: engine.info.executionProvider,
     replicas: engine.replicas.length,
+    batchModelDir,
     loadMs: Math.round(performance.now() - loadStarted),
   });
   const service = new InferenceService({

@@ -42,6 +42,13 @@ export interface ServerConfig {
    * threads are shared out when 0. @default cpu: max(1, cores / 4); GPU: 2
    */
   readonly engineReplicas: number;
+  /**
+   * Sequences per batched forward (CPU): the default model's K-slot graph is converted on first use;
+   * with --model, give --batch-model. 0 = every sequence runs its own forwards. @default 0
+   */
+  readonly batchSlots: number;
+  /** A K-slot batch graph of --model's weights (anpd convert --slots K). @default none */
+  readonly batchModelDir: string | undefined;
   /** KV positions a sequence may grow to (clamped to the model's context). @default 8192 */
   readonly kvCapacity: number;
   /** SIGTERM: how long in-flight generations may run before connections are cut. @default 30000 */
@@ -84,6 +91,8 @@ export const SERVER_SETTINGS = {
   executionProvider: { flag: 'execution-provider', env: ['ANPD_EXECUTION_PROVIDER'] },
   intraOpThreads: { flag: 'threads', env: ['ANPD_THREADS'] },
   engineReplicas: { flag: 'engine-replicas', env: ['ANPD_ENGINE_REPLICAS'] },
+  batchSlots: { flag: 'batch-slots', env: ['ANPD_BATCH_SLOTS'] },
+  batchModelDir: { flag: 'batch-model', env: ['ANPD_BATCH_MODEL_DIR'] },
   kvCapacity: { flag: 'kv-capacity', env: ['ANPD_KV_CAPACITY'] },
   shutdownGraceMs: { flag: 'shutdown-grace-ms', env: ['ANPD_SHUTDOWN_GRACE_MS'] },
   maxReceiveMessageBytes: { flag: 'max-receive-message-bytes', env: ['ANPD_MAX_RECEIVE_MESSAGE_BYTES'] },
@@ -112,6 +121,8 @@ Options (flag, environment variable, default):
   --threads N                        ANPD_THREADS                    0 (one per core, shared out among replicas)
   --engine-replicas N                ANPD_ENGINE_REPLICAS            cpu: max(1, cores / 4); GPU: 2 (model copies,
                                                                      each with its own session and thread/process)
+  --batch-slots K                    ANPD_BATCH_SLOTS                0 (off; K sequences per forward, CPU)
+  --batch-model DIR                  ANPD_BATCH_MODEL_DIR            the K-slot graph of --model's weights
   --kv-capacity N                    ANPD_KV_CAPACITY                8192
   --shutdown-grace-ms N              ANPD_SHUTDOWN_GRACE_MS          30000
   --max-receive-message-bytes N      ANPD_MAX_RECEIVE_MESSAGE_BYTES  4194304
@@ -189,6 +200,14 @@ export function parseServerConfig(argv: readonly string[], env: NodeJS.ProcessEn
   };
 
   const executionProvider = choice('executionProvider', EXECUTION_PROVIDERS, 'cpu');
+  const batchSlots = int('batchSlots', 0, 0, 64);
+  if (batchSlots === 1) throw new ConfigError(`${raw('batchSlots')!.source} must be 0 (off) or at least 2`);
+  if ((batchSlots > 0 || raw('batchModelDir') !== undefined) && executionProvider !== 'cpu') {
+    throw new ConfigError(`batched forwards (--batch-slots / --batch-model) run on the cpu provider only, not ${executionProvider}`);
+  }
+  if (raw('batchModelDir') !== undefined && raw('modelDir') === undefined) {
+    throw new ConfigError('--batch-model goes with --model (for the default model, --batch-slots K converts its batch graph)');
+  }
   const maxActiveSequences = int('maxActiveSequences', Math.max(4, 2 * availableParallelism()), 1, LIMITS.sequences);
   const maxNewTokensLimit = int('maxNewTokensLimit', 4096, 1, MAX_NEW_TOKENS_LIMIT);
   const maxNewTokensDefault = int('maxNewTokensDefault', Math.min(256, maxNewTokensLimit), 1, maxNewTokensLimit);
@@ -204,6 +223,8 @@ export function parseServerConfig(argv: readonly string[], env: NodeJS.ProcessEn
     executionProvider,
     intraOpThreads: int('intraOpThreads', 0, 0, LIMITS.threads),
     engineReplicas: int('engineReplicas', defaultEngineReplicas(executionProvider), 1, ENGINE_REPLICAS_LIMIT),
+    batchSlots,
+    batchModelDir: raw('batchModelDir')?.value,
     kvCapacity: int('kvCapacity', 8192, 16, LIMITS.kv),
     shutdownGraceMs: int('shutdownGraceMs', 30_000, 0, LIMITS.graceMs),
     maxReceiveMessageBytes: int('maxReceiveMessageBytes', 4 * 1024 * 1024, 1024, LIMITS.messageBytes),

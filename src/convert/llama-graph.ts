@@ -39,6 +39,14 @@ export interface GraphOptions {
   readonly norms: 'fused' | 'plain';
   /** accuracy_level for MatMulNBits (4 = int8 compute, the fast path on CPU). */
   readonly accuracyLevel: number;
+  /**
+   * 0: one sequence per forward. K > 0: K sequence slots per forward — their new tokens are
+   * concatenated along the token axis (the projections and MLP run once over all of them), split
+   * per slot for attention (one GroupQueryAttention per slot on that sequence's own KV, exactly as
+   * in the single-sequence graph), and joined again. Rows are independent in every other op, so a
+   * sequence's logits do not depend on what shares its forward.
+   */
+  readonly slots?: number;
 }
 
 export const DEFAULT_GRAPH_OPTIONS: GraphOptions = { weights: 'nbits', norms: 'fused', accuracyLevel: 4 };
@@ -83,6 +91,22 @@ export const IO = {
   pastValue: (layer: number) => `past_key_values.${layer}.value`,
   presentKey: (layer: number) => `present.${layer}.key`,
   presentValue: (layer: number) => `present.${layer}.value`,
+} as const;
+
+/** Inputs and outputs of the K-slot graph (GraphOptions.slots); slot s's KV is its own tensors. */
+export const SLOT_IO = {
+  inputIds: 'input_ids',
+  /** [K] int64: new tokens of each slot, in slot order (their sum is input_ids' length). */
+  slotTokens: 'slot_tokens',
+  /** [R] int64: which rows of input_ids go through the LM head (logits come back in that order). */
+  logitsIndex: 'logits_index',
+  logits: 'logits',
+  seqlensK: (slot: number) => `seqlens_k.${slot}`,
+  totalSequenceLength: (slot: number) => `total_sequence_length.${slot}`,
+  pastKey: (slot: number, layer: number) => `past_key_values.${slot}.${layer}.key`,
+  pastValue: (slot: number, layer: number) => `past_key_values.${slot}.${layer}.value`,
+  presentKey: (slot: number, layer: number) => `present.${slot}.${layer}.key`,
+  presentValue: (slot: number, layer: number) => `present.${slot}.${layer}.value`,
 } as const;
 
 function f32Bytes(a: Float32Array): Uint8Array {
@@ -168,6 +192,8 @@ export type ProgressFn = (done: number, total: number) => void;
 export function buildLlamaGraph(file: GgufFile, options: GraphOptions = DEFAULT_GRAPH_OPTIONS, progress?: ProgressFn): BuiltGraph {
   const hp = readHyperParams(file);
   const g = new GraphBuilder();
+  const slots = options.slots ?? 0;
+  if (!Number.isInteger(slots) || slots < 0 || slots > 64) throw new RangeError(`slots must be an integer in [0, 64], got ${slots}`);
   const tensor = (name: string): GgufTensorInfo => {
     const t = file.tensors.get(name);
     if (t === undefined) throw new ModelFormatError(file.path, `tensor ${name} is missing (architecture ${hp.architecture})`);
@@ -284,14 +310,32 @@ export function buildLlamaGraph(file: GgufFile, options: GraphOptions = DEFAULT_
       }
       qkv = g.one('Add', [qkv, g.f32(`${p}.attn_qkv.bias`, [all.length], all)]);
     }
-    const attn = g.fresh('attn');
-    g.node(
-      'GroupQueryAttention',
-      [qkv, '', '', IO.pastKey(l), IO.pastValue(l), IO.seqlensK, IO.totalSequenceLength, cosCache, sinCache],
-      [attn, IO.presentKey(l), IO.presentValue(l)],
-      { num_heads: hp.heads, kv_num_heads: hp.kvHeads, do_rotary: 1, rotary_interleaved: hp.ropeInterleaved ? 1 : 0 },
-      'com.microsoft',
-    );
+    const gqaAttributes = { num_heads: hp.heads, kv_num_heads: hp.kvHeads, do_rotary: 1, rotary_interleaved: hp.ropeInterleaved ? 1 : 0 };
+    let attn = g.fresh('attn');
+    if (slots === 0) {
+      g.node(
+        'GroupQueryAttention',
+        [qkv, '', '', IO.pastKey(l), IO.pastValue(l), IO.seqlensK, IO.totalSequenceLength, cosCache, sinCache],
+        [attn, IO.presentKey(l), IO.presentValue(l)],
+        gqaAttributes,
+        'com.microsoft',
+      );
+    } else {
+      const perSlot = Array.from({ length: slots }, () => g.fresh('qkv_slot'));
+      g.node('Split', [qkv, SLOT_IO.slotTokens], perSlot, { axis: 1 });
+      const attns = perSlot.map((q, s) => {
+        const out = g.fresh('attn_slot');
+        g.node(
+          'GroupQueryAttention',
+          [q, '', '', SLOT_IO.pastKey(s, l), SLOT_IO.pastValue(s, l), SLOT_IO.seqlensK(s), SLOT_IO.totalSequenceLength(s), cosCache, sinCache],
+          [out, SLOT_IO.presentKey(s, l), SLOT_IO.presentValue(s, l)],
+          gqaAttributes,
+          'com.microsoft',
+        );
+        return out;
+      });
+      attn = g.one('Concat', attns, { axis: 1 });
+    }
     const o = linear(attn, `${p}.attn_output`, options.weights === 'f32' ? tensor(`${p}.attn_output.weight`) : quant(tensor(`${p}.attn_output.weight`)));
     const [ffnIn, res1] = skipNorm(o, residual, vector(`${p}.ffn_norm.weight`));
     const gateUp = fusedLinear(ffnIn, `${p}.ffn_gate_up`, [`${p}.ffn_gate.weight`, `${p}.ffn_up.weight`]);
@@ -307,7 +351,8 @@ export function buildLlamaGraph(file: GgufFile, options: GraphOptions = DEFAULT_
 
   // Only the requested rows go through the LM head: prefill needs one, a padded decode step one
   // (the pad row is skipped), verification all of them.
-  const kept = g.one('Slice', [normed, IO.logitsStart, IO.logitsEnd, g.i64('slice.axis', [1])]);
+  const kept =
+    slots === 0 ? g.one('Slice', [normed, IO.logitsStart, IO.logitsEnd, g.i64('slice.axis', [1])]) : g.one('Gather', [normed, SLOT_IO.logitsIndex], { axis: 1 });
   const headTensor = optionalTensor('output.weight') ?? embd;
   const head = options.weights === 'f32' ? headTensor : quant(headTensor);
   const logits = linear(kept, 'lm_head', head);
@@ -315,6 +360,23 @@ export function buildLlamaGraph(file: GgufFile, options: GraphOptions = DEFAULT_
   progress?.(totalSteps, totalSteps);
 
   const kvShape = [1, hp.kvHeads, kvCapacityDim, hp.headDim];
+  if (slots > 0) {
+    const slotInputs: ValueInfo[] = [
+      { name: SLOT_IO.inputIds, type: OnnxDataType.INT64, shape: [1, 'tokens'] },
+      { name: SLOT_IO.slotTokens, type: OnnxDataType.INT64, shape: [slots] },
+      { name: SLOT_IO.logitsIndex, type: OnnxDataType.INT64, shape: ['logits_rows'] },
+    ];
+    const slotOutputs: ValueInfo[] = [{ name: SLOT_IO.logits, type: OnnxDataType.FLOAT, shape: [1, 'logits_rows', hp.vocab] }];
+    for (let s = 0; s < slots; s++) {
+      const kv = [1, hp.kvHeads, `kv_capacity_${s}`, hp.headDim];
+      slotInputs.push({ name: SLOT_IO.seqlensK(s), type: OnnxDataType.INT32, shape: [1] }, { name: SLOT_IO.totalSequenceLength(s), type: OnnxDataType.INT32, shape: [] });
+      for (let l = 0; l < hp.layers; l++) {
+        slotInputs.push({ name: SLOT_IO.pastKey(s, l), type: OnnxDataType.FLOAT, shape: kv }, { name: SLOT_IO.pastValue(s, l), type: OnnxDataType.FLOAT, shape: kv });
+        slotOutputs.push({ name: SLOT_IO.presentKey(s, l), type: OnnxDataType.FLOAT, shape: kv }, { name: SLOT_IO.presentValue(s, l), type: OnnxDataType.FLOAT, shape: kv });
+      }
+    }
+    return { graph: { name: `${hp.architecture}-decoder-${slots}-slots`, nodes: g.nodes, inputs: slotInputs, outputs: slotOutputs, initializers: g.initializers }, hyper: hp, kvCapacityDim };
+  }
   const inputs: ValueInfo[] = [
     { name: IO.inputIds, type: OnnxDataType.INT64, shape: [1, 'sequence_length'] },
     { name: IO.seqlensK, type: OnnxDataType.INT32, shape: [1] },

@@ -24,5 +24,7 @@ export interface ModelManifest {
   readonly onnxFile: string;
   readonly weights: string;
   readonly norms: string;
+  /** K-slot batch graph (GraphOptions.slots): K sequences per forward. Absent: one sequence. */
+  readonly slots?: number;
   readonly source: { readonly file: string; readonly sha256: string };
 }

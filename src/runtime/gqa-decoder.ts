@@ -45,9 +45,18 @@ export class GqaDecoderModel implements DecoderModel {
   private readonly defaultCapacity: number;
   private readonly rowsMin: number;
 
-  constructor(session: ort.InferenceSession, manifest: ModelManifest, options: RuntimeOptions) {
+  private readonly scheduler: ForwardScheduler | undefined;
+  private readonly batchSession: ort.InferenceSession | undefined;
+
+  /** Forwards run so far: alone, and batched (forwards of the K-slot graph / sequences they carried). */
+  get forwardCounts(): { readonly alone: number; readonly batched: number; readonly batchedSequences: number } {
+    return this.scheduler?.counts ?? { alone: 0, batched: 0, batchedSequences: 0 };
+  }
+
+  constructor(session: ort.InferenceSession, manifest: ModelManifest, options: RuntimeOptions, batch?: SlotBatch) {
     this.session = session;
     this.manifest = manifest;
+    this.batchSession = batch?.session;
     const executionProvider = options.executionProvider;
     this.rowsMin = options.forwardRowsMin ?? (executionProvider === 'cpu' ? FORWARD_ROWS_MIN : FORWARD_ROWS_MIN_GPU);
     if (!Number.isInteger(this.rowsMin) || this.rowsMin < 1 || this.rowsMin > 64) throw new RangeError(`forwardRowsMin must be an integer in [1, 64], got ${this.rowsMin}`);
@@ -62,16 +71,204 @@ export class GqaDecoderModel implements DecoderModel {
       eosTokenIds: manifest.eosTokenIds,
       executionProvider,
     };
+    this.scheduler = batch === undefined ? undefined : new ForwardScheduler(new SlotBatchRunner(batch, manifest));
   }
 
   createSequence(options?: { readonly capacity?: number }): DecoderSequence {
     // One position stays free for the pad row (rotary tables cover contextLength positions).
     const capacity = Math.min(options?.capacity ?? this.defaultCapacity, this.manifest.contextLength - (this.rowsMin - 1));
-    return new GqaSequence(this.session, this.manifest, capacity, this.rowsMin, this.info.executionProvider !== 'cpu');
+    return new GqaSequence(this.session, this.manifest, capacity, this.rowsMin, this.info.executionProvider !== 'cpu', this.scheduler);
   }
 
   async dispose(): Promise<void> {
     await this.session.release();
+    await this.batchSession?.release();
+  }
+}
+
+/** A K-slot batch graph of the same weights (load-model.ts checks that). */
+export interface SlotBatch {
+  readonly session: ort.InferenceSession;
+  readonly slots: number;
+}
+
+/** Largest forward that joins a batch; longer ones (prefill chunks) run alone so they do not stall the decodes. */
+export const BATCH_TOKENS_MAX = 32;
+
+interface PendingForward {
+  readonly sequence: GqaSequence;
+  readonly tokens: ArrayLike<number>;
+  readonly start: number;
+  readonly count: number;
+  /** count padded to the row minimum (pad rows repeat the last token; their logits are never read). */
+  readonly padded: number;
+  readonly rows: number;
+}
+
+interface QueuedForward extends PendingForward {
+  resolve(logits: Float32Array): void;
+  reject(error: unknown): void;
+}
+
+/**
+ * Collects the forwards sequences ask for and runs them together. Generations interleave on one
+ * thread: after a forward returns, each resumes, drafts and asks for its next forward in the same
+ * turn of the event loop, so one setImmediate later every sequence that is ready has asked. Then
+ * up to K forwards run as one K-slot forward; a lone forward, or a long one, runs on the
+ * single-sequence graph. Forwards never overlap (each sequence's KV is bound by the run).
+ */
+class ForwardScheduler {
+  private queue: QueuedForward[] = [];
+  readonly counts = { alone: 0, batched: 0, batchedSequences: 0 };
+  private scheduled = false;
+  private running = false;
+  private readonly runner: SlotBatchRunner;
+
+  constructor(runner: SlotBatchRunner) {
+    this.runner = runner;
+  }
+
+  submit(forward: PendingForward): Promise<Float32Array> {
+    return new Promise<Float32Array>((resolve, reject) => {
+      this.queue.push({ ...forward, resolve, reject });
+      this.schedule();
+    });
+  }
+
+  private schedule(): void {
+    if (this.scheduled || this.running) return;
+    this.scheduled = true;
+    setImmediate(() => void this.flush());
+  }
+
+  private async flush(): Promise<void> {
+    this.scheduled = false;
+    this.running = true;
+    const work = this.queue;
+    this.queue = [];
+    const batchable = work.filter((f) => f.padded <= BATCH_TOKENS_MAX);
+    const alone = work.filter((f) => f.padded > BATCH_TOKENS_MAX);
+    if (batchable.length === 1) alone.unshift(batchable.pop()!);
+    try {
+      for (let i = 0; i < batchable.length; i += this.runner.slots) {
+        const group = batchable.slice(i, i + this.runner.slots);
+        if (group.length === 1) {
+          alone.push(group[0]!);
+          continue;
+        }
+        try {
+          this.counts.batched++;
+          this.counts.batchedSequences += group.length;
+          await this.runner.run(group);
+        } catch (error) {
+          for (const f of group) f.reject(error);
+        }
+      }
+      for (const f of alone) {
+        this.counts.alone++;
+        try {
+          f.resolve(await f.sequence.runAlone(f.tokens, f.start, f.count, f.rows));
+        } catch (error) {
+          f.reject(error);
+        }
+      }
+    } finally {
+      this.running = false;
+      if (this.queue.length > 0) this.schedule();
+    }
+  }
+}
+
+/**
+ * One forward of the K-slot graph: the sequences' new tokens concatenated, each slot bound to its
+ * sequence's own KV tensors (appended in place, as alone), idle slots to a 2-position scratch KV
+ * with one token. Logits come back for the requested rows of each sequence, in order.
+ */
+class SlotBatchRunner {
+  readonly slots: number;
+  private readonly session: ort.InferenceSession;
+  private readonly vocab: number;
+  private readonly feeds: Record<string, ort.Tensor> = {};
+  private readonly fetches: Record<string, ort.Tensor> = {};
+  private readonly slotTokens: BigInt64Array;
+  private readonly seqlensK: Int32Array[] = [];
+  private readonly totalLength: Int32Array[] = [];
+  private readonly kvNames: (readonly [string, string])[][] = [];
+  private readonly idleKv: ort.Tensor[];
+  private readonly logitsByRows = new Map<number, { data: Float32Array; tensor: ort.Tensor }>();
+
+  constructor(batch: SlotBatch, m: ModelManifest) {
+    this.session = batch.session;
+    this.slots = batch.slots;
+    this.vocab = m.vocab;
+    this.slotTokens = new BigInt64Array(batch.slots);
+    this.feeds['slot_tokens'] = new ort.Tensor('int64', this.slotTokens, [batch.slots]);
+    const idleDims = [1, m.kvHeads, 2, m.headDim];
+    this.idleKv = Array.from({ length: 2 * m.layers }, () => new ort.Tensor('float32', new Float32Array(m.kvHeads * 2 * m.headDim), idleDims));
+    for (let s = 0; s < batch.slots; s++) {
+      const seqlens = new Int32Array(1);
+      const total = new Int32Array(1);
+      this.seqlensK.push(seqlens);
+      this.totalLength.push(total);
+      this.feeds[`seqlens_k.${s}`] = new ort.Tensor('int32', seqlens, [1]);
+      this.feeds[`total_sequence_length.${s}`] = new ort.Tensor('int32', total, []);
+      const names: (readonly [string, string])[] = [];
+      for (let l = 0; l < m.layers; l++) {
+        names.push([`past_key_values.${s}.${l}.key`, `present.${s}.${l}.key`], [`past_key_values.${s}.${l}.value`, `present.${s}.${l}.value`]);
+      }
+      this.kvNames.push(names);
+    }
+  }
+
+  async run(group: readonly QueuedForward[]): Promise<void> {
+    const idle = this.slots - group.length;
+    let tokens = idle;
+    let rows = 0;
+    for (const f of group) {
+      tokens += f.padded;
+      rows += f.rows;
+    }
+    const ids = new BigInt64Array(tokens);
+    const logitsIndex = new BigInt64Array(rows);
+    let offset = 0;
+    let row = 0;
+    for (let s = 0; s < this.slots; s++) {
+      const f = group[s];
+      const names = this.kvNames[s]!;
+      if (f === undefined) {
+        ids[offset++] = 0n;
+        this.slotTokens[s] = 1n;
+        this.seqlensK[s]![0] = 0;
+        this.totalLength[s]![0] = 1;
+        names.forEach(([past, present], i) => (this.feeds[past] = this.fetches[present] = this.idleKv[i]!));
+        continue;
+      }
+      for (let i = 0; i < f.count; i++) ids[offset + i] = BigInt(f.tokens[f.start + i]!);
+      for (let i = f.count; i < f.padded; i++) ids[offset + i] = ids[offset + f.count - 1]!;
+      for (let i = f.count - f.rows; i < f.count; i++) logitsIndex[row++] = BigInt(offset + i);
+      this.slotTokens[s] = BigInt(f.padded);
+      this.seqlensK[s]![0] = f.sequence.length + f.padded - 1;
+      this.totalLength[s]![0] = f.sequence.length + f.padded;
+      const kv = f.sequence.kvTensors();
+      names.forEach(([past, present], i) => (this.feeds[past] = this.fetches[present] = kv[i]!));
+      offset += f.padded;
+    }
+    this.feeds['input_ids'] = new ort.Tensor('int64', ids, [1, tokens]);
+    this.feeds['logits_index'] = new ort.Tensor('int64', logitsIndex, [rows]);
+    let logits = this.logitsByRows.get(rows);
+    if (logits === undefined) {
+      const data = new Float32Array(rows * this.vocab);
+      logits = { data, tensor: new ort.Tensor('float32', data, [1, rows, this.vocab]) };
+      this.logitsByRows.set(rows, logits);
+    }
+    this.fetches['logits'] = logits.tensor;
+    await this.session.run(this.feeds, this.fetches);
+    let at = 0;
+    for (const f of group) {
+      f.sequence.advance(f.count);
+      f.resolve(logits.data.subarray(at * this.vocab, (at + f.rows) * this.vocab));
+      at += f.rows;
+    }
   }
 }
 
@@ -97,9 +294,11 @@ class GqaSequence implements DecoderSequence {
   /** GPU: the KV cache lives on the device; `past` is bound to the previous forward's `present`. */
   private readonly deviceKv: boolean;
   private readonly kvNames: (readonly [string, string])[] = [];
+  private readonly scheduler: ForwardScheduler | undefined;
 
-  constructor(session: ort.InferenceSession, m: ModelManifest, capacity: number, rowsMin: number, deviceKv: boolean) {
+  constructor(session: ort.InferenceSession, m: ModelManifest, capacity: number, rowsMin: number, deviceKv: boolean, scheduler?: ForwardScheduler) {
     this.session = session;
+    this.scheduler = scheduler;
     this.capacity = capacity;
     this.rowsMin = rowsMin;
     this.deviceKv = deviceKv;
@@ -171,12 +370,29 @@ class GqaSequence implements DecoderSequence {
   }
 
   /** Runs tokens[start, start+count) and returns logits of the last `rows` of them. */
-  private async run(tokens: ArrayLike<number>, start: number, count: number, rows: number): Promise<Float32Array> {
+  private run(tokens: ArrayLike<number>, start: number, count: number, rows: number): Promise<Float32Array> {
     const padded = Math.max(count, this.rowsMin);
     if (this.kvLength + padded > this.slots) {
       const needed = Math.ceil((this.kvLength + padded) / KV_SLOTS_STEP) * KV_SLOTS_STEP;
       this.bindKv(Math.min(this.capacity + this.rowsMin - 1, needed));
     }
+    if (this.scheduler !== undefined) return this.scheduler.submit({ sequence: this, tokens, start, count, padded, rows });
+    return this.runAlone(tokens, start, count, rows);
+  }
+
+  /** The KV tensors in graph order (layer 0 key, layer 0 value, layer 1 key, ...), for a batched forward. */
+  kvTensors(): ort.Tensor[] {
+    return this.kvNames.map(([past]) => this.feeds[past]!);
+  }
+
+  /** A batched forward appended `count` positions to this sequence's KV. */
+  advance(count: number): void {
+    this.kvLength += count;
+  }
+
+  /** One forward of this sequence alone (the single-sequence graph). */
+  async runAlone(tokens: ArrayLike<number>, start: number, count: number, rows: number): Promise<Float32Array> {
+    const padded = Math.max(count, this.rowsMin);
     let ids = this.idsByLength.get(padded);
     if (ids === undefined) {
       const data = new BigInt64Array(padded);

@@ -6,7 +6,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ModelFormatError, ModelNotFoundError } from '../errors.js';
 import { MANIFEST_FILE, MANIFEST_FORMAT, type ModelManifest } from '../model/model-manifest.js';
-import { GqaDecoderModel } from './gqa-decoder.js';
+import { GqaDecoderModel, type SlotBatch } from './gqa-decoder.js';
 import { inspectOptimumSession, OptimumDecoderModel } from './optimum-decoder.js';
 import { createOrtSession } from './ort-session.js';
 import { DEFAULT_RUNTIME_OPTIONS, type DecoderModel, type RuntimeOptions } from './types.js';
@@ -22,6 +22,23 @@ function readJsonFile(path: string): Record<string, unknown> {
   }
 }
 
+/** The K-slot batch graph: it must be ours, batched, and converted from the same source weights. */
+async function loadSlotBatch(dir: string, single: ModelManifest, options: RuntimeOptions): Promise<SlotBatch> {
+  const manifestPath = join(dir, MANIFEST_FILE);
+  if (!existsSync(manifestPath)) throw new ModelNotFoundError(dir, `batch model directory has no ${MANIFEST_FILE} (convert one with: anpd convert --slots K)`);
+  const manifest = readJsonFile(manifestPath) as unknown as ModelManifest;
+  if (manifest.format !== MANIFEST_FORMAT || manifest.slots === undefined || manifest.slots < 2) {
+    throw new ModelFormatError(manifestPath, 'not a batch graph: expected "slots" ≥ 2 (anpd convert --slots K)');
+  }
+  if (manifest.source.sha256 !== single.source.sha256 || manifest.layers !== single.layers || manifest.vocab !== single.vocab) {
+    throw new ModelFormatError(manifestPath, `was converted from other weights (${manifest.source.file}) than the model (${single.source.file})`);
+  }
+  if (options.executionProvider !== 'cpu') {
+    throw new ModelFormatError(manifestPath, `batched forwards run on the cpu provider only (not ${options.executionProvider}) for now`);
+  }
+  return { session: await createOrtSession(join(dir, manifest.onnxFile), options), slots: manifest.slots };
+}
+
 export async function loadDecoderModel(dir: string, options: RuntimeOptions = DEFAULT_RUNTIME_OPTIONS): Promise<DecoderModel> {
   if (!existsSync(dir)) throw new ModelNotFoundError(dir, 'model directory not found');
   const manifestPath = join(dir, MANIFEST_FILE);
@@ -31,7 +48,13 @@ export async function loadDecoderModel(dir: string, options: RuntimeOptions = DE
     // On a GPU the KV cache stays on the device: ORT leaves the present.* outputs there.
     const deviceKv = options.executionProvider !== 'cpu' ? Array.from({ length: manifest.layers }, (_, l) => [`present.${l}.key`, `present.${l}.value`]).flat() : [];
     const session = await createOrtSession(join(dir, manifest.onnxFile), options, deviceKv);
-    return new GqaDecoderModel(session, manifest, options);
+    if (options.batchModelDir === undefined) return new GqaDecoderModel(session, manifest, options);
+    try {
+      return new GqaDecoderModel(session, manifest, options, await loadSlotBatch(options.batchModelDir, manifest, options));
+    } catch (error) {
+      await session.release();
+      throw error;
+    }
   }
   const configPath = join(dir, 'config.json');
   if (!existsSync(configPath)) {

@@ -55,6 +55,11 @@ export interface RuntimeOptions {
   readonly intraOpThreads: number;
   /** KV positions allocated per sequence (GQA layout), clamped to the model's context. */
   readonly kvCapacity: number;
+  /**
+   * A converted K-slot batch graph of the same weights (`anpd convert --slots K`): forwards that
+   * several sequences ask for at the same moment then run as one (CPU only). @default none
+   */
+  readonly batchModelDir?: string;
 }
 
 export const DEFAULT_RUNTIME_OPTIONS: RuntimeOptions = { executionProvider: 'cpu', intraOpThreads: 0, kvCapacity: 4096 };

@@ -1,0 +1,52 @@
+/**
+ * Batched forwards (--batch-slots): concurrent generations share K-slot forwards, and every
+ * output equals the same request run alone on the single-sequence graph — greedy with and without
+ * speculation, seeded sampling — because attention stays per sequence and every other op works
+ * row by row. The real model, the real K-slot graph.
+ */
+import test from 'ava';
+import { DEFAULT_GRAPH_OPTIONS } from '../src/convert/llama-graph.js';
+import { createEngine } from '../src/engine/create-engine.js';
+import { DEFAULT_SPECULATION, type Engine, type GenerateRequest, NO_SPECULATION } from '../src/engine/engine.js';
+import { ensureDefaultModel } from '../src/model/default-model.js';
+import type { GqaDecoderModel } from '../src/runtime/gqa-decoder.js';
+import { defaultEngine, defaultModelDir, TEST_FORWARD_COST } from './support/default-model.js';
+
+async function tokens(engine: Engine, request: GenerateRequest): Promise<number[]> {
+  const out: number[] = [];
+  for await (const e of engine.generate(request)) if (e.type === 'delta') out.push(...e.tokenIds);
+  return out;
+}
+
+const REQUESTS: GenerateRequest[] = [
+  { prompt: { kind: 'text', text: 'Rename the variable x to total: function f(x) { return x * 2 + x; }', chat: true }, maxNewTokens: 40 },
+  { prompt: { kind: 'text', text: 'Repeat twice: the quick brown fox jumps over the lazy dog.', chat: true }, maxNewTokens: 48 },
+  { prompt: { kind: 'text', text: 'Name three colors.', chat: true }, maxNewTokens: 24, speculation: NO_SPECULATION },
+  { prompt: { kind: 'text', text: 'What is the capital of France?', chat: true }, maxNewTokens: 32, speculation: { ...DEFAULT_SPECULATION, draftLength: 'fixed' } },
+  { prompt: { kind: 'text', text: 'Once upon a time' }, maxNewTokens: 32, sampling: { temperature: 0.8, topK: 40, topP: 0.95, repetitionPenalty: 1.1, seed: 3 } },
+  // Longer than a batch takes: its prefill runs alone while the others decode.
+  { prompt: { kind: 'text', text: `Summarize in one sentence: ${'The committee met on Tuesday to discuss the budget. '.repeat(12)}`, chat: true }, maxNewTokens: 24 },
+];
+
+let batched: Engine | undefined;
+test.after.always(async () => {
+  await batched?.dispose();
+});
+
+test.serial('concurrent generations share K-slot forwards and each output equals its unbatched run', async (t) => {
+  const batchDir = await ensureDefaultModel({ ...DEFAULT_GRAPH_OPTIONS, slots: 4 });
+  batched = await createEngine(await defaultModelDir(), { executionProvider: 'cpu', intraOpThreads: 0, kvCapacity: 2048, batchModelDir: batchDir }, { forwardCost: TEST_FORWARD_COST });
+  const outputs = await Promise.all(REQUESTS.map((r) => tokens(batched!, r)));
+  const counts = (batched.model as GqaDecoderModel).forwardCounts;
+  t.log(`forwards: ${counts.batched} batched (carrying ${counts.batchedSequences} sequence-forwards), ${counts.alone} alone`);
+  t.true(counts.batched > 10, 'concurrent generations should have shared forwards');
+  t.true(counts.batchedSequences / counts.batched > 2, 'batches should carry more than two sequences on average');
+  const single = await defaultEngine();
+  for (const [i, request] of REQUESTS.entries()) t.deepEqual(outputs[i], await tokens(single, request), `request ${i}`);
+});
+
+test.serial('a batch model of other weights or a single-sequence graph is refused with the file named', async (t) => {
+  const { loadDecoderModel } = await import('../src/runtime/load-model.js');
+  const dir = await defaultModelDir();
+  await t.throwsAsync(loadDecoderModel(dir, { executionProvider: 'cpu', intraOpThreads: 1, kvCapacity: 256, batchModelDir: dir }), { message: /anpd-model\.json.*not a batch graph/ });
+});

@@ -1,8 +1,10 @@
 /**
  * Concurrent sequences on one device: aggregate decode tok/s for S streams in flight over R model
- * replicas (EnginePool: one worker thread and ORT session each), speculation off and on, with every
- * output checked against the same prompt's single-stream plain greedy output.
+ * replicas (EnginePool: one worker thread and ORT session each), batched forwards off and on
+ * (--batch-model DIR, a K-slot graph), speculation off and on, with every output checked against
+ * the same prompt's first output.
  *   node dist/bench/replicas-bench.js --execution-provider webgpu --model DIR --replicas 1,2,4 --streams 1,4,16 --out r.json
+ *   node dist/bench/replicas-bench.js --model DIR --batch-model DIR4 --streams 1,4,16,64 --threads 2
  */
 import { readFileSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
@@ -45,6 +47,8 @@ async function main(): Promise<void> {
       category: { type: 'string', default: 'code-editing' },
       'max-new-tokens': { type: 'string', default: '96' },
       'draft-max': { type: 'string' },
+      'batch-model': { type: 'string' },
+      generations: { type: 'string' },
       out: { type: 'string' },
     },
   });
@@ -60,17 +64,26 @@ async function main(): Promise<void> {
   const reference = new Map<number, string>();
   let mismatches = 0;
   let forwardCost: readonly number[] | undefined;
+  const batchModes = values['batch-model'] === undefined ? [undefined] : [undefined, values['batch-model']];
+  const pools: { replicas: number; batch: string | undefined; pool: EnginePool }[] = [];
   for (const replicas of values.replicas!.split(',').map(Number)) {
-    const started = performance.now();
-    const pool = await createEnginePool(values.model, { executionProvider: provider, intraOpThreads: Number(values.threads), kvCapacity: 1024 }, forwardCost === undefined ? { replicas } : { replicas, forwardCost });
-    forwardCost ??= pool.forwardCost;
-    log(`${replicas} replica(s) loaded in ${((performance.now() - started) / 1000).toFixed(1)} s`);
-    for (let r = 0; r < replicas; r++) await generate(pool, 'Hello', anpd, 4); // warm every replica (least-loaded picks in turn)
-    await Promise.all(Array.from({ length: replicas }, () => generate(pool, 'Hello', NO_SPECULATION, 4)));
-    for (const streams of streamCounts) {
+    for (const batch of batchModes) {
+      const started = performance.now();
+      const runtime = { executionProvider: provider, intraOpThreads: Number(values.threads), kvCapacity: 1024, ...(batch !== undefined ? { batchModelDir: batch } : {}) };
+      const pool = await createEnginePool(values.model, runtime, forwardCost === undefined ? { replicas } : { replicas, forwardCost });
+      forwardCost ??= pool.forwardCost;
+      log(`${replicas} replica(s)${batch !== undefined ? ' with batched forwards' : ''} loaded in ${((performance.now() - started) / 1000).toFixed(1)} s`);
+      for (let r = 0; r < replicas; r++) await generate(pool, 'Hello', anpd, 4); // warm every replica (least-loaded picks in turn)
+      await Promise.all(Array.from({ length: replicas }, () => generate(pool, 'Hello', NO_SPECULATION, 4)));
+      pools.push({ replicas, batch, pool });
+    }
+  }
+  // Streams outermost, batched and unbatched pools interleaved under them: machine drift hits both alike.
+  for (const streams of streamCounts) {
+    for (const { replicas, batch, pool } of pools) {
       for (const [mode, speculation] of [['plain', NO_SPECULATION], ['anpd', anpd]] as const) {
-        // `streams` workers each take prompts in turn until 2 × streams generations (at least the prompt set) are done.
-        const total = Math.max(prompts.length, 2 * streams);
+        // `streams` workers each take prompts in turn until the generations (default: max(prompt set, 2 × streams)) are done.
+        const total = values.generations !== undefined ? Math.max(Number(values.generations), streams) : Math.max(prompts.length, 2 * streams);
         let next = 0;
         let tokens = 0;
         const tpot: number[] = [];
@@ -88,7 +101,7 @@ async function main(): Promise<void> {
               if (!reference.has(i)) reference.set(i, key);
               else if (reference.get(i) !== key) {
                 mismatches++;
-                log(`MISMATCH prompt ${i} (${mode}, ${streams} streams, ${replicas} replicas)`);
+                log(`MISMATCH prompt ${i} (${mode}, ${streams} streams, ${replicas} replicas, batched ${batch !== undefined})`);
               }
             }
           }),
@@ -96,6 +109,7 @@ async function main(): Promise<void> {
         const seconds = (performance.now() - t0) / 1000;
         const row = {
           replicas,
+          batched: batch !== undefined,
           streams,
           mode,
           generations: total,
@@ -109,8 +123,8 @@ async function main(): Promise<void> {
         log(JSON.stringify(row));
       }
     }
-    await pool.dispose();
   }
+  for (const { pool } of pools) await pool.dispose();
   const report = {
     date: new Date().toISOString(),
     provider,
@@ -118,6 +132,8 @@ async function main(): Promise<void> {
     category: values.category,
     maxNewTokens,
     draftTokensMax: anpd.draftTokensMax,
+    threads: Number(values.threads),
+    batchModel: values['batch-model'] ?? null,
     rows,
     outputsIdentical: mismatches === 0,
   };

@@ -9,6 +9,7 @@ import type { InferenceService } from '../src/engine/inference-service.js';
 import { createLogger } from '../src/log.js';
 import { GenerationTelemetry } from '../src/telemetry/generation-telemetry.js';
 import type { BidiServerMsg, GenerateRequestMsg, GenerateResponseMsg } from '../src/transport/grpc/messages.js';
+import { freePort } from '../bench/loopback.js';
 import { startTestServer, waitFor } from './support/grpc-server.js';
 
 class TestMetricReader extends MetricReader {
@@ -180,7 +181,8 @@ test.serial('metrics after a known workload add up to the responses', async (t) 
 });
 
 test.serial('the Prometheus endpoint answers in the text exposition format', async (t) => {
-  const prometheus = new PrometheusExporter({ port: 0, host: '127.0.0.1', preventServerStart: true });
+  // The exporter reads port 0 as "unset" and takes its default 9464, which another server may hold.
+  const prometheus = new PrometheusExporter({ port: await freePort(), host: '127.0.0.1', preventServerStart: true });
   await prometheus.startServer();
   const port = ((prometheus as unknown as { _server: { address(): AddressInfo } })._server.address()).port;
   const { telemetry } = setup([prometheus]);

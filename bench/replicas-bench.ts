@@ -48,6 +48,7 @@ async function main(): Promise<void> {
       'max-new-tokens': { type: 'string', default: '96' },
       'draft-max': { type: 'string' },
       'batch-model': { type: 'string' },
+      'prefill-chunks': { type: 'string', default: '512' },
       generations: { type: 'string' },
       out: { type: 'string' },
     },
@@ -64,23 +65,30 @@ async function main(): Promise<void> {
   const reference = new Map<number, string>();
   let mismatches = 0;
   let forwardCost: readonly number[] | undefined;
-  const batchModes = values['batch-model'] === undefined ? [undefined] : [undefined, values['batch-model']];
-  const pools: { replicas: number; batch: string | undefined; pool: EnginePool }[] = [];
+  // Unbatched, then batched once per prefill chunk size.
+  const batchModes: { batch: string | undefined; chunk: number | undefined }[] = [{ batch: undefined, chunk: undefined }];
+  if (values['batch-model'] !== undefined) for (const chunk of values['prefill-chunks']!.split(',').map(Number)) batchModes.push({ batch: values['batch-model'], chunk });
+  const pools: { replicas: number; batch: string | undefined; chunk: number | undefined; pool: EnginePool }[] = [];
   for (const replicas of values.replicas!.split(',').map(Number)) {
-    for (const batch of batchModes) {
+    for (const { batch, chunk } of batchModes) {
       const started = performance.now();
-      const runtime = { executionProvider: provider, intraOpThreads: Number(values.threads), kvCapacity: 1024, ...(batch !== undefined ? { batchModelDir: batch } : {}) };
+      const runtime = {
+        executionProvider: provider,
+        intraOpThreads: Number(values.threads),
+        kvCapacity: 1024,
+        ...(batch !== undefined ? { batchModelDir: batch, batchPrefillChunkTokens: chunk! } : {}),
+      };
       const pool = await createEnginePool(values.model, runtime, forwardCost === undefined ? { replicas } : { replicas, forwardCost });
       forwardCost ??= pool.forwardCost;
-      log(`${replicas} replica(s)${batch !== undefined ? ' with batched forwards' : ''} loaded in ${((performance.now() - started) / 1000).toFixed(1)} s`);
+      log(`${replicas} replica(s)${batch !== undefined ? ` with batched forwards (prefill chunks of ${chunk})` : ''} loaded in ${((performance.now() - started) / 1000).toFixed(1)} s`);
       for (let r = 0; r < replicas; r++) await generate(pool, 'Hello', anpd, 4); // warm every replica (least-loaded picks in turn)
       await Promise.all(Array.from({ length: replicas }, () => generate(pool, 'Hello', NO_SPECULATION, 4)));
-      pools.push({ replicas, batch, pool });
+      pools.push({ replicas, batch, chunk, pool });
     }
   }
   // Streams outermost, batched and unbatched pools interleaved under them: machine drift hits both alike.
   for (const streams of streamCounts) {
-    for (const { replicas, batch, pool } of pools) {
+    for (const { replicas, batch, chunk, pool } of pools) {
       for (const [mode, speculation] of [['plain', NO_SPECULATION], ['anpd', anpd]] as const) {
         // `streams` workers each take prompts in turn until the generations (default: max(prompt set, 2 × streams)) are done.
         const total = values.generations !== undefined ? Math.max(Number(values.generations), streams) : Math.max(prompts.length, 2 * streams);
@@ -110,6 +118,7 @@ async function main(): Promise<void> {
         const row = {
           replicas,
           batched: batch !== undefined,
+          prefillChunkTokens: chunk ?? null,
           streams,
           mode,
           generations: total,

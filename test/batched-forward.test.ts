@@ -28,22 +28,30 @@ const REQUESTS: GenerateRequest[] = [
   { prompt: { kind: 'text', text: `Summarize in one sentence: ${'The committee met on Tuesday to discuss the budget. '.repeat(12)}`, chat: true }, maxNewTokens: 24 },
 ];
 
-let batched: Engine | undefined;
+const engines: Engine[] = [];
 test.after.always(async () => {
-  await batched?.dispose();
+  for (const e of engines) await e.dispose();
 });
 
-test.serial('concurrent generations share K-slot forwards and each output equals its unbatched run', async (t) => {
-  const batchDir = await ensureDefaultModel({ ...DEFAULT_GRAPH_OPTIONS, slots: 4 });
-  batched = await createEngine(await defaultModelDir(), { executionProvider: 'cpu', intraOpThreads: 0, kvCapacity: 2048, batchModelDir: batchDir }, { forwardCost: TEST_FORWARD_COST });
-  const outputs = await Promise.all(REQUESTS.map((r) => tokens(batched!, r)));
-  const counts = (batched.model as GqaDecoderModel).forwardCounts;
-  t.log(`forwards: ${counts.batched} batched (carrying ${counts.batchedSequences} sequence-forwards), ${counts.alone} alone`);
-  t.true(counts.batched > 10, 'concurrent generations should have shared forwards');
-  t.true(counts.batchedSequences / counts.batched > 2, 'batches should carry more than two sequences on average');
-  const single = await defaultEngine();
-  for (const [i, request] of REQUESTS.entries()) t.deepEqual(outputs[i], await tokens(single, request), `request ${i}`);
-});
+// 512: prompts prefill alone; 32: prefill chunks join the batches too.
+for (const prefillChunk of [512, 32]) {
+  test.serial(`concurrent generations share K-slot forwards and each output equals its unbatched run (prefill chunks of ${prefillChunk})`, async (t) => {
+    const batchDir = await ensureDefaultModel({ ...DEFAULT_GRAPH_OPTIONS, slots: 4 });
+    const batched = await createEngine(
+      await defaultModelDir(),
+      { executionProvider: 'cpu', intraOpThreads: 0, kvCapacity: 2048, batchModelDir: batchDir, batchPrefillChunkTokens: prefillChunk },
+      { forwardCost: TEST_FORWARD_COST },
+    );
+    engines.push(batched);
+    const outputs = await Promise.all(REQUESTS.map((r) => tokens(batched, r)));
+    const counts = (batched.model as GqaDecoderModel).forwardCounts;
+    t.log(`forwards: ${counts.batched} batched (carrying ${counts.batchedSequences} sequence-forwards), ${counts.alone} alone`);
+    t.true(counts.batched > 10, 'concurrent generations should have shared forwards');
+    t.true(counts.batchedSequences / counts.batched > 2, 'batches should carry more than two sequences on average');
+    const single = await defaultEngine();
+    for (const [i, request] of REQUESTS.entries()) t.deepEqual(outputs[i], await tokens(single, request), `request ${i}`);
+  });
+}
 
 test.serial('a batch model of other weights or a single-sequence graph is refused with the file named', async (t) => {
   const { loadDecoderModel } = await import('../src/runtime/load-model.js');

@@ -71,7 +71,9 @@ export class GqaDecoderModel implements DecoderModel {
       eosTokenIds: manifest.eosTokenIds,
       executionProvider,
     };
-    this.scheduler = batch === undefined ? undefined : new ForwardScheduler(new SlotBatchRunner(batch, manifest));
+    const chunk = options.batchPrefillChunkTokens ?? FORWARD_TOKENS_MAX;
+    if (!Number.isInteger(chunk) || chunk < 1 || chunk > FORWARD_TOKENS_MAX) throw new RangeError(`batchPrefillChunkTokens must be an integer in [1, ${FORWARD_TOKENS_MAX}], got ${chunk}`);
+    this.scheduler = batch === undefined ? undefined : new ForwardScheduler(new SlotBatchRunner(batch, manifest), chunk);
   }
 
   createSequence(options?: { readonly capacity?: number }): DecoderSequence {
@@ -118,14 +120,17 @@ interface QueuedForward extends PendingForward {
  * single-sequence graph. Forwards never overlap (each sequence's KV is bound by the run).
  */
 class ForwardScheduler {
+  /** Prefill chunk size: BATCH_TOKENS_MAX joins prefills to the batches; FORWARD_TOKENS_MAX runs them alone. */
+  readonly prefillChunkTokens: number;
   private queue: QueuedForward[] = [];
   readonly counts = { alone: 0, batched: 0, batchedSequences: 0 };
   private scheduled = false;
   private running = false;
   private readonly runner: SlotBatchRunner;
 
-  constructor(runner: SlotBatchRunner) {
+  constructor(runner: SlotBatchRunner, prefillChunkTokens: number) {
     this.runner = runner;
+    this.prefillChunkTokens = prefillChunkTokens;
   }
 
   submit(forward: PendingForward): Promise<Float32Array> {
@@ -359,12 +364,14 @@ class GqaSequence implements DecoderSequence {
       throw new ContextOverflowError(`sequence of ${this.kvLength + t} tokens exceeds the KV capacity of ${this.capacity}`);
     }
     // Long prompts go in chunks so one forward's activations stay bounded; logits come from the last chunk.
-    const lastChunk = t - Math.floor((t - 1) / FORWARD_TOKENS_MAX) * FORWARD_TOKENS_MAX;
+    // With batching, prefill goes in chunks small enough to join the batches (chunked prefill).
+    const chunkMax = this.scheduler?.prefillChunkTokens ?? FORWARD_TOKENS_MAX;
+    const lastChunk = t - Math.floor((t - 1) / chunkMax) * chunkMax;
     if (logitsRows > lastChunk) throw new InvalidRequestError(`at most ${lastChunk} logits rows for a forward of ${t} tokens`);
     let start = 0;
-    while (t - start > FORWARD_TOKENS_MAX) {
-      await this.run(tokens, start, FORWARD_TOKENS_MAX, 1);
-      start += FORWARD_TOKENS_MAX;
+    while (t - start > chunkMax) {
+      await this.run(tokens, start, chunkMax, 1);
+      start += chunkMax;
     }
     return this.run(tokens, start, t - start, logitsRows);
   }

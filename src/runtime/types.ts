@@ -60,6 +60,11 @@ export interface RuntimeOptions {
    * several sequences ask for at the same moment then run as one (CPU only). @default none
    */
   readonly batchModelDir?: string;
+  /**
+   * With batching: prefill chunk size. ≤ 32 (BATCH_TOKENS_MAX, with padding) lets prefill chunks
+   * share forwards with other sequences' decodes; 512 runs each prompt alone. @default 512
+   */
+  readonly batchPrefillChunkTokens?: number;
 }
 
 export const DEFAULT_RUNTIME_OPTIONS: RuntimeOptions = { executionProvider: 'cpu', intraOpThreads: 0, kvCapacity: 4096 };

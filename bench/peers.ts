@@ -12,7 +12,7 @@
 import { type ChildProcessWithoutNullStreams, execFileSync, spawn } from 'node:child_process';
 import { readFileSync, writeFileSync, mkdirSync } from 'node:fs';
 import { cpus, release, totalmem } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { createInterface, type Interface } from 'node:readline';
 import { parseArgs } from 'node:util';
 import { createEngine } from '../src/engine/create-engine.js';
@@ -41,12 +41,15 @@ const ENGINES = [
   'anpd-serve ANPD',
   'llama.cpp plain (llama-cpp-python)',
   'llama.cpp lookup (llama-lookup)',
+  'llama.cpp lookup (llama-lookup --spec-draft-n-max 10)',
   'llama.cpp prompt lookup (llama-cpp-python)',
   'transformers greedy',
   'transformers prompt lookup',
 ] as const;
 type EngineName = (typeof ENGINES)[number];
 const REFERENCE: EngineName = 'anpd-serve plain';
+/** Second reference: do the peers agree with each other where they differ from us? */
+const PEER_REFERENCE: EngineName = 'llama.cpp plain (llama-cpp-python)';
 
 interface Job {
   promptIds: readonly number[];
@@ -110,13 +113,38 @@ async function pythonRunner(name: EngineName, python: string, args: string[], en
 
 let eosIds: readonly number[] = [];
 
+function cpuTimes(): { busy: number; total: number } {
+  const f = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
+  const idle = (f[3] ?? 0) + (f[4] ?? 0);
+  const total = f.reduce((a, b) => a + b, 0);
+  return { busy: total - idle, total };
+}
+
+/**
+ * The machine is shared: before each engine run, wait until other processes leave the CPU
+ * (< 25% busy over 0.5 s, our engines being idle then), within a total waiting budget. Contention
+ * does not hit every engine alike (spin barriers suffer most), so it is avoided, not averaged.
+ * Returns the busy share seen last.
+ */
+async function waitForQuietCpu(gate: { waitedMs: number; budgetMs: number }, perRunMs = 30_000): Promise<number> {
+  for (let waited = 0; ; waited += 500) {
+    const a = cpuTimes();
+    await new Promise((r) => setTimeout(r, 500));
+    const b = cpuTimes();
+    const busy = (b.busy - a.busy) / Math.max(1, b.total - a.total);
+    if (busy < 0.25 || gate.waitedMs >= gate.budgetMs || waited >= perRunMs) return +busy.toFixed(2);
+    gate.waitedMs += 500;
+  }
+}
+
 /** llama.cpp's llama-lookup example, one process per prompt (it reports its own timings). */
-function lookupRunner(bin: string, gguf: string, eogMarkers: readonly string[]): Runner {
+function lookupRunner(name: EngineName, bin: string, gguf: string, eogMarkers: readonly string[], draftMax?: number): Runner {
   return {
-    name: 'llama.cpp lookup (llama-lookup)',
+    name,
     async run(job) {
       // It stops once n_predict > -n, i.e. after at least -n + 1 tokens (more when a round overshoots).
       const args = ['-m', gguf, '-p', job.promptText, '-n', String(job.maxNewTokens - 1), '-t', String(THREADS), '-tb', String(THREADS), '-c', '2048', '--temp', '0', '-s', '1'];
+      if (draftMax !== undefined) args.push('--spec-draft-n-max', String(draftMax));
       const { stdout, stderr } = await new Promise<{ stdout: string; stderr: string }>((resolve, reject) => {
         const child = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'] });
         let out = '';
@@ -155,6 +183,8 @@ async function main(): Promise<void> {
       engines: { type: 'string' },
       'skip-setup': { type: 'boolean', default: false },
       out: { type: 'string' },
+      'quiet-budget-s': { type: 'string' },
+      'deadline-min': { type: 'string' },
     },
   });
   const quick = values.quick!;
@@ -193,31 +223,54 @@ async function main(): Promise<void> {
   if (want('llama.cpp prompt lookup (llama-cpp-python)')) {
     runners.push(await pythonRunner('llama.cpp prompt lookup (llama-cpp-python)', python, ['--engine', 'llama-cpp-python', '--mode', 'lookup', ...ggufArgs], env, info));
   }
+  const lookupBin = join(libDir, 'llama-lookup');
   if (want('llama.cpp lookup (llama-lookup)')) {
-    const bin = join(libDir, 'llama-lookup');
-    runners.push(lookupRunner(bin, gguf, eogMarkers));
-    info['llama.cpp lookup (llama-lookup)'] = { settings: { binary: bin, draftMax: 'default', version: tryExec(bin, ['--version']) } };
+    runners.push(lookupRunner('llama.cpp lookup (llama-lookup)', lookupBin, gguf, eogMarkers));
+    info['llama.cpp lookup (llama-lookup)'] = { settings: { specDraftNMax: 'default (3 in this build)', version: tryExec(lookupBin, ['--version']) } };
+  }
+  if (want('llama.cpp lookup (llama-lookup --spec-draft-n-max 10)')) {
+    runners.push(lookupRunner('llama.cpp lookup (llama-lookup --spec-draft-n-max 10)', lookupBin, gguf, eogMarkers, 10));
+    info['llama.cpp lookup (llama-lookup --spec-draft-n-max 10)'] = { settings: { specDraftNMax: 10 } };
   }
   if (want('transformers greedy')) runners.push(await pythonRunner('transformers greedy', python, ['--engine', 'transformers', '--mode', 'greedy', ...ggufArgs], env, info));
   if (want('transformers prompt lookup')) runners.push(await pythonRunner('transformers prompt lookup', python, ['--engine', 'transformers', '--mode', 'prompt-lookup', ...ggufArgs], env, info));
-  // Our warm-up, like the peers' (lazy allocations, the verify-cost table).
-  for (const r of runners.slice(0, 2)) await r.run({ promptIds: engine.tokenizePrompt({ kind: 'text', text: 'Hello', chat: true }), promptText: '', maxNewTokens: 8 });
+  // Warm-up of every long-lived engine on a long prompt (first-call allocations for large batches:
+  // llama.cpp's first 200+-token prefill is several times slower than the next ones).
+  const warmText = (JSON.parse(readFileSync(join(root, 'bench', 'prompts', 'document-qa.json'), 'utf8')) as { prompt: string }[]).at(-1)!.prompt;
+  const warm: Job = { promptIds: engine.tokenizePrompt({ kind: 'text', text: warmText, chat: true }), promptText: '', maxNewTokens: 8 };
+  for (const r of runners) if (!r.name.includes('llama-lookup')) await r.run(warm);
 
   const started = Date.now();
+  const gate = { waitedMs: 0, budgetMs: Number(values['quiet-budget-s'] ?? 900) * 1000 };
+  const peerAgreement = new Map<string, { identical: number; compared: number }>();
   const results: Record<string, Record<string, EngineRow>> = {};
   const samples: unknown[] = [];
   let failures = 0;
-  for (const category of categories) {
-    const prompts = (JSON.parse(readFileSync(join(root, 'bench', 'prompts', `${category}.json`), 'utf8')) as { id: string; prompt: string }[]).slice(0, promptsPerCategory);
-    const totals = new Map<EngineName, EngineTotals>(runners.map((r) => [r.name, emptyTotals()]));
-    for (const [pi, p] of prompts.entries()) {
+  // Prompt-major order (prompt i of every category, then i + 1), so a run cut by --deadline-min
+  // still covers every category alike.
+  const promptsOf = new Map(categories.map((c) => [c, (JSON.parse(readFileSync(join(root, 'bench', 'prompts', `${c}.json`), 'utf8')) as { id: string; prompt: string }[]).slice(0, promptsPerCategory)]));
+  const totalsOf = new Map(categories.map((c) => [c, new Map<EngineName, EngineTotals>(runners.map((r) => [r.name, emptyTotals()]))]));
+  const deadline = started + Number(values['deadline-min'] ?? 40) * 60_000;
+  let promptsRun = 0;
+  outer: for (let pi = 0; pi < promptsPerCategory; pi++) {
+    for (const category of categories) {
+      const p = promptsOf.get(category)![pi];
+      if (p === undefined) continue;
+      if (Date.now() > deadline) {
+        process.stderr.write(`deadline reached after ${promptsRun} prompts: stopping here\n`);
+        break outer;
+      }
+      promptsRun++;
+      const totals = totalsOf.get(category)!;
       const job: Job = {
         promptIds: engine.tokenizePrompt({ kind: 'text', text: p.prompt, chat: true }),
         promptText: engine.tokenizer.applyChatTemplate([{ role: 'user', content: p.prompt }]),
         maxNewTokens,
       };
       const got = new Map<EngineName, PeerSample>();
-      for (const r of rotation(runners, pi)) {
+      const busy = new Map<EngineName, number>();
+      for (const r of rotation(runners, promptsRun)) {
+        busy.set(r.name, await waitForQuietCpu(gate));
         try {
           got.set(r.name, await r.run(job));
         } catch (e) {
@@ -225,18 +278,24 @@ async function main(): Promise<void> {
           process.stderr.write(`FAILED ${r.name} on ${p.id}: ${(e as Error).message}\n`);
         }
       }
-      const ref = got.get(REFERENCE)!;
-      const refText = engine.tokenizer.decode(ref.tokens, { skipSpecialTokens: false });
-      const refHitLimit = ref.tokenCount >= maxNewTokens;
+      const compare = (refName: EngineName, name: EngineName, s: PeerSample): { identical: boolean; divergeAt?: number } | undefined => {
+        const ref = got.get(refName);
+        if (ref === undefined || name === refName) return undefined;
+        if (s.text !== undefined) return { identical: sameText(engine.tokenizer.decode(ref.tokens, { skipSpecialTokens: false }), ref.tokenCount >= maxNewTokens, s.text) };
+        return { identical: sameTokens(ref.tokens, s.tokens), divergeAt: firstDivergence(ref.tokens, s.tokens) };
+      };
       for (const [name, s] of got) {
-        let identical: boolean;
-        let divergeAt: number | undefined;
-        if (s.text !== undefined) identical = sameText(refText, refHitLimit, s.text);
-        else {
-          identical = sameTokens(ref.tokens, s.tokens);
-          divergeAt = firstDivergence(ref.tokens, s.tokens);
+        const vsOurs = compare(REFERENCE, name, s);
+        const vsPeer = compare(PEER_REFERENCE, name, s);
+        const identical = vsOurs?.identical ?? false;
+        const divergeAt = vsOurs?.divergeAt;
+        addSample(totals.get(name)!, s, vsOurs?.identical, vsOurs?.divergeAt);
+        if (vsPeer !== undefined) {
+          const p = peerAgreement.get(`${category}\t${name}`) ?? { identical: 0, compared: 0 };
+          p.compared++;
+          if (vsPeer.identical) p.identical++;
+          peerAgreement.set(`${category}\t${name}`, p);
         }
-        addSample(totals.get(name)!, s, name === REFERENCE ? undefined : identical, divergeAt);
         samples.push({
           category,
           prompt: p.id,
@@ -249,27 +308,40 @@ async function main(): Promise<void> {
           modelCalls: s.modelCalls,
           identicalToPlain: name === REFERENCE ? null : identical,
           firstDivergence: name === REFERENCE || identical ? null : (divergeAt ?? null),
+          identicalToLlamaCppPlain: vsPeer?.identical ?? null,
+          cpuBusyBefore: busy.get(name) ?? null,
         });
       }
       const elapsed = ((Date.now() - started) / 1000).toFixed(0);
-      process.stderr.write(`${category} ${pi + 1}/${prompts.length} (${job.promptIds.length} prompt tokens) ${elapsed} s\n`);
+      process.stderr.write(`${category} ${pi + 1}/${promptsPerCategory} (${job.promptIds.length} prompt tokens) ${elapsed} s, quiet-gate wait ${Math.round(gate.waitedMs / 1000)} s\n`);
     }
-    results[category] = Object.fromEntries([...totals].map(([name, t]) => [name, summarize(t)]));
   }
+  for (const [category, totals] of totalsOf) results[category] = Object.fromEntries([...totals].map(([name, t]) => [name, summarize(t)]));
   for (const r of runners) await r.close();
 
-  const lines = ['| category | engine | decode tok/s | TTFT ms (median) | tokens / model call | identical to our plain | mean tokens |', '|---|---|---:|---:|---:|---:|---:|'];
+  const lines = [
+    '| category | engine | decode tok/s | TTFT ms (median) | tokens / model call | identical to our plain | identical to llama.cpp plain | mean tokens |',
+    '|---|---|---:|---:|---:|---:|---:|---:|',
+  ];
+  const agreement: Record<string, Record<string, number>> = {};
   for (const [category, rows] of Object.entries(results)) {
     for (const [name, r] of Object.entries(rows)) {
+      if (r.samples === 0) continue; // every run of it failed (reported above)
       const identical = r.identicalShare === null ? '(reference)' : `${Math.round(r.identicalShare * 100)}%`;
-      lines.push(`| ${category} | ${name} | ${r.decodeTokPerS} | ${r.ttftMsMedian} | ${r.tokensPerCall} | ${identical} | ${r.meanTokens} |`);
+      const p = peerAgreement.get(`${category}\t${name}`);
+      const share = p && p.compared > 0 ? p.identical / p.compared : null;
+      if (share !== null) (agreement[category] ??= {})[name] = +share.toFixed(2);
+      const peer = name === PEER_REFERENCE ? '(reference)' : share === null ? '–' : `${Math.round(share * 100)}%`;
+      lines.push(`| ${category} | ${name} | ${r.decodeTokPerS} | ${r.ttftMsMedian} | ${r.tokensPerCall} | ${identical} | ${peer} | ${r.meanTokens} |`);
     }
   }
   const targets = Object.entries(results).map(([category, rows]) => {
     const anpd = rows['anpd-serve ANPD'];
     const plain = rows['anpd-serve plain'];
     const llamaPlain = rows['llama.cpp plain (llama-cpp-python)'];
-    const lookup = rows['llama.cpp lookup (llama-lookup)'];
+    const lookups = [rows['llama.cpp lookup (llama-lookup)'], rows['llama.cpp lookup (llama-lookup --spec-draft-n-max 10)']].filter((r) => r !== undefined);
+    // Against the faster of llama-lookup's settings in this category.
+    const lookup = lookups.sort((a, b) => b.decodeTokPerS - a.decodeTokPerS)[0];
     const hfPld = rows['transformers prompt lookup'];
     return {
       category,
@@ -289,7 +361,7 @@ async function main(): Promise<void> {
   const ortVersion = (JSON.parse(readFileSync(join(root, 'node_modules', 'onnxruntime-node', 'package.json'), 'utf8')) as { version: string }).version;
   mkdirSync(join(root, 'bench', 'results'), { recursive: true });
   writeFileSync(
-    join(root, out),
+    resolve(root, out),
     `${JSON.stringify(
       {
         benchmark: 'peers',
@@ -300,7 +372,7 @@ async function main(): Promise<void> {
         machine: { cpu: cpus()[0]?.model, cores: cpus().length, memoryGiB: Math.round(totalmem() / 2 ** 30), kernel: release(), node: process.version, python: tryExec(python, ['--version']) },
         revision,
         command: `npm run bench:peers --${process.argv.slice(2).length ? ` ${process.argv.slice(2).join(' ')}` : ''}`,
-        settings: { threads: THREADS, promptsPerCategory, maxNewTokens, greedy: true, order: 'engines rotated per prompt', categories },
+        settings: { threads: THREADS, promptsPerCategory, promptsRun, maxNewTokens, greedy: true, order: 'engines rotated per prompt', categories },
         versions: { 'onnxruntime-node': ortVersion },
         engines: info,
         definitions: {
@@ -310,7 +382,9 @@ async function main(): Promise<void> {
           identicalToPlain: 'same token ids as anpd-serve plain greedy (llama-lookup: same text; it may overshoot max new tokens by a round)',
         },
         failures,
+        quietGate: { waitedS: Math.round(gate.waitedMs / 1000), budgetS: gate.budgetMs / 1000, rule: 'before each engine run, wait (at most 30 s, and within the budget) until the CPU is < 25% busy over 0.5 s' },
         targets,
+        identicalToLlamaCppPlain: agreement,
         results,
         samples,
       },

@@ -87,7 +87,7 @@ class Transformers:
         torch.set_num_interop_threads(1)
         self.torch = torch
         directory, name = os.path.split(os.path.abspath(gguf))
-        self.model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, torch_dtype=torch.float32)
+        self.model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=torch.float32)
         self.model.eval()
         self.mode = mode
         self.prompt_lookup = args.num_pred_tokens if mode == "prompt-lookup" else None

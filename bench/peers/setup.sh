@@ -12,8 +12,9 @@ PEERS_DIR="${1:-.cache/peers}"
 LLAMA_CPP_PYTHON_VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
 # Versions that the committed results were measured with; override to try others.
 TORCH_SPEC="${TORCH_SPEC:-torch==2.15.0}"
-TRANSFORMERS_SPEC="${TRANSFORMERS_SPEC:-transformers}"
-GGUF_SPEC="${GGUF_SPEC:-gguf}"
+TRANSFORMERS_SPEC="${TRANSFORMERS_SPEC:-transformers==5.24.0}"
+GGUF_SPEC="${GGUF_SPEC:-gguf==0.19.0}"
+ACCELERATE_SPEC="${ACCELERATE_SPEC:-accelerate==1.15.0}"
 JOBS="${JOBS:-2}"
 
 mkdir -p "$PEERS_DIR"
@@ -47,15 +48,15 @@ if [ ! -x "$BUILD/bin/llama-lookup" ] || [ ! -f "$BUILD/bin/libllama.so" ]; then
   cmake --build "$BUILD" -j"$JOBS" --target llama-lookup llama-bench llama-simple
 fi
 
-if ! "$PY" -c 'import llama_cpp' >/dev/null 2>&1 || [ "$(LLAMA_CPP_LIB_PATH="$BUILD/bin" "$PY" -c 'import llama_cpp; print(llama_cpp.__version__)' 2>/dev/null)" != "$LLAMA_CPP_PYTHON_VERSION" ]; then
+# The package has no libraries of its own: it loads them from LLAMA_CPP_LIB_PATH.
+if [ "$(LLAMA_CPP_LIB_PATH="$BUILD/bin" "$PY" -c 'import llama_cpp; print(llama_cpp.__version__)' 2>/dev/null)" != "$LLAMA_CPP_PYTHON_VERSION" ]; then
   step "llama-cpp-python $LLAMA_CPP_PYTHON_VERSION bound to the libraries above (no second llama.cpp build)"
-  CMAKE_ARGS="-DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF" "$PY" -m pip install --no-build-isolation "$SDIST_DIR" ||
-    CMAKE_ARGS="-DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF" "$PY" -m pip install "$SDIST_DIR"
+  CMAKE_ARGS="-DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF" "$PY" -m pip install "$SDIST_DIR"
 fi
 
-if ! "$PY" -c 'import torch, transformers, gguf' >/dev/null 2>&1; then
-  step "torch, transformers and gguf from PyPI (torch's Linux wheel brings CUDA libraries: ~3 GB once)"
-  "$PY" -m pip install --progress-bar on "$TORCH_SPEC" "$TRANSFORMERS_SPEC" "$GGUF_SPEC" numpy
+if ! "$PY" -c 'import torch, transformers, gguf, accelerate' >/dev/null 2>&1; then
+  step "torch, transformers, gguf and accelerate (transformers needs it to read a GGUF) from PyPI (torch's Linux wheel brings CUDA libraries: ~3 GB once)"
+  "$PY" -m pip install --progress-bar on "$TORCH_SPEC" "$TRANSFORMERS_SPEC" "$GGUF_SPEC" "$ACCELERATE_SPEC" numpy
 fi
 
 LLAMA_CPP_LIB_PATH="$BUILD/bin" "$PY" -c 'import llama_cpp, torch, transformers, gguf; print("peers ready: llama-cpp-python", llama_cpp.__version__, "torch", torch.__version__, "transformers", transformers.__version__)' >&2

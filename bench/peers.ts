@@ -87,6 +87,7 @@ function ourRunner(name: EngineName, engine: Engine, speculation: SpeculationOpt
 /** A bench/peers/peer_server.py process: one JSON line per request and per reply. */
 async function pythonRunner(name: EngineName, python: string, args: string[], env: NodeJS.ProcessEnv, info: Record<string, unknown>): Promise<Runner> {
   const child: ChildProcessWithoutNullStreams = spawn(python, [join(projectRoot(), 'bench', 'peers', 'peer_server.py'), ...args], { env, stdio: 'pipe' });
+  children.push(child);
   child.stderr.on('data', (d: Buffer) => process.stderr.write(`  [${name}] ${d.toString()}`));
   const lines: Interface = createInterface({ input: child.stdout });
   const queue: ((line: string) => void)[] = [];
@@ -112,6 +113,18 @@ async function pythonRunner(name: EngineName, python: string, args: string[], en
 }
 
 let eosIds: readonly number[] = [];
+
+/** Peer processes, ended with the bench however it ends. */
+const children: ChildProcessWithoutNullStreams[] = [];
+process.on('exit', () => {
+  for (const c of children) if (c.exitCode === null) c.kill();
+});
+for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  process.on(signal, () => {
+    process.exitCode = 130;
+    process.exit();
+  });
+}
 
 function cpuTimes(): { busy: number; total: number } {
   const f = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);

@@ -45,6 +45,11 @@ class LlamaCppPython:
             n_threads=threads,
             n_threads_batch=threads,
             draft_model=draft,
+            # With a draft model the binding forces logits for every position, but sizes its score
+            # buffer from this argument (n_batch rows when False), which overflows once the
+            # sequence passes n_batch (512) tokens: "could not broadcast ... (540672,) into
+            # (491520,)". Passing it explicitly sizes the buffer by n_ctx (llama-cpp-python 0.3.36).
+            logits_all=draft is not None,
             verbose=False,
         )
         self.calls = 0

@@ -6,16 +6,17 @@
 import { readFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { parseArgs } from 'node:util';
-import { convertGguf } from '../convert/convert-gguf.js';
 import { DEFAULT_GRAPH_OPTIONS, type GraphOptions } from '../convert/llama-graph.js';
-import { createEngine } from '../engine/create-engine.js';
 import { DEFAULT_SPECULATION, type Prompt, type SpeculationOptions } from '../engine/engine.js';
 import { AnpdError } from '../errors.js';
 import { EXECUTION_PROVIDERS } from '../runtime/types.js';
-import { ensureDefaultModel } from '../model/default-model.js';
-import { runClient, runHealth } from './client.js';
 import { createProgressReporter } from './progress.js';
-import { runServe } from './serve.js';
+import { MAIN_EVALUATED_MARK } from './startup-timer.js';
+
+// Commands import what they need when they run: `serve` must not wait for the converter or an
+// in-process ONNX Runtime, `health` (a container health check, run every few seconds) not for the
+// engine or telemetry.
+performance.mark(MAIN_EVALUATED_MARK);
 
 const HELP = `anpd — lossless LLM inference with adaptive n-gram speculative decoding
 
@@ -86,9 +87,10 @@ function num(value: string | undefined, name: string, fallback: number): number 
 }
 
 async function main(argv: string[]): Promise<number> {
-  if (argv[0] === 'serve') return runServe(argv.slice(1));
-  if (argv[0] === 'client') return runClient(argv.slice(1));
-  if (argv[0] === 'health') return runHealth(argv.slice(1));
+  if (argv[0] === 'serve') return (await import('./serve.js')).runServe(argv.slice(1));
+  if (argv[0] === 'client') return (await import('./client.js')).runClient(argv.slice(1));
+  if (argv[0] === 'health') return (await import('./client.js')).runHealth(argv.slice(1));
+  const { ensureDefaultModel } = await import('../model/default-model.js');
   const { values, positionals } = parseArgs({
     args: argv,
     allowPositionals: true,
@@ -138,6 +140,7 @@ async function main(argv: string[]): Promise<number> {
     const [gguf, out] = rest;
     if (gguf === undefined || out === undefined) throw new AnpdError('INVALID_REQUEST', 'usage: anpd convert FILE.gguf OUT_DIR');
     const progress = createProgressReporter();
+    const { convertGguf } = await import('../convert/convert-gguf.js');
     const result = convertGguf(gguf, out, options, (phase, done, total) => progress({ phase: phase as 'convert', done, total }));
     progress.stop();
     process.stdout.write(`${result.dir} (${(result.onnxBytes / 1e6).toFixed(1)} MB, ${(result.convertMs / 1000).toFixed(1)} s)\n`);
@@ -160,6 +163,7 @@ async function main(argv: string[]): Promise<number> {
   const threads = num(values.threads, 'threads', cpus().length);
   const executionProvider = oneOf(values['execution-provider'], 'execution-provider', EXECUTION_PROVIDERS, 'cpu');
   const rowsMin = values['rows-min'] !== undefined ? { forwardRowsMin: num(values['rows-min'], 'rows-min', 2) } : {};
+  const { createEngine } = await import('../engine/create-engine.js');
   const engine = await createEngine(modelDir, { executionProvider, intraOpThreads: threads, kvCapacity: 4096, ...rowsMin });
   const chat = values['no-chat'] ? false : (values.chat ?? engine.tokenizer.hasChatTemplate);
   const prompt: Prompt = { kind: 'text', text, chat };

@@ -1,27 +1,31 @@
 /**
  * `anpd serve`: configuration → model → engine → gRPC server; SIGTERM/SIGINT → drain → exit 0.
+ *
+ * Cold start is on the critical path of every scale-up, so the order is chosen for it: the engine
+ * worker starts loading the model first, and this thread imports and starts telemetry and the gRPC
+ * server meanwhile (the OpenTelemetry SDK alone takes ~0.5 s to import). The forward-cost table
+ * comes from the cache, or is measured after the server is SERVING (the first adaptive generation
+ * waits for it). One `started` log line gives the breakdown (docs/perf-notes.md, "Cold start").
  */
 import { basename, resolve } from 'node:path';
-import { parseServerConfig, SERVE_HELP, wantsHelp } from '../config/server-config.js';
 import { DEFAULT_GRAPH_OPTIONS } from '../convert/llama-graph.js';
-import { InferenceService } from '../engine/inference-service.js';
+import { parseServerConfig, SERVE_HELP, wantsHelp } from '../config/server-config.js';
+import { forwardCostPath, readForwardCost, writeForwardCost } from '../engine/forward-cost-cache.js';
 import { createEnginePool } from '../engine/engine-pool.js';
 import { createLogger } from '../log.js';
-import { DEFAULT_MODEL, ensureDefaultModel } from '../model/default-model.js';
-import { GenerationTelemetry } from '../telemetry/generation-telemetry.js';
-import { startTelemetry } from '../telemetry/telemetry.js';
-import { startGrpcServer } from '../transport/grpc/server.js';
+import { cacheDir, DEFAULT_MODEL, ensureDefaultModel } from '../model/default-model.js';
 import { createProgressReporter } from './progress.js';
+import { createStartupTimer } from './startup-timer.js';
 
 export async function runServe(argv: readonly string[]): Promise<number> {
   if (wantsHelp(argv)) {
     process.stdout.write(SERVE_HELP);
     return 0;
   }
+  const timer = createStartupTimer();
   const config = parseServerConfig(argv, process.env);
   const logger = createLogger(config.logLevel);
-  // Before the server exists, so every span and metric has a provider to go to.
-  const telemetry = startTelemetry({ serviceName: 'anpd-serve', metricsPort: config.metricsPort, metricsHost: config.metricsHost }, logger);
+  timer.mark('configParsed');
   let modelDir = config.modelDir;
   let batchModelDir = config.batchModelDir;
   if (modelDir === undefined) {
@@ -30,25 +34,41 @@ export async function runServe(argv: readonly string[]): Promise<number> {
     if (config.batchSlots > 0) batchModelDir = await ensureDefaultModel({ ...DEFAULT_GRAPH_OPTIONS, slots: config.batchSlots }, progress);
     progress.stop();
   }
-  const loadStarted = performance.now();
+  timer.mark('modelResolved');
+  const runtime = { executionProvider: config.executionProvider, intraOpThreads: config.intraOpThreads, kvCapacity: config.kvCapacity };
+  const costCache = forwardCostPath(cacheDir(), modelDir, runtime);
+  const cachedCost = readForwardCost(costCache.path, costCache.key);
   // The model runs on worker threads (one per replica): this thread stays free for gRPC I/O.
-  const engine = await createEnginePool(
-    modelDir,
-    {
-      executionProvider: config.executionProvider,
-      intraOpThreads: config.intraOpThreads,
-      kvCapacity: config.kvCapacity,
-      ...(batchModelDir !== undefined ? { batchModelDir } : {}),
-    },
-    { replicas: config.engineReplicas },
-  );
+  const enginePromise = createEnginePool(modelDir, { ...runtime, ...(batchModelDir !== undefined ? { batchModelDir } : {}) }, {
+    replicas: config.engineReplicas,
+    ...(cachedCost !== undefined ? { forwardCost: cachedCost } : { calibrate: false }),
+  });
+  // (The first worker is spawned and this thread has read the tokenizer.)
+  timer.mark('tokenizerLoaded');
+  // Handled where it is awaited; this keeps a load failure during the imports from going unhandled.
+  enginePromise.catch(() => undefined);
+  // Meanwhile: the modules only serving needs. Telemetry starts before the server exists, so every
+  // span and metric has a provider to go to.
+  const [{ startTelemetry }, { GenerationTelemetry }, { startGrpcServer }, { InferenceService }] = await Promise.all([
+    import('../telemetry/telemetry.js'),
+    import('../telemetry/generation-telemetry.js'),
+    import('../transport/grpc/server.js'),
+    import('../engine/inference-service.js'),
+  ]);
+  timer.mark('importsDone');
+  const telemetry = startTelemetry({ serviceName: 'anpd-serve', metricsPort: config.metricsPort, metricsHost: config.metricsHost }, logger);
+  timer.mark('telemetryStarted');
+  const engine = await enginePromise;
+  timer.markAt('workerEvaluated', engine.startupTimes.evaluatedAt);
+  timer.markAt('modelLoaded', engine.startupTimes.modelLoadedAt);
+  timer.mark('engineReady');
   logger.info('model loaded', {
     modelDir,
     model: engine.info.name,
     executionProvider: engine.info.executionProvider,
     replicas: engine.replicas.length,
     batchModelDir,
-    loadMs: Math.round(performance.now() - loadStarted),
+    forwardCost: cachedCost !== undefined ? 'cached' : engine.forwardCost !== undefined ? 'measured' : 'deferred',
   });
   const service = new InferenceService({
     engine,
@@ -58,14 +78,28 @@ export async function runServe(argv: readonly string[]): Promise<number> {
   });
   const generationTelemetry = new GenerationTelemetry(telemetry.tracer, telemetry.meter, logger, () => service.poolState);
   const server = await startGrpcServer(service, config, logger, generationTelemetry);
+  timer.mark('serving');
+  logger.info('started', { startupMs: timer.phases() });
   process.stdout.write(
     `anpd: serving ${service.modelName} over gRPC on ${config.host}:${server.port} (llm.v1.TextGeneration, health, reflection)\n` +
       `try:  node dist/src/cli/main.js client --address localhost:${server.port} "What is the capital of France?"\n`,
   );
+  let stopping = false;
+  if (cachedCost === undefined) {
+    // After SERVING, not before: a replica takes traffic ~1 s sooner, and only adaptive
+    // generations that arrive meanwhile wait for the table (they cannot decide K without it).
+    engine.calibrate().then(
+      (table) => logger.info('forward cost measured', { cached: writeForwardCost(costCache.path, costCache.key, table), path: costCache.path }),
+      (error: unknown) => {
+        if (!stopping) logger.warn('forward cost measurement failed', { error });
+      },
+    );
+  }
   const signal = await new Promise<NodeJS.Signals>((resolve) => {
     process.once('SIGTERM', () => resolve('SIGTERM'));
     process.once('SIGINT', () => resolve('SIGINT'));
   });
+  stopping = true;
   logger.info('shutdown requested', { signal, graceMs: config.shutdownGraceMs });
   // A second signal means "now".
   const forceExit = () => process.exit(1);

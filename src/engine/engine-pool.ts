@@ -10,6 +10,7 @@ import { availableParallelism } from 'node:os';
 import type { ModelInfo, RuntimeOptions } from '../runtime/types.js';
 import type { TextTokenizer } from '../tokenizer/tokenizer.js';
 import type { GenerateRequest, GenerationBackend, GenerationEvent, PreparedGeneration, Prompt } from './engine.js';
+import type { WorkerStartupTimes } from './worker-protocol.js';
 import { type EngineIsolation, WorkerEngine } from './worker-engine.js';
 
 export const ENGINE_REPLICAS_LIMIT = 64;
@@ -42,10 +43,12 @@ export class EnginePool implements GenerationBackend {
     // ORT's WebGPU provider keeps one device context per process, and two threads submitting to it
     // at once corrupt its command encoder (seen on an H200): GPU replicas get a process each.
     const isolation: EngineIsolation = options.isolation ?? (count > 1 && runtime.executionProvider !== 'cpu' ? 'process' : 'thread');
-    const first = await WorkerEngine.create(modelDir, perReplica, { ...options, isolation });
+    // Deferring the measurement (calibrate: false) is for one replica; several share one table.
+    const first = await WorkerEngine.create(modelDir, perReplica, { ...options, isolation, ...(count > 1 ? { calibrate: true } : {}) });
+    const table = first.forwardCost;
     const rest = await Promise.allSettled(
       Array.from({ length: count - 1 }, () =>
-        WorkerEngine.create(modelDir, perReplica, { calibrate: false, forwardCost: first.forwardCost, tokenizer: first.tokenizer, isolation }),
+        WorkerEngine.create(modelDir, perReplica, { calibrate: false, ...(table !== undefined ? { forwardCost: table } : {}), tokenizer: first.tokenizer, isolation }),
       ),
     );
     const loaded = [first, ...rest.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []))];
@@ -65,8 +68,18 @@ export class EnginePool implements GenerationBackend {
     return this.replicas[0]!.tokenizer;
   }
 
-  get forwardCost(): readonly number[] {
+  get forwardCost(): readonly number[] | undefined {
     return this.replicas[0]!.forwardCost;
+  }
+
+  /** The first replica's startup phases (startup breakdowns). */
+  get startupTimes(): WorkerStartupTimes {
+    return this.replicas[0]!.startupTimes;
+  }
+
+  /** Measures the table now where it was deferred (one replica); several replicas have it from creation. */
+  calibrate(): Promise<readonly number[]> {
+    return this.replicas[0]!.calibrate();
   }
 
   /** Runs in flight per replica (for tests and diagnostics). */

@@ -17,6 +17,10 @@ interface Run {
   wake: (() => void) | undefined;
 }
 
+/** Epoch ms, comparable across threads and processes (each has its own performance.timeOrigin). */
+const epochNow = () => performance.timeOrigin + performance.now();
+const evaluatedAt = epochNow();
+
 interface Port {
   postMessage(message: FromWorker): void;
   on(event: 'message', listener: (message: ToWorker) => void): void;
@@ -36,6 +40,8 @@ const port: Port | null = parentPort ?? processPort();
 if (port === null) throw new Error('engine-worker.js must run in a worker thread or a forked child process');
 
 let engine: Engine | undefined;
+/** A 'calibrate' in progress: dispose waits for it rather than release the session under it. */
+let calibration: Promise<unknown> | undefined;
 const runs = new Map<number, Run>();
 const post = (message: FromWorker) => port.postMessage(message);
 
@@ -83,16 +89,32 @@ port.on('message', (message: ToWorker) => {
   switch (message.type) {
     case 'init':
       createEngine(message.modelDir, message.runtime, {
-        calibrate: message.calibrate,
+        calibrate: false,
         ...(message.forwardCost !== undefined ? { forwardCost: message.forwardCost } : {}),
       }).then(
         async (created) => {
           engine = created;
-          post({ type: 'ready', info: created.model.info, forwardCost: await created.forwardCost(DRAFT_TOKENS_LIMIT + 1) });
+          const modelLoadedAt = epochNow();
+          // Measured before 'ready' only when asked; otherwise on 'calibrate' or at the first adaptive run.
+          const measure = message.calibrate && message.forwardCost === undefined;
+          const forwardCost = measure || message.forwardCost !== undefined ? await created.forwardCost(DRAFT_TOKENS_LIMIT + 1) : undefined;
+          post({ type: 'ready', info: created.model.info, forwardCost, times: { evaluatedAt, modelLoadedAt, ...(measure ? { calibratedAt: epochNow() } : {}) } });
         },
         (error: unknown) => post({ type: 'init-error', error: serialize(error) }),
       );
       break;
+    case 'calibrate': {
+      const started = performance.now();
+      if (engine === undefined) {
+        post({ type: 'calibrate-error', error: { code: 'INTERNAL', name: 'Error', message: 'engine worker is not initialised' } });
+        break;
+      }
+      calibration = engine.forwardCost(DRAFT_TOKENS_LIMIT + 1).then(
+        (forwardCost) => post({ type: 'calibrated', forwardCost, ms: performance.now() - started }),
+        (error: unknown) => post({ type: 'calibrate-error', error: serialize(error) }),
+      );
+      break;
+    }
     case 'run':
       void run(message.id, message);
       break;
@@ -114,10 +136,12 @@ port.on('message', (message: ToWorker) => {
     }
     case 'dispose':
       for (const state of runs.values()) state.controller.abort(new Error('engine worker disposed'));
-      void (engine?.dispose() ?? Promise.resolve()).finally(() => {
-        post({ type: 'disposed' });
-        port.close();
-      });
+      void Promise.allSettled([calibration])
+        .then(() => engine?.dispose())
+        .finally(() => {
+          post({ type: 'disposed' });
+          port.close();
+        });
       break;
   }
 });

@@ -19,7 +19,7 @@ import {
   prepareGeneration,
   tokenizePrompt,
 } from './engine.js';
-import type { FromWorker, SerializedError, ToWorker } from './worker-protocol.js';
+import type { FromWorker, SerializedError, ToWorker, WorkerStartupTimes } from './worker-protocol.js';
 
 type RunMessage = Extract<FromWorker, { id: number }>;
 
@@ -99,18 +99,21 @@ function reviveError(error: SerializedError, signal: AbortSignal | undefined): E
 export class WorkerEngine implements GenerationBackend {
   readonly info: ModelInfo;
   readonly tokenizer: TextTokenizer;
-  /** The worker's forward-cost table (index T), e.g. to give an in-process engine the same one. */
-  readonly forwardCost: readonly number[];
+  /** When the worker got through its startup phases (epoch ms), for startup breakdowns. */
+  readonly startupTimes: WorkerStartupTimes;
   private readonly worker: EngineHost;
+  private costTable: readonly number[] | undefined;
+  private calibration: Promise<readonly number[]> | undefined;
   private readonly runs = new Map<number, PendingRun>();
   private nextId = 1;
   private failure: Error | undefined;
 
-  private constructor(worker: EngineHost, info: ModelInfo, tokenizer: TextTokenizer, forwardCost: readonly number[]) {
+  private constructor(worker: EngineHost, info: ModelInfo, tokenizer: TextTokenizer, ready: Extract<FromWorker, { type: 'ready' }>) {
     this.worker = worker;
     this.info = info;
     this.tokenizer = tokenizer;
-    this.forwardCost = forwardCost;
+    this.costTable = ready.forwardCost;
+    this.startupTimes = ready.times;
     worker.on('message', (message: FromWorker) => {
       if ('id' in message) this.runs.get(message.id)?.push(message);
     });
@@ -122,14 +125,24 @@ export class WorkerEngine implements GenerationBackend {
     worker.on('exit', (code) => fail(new EngineWorkerError(`engine worker exited with code ${code}`)));
   }
 
-  /** Starts a worker, loads the model there (and calibrates, unless `forwardCost` is given). */
+  /**
+   * Starts a worker, loads the model there (and calibrates before resolving, unless `forwardCost`
+   * is given or `calibrate` is false: then see `calibrate()`).
+   */
   static async create(
     modelDir: string,
     runtime: RuntimeOptions,
     options: { calibrate?: boolean; forwardCost?: readonly number[]; tokenizer?: TextTokenizer; isolation?: EngineIsolation } = {},
   ): Promise<WorkerEngine> {
-    const tokenizer = options.tokenizer ?? loadTokenizer(modelDir);
     const worker = startHost(options.isolation ?? 'thread');
+    // While the worker boots and loads the model, this thread reads the tokenizer.
+    let tokenizer: TextTokenizer;
+    try {
+      tokenizer = options.tokenizer ?? loadTokenizer(modelDir);
+    } catch (error) {
+      await worker.terminate();
+      throw error;
+    }
     let onMessage: ((message: FromWorker) => void) | undefined;
     let onError: ((error: Error) => void) | undefined;
     let onExit: ((code: number) => void) | undefined;
@@ -154,7 +167,38 @@ export class WorkerEngine implements GenerationBackend {
     worker.off('exit', onExit!);
     // An idle worker must not keep the process alive; runs ref it while they are in flight.
     worker.unref();
-    return new WorkerEngine(worker, ready.info, tokenizer, ready.forwardCost);
+    return new WorkerEngine(worker, ready.info, tokenizer, ready);
+  }
+
+  /** The worker's forward-cost table (index T) once known, e.g. to give an in-process engine the same one. */
+  get forwardCost(): readonly number[] | undefined {
+    return this.costTable;
+  }
+
+  /**
+   * Has the worker measure its forward-cost table now (once; at once if it is known). Generations
+   * that need it meanwhile wait for the same measurement, so the adaptive draft length is never
+   * decided without it.
+   */
+  calibrate(): Promise<readonly number[]> {
+    if (this.costTable !== undefined) return Promise.resolve(this.costTable);
+    this.calibration ??= new Promise<readonly number[]>((resolve, reject) => {
+      const onMessage = (message: FromWorker) => {
+        if (message.type === 'calibrated') {
+          this.worker.off('message', onMessage);
+          this.costTable = message.forwardCost;
+          resolve(message.forwardCost);
+        } else if (message.type === 'calibrate-error') {
+          this.worker.off('message', onMessage);
+          reject(reviveError(message.error, undefined));
+        }
+      };
+      this.worker.on('message', onMessage);
+      this.worker.on('exit', (code) => reject(new EngineWorkerError(`engine worker exited with code ${code} while calibrating`)));
+      if (this.failure) reject(this.failure);
+      else this.post({ type: 'calibrate' });
+    });
+    return this.calibration;
   }
 
   /** False once the worker has died or been disposed: every run would fail. */

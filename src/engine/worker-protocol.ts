@@ -22,6 +22,8 @@ export type ToWorker =
   | { readonly type: 'run'; readonly id: number; readonly request: GenerateRequest; readonly promptTokens: readonly number[] }
   | { readonly type: 'cancel'; readonly id: number; readonly message: string }
   | { readonly type: 'credit'; readonly id: number }
+  /** Measure the forward-cost table now (if not known yet); answered by 'calibrated'. */
+  | { readonly type: 'calibrate' }
   | { readonly type: 'dispose' };
 
 export interface SerializedError {
@@ -32,8 +34,21 @@ export interface SerializedError {
   readonly progress?: { readonly promptTokens: number; readonly completionTokens: number };
 }
 
+/** When the worker got there, in ms since the epoch (performance.timeOrigin + now()): startup breakdowns. */
+export interface WorkerStartupTimes {
+  /** engine-worker.js evaluated: the thread is up and its imports (ONNX Runtime's binding included) are loaded. */
+  readonly evaluatedAt: number;
+  /** The ONNX Runtime session (and tokenizer) are ready. */
+  readonly modelLoadedAt: number;
+  /** The forward-cost table is measured; absent when it was given or left for later. */
+  readonly calibratedAt?: number;
+}
+
 export type FromWorker =
-  | { readonly type: 'ready'; readonly info: ModelInfo; readonly forwardCost: readonly number[] }
+  /** `forwardCost` is undefined when the table was neither given nor measured yet (see 'calibrate'). */
+  | { readonly type: 'ready'; readonly info: ModelInfo; readonly forwardCost: readonly number[] | undefined; readonly times: WorkerStartupTimes }
+  | { readonly type: 'calibrated'; readonly forwardCost: readonly number[]; readonly ms: number }
+  | { readonly type: 'calibrate-error'; readonly error: SerializedError }
   | { readonly type: 'init-error'; readonly error: SerializedError }
   | { readonly type: 'delta'; readonly id: number; readonly text: string; readonly tokenIds: readonly number[] }
   | { readonly type: 'final'; readonly id: number; readonly final: GenerationFinal }

@@ -10,7 +10,7 @@ export interface StartupTimer {
   mark(name: string): void;
   /** A milestone reached on another thread, given as epoch ms (performance.timeOrigin + now()). */
   markAt(name: string, epochMs: number): void;
-  /** Milestones in the order reached, ms since process start, starting with Node's bootstrap. */
+  /** Milestones in the order reached, ms since process start, starting with Node's bootstrap (where known). */
   phases(): Record<string, number>;
 }
 
@@ -27,7 +27,10 @@ export function createStartupTimer(): StartupTimer {
     },
     phases() {
       const at = (name: string) => performance.getEntriesByName(name, 'mark')[0]?.startTime;
-      const out: Record<string, number> = { nodeBootstrapped: Math.round(performance.nodeTiming.bootstrapComplete) };
+      const out: Record<string, number> = {};
+      // Deno's node:perf_hooks has no nodeTiming.
+      const bootstrapped = (performance as Partial<typeof performance>).nodeTiming?.bootstrapComplete;
+      if (typeof bootstrapped === 'number') out['nodeBootstrapped'] = Math.round(bootstrapped);
       const main = at(MAIN_EVALUATED_MARK);
       if (main !== undefined) out['mainEvaluated'] = Math.round(main);
       const marks = names.map((name) => [name, at(`anpd:${name}`)] as const).filter((m): m is readonly [string, number] => m[1] !== undefined);

@@ -169,6 +169,15 @@ for (const kustomization of ['k8s/base', 'k8s/overlays/gpu'] as const) {
     t.is(container['startupProbe']['grpc']['service'], SERVICE);
     t.is(container['livenessProbe']['grpc']['service'], LIVENESS_SERVICE, 'liveness must not fail while draining');
     t.true(container['startupProbe']['periodSeconds'] * container['startupProbe']['failureThreshold'] >= 60, 'startup allows a minute for the model load');
+    // Probing slower than a start takes would hold a ready replica back from traffic.
+    const coldStart = JSON.parse(readFileSync(join(ROOT, 'bench/results/cold-start.json'), 'utf8')) as { summary: { after: { servingMsMedian: number } } };
+    t.true(container['startupProbe']['periodSeconds'] <= Math.max(1, Math.ceil(coldStart.summary.after.servingMsMedian / 1000)), 'the startup probe period is at most the measured cold start');
+
+    // Stateless replicas: nothing written survives the pod and no client is pinned to one, so the
+    // HPA and the PDB may add and remove pods freely.
+    for (const volume of (pod['volumes'] ?? []) as Obj[]) t.truthy(volume['emptyDir'], `volume ${volume['name']}: only emptyDir (a replica keeps no state)`);
+    t.is(objects.filter((o) => o['kind'] === 'PersistentVolumeClaim' || o['kind'] === 'StatefulSet').length, 0);
+    for (const service of objects.filter((o) => o['kind'] === 'Service')) t.is(service['spec']['sessionAffinity'], 'None', `${service['metadata']['name']}: no session affinity`);
 
     // SIGTERM arrives after preStop; the drain then needs the grace plus 2 s to close connections.
     const preStopS = Number((container['lifecycle']['preStop']['exec']['command'] as string[])[1]);

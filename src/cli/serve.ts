@@ -77,6 +77,11 @@ export async function runServe(argv: readonly string[]): Promise<number> {
     limits: { maxNewTokensDefault: config.maxNewTokensDefault, maxNewTokensLimit: config.maxNewTokensLimit },
   });
   const generationTelemetry = new GenerationTelemetry(telemetry.tracer, telemetry.meter, logger, () => service.poolState);
+  // Handled from before the port opens: a SIGTERM right after "listening" drains instead of killing.
+  const stopSignal = new Promise<NodeJS.Signals>((resolve) => {
+    process.once('SIGTERM', () => resolve('SIGTERM'));
+    process.once('SIGINT', () => resolve('SIGINT'));
+  });
   const server = await startGrpcServer(service, config, logger, generationTelemetry);
   timer.mark('serving');
   logger.info('started', { startupMs: timer.phases() });
@@ -95,10 +100,7 @@ export async function runServe(argv: readonly string[]): Promise<number> {
       },
     );
   }
-  const signal = await new Promise<NodeJS.Signals>((resolve) => {
-    process.once('SIGTERM', () => resolve('SIGTERM'));
-    process.once('SIGINT', () => resolve('SIGINT'));
-  });
+  const signal = await stopSignal;
   stopping = true;
   logger.info('shutdown requested', { signal, graceMs: config.shutdownGraceMs });
   // A second signal means "now".

@@ -1,0 +1,146 @@
+import { type ChildProcess, spawn } from 'node:child_process';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import test from 'ava';
+import { DRAFT_TOKENS_LIMIT } from '../src/engine/engine.js';
+import { forwardCostPath, readForwardCost, writeForwardCost } from '../src/engine/forward-cost-cache.js';
+import { createWorkerEngine } from '../src/engine/worker-engine.js';
+import { TextGenerationClient } from '../src/transport/grpc/client.js';
+import { defaultModelDir, TEST_FORWARD_COST } from './support/default-model.js';
+import { waitFor } from './support/grpc-server.js';
+
+const RUNTIME = { executionProvider: 'cpu', intraOpThreads: 0, kvCapacity: 512 } as const;
+
+function scratchDir(t: { teardown(fn: () => void): void }): string {
+  const dir = mkdtempSync(join(tmpdir(), 'anpd-startup-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+test('a cached forward-cost table is read back only for the same model, provider and threads, and only when well formed', async (t) => {
+  const cache = scratchDir(t);
+  const modelDir = await defaultModelDir();
+  const { path, key } = forwardCostPath(cache, modelDir, RUNTIME);
+  t.is(readForwardCost(path, key), undefined, 'nothing cached yet');
+  t.true(writeForwardCost(path, key, TEST_FORWARD_COST));
+  t.deepEqual(readForwardCost(path, key), TEST_FORWARD_COST);
+  const otherThreads = forwardCostPath(cache, modelDir, { ...RUNTIME, intraOpThreads: 1 });
+  t.not(otherThreads.path, path);
+  t.is(readForwardCost(otherThreads.path, otherThreads.key), undefined);
+  t.is(readForwardCost(path, { ...key, cpu: 'another CPU' }), undefined, 'the key inside the file must match too');
+  for (const bad of [TEST_FORWARD_COST.slice(0, DRAFT_TOKENS_LIMIT), [0, 2, ...TEST_FORWARD_COST.slice(2)], [0, 1, 1.5, 1.2, ...TEST_FORWARD_COST.slice(4)]]) {
+    writeForwardCost(path, key, bad);
+    t.is(readForwardCost(path, key), undefined, JSON.stringify(bad));
+  }
+  writeFileSync(path, '{ not json');
+  t.is(readForwardCost(path, key), undefined);
+});
+
+test('writing the table where the cache is read-only reports false instead of throwing', (t) => {
+  if (process.getuid?.() === 0) {
+    // root writes through permission bits; a path under a regular file cannot be created by anyone.
+    const file = join(scratchDir(t), 'file');
+    writeFileSync(file, '');
+    t.false(writeForwardCost(join(file, 'forward-cost', 'x.json'), {}, TEST_FORWARD_COST));
+    return;
+  }
+  const dir = scratchDir(t);
+  mkdirSync(join(dir, 'ro'));
+  chmodSync(join(dir, 'ro'), 0o500);
+  t.false(writeForwardCost(join(dir, 'ro', 'forward-cost', 'x.json'), {}, TEST_FORWARD_COST));
+});
+
+test('a worker engine created without calibrating is ready without a table and measures it on calibrate(), once', async (t) => {
+  const engine = await createWorkerEngine(await defaultModelDir(), RUNTIME, { calibrate: false });
+  try {
+    t.is(engine.forwardCost, undefined);
+    t.true(engine.startupTimes.evaluatedAt <= engine.startupTimes.modelLoadedAt);
+    t.is(engine.startupTimes.calibratedAt, undefined);
+    const [a, b] = await Promise.all([engine.calibrate(), engine.calibrate()]);
+    t.is(a, b, 'one measurement for both callers');
+    t.is(a.length, DRAFT_TOKENS_LIMIT + 2);
+    t.is(a[1], 1);
+    for (let k = 2; k < a.length; k++) t.true(a[k]! >= a[k - 1]!);
+    t.is(engine.forwardCost, a);
+    t.is(await engine.calibrate(), a);
+  } finally {
+    await engine.dispose();
+  }
+});
+
+interface Served {
+  readonly child: ChildProcess;
+  readonly port: number;
+  readonly logs: string[];
+  readonly records: () => Record<string, unknown>[];
+  readonly exited: Promise<number | null>;
+}
+
+async function serve(modelDir: string, cache: string): Promise<Served> {
+  const cli = new URL('../src/cli/main.js', import.meta.url).pathname;
+  const child = spawn(process.execPath, [cli, 'serve', '--host', '127.0.0.1', '--port', '0', '--metrics-port', '0', '--model', modelDir], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+    env: { ...process.env, ANPD_CACHE_DIR: cache },
+  });
+  const logs: string[] = [];
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  const records = () =>
+    logs.flatMap((l) => {
+      try {
+        return [JSON.parse(l) as Record<string, unknown>];
+      } catch {
+        return [];
+      }
+    });
+  const port = await new Promise<number>((resolve, reject) => {
+    createInterface({ input: child.stderr! }).on('line', (line) => {
+      logs.push(line);
+      const record = records().at(-1);
+      if (record?.['msg'] === 'gRPC server listening') resolve(record['port'] as number);
+    });
+    void exited.then((code) => reject(new Error(`server exited with ${code}: ${logs.join('\n')}`)));
+  });
+  return { child, port, logs, records, exited };
+}
+
+test.serial('a new replica is SERVING before it measures the forward-cost table, answers at once, caches the table; a restart reuses it', async (t) => {
+  const modelDir = await defaultModelDir();
+  const cache = scratchDir(t);
+  const first = await serve(modelDir, cache);
+  const client = new TextGenerationClient(`127.0.0.1:${first.port}`);
+  try {
+    t.is(await client.health(''), 'SERVING');
+    // Adaptive speculation needs the table: this request waits for the measurement, then runs.
+    const reply = await client.generate({ text: 'The capital of France is', stopping: { max_new_tokens: 8, ignore_eos: true } }, { deadlineMs: 60_000 });
+    t.is(reply.token_ids.length, 8);
+    const started = first.records().find((r) => r['msg'] === 'started')?.['startupMs'] as Record<string, number> | undefined;
+    t.truthy(started, 'one started line with the milestones');
+    const order = Object.keys(started!);
+    t.is(order.at(-1), 'serving');
+    for (const name of ['mainEvaluated', 'configParsed', 'workerEvaluated', 'tokenizerLoaded', 'importsDone', 'modelLoaded', 'engineReady']) t.true(order.includes(name), name);
+    t.true(started!['configParsed']! <= started!['workerEvaluated']! && started!['modelLoaded']! <= started!['serving']!);
+    t.is(first.records().find((r) => r['msg'] === 'model loaded')?.['forwardCost'], 'deferred');
+    t.true(await waitFor(() => first.records().some((r) => r['msg'] === 'forward cost measured'), 30_000));
+    t.true(first.records().find((r) => r['msg'] === 'forward cost measured')?.['cached'] as boolean);
+    t.is(readdirSync(join(cache, 'forward-cost')).length, 1);
+  } finally {
+    client.close();
+    first.child.kill('SIGTERM');
+  }
+  t.is(await first.exited, 0);
+
+  const second = await serve(modelDir, cache);
+  try {
+    t.is(second.records().find((r) => r['msg'] === 'model loaded')?.['forwardCost'], 'cached');
+    // SIGTERM drains once the server has logged `started` (it handles the signal from then on).
+    t.true(await waitFor(() => second.records().some((r) => r['msg'] === 'started'), 10_000));
+    second.child.kill('SIGTERM');
+    t.is(await second.exited, 0);
+    t.false(second.records().some((r) => r['msg'] === 'forward cost measured'), 'nothing measured again');
+  } finally {
+    if (second.child.exitCode === null) second.child.kill('SIGKILL');
+  }
+  t.true(existsSync(join(cache, 'forward-cost')));
+});

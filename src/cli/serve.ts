@@ -8,8 +8,8 @@
  * waits for it). One `started` log line gives the breakdown (docs/perf-notes.md, "Cold start").
  */
 import { basename, resolve } from 'node:path';
-import { DEFAULT_GRAPH_OPTIONS } from '../convert/llama-graph.js';
 import { parseServerConfig, SERVE_HELP, wantsHelp } from '../config/server-config.js';
+import { DEFAULT_GRAPH_OPTIONS } from '../convert/llama-graph.js';
 import { forwardCostPath, readForwardCost, writeForwardCost } from '../engine/forward-cost-cache.js';
 import { createEnginePool } from '../engine/engine-pool.js';
 import { createLogger } from '../log.js';

@@ -3,7 +3,9 @@ import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, wri
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
+import { Metadata } from '@grpc/grpc-js';
 import test from 'ava';
+import { fetchMetricsText, freePort } from '../bench/loopback.js';
 import { DRAFT_TOKENS_LIMIT } from '../src/engine/engine.js';
 import { forwardCostPath, readForwardCost, writeForwardCost } from '../src/engine/forward-cost-cache.js';
 import { createWorkerEngine } from '../src/engine/worker-engine.js';
@@ -78,11 +80,12 @@ interface Served {
   readonly exited: Promise<number | null>;
 }
 
-async function serve(modelDir: string, cache: string): Promise<Served> {
+async function serve(modelDir: string, cache: string, options: { metricsPort?: number; env?: NodeJS.ProcessEnv } = {}): Promise<Served> {
   const cli = new URL('../src/cli/main.js', import.meta.url).pathname;
-  const child = spawn(process.execPath, [cli, 'serve', '--host', '127.0.0.1', '--port', '0', '--metrics-port', '0', '--model', modelDir], {
+  const args = [cli, 'serve', '--host', '127.0.0.1', '--port', '0', '--metrics-host', '127.0.0.1', '--metrics-port', String(options.metricsPort ?? 0), '--model', modelDir];
+  const child = spawn(process.execPath, args, {
     stdio: ['ignore', 'ignore', 'pipe'],
-    env: { ...process.env, ANPD_CACHE_DIR: cache },
+    env: { ...process.env, ANPD_CACHE_DIR: cache, ...options.env },
   });
   const logs: string[] = [];
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
@@ -143,4 +146,50 @@ test.serial('a new replica is SERVING before it measures the forward-cost table,
     if (second.child.exitCode === null) second.child.kill('SIGKILL');
   }
   t.true(existsSync(join(cache, 'forward-cost')));
+});
+
+/** Metric series (names and label sets, no values) and target_info's label names from /metrics. */
+function shapeOf(metricsText: string): { series: string[]; help: string[]; targetInfoKeys: string[] } {
+  const lines = metricsText.split('\n').filter((l) => l !== '');
+  const series = lines.filter((l) => !l.startsWith('#') && !l.startsWith('target_info')).map((l) => l.replace(/ \S+( \d+)?$/, ''));
+  const targetInfo = lines.find((l) => l.startsWith('target_info')) ?? '';
+  return {
+    series: series.sort(),
+    help: lines.filter((l) => l.startsWith('#')).sort(),
+    targetInfoKeys: [...targetInfo.matchAll(/(\w+)="/g)].map((m) => m[1]!).sort(),
+  };
+}
+
+test.serial('default telemetry without the Node SDK registers what the SDK would: same metric series, resource, trace context in logs', async (t) => {
+  const modelDir = await defaultModelDir();
+  const cache = scratchDir(t);
+  const shapes = [];
+  for (const env of [{}, { OTEL_PROPAGATORS: 'tracecontext,baggage' /* the default, spelled out: loads the SDK */ }]) {
+    const metricsPort = await freePort();
+    const server = await serve(modelDir, cache, { metricsPort, env: { ...env, OTEL_RESOURCE_ATTRIBUTES: 'k8s.pod.name=pod-1' } });
+    const client = new TextGenerationClient(`127.0.0.1:${server.port}`);
+    try {
+      const metadata = new Metadata();
+      metadata.set('traceparent', '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01');
+      await new Promise((resolve, reject) =>
+        client.raw.Generate({ request_id: 'traced', text: 'Hi', stopping: { max_new_tokens: 4 } }, metadata, {}, (error, reply) => (error ? reject(error) : resolve(reply))),
+      );
+      t.true(await waitFor(() => server.records().some((r) => r['msg'] === 'request'), 5000));
+      const request = server.records().find((r) => r['msg'] === 'request')!;
+      t.is(request['traceId'], '0af7651916cd43dd8448eb211c80319c', 'the caller\'s trace id reaches the request log line');
+      shapes.push({ sdk: server.records().find((r) => r['msg'] === 'telemetry started')?.['sdk'], ...shapeOf(await fetchMetricsText(metricsPort)) });
+    } finally {
+      client.close();
+      server.child.kill('SIGTERM');
+      await server.exited;
+    }
+  }
+  const [lean, sdk] = shapes;
+  t.is(lean!.sdk, 'api+metrics');
+  t.is(sdk!.sdk, 'node');
+  t.true(lean!.series.some((s) => s.startsWith('gen_ai_')));
+  t.deepEqual(lean!.series, sdk!.series);
+  t.deepEqual(lean!.help, sdk!.help);
+  t.true(lean!.targetInfoKeys.includes('k8s_pod_name') && lean!.targetInfoKeys.includes('service_name'));
+  t.deepEqual(lean!.targetInfoKeys, sdk!.targetInfoKeys);
 });

@@ -3,7 +3,7 @@
  *
  * Cold start is on the critical path of every scale-up, so the order is chosen for it: the engine
  * worker starts loading the model first, and this thread imports and starts telemetry and the gRPC
- * server meanwhile (the OpenTelemetry SDK alone takes ~0.5 s to import). The forward-cost table
+ * server meanwhile. The forward-cost table
  * comes from the cache, or is measured after the server is SERVING (the first adaptive generation
  * waits for it). One `started` log line gives the breakdown (docs/perf-notes.md, "Cold start").
  */
@@ -56,7 +56,7 @@ export async function runServe(argv: readonly string[]): Promise<number> {
     import('../engine/inference-service.js'),
   ]);
   timer.mark('importsDone');
-  const telemetry = startTelemetry({ serviceName: 'anpd-serve', metricsPort: config.metricsPort, metricsHost: config.metricsHost }, logger);
+  const telemetry = await startTelemetry({ serviceName: 'anpd-serve', metricsPort: config.metricsPort, metricsHost: config.metricsHost }, logger);
   timer.mark('telemetryStarted');
   const engine = await enginePromise;
   timer.markAt('workerEvaluated', engine.startupTimes.evaluatedAt);

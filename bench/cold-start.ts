@@ -13,7 +13,8 @@
  *   after            this build, forward-cost table in the cache (a restarted replica)
  *   after-cold-table this build, empty cache dir besides the model (a new replica: the table is
  *                    measured after SERVING)
- *   before           --baseline DIST_MAIN_JS: another build (e.g. the commit before), for ratios
+ *   before           --baseline DIST_MAIN_JS: another build (e.g. the commit before), for ratios;
+ *                    --baseline NAME=DIST_MAIN_JS (repeatable) names it
  *   deno             --deno: this build under Deno 2 (node_modules/.bin/deno), table cached
  *
  *   npm run bench:cold-start -- --runs 7 --baseline /tmp/base/dist/src/cli/main.js --deno
@@ -169,7 +170,7 @@ async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
       runs: { type: 'string', default: '5' },
-      baseline: { type: 'string' },
+      baseline: { type: 'string', multiple: true },
       deno: { type: 'boolean', default: false },
       out: { type: 'string', default: join(ROOT, 'bench/results/cold-start.json') },
     },
@@ -181,7 +182,10 @@ async function main(): Promise<void> {
     { name: 'after', command: process.execPath, args: [main], freshCache: false },
     { name: 'after-cold-table', command: process.execPath, args: [main], freshCache: true },
   ];
-  if (values.baseline !== undefined) variants.push({ name: 'before', command: process.execPath, args: [resolve(values.baseline)], freshCache: false });
+  for (const baseline of values.baseline ?? []) {
+    const [name, path] = baseline.includes('=') ? (baseline.split('=', 2) as [string, string]) : ['before', baseline];
+    variants.push({ name, command: process.execPath, args: [resolve(path)], freshCache: false });
+  }
   if (values.deno) variants.push({ name: 'deno', command: join(ROOT, 'node_modules/.bin/deno'), args: ['run', '-A', main], freshCache: false });
   // One warm-up start per variant (page cache, and the table cache for 'after'); not recorded.
   process.stderr.write(`cold start: ${rounds} rounds × ${variants.map((v) => v.name).join(', ')} (cache ${cacheDir()})\n`);

@@ -31,6 +31,7 @@ test('a cached forward-cost table is read back only for the same model, provider
   const otherThreads = forwardCostPath(cache, modelDir, { ...RUNTIME, intraOpThreads: 1 });
   t.not(otherThreads.path, path);
   t.is(readForwardCost(otherThreads.path, otherThreads.key), undefined);
+  t.not(forwardCostPath(cache, modelDir, { ...RUNTIME, replicas: 2 }).path, path, 'replicas sharing the cores measure differently');
   t.is(readForwardCost(path, { ...key, cpu: 'another CPU' }), undefined, 'the key inside the file must match too');
   for (const bad of [TEST_FORWARD_COST.slice(0, DRAFT_TOKENS_LIMIT), [0, 2, ...TEST_FORWARD_COST.slice(2)], [0, 1, 1.5, 1.2, ...TEST_FORWARD_COST.slice(4)]]) {
     writeForwardCost(path, key, bad);

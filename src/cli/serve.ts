@@ -3,15 +3,15 @@
  *
  * Cold start is on the critical path of every scale-up, so the order is chosen for it: the engine
  * worker starts loading the model first, and this thread imports and starts telemetry and the gRPC
- * server meanwhile. The forward-cost table
- * comes from the cache, or is measured after the server is SERVING (the first adaptive generation
- * waits for it). One `started` log line gives the breakdown (docs/perf-notes.md, "Cold start").
+ * server meanwhile. The forward-cost table comes from the cache, or is measured after the server
+ * is SERVING (the first adaptive generation waits for it). One `started` log line gives the
+ * breakdown (docs/perf-notes.md, "Cold start").
  */
 import { basename, resolve } from 'node:path';
 import { parseServerConfig, SERVE_HELP, wantsHelp } from '../config/server-config.js';
 import { DEFAULT_GRAPH_OPTIONS } from '../convert/llama-graph.js';
-import { forwardCostPath, readForwardCost, writeForwardCost } from '../engine/forward-cost-cache.js';
 import { createEnginePool } from '../engine/engine-pool.js';
+import { forwardCostPath, readForwardCost, writeForwardCost } from '../engine/forward-cost-cache.js';
 import { createLogger } from '../log.js';
 import { cacheDir, DEFAULT_MODEL, ensureDefaultModel } from '../model/default-model.js';
 import { createProgressReporter } from './progress.js';
@@ -36,7 +36,7 @@ export async function runServe(argv: readonly string[]): Promise<number> {
   }
   timer.mark('modelResolved');
   const runtime = { executionProvider: config.executionProvider, intraOpThreads: config.intraOpThreads, kvCapacity: config.kvCapacity };
-  const costCache = forwardCostPath(cacheDir(), modelDir, runtime);
+  const costCache = forwardCostPath(cacheDir(), modelDir, { ...runtime, replicas: config.engineReplicas });
   const cachedCost = readForwardCost(costCache.path, costCache.key);
   // The model runs on worker threads (one per replica): this thread stays free for gRPC I/O.
   const enginePromise = createEnginePool(modelDir, { ...runtime, ...(batchModelDir !== undefined ? { batchModelDir } : {}) }, {

@@ -5,8 +5,8 @@
  * 2 cores), never a different output (speculation changes speed only).
  *
  * The key names everything the table depends on: the model file (path, size, mtime), the execution
- * provider, the intra-op threads, the CPU model and count and the architecture. A table from another
- * machine or model never matches.
+ * provider, the intra-op threads and replicas sharing the cores, the CPU model and count and the
+ * architecture. A table from another machine or model never matches.
  */
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
@@ -26,13 +26,17 @@ export interface ForwardCostFile {
   readonly forwardCost: readonly number[];
 }
 
-function forwardCostKey(modelDir: string, runtime: Pick<RuntimeOptions, 'executionProvider' | 'intraOpThreads'>): Record<string, string | number> {
+/** What the table was measured with: provider, intra-op threads, and how many replicas share the cores. */
+export type ForwardCostRuntime = Pick<RuntimeOptions, 'executionProvider' | 'intraOpThreads'> & { readonly replicas?: number };
+
+function forwardCostKey(modelDir: string, runtime: ForwardCostRuntime): Record<string, string | number> {
   const dir = resolve(modelDir);
   const key: Record<string, string | number> = {
     format: FORWARD_COST_FORMAT,
     modelDir: dir,
     executionProvider: runtime.executionProvider,
     intraOpThreads: runtime.intraOpThreads,
+    replicas: runtime.replicas ?? 1,
     cpu: cpus()[0]?.model ?? 'unknown',
     cores: availableParallelism(),
     arch: arch(),
@@ -46,7 +50,7 @@ function forwardCostKey(modelDir: string, runtime: Pick<RuntimeOptions, 'executi
 }
 
 /** Where the table for this model and runtime lives under `cacheRoot`. */
-export function forwardCostPath(cacheRoot: string, modelDir: string, runtime: Pick<RuntimeOptions, 'executionProvider' | 'intraOpThreads'>): { path: string; key: Record<string, string | number> } {
+export function forwardCostPath(cacheRoot: string, modelDir: string, runtime: ForwardCostRuntime): { path: string; key: Record<string, string | number> } {
   const key = forwardCostKey(modelDir, runtime);
   const digest = createHash('sha256').update(JSON.stringify(key)).digest('hex').slice(0, 24);
   return { path: join(cacheRoot, 'forward-cost', `${digest}.json`), key };

@@ -8,8 +8,8 @@
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
 import { status as GrpcStatus } from '@grpc/grpc-js';
+import { listeningPort } from './support/serve-process.js';
 import test from 'ava';
 import { fetchMetricsText, freePort } from '../bench/loopback.js';
 import { projectRoot } from '../src/model/default-model.js';
@@ -58,19 +58,7 @@ async function spawnDenoServer(): Promise<DenoServer> {
   const child = spawn(DENO, args, { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, DENO_NO_UPDATE_CHECK: '1', NO_COLOR: '1' } });
   const logs: string[] = [];
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-  const port = await new Promise<number>((resolve, reject) => {
-    createInterface({ input: child.stderr! }).on('line', (line) => {
-      logs.push(line);
-      try {
-        const record = JSON.parse(line) as { msg?: string; port?: number };
-        if (record.msg === 'gRPC server listening' && record.port !== undefined) resolve(record.port);
-      } catch {
-        // not a log line (Deno's own warnings)
-      }
-    });
-    void exited.then((code) => reject(new Error(`the server exited under Deno with ${code} before listening:\n${logs.join('\n')}`)));
-    setTimeout(() => reject(new Error(`not listening under Deno after 120 s:\n${logs.join('\n')}`)), 120_000).unref();
-  });
+  const port = await listeningPort(child, logs);
   return { child, port, metricsPort, logs, exited };
 }
 

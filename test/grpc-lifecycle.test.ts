@@ -1,9 +1,9 @@
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
-import { createInterface } from 'node:readline';
 import { type GrpcObject, type ServiceClientConstructor, type ServiceError, credentials, loadPackageDefinition, status as GrpcStatus } from '@grpc/grpc-js';
 import { loadSync } from '@grpc/proto-loader';
+import { listeningPort } from './support/serve-process.js';
 import test from 'ava';
 import { TextGenerationClient } from '../src/transport/grpc/client.js';
 import type { BidiServerMsg, GenerateRequestMsg } from '../src/transport/grpc/messages.js';
@@ -149,18 +149,7 @@ async function spawnServer(): Promise<{ child: ChildProcess; port: number; logs:
     stdio: ['ignore', 'ignore', 'pipe'],
   });
   const logs: string[] = [];
-  const port = await new Promise<number>((resolve, reject) => {
-    createInterface({ input: child.stderr! }).on('line', (line) => {
-      logs.push(line);
-      try {
-        const record = JSON.parse(line) as { msg?: string; port?: number };
-        if (record.msg === 'gRPC server listening' && record.port !== undefined) resolve(record.port);
-      } catch {
-        // not a log line
-      }
-    });
-    child.once('exit', (code) => reject(new Error(`server exited early with ${code}: ${logs.join('\n')}`)));
-  });
+  const port = await listeningPort(child, logs);
   return { child, port, logs };
 }
 

@@ -2,8 +2,8 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
 import { Metadata } from '@grpc/grpc-js';
+import { listeningPort } from './support/serve-process.js';
 import test from 'ava';
 import { fetchMetricsText, freePort } from '../bench/loopback.js';
 import { DRAFT_TOKENS_LIMIT } from '../src/engine/engine.js';
@@ -98,14 +98,7 @@ async function serve(modelDir: string, cache: string, options: { metricsPort?: n
         return [];
       }
     });
-  const port = await new Promise<number>((resolve, reject) => {
-    createInterface({ input: child.stderr! }).on('line', (line) => {
-      logs.push(line);
-      const record = records().at(-1);
-      if (record?.['msg'] === 'gRPC server listening') resolve(record['port'] as number);
-    });
-    void exited.then((code) => reject(new Error(`server exited with ${code}: ${logs.join('\n')}`)));
-  });
+  const port = await listeningPort(child, logs);
   return { child, port, logs, records, exited };
 }
 

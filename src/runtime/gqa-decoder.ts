@@ -189,6 +189,17 @@ class ForwardScheduler {
  * sequence's own KV tensors (appended in place, as alone), idle slots to a 2-position scratch KV
  * with one token. Logits come back for the requested rows of each sequence, in order.
  */
+/** The buffer and tensor of a given size, made on first use. */
+function cached<A>(map: Map<number, { data: A; tensor: ort.Tensor }>, size: number, array: (n: number) => A, tensor: (data: A) => ort.Tensor): { data: A; tensor: ort.Tensor } {
+  let entry = map.get(size);
+  if (entry === undefined) {
+    const data = array(size);
+    entry = { data, tensor: tensor(data) };
+    map.set(size, entry);
+  }
+  return entry;
+}
+
 class SlotBatchRunner {
   readonly slots: number;
   private readonly session: ort.InferenceSession;
@@ -201,6 +212,9 @@ class SlotBatchRunner {
   private readonly kvNames: (readonly [string, string])[][] = [];
   private readonly idleKv: ort.Tensor[];
   private readonly logitsByRows = new Map<number, { data: Float32Array; tensor: ort.Tensor }>();
+  // By length (≤ K × BATCH_TOKENS_MAX tokens, ≤ K × BATCH_TOKENS_MAX rows): allocated once each.
+  private readonly idsByLength = new Map<number, { data: BigInt64Array; tensor: ort.Tensor }>();
+  private readonly indexByRows = new Map<number, { data: BigInt64Array; tensor: ort.Tensor }>();
 
   constructor(batch: SlotBatch, m: ModelManifest) {
     this.session = batch.session;
@@ -233,24 +247,24 @@ class SlotBatchRunner {
       tokens += f.padded;
       rows += f.rows;
     }
-    const ids = new BigInt64Array(tokens);
-    const logitsIndex = new BigInt64Array(rows);
+    const ids = cached(this.idsByLength, tokens, (n) => new BigInt64Array(n), (d) => new ort.Tensor('int64', d, [1, tokens]));
+    const logitsIndex = cached(this.indexByRows, rows, (n) => new BigInt64Array(n), (d) => new ort.Tensor('int64', d, [rows]));
     let offset = 0;
     let row = 0;
     for (let s = 0; s < this.slots; s++) {
       const f = group[s];
       const names = this.kvNames[s]!;
       if (f === undefined) {
-        ids[offset++] = 0n;
+        ids.data[offset++] = 0n;
         this.slotTokens[s] = 1n;
         this.seqlensK[s]![0] = 0;
         this.totalLength[s]![0] = 1;
         names.forEach(([past, present], i) => (this.feeds[past] = this.fetches[present] = this.idleKv[i]!));
         continue;
       }
-      for (let i = 0; i < f.count; i++) ids[offset + i] = BigInt(f.tokens[f.start + i]!);
-      for (let i = f.count; i < f.padded; i++) ids[offset + i] = ids[offset + f.count - 1]!;
-      for (let i = f.count - f.rows; i < f.count; i++) logitsIndex[row++] = BigInt(offset + i);
+      for (let i = 0; i < f.count; i++) ids.data[offset + i] = BigInt(f.tokens[f.start + i]!);
+      for (let i = f.count; i < f.padded; i++) ids.data[offset + i] = ids.data[offset + f.count - 1]!;
+      for (let i = f.count - f.rows; i < f.count; i++) logitsIndex.data[row++] = BigInt(offset + i);
       this.slotTokens[s] = BigInt(f.padded);
       this.seqlensK[s]![0] = f.sequence.length + f.padded - 1;
       this.totalLength[s]![0] = f.sequence.length + f.padded;
@@ -258,14 +272,9 @@ class SlotBatchRunner {
       names.forEach(([past, present], i) => (this.feeds[past] = this.fetches[present] = kv[i]!));
       offset += f.padded;
     }
-    this.feeds['input_ids'] = new ort.Tensor('int64', ids, [1, tokens]);
-    this.feeds['logits_index'] = new ort.Tensor('int64', logitsIndex, [rows]);
-    let logits = this.logitsByRows.get(rows);
-    if (logits === undefined) {
-      const data = new Float32Array(rows * this.vocab);
-      logits = { data, tensor: new ort.Tensor('float32', data, [1, rows, this.vocab]) };
-      this.logitsByRows.set(rows, logits);
-    }
+    this.feeds['input_ids'] = ids.tensor;
+    this.feeds['logits_index'] = logitsIndex.tensor;
+    const logits = cached(this.logitsByRows, rows, (n) => new Float32Array(n * this.vocab), (d) => new ort.Tensor('float32', d, [1, rows, this.vocab]));
     this.fetches['logits'] = logits.tensor;
     await this.session.run(this.feeds, this.fetches);
     let at = 0;

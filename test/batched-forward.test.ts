@@ -11,6 +11,7 @@ import { DEFAULT_SPECULATION, type Engine, type GenerateRequest, NO_SPECULATION 
 import { ensureDefaultModel } from '../src/model/default-model.js';
 import type { GqaDecoderModel } from '../src/runtime/gqa-decoder.js';
 import { defaultEngine, defaultModelDir, TEST_FORWARD_COST } from './support/default-model.js';
+import { describeDivergence } from './support/divergence.js';
 
 async function tokens(engine: Engine, request: GenerateRequest): Promise<number[]> {
   const out: number[] = [];
@@ -49,7 +50,12 @@ for (const prefillChunk of [512, 32]) {
     t.true(counts.batched > 10, 'concurrent generations should have shared forwards');
     t.true(counts.batchedSequences / counts.batched > 2, 'batches should carry more than two sequences on average');
     const single = await defaultEngine();
-    for (const [i, request] of REQUESTS.entries()) t.deepEqual(outputs[i], await tokens(single, request), `request ${i}`);
+    for (const [i, request] of REQUESTS.entries()) {
+      const alone = await tokens(single, request);
+      // Sampling is exact too (same seed, same logits); the gap is only meaningful for greedy rows.
+      if (JSON.stringify(outputs[i]) !== JSON.stringify(alone)) t.fail(`request ${i}: ${await describeDivergence(single, request, alone, outputs[i]!)}`);
+      else t.pass();
+    }
   });
 }
 

@@ -240,3 +240,58 @@ test('fixedDraftLength(k) always asks for k tokens, whatever is recorded', (t) =
     t.is(fixed.current(), k);
   }
 });
+
+// Batch-aware draft lengths (issue 9): the others' rows and tokens share the forward.
+
+/** cost[T] = 1 + slope·(T − 1) for T = 1..rows: a compute-bound device (2 CPU cores: ~0.15 per row). */
+function linearCost(rows: number, slope: number): number[] {
+  return [0, ...Array.from({ length: rows }, (_, i) => 1 + slope * i)];
+}
+
+/** Flat to 32 rows, then rising: a GPU whose forward is dispatch-bound until its compute ridge. */
+const GPU_COST: readonly number[] = [0, ...Array.from({ length: 128 }, (_, i) => (i + 1 <= 32 ? 1 : 1 + 0.02 * (i + 1 - 32)))];
+
+test('under load on a compute-bound table, drafts shrink as the others add rows and come back as they leave', (t) => {
+  const c = controller({ draftTokensMax: 7, forwardCost: linearCost(128, 0.15), prior: 0.7 });
+  const alone = c.current();
+  t.true(alone >= 2, `alone K ${alone}`);
+  const chosen: number[] = [];
+  for (const streams of [1, 2, 4, 8, 16, 64]) chosen.push(c.current({ rows: streams - 1, tokens: streams - 1 }));
+  for (let i = 1; i < chosen.length; i++) t.true(chosen[i]! <= chosen[i - 1]!, `K by load: ${chosen.join(' ')}`);
+  t.is(chosen[0], alone, 'no others: the single-sequence rule');
+  t.is(chosen[chosen.length - 1], 0, `speculation off at 64 streams: ${chosen.join(' ')}`);
+  t.is(c.current(), alone, 'back to the alone length once the load is gone');
+});
+
+test('under load, a pad row every forward takes anyway makes a one-token draft free', (t) => {
+  // 2 rows minimum (the CPU's): a plain step already pays for 2 rows.
+  const c = controller({ draftTokensMax: 7, forwardCost: linearCost(128, 0.15), prior: 0.5, rowsMin: 2 });
+  t.is(c.rowsFor(0), 2);
+  t.is(c.rowsFor(1), 2);
+  t.is(c.rowsFor(5), 6);
+  t.is(c.current({ rows: 30, tokens: 15 }), 1);
+  // Without the pad row the same estimate does not pay under that load.
+  t.is(controller({ draftTokensMax: 7, forwardCost: linearCost(128, 0.15), prior: 0.5 }).current({ rows: 15, tokens: 15 }), 0);
+});
+
+test('under load on a table flat to the compute ridge, drafts keep their length', (t) => {
+  const c = controller({ draftTokensMax: 7, forwardCost: GPU_COST, prior: 0.7, rowsMin: 4 });
+  const alone = c.current();
+  t.is(alone, 7);
+  // 4 others of 4 rows: 16 + 8 rows, still under the ridge.
+  t.is(c.current({ rows: 16, tokens: 4 }), 7);
+  // 15 others: 60 rows, past the ridge: shorter drafts.
+  const loaded = c.current({ rows: 60, tokens: 15 });
+  t.true(loaded < alone, `K ${loaded} at 15 others`);
+});
+
+test('rows past the cost table extend its last slope; expectedTokens follows the estimates', (t) => {
+  const c = controller({ draftTokensMax: 4, forwardCost: linearCost(6, 0.5), prior: 0.5 });
+  // 6 entries measured; 100 rows of others still give a finite, sensible answer.
+  const k = c.current({ rows: 100, tokens: 50 });
+  t.true(Number.isInteger(k) && k >= 0 && k <= 4);
+  t.is(k, 0, 'each extra row costs 0.5 of a forward while a plain row yields 0.5 tokens: drafts at p = 0.5 do not pay');
+  t.is(c.expectedTokens(0), 1);
+  t.is(c.expectedTokens(2), 1 + 0.5 + 0.25);
+  t.is(c.expectedTokens(9), 1 + 0.5 + 0.25 + 0.125 + 0.0625, 'capped at draftTokensMax');
+});

@@ -36,7 +36,7 @@ export async function runServe(argv: readonly string[]): Promise<number> {
   }
   timer.mark('modelResolved');
   const runtime = { executionProvider: config.executionProvider, intraOpThreads: config.intraOpThreads, kvCapacity: config.kvCapacity };
-  const costCache = forwardCostPath(cacheDir(), modelDir, { ...runtime, replicas: config.engineReplicas });
+  const costCache = forwardCostPath(cacheDir(), modelDir, { ...runtime, replicas: config.engineReplicas, ...(batchModelDir !== undefined ? { batchModelDir } : {}) });
   const cachedCost = readForwardCost(costCache.path, costCache.key);
   // The model runs on worker threads (one per replica): this thread stays free for gRPC I/O.
   const enginePromise = createEnginePool(modelDir, { ...runtime, ...(batchModelDir !== undefined ? { batchModelDir } : {}) }, {

@@ -1,7 +1,7 @@
 import { loadDecoderModel } from '../runtime/load-model.js';
 import { DEFAULT_RUNTIME_OPTIONS, type RuntimeOptions } from '../runtime/types.js';
 import { loadTokenizer } from '../tokenizer/tokenizer.js';
-import { DRAFT_TOKENS_LIMIT, Engine } from './engine.js';
+import { Engine } from './engine.js';
 
 /**
  * Opens a model directory (ours or an Optimum export) with its tokenizer, and measures the cost
@@ -15,6 +15,6 @@ export async function createEngine(
   const tokenizer = loadTokenizer(modelDir);
   const model = await loadDecoderModel(modelDir, runtime);
   const engine = new Engine(model, tokenizer, options.forwardCost);
-  if ((options.calibrate ?? true) && options.forwardCost === undefined) await engine.forwardCost(DRAFT_TOKENS_LIMIT + 1);
+  if ((options.calibrate ?? true) && options.forwardCost === undefined) await engine.forwardCost();
   return engine;
 }

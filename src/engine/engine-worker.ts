@@ -8,7 +8,7 @@
 import { parentPort } from 'node:worker_threads';
 import { AnpdError } from '../errors.js';
 import { createEngine } from './create-engine.js';
-import { CancelledError, DRAFT_TOKENS_LIMIT, type Engine } from './engine.js';
+import { CancelledError, type Engine } from './engine.js';
 import { type FromWorker, type SerializedError, type ToWorker, WORKER_DELTAS_IN_FLIGHT_MAX } from './worker-protocol.js';
 
 interface Run {
@@ -97,7 +97,7 @@ port.on('message', (message: ToWorker) => {
           const modelLoadedAt = epochNow();
           // Measured before 'ready' only when asked; otherwise on 'calibrate' or at the first adaptive run.
           const measure = message.calibrate && message.forwardCost === undefined;
-          const forwardCost = measure || message.forwardCost !== undefined ? await created.forwardCost(DRAFT_TOKENS_LIMIT + 1) : undefined;
+          const forwardCost = measure || message.forwardCost !== undefined ? await created.forwardCost() : undefined;
           post({ type: 'ready', info: created.model.info, forwardCost, times: { evaluatedAt, modelLoadedAt, ...(measure ? { calibratedAt: epochNow() } : {}) } });
         },
         (error: unknown) => post({ type: 'init-error', error: serialize(error) }),
@@ -109,7 +109,7 @@ port.on('message', (message: ToWorker) => {
         post({ type: 'calibrate-error', error: { code: 'INTERNAL', name: 'Error', message: 'engine worker is not initialised' } });
         break;
       }
-      calibration = engine.forwardCost(DRAFT_TOKENS_LIMIT + 1).then(
+      calibration = engine.forwardCost().then(
         (forwardCost) => post({ type: 'calibrated', forwardCost, ms: performance.now() - started }),
         (error: unknown) => post({ type: 'calibrate-error', error: serialize(error) }),
       );

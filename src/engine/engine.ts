@@ -7,6 +7,7 @@
  * committed − 1 (the newest token is fed at the start of the next round) and the drafter has seen
  * exactly the committed tokens.
  */
+import { BatchLoad, type OthersLoad } from '../draft/batch-load.js';
 import { DEFAULT_CONTROLLER_OPTIONS, DraftLengthController, fixedDraftLength } from '../draft/draft-length-controller.js';
 import { type Drafter, NO_DRAFTER } from '../draft/drafter.js';
 import { ANPD_PAPER_OPTIONS, DEFAULT_NGRAM_OPTIONS, NGRAM_N_MAX, NgramDrafter } from '../draft/ngram-drafter.js';
@@ -55,6 +56,8 @@ export interface SpeculationOptions {
 
 /** Cap on draft tokens per round: verify cost grows with every row (see docs/perf-notes.md). */
 export const DRAFT_TOKENS_LIMIT = 16;
+/** Rows the forward-cost table is measured to where forwards are batched (extended by its last slope beyond). */
+export const BATCH_COST_ROWS_MAX = 128;
 export const DEFAULT_SPECULATION: SpeculationOptions = { mode: 'ngram', ngramN: 5, draftTokensMax: 7, draftLength: 'adaptive', drafter: 'hybrid' };
 export const PAPER_SPECULATION: SpeculationOptions = { mode: 'ngram', ngramN: 5, draftTokensMax: 7, draftLength: 'fixed', drafter: 'paper' };
 export const NO_SPECULATION: SpeculationOptions = { ...DEFAULT_SPECULATION, mode: 'off' };
@@ -201,11 +204,14 @@ export interface GenerationBackend {
 export class Engine implements GenerationBackend {
   readonly model: DecoderModel;
   readonly tokenizer: TextTokenizer;
+  /** What the sequences decoding here put into each batched forward (draft lengths are chosen for the batch). */
+  private readonly batchLoad: BatchLoad;
 
   /** `forwardCost`: a fixed cost-by-T table (index T) instead of measuring one, e.g. for reproducible runs. */
   constructor(model: DecoderModel, tokenizer: TextTokenizer, forwardCost?: readonly number[]) {
     this.model = model;
     this.tokenizer = tokenizer;
+    this.batchLoad = new BatchLoad(model.info.batchSlots);
     if (forwardCost !== undefined) {
       if (forwardCost.length < DRAFT_TOKENS_LIMIT + 2 || forwardCost[1] !== 1) {
         throw new InvalidRequestError(`a forward cost table needs entries for T = 1..${DRAFT_TOKENS_LIMIT + 1} with cost[1] = 1`);
@@ -226,17 +232,21 @@ export class Engine implements GenerationBackend {
   private costTable: Promise<number[]> | undefined;
 
   /**
-   * forwardCost[T] = time of one forward over T tokens relative to T = 1, for T = 1..maxT, measured
-   * once per engine on this model and device (median of interleaved repetitions, made monotone).
+   * forwardCost[T] = time of one forward over T tokens relative to T = 1, for T = 1..maxT (the whole
+   * table when omitted: to DRAFT_TOKENS_LIMIT + 1, or to BATCH_COST_ROWS_MAX rows where forwards are
+   * batched), measured once per engine on this model and device (median of interleaved repetitions,
+   * made monotone).
    */
-  async forwardCost(maxT: number): Promise<number[]> {
-    this.costTable ??= this.measureForwardCost(DRAFT_TOKENS_LIMIT + 1);
-    return (await this.costTable).slice(0, maxT + 1);
+  async forwardCost(maxT?: number): Promise<number[]> {
+    this.costTable ??= this.measureForwardCost(this.model.info.batchSlots > 1 ? BATCH_COST_ROWS_MAX : DRAFT_TOKENS_LIMIT + 1);
+    const table = await this.costTable;
+    return maxT === undefined ? table : table.slice(0, maxT + 1);
   }
 
   private async measureForwardCost(maxT: number): Promise<number[]> {
     // Measured sizes (the rest interpolated): every T up to 9, then a few larger ones.
-    const sizes = [...new Set([...Array.from({ length: Math.min(9, maxT) }, (_, i) => i + 1), Math.min(12, maxT), maxT])];
+    const larger = [12, DRAFT_TOKENS_LIMIT + 1, 24, 32, 48, 64, 96, BATCH_COST_ROWS_MAX].filter((t) => t < maxT);
+    const sizes = [...new Set([...Array.from({ length: Math.min(9, maxT) }, (_, i) => i + 1), ...larger, maxT])];
     const rounds = 5;
     const past = 48;
     const seq = this.model.createSequence({ capacity: past + maxT + 1 });
@@ -303,16 +313,18 @@ export class Engine implements GenerationBackend {
     const spec = request.speculation ?? DEFAULT_SPECULATION;
     const speculate = spec.mode === 'ngram';
     const draftTokensMax = speculate ? spec.draftTokensMax : 0;
-    const forwardCost = speculate && spec.draftLength === 'adaptive' ? await this.forwardCost(draftTokensMax + 1) : [];
+    const forwardCost = speculate && spec.draftLength === 'adaptive' ? await this.forwardCost() : [];
+    const rowsMin = info.forwardRowsMin;
     const d0 = performance.now();
     const drafter: Drafter = speculate
       ? new NgramDrafter(promptTokens, { ...(spec.drafter === 'paper' ? ANPD_PAPER_OPTIONS : DEFAULT_NGRAM_OPTIONS), n: spec.ngramN })
       : NO_DRAFTER;
     const controller = !speculate
-      ? fixedDraftLength(0)
+      ? fixedDraftLength(0, rowsMin)
       : spec.draftLength === 'fixed'
-        ? fixedDraftLength(draftTokensMax)
-        : new DraftLengthController({ ...DEFAULT_CONTROLLER_OPTIONS, draftTokensMax, forwardCost });
+        ? fixedDraftLength(draftTokensMax, rowsMin)
+        : new DraftLengthController({ ...DEFAULT_CONTROLLER_OPTIONS, draftTokensMax, forwardCost, rowsMin });
+    const others: OthersLoad = { rows: 0, tokens: 0 };
     const indexMs = performance.now() - d0;
     const detokenizer = new IncrementalDetokenizer(this.tokenizer, promptTokens);
     const stopMatcher = new StopSequenceMatcher(request.stopSequences ?? []);
@@ -329,6 +341,7 @@ export class Engine implements GenerationBackend {
     };
 
     let completionTokens = 0;
+    let member: ReturnType<BatchLoad['join']> | undefined;
     const sequence = this.model.createSequence({ capacity: Math.min(info.contextLength, promptTokens.length + request.maxNewTokens + draftTokensMax + 1) });
     try {
       throwIfAborted(signal, promptTokens.length, 0);
@@ -344,6 +357,7 @@ export class Engine implements GenerationBackend {
       const input: number[] = [];
       const emitted: number[] = [];
       let finishReason: FinishReason | undefined;
+      member = this.batchLoad.join(controller.rowsFor(0), 1);
       const pickAt = (logits: Float32Array, draft: readonly number[]) => (row: number): number => {
         if (row > 0 && usePresence) usePresence.add(draft[row - 1]!);
         return sampler.pick(logits, row, usePresence);
@@ -352,13 +366,14 @@ export class Engine implements GenerationBackend {
       while (finishReason === undefined) {
         throwIfAborted(signal, promptTokens.length, completionTokens);
         // Room left for drafts: never past max_new_tokens nor the KV capacity.
-        const room = Math.min(controller.current(), request.maxNewTokens - completionTokens - 1, sequence.capacity - sequence.length - 1);
+        const room = Math.min(controller.current(member.others(others)), request.maxNewTokens - completionTokens - 1, sequence.capacity - sequence.length - 1);
         let draft: readonly number[] = [];
         if (room > 0) {
           const d0 = performance.now();
           draft = drafter.propose(room);
           stats.draftMs += performance.now() - d0;
         }
+        member.plan(controller.rowsFor(draft.length), controller.expectedTokens(draft.length));
         input.length = 0;
         input.push(last);
         for (const d of draft) input.push(d);
@@ -427,6 +442,7 @@ export class Engine implements GenerationBackend {
         stats,
       };
     } finally {
+      member?.leave();
       sequence.dispose();
     }
   }

@@ -5,7 +5,7 @@
  * 2 cores), never a different output (speculation changes speed only).
  *
  * The key names everything the table depends on: the model file (path, size, mtime), the execution
- * provider, the intra-op threads and replicas sharing the cores, the CPU model and count and the
+ * provider, the intra-op threads and replicas sharing the cores, the batch graph (if any), the CPU model and count and the
  * architecture. A table from another machine or model never matches.
  */
 import { createHash } from 'node:crypto';
@@ -16,7 +16,7 @@ import type { RuntimeOptions } from '../runtime/types.js';
 import { DRAFT_TOKENS_LIMIT } from './engine.js';
 
 /** Bump when the measurement or the file format changes: older tables stop matching. */
-const FORWARD_COST_FORMAT = 1;
+const FORWARD_COST_FORMAT = 2;
 /** Model files whose identity keys the table (ours first, then Optimum's layout). */
 const MODEL_FILES = ['model.onnx', 'onnx/model.onnx', 'onnx/decoder_with_past_model.onnx', 'decoder_with_past_model.onnx'];
 
@@ -27,7 +27,7 @@ export interface ForwardCostFile {
 }
 
 /** What the table was measured with: provider, intra-op threads, and how many replicas share the cores. */
-export type ForwardCostRuntime = Pick<RuntimeOptions, 'executionProvider' | 'intraOpThreads'> & { readonly replicas?: number };
+export type ForwardCostRuntime = Pick<RuntimeOptions, 'executionProvider' | 'intraOpThreads' | 'batchModelDir'> & { readonly replicas?: number };
 
 function forwardCostKey(modelDir: string, runtime: ForwardCostRuntime): Record<string, string | number> {
   const dir = resolve(modelDir);
@@ -37,6 +37,8 @@ function forwardCostKey(modelDir: string, runtime: ForwardCostRuntime): Record<s
     executionProvider: runtime.executionProvider,
     intraOpThreads: runtime.intraOpThreads,
     replicas: runtime.replicas ?? 1,
+    // A batching engine's table runs to more rows (BATCH_COST_ROWS_MAX).
+    batchModelDir: runtime.batchModelDir === undefined ? '' : resolve(runtime.batchModelDir),
     cpu: cpus()[0]?.model ?? 'unknown',
     cores: availableParallelism(),
     arch: arch(),

@@ -70,6 +70,8 @@ export class GqaDecoderModel implements DecoderModel {
       bosTokenId: manifest.bosTokenId ?? undefined,
       eosTokenIds: manifest.eosTokenIds,
       executionProvider,
+      batchSlots: batch?.slots ?? 1,
+      forwardRowsMin: this.rowsMin,
     };
     const chunk = options.batchPrefillChunkTokens ?? FORWARD_TOKENS_MAX;
     if (!Number.isInteger(chunk) || chunk < 1 || chunk > FORWARD_TOKENS_MAX) throw new RangeError(`batchPrefillChunkTokens must be an integer in [1, ${FORWARD_TOKENS_MAX}], got ${chunk}`);

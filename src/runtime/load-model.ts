@@ -91,5 +91,7 @@ export async function loadDecoderModel(dir: string, options: RuntimeOptions = DE
     bosTokenId: num('bos_token_id'),
     eosTokenIds,
     executionProvider: options.executionProvider,
+    batchSlots: 1,
+    forwardRowsMin: 1,
   });
 }

@@ -13,6 +13,10 @@ export interface ModelInfo {
   readonly bosTokenId: number | undefined;
   readonly eosTokenIds: readonly number[];
   readonly executionProvider: string;
+  /** Sequences one forward can carry (1: each sequence runs its own forwards). */
+  readonly batchSlots: number;
+  /** Query rows every forward runs at least (pad rows cost like real ones). */
+  readonly forwardRowsMin: number;
 }
 
 export interface DecoderSequence {

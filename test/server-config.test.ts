@@ -45,10 +45,10 @@ test('engine replicas default to a quarter of the cores on the CPU (at least 1) 
   t.throws(() => parseServerConfig(['--engine-replicas', '0'], {}), { message: /--engine-replicas must be an integer in \[1, 64\]/ });
 });
 
-test('batched forwards: 0 or K ≥ 2 slots, CPU only, --batch-model only with --model', (t) => {
+test('batched forwards: 0 or K ≥ 2 slots, any provider, --batch-model only with --model', (t) => {
   t.is(parseServerConfig(['--batch-slots', '4'], {}).batchSlots, 4);
   t.throws(() => parseServerConfig(['--batch-slots', '1'], {}), { message: /--batch-slots must be 0 \(off\) or at least 2/ });
-  t.throws(() => parseServerConfig(['--batch-slots', '4', '--execution-provider', 'webgpu'], {}), { message: /cpu provider only/ });
+  t.is(parseServerConfig(['--batch-slots', '4', '--execution-provider', 'webgpu'], {}).batchSlots, 4);
   t.throws(() => parseServerConfig(['--batch-model', '/m'], {}), { message: /--batch-model goes with --model/ });
 });
 

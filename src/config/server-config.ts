@@ -43,7 +43,7 @@ export interface ServerConfig {
    */
   readonly engineReplicas: number;
   /**
-   * Sequences per batched forward (CPU): the default model's K-slot graph is converted on first use;
+   * Sequences per batched forward: the default model's K-slot graph is converted on first use;
    * with --model, give --batch-model. 0 = every sequence runs its own forwards. @default 0
    */
   readonly batchSlots: number;
@@ -121,7 +121,7 @@ Options (flag, environment variable, default):
   --threads N                        ANPD_THREADS                    0 (one per core, shared out among replicas)
   --engine-replicas N                ANPD_ENGINE_REPLICAS            cpu: max(1, cores / 4); GPU: 2 (model copies,
                                                                      each with its own session and thread/process)
-  --batch-slots K                    ANPD_BATCH_SLOTS                0 (off; K sequences per forward, CPU)
+  --batch-slots K                    ANPD_BATCH_SLOTS                0 (off; K sequences per forward)
   --batch-model DIR                  ANPD_BATCH_MODEL_DIR            the K-slot graph of --model's weights
   --kv-capacity N                    ANPD_KV_CAPACITY                8192
   --shutdown-grace-ms N              ANPD_SHUTDOWN_GRACE_MS          30000
@@ -202,9 +202,6 @@ export function parseServerConfig(argv: readonly string[], env: NodeJS.ProcessEn
   const executionProvider = choice('executionProvider', EXECUTION_PROVIDERS, 'cpu');
   const batchSlots = int('batchSlots', 0, 0, 64);
   if (batchSlots === 1) throw new ConfigError(`${raw('batchSlots')!.source} must be 0 (off) or at least 2`);
-  if ((batchSlots > 0 || raw('batchModelDir') !== undefined) && executionProvider !== 'cpu') {
-    throw new ConfigError(`batched forwards (--batch-slots / --batch-model) run on the cpu provider only, not ${executionProvider}`);
-  }
   if (raw('batchModelDir') !== undefined && raw('modelDir') === undefined) {
     throw new ConfigError('--batch-model goes with --model (for the default model, --batch-slots K converts its batch graph)');
   }

@@ -75,7 +75,7 @@ export class GqaDecoderModel implements DecoderModel {
     };
     const chunk = options.batchPrefillChunkTokens ?? FORWARD_TOKENS_MAX;
     if (!Number.isInteger(chunk) || chunk < 1 || chunk > FORWARD_TOKENS_MAX) throw new RangeError(`batchPrefillChunkTokens must be an integer in [1, ${FORWARD_TOKENS_MAX}], got ${chunk}`);
-    this.scheduler = batch === undefined ? undefined : new ForwardScheduler(new SlotBatchRunner(batch, manifest), chunk);
+    this.scheduler = batch === undefined ? undefined : new ForwardScheduler(new SlotBatchRunner(batch, manifest, executionProvider !== 'cpu'), chunk);
   }
 
   createSequence(options?: { readonly capacity?: number }): DecoderSequence {
@@ -186,11 +186,6 @@ class ForwardScheduler {
   }
 }
 
-/**
- * One forward of the K-slot graph: the sequences' new tokens concatenated, each slot bound to its
- * sequence's own KV tensors (appended in place, as alone), idle slots to a 2-position scratch KV
- * with one token. Logits come back for the requested rows of each sequence, in order.
- */
 /** The buffer and tensor of a given size, made on first use. */
 function cached<A>(map: Map<number, { data: A; tensor: ort.Tensor }>, size: number, array: (n: number) => A, tensor: (data: A) => ort.Tensor): { data: A; tensor: ort.Tensor } {
   let entry = map.get(size);
@@ -202,8 +197,15 @@ function cached<A>(map: Map<number, { data: A; tensor: ort.Tensor }>, size: numb
   return entry;
 }
 
+/**
+ * One forward of the K-slot graph: the sequences' new tokens concatenated, each slot bound to its
+ * sequence's own KV tensors (appended in place, as alone), idle slots to a 2-position scratch KV
+ * with one token. Logits come back for the requested rows of each sequence, in order.
+ * On a GPU each slot's present KV stays on the device and becomes its sequence's next past, as alone.
+ */
 class SlotBatchRunner {
   readonly slots: number;
+  private readonly deviceKv: boolean;
   private readonly session: ort.InferenceSession;
   private readonly vocab: number;
   private readonly feeds: Record<string, ort.Tensor> = {};
@@ -218,8 +220,9 @@ class SlotBatchRunner {
   private readonly idsByLength = new Map<number, { data: BigInt64Array; tensor: ort.Tensor }>();
   private readonly indexByRows = new Map<number, { data: BigInt64Array; tensor: ort.Tensor }>();
 
-  constructor(batch: SlotBatch, m: ModelManifest) {
+  constructor(batch: SlotBatch, m: ModelManifest, deviceKv: boolean) {
     this.session = batch.session;
+    this.deviceKv = deviceKv;
     this.slots = batch.slots;
     this.vocab = m.vocab;
     this.slotTokens = new BigInt64Array(batch.slots);
@@ -261,7 +264,10 @@ class SlotBatchRunner {
         this.slotTokens[s] = 1n;
         this.seqlensK[s]![0] = 0;
         this.totalLength[s]![0] = 1;
-        names.forEach(([past, present], i) => (this.feeds[past] = this.fetches[present] = this.idleKv[i]!));
+        names.forEach(([past, present], i) => {
+          this.feeds[past] = this.idleKv[i]!;
+          if (!this.deviceKv) this.fetches[present] = this.idleKv[i]!;
+        });
         continue;
       }
       for (let i = 0; i < f.count; i++) ids.data[offset + i] = BigInt(f.tokens[f.start + i]!);
@@ -271,11 +277,18 @@ class SlotBatchRunner {
       this.seqlensK[s]![0] = f.sequence.length + f.padded - 1;
       this.totalLength[s]![0] = f.sequence.length + f.padded;
       const kv = f.sequence.kvTensors();
-      names.forEach(([past, present], i) => (this.feeds[past] = this.fetches[present] = kv[i]!));
+      names.forEach(([past, present], i) => {
+        this.feeds[past] = kv[i]!;
+        if (!this.deviceKv) this.fetches[present] = kv[i]!;
+      });
       offset += f.padded;
     }
     this.feeds['input_ids'] = ids.tensor;
     this.feeds['logits_index'] = logitsIndex.tensor;
+    if (this.deviceKv) {
+      await this.runOnDevice(group, rows);
+      return;
+    }
     const logits = cached(this.logitsByRows, rows, (n) => new Float32Array(n * this.vocab), (d) => new ort.Tensor('float32', d, [1, rows, this.vocab]));
     this.fetches['logits'] = logits.tensor;
     await this.session.run(this.feeds, this.fetches);
@@ -283,6 +296,27 @@ class SlotBatchRunner {
     for (const f of group) {
       f.sequence.advance(f.count);
       f.resolve(logits.data.subarray(at * this.vocab, (at + f.rows) * this.vocab));
+      at += f.rows;
+    }
+  }
+
+  /** GPU: ORT allocates every present on the device; each becomes its slot's next past (idle slots' are freed). */
+  private async runOnDevice(group: readonly QueuedForward[], rows: number): Promise<void> {
+    const results = await this.session.run(this.feeds);
+    for (let s = 0; s < this.slots; s++) {
+      const f = group[s];
+      this.kvNames[s]!.forEach(([, present], i) => {
+        const next = results[present]!;
+        if (f === undefined) next.dispose();
+        else f.sequence.adoptDeviceKv(i, next);
+      });
+    }
+    const logits = results['logits']!.data as Float32Array;
+    if (logits.length !== rows * this.vocab) throw new Error(`batched forward returned ${logits.length} logits, expected ${rows} rows`);
+    let at = 0;
+    for (const f of group) {
+      f.sequence.advance(f.count);
+      f.resolve(logits.subarray(at * this.vocab, (at + f.rows) * this.vocab));
       at += f.rows;
     }
   }
@@ -453,16 +487,19 @@ class GqaSequence implements DecoderSequence {
    */
   private async runOnDevice(): Promise<Float32Array> {
     const results = await this.session.run(this.feeds);
-    for (const [past, present] of this.kvNames) {
-      const next = results[present];
-      if (next === undefined || next.location !== 'gpu-buffer') {
-        throw new Error(`${present} came back at "${next?.location}", not on the device: the provider did not keep the KV cache`);
-      }
-      const previous = this.feeds[past]!;
-      if (previous.location === 'gpu-buffer') previous.dispose();
-      this.feeds[past] = next;
-    }
+    this.kvNames.forEach(([, present], i) => this.adoptDeviceKv(i, results[present]));
     return results[LOGITS]!.data as Float32Array;
+  }
+
+  /** GPU: a forward's present KV tensor (graph order) becomes this sequence's past; the old one is freed. */
+  adoptDeviceKv(index: number, next: ort.Tensor | undefined): void {
+    const [past, present] = this.kvNames[index]!;
+    if (next === undefined || next.location !== 'gpu-buffer') {
+      throw new Error(`${present} came back at "${next?.location}", not on the device: the provider did not keep the KV cache`);
+    }
+    const previous = this.feeds[past]!;
+    if (previous.location === 'gpu-buffer') previous.dispose();
+    this.feeds[past] = next;
   }
 
   rewind(length: number): void {

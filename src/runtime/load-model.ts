@@ -33,10 +33,12 @@ async function loadSlotBatch(dir: string, single: ModelManifest, options: Runtim
   if (manifest.source.sha256 !== single.source.sha256 || manifest.layers !== single.layers || manifest.vocab !== single.vocab) {
     throw new ModelFormatError(manifestPath, `was converted from other weights (${manifest.source.file}) than the model (${single.source.file})`);
   }
+  // On a GPU every slot's KV stays on the device, as the single-sequence graph's does.
+  const deviceKv: string[] = [];
   if (options.executionProvider !== 'cpu') {
-    throw new ModelFormatError(manifestPath, `batched forwards run on the cpu provider only (not ${options.executionProvider}) for now`);
+    for (let s = 0; s < manifest.slots; s++) for (let l = 0; l < manifest.layers; l++) deviceKv.push(`present.${s}.${l}.key`, `present.${s}.${l}.value`);
   }
-  return { session: await createOrtSession(join(dir, manifest.onnxFile), options), slots: manifest.slots };
+  return { session: await createOrtSession(join(dir, manifest.onnxFile), options, deviceKv), slots: manifest.slots };
 }
 
 export async function loadDecoderModel(dir: string, options: RuntimeOptions = DEFAULT_RUNTIME_OPTIONS): Promise<DecoderModel> {

@@ -61,7 +61,7 @@ export interface RuntimeOptions {
   readonly kvCapacity: number;
   /**
    * A converted K-slot batch graph of the same weights (`anpd convert --slots K`): forwards that
-   * several sequences ask for at the same moment then run as one (CPU only). @default none
+   * several sequences ask for at the same moment then run as one. @default none
    */
   readonly batchModelDir?: string;
   /**

@@ -49,6 +49,7 @@ test('batched forwards: 0 or K ≥ 2 slots, any provider, --batch-model only wit
   t.is(parseServerConfig(['--batch-slots', '4'], {}).batchSlots, 4);
   t.throws(() => parseServerConfig(['--batch-slots', '1'], {}), { message: /--batch-slots must be 0 \(off\) or at least 2/ });
   t.is(parseServerConfig(['--batch-slots', '4', '--execution-provider', 'webgpu'], {}).batchSlots, 4);
+  t.throws(() => parseServerConfig(['--batch-slots', '16', '--execution-provider', 'webgpu'], {}), { message: /--batch-slots must be at most 15 on webgpu/ });
   t.throws(() => parseServerConfig(['--batch-model', '/m'], {}), { message: /--batch-model goes with --model/ });
 });
 

@@ -202,6 +202,8 @@ export function parseServerConfig(argv: readonly string[], env: NodeJS.ProcessEn
   const executionProvider = choice('executionProvider', EXECUTION_PROVIDERS, 'cpu');
   const batchSlots = int('batchSlots', 0, 0, 64);
   if (batchSlots === 1) throw new ConfigError(`${raw('batchSlots')!.source} must be 0 (off) or at least 2`);
+  // (Mirrors runtime/load-model.ts WEBGPU_SLOTS_MAX; config may not import the runtime.)
+  if (batchSlots > 15 && executionProvider === 'webgpu') throw new ConfigError(`${raw('batchSlots')!.source} must be at most 15 on webgpu (16 storage buffers per shader), got ${batchSlots}`);
   if (raw('batchModelDir') !== undefined && raw('modelDir') === undefined) {
     throw new ConfigError('--batch-model goes with --model (for the default model, --batch-slots K converts its batch graph)');
   }

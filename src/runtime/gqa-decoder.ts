@@ -85,6 +85,7 @@ export class GqaDecoderModel implements DecoderModel {
   }
 
   async dispose(): Promise<void> {
+    this.scheduler?.runner.dispose();
     await this.session.release();
     await this.batchSession?.release();
   }
@@ -128,7 +129,7 @@ class ForwardScheduler {
   readonly counts = { alone: 0, batched: 0, batchedSequences: 0 };
   private scheduled = false;
   private running = false;
-  private readonly runner: SlotBatchRunner;
+  readonly runner: SlotBatchRunner;
 
   constructor(runner: SlotBatchRunner, prefillChunkTokens: number) {
     this.runner = runner;
@@ -215,6 +216,8 @@ class SlotBatchRunner {
   private readonly totalLength: Int32Array[] = [];
   private readonly kvNames: (readonly [string, string])[][] = [];
   private readonly idleKv: ort.Tensor[];
+  /** GPU: each slot's idle KV after its first idle forward stays on the device (no upload per forward). */
+  private readonly idleKvBySlot: ort.Tensor[][];
   private readonly logitsByRows = new Map<number, { data: Float32Array; tensor: ort.Tensor }>();
   // By length (≤ K × BATCH_TOKENS_MAX tokens, ≤ K × BATCH_TOKENS_MAX rows): allocated once each.
   private readonly idsByLength = new Map<number, { data: BigInt64Array; tensor: ort.Tensor }>();
@@ -229,6 +232,7 @@ class SlotBatchRunner {
     this.feeds['slot_tokens'] = new ort.Tensor('int64', this.slotTokens, [batch.slots]);
     const idleDims = [1, m.kvHeads, 2, m.headDim];
     this.idleKv = Array.from({ length: 2 * m.layers }, () => new ort.Tensor('float32', new Float32Array(m.kvHeads * 2 * m.headDim), idleDims));
+    this.idleKvBySlot = Array.from({ length: batch.slots }, () => [...this.idleKv]);
     for (let s = 0; s < batch.slots; s++) {
       const seqlens = new Int32Array(1);
       const total = new Int32Array(1);
@@ -265,7 +269,7 @@ class SlotBatchRunner {
         this.seqlensK[s]![0] = 0;
         this.totalLength[s]![0] = 1;
         names.forEach(([past, present], i) => {
-          this.feeds[past] = this.idleKv[i]!;
+          this.feeds[past] = this.idleKvBySlot[s]![i]!;
           if (!this.deviceKv) this.fetches[present] = this.idleKv[i]!;
         });
         continue;
@@ -300,6 +304,10 @@ class SlotBatchRunner {
     }
   }
 
+  dispose(): void {
+    for (const idle of this.idleKvBySlot) for (const t of idle) if (t.location === 'gpu-buffer') t.dispose();
+  }
+
   /** GPU: ORT allocates every present on the device; each becomes its slot's next past (idle slots' are freed). */
   private async runOnDevice(group: readonly QueuedForward[], rows: number): Promise<void> {
     const results = await this.session.run(this.feeds);
@@ -307,8 +315,12 @@ class SlotBatchRunner {
       const f = group[s];
       this.kvNames[s]!.forEach(([, present], i) => {
         const next = results[present]!;
-        if (f === undefined) next.dispose();
-        else f.sequence.adoptDeviceKv(i, next);
+        if (f !== undefined) f.sequence.adoptDeviceKv(i, next);
+        else {
+          const idle = this.idleKvBySlot[s]!;
+          if (idle[i]!.location === 'gpu-buffer') idle[i]!.dispose();
+          idle[i] = next;
+        }
       });
     }
     const logits = results['logits']!.data as Float32Array;

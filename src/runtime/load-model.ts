@@ -22,6 +22,9 @@ function readJsonFile(path: string): Record<string, unknown> {
   }
 }
 
+/** Most slots a batch graph may have on WebGPU. */
+export const WEBGPU_SLOTS_MAX = 15;
+
 /** The K-slot batch graph: it must be ours, batched, and converted from the same source weights. */
 async function loadSlotBatch(dir: string, single: ModelManifest, options: RuntimeOptions): Promise<SlotBatch> {
   const manifestPath = join(dir, MANIFEST_FILE);
@@ -32,6 +35,10 @@ async function loadSlotBatch(dir: string, single: ModelManifest, options: Runtim
   }
   if (manifest.source.sha256 !== single.source.sha256 || manifest.layers !== single.layers || manifest.vocab !== single.vocab) {
     throw new ModelFormatError(manifestPath, `was converted from other weights (${manifest.source.file}) than the model (${single.source.file})`);
+  }
+  // WebGPU binds at most 16 storage buffers per shader: the graph's Split and Concat over K slots take K + 1.
+  if (options.executionProvider === 'webgpu' && manifest.slots > WEBGPU_SLOTS_MAX) {
+    throw new ModelFormatError(manifestPath, `has ${manifest.slots} slots; the webgpu provider takes at most ${WEBGPU_SLOTS_MAX} (16 storage buffers per shader: K outputs + 1 input)`);
   }
   // On a GPU every slot's KV stays on the device, as the single-sequence graph's does.
   const deviceKv: string[] = [];

@@ -27,7 +27,7 @@ if (!EXECUTION_PROVIDERS.includes(provider) || values.model === undefined || val
   throw new Error('usage: batch-step-bench --model DIR --batch-model DIRK [--execution-provider cpu|webgpu|cuda]');
 }
 const flat = Array.from({ length: 18 }, (_, t) => (t === 0 ? 0 : 1));
-const engine = await createEngine(values.model, { executionProvider: provider, intraOpThreads: Number(values.threads), kvCapacity: 512, batchModelDir: values['batch-model'] }, { forwardCost: flat });
+const engine = await createEngine(values.model, { executionProvider: provider, intraOpThreads: Number(values.threads), kvCapacity: 512, batchModelDir: values['batch-model'].split(',') }, { forwardCost: flat });
 const model = engine.model as GqaDecoderModel;
 const tokens = Number(values.tokens);
 const prompt = 'Write a short poem about the sea.';
@@ -35,7 +35,7 @@ await generateOnce(engine, prompt, NO_SPECULATION, 8);
 const rows = [];
 for (const streams of values.streams!.split(',').map(Number)) {
   for (let rep = 0; rep < 2; rep++) {
-    const before = { ...model.forwardCounts };
+    const before = { ...model.forwardCounts, bySlots: { ...model.forwardCounts.bySlots } };
     const t0 = performance.now();
     const outs = await Promise.all(Array.from({ length: streams }, () => generateOnce(engine, prompt, NO_SPECULATION, tokens)));
     const ms = performance.now() - t0;
@@ -49,6 +49,7 @@ for (const streams of values.streams!.split(',').map(Number)) {
       forwardsAlone: after.alone - before.alone,
       forwardsBatched: batched,
       sequencesPerBatch: +((after.batchedSequences - before.batchedSequences) / Math.max(1, batched)).toFixed(2),
+      bySlots: Object.fromEntries(Object.entries(after.bySlots).map(([k, n]) => [k, n - (before.bySlots[Number(k)] ?? 0)])),
     };
     if (rep === 1) rows.push(row);
     process.stderr.write(`${JSON.stringify(row)}\n`);

@@ -4,7 +4,7 @@
  * (--batch-model DIR, a K-slot graph), speculation off and on, with every output checked against
  * the same prompt's first output.
  *   node dist/bench/replicas-bench.js --execution-provider webgpu --model DIR --replicas 1,2,4 --streams 1,4,16 --out r.json
- *   node dist/bench/replicas-bench.js --model DIR --batch-model DIR4 --streams 1,4,16,64 --threads 2
+ *   node dist/bench/replicas-bench.js --model DIR --batch-model DIR2,DIR4,DIR8,DIR16 --streams 1,4,16,64 --threads 2
  */
 import { readFileSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
@@ -77,7 +77,7 @@ async function main(): Promise<void> {
         executionProvider: provider,
         intraOpThreads: Number(values.threads),
         kvCapacity: 1024,
-        ...(batch !== undefined ? { batchModelDir: batch, batchPrefillChunkTokens: chunk! } : {}),
+        ...(batch !== undefined ? { batchModelDir: batch.split(','), batchPrefillChunkTokens: chunk! } : {}),
       };
       const known = forwardCosts.get(batch ?? '');
       const pool = await createEnginePool(values.model, runtime, known === undefined ? { replicas } : { replicas, forwardCost: known });

@@ -59,6 +59,24 @@ for (const prefillChunk of [512, 32]) {
   });
 }
 
+test.serial('with a ladder of graphs (2 and 4 slots), each batch runs on the smallest that holds it, outputs unchanged', async (t) => {
+  const ladder = [await ensureDefaultModel({ ...DEFAULT_GRAPH_OPTIONS, slots: 2 }), await ensureDefaultModel({ ...DEFAULT_GRAPH_OPTIONS, slots: 4 })];
+  const batched = await createEngine(await defaultModelDir(), { executionProvider: 'cpu', intraOpThreads: 0, kvCapacity: 2048, batchModelDir: ladder }, { forwardCost: TEST_FORWARD_COST });
+  engines.push(batched);
+  t.is(batched.info.batchSlots, 4);
+  // Six generations: batches of 4 + 2 while all run, of 3 or 2 as the short ones finish.
+  const outputs = await Promise.all(REQUESTS.map((r) => tokens(batched, r)));
+  const { bySlots } = (batched.model as GqaDecoderModel).forwardCounts;
+  t.log(`batched forwards by graph: ${JSON.stringify(bySlots)}`);
+  t.true((bySlots[2] ?? 0) > 0 && (bySlots[4] ?? 0) > 0, `both graphs should have run: ${JSON.stringify(bySlots)}`);
+  const single = await defaultEngine();
+  for (const [i, request] of REQUESTS.entries()) {
+    const alone = await tokens(single, request);
+    if (JSON.stringify(outputs[i]) !== JSON.stringify(alone)) t.fail(`request ${i}: ${await describeDivergence(single, request, alone, outputs[i]!)}`);
+    else t.pass();
+  }
+});
+
 test.serial('a batch model of other weights or a single-sequence graph is refused with the file named', async (t) => {
   const { loadDecoderModel } = await import('../src/runtime/load-model.js');
   const dir = await defaultModelDir();

@@ -1,6 +1,6 @@
 import test from 'ava';
 import { availableParallelism } from 'node:os';
-import { ConfigError, defaultEngineReplicas, parseServerConfig } from '../src/config/server-config.js';
+import { batchSlotLadder, ConfigError, defaultEngineReplicas, parseServerConfig } from '../src/config/server-config.js';
 import { MAX_NEW_TOKENS_LIMIT } from '../src/engine/engine.js';
 
 test('empty argv and environment give the documented defaults', (t) => {
@@ -263,4 +263,12 @@ test('a limit below 256 lowers the default new-token count to the limit', (t) =>
     maxNewTokensDefault: 256,
     maxNewTokensLimit: MAX_NEW_TOKENS_LIMIT,
   });
+});
+
+test('--batch-slots K loads a ladder of graphs: powers of two below K, then K', (t) => {
+  t.deepEqual(batchSlotLadder(16), [2, 4, 8, 16]);
+  t.deepEqual(batchSlotLadder(15), [2, 4, 8, 15]);
+  t.deepEqual(batchSlotLadder(6), [2, 4, 6]);
+  t.deepEqual(batchSlotLadder(2), [2]);
+  t.deepEqual(batchSlotLadder(0), []);
 });

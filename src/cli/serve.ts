@@ -8,7 +8,7 @@
  * breakdown (docs/perf-notes.md, "Cold start").
  */
 import { basename, resolve } from 'node:path';
-import { parseServerConfig, SERVE_HELP, wantsHelp } from '../config/server-config.js';
+import { batchSlotLadder, parseServerConfig, SERVE_HELP, wantsHelp } from '../config/server-config.js';
 import { DEFAULT_GRAPH_OPTIONS } from '../convert/llama-graph.js';
 import { createEnginePool } from '../engine/engine-pool.js';
 import { forwardCostPath, readForwardCost, writeForwardCost } from '../engine/forward-cost-cache.js';
@@ -27,11 +27,16 @@ export async function runServe(argv: readonly string[]): Promise<number> {
   const logger = createLogger(config.logLevel);
   timer.mark('configParsed');
   let modelDir = config.modelDir;
-  let batchModelDir = config.batchModelDir;
+  let batchModelDir: readonly string[] | undefined = config.batchModelDir?.split(',').filter((d) => d !== '');
   if (modelDir === undefined) {
     const progress = createProgressReporter();
     modelDir = await ensureDefaultModel(DEFAULT_GRAPH_OPTIONS, progress);
-    if (config.batchSlots > 0) batchModelDir = await ensureDefaultModel({ ...DEFAULT_GRAPH_OPTIONS, slots: config.batchSlots }, progress);
+    if (config.batchSlots > 0) {
+      // A ladder (2, 4, 8, …, K): each batch runs on the smallest graph that holds it.
+      const ladder: string[] = [];
+      for (const slots of batchSlotLadder(config.batchSlots)) ladder.push(await ensureDefaultModel({ ...DEFAULT_GRAPH_OPTIONS, slots }, progress));
+      batchModelDir = ladder;
+    }
     progress.stop();
   }
   timer.mark('modelResolved');

@@ -43,11 +43,12 @@ export interface ServerConfig {
    */
   readonly engineReplicas: number;
   /**
-   * Sequences per batched forward: the default model's K-slot graph is converted on first use;
-   * with --model, give --batch-model. 0 = every sequence runs its own forwards. @default 0
+   * Most sequences per batched forward: the default model's 2-, 4-, …, K-slot graphs are converted
+   * on first use (a batch runs on the smallest that holds it); with --model, give --batch-model.
+   * 0 = every sequence runs its own forwards. @default 0
    */
   readonly batchSlots: number;
-  /** A K-slot batch graph of --model's weights (anpd convert --slots K). @default none */
+  /** K-slot batch graphs of --model's weights, comma-separated (anpd convert --slots K). @default none */
   readonly batchModelDir: string | undefined;
   /** KV positions a sequence may grow to (clamped to the model's context). @default 8192 */
   readonly kvCapacity: number;
@@ -121,8 +122,8 @@ Options (flag, environment variable, default):
   --threads N                        ANPD_THREADS                    0 (one per core, shared out among replicas)
   --engine-replicas N                ANPD_ENGINE_REPLICAS            cpu: max(1, cores / 4); GPU: 2 (model copies,
                                                                      each with its own session and thread/process)
-  --batch-slots K                    ANPD_BATCH_SLOTS                0 (off; K sequences per forward)
-  --batch-model DIR                  ANPD_BATCH_MODEL_DIR            the K-slot graph of --model's weights
+  --batch-slots K                    ANPD_BATCH_SLOTS                0 (off; up to K sequences per forward)
+  --batch-model DIR[,DIR…]           ANPD_BATCH_MODEL_DIR            K-slot graphs of --model's weights
   --kv-capacity N                    ANPD_KV_CAPACITY                8192
   --shutdown-grace-ms N              ANPD_SHUTDOWN_GRACE_MS          30000
   --max-receive-message-bytes N      ANPD_MAX_RECEIVE_MESSAGE_BYTES  4194304
@@ -241,4 +242,12 @@ export function parseServerConfig(argv: readonly string[], env: NodeJS.ProcessEn
 
 export function wantsHelp(argv: readonly string[]): boolean {
   return argv.includes('--help') || argv.includes('-h');
+}
+
+/** Slot counts of the batch graphs `--batch-slots K` loads: powers of two from 2 below K, then K. */
+export function batchSlotLadder(slots: number): number[] {
+  const ladder: number[] = [];
+  for (let k = 2; k < slots; k *= 2) ladder.push(k);
+  if (slots >= 2) ladder.push(slots);
+  return ladder;
 }

@@ -38,7 +38,7 @@ function forwardCostKey(modelDir: string, runtime: ForwardCostRuntime): Record<s
     intraOpThreads: runtime.intraOpThreads,
     replicas: runtime.replicas ?? 1,
     // A batching engine's table runs to more rows (BATCH_COST_ROWS_MAX).
-    batchModelDir: runtime.batchModelDir === undefined ? '' : resolve(runtime.batchModelDir),
+    batchModelDir: runtime.batchModelDir === undefined ? '' : (typeof runtime.batchModelDir === 'string' ? [runtime.batchModelDir] : runtime.batchModelDir).map((d) => resolve(d)).join(','),
     cpu: cpus()[0]?.model ?? 'unknown',
     cores: availableParallelism(),
     arch: arch(),

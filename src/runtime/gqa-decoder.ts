@@ -46,17 +46,18 @@ export class GqaDecoderModel implements DecoderModel {
   private readonly rowsMin: number;
 
   private readonly scheduler: ForwardScheduler | undefined;
-  private readonly batchSession: ort.InferenceSession | undefined;
+  private readonly batches: readonly SlotBatch[];
 
-  /** Forwards run so far: alone, and batched (forwards of the K-slot graph / sequences they carried). */
-  get forwardCounts(): { readonly alone: number; readonly batched: number; readonly batchedSequences: number } {
-    return this.scheduler?.counts ?? { alone: 0, batched: 0, batchedSequences: 0 };
+  /** Forwards run so far: alone, and batched (forwards of the slot graphs / sequences they carried; forwards by graph size). */
+  get forwardCounts(): ForwardCounts {
+    return this.scheduler?.counts ?? { alone: 0, batched: 0, batchedSequences: 0, bySlots: {} };
   }
 
-  constructor(session: ort.InferenceSession, manifest: ModelManifest, options: RuntimeOptions, batch?: SlotBatch) {
+  /** `batches`: K-slot graphs of the same weights, any sizes (a batch runs on the smallest that holds it). */
+  constructor(session: ort.InferenceSession, manifest: ModelManifest, options: RuntimeOptions, batches: readonly SlotBatch[] = []) {
     this.session = session;
     this.manifest = manifest;
-    this.batchSession = batch?.session;
+    this.batches = [...batches].sort((a, b) => a.slots - b.slots);
     const executionProvider = options.executionProvider;
     this.rowsMin = options.forwardRowsMin ?? (executionProvider === 'cpu' ? FORWARD_ROWS_MIN : FORWARD_ROWS_MIN_GPU);
     if (!Number.isInteger(this.rowsMin) || this.rowsMin < 1 || this.rowsMin > 64) throw new RangeError(`forwardRowsMin must be an integer in [1, 64], got ${this.rowsMin}`);
@@ -70,12 +71,12 @@ export class GqaDecoderModel implements DecoderModel {
       bosTokenId: manifest.bosTokenId ?? undefined,
       eosTokenIds: manifest.eosTokenIds,
       executionProvider,
-      batchSlots: batch?.slots ?? 1,
+      batchSlots: this.batches.at(-1)?.slots ?? 1,
       forwardRowsMin: this.rowsMin,
     };
     const chunk = options.batchPrefillChunkTokens ?? FORWARD_TOKENS_MAX;
     if (!Number.isInteger(chunk) || chunk < 1 || chunk > FORWARD_TOKENS_MAX) throw new RangeError(`batchPrefillChunkTokens must be an integer in [1, ${FORWARD_TOKENS_MAX}], got ${chunk}`);
-    this.scheduler = batch === undefined ? undefined : new ForwardScheduler(new SlotBatchRunner(batch, manifest, executionProvider !== 'cpu'), chunk);
+    this.scheduler = this.batches.length === 0 ? undefined : new ForwardScheduler(this.batches.map((b) => new SlotBatchRunner(b, manifest, executionProvider !== 'cpu')), chunk);
   }
 
   createSequence(options?: { readonly capacity?: number }): DecoderSequence {
@@ -85,9 +86,9 @@ export class GqaDecoderModel implements DecoderModel {
   }
 
   async dispose(): Promise<void> {
-    this.scheduler?.runner.dispose();
+    for (const runner of this.scheduler?.runners ?? []) runner.dispose();
     await this.session.release();
-    await this.batchSession?.release();
+    for (const b of this.batches) await b.session.release();
   }
 }
 
@@ -95,6 +96,14 @@ export class GqaDecoderModel implements DecoderModel {
 export interface SlotBatch {
   readonly session: ort.InferenceSession;
   readonly slots: number;
+}
+
+export interface ForwardCounts {
+  readonly alone: number;
+  readonly batched: number;
+  readonly batchedSequences: number;
+  /** Batched forwards by the slot count of the graph that ran them. */
+  readonly bySlots: Readonly<Record<number, number>>;
 }
 
 /** Largest forward that joins a batch; longer ones (prefill chunks) run alone so they do not stall the decodes. */
@@ -126,13 +135,16 @@ class ForwardScheduler {
   /** Prefill chunk size: BATCH_TOKENS_MAX joins prefills to the batches; FORWARD_TOKENS_MAX runs them alone. */
   readonly prefillChunkTokens: number;
   private queue: QueuedForward[] = [];
-  readonly counts = { alone: 0, batched: 0, batchedSequences: 0 };
+  readonly counts: { alone: number; batched: number; batchedSequences: number; bySlots: Record<number, number> } = { alone: 0, batched: 0, batchedSequences: 0, bySlots: {} };
   private scheduled = false;
   private running = false;
-  readonly runner: SlotBatchRunner;
+  /** By slot count, ascending. */
+  readonly runners: readonly SlotBatchRunner[];
+  private readonly slotsMax: number;
 
-  constructor(runner: SlotBatchRunner, prefillChunkTokens: number) {
-    this.runner = runner;
+  constructor(runners: readonly SlotBatchRunner[], prefillChunkTokens: number) {
+    this.runners = runners;
+    this.slotsMax = runners.at(-1)!.slots;
     this.prefillChunkTokens = prefillChunkTokens;
   }
 
@@ -158,16 +170,19 @@ class ForwardScheduler {
     const alone = work.filter((f) => f.padded > BATCH_TOKENS_MAX);
     if (batchable.length === 1) alone.unshift(batchable.pop()!);
     try {
-      for (let i = 0; i < batchable.length; i += this.runner.slots) {
-        const group = batchable.slice(i, i + this.runner.slots);
+      for (let i = 0; i < batchable.length; i += this.slotsMax) {
+        const group = batchable.slice(i, i + this.slotsMax);
         if (group.length === 1) {
           alone.push(group[0]!);
           continue;
         }
+        // The smallest graph that holds the group: idle slots cost nearly what busy ones do.
+        const runner = this.runners.find((r) => r.slots >= group.length)!;
         try {
           this.counts.batched++;
           this.counts.batchedSequences += group.length;
-          await this.runner.run(group);
+          this.counts.bySlots[runner.slots] = (this.counts.bySlots[runner.slots] ?? 0) + 1;
+          await runner.run(group);
         } catch (error) {
           for (const f of group) f.reject(error);
         }

@@ -58,10 +58,18 @@ export async function loadDecoderModel(dir: string, options: RuntimeOptions = DE
     const deviceKv = options.executionProvider !== 'cpu' ? Array.from({ length: manifest.layers }, (_, l) => [`present.${l}.key`, `present.${l}.value`]).flat() : [];
     const session = await createOrtSession(join(dir, manifest.onnxFile), options, deviceKv);
     if (options.batchModelDir === undefined) return new GqaDecoderModel(session, manifest, options);
+    const dirs = typeof options.batchModelDir === 'string' ? [options.batchModelDir] : options.batchModelDir;
+    const batches: SlotBatch[] = [];
     try {
-      return new GqaDecoderModel(session, manifest, options, await loadSlotBatch(options.batchModelDir, manifest, options));
+      for (const batchDir of dirs) {
+        const batch = await loadSlotBatch(batchDir, manifest, options);
+        batches.push(batch);
+        if (batches.some((b) => b !== batch && b.slots === batch.slots)) throw new ModelFormatError(join(batchDir, MANIFEST_FILE), `a second ${batch.slots}-slot graph: give each slot count once`);
+      }
+      return new GqaDecoderModel(session, manifest, options, batches);
     } catch (error) {
       await session.release();
+      for (const b of batches) await b.session.release();
       throw error;
     }
   }

@@ -60,10 +60,12 @@ export interface RuntimeOptions {
   /** KV positions allocated per sequence (GQA layout), clamped to the model's context. */
   readonly kvCapacity: number;
   /**
-   * A converted K-slot batch graph of the same weights (`anpd convert --slots K`): forwards that
-   * several sequences ask for at the same moment then run as one. @default none
+   * Converted K-slot batch graphs of the same weights (`anpd convert --slots K`): forwards that
+   * several sequences ask for at the same moment then run as one, on the smallest graph that holds
+   * them (an idle slot costs nearly what a busy one does). Several directories: a ladder, e.g. the
+   * 2-, 4-, 8- and 16-slot graphs. @default none
    */
-  readonly batchModelDir?: string;
+  readonly batchModelDir?: string | readonly string[];
   /**
    * With batching: prefill chunk size. ≤ 32 (BATCH_TOKENS_MAX, with padding) lets prefill chunks
    * share forwards with other sequences' decodes; 512 runs each prompt alone. @default 512

@@ -244,34 +244,31 @@ export class Engine implements GenerationBackend {
   }
 
   private async measureForwardCost(maxT: number): Promise<number[]> {
-    // Measured sizes (the rest interpolated): every T up to 9, then a few larger ones.
-    const larger = [12, DRAFT_TOKENS_LIMIT + 1, 24, 32, 48, 64, 96, BATCH_COST_ROWS_MAX].filter((t) => t < maxT);
-    const sizes = [...new Set([...Array.from({ length: Math.min(9, maxT) }, (_, i) => i + 1), ...larger, maxT])];
-    const rounds = 5;
+    const draftT = Math.min(maxT, DRAFT_TOKENS_LIMIT + 1);
+    // Draft sizes: every T up to 9, then 12 and 17 (the rest interpolated), interleaved among
+    // themselves only: a 128-row forward just before disturbs the timing of a 2-row one.
+    const small = [...new Set([...Array.from({ length: Math.min(9, draftT) }, (_, i) => i + 1), Math.min(12, draftT), draftT])];
+    // Batch sizes, where forwards are batched: a second pass anchored on the largest draft size.
+    const large = maxT > draftT ? [draftT, ...[24, 32, 48, 64, 96].filter((t) => t > draftT && t < maxT), maxT] : [];
     const past = 48;
     const seq = this.model.createSequence({ capacity: past + maxT + 1 });
     try {
       const ids = Array.from({ length: past + maxT }, (_, i) => (i * 7919) % this.model.info.vocabSize);
       await seq.forward(ids.slice(0, past), 1);
-      const samples = new Map<number, number[]>(sizes.map((t) => [t, []]));
-      for (let r = 0; r <= rounds; r++) {
-        // Rotate the order each round so drift (frequency, caches) does not favour any size.
-        for (let i = 0; i < sizes.length; i++) {
-          const t = sizes[(i + r) % sizes.length]!;
-          const t0 = performance.now();
-          await seq.forward(ids.slice(past, past + t), t);
-          if (r > 0) samples.get(t)!.push(performance.now() - t0); // round 0 warms up
-          seq.rewind(past);
-        }
+      const measured = await timeForwards(seq, ids, past, small);
+      const base = measured.get(1)!;
+      const points: (readonly [number, number])[] = small.map((t) => [t, measured.get(t)! / base]);
+      if (large.length > 0) {
+        const batch = await timeForwards(seq, ids, past, large);
+        const anchor = batch.get(draftT)!;
+        const scale = measured.get(draftT)! / base;
+        for (const t of large.slice(1)) points.push([t, (batch.get(t)! / anchor) * scale]);
       }
-      const median = (a: number[]) => a.sort((x, y) => x - y)[a.length >> 1]!;
-      const base = median(samples.get(1)!);
-      const measured = sizes.map((t) => [t, median(samples.get(t)!) / base] as const);
       const cost = [0];
       for (let t = 1; t <= maxT; t++) {
-        const hi = measured.findIndex(([s]) => s >= t);
-        const [t1, c1] = measured[hi]!;
-        const [t0, c0] = measured[Math.max(0, hi - 1)]!;
+        const hi = points.findIndex(([s]) => s >= t);
+        const [t1, c1] = points[hi]!;
+        const [t0, c0] = points[Math.max(0, hi - 1)]!;
         const interpolated = t1 === t ? c1 : c0 + ((c1 - c0) * (t - t0)) / (t1 - t0);
         // Cost never falls with more tokens; noise below T=1 is clamped.
         cost.push(Math.max(t === 1 ? 1 : cost[t - 1]!, interpolated));
@@ -446,6 +443,24 @@ export class Engine implements GenerationBackend {
       sequence.dispose();
     }
   }
+}
+
+/** Median time of a forward over each of `sizes` tokens on top of `past`, sizes interleaved in rotating order. */
+async function timeForwards(seq: ReturnType<DecoderModel['createSequence']>, ids: readonly number[], past: number, sizes: readonly number[]): Promise<Map<number, number>> {
+  const rounds = 5;
+  const samples = new Map<number, number[]>(sizes.map((t) => [t, []]));
+  for (let r = 0; r <= rounds; r++) {
+    // Rotate the order each round so drift (frequency, caches) does not favour any size.
+    for (let i = 0; i < sizes.length; i++) {
+      const t = sizes[(i + r) % sizes.length]!;
+      const t0 = performance.now();
+      await seq.forward(ids.slice(past, past + t), t);
+      if (r > 0) samples.get(t)!.push(performance.now() - t0); // round 0 warms up
+      seq.rewind(past);
+    }
+  }
+  const median = (a: number[]) => a.sort((x, y) => x - y)[a.length >> 1]!;
+  return new Map(sizes.map((t) => [t, median(samples.get(t)!)]));
 }
 
 function throwIfAborted(signal: AbortSignal | undefined, promptTokens: number, completionTokens: number): void {

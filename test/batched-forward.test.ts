@@ -4,7 +4,7 @@
  * speculation, seeded sampling — because attention stays per sequence and every other op works
  * row by row. The real model, the real K-slot graph.
  */
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { DEFAULT_GRAPH_OPTIONS } from '../src/convert/llama-graph.js';
 import { createEngine } from '../src/engine/create-engine.js';
 import { DEFAULT_SPECULATION, type Engine, type GenerateRequest, NO_SPECULATION } from '../src/engine/engine.js';
@@ -29,6 +29,17 @@ const REQUESTS: GenerateRequest[] = [
   { prompt: { kind: 'text', text: `Summarize in one sentence: ${'The committee met on Tuesday to discuss the budget. '.repeat(12)}`, chat: true }, maxNewTokens: 24 },
 ];
 
+/** Each batched output equals the same request run alone; a difference names its position and the top-2 logit gap. */
+async function assertEachAsAlone(t: ExecutionContext, outputs: readonly number[][]): Promise<void> {
+  const single = await defaultEngine();
+  for (const [i, request] of REQUESTS.entries()) {
+    const alone = await tokens(single, request);
+    // Sampling is exact too (same seed, same logits); the gap is only meaningful for greedy rows.
+    if (JSON.stringify(outputs[i]) !== JSON.stringify(alone)) t.fail(`request ${i}: ${await describeDivergence(single, request, alone, outputs[i]!)}`);
+    else t.pass();
+  }
+}
+
 const engines: Engine[] = [];
 test.after.always(async () => {
   for (const e of engines) await e.dispose();
@@ -49,13 +60,7 @@ for (const prefillChunk of [512, 32]) {
     t.log(`forwards: ${counts.batched} batched (carrying ${counts.batchedSequences} sequence-forwards), ${counts.alone} alone`);
     t.true(counts.batched > 10, 'concurrent generations should have shared forwards');
     t.true(counts.batchedSequences / counts.batched > 2, 'batches should carry more than two sequences on average');
-    const single = await defaultEngine();
-    for (const [i, request] of REQUESTS.entries()) {
-      const alone = await tokens(single, request);
-      // Sampling is exact too (same seed, same logits); the gap is only meaningful for greedy rows.
-      if (JSON.stringify(outputs[i]) !== JSON.stringify(alone)) t.fail(`request ${i}: ${await describeDivergence(single, request, alone, outputs[i]!)}`);
-      else t.pass();
-    }
+    await assertEachAsAlone(t, outputs);
   });
 }
 
@@ -69,12 +74,7 @@ test.serial('with a ladder of graphs (2 and 4 slots), each batch runs on the sma
   const { bySlots } = (batched.model as GqaDecoderModel).forwardCounts;
   t.log(`batched forwards by graph: ${JSON.stringify(bySlots)}`);
   t.true((bySlots[2] ?? 0) > 0 && (bySlots[4] ?? 0) > 0, `both graphs should have run: ${JSON.stringify(bySlots)}`);
-  const single = await defaultEngine();
-  for (const [i, request] of REQUESTS.entries()) {
-    const alone = await tokens(single, request);
-    if (JSON.stringify(outputs[i]) !== JSON.stringify(alone)) t.fail(`request ${i}: ${await describeDivergence(single, request, alone, outputs[i]!)}`);
-    else t.pass();
-  }
+  await assertEachAsAlone(t, outputs);
 });
 
 test.serial('a batch model of other weights or a single-sequence graph is refused with the file named', async (t) => {

@@ -7,7 +7,7 @@
  * committed − 1 (the newest token is fed at the start of the next round) and the drafter has seen
  * exactly the committed tokens.
  */
-import { BatchLoad, type OthersLoad } from '../draft/batch-load.js';
+import { BatchLoad, type BatchMember, type OthersLoad } from '../draft/batch-load.js';
 import { DEFAULT_CONTROLLER_OPTIONS, DraftLengthController, fixedDraftLength } from '../draft/draft-length-controller.js';
 import { type Drafter, NO_DRAFTER } from '../draft/drafter.js';
 import { ANPD_PAPER_OPTIONS, DEFAULT_NGRAM_OPTIONS, NGRAM_N_MAX, NgramDrafter } from '../draft/ngram-drafter.js';
@@ -338,7 +338,7 @@ export class Engine implements GenerationBackend {
     };
 
     let completionTokens = 0;
-    let member: ReturnType<BatchLoad['join']> | undefined;
+    let member: BatchMember | undefined;
     const sequence = this.model.createSequence({ capacity: Math.min(info.contextLength, promptTokens.length + request.maxNewTokens + draftTokensMax + 1) });
     try {
       throwIfAborted(signal, promptTokens.length, 0);

@@ -13,7 +13,7 @@ import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { createInterface } from 'node:readline';
 import { promisify } from 'node:util';
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { validate as lintDockerfile } from 'dockerfile-utils';
 import { parse as parseYaml, parseAllDocuments } from 'yaml';
 import { ensureKustomize } from '../bench/go-tools.js';
@@ -27,6 +27,12 @@ const ROOT = projectRoot();
 const DEPLOY = join(ROOT, 'deploy');
 const KUSTOMIZATIONS = ['k8s/base', 'k8s/overlays/gpu', 'istio'] as const;
 const SERVICE = 'llm.v1.TextGeneration';
+/**
+ * The slowest start the README and deploy/README document: ~1.5–2 s to SERVING on 2 cores with the
+ * model in the page cache. A named figure rather than bench/results/cold-start.json, so re-running a
+ * benchmark cannot move a test's bound.
+ */
+const STARTUP_PROBE_PERIOD_MAX_S = 2;
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any -- manifests are free-form YAML
 type Obj = Record<string, any>;
@@ -107,7 +113,17 @@ for (const kustomization of KUSTOMIZATIONS) {
   });
 }
 
-test.serial('the validators reject a typo, a wrong type and a bad quantity (the checks above can fail)', async (t) => {
+/**
+ * Asserts the validator refused `file` for `reason`: a crash, a failed build or a refusal for some
+ * other reason must not pass for the rejection a check expects.
+ */
+async function assertRejected(t: ExecutionContext, mode: 'k8s' | 'envoy' | 'envoy-patch', file: string, reason: RegExp, what: string): Promise<void> {
+  const result = await runValidator(mode, [file]);
+  t.false(result.ok, `${what}: accepted`);
+  t.regex(result.output, reason, what);
+}
+
+test.serial('the validators reject a typo, a wrong type and a bad quantity, naming the field or value (the checks above can fail)', async (t) => {
   const deployment = find(render('k8s/base').objects, 'Deployment');
   const typo = structuredClone(deployment);
   typo['spec']['template']['spec']['containers'][0]['readinessProbe']['periodSecond'] = 5;
@@ -116,18 +132,26 @@ test.serial('the validators reject a typo, a wrong type and a bad quantity (the 
   const badQuantity = structuredClone(deployment);
   badQuantity['spec']['template']['spec']['containers'][0]['resources']['limits']['memory'] = '1.5 GB';
   const dir = mkdtempSync(join(tmpdir(), 'anpd-k8s-bad-'));
+  // k8s.io/apimachinery's Quantity decoder names neither the field nor the value, only the quantity
+  // grammar; kubernetes-models names the field (below).
+  const expected = {
+    typo: /unknown field "periodSecond"/,
+    wrongType: /cannot unmarshal string into Go struct field \S*\.containerPort of type int32/,
+    badQuantity: /apps\/v1\/Deployment "anpd-serve": .*quantities must match the regular expression/,
+  };
   for (const [name, object] of Object.entries({ typo, wrongType, badQuantity })) {
     const file = join(dir, `${name}.yaml`);
     writeFileSync(file, JSON.stringify(object));
-    t.false((await runValidator('k8s', [file])).ok, name);
+    await assertRejected(t, 'k8s', file, expected[name as keyof typeof expected], name);
   }
   const Model = await modelClass('apps/v1', 'Deployment');
-  t.throws(() => new Model(wrongType).validate());
+  t.throws(() => new Model(wrongType).validate(), { message: /containers\/0\/ports\/0\/containerPort must be integer/ });
+  t.throws(() => new Model(badQuantity).validate(), { message: /containers\/0\/resources\/limits\/memory must match format "quantity"/ });
   const virtualService = structuredClone(find(render('istio').objects, 'VirtualService'));
   virtualService['spec']['http'][0]['retries']['attempts'] = 'none';
   const file = join(dir, 'vs.yaml');
   writeFileSync(file, JSON.stringify(virtualService));
-  t.false((await runValidator('k8s', [file])).ok);
+  await assertRejected(t, 'k8s', file, /invalid value for int32 field attempts: "none"/, 'VirtualService retries.attempts');
 });
 
 test.serial('every YAML file under deploy/ is checked by some test here', (t) => {
@@ -170,8 +194,7 @@ for (const kustomization of ['k8s/base', 'k8s/overlays/gpu'] as const) {
     t.is(container['livenessProbe']['grpc']['service'], LIVENESS_SERVICE, 'liveness must not fail while draining');
     t.true(container['startupProbe']['periodSeconds'] * container['startupProbe']['failureThreshold'] >= 60, 'startup allows a minute for the model load');
     // Probing slower than a start takes would hold a ready replica back from traffic.
-    const coldStart = JSON.parse(readFileSync(join(ROOT, 'bench/results/cold-start.json'), 'utf8')) as { summary: { after: { servingMsMedian: number } } };
-    t.true(container['startupProbe']['periodSeconds'] <= Math.max(1, Math.ceil(coldStart.summary.after.servingMsMedian / 1000)), 'the startup probe period is at most the measured cold start');
+    t.true(container['startupProbe']['periodSeconds'] <= STARTUP_PROBE_PERIOD_MAX_S, `the startup probe period is at most the ${STARTUP_PROBE_PERIOD_MAX_S} s a start takes`);
 
     // Stateless replicas: nothing written survives the pod and no client is pinned to one, so the
     // HPA and the PDB may add and remove pods freely.
@@ -268,7 +291,7 @@ test.serial('Envoy sidecar example: valid for Envoy, no route timeout, no retrie
   t.truthy(cluster['typed_extension_protocol_options']['envoy.extensions.upstreams.http.v3.HttpProtocolOptions']['explicit_http_config']['http2_protocol_options']);
   const broken = join(mkdtempSync(join(tmpdir(), 'anpd-envoy-')), 'envoy.yaml');
   writeFileSync(broken, text.replace('stream_idle_timeout: 900s', 'stream_idle_timout: 900s'));
-  t.false((await runValidator('envoy', [broken])).ok, 'a typo fails');
+  await assertRejected(t, 'envoy', broken, /unknown field "stream_idle_timout"/, 'a typo fails');
 });
 
 test.serial('OpenTelemetry collector config: every pipeline names components that are defined', (t) => {

@@ -264,7 +264,18 @@ test('foldSeed maps any uint64 to an integer in [0, 2^32)', (t) => {
   }
   // The high word is folded in, so seeds that differ only above bit 32 still differ.
   t.not(foldSeed('4294967296'), foldSeed('0'));
-  t.is(foldSeed('18446744073709551615'), foldSeed('18446744073709551615'));
+});
+
+test('foldSeed folds a uint64 to its low 32-bit word XOR its high word', (t) => {
+  // Worked out by hand from the hex forms, not with the code under test.
+  const cases: [seed: string, folded: number][] = [
+    ['4294967296', 1], // 0x00000001_00000000
+    ['9223372036854775807', 0x8000_0000], // 0x7fffffff_ffffffff
+    ['18446744073709551615', 0], // 0xffffffff_ffffffff
+    ['1311768467463790320', 0x8888_8888], // 0x12345678_9abcdef0
+    ['12345678901234567890', 0x404b_a35e], // 0xab54a98c_eb1f0ad2
+  ];
+  for (const [seed, folded] of cases) t.is(foldSeed(seed), folded, seed);
 });
 
 test('foldSeed rejects strings that are not unsigned decimal integers', (t) => {

@@ -32,8 +32,6 @@ test('empty argv and environment give the documented defaults', (t) => {
     metricsPort: 9464,
     metricsHost: '0.0.0.0',
   });
-  t.true(config.maxActiveSequences >= 4);
-  t.is(config.maxQueuedRequests, 8 * config.maxActiveSequences);
 });
 
 test('engine replicas default to a quarter of the cores on the CPU (at least 1) and 2 on a GPU', (t) => {

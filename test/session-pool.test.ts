@@ -1,4 +1,4 @@
-import test from 'ava';
+import test, { type ErrorConstructor, type ExecutionContext, type ThrownError, type ThrowsExpectation } from 'ava';
 import { setImmediate as tick } from 'node:timers/promises';
 import { CancelledError } from '../src/engine/engine.js';
 import { type Lease, SessionPool } from '../src/engine/session-pool.js';
@@ -23,12 +23,32 @@ async function flush(): Promise<void> {
   await tick();
 }
 
+/**
+ * Asserts `promise` has rejected by the next turn of the event loop, as `expectations` say. A
+ * regression that queues a request instead of refusing it, or ignores an abort, fails here rather
+ * than leaving the test to await a rejection that only ava's timeout ends.
+ */
+async function rejectsAtOnce<E extends ErrorConstructor>(t: ExecutionContext, promise: Promise<unknown>, expectations: ThrowsExpectation<E>): Promise<ThrownError<E> | undefined> {
+  const tracked = track(promise);
+  await flush();
+  if (!tracked.settled()) {
+    t.fail('still pending on the next turn of the event loop: it waits instead of being rejected at once');
+    return undefined;
+  }
+  return t.throwsAsync(promise, expectations);
+}
+
 test('acquire grants up to maxActive slots at once', async (t) => {
   const pool = new SessionPool({ maxActive: 3, maxQueued: 4 });
   const leases = await Promise.all([pool.acquire(), pool.acquire(), pool.acquire()]);
-  t.is(leases.length, 3);
   t.like(pool.state, { active: 3, queued: 0, maxActive: 3, maxQueued: 4, draining: false, rejected: 0 });
+  // "Up to": the fourth waits.
+  const fourth = track(pool.acquire());
+  await flush();
+  t.false(fourth.settled());
+  t.like(pool.state, { active: 3, queued: 1 });
   for (const lease of leases) lease.release();
+  (await fourth.promise).release();
   t.like(pool.state, { active: 0, queued: 0 });
 });
 
@@ -95,7 +115,7 @@ test('releasing a lease twice frees only one slot', async (t) => {
   // The pool still counts the other lease: only one more slot is available.
   await pool.acquire();
   t.is(pool.state.active, 2);
-  await t.throwsAsync(pool.acquire(), { instanceOf: OverloadedError });
+  await rejectsAtOnce(t, pool.acquire(), { instanceOf: OverloadedError });
 });
 
 test('a double release does not grant two queued waiters', async (t) => {
@@ -120,10 +140,10 @@ test('a full queue rejects the next acquire at once with OverloadedError and cou
   const queued = [pool.acquire(), pool.acquire()];
   t.like(pool.state, { active: 1, queued: 2, rejected: 0 });
 
-  const error = await t.throwsAsync(pool.acquire(), { instanceOf: OverloadedError, message: /capacity/ });
+  const error = await rejectsAtOnce(t, pool.acquire(), { instanceOf: OverloadedError, message: /capacity/ });
   t.is(error?.code, 'OVERLOADED');
   t.like(pool.state, { active: 1, queued: 2, rejected: 1 });
-  await t.throwsAsync(pool.acquire(), { instanceOf: OverloadedError });
+  await rejectsAtOnce(t, pool.acquire(), { instanceOf: OverloadedError });
   t.is(pool.state.rejected, 2);
 
   running.release();
@@ -149,7 +169,7 @@ test('refuseIfFull throws exactly when acquire would refuse, and counts it', asy
 test('maxQueued 0 means a request never waits', async (t) => {
   const pool = new SessionPool({ maxActive: 1, maxQueued: 0 });
   const lease = await pool.acquire();
-  await t.throwsAsync(pool.acquire(), { instanceOf: OverloadedError });
+  await rejectsAtOnce(t, pool.acquire(), { instanceOf: OverloadedError });
   t.like(pool.state, { active: 1, queued: 0, rejected: 1 });
   lease.release();
   const again = await pool.acquire();
@@ -166,7 +186,7 @@ test('aborting the signal of a queued request rejects it with CancelledError and
   t.is(pool.state.queued, 2);
 
   controller.abort(new Error('client went away'));
-  const error = await t.throwsAsync(cancelled, { instanceOf: CancelledError, message: 'client went away' });
+  const error = await rejectsAtOnce(t, cancelled, { instanceOf: CancelledError, message: 'client went away' });
   t.is(error?.code, 'CANCELLED');
   t.like(pool.state, { active: 1, queued: 1 });
 
@@ -183,9 +203,9 @@ test('aborting frees room in the queue for another request', async (t) => {
   const running = await pool.acquire();
   const controller = new AbortController();
   const cancelled = pool.acquire(controller.signal);
-  await t.throwsAsync(pool.acquire(), { instanceOf: OverloadedError });
+  await rejectsAtOnce(t, pool.acquire(), { instanceOf: OverloadedError });
   controller.abort();
-  await t.throwsAsync(cancelled, { instanceOf: CancelledError });
+  await rejectsAtOnce(t, cancelled, { instanceOf: CancelledError });
   const next = pool.acquire();
   t.is(pool.state.queued, 1);
   running.release();
@@ -197,12 +217,12 @@ test('an already-aborted signal rejects immediately without taking a slot', asyn
   const pool = new SessionPool({ maxActive: 1, maxQueued: 1 });
   const controller = new AbortController();
   controller.abort();
-  await t.throwsAsync(pool.acquire(controller.signal), { instanceOf: CancelledError });
+  await rejectsAtOnce(t, pool.acquire(controller.signal), { instanceOf: CancelledError });
   t.like(pool.state, { active: 0, queued: 0, rejected: 0 });
 
   // Also when the pool is full: cancellation wins over queueing.
   const lease = await pool.acquire();
-  await t.throwsAsync(pool.acquire(controller.signal), { instanceOf: CancelledError });
+  await rejectsAtOnce(t, pool.acquire(controller.signal), { instanceOf: CancelledError });
   t.like(pool.state, { active: 1, queued: 0, rejected: 0 });
   lease.release();
 });
@@ -228,7 +248,7 @@ test('after startDraining new acquires reject with UnavailableError while queued
   pool.startDraining();
   t.like(pool.state, { draining: true, active: 1, queued: 1 });
 
-  const error = await t.throwsAsync(pool.acquire(), { instanceOf: UnavailableError, message: /shutting down/ });
+  const error = await rejectsAtOnce(t, pool.acquire(), { instanceOf: UnavailableError, message: /shutting down/ });
   t.is(error?.code, 'UNAVAILABLE');
   t.is(pool.state.rejected, 0);
   t.false(queued.settled());
@@ -238,13 +258,14 @@ test('after startDraining new acquires reject with UnavailableError while queued
   t.like(pool.state, { active: 1, queued: 0 });
   lease.release();
   t.like(pool.state, { active: 0, queued: 0, draining: true });
-  await t.throwsAsync(pool.acquire(), { instanceOf: UnavailableError });
+  await rejectsAtOnce(t, pool.acquire(), { instanceOf: UnavailableError });
 });
 
 test('whenIdle resolves at once when nothing runs or waits', async (t) => {
   const pool = new SessionPool({ maxActive: 2, maxQueued: 2 });
-  await pool.whenIdle();
-  t.pass();
+  const idle = track(pool.whenIdle());
+  await flush();
+  t.true(idle.settled());
 });
 
 test('whenIdle resolves only after all leases are released and the queue is empty', async (t) => {
@@ -262,8 +283,8 @@ test('whenIdle resolves only after all leases are released and the queue is empt
   t.false(idle.settled(), 'the queued request now runs');
 
   secondLease.release();
-  await idle.promise;
-  t.true(idle.settled());
+  await flush();
+  t.true(idle.settled(), 'resolved once the last lease was released');
   t.like(pool.state, { active: 0, queued: 0 });
 });
 
@@ -277,8 +298,8 @@ test('whenIdle waits for releases while draining', async (t) => {
   await flush();
   t.false(idle.settled());
   b.release();
-  await idle.promise;
-  t.pass();
+  await flush();
+  t.true(idle.settled());
 });
 
 test('whenIdle resolves when the last queued waiter is cancelled and no lease is held', async (t) => {
@@ -288,12 +309,12 @@ test('whenIdle resolves when the last queued waiter is cancelled and no lease is
   const waiting = pool.acquire(controller.signal);
   const idle = track(pool.whenIdle());
   controller.abort();
-  await t.throwsAsync(waiting, { instanceOf: CancelledError });
+  await rejectsAtOnce(t, waiting, { instanceOf: CancelledError });
   await flush();
   t.false(idle.settled());
   running.release();
-  await idle.promise;
-  t.pass();
+  await flush();
+  t.true(idle.settled());
 });
 
 test('the constructor rejects maxActive 0 and other invalid limits', (t) => {

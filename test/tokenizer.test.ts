@@ -1,6 +1,28 @@
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import test from 'ava';
+import { DEFAULT_MODEL, projectRoot } from '../src/model/default-model.js';
 import { loadTokenizer, type TextTokenizer } from '../src/tokenizer/tokenizer.js';
 import { defaultModelDir } from './support/default-model.js';
+
+/**
+ * Token ids computed by llama.cpp straight from the default GGUF, with none of our code
+ * (test/fixtures/gen-tokenizer-ids.py wrote them; its `provenance` says how and when to regenerate).
+ * Round trips cannot catch a tokenizer that is lossless but wrong (merge order, pre-tokenizer
+ * split, special tokens); exact ids can.
+ */
+interface IdSample {
+  readonly name: string;
+  readonly text: string;
+  /** encode(text, { addSpecialTokens: false }) */
+  readonly ids: number[];
+  /** encode(text): the default mode */
+  readonly ids_default: number[];
+}
+const ID_FIXTURE = JSON.parse(readFileSync(join(projectRoot(), 'test', 'fixtures', 'tokenizer-ids.json'), 'utf8')) as {
+  provenance: { input: { sha256: string } };
+  samples: IdSample[];
+};
 
 let tokenizer: TextTokenizer;
 test.before(async () => {
@@ -25,6 +47,20 @@ for (const [i, text] of SAMPLES.entries()) {
     const ids = tokenizer.encode(text, { addSpecialTokens: false });
     t.is(tokenizer.decode(ids), text);
     for (const id of ids) t.true(id >= 0 && id < tokenizer.vocabSize);
+  });
+}
+
+test('the token id fixture was computed from the GGUF the default model is converted from', (t) => {
+  t.is(ID_FIXTURE.provenance.input.sha256, DEFAULT_MODEL.ggufSha256, 'the default model changed: regenerate test/fixtures/tokenizer-ids.json');
+  t.is(new Set(ID_FIXTURE.samples.map((s) => s.name)).size, ID_FIXTURE.samples.length);
+  t.true(ID_FIXTURE.samples.length >= 30);
+});
+
+for (const sample of ID_FIXTURE.samples) {
+  test(`encode gives llama.cpp's ids for the GGUF: ${sample.name}`, (t) => {
+    t.deepEqual(tokenizer.encode(sample.text, { addSpecialTokens: false }), sample.ids, 'addSpecialTokens: false');
+    t.deepEqual(tokenizer.encode(sample.text), sample.ids_default, 'default mode');
+    t.is(tokenizer.decode(sample.ids), sample.text, "decoding llama.cpp's ids gives the text back");
   });
 }
 

@@ -26,13 +26,19 @@ async function open(dir: string): Promise<DecoderModel> {
   return loadDecoderModel(dir, { executionProvider: 'cpu', intraOpThreads: 0, kvCapacity: 256 });
 }
 
-let reference: Float32Array[] | undefined;
-async function referenceLogits(): Promise<Float32Array[]> {
-  if (reference === undefined) {
+const references = new Map<readonly number[], Float32Array[]>();
+async function referenceLogits(tokens: readonly number[]): Promise<Float32Array[]> {
+  let rows = references.get(tokens);
+  if (rows === undefined) {
     const ref = new ReferenceLlama(readGguf(await defaultGguf()));
-    reference = TOKENS.map((t) => ref.step(t));
+    rows = tokens.map((t) => ref.step(t));
+    references.set(tokens, rows);
   }
-  return reference;
+  return rows;
+}
+
+function topK(a: Float32Array, k: number): number[] {
+  return [...a.keys()].sort((x, y) => a[y]! - a[x]!).slice(0, k);
 }
 
 test('the converted graph matches an independent JS forward pass within 2e-3 when weights are computed in fp32', async (t) => {
@@ -40,7 +46,7 @@ test('the converted graph matches an independent JS forward pass within 2e-3 whe
   const model = await open(await convertedVariant({ accuracyLevel: 0 }));
   const seq = model.createSequence();
   const logits = await seq.forward(TOKENS, TOKENS.length);
-  const ref = await referenceLogits();
+  const ref = await referenceLogits(TOKENS);
   for (let p = 0; p < TOKENS.length; p++) {
     const row = logits.subarray(p * VOCAB, (p + 1) * VOCAB);
     const diff = maxAbsDiff(row, ref[p]!);
@@ -50,18 +56,39 @@ test('the converted graph matches an independent JS forward pass within 2e-3 whe
   await model.dispose();
 });
 
-test('the default model (int8 activations) stays within 10% of the logit range of the reference and agrees on the top token', async (t) => {
+/**
+ * Int8 activations (accuracy_level 4) move every logit a little. Measured 2026-11-30 on the LONG
+ * prompt's 23 positions (2 cores, x86-64): max |diff| 0.40–1.07 logits (≤ 4.7% of the row's
+ * largest |logit|), RMS 0.10–0.39, top-10 overlap 8–10 (mean 9.6), argmax equal everywhere.
+ * The bounds are about twice that, so a wrong rope, norm or scale (which moves logits by several
+ * units and reorders the top) fails while kernel rounding on another CPU does not.
+ */
+const INT8_MAX_ABS_DIFF = 2.0;
+const INT8_RMS_DIFF = 0.8;
+const TOP10_OVERLAP_MIN = 7;
+const TOP10_OVERLAP_MEAN_MIN = 9;
+
+test('the default model (int8 activations) stays within twice its measured distance of the reference and agrees on the top tokens', async (t) => {
   const model = await open(await defaultModelDir());
   const seq = model.createSequence();
-  const logits = await seq.forward(TOKENS, TOKENS.length);
-  const ref = await referenceLogits();
-  for (let p = 0; p < TOKENS.length; p++) {
+  const logits = await seq.forward(LONG, LONG.length);
+  const ref = await referenceLogits(LONG);
+  let overlapSum = 0;
+  for (let p = 0; p < LONG.length; p++) {
     const row = logits.subarray(p * VOCAB, (p + 1) * VOCAB);
-    const scale = Math.max(...ref[p]!.map(Math.abs));
     const diff = maxAbsDiff(row, ref[p]!);
-    t.true(diff < 0.1 * scale, `position ${p}: max diff ${diff} vs logit scale ${scale}`);
+    let squares = 0;
+    for (let i = 0; i < VOCAB; i++) squares += (row[i]! - ref[p]![i]!) ** 2;
+    const rms = Math.sqrt(squares / VOCAB);
+    const expectedTop = new Set(topK(ref[p]!, 10));
+    const overlap = topK(row, 10).filter((id) => expectedTop.has(id)).length;
+    overlapSum += overlap;
+    t.true(diff < INT8_MAX_ABS_DIFF, `position ${p}: max |onnx − reference| = ${diff.toFixed(3)}`);
+    t.true(rms < INT8_RMS_DIFF, `position ${p}: RMS difference ${rms.toFixed(3)}`);
+    t.true(overlap >= TOP10_OVERLAP_MIN, `position ${p}: top-10 overlap ${overlap}`);
     t.is(argmax(row), argmax(ref[p]!), `position ${p}`);
   }
+  t.true(overlapSum / LONG.length >= TOP10_OVERLAP_MEAN_MIN, `mean top-10 overlap ${(overlapSum / LONG.length).toFixed(2)}`);
   await model.dispose();
 });
 

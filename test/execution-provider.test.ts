@@ -3,6 +3,9 @@
  * needs a Vulkan device) either load for real or fail with an ExecutionProviderError that names the
  * provider and what is missing — never a silent fall back to the CPU, never a generic model error.
  * The GPU numbers themselves come from bench/device-bench.ts on a GPU machine (docs/benchmarks.md).
+ * `info.executionProvider` only echoes the option: what ORT actually placed (every kernel run on
+ * webgpu, KV outputs on the device, disabled CPU fallback refusing a graph webgpu cannot take) is
+ * observed from outside the runtime by test/webgpu-lavapipe.test.ts.
  */
 import test from 'ava';
 import { ExecutionProviderError, ModelFormatError } from '../src/errors.js';

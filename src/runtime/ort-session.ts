@@ -52,12 +52,18 @@ export async function createOrtSession(path: string, options: RuntimeOptions, de
     });
   } catch (cause) {
     const detail = (cause as Error).message.split('\n')[0]?.slice(0, 500) ?? 'unknown error';
+    if (gpu && CPU_FALLBACK_REFUSED.test(detail)) {
+      throw new ModelFormatError(path, `has nodes the ${provider} provider has no kernel for, and CPU fallback is disabled so that a model never runs partly on the CPU unnoticed (ONNX Runtime: ${detail})`, { cause });
+    }
     if (gpu && isProviderFailure(detail)) {
       throw new ExecutionProviderError(provider, `cannot start: ${detail}; ${INSTALL_HINTS[provider]}`, { cause });
     }
     throw new ModelFormatError(path, `ONNX Runtime cannot load it${gpu ? ` on ${provider}` : ''}: ${detail}`, { cause });
   }
 }
+
+/** ORT's refusal when disable_cpu_ep_fallback meets a node the GPU provider cannot take. */
+const CPU_FALLBACK_REFUSED = /fallback to CPU EP has been explicitly disabled/;
 
 /** Errors that come from the provider or the device, not from the model file. */
 function isProviderFailure(message: string): boolean {

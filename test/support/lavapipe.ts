@@ -11,8 +11,17 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync
 import { join } from 'node:path';
 import { cacheDir } from '../../src/model/default-model.js';
 
-/** Pinned: the versions Dawn was seen to accept (../shared/reference/gpu.md). */
-const PINNED = ['mesa-vulkan-drivers=25.0.7-2~bpo12+1', 'libdrm2=2.4.123-1~bpo12+1', 'libdrm-amdgpu1=2.4.123-1~bpo12+1', 'libdrm-common=2.4.123-1~bpo12+1'];
+/**
+ * Pinned: the versions Dawn was seen to accept (../shared/reference/gpu.md). Backports replace a
+ * version when a newer one arrives, so where a pin is no longer served the newest bookworm-backports
+ * version is taken instead (Dawn needs Mesa ≥ 24; bookworm's own 22.3 is refused).
+ */
+const PINNED: Record<string, string> = {
+  'mesa-vulkan-drivers': '25.0.7-2~bpo12+1',
+  libdrm2: '2.4.123-1~bpo12+1',
+  'libdrm-amdgpu1': '2.4.123-1~bpo12+1',
+  'libdrm-common': '2.4.123-1~bpo12+1',
+};
 /**
  * The driver's shared-library dependencies (apt-cache depends --recurse, less libc/libstdc++/zlib),
  * unpacked too so a machine without them (no X, no LLVM) still loads the driver.
@@ -24,7 +33,8 @@ const LIBRARIES = [
 ];
 const SOURCES = 'deb http://deb.debian.org/debian bookworm main\ndeb http://deb.debian.org/debian bookworm-backports main\n';
 
-export type Lavapipe = { ok: true; env: Record<string, string>; fetchedMs: number } | { ok: false; reason: string };
+/** `versions`: the Mesa and libdrm packages unpacked (name=version), as recorded when fetched. */
+export type Lavapipe = { ok: true; env: Record<string, string>; fetchedMs: number; versions: string[] } | { ok: false; reason: string };
 
 function hasCommand(name: string): boolean {
   try {
@@ -38,14 +48,15 @@ function hasCommand(name: string): boolean {
 /** Downloads and unpacks lavapipe once into .cache/lavapipe; `ok: false` says why it cannot. */
 export function ensureLavapipe(): Lavapipe {
   const started = performance.now();
-  const base = join(cacheDir(), 'lavapipe', '25.0.7');
+  const base = join(cacheDir(), 'lavapipe', 'bookworm-backports');
   const root = join(base, 'root');
   const libDir = join(root, 'usr', 'lib', 'x86_64-linux-gnu');
   const icd = join(base, 'lvp_icd.json');
   const env = { LD_LIBRARY_PATH: libDir, VK_ICD_FILENAMES: icd };
-  if (existsSync(join(base, 'done'))) return { ok: true, env, fetchedMs: 0 };
+  const done = join(base, 'done');
+  if (existsSync(done)) return { ok: true, env, fetchedMs: 0, versions: readFileSync(done, 'utf8').trim().split('\n') };
   if (process.platform !== 'linux' || process.arch !== 'x64') return { ok: false, reason: `lavapipe packages are for linux x64, not ${process.platform} ${process.arch}` };
-  for (const tool of ['apt-get', 'dpkg-deb']) if (!hasCommand(tool)) return { ok: false, reason: `${tool} not found (lavapipe comes from Debian bookworm-backports)` };
+  for (const tool of ['apt-get', 'apt-cache', 'dpkg-deb']) if (!hasCommand(tool)) return { ok: false, reason: `${tool} not found (lavapipe comes from Debian bookworm-backports)` };
   rmSync(base, { recursive: true, force: true });
   const apt = join(base, 'apt');
   const debs = join(base, 'debs');
@@ -56,9 +67,11 @@ export function ensureLavapipe(): Lavapipe {
     '-o', `Dir::State::Lists=${join(apt, 'lists')}`, '-o', `Dir::Cache=${join(apt, 'cache')}`,
     '-o', 'Debug::NoLocking=1', '-o', 'APT::Sandbox::User=root', '-qq',
   ];
+  let versions: string[];
   try {
     execFileSync('apt-get', [...aptOptions, 'update'], { stdio: ['ignore', 'ignore', 'pipe'], timeout: 120_000 });
-    execFileSync('apt-get', [...aptOptions, 'download', ...PINNED, ...LIBRARIES], { cwd: debs, stdio: ['ignore', 'ignore', 'pipe'], timeout: 120_000 });
+    versions = Object.entries(PINNED).map(([name, pinned]) => `${name}=${servedVersion(aptOptions, name, pinned)}`);
+    execFileSync('apt-get', [...aptOptions, 'download', ...versions, ...LIBRARIES], { cwd: debs, stdio: ['ignore', 'ignore', 'pipe'], timeout: 120_000 });
   } catch (error) {
     const stderr = String((error as { stderr?: Buffer }).stderr ?? '').trim().split('\n').slice(-3).join(' | ');
     return { ok: false, reason: `apt could not fetch lavapipe from bookworm-backports: ${stderr || (error as Error).message}` };
@@ -69,6 +82,18 @@ export function ensureLavapipe(): Lavapipe {
   writeFileSync(icd, JSON.stringify(manifest));
   rmSync(debs, { recursive: true, force: true });
   rmSync(apt, { recursive: true, force: true });
-  writeFileSync(join(base, 'done'), '');
-  return { ok: true, env, fetchedMs: Math.round(performance.now() - started) };
+  writeFileSync(join(base, 'done'), `${versions.join('\n')}\n`);
+  return { ok: true, env, fetchedMs: Math.round(performance.now() - started), versions };
+}
+
+/** The pinned version if the archive still serves it, else the newest bookworm-backports one. */
+function servedVersion(aptOptions: readonly string[], name: string, pinned: string): string {
+  const rows = execFileSync('apt-cache', [...aptOptions, 'madison', name], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] })
+    .split('\n')
+    .map((line) => line.split('|').map((cell) => cell.trim()))
+    .filter((cells) => cells.length >= 3);
+  if (rows.some((cells) => cells[1] === pinned)) return pinned;
+  const backport = rows.find((cells) => cells[2]!.includes('bookworm-backports'));
+  if (backport === undefined) throw new Error(`${name}: neither ${pinned} nor any bookworm-backports version is served`);
+  return backport[1]!;
 }

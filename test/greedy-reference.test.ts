@@ -1,0 +1,41 @@
+/**
+ * Plain greedy decoding on the cpu against its committed reference (test/support/greedy-reference.ts):
+ * the exactness tests compare speculative with plain decoding of the same build, so a converter,
+ * quantization or runtime change that damages both alike must fail here.
+ */
+import test from 'ava';
+import { NO_SPECULATION } from '../src/engine/engine.js';
+import { DEFAULT_MODEL } from '../src/model/default-model.js';
+import { generateOnce } from '../bench/generate-once.js';
+import { defaultEngine } from './support/default-model.js';
+import { compareWithReference, NEAR_TIE_GAP, readReference, sha256 } from './support/greedy-reference.js';
+import { exactnessPrompts } from './support/prompt-set.js';
+
+const reference = readReference('cpu');
+/** Near-tie differences forgiven in all (another CPU's rounding); more means something moved the logits. */
+const NEAR_TIES_MAX = 3;
+
+test('the cpu reference covers every exactness prompt, as written now, from the default model', (t) => {
+  const prompts = exactnessPrompts();
+  t.deepEqual(reference.cases.map((c) => [c.id, c.promptSha256]), prompts.map((p) => [p.id, sha256(p.prompt)]), 'the prompt set changed: re-record the reference');
+  t.is((reference.provenance['model'] as { gguf: string }).gguf, DEFAULT_MODEL.ggufSha256);
+  for (const c of reference.cases) {
+    t.true(c.tokens.length > 0, `${c.id}: an empty reference`);
+    t.is(c.gaps.length, c.tokens.length + 1, `${c.id}: a gap for every output position and the one after`);
+  }
+});
+
+test.serial('plain greedy decoding on the cpu reproduces the committed reference token for token', async (t) => {
+  const engine = await defaultEngine();
+  const prompts = new Map(exactnessPrompts().map((p) => [p.id, p.prompt]));
+  let identical = 0;
+  for (const expected of reference.cases) {
+    const { tokens } = await generateOnce(engine, prompts.get(expected.id)!, NO_SPECULATION, expected.maxNewTokens);
+    const result = compareWithReference(expected, tokens);
+    if (result.kind === 'identical') identical++;
+    else if (result.kind === 'near-tie') t.log(`forgiven (gap < ${NEAR_TIE_GAP}): ${result.message}`);
+    else t.fail(result.message);
+  }
+  t.log(`${identical}/${reference.cases.length} outputs identical to the reference`);
+  t.true(reference.cases.length - identical <= NEAR_TIES_MAX, `${reference.cases.length - identical} outputs differ at near-ties`);
+});

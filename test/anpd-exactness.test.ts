@@ -2,8 +2,6 @@
  * The headline guarantee: n-gram speculative decoding gives token-for-token the output of plain
  * decoding on the real default model, over varied prompts, while actually speculating.
  */
-import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
 import test from 'ava';
 import {
   DEFAULT_SPECULATION,
@@ -14,18 +12,10 @@ import {
   PAPER_SPECULATION,
   type SpeculationOptions,
 } from '../src/engine/engine.js';
-import { projectRoot } from '../src/model/default-model.js';
 import { defaultEngine } from './support/default-model.js';
+import { categoryOf, exactnessPrompts } from './support/prompt-set.js';
 
-interface PromptCase {
-  id: string;
-  prompt: string;
-}
-
-const root = projectRoot();
-const load = (path: string): PromptCase[] => JSON.parse(readFileSync(join(root, path), 'utf8')) as PromptCase[];
-const CATEGORIES = ['summarization', 'code-editing', 'document-qa', 'open-chat'] as const;
-const PROMPTS: PromptCase[] = [...CATEGORIES.flatMap((c) => load(`bench/prompts/${c}.json`)), ...load('test/fixtures/exactness-extra.json')];
+const PROMPTS = exactnessPrompts();
 const MAX_NEW_TOKENS = 96;
 
 async function generate(engine: Engine, prompt: string, speculation: SpeculationOptions, extra: Partial<GenerateRequest> = {}) {
@@ -54,26 +44,34 @@ test('there are at least 30 varied exactness prompts', (t) => {
 
 test.serial('adaptive n-gram speculation reproduces plain greedy decoding token for token, and speculates on copy-heavy prompts', async (t) => {
   const engine = await defaultEngine();
-  const byCategory = new Map<string, { tokens: number; rounds: number }>();
+  const byCategory = new Map<string, { tokens: number; rounds: number; accepted: number; rejected: number }>();
   let mismatches = 0;
   for (const p of PROMPTS) {
     const plain = await generate(engine, p.prompt, NO_SPECULATION);
     const fast = await generate(engine, p.prompt, DEFAULT_SPECULATION);
+    t.true(plain.tokens.length > 0, `${p.id}: plain decoding produced no tokens`);
     const at = firstDivergence(plain.tokens, fast.tokens);
     if (at !== -1) mismatches++;
     t.is(at, -1, `${p.id}: first divergence at token ${at}`);
     t.is(fast.text, plain.text, p.id);
     t.is(fast.final.finishReason, plain.final.finishReason, p.id);
     t.is(plain.final.stats.draftTokensProposed, 0);
-    const category = p.id.replace(/-\d+$/, '');
-    const c = byCategory.get(category) ?? { tokens: 0, rounds: 0 };
+    const c = byCategory.get(categoryOf(p.id)) ?? { tokens: 0, rounds: 0, accepted: 0, rejected: 0 };
     c.tokens += fast.final.completionTokens;
     c.rounds += fast.final.stats.rounds;
-    byCategory.set(category, c);
+    c.accepted += fast.final.stats.draftTokensAccepted;
+    c.rejected += fast.final.stats.draftTokensProposed - fast.final.stats.draftTokensAccepted;
+    byCategory.set(categoryOf(p.id), c);
   }
   const tau = (c: string) => byCategory.get(c)!.tokens / byCategory.get(c)!.rounds;
-  t.log(Object.fromEntries([...byCategory.keys()].map((c) => [c, +tau(c).toFixed(2)])));
+  t.log(Object.fromEntries([...byCategory].map(([c, s]) => [c, { tau: +tau(c).toFixed(2), accepted: s.accepted, rejected: s.rejected }])));
   t.is(mismatches, 0);
+  // Every category both keeps and throws away drafted tokens on the real model: the multi-row
+  // verify and the KV rollback are each exercised, not only the happy path.
+  for (const [category, c] of byCategory) {
+    t.true(c.accepted > 0, `${category}: no draft token was accepted`);
+    t.true(c.rejected > 0, `${category}: no draft token was rejected, so the rollback path never ran`);
+  }
   // A drafter that never drafts gives τ ≤ 1; copy-heavy prompts must do much better.
   t.true(tau('code-editing') > 1.5, `code-editing τ = ${tau('code-editing')}`);
   t.true(tau('summarization') > 1.5, `summarization τ = ${tau('summarization')}`);
@@ -89,28 +87,54 @@ test.serial('the paper setting (N = 5, K = 7, ungated tables) is exact as well',
   }
 });
 
+/** Drafted tokens the verifier kept and threw away, summed over a setting's prompts. */
+function draftOutcome(final: GenerationFinal): { accepted: number; rejected: number } {
+  return { accepted: final.stats.draftTokensAccepted, rejected: final.stats.draftTokensProposed - final.stats.draftTokensAccepted };
+}
+
 test.serial('speculative sampling gives the same tokens as plain sampling for the same seed', async (t) => {
   const engine = await defaultEngine();
-  for (const [i, p] of PROMPTS.filter((_, i) => i % 5 === 1).entries()) {
-    for (const sampling of [
-      { temperature: 0.7, topK: 0, topP: 1, repetitionPenalty: 1, seed: 11 + i },
-      { temperature: 1.0, topK: 40, topP: 0.9, repetitionPenalty: 1.1, seed: 99 + i },
-    ]) {
+  const settings = [
+    { temperature: 0.7, topK: 0, topP: 1, repetitionPenalty: 1 },
+    { temperature: 1.0, topK: 40, topP: 0.9, repetitionPenalty: 1.1 },
+  ];
+  for (const [s, setting] of settings.entries()) {
+    let accepted = 0;
+    let rejected = 0;
+    for (const [i, p] of PROMPTS.filter((_, i) => i % 5 === 1).entries()) {
+      const sampling = { ...setting, seed: (s === 0 ? 11 : 99) + i };
       const plain = await generate(engine, p.prompt, NO_SPECULATION, { sampling });
       const fast = await generate(engine, p.prompt, DEFAULT_SPECULATION, { sampling });
+      t.true(plain.tokens.length > 0, `${p.id}: no tokens`);
       t.is(firstDivergence(plain.tokens, fast.tokens), -1, `${p.id} ${JSON.stringify(sampling)}`);
+      const outcome = draftOutcome(fast.final);
+      accepted += outcome.accepted;
+      rejected += outcome.rejected;
     }
+    // Without these the test would pass with drafting switched off under sampling.
+    t.log(`${JSON.stringify(setting)}: ${accepted} draft tokens accepted, ${rejected} rejected`);
+    t.true(accepted > 0, `${JSON.stringify(setting)}: no draft token was accepted`);
+    t.true(rejected > 0, `${JSON.stringify(setting)}: no draft token was rejected`);
   }
 });
 
 test.serial('a repetition penalty sees the accepted draft prefix, so greedy output with a penalty stays exact', async (t) => {
   const engine = await defaultEngine();
   const sampling = { temperature: 0, topK: 0, topP: 1, repetitionPenalty: 1.3, seed: 0 };
+  let accepted = 0;
+  let rejected = 0;
   for (const p of PROMPTS.filter((_, i) => i % 6 === 2)) {
     const plain = await generate(engine, p.prompt, NO_SPECULATION, { sampling });
     const fast = await generate(engine, p.prompt, { ...DEFAULT_SPECULATION, draftLength: 'fixed' }, { sampling });
+    t.true(plain.tokens.length > 0, `${p.id}: no tokens`);
     t.is(firstDivergence(plain.tokens, fast.tokens), -1, p.id);
+    const outcome = draftOutcome(fast.final);
+    accepted += outcome.accepted;
+    rejected += outcome.rejected;
   }
+  t.log(`repetition penalty 1.3: ${accepted} draft tokens accepted, ${rejected} rejected`);
+  t.true(accepted > 0, 'no draft token was accepted: the penalty never had a draft prefix to see');
+  t.true(rejected > 0, 'no draft token was rejected');
 });
 
 test.serial('stop sequences and max_new_tokens cut inside a verified chunk exactly where plain decoding stops', async (t) => {

@@ -118,23 +118,33 @@ test.serial('speculative sampling gives the same tokens as plain sampling for th
   }
 });
 
-test.serial('a repetition penalty sees the accepted draft prefix, so greedy output with a penalty stays exact', async (t) => {
+/**
+ * Mild penalties on copy-heavy prompts: there drafts are still accepted, so the rows after an
+ * accepted draft prefix are verified under the penalty (at 1.3 the model stops copying: 1–2 draft
+ * tokens accepted in all, and a verifier that skipped the penalty on those rows passed).
+ */
+const PENALTY_PROMPTS = PROMPTS.filter((p) => ['code-editing', 'summarization'].includes(categoryOf(p.id))).filter((_, i) => i % 2 === 0);
+const PENALTY_ACCEPTED_MIN = 20;
+
+test.serial('a repetition penalty applies to every verified row and sees the accepted draft prefix, so greedy output with a penalty stays exact', async (t) => {
   const engine = await defaultEngine();
-  const sampling = { temperature: 0, topK: 0, topP: 1, repetitionPenalty: 1.3, seed: 0 };
-  let accepted = 0;
-  let rejected = 0;
-  for (const p of PROMPTS.filter((_, i) => i % 6 === 2)) {
-    const plain = await generate(engine, p.prompt, NO_SPECULATION, { sampling });
-    const fast = await generate(engine, p.prompt, { ...DEFAULT_SPECULATION, draftLength: 'fixed' }, { sampling });
-    t.true(plain.tokens.length > 0, `${p.id}: no tokens`);
-    t.is(firstDivergence(plain.tokens, fast.tokens), -1, p.id);
-    const outcome = draftOutcome(fast.final);
-    accepted += outcome.accepted;
-    rejected += outcome.rejected;
+  for (const repetitionPenalty of [1.05, 1.15]) {
+    const sampling = { temperature: 0, topK: 0, topP: 1, repetitionPenalty, seed: 0 };
+    let accepted = 0;
+    let rejected = 0;
+    for (const p of PENALTY_PROMPTS) {
+      const plain = await generate(engine, p.prompt, NO_SPECULATION, { sampling });
+      const fast = await generate(engine, p.prompt, { ...DEFAULT_SPECULATION, draftLength: 'fixed' }, { sampling });
+      t.true(plain.tokens.length > 0, `${p.id}: no tokens`);
+      t.is(firstDivergence(plain.tokens, fast.tokens), -1, `${p.id} (repetition penalty ${repetitionPenalty})`);
+      const outcome = draftOutcome(fast.final);
+      accepted += outcome.accepted;
+      rejected += outcome.rejected;
+    }
+    t.log(`repetition penalty ${repetitionPenalty}: ${accepted} draft tokens accepted, ${rejected} rejected`);
+    t.true(accepted >= PENALTY_ACCEPTED_MIN, `repetition penalty ${repetitionPenalty}: only ${accepted} draft tokens accepted, too few to exercise the penalty on verified rows`);
+    t.true(rejected > 0, `repetition penalty ${repetitionPenalty}: no draft token was rejected`);
   }
-  t.log(`repetition penalty 1.3: ${accepted} draft tokens accepted, ${rejected} rejected`);
-  t.true(accepted > 0, 'no draft token was accepted: the penalty never had a draft prefix to see');
-  t.true(rejected > 0, 'no draft token was rejected');
 });
 
 test.serial('stop sequences and max_new_tokens cut inside a verified chunk exactly where plain decoding stops', async (t) => {

@@ -14,6 +14,7 @@
 import { ContextOverflowError, InvalidRequestError } from '../errors.js';
 import type { ModelManifest } from '../model/model-manifest.js';
 import { ort } from './ort-session.js';
+import type { NativeSession } from './native-run.js';
 import type { DecoderModel, DecoderSequence, ModelInfo, RuntimeOptions } from './types.js';
 
 // Names must match src/convert/llama-graph.ts IO (the runtime may not import the converter).
@@ -54,8 +55,12 @@ export class GqaDecoderModel implements DecoderModel {
   }
 
   /** `batches`: K-slot graphs of the same weights, any sizes (a batch runs on the smallest that holds it). */
-  constructor(session: ort.InferenceSession, manifest: ModelManifest, options: RuntimeOptions, batches: readonly SlotBatch[] = []) {
+  /** Single-sequence CPU forwards run here when the native addon is built (outputs in place). */
+  private readonly native: NativeSession | undefined;
+
+  constructor(session: ort.InferenceSession, manifest: ModelManifest, options: RuntimeOptions, batches: readonly SlotBatch[] = [], native?: NativeSession) {
     this.session = session;
+    this.native = native;
     this.manifest = manifest;
     this.batches = [...batches].sort((a, b) => a.slots - b.slots);
     const executionProvider = options.executionProvider;
@@ -73,6 +78,7 @@ export class GqaDecoderModel implements DecoderModel {
       executionProvider,
       batchSlots: this.batches.at(-1)?.slots ?? 1,
       forwardRowsMin: this.rowsMin,
+      runner: native === undefined ? 'onnxruntime-node' : 'native',
     };
     const chunk = options.batchPrefillChunkTokens ?? FORWARD_TOKENS_MAX;
     if (!Number.isInteger(chunk) || chunk < 1 || chunk > FORWARD_TOKENS_MAX) throw new RangeError(`batchPrefillChunkTokens must be an integer in [1, ${FORWARD_TOKENS_MAX}], got ${chunk}`);
@@ -82,7 +88,7 @@ export class GqaDecoderModel implements DecoderModel {
   createSequence(options?: { readonly capacity?: number }): DecoderSequence {
     // One position stays free for the pad row (rotary tables cover contextLength positions).
     const capacity = Math.min(options?.capacity ?? this.defaultCapacity, this.manifest.contextLength - (this.rowsMin - 1));
-    return new GqaSequence(this.session, this.manifest, capacity, this.rowsMin, this.info.executionProvider !== 'cpu', this.scheduler);
+    return new GqaSequence(this.session, this.manifest, capacity, this.rowsMin, this.info.executionProvider !== 'cpu', this.scheduler, this.native);
   }
 
   async dispose(): Promise<void> {
@@ -373,8 +379,11 @@ class GqaSequence implements DecoderSequence {
   private readonly kvNames: (readonly [string, string])[] = [];
   private readonly scheduler: ForwardScheduler | undefined;
 
-  constructor(session: ort.InferenceSession, m: ModelManifest, capacity: number, rowsMin: number, deviceKv: boolean, scheduler?: ForwardScheduler) {
+  private readonly native: NativeSession | undefined;
+
+  constructor(session: ort.InferenceSession, m: ModelManifest, capacity: number, rowsMin: number, deviceKv: boolean, scheduler?: ForwardScheduler, native?: NativeSession) {
     this.session = session;
+    this.native = native;
     this.scheduler = scheduler;
     this.capacity = capacity;
     this.rowsMin = rowsMin;
@@ -498,7 +507,8 @@ class GqaSequence implements DecoderSequence {
       this.kvLength += count;
       return data;
     }
-    await this.session.run(this.feeds, this.fetches);
+    if (this.native !== undefined) this.native.run(this.feeds, this.fetches);
+    else await this.session.run(this.feeds, this.fetches);
     this.kvLength += count;
     return logits.data;
   }

@@ -8,6 +8,7 @@ import { ModelFormatError, ModelNotFoundError } from '../errors.js';
 import { MANIFEST_FILE, MANIFEST_FORMAT, type ModelManifest } from '../model/model-manifest.js';
 import { GqaDecoderModel, type SlotBatch } from './gqa-decoder.js';
 import { inspectOptimumSession, OptimumDecoderModel } from './optimum-decoder.js';
+import { nativeAddon, NativeSession } from './native-run.js';
 import { createOrtSession } from './ort-session.js';
 import { DEFAULT_RUNTIME_OPTIONS, type DecoderModel, type RuntimeOptions } from './types.js';
 
@@ -48,6 +49,18 @@ async function loadSlotBatch(dir: string, single: ModelManifest, options: Runtim
   return { session: await createOrtSession(join(dir, manifest.onnxFile), options, deviceKv), slots: manifest.slots };
 }
 
+/** CPU only: the addon runs on the host, with host buffers. */
+function openNativeSession(path: string, options: RuntimeOptions): NativeSession | undefined {
+  if (options.executionProvider !== 'cpu' || (options.nativeRun ?? 'auto') === 'off') return undefined;
+  const addon = nativeAddon();
+  if (addon === null) return undefined;
+  try {
+    return new NativeSession(addon, path, options.intraOpThreads);
+  } catch (cause) {
+    throw new ModelFormatError(path, `the native runner cannot load it: ${(cause as Error).message.split('\n')[0]}`, { cause });
+  }
+}
+
 export async function loadDecoderModel(dir: string, options: RuntimeOptions = DEFAULT_RUNTIME_OPTIONS): Promise<DecoderModel> {
   if (!existsSync(dir)) throw new ModelNotFoundError(dir, 'model directory not found');
   const manifestPath = join(dir, MANIFEST_FILE);
@@ -56,8 +69,10 @@ export async function loadDecoderModel(dir: string, options: RuntimeOptions = DE
     if (manifest.format !== MANIFEST_FORMAT) throw new ModelFormatError(manifestPath, `format "${String(manifest.format)}" is not "${MANIFEST_FORMAT}"`);
     // On a GPU the KV cache stays on the device: ORT leaves the present.* outputs there.
     const deviceKv = options.executionProvider !== 'cpu' ? Array.from({ length: manifest.layers }, (_, l) => [`present.${l}.key`, `present.${l}.value`]).flat() : [];
-    const session = await createOrtSession(join(dir, manifest.onnxFile), options, deviceKv);
-    if (options.batchModelDir === undefined) return new GqaDecoderModel(session, manifest, options);
+    const onnxPath = join(dir, manifest.onnxFile);
+    const session = await createOrtSession(onnxPath, options, deviceKv);
+    const native = openNativeSession(onnxPath, options);
+    if (options.batchModelDir === undefined) return new GqaDecoderModel(session, manifest, options, [], native);
     const dirs = typeof options.batchModelDir === 'string' ? [options.batchModelDir] : options.batchModelDir;
     const batches: SlotBatch[] = [];
     try {
@@ -66,7 +81,7 @@ export async function loadDecoderModel(dir: string, options: RuntimeOptions = DE
         batches.push(batch);
         if (batches.some((b) => b !== batch && b.slots === batch.slots)) throw new ModelFormatError(join(batchDir, MANIFEST_FILE), `a second ${batch.slots}-slot graph: give each slot count once`);
       }
-      return new GqaDecoderModel(session, manifest, options, batches);
+      return new GqaDecoderModel(session, manifest, options, batches, native);
     } catch (error) {
       await session.release();
       for (const b of batches) await b.session.release();
@@ -110,5 +125,6 @@ export async function loadDecoderModel(dir: string, options: RuntimeOptions = DE
     executionProvider: options.executionProvider,
     batchSlots: 1,
     forwardRowsMin: 1,
+    runner: 'onnxruntime-node',
   });
 }

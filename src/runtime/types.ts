@@ -17,6 +17,8 @@ export interface ModelInfo {
   readonly batchSlots: number;
   /** Query rows every forward runs at least (pad rows cost like real ones). */
   readonly forwardRowsMin: number;
+  /** What runs single-sequence forwards: onnxruntime-node's run, or the native addon (outputs written in place, nothing copied back). */
+  readonly runner: 'onnxruntime-node' | 'native';
 }
 
 export interface DecoderSequence {
@@ -57,6 +59,12 @@ export interface RuntimeOptions {
   readonly forwardRowsMin?: number;
   /** ORT intra-op threads; 0 lets ORT pick (one per physical core). */
   readonly intraOpThreads: number;
+  /**
+   * 'auto': CPU forwards of our converted graphs run through the native addon when it was built
+   * (scripts/build-native.mjs), else through onnxruntime-node; 'off': always onnxruntime-node.
+   * Same ONNX Runtime and options either way, so logits are bitwise equal. @default 'auto'
+   */
+  readonly nativeRun?: 'auto' | 'off';
   /** KV positions allocated per sequence (GQA layout), clamped to the model's context. */
   readonly kvCapacity: number;
   /**

@@ -1,0 +1,204 @@
+/*
+ * anpd_ort_run: runs an ONNX Runtime session with caller-owned input and output buffers.
+ *
+ * Why: onnxruntime-node returns every fetched output as a fresh copy, pre-allocated or not, so a
+ * decode step with the KV cache bound in place (GroupQueryAttention's shared buffer) still copies
+ * the whole cache into new ArrayBuffers and leaves it to the GC (docs/perf-notes.md, "Outputs in
+ * place"). Here ORT's C API writes into the JS buffers and nothing comes back.
+ *
+ * It links against the libonnxruntime.so.1 that onnxruntime-node ships, so both use one ORT.
+ * Built by scripts/build-native.mjs; loaded only by src/runtime/native-run.ts.
+ *
+ *   createSession(path, intraOpThreads) -> external
+ *   run(session, inNames, inArrays, inDims, inTypes, outNames, outArrays, outDims, outTypes)
+ */
+#include <node_api.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include "onnxruntime_c_api.h"
+
+/* Inputs or outputs one run may name: our graphs have 2 per layer plus a few. */
+#define VALUES_MAX 512
+#define RANK_MAX 8
+#define NAME_BYTES_MAX 256
+
+static const OrtApi *g_ort;
+static OrtEnv *g_env;
+static OrtMemoryInfo *g_cpu;
+
+static napi_value throw_message(napi_env env, const char *message) {
+  napi_throw_error(env, NULL, message);
+  return NULL;
+}
+
+static napi_value throw_status(napi_env env, OrtStatus *status) {
+  napi_throw_error(env, NULL, g_ort->GetErrorMessage(status));
+  g_ort->ReleaseStatus(status);
+  return NULL;
+}
+
+#define CHECK_NAPI(call, what) \
+  do { if ((call) != napi_ok) return throw_message(env, what); } while (0)
+#define CHECK_ORT(call) \
+  do { OrtStatus *status_ = (call); if (status_ != NULL) return throw_status(env, status_); } while (0)
+
+static void release_session(napi_env env, void *data, void *hint) {
+  (void)env; (void)hint;
+  g_ort->ReleaseSession((OrtSession *)data);
+}
+
+static napi_value create_session(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  CHECK_NAPI(napi_get_cb_info(env, info, &argc, argv, NULL, NULL), "createSession: bad arguments");
+  if (argc < 2) return throw_message(env, "createSession(path, intraOpThreads)");
+  char path[4096];
+  size_t length;
+  CHECK_NAPI(napi_get_value_string_utf8(env, argv[0], path, sizeof path, &length), "createSession: path must be a string");
+  if (length >= sizeof path - 1) return throw_message(env, "createSession: path too long");
+  int32_t threads;
+  CHECK_NAPI(napi_get_value_int32(env, argv[1], &threads), "createSession: intraOpThreads must be a number");
+
+  /* The same options as src/runtime/ort-session.ts gives onnxruntime-node, so logits are bitwise equal. */
+  OrtSessionOptions *options;
+  CHECK_ORT(g_ort->CreateSessionOptions(&options));
+  OrtStatus *status = g_ort->SetSessionGraphOptimizationLevel(options, ORT_ENABLE_ALL);
+  if (status == NULL && threads > 0) status = g_ort->SetIntraOpNumThreads(options, threads);
+  if (status == NULL) status = g_ort->SetInterOpNumThreads(options, 1);
+  if (status == NULL) status = g_ort->SetSessionLogSeverityLevel(options, 3);
+  OrtSession *session = NULL;
+  if (status == NULL) status = g_ort->CreateSession(g_env, path, options, &session);
+  g_ort->ReleaseSessionOptions(options);
+  if (status != NULL) return throw_status(env, status);
+  napi_value external;
+  if (napi_create_external(env, session, release_session, NULL, &external) != napi_ok) {
+    g_ort->ReleaseSession(session);
+    return throw_message(env, "createSession: cannot wrap the session");
+  }
+  return external;
+}
+
+static size_t element_bytes(napi_typedarray_type type) {
+  switch (type) {
+    case napi_int8_array: case napi_uint8_array: case napi_uint8_clamped_array: return 1;
+    case napi_int16_array: case napi_uint16_array: return 2;
+    case napi_int32_array: case napi_uint32_array: case napi_float32_array: return 4;
+    default: return 8;
+  }
+}
+
+/* Values i of names/arrays/dims/types become OrtValues over the arrays' own memory (no copy). */
+static int wrap_values(napi_env env, napi_value names, napi_value arrays, napi_value dims, napi_value types, uint32_t count,
+                       char (*name_out)[NAME_BYTES_MAX], const char **name_ptrs, OrtValue **values) {
+  for (uint32_t i = 0; i < count; i++) {
+    napi_value name, array, shape, type;
+    size_t length;
+    if (napi_get_element(env, names, i, &name) != napi_ok ||
+        napi_get_value_string_utf8(env, name, name_out[i], NAME_BYTES_MAX, &length) != napi_ok || length >= NAME_BYTES_MAX - 1) {
+      napi_throw_error(env, NULL, "run: a name is not a string or is too long");
+      return -1;
+    }
+    name_ptrs[i] = name_out[i];
+    napi_typedarray_type array_type;
+    size_t elements, offset;
+    void *data;
+    napi_value buffer;
+    if (napi_get_element(env, arrays, i, &array) != napi_ok ||
+        napi_get_typedarray_info(env, array, &array_type, &elements, &data, &buffer, &offset) != napi_ok) {
+      napi_throw_error(env, NULL, "run: data must be a TypedArray");
+      return -1;
+    }
+    uint32_t rank;
+    if (napi_get_element(env, dims, i, &shape) != napi_ok || napi_get_array_length(env, shape, &rank) != napi_ok || rank > RANK_MAX) {
+      napi_throw_error(env, NULL, "run: dims must be an array of at most 8 numbers");
+      return -1;
+    }
+    int64_t extents[RANK_MAX];
+    for (uint32_t k = 0; k < rank; k++) {
+      napi_value extent;
+      int64_t value;
+      if (napi_get_element(env, shape, k, &extent) != napi_ok || napi_get_value_int64(env, extent, &value) != napi_ok) {
+        napi_throw_error(env, NULL, "run: dims must be numbers");
+        return -1;
+      }
+      extents[k] = value;
+    }
+    int32_t element_type;
+    if (napi_get_element(env, types, i, &type) != napi_ok || napi_get_value_int32(env, type, &element_type) != napi_ok) {
+      napi_throw_error(env, NULL, "run: types must be ONNX element type numbers");
+      return -1;
+    }
+    /* ORT checks the byte length against the shape and type: a mismatch is an error, not an overrun. */
+    OrtStatus *status = g_ort->CreateTensorWithDataAsOrtValue(g_cpu, data, elements * element_bytes(array_type), extents, rank,
+                                                              (ONNXTensorElementDataType)element_type, &values[i]);
+    if (status != NULL) {
+      throw_status(env, status);
+      return -1;
+    }
+  }
+  return 0;
+}
+
+static napi_value run(napi_env env, napi_callback_info info) {
+  size_t argc = 9;
+  napi_value a[9];
+  CHECK_NAPI(napi_get_cb_info(env, info, &argc, a, NULL, NULL), "run: bad arguments");
+  if (argc < 9) return throw_message(env, "run(session, inNames, inArrays, inDims, inTypes, outNames, outArrays, outDims, outTypes)");
+  OrtSession *session;
+  CHECK_NAPI(napi_get_value_external(env, a[0], (void **)&session), "run: not a session");
+  uint32_t inputs, outputs;
+  CHECK_NAPI(napi_get_array_length(env, a[1], &inputs), "run: inNames must be an array");
+  CHECK_NAPI(napi_get_array_length(env, a[5], &outputs), "run: outNames must be an array");
+  if (inputs > VALUES_MAX || outputs > VALUES_MAX) return throw_message(env, "run: more than 512 inputs or outputs");
+
+  /* Per call, not static: engine replicas call from several worker threads. */
+  char (*in_names)[NAME_BYTES_MAX] = malloc((size_t)(inputs + 1) * NAME_BYTES_MAX);
+  char (*out_names)[NAME_BYTES_MAX] = malloc((size_t)(outputs + 1) * NAME_BYTES_MAX);
+  const char *in_ptrs[VALUES_MAX], *out_ptrs[VALUES_MAX];
+  OrtValue *in_values[VALUES_MAX] = {0}, *out_values[VALUES_MAX] = {0};
+  napi_value result = NULL;
+  if (in_names == NULL || out_names == NULL) napi_throw_error(env, NULL, "run: out of memory");
+  else if (wrap_values(env, a[1], a[2], a[3], a[4], inputs, in_names, in_ptrs, in_values) == 0 &&
+      wrap_values(env, a[5], a[6], a[7], a[8], outputs, out_names, out_ptrs, out_values) == 0) {
+    OrtStatus *status = g_ort->Run(session, NULL, in_ptrs, (const OrtValue *const *)in_values, inputs, out_ptrs, outputs, out_values);
+    if (status != NULL) throw_status(env, status);
+    else napi_get_undefined(env, &result);
+  }
+  for (uint32_t i = 0; i < inputs; i++) if (in_values[i] != NULL) g_ort->ReleaseValue(in_values[i]);
+  for (uint32_t i = 0; i < outputs; i++) if (out_values[i] != NULL) g_ort->ReleaseValue(out_values[i]);
+  free(in_names);
+  free(out_names);
+  return result;
+}
+
+/* One ORT env per process, whichever thread (main or an engine worker) loads the addon first. */
+static pthread_once_t g_once = PTHREAD_ONCE_INIT;
+static const char *g_init_error;
+
+static void init_ort(void) {
+  g_ort = OrtGetApiBase()->GetApi(ORT_API_VERSION);
+  if (g_ort == NULL) {
+    g_init_error = "this libonnxruntime does not offer the ORT C API version the addon was built for";
+    return;
+  }
+  OrtStatus *status = g_ort->CreateEnv(ORT_LOGGING_LEVEL_WARNING, "anpd-ort-run", &g_env);
+  if (status == NULL) status = g_ort->CreateCpuMemoryInfo(OrtArenaAllocator, OrtMemTypeDefault, &g_cpu);
+  if (status != NULL) g_init_error = "cannot create the ORT environment";
+}
+
+NAPI_MODULE_INIT() {
+  const OrtApiBase *base = OrtGetApiBase();
+  pthread_once(&g_once, init_ort);
+  if (g_init_error != NULL) return throw_message(env, g_init_error);
+  napi_value fn;
+  CHECK_NAPI(napi_create_function(env, "createSession", NAPI_AUTO_LENGTH, create_session, NULL, &fn), "init");
+  CHECK_NAPI(napi_set_named_property(env, exports, "createSession", fn), "init");
+  CHECK_NAPI(napi_create_function(env, "run", NAPI_AUTO_LENGTH, run, NULL, &fn), "init");
+  CHECK_NAPI(napi_set_named_property(env, exports, "run", fn), "init");
+  napi_value version;
+  CHECK_NAPI(napi_create_string_utf8(env, base->GetVersionString(), NAPI_AUTO_LENGTH, &version), "init");
+  CHECK_NAPI(napi_set_named_property(env, exports, "ortVersion", version), "init");
+  return exports;
+}

@@ -1,0 +1,80 @@
+/**
+ * The optional native addon (native/ort-run.c, built by scripts/build-native.mjs into
+ * dist/native/): the same ONNX Runtime, run with our buffers as outputs and nothing copied back.
+ * onnxruntime-node copies every fetched output into a new ArrayBuffer, so binding the KV cache in
+ * place still moved the whole cache each step (docs/perf-notes.md, "Outputs in place").
+ */
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { join } from 'node:path';
+import { projectRoot } from '../model/default-model.js';
+import type { ort } from './ort-session.js';
+
+interface Addon {
+  readonly ortVersion: string;
+  createSession(path: string, intraOpThreads: number): unknown;
+  run(session: unknown, ...lists: unknown[]): void;
+}
+
+/** ONNX TensorProto element types of the tensors our graphs take and give. */
+const ELEMENT_TYPES: Readonly<Record<string, number>> = { float32: 1, uint8: 2, int8: 3, int32: 6, int64: 7, float16: 10 };
+
+export const NATIVE_ADDON_PATH = join(projectRoot(), 'dist', 'native', 'anpd_ort_run.node');
+
+let addon: Addon | null | undefined;
+
+/** The addon if it was built and loads here, else null (then onnxruntime-node's run is used). */
+export function nativeAddon(): Addon | null {
+  if (addon === undefined) {
+    try {
+      addon = existsSync(NATIVE_ADDON_PATH) ? (createRequire(import.meta.url)(NATIVE_ADDON_PATH) as Addon) : null;
+    } catch {
+      addon = null;
+    }
+  }
+  return addon;
+}
+
+type TensorMap = Record<string, ort.Tensor>;
+
+/** A second session over the same model file, run in place: feeds and fetches keep their buffers. */
+export class NativeSession {
+  private readonly handle: unknown;
+  private readonly addon: Addon;
+  // Lists reused across runs: names and types are fixed per sequence, arrays and dims change.
+  private readonly inNames: string[] = [];
+  private readonly inArrays: ArrayBufferView[] = [];
+  private readonly inDims: (readonly number[])[] = [];
+  private readonly inTypes: number[] = [];
+  private readonly outNames: string[] = [];
+  private readonly outArrays: ArrayBufferView[] = [];
+  private readonly outDims: (readonly number[])[] = [];
+  private readonly outTypes: number[] = [];
+
+  constructor(addon: Addon, path: string, intraOpThreads: number) {
+    this.addon = addon;
+    this.handle = addon.createSession(path, intraOpThreads);
+  }
+
+  /** Runs synchronously, as onnxruntime-node's run does on the calling thread; outputs land in `fetches`' buffers. */
+  run(feeds: TensorMap, fetches: TensorMap): void {
+    fill(feeds, this.inNames, this.inArrays, this.inDims, this.inTypes);
+    fill(fetches, this.outNames, this.outArrays, this.outDims, this.outTypes);
+    this.addon.run(this.handle, this.inNames, this.inArrays, this.inDims, this.inTypes, this.outNames, this.outArrays, this.outDims, this.outTypes);
+  }
+}
+
+function fill(tensors: TensorMap, names: string[], arrays: ArrayBufferView[], dims: (readonly number[])[], types: number[]): void {
+  let i = 0;
+  for (const name in tensors) {
+    const tensor = tensors[name]!;
+    const type = ELEMENT_TYPES[tensor.type];
+    if (type === undefined) throw new TypeError(`native run: tensor ${name} has type ${tensor.type}, which the addon does not take`);
+    names[i] = name;
+    arrays[i] = tensor.data as ArrayBufferView;
+    dims[i] = tensor.dims;
+    types[i] = type;
+    i++;
+  }
+  names.length = arrays.length = dims.length = types.length = i;
+}

@@ -16,12 +16,19 @@ ARG NODE_IMAGE=node:20-bookworm-slim
 
 FROM ${NODE_IMAGE} AS build
 WORKDIR /app
+# A C compiler and Go (for ORT's C API header from the Go module proxy) build the native runner
+# (scripts/build-native.mjs); without them the build falls back to onnxruntime-node's run.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev golang-go ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
 COPY package.json package-lock.json .npmrc ./
 # No ONNX Runtime download here: the CPU binaries ship inside the npm package.
 RUN ONNXRUNTIME_NODE_INSTALL=skip npm ci --no-audit --no-fund
 COPY tsconfig.json ./
 COPY proto ./proto
 COPY src ./src
+COPY native ./native
+COPY scripts ./scripts
 COPY bench ./bench
 COPY test ./test
 RUN npm run build
@@ -59,6 +66,8 @@ COPY package.json ./
 COPY proto ./proto
 COPY --from=deps /app/node_modules ./node_modules
 COPY --from=build /app/dist/src ./dist/src
+# The native runner if the build made it (an empty folder otherwise); it links node_modules' ORT.
+COPY --from=build /app/dist/native ./dist/native
 COPY --from=model /models /models
 # The image's own "node" user, by number so Kubernetes' runAsNonRoot can verify it.
 USER 1000:1000

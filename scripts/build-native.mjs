@@ -19,6 +19,8 @@ const ORT_HEADER_MODULE = 'github.com/yalue/onnxruntime_go@v1.27.0';
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const out = join(root, 'dist', 'native', 'anpd_ort_run.node');
 const mode = process.env.ANPD_NATIVE ?? 'auto';
+// The folder exists either way (the Dockerfile copies it).
+mkdirSync(dirname(out), { recursive: true });
 
 function fail(reason) {
   rmSync(out, { force: true });
@@ -50,7 +52,6 @@ try {
 }
 if (!existsSync(join(ortInclude, 'onnxruntime_c_api.h'))) fail(`no onnxruntime_c_api.h in ${ortInclude}`);
 const compiler = process.env.CC ?? 'cc';
-mkdirSync(dirname(out), { recursive: true });
 try {
   execFileSync(compiler, [
     '-O2', '-shared', '-fPIC', '-std=c11', '-Wall',

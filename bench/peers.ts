@@ -1,19 +1,19 @@
 /**
  * Side by side with the peers: the same GGUF weights and the same chat-templated prompts through
  * our engine (plain and ANPD), llama.cpp (plain through llama-cpp-python; n-gram lookup through
- * the llama-lookup example and through llama-cpp-python's LlamaPromptLookupDecoding) and Hugging
- * Face transformers (greedy; prompt lookup). Greedy everywhere, the same max new tokens, 2 threads
+ * the llama-lookup example and through llama-cpp-python's LlamaPromptLookupDecoding),
+ * node-llama-cpp (plain; its InputLookupTokenPredictor) and Hugging Face transformers (greedy;
+ * prompt lookup). Greedy everywhere, the same max new tokens, 2 threads
  * each, engines interleaved per prompt in a rotating order. Peers are installed into .cache/peers
  * on first use (bench/peers/setup.sh) and run as long-lived processes, so model loading is never
  * timed. A table on stdout, JSON under bench/results/.
  *
  *   npm run bench:peers [-- --quick] [-- --prompts 5 --max-new-tokens 128 --categories summarization]
  */
-import { type ChildProcessWithoutNullStreams, execFileSync, spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { readFileSync, writeFileSync, mkdirSync } from 'node:fs';
 import { cpus, release, totalmem } from 'node:os';
 import { join, resolve } from 'node:path';
-import { createInterface, type Interface } from 'node:readline';
 import { parseArgs } from 'node:util';
 import { createEngine } from '../src/engine/create-engine.js';
 import { DEFAULT_SPECULATION, type Engine, NO_SPECULATION, type SpeculationOptions } from '../src/engine/engine.js';
@@ -32,6 +32,7 @@ import {
   sameTokens,
   summarize,
 } from './peer-metrics.js';
+import { startPeerProcess } from './peer-process.js';
 
 /** Every engine gets the same thread count (issue 8). */
 const THREADS = 2;
@@ -43,6 +44,8 @@ const ENGINES = [
   'llama.cpp lookup (llama-lookup)',
   'llama.cpp lookup (llama-lookup --spec-draft-n-max 10)',
   'llama.cpp prompt lookup (llama-cpp-python)',
+  'node-llama-cpp plain',
+  'node-llama-cpp lookup (InputLookupTokenPredictor)',
   'transformers greedy',
   'transformers prompt lookup',
 ] as const;
@@ -50,6 +53,15 @@ type EngineName = (typeof ENGINES)[number];
 const REFERENCE: EngineName = 'anpd-serve plain';
 /** Second reference: do the peers agree with each other where they differ from us? */
 const PEER_REFERENCE: EngineName = 'llama.cpp plain (llama-cpp-python)';
+/** Each speculative engine against its own plain decoding: is its speculation lossless? */
+const OWN_PLAIN: Partial<Record<EngineName, EngineName>> = {
+  'anpd-serve ANPD': 'anpd-serve plain',
+  'llama.cpp lookup (llama-lookup)': 'llama.cpp plain (llama-cpp-python)',
+  'llama.cpp lookup (llama-lookup --spec-draft-n-max 10)': 'llama.cpp plain (llama-cpp-python)',
+  'llama.cpp prompt lookup (llama-cpp-python)': 'llama.cpp plain (llama-cpp-python)',
+  'node-llama-cpp lookup (InputLookupTokenPredictor)': 'node-llama-cpp plain',
+  'transformers prompt lookup': 'transformers greedy',
+};
 
 interface Job {
   promptIds: readonly number[];
@@ -84,47 +96,18 @@ function ourRunner(name: EngineName, engine: Engine, speculation: SpeculationOpt
   };
 }
 
-/** A bench/peers/peer_server.py process: one JSON line per request and per reply. */
-async function pythonRunner(name: EngineName, python: string, args: string[], env: NodeJS.ProcessEnv, info: Record<string, unknown>): Promise<Runner> {
-  const child: ChildProcessWithoutNullStreams = spawn(python, [join(projectRoot(), 'bench', 'peers', 'peer_server.py'), ...args], { env, stdio: 'pipe' });
-  children.push(child);
-  child.stderr.on('data', (d: Buffer) => process.stderr.write(`  [${name}] ${d.toString()}`));
-  const lines: Interface = createInterface({ input: child.stdout });
-  const queue: ((line: string) => void)[] = [];
-  const exited = new Promise<never>((_, reject) => child.on('exit', (code) => reject(new Error(`${name} exited with code ${code}`))));
-  exited.catch(() => {});
-  lines.on('line', (line) => queue.shift()?.(line));
-  const next = () => Promise.race([new Promise<string>((resolve) => queue.push(resolve)), exited]);
-  const ready = JSON.parse(await next()) as { ready: boolean; versions: unknown; settings: unknown };
-  info[name] = { versions: ready.versions, settings: ready.settings };
+/** A long-lived peer process (bench/peer-process.ts). */
+async function lineRunner(name: EngineName, command: string, args: string[], env: NodeJS.ProcessEnv, info: Record<string, unknown>): Promise<Runner> {
+  const peer = await startPeerProcess(name, command, args, env);
+  info[name] = peer.ready;
   return {
     name,
-    async run(job) {
-      child.stdin.write(`${JSON.stringify({ promptIds: job.promptIds, maxNewTokens: job.maxNewTokens, eosIds: eosIds })}\n`);
-      const reply = JSON.parse(await next()) as PeerSample & { error?: string };
-      if (reply.error) throw new Error(`${name}: ${reply.error}`);
-      return { ...reply, tokenCount: reply.tokens.length };
-    },
-    async close() {
-      child.stdin.end();
-      await new Promise((resolve) => child.on('close', resolve));
-    },
+    run: (job) => peer.generate({ promptIds: job.promptIds, maxNewTokens: job.maxNewTokens, eosIds }),
+    close: () => peer.close(),
   };
 }
 
 let eosIds: readonly number[] = [];
-
-/** Peer processes, ended with the bench however it ends. */
-const children: ChildProcessWithoutNullStreams[] = [];
-process.on('exit', () => {
-  for (const c of children) if (c.exitCode === null) c.kill();
-});
-for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-  process.on(signal, () => {
-    process.exitCode = 130;
-    process.exit();
-  });
-}
 
 function cpuTimes(): { busy: number; total: number } {
   const f = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
@@ -231,11 +214,17 @@ async function main(): Promise<void> {
   info['anpd-serve plain'] = { settings: NO_SPECULATION };
   info['anpd-serve ANPD'] = { settings: DEFAULT_SPECULATION };
   const ggufArgs = ['--gguf', gguf, '--threads', String(THREADS)];
+  const peerServer = join(root, 'bench', 'peers', 'peer_server.py');
+  const pythonRunner = (name: EngineName, args: string[]) => lineRunner(name, python, [peerServer, ...args], env, info);
+  const nodeLlamaCppRunner = (name: EngineName, mode: 'plain' | 'lookup') =>
+    lineRunner(name, process.execPath, [join(root, 'bench', 'peers', 'node-llama-cpp-peer.mjs'), '--package', join(peersDir, 'node-llama-cpp'), '--mode', mode, ...ggufArgs], env, info);
   process.stderr.write('starting the peer processes (model load and warm-up, not timed)\n');
-  if (want('llama.cpp plain (llama-cpp-python)')) runners.push(await pythonRunner('llama.cpp plain (llama-cpp-python)', python, ['--engine', 'llama-cpp-python', '--mode', 'plain', ...ggufArgs], env, info));
+  if (want('llama.cpp plain (llama-cpp-python)')) runners.push(await pythonRunner('llama.cpp plain (llama-cpp-python)', ['--engine', 'llama-cpp-python', '--mode', 'plain', ...ggufArgs]));
   if (want('llama.cpp prompt lookup (llama-cpp-python)')) {
-    runners.push(await pythonRunner('llama.cpp prompt lookup (llama-cpp-python)', python, ['--engine', 'llama-cpp-python', '--mode', 'lookup', ...ggufArgs], env, info));
+    runners.push(await pythonRunner('llama.cpp prompt lookup (llama-cpp-python)', ['--engine', 'llama-cpp-python', '--mode', 'lookup', ...ggufArgs]));
   }
+  if (want('node-llama-cpp plain')) runners.push(await nodeLlamaCppRunner('node-llama-cpp plain', 'plain'));
+  if (want('node-llama-cpp lookup (InputLookupTokenPredictor)')) runners.push(await nodeLlamaCppRunner('node-llama-cpp lookup (InputLookupTokenPredictor)', 'lookup'));
   const lookupBin = join(libDir, 'llama-lookup');
   if (want('llama.cpp lookup (llama-lookup)')) {
     runners.push(lookupRunner('llama.cpp lookup (llama-lookup)', lookupBin, gguf, eogMarkers));
@@ -245,8 +234,8 @@ async function main(): Promise<void> {
     runners.push(lookupRunner('llama.cpp lookup (llama-lookup --spec-draft-n-max 10)', lookupBin, gguf, eogMarkers, 10));
     info['llama.cpp lookup (llama-lookup --spec-draft-n-max 10)'] = { settings: { specDraftNMax: 10 } };
   }
-  if (want('transformers greedy')) runners.push(await pythonRunner('transformers greedy', python, ['--engine', 'transformers', '--mode', 'greedy', ...ggufArgs], env, info));
-  if (want('transformers prompt lookup')) runners.push(await pythonRunner('transformers prompt lookup', python, ['--engine', 'transformers', '--mode', 'prompt-lookup', ...ggufArgs], env, info));
+  if (want('transformers greedy')) runners.push(await pythonRunner('transformers greedy', ['--engine', 'transformers', '--mode', 'greedy', ...ggufArgs]));
+  if (want('transformers prompt lookup')) runners.push(await pythonRunner('transformers prompt lookup', ['--engine', 'transformers', '--mode', 'prompt-lookup', ...ggufArgs]));
   // Warm-up of every long-lived engine on a long prompt (first-call allocations for large batches:
   // llama.cpp's first 200+-token prefill is several times slower than the next ones).
   const warmText = (JSON.parse(readFileSync(join(root, 'bench', 'prompts', 'document-qa.json'), 'utf8')) as { prompt: string }[]).at(-1)!.prompt;
@@ -256,6 +245,7 @@ async function main(): Promise<void> {
   const started = Date.now();
   const gate = { waitedMs: 0, budgetMs: Number(values['quiet-budget-s'] ?? 900) * 1000 };
   const peerAgreement = new Map<string, { identical: number; compared: number }>();
+  const ownAgreement = new Map<string, { identical: number; compared: number }>();
   const results: Record<string, Record<string, EngineRow>> = {};
   const samples: unknown[] = [];
   let failures = 0;
@@ -300,6 +290,14 @@ async function main(): Promise<void> {
       for (const [name, s] of got) {
         const vsOurs = compare(REFERENCE, name, s);
         const vsPeer = compare(PEER_REFERENCE, name, s);
+        const ownPlain = OWN_PLAIN[name];
+        const vsOwn = ownPlain === undefined ? undefined : compare(ownPlain, name, s);
+        if (vsOwn !== undefined) {
+          const o = ownAgreement.get(`${category}\t${name}`) ?? { identical: 0, compared: 0 };
+          o.compared++;
+          if (vsOwn.identical) o.identical++;
+          ownAgreement.set(`${category}\t${name}`, o);
+        }
         const identical = vsOurs?.identical ?? false;
         const divergeAt = vsOurs?.divergeAt;
         addSample(totals.get(name)!, s, vsOurs?.identical, vsOurs?.divergeAt);
@@ -322,6 +320,8 @@ async function main(): Promise<void> {
           identicalToPlain: name === REFERENCE ? null : identical,
           firstDivergence: name === REFERENCE || identical ? null : (divergeAt ?? null),
           identicalToLlamaCppPlain: vsPeer?.identical ?? null,
+          identicalToOwnPlain: vsOwn?.identical ?? null,
+          predictions: (s as PeerSample & { predictions?: unknown }).predictions,
           cpuBusyBefore: busy.get(name) ?? null,
         });
       }
@@ -333,10 +333,11 @@ async function main(): Promise<void> {
   for (const r of runners) await r.close();
 
   const lines = [
-    '| category | engine | decode tok/s | TTFT ms (median) | tokens / model call | identical to our plain | identical to llama.cpp plain | mean tokens |',
-    '|---|---|---:|---:|---:|---:|---:|---:|',
+    '| category | engine | decode tok/s | TTFT ms (median) | tokens / model call | identical to our plain | identical to llama.cpp plain | identical to its own plain | mean tokens |',
+    '|---|---|---:|---:|---:|---:|---:|---:|---:|',
   ];
   const agreement: Record<string, Record<string, number>> = {};
+  const ownAgreementShares: Record<string, Record<string, number>> = {};
   for (const [category, rows] of Object.entries(results)) {
     for (const [name, r] of Object.entries(rows)) {
       if (r.samples === 0) continue; // every run of it failed (reported above)
@@ -345,7 +346,11 @@ async function main(): Promise<void> {
       const share = p && p.compared > 0 ? p.identical / p.compared : null;
       if (share !== null) (agreement[category] ??= {})[name] = +share.toFixed(2);
       const peer = name === PEER_REFERENCE ? '(reference)' : share === null ? '–' : `${Math.round(share * 100)}%`;
-      lines.push(`| ${category} | ${name} | ${r.decodeTokPerS} | ${r.ttftMsMedian} | ${r.tokensPerCall} | ${identical} | ${peer} | ${r.meanTokens} |`);
+      const o = ownAgreement.get(`${category}\t${name}`);
+      const ownShare = o && o.compared > 0 ? o.identical / o.compared : null;
+      if (ownShare !== null) (ownAgreementShares[category] ??= {})[name] = +ownShare.toFixed(2);
+      const own = ownShare === null ? '–' : `${Math.round(ownShare * 100)}% (${o!.identical}/${o!.compared})`;
+      lines.push(`| ${category} | ${name} | ${r.decodeTokPerS} | ${r.ttftMsMedian} | ${r.tokensPerCall} | ${identical} | ${peer} | ${own} | ${r.meanTokens} |`);
     }
   }
   const targets = Object.entries(results).map(([category, rows]) => {
@@ -356,9 +361,15 @@ async function main(): Promise<void> {
     // Against the faster of llama-lookup's settings in this category.
     const lookup = lookups.sort((a, b) => b.decodeTokPerS - a.decodeTokPerS)[0];
     const hfPld = rows['transformers prompt lookup'];
+    const nlcPlain = rows['node-llama-cpp plain'];
+    const nlcLookup = rows['node-llama-cpp lookup (InputLookupTokenPredictor)'];
+    const ratio = (a: EngineRow | undefined, b: EngineRow | undefined) => (a && b && a.samples > 0 && b.samples > 0 ? +(a.decodeTokPerS / b.decodeTokPerS).toFixed(2) : null);
     return {
       category,
       anpdOverLlamaLookup: anpd && lookup ? +(anpd.decodeTokPerS / lookup.decodeTokPerS).toFixed(2) : null,
+      anpdOverNodeLlamaCppLookup: ratio(anpd, nlcLookup),
+      anpdOverOurPlain: ratio(anpd, plain),
+      plainOverNodeLlamaCppPlain: ratio(plain, nlcPlain),
       anpdTauOverTransformersPld: anpd && hfPld ? +(anpd.tokensPerCall / hfPld.tokensPerCall).toFixed(2) : null,
       plainOverLlamaPlain: plain && llamaPlain ? +(plain.decodeTokPerS / llamaPlain.decodeTokPerS).toFixed(2) : null,
     };
@@ -393,11 +404,14 @@ async function main(): Promise<void> {
           ttftMs: "request to first generated token by the engine's own clock (llama-lookup: its prompt encode, which includes the last prompt token's forward)",
           tokensPerModelCall: 'generated tokens / model forward passes that produced them (the prompt pass that gives the first token counts; ours: verify rounds after prefill)',
           identicalToPlain: 'same token ids as anpd-serve plain greedy (llama-lookup: same text; it may overshoot max new tokens by a round)',
+          identicalToOwnPlain: "a speculative engine's output equals its own plain greedy output on the same prompt (llama.cpp's lookups: llama-cpp-python plain)",
+          nodeLlamaCppModelCalls: 'generated tokens − validated predictions it consumed (tokenPredictions.used)',
         },
         failures,
         quietGate: { waitedS: Math.round(gate.waitedMs / 1000), budgetS: gate.budgetMs / 1000, rule: 'before each engine run, wait (at most 30 s, and within the budget) until the CPU is < 25% busy over 0.5 s' },
         targets,
         identicalToLlamaCppPlain: agreement,
+        identicalToOwnPlain: ownAgreementShares,
         results,
         samples,
       },

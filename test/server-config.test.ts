@@ -21,6 +21,7 @@ test('empty argv and environment give the documented defaults', (t) => {
     batchSlots: 0,
     batchModelDir: undefined,
     kvCapacity: 8192,
+    nativeRun: 'auto',
     shutdownGraceMs: 30_000,
     maxReceiveMessageBytes: 4 * 1024 * 1024,
     maxConcurrentStreams: 256,
@@ -73,6 +74,7 @@ test('environment variables are read', (t) => {
     ANPD_BATCH_SLOTS: '4',
     ANPD_BATCH_MODEL_DIR: '/models/x-slots4',
     ANPD_KV_CAPACITY: '1024',
+    ANPD_NATIVE_RUN: 'off',
     ANPD_SHUTDOWN_GRACE_MS: '500',
     ANPD_MAX_RECEIVE_MESSAGE_BYTES: '2048',
     ANPD_MAX_CONCURRENT_STREAMS: '9',
@@ -99,6 +101,7 @@ test('environment variables are read', (t) => {
     batchSlots: 4,
     batchModelDir: '/models/x-slots4',
     kvCapacity: 1024,
+    nativeRun: 'off',
     shutdownGraceMs: 500,
     maxReceiveMessageBytes: 2048,
     maxConcurrentStreams: 9,
@@ -143,6 +146,13 @@ test('flags override environment variables', (t) => {
     ANPD_HOST: '10.0.0.1',
   });
   t.like(config, { port: 1234, maxActiveSequences: 6, maxQueuedRequests: 48, logLevel: 'error', host: 'localhost' });
+});
+
+test('the native runner is on by default and can be turned off, by flag or environment', (t) => {
+  t.is(parseServerConfig([], {}).nativeRun, 'auto');
+  t.is(parseServerConfig(['--native-run', 'off'], {}).nativeRun, 'off');
+  t.is(parseServerConfig([], { ANPD_NATIVE_RUN: 'off' }).nativeRun, 'off');
+  t.throws(() => parseServerConfig(['--native-run', 'on'], {}), { instanceOf: ConfigError, message: /--native-run must be one of auto, off, got "on"/ });
 });
 
 test('every log level is accepted', (t) => {

@@ -4,7 +4,8 @@
 #   - llama.cpp from the source that the llama-cpp-python sdist vendors, built with cmake:
 #     its shared libraries and the llama-lookup example;
 #   - llama-cpp-python from that same sdist, bound to those libraries (LLAMA_CPP_LIB_PATH), so
-#     llama.cpp is compiled once and the Python binding and llama-lookup run the same code.
+#     llama.cpp is compiled once and the Python binding and llama-lookup run the same code;
+#   - node-llama-cpp (npm) with its prebuilt linux-x64 CPU binary only (no CUDA/Vulkan packages).
 # Re-running is cheap: each step is skipped when its output exists. Nothing here is committed.
 set -euo pipefail
 
@@ -15,6 +16,7 @@ TORCH_SPEC="${TORCH_SPEC:-torch==2.15.0}"
 TRANSFORMERS_SPEC="${TRANSFORMERS_SPEC:-transformers==5.24.0}"
 GGUF_SPEC="${GGUF_SPEC:-gguf==0.19.0}"
 ACCELERATE_SPEC="${ACCELERATE_SPEC:-accelerate==1.15.0}"
+NODE_LLAMA_CPP_VERSION="${NODE_LLAMA_CPP_VERSION:-3.21.1}"
 JOBS="${JOBS:-2}"
 
 mkdir -p "$PEERS_DIR"
@@ -57,6 +59,17 @@ fi
 if ! "$PY" -c 'import torch, transformers, gguf, accelerate' >/dev/null 2>&1; then
   step "torch, transformers, gguf and accelerate (transformers needs it to read a GGUF) from PyPI (torch's Linux wheel brings CUDA libraries: ~3 GB once)"
   "$PY" -m pip install --progress-bar on "$TORCH_SPEC" "$TRANSFORMERS_SPEC" "$GGUF_SPEC" "$ACCELERATE_SPEC" numpy
+fi
+
+NLC="$PEERS_DIR/node-llama-cpp"
+if [ "$(node -p "require('$NLC/node_modules/node-llama-cpp/package.json').version" 2>/dev/null)" != "$NODE_LLAMA_CPP_VERSION" ]; then
+  step "node-llama-cpp $NODE_LLAMA_CPP_VERSION with its prebuilt linux-x64 CPU binary (npm)"
+  mkdir -p "$NLC"
+  printf '{"name":"peer-node-llama-cpp","private":true,"type":"module"}\n' > "$NLC/package.json"
+  # Optional packages would bring every GPU variant (CUDA: hundreds of MB); the CPU one is named.
+  # Its postinstall would try to download or build llama.cpp: the prebuilt binary needs neither.
+  (cd "$NLC" && NODE_LLAMA_CPP_SKIP_DOWNLOAD=true npm install --omit=optional --no-audit --no-fund \
+    "node-llama-cpp@$NODE_LLAMA_CPP_VERSION" "@node-llama-cpp/linux-x64@$NODE_LLAMA_CPP_VERSION")
 fi
 
 LLAMA_CPP_LIB_PATH="$BUILD/bin" "$PY" -c 'import llama_cpp, torch, transformers, gguf; print("peers ready: llama-cpp-python", llama_cpp.__version__, "torch", torch.__version__, "transformers", transformers.__version__)' >&2

@@ -40,7 +40,7 @@ export async function runServe(argv: readonly string[]): Promise<number> {
     progress.stop();
   }
   timer.mark('modelResolved');
-  const runtime = { executionProvider: config.executionProvider, intraOpThreads: config.intraOpThreads, kvCapacity: config.kvCapacity };
+  const runtime = { executionProvider: config.executionProvider, intraOpThreads: config.intraOpThreads, kvCapacity: config.kvCapacity, nativeRun: config.nativeRun };
   const costCache = forwardCostPath(cacheDir(), modelDir, { ...runtime, replicas: config.engineReplicas, ...(batchModelDir !== undefined ? { batchModelDir } : {}) });
   const cachedCost = readForwardCost(costCache.path, costCache.key);
   // The model runs on worker threads (one per replica): this thread stays free for gRPC I/O.

@@ -8,7 +8,7 @@ import { MAX_NEW_TOKENS_LIMIT } from '../engine/engine.js';
 import { ENGINE_REPLICAS_LIMIT } from '../engine/engine-pool.js';
 import { AnpdError } from '../errors.js';
 import type { LogLevel } from '../log.js';
-import { EXECUTION_PROVIDERS, type ExecutionProviderName } from '../runtime/types.js';
+import { EXECUTION_PROVIDERS, type ExecutionProviderName, NATIVE_RUN_MODES, type NativeRunMode } from '../runtime/types.js';
 
 export class ConfigError extends AnpdError {
   constructor(message: string) {
@@ -52,6 +52,11 @@ export interface ServerConfig {
   readonly batchModelDir: string | undefined;
   /** KV positions a sequence may grow to (clamped to the model's context). @default 8192 */
   readonly kvCapacity: number;
+  /**
+   * CPU single-sequence forwards through the native runner (outputs written in place) when it is
+   * built; 'off' runs every forward through onnxruntime-node. @default 'auto'
+   */
+  readonly nativeRun: NativeRunMode;
   /** SIGTERM: how long in-flight generations may run before connections are cut. @default 30000 */
   readonly shutdownGraceMs: number;
   /** @default 4194304 */
@@ -95,6 +100,7 @@ export const SERVER_SETTINGS = {
   batchSlots: { flag: 'batch-slots', env: ['ANPD_BATCH_SLOTS'] },
   batchModelDir: { flag: 'batch-model', env: ['ANPD_BATCH_MODEL_DIR'] },
   kvCapacity: { flag: 'kv-capacity', env: ['ANPD_KV_CAPACITY'] },
+  nativeRun: { flag: 'native-run', env: ['ANPD_NATIVE_RUN'] },
   shutdownGraceMs: { flag: 'shutdown-grace-ms', env: ['ANPD_SHUTDOWN_GRACE_MS'] },
   maxReceiveMessageBytes: { flag: 'max-receive-message-bytes', env: ['ANPD_MAX_RECEIVE_MESSAGE_BYTES'] },
   maxConcurrentStreams: { flag: 'max-concurrent-streams', env: ['ANPD_MAX_CONCURRENT_STREAMS'] },
@@ -125,6 +131,8 @@ Options (flag, environment variable, default):
   --batch-slots K                    ANPD_BATCH_SLOTS                0 (off; up to K sequences per forward)
   --batch-model DIR[,DIR…]           ANPD_BATCH_MODEL_DIR            K-slot graphs of --model's weights
   --kv-capacity N                    ANPD_KV_CAPACITY                8192
+  --native-run auto|off              ANPD_NATIVE_RUN                 auto (CPU forwards through the native
+                                                                     runner when built; off: onnxruntime-node)
   --shutdown-grace-ms N              ANPD_SHUTDOWN_GRACE_MS          30000
   --max-receive-message-bytes N      ANPD_MAX_RECEIVE_MESSAGE_BYTES  4194304
   --max-concurrent-streams N         ANPD_MAX_CONCURRENT_STREAMS     256
@@ -226,6 +234,7 @@ export function parseServerConfig(argv: readonly string[], env: NodeJS.ProcessEn
     batchSlots,
     batchModelDir: raw('batchModelDir')?.value,
     kvCapacity: int('kvCapacity', 8192, 16, LIMITS.kv),
+    nativeRun: choice('nativeRun', NATIVE_RUN_MODES, 'auto'),
     shutdownGraceMs: int('shutdownGraceMs', 30_000, 0, LIMITS.graceMs),
     maxReceiveMessageBytes: int('maxReceiveMessageBytes', 4 * 1024 * 1024, 1024, LIMITS.messageBytes),
     maxConcurrentStreams: int('maxConcurrentStreams', 256, 1, LIMITS.streams),

@@ -64,7 +64,7 @@ export interface RuntimeOptions {
    * (scripts/build-native.mjs), else through onnxruntime-node; 'off': always onnxruntime-node.
    * Same ONNX Runtime and options either way, so logits are bitwise equal. @default 'auto'
    */
-  readonly nativeRun?: 'auto' | 'off';
+  readonly nativeRun?: NativeRunMode;
   /** KV positions allocated per sequence (GQA layout), clamped to the model's context. */
   readonly kvCapacity: number;
   /**
@@ -80,5 +80,8 @@ export interface RuntimeOptions {
    */
   readonly batchPrefillChunkTokens?: number;
 }
+
+export const NATIVE_RUN_MODES = ['auto', 'off'] as const;
+export type NativeRunMode = (typeof NATIVE_RUN_MODES)[number];
 
 export const DEFAULT_RUNTIME_OPTIONS: RuntimeOptions = { executionProvider: 'cpu', intraOpThreads: 0, kvCapacity: 4096 };

@@ -9,7 +9,8 @@
  * It links against the libonnxruntime.so.1 that onnxruntime-node ships, so both use one ORT.
  * Built by scripts/build-native.mjs; loaded only by src/runtime/native-run.ts.
  *
- *   createSession(path, intraOpThreads) -> external
+ *   createSession(path, intraOpThreads, attentionDomain?) -> external
+ *     attentionDomain: run that domain's GroupQueryAttention nodes with our kernel (gqa-attention.c)
  *   run(session, inNames, inArrays, inDims, inTypes, outNames, outArrays, outDims, outTypes)
  */
 #include <node_api.h>
@@ -44,16 +45,34 @@ static napi_value throw_status(napi_env env, OrtStatus *status) {
 #define CHECK_ORT(call) \
   do { OrtStatus *status_ = (call); if (status_ != NULL) return throw_status(env, status_); } while (0)
 
+OrtStatus *anpd_gqa_register(const OrtApi *api, OrtSessionOptions *options, const char *domain_name, OrtCustomOpDomain **domain);
+
+/* A session and the custom op domain it was created with (which must outlive it). */
+typedef struct {
+  OrtSession *session;
+  OrtCustomOpDomain *domain;
+} Session;
+
 static void release_session(napi_env env, void *data, void *hint) {
   (void)env; (void)hint;
-  g_ort->ReleaseSession((OrtSession *)data);
+  Session *s = data;
+  g_ort->ReleaseSession(s->session);
+  if (s->domain != NULL) g_ort->ReleaseCustomOpDomain(s->domain);
+  free(s);
 }
 
 static napi_value create_session(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
-  napi_value argv[2];
+  size_t argc = 3;
+  napi_value argv[3];
   CHECK_NAPI(napi_get_cb_info(env, info, &argc, argv, NULL, NULL), "createSession: bad arguments");
-  if (argc < 2) return throw_message(env, "createSession(path, intraOpThreads)");
+  if (argc < 2) return throw_message(env, "createSession(path, intraOpThreads, attentionDomain?)");
+  char domain_name[128] = "";
+  napi_valuetype domain_type = napi_undefined;
+  if (argc >= 3) CHECK_NAPI(napi_typeof(env, argv[2], &domain_type), "createSession: bad attentionDomain");
+  if (domain_type == napi_string) {
+    size_t domain_length;
+    CHECK_NAPI(napi_get_value_string_utf8(env, argv[2], domain_name, sizeof domain_name, &domain_length), "createSession: attentionDomain must be a string");
+  }
   char path[4096];
   size_t length;
   CHECK_NAPI(napi_get_value_string_utf8(env, argv[0], path, sizeof path, &length), "createSession: path must be a string");
@@ -68,13 +87,22 @@ static napi_value create_session(napi_env env, napi_callback_info info) {
   if (status == NULL && threads > 0) status = g_ort->SetIntraOpNumThreads(options, threads);
   if (status == NULL) status = g_ort->SetInterOpNumThreads(options, 1);
   if (status == NULL) status = g_ort->SetSessionLogSeverityLevel(options, 3);
-  OrtSession *session = NULL;
-  if (status == NULL) status = g_ort->CreateSession(g_env, path, options, &session);
+  Session *s = calloc(1, sizeof *s);
+  if (s == NULL) {
+    g_ort->ReleaseSessionOptions(options);
+    return throw_message(env, "createSession: out of memory");
+  }
+  if (status == NULL && domain_name[0] != '\0') status = anpd_gqa_register(g_ort, options, domain_name, &s->domain);
+  if (status == NULL) status = g_ort->CreateSession(g_env, path, options, &s->session);
   g_ort->ReleaseSessionOptions(options);
-  if (status != NULL) return throw_status(env, status);
+  if (status != NULL) {
+    if (s->domain != NULL) g_ort->ReleaseCustomOpDomain(s->domain);
+    free(s);
+    return throw_status(env, status);
+  }
   napi_value external;
-  if (napi_create_external(env, session, release_session, NULL, &external) != napi_ok) {
-    g_ort->ReleaseSession(session);
+  if (napi_create_external(env, s, release_session, NULL, &external) != napi_ok) {
+    release_session(env, s, NULL);
     return throw_message(env, "createSession: cannot wrap the session");
   }
   return external;
@@ -146,8 +174,9 @@ static napi_value run(napi_env env, napi_callback_info info) {
   napi_value a[9];
   CHECK_NAPI(napi_get_cb_info(env, info, &argc, a, NULL, NULL), "run: bad arguments");
   if (argc < 9) return throw_message(env, "run(session, inNames, inArrays, inDims, inTypes, outNames, outArrays, outDims, outTypes)");
-  OrtSession *session;
-  CHECK_NAPI(napi_get_value_external(env, a[0], (void **)&session), "run: not a session");
+  Session *wrapped;
+  CHECK_NAPI(napi_get_value_external(env, a[0], (void **)&wrapped), "run: not a session");
+  OrtSession *session = wrapped->session;
   uint32_t inputs, outputs;
   CHECK_NAPI(napi_get_array_length(env, a[1], &inputs), "run: inNames must be an array");
   CHECK_NAPI(napi_get_array_length(env, a[5], &outputs), "run: outNames must be an array");

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 /**
- * Builds native/ort-run.c into dist/native/anpd_ort_run.node (optional: without it the runtime
+ * Builds native/ort-run.c and native/gqa-attention.c into dist/native/anpd_ort_run.node (optional: without it the runtime
  * uses onnxruntime-node's own run). Needs a C compiler, Node's N-API headers (the node-api-headers
  * package) and ORT's C API header, which comes from the Go module proxy (the module
  * github.com/yalue/onnxruntime_go vendors it; pinned below). Links against the libonnxruntime.so.1
@@ -54,9 +54,9 @@ if (!existsSync(join(ortInclude, 'onnxruntime_c_api.h'))) fail(`no onnxruntime_c
 const compiler = process.env.CC ?? 'cc';
 try {
   execFileSync(compiler, [
-    '-O2', '-shared', '-fPIC', '-std=c11', '-Wall',
+    '-O3', '-shared', '-fPIC', '-std=gnu11', '-Wall',
     `-I${napiInclude}`, `-I${ortInclude}`,
-    join(root, 'native', 'ort-run.c'), '-o', out,
+    join(root, 'native', 'ort-run.c'), join(root, 'native', 'gqa-attention.c'), '-o', out,
     `-L${ortLibDir}`, '-l:libonnxruntime.so.1', `-Wl,-rpath,${ortLibDir}`, '-lpthread',
   ], { stdio: ['ignore', 'inherit', 'pipe'] });
 } catch (error) {

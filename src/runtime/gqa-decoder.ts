@@ -79,6 +79,7 @@ export class GqaDecoderModel implements DecoderModel {
       batchSlots: this.batches.at(-1)?.slots ?? 1,
       forwardRowsMin: this.rowsMin,
       runner: native === undefined ? 'onnxruntime-node' : 'native',
+      attention: native?.ownAttention ? 'native' : 'onnxruntime',
     };
     const chunk = options.batchPrefillChunkTokens ?? FORWARD_TOKENS_MAX;
     if (!Number.isInteger(chunk) || chunk < 1 || chunk > FORWARD_TOKENS_MAX) throw new RangeError(`batchPrefillChunkTokens must be an integer in [1, ${FORWARD_TOKENS_MAX}], got ${chunk}`);
@@ -380,10 +381,13 @@ class GqaSequence implements DecoderSequence {
   private readonly scheduler: ForwardScheduler | undefined;
 
   private readonly native: NativeSession | undefined;
+  /** The native attention kernel's key layout, [head][dim][position]: only that kernel reads this cache. */
+  private readonly keysTransposed: boolean;
 
   constructor(session: ort.InferenceSession, m: ModelManifest, capacity: number, rowsMin: number, deviceKv: boolean, scheduler?: ForwardScheduler, native?: NativeSession) {
     this.session = session;
     this.native = native;
+    this.keysTransposed = native?.ownAttention === true;
     this.scheduler = scheduler;
     this.capacity = capacity;
     this.rowsMin = rowsMin;
@@ -414,7 +418,6 @@ class GqaSequence implements DecoderSequence {
   private bindKv(slots: number): void {
     const dims = [1, this.kvHeads, slots, this.headDim];
     const size = this.kvHeads * slots * this.headDim;
-    const rowFloats = this.headDim;
     for (let l = 0; l < this.layers; l++) {
       for (const [input, output] of [
         [`past_key_values.${l}.key`, `present.${l}.key`],
@@ -425,8 +428,13 @@ class GqaSequence implements DecoderSequence {
         if (old !== undefined && this.kvLength > 0) {
           const src = old.data as Float32Array;
           const dst = next.data as Float32Array;
-          for (let h = 0; h < this.kvHeads; h++) {
-            dst.set(src.subarray(h * this.slots * rowFloats, (h * this.slots + this.kvLength) * rowFloats), h * slots * rowFloats);
+          // Rows of positions ([head][position][dim]); the native attention kernel keeps keys
+          // transposed, rows of dims ([head][dim][position]) (native/gqa-attention.c).
+          const transposed = this.keysTransposed && input.endsWith('.key');
+          const rows = transposed ? this.kvHeads * this.headDim : this.kvHeads;
+          const rowFloats = transposed ? 1 : this.headDim;
+          for (let r = 0; r < rows; r++) {
+            dst.set(src.subarray(r * this.slots * rowFloats, (r * this.slots + this.kvLength) * rowFloats), r * slots * rowFloats);
           }
         }
         this.feeds[input] = next;

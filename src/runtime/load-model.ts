@@ -55,7 +55,8 @@ function openNativeSession(path: string, options: RuntimeOptions): NativeSession
   const addon = nativeAddon();
   if (addon === null) return undefined;
   try {
-    return new NativeSession(addon, path, options.intraOpThreads);
+    const ownAttention = (options.nativeAttention ?? 'auto') === 'auto' && options.batchModelDir === undefined;
+    return new NativeSession(addon, path, options.intraOpThreads, ownAttention);
   } catch (cause) {
     throw new ModelFormatError(path, `the native runner cannot load it: ${(cause as Error).message.split('\n')[0]}`, { cause });
   }
@@ -126,5 +127,6 @@ export async function loadDecoderModel(dir: string, options: RuntimeOptions = DE
     batchSlots: 1,
     forwardRowsMin: 1,
     runner: 'onnxruntime-node',
+    attention: 'onnxruntime',
   });
 }

@@ -12,12 +12,15 @@ import type { ort } from './ort-session.js';
 
 interface Addon {
   readonly ortVersion: string;
-  createSession(path: string, intraOpThreads: number): unknown;
+  createSession(path: string, intraOpThreads: number, attentionDomain?: string): unknown;
   run(session: unknown, ...lists: unknown[]): void;
 }
 
 /** ONNX TensorProto element types of the tensors our graphs take and give. */
 const ELEMENT_TYPES: Readonly<Record<string, number>> = { float32: 1, uint8: 2, int8: 3, int32: 6, int64: 7, float16: 10 };
+
+/** Our kernel registers under GroupQueryAttention's own domain, so the converted graph needs no change. */
+const GQA_DOMAIN = 'com.microsoft';
 
 export const NATIVE_ADDON_PATH = join(projectRoot(), 'dist', 'native', 'anpd_ort_run.node');
 
@@ -41,6 +44,7 @@ type TensorMap = Record<string, ort.Tensor>;
 export class NativeSession {
   private readonly handle: unknown;
   private readonly addon: Addon;
+  readonly ownAttention: boolean;
   // Lists reused across runs: names and types are fixed per sequence, arrays and dims change.
   private readonly inNames: string[] = [];
   private readonly inArrays: ArrayBufferView[] = [];
@@ -51,9 +55,14 @@ export class NativeSession {
   private readonly outDims: (readonly number[])[] = [];
   private readonly outTypes: number[] = [];
 
-  constructor(addon: Addon, path: string, intraOpThreads: number) {
+  /**
+   * ownAttention: the graph's GroupQueryAttention nodes run on the addon's kernel
+   * (native/gqa-attention.c, which reads each KV head once per forward) instead of ORT's.
+   */
+  constructor(addon: Addon, path: string, intraOpThreads: number, ownAttention: boolean) {
     this.addon = addon;
-    this.handle = addon.createSession(path, intraOpThreads);
+    this.ownAttention = ownAttention;
+    this.handle = addon.createSession(path, intraOpThreads, ownAttention ? GQA_DOMAIN : undefined);
   }
 
   /** Runs synchronously, as onnxruntime-node's run does on the calling thread; outputs land in `fetches`' buffers. */

@@ -19,6 +19,11 @@ export interface ModelInfo {
   readonly forwardRowsMin: number;
   /** What runs single-sequence forwards: onnxruntime-node's run, or the native addon (outputs written in place, nothing copied back). */
   readonly runner: 'onnxruntime-node' | 'native';
+  /**
+   * Whose GroupQueryAttention kernel single-sequence forwards run: ONNX Runtime's, or the native
+   * runner's own (native/gqa-attention.c: each KV head read once per forward).
+   */
+  readonly attention: 'onnxruntime' | 'native';
 }
 
 export interface DecoderSequence {
@@ -65,6 +70,12 @@ export interface RuntimeOptions {
    * Same ONNX Runtime and options either way, so logits are bitwise equal. @default 'auto'
    */
   readonly nativeRun?: NativeRunMode;
+  /**
+   * With the native runner: 'auto' runs attention on its own kernel (native/gqa-attention.c) unless
+   * batch graphs are loaded (their forwards run ORT's kernel, and a sequence's forwards must all use
+   * one kernel for speculation to stay exact); 'off' keeps ORT's. @default 'auto'
+   */
+  readonly nativeAttention?: NativeRunMode;
   /** KV positions allocated per sequence (GQA layout), clamped to the model's context. */
   readonly kvCapacity: number;
   /**

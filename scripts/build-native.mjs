@@ -54,7 +54,7 @@ if (!existsSync(join(ortInclude, 'onnxruntime_c_api.h'))) fail(`no onnxruntime_c
 const compiler = process.env.CC ?? 'cc';
 try {
   execFileSync(compiler, [
-    '-O3', '-shared', '-fPIC', '-std=gnu11', '-Wall',
+    '-O3', '-ffp-contract=off', '-shared', '-fPIC', '-std=gnu11', '-Wall',
     `-I${napiInclude}`, `-I${ortInclude}`,
     join(root, 'native', 'ort-run.c'), join(root, 'native', 'gqa-attention.c'), '-o', out,
     `-L${ortLibDir}`, '-l:libonnxruntime.so.1', `-Wl,-rpath,${ortLibDir}`, '-lpthread',

@@ -6,7 +6,7 @@
  *
  * A difference is forgiven only where the reference was at a near-tie (gap < NEAR_TIE_GAP): there
  * kernel rounding on another CPU may pick the other token. Anywhere else it fails.
- * Regenerate with `node dist/test/support/record-greedy-reference.js --provider cpu|webgpu`, and
+ * Regenerate with `node dist/test/support/record-greedy-reference.js --provider cpu|cpu-native-attention|webgpu`, and
  * only with a converter or runtime change whose note on the issue explains why outputs move.
  */
 import { createHash } from 'node:crypto';
@@ -39,7 +39,17 @@ export interface GreedyReference {
   readonly cases: readonly ReferenceCase[];
 }
 
-export const REFERENCE_FILES = { cpu: 'test/fixtures/greedy-reference-cpu.json', webgpu: 'test/fixtures/greedy-reference-webgpu-lavapipe.json' } as const;
+/**
+ * cpu: ONNX Runtime's attention kernel (onnxruntime-node's run, the native runner with
+ * nativeAttention 'off', and every batched forward); cpu-native-attention: the native runner's own
+ * kernel (native/gqa-attention.c), the default where the addon is built. The int8-activation graph
+ * turns their last-bit differences into different greedy outputs on about half the prompts.
+ */
+export const REFERENCE_FILES = {
+  cpu: 'test/fixtures/greedy-reference-cpu.json',
+  'cpu-native-attention': 'test/fixtures/greedy-reference-cpu-native-attention.json',
+  webgpu: 'test/fixtures/greedy-reference-webgpu-lavapipe.json',
+} as const;
 
 export function readReference(provider: keyof typeof REFERENCE_FILES): GreedyReference {
   return JSON.parse(readFileSync(join(projectRoot(), REFERENCE_FILES[provider]), 'utf8')) as GreedyReference;

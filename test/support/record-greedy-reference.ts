@@ -1,8 +1,10 @@
 /**
  * Writes a greedy regression reference (test/support/greedy-reference.ts says when that is allowed):
- *   npm run build && node dist/test/support/record-greedy-reference.js --provider cpu
+ *   npm run build && node dist/test/support/record-greedy-reference.js --provider cpu   (ORT's attention kernel)
+ *   npm run build && node dist/test/support/record-greedy-reference.js --provider cpu-native-attention
  *   npm run build && node dist/test/support/record-greedy-reference.js --provider webgpu   (on lavapipe)
- * cpu: plain greedy on every exactness prompt with the tests' engine. webgpu: the lavapipe test's
+ * cpu, cpu-native-attention: plain greedy on every exactness prompt with the tests' engine, with
+ * ORT's attention kernel or the native runner's own. webgpu: the lavapipe test's
  * child process on its prompts (WEBGPU_PROMPTS).
  */
 import { readFileSync, writeFileSync } from 'node:fs';
@@ -12,7 +14,7 @@ import { parseArgs } from 'node:util';
 import { NO_SPECULATION } from '../../src/engine/engine.js';
 import { DEFAULT_MODEL, ensureDefaultModel, projectRoot } from '../../src/model/default-model.js';
 import { generateOnce } from '../../bench/generate-once.js';
-import { defaultEngine } from './default-model.js';
+import { cpuEngine } from './default-model.js';
 import { type GreedyReference, REFERENCE_FILES, type ReferenceCase, sha256, topTwoGaps } from './greedy-reference.js';
 import { exactnessPrompts } from './prompt-set.js';
 import { ensureLavapipe } from './lavapipe.js';
@@ -23,7 +25,7 @@ const MAX_NEW_TOKENS = 96;
 
 const { values } = parseArgs({ options: { provider: { type: 'string', default: 'cpu' } } });
 const provider = values.provider;
-if (provider !== 'cpu' && provider !== 'webgpu') throw new Error(`--provider must be cpu or webgpu, not ${provider}`);
+if (provider !== 'cpu' && provider !== 'cpu-native-attention' && provider !== 'webgpu') throw new Error(`--provider must be cpu, cpu-native-attention or webgpu, not ${provider}`);
 
 function cpuFlags(): string[] {
   const info = readFileSync('/proc/cpuinfo', 'utf8');
@@ -46,8 +48,8 @@ const provenance = {
 };
 
 const cases: ReferenceCase[] = [];
-if (provider === 'cpu') {
-  const engine = await defaultEngine();
+if (provider !== 'webgpu') {
+  const engine = await cpuEngine(provider === 'cpu' ? 'onnxruntime' : 'native');
   for (const p of exactnessPrompts()) {
     const { tokens } = await generateOnce(engine, p.prompt, NO_SPECULATION, MAX_NEW_TOKENS);
     cases.push({ id: p.id, promptSha256: sha256(p.prompt), maxNewTokens: MAX_NEW_TOKENS, tokens, gaps: await topTwoGaps(engine, p.prompt, tokens) });

@@ -1,6 +1,7 @@
 /**
  * Plain decoding and prefill by prompt length, side by side in one run (issue 19): our engine
- * (the native runner, and onnxruntime-node's run as the starting point), llama.cpp's own
+ * (the default: the native runner with its own attention kernel; the native runner with ONNX
+ * Runtime's kernel; onnxruntime-node's run, the starting point), llama.cpp's own
  * llama-bench (prefill: pp N; decode: tg 128 at depth N) and node-llama-cpp on the same prompt
  * ids. Same GGUF weights, 2 threads each, greedy, the engines rotated per repetition, medians.
  *
@@ -50,10 +51,13 @@ const gguf = await ensureDefaultGguf();
 const kvCapacity = Math.max(...lengths) + newTokens + 64;
 const ours = {
   native: await createEngine(dir, { executionProvider: 'cpu', intraOpThreads: threads, kvCapacity }, { calibrate: false }),
+  nativeOrtAttention: await createEngine(dir, { executionProvider: 'cpu', intraOpThreads: threads, kvCapacity, nativeAttention: 'off' }, { calibrate: false }),
   onnxruntimeNode: await createEngine(dir, { executionProvider: 'cpu', intraOpThreads: threads, kvCapacity, nativeRun: 'off' }, { calibrate: false }),
 };
-if (ours.native.info.runner !== 'native') throw new Error('the native runner is not built (npm run build; scripts/build-native.mjs says why)');
+if (ours.native.info.attention !== 'native') throw new Error('the native runner is not built (npm run build; scripts/build-native.mjs says why)');
 
+// Outputs must agree between runs that share numerics: ORT's attention kernel (the native runner
+// with it and onnxruntime-node's run, bitwise equal), and each engine with itself.
 const outputs = new Map<string, string>();
 function ourRunner(name: string, engine: Engine): Runner {
   return async (prompt) => {
@@ -63,7 +67,7 @@ function ourRunner(name: string, engine: Engine): Runner {
       if (e.type === 'delta') tokens.push(...e.tokenIds);
       else final = e;
     }
-    const key = `${prompt.length}`;
+    const key = `${engine.info.attention}:${prompt.length}`;
     const text = tokens.join();
     if (outputs.has(key) && outputs.get(key) !== text) throw new Error(`${name}: output differs from the other runner's at ${prompt.length} prompt tokens`);
     outputs.set(key, text);
@@ -86,7 +90,8 @@ function llamaBenchRun(args: string[]): number {
 }
 
 const runners: Record<string, Runner> = {
-  'anpd-serve plain (native runner)': ourRunner('native', ours.native),
+  'anpd-serve plain (native runner, own attention)': ourRunner('native', ours.native),
+  'anpd-serve plain (native runner, ORT attention)': ourRunner('native, ORT attention', ours.nativeOrtAttention),
   'anpd-serve plain (onnxruntime-node run)': ourRunner('onnxruntime-node', ours.onnxruntimeNode),
   'llama.cpp (llama-bench)': async (prompt) => ({
     prefillTokPerS: llamaBenchRun(['-p', String(prompt.length), '-n', '0']),
@@ -143,13 +148,17 @@ const ratios = rows.map((row) => {
   const ourCell = cell(row, names[0]!);
   const llama = cell(row, 'llama.cpp (llama-bench)');
   const nlc = cell(row, 'node-llama-cpp plain');
-  const before = cell(row, names[1]!);
+  const before = cell(row, names[2]!);
+  const ortAttention = cell(row, names[1]!);
   return {
     promptTokens: row['promptTokens'],
     decodeOverLlamaCpp: +(ourCell.decodeTokPerS / llama.decodeTokPerS).toFixed(2),
     prefillOverLlamaCpp: +(ourCell.prefillTokPerS / llama.prefillTokPerS).toFixed(2),
     decodeOverNodeLlamaCpp: +(ourCell.decodeTokPerS / nlc.decodeTokPerS).toFixed(2),
     ttftOverOnnxruntimeNodeRun: before.ttftMs ? +(ourCell.ttftMs! / before.ttftMs).toFixed(2) : null,
+    decodeOverOnnxruntimeNodeRun: +(ourCell.decodeTokPerS / before.decodeTokPerS).toFixed(2),
+    decodeOwnOverOrtAttention: +(ourCell.decodeTokPerS / ortAttention.decodeTokPerS).toFixed(2),
+    prefillOwnOverOrtAttention: +(ourCell.prefillTokPerS / ortAttention.prefillTokPerS).toFixed(2),
   };
 });
 const lines = ['| prompt tokens | engine | decode tok/s | prefill tok/s | TTFT ms |', '|---:|---|---:|---:|---:|'];
@@ -189,5 +198,4 @@ writeFileSync(
   )}\n`,
 );
 process.stderr.write(`wrote ${out}\n`);
-await ours.native.dispose();
-await ours.onnxruntimeNode.dispose();
+for (const engine of Object.values(ours)) await engine.dispose();

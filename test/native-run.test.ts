@@ -11,7 +11,7 @@
 import test from 'ava';
 import { loadDecoderModel } from '../src/runtime/load-model.js';
 import { NATIVE_ADDON_PATH, nativeAddon } from '../src/runtime/native-run.js';
-import type { DecoderModel } from '../src/runtime/types.js';
+import type { DecoderModel, DecoderSequence } from '../src/runtime/types.js';
 import { convertedVariant, defaultModelDir } from './support/default-model.js';
 
 const addon = nativeAddon();
@@ -20,6 +20,30 @@ const open = async (nativeRun: 'auto' | 'off', nativeAttention: 'auto' | 'off' =
 
 /** 300 prompt tokens: past the first KV buffer (256 slots), so the growth copy is exercised too. */
 const PROMPT = (vocab: number) => Array.from({ length: 300 }, (_, i) => (i * 7919 + 13) % vocab);
+
+/** Prefill (across a KV buffer growth), decode, a 5-row verify, a rollback into it, decode again. */
+function forwardSteps(vocab: number): { tokens: number[]; rows: number; rewindTo?: number }[] {
+  return [
+    { tokens: PROMPT(vocab), rows: 1 },
+    { tokens: [42], rows: 1 },
+    { tokens: [7, 8, 9, 10, 11], rows: 5 },
+    { tokens: [12, 13, 14], rows: 3, rewindTo: 303 },
+    { tokens: [15], rows: 1 },
+  ];
+}
+
+/** Runs the steps on two sequences side by side and hands each step's logits to `check`. */
+async function sideBySide(a: DecoderSequence, b: DecoderSequence, vocab: number, check: (step: number, rows: number, x: Float32Array, y: Float32Array) => void): Promise<void> {
+  for (const [i, step] of forwardSteps(vocab).entries()) {
+    if (step.rewindTo !== undefined) {
+      a.rewind(step.rewindTo);
+      b.rewind(step.rewindTo);
+    }
+    const x = (await a.forward(step.tokens, step.rows)).slice();
+    const y = await b.forward(step.tokens, step.rows);
+    check(i, step.rows, x, y);
+  }
+}
 
 function argmax(row: Float32Array): number {
   let best = 0;
@@ -55,27 +79,13 @@ if (addon === null && process.env['CI'] === 'true') {
     const plain = await open('off');
     const a = native.createSequence();
     const b = plain.createSequence();
-    const prompt = PROMPT(native.info.vocabSize);
-    const steps: { tokens: number[]; rows: number; rewindTo?: number }[] = [
-      { tokens: prompt, rows: 1 },
-      { tokens: [42], rows: 1 },
-      { tokens: [7, 8, 9, 10, 11], rows: 5 },
-      { tokens: [12, 13, 14], rows: 3, rewindTo: 303 },
-      { tokens: [15], rows: 1 },
-    ];
-    for (const [i, step] of steps.entries()) {
-      if (step.rewindTo !== undefined) {
-        a.rewind(step.rewindTo);
-        b.rewind(step.rewindTo);
-      }
-      const x = (await a.forward(step.tokens, step.rows)).slice();
-      const y = await b.forward(step.tokens, step.rows);
+    await sideBySide(a, b, native.info.vocabSize, (i, _rows, x, y) => {
       t.is(x.length, y.length);
       let differing = 0;
       for (let j = 0; j < x.length; j++) if (!Object.is(x[j], y[j])) differing++;
       t.is(differing, 0, `step ${i}: ${differing} logits differ`);
       t.is(a.length, b.length);
-    }
+    });
     a.dispose();
     b.dispose();
     await native.dispose();
@@ -93,28 +103,15 @@ if (addon === null && process.env['CI'] === 'true') {
     const a = own.createSequence();
     const b = ort.createSequence();
     const vocab = own.info.vocabSize;
-    const steps: { tokens: number[]; rows: number; rewindTo?: number }[] = [
-      { tokens: PROMPT(vocab), rows: 1 },
-      { tokens: [42], rows: 1 },
-      { tokens: [7, 8, 9, 10, 11], rows: 5 },
-      { tokens: [12, 13, 14], rows: 3, rewindTo: 303 },
-      { tokens: [15], rows: 1 },
-    ];
     let maxDiff = 0;
-    for (const [i, step] of steps.entries()) {
-      if (step.rewindTo !== undefined) {
-        a.rewind(step.rewindTo);
-        b.rewind(step.rewindTo);
-      }
-      const x = (await a.forward(step.tokens, step.rows)).slice();
-      const y = await b.forward(step.tokens, step.rows);
-      for (let r = 0; r < step.rows; r++) {
+    await sideBySide(a, b, vocab, (i, rows, x, y) => {
+      for (let r = 0; r < rows; r++) {
         const xr = x.subarray(r * vocab, (r + 1) * vocab);
         const yr = y.subarray(r * vocab, (r + 1) * vocab);
         t.is(argmax(xr), argmax(yr), `step ${i} row ${r}: argmax differs`);
         for (let j = 0; j < vocab; j++) maxDiff = Math.max(maxDiff, Math.abs(xr[j]! - yr[j]!));
       }
-    }
+    });
     t.true(maxDiff > 0, 'the kernels should differ in rounding (is the native kernel in use?)');
     t.true(maxDiff < 1e-3, `max |Δ logit| ${maxDiff}`);
     t.log(`max |Δ logit| vs ORT's kernel: ${maxDiff.toExponential(2)}`);
@@ -124,37 +121,42 @@ if (addon === null && process.env['CI'] === 'true') {
     await ort.dispose();
   });
 
+  // Prompts that put the continuation across a 128-position block boundary (124 + 7) and across a
+  // KV buffer growth (250 + 7: one row at a time grows the buffer at 256, the verify forward before
+  // it), so rows meet other block splits, query tiles and buffer sizes in the two runs.
   test('with the native attention kernel a position gets bitwise the same logits one row at a time, in one verify forward, and after a rollback', async (t) => {
     const own = await open('auto', 'auto');
     const vocab = own.info.vocabSize;
-    const prompt = PROMPT(vocab);
     const continuation = [101, 202, 303, 404, 505, 606, 707];
-    // One at a time (plain decoding's shape, padded to the CPU's 2-row minimum).
-    const single = own.createSequence();
-    await single.forward(prompt, 1);
-    const rowsOneByOne: Float32Array[] = [];
-    for (const token of continuation) rowsOneByOne.push((await single.forward([token], 1)).slice());
-    // All at once (a verify forward), then again after rolling back part of it.
-    const verify = own.createSequence();
-    await verify.forward(prompt, 1);
-    const all = (await verify.forward(continuation, continuation.length)).slice();
-    verify.rewind(prompt.length + 3);
-    const redo = (await verify.forward(continuation.slice(3), continuation.length - 3)).slice();
-    for (let r = 0; r < continuation.length; r++) {
-      const expected = rowsOneByOne[r]!;
-      const inVerify = all.subarray(r * vocab, (r + 1) * vocab);
-      let differing = 0;
-      for (let j = 0; j < vocab; j++) if (!Object.is(expected[j], inVerify[j])) differing++;
-      t.is(differing, 0, `row ${r}: ${differing} logits differ between the 1-row and the ${continuation.length}-row forward`);
-      if (r >= 3) {
-        const again = redo.subarray((r - 3) * vocab, (r - 2) * vocab);
-        let changed = 0;
-        for (let j = 0; j < vocab; j++) if (!Object.is(expected[j], again[j])) changed++;
-        t.is(changed, 0, `row ${r}: ${changed} logits differ after the rollback`);
+    for (const promptLength of [124, 250, 300]) {
+      const prompt = PROMPT(vocab).slice(0, promptLength);
+      // One at a time (plain decoding's shape, padded to the CPU's 2-row minimum).
+      const single = own.createSequence();
+      await single.forward(prompt, 1);
+      const rowsOneByOne: Float32Array[] = [];
+      for (const token of continuation) rowsOneByOne.push((await single.forward([token], 1)).slice());
+      // All at once (a verify forward), then again after rolling back part of it.
+      const verify = own.createSequence();
+      await verify.forward(prompt, 1);
+      const all = (await verify.forward(continuation, continuation.length)).slice();
+      verify.rewind(prompt.length + 3);
+      const redo = (await verify.forward(continuation.slice(3), continuation.length - 3)).slice();
+      for (let r = 0; r < continuation.length; r++) {
+        const expected = rowsOneByOne[r]!;
+        const inVerify = all.subarray(r * vocab, (r + 1) * vocab);
+        let differing = 0;
+        for (let j = 0; j < vocab; j++) if (!Object.is(expected[j], inVerify[j])) differing++;
+        t.is(differing, 0, `prompt ${promptLength}, row ${r}: ${differing} logits differ between the 1-row and the ${continuation.length}-row forward`);
+        if (r >= 3) {
+          const again = redo.subarray((r - 3) * vocab, (r - 2) * vocab);
+          let changed = 0;
+          for (let j = 0; j < vocab; j++) if (!Object.is(expected[j], again[j])) changed++;
+          t.is(changed, 0, `prompt ${promptLength}, row ${r}: ${changed} logits differ after the rollback`);
+        }
       }
+      single.dispose();
+      verify.dispose();
     }
-    single.dispose();
-    verify.dispose();
     await own.dispose();
   });
 }

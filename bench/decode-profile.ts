@@ -49,7 +49,9 @@ async function main(): Promise<void> {
     sessions.push(s);
     return s;
   };
-  const engine = await createEngine(await ensureDefaultModel(), { executionProvider: 'cpu', intraOpThreads: THREADS, kvCapacity: 4096 }, { calibrate: false });
+  // onnxruntime-node's run, so that ORT's profiler sees every kernel (the native runner's session
+  // is not an onnxruntime-node one; its attention kernel is our own).
+  const engine = await createEngine(await ensureDefaultModel(), { executionProvider: 'cpu', intraOpThreads: THREADS, kvCapacity: 4096, nativeRun: 'off' }, { calibrate: false });
   // Wall time of each forward as Node sees it (ORT run + binding copies + our JS around it).
   const forwards: { rows: number; ms: number }[] = [];
   const seqProto = Object.getPrototypeOf(engine.model.createSequence()) as { forward: (t: readonly number[], r: number) => Promise<Float32Array> };

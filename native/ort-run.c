@@ -12,6 +12,7 @@
  *   createSession(path, intraOpThreads, attentionDomain?) -> external
  *     attentionDomain: run that domain's GroupQueryAttention nodes with our kernel (gqa-attention.c)
  *   run(session, inNames, inArrays, inDims, inTypes, outNames, outArrays, outDims, outTypes)
+ *   releaseSession(session): frees the ORT session now (the finalizer frees what is left)
  */
 #include <node_api.h>
 #include <pthread.h>
@@ -53,12 +54,27 @@ typedef struct {
   OrtCustomOpDomain *domain;
 } Session;
 
+static void release_ort(Session *s) {
+  if (s->session != NULL) g_ort->ReleaseSession(s->session);
+  if (s->domain != NULL) g_ort->ReleaseCustomOpDomain(s->domain);
+  s->session = NULL;
+  s->domain = NULL;
+}
+
 static void release_session(napi_env env, void *data, void *hint) {
   (void)env; (void)hint;
-  Session *s = data;
-  g_ort->ReleaseSession(s->session);
-  if (s->domain != NULL) g_ort->ReleaseCustomOpDomain(s->domain);
-  free(s);
+  release_ort(data);
+  free(data);
+}
+
+static napi_value release_session_now(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  Session *s;
+  CHECK_NAPI(napi_get_cb_info(env, info, &argc, argv, NULL, NULL), "releaseSession: bad arguments");
+  if (argc < 1 || napi_get_value_external(env, argv[0], (void **)&s) != napi_ok) return throw_message(env, "releaseSession: not a session");
+  release_ort(s);
+  return NULL;
 }
 
 static napi_value create_session(napi_env env, napi_callback_info info) {
@@ -177,6 +193,7 @@ static napi_value run(napi_env env, napi_callback_info info) {
   Session *wrapped;
   CHECK_NAPI(napi_get_value_external(env, a[0], (void **)&wrapped), "run: not a session");
   OrtSession *session = wrapped->session;
+  if (session == NULL) return throw_message(env, "run: the session was released");
   uint32_t inputs, outputs;
   CHECK_NAPI(napi_get_array_length(env, a[1], &inputs), "run: inNames must be an array");
   CHECK_NAPI(napi_get_array_length(env, a[5], &outputs), "run: outNames must be an array");
@@ -226,6 +243,8 @@ NAPI_MODULE_INIT() {
   CHECK_NAPI(napi_set_named_property(env, exports, "createSession", fn), "init");
   CHECK_NAPI(napi_create_function(env, "run", NAPI_AUTO_LENGTH, run, NULL, &fn), "init");
   CHECK_NAPI(napi_set_named_property(env, exports, "run", fn), "init");
+  CHECK_NAPI(napi_create_function(env, "releaseSession", NAPI_AUTO_LENGTH, release_session_now, NULL, &fn), "init");
+  CHECK_NAPI(napi_set_named_property(env, exports, "releaseSession", fn), "init");
   napi_value version;
   CHECK_NAPI(napi_create_string_utf8(env, base->GetVersionString(), NAPI_AUTO_LENGTH, &version), "init");
   CHECK_NAPI(napi_set_named_property(env, exports, "ortVersion", version), "init");

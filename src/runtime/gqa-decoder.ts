@@ -39,9 +39,16 @@ export const KV_SLOTS_STEP = 256;
 /** Largest single forward (prefill chunk); larger prompts are fed in chunks of this size. */
 export const FORWARD_TOKENS_MAX = 512;
 
+/**
+ * What runs a model's single-sequence forwards: onnxruntime-node's session, or (CPU, when built)
+ * the native runner's — then no onnxruntime-node session is created for the graph at all (a
+ * second copy of the weights, ~150 MB, and its load time).
+ */
+export type SingleForwards = { readonly session: ort.InferenceSession; readonly native?: undefined } | { readonly session?: undefined; readonly native: NativeSession };
+
 export class GqaDecoderModel implements DecoderModel {
   readonly info: ModelInfo;
-  private readonly session: ort.InferenceSession;
+  private readonly forwards: SingleForwards;
   private readonly manifest: ModelManifest;
   private readonly defaultCapacity: number;
   private readonly rowsMin: number;
@@ -55,12 +62,9 @@ export class GqaDecoderModel implements DecoderModel {
   }
 
   /** `batches`: K-slot graphs of the same weights, any sizes (a batch runs on the smallest that holds it). */
-  /** Single-sequence CPU forwards run here when the native addon is built (outputs in place). */
-  private readonly native: NativeSession | undefined;
-
-  constructor(session: ort.InferenceSession, manifest: ModelManifest, options: RuntimeOptions, batches: readonly SlotBatch[] = [], native?: NativeSession) {
-    this.session = session;
-    this.native = native;
+  constructor(forwards: SingleForwards, manifest: ModelManifest, options: RuntimeOptions, batches: readonly SlotBatch[] = []) {
+    this.forwards = forwards;
+    const native = forwards.native;
     this.manifest = manifest;
     this.batches = [...batches].sort((a, b) => a.slots - b.slots);
     const executionProvider = options.executionProvider;
@@ -89,12 +93,13 @@ export class GqaDecoderModel implements DecoderModel {
   createSequence(options?: { readonly capacity?: number }): DecoderSequence {
     // One position stays free for the pad row (rotary tables cover contextLength positions).
     const capacity = Math.min(options?.capacity ?? this.defaultCapacity, this.manifest.contextLength - (this.rowsMin - 1));
-    return new GqaSequence(this.session, this.manifest, capacity, this.rowsMin, this.info.executionProvider !== 'cpu', this.scheduler, this.native);
+    return new GqaSequence(this.forwards, this.manifest, capacity, this.rowsMin, this.info.executionProvider !== 'cpu', this.scheduler);
   }
 
   async dispose(): Promise<void> {
     for (const runner of this.scheduler?.runners ?? []) runner.dispose();
-    await this.session.release();
+    await this.forwards.session?.release();
+    this.forwards.native?.release();
     for (const b of this.batches) await b.session.release();
   }
 }
@@ -359,7 +364,7 @@ class SlotBatchRunner {
 class GqaSequence implements DecoderSequence {
   readonly capacity: number;
   private kvLength = 0;
-  private readonly session: ort.InferenceSession;
+  private readonly forwards: SingleForwards;
   private readonly vocab: number;
   private readonly feeds: Record<string, ort.Tensor> = {};
   private readonly fetches: Record<string, ort.Tensor> = {};
@@ -380,14 +385,12 @@ class GqaSequence implements DecoderSequence {
   private readonly kvNames: (readonly [string, string])[] = [];
   private readonly scheduler: ForwardScheduler | undefined;
 
-  private readonly native: NativeSession | undefined;
   /** The native attention kernel's key layout, [head][dim][position]: only that kernel reads this cache. */
   private readonly keysTransposed: boolean;
 
-  constructor(session: ort.InferenceSession, m: ModelManifest, capacity: number, rowsMin: number, deviceKv: boolean, scheduler?: ForwardScheduler, native?: NativeSession) {
-    this.session = session;
-    this.native = native;
-    this.keysTransposed = native?.ownAttention === true;
+  constructor(forwards: SingleForwards, m: ModelManifest, capacity: number, rowsMin: number, deviceKv: boolean, scheduler?: ForwardScheduler) {
+    this.forwards = forwards;
+    this.keysTransposed = forwards.native?.ownAttention === true;
     this.scheduler = scheduler;
     this.capacity = capacity;
     this.rowsMin = rowsMin;
@@ -515,8 +518,8 @@ class GqaSequence implements DecoderSequence {
       this.kvLength += count;
       return data;
     }
-    if (this.native !== undefined) this.native.run(this.feeds, this.fetches);
-    else await this.session.run(this.feeds, this.fetches);
+    if (this.forwards.native !== undefined) this.forwards.native.run(this.feeds, this.fetches);
+    else await this.forwards.session.run(this.feeds, this.fetches);
     this.kvLength += count;
     return logits.data;
   }
@@ -531,7 +534,10 @@ class GqaSequence implements DecoderSequence {
    * by passing a shorter length, as on the CPU.
    */
   private async runOnDevice(): Promise<Float32Array> {
-    const results = await this.session.run(this.feeds);
+    // GPU providers never get the native runner (it runs host buffers on the CPU).
+    const session = this.forwards.session;
+    if (session === undefined) throw new Error('device KV needs an onnxruntime-node session');
+    const results = await session.run(this.feeds);
     this.kvNames.forEach(([, present], i) => this.adoptDeviceKv(i, results[present]));
     return results[LOGITS]!.data as Float32Array;
   }

@@ -6,7 +6,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ModelFormatError, ModelNotFoundError } from '../errors.js';
 import { MANIFEST_FILE, MANIFEST_FORMAT, type ModelManifest } from '../model/model-manifest.js';
-import { GqaDecoderModel, type SlotBatch } from './gqa-decoder.js';
+import { GqaDecoderModel, type SingleForwards, type SlotBatch } from './gqa-decoder.js';
 import { inspectOptimumSession, OptimumDecoderModel } from './optimum-decoder.js';
 import { nativeAddon, NativeSession } from './native-run.js';
 import { createOrtSession } from './ort-session.js';
@@ -58,7 +58,7 @@ function openNativeSession(path: string, options: RuntimeOptions): NativeSession
     const ownAttention = (options.nativeAttention ?? 'auto') === 'auto' && options.batchModelDir === undefined;
     return new NativeSession(addon, path, options.intraOpThreads, ownAttention);
   } catch (cause) {
-    throw new ModelFormatError(path, `the native runner cannot load it: ${(cause as Error).message.split('\n')[0]}`, { cause });
+    throw new ModelFormatError(path, `ONNX Runtime cannot load it (native runner): ${(cause as Error).message.split('\n')[0]}`, { cause });
   }
 }
 
@@ -71,9 +71,10 @@ export async function loadDecoderModel(dir: string, options: RuntimeOptions = DE
     // On a GPU the KV cache stays on the device: ORT leaves the present.* outputs there.
     const deviceKv = options.executionProvider !== 'cpu' ? Array.from({ length: manifest.layers }, (_, l) => [`present.${l}.key`, `present.${l}.value`]).flat() : [];
     const onnxPath = join(dir, manifest.onnxFile);
-    const session = await createOrtSession(onnxPath, options, deviceKv);
+    // With the native runner, no onnxruntime-node session for this graph: nothing would run on it.
     const native = openNativeSession(onnxPath, options);
-    if (options.batchModelDir === undefined) return new GqaDecoderModel(session, manifest, options, [], native);
+    const forwards: SingleForwards = native !== undefined ? { native } : { session: await createOrtSession(onnxPath, options, deviceKv) };
+    if (options.batchModelDir === undefined) return new GqaDecoderModel(forwards, manifest, options, []);
     const dirs = typeof options.batchModelDir === 'string' ? [options.batchModelDir] : options.batchModelDir;
     const batches: SlotBatch[] = [];
     try {
@@ -82,9 +83,10 @@ export async function loadDecoderModel(dir: string, options: RuntimeOptions = DE
         batches.push(batch);
         if (batches.some((b) => b !== batch && b.slots === batch.slots)) throw new ModelFormatError(join(batchDir, MANIFEST_FILE), `a second ${batch.slots}-slot graph: give each slot count once`);
       }
-      return new GqaDecoderModel(session, manifest, options, batches, native);
+      return new GqaDecoderModel(forwards, manifest, options, batches);
     } catch (error) {
-      await session.release();
+      await forwards.session?.release();
+      forwards.native?.release();
       for (const b of batches) await b.session.release();
       throw error;
     }

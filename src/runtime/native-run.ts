@@ -14,6 +14,7 @@ interface Addon {
   readonly ortVersion: string;
   createSession(path: string, intraOpThreads: number, attentionDomain?: string): unknown;
   run(session: unknown, ...lists: unknown[]): void;
+  releaseSession(session: unknown): void;
 }
 
 /** ONNX TensorProto element types of the tensors our graphs take and give. */
@@ -63,6 +64,11 @@ export class NativeSession {
     this.addon = addon;
     this.ownAttention = ownAttention;
     this.handle = addon.createSession(path, intraOpThreads, ownAttention ? GQA_DOMAIN : undefined);
+  }
+
+  /** Frees the ORT session now (the GC would, later); a run after it throws. */
+  release(): void {
+    this.addon.releaseSession(this.handle);
   }
 
   /** Runs synchronously, as onnxruntime-node's run does on the calling thread; outputs land in `fetches`' buffers. */

@@ -73,6 +73,14 @@ static inline float exp_nonpositive(float x) {
 
 #define SLICE_KEYS 32
 
+/* A thread's contiguous copy of one block's keys (on the heap: 128 KB is much for a stack). */
+static __thread float *t_tile;
+
+static float *tile_scratch(void) {
+  if (t_tile == NULL) t_tile = malloc(HEAD_SIZE_MAX * BLOCK_KEYS * sizeof(float));
+  return t_tile;
+}
+
 /* Query vectors processed together: they share every key and value load. */
 #define TILE 4
 
@@ -174,8 +182,8 @@ HOT static void block_partials(void *data, size_t item) {
   /* With many query vectors (prefill), the block's keys are first copied into one contiguous
    * tile: in the cache its rows lie a power-of-two stride apart and evict each other from L1.
    * The values are the same, so the scores are too. */
-  float local[HEAD_SIZE_MAX * BLOCK_KEYS];
-  if (group * w->rows >= 4 * TILE) {
+  float *local = group * w->rows >= 4 * TILE ? tile_scratch() : NULL;
+  if (local != NULL) {
     const size_t room = w->capacity - first;
     const size_t width = room < BLOCK_KEYS ? room : BLOCK_KEYS;
     for (size_t e = 0; e < d; e++) memcpy(local + e * BLOCK_KEYS, kt + e * stride, width * sizeof(float));

@@ -21,8 +21,8 @@
 #include <string.h>
 #include "onnxruntime_c_api.h"
 
-/* Inputs or outputs one run may name: our graphs have 2 per layer plus a few. */
-#define VALUES_MAX 512
+/* Inputs or outputs one run may name: 2 per layer and slot plus a few (64 slots × 30 layers ≈ 3,900). */
+#define VALUES_MAX 16384
 #define RANK_MAX 8
 #define NAME_BYTES_MAX 256
 
@@ -185,6 +185,27 @@ static int wrap_values(napi_env env, napi_value names, napi_value arrays, napi_v
   return 0;
 }
 
+/*
+ * The name and value lists of a run, per thread (engine replicas call from several worker
+ * threads) and kept between runs: a forward allocates nothing here once they are big enough.
+ */
+static __thread char (*t_names)[NAME_BYTES_MAX];
+static __thread const char **t_ptrs;
+static __thread OrtValue **t_values;
+static __thread uint32_t t_held;
+
+static int lists_hold(uint32_t count) {
+  if (count <= t_held) return 1;
+  free(t_names);
+  free(t_ptrs);
+  free(t_values);
+  t_names = malloc((size_t)count * NAME_BYTES_MAX);
+  t_ptrs = malloc((size_t)count * sizeof *t_ptrs);
+  t_values = malloc((size_t)count * sizeof *t_values);
+  t_held = t_names != NULL && t_ptrs != NULL && t_values != NULL ? count : 0;
+  return t_held != 0;
+}
+
 static napi_value run(napi_env env, napi_callback_info info) {
   size_t argc = 9;
   napi_value a[9];
@@ -197,16 +218,15 @@ static napi_value run(napi_env env, napi_callback_info info) {
   uint32_t inputs, outputs;
   CHECK_NAPI(napi_get_array_length(env, a[1], &inputs), "run: inNames must be an array");
   CHECK_NAPI(napi_get_array_length(env, a[5], &outputs), "run: outNames must be an array");
-  if (inputs > VALUES_MAX || outputs > VALUES_MAX) return throw_message(env, "run: more than 512 inputs or outputs");
+  if (inputs > VALUES_MAX || outputs > VALUES_MAX) return throw_message(env, "run: more than 16384 inputs or outputs");
+  if (!lists_hold(inputs + outputs)) return throw_message(env, "run: out of memory");
 
-  /* Per call, not static: engine replicas call from several worker threads. */
-  char (*in_names)[NAME_BYTES_MAX] = malloc((size_t)(inputs + 1) * NAME_BYTES_MAX);
-  char (*out_names)[NAME_BYTES_MAX] = malloc((size_t)(outputs + 1) * NAME_BYTES_MAX);
-  const char *in_ptrs[VALUES_MAX], *out_ptrs[VALUES_MAX];
-  OrtValue *in_values[VALUES_MAX] = {0}, *out_values[VALUES_MAX] = {0};
+  char (*in_names)[NAME_BYTES_MAX] = t_names, (*out_names)[NAME_BYTES_MAX] = t_names + inputs;
+  const char **in_ptrs = t_ptrs, **out_ptrs = t_ptrs + inputs;
+  OrtValue **in_values = t_values, **out_values = t_values + inputs;
+  memset(t_values, 0, (size_t)(inputs + outputs) * sizeof *t_values);
   napi_value result = NULL;
-  if (in_names == NULL || out_names == NULL) napi_throw_error(env, NULL, "run: out of memory");
-  else if (wrap_values(env, a[1], a[2], a[3], a[4], inputs, in_names, in_ptrs, in_values) == 0 &&
+  if (wrap_values(env, a[1], a[2], a[3], a[4], inputs, in_names, in_ptrs, in_values) == 0 &&
       wrap_values(env, a[5], a[6], a[7], a[8], outputs, out_names, out_ptrs, out_values) == 0) {
     OrtStatus *status = g_ort->Run(session, NULL, in_ptrs, (const OrtValue *const *)in_values, inputs, out_ptrs, outputs, out_values);
     if (status != NULL) throw_status(env, status);
@@ -214,8 +234,6 @@ static napi_value run(napi_env env, napi_callback_info info) {
   }
   for (uint32_t i = 0; i < inputs; i++) if (in_values[i] != NULL) g_ort->ReleaseValue(in_values[i]);
   for (uint32_t i = 0; i < outputs; i++) if (out_values[i] != NULL) g_ort->ReleaseValue(out_values[i]);
-  free(in_names);
-  free(out_names);
   return result;
 }
 

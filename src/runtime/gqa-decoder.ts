@@ -98,17 +98,22 @@ export class GqaDecoderModel implements DecoderModel {
 
   async dispose(): Promise<void> {
     for (const runner of this.scheduler?.runners ?? []) runner.dispose();
-    await this.forwards.session?.release();
-    this.forwards.native?.release();
-    for (const b of this.batches) await b.session.release();
+    for (const forwards of [this.forwards, ...this.batches]) await releaseForwards(forwards);
   }
 }
 
-/** A K-slot batch graph of the same weights (load-model.ts checks that). */
-export interface SlotBatch {
-  readonly session: ort.InferenceSession;
-  readonly slots: number;
+/** Frees whichever session runs these forwards. */
+export async function releaseForwards(forwards: SingleForwards): Promise<void> {
+  await forwards.session?.release();
+  forwards.native?.release();
 }
+
+/**
+ * A K-slot batch graph of the same weights (load-model.ts checks that), run like the
+ * single-sequence graph: by the native runner when it runs those (then with the same attention
+ * kernel, so a sequence's batched and lone forwards agree), else by onnxruntime-node.
+ */
+export type SlotBatch = SingleForwards & { readonly slots: number };
 
 export interface ForwardCounts {
   readonly alone: number;
@@ -234,7 +239,7 @@ function cached<A>(map: Map<number, { data: A; tensor: ort.Tensor }>, size: numb
 class SlotBatchRunner {
   readonly slots: number;
   private readonly deviceKv: boolean;
-  private readonly session: ort.InferenceSession;
+  private readonly forwards: SingleForwards;
   private readonly vocab: number;
   private readonly feeds: Record<string, ort.Tensor> = {};
   private readonly fetches: Record<string, ort.Tensor> = {};
@@ -251,7 +256,7 @@ class SlotBatchRunner {
   private readonly indexByRows = new Map<number, { data: BigInt64Array; tensor: ort.Tensor }>();
 
   constructor(batch: SlotBatch, m: ModelManifest, deviceKv: boolean) {
-    this.session = batch.session;
+    this.forwards = batch;
     this.deviceKv = deviceKv;
     this.slots = batch.slots;
     this.vocab = m.vocab;
@@ -322,11 +327,16 @@ class SlotBatchRunner {
     }
     const logits = cached(this.logitsByRows, rows, (n) => new Float32Array(n * this.vocab), (d) => new ort.Tensor('float32', d, [1, rows, this.vocab]));
     this.fetches['logits'] = logits.tensor;
-    await this.session.run(this.feeds, this.fetches);
+    if (this.forwards.native !== undefined) this.forwards.native.run(this.feeds, this.fetches);
+    else await this.forwards.session.run(this.feeds, this.fetches);
+    // Each sequence gets its rows in its own buffer: the batch's is reused by the next batch,
+    // which may run before a caller has read them (the native runner runs synchronously).
     let at = 0;
     for (const f of group) {
       f.sequence.advance(f.count);
-      f.resolve(logits.data.subarray(at * this.vocab, (at + f.rows) * this.vocab));
+      const own = f.sequence.logitsOf(f.rows).data;
+      own.set(logits.data.subarray(at * this.vocab, (at + f.rows) * this.vocab));
+      f.resolve(own);
       at += f.rows;
     }
   }
@@ -337,7 +347,9 @@ class SlotBatchRunner {
 
   /** GPU: ORT allocates every present on the device; each becomes its slot's next past (idle slots' are freed). */
   private async runOnDevice(group: readonly QueuedForward[], rows: number): Promise<void> {
-    const results = await this.session.run(this.feeds);
+    const session = this.forwards.session;
+    if (session === undefined) throw new Error('device KV needs an onnxruntime-node session');
+    const results = await session.run(this.feeds);
     for (let s = 0; s < this.slots; s++) {
       const f = group[s];
       this.kvNames[s]!.forEach(([, present], i) => {
@@ -484,6 +496,11 @@ class GqaSequence implements DecoderSequence {
     return this.kvNames.map(([past]) => this.feeds[past]!);
   }
 
+  /** This sequence's logits buffer for `rows` rows (made once per row count): a forward's result lives here until its next forward. */
+  logitsOf(rows: number): { data: Float32Array; tensor: ort.Tensor } {
+    return cached(this.logitsByRows, rows, (n) => new Float32Array(n * this.vocab), (d) => new ort.Tensor('float32', d, [1, rows, this.vocab]));
+  }
+
   /** A batched forward appended `count` positions to this sequence's KV. */
   advance(count: number): void {
     this.kvLength += count;
@@ -501,12 +518,7 @@ class GqaSequence implements DecoderSequence {
     for (let i = 0; i < count; i++) ids.data[i] = BigInt(tokens[start + i]!);
     // Pad rows repeat the last token; causal attention keeps them out of the real rows.
     for (let i = count; i < padded; i++) ids.data[i] = ids.data[count - 1]!;
-    let logits = this.logitsByRows.get(rows);
-    if (logits === undefined) {
-      const data = new Float32Array(rows * this.vocab);
-      logits = { data, tensor: new ort.Tensor('float32', data, [1, rows, this.vocab]) };
-      this.logitsByRows.set(rows, logits);
-    }
+    const logits = this.logitsOf(rows);
     this.feeds[INPUT_IDS] = ids.tensor;
     this.seqlensK[0] = this.kvLength + padded - 1;
     this.totalLength[0] = this.kvLength + padded;

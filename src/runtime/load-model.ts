@@ -6,7 +6,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ModelFormatError, ModelNotFoundError } from '../errors.js';
 import { MANIFEST_FILE, MANIFEST_FORMAT, type ModelManifest } from '../model/model-manifest.js';
-import { GqaDecoderModel, type SingleForwards, type SlotBatch } from './gqa-decoder.js';
+import { GqaDecoderModel, releaseForwards, type SingleForwards, type SlotBatch } from './gqa-decoder.js';
 import { inspectOptimumSession, OptimumDecoderModel } from './optimum-decoder.js';
 import { nativeAddon, NativeSession } from './native-run.js';
 import { createOrtSession } from './ort-session.js';
@@ -46,7 +46,9 @@ async function loadSlotBatch(dir: string, single: ModelManifest, options: Runtim
   if (options.executionProvider !== 'cpu') {
     for (let s = 0; s < manifest.slots; s++) for (let l = 0; l < manifest.layers; l++) deviceKv.push(`present.${s}.${l}.key`, `present.${s}.${l}.value`);
   }
-  return { session: await createOrtSession(join(dir, manifest.onnxFile), options, deviceKv), slots: manifest.slots };
+  const path = join(dir, manifest.onnxFile);
+  const native = openNativeSession(path, options);
+  return native !== undefined ? { native, slots: manifest.slots } : { session: await createOrtSession(path, options, deviceKv), slots: manifest.slots };
 }
 
 /** CPU only: the addon runs on the host, with host buffers. */
@@ -55,8 +57,9 @@ function openNativeSession(path: string, options: RuntimeOptions): NativeSession
   const addon = nativeAddon();
   if (addon === null) return undefined;
   try {
-    const ownAttention = (options.nativeAttention ?? 'auto') === 'auto' && options.batchModelDir === undefined;
-    return new NativeSession(addon, path, options.intraOpThreads, ownAttention);
+    // Every session of a model (the single-sequence graph and the batch graphs) is native or none
+    // is, so the kernel choice is the same for all the forwards of a sequence.
+    return new NativeSession(addon, path, options.intraOpThreads, (options.nativeAttention ?? 'auto') === 'auto');
   } catch (cause) {
     throw new ModelFormatError(path, `ONNX Runtime cannot load it (native runner): ${(cause as Error).message.split('\n')[0]}`, { cause });
   }
@@ -85,9 +88,7 @@ export async function loadDecoderModel(dir: string, options: RuntimeOptions = DE
       }
       return new GqaDecoderModel(forwards, manifest, options, batches);
     } catch (error) {
-      await forwards.session?.release();
-      forwards.native?.release();
-      for (const b of batches) await b.session.release();
+      for (const f of [forwards, ...batches]) await releaseForwards(f);
       throw error;
     }
   }

@@ -71,9 +71,9 @@ export interface RuntimeOptions {
    */
   readonly nativeRun?: NativeRunMode;
   /**
-   * With the native runner: 'auto' runs attention on its own kernel (native/gqa-attention.c) unless
-   * batch graphs are loaded (their forwards run ORT's kernel, and a sequence's forwards must all use
-   * one kernel for speculation to stay exact); 'off' keeps ORT's. @default 'auto'
+   * With the native runner: 'auto' runs attention on its own kernel (native/gqa-attention.c) in
+   * every session of the model, the batch graphs' included (a sequence's forwards must all run one
+   * kernel for speculation to stay exact); 'off' keeps ORT's. @default 'auto'
    */
   readonly nativeAttention?: NativeRunMode;
   /** KV positions allocated per sequence (GQA layout), clamped to the model's context. */

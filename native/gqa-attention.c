@@ -367,17 +367,23 @@ static OrtStatus *ORT_API_CALL compute(void *op_kernel, OrtKernelContext *ctx) {
   if (crank != 2 || (size_t)cdims[1] * 2 != d) return fail("anpd GroupQueryAttention: cos_cache must be [positions, head_size / 2]");
 
   const float *qkv, *past_key, *past_value, *cos_cache, *sin_cache;
-  const int32_t *total_data;
+  const int32_t *total_data, *seqlens;
   TRY(g_api->GetTensorData(qkv_value, (const void **)&qkv));
   TRY(g_api->GetTensorData(past_key_value, (const void **)&past_key));
   TRY(g_api->GetTensorData(past_value_value, (const void **)&past_value));
   TRY(g_api->GetTensorData(total_value, (const void **)&total_data));
+  TRY(g_api->GetTensorData(seqlens_value, (const void **)&seqlens));
   TRY(g_api->GetTensorData(cos_value, (const void **)&cos_cache));
   TRY(g_api->GetTensorData(sin_value, (const void **)&sin_cache));
   const size_t total = (size_t)total_data[0];
   if (total < rows || total > capacity) return fail("anpd GroupQueryAttention: total_sequence_length out of range");
   if (total > (size_t)cdims[0]) return fail("anpd GroupQueryAttention: position beyond the rotary cache");
   const size_t past = total - rows;
+  /* Our runtime gives seqlens_k as the position of the last real row: the pad rows after it (a
+   * decode step carries one, for the matmuls' sake) get their keys and values written as usual but
+   * no attention — their outputs are never read, and no real row sees them (causal). */
+  size_t live = rows;
+  if (seqlens[0] >= 0 && (size_t)seqlens[0] >= past && (size_t)seqlens[0] + 1 - past < rows) live = (size_t)seqlens[0] + 1 - past;
 
   OrtValue *out_value, *present_key_value, *present_value_value;
   int64_t odims[3] = {1, (int64_t)rows, (int64_t)(heads * d)};
@@ -394,10 +400,10 @@ static OrtStatus *ORT_API_CALL compute(void *op_kernel, OrtKernelContext *ctx) {
   if (present_value != past_value)
     for (size_t g = 0; g < kv_heads; g++) memcpy(present_value + g * capacity * d, past_value + g * capacity * d, past * d * sizeof(float));
 
-  const size_t blocks = (total + BLOCK_KEYS - 1) / BLOCK_KEYS;
+  const size_t blocks = (past + live + BLOCK_KEYS - 1) / BLOCK_KEYS;
   const size_t group = heads / kv_heads;
   const size_t q_floats = rows * heads * d;
-  float *q = scratch(q_floats + kv_heads * blocks * group * rows * (d + 2));
+  float *q = scratch(q_floats + kv_heads * blocks * group * live * (d + 2));
   if (q == NULL) return g_api->CreateStatus(ORT_FAIL, "anpd GroupQueryAttention: out of memory");
   float *partials = q + q_floats;
   const float scale = kernel->scale != 0.0f ? kernel->scale : 1.0f / sqrtf((float)d);
@@ -421,11 +427,12 @@ static OrtStatus *ORT_API_CALL compute(void *op_kernel, OrtKernelContext *ctx) {
   }
   Work work = {
     .q = q, .key = present_key, .value = present_value, .partials = partials,
-    .rows = rows, .heads = heads, .kv_heads = kv_heads, .head_size = d, .capacity = capacity, .past = past, .blocks = blocks,
+    .rows = live, .heads = heads, .kv_heads = kv_heads, .head_size = d, .capacity = capacity, .past = past, .blocks = blocks,
   };
+  memset(output + live * heads * d, 0, (rows - live) * heads * d * sizeof(float));
   OrtStatus *st = g_api->KernelContext_ParallelFor(ctx, block_partials, kv_heads * blocks, 0, &work);
   Merge merge = { .work = &work, .output = output };
-  if (st == NULL) st = g_api->KernelContext_ParallelFor(ctx, merge_partials, heads * rows, 0, &merge);
+  if (st == NULL) st = g_api->KernelContext_ParallelFor(ctx, merge_partials, heads * live, 0, &merge);
   return st;
 }
 

@@ -310,7 +310,7 @@ class SlotBatchRunner {
       for (let i = f.count; i < f.padded; i++) ids.data[offset + i] = ids.data[offset + f.count - 1]!;
       for (let i = f.count - f.rows; i < f.count; i++) logitsIndex.data[row++] = BigInt(offset + i);
       this.slotTokens[s] = BigInt(f.padded);
-      this.seqlensK[s]![0] = f.sequence.length + f.padded - 1;
+      this.seqlensK[s]![0] = f.sequence.length + (this.forwards.native?.ownAttention ? f.count : f.padded) - 1;
       this.totalLength[s]![0] = f.sequence.length + f.padded;
       const kv = f.sequence.kvTensors();
       names.forEach(([past, present], i) => {
@@ -520,7 +520,8 @@ class GqaSequence implements DecoderSequence {
     for (let i = count; i < padded; i++) ids.data[i] = ids.data[count - 1]!;
     const logits = this.logitsOf(rows);
     this.feeds[INPUT_IDS] = ids.tensor;
-    this.seqlensK[0] = this.kvLength + padded - 1;
+    // ORT's kernel takes the last row's position; ours the last real row's (it skips the pad rows).
+    this.seqlensK[0] = this.kvLength + (this.keysTransposed ? count : padded) - 1;
     this.totalLength[0] = this.kvLength + padded;
     this.logitsStart[0] = BigInt(count - rows);
     this.logitsEnd[0] = BigInt(count);

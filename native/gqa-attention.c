@@ -12,15 +12,19 @@
  * Exactness: a row's result depends only on its own query, the cache and its position, never on
  * how many rows the forward carries or how the blocks are shared out: blocks have fixed absolute
  * boundaries, each block's partial (max, sum, weighted values) is computed in one fixed order, and
- * the partials are merged in block order.
+ * the partials are merged in block order. It is built without FP contraction
+ * (scripts/build-native.mjs): with multiplies and adds fused, plain and speculative decoding
+ * diverged (docs/perf-notes.md).
  *
  * Semantics are those of com.microsoft GroupQueryAttention as our graphs use it: packed QKV input,
  * past and present KV sharing one buffer of [1, kv_heads, capacity, head_size] floats, do_rotary
- * with cos/sin caches (interleaved or not), batch 1, no local window, no softcap — with one
- * difference: the key buffer is laid out transposed, [kv_heads][head_size][capacity], so that a
- * block's scores vectorize across keys without a transposing copy. Values keep ORT's layout. The
- * runtime knows (src/runtime/gqa-decoder.ts grows such buffers accordingly); a session runs either
- * this kernel on every forward or ORT's on every forward, never both on one cache.
+ * with cos/sin caches (interleaved or not), batch 1, no local window, no softcap — with two
+ * differences: the key buffer is laid out transposed, [kv_heads][head_size][capacity], so that a
+ * block's scores vectorize across keys without a transposing copy. Values keep ORT's layout. And
+ * seqlens_k names the last real row (ORT's: the last row): pad rows after it get their keys and
+ * values written but no attention, their outputs zeroed. The runtime knows both
+ * (src/runtime/gqa-decoder.ts); every session of a model runs this kernel or none does, so one
+ * cache never meets both kernels.
  */
 #include <math.h>
 #include <stdint.h>

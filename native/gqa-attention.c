@@ -27,7 +27,6 @@
  * cache never meets both kernels.
  */
 #include <math.h>
-#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -78,56 +77,12 @@ static inline float exp_nonpositive(float x) {
 
 #define SLICE_KEYS 32
 
-/*
- * Per-thread working memory, kept between calls and freed when its thread ends (ORT's pool threads
- * end with their session, Node's worker threads with their replica):
- *   tile     a contiguous copy of one block's keys (128 KB: much for a pool thread's stack);
- *   scratch  the calling thread's rotated queries and block partials (ORT runs a session's kernels
- *            on the thread that called Run), so a forward does not map and fault in fresh pages for
- *            every layer (a 512-row prefill chunk at 2,048 positions needs ~19 MB).
- */
-typedef struct {
-  float *tile;
-  float *scratch;
-  size_t scratch_floats;
-} ThreadMemory;
-
-static pthread_key_t g_memory_key;
-
-static void free_memory(void *data) {
-  ThreadMemory *m = data;
-  free(m->tile);
-  free(m->scratch);
-  free(m);
-}
-
-__attribute__((constructor)) static void create_memory_key(void) { pthread_key_create(&g_memory_key, free_memory); }
-
-static ThreadMemory *thread_memory(void) {
-  ThreadMemory *m = pthread_getspecific(g_memory_key);
-  if (m == NULL && (m = calloc(1, sizeof *m)) != NULL && pthread_setspecific(g_memory_key, m) != 0) {
-    free(m);
-    m = NULL;
-  }
-  return m;
-}
+/* A thread's contiguous copy of one block's keys (on the heap: 128 KB is much for a stack). */
+static __thread float *t_tile;
 
 static float *tile_scratch(void) {
-  ThreadMemory *m = thread_memory();
-  if (m == NULL) return NULL;
-  if (m->tile == NULL) m->tile = malloc(HEAD_SIZE_MAX * BLOCK_KEYS * sizeof(float));
-  return m->tile;
-}
-
-static float *scratch(size_t floats) {
-  ThreadMemory *m = thread_memory();
-  if (m == NULL) return NULL;
-  if (floats > m->scratch_floats) {
-    free(m->scratch);
-    m->scratch = malloc(floats * sizeof(float));
-    m->scratch_floats = m->scratch == NULL ? 0 : floats;
-  }
-  return m->scratch;
+  if (t_tile == NULL) t_tile = malloc(HEAD_SIZE_MAX * BLOCK_KEYS * sizeof(float));
+  return t_tile;
 }
 
 /* Query vectors processed together: they share every key and value load. */
@@ -356,6 +311,37 @@ static void rotate(const float *in, float *out, size_t d, const float *cos_row, 
       out[i + half] = b * cos_row[i] + a * sin_row[i];
     }
   }
+}
+
+/*
+ * Working memory of the calling thread (ORT runs a session's kernels on the thread that called
+ * Run; each engine replica has its own): kept between calls, so a forward does not map and fault
+ * in fresh pages for every layer (a 512-row prefill chunk at 2,048 positions needs ~19 MB).
+ */
+static __thread float *t_scratch;
+static __thread size_t t_scratch_floats;
+
+static float *scratch(size_t floats) {
+  if (floats > t_scratch_floats) {
+    free(t_scratch);
+    t_scratch = malloc(floats * sizeof(float));
+    t_scratch_floats = t_scratch == NULL ? 0 : floats;
+  }
+  return t_scratch;
+}
+
+/*
+ * Frees the calling thread's working memory; ort-run.c calls it when a Node environment (the main
+ * thread or a replica's worker) is torn down. ORT's pool threads keep their key tiles (128 KB
+ * each) until the process ends: a destructor (pthread key) would run after the addon may have
+ * been unloaded with its worker.
+ */
+void anpd_gqa_release_thread_memory(void) {
+  free(t_scratch);
+  t_scratch = NULL;
+  t_scratch_floats = 0;
+  free(t_tile);
+  t_tile = NULL;
 }
 
 static OrtStatus *fail(const char *message) { return g_api->CreateStatus(ORT_INVALID_ARGUMENT, message); }

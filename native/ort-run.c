@@ -187,47 +187,38 @@ static int wrap_values(napi_env env, napi_value names, napi_value arrays, napi_v
 
 /*
  * The name and value lists of a run, per thread (engine replicas call from several worker
- * threads), kept between runs — a forward allocates nothing here once they are big enough — and
- * freed when the thread ends (a replica's worker thread ends with it).
+ * threads) and kept between runs: a forward allocates nothing here once they are big enough.
  */
-typedef struct {
-  char (*names)[NAME_BYTES_MAX];
-  const char **ptrs;
-  OrtValue **values;
-  uint32_t held;
-} Lists;
+static __thread char (*t_names)[NAME_BYTES_MAX];
+static __thread const char **t_ptrs;
+static __thread OrtValue **t_values;
+static __thread uint32_t t_held;
 
-static pthread_key_t g_lists_key;
-
-static void free_lists(void *data) {
-  Lists *l = data;
-  free(l->names);
-  free(l->ptrs);
-  free(l->values);
-  free(l);
+static int lists_hold(uint32_t count) {
+  if (count <= t_held) return 1;
+  free(t_names);
+  free(t_ptrs);
+  free(t_values);
+  t_names = malloc((size_t)count * NAME_BYTES_MAX);
+  t_ptrs = malloc((size_t)count * sizeof *t_ptrs);
+  t_values = malloc((size_t)count * sizeof *t_values);
+  t_held = t_names != NULL && t_ptrs != NULL && t_values != NULL ? count : 0;
+  return t_held != 0;
 }
 
-__attribute__((constructor)) static void create_lists_key(void) { pthread_key_create(&g_lists_key, free_lists); }
+void anpd_gqa_release_thread_memory(void);
 
-/* This thread's lists, holding at least `count` entries; NULL when out of memory. */
-static Lists *lists_holding(uint32_t count) {
-  Lists *l = pthread_getspecific(g_lists_key);
-  if (l == NULL) {
-    if ((l = calloc(1, sizeof *l)) == NULL) return NULL;
-    if (pthread_setspecific(g_lists_key, l) != 0) {
-      free(l);
-      return NULL;
-    }
-  }
-  if (count <= l->held) return l;
-  free(l->names);
-  free(l->ptrs);
-  free(l->values);
-  l->names = malloc((size_t)count * NAME_BYTES_MAX);
-  l->ptrs = malloc((size_t)count * sizeof *l->ptrs);
-  l->values = malloc((size_t)count * sizeof *l->values);
-  l->held = l->names != NULL && l->ptrs != NULL && l->values != NULL ? count : 0;
-  return l->held != 0 ? l : NULL;
+/* An environment's teardown, on its own thread: that thread's lists and attention memory go. */
+static void release_thread_memory(void *arg) {
+  (void)arg;
+  free(t_names);
+  free(t_ptrs);
+  free(t_values);
+  t_names = NULL;
+  t_ptrs = NULL;
+  t_values = NULL;
+  t_held = 0;
+  anpd_gqa_release_thread_memory();
 }
 
 static napi_value run(napi_env env, napi_callback_info info) {
@@ -243,13 +234,12 @@ static napi_value run(napi_env env, napi_callback_info info) {
   CHECK_NAPI(napi_get_array_length(env, a[1], &inputs), "run: inNames must be an array");
   CHECK_NAPI(napi_get_array_length(env, a[5], &outputs), "run: outNames must be an array");
   if (inputs > VALUES_MAX || outputs > VALUES_MAX) return throw_message(env, "run: more than 16384 inputs or outputs");
-  Lists *lists = lists_holding(inputs + outputs);
-  if (lists == NULL) return throw_message(env, "run: out of memory");
+  if (!lists_hold(inputs + outputs)) return throw_message(env, "run: out of memory");
 
-  char (*in_names)[NAME_BYTES_MAX] = lists->names, (*out_names)[NAME_BYTES_MAX] = lists->names + inputs;
-  const char **in_ptrs = lists->ptrs, **out_ptrs = lists->ptrs + inputs;
-  OrtValue **in_values = lists->values, **out_values = lists->values + inputs;
-  memset(lists->values, 0, (size_t)(inputs + outputs) * sizeof *lists->values);
+  char (*in_names)[NAME_BYTES_MAX] = t_names, (*out_names)[NAME_BYTES_MAX] = t_names + inputs;
+  const char **in_ptrs = t_ptrs, **out_ptrs = t_ptrs + inputs;
+  OrtValue **in_values = t_values, **out_values = t_values + inputs;
+  memset(t_values, 0, (size_t)(inputs + outputs) * sizeof *t_values);
   napi_value result = NULL;
   if (wrap_values(env, a[1], a[2], a[3], a[4], inputs, in_names, in_ptrs, in_values) == 0 &&
       wrap_values(env, a[5], a[6], a[7], a[8], outputs, out_names, out_ptrs, out_values) == 0) {
@@ -281,6 +271,7 @@ NAPI_MODULE_INIT() {
   const OrtApiBase *base = OrtGetApiBase();
   pthread_once(&g_once, init_ort);
   if (g_init_error != NULL) return throw_message(env, g_init_error);
+  CHECK_NAPI(napi_add_env_cleanup_hook(env, release_thread_memory, NULL), "init");
   napi_value fn;
   CHECK_NAPI(napi_create_function(env, "createSession", NAPI_AUTO_LENGTH, create_session, NULL, &fn), "init");
   CHECK_NAPI(napi_set_named_property(env, exports, "createSession", fn), "init");

@@ -2,7 +2,7 @@
  * A CPU GroupQueryAttention for the native runner, registered as an ONNX Runtime custom op.
  *
  * Why: ORT's CPU GroupQueryAttention runs, per query head, an SGEMM of the query rows against the
- * whole live key cache, which MLAS first copies into a packed (transposed) panel; the three query
+ * whole live key cache (an SGEMM that packs its transposed operand into a panel first); the three query
  * heads that share a KV head each do so. A decode step therefore moves the cache several times, and
  * its cost grows ~4 µs per cached position (docs/perf-notes.md, "Attention that reads the cache
  * once"). Here each KV head's keys and values are read once per forward, for all the query heads

@@ -31,19 +31,15 @@ export function defaultEngine(): Promise<Engine> {
   return shared;
 }
 
-const byAttention = new Map<'onnxruntime' | 'native', Promise<Engine>>();
+let ortAttention: Promise<Engine> | undefined;
 /**
  * The tests' engine with a given attention kernel: 'native' is the default engine where the
  * native runner is built (else the same onnxruntime one); 'onnxruntime' runs ORT's kernel.
  */
 export function cpuEngine(attention: 'onnxruntime' | 'native'): Promise<Engine> {
   if (attention === 'native') return defaultEngine();
-  let engine = byAttention.get(attention);
-  if (engine === undefined) {
-    engine = defaultModelDir().then((dir) =>
-      createEngine(dir, { executionProvider: 'cpu', intraOpThreads: 0, kvCapacity: 2048, nativeAttention: 'off' }, { forwardCost: TEST_FORWARD_COST }),
-    );
-    byAttention.set(attention, engine);
-  }
-  return engine;
+  ortAttention ??= defaultModelDir().then((dir) =>
+    createEngine(dir, { executionProvider: 'cpu', intraOpThreads: 0, kvCapacity: 2048, nativeAttention: 'off' }, { forwardCost: TEST_FORWARD_COST }),
+  );
+  return ortAttention;
 }

@@ -15,7 +15,7 @@ import { DEFAULT_SPECULATION, NO_SPECULATION } from '../src/engine/engine.js';
 import { projectRoot } from '../src/model/default-model.js';
 import { generateOnce, type Sample } from './generate-once.js';
 import { loadDecoderModel } from '../src/runtime/load-model.js';
-import { EXECUTION_PROVIDERS, type ExecutionProviderName, type RuntimeOptions } from '../src/runtime/types.js';
+import { DEVICE_RUN_MODES, type DeviceRunMode, EXECUTION_PROVIDERS, type ExecutionProviderName, type RuntimeOptions } from '../src/runtime/types.js';
 
 const T_SIZES = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32];
 
@@ -75,13 +75,25 @@ async function main(): Promise<void> {
       'skip-table': { type: 'boolean', default: false },
       'draft-max': { type: 'string' },
       out: { type: 'string' },
+      'device-run': { type: 'string' },
+      'cuda-graphs': { type: 'string', default: 'on' },
+      'tokens-out': { type: 'string' },
+      prompts: { type: 'string' },
     },
   });
   const provider = values['execution-provider'] as ExecutionProviderName;
   if (!EXECUTION_PROVIDERS.includes(provider)) throw new Error(`--execution-provider must be one of ${EXECUTION_PROVIDERS.join(', ')}`);
   if (values.model === undefined) throw new Error('--model DIR (a converted model directory) is required');
   const threads = Number(values.threads ?? availableParallelism());
-  const rowsMin = values['rows-min'] !== undefined ? { forwardRowsMin: Number(values['rows-min']) } : {};
+  const deviceRun = values['device-run'] as DeviceRunMode | undefined;
+  if (deviceRun !== undefined && !DEVICE_RUN_MODES.includes(deviceRun)) throw new Error(`--device-run must be one of ${DEVICE_RUN_MODES.join(', ')}`);
+  const rowsMin = {
+    ...(values['rows-min'] !== undefined ? { forwardRowsMin: Number(values['rows-min']) } : {}),
+    ...(deviceRun !== undefined ? { deviceRun } : {}),
+    cudaGraphs: values['cuda-graphs'] !== 'off',
+  };
+  const tokensOut: Record<string, number[]> = {};
+  const promptsMax = values.prompts !== undefined ? Number(values.prompts) : Infinity;
   const log = (line: string) => process.stderr.write(`[${provider}] ${line}\n`);
 
   const loadStarted = performance.now();
@@ -89,9 +101,12 @@ async function main(): Promise<void> {
   if (table.length > 0) log(`T-ratio: ${table.map((r) => `T=${r.t} ${r.ms} ms (${r.ratio}×)`).join(', ')} [incl. load ${((performance.now() - loadStarted) / 1000).toFixed(1)} s]`);
 
   const decode: Record<string, unknown>[] = [];
+  let runnerInfo = 'not loaded';
   let identical = true;
   if (!values['skip-decode']) {
     const engine = await createEngine(values.model, { executionProvider: provider, intraOpThreads: threads, kvCapacity: 2048, ...rowsMin });
+    runnerInfo = `${engine.info.runner}, rows ${engine.info.forwardRowsMin}`;
+    log(`engine: ${runnerInfo}`);
     await generateOnce(engine, 'Hello', NO_SPECULATION, 8);
     await generateOnce(engine, 'Hello', DEFAULT_SPECULATION, 8);
     const maxNewTokens = Number(values['max-new-tokens']);
@@ -100,10 +115,11 @@ async function main(): Promise<void> {
       const prompts = JSON.parse(readFileSync(join(projectRoot(), 'bench', 'prompts', `${category}.json`), 'utf8')) as { id: string; prompt: string }[];
       const totals = { plain: { tokens: 0, ms: 0 }, anpd: { tokens: 0, ms: 0, rounds: 0, accepted: 0, drafted: 0 } };
       const prefillMs: number[] = [];
-      for (const [i, p] of prompts.entries()) {
+      for (const [i, p] of prompts.slice(0, promptsMax).entries()) {
         const order = i % 2 === 0 ? (['plain', 'anpd'] as const) : (['anpd', 'plain'] as const);
         const runs: Record<string, Sample> = {};
         for (const mode of order) runs[mode] = await generateOnce(engine, p.prompt, mode === 'plain' ? NO_SPECULATION : anpd, maxNewTokens);
+        tokensOut[p.id] = runs['plain']!.tokens;
         if (runs['plain']!.tokens.join() !== runs['anpd']!.tokens.join()) {
           identical = false;
           log(`MISMATCH ${p.id}`);
@@ -122,7 +138,7 @@ async function main(): Promise<void> {
       const anpdTokS = (totals.anpd.tokens / totals.anpd.ms) * 1000;
       const row = {
         category,
-        prompts: prompts.length,
+        prompts: Math.min(prompts.length, promptsMax),
         plainTokPerS: +plainTokS.toFixed(1),
         anpdTokPerS: +anpdTokS.toFixed(1),
         speedup: +(anpdTokS / plainTokS).toFixed(2),
@@ -140,6 +156,9 @@ async function main(): Promise<void> {
     date: new Date().toISOString(),
     hostDeviceBytesPerStep: hostDeviceBytes(values.model),
     provider,
+    deviceRun: deviceRun ?? 'auto',
+    cudaGraphs: values['cuda-graphs'] !== 'off',
+    runner: runnerInfo,
     threads,
     forwardRowsMin: values['rows-min'] ?? 'default',
     draftTokensMax: values['draft-max'] !== undefined ? Number(values['draft-max']) : DEFAULT_SPECULATION.draftTokensMax,
@@ -150,6 +169,7 @@ async function main(): Promise<void> {
   };
   process.stdout.write(`${JSON.stringify(report)}\n`);
   if (values.out !== undefined) writeFileSync(values.out, `${JSON.stringify(report, null, 2)}\n`);
+  if (values['tokens-out'] !== undefined) writeFileSync(values['tokens-out'], `${JSON.stringify(tokensOut)}\n`);
 }
 
 await main();

@@ -11,8 +11,12 @@
  *
  *   createSession(path, intraOpThreads, attentionDomain?) -> external
  *     attentionDomain: run that domain's GroupQueryAttention nodes with our kernel (gqa-attention.c)
- *   run(session, inNames, inArrays, inDims, inTypes, outNames, outArrays, outDims, outTypes)
+ *   createCudaSession(path, intraOpThreads, deviceId, cudaGraph) -> external (CUDA execution provider, see device.c)
+ *   run(session, inNames, inArrays, inDims, inTypes, outNames, outArrays, outDims, outTypes, graphId?)
+ *     an array may be a device buffer (deviceAlloc) instead of a TypedArray; graphId: the CUDA graph
+ *     this run captures or replays (-1 or absent: none)
  *   releaseSession(session): frees the ORT session now (the finalizer frees what is left)
+ *   deviceAlloc(session, bytes) / deviceWrite(session, buffer, byteOffset, array) / deviceRead(...): device.c
  */
 #include <node_api.h>
 #include <pthread.h>
@@ -26,39 +30,38 @@
 #define RANK_MAX 8
 #define NAME_BYTES_MAX 256
 
-static const OrtApi *g_ort;
-static OrtEnv *g_env;
-static OrtMemoryInfo *g_cpu;
+#include "anpd-native.h"
 
-static napi_value throw_message(napi_env env, const char *message) {
+const OrtApi *g_ort;
+OrtEnv *g_env;
+OrtMemoryInfo *g_cpu;
+
+const napi_type_tag SESSION_TAG = {0x616e7064u, 0x73657373696f6e31u};
+const napi_type_tag DEVICE_BUFFER_TAG = {0x616e7064u, 0x6465766275663031u};
+
+napi_value throw_message(napi_env env, const char *message) {
   napi_throw_error(env, NULL, message);
   return NULL;
 }
 
-static napi_value throw_status(napi_env env, OrtStatus *status) {
+napi_value throw_status(napi_env env, OrtStatus *status) {
   napi_throw_error(env, NULL, g_ort->GetErrorMessage(status));
   g_ort->ReleaseStatus(status);
   return NULL;
 }
 
-#define CHECK_NAPI(call, what) \
-  do { if ((call) != napi_ok) return throw_message(env, what); } while (0)
-#define CHECK_ORT(call) \
-  do { OrtStatus *status_ = (call); if (status_ != NULL) return throw_status(env, status_); } while (0)
-
 OrtStatus *anpd_gqa_register(const OrtApi *api, OrtSessionOptions *options, const char *domain_name, OrtCustomOpDomain **domain);
-
-/* A session and the custom op domain it was created with (which must outlive it). */
-typedef struct {
-  OrtSession *session;
-  OrtCustomOpDomain *domain;
-} Session;
 
 static void release_ort(Session *s) {
   if (s->session != NULL) g_ort->ReleaseSession(s->session);
   if (s->domain != NULL) g_ort->ReleaseCustomOpDomain(s->domain);
+  for (int i = 0; i <= GRAPH_IDS_MAX; i++) {
+    if (s->run_options[i] != NULL) g_ort->ReleaseRunOptions(s->run_options[i]);
+    s->run_options[i] = NULL;
+  }
   s->session = NULL;
   s->domain = NULL;
+  anpd_device_release(s);
 }
 
 static void release_session(napi_env env, void *data, void *hint) {
@@ -67,14 +70,35 @@ static void release_session(napi_env env, void *data, void *hint) {
   free(data);
 }
 
+Session *session_of(napi_env env, napi_value value) {
+  bool tagged = false;
+  Session *s = NULL;
+  if (napi_check_object_type_tag(env, value, &SESSION_TAG, &tagged) != napi_ok || !tagged ||
+      napi_get_value_external(env, value, (void **)&s) != napi_ok) {
+    napi_throw_type_error(env, NULL, "not a session");
+    return NULL;
+  }
+  return s;
+}
+
 static napi_value release_session_now(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1];
-  Session *s;
   CHECK_NAPI(napi_get_cb_info(env, info, &argc, argv, NULL, NULL), "releaseSession: bad arguments");
-  if (argc < 1 || napi_get_value_external(env, argv[0], (void **)&s) != napi_ok) return throw_message(env, "releaseSession: not a session");
+  Session *s = argc < 1 ? NULL : session_of(env, argv[0]);
+  if (s == NULL) return NULL;
   release_ort(s);
   return NULL;
+}
+
+napi_value wrap_session(napi_env env, Session *s) {
+  napi_value external;
+  if (napi_create_external(env, s, release_session, NULL, &external) != napi_ok) {
+    release_session(env, s, NULL);
+    return throw_message(env, "createSession: cannot wrap the session");
+  }
+  if (napi_type_tag_object(env, external, &SESSION_TAG) != napi_ok) return throw_message(env, "createSession: cannot tag the session");
+  return external;
 }
 
 static napi_value create_session(napi_env env, napi_callback_info info) {
@@ -104,6 +128,7 @@ static napi_value create_session(napi_env env, napi_callback_info info) {
   if (status == NULL) status = g_ort->SetInterOpNumThreads(options, 1);
   if (status == NULL) status = g_ort->SetSessionLogSeverityLevel(options, 3);
   Session *s = calloc(1, sizeof *s);
+  if (s != NULL) { s->device_info = g_cpu; s->device_owner = anpd_next_owner(); }
   if (s == NULL) {
     g_ort->ReleaseSessionOptions(options);
     return throw_message(env, "createSession: out of memory");
@@ -116,12 +141,7 @@ static napi_value create_session(napi_env env, napi_callback_info info) {
     free(s);
     return throw_status(env, status);
   }
-  napi_value external;
-  if (napi_create_external(env, s, release_session, NULL, &external) != napi_ok) {
-    release_session(env, s, NULL);
-    return throw_message(env, "createSession: cannot wrap the session");
-  }
-  return external;
+  return wrap_session(env, s);
 }
 
 static size_t element_bytes(napi_typedarray_type type) {
@@ -134,7 +154,7 @@ static size_t element_bytes(napi_typedarray_type type) {
 }
 
 /* Values i of names/arrays/dims/types become OrtValues over the arrays' own memory (no copy). */
-static int wrap_values(napi_env env, napi_value names, napi_value arrays, napi_value dims, napi_value types, uint32_t count,
+static int wrap_values(napi_env env, Session *session, napi_value names, napi_value arrays, napi_value dims, napi_value types, uint32_t count,
                        char (*name_out)[NAME_BYTES_MAX], const char **name_ptrs, OrtValue **values) {
   for (uint32_t i = 0; i < count; i++) {
     napi_value name, array, shape, type;
@@ -146,13 +166,31 @@ static int wrap_values(napi_env env, napi_value names, napi_value arrays, napi_v
     }
     name_ptrs[i] = name_out[i];
     napi_typedarray_type array_type;
-    size_t elements, offset;
+    size_t elements, offset, bytes;
     void *data;
     napi_value buffer;
-    if (napi_get_element(env, arrays, i, &array) != napi_ok ||
-        napi_get_typedarray_info(env, array, &array_type, &elements, &data, &buffer, &offset) != napi_ok) {
-      napi_throw_error(env, NULL, "run: data must be a TypedArray");
+    const OrtMemoryInfo *where = g_cpu;
+    bool is_device = false;
+    if (napi_get_element(env, arrays, i, &array) != napi_ok) {
+      napi_throw_error(env, NULL, "run: bad data list");
       return -1;
+    }
+    napi_check_object_type_tag(env, array, &DEVICE_BUFFER_TAG, &is_device);
+    if (is_device) {
+      DeviceBuffer *device = NULL;
+      napi_get_value_external(env, array, (void **)&device);
+      if (device == NULL || device->ptr == NULL || device->owner != session->device_owner) {
+        napi_throw_error(env, NULL, "run: a device buffer was freed or belongs to another session");
+        return -1;
+      }
+      data = device->ptr;
+      bytes = device->bytes;
+      where = session->device_info;
+    } else if (napi_get_typedarray_info(env, array, &array_type, &elements, &data, &buffer, &offset) != napi_ok) {
+      napi_throw_error(env, NULL, "run: data must be a TypedArray or a device buffer");
+      return -1;
+    } else {
+      bytes = elements * element_bytes(array_type);
     }
     uint32_t rank;
     if (napi_get_element(env, dims, i, &shape) != napi_ok || napi_get_array_length(env, shape, &rank) != napi_ok || rank > RANK_MAX) {
@@ -175,7 +213,7 @@ static int wrap_values(napi_env env, napi_value names, napi_value arrays, napi_v
       return -1;
     }
     /* ORT checks the byte length against the shape and type: a mismatch is an error, not an overrun. */
-    OrtStatus *status = g_ort->CreateTensorWithDataAsOrtValue(g_cpu, data, elements * element_bytes(array_type), extents, rank,
+    OrtStatus *status = g_ort->CreateTensorWithDataAsOrtValue(where, data, bytes, extents, rank,
                                                               (ONNXTensorElementDataType)element_type, &values[i]);
     if (status != NULL) {
       throw_status(env, status);
@@ -222,12 +260,16 @@ static void release_thread_memory(void *arg) {
 }
 
 static napi_value run(napi_env env, napi_callback_info info) {
-  size_t argc = 9;
-  napi_value a[9];
+  size_t argc = 10;
+  napi_value a[10];
   CHECK_NAPI(napi_get_cb_info(env, info, &argc, a, NULL, NULL), "run: bad arguments");
-  if (argc < 9) return throw_message(env, "run(session, inNames, inArrays, inDims, inTypes, outNames, outArrays, outDims, outTypes)");
-  Session *wrapped;
-  CHECK_NAPI(napi_get_value_external(env, a[0], (void **)&wrapped), "run: not a session");
+  if (argc < 9) return throw_message(env, "run(session, inNames, inArrays, inDims, inTypes, outNames, outArrays, outDims, outTypes, graphId?)");
+  Session *wrapped = session_of(env, a[0]);
+  if (wrapped == NULL) return NULL;
+  int32_t graph_id = -1;
+  napi_valuetype graph_type = napi_undefined;
+  if (argc >= 10) CHECK_NAPI(napi_typeof(env, a[9], &graph_type), "run: bad graphId");
+  if (graph_type == napi_number) CHECK_NAPI(napi_get_value_int32(env, a[9], &graph_id), "run: graphId must be an integer");
   OrtSession *session = wrapped->session;
   if (session == NULL) return throw_message(env, "run: the session was released");
   uint32_t inputs, outputs;
@@ -241,9 +283,11 @@ static napi_value run(napi_env env, napi_callback_info info) {
   OrtValue **in_values = t_values, **out_values = t_values + inputs;
   memset(t_values, 0, (size_t)(inputs + outputs) * sizeof *t_values);
   napi_value result = NULL;
-  if (wrap_values(env, a[1], a[2], a[3], a[4], inputs, in_names, in_ptrs, in_values) == 0 &&
-      wrap_values(env, a[5], a[6], a[7], a[8], outputs, out_names, out_ptrs, out_values) == 0) {
-    OrtStatus *status = g_ort->Run(session, NULL, in_ptrs, (const OrtValue *const *)in_values, inputs, out_ptrs, outputs, out_values);
+  if (wrap_values(env, wrapped, a[1], a[2], a[3], a[4], inputs, in_names, in_ptrs, in_values) == 0 &&
+      wrap_values(env, wrapped, a[5], a[6], a[7], a[8], outputs, out_names, out_ptrs, out_values) == 0) {
+    OrtRunOptions *run_options = NULL;
+    OrtStatus *status = anpd_run_options(wrapped, graph_id, &run_options);
+    if (status == NULL) status = g_ort->Run(session, run_options, in_ptrs, (const OrtValue *const *)in_values, inputs, out_ptrs, outputs, out_values);
     if (status != NULL) throw_status(env, status);
     else napi_get_undefined(env, &result);
   }
@@ -264,6 +308,7 @@ static void init_ort(void) {
   }
   OrtStatus *status = g_ort->CreateEnv(ORT_LOGGING_LEVEL_WARNING, "anpd-ort-run", &g_env);
   if (status == NULL) status = g_ort->CreateCpuMemoryInfo(OrtArenaAllocator, OrtMemTypeDefault, &g_cpu);
+  if (status != NULL) g_ort->ReleaseStatus(status);
   if (status != NULL) g_init_error = "cannot create the ORT environment";
 }
 
@@ -279,6 +324,7 @@ NAPI_MODULE_INIT() {
   CHECK_NAPI(napi_set_named_property(env, exports, "run", fn), "init");
   CHECK_NAPI(napi_create_function(env, "releaseSession", NAPI_AUTO_LENGTH, release_session_now, NULL, &fn), "init");
   CHECK_NAPI(napi_set_named_property(env, exports, "releaseSession", fn), "init");
+  if (anpd_device_exports(env, exports) == NULL) return NULL;
   napi_value version;
   CHECK_NAPI(napi_create_string_utf8(env, base->GetVersionString(), NAPI_AUTO_LENGTH, &version), "init");
   CHECK_NAPI(napi_set_named_property(env, exports, "ortVersion", version), "init");

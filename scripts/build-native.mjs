@@ -56,8 +56,8 @@ try {
   execFileSync(compiler, [
     '-O3', '-ffp-contract=off', '-shared', '-fPIC', '-std=gnu11', '-Wall',
     `-I${napiInclude}`, `-I${ortInclude}`,
-    join(root, 'native', 'ort-run.c'), join(root, 'native', 'gqa-attention.c'), '-o', out,
-    `-L${ortLibDir}`, '-l:libonnxruntime.so.1', `-Wl,-rpath,${ortLibDir}`, '-lpthread',
+    join(root, 'native', 'ort-run.c'), join(root, 'native', 'device.c'), join(root, 'native', 'gqa-attention.c'), '-o', out,
+    `-L${ortLibDir}`, '-l:libonnxruntime.so.1', `-Wl,-rpath,${ortLibDir}`, '-lpthread', '-ldl',
   ], { stdio: ['ignore', 'inherit', 'pipe'] });
 } catch (error) {
   fail(`${compiler} failed: ${String(error.stderr ?? error.message).trim().split('\n').slice(0, 5).join(' | ')}`);

@@ -6,7 +6,7 @@
 import { readFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { parseArgs } from 'node:util';
-import { DEFAULT_GRAPH_OPTIONS, type GraphOptions } from '../convert/llama-graph.js';
+import { DEFAULT_GRAPH_OPTIONS, GRAPH_DTYPES, type GraphOptions } from '../convert/llama-graph.js';
 import { DEFAULT_SPECULATION, type Prompt, type SpeculationOptions } from '../engine/engine.js';
 import { AnpdError } from '../errors.js';
 import { EXECUTION_PROVIDERS } from '../runtime/types.js';
@@ -57,20 +57,23 @@ convert options:
   --weights nbits|f32       4-bit MatMulNBits (default) or dequantized float32 MatMul
   --norms fused|plain       fused (Skip)SimplifiedLayerNormalization (default) or plain ops
   --slots K                 a K-slot batch graph (K sequences per forward) for anpd serve --batch-model
+  --dtype float32|float16   activations and KV cache type (default float32; float16 is what the cuda
+                            provider runs, and what fetch-model/generate pick for --execution-provider cuda)
 
 Environment:
   ANPD_CACHE_DIR            where downloads and converted models go (default: .cache/ in the project)
   ANPD_PYTHON               Python used for pip download (default: python3)
 `;
 
-function graphOptions(values: { weights?: string | undefined; norms?: string | undefined; slots?: string | undefined }): GraphOptions {
+function graphOptions(values: { weights?: string | undefined; norms?: string | undefined; slots?: string | undefined; dtype?: string | undefined; 'execution-provider'?: string | undefined }): GraphOptions {
   const weights = values.weights ?? DEFAULT_GRAPH_OPTIONS.weights;
   const norms = values.norms ?? DEFAULT_GRAPH_OPTIONS.norms;
   if (weights !== 'nbits' && weights !== 'f32') throw new AnpdError('INVALID_REQUEST', `--weights must be nbits or f32, got ${weights}`);
   if (norms !== 'fused' && norms !== 'plain') throw new AnpdError('INVALID_REQUEST', `--norms must be fused or plain, got ${norms}`);
   const slots = Number(values.slots ?? 0);
   if (!Number.isInteger(slots) || slots < 0 || slots > 64 || slots === 1) throw new AnpdError('INVALID_REQUEST', `--slots must be 0 or an integer in [2, 64], got ${values.slots}`);
-  return { ...DEFAULT_GRAPH_OPTIONS, weights, norms, ...(slots > 0 ? { slots } : {}) };
+  const dtype = oneOf(values.dtype, 'dtype', GRAPH_DTYPES, values['execution-provider'] === 'cuda' ? 'float16' : 'float32');
+  return { ...DEFAULT_GRAPH_OPTIONS, weights, norms, ...(slots > 0 ? { slots } : {}), ...(dtype === 'float16' ? { dtype } : {}) };
 }
 
 function oneOf<T extends string>(value: string | undefined, name: string, allowed: readonly T[], fallback: T): T {
@@ -120,6 +123,7 @@ async function main(argv: string[]): Promise<number> {
       weights: { type: 'string' },
       norms: { type: 'string' },
       slots: { type: 'string' },
+      dtype: { type: 'string' },
     },
   });
   const [command, ...rest] = positionals;

@@ -30,11 +30,13 @@ export async function runServe(argv: readonly string[]): Promise<number> {
   let batchModelDir: readonly string[] | undefined = config.batchModelDir?.split(',').filter((d) => d !== '');
   if (modelDir === undefined) {
     const progress = createProgressReporter();
-    modelDir = await ensureDefaultModel(DEFAULT_GRAPH_OPTIONS, progress);
+    // CUDA runs the float16 graph (ORT's CUDA attention takes only 16-bit types).
+    const graph = config.executionProvider === 'cuda' ? { ...DEFAULT_GRAPH_OPTIONS, dtype: 'float16' as const } : DEFAULT_GRAPH_OPTIONS;
+    modelDir = await ensureDefaultModel(graph, progress);
     if (config.batchSlots > 0) {
       // A ladder (2, 4, 8, …, K): each batch runs on the smallest graph that holds it.
       const ladder: string[] = [];
-      for (const slots of batchSlotLadder(config.batchSlots)) ladder.push(await ensureDefaultModel({ ...DEFAULT_GRAPH_OPTIONS, slots }, progress));
+      for (const slots of batchSlotLadder(config.batchSlots)) ladder.push(await ensureDefaultModel({ ...graph, slots }, progress));
       batchModelDir = ladder;
     }
     progress.stop();

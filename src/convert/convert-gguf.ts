@@ -85,6 +85,7 @@ export function convertGguf(ggufPath: string, outDir: string, options: GraphOpti
     weights: options.weights,
     norms: options.norms,
     ...(options.slots !== undefined && options.slots > 0 ? { slots: options.slots } : {}),
+    ...(options.dtype === 'float16' ? { dtype: options.dtype } : {}),
     source: { file: basename(ggufPath), sha256 },
   };
   writeFileSync(join(tmp, 'tokenizer.json'), JSON.stringify(tokenizer.tokenizerJson));
@@ -99,7 +100,8 @@ export function convertGguf(ggufPath: string, outDir: string, options: GraphOpti
 /** The cache key of a conversion: source checksum, converter version and graph options. */
 export function conversionKey(ggufSha256: string, options: GraphOptions): string {
   const slots = options.slots ?? 0;
-  return `${ggufSha256.slice(0, 16)}-v${CONVERTER_VERSION}-${options.weights}-${options.norms}-a${options.accuracyLevel}${slots > 0 ? `-s${slots}` : ''}`;
+  const dtype = options.dtype === 'float16' ? '-f16' : '';
+  return `${ggufSha256.slice(0, 16)}-v${CONVERTER_VERSION}-${options.weights}-${options.norms}-a${options.accuracyLevel}${slots > 0 ? `-s${slots}` : ''}${dtype}`;
 }
 
 export function isConverted(dir: string): boolean {

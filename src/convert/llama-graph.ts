@@ -47,7 +47,16 @@ export interface GraphOptions {
    * sequence's logits do not depend on what shares its forward.
    */
   readonly slots?: number;
+  /**
+   * Activations, norm weights, rotary tables, quantization scales and the KV cache in float32 (CPU,
+   * WebGPU) or float16 (CUDA: ORT's CUDA GroupQueryAttention takes only 16-bit types). Logits stay
+   * float32 either way (a Cast after the LM head). @default 'float32'
+   */
+  readonly dtype?: GraphDtype;
 }
+
+export const GRAPH_DTYPES = ['float32', 'float16'] as const;
+export type GraphDtype = (typeof GRAPH_DTYPES)[number];
 
 export const DEFAULT_GRAPH_OPTIONS: GraphOptions = { weights: 'nbits', norms: 'fused', accuracyLevel: 4 };
 
@@ -113,10 +122,50 @@ function f32Bytes(a: Float32Array): Uint8Array {
   return new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
 }
 
+const f32View = new Float32Array(1);
+const u32View = new Uint32Array(f32View.buffer);
+
+/** IEEE binary16 bits of x, rounded to nearest even (as ORT's and numpy's conversions round). */
+export function toHalfBits(x: number): number {
+  f32View[0] = x;
+  const bits = u32View[0]!;
+  const sign = (bits >>> 16) & 0x8000;
+  const exponent = (bits >>> 23) & 0xff;
+  let mantissa = bits & 0x7fffff;
+  if (exponent === 0xff) return sign | 0x7c00 | (mantissa !== 0 ? 0x200 : 0);
+  const e = exponent - 127 + 15;
+  if (e >= 0x1f) return sign | 0x7c00;
+  if (e <= 0) {
+    if (e < -10) return sign;
+    mantissa |= 0x800000;
+    const shift = 14 - e;
+    const half = mantissa >>> shift;
+    const rest = mantissa & ((1 << shift) - 1);
+    const midpoint = 1 << (shift - 1);
+    return sign | (rest > midpoint || (rest === midpoint && (half & 1) === 1) ? half + 1 : half);
+  }
+  const half = (e << 10) | (mantissa >>> 13);
+  const rest = mantissa & 0x1fff;
+  // A carry out of the mantissa rolls into the exponent, which is the right rounding (up to infinity).
+  return sign | (rest > 0x1000 || (rest === 0x1000 && (half & 1) === 1) ? half + 1 : half);
+}
+
+function f16Bytes(a: Float32Array): Uint8Array {
+  const out = new Uint16Array(a.length);
+  for (let i = 0; i < a.length; i++) out[i] = toHalfBits(a[i]!);
+  return new Uint8Array(out.buffer);
+}
+
 class GraphBuilder {
   readonly nodes: NodeSpec[] = [];
   readonly initializers: Initializer[] = [];
   private counter = 0;
+  /** The element type of activations and of every real-valued initializer. */
+  readonly floatType: OnnxDataType;
+
+  constructor(dtype: GraphDtype) {
+    this.floatType = dtype === 'float16' ? OnnxDataType.FLOAT16 : OnnxDataType.FLOAT;
+  }
 
   fresh(prefix: string): string {
     return `${prefix}_${this.counter++}`;
@@ -144,8 +193,9 @@ class GraphBuilder {
     return name;
   }
 
+  /** A real-valued initializer in the graph's float type. */
   f32(name: string, dims: readonly number[], data: Float32Array): string {
-    return this.init(name, OnnxDataType.FLOAT, dims, f32Bytes(data));
+    return this.floatType === OnnxDataType.FLOAT16 ? this.init(name, OnnxDataType.FLOAT16, dims, f16Bytes(data)) : this.init(name, OnnxDataType.FLOAT, dims, f32Bytes(data));
   }
 
   i64(name: string, values: readonly number[], scalar = false): string {
@@ -191,7 +241,8 @@ export type ProgressFn = (done: number, total: number) => void;
 
 export function buildLlamaGraph(file: GgufFile, options: GraphOptions = DEFAULT_GRAPH_OPTIONS, progress?: ProgressFn): BuiltGraph {
   const hp = readHyperParams(file);
-  const g = new GraphBuilder();
+  const g = new GraphBuilder(options.dtype ?? 'float32');
+  const kvType = g.floatType;
   const slots = options.slots ?? 0;
   if (!Number.isInteger(slots) || slots < 0 || slots > 64) throw new RangeError(`slots must be an integer in [0, 64], got ${slots}`);
   const tensor = (name: string): GgufTensorInfo => {
@@ -356,7 +407,8 @@ export function buildLlamaGraph(file: GgufFile, options: GraphOptions = DEFAULT_
   const headTensor = optionalTensor('output.weight') ?? embd;
   const head = options.weights === 'f32' ? headTensor : quant(headTensor);
   const logits = linear(kept, 'lm_head', head);
-  g.node('Identity', [logits], [IO.logits]);
+  if (kvType === OnnxDataType.FLOAT) g.node('Identity', [logits], [IO.logits]);
+  else g.node('Cast', [logits], [IO.logits], { to: OnnxDataType.FLOAT });
   progress?.(totalSteps, totalSteps);
 
   const kvShape = [1, hp.kvHeads, kvCapacityDim, hp.headDim];
@@ -371,8 +423,8 @@ export function buildLlamaGraph(file: GgufFile, options: GraphOptions = DEFAULT_
       const kv = [1, hp.kvHeads, `kv_capacity_${s}`, hp.headDim];
       slotInputs.push({ name: SLOT_IO.seqlensK(s), type: OnnxDataType.INT32, shape: [1] }, { name: SLOT_IO.totalSequenceLength(s), type: OnnxDataType.INT32, shape: [] });
       for (let l = 0; l < hp.layers; l++) {
-        slotInputs.push({ name: SLOT_IO.pastKey(s, l), type: OnnxDataType.FLOAT, shape: kv }, { name: SLOT_IO.pastValue(s, l), type: OnnxDataType.FLOAT, shape: kv });
-        slotOutputs.push({ name: SLOT_IO.presentKey(s, l), type: OnnxDataType.FLOAT, shape: kv }, { name: SLOT_IO.presentValue(s, l), type: OnnxDataType.FLOAT, shape: kv });
+        slotInputs.push({ name: SLOT_IO.pastKey(s, l), type: kvType, shape: kv }, { name: SLOT_IO.pastValue(s, l), type: kvType, shape: kv });
+        slotOutputs.push({ name: SLOT_IO.presentKey(s, l), type: kvType, shape: kv }, { name: SLOT_IO.presentValue(s, l), type: kvType, shape: kv });
       }
     }
     return { graph: { name: `${hp.architecture}-decoder-${slots}-slots`, nodes: g.nodes, inputs: slotInputs, outputs: slotOutputs, initializers: g.initializers }, hyper: hp, kvCapacityDim };
@@ -386,10 +438,10 @@ export function buildLlamaGraph(file: GgufFile, options: GraphOptions = DEFAULT_
   ];
   const outputs: ValueInfo[] = [{ name: IO.logits, type: OnnxDataType.FLOAT, shape: [1, 'logits_length', hp.vocab] }];
   for (let l = 0; l < hp.layers; l++) {
-    inputs.push({ name: IO.pastKey(l), type: OnnxDataType.FLOAT, shape: kvShape });
-    inputs.push({ name: IO.pastValue(l), type: OnnxDataType.FLOAT, shape: kvShape });
-    outputs.push({ name: IO.presentKey(l), type: OnnxDataType.FLOAT, shape: kvShape });
-    outputs.push({ name: IO.presentValue(l), type: OnnxDataType.FLOAT, shape: kvShape });
+    inputs.push({ name: IO.pastKey(l), type: kvType, shape: kvShape });
+    inputs.push({ name: IO.pastValue(l), type: kvType, shape: kvShape });
+    outputs.push({ name: IO.presentKey(l), type: kvType, shape: kvShape });
+    outputs.push({ name: IO.presentValue(l), type: kvType, shape: kvShape });
   }
   return { graph: { name: `${hp.architecture}-decoder`, nodes: g.nodes, inputs, outputs, initializers: g.initializers }, hyper: hp, kvCapacityDim };
 }

@@ -26,5 +26,7 @@ export interface ModelManifest {
   readonly norms: string;
   /** K-slot batch graph (GraphOptions.slots): K sequences per forward. Absent: one sequence. */
   readonly slots?: number;
+  /** Float type of activations and KV (GraphOptions.dtype). Absent: float32. */
+  readonly dtype?: 'float32' | 'float16';
   readonly source: { readonly file: string; readonly sha256: string };
 }

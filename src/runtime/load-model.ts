@@ -8,7 +8,8 @@ import { ModelFormatError, ModelNotFoundError } from '../errors.js';
 import { MANIFEST_FILE, MANIFEST_FORMAT, type ModelManifest } from '../model/model-manifest.js';
 import { GqaDecoderModel, releaseForwards, type SingleForwards, type SlotBatch } from './gqa-decoder.js';
 import { inspectOptimumSession, OptimumDecoderModel } from './optimum-decoder.js';
-import { nativeAddon, NativeSession } from './native-run.js';
+import { DeviceDecoderModel } from './device-decoder.js';
+import { DeviceSession, nativeAddon, NativeSession } from './native-run.js';
 import { createOrtSession } from './ort-session.js';
 import { DEFAULT_RUNTIME_OPTIONS, type DecoderModel, type RuntimeOptions } from './types.js';
 
@@ -47,22 +48,49 @@ async function loadSlotBatch(dir: string, single: ModelManifest, options: Runtim
     for (let s = 0; s < manifest.slots; s++) for (let l = 0; l < manifest.layers; l++) deviceKv.push(`present.${s}.${l}.key`, `present.${s}.${l}.value`);
   }
   const path = join(dir, manifest.onnxFile);
-  const native = openNativeSession(path, options);
+  const native = openNativeSession(path, options, manifest);
   return native !== undefined ? { native, slots: manifest.slots } : { session: await createOrtSession(path, options, deviceKv), slots: manifest.slots };
 }
 
 /** CPU only: the addon runs on the host, with host buffers. */
-function openNativeSession(path: string, options: RuntimeOptions): NativeSession | undefined {
+function openNativeSession(path: string, options: RuntimeOptions, manifest: ModelManifest): NativeSession | undefined {
   if (options.executionProvider !== 'cpu' || (options.nativeRun ?? 'auto') === 'off') return undefined;
   const addon = nativeAddon();
   if (addon === null) return undefined;
   try {
     // Every session of a model (the single-sequence graph and the batch graphs) is native or none
-    // is, so the kernel choice is the same for all the forwards of a sequence.
-    return new NativeSession(addon, path, options.intraOpThreads, (options.nativeAttention ?? 'auto') === 'auto');
+    // is, so the kernel choice is the same for all the forwards of a sequence. Our kernel is float32.
+    const ownAttention = (options.nativeAttention ?? 'auto') === 'auto' && manifest.dtype !== 'float16';
+    return new NativeSession(addon, path, options.intraOpThreads, ownAttention);
   } catch (cause) {
     throw new ModelFormatError(path, `ONNX Runtime cannot load it (native runner): ${(cause as Error).message.split('\n')[0]}`, { cause });
   }
+}
+
+/**
+ * The device path (src/runtime/device-decoder.ts): on 'cuda' when the addon is built (unless
+ * deviceRun is 'off'), or emulated on the CPU provider (deviceRun 'emulate').
+ */
+function openDeviceModel(path: string, manifest: ModelManifest, options: RuntimeOptions): DeviceDecoderModel | undefined {
+  const mode = options.deviceRun ?? 'auto';
+  const target = mode === 'emulate' ? 'host' : options.executionProvider === 'cuda' && mode === 'auto' ? 'cuda' : undefined;
+  if (target === undefined) return undefined;
+  const addon = nativeAddon();
+  if (addon === null) {
+    if (target === 'host') throw new ModelFormatError(path, 'deviceRun "emulate" needs the native addon (npm run build:native)');
+    return undefined;
+  }
+  if (options.batchModelDir !== undefined) throw new ModelFormatError(path, 'batch graphs do not run on the device path yet: leave --batch-slots at 0 on cuda, or use --native-run off');
+  if (target === 'cuda' && manifest.dtype !== 'float16') {
+    throw new ModelFormatError(path, 'is a float32 graph; ORT\'s CUDA attention takes float16 (convert with --dtype float16; the default model is converted so for cuda)');
+  }
+  let session: DeviceSession;
+  try {
+    session = new DeviceSession(addon, path, { target, intraOpThreads: options.intraOpThreads, deviceId: options.deviceId ?? 0, cudaGraphs: options.cudaGraphs ?? true });
+  } catch (cause) {
+    throw new ModelFormatError(path, `ONNX Runtime cannot load it (${target === 'cuda' ? 'CUDA execution provider' : 'device path on the CPU'}): ${(cause as Error).message.split('\n')[0]}`, { cause });
+  }
+  return new DeviceDecoderModel(session, manifest, options);
 }
 
 export async function loadDecoderModel(dir: string, options: RuntimeOptions = DEFAULT_RUNTIME_OPTIONS): Promise<DecoderModel> {
@@ -74,8 +102,10 @@ export async function loadDecoderModel(dir: string, options: RuntimeOptions = DE
     // On a GPU the KV cache stays on the device: ORT leaves the present.* outputs there.
     const deviceKv = options.executionProvider !== 'cpu' ? Array.from({ length: manifest.layers }, (_, l) => [`present.${l}.key`, `present.${l}.value`]).flat() : [];
     const onnxPath = join(dir, manifest.onnxFile);
+    const device = openDeviceModel(onnxPath, manifest, options);
+    if (device !== undefined) return device;
     // With the native runner, no onnxruntime-node session for this graph: nothing would run on it.
-    const native = openNativeSession(onnxPath, options);
+    const native = openNativeSession(onnxPath, options, manifest);
     const forwards: SingleForwards = native !== undefined ? { native } : { session: await createOrtSession(onnxPath, options, deviceKv) };
     if (options.batchModelDir === undefined) return new GqaDecoderModel(forwards, manifest, options, []);
     const dirs = typeof options.batchModelDir === 'string' ? [options.batchModelDir] : options.batchModelDir;

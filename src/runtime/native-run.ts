@@ -15,7 +15,19 @@ interface Addon {
   createSession(path: string, intraOpThreads: number, attentionDomain?: string): unknown;
   run(session: unknown, ...lists: unknown[]): void;
   releaseSession(session: unknown): void;
+  createCudaSession(path: string, intraOpThreads: number, deviceId: number, cudaGraph: boolean): unknown;
+  deviceAlloc(session: unknown, bytes: number): DeviceBuffer;
+  freeDevice(buffer: DeviceBuffer): void;
+  deviceWrite(session: unknown, buffer: DeviceBuffer, byteOffset: number, array: ArrayBufferView): void;
+  deviceRead(session: unknown, buffer: DeviceBuffer, byteOffset: number, array: ArrayBufferView): void;
 }
+
+/** Memory the addon allocated for a session: CUDA memory on a CUDA session, host memory otherwise. */
+export interface DeviceBuffer {
+  readonly __deviceBuffer: unique symbol;
+}
+
+
 
 /** ONNX TensorProto element types of the tensors our graphs take and give. */
 const ELEMENT_TYPES: Readonly<Record<string, number>> = { float32: 1, uint8: 2, int8: 3, int32: 6, int64: 7, float16: 10 };
@@ -77,6 +89,85 @@ export class NativeSession {
     fill(fetches, this.outNames, this.outArrays, this.outDims, this.outTypes);
     this.addon.run(this.handle, this.inNames, this.inArrays, this.inDims, this.inTypes, this.outNames, this.outArrays, this.outDims, this.outTypes);
   }
+}
+
+/** One input or output of a device run: its data (host array or device buffer), shape and ONNX element type. */
+export interface DeviceValue {
+  data: ArrayBufferView | DeviceBuffer;
+  dims: readonly number[];
+  readonly type: number;
+}
+
+export const ONNX_TYPES = ELEMENT_TYPES;
+
+/**
+ * A session whose forwards read and write device memory in place (native/device.c): on ORT's CUDA
+ * provider with CUDA graphs, or — `target: 'host'` — on the CPU provider with host memory standing
+ * in for the device (the same code path, for machines without a GPU and for the tests).
+ */
+export class DeviceSession {
+  private readonly handle: unknown;
+  private readonly addon: Addon;
+  readonly target: 'cuda' | 'host';
+  readonly cudaGraphs: boolean;
+  private readonly inNames: string[] = [];
+  private readonly inArrays: (ArrayBufferView | DeviceBuffer)[] = [];
+  private readonly inDims: (readonly number[])[] = [];
+  private readonly inTypes: number[] = [];
+  private readonly outNames: string[] = [];
+  private readonly outArrays: (ArrayBufferView | DeviceBuffer)[] = [];
+  private readonly outDims: (readonly number[])[] = [];
+  private readonly outTypes: number[] = [];
+
+  constructor(addon: Addon, path: string, options: { readonly target: 'cuda' | 'host'; readonly intraOpThreads: number; readonly deviceId?: number; readonly cudaGraphs?: boolean }) {
+    this.addon = addon;
+    this.target = options.target;
+    this.cudaGraphs = options.target === 'cuda' && options.cudaGraphs !== false;
+    this.handle = options.target === 'cuda' ? addon.createCudaSession(path, options.intraOpThreads, options.deviceId ?? 0, this.cudaGraphs) : addon.createSession(path, options.intraOpThreads);
+  }
+
+  /** Zeroed memory of `bytes` bytes, freed by free() or when collected. */
+  alloc(bytes: number): DeviceBuffer {
+    return this.addon.deviceAlloc(this.handle, bytes);
+  }
+
+  free(buffer: DeviceBuffer): void {
+    this.addon.freeDevice(buffer);
+  }
+
+  /** Host → device, finished when it returns (ordered after every earlier run). */
+  write(buffer: DeviceBuffer, byteOffset: number, array: ArrayBufferView): void {
+    this.addon.deviceWrite(this.handle, buffer, byteOffset, array);
+  }
+
+  /** Device → host, finished when it returns. */
+  read(buffer: DeviceBuffer, byteOffset: number, array: ArrayBufferView): void {
+    this.addon.deviceRead(this.handle, buffer, byteOffset, array);
+  }
+
+  /** graphId ≥ 0: the CUDA graph this run captures or replays (same shapes and addresses every time); -1: none. */
+  run(inputs: Readonly<Record<string, DeviceValue>>, outputs: Readonly<Record<string, DeviceValue>>, graphId: number): void {
+    fillValues(inputs, this.inNames, this.inArrays, this.inDims, this.inTypes);
+    fillValues(outputs, this.outNames, this.outArrays, this.outDims, this.outTypes);
+    this.addon.run(this.handle, this.inNames, this.inArrays, this.inDims, this.inTypes, this.outNames, this.outArrays, this.outDims, this.outTypes, this.cudaGraphs ? graphId : -1);
+  }
+
+  release(): void {
+    this.addon.releaseSession(this.handle);
+  }
+}
+
+function fillValues(values: Readonly<Record<string, DeviceValue>>, names: string[], arrays: (ArrayBufferView | DeviceBuffer)[], dims: (readonly number[])[], types: number[]): void {
+  let i = 0;
+  for (const name in values) {
+    const value = values[name]!;
+    names[i] = name;
+    arrays[i] = value.data;
+    dims[i] = value.dims;
+    types[i] = value.type;
+    i++;
+  }
+  names.length = arrays.length = dims.length = types.length = i;
 }
 
 function fill(tensors: TensorMap, names: string[], arrays: ArrayBufferView[], dims: (readonly number[])[], types: number[]): void {

@@ -76,6 +76,17 @@ export interface RuntimeOptions {
    * kernel for speculation to stay exact); 'off' keeps ORT's. @default 'auto'
    */
   readonly nativeAttention?: NativeRunMode;
+  /**
+   * On 'cuda': 'auto' runs our converted (float16) graphs through the native addon's device path
+   * (KV cache on the device, CUDA graphs; src/runtime/device-decoder.ts) when the addon is built,
+   * 'off' through onnxruntime-node. 'emulate' runs that device path on the CPU provider with host
+   * memory standing in for the device (tests, machines without a GPU). @default 'auto'
+   */
+  readonly deviceRun?: DeviceRunMode;
+  /** With the device path on 'cuda': replay fixed-shape forwards as CUDA graphs. @default true */
+  readonly cudaGraphs?: boolean;
+  /** CUDA device ordinal. @default 0 */
+  readonly deviceId?: number;
   /** KV positions allocated per sequence (GQA layout), clamped to the model's context. */
   readonly kvCapacity: number;
   /**
@@ -91,6 +102,9 @@ export interface RuntimeOptions {
    */
   readonly batchPrefillChunkTokens?: number;
 }
+
+export const DEVICE_RUN_MODES = ['auto', 'off', 'emulate'] as const;
+export type DeviceRunMode = (typeof DEVICE_RUN_MODES)[number];
 
 export const NATIVE_RUN_MODES = ['auto', 'off'] as const;
 export type NativeRunMode = (typeof NATIVE_RUN_MODES)[number];

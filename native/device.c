@@ -1,0 +1,300 @@
+/*
+ * The device path of the native runner: a session on ONNX Runtime's CUDA execution provider whose
+ * KV cache, inputs and outputs stay in device memory that we own (so a forward moves only the ids
+ * up and the logits rows it needs down), and whose fixed-shape forwards replay as CUDA graphs.
+ *
+ * Why not onnxruntime-node: its CUDA outputs come back to the host, it has no CUDA IO binding and
+ * no way to replay a graph (docs/gpu.md). The CUDA runtime is opened with dlopen, so the addon
+ * builds and loads on machines without CUDA; there a "device" buffer is host memory and the same
+ * path runs on the CPU provider (how the tests cover it).
+ *
+ *   createCudaSession(path, intraOpThreads, deviceId, cudaGraph) -> session
+ *   deviceAlloc(session, bytes) -> buffer (zeroed)     freeDevice(buffer): frees it now
+ *   deviceWrite(session, buffer, byteOffset, typedArray) / deviceRead(session, buffer, byteOffset, typedArray)
+ *     ordered on the session's stream, done when they return
+ */
+#include <dlfcn.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "anpd-native.h"
+
+/* The few CUDA runtime entry points we use (cudart's ABI: int error codes, opaque stream pointers). */
+typedef int (*cuda_malloc_fn)(void **, size_t);
+typedef int (*cuda_free_fn)(void *);
+typedef int (*cuda_memset_async_fn)(void *, int, size_t, void *);
+typedef int (*cuda_memcpy_async_fn)(void *, const void *, size_t, int, void *);
+typedef int (*cuda_stream_sync_fn)(void *);
+typedef int (*cuda_stream_create_fn)(void **, unsigned int);
+typedef int (*cuda_stream_destroy_fn)(void *);
+typedef int (*cuda_set_device_fn)(int);
+typedef const char *(*cuda_error_string_fn)(int);
+
+static struct {
+  void *library;
+  cuda_malloc_fn malloc;
+  cuda_free_fn free;
+  cuda_memset_async_fn memset_async;
+  cuda_memcpy_async_fn memcpy_async;
+  cuda_stream_sync_fn stream_sync;
+  cuda_stream_create_fn stream_create;
+  cuda_stream_destroy_fn stream_destroy;
+  cuda_set_device_fn set_device;
+  cuda_error_string_fn error_string;
+} cuda;
+
+enum { CUDA_MEMCPY_HOST_TO_DEVICE = 1, CUDA_MEMCPY_DEVICE_TO_HOST = 2, CUDA_STREAM_NON_BLOCKING = 1 };
+
+static _Atomic uint64_t next_owner = 1;
+
+uint64_t anpd_next_owner(void) { return atomic_fetch_add(&next_owner, 1); }
+
+/* The CUDA runtime the provider links (CUDA 13 for onnxruntime-gpu 1.30), else an older one. */
+static const char *load_cuda(void) {
+  if (cuda.library != NULL) return NULL;
+  static const char *names[] = {"libcudart.so.13", "libcudart.so.12", "libcudart.so"};
+  void *library = NULL;
+  for (size_t i = 0; i < sizeof names / sizeof *names && library == NULL; i++) library = dlopen(names[i], RTLD_NOW | RTLD_GLOBAL);
+  if (library == NULL) return "cannot load the CUDA runtime (libcudart.so.13): put CUDA's lib64 on LD_LIBRARY_PATH (docs/gpu.md)";
+#define SYMBOL(field, name) \
+  if ((*(void **)&cuda.field = dlsym(library, name)) == NULL) return "the CUDA runtime lacks " name;
+  SYMBOL(malloc, "cudaMalloc")
+  SYMBOL(free, "cudaFree")
+  SYMBOL(memset_async, "cudaMemsetAsync")
+  SYMBOL(memcpy_async, "cudaMemcpyAsync")
+  SYMBOL(stream_sync, "cudaStreamSynchronize")
+  SYMBOL(stream_create, "cudaStreamCreateWithFlags")
+  SYMBOL(stream_destroy, "cudaStreamDestroy")
+  SYMBOL(set_device, "cudaSetDevice")
+  SYMBOL(error_string, "cudaGetErrorString")
+#undef SYMBOL
+  cuda.library = library;
+  return NULL;
+}
+
+static napi_value throw_cuda(napi_env env, const char *what, int error) {
+  char message[256];
+  snprintf(message, sizeof message, "%s: CUDA error %d (%s)", what, error, cuda.error_string != NULL ? cuda.error_string(error) : "?");
+  return throw_message(env, message);
+}
+
+OrtStatus *anpd_run_options(Session *s, int32_t graph_id, OrtRunOptions **out) {
+  *out = NULL;
+  // Only a session with CUDA graphs reads the id; there a run without one would capture graph 0.
+  if (!s->cuda) return NULL;
+  if (graph_id < -1 || graph_id >= GRAPH_IDS_MAX) return g_ort->CreateStatus(ORT_INVALID_ARGUMENT, "graph id out of range");
+  OrtRunOptions **slot = &s->run_options[graph_id + 1];
+  if (*slot == NULL) {
+    OrtStatus *status = g_ort->CreateRunOptions(slot);
+    char value[16];
+    snprintf(value, sizeof value, "%d", graph_id);
+    if (status == NULL) status = g_ort->AddRunConfigEntry(*slot, "gpu_graph_id", value);
+    if (status != NULL) return status;
+  }
+  *out = *slot;
+  return NULL;
+}
+
+void anpd_device_release(Session *s) {
+  if (s->stream != NULL && cuda.stream_destroy != NULL) cuda.stream_destroy(s->stream);
+  s->stream = NULL;
+  if (s->device_info != NULL && s->device_info != g_cpu) g_ort->ReleaseMemoryInfo(s->device_info);
+  s->device_info = g_cpu;
+}
+
+static napi_value create_cuda_session(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  CHECK_NAPI(napi_get_cb_info(env, info, &argc, argv, NULL, NULL), "createCudaSession: bad arguments");
+  if (argc < 4) return throw_message(env, "createCudaSession(path, intraOpThreads, deviceId, cudaGraph)");
+  char path[4096];
+  size_t length;
+  CHECK_NAPI(napi_get_value_string_utf8(env, argv[0], path, sizeof path, &length), "createCudaSession: path must be a string");
+  if (length >= sizeof path - 1) return throw_message(env, "createCudaSession: path too long");
+  int32_t threads, device_id;
+  bool cuda_graph;
+  CHECK_NAPI(napi_get_value_int32(env, argv[1], &threads), "createCudaSession: intraOpThreads must be a number");
+  CHECK_NAPI(napi_get_value_int32(env, argv[2], &device_id), "createCudaSession: deviceId must be a number");
+  CHECK_NAPI(napi_get_value_bool(env, argv[3], &cuda_graph), "createCudaSession: cudaGraph must be a boolean");
+  const char *missing = load_cuda();
+  if (missing != NULL) return throw_message(env, missing);
+  int error = cuda.set_device(device_id);
+  if (error != 0) return throw_cuda(env, "createCudaSession: cudaSetDevice", error);
+
+  Session *s = calloc(1, sizeof *s);
+  if (s == NULL) return throw_message(env, "createCudaSession: out of memory");
+  s->cuda = 1;
+  s->device_id = device_id;
+  s->device_info = g_cpu;
+  s->device_owner = anpd_next_owner();
+  error = cuda.stream_create(&s->stream, CUDA_STREAM_NON_BLOCKING);
+  if (error != 0) {
+    free(s);
+    return throw_cuda(env, "createCudaSession: cudaStreamCreate", error);
+  }
+  OrtSessionOptions *options = NULL;
+  OrtCUDAProviderOptionsV2 *cuda_options = NULL;
+  OrtMemoryInfo *device_info = NULL;
+  char device[16];
+  snprintf(device, sizeof device, "%d", device_id);
+  // One stream for ORT's kernels and our copies: a copy after a run sees its results, and the
+  // next run sees the copy, without a device-wide synchronization.
+  const char *keys[] = {"device_id", "enable_cuda_graph", "do_copy_in_default_stream"};
+  const char *values[] = {device, cuda_graph ? "1" : "0", "0"};
+  OrtStatus *status = g_ort->CreateSessionOptions(&options);
+  if (status == NULL) status = g_ort->SetSessionGraphOptimizationLevel(options, ORT_ENABLE_ALL);
+  if (status == NULL && threads > 0) status = g_ort->SetIntraOpNumThreads(options, threads);
+  if (status == NULL) status = g_ort->SetInterOpNumThreads(options, 1);
+  if (status == NULL) status = g_ort->SetSessionLogSeverityLevel(options, 3);
+  // A node the CUDA provider cannot take is a load error, not a silent CPU fallback.
+  if (status == NULL) status = g_ort->AddSessionConfigEntry(options, "session.disable_cpu_ep_fallback", "1");
+  if (status == NULL) status = g_ort->CreateCUDAProviderOptions(&cuda_options);
+  if (status == NULL) status = g_ort->UpdateCUDAProviderOptions(cuda_options, keys, values, sizeof keys / sizeof *keys);
+  if (status == NULL) status = g_ort->UpdateCUDAProviderOptionsWithValue(cuda_options, "user_compute_stream", s->stream);
+  if (status == NULL) status = g_ort->SessionOptionsAppendExecutionProvider_CUDA_V2(options, cuda_options);
+  if (status == NULL) status = g_ort->CreateMemoryInfo("Cuda", OrtDeviceAllocator, device_id, OrtMemTypeDefault, &device_info);
+  if (status == NULL) status = g_ort->CreateSession(g_env, path, options, &s->session);
+  if (cuda_options != NULL) g_ort->ReleaseCUDAProviderOptions(cuda_options);
+  if (options != NULL) g_ort->ReleaseSessionOptions(options);
+  if (device_info != NULL) s->device_info = device_info;
+  if (status != NULL) {
+    anpd_device_release(s);
+    free(s);
+    return throw_status(env, status);
+  }
+  return wrap_session(env, s);
+}
+
+static void release_device_buffer(napi_env env, void *data, void *hint) {
+  (void)env; (void)hint;
+  DeviceBuffer *b = data;
+  if (b->ptr != NULL) {
+    if (b->cuda) cuda.free(b->ptr);
+    else free(b->ptr);
+  }
+  free(b);
+}
+
+static DeviceBuffer *buffer_of(napi_env env, napi_value value) {
+  bool tagged = false;
+  DeviceBuffer *b = NULL;
+  if (napi_check_object_type_tag(env, value, &DEVICE_BUFFER_TAG, &tagged) != napi_ok || !tagged ||
+      napi_get_value_external(env, value, (void **)&b) != napi_ok) {
+    napi_throw_type_error(env, NULL, "not a device buffer");
+    return NULL;
+  }
+  if (b->ptr == NULL) {
+    napi_throw_error(env, NULL, "the device buffer was freed");
+    return NULL;
+  }
+  return b;
+}
+
+static napi_value device_alloc(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  CHECK_NAPI(napi_get_cb_info(env, info, &argc, argv, NULL, NULL), "deviceAlloc: bad arguments");
+  if (argc < 2) return throw_message(env, "deviceAlloc(session, bytes)");
+  Session *s = session_of(env, argv[0]);
+  if (s == NULL) return NULL;
+  int64_t bytes;
+  CHECK_NAPI(napi_get_value_int64(env, argv[1], &bytes), "deviceAlloc: bytes must be a number");
+  if (bytes <= 0) return throw_message(env, "deviceAlloc: bytes must be positive");
+  DeviceBuffer *b = calloc(1, sizeof *b);
+  if (b == NULL) return throw_message(env, "deviceAlloc: out of memory");
+  b->bytes = (size_t)bytes;
+  b->cuda = s->cuda;
+  b->owner = s->device_owner;
+  if (s->cuda) {
+    int error = cuda.malloc(&b->ptr, b->bytes);
+    // Zeroed: attention never reads a position it was not given, but no stale NaN can leak in.
+    if (error == 0) error = cuda.memset_async(b->ptr, 0, b->bytes, s->stream);
+    if (error == 0) error = cuda.stream_sync(s->stream);
+    if (error != 0) {
+      if (b->ptr != NULL) cuda.free(b->ptr);
+      free(b);
+      return throw_cuda(env, "deviceAlloc", error);
+    }
+  } else if ((b->ptr = calloc(1, b->bytes)) == NULL) {
+    free(b);
+    return throw_message(env, "deviceAlloc: out of memory");
+  }
+  napi_value external;
+  if (napi_create_external(env, b, release_device_buffer, NULL, &external) != napi_ok) {
+    release_device_buffer(env, b, NULL);
+    return throw_message(env, "deviceAlloc: cannot wrap the buffer");
+  }
+  CHECK_NAPI(napi_type_tag_object(env, external, &DEVICE_BUFFER_TAG), "deviceAlloc: cannot tag the buffer");
+  return external;
+}
+
+static napi_value free_device(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CHECK_NAPI(napi_get_cb_info(env, info, &argc, argv, NULL, NULL), "freeDevice: bad arguments");
+  if (argc < 1) return throw_message(env, "freeDevice(buffer)");
+  bool tagged = false;
+  DeviceBuffer *b = NULL;
+  if (napi_check_object_type_tag(env, argv[0], &DEVICE_BUFFER_TAG, &tagged) != napi_ok || !tagged ||
+      napi_get_value_external(env, argv[0], (void **)&b) != napi_ok) return throw_message(env, "freeDevice: not a device buffer");
+  if (b->ptr != NULL) {
+    if (b->cuda) cuda.free(b->ptr);
+    else free(b->ptr);
+    b->ptr = NULL;
+  }
+  return NULL;
+}
+
+/* deviceWrite / deviceRead: (session, buffer, byteOffset, typedArray) */
+static napi_value copy(napi_env env, napi_callback_info info, int to_device) {
+  size_t argc = 4;
+  napi_value argv[4];
+  const char *what = to_device ? "deviceWrite" : "deviceRead";
+  CHECK_NAPI(napi_get_cb_info(env, info, &argc, argv, NULL, NULL), what);
+  if (argc < 4) return throw_message(env, to_device ? "deviceWrite(session, buffer, byteOffset, array)" : "deviceRead(session, buffer, byteOffset, array)");
+  Session *s = session_of(env, argv[0]);
+  if (s == NULL) return NULL;
+  DeviceBuffer *b = buffer_of(env, argv[1]);
+  if (b == NULL) return NULL;
+  if (b->owner != s->device_owner) return throw_message(env, "the device buffer belongs to another session");
+  int64_t offset;
+  CHECK_NAPI(napi_get_value_int64(env, argv[2], &offset), "byteOffset must be a number");
+  napi_typedarray_type type;
+  size_t elements, array_offset;
+  void *data;
+  napi_value array_buffer;
+  CHECK_NAPI(napi_get_typedarray_info(env, argv[3], &type, &elements, &data, &array_buffer, &array_offset), "array must be a TypedArray");
+  size_t element = type == napi_int8_array || type == napi_uint8_array || type == napi_uint8_clamped_array ? 1
+                 : type == napi_int16_array || type == napi_uint16_array ? 2
+                 : type == napi_int32_array || type == napi_uint32_array || type == napi_float32_array ? 4 : 8;
+  size_t bytes = elements * element;
+  if (offset < 0 || (size_t)offset > b->bytes || bytes > b->bytes - (size_t)offset) return throw_message(env, "copy outside the device buffer");
+  char *device = (char *)b->ptr + offset;
+  if (!b->cuda) {
+    if (to_device) memcpy(device, data, bytes);
+    else memcpy(data, device, bytes);
+    return NULL;
+  }
+  int error = to_device ? cuda.memcpy_async(device, data, bytes, CUDA_MEMCPY_HOST_TO_DEVICE, s->stream)
+                        : cuda.memcpy_async(data, device, bytes, CUDA_MEMCPY_DEVICE_TO_HOST, s->stream);
+  if (error == 0) error = cuda.stream_sync(s->stream);
+  if (error != 0) return throw_cuda(env, what, error);
+  return NULL;
+}
+
+static napi_value device_write(napi_env env, napi_callback_info info) { return copy(env, info, 1); }
+static napi_value device_read(napi_env env, napi_callback_info info) { return copy(env, info, 0); }
+
+napi_value anpd_device_exports(napi_env env, napi_value exports) {
+  static const struct { const char *name; napi_callback fn; } functions[] = {
+    {"createCudaSession", create_cuda_session}, {"deviceAlloc", device_alloc}, {"freeDevice", free_device},
+    {"deviceWrite", device_write}, {"deviceRead", device_read},
+  };
+  for (size_t i = 0; i < sizeof functions / sizeof *functions; i++) {
+    napi_value fn;
+    CHECK_NAPI(napi_create_function(env, functions[i].name, NAPI_AUTO_LENGTH, functions[i].fn, NULL, &fn), "init");
+    CHECK_NAPI(napi_set_named_property(env, exports, functions[i].name, fn), "init");
+  }
+  return exports;
+}

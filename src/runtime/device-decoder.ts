@@ -1,0 +1,262 @@
+/**
+ * Runner for our converted models on a GPU through the native addon (native/device.c): the KV
+ * cache, the ids and the logits live in device memory we own, so a forward moves only the ids up
+ * and the logits rows asked for down, and fixed-shape forwards replay as CUDA graphs (one kernel
+ * launch per forward instead of ~300).
+ *
+ * Exactness: every forward of at most `rows` tokens runs exactly `rows` query rows (pad rows repeat
+ * the last token; their KV slots are overwritten later and their logits never read), and its LM
+ * head runs on all of them. So every decode step and every draft verification runs the same
+ * shapes, hence the same kernels, and a position's logits do not depend on which row of which
+ * forward computed them (checked on the device: plain decoding == ANPD, docs/gpu.md). Prefill
+ * chunks longer than that are the same for plain and speculative decoding.
+ *
+ * CUDA graphs: a graph bakes in the addresses it was captured with, so each sequence takes a KV
+ * set (device buffers for every layer) from a pool that keeps them for the next sequence, and the
+ * set's index is the graph id. Ids, seqlens and logits are per model, shared by its sequences
+ * (forwards never overlap: the addon runs them synchronously on the calling thread).
+ */
+import { ContextOverflowError, InvalidRequestError } from '../errors.js';
+import type { ModelManifest } from '../model/model-manifest.js';
+import { type DeviceBuffer, type DeviceSession, type DeviceValue, ONNX_TYPES } from './native-run.js';
+import type { DecoderModel, DecoderSequence, ModelInfo, RuntimeOptions } from './types.js';
+
+/**
+ * Query rows of every short forward on the device: the longest draft verification (16 draft
+ * tokens, the engine's limit, plus one) fits, so decoding and verification share one shape.
+ */
+export const DEVICE_FORWARD_ROWS = 17;
+/** Largest forward (prefill chunk), as on the other runners. */
+const FORWARD_TOKENS_MAX = 512;
+/** CUDA graphs the addon keeps per session (native/anpd-native.h GRAPH_IDS_MAX); later KV sets run without. */
+const GRAPH_IDS_MAX = 256;
+
+interface KvSet {
+  readonly index: number;
+  readonly buffers: readonly DeviceBuffer[];
+}
+
+export class DeviceDecoderModel implements DecoderModel {
+  readonly info: ModelInfo;
+  readonly session: DeviceSession;
+  private readonly manifest: ModelManifest;
+  readonly rows: number;
+  /** Positions in every KV set: the model's capacity plus room for the pad rows. */
+  readonly kvSlots: number;
+  private readonly kvBytes: number;
+  private readonly kvSets: KvSet[] = [];
+  private readonly freeKvSets: KvSet[] = [];
+  readonly elementType: number;
+  // Per model, shared by its sequences: the ids of a short / long forward, seqlens_k, the logits.
+  readonly idsShort: DeviceBuffer;
+  readonly idsLong: DeviceBuffer;
+  readonly seqlensK: DeviceBuffer;
+  readonly logits: DeviceBuffer;
+  private disposed = false;
+
+  constructor(session: DeviceSession, manifest: ModelManifest, options: RuntimeOptions) {
+    this.session = session;
+    this.manifest = manifest;
+    this.rows = options.forwardRowsMin ?? DEVICE_FORWARD_ROWS;
+    if (!Number.isInteger(this.rows) || this.rows < 2 || this.rows > 64) throw new RangeError(`forwardRowsMin must be an integer in [2, 64] on the device runner, got ${this.rows}`);
+    const capacity = Math.min(options.kvCapacity, manifest.contextLength - (this.rows - 1));
+    this.kvSlots = capacity + this.rows - 1;
+    const float16 = manifest.dtype === 'float16';
+    this.elementType = float16 ? ONNX_TYPES['float16']! : ONNX_TYPES['float32']!;
+    this.kvBytes = manifest.kvHeads * this.kvSlots * manifest.headDim * (float16 ? 2 : 4);
+    this.idsShort = session.alloc(this.rows * 8);
+    this.idsLong = session.alloc(FORWARD_TOKENS_MAX * 8);
+    this.seqlensK = session.alloc(4);
+    this.logits = session.alloc(FORWARD_TOKENS_MAX * manifest.vocab * 4);
+    this.info = {
+      name: manifest.name,
+      kind: 'anpd-gqa',
+      architecture: manifest.architecture,
+      vocabSize: manifest.vocab,
+      contextLength: capacity,
+      bosTokenId: manifest.bosTokenId ?? undefined,
+      eosTokenIds: manifest.eosTokenIds,
+      executionProvider: options.executionProvider,
+      batchSlots: 1,
+      forwardRowsMin: this.rows,
+      runner: 'native',
+      attention: 'onnxruntime',
+    };
+  }
+
+  get layers(): number {
+    return this.manifest.layers;
+  }
+
+  get vocab(): number {
+    return this.manifest.vocab;
+  }
+
+  get kvDims(): readonly number[] {
+    return [1, this.manifest.kvHeads, this.kvSlots, this.manifest.headDim];
+  }
+
+  /** KV sets ever allocated (each holds kvSlots positions of every layer). */
+  get kvSetCount(): number {
+    return this.kvSets.length;
+  }
+
+  createSequence(options?: { readonly capacity?: number }): DecoderSequence {
+    if (this.disposed) throw new Error('model is disposed');
+    const capacity = Math.min(options?.capacity ?? this.info.contextLength, this.info.contextLength);
+    let kv = this.freeKvSets.pop();
+    if (kv === undefined) {
+      const buffers = Array.from({ length: 2 * this.manifest.layers }, () => this.session.alloc(this.kvBytes));
+      kv = { index: this.kvSets.length, buffers };
+      this.kvSets.push(kv);
+    }
+    return new DeviceSequence(this, kv, capacity);
+  }
+
+  /** A sequence gives its KV set back; the next sequence reuses it (and its CUDA graph). */
+  releaseKvSet(kv: KvSet): void {
+    if (!this.disposed) this.freeKvSets.push(kv);
+  }
+
+  async dispose(): Promise<void> {
+    this.disposed = true;
+    for (const kv of this.kvSets) for (const b of kv.buffers) this.session.free(b);
+    for (const b of [this.idsShort, this.idsLong, this.seqlensK, this.logits]) this.session.free(b);
+    this.session.release();
+  }
+}
+
+class DeviceSequence implements DecoderSequence {
+  readonly capacity: number;
+  private kvLength = 0;
+  private disposed = false;
+  private readonly model: DeviceDecoderModel;
+  private readonly kv: KvSet;
+  private readonly graphId: number;
+  private readonly inputs: Record<string, DeviceValue> = {};
+  private readonly outputs: Record<string, DeviceValue> = {};
+  private readonly idsShort: BigInt64Array;
+  private readonly idsLong = new BigInt64Array(FORWARD_TOKENS_MAX);
+  private readonly seqlensK = new Int32Array(1);
+  private readonly totalLength = new Int32Array(1);
+  private readonly logitsStart = new BigInt64Array(1);
+  private readonly logitsEnd = new BigInt64Array(1);
+  private readonly logitsByRows = new Map<number, Float32Array>();
+  private readonly idsValue: DeviceValue;
+  private readonly logitsValue: DeviceValue;
+
+  constructor(model: DeviceDecoderModel, kv: KvSet, capacity: number) {
+    this.model = model;
+    this.kv = kv;
+    this.capacity = capacity;
+    this.graphId = kv.index < GRAPH_IDS_MAX ? kv.index : -1;
+    this.idsShort = new BigInt64Array(model.rows);
+    const int32 = ONNX_TYPES['int32']!;
+    const int64 = ONNX_TYPES['int64']!;
+    this.idsValue = { data: model.idsShort, dims: [1, model.rows], type: int64 };
+    this.logitsValue = { data: model.logits, dims: [1, model.rows, model.vocab], type: ONNX_TYPES['float32']! };
+    this.inputs['input_ids'] = this.idsValue;
+    this.inputs['seqlens_k'] = { data: model.seqlensK, dims: [1], type: int32 };
+    // Host scalars: ORT reads them on the host (CPU inputs of GroupQueryAttention and Slice).
+    this.inputs['total_sequence_length'] = { data: this.totalLength, dims: [], type: int32 };
+    this.inputs['logits_start'] = { data: this.logitsStart, dims: [1], type: int64 };
+    this.inputs['logits_end'] = { data: this.logitsEnd, dims: [1], type: int64 };
+    this.outputs['logits'] = this.logitsValue;
+    const dims = model.kvDims;
+    for (let l = 0; l < model.layers; l++) {
+      const key = { data: kv.buffers[2 * l]!, dims, type: model.elementType };
+      const value = { data: kv.buffers[2 * l + 1]!, dims, type: model.elementType };
+      // One buffer as past and present: GroupQueryAttention appends in place (rollback is free).
+      this.inputs[`past_key_values.${l}.key`] = key;
+      this.inputs[`past_key_values.${l}.value`] = value;
+      this.outputs[`present.${l}.key`] = key;
+      this.outputs[`present.${l}.value`] = value;
+    }
+  }
+
+  get length(): number {
+    return this.kvLength;
+  }
+
+  async forward(tokens: ArrayLike<number>, logitsRows: number): Promise<Float32Array> {
+    if (this.disposed) throw new Error('sequence is disposed');
+    const t = tokens.length;
+    if (t === 0) throw new InvalidRequestError('forward needs at least one token');
+    if (logitsRows < 1 || logitsRows > t) throw new InvalidRequestError(`logitsRows ${logitsRows} must be in [1, ${t}]`);
+    if (this.kvLength + t > this.capacity) throw new ContextOverflowError(`sequence of ${this.kvLength + t} tokens exceeds the KV capacity of ${this.capacity}`);
+    const lastChunk = t - Math.floor((t - 1) / FORWARD_TOKENS_MAX) * FORWARD_TOKENS_MAX;
+    if (logitsRows > lastChunk) throw new InvalidRequestError(`at most ${lastChunk} logits rows for a forward of ${t} tokens`);
+    let start = 0;
+    while (t - start > FORWARD_TOKENS_MAX) {
+      this.run(tokens, start, FORWARD_TOKENS_MAX, 0);
+      start += FORWARD_TOKENS_MAX;
+    }
+    return this.run(tokens, start, t - start, logitsRows);
+  }
+
+  /** Runs tokens[start, start+count); returns the logits of the last `rows` of them (none for rows = 0). */
+  private run(tokens: ArrayLike<number>, start: number, count: number, rows: number): Float32Array {
+    const model = this.model;
+    const session = model.session;
+    const short = count <= model.rows;
+    const padded = short ? model.rows : count;
+    let graphId = -1;
+    if (short) {
+      for (let i = 0; i < count; i++) this.idsShort[i] = BigInt(tokens[start + i]!);
+      for (let i = count; i < padded; i++) this.idsShort[i] = this.idsShort[count - 1]!;
+      session.write(model.idsShort, 0, this.idsShort);
+      this.idsValue.data = model.idsShort;
+      this.idsValue.dims = [1, padded];
+      // All rows through the LM head: the same shapes every time. ORT's attention takes another
+      // path for a sequence's first forward (no past), so that one is never captured.
+      this.logitsStart[0] = 0n;
+      this.logitsEnd[0] = BigInt(padded);
+      this.logitsValue.dims = [1, padded, model.vocab];
+      if (this.kvLength > 0) graphId = this.graphId;
+    } else {
+      const ids = this.idsLong.subarray(0, count);
+      for (let i = 0; i < count; i++) ids[i] = BigInt(tokens[start + i]!);
+      session.write(model.idsLong, 0, ids);
+      this.idsValue.data = model.idsLong;
+      this.idsValue.dims = [1, count];
+      const kept = Math.max(rows, 1);
+      this.logitsStart[0] = BigInt(count - kept);
+      this.logitsEnd[0] = BigInt(count);
+      this.logitsValue.dims = [1, kept, model.vocab];
+    }
+    this.seqlensK[0] = this.kvLength + padded - 1;
+    session.write(model.seqlensK, 0, this.seqlensK);
+    this.totalLength[0] = this.kvLength + padded;
+    session.run(this.inputs, this.outputs, graphId);
+    this.kvLength += count;
+    if (rows === 0) return EMPTY;
+    const logits = this.logitsOf(rows);
+    // Short forwards computed every row: the wanted ones are the last `rows` real ones.
+    const firstRow = short ? count - rows : 0;
+    session.read(model.logits, firstRow * model.vocab * 4, logits);
+    return logits;
+  }
+
+  private logitsOf(rows: number): Float32Array {
+    let logits = this.logitsByRows.get(rows);
+    if (logits === undefined) {
+      logits = new Float32Array(rows * this.model.vocab);
+      this.logitsByRows.set(rows, logits);
+    }
+    return logits;
+  }
+
+  rewind(length: number): void {
+    if (!Number.isInteger(length) || length < 0 || length > this.kvLength) throw new RangeError(`rewind to ${length} outside [0, ${this.kvLength}]`);
+    this.kvLength = length;
+  }
+
+  dispose(): void {
+    if (this.disposed) return;
+    this.disposed = true;
+    this.logitsByRows.clear();
+    this.model.releaseKvSet(this.kv);
+  }
+}
+
+const EMPTY = new Float32Array(0);

@@ -53,9 +53,12 @@ export class DeviceDecoderModel implements DecoderModel {
   readonly seqlensK: DeviceBuffer;
   readonly logits: DeviceBuffer;
   private disposed = false;
+  /** CUDA: total_sequence_length is the KV set's size after a sequence's first forward (see DeviceSequence.run). */
+  readonly fixedTotalLength: boolean;
 
   constructor(session: DeviceSession, manifest: ModelManifest, options: RuntimeOptions) {
     this.session = session;
+    this.fixedTotalLength = session.target === 'cuda';
     this.manifest = manifest;
     this.rows = options.forwardRowsMin ?? DEVICE_FORWARD_ROWS;
     if (!Number.isInteger(this.rows) || this.rows < 2 || this.rows > 64) throw new RangeError(`forwardRowsMin must be an integer in [2, 64] on the device runner, got ${this.rows}`);
@@ -226,7 +229,12 @@ class DeviceSequence implements DecoderSequence {
     }
     this.seqlensK[0] = this.kvLength + padded - 1;
     session.write(model.seqlensK, 0, this.seqlensK);
-    this.totalLength[0] = this.kvLength + padded;
+    // On CUDA, ORT's attention picks its flash-attention split count from total_sequence_length
+    // (a host value): passing the KV set's size after the first forward keeps that count — hence
+    // the summation order, hence the logits — the same at every length and in every captured graph.
+    // The real lengths reach the kernel through seqlens_k. A first forward (no past) passes its own
+    // length: that is how ORT tells a first prompt.
+    this.totalLength[0] = this.kvLength === 0 || !model.fixedTotalLength ? this.kvLength + padded : model.kvSlots;
     session.run(this.inputs, this.outputs, graphId);
     this.kvLength += count;
     if (rows === 0) return EMPTY;

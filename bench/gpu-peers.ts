@@ -53,6 +53,7 @@ async function main(): Promise<void> {
       prompts: { type: 'string', default: '10' },
       'max-new-tokens': { type: 'string', default: '128' },
       'draft-n-max': { type: 'string', default: '10' },
+      'rows-min': { type: 'string' },
       out: { type: 'string' },
     },
   });
@@ -65,7 +66,8 @@ async function main(): Promise<void> {
   const lookup = join(values['llama-bin'], 'llama-lookup');
   const log = (line: string): void => void process.stderr.write(`[gpu-peers] ${line}\n`);
 
-  const engine = await createEngine(values.model, { executionProvider: provider, intraOpThreads: 4, kvCapacity: 2048 });
+  const rows = values['rows-min'] !== undefined ? { forwardRowsMin: Number(values['rows-min']) } : {};
+  const engine = await createEngine(values.model, { executionProvider: provider, intraOpThreads: 4, kvCapacity: 2048, ...rows });
   log(`ours: ${engine.info.executionProvider}, runner ${engine.info.runner}, ${engine.info.forwardRowsMin} rows per forward`);
   for (let i = 0; i < 3; i++) {
     await generateOnce(engine, 'Hello there', NO_SPECULATION, 16);
@@ -90,8 +92,9 @@ async function main(): Promise<void> {
         } else if (name === 'llama.cpp plain (llama-simple)') {
           const { stdout, stderr } = runLlama(simple, ['-m', values.gguf, '-n', String(maxNew), '-ngl', '99', text]);
           // llama_perf_context_print: eval time = X ms / N runs: the tokens after the prompt.
-          const evalMs = num(stderr, /\beval time\s*=\s*([\d.]+) ms/, 'eval time');
-          const evalRuns = num(stderr, /\beval time\s*=\s*[\d.]+ ms\s*\/\s*(\d+) runs/, 'eval runs');
+          // (Not "prompt eval time", the line before it.)
+          const evalMs = num(stderr, /(?<!prompt )\beval time\s*=\s*([\d.]+) ms/, 'eval time');
+          const evalRuns = num(stderr, /(?<!prompt )\beval time\s*=\s*[\d.]+ ms\s*\/\s*(\d+) runs/, 'eval runs');
           runs[name] = { tokens: evalRuns, decodeMs: evalMs, text: stdout };
         } else {
           const { stdout, stderr } = runLlama(lookup, ['-m', values.gguf, '-p', text, '-n', String(maxNew - 1), '-ngl', '99', '-c', '2048', '--temp', '0', '-s', '1', '--spec-draft-n-max', values['draft-n-max']!]);
@@ -116,8 +119,10 @@ async function main(): Promise<void> {
       else log(`MISMATCH plain vs ANPD on ${p.id}`);
       const simpleText = runs['llama.cpp plain (llama-simple)']?.text ?? '';
       const lookupText = runs[engines[3]]?.text ?? '';
-      const tail = (s: string): string => s.slice(s.indexOf(text) >= 0 ? s.indexOf(text) + text.length : 0).trim().slice(0, 200);
+      // Both print the prompt, then the continuation: compare the first 200 characters after it.
+      const tail = (s: string): string => s.slice(s.lastIndexOf('assistant') + 'assistant'.length).trim().slice(0, 200);
       if (tail(simpleText) === tail(lookupText)) lookupSameAsSimple++;
+      else if (i === 0) log(`llama-simple: ${JSON.stringify(tail(simpleText).slice(0, 120))} | llama-lookup: ${JSON.stringify(tail(lookupText).slice(0, 120))}`);
     }
     const tokS = (name: Name): number => +((totals[name]!.tokens / totals[name]!.ms) * 1000).toFixed(1);
     const row = {
@@ -140,6 +145,7 @@ async function main(): Promise<void> {
   const report = {
     date: new Date().toISOString(),
     provider,
+    forwardRows: engine.info.forwardRowsMin,
     maxNewTokens: maxNew,
     results,
     llamaBench: bench.status === 0 ? (JSON.parse(bench.stdout) as unknown) : `failed: ${(bench.stderr ?? '').slice(-500)}`,

@@ -50,6 +50,7 @@ async function main(): Promise<void> {
       'batch-model': { type: 'string' },
       'prefill-chunks': { type: 'string', default: '512' },
       generations: { type: 'string' },
+      'rows-min': { type: 'string' },
       out: { type: 'string' },
     },
   });
@@ -77,6 +78,7 @@ async function main(): Promise<void> {
         executionProvider: provider,
         intraOpThreads: Number(values.threads),
         kvCapacity: 1024,
+        ...(values['rows-min'] !== undefined ? { forwardRowsMin: Number(values['rows-min']) } : {}),
         ...(batch !== undefined ? { batchModelDir: batch.split(','), batchPrefillChunkTokens: chunk! } : {}),
       };
       const known = forwardCosts.get(batch ?? '');

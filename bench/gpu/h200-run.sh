@@ -4,8 +4,9 @@
 # node_modules), dist (with the native addon), the CUDA provider unpacked beside the binding, the
 # float16 model converted to /tmp/m16 and llama.cpp built with CUDA under /tmp/b/llama.cpp/build.
 # Writes its logs and JSON results to $OUT. Steps: smoke, forward table, decode (CUDA graphs on /
-# off, token ids compared), the peers run against llama.cpp, concurrency.
-#   bash bench/gpu/h200-run.sh [steps...]   (default: all)
+# off, token ids compared), rows (decode by forward row count), the peers run against llama.cpp,
+# scale (a 1.7B-shaped random model, both engines), concurrency.
+#   ROWS="4 8" bash bench/gpu/h200-run.sh [steps...]   (default: all)
 set -u -o pipefail
 out=${OUT:-/tmp/out}; mkdir -p "$out"
 source .gpu/base/unpack.sh >/dev/null
@@ -13,7 +14,8 @@ ort=$PWD/node_modules/onnxruntime-node/bin/napi-v6/linux/x64
 export LD_LIBRARY_PATH=$ort:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 model=${MODEL:-/tmp/m16}; gguf=${GGUF:-/tmp/model.gguf}; llama=${LLAMA_BIN:-/tmp/b/llama.cpp/build/bin}
 log=$out/run.log
-steps=${*:-smoke table decode peers replicas}
+steps=${*:-smoke table decode rows peers scale replicas}
+rows_list=${ROWS:-4 8 17}
 say() { echo "== $* ($(date +%T))" | tee -a "$log"; }
 for step in $steps; do
   case $step in
@@ -39,12 +41,29 @@ for step in $steps; do
       timeout 240 node dist/bench/device-bench.js --execution-provider cuda --model "$model" --skip-table --tokens-out /tmp/tok-graphs.json --out "$out/decode-graphs.json" 2>&1 | grep -v '^{' | tee -a "$log"
       timeout 240 node dist/bench/device-bench.js --execution-provider cuda --cuda-graphs off --model "$model" --skip-table --tokens-out /tmp/tok-nographs.json --out "$out/decode-nographs.json" 2>&1 | grep -v '^{' | tee -a "$log"
       cmp -s /tmp/tok-graphs.json /tmp/tok-nographs.json && say "graphs == no graphs: identical token ids" || say "graphs vs no graphs: token ids DIFFER" ;;
+    rows)
+      for r in 2 4 6 8 17; do
+        say "rows $r"
+        timeout 120 node dist/bench/device-bench.js --execution-provider cuda --model "$model" --rows-min $r --reps 30 --out /tmp/rows-$r.json 2>&1 | grep -v '^{' | tee -a "$log"
+      done
+      node -e "const fs=require('fs');const o={};for(const r of [2,4,6,8,17]){try{o[r]=JSON.parse(fs.readFileSync('/tmp/rows-'+r+'.json','utf8'))}catch{}};fs.writeFileSync('$out/rows.json',JSON.stringify(o,null,1))" ;;
     peers)
       say peers "(llama build rc: $(cat /tmp/b/build.rc 2>/dev/null || echo none))"
-      timeout 300 node dist/bench/gpu-peers.js --model "$model" --gguf "$gguf" --llama-bin "$llama" --out "$out/peers.json" 2>&1 | grep -v '^{' | tee -a "$log" ;;
+      for r in $rows_list; do
+        timeout 200 node dist/bench/gpu-peers.js --model "$model" --gguf "$gguf" --llama-bin "$llama" --rows-min $r --out "$out/peers-rows$r.json" 2>&1 | grep -v '^{' | tee -a "$log"
+      done ;;
+    scale)
+      say scale
+      [ -f /tmp/big.gguf ] || timeout 200 node dist/bench/gpu/random-gguf.js --tokenizer-from "$gguf" --out /tmp/big.gguf 2>&1 | tee -a "$log"
+      [ -f /tmp/big16/anpd-model.json ] || timeout 300 node dist/src/cli/main.js convert /tmp/big.gguf /tmp/big16 --dtype float16 2>&1 | tail -1 | tee -a "$log"
+      for r in $rows_list; do
+        timeout 150 node dist/bench/device-bench.js --execution-provider cuda --model /tmp/big16 --rows-min $r --reps 20 --prompts 3 --max-new-tokens 64 --out /tmp/scale-$r.json 2>&1 | grep -v '^{' | tee -a "$log"
+      done
+      timeout 120 "$llama/llama-bench" -m /tmp/big.gguf -ngl 99 -p 512 -n 128 -o json > /tmp/scale-llama.json 2>/tmp/scale-llama.err; tail -2 /tmp/scale-llama.err | tee -a "$log"
+      node -e "const fs=require('fs');const o={llamaBench:JSON.parse(fs.readFileSync('/tmp/scale-llama.json','utf8'))};for(const r of '$rows_list'.split(' ')){try{o['ours_rows'+r]=JSON.parse(fs.readFileSync('/tmp/scale-'+r+'.json','utf8'))}catch{}};fs.writeFileSync('$out/scale.json',JSON.stringify(o,null,1))" ;;
     replicas)
       say replicas
-      timeout 240 node dist/bench/replicas-bench.js --execution-provider cuda --model "$model" --replicas 1,2,4 --streams 1,4,16,64 --max-new-tokens 64 --out "$out/replicas.json" 2>&1 | grep -v '^{' | tee -a "$log" ;;
+      timeout 240 node dist/bench/replicas-bench.js --execution-provider cuda --model "$model" --replicas 1,2 --streams 1,4,16,64 --max-new-tokens 64 ${REPLICA_ROWS:+--rows-min $REPLICA_ROWS} --out "$out/replicas.json" 2>&1 | grep -v '^{' | tee -a "$log" ;;
   esac
 done
 say done

@@ -309,7 +309,8 @@ export class Engine implements GenerationBackend {
     const usePresence = sampler.params.repetitionPenalty !== 1 ? presence : undefined;
     const spec = request.speculation ?? DEFAULT_SPECULATION;
     const speculate = spec.mode === 'ngram';
-    const draftTokensMax = speculate ? spec.draftTokensMax : 0;
+    // A draft and the token it is verified with must fit the runtime's exact forward size.
+    const draftTokensMax = speculate ? Math.max(0, Math.min(spec.draftTokensMax, (info.verifyTokensMax ?? Infinity) - 1)) : 0;
     const forwardCost = speculate && spec.draftLength === 'adaptive' ? await this.forwardCost() : [];
     const rowsMin = info.forwardRowsMin;
     const d0 = performance.now();

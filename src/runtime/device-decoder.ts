@@ -61,7 +61,7 @@ export class DeviceDecoderModel implements DecoderModel {
     this.fixedTotalLength = session.target === 'cuda';
     this.manifest = manifest;
     this.rows = options.forwardRowsMin ?? DEVICE_FORWARD_ROWS;
-    if (!Number.isInteger(this.rows) || this.rows < 2 || this.rows > 64) throw new RangeError(`forwardRowsMin must be an integer in [2, 64] on the device runner, got ${this.rows}`);
+    if (!Number.isInteger(this.rows) || this.rows < 1 || this.rows > 64) throw new RangeError(`forwardRowsMin must be an integer in [1, 64] on the device runner, got ${this.rows}`);
     const capacity = Math.min(options.kvCapacity, manifest.contextLength - (this.rows - 1));
     this.kvSlots = capacity + this.rows - 1;
     const float16 = manifest.dtype === 'float16';
@@ -82,6 +82,7 @@ export class DeviceDecoderModel implements DecoderModel {
       executionProvider: options.executionProvider,
       batchSlots: 1,
       forwardRowsMin: this.rows,
+      verifyTokensMax: this.rows,
       runner: 'native',
       attention: 'onnxruntime',
     };

@@ -17,6 +17,12 @@ export interface ModelInfo {
   readonly batchSlots: number;
   /** Query rows every forward runs at least (pad rows cost like real ones). */
   readonly forwardRowsMin: number;
+  /**
+   * Longest forward whose logits equal, bit for bit, those decoding one token at a time gives
+   * (the device runner: its fixed row count; longer forwards take other kernels). The engine keeps
+   * a draft plus its verified token within it. Absent: no limit.
+   */
+  readonly verifyTokensMax?: number;
   /** What runs single-sequence forwards: onnxruntime-node's run, or the native addon (outputs written in place, nothing copied back). */
   readonly runner: 'onnxruntime-node' | 'native';
   /**

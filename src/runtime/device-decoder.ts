@@ -22,10 +22,14 @@ import { type DeviceBuffer, type DeviceSession, type DeviceValue, ONNX_TYPES } f
 import type { DecoderModel, DecoderSequence, ModelInfo, RuntimeOptions } from './types.js';
 
 /**
- * Query rows of every short forward on the device: the longest draft verification (16 draft
- * tokens, the engine's limit, plus one) fits, so decoding and verification share one shape.
+ * Query rows of every short forward on the device, so decoding and verification share one shape
+ * (drafts are kept to 3 tokens: ModelInfo.verifyTokensMax). Measured on an H200 in one run
+ * (bench/results/h200-issue18/run2-rows.json, peers-rows4/8.json): a graph forward costs
+ * 1.2–1.5 ms up to 4 rows and ~0.25 ms more from 5 (ORT's MatMulNBits switches kernels); 4 rows
+ * gave the best plain decoding (0.71–0.73× llama.cpp against 0.62–0.63× with 8) and the same or
+ * better ANPD.
  */
-export const DEVICE_FORWARD_ROWS = 17;
+export const DEVICE_FORWARD_ROWS = 4;
 /** Largest forward (prefill chunk), as on the other runners. */
 const FORWARD_TOKENS_MAX = 512;
 /** CUDA graphs the addon keeps per session (native/anpd-native.h GRAPH_IDS_MAX); later KV sets run without. */

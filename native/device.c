@@ -8,6 +8,7 @@
  * builds and loads on machines without CUDA; there a "device" buffer is host memory and the same
  * path runs on the CPU provider (how the tests cover it).
  *
+ *   cudaDeviceCount() -> CUDA devices here (throws naming what is missing: the runtime, the driver)
  *   createCudaSession(path, intraOpThreads, deviceId, cudaGraph) -> session
  *   deviceAlloc(session, bytes) -> buffer (zeroed)     freeDevice(buffer): frees it now
  *   deviceWrite(session, buffer, byteOffset, typedArray) / deviceRead(session, buffer, byteOffset, typedArray)
@@ -30,6 +31,7 @@ typedef int (*cuda_stream_create_fn)(void **, unsigned int);
 typedef int (*cuda_stream_destroy_fn)(void *);
 typedef int (*cuda_set_device_fn)(int);
 typedef const char *(*cuda_error_string_fn)(int);
+typedef int (*cuda_device_count_fn)(int *);
 
 static struct {
   void *library;
@@ -42,6 +44,7 @@ static struct {
   cuda_stream_destroy_fn stream_destroy;
   cuda_set_device_fn set_device;
   cuda_error_string_fn error_string;
+  cuda_device_count_fn device_count;
 } cuda;
 
 enum { CUDA_MEMCPY_HOST_TO_DEVICE = 1, CUDA_MEMCPY_DEVICE_TO_HOST = 2, CUDA_STREAM_NON_BLOCKING = 1 };
@@ -68,6 +71,7 @@ static const char *load_cuda(void) {
   SYMBOL(stream_destroy, "cudaStreamDestroy")
   SYMBOL(set_device, "cudaSetDevice")
   SYMBOL(error_string, "cudaGetErrorString")
+  SYMBOL(device_count, "cudaGetDeviceCount")
 #undef SYMBOL
   cuda.library = library;
   return NULL;
@@ -164,6 +168,19 @@ static napi_value create_cuda_session(napi_env env, napi_callback_info info) {
     return throw_status(env, status);
   }
   return wrap_session(env, s);
+}
+
+/* cudaDeviceCount() -> number of CUDA devices; throws when the CUDA runtime or driver is missing. */
+static napi_value cuda_device_count(napi_env env, napi_callback_info info) {
+  (void)info;
+  const char *missing = load_cuda();
+  if (missing != NULL) return throw_message(env, missing);
+  int count = 0;
+  int error = cuda.device_count(&count);
+  if (error != 0) return throw_cuda(env, "cudaGetDeviceCount", error);
+  napi_value result;
+  CHECK_NAPI(napi_create_int32(env, count, &result), "cudaDeviceCount");
+  return result;
 }
 
 static void release_device_buffer(napi_env env, void *data, void *hint) {
@@ -288,7 +305,7 @@ static napi_value device_read(napi_env env, napi_callback_info info) { return co
 
 napi_value anpd_device_exports(napi_env env, napi_value exports) {
   static const struct { const char *name; napi_callback fn; } functions[] = {
-    {"createCudaSession", create_cuda_session}, {"deviceAlloc", device_alloc}, {"freeDevice", free_device},
+    {"createCudaSession", create_cuda_session}, {"cudaDeviceCount", cuda_device_count}, {"deviceAlloc", device_alloc}, {"freeDevice", free_device},
     {"deviceWrite", device_write}, {"deviceRead", device_read},
   };
   for (size_t i = 0; i < sizeof functions / sizeof *functions; i++) {

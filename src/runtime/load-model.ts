@@ -4,13 +4,13 @@
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { ModelFormatError, ModelNotFoundError } from '../errors.js';
+import { ExecutionProviderError, ModelFormatError, ModelNotFoundError } from '../errors.js';
 import { MANIFEST_FILE, MANIFEST_FORMAT, type ModelManifest } from '../model/model-manifest.js';
 import { GqaDecoderModel, releaseForwards, type SingleForwards, type SlotBatch } from './gqa-decoder.js';
 import { inspectOptimumSession, OptimumDecoderModel } from './optimum-decoder.js';
 import { DeviceDecoderModel } from './device-decoder.js';
 import { DeviceSession, nativeAddon, NativeSession } from './native-run.js';
-import { createOrtSession } from './ort-session.js';
+import { createOrtSession, cudaProviderInstalled, installHint, isProviderFailure } from './ort-session.js';
 import { DEFAULT_RUNTIME_OPTIONS, type DecoderModel, type RuntimeOptions } from './types.js';
 
 /** Where Optimum / transformers.js put the decoder, in order of preference. */
@@ -80,15 +80,29 @@ function openDeviceModel(path: string, manifest: ModelManifest, options: Runtime
     if (target === 'host') throw new ModelFormatError(path, 'deviceRun "emulate" needs the native addon (npm run build:native)');
     return undefined;
   }
-  if (options.batchModelDir !== undefined) throw new ModelFormatError(path, 'batch graphs do not run on the device path yet: leave --batch-slots at 0 on cuda, or use --native-run off');
-  if (target === 'cuda' && manifest.dtype !== 'float16') {
-    throw new ModelFormatError(path, 'is a float32 graph; ORT\'s CUDA attention takes float16 (convert with --dtype float16; the default model is converted so for cuda)');
+  if (target === 'cuda') {
+    // What the machine lacks comes first: the provider, then the CUDA runtime or a device.
+    if (!cudaProviderInstalled()) throw new ExecutionProviderError('cuda', `ORT's CUDA provider is not installed beside onnxruntime-node's library; ${installHint('cuda')}`);
+    let devices: number;
+    try {
+      devices = addon.cudaDeviceCount();
+    } catch (cause) {
+      throw new ExecutionProviderError('cuda', `cannot start: ${(cause as Error).message} (the provider is installed; it needs CUDA 13's runtime libraries on LD_LIBRARY_PATH and an NVIDIA GPU with its driver; docs/gpu.md)`, { cause });
+    }
+    const deviceId = options.deviceId ?? 0;
+    if (deviceId >= devices) throw new ExecutionProviderError('cuda', `no CUDA device ${deviceId} (this machine has ${devices})`);
+    if (manifest.dtype !== 'float16') {
+      throw new ModelFormatError(path, "is a float32 graph; ORT's CUDA attention takes float16 (convert with --dtype float16; serve converts the default model so for cuda)");
+    }
   }
+  if (options.batchModelDir !== undefined) throw new ModelFormatError(path, 'batch graphs do not run on the device path yet: leave --batch-slots at 0 on cuda, or use --native-run off');
   let session: DeviceSession;
   try {
     session = new DeviceSession(addon, path, { target, intraOpThreads: options.intraOpThreads, deviceId: options.deviceId ?? 0, cudaGraphs: options.cudaGraphs ?? true });
   } catch (cause) {
-    throw new ModelFormatError(path, `ONNX Runtime cannot load it (${target === 'cuda' ? 'CUDA execution provider' : 'device path on the CPU'}): ${(cause as Error).message.split('\n')[0]}`, { cause });
+    const detail = (cause as Error).message.split('\n')[0]?.slice(0, 500) ?? 'unknown error';
+    if (target === 'cuda' && isProviderFailure(detail)) throw new ExecutionProviderError('cuda', `cannot start: ${detail}; ${installHint('cuda')}`, { cause });
+    throw new ModelFormatError(path, `ONNX Runtime cannot load it (${target === 'cuda' ? 'CUDA execution provider' : 'device path on the CPU'}): ${detail}`, { cause });
   }
   return new DeviceDecoderModel(session, manifest, options);
 }

@@ -16,6 +16,7 @@ interface Addon {
   run(session: unknown, ...lists: unknown[]): void;
   releaseSession(session: unknown): void;
   createCudaSession(path: string, intraOpThreads: number, deviceId: number, cudaGraph: boolean): unknown;
+  cudaDeviceCount(): number;
   deviceAlloc(session: unknown, bytes: number): DeviceBuffer;
   freeDevice(buffer: DeviceBuffer): void;
   deviceWrite(session: unknown, buffer: DeviceBuffer, byteOffset: number, array: ArrayBufferView): void;

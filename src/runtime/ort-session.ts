@@ -2,6 +2,8 @@
  * ONNX Runtime session creation. Failures become ModelFormatError naming the file, never a raw ORT throw.
  */
 import { existsSync, statSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
 import ort from 'onnxruntime-node';
 import { ExecutionProviderError, ModelFormatError, ModelNotFoundError } from '../errors.js';
 import type { ExecutionProviderName, RuntimeOptions } from './types.js';
@@ -11,8 +13,27 @@ export { ort };
 const INSTALL_HINTS: Record<ExecutionProviderName, string> = {
   cpu: '',
   webgpu: 'it needs a Vulkan loader (libvulkan1) and a Vulkan driver for the GPU (NVIDIA: the driver\'s ICD plus libglvnd; see docs/gpu.md)',
-  cuda: "onnxruntime-node's CUDA binaries are not bundled: install with `npm ci --onnxruntime-node-install=cuda12` where NuGet is reachable (needs CUDA 12 + cuDNN 9)",
+  cuda: "onnxruntime-node's npm build has no CUDA provider: install ORT's from PyPI with `npm run install:cuda` (it needs CUDA 13's runtime libraries on LD_LIBRARY_PATH; docs/gpu.md)",
 };
+
+/** The folder of onnxruntime-node's native library (where ORT looks for provider libraries). */
+export function ortLibraryDir(): string {
+  return join(dirname(createRequire(import.meta.url).resolve('onnxruntime-node/package.json')), 'bin', 'napi-v6', process.platform, process.arch);
+}
+
+/** Whether ORT's CUDA provider libraries sit beside onnxruntime-node's library (npm run install:cuda). */
+export function cudaProviderInstalled(): boolean {
+  return existsSync(join(ortLibraryDir(), 'libonnxruntime_providers_cuda.so')) && existsSync(join(ortLibraryDir(), 'libonnxruntime_providers_shared.so'));
+}
+
+export function installHint(provider: ExecutionProviderName): string {
+  return INSTALL_HINTS[provider];
+}
+
+/** Errors that come from the provider or the device, not from the model file. */
+export function isProviderFailure(message: string): boolean {
+  return /adapter|vulkan|webgpu|dawn|cuda|cudnn|libcu|provider|device/i.test(message);
+}
 
 /** Providers this onnxruntime-node build can load, by name (bundled or installed next to the binding). */
 export function availableExecutionProviders(): Map<string, { bundled: boolean }> {
@@ -64,8 +85,3 @@ export async function createOrtSession(path: string, options: RuntimeOptions, de
 
 /** ORT's refusal when disable_cpu_ep_fallback meets a node the GPU provider cannot take. */
 const CPU_FALLBACK_REFUSED = /fallback to CPU EP has been explicitly disabled/;
-
-/** Errors that come from the provider or the device, not from the model file. */
-function isProviderFailure(message: string): boolean {
-  return /adapter|vulkan|webgpu|dawn|cuda|cudnn|libcu|provider|device/i.test(message);
-}

@@ -219,6 +219,11 @@ class ForwardScheduler {
   }
 }
 
+/** A zeroed KV tensor in the graph's float type (float16 graphs: binary16 bits in a Uint16Array). */
+function kvTensor(m: ModelManifest, size: number, dims: readonly number[]): ort.Tensor {
+  return m.dtype === 'float16' ? new ort.Tensor('float16', new Uint16Array(size), dims) : new ort.Tensor('float32', new Float32Array(size), dims);
+}
+
 /** The buffer and tensor of a given size, made on first use. */
 function cached<A>(map: Map<number, { data: A; tensor: ort.Tensor }>, size: number, array: (n: number) => A, tensor: (data: A) => ort.Tensor): { data: A; tensor: ort.Tensor } {
   let entry = map.get(size);
@@ -263,7 +268,7 @@ class SlotBatchRunner {
     this.slotTokens = new BigInt64Array(batch.slots);
     this.feeds['slot_tokens'] = new ort.Tensor('int64', this.slotTokens, [batch.slots]);
     const idleDims = [1, m.kvHeads, 2, m.headDim];
-    this.idleKv = Array.from({ length: 2 * m.layers }, () => new ort.Tensor('float32', new Float32Array(m.kvHeads * 2 * m.headDim), idleDims));
+    this.idleKv = Array.from({ length: 2 * m.layers }, () => kvTensor(m, m.kvHeads * 2 * m.headDim, idleDims));
     this.idleKvBySlot = Array.from({ length: batch.slots }, () => [...this.idleKv]);
     for (let s = 0; s < batch.slots; s++) {
       const seqlens = new Int32Array(1);
@@ -400,8 +405,11 @@ class GqaSequence implements DecoderSequence {
   /** The native attention kernel's key layout, [head][dim][position]: only that kernel reads this cache. */
   private readonly keysTransposed: boolean;
 
+  private readonly manifest: ModelManifest;
+
   constructor(forwards: SingleForwards, m: ModelManifest, capacity: number, rowsMin: number, deviceKv: boolean, scheduler?: ForwardScheduler) {
     this.forwards = forwards;
+    this.manifest = m;
     this.keysTransposed = forwards.native?.ownAttention === true;
     this.scheduler = scheduler;
     this.capacity = capacity;
@@ -438,7 +446,7 @@ class GqaSequence implements DecoderSequence {
         [`past_key_values.${l}.key`, `present.${l}.key`],
         [`past_key_values.${l}.value`, `present.${l}.value`],
       ] as const) {
-        const next = new ort.Tensor('float32', new Float32Array(size), dims);
+        const next = kvTensor(this.manifest, size, dims);
         const old = this.feeds[input];
         if (old !== undefined && this.kvLength > 0) {
           const src = old.data as Float32Array;

@@ -73,7 +73,8 @@ function openNativeSession(path: string, options: RuntimeOptions, manifest: Mode
  */
 function openDeviceModel(path: string, manifest: ModelManifest, options: RuntimeOptions): DeviceDecoderModel | undefined {
   const mode = options.deviceRun ?? 'auto';
-  const target = mode === 'emulate' ? 'host' : options.executionProvider === 'cuda' && mode === 'auto' ? 'cuda' : undefined;
+  // --native-run off keeps every forward on onnxruntime-node, the device path's included.
+  const target = mode === 'emulate' ? 'host' : options.executionProvider === 'cuda' && mode === 'auto' && options.nativeRun !== 'off' ? 'cuda' : undefined;
   if (target === undefined) return undefined;
   const addon = nativeAddon();
   if (addon === null) {

@@ -280,3 +280,15 @@ test('--batch-slots K loads a ladder of graphs: powers of two below K, then K', 
   t.deepEqual(batchSlotLadder(2), [2]);
   t.deepEqual(batchSlotLadder(0), []);
 });
+
+test('--execution-provider auto (the default) takes what the probe finds; without a probe it is cpu', (t) => {
+  t.is(parseServerConfig([], {}).executionProvider, 'cpu');
+  const gpu = () => ({ provider: 'cuda' as const, reason: '1 CUDA device(s)' });
+  const none = () => ({ provider: 'cpu' as const, reason: 'no CUDA provider installed' });
+  t.is(parseServerConfig([], {}, gpu).executionProvider, 'cuda');
+  t.is(parseServerConfig([], {}, gpu).engineReplicas, 2);
+  t.is(parseServerConfig(['--execution-provider', 'auto'], {}, none).executionProvider, 'cpu');
+  t.is(parseServerConfig([], { ANPD_EXECUTION_PROVIDER: 'auto' }, gpu).executionProvider, 'cuda');
+  // An explicit choice is never overridden by the probe.
+  t.is(parseServerConfig(['--execution-provider', 'cpu'], {}, gpu).executionProvider, 'cpu');
+});

@@ -9,6 +9,7 @@ import { parseArgs } from 'node:util';
 import { DEFAULT_GRAPH_OPTIONS, GRAPH_DTYPES, type GraphOptions } from '../convert/llama-graph.js';
 import { DEFAULT_SPECULATION, type Prompt, type SpeculationOptions } from '../engine/engine.js';
 import { AnpdError } from '../errors.js';
+import { probeExecutionProvider } from '../runtime/gpu-probe.js';
 import { EXECUTION_PROVIDERS } from '../runtime/types.js';
 import { createProgressReporter } from './progress.js';
 import { MAIN_EVALUATED_MARK } from './startup-timer.js';
@@ -47,7 +48,8 @@ generate options:
   --draft-length adaptive|fixed   per-round length from acceptance and verify cost (default), or always K
   --drafter hybrid|paper    span copy + gated tables (default), or the paper's ungated tables
   --threads N               ONNX Runtime intra-op threads (default: number of cores)
-  --execution-provider cpu|webgpu|cuda   where the model runs (default cpu; a GPU provider must take
+  --execution-provider auto|cpu|webgpu|cuda  where the model runs (default auto: cuda where its provider
+                            is installed and a GPU is present, else cpu; a GPU provider must take
                             every node: no silent CPU fallback)
   --rows-min N              smallest forward in query rows (default 2 on cpu, 4 on a GPU; exactness
                             of speculation depends on it: change it only to investigate)
@@ -158,14 +160,16 @@ async function main(argv: string[]): Promise<number> {
   let text = rest.join(' ');
   if (values['prompt-file'] !== undefined) text = readFileSync(values['prompt-file'], 'utf8');
   if (text.trim() === '') throw new AnpdError('INVALID_REQUEST', 'generate needs a prompt (argument or --prompt-file)');
+  const choice = oneOf(values['execution-provider'], 'execution-provider', [...EXECUTION_PROVIDERS, 'auto'] as const, 'auto');
+  const executionProvider = choice === 'auto' ? probeExecutionProvider().provider : choice;
   let modelDir = values.model;
   if (modelDir === undefined) {
     const progress = createProgressReporter();
-    modelDir = await ensureDefaultModel(options, progress);
+    // CUDA runs the float16 graph (ORT's CUDA attention takes only 16-bit types).
+    modelDir = await ensureDefaultModel(executionProvider === 'cuda' && values.dtype === undefined ? { ...options, dtype: 'float16' } : options, progress);
     progress.stop();
   }
   const threads = num(values.threads, 'threads', cpus().length);
-  const executionProvider = oneOf(values['execution-provider'], 'execution-provider', EXECUTION_PROVIDERS, 'cpu');
   const rowsMin = values['rows-min'] !== undefined ? { forwardRowsMin: num(values['rows-min'], 'rows-min', 2) } : {};
   const { createEngine } = await import('../engine/create-engine.js');
   const engine = await createEngine(modelDir, { executionProvider, intraOpThreads: threads, kvCapacity: 4096, ...rowsMin });

@@ -14,6 +14,7 @@ import { createEnginePool } from '../engine/engine-pool.js';
 import { forwardCostPath, readForwardCost, writeForwardCost } from '../engine/forward-cost-cache.js';
 import { createLogger } from '../log.js';
 import { cacheDir, DEFAULT_MODEL, ensureDefaultModel } from '../model/default-model.js';
+import { probeExecutionProvider } from '../runtime/gpu-probe.js';
 import { createProgressReporter } from './progress.js';
 import { createStartupTimer } from './startup-timer.js';
 
@@ -23,7 +24,7 @@ export async function runServe(argv: readonly string[]): Promise<number> {
     return 0;
   }
   const timer = createStartupTimer();
-  const config = parseServerConfig(argv, process.env);
+  const config = parseServerConfig(argv, process.env, probeExecutionProvider);
   const logger = createLogger(config.logLevel);
   timer.mark('configParsed');
   let modelDir = config.modelDir;

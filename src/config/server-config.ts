@@ -124,7 +124,8 @@ Options (flag, environment variable, default):
   --max-queued-requests N            ANPD_MAX_QUEUED_REQUESTS        8 × max-active-sequences
   --max-new-tokens-default N         ANPD_MAX_NEW_TOKENS_DEFAULT     256
   --max-new-tokens-limit N           ANPD_MAX_NEW_TOKENS_LIMIT       4096
-  --execution-provider cpu|webgpu|cuda  ANPD_EXECUTION_PROVIDER      cpu
+  --execution-provider auto|cpu|webgpu|cuda  ANPD_EXECUTION_PROVIDER auto (cuda where its provider is installed,
+                                                                     the addon built and a GPU present; else cpu)
   --threads N                        ANPD_THREADS                    0 (one per core, shared out among replicas)
   --engine-replicas N                ANPD_ENGINE_REPLICAS            cpu: max(1, cores / 4); GPU: 2 (model copies,
                                                                      each with its own session and thread/process)
@@ -174,7 +175,17 @@ export function defaultEngineReplicas(provider: ExecutionProviderName, cores = a
   return provider === 'cpu' ? Math.max(1, Math.floor(cores / 4)) : 2;
 }
 
-export function parseServerConfig(argv: readonly string[], env: NodeJS.ProcessEnv = process.env): ServerConfig {
+/** What `--execution-provider auto` becomes on this machine (the server passes src/runtime/gpu-probe.ts's). */
+export type ProviderProbe = () => { readonly provider: ExecutionProviderName; readonly reason: string };
+
+/** Without a probe, auto is cpu (config parsing itself looks at no hardware). */
+const CPU_ONLY: ProviderProbe = () => ({ provider: 'cpu', reason: 'no probe' });
+
+/**
+ * `probe`: what `--execution-provider auto` (the default) becomes — the server's looks for cuda
+ * (its provider installed, the addon built, a GPU present), else cpu.
+ */
+export function parseServerConfig(argv: readonly string[], env: NodeJS.ProcessEnv = process.env, probe: ProviderProbe = CPU_ONLY): ServerConfig {
   const options = Object.fromEntries(Object.values(SERVER_SETTINGS).map((s) => [s.flag, { type: 'string' as const }]));
   let values: Record<string, string | boolean | undefined>;
   try {
@@ -208,7 +219,8 @@ export function parseServerConfig(argv: readonly string[], env: NodeJS.ProcessEn
     return r.value as T;
   };
 
-  const executionProvider = choice('executionProvider', EXECUTION_PROVIDERS, 'cpu');
+  const providerChoice = choice('executionProvider', [...EXECUTION_PROVIDERS, 'auto'] as const, 'auto');
+  const executionProvider = providerChoice === 'auto' ? probe().provider : providerChoice;
   const batchSlots = int('batchSlots', 0, 0, 64);
   if (batchSlots === 1) throw new ConfigError(`${raw('batchSlots')!.source} must be 0 (off) or at least 2`);
   // (Mirrors runtime/load-model.ts WEBGPU_SLOTS_MAX; config may not import the runtime.)

@@ -13,7 +13,7 @@ import { DEFAULT_SPECULATION, NO_SPECULATION } from '../src/engine/engine.js';
 import { toHalfBits } from '../src/convert/llama-graph.js';
 import { loadDecoderModel } from '../src/runtime/load-model.js';
 import { DeviceSession, nativeAddon } from '../src/runtime/native-run.js';
-import { DeviceDecoderModel, DEVICE_FORWARD_ROWS } from '../src/runtime/device-decoder.js';
+import { DeviceDecoderModel, DEVICE_FORWARD_ROWS, PREFILL_SHAPES, prefillShape } from '../src/runtime/device-decoder.js';
 import { generateOnce } from '../bench/generate-once.js';
 import { convertedVariant, defaultModelDir, TEST_FORWARD_COST } from './support/default-model.js';
 import { compareWithReference, NEAR_TIE_GAP, readReference } from './support/greedy-reference.js';
@@ -137,4 +137,14 @@ test.serial('a sequence gives its KV set back: the next sequence reuses it (and 
   } finally {
     await model.dispose();
   }
+});
+
+test('prefill chunks are padded to a few shapes, where the KV set has room', (t) => {
+  t.is(prefillShape(5, 1000), 16);
+  t.is(prefillShape(17, 1000), 32);
+  t.is(prefillShape(100, 1000), 128);
+  t.is(prefillShape(512, 1000), 512);
+  t.is(prefillShape(100, 120), 100, 'no room for the padded shape: the exact length');
+  t.is(prefillShape(600, 1000), 600);
+  t.deepEqual([...PREFILL_SHAPES], [16, 32, 64, 128, 256, 512]);
 });

@@ -121,6 +121,29 @@ export class DeviceDecoderModel implements DecoderModel {
     return new DeviceSequence(this, kv, capacity);
   }
 
+  /**
+   * Runs every prefill shape once and captures the first KV set's decode graph, so that the first
+   * requests do not pay ORT's first-time cost of each shape (CUDA: 40–80 ms each) in their time
+   * to first token. The outputs are thrown away; the KV set goes back to the pool.
+   */
+  async warmUp(): Promise<void> {
+    const sequence = this.createSequence();
+    try {
+      const ids = new Array<number>(FORWARD_TOKENS_MAX).fill(this.manifest.bosTokenId ?? 0);
+      for (const shape of PREFILL_SHAPES) {
+        if (shape > sequence.capacity) break;
+        sequence.rewind(0);
+        await sequence.forward(ids.slice(0, shape), 1);
+      }
+      sequence.rewind(0);
+      await sequence.forward(ids.slice(0, 8), 1);
+      // ORT runs a graph id twice before it captures it, on the third run.
+      for (let i = 0; i < 4; i++) await sequence.forward(ids.slice(0, 1), 1);
+    } finally {
+      sequence.dispose();
+    }
+  }
+
   /** A sequence gives its KV set back; the next sequence reuses it (and its CUDA graph). */
   releaseKvSet(kv: KvSet): void {
     if (!this.disposed) this.freeKvSets.push(kv);
@@ -207,7 +230,11 @@ class DeviceSequence implements DecoderSequence {
     const model = this.model;
     const session = model.session;
     const short = count <= model.rows;
-    const padded = short ? model.rows : count;
+    // Longer forwards (prefill chunks) are padded to a power of two where the KV set has room: a
+    // new input shape costs ORT 40–80 ms on CUDA the first time (measured: a new prompt's prefill
+    // took ~45 ms, the same prompt again ~5 ms), so a handful of shapes, warmed up at load, keep
+    // time to first token at a few ms.
+    const padded = short ? model.rows : prefillShape(count, model.kvSlots - this.kvLength);
     let graphId = -1;
     if (short) {
       for (let i = 0; i < count; i++) this.idsShort[i] = BigInt(tokens[start + i]!);
@@ -222,11 +249,12 @@ class DeviceSequence implements DecoderSequence {
       this.logitsValue.dims = [1, padded, model.vocab];
       if (this.kvLength > 0) graphId = this.graphId;
     } else {
-      const ids = this.idsLong.subarray(0, count);
+      const ids = this.idsLong.subarray(0, padded);
       for (let i = 0; i < count; i++) ids[i] = BigInt(tokens[start + i]!);
+      for (let i = count; i < padded; i++) ids[i] = ids[count - 1]!;
       session.write(model.idsLong, 0, ids);
       this.idsValue.data = model.idsLong;
-      this.idsValue.dims = [1, count];
+      this.idsValue.dims = [1, padded];
       const kept = Math.max(rows, 1);
       this.logitsStart[0] = BigInt(count - kept);
       this.logitsEnd[0] = BigInt(count);
@@ -273,3 +301,12 @@ class DeviceSequence implements DecoderSequence {
 }
 
 const EMPTY = new Float32Array(0);
+
+/** Smallest forward shape in PREFILL_SHAPES that holds `count` tokens and fits `room` KV slots, else `count`. */
+export function prefillShape(count: number, room: number): number {
+  for (const shape of PREFILL_SHAPES) if (shape >= count) return shape <= room ? shape : count;
+  return count;
+}
+
+/** Forward lengths a prefill chunk is padded to (the last is FORWARD_TOKENS_MAX, the longest chunk). */
+export const PREFILL_SHAPES = [16, 32, 64, 128, 256, FORWARD_TOKENS_MAX] as const;

@@ -105,7 +105,8 @@ function openDeviceModel(path: string, manifest: ModelManifest, options: Runtime
     if (target === 'cuda' && isProviderFailure(detail)) throw new ExecutionProviderError('cuda', `cannot start: ${detail}; ${installHint('cuda')}`, { cause });
     throw new ModelFormatError(path, `ONNX Runtime cannot load it (${target === 'cuda' ? 'CUDA execution provider' : 'device path on the CPU'}): ${detail}`, { cause });
   }
-  return new DeviceDecoderModel(session, manifest, options);
+  const model = new DeviceDecoderModel(session, manifest, options);
+  return model;
 }
 
 export async function loadDecoderModel(dir: string, options: RuntimeOptions = DEFAULT_RUNTIME_OPTIONS): Promise<DecoderModel> {
@@ -118,7 +119,11 @@ export async function loadDecoderModel(dir: string, options: RuntimeOptions = DE
     const deviceKv = options.executionProvider !== 'cpu' ? Array.from({ length: manifest.layers }, (_, l) => [`present.${l}.key`, `present.${l}.value`]).flat() : [];
     const onnxPath = join(dir, manifest.onnxFile);
     const device = openDeviceModel(onnxPath, manifest, options);
-    if (device !== undefined) return device;
+    if (device !== undefined) {
+      // On CUDA, before the first request: each forward shape's first run is slow.
+      if (device.session.target === 'cuda' && options.warmUp !== false) await device.warmUp();
+      return device;
+    }
     // With the native runner, no onnxruntime-node session for this graph: nothing would run on it.
     const native = openNativeSession(onnxPath, options, manifest);
     const forwards: SingleForwards = native !== undefined ? { native } : { session: await createOrtSession(onnxPath, options, deviceKv) };

@@ -91,6 +91,8 @@ export interface RuntimeOptions {
   readonly deviceRun?: DeviceRunMode;
   /** With the device path on 'cuda': replay fixed-shape forwards as CUDA graphs. @default true */
   readonly cudaGraphs?: boolean;
+  /** Device path on CUDA: run each forward shape once at load (ORT's first run of a shape is slow). @default true */
+  readonly warmUp?: boolean;
   /** CUDA device ordinal. @default 0 */
   readonly deviceId?: number;
   /** KV positions allocated per sequence (GQA layout), clamped to the model's context. */

@@ -292,3 +292,8 @@ test('--execution-provider auto (the default) takes what the probe finds; withou
   // An explicit choice is never overridden by the probe.
   t.is(parseServerConfig(['--execution-provider', 'cpu'], {}, gpu).executionProvider, 'cpu');
 });
+
+test('--batch-slots on cuda is refused while the device path has no batched forwards (unless --native-run off)', (t) => {
+  t.throws(() => parseServerConfig(['--execution-provider', 'cuda', '--batch-slots', '4'], {}), { instanceOf: ConfigError, message: /--batch-slots.*cuda/ });
+  t.is(parseServerConfig(['--execution-provider', 'cuda', '--batch-slots', '4', '--native-run', 'off'], {}).batchSlots, 4);
+});

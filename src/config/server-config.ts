@@ -224,6 +224,10 @@ export function parseServerConfig(argv: readonly string[], env: NodeJS.ProcessEn
   const batchSlots = int('batchSlots', 0, 0, 64);
   if (batchSlots === 1) throw new ConfigError(`${raw('batchSlots')!.source} must be 0 (off) or at least 2`);
   // (Mirrors runtime/load-model.ts WEBGPU_SLOTS_MAX; config may not import the runtime.)
+  const nativeRunChoice = choice('nativeRun', NATIVE_RUN_MODES, 'auto');
+  if (batchSlots > 0 && executionProvider === 'cuda' && nativeRunChoice !== 'off') {
+    throw new ConfigError(`${raw('batchSlots')!.source} does not combine with cuda's device path yet (its forwards are one sequence each): leave it at 0, or add --native-run off`);
+  }
   if (batchSlots > 15 && executionProvider === 'webgpu') throw new ConfigError(`${raw('batchSlots')!.source} must be at most 15 on webgpu (16 storage buffers per shader), got ${batchSlots}`);
   if (raw('batchModelDir') !== undefined && raw('modelDir') === undefined) {
     throw new ConfigError('--batch-model goes with --model (for the default model, --batch-slots K converts its batch graph)');
@@ -246,7 +250,7 @@ export function parseServerConfig(argv: readonly string[], env: NodeJS.ProcessEn
     batchSlots,
     batchModelDir: raw('batchModelDir')?.value,
     kvCapacity: int('kvCapacity', 8192, 16, LIMITS.kv),
-    nativeRun: choice('nativeRun', NATIVE_RUN_MODES, 'auto'),
+    nativeRun: nativeRunChoice,
     shutdownGraceMs: int('shutdownGraceMs', 30_000, 0, LIMITS.graceMs),
     maxReceiveMessageBytes: int('maxReceiveMessageBytes', 4 * 1024 * 1024, 1024, LIMITS.messageBytes),
     maxConcurrentStreams: int('maxConcurrentStreams', 256, 1, LIMITS.streams),

@@ -30,7 +30,8 @@ Usage:
   anpd convert FILE.gguf OUT_DIR      convert a GGUF (llama / qwen2 family) to an ONNX model directory
 
 generate options:
-  --model DIR               model directory: converted (anpd-model.json) or a Hugging Face ONNX export
+  --model DIR|FILE.gguf     model directory (converted: anpd-model.json, or a Hugging Face ONNX export), or a
+                            GGUF file (converted into the cache on first use)
                             (default: the default model, fetched and converted on first use)
   --prompt-file PATH        read the prompt from a file instead of the argument
   --chat / --no-chat        wrap the prompt in the model's chat template (default: on when the model has one)
@@ -95,7 +96,7 @@ async function main(argv: string[]): Promise<number> {
   if (argv[0] === 'serve') return (await import('./serve.js')).runServe(argv.slice(1));
   if (argv[0] === 'client') return (await import('./client.js')).runClient(argv.slice(1));
   if (argv[0] === 'health') return (await import('./client.js')).runHealth(argv.slice(1));
-  const { ensureDefaultModel } = await import('../model/default-model.js');
+  const { ensureDefaultModel, ensureGgufModel, isGgufFile } = await import('../model/default-model.js');
   const { values, positionals } = parseArgs({
     args: argv,
     allowPositionals: true,
@@ -167,6 +168,10 @@ async function main(argv: string[]): Promise<number> {
     const progress = createProgressReporter();
     // CUDA runs the float16 graph (ORT's CUDA attention takes only 16-bit types).
     modelDir = await ensureDefaultModel(executionProvider === 'cuda' && values.dtype === undefined ? { ...options, dtype: 'float16' } : options, progress);
+    progress.stop();
+  } else if (isGgufFile(modelDir)) {
+    const progress = createProgressReporter();
+    modelDir = ensureGgufModel(modelDir, executionProvider === 'cuda' && values.dtype === undefined ? { ...options, dtype: 'float16' } : options, (phase, done, total) => progress({ phase: phase as 'convert', done, total }));
     progress.stop();
   }
   const threads = num(values.threads, 'threads', cpus().length);

@@ -7,6 +7,7 @@ const LABELS: Record<string, string> = {
   read: 'read    ',
   convert: 'convert ',
   write: 'write   ',
+  hash: 'checksum',
 };
 
 /** One progress bar per phase on stderr (cli-progress falls back to plain lines without a TTY). */

@@ -9,11 +9,11 @@
  */
 import { basename, resolve } from 'node:path';
 import { batchSlotLadder, parseServerConfig, SERVE_HELP, wantsHelp } from '../config/server-config.js';
-import { DEFAULT_GRAPH_OPTIONS } from '../convert/llama-graph.js';
+import { DEFAULT_GRAPH_OPTIONS, type GraphOptions } from '../convert/llama-graph.js';
 import { createEnginePool } from '../engine/engine-pool.js';
 import { forwardCostPath, readForwardCost, writeForwardCost } from '../engine/forward-cost-cache.js';
 import { createLogger } from '../log.js';
-import { cacheDir, DEFAULT_MODEL, ensureDefaultModel } from '../model/default-model.js';
+import { cacheDir, DEFAULT_MODEL, ensureDefaultModel, ensureGgufModel, isGgufFile } from '../model/default-model.js';
 import { probeExecutionProvider } from '../runtime/gpu-probe.js';
 import { createProgressReporter } from './progress.js';
 import { createStartupTimer } from './startup-timer.js';
@@ -29,15 +29,19 @@ export async function runServe(argv: readonly string[]): Promise<number> {
   timer.mark('configParsed');
   let modelDir = config.modelDir;
   let batchModelDir: readonly string[] | undefined = config.batchModelDir?.split(',').filter((d) => d !== '');
-  if (modelDir === undefined) {
+  // The default model, or --model FILE.gguf: converted into the cache on first use.
+  const gguf = modelDir !== undefined && isGgufFile(modelDir) ? modelDir : undefined;
+  if (modelDir === undefined || gguf !== undefined) {
     const progress = createProgressReporter();
     // CUDA runs the float16 graph (ORT's CUDA attention takes only 16-bit types).
     const graph = config.executionProvider === 'cuda' ? { ...DEFAULT_GRAPH_OPTIONS, dtype: 'float16' as const } : DEFAULT_GRAPH_OPTIONS;
-    modelDir = await ensureDefaultModel(graph, progress);
+    const convertProgress = (phase: string, done: number, total: number) => progress({ phase: phase as 'convert', done, total });
+    const ensure = (options: GraphOptions) => (gguf !== undefined ? Promise.resolve(ensureGgufModel(gguf, options, convertProgress)) : ensureDefaultModel(options, progress));
+    modelDir = await ensure(graph);
     if (config.batchSlots > 0) {
       // A ladder (2, 4, 8, …, K): each batch runs on the smallest graph that holds it.
       const ladder: string[] = [];
-      for (const slots of batchSlotLadder(config.batchSlots)) ladder.push(await ensureDefaultModel({ ...graph, slots }, progress));
+      for (const slots of batchSlotLadder(config.batchSlots)) ladder.push(await ensure({ ...graph, slots }));
       batchModelDir = ladder;
     }
     progress.stop();
@@ -80,7 +84,7 @@ export async function runServe(argv: readonly string[]): Promise<number> {
   });
   const service = new InferenceService({
     engine,
-    modelName: config.modelName ?? (config.modelDir === undefined ? DEFAULT_MODEL.name.toLowerCase() : basename(resolve(config.modelDir))),
+    modelName: config.modelName ?? (config.modelDir === undefined ? DEFAULT_MODEL.name.toLowerCase() : basename(resolve(config.modelDir)).replace(/\.gguf$/i, '')),
     pool: { maxActive: config.maxActiveSequences, maxQueued: config.maxQueuedRequests },
     limits: { maxNewTokensDefault: config.maxNewTokensDefault, maxNewTokensLimit: config.maxNewTokensLimit },
   });

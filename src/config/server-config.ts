@@ -88,7 +88,7 @@ interface Setting {
 export const SERVER_SETTINGS = {
   host: { flag: 'host', env: ['ANPD_HOST'] },
   port: { flag: 'port', env: ['ANPD_PORT', 'PORT'] },
-  modelDir: { flag: 'model', env: ['ANPD_MODEL_DIR'] },
+  modelDir: { flag: 'model', env: ['ANPD_MODEL', 'ANPD_MODEL_DIR'] },
   modelName: { flag: 'model-name', env: ['ANPD_MODEL_NAME'] },
   maxActiveSequences: { flag: 'max-active-sequences', env: ['ANPD_MAX_ACTIVE_SEQUENCES'] },
   maxQueuedRequests: { flag: 'max-queued-requests', env: ['ANPD_MAX_QUEUED_REQUESTS'] },
@@ -118,7 +118,8 @@ export const SERVE_HELP = `anpd serve — start the gRPC server (llm.v1.TextGene
 Options (flag, environment variable, default):
   --host HOST                        ANPD_HOST                       0.0.0.0
   --port N                           ANPD_PORT or PORT               50051
-  --model DIR                        ANPD_MODEL_DIR                  the default model (SmolLM2-135M-Instruct)
+  --model DIR|FILE.gguf              ANPD_MODEL (or ANPD_MODEL_DIR)  the default model (SmolLM2-135M-Instruct); a GGUF
+                                                                     file is converted into the cache on first use
   --model-name NAME                  ANPD_MODEL_NAME                 smollm2-135m-instruct, or DIR's name
   --max-active-sequences N           ANPD_MAX_ACTIVE_SEQUENCES       max(4, 2 × cores)
   --max-queued-requests N            ANPD_MAX_QUEUED_REQUESTS        8 × max-active-sequences

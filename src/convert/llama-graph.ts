@@ -11,7 +11,7 @@ import { ModelFormatError } from '../errors.js';
 import type { GgufFile, GgufTensorInfo } from './gguf-reader.js';
 import { GgmlType, metaNumber, metaString, requireNumber } from './gguf-reader.js';
 import { type GraphSpec, type Initializer, type NodeSpec, OnnxDataType, type ValueInfo } from './onnx-writer.js';
-import { dequantize, matrixShape, type NBitsWeight, q8_0ToNBits, QUANT_BLOCK, toNBits4 } from './quantize.js';
+import { dequantize, matrixShape, type NBitsWeight, q8_0ToNBits, QUANT_BLOCK, toNBits, toNBitsParts } from './quantize.js';
 
 export const SUPPORTED_ARCHITECTURES = ['llama', 'qwen2'] as const;
 export type Architecture = (typeof SUPPORTED_ARCHITECTURES)[number];
@@ -276,7 +276,7 @@ export function buildLlamaGraph(file: GgufFile, options: GraphOptions = DEFAULT_
     }
     return g.one('MatMulNBits', inputs, { K: wq.k, N: wq.n, bits: wq.bits, block_size: QUANT_BLOCK, accuracy_level: options.accuracyLevel }, 'com.microsoft');
   };
-  const quant = (t: GgufTensorInfo): NBitsWeight => (t.type === GgmlType.Q8_0 ? q8_0ToNBits(file, t) : toNBits4(file, t));
+  const quant = (t: GgufTensorInfo): NBitsWeight => toNBits(file, t);
 
   /** Concatenated Q/K/V (or gate/up) projection: one MatMul instead of several small ones. */
   const fusedLinear = (x: string, name: string, names: readonly string[]): string => {
@@ -285,7 +285,7 @@ export function buildLlamaGraph(file: GgufFile, options: GraphOptions = DEFAULT_
       const outs = ts.map((t, i) => linear(x, `${name}.${i}`, t));
       return g.one('Concat', outs, { axis: -1 });
     }
-    const parts = ts.map((t) => toNBits4(file, t));
+    const parts = toNBitsParts(file, ts);
     return linear(x, name, concatRows(parts));
   };
 

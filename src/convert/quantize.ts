@@ -98,8 +98,80 @@ export function dequantize(file: GgufFile, t: GgufTensorInfo): Float32Array {
         for (let j = 0; j < 32; j++) out[b * 32 + j] = d * src.readInt8(o + 2 + j);
       }
       return out;
+    case GgmlType.Q4_K:
+    case GgmlType.Q5_K:
+    case GgmlType.Q6_K:
+      dequantizeK(t.type, src, out, t.elementCount / K_BLOCK);
+      return out;
     default:
-      throw new ModelFormatError(file.path, `tensor ${t.name}: ggml type ${GgmlType[t.type]} cannot be dequantized by this converter (supported: F32, F16, BF16, Q4_0, Q4_1, Q8_0)`);
+      throw new ModelFormatError(file.path, `tensor ${t.name}: ggml type ${GgmlType[t.type]} cannot be dequantized by this converter (supported: ${DEQUANTIZABLE.join(', ')})`);
+  }
+}
+
+export const DEQUANTIZABLE = ['F32', 'F16', 'BF16', 'Q4_0', 'Q4_1', 'Q8_0', 'Q4_K', 'Q5_K', 'Q6_K'] as const;
+
+/** Elements per K-quant super-block. */
+export const K_BLOCK = 256;
+
+/** The 6-bit scale and min of sub-block j (0..7) of a Q4_K / Q5_K block, packed in 12 bytes at `at`. */
+function scaleMinK4(src: Uint8Array, at: number, j: number): [number, number] {
+  if (j < 4) return [src[at + j]! & 63, src[at + j + 4]! & 63];
+  return [(src[at + j + 4]! & 0xf) | ((src[at + j - 4]! >> 6) << 4), (src[at + j + 4]! >> 4) | ((src[at + j]! >> 6) << 4)];
+}
+
+/**
+ * ggml's K-quant super-blocks (256 elements) → float32, in ggml's arithmetic (float32 products):
+ * Q4_K and Q5_K are 8 sub-blocks of 32 with a 6-bit scale and min (w = d·sc·q − dmin·m), Q6_K 16
+ * sub-blocks of 16 with an int8 scale (w = d·sc·(q − 32)). Checked against gguf-py's dequantizer
+ * (test/fixtures/kquant-blocks.json).
+ */
+export function dequantizeK(type: GgmlType, src: Uint8Array, out: Float32Array, blocks: number): void {
+  const f = Math.fround;
+  const half = (o: number) => halfToFloat(src[o]! | (src[o + 1]! << 8));
+  for (let b = 0; b < blocks; b++) {
+    const y = b * K_BLOCK;
+    if (type === GgmlType.Q6_K) {
+      const o = b * 210;
+      const d = half(o + 208);
+      for (let n = 0; n < 2; n++) {
+        const ql = o + 64 * n;
+        const qh = o + 128 + 32 * n;
+        const sc = o + 192 + 8 * n;
+        const yn = y + 128 * n;
+        for (let l = 0; l < 32; l++) {
+          const is = l >> 4;
+          const h = src[qh + l]!;
+          const q1 = ((src[ql + l]! & 0xf) | ((h & 3) << 4)) - 32;
+          const q2 = ((src[ql + l + 32]! & 0xf) | (((h >> 2) & 3) << 4)) - 32;
+          const q3 = ((src[ql + l]! >> 4) | (((h >> 4) & 3) << 4)) - 32;
+          const q4 = ((src[ql + l + 32]! >> 4) | (((h >> 6) & 3) << 4)) - 32;
+          const s = (k: number) => (src[sc + is + k]! << 24) >> 24;
+          out[yn + l] = f(f(d * s(0)) * q1);
+          out[yn + l + 32] = f(f(d * s(2)) * q2);
+          out[yn + l + 64] = f(f(d * s(4)) * q3);
+          out[yn + l + 96] = f(f(d * s(6)) * q4);
+        }
+      }
+      continue;
+    }
+    const five = type === GgmlType.Q5_K;
+    const o = b * (five ? 176 : 144);
+    const d = half(o);
+    const dmin = half(o + 2);
+    const qs = o + (five ? 48 : 16);
+    const qh = o + 16;
+    for (let j = 0; j < 4; j++) {
+      const [sc1, m1] = scaleMinK4(src, o + 4, 2 * j);
+      const [sc2, m2] = scaleMinK4(src, o + 4, 2 * j + 1);
+      const d1 = f(d * sc1), min1 = f(dmin * m1), d2 = f(d * sc2), min2 = f(dmin * m2);
+      for (let l = 0; l < 32; l++) {
+        const q = src[qs + 32 * j + l]!;
+        const hi1 = five && src[qh + l]! & (1 << (2 * j)) ? 16 : 0;
+        const hi2 = five && src[qh + l]! & (2 << (2 * j)) ? 16 : 0;
+        out[y + 64 * j + l] = f(f(d1 * ((q & 0xf) + hi1)) - min1);
+        out[y + 64 * j + 32 + l] = f(f(d2 * ((q >> 4) + hi2)) - min2);
+      }
+    }
   }
 }
 
@@ -128,6 +200,50 @@ export function q8_0ToNBits(file: GgufFile, t: GgufTensorInfo): NBitsWeight {
     for (let j = 0; j < 32; j++) packed[b * 32 + j] = (src.readInt8(o + 2 + j) + 128) & 0xff;
   }
   return { bits: 8, n, k, packed, scales, zeroPoints: undefined };
+}
+
+/**
+ * Any tensor → 8-bit MatMulNBits, symmetric per 32-block (zero point 128, scale max|w|/127): for
+ * 5- and 6-bit sources, whose grids 4 bits would coarsen. The rounding error is at most half of
+ * max|w|/127 per block — under a quarter of a Q6_K step. Q8_0 maps exactly.
+ */
+export function toNBits8(file: GgufFile, t: GgufTensorInfo): NBitsWeight {
+  if (t.type === GgmlType.Q8_0) return q8_0ToNBits(file, t);
+  const { n, k } = matrixShape(file, t);
+  const w = dequantize(file, t);
+  const blocks = (n * k) / QUANT_BLOCK;
+  const packed = new Uint8Array(blocks * QUANT_BLOCK);
+  const scales = new Float32Array(blocks);
+  for (let b = 0; b < blocks; b++) {
+    const base = b * QUANT_BLOCK;
+    let amax = 0;
+    for (let j = 0; j < QUANT_BLOCK; j++) amax = Math.max(amax, Math.abs(w[base + j]!));
+    const scale = amax === 0 ? 1 : Math.fround(amax / 127);
+    scales[b] = scale;
+    for (let j = 0; j < QUANT_BLOCK; j++) packed[base + j] = Math.min(127, Math.max(-127, Math.round(w[base + j]! / scale))) + 128;
+  }
+  return { bits: 8, n, k, packed, scales, zeroPoints: undefined };
+}
+
+/** Whether the converter gives this ggml type 8 bits (5- and 6-bit K-quants) rather than 4. */
+export function wantsEightBits(type: GgmlType): boolean {
+  return type === GgmlType.Q5_K || type === GgmlType.Q6_K;
+}
+
+/**
+ * The MatMulNBits form of a ggml matrix: Q8_0 exactly in 8 bits; Q5_K and Q6_K requantized to
+ * 8 bits; everything else to 4 bits (Q4_0 exactly, the rest requantized per 32-block, Q4_K's
+ * 32-element sub-blocks included).
+ */
+export function toNBits(file: GgufFile, t: GgufTensorInfo): NBitsWeight {
+  if (t.type === GgmlType.Q8_0) return q8_0ToNBits(file, t);
+  return wantsEightBits(t.type) ? toNBits8(file, t) : toNBits4(file, t);
+}
+
+/** The parts of a fused projection (q/k/v, gate/up) share one width: 8 bits if any part wants them, else 4. */
+export function toNBitsParts(file: GgufFile, ts: readonly GgufTensorInfo[]): NBitsWeight[] {
+  const eight = ts.some((t) => wantsEightBits(t.type));
+  return ts.map((t) => (eight ? toNBits8(file, t) : toNBits4(file, t)));
 }
 
 /**

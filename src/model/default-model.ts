@@ -4,8 +4,8 @@
  */
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readSync, renameSync, statSync, writeFileSync } from 'node:fs';
+import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { unzipSync } from 'fflate';
 import { conversionKey, convertGguf, isConverted, type ConvertProgress } from '../convert/convert-gguf.js';
@@ -101,15 +101,62 @@ export async function ensureDefaultGguf(progress?: FetchProgress): Promise<strin
   return ggufPath;
 }
 
-function convertedDir(ggufSha256: string, options: GraphOptions): string {
-  return join(cacheDir(), 'models', `${DEFAULT_MODEL.name.toLowerCase()}-${conversionKey(ggufSha256, options)}`);
+function convertedDir(ggufSha256: string, options: GraphOptions, name: string = DEFAULT_MODEL.name): string {
+  return join(cacheDir(), 'models', `${name.toLowerCase()}-${conversionKey(ggufSha256, options)}`);
 }
 
 /** Converts a GGUF into the cache (once per source checksum, converter version and options). */
-export function ensureConverted(ggufPath: string, ggufSha256: string, options: GraphOptions, progress?: ConvertProgress): string {
-  const dir = convertedDir(ggufSha256, options);
+export function ensureConverted(ggufPath: string, ggufSha256: string, options: GraphOptions, progress?: ConvertProgress, name?: string): string {
+  const dir = convertedDir(ggufSha256, options, name);
   if (!isConverted(dir)) convertGguf(ggufPath, dir, options, progress);
   return dir;
+}
+
+/** Whether `path` names a GGUF file (by its magic), not a model directory. */
+export function isGgufFile(path: string): boolean {
+  try {
+    if (!statSync(path).isFile()) return false;
+    const fd = openSync(path, 'r');
+    try {
+      const magic = Buffer.alloc(4);
+      readSync(fd, magic, 0, 4, 0);
+      return magic.toString('latin1') === 'GGUF';
+    } finally {
+      closeSync(fd);
+    }
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * A user's GGUF file, converted into the cache on first use (keyed by the file's SHA-256, the
+ * converter version and the graph options) and served from there afterwards. The checksum is
+ * remembered per path, size and modification time, so a restart does not hash the file again.
+ */
+export function ensureGgufModel(ggufPath: string, options: GraphOptions, progress?: ConvertProgress): string {
+  const path = resolve(ggufPath);
+  const stat = statSync(path);
+  const indexPath = join(cacheDir(), 'models', 'gguf-checksums.json');
+  let index: Record<string, string> = {};
+  try {
+    index = JSON.parse(readFileSync(indexPath, 'utf8')) as Record<string, string>;
+  } catch {
+    // none yet, or unreadable: rebuilt below
+  }
+  const key = `${path}|${stat.size}|${stat.mtimeMs}`;
+  let sum = index[key];
+  if (sum === undefined) {
+    progress?.('hash', 0, 1);
+    sum = sha256(path);
+    progress?.('hash', 1, 1);
+    index[key] = sum;
+    mkdirSync(dirname(indexPath), { recursive: true });
+    writeFileSync(`${indexPath}.tmp`, JSON.stringify(index, null, 1));
+    renameSync(`${indexPath}.tmp`, indexPath);
+  }
+  const name = basename(path).replace(/\.gguf$/i, '').replace(/[^A-Za-z0-9._-]+/g, '-').slice(0, 64) || 'model';
+  return ensureConverted(path, sum, options, progress, name);
 }
 
 /** The default model's converted directory, fetching and converting as needed. */

@@ -4,9 +4,9 @@
  * grouped-query causal attention, SwiGLU MLP, tied LM head). Slow and simple on purpose: it checks
  * the ONNX graph, not the weights, so it takes the weights the converter produced, dequantized.
  */
-import { GgmlType, type GgufFile } from '../../src/convert/gguf-reader.js';
+import type { GgufFile } from '../../src/convert/gguf-reader.js';
 import { readHyperParams } from '../../src/convert/llama-graph.js';
-import { dequantize, dequantizeNBits, q8_0ToNBits, toNBits4 } from '../../src/convert/quantize.js';
+import { dequantize, dequantizeNBits, toNBits, toNBitsParts } from '../../src/convert/quantize.js';
 
 interface Layer {
   attnNorm: Float32Array;
@@ -42,18 +42,27 @@ export class ReferenceLlama {
   private readonly keys: Float32Array[][] = [];
   private readonly values: Float32Array[][] = [];
 
-  constructor(file: GgufFile, layerCount?: number) {
+  /**
+   * weights 'converted' (default): the matrices as the converter packs them for MatMulNBits
+   * (fused q/k/v and gate/up in one width), dequantized — checks the graph. 'exact': the GGUF's own
+   * values, dequantized as ggml does — measures what the packing costs.
+   */
+  constructor(file: GgufFile, layerCount?: number, weights: 'converted' | 'exact' = 'converted') {
     this.hp = readHyperParams(file);
     const t = (n: string) => file.tensors.get(n)!;
-    const nbits = (n: string) => (t(n).type === GgmlType.Q8_0 ? dequantizeNBits(q8_0ToNBits(file, t(n))) : dequantizeNBits(toNBits4(file, t(n))));
+    const exact = weights === 'exact';
+    const nbits = (n: string) => (exact ? dequantize(file, t(n)) : dequantizeNBits(toNBits(file, t(n))));
+    const fused = (names: string[]) => (exact ? names.map((n) => dequantize(file, t(n))) : toNBitsParts(file, names.map(t)).map(dequantizeNBits));
     const count = layerCount ?? this.hp.layers;
     for (let l = 0; l < count; l++) {
       const p = `blk.${l}`;
+      const [q, k, v] = fused([`${p}.attn_q.weight`, `${p}.attn_k.weight`, `${p}.attn_v.weight`]) as [Float32Array, Float32Array, Float32Array];
+      const [gate, up] = fused([`${p}.ffn_gate.weight`, `${p}.ffn_up.weight`]) as [Float32Array, Float32Array];
       this.layers.push({
         attnNorm: dequantize(file, t(`${p}.attn_norm.weight`)),
         ffnNorm: dequantize(file, t(`${p}.ffn_norm.weight`)),
-        q: nbits(`${p}.attn_q.weight`), k: nbits(`${p}.attn_k.weight`), v: nbits(`${p}.attn_v.weight`), o: nbits(`${p}.attn_output.weight`),
-        gate: nbits(`${p}.ffn_gate.weight`), up: nbits(`${p}.ffn_up.weight`), down: nbits(`${p}.ffn_down.weight`),
+        q, k, v, o: nbits(`${p}.attn_output.weight`),
+        gate, up, down: nbits(`${p}.ffn_down.weight`),
       });
       this.keys.push([]);
       this.values.push([]);

@@ -1,5 +1,5 @@
 import { type ChildProcess, spawn } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Metadata } from '@grpc/grpc-js';
@@ -10,7 +10,9 @@ import { DRAFT_TOKENS_LIMIT } from '../src/engine/engine.js';
 import { forwardCostPath, readForwardCost, writeForwardCost } from '../src/engine/forward-cost-cache.js';
 import { createWorkerEngine } from '../src/engine/worker-engine.js';
 import { TextGenerationClient } from '../src/transport/grpc/client.js';
-import { defaultModelDir, TEST_FORWARD_COST } from './support/default-model.js';
+import { GgmlType, readGguf } from '../src/convert/gguf-reader.js';
+import { defaultGguf, defaultModelDir, TEST_FORWARD_COST } from './support/default-model.js';
+import { randomLlamaGguf } from './support/random-gguf.js';
 import { waitFor } from './support/grpc-server.js';
 
 const RUNTIME = { executionProvider: 'cpu', intraOpThreads: 0, kvCapacity: 512 } as const;
@@ -186,4 +188,36 @@ test.serial('default telemetry without the Node SDK registers what the SDK would
   t.deepEqual(lean!.help, sdk!.help);
   t.true(lean!.targetInfoKeys.includes('k8s_pod_name') && lean!.targetInfoKeys.includes('service_name'));
   t.deepEqual(lean!.targetInfoKeys, sdk!.targetInfoKeys);
+});
+
+test.serial('--model FILE.gguf (a K-quant mix here) is converted into the cache on first use and served; a broken GGUF stops startup naming the file', async (t) => {
+  const cache = scratchDir(t);
+  const work = scratchDir(t);
+  const ggufPath = join(work, 'Tiny-Random.Q4_K_M.gguf');
+  const q4km = (name: string) => (/attn_v|ffn_down|token_embd/.test(name) ? GgmlType.Q6_K : GgmlType.Q4_K);
+  writeFileSync(ggufPath, randomLlamaGguf(readGguf(await defaultGguf()), { layers: 2, hidden: 128, ffn: 256, heads: 4, kvHeads: 2 }, q4km, 3));
+  const served = await serve(ggufPath, cache);
+  const client = new TextGenerationClient(`127.0.0.1:${served.port}`);
+  try {
+    t.is(await client.health(''), 'SERVING');
+    const reply = await client.generate({ text: 'Hello', stopping: { max_new_tokens: 6, ignore_eos: true } }, { deadlineMs: 60_000 });
+    t.is(reply.token_ids.length, 6);
+    const models = readdirSync(join(cache, 'models'));
+    t.true(models.includes('gguf-checksums.json'));
+    t.true(models.some((m) => m.startsWith('tiny-random.q4_k_m-')), models.join(', '));
+  } finally {
+    client.close();
+    served.child.kill('SIGTERM');
+  }
+  t.is(await served.exited, 0);
+
+  const broken = join(work, 'broken.gguf');
+  writeFileSync(broken, readFileSync(ggufPath).subarray(0, 4096));
+  const cli = new URL('../src/cli/main.js', import.meta.url).pathname;
+  const child = spawn(process.execPath, [cli, 'serve', '--host', '127.0.0.1', '--port', '0', '--model', broken], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ANPD_CACHE_DIR: cache } });
+  let stderr = '';
+  child.stderr!.on('data', (c: Buffer) => (stderr += c.toString()));
+  const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
+  t.not(code, 0);
+  t.regex(stderr, /broken\.gguf/);
 });

@@ -11,7 +11,7 @@ import { DEFAULT_SPECULATION, type Prompt, type SpeculationOptions } from '../en
 import { AnpdError } from '../errors.js';
 import { probeExecutionProvider } from '../runtime/gpu-probe.js';
 import { EXECUTION_PROVIDERS } from '../runtime/types.js';
-import { createProgressReporter } from './progress.js';
+import { withProgress } from './progress.js';
 import { MAIN_EVALUATED_MARK } from './startup-timer.js';
 
 // Commands import what they need when they run: `serve` must not wait for the converter or an
@@ -137,19 +137,15 @@ async function main(argv: string[]): Promise<number> {
   const options = graphOptions(values);
 
   if (command === 'fetch-model') {
-    const progress = createProgressReporter();
-    const dir = await ensureDefaultModel(options, progress);
-    progress.stop();
+    const dir = await withProgress((progress) => ensureDefaultModel(options, progress));
     process.stdout.write(`${dir}\n`);
     return 0;
   }
   if (command === 'convert') {
     const [gguf, out] = rest;
     if (gguf === undefined || out === undefined) throw new AnpdError('INVALID_REQUEST', 'usage: anpd convert FILE.gguf OUT_DIR');
-    const progress = createProgressReporter();
     const { convertGguf } = await import('../convert/convert-gguf.js');
-    const result = convertGguf(gguf, out, options, (phase, done, total) => progress({ phase: phase as 'convert', done, total }));
-    progress.stop();
+    const result = await withProgress((progress) => convertGguf(gguf, out, options, (phase, done, total) => progress({ phase: phase as 'convert', done, total })));
     process.stdout.write(`${result.dir} (${(result.onnxBytes / 1e6).toFixed(1)} MB, ${(result.convertMs / 1000).toFixed(1)} s)\n`);
     return 0;
   }
@@ -164,15 +160,13 @@ async function main(argv: string[]): Promise<number> {
   const choice = oneOf(values['execution-provider'], 'execution-provider', [...EXECUTION_PROVIDERS, 'auto'] as const, 'auto');
   const executionProvider = choice === 'auto' ? probeExecutionProvider().provider : choice;
   let modelDir = values.model;
+  // CUDA runs the float16 graph (ORT's CUDA attention takes only 16-bit types).
+  const graph = executionProvider === 'cuda' && values.dtype === undefined ? { ...options, dtype: 'float16' as const } : options;
   if (modelDir === undefined) {
-    const progress = createProgressReporter();
-    // CUDA runs the float16 graph (ORT's CUDA attention takes only 16-bit types).
-    modelDir = await ensureDefaultModel(executionProvider === 'cuda' && values.dtype === undefined ? { ...options, dtype: 'float16' } : options, progress);
-    progress.stop();
+    modelDir = await withProgress((progress) => ensureDefaultModel(graph, progress));
   } else if (isGgufFile(modelDir)) {
-    const progress = createProgressReporter();
-    modelDir = ensureGgufModel(modelDir, executionProvider === 'cuda' && values.dtype === undefined ? { ...options, dtype: 'float16' } : options, (phase, done, total) => progress({ phase: phase as 'convert', done, total }));
-    progress.stop();
+    const gguf = modelDir;
+    modelDir = await withProgress((progress) => ensureGgufModel(gguf, graph, (phase, done, total) => progress({ phase: phase as 'convert', done, total })));
   }
   const threads = num(values.threads, 'threads', cpus().length);
   const rowsMin = values['rows-min'] !== undefined ? { forwardRowsMin: num(values['rows-min'], 'rows-min', 2) } : {};

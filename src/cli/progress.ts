@@ -40,3 +40,13 @@ export function createProgressReporter(): FetchProgress & { stop(): void } {
   report.stop = stop;
   return report;
 }
+
+/** Runs `work` with a progress reporter that is stopped however it ends (its timer would keep the process alive). */
+export async function withProgress<T>(work: (progress: ReturnType<typeof createProgressReporter>) => T | Promise<T>): Promise<T> {
+  const progress = createProgressReporter();
+  try {
+    return await work(progress);
+  } finally {
+    progress.stop();
+  }
+}

@@ -37,14 +37,18 @@ export async function runServe(argv: readonly string[]): Promise<number> {
     const graph = config.executionProvider === 'cuda' ? { ...DEFAULT_GRAPH_OPTIONS, dtype: 'float16' as const } : DEFAULT_GRAPH_OPTIONS;
     const convertProgress = (phase: string, done: number, total: number) => progress({ phase: phase as 'convert', done, total });
     const ensure = (options: GraphOptions) => (gguf !== undefined ? Promise.resolve(ensureGgufModel(gguf, options, convertProgress)) : ensureDefaultModel(options, progress));
-    modelDir = await ensure(graph);
-    if (config.batchSlots > 0) {
-      // A ladder (2, 4, 8, …, K): each batch runs on the smallest graph that holds it.
-      const ladder: string[] = [];
-      for (const slots of batchSlotLadder(config.batchSlots)) ladder.push(await ensure({ ...graph, slots }));
-      batchModelDir = ladder;
+    try {
+      modelDir = await ensure(graph);
+      if (config.batchSlots > 0) {
+        // A ladder (2, 4, 8, …, K): each batch runs on the smallest graph that holds it.
+        const ladder: string[] = [];
+        for (const slots of batchSlotLadder(config.batchSlots)) ladder.push(await ensure({ ...graph, slots }));
+        batchModelDir = ladder;
+      }
+    } finally {
+      // Also on a failed conversion: the bars' timer would keep the process alive.
+      progress.stop();
     }
-    progress.stop();
   }
   timer.mark('modelResolved');
   const runtime = { executionProvider: config.executionProvider, intraOpThreads: config.intraOpThreads, kvCapacity: config.kvCapacity, nativeRun: config.nativeRun };

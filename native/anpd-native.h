@@ -47,6 +47,8 @@ typedef struct {
 
 napi_value throw_message(napi_env env, const char *message);
 napi_value throw_status(napi_env env, OrtStatus *status);
+/* The data of an external made by this addon with `tag`, else NULL (no exception). */
+void *tagged_external(napi_env env, napi_value value, const napi_type_tag *tag);
 Session *session_of(napi_env env, napi_value value);
 napi_value wrap_session(napi_env env, Session *s);
 

@@ -194,18 +194,10 @@ static void release_device_buffer(napi_env env, void *data, void *hint) {
 }
 
 static DeviceBuffer *buffer_of(napi_env env, napi_value value) {
-  bool tagged = false;
-  DeviceBuffer *b = NULL;
-  if (napi_check_object_type_tag(env, value, &DEVICE_BUFFER_TAG, &tagged) != napi_ok || !tagged ||
-      napi_get_value_external(env, value, (void **)&b) != napi_ok) {
-    napi_throw_type_error(env, NULL, "not a device buffer");
-    return NULL;
-  }
-  if (b->ptr == NULL) {
-    napi_throw_error(env, NULL, "the device buffer was freed");
-    return NULL;
-  }
-  return b;
+  DeviceBuffer *b = tagged_external(env, value, &DEVICE_BUFFER_TAG);
+  if (b == NULL) napi_throw_type_error(env, NULL, "not a device buffer");
+  else if (b->ptr == NULL) napi_throw_error(env, NULL, "the device buffer was freed");
+  return b == NULL || b->ptr == NULL ? NULL : b;
 }
 
 static napi_value device_alloc(napi_env env, napi_callback_info info) {
@@ -251,10 +243,8 @@ static napi_value free_device(napi_env env, napi_callback_info info) {
   napi_value argv[1];
   CHECK_NAPI(napi_get_cb_info(env, info, &argc, argv, NULL, NULL), "freeDevice: bad arguments");
   if (argc < 1) return throw_message(env, "freeDevice(buffer)");
-  bool tagged = false;
-  DeviceBuffer *b = NULL;
-  if (napi_check_object_type_tag(env, argv[0], &DEVICE_BUFFER_TAG, &tagged) != napi_ok || !tagged ||
-      napi_get_value_external(env, argv[0], (void **)&b) != napi_ok) return throw_message(env, "freeDevice: not a device buffer");
+  DeviceBuffer *b = tagged_external(env, argv[0], &DEVICE_BUFFER_TAG);
+  if (b == NULL) return throw_message(env, "freeDevice: not a device buffer");
   if (b->ptr != NULL) {
     if (b->cuda) cuda.free(b->ptr);
     else free(b->ptr);

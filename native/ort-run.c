@@ -70,14 +70,16 @@ static void release_session(napi_env env, void *data, void *hint) {
   free(data);
 }
 
-Session *session_of(napi_env env, napi_value value) {
+void *tagged_external(napi_env env, napi_value value, const napi_type_tag *tag) {
   bool tagged = false;
-  Session *s = NULL;
-  if (napi_check_object_type_tag(env, value, &SESSION_TAG, &tagged) != napi_ok || !tagged ||
-      napi_get_value_external(env, value, (void **)&s) != napi_ok) {
-    napi_throw_type_error(env, NULL, "not a session");
-    return NULL;
-  }
+  void *data = NULL;
+  if (napi_check_object_type_tag(env, value, tag, &tagged) != napi_ok || !tagged || napi_get_value_external(env, value, &data) != napi_ok) return NULL;
+  return data;
+}
+
+Session *session_of(napi_env env, napi_value value) {
+  Session *s = tagged_external(env, value, &SESSION_TAG);
+  if (s == NULL) napi_throw_type_error(env, NULL, "not a session");
   return s;
 }
 
@@ -170,16 +172,13 @@ static int wrap_values(napi_env env, Session *session, napi_value names, napi_va
     void *data;
     napi_value buffer;
     const OrtMemoryInfo *where = g_cpu;
-    bool is_device = false;
     if (napi_get_element(env, arrays, i, &array) != napi_ok) {
       napi_throw_error(env, NULL, "run: bad data list");
       return -1;
     }
-    napi_check_object_type_tag(env, array, &DEVICE_BUFFER_TAG, &is_device);
-    if (is_device) {
-      DeviceBuffer *device = NULL;
-      napi_get_value_external(env, array, (void **)&device);
-      if (device == NULL || device->ptr == NULL || device->owner != session->device_owner) {
+    DeviceBuffer *device = tagged_external(env, array, &DEVICE_BUFFER_TAG);
+    if (device != NULL) {
+      if (device->ptr == NULL || device->owner != session->device_owner) {
         napi_throw_error(env, NULL, "run: a device buffer was freed or belongs to another session");
         return -1;
       }

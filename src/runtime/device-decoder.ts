@@ -175,6 +175,9 @@ class DeviceSequence implements DecoderSequence {
   private readonly logitsByRows = new Map<number, Float32Array>();
   private readonly idsValue: DeviceValue;
   private readonly logitsValue: DeviceValue;
+  // A decode step's shapes, made once (the step allocates nothing it need not).
+  private readonly shortIdsDims: readonly number[];
+  private readonly shortLogitsDims: readonly number[];
 
   constructor(model: DeviceDecoderModel, kv: KvSet, capacity: number) {
     this.model = model;
@@ -182,6 +185,8 @@ class DeviceSequence implements DecoderSequence {
     this.capacity = capacity;
     this.graphId = kv.index < GRAPH_IDS_MAX ? kv.index : -1;
     this.idsShort = new BigInt64Array(model.rows);
+    this.shortIdsDims = [1, model.rows];
+    this.shortLogitsDims = [1, model.rows, model.vocab];
     const int32 = ONNX_TYPES['int32']!;
     const int64 = ONNX_TYPES['int64']!;
     this.idsValue = { data: model.idsShort, dims: [1, model.rows], type: int64 };
@@ -241,12 +246,12 @@ class DeviceSequence implements DecoderSequence {
       for (let i = count; i < padded; i++) this.idsShort[i] = this.idsShort[count - 1]!;
       session.write(model.idsShort, 0, this.idsShort);
       this.idsValue.data = model.idsShort;
-      this.idsValue.dims = [1, padded];
+      this.idsValue.dims = this.shortIdsDims;
       // All rows through the LM head: the same shapes every time. ORT's attention takes another
       // path for a sequence's first forward (no past), so that one is never captured.
       this.logitsStart[0] = 0n;
       this.logitsEnd[0] = BigInt(padded);
-      this.logitsValue.dims = [1, padded, model.vocab];
+      this.logitsValue.dims = this.shortLogitsDims;
       if (this.kvLength > 0) graphId = this.graphId;
     } else {
       const ids = this.idsLong.subarray(0, padded);

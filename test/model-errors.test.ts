@@ -63,10 +63,11 @@ test('an unsupported architecture is refused by the converter with the architect
 });
 
 test('an unsupported tensor quantization type is refused naming the tensor', (t) => {
-  const q5k = { name: 'token_embd.weight', dims: [256, 2], type: 13, data: new Uint8Array(176 * 2) };
-  const path = file('q5k.gguf', writeGguf(LLAMA_META, [q5k]));
-  t.throws(() => convertGguf(path, join(dir, 'out-q5k')), { instanceOf: ModelFormatError, message: /token_embd\.weight: ggml type Q5_K cannot be dequantized/ });
-  const unknown = file('type99.gguf', writeGguf(LLAMA_META, [{ ...q5k, type: 99 }]));
+  // Q5_0 (type 6): readable, not converted; the message lists what is.
+  const q5_0 = { name: 'token_embd.weight', dims: [256, 2], type: 6, data: new Uint8Array(22 * 16) };
+  const path = file('q5_0.gguf', writeGguf(LLAMA_META, [q5_0]));
+  t.throws(() => convertGguf(path, join(dir, 'out-q5_0')), { instanceOf: ModelFormatError, message: /token_embd\.weight: ggml type Q5_0 cannot be dequantized.*Q4_K, Q5_K, Q6_K/ });
+  const unknown = file('type99.gguf', writeGguf(LLAMA_META, [{ ...q5_0, type: 99 }]));
   t.throws(() => readGguf(unknown), { instanceOf: ModelFormatError, message: /type99\.gguf: tensor token_embd\.weight has ggml type 99/ });
 });
 

@@ -10,14 +10,23 @@ import { dirname, join } from 'node:path';
 import { nativeAddon } from './native-run.js';
 import type { ExecutionProviderName } from './types.js';
 
-export function probeExecutionProvider(): { readonly provider: ExecutionProviderName; readonly reason: string } {
-  let libraryDir: string;
+/** The folder of onnxruntime-node's native library (where ORT looks for provider libraries). */
+export function ortLibraryDir(): string {
+  return join(dirname(createRequire(import.meta.url).resolve('onnxruntime-node/package.json')), 'bin', 'napi-v6', process.platform, process.arch);
+}
+
+/** Whether ORT's CUDA provider libraries sit beside onnxruntime-node's library (npm run install:cuda). */
+export function cudaProviderInstalled(): boolean {
   try {
-    libraryDir = join(dirname(createRequire(import.meta.url).resolve('onnxruntime-node/package.json')), 'bin', 'napi-v6', process.platform, process.arch);
+    const dir = ortLibraryDir();
+    return existsSync(join(dir, 'libonnxruntime_providers_cuda.so')) && existsSync(join(dir, 'libonnxruntime_providers_shared.so'));
   } catch {
-    return { provider: 'cpu', reason: 'onnxruntime-node not found' };
+    return false;
   }
-  if (!existsSync(join(libraryDir, 'libonnxruntime_providers_cuda.so'))) return { provider: 'cpu', reason: 'no CUDA provider installed (npm run install:cuda)' };
+}
+
+export function probeExecutionProvider(): { readonly provider: ExecutionProviderName; readonly reason: string } {
+  if (!cudaProviderInstalled()) return { provider: 'cpu', reason: 'no CUDA provider installed (npm run install:cuda)' };
   const addon = nativeAddon();
   if (addon === null) return { provider: 'cpu', reason: 'the native addon is not built' };
   try {

@@ -10,7 +10,8 @@ import { GqaDecoderModel, releaseForwards, type SingleForwards, type SlotBatch }
 import { inspectOptimumSession, OptimumDecoderModel } from './optimum-decoder.js';
 import { DeviceDecoderModel } from './device-decoder.js';
 import { DeviceSession, nativeAddon, NativeSession } from './native-run.js';
-import { createOrtSession, cudaProviderInstalled, installHint, isProviderFailure } from './ort-session.js';
+import { cudaProviderInstalled } from './gpu-probe.js';
+import { createOrtSession, installHint, isProviderFailure } from './ort-session.js';
 import { DEFAULT_RUNTIME_OPTIONS, type DecoderModel, type RuntimeOptions } from './types.js';
 
 /** Where Optimum / transformers.js put the decoder, in order of preference. */

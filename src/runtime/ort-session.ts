@@ -2,8 +2,6 @@
  * ONNX Runtime session creation. Failures become ModelFormatError naming the file, never a raw ORT throw.
  */
 import { existsSync, statSync } from 'node:fs';
-import { createRequire } from 'node:module';
-import { dirname, join } from 'node:path';
 import ort from 'onnxruntime-node';
 import { ExecutionProviderError, ModelFormatError, ModelNotFoundError } from '../errors.js';
 import type { ExecutionProviderName, RuntimeOptions } from './types.js';
@@ -15,16 +13,6 @@ const INSTALL_HINTS: Record<ExecutionProviderName, string> = {
   webgpu: 'it needs a Vulkan loader (libvulkan1) and a Vulkan driver for the GPU (NVIDIA: the driver\'s ICD plus libglvnd; see docs/gpu.md)',
   cuda: "onnxruntime-node's npm build has no CUDA provider: install ORT's from PyPI with `npm run install:cuda` (it needs CUDA 13's runtime libraries on LD_LIBRARY_PATH; docs/gpu.md)",
 };
-
-/** The folder of onnxruntime-node's native library (where ORT looks for provider libraries). */
-export function ortLibraryDir(): string {
-  return join(dirname(createRequire(import.meta.url).resolve('onnxruntime-node/package.json')), 'bin', 'napi-v6', process.platform, process.arch);
-}
-
-/** Whether ORT's CUDA provider libraries sit beside onnxruntime-node's library (npm run install:cuda). */
-export function cudaProviderInstalled(): boolean {
-  return existsSync(join(ortLibraryDir(), 'libonnxruntime_providers_cuda.so')) && existsSync(join(ortLibraryDir(), 'libonnxruntime_providers_shared.so'));
-}
 
 export function installHint(provider: ExecutionProviderName): string {
   return INSTALL_HINTS[provider];

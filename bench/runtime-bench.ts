@@ -257,7 +257,7 @@ async function convertOnly(variant: Variant): Promise<ConversionResult> {
   const expectedDir = join(cacheDir(), 'models', `${DEFAULT_MODEL.name.toLowerCase()}-${conversionKey(DEFAULT_MODEL.ggufSha256, options)}`);
   const cached = isConverted(expectedDir);
   const t1 = performance.now();
-  const modelDir = ensureConverted(gguf, DEFAULT_MODEL.ggufSha256, options);
+  const modelDir = ensureConverted(gguf, DEFAULT_MODEL.ggufSha256, options, undefined, DEFAULT_MODEL.name);
   const cacheConvertMs = cached ? null : performance.now() - t1;
   return { convertMs, onnxBytes, cacheConvertMs, modelDir, peakRssMB: peakRssMB(), otherCpuShare: otherCpuShare(c0, c1) };
 }

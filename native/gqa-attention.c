@@ -16,9 +16,11 @@
  * (scripts/build-native.mjs): with multiplies and adds fused, plain and speculative decoding
  * diverged (docs/perf-notes.md).
  *
- * Semantics are those of com.microsoft GroupQueryAttention as our graphs use it: packed QKV input,
- * past and present KV sharing one buffer of [1, kv_heads, capacity, head_size] floats, do_rotary
- * with cos/sin caches (interleaved or not), batch 1, no local window, no softcap — with two
+ * Semantics are those of com.microsoft GroupQueryAttention as our graphs use it: packed QKV input
+ * or separate query/key/value inputs, past and present KV sharing one buffer of
+ * [1, kv_heads, capacity, head_size] floats, do_rotary with cos/sin caches (interleaved or not),
+ * batch 1, an optional local window (a query at position p sees keys [p − local_window_size, p],
+ * as ORT's kernels do), no softcap — with two
  * differences: the key buffer is laid out transposed, [kv_heads][head_size][capacity], so that a
  * block's scores vectorize across keys without a transposing copy. Values keep ORT's layout. And
  * seqlens_k names the last real row (ORT's: the last row): pad rows after it get their keys and
@@ -49,6 +51,7 @@ typedef struct {
   int64_t heads;
   int64_t kv_heads;
   int64_t interleaved;
+  int64_t window; /* local_window_size: keys before the query's own that it sees (<= 0: all) */
   float scale; /* 0: 1/sqrt(head_size) */
 } GqaKernel;
 
@@ -164,6 +167,7 @@ typedef struct {
   const float *value;  /* present value: [kv_heads][capacity][head_size] */
   float *partials;     /* [kv_heads][blocks][group][rows][head_size + 2] */
   size_t rows, heads, kv_heads, head_size, capacity, past, blocks;
+  size_t window; /* 0: none */
 } Work;
 
 /*
@@ -200,7 +204,7 @@ HOT static void block_partials(void *data, size_t item) {
   while (i < vectors) {
     const float *q[TILE];
     float *out[TILE];
-    size_t n[TILE];
+    size_t n[TILE], lo[TILE];
     size_t taken = 0, widest = 0;
     for (; i < vectors && taken < TILE; i++) {
       const size_t h = i / w->rows, s = i % w->rows;
@@ -208,6 +212,10 @@ HOT static void block_partials(void *data, size_t item) {
       const size_t visible_end = w->past + s + 1; /* causal: keys [0, past + s] */
       size_t visible = visible_end > first ? visible_end - first : 0;
       if (visible > count) visible = count;
+      /* Sliding window: keys [position − window, position]; those before it in this block are skipped. */
+      const size_t window_start = w->window > 0 && visible_end > w->window + 1 ? visible_end - 1 - w->window : 0;
+      const size_t skipped = window_start > first ? window_start - first : 0;
+      if (skipped >= visible) visible = 0;
       if (visible == 0) {
         o[0] = -INFINITY;
         o[1] = 0.0f;
@@ -217,6 +225,7 @@ HOT static void block_partials(void *data, size_t item) {
       q[taken] = w->q + (s * w->heads + g * group + h) * d;
       out[taken] = o + 2;
       n[taken] = visible;
+      lo[taken] = skipped;
       if (visible > widest) widest = visible;
       taken++;
     }
@@ -226,6 +235,7 @@ HOT static void block_partials(void *data, size_t item) {
     for (size_t t = taken; t < TILE; t++) {
       q[t] = q[taken - 1];
       n[t] = n[taken - 1];
+      lo[t] = lo[taken - 1];
       out[t] = spare[t - taken] + 2; /* out[t][-2..-1] take m and l, as for the others */
     }
     for (size_t j0 = 0; j0 < widest; j0 += SLICE_KEYS) {
@@ -234,6 +244,7 @@ HOT static void block_partials(void *data, size_t item) {
     }
     for (size_t t = 0; t < TILE; t++) {
       float *sc = scores[t];
+      for (size_t j = 0; j < lo[t]; j++) sc[j] = -INFINITY;
       /* The max in 16 lanes (exact in any order), then the exp: separate loops so both vectorize.
        * The queries were scaled by 1/sqrt(head_size) when rotated. */
       float top[16];
@@ -245,6 +256,7 @@ HOT static void block_partials(void *data, size_t item) {
       for (; j < n[t]; j++) m = sc[j] > m ? sc[j] : m;
       for (size_t k = 0; k < 16; k++) m = top[k] > m ? top[k] : m;
       for (j = 0; j < n[t]; j++) sc[j] = exp_nonpositive(sc[j] - m);
+      for (j = 0; j < lo[t]; j++) sc[j] = 0.0f; /* outside the window: no weight (exp_nonpositive floors at e^-87) */
       /* The sum in 16 lanes (key j in lane j % 16), then the lanes in a fixed order: it
        * vectorizes, and a vector's sum is still always the same operations. */
       float lanes[16] = {0};
@@ -372,14 +384,34 @@ static OrtStatus *ORT_API_CALL compute(void *op_kernel, OrtKernelContext *ctx) {
   TRY(tensor_of(ctx, 6, &total_value, tdims, &trank));
   TRY(tensor_of(ctx, 7, &cos_value, cdims, &crank));
   TRY(tensor_of(ctx, 8, &sin_value, sndims, &snrank));
-  const OrtValue *absent;
-  TRY(g_api->KernelContext_GetInput(ctx, 1, &absent));
-  if (absent != NULL) return fail("anpd GroupQueryAttention: separate key/value inputs are not supported (packed QKV only)");
-  if (qrank != 3 || qdims[0] != 1) return fail("anpd GroupQueryAttention: query must be [1, rows, (heads + 2 kv_heads) * head_size]");
+  const OrtValue *key_value, *value_value;
+  TRY(g_api->KernelContext_GetInput(ctx, 1, &key_value));
+  TRY(g_api->KernelContext_GetInput(ctx, 2, &value_value));
+  const int packed = key_value == NULL;
+  if (!packed && value_value == NULL) return fail("anpd GroupQueryAttention: a key input needs a value input");
+  if (qrank != 3 || qdims[0] != 1) return fail("anpd GroupQueryAttention: query must be [1, rows, width]");
   if (krank != 4 || kdims[0] != 1 || kdims[1] != kernel->kv_heads) return fail("anpd GroupQueryAttention: past key must be [1, kv_heads, capacity, head_size]");
   const size_t heads = (size_t)kernel->heads, kv_heads = (size_t)kernel->kv_heads;
   const size_t rows = (size_t)qdims[1], capacity = (size_t)kdims[2], d = (size_t)kdims[3];
-  if ((size_t)qdims[2] != (heads + 2 * kv_heads) * d) return fail("anpd GroupQueryAttention: query width is not (heads + 2 kv_heads) * head_size");
+  if ((size_t)qdims[2] != (packed ? heads + 2 * kv_heads : heads) * d) return fail("anpd GroupQueryAttention: query width is not (heads + 2 kv_heads) * head_size packed, heads * head_size separate");
+  const float *key_in = NULL, *value_in = NULL;
+  if (!packed) {
+    const OrtValue *inputs[2] = {key_value, value_value};
+    const float **data[2] = {&key_in, &value_in};
+    for (size_t i = 0; i < 2; i++) {
+      int64_t dims[4];
+      size_t rank;
+      OrtTensorTypeAndShapeInfo *info;
+      TRY(g_api->GetTensorTypeAndShape(inputs[i], &info));
+      OrtStatus *st = g_api->GetDimensionsCount(info, &rank);
+      if (st == NULL && rank != 3) st = fail("anpd GroupQueryAttention: key and value must be [1, rows, kv_heads * head_size]");
+      if (st == NULL) st = g_api->GetDimensions(info, dims, rank);
+      g_api->ReleaseTensorTypeAndShapeInfo(info);
+      if (st != NULL) return st;
+      if (dims[0] != 1 || dims[1] != qdims[1] || (size_t)dims[2] != kv_heads * (size_t)kdims[3]) return fail("anpd GroupQueryAttention: key and value must be [1, rows, kv_heads * head_size]");
+      TRY(g_api->GetTensorData(inputs[i], (const void **)data[i]));
+    }
+  }
   if (d > HEAD_SIZE_MAX || d % 2 != 0) return fail("anpd GroupQueryAttention: head_size must be even and at most 256");
   if (vrank != 4 || vdims[1] != kdims[1] || vdims[2] != kdims[2] || vdims[3] != kdims[3]) return fail("anpd GroupQueryAttention: past value must match past key");
   if (crank != 2 || (size_t)cdims[1] * 2 != d) return fail("anpd GroupQueryAttention: cos_cache must be [positions, head_size / 2]");
@@ -426,11 +458,13 @@ static OrtStatus *ORT_API_CALL compute(void *op_kernel, OrtKernelContext *ctx) {
   float *partials = q + q_floats;
   const float scale = kernel->scale != 0.0f ? kernel->scale : 1.0f / sqrtf((float)d);
   /* Rotate (and scale) the queries; rotate the new keys into the cache and copy the new values. */
-  const size_t width = (heads + 2 * kv_heads) * d;
+  const size_t width = packed ? (heads + 2 * kv_heads) * d : heads * d;
   for (size_t s = 0; s < rows; s++) {
     const size_t position = past + s;
     const float *cos_row = cos_cache + position * (d / 2), *sin_row = sin_cache + position * (d / 2);
     const float *in = qkv + s * width;
+    const float *keys_in = packed ? in + heads * d : key_in + s * kv_heads * d;
+    const float *values_in = packed ? in + (heads + kv_heads) * d : value_in + s * kv_heads * d;
     for (size_t h = 0; h < heads; h++) {
       float *qh = q + (s * heads + h) * d;
       rotate(in + h * d, qh, d, cos_row, sin_row, (int)kernel->interleaved);
@@ -438,14 +472,15 @@ static OrtStatus *ORT_API_CALL compute(void *op_kernel, OrtKernelContext *ctx) {
     }
     for (size_t g = 0; g < kv_heads; g++) {
       float key[HEAD_SIZE_MAX];
-      rotate(in + (heads + g) * d, key, d, cos_row, sin_row, (int)kernel->interleaved);
+      rotate(keys_in + g * d, key, d, cos_row, sin_row, (int)kernel->interleaved);
       for (size_t e = 0; e < d; e++) present_key[(g * d + e) * capacity + position] = key[e];
-      memcpy(present_value + (g * capacity + position) * d, in + (heads + kv_heads + g) * d, d * sizeof(float));
+      memcpy(present_value + (g * capacity + position) * d, values_in + g * d, d * sizeof(float));
     }
   }
   Work work = {
     .q = q, .key = present_key, .value = present_value, .partials = partials,
     .rows = live, .heads = heads, .kv_heads = kv_heads, .head_size = d, .capacity = capacity, .past = past, .blocks = blocks,
+    .window = kernel->window > 0 ? (size_t)kernel->window : 0,
   };
   memset(output + live * heads * d, 0, (rows - live) * heads * d * sizeof(float));
   OrtStatus *st = g_api->KernelContext_ParallelFor(ctx, block_partials, kv_heads * blocks, 0, &work);
@@ -460,18 +495,18 @@ static OrtStatus *ORT_API_CALL create_kernel(const OrtCustomOp *op, const OrtApi
   if (kernel == NULL) return api->CreateStatus(ORT_FAIL, "anpd GroupQueryAttention: out of memory");
   OrtStatus *st = api->KernelInfoGetAttribute_int64(info, "num_heads", &kernel->heads);
   if (st == NULL) st = api->KernelInfoGetAttribute_int64(info, "kv_num_heads", &kernel->kv_heads);
-  int64_t rotary = 0, window = -1;
+  int64_t rotary = 0;
   float softcap = 0.0f;
   /* Optional attributes: an error status only means "not set". */
   OrtStatus *absent;
   if ((absent = api->KernelInfoGetAttribute_int64(info, "do_rotary", &rotary)) != NULL) { api->ReleaseStatus(absent); rotary = 0; }
   if ((absent = api->KernelInfoGetAttribute_int64(info, "rotary_interleaved", &kernel->interleaved)) != NULL) { api->ReleaseStatus(absent); kernel->interleaved = 0; }
   if ((absent = api->KernelInfoGetAttribute_float(info, "scale", &kernel->scale)) != NULL) { api->ReleaseStatus(absent); kernel->scale = 0.0f; }
-  if ((absent = api->KernelInfoGetAttribute_int64(info, "local_window_size", &window)) != NULL) { api->ReleaseStatus(absent); window = -1; }
+  if ((absent = api->KernelInfoGetAttribute_int64(info, "local_window_size", &kernel->window)) != NULL) { api->ReleaseStatus(absent); kernel->window = -1; }
   if ((absent = api->KernelInfoGetAttribute_float(info, "softcap", &softcap)) != NULL) { api->ReleaseStatus(absent); softcap = 0.0f; }
   if (st == NULL && (kernel->heads <= 0 || kernel->kv_heads <= 0 || kernel->heads % kernel->kv_heads != 0)) st = api->CreateStatus(ORT_INVALID_ARGUMENT, "anpd GroupQueryAttention: num_heads must be a multiple of kv_num_heads");
   if (st == NULL && rotary != 1) st = api->CreateStatus(ORT_INVALID_ARGUMENT, "anpd GroupQueryAttention: only do_rotary=1 graphs are supported");
-  if (st == NULL && (window > 0 || softcap != 0.0f)) st = api->CreateStatus(ORT_INVALID_ARGUMENT, "anpd GroupQueryAttention: local_window_size and softcap are not supported");
+  if (st == NULL && softcap != 0.0f) st = api->CreateStatus(ORT_INVALID_ARGUMENT, "anpd GroupQueryAttention: softcap is not supported");
   if (st != NULL) {
     free(kernel);
     return st;

@@ -63,17 +63,17 @@ test('an unsupported architecture is refused by the converter with the architect
 });
 
 test('an unsupported tensor quantization type is refused naming the tensor', (t) => {
-  // Q5_0 (type 6): readable, not converted; the message lists what is.
-  const q5_0 = { name: 'token_embd.weight', dims: [256, 2], type: 6, data: new Uint8Array(22 * 16) };
-  const path = file('q5_0.gguf', writeGguf(LLAMA_META, [q5_0]));
-  t.throws(() => convertGguf(path, join(dir, 'out-q5_0')), { instanceOf: ModelFormatError, message: /token_embd\.weight: ggml type Q5_0 cannot be dequantized.*Q4_K, Q5_K, Q6_K/ });
-  const unknown = file('type99.gguf', writeGguf(LLAMA_META, [{ ...q5_0, type: 99 }]));
+  // Q2_K (type 10): readable, not converted; the message lists what is.
+  const q2_k = { name: 'token_embd.weight', dims: [256, 2], type: 10, data: new Uint8Array(84 * 2) };
+  const path = file('q2_k.gguf', writeGguf(LLAMA_META, [q2_k]));
+  t.throws(() => convertGguf(path, join(dir, 'out-q2_k')), { instanceOf: ModelFormatError, message: /token_embd\.weight: ggml type Q2_K cannot be dequantized.*Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K/ });
+  const unknown = file('type99.gguf', writeGguf(LLAMA_META, [{ ...q2_k, type: 99 }]));
   t.throws(() => readGguf(unknown), { instanceOf: ModelFormatError, message: /type99\.gguf: tensor token_embd\.weight has ggml type 99/ });
 });
 
-test('a GGUF whose tokenizer is not byte-level BPE is refused', (t) => {
-  const path = file('spm.gguf', writeGguf({ ...LLAMA_META, 'tokenizer.ggml.model': { str: 'llama' } }, []));
-  t.throws(() => convertGguf(path, join(dir, 'out-spm')), { instanceOf: ModelFormatError, message: /spm\.gguf: tokenizer model "llama" is not supported/ });
+test('a GGUF whose tokenizer model is neither byte-level BPE nor SentencePiece is refused', (t) => {
+  const path = file('t5.gguf', writeGguf({ ...LLAMA_META, 'tokenizer.ggml.model': { str: 't5' } }, []));
+  t.throws(() => convertGguf(path, join(dir, 'out-t5')), { instanceOf: ModelFormatError, message: /t5\.gguf: tokenizer model "t5" is not supported \(supported: byte-level BPE "gpt2", SentencePiece "llama"\)/ });
 });
 
 test('a model directory without tokenizer.json names the missing file', async (t) => {

@@ -26,13 +26,14 @@ Usage:
   anpd client "PROMPT" [options]      stream a generation from a running server (anpd client --help)
   anpd health [options]               check a running server's health; exit 0 when SERVING (anpd health --help)
   anpd generate "PROMPT" [options]    stream a completion to stdout, in process
-  anpd fetch-model                    download and convert the default model (SmolLM2-135M-Instruct)
-  anpd convert FILE.gguf OUT_DIR      convert a GGUF (llama / qwen2 family) to an ONNX model directory
+  anpd fetch-model [NAME]             download and convert a known model: smollm2-135m-instruct (the default,
+                                      SmolLM2-135M-Instruct) or gemma3-270m (Gemma 3 270M, Gemma terms of use)
+  anpd convert FILE.gguf OUT_DIR      convert a GGUF (llama, qwen2, qwen3, gemma3) to an ONNX model directory
 
 generate options:
-  --model DIR|FILE.gguf     model directory (converted: anpd-model.json, or a Hugging Face ONNX export), or a
-                            GGUF file (converted into the cache on first use)
-                            (default: the default model, fetched and converted on first use)
+  --model DIR|FILE.gguf|NAME  model directory (converted: anpd-model.json, or a Hugging Face ONNX export), a
+                            GGUF file (converted into the cache on first use), or a known model's NAME
+                            (fetched and converted on first use; default: smollm2-135m-instruct)
   --prompt-file PATH        read the prompt from a file instead of the argument
   --chat / --no-chat        wrap the prompt in the model's chat template (default: on when the model has one)
   --max-new-tokens N        tokens to generate at most (default 256)
@@ -96,7 +97,7 @@ async function main(argv: string[]): Promise<number> {
   if (argv[0] === 'serve') return (await import('./serve.js')).runServe(argv.slice(1));
   if (argv[0] === 'client') return (await import('./client.js')).runClient(argv.slice(1));
   if (argv[0] === 'health') return (await import('./client.js')).runHealth(argv.slice(1));
-  const { ensureDefaultModel, ensureGgufModel, isGgufFile } = await import('../model/default-model.js');
+  const { classifyModelArgument, ensureModelArgument, REGISTRY, registryModel } = await import('../model/default-model.js');
   const { values, positionals } = parseArgs({
     args: argv,
     allowPositionals: true,
@@ -137,7 +138,10 @@ async function main(argv: string[]): Promise<number> {
   const options = graphOptions(values);
 
   if (command === 'fetch-model') {
-    const dir = await withProgress((progress) => ensureDefaultModel(options, progress));
+    const id = rest[0];
+    const model = id === undefined ? REGISTRY[0]! : registryModel(id);
+    if (model === undefined) throw new AnpdError('INVALID_REQUEST', `unknown model "${id}" (known: ${REGISTRY.map((m) => m.id).join(', ')})`);
+    const dir = await withProgress((progress) => ensureModelArgument({ kind: 'registry', model }, options, progress));
     process.stdout.write(`${dir}\n`);
     return 0;
   }
@@ -159,15 +163,10 @@ async function main(argv: string[]): Promise<number> {
   if (text.trim() === '') throw new AnpdError('INVALID_REQUEST', 'generate needs a prompt (argument or --prompt-file)');
   const choice = oneOf(values['execution-provider'], 'execution-provider', [...EXECUTION_PROVIDERS, 'auto'] as const, 'auto');
   const executionProvider = choice === 'auto' ? probeExecutionProvider().provider : choice;
-  let modelDir = values.model;
   // CUDA runs the float16 graph (ORT's CUDA attention takes only 16-bit types).
   const graph = executionProvider === 'cuda' && values.dtype === undefined ? { ...options, dtype: 'float16' as const } : options;
-  if (modelDir === undefined) {
-    modelDir = await withProgress((progress) => ensureDefaultModel(graph, progress));
-  } else if (isGgufFile(modelDir)) {
-    const gguf = modelDir;
-    modelDir = await withProgress((progress) => ensureGgufModel(gguf, graph, (phase, done, total) => progress({ phase: phase as 'convert', done, total })));
-  }
+  const modelArgument = classifyModelArgument(values.model);
+  const modelDir = modelArgument.kind === 'dir' ? modelArgument.path : await withProgress((progress) => ensureModelArgument(modelArgument, graph, progress));
   const threads = num(values.threads, 'threads', cpus().length);
   const rowsMin = values['rows-min'] !== undefined ? { forwardRowsMin: num(values['rows-min'], 'rows-min', 2) } : {};
   const { createEngine } = await import('../engine/create-engine.js');

@@ -7,13 +7,12 @@
  * is SERVING (the first adaptive generation waits for it). One `started` log line gives the
  * breakdown (docs/perf-notes.md, "Cold start").
  */
-import { basename, resolve } from 'node:path';
 import { batchSlotLadder, parseServerConfig, SERVE_HELP, wantsHelp } from '../config/server-config.js';
 import { DEFAULT_GRAPH_OPTIONS, type GraphOptions } from '../convert/llama-graph.js';
 import { createEnginePool } from '../engine/engine-pool.js';
 import { forwardCostPath, readForwardCost, writeForwardCost } from '../engine/forward-cost-cache.js';
 import { createLogger } from '../log.js';
-import { cacheDir, DEFAULT_MODEL, ensureDefaultModel, ensureGgufModel, isGgufFile } from '../model/default-model.js';
+import { cacheDir, classifyModelArgument, ensureModelArgument, modelArgumentName } from '../model/default-model.js';
 import { probeExecutionProvider } from '../runtime/gpu-probe.js';
 import { createProgressReporter } from './progress.js';
 import { createStartupTimer } from './startup-timer.js';
@@ -27,16 +26,16 @@ export async function runServe(argv: readonly string[]): Promise<number> {
   const config = parseServerConfig(argv, process.env, probeExecutionProvider);
   const logger = createLogger(config.logLevel);
   timer.mark('configParsed');
-  let modelDir = config.modelDir;
   let batchModelDir: readonly string[] | undefined = config.batchModelDir?.split(',').filter((d) => d !== '');
-  // The default model, or --model FILE.gguf: converted into the cache on first use.
-  const gguf = modelDir !== undefined && isGgufFile(modelDir) ? modelDir : undefined;
-  if (modelDir === undefined || gguf !== undefined) {
+  // The default model, a registry model (--model gemma3-270m) or --model FILE.gguf: fetched and
+  // converted into the cache on first use.
+  const modelArgument = classifyModelArgument(config.modelDir);
+  let modelDir = modelArgument.kind === 'dir' ? modelArgument.path : '';
+  if (modelArgument.kind !== 'dir') {
     const progress = createProgressReporter();
     // CUDA runs the float16 graph (ORT's CUDA attention takes only 16-bit types).
     const graph = config.executionProvider === 'cuda' ? { ...DEFAULT_GRAPH_OPTIONS, dtype: 'float16' as const } : DEFAULT_GRAPH_OPTIONS;
-    const convertProgress = (phase: string, done: number, total: number) => progress({ phase: phase as 'convert', done, total });
-    const ensure = (options: GraphOptions) => (gguf !== undefined ? Promise.resolve(ensureGgufModel(gguf, options, convertProgress)) : ensureDefaultModel(options, progress));
+    const ensure = (options: GraphOptions) => ensureModelArgument(modelArgument, options, progress);
     try {
       modelDir = await ensure(graph);
       if (config.batchSlots > 0) {
@@ -88,7 +87,7 @@ export async function runServe(argv: readonly string[]): Promise<number> {
   });
   const service = new InferenceService({
     engine,
-    modelName: config.modelName ?? (config.modelDir === undefined ? DEFAULT_MODEL.name.toLowerCase() : basename(resolve(config.modelDir)).replace(/\.gguf$/i, '')),
+    modelName: config.modelName ?? modelArgumentName(modelArgument),
     pool: { maxActive: config.maxActiveSequences, maxQueued: config.maxQueuedRequests },
     limits: { maxNewTokensDefault: config.maxNewTokensDefault, maxNewTokensLimit: config.maxNewTokensLimit },
   });

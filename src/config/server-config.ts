@@ -118,9 +118,9 @@ export const SERVE_HELP = `anpd serve — start the gRPC server (llm.v1.TextGene
 Options (flag, environment variable, default):
   --host HOST                        ANPD_HOST                       0.0.0.0
   --port N                           ANPD_PORT or PORT               50051
-  --model DIR|FILE.gguf              ANPD_MODEL (or ANPD_MODEL_DIR)  the default model (SmolLM2-135M-Instruct); a GGUF
-                                                                     file is converted into the cache on first use
-  --model-name NAME                  ANPD_MODEL_NAME                 smollm2-135m-instruct, or DIR's name
+  --model DIR|FILE.gguf|NAME         ANPD_MODEL (or ANPD_MODEL_DIR)  smollm2-135m-instruct; a GGUF file is converted into
+                                                                     the cache on first use; NAME (gemma3-270m) is fetched
+  --model-name NAME                  ANPD_MODEL_NAME                 the known model's NAME, or DIR's or FILE's name
   --max-active-sequences N           ANPD_MAX_ACTIVE_SEQUENCES       max(4, 2 × cores)
   --max-queued-requests N            ANPD_MAX_QUEUED_REQUESTS        8 × max-active-sequences
   --max-new-tokens-default N         ANPD_MAX_NEW_TOKENS_DEFAULT     256

@@ -35,6 +35,8 @@ export const GGML_BLOCK: Readonly<Partial<Record<GgmlType, { elements: number; b
   [GgmlType.Q5_0]: { elements: 32, bytes: 22 },
   [GgmlType.Q5_1]: { elements: 32, bytes: 24 },
   [GgmlType.Q8_0]: { elements: 32, bytes: 34 },
+  [GgmlType.Q2_K]: { elements: 256, bytes: 84 },
+  [GgmlType.Q3_K]: { elements: 256, bytes: 110 },
   [GgmlType.Q4_K]: { elements: 256, bytes: 144 },
   [GgmlType.Q5_K]: { elements: 256, bytes: 176 },
   [GgmlType.Q6_K]: { elements: 256, bytes: 210 },

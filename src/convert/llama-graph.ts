@@ -9,11 +9,11 @@
  */
 import { ModelFormatError } from '../errors.js';
 import type { GgufFile, GgufTensorInfo } from './gguf-reader.js';
-import { GgmlType, metaNumber, metaString, requireNumber } from './gguf-reader.js';
-import { type GraphSpec, type Initializer, type NodeSpec, OnnxDataType, type ValueInfo } from './onnx-writer.js';
-import { dequantize, matrixShape, type NBitsWeight, q8_0ToNBits, QUANT_BLOCK, toNBits, toNBitsParts } from './quantize.js';
+import { metaNumber, metaString, requireNumber } from './gguf-reader.js';
+import { type AttributeValue, type GraphSpec, type Initializer, type NodeSpec, OnnxDataType, type ValueInfo } from './onnx-writer.js';
+import { dequantize, matrixShape, type NBitsWeight, QUANT_BLOCK, toNBits, toNBits8, toNBitsParts, wantsEightBits } from './quantize.js';
 
-export const SUPPORTED_ARCHITECTURES = ['llama', 'qwen2'] as const;
+export const SUPPORTED_ARCHITECTURES = ['llama', 'qwen2', 'qwen3', 'gemma3'] as const;
 export type Architecture = (typeof SUPPORTED_ARCHITECTURES)[number];
 
 export interface LlamaHyperParams {
@@ -28,8 +28,30 @@ export interface LlamaHyperParams {
   readonly contextLength: number;
   readonly ropeTheta: number;
   readonly rmsEps: number;
-  /** llama.cpp's llama rope rotates adjacent pairs (its converter permutes Q/K); qwen2 uses NeoX halves. */
+  /** llama.cpp's llama rope rotates adjacent pairs (its converter permutes Q/K); the others use NeoX halves. */
   readonly ropeInterleaved: boolean;
+  /** Positions are divided by this on global layers (GGUF rope.scaling.factor, type linear). */
+  readonly ropeScale: number;
+  /** Per-frequency divisors (Llama 3's `rope_freqs.weight`), or undefined. */
+  readonly ropeFreqFactors: Float32Array | undefined;
+  /** Per-head RMSNorm of q and k before rotary (Qwen3, Gemma 3). */
+  readonly qkNorm: boolean;
+  /** RMSNorm after attention and after the MLP, before each residual add (Gemma 3). */
+  readonly postNorms: boolean;
+  /** The gated MLP's activation: SwiGLU or GELU(tanh) (Gemma). */
+  readonly activation: 'silu' | 'gelu_tanh';
+  /** Embeddings are multiplied by this (Gemma: √hidden). */
+  readonly embedScale: number;
+  /** Softmax scale of attention. */
+  readonly attentionScale: number;
+  /** Keys a sliding-window layer sees, itself included (0: none). */
+  readonly slidingWindow: number;
+  /** Which layers use the sliding window (and the local rope base). */
+  readonly slidingLayers: readonly boolean[];
+  /** Rope base of sliding-window layers (Gemma 3: 10,000). */
+  readonly ropeThetaLocal: number;
+  /** Logits are soft-capped to ±this with tanh (0: none). */
+  readonly finalLogitSoftcap: number;
 }
 
 export interface GraphOptions {
@@ -60,6 +82,9 @@ export type GraphDtype = (typeof GRAPH_DTYPES)[number];
 
 export const DEFAULT_GRAPH_OPTIONS: GraphOptions = { weights: 'nbits', norms: 'fused', accuracyLevel: 4 };
 
+/** Gemma 3 makes every 6th layer global unless the file says otherwise (as llama.cpp does). */
+const GEMMA3_SLIDING_PATTERN = 6;
+
 export function readHyperParams(file: GgufFile): LlamaHyperParams {
   const arch = metaString(file, 'general.architecture');
   if (arch === undefined) throw new ModelFormatError(file.path, 'metadata general.architecture is missing');
@@ -69,22 +94,73 @@ export function readHyperParams(file: GgufFile): LlamaHyperParams {
   const a = arch as Architecture;
   const hidden = requireNumber(file, `${a}.embedding_length`);
   const heads = requireNumber(file, `${a}.attention.head_count`);
+  const layers = requireNumber(file, `${a}.block_count`);
   const embd = file.tensors.get('token_embd.weight');
   if (embd === undefined) throw new ModelFormatError(file.path, 'tensor token_embd.weight is missing');
+  const headDim = metaNumber(file, `${a}.attention.key_length`) ?? metaNumber(file, `${a}.rope.dimension_count`) ?? hidden / heads;
+  const valueDim = metaNumber(file, `${a}.attention.value_length`) ?? headDim;
+  const ropeDim = metaNumber(file, `${a}.rope.dimension_count`) ?? headDim;
+  if (valueDim !== headDim) throw new ModelFormatError(file.path, `value head size ${valueDim} differs from key head size ${headDim} (not supported)`);
+  if (ropeDim !== headDim) throw new ModelFormatError(file.path, `partial rotary (${ropeDim} of ${headDim} dimensions) is not supported`);
+  const scalingType = metaString(file, `${a}.rope.scaling.type`) ?? 'none';
+  if (scalingType !== 'none' && scalingType !== 'linear') {
+    throw new ModelFormatError(file.path, `rope scaling "${scalingType}" is not supported (supported: none, linear, Llama 3 rope_freqs)`);
+  }
+  const ropeScale = metaNumber(file, `${a}.rope.scaling.factor`) ?? metaNumber(file, `${a}.rope.scale_linear`) ?? 1;
+  const freqs = file.tensors.get('rope_freqs.weight');
+  const gemma = a === 'gemma3';
+  const slidingWindow = gemma ? (metaNumber(file, `${a}.attention.sliding_window`) ?? 0) : 0;
+  const pattern = file.metadata.get(`${a}.attention.sliding_window_pattern`);
+  const slidingLayers = Array.from({ length: layers }, (_, l) => {
+    if (slidingWindow <= 0) return false;
+    if (Array.isArray(pattern)) return pattern[l] === true;
+    const n = typeof pattern === 'number' ? pattern : GEMMA3_SLIDING_PATTERN;
+    return n === 0 || l % n < n - 1;
+  });
   return {
     architecture: a,
-    layers: requireNumber(file, `${a}.block_count`),
+    layers,
     hidden,
     ffn: requireNumber(file, `${a}.feed_forward_length`),
     heads,
     kvHeads: metaNumber(file, `${a}.attention.head_count_kv`) ?? heads,
-    headDim: metaNumber(file, `${a}.rope.dimension_count`) ?? hidden / heads,
+    headDim,
     vocab: metaNumber(file, `${a}.vocab_size`) ?? embd.dims[1]!,
     contextLength: requireNumber(file, `${a}.context_length`),
     ropeTheta: metaNumber(file, `${a}.rope.freq_base`) ?? 10000,
     rmsEps: metaNumber(file, `${a}.attention.layer_norm_rms_epsilon`) ?? 1e-5,
     ropeInterleaved: a === 'llama',
+    ropeScale: ropeScale > 0 ? ropeScale : 1,
+    ropeFreqFactors: freqs === undefined ? undefined : dequantize(file, freqs),
+    qkNorm: file.tensors.has('blk.0.attn_q_norm.weight'),
+    postNorms: file.tensors.has('blk.0.post_attention_norm.weight'),
+    activation: gemma ? 'gelu_tanh' : 'silu',
+    embedScale: gemma ? Math.fround(Math.sqrt(hidden)) : 1,
+    // As llama.cpp: Gemma 3 27B scales by hidden/heads, every other size by the head size.
+    attentionScale: gemma && layers === 62 ? 1 / Math.sqrt(hidden / heads) : 1 / Math.sqrt(headDim),
+    slidingWindow,
+    slidingLayers,
+    ropeThetaLocal: metaNumber(file, `${a}.rope.freq_base_swa`) ?? 10000,
+    finalLogitSoftcap: metaNumber(file, `${a}.final_logit_softcapping`) ?? 0,
   };
+}
+
+/**
+ * cos/sin tables [positions, headDim/2] of rope with base `theta`: angle = (p / scale) · θ^(−2i/d) / factor_i,
+ * in double precision, as llama.cpp computes them (its rope takes theta_scale = base^(−2/d) powers).
+ */
+export function ropeTables(positions: number, headDim: number, theta: number, scale: number, factors: Float32Array | undefined): { cos: Float32Array; sin: Float32Array } {
+  const half = headDim / 2;
+  const cos = new Float32Array(positions * half);
+  const sin = new Float32Array(positions * half);
+  for (let p = 0; p < positions; p++) {
+    for (let i = 0; i < half; i++) {
+      const angle = ((p / scale) * theta ** ((-2 * i) / headDim)) / (factors?.[i] ?? 1);
+      cos[p * half + i] = Math.cos(angle);
+      sin[p * half + i] = Math.sin(angle);
+    }
+  }
+  return { cos, sin };
 }
 
 /** Names of the graph's inputs and outputs: the runtime binds these. */
@@ -309,25 +385,20 @@ export function buildLlamaGraph(file: GgufFile, options: GraphOptions = DEFAULT_
     return [rmsNorm(sum, weight), sum];
   };
 
-  // Rotary tables [contextLength, headDim/2].
-  const half = hp.headDim / 2;
-  const cos = new Float32Array(hp.contextLength * half);
-  const sin = new Float32Array(hp.contextLength * half);
-  for (let p = 0; p < hp.contextLength; p++) {
-    for (let i = 0; i < half; i++) {
-      const angle = p * hp.ropeTheta ** ((-2 * i) / hp.headDim);
-      cos[p * half + i] = Math.cos(angle);
-      sin[p * half + i] = Math.sin(angle);
-    }
-  }
-  const cosCache = g.f32('rotary.cos_cache', [hp.contextLength, half], cos);
-  const sinCache = g.f32('rotary.sin_cache', [hp.contextLength, half], sin);
+  // Rotary tables [contextLength, headDim/2]: the global base (with its scaling) and, for sliding
+  // layers, the local one.
+  const tables = (theta: number, scale: number, name: string): [string, string] => {
+    const { cos, sin } = ropeTables(hp.contextLength, hp.headDim, theta, scale, hp.ropeFreqFactors);
+    return [g.f32(`${name}.cos_cache`, [hp.contextLength, hp.headDim / 2], cos), g.f32(`${name}.sin_cache`, [hp.contextLength, hp.headDim / 2], sin)];
+  };
+  const globalRope = tables(hp.ropeTheta, hp.ropeScale, 'rotary');
+  const localRope = hp.slidingLayers.some((s) => s) ? tables(hp.ropeThetaLocal, 1, 'rotary_local') : globalRope;
 
   // Embedding: gather rows of the (usually Q8_0) table.
   const embd = tensor('token_embd.weight');
   let x: string;
-  if (embd.type === GgmlType.Q8_0 && options.weights === 'nbits') {
-    const q = q8_0ToNBits(file, embd);
+  if (wantsEightBits(embd.type) && options.weights === 'nbits') {
+    const q = toNBits8(file, embd);
     x = g.one(
       'GatherBlockQuantized',
       [
@@ -341,6 +412,7 @@ export function buildLlamaGraph(file: GgufFile, options: GraphOptions = DEFAULT_
   } else {
     x = g.one('Gather', [g.f32('token_embd.weight', [hp.vocab, hp.hidden], dequantize(file, embd)), IO.inputIds], { axis: 0 });
   }
+  if (hp.embedScale !== 1) x = g.one('Mul', [x, g.f32('token_embd.scale', [], new Float32Array([hp.embedScale]))]);
 
   const kvCapacityDim = 'kv_capacity';
   const totalSteps = hp.layers + 1;
@@ -361,24 +433,47 @@ export function buildLlamaGraph(file: GgufFile, options: GraphOptions = DEFAULT_
       }
       qkv = g.one('Add', [qkv, g.f32(`${p}.attn_qkv.bias`, [all.length], all)]);
     }
-    const gqaAttributes = { num_heads: hp.heads, kv_num_heads: hp.kvHeads, do_rotary: 1, rotary_interleaved: hp.ropeInterleaved ? 1 : 0 };
+    const sliding = hp.slidingLayers[l] === true;
+    const [cosCache, sinCache] = sliding ? localRope : globalRope;
+    const gqaAttributes: Record<string, AttributeValue> = { num_heads: hp.heads, kv_num_heads: hp.kvHeads, do_rotary: 1, rotary_interleaved: hp.ropeInterleaved ? 1 : 0 };
+    if (hp.attentionScale !== 1 / Math.sqrt(hp.headDim)) gqaAttributes['scale'] = { float: hp.attentionScale };
+    // ORT's window counts the keys before the query: a window of W keys, itself included, is W − 1.
+    if (sliding) gqaAttributes['local_window_size'] = hp.slidingWindow - 1;
+    // q, k, v as one packed input, or (with per-head q/k norms) as three.
+    let qkvInputs: string[] = [qkv, '', ''];
+    if (hp.qkNorm) {
+      const [q, k, v] = [g.fresh('q'), g.fresh('k'), g.fresh('v')];
+      const qWidth = hp.heads * hp.headDim;
+      const kvWidth = hp.kvHeads * hp.headDim;
+      g.node('Split', [qkv, g.i64(g.fresh('split'), [qWidth, kvWidth, kvWidth])], [q, k, v], { axis: -1 });
+      const headNorm = (x: string, heads: number, weight: string): string => {
+        const perHead = g.one('Reshape', [x, g.i64(g.fresh('shape'), [0, 0, heads, hp.headDim])]);
+        return g.one('Reshape', [rmsNorm(perHead, vector(weight)), g.i64(g.fresh('shape'), [0, 0, heads * hp.headDim])]);
+      };
+      qkvInputs = [headNorm(q, hp.heads, `${p}.attn_q_norm.weight`), headNorm(k, hp.kvHeads, `${p}.attn_k_norm.weight`), v];
+    }
     let attn = g.fresh('attn');
     if (slots === 0) {
       g.node(
         'GroupQueryAttention',
-        [qkv, '', '', IO.pastKey(l), IO.pastValue(l), IO.seqlensK, IO.totalSequenceLength, cosCache, sinCache],
+        [...qkvInputs, IO.pastKey(l), IO.pastValue(l), IO.seqlensK, IO.totalSequenceLength, cosCache, sinCache],
         [attn, IO.presentKey(l), IO.presentValue(l)],
         gqaAttributes,
         'com.microsoft',
       );
     } else {
-      const perSlot = Array.from({ length: slots }, () => g.fresh('qkv_slot'));
-      g.node('Split', [qkv, SLOT_IO.slotTokens], perSlot, { axis: 1 });
-      const attns = perSlot.map((q, s) => {
+      // Each input is split per slot the same way (packed qkv, or q, k and v separately).
+      const perSlot = qkvInputs.map((input) => {
+        if (input === '') return Array.from({ length: slots }, () => '');
+        const parts = Array.from({ length: slots }, () => g.fresh('slot_part'));
+        g.node('Split', [input, SLOT_IO.slotTokens], parts, { axis: 1 });
+        return parts;
+      });
+      const attns = Array.from({ length: slots }, (_, s) => {
         const out = g.fresh('attn_slot');
         g.node(
           'GroupQueryAttention',
-          [q, '', '', SLOT_IO.pastKey(s, l), SLOT_IO.pastValue(s, l), SLOT_IO.seqlensK(s), SLOT_IO.totalSequenceLength(s), cosCache, sinCache],
+          [...perSlot.map((parts) => parts[s]!), SLOT_IO.pastKey(s, l), SLOT_IO.pastValue(s, l), SLOT_IO.seqlensK(s), SLOT_IO.totalSequenceLength(s), cosCache, sinCache],
           [out, SLOT_IO.presentKey(s, l), SLOT_IO.presentValue(s, l)],
           gqaAttributes,
           'com.microsoft',
@@ -388,15 +483,18 @@ export function buildLlamaGraph(file: GgufFile, options: GraphOptions = DEFAULT_
       attn = g.one('Concat', attns, { axis: 1 });
     }
     const o = linear(attn, `${p}.attn_output`, options.weights === 'f32' ? tensor(`${p}.attn_output.weight`) : quant(tensor(`${p}.attn_output.weight`)));
-    const [ffnIn, res1] = skipNorm(o, residual, vector(`${p}.ffn_norm.weight`));
+    const attnOut = hp.postNorms ? rmsNorm(o, vector(`${p}.post_attention_norm.weight`)) : o;
+    const [ffnIn, res1] = skipNorm(attnOut, residual, vector(`${p}.ffn_norm.weight`));
     const gateUp = fusedLinear(ffnIn, `${p}.ffn_gate_up`, [`${p}.ffn_gate.weight`, `${p}.ffn_up.weight`]);
     const gate = g.fresh('gate');
     const up = g.fresh('up');
     g.node('Split', [gateUp, g.i64(g.fresh('split'), [hp.ffn, hp.ffn])], [gate, up], { axis: -1 });
-    const act = g.one('Mul', [g.one('Mul', [gate, g.one('Sigmoid', [gate])]), up]);
+    const gateAct = hp.activation === 'silu' ? g.one('Mul', [gate, g.one('Sigmoid', [gate])]) : g.one('FastGelu', [gate], undefined, 'com.microsoft');
+    const act = g.one('Mul', [gateAct, up]);
     const down = linear(act, `${p}.ffn_down`, options.weights === 'f32' ? tensor(`${p}.ffn_down.weight`) : quant(tensor(`${p}.ffn_down.weight`)));
+    const ffnOut = hp.postNorms ? rmsNorm(down, vector(`${p}.post_ffw_norm.weight`)) : down;
     const nextNorm = l + 1 < hp.layers ? `blk.${l + 1}.attn_norm.weight` : 'output_norm.weight';
-    [normed, residual] = skipNorm(down, res1, vector(nextNorm));
+    [normed, residual] = skipNorm(ffnOut, res1, vector(nextNorm));
     progress?.(l + 1, totalSteps);
   }
 
@@ -406,7 +504,11 @@ export function buildLlamaGraph(file: GgufFile, options: GraphOptions = DEFAULT_
     slots === 0 ? g.one('Slice', [normed, IO.logitsStart, IO.logitsEnd, g.i64('slice.axis', [1])]) : g.one('Gather', [normed, SLOT_IO.logitsIndex], { axis: 1 });
   const headTensor = optionalTensor('output.weight') ?? embd;
   const head = options.weights === 'f32' ? headTensor : quant(headTensor);
-  const logits = linear(kept, 'lm_head', head);
+  let logits = linear(kept, 'lm_head', head);
+  if (hp.finalLogitSoftcap > 0) {
+    const cap = g.f32('logits.softcap', [], new Float32Array([hp.finalLogitSoftcap]));
+    logits = g.one('Mul', [g.one('Tanh', [g.one('Div', [logits, cap])]), cap]);
+  }
   if (kvType === OnnxDataType.FLOAT) g.node('Identity', [logits], [IO.logits]);
   else g.node('Cast', [logits], [IO.logits], { to: OnnxDataType.FLOAT });
   progress?.(totalSteps, totalSteps);

@@ -91,6 +91,26 @@ export function dequantize(file: GgufFile, t: GgufTensorInfo): Float32Array {
         }
       }
       return out;
+    case GgmlType.Q5_0:
+    case GgmlType.Q5_1: {
+      // 32 elements: fp16 d (and m for Q5_1), 32 high bits, then low nibbles as in Q4_0.
+      const one = t.type === GgmlType.Q5_1;
+      const bytes = one ? 24 : 22;
+      for (let b = 0; b < blocks; b++) {
+        const o = b * bytes;
+        const d = halfToFloat(src.readUInt16LE(o));
+        const m = one ? halfToFloat(src.readUInt16LE(o + 2)) : 0;
+        const qh = src.readUInt32LE(o + (one ? 4 : 2));
+        const qs = o + (one ? 8 : 6);
+        for (let j = 0; j < 16; j++) {
+          const x0 = (src[qs + j]! & 0xf) | (((qh >>> j) << 4) & 0x10);
+          const x1 = (src[qs + j]! >> 4) | ((qh >>> (j + 12)) & 0x10);
+          out[b * 32 + j] = one ? Math.fround(d * x0) + m : d * (x0 - 16);
+          out[b * 32 + j + 16] = one ? Math.fround(d * x1) + m : d * (x1 - 16);
+        }
+      }
+      return out;
+    }
     case GgmlType.Q8_0:
       for (let b = 0; b < blocks; b++) {
         const o = b * 34;
@@ -108,7 +128,7 @@ export function dequantize(file: GgufFile, t: GgufTensorInfo): Float32Array {
   }
 }
 
-export const DEQUANTIZABLE = ['F32', 'F16', 'BF16', 'Q4_0', 'Q4_1', 'Q8_0', 'Q4_K', 'Q5_K', 'Q6_K'] as const;
+export const DEQUANTIZABLE = ['F32', 'F16', 'BF16', 'Q4_0', 'Q4_1', 'Q5_0', 'Q5_1', 'Q8_0', 'Q4_K', 'Q5_K', 'Q6_K'] as const;
 
 /** Elements per K-quant super-block. */
 export const K_BLOCK = 256;
@@ -209,6 +229,7 @@ export function q8_0ToNBits(file: GgufFile, t: GgufTensorInfo): NBitsWeight {
  */
 export function toNBits8(file: GgufFile, t: GgufTensorInfo): NBitsWeight {
   if (t.type === GgmlType.Q8_0) return q8_0ToNBits(file, t);
+  if (t.type === GgmlType.Q5_0) return q5_0ToNBits(file, t);
   const { n, k } = matrixShape(file, t);
   const w = dequantize(file, t);
   const blocks = (n * k) / QUANT_BLOCK;
@@ -225,18 +246,40 @@ export function toNBits8(file: GgufFile, t: GgufTensorInfo): NBitsWeight {
   return { bits: 8, n, k, packed, scales, zeroPoints: undefined };
 }
 
-/** Whether the converter gives this ggml type 8 bits (5- and 6-bit K-quants) rather than 4. */
-export function wantsEightBits(type: GgmlType): boolean {
-  return type === GgmlType.Q5_K || type === GgmlType.Q6_K;
+/**
+ * Q5_0 (w = d·(q − 16), q ∈ [0, 31]) maps exactly onto 8-bit MatMulNBits: q + 112 with the default
+ * zero point 128.
+ */
+export function q5_0ToNBits(file: GgufFile, t: GgufTensorInfo): NBitsWeight {
+  if (t.type !== GgmlType.Q5_0) throw new Error(`q5_0ToNBits: ${t.name} is ${GgmlType[t.type]}`);
+  const { n, k } = matrixShape(file, t);
+  const w = dequantize(file, t);
+  const src = tensorBytes(file, t);
+  const blocks = (n * k) / QUANT_BLOCK;
+  const packed = new Uint8Array(blocks * 32);
+  const scales = new Float32Array(blocks);
+  for (let b = 0; b < blocks; b++) {
+    const d = halfToFloat(src.readUInt16LE(b * 22));
+    scales[b] = d;
+    for (let j = 0; j < 32; j++) packed[b * 32 + j] = d === 0 ? 128 : Math.round(w[b * 32 + j]! / d) + 128;
+  }
+  return { bits: 8, n, k, packed, scales, zeroPoints: undefined };
 }
 
 /**
- * The MatMulNBits form of a ggml matrix: Q8_0 exactly in 8 bits; Q5_K and Q6_K requantized to
- * 8 bits; everything else to 4 bits (Q4_0 exactly, the rest requantized per 32-block, Q4_K's
+ * Whether the converter gives this ggml type 8 bits rather than 4: 5-, 6- and 8-bit sources, whose
+ * grids 4 bits would coarsen (Q5_0 and Q8_0 map exactly).
+ */
+export function wantsEightBits(type: GgmlType): boolean {
+  return type === GgmlType.Q5_0 || type === GgmlType.Q5_1 || type === GgmlType.Q5_K || type === GgmlType.Q6_K || type === GgmlType.Q8_0;
+}
+
+/**
+ * The MatMulNBits form of a ggml matrix: Q8_0 and Q5_0 exactly in 8 bits; Q5_1, Q5_K and Q6_K
+ * requantized to 8 bits; everything else to 4 bits (Q4_0 exactly, the rest requantized per 32-block, Q4_K's
  * 32-element sub-blocks included).
  */
 export function toNBits(file: GgufFile, t: GgufTensorInfo): NBitsWeight {
-  if (t.type === GgmlType.Q8_0) return q8_0ToNBits(file, t);
   return wantsEightBits(t.type) ? toNBits8(file, t) : toNBits4(file, t);
 }
 

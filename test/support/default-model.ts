@@ -13,7 +13,7 @@ export function defaultModelDir(): Promise<string> {
 }
 
 export async function convertedVariant(options: Partial<GraphOptions>): Promise<string> {
-  return ensureConverted(await defaultGguf(), DEFAULT_MODEL.ggufSha256, { ...DEFAULT_GRAPH_OPTIONS, ...options });
+  return ensureConverted(await defaultGguf(), DEFAULT_MODEL.ggufSha256, { ...DEFAULT_GRAPH_OPTIONS, ...options }, undefined, DEFAULT_MODEL.name);
 }
 
 /**

@@ -19,8 +19,8 @@
  * Semantics are those of com.microsoft GroupQueryAttention as our graphs use it: packed QKV input
  * or separate query/key/value inputs, past and present KV sharing one buffer of
  * [1, kv_heads, capacity, head_size] floats, do_rotary with cos/sin caches (interleaved or not),
- * batch 1, an optional local window (a query at position p sees keys [p − local_window_size, p],
- * as ORT's kernels do), no softcap — with two
+ * batch 1, an optional local window (a query at position p sees the local_window_size keys
+ * (p − local_window_size, p], as ORT 1.30's kernels do), no softcap — with two
  * differences: the key buffer is laid out transposed, [kv_heads][head_size][capacity], so that a
  * block's scores vectorize across keys without a transposing copy. Values keep ORT's layout. And
  * seqlens_k names the last real row (ORT's: the last row): pad rows after it get their keys and
@@ -51,7 +51,7 @@ typedef struct {
   int64_t heads;
   int64_t kv_heads;
   int64_t interleaved;
-  int64_t window; /* local_window_size: keys before the query's own that it sees (<= 0: all) */
+  int64_t window; /* local_window_size: keys a query sees, its own included (<= 0: all) */
   float scale; /* 0: 1/sqrt(head_size) */
 } GqaKernel;
 
@@ -212,8 +212,8 @@ HOT static void block_partials(void *data, size_t item) {
       const size_t visible_end = w->past + s + 1; /* causal: keys [0, past + s] */
       size_t visible = visible_end > first ? visible_end - first : 0;
       if (visible > count) visible = count;
-      /* Sliding window: keys [position − window, position]; those before it in this block are skipped. */
-      const size_t window_start = w->window > 0 && visible_end > w->window + 1 ? visible_end - 1 - w->window : 0;
+      /* Sliding window: keys (position − window, position]; those before it in this block are skipped. */
+      const size_t window_start = w->window > 0 && visible_end > w->window ? visible_end - w->window : 0;
       const size_t skipped = window_start > first ? window_start - first : 0;
       if (skipped >= visible) visible = 0;
       if (visible == 0) {

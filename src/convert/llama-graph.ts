@@ -437,8 +437,9 @@ export function buildLlamaGraph(file: GgufFile, options: GraphOptions = DEFAULT_
     const [cosCache, sinCache] = sliding ? localRope : globalRope;
     const gqaAttributes: Record<string, AttributeValue> = { num_heads: hp.heads, kv_num_heads: hp.kvHeads, do_rotary: 1, rotary_interleaved: hp.ropeInterleaved ? 1 : 0 };
     if (hp.attentionScale !== 1 / Math.sqrt(hp.headDim)) gqaAttributes['scale'] = { float: hp.attentionScale };
-    // ORT's window counts the keys before the query: a window of W keys, itself included, is W − 1.
-    if (sliding) gqaAttributes['local_window_size'] = hp.slidingWindow - 1;
+    // ORT 1.30 counts the query's own key in its window (as llama.cpp and Hugging Face do; measured
+    // in test/architectures.test.ts, and older ORT releases counted one more).
+    if (sliding) gqaAttributes['local_window_size'] = hp.slidingWindow;
     // q, k, v as one packed input, or (with per-head q/k norms) as three.
     let qkvInputs: string[] = [qkv, '', ''];
     if (hp.qkNorm) {

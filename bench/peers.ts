@@ -9,6 +9,7 @@
  * timed. A table on stdout, JSON under bench/results/.
  *
  *   npm run bench:peers [-- --quick] [-- --prompts 5 --max-new-tokens 128 --categories summarization]
+ *   npm run bench:peers -- --model gemma3-270m|FILE.gguf   (another GGUF; the default model otherwise)
  */
 import { execFileSync, spawn } from 'node:child_process';
 import { readFileSync, writeFileSync, mkdirSync } from 'node:fs';
@@ -17,7 +18,8 @@ import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { createEngine } from '../src/engine/create-engine.js';
 import { DEFAULT_SPECULATION, type Engine, NO_SPECULATION, type SpeculationOptions } from '../src/engine/engine.js';
-import { ensureDefaultGguf, ensureDefaultModel, projectRoot } from '../src/model/default-model.js';
+import { DEFAULT_GRAPH_OPTIONS } from '../src/convert/llama-graph.js';
+import { classifyModelArgument, ensureModelArgument, ensureRegistryGguf, projectRoot } from '../src/model/default-model.js';
 import {
   addSample,
   emptyTotals,
@@ -134,12 +136,14 @@ async function waitForQuietCpu(gate: { waitedMs: number; budgetMs: number }, per
 }
 
 /** llama.cpp's llama-lookup example, one process per prompt (it reports its own timings). */
-function lookupRunner(name: EngineName, bin: string, gguf: string, eogMarkers: readonly string[], draftMax?: number): Runner {
+function lookupRunner(name: EngineName, bin: string, gguf: string, eogMarkers: readonly string[], bosText: string, draftMax?: number): Runner {
   return {
     name,
     async run(job) {
+      // llama-lookup adds the BOS token itself: a chat template that writes it (Gemma's) would give two.
+      const promptText = bosText !== '' && job.promptText.startsWith(bosText) ? job.promptText.slice(bosText.length) : job.promptText;
       // It stops once n_predict > -n, i.e. after at least -n + 1 tokens (more when a round overshoots).
-      const args = ['-m', gguf, '-p', job.promptText, '-n', String(job.maxNewTokens - 1), '-t', String(THREADS), '-tb', String(THREADS), '-c', '2048', '--temp', '0', '-s', '1'];
+      const args = ['-m', gguf, '-p', promptText, '-n', String(job.maxNewTokens - 1), '-t', String(THREADS), '-tb', String(THREADS), '-c', '2048', '--temp', '0', '-s', '1'];
       if (draftMax !== undefined) args.push('--spec-draft-n-max', String(draftMax));
       const { stdout, stderr } = await new Promise<{ stdout: string; stderr: string }>((resolve, reject) => {
         const child = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -150,7 +154,7 @@ function lookupRunner(name: EngineName, bin: string, gguf: string, eogMarkers: r
         child.on('error', reject);
         child.on('close', (code) => (code === 0 ? resolve({ stdout: out, stderr: err }) : reject(new Error(`llama-lookup exited ${code}: ${err.slice(-2000)}`))));
       });
-      const run = parseLlamaLookup(stdout, stderr, job.promptText, eogMarkers);
+      const run = parseLlamaLookup(stdout, stderr, promptText, eogMarkers);
       if (run.promptTokens !== job.promptIds.length) {
         throw new Error(`llama-lookup tokenized the prompt into ${run.promptTokens} tokens, we into ${job.promptIds.length}`);
       }
@@ -181,6 +185,7 @@ async function main(): Promise<void> {
       out: { type: 'string' },
       'quiet-budget-s': { type: 'string' },
       'deadline-min': { type: 'string' },
+      model: { type: 'string' },
     },
   });
   const quick = values.quick!;
@@ -201,10 +206,14 @@ async function main(): Promise<void> {
   const libDir = join(peersDir, 'llama.cpp-build', 'bin');
   const env = { ...process.env, LLAMA_CPP_LIB_PATH: libDir, OMP_NUM_THREADS: String(THREADS), MKL_NUM_THREADS: String(THREADS), TOKENIZERS_PARALLELISM: 'false' };
 
-  const gguf = await ensureDefaultGguf();
-  const engine = await createEngine(await ensureDefaultModel(), { executionProvider: 'cpu', intraOpThreads: THREADS, kvCapacity: 4096 });
+  // --model NAME (a registry model) or FILE.gguf: every engine runs the same GGUF.
+  const modelArgument = classifyModelArgument(values.model);
+  if (modelArgument.kind === 'dir') throw new Error('--model takes a registry model name or a GGUF file (the peers need the GGUF)');
+  const gguf = modelArgument.kind === 'registry' ? await ensureRegistryGguf(modelArgument.model) : modelArgument.path;
+  const engine = await createEngine(await ensureModelArgument(modelArgument, DEFAULT_GRAPH_OPTIONS), { executionProvider: 'cpu', intraOpThreads: THREADS, kvCapacity: 4096 });
   eosIds = engine.info.eosTokenIds;
   const eogMarkers = eosIds.map((id) => engine.tokenizer.decode([id], { skipSpecialTokens: false }));
+  const bosText = engine.info.bosTokenId === undefined || engine.info.bosTokenId === null ? '' : engine.tokenizer.decode([engine.info.bosTokenId], { skipSpecialTokens: false });
 
   const info: Record<string, unknown> = {};
   const runners: Runner[] = [];
@@ -227,11 +236,11 @@ async function main(): Promise<void> {
   if (want('node-llama-cpp lookup (InputLookupTokenPredictor)')) runners.push(await nodeLlamaCppRunner('node-llama-cpp lookup (InputLookupTokenPredictor)', 'lookup'));
   const lookupBin = join(libDir, 'llama-lookup');
   if (want('llama.cpp lookup (llama-lookup)')) {
-    runners.push(lookupRunner('llama.cpp lookup (llama-lookup)', lookupBin, gguf, eogMarkers));
+    runners.push(lookupRunner('llama.cpp lookup (llama-lookup)', lookupBin, gguf, eogMarkers, bosText));
     info['llama.cpp lookup (llama-lookup)'] = { settings: { specDraftNMax: 'default (3 in this build)', version: tryExec(lookupBin, ['--version']) } };
   }
   if (want('llama.cpp lookup (llama-lookup --spec-draft-n-max 10)')) {
-    runners.push(lookupRunner('llama.cpp lookup (llama-lookup --spec-draft-n-max 10)', lookupBin, gguf, eogMarkers, 10));
+    runners.push(lookupRunner('llama.cpp lookup (llama-lookup --spec-draft-n-max 10)', lookupBin, gguf, eogMarkers, bosText, 10));
     info['llama.cpp lookup (llama-lookup --spec-draft-n-max 10)'] = { settings: { specDraftNMax: 10 } };
   }
   if (want('transformers greedy')) runners.push(await pythonRunner('transformers greedy', ['--engine', 'transformers', '--mode', 'greedy', ...ggufArgs]));

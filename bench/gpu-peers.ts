@@ -69,6 +69,7 @@ async function main(): Promise<void> {
   const rows = values['rows-min'] !== undefined ? { forwardRowsMin: Number(values['rows-min']) } : {};
   const engine = await createEngine(values.model, { executionProvider: provider, intraOpThreads: 4, kvCapacity: 2048, ...rows });
   log(`ours: ${engine.info.executionProvider}, runner ${engine.info.runner}, ${engine.info.forwardRowsMin} rows per forward`);
+  const bosText = engine.info.bosTokenId === undefined ? '' : engine.tokenizer.decode([engine.info.bosTokenId], { skipSpecialTokens: false });
   for (let i = 0; i < 3; i++) {
     await generateOnce(engine, 'Hello there', NO_SPECULATION, 16);
     await generateOnce(engine, 'Hello there', DEFAULT_SPECULATION, 16);
@@ -82,7 +83,9 @@ async function main(): Promise<void> {
     let identical = 0;
     let lookupSameAsSimple = 0;
     for (const [i, p] of prompts.entries()) {
-      const text = engine.tokenizer.applyChatTemplate([{ role: 'user', content: p.prompt }]);
+      // llama.cpp's examples add the BOS token themselves: a template that writes it (Gemma's) would give two.
+      const rendered = engine.tokenizer.applyChatTemplate([{ role: 'user', content: p.prompt }]);
+      const text = bosText !== '' && rendered.startsWith(bosText) ? rendered.slice(bosText.length) : rendered;
       const runs: Partial<Record<Name, Run>> = {};
       const order = [...engines.slice(i % engines.length), ...engines.slice(0, i % engines.length)];
       for (const name of order) {
@@ -120,7 +123,8 @@ async function main(): Promise<void> {
       const simpleText = runs['llama.cpp plain (llama-simple)']?.text ?? '';
       const lookupText = runs[engines[3]]?.text ?? '';
       // Both print the prompt, then the continuation: compare the first 200 characters after it.
-      const tail = (s: string): string => s.slice(s.lastIndexOf('assistant') + 'assistant'.length).trim().slice(0, 200);
+      const marker = text.trimEnd().slice(-10);
+      const tail = (s: string): string => s.slice(s.lastIndexOf(marker) + marker.length).trim().slice(0, 200);
       if (tail(simpleText) === tail(lookupText)) lookupSameAsSimple++;
       else if (i === 0) log(`llama-simple: ${JSON.stringify(tail(simpleText).slice(0, 120))} | llama-lookup: ${JSON.stringify(tail(lookupText).slice(0, 120))}`);
     }

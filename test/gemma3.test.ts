@@ -8,6 +8,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import test from 'ava';
+import { DEFAULT_GRAPH_OPTIONS } from '../src/convert/llama-graph.js';
 import { createEngine } from '../src/engine/create-engine.js';
 import { DEFAULT_SPECULATION, type Engine, type GenerationFinal, NO_SPECULATION, type SpeculationOptions } from '../src/engine/engine.js';
 import { ensureRegistryModel, GEMMA3_270M, projectRoot } from '../src/model/default-model.js';
@@ -103,4 +104,24 @@ test.serial('as a completion model it continues text sensibly (greedy)', async (
   const text = engine.tokenizer.decode(tokens, { skipSpecialTokens: true });
   t.regex(text, /return/);
   t.regex(text, /fibonacci\(n - 1\)/);
+});
+
+test.serial('the float16 graph (what CUDA runs) carries the residual stream scaled, and decodes as the float32 graph does', async (t) => {
+  // Gemma 3 270M's residual stream reaches ~1e5, past float16's 65,504: unscaled, this graph
+  // decoded a repeated "    \n". Run on the device path's CPU emulation (test/device-run.test.ts).
+  const dir = await ensureRegistryModel(GEMMA3_270M, { ...DEFAULT_GRAPH_OPTIONS, dtype: 'float16' });
+  const half = await createEngine(dir, { executionProvider: 'cpu', intraOpThreads: 0, kvCapacity: 1024, deviceRun: 'emulate' }, { forwardCost: TEST_FORWARD_COST });
+  try {
+    const full = await gemma();
+    for (const prompt of ['def fibonacci(n):', 'The quick silver train crosses the old stone bridge just before dawn. The quick silver']) {
+      const reference = await generate(full, prompt, NO_SPECULATION, false);
+      const plain = await generate(half, prompt, NO_SPECULATION, false);
+      const fast = await generate(half, prompt, DEFAULT_SPECULATION, false);
+      t.deepEqual(fast.tokens, plain.tokens, `${prompt}: float16 speculative vs plain`);
+      // float16 rounds differently: the first 24 tokens agree with float32 on these prompts.
+      t.deepEqual(plain.tokens.slice(0, 24), reference.tokens.slice(0, 24), `${prompt}: float16 vs float32`);
+    }
+  } finally {
+    await half.dispose();
+  }
 });

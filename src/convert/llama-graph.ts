@@ -82,6 +82,9 @@ export type GraphDtype = (typeof GRAPH_DTYPES)[number];
 
 export const DEFAULT_GRAPH_OPTIONS: GraphOptions = { weights: 'nbits', norms: 'fused', accuracyLevel: 4 };
 
+/** The residual stream's scale in float16 graphs of post-norm architectures (Gemma). */
+export const FLOAT16_RESIDUAL_SCALE = 1 / 8;
+
 /** Gemma 3 makes every 6th layer global unless the file says otherwise (as llama.cpp does). */
 const GEMMA3_SLIDING_PATTERN = 6;
 
@@ -365,24 +368,34 @@ export function buildLlamaGraph(file: GgufFile, options: GraphOptions = DEFAULT_
     return linear(x, name, concatRows(parts));
   };
 
-  const eps = { float: hp.rmsEps };
-  const rmsNorm = (x: string, weight: string): string => {
-    if (options.norms === 'fused') return g.one('SimplifiedLayerNormalization', [x, weight], { axis: -1, epsilon: eps, stash_type: 1 });
+  // float16 cannot hold Gemma's residual stream (it reaches ~1e5 on Gemma 3 270M; float16 stops at
+  // 65,504): there the stream is carried scaled by 2^-3. RMSNorm does not see the scale when its
+  // epsilon is scaled by the square, so the residual's norms take eps·s²; what is added to the
+  // stream (the post-norms' outputs, the embedding) is scaled by s. A power of two: exact in float.
+  const residualScale = g.floatType === OnnxDataType.FLOAT16 && hp.postNorms ? FLOAT16_RESIDUAL_SCALE : 1;
+  const residualEps = hp.rmsEps * residualScale * residualScale;
+  const rmsNorm = (x: string, weight: string, epsilon = hp.rmsEps): string => {
+    if (options.norms === 'fused') return g.one('SimplifiedLayerNormalization', [x, weight], { axis: -1, epsilon: { float: epsilon }, stash_type: 1 });
     const sq = g.one('Mul', [x, x]);
     const mean = g.one('ReduceMean', [sq, g.i64(g.fresh('axes'), [-1])], { keepdims: 1 });
-    const rms = g.one('Sqrt', [g.one('Add', [mean, g.f32(g.fresh('eps'), [], new Float32Array([hp.rmsEps]))])]);
+    const rms = g.one('Sqrt', [g.one('Add', [mean, g.f32(g.fresh('eps'), [], new Float32Array([epsilon]))])]);
     return g.one('Mul', [g.one('Div', [x, rms]), weight]);
   };
-  /** Returns [normalized(x + residual), x + residual]. */
+  /** Returns [normalized(x + residual), x + residual]: a norm of the residual stream. */
   const skipNorm = (x: string, residual: string, weight: string): [string, string] => {
     if (options.norms === 'fused') {
       const normed = g.fresh('skipnorm');
       const sum = g.fresh('residual');
-      g.node('SkipSimplifiedLayerNormalization', [x, residual, weight], [normed, '', '', sum], { epsilon: eps }, 'com.microsoft');
+      g.node('SkipSimplifiedLayerNormalization', [x, residual, weight], [normed, '', '', sum], { epsilon: { float: residualEps } }, 'com.microsoft');
       return [normed, sum];
     }
     const sum = g.one('Add', [x, residual]);
-    return [rmsNorm(sum, weight), sum];
+    return [rmsNorm(sum, weight, residualEps), sum];
+  };
+  /** A post-norm's weight, times the residual scale (its output is added to the stream). */
+  const postNormWeight = (name: string): string => {
+    const w = dequantize(file, tensor(name));
+    return g.f32(name, [w.length], residualScale === 1 ? w : w.map((v) => v * residualScale));
   };
 
   // Rotary tables [contextLength, headDim/2]: the global base (with its scaling) and, for sliding
@@ -412,12 +425,13 @@ export function buildLlamaGraph(file: GgufFile, options: GraphOptions = DEFAULT_
   } else {
     x = g.one('Gather', [g.f32('token_embd.weight', [hp.vocab, hp.hidden], dequantize(file, embd)), IO.inputIds], { axis: 0 });
   }
-  if (hp.embedScale !== 1) x = g.one('Mul', [x, g.f32('token_embd.scale', [], new Float32Array([hp.embedScale]))]);
+  const embedScale = hp.embedScale * residualScale;
+  if (embedScale !== 1) x = g.one('Mul', [x, g.f32('token_embd.scale', [], new Float32Array([embedScale]))]);
 
   const kvCapacityDim = 'kv_capacity';
   const totalSteps = hp.layers + 1;
   let residual = x;
-  let normed = rmsNorm(x, vector('blk.0.attn_norm.weight'));
+  let normed = rmsNorm(x, vector('blk.0.attn_norm.weight'), residualEps);
   for (let l = 0; l < hp.layers; l++) {
     const p = `blk.${l}`;
     let qkv = fusedLinear(normed, `${p}.attn_qkv`, [`${p}.attn_q.weight`, `${p}.attn_k.weight`, `${p}.attn_v.weight`]);
@@ -484,7 +498,7 @@ export function buildLlamaGraph(file: GgufFile, options: GraphOptions = DEFAULT_
       attn = g.one('Concat', attns, { axis: 1 });
     }
     const o = linear(attn, `${p}.attn_output`, options.weights === 'f32' ? tensor(`${p}.attn_output.weight`) : quant(tensor(`${p}.attn_output.weight`)));
-    const attnOut = hp.postNorms ? rmsNorm(o, vector(`${p}.post_attention_norm.weight`)) : o;
+    const attnOut = hp.postNorms ? rmsNorm(o, postNormWeight(`${p}.post_attention_norm.weight`)) : o;
     const [ffnIn, res1] = skipNorm(attnOut, residual, vector(`${p}.ffn_norm.weight`));
     const gateUp = fusedLinear(ffnIn, `${p}.ffn_gate_up`, [`${p}.ffn_gate.weight`, `${p}.ffn_up.weight`]);
     const gate = g.fresh('gate');
@@ -493,7 +507,7 @@ export function buildLlamaGraph(file: GgufFile, options: GraphOptions = DEFAULT_
     const gateAct = hp.activation === 'silu' ? g.one('Mul', [gate, g.one('Sigmoid', [gate])]) : g.one('FastGelu', [gate], undefined, 'com.microsoft');
     const act = g.one('Mul', [gateAct, up]);
     const down = linear(act, `${p}.ffn_down`, options.weights === 'f32' ? tensor(`${p}.ffn_down.weight`) : quant(tensor(`${p}.ffn_down.weight`)));
-    const ffnOut = hp.postNorms ? rmsNorm(down, vector(`${p}.post_ffw_norm.weight`)) : down;
+    const ffnOut = hp.postNorms ? rmsNorm(down, postNormWeight(`${p}.post_ffw_norm.weight`)) : down;
     const nextNorm = l + 1 < hp.layers ? `blk.${l + 1}.attn_norm.weight` : 'output_norm.weight';
     [normed, residual] = skipNorm(ffnOut, res1, vector(nextNorm));
     progress?.(l + 1, totalSteps);

@@ -54,6 +54,7 @@ async function main(): Promise<void> {
       'max-new-tokens': { type: 'string', default: '128' },
       'draft-n-max': { type: 'string', default: '10' },
       'rows-min': { type: 'string' },
+      'greedy-on-device': { type: 'string', default: 'on' },
       out: { type: 'string' },
     },
   });
@@ -67,8 +68,9 @@ async function main(): Promise<void> {
   const log = (line: string): void => void process.stderr.write(`[gpu-peers] ${line}\n`);
 
   const rows = values['rows-min'] !== undefined ? { forwardRowsMin: Number(values['rows-min']) } : {};
-  const engine = await createEngine(values.model, { executionProvider: provider, intraOpThreads: 4, kvCapacity: 2048, ...rows });
-  log(`ours: ${engine.info.executionProvider}, runner ${engine.info.runner}, ${engine.info.forwardRowsMin} rows per forward`);
+  const greedyOnDevice = values['greedy-on-device'] !== 'off';
+  const engine = await createEngine(values.model, { executionProvider: provider, intraOpThreads: 4, kvCapacity: 2048, greedyOnDevice, ...rows });
+  log(`ours: ${engine.info.executionProvider}, runner ${engine.info.runner}, ${engine.info.forwardRowsMin} rows per forward, greedy on device ${greedyOnDevice}`);
   const bosText = engine.info.bosTokenId === undefined ? '' : engine.tokenizer.decode([engine.info.bosTokenId], { skipSpecialTokens: false });
   for (let i = 0; i < 3; i++) {
     await generateOnce(engine, 'Hello there', NO_SPECULATION, 16);
@@ -150,6 +152,8 @@ async function main(): Promise<void> {
     date: new Date().toISOString(),
     provider,
     forwardRows: engine.info.forwardRowsMin,
+    greedyOnDevice,
+    model: engine.info.name,
     maxNewTokens: maxNew,
     results,
     llamaBench: bench.status === 0 ? (JSON.parse(bench.stdout) as unknown) : `failed: ${(bench.stderr ?? '').slice(-500)}`,

@@ -15,6 +15,7 @@ import { loadDecoderModel } from '../src/runtime/load-model.js';
 import { DeviceSession, nativeAddon } from '../src/runtime/native-run.js';
 import { DeviceDecoderModel, DEVICE_FORWARD_ROWS, PREFILL_SHAPES, prefillShape } from '../src/runtime/device-decoder.js';
 import { generateOnce } from '../bench/generate-once.js';
+import { argmax } from '../src/sampling/sampler.js';
 import { convertedVariant, defaultModelDir, TEST_FORWARD_COST } from './support/default-model.js';
 import { compareWithReference, NEAR_TIE_GAP, readReference } from './support/greedy-reference.js';
 import { exactnessPrompts } from './support/prompt-set.js';
@@ -110,6 +111,36 @@ test.serial('float16 graph on the emulated device path: plain and speculative de
     t.true(drafted > 0, 'no draft was proposed: the exactness check above checked nothing');
   } finally {
     await engine.dispose();
+  }
+});
+
+test.serial('float16 graphs output each row\'s argmax: greedy steps read ids, not logits rows, and they match the logits', async (t) => {
+  const dir = await convertedVariant({ dtype: 'float16' });
+  t.true((JSON.parse(readFileSync(`${dir}/anpd-model.json`, 'utf8')) as { greedyOutput?: boolean }).greedyOutput);
+  const model = (await loadDecoderModel(dir, EMULATE)) as DeviceDecoderModel;
+  try {
+    const viaLogits = model.createSequence();
+    const viaIds = model.createSequence();
+    t.truthy(viaIds.forwardGreedy);
+    const steps: [number[], number][] = [[[1, 9690, 198, 2683, 359, 253, 5356], 1], [[28, 29, 30], 3], [[31], 1], [[17, 18], 2]];
+    for (const [ids, rows] of steps) {
+      const logits = await viaLogits.forward(ids, rows);
+      const expected = Array.from({ length: rows }, (_, r) => argmax(logits, r * model.vocab, model.vocab));
+      t.deepEqual([...(await viaIds.forwardGreedy!(ids, rows))], expected, `forward of ${ids.length}, ${rows} rows`);
+    }
+    viaLogits.dispose();
+    viaIds.dispose();
+  } finally {
+    await model.dispose();
+  }
+  // float32 graphs have no such output: their sequences read logits.
+  const f32 = (await loadDecoderModel(await defaultModelDir(), EMULATE)) as DeviceDecoderModel;
+  try {
+    const seq = f32.createSequence();
+    t.is(seq.forwardGreedy, undefined);
+    seq.dispose();
+  } finally {
+    await f32.dispose();
   }
 });
 

@@ -86,6 +86,7 @@ export function convertGguf(ggufPath: string, outDir: string, options: GraphOpti
     norms: options.norms,
     ...(options.slots !== undefined && options.slots > 0 ? { slots: options.slots } : {}),
     ...(options.dtype === 'float16' ? { dtype: options.dtype } : {}),
+    ...(built.greedyOutput ? { greedyOutput: true } : {}),
     source: { file: basename(ggufPath), sha256 },
   };
   writeFileSync(join(tmp, 'tokenizer.json'), JSON.stringify(tokenizer.tokenizerJson));

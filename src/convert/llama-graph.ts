@@ -175,6 +175,8 @@ export const IO = {
   logitsStart: 'logits_start',
   logitsEnd: 'logits_end',
   logits: 'logits',
+  /** float16 graphs: the argmax of each logits row (int64), so greedy decoding can skip the logits' download. */
+  argmax: 'argmax',
   pastKey: (layer: number) => `past_key_values.${layer}.key`,
   pastValue: (layer: number) => `past_key_values.${layer}.value`,
   presentKey: (layer: number) => `present.${layer}.key`,
@@ -314,6 +316,8 @@ export interface BuiltGraph {
   readonly graph: GraphSpec;
   readonly hyper: LlamaHyperParams;
   readonly kvCapacityDim: string;
+  /** The graph also outputs IO.argmax. */
+  readonly greedyOutput: boolean;
 }
 
 export type ProgressFn = (done: number, total: number) => void;
@@ -526,6 +530,10 @@ export function buildLlamaGraph(file: GgufFile, options: GraphOptions = DEFAULT_
   }
   if (kvType === OnnxDataType.FLOAT) g.node('Identity', [logits], [IO.logits]);
   else g.node('Cast', [logits], [IO.logits], { to: OnnxDataType.FLOAT });
+  // On a GPU a logits row is vocab × 4 bytes to bring back (1 MB for Gemma's 262k tokens) and to
+  // scan on the host: greedy decoding reads 8 bytes a row instead.
+  const greedyOutput = kvType === OnnxDataType.FLOAT16 && slots === 0;
+  if (greedyOutput) g.node('ArgMax', [IO.logits], [IO.argmax], { axis: -1, keepdims: 0, select_last_index: 0 });
   progress?.(totalSteps, totalSteps);
 
   const kvShape = [1, hp.kvHeads, kvCapacityDim, hp.headDim];
@@ -544,7 +552,7 @@ export function buildLlamaGraph(file: GgufFile, options: GraphOptions = DEFAULT_
         slotOutputs.push({ name: SLOT_IO.presentKey(s, l), type: kvType, shape: kv }, { name: SLOT_IO.presentValue(s, l), type: kvType, shape: kv });
       }
     }
-    return { graph: { name: `${hp.architecture}-decoder-${slots}-slots`, nodes: g.nodes, inputs: slotInputs, outputs: slotOutputs, initializers: g.initializers }, hyper: hp, kvCapacityDim };
+    return { graph: { name: `${hp.architecture}-decoder-${slots}-slots`, nodes: g.nodes, inputs: slotInputs, outputs: slotOutputs, initializers: g.initializers }, hyper: hp, kvCapacityDim, greedyOutput };
   }
   const inputs: ValueInfo[] = [
     { name: IO.inputIds, type: OnnxDataType.INT64, shape: [1, 'sequence_length'] },
@@ -554,11 +562,12 @@ export function buildLlamaGraph(file: GgufFile, options: GraphOptions = DEFAULT_
     { name: IO.logitsEnd, type: OnnxDataType.INT64, shape: [1] },
   ];
   const outputs: ValueInfo[] = [{ name: IO.logits, type: OnnxDataType.FLOAT, shape: [1, 'logits_length', hp.vocab] }];
+  if (greedyOutput) outputs.push({ name: IO.argmax, type: OnnxDataType.INT64, shape: [1, 'logits_length'] });
   for (let l = 0; l < hp.layers; l++) {
     inputs.push({ name: IO.pastKey(l), type: kvType, shape: kvShape });
     inputs.push({ name: IO.pastValue(l), type: kvType, shape: kvShape });
     outputs.push({ name: IO.presentKey(l), type: kvType, shape: kvShape });
     outputs.push({ name: IO.presentValue(l), type: kvType, shape: kvShape });
   }
-  return { graph: { name: `${hp.architecture}-decoder`, nodes: g.nodes, inputs, outputs, initializers: g.initializers }, hyper: hp, kvCapacityDim };
+  return { graph: { name: `${hp.architecture}-decoder`, nodes: g.nodes, inputs, outputs, initializers: g.initializers }, hyper: hp, kvCapacityDim, greedyOutput };
 }

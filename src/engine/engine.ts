@@ -360,6 +360,11 @@ export class Engine implements GenerationBackend {
         if (row > 0 && usePresence) usePresence.add(draft[row - 1]!);
         return sampler.pick(logits, row, usePresence);
       };
+      // Greedy without a penalty needs only each row's argmax: where the model computes it (GPU
+      // graphs), the logits stay on the device. Plain and speculative rounds both take this path.
+      const forwardGreedy = sampler.greedy && usePresence === undefined ? sequence.forwardGreedy : undefined;
+      let greedyIds: Int32Array = EMPTY_IDS;
+      const pickGreedy = (row: number): number => greedyIds[row]!;
 
       while (finishReason === undefined) {
         throwIfAborted(signal, promptTokens.length, completionTokens);
@@ -377,9 +382,16 @@ export class Engine implements GenerationBackend {
         for (const d of draft) input.push(d);
         const kvBefore = sequence.length;
         const f0 = performance.now();
-        const logits = await sequence.forward(input, input.length);
-        stats.forwardMs += performance.now() - f0;
-        const accepted = verifyDraft(draft, pickAt(logits, draft), emitted);
+        let accepted: number;
+        if (forwardGreedy !== undefined) {
+          greedyIds = await forwardGreedy(input, input.length);
+          stats.forwardMs += performance.now() - f0;
+          accepted = verifyDraft(draft, pickGreedy, emitted);
+        } else {
+          const logits = await sequence.forward(input, input.length);
+          stats.forwardMs += performance.now() - f0;
+          accepted = verifyDraft(draft, pickAt(logits, draft), emitted);
+        }
         controller.record(draft.length, accepted);
         stats.rounds++;
         if (draft.length > 0) {
@@ -463,6 +475,8 @@ async function timeForwards(seq: ReturnType<DecoderModel['createSequence']>, ids
   const median = (a: number[]) => a.sort((x, y) => x - y)[a.length >> 1]!;
   return new Map(sizes.map((t) => [t, median(samples.get(t)!)]));
 }
+
+const EMPTY_IDS = new Int32Array(0);
 
 function throwIfAborted(signal: AbortSignal | undefined, promptTokens: number, completionTokens: number): void {
   if (signal?.aborted) throw new CancelledError(signal.reason, { promptTokens, completionTokens });

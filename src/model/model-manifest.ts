@@ -5,7 +5,7 @@
 export const MANIFEST_FILE = 'anpd-model.json';
 export const MANIFEST_FORMAT = 'anpd-gqa-decoder';
 /** Bump when the converter's output changes: it keys the conversion cache. */
-export const CONVERTER_VERSION = 2;
+export const CONVERTER_VERSION = 3;
 
 export interface ModelManifest {
   readonly format: typeof MANIFEST_FORMAT;
@@ -28,5 +28,7 @@ export interface ModelManifest {
   readonly slots?: number;
   /** Float type of activations and KV (GraphOptions.dtype). Absent: float32. */
   readonly dtype?: 'float32' | 'float16';
+  /** The graph also outputs `argmax` (int64 [1, rows]): each logits row's argmax. */
+  readonly greedyOutput?: boolean;
   readonly source: { readonly file: string; readonly sha256: string };
 }

@@ -56,6 +56,8 @@ export class DeviceDecoderModel implements DecoderModel {
   readonly idsLong: DeviceBuffer;
   readonly seqlensK: DeviceBuffer;
   readonly logits: DeviceBuffer;
+  /** Each logits row's argmax (int64), where the graph outputs it (float16 graphs). */
+  readonly argmax: DeviceBuffer | undefined;
   private disposed = false;
   /** CUDA: total_sequence_length is the KV set's size after a sequence's first forward (see DeviceSequence.run). */
   readonly fixedTotalLength: boolean;
@@ -75,6 +77,7 @@ export class DeviceDecoderModel implements DecoderModel {
     this.idsLong = session.alloc(FORWARD_TOKENS_MAX * 8);
     this.seqlensK = session.alloc(4);
     this.logits = session.alloc(FORWARD_TOKENS_MAX * manifest.vocab * 4);
+    this.argmax = manifest.greedyOutput === true && options.greedyOnDevice !== false ? session.alloc(FORWARD_TOKENS_MAX * 8) : undefined;
     this.info = {
       name: manifest.name,
       kind: 'anpd-gqa',
@@ -152,7 +155,7 @@ export class DeviceDecoderModel implements DecoderModel {
   async dispose(): Promise<void> {
     this.disposed = true;
     for (const kv of this.kvSets) for (const b of kv.buffers) this.session.free(b);
-    for (const b of [this.idsShort, this.idsLong, this.seqlensK, this.logits]) this.session.free(b);
+    for (const b of [this.idsShort, this.idsLong, this.seqlensK, this.logits, this.argmax]) if (b !== undefined) this.session.free(b);
     this.session.release();
   }
 }
@@ -175,6 +178,11 @@ class DeviceSequence implements DecoderSequence {
   private readonly logitsByRows = new Map<number, Float32Array>();
   private readonly idsValue: DeviceValue;
   private readonly logitsValue: DeviceValue;
+  private readonly argmaxValue: DeviceValue | undefined;
+  private readonly argmaxRead = new BigInt64Array(FORWARD_TOKENS_MAX);
+  private readonly argmaxIds = new Int32Array(FORWARD_TOKENS_MAX);
+  /** Where the graph outputs argmax (float16 graphs): greedy steps read 8 bytes a row, not the row. */
+  readonly forwardGreedy: ((tokens: ArrayLike<number>, rows: number) => Promise<Int32Array>) | undefined;
   // A decode step's shapes, made once (the step allocates nothing it need not).
   private readonly shortIdsDims: readonly number[];
   private readonly shortLogitsDims: readonly number[];
@@ -198,6 +206,11 @@ class DeviceSequence implements DecoderSequence {
     this.inputs['logits_start'] = { data: this.logitsStart, dims: [1], type: int64 };
     this.inputs['logits_end'] = { data: this.logitsEnd, dims: [1], type: int64 };
     this.outputs['logits'] = this.logitsValue;
+    if (model.argmax !== undefined) {
+      this.argmaxValue = { data: model.argmax, dims: [1, model.rows], type: int64 };
+      this.outputs['argmax'] = this.argmaxValue;
+      this.forwardGreedy = (tokens, rows) => this.greedy(tokens, rows);
+    }
     const dims = model.kvDims;
     for (let l = 0; l < model.layers; l++) {
       const key = { data: kv.buffers[2 * l]!, dims, type: model.elementType };
@@ -215,6 +228,27 @@ class DeviceSequence implements DecoderSequence {
   }
 
   async forward(tokens: ArrayLike<number>, logitsRows: number): Promise<Float32Array> {
+    const { count, short } = this.advance(tokens, logitsRows);
+    const logits = this.logitsOf(logitsRows);
+    // Short forwards computed every row: the wanted ones are the last `rows` real ones.
+    const firstRow = short ? count - logitsRows : 0;
+    this.model.session.read(this.model.logits, firstRow * this.model.vocab * 4, logits);
+    return logits;
+  }
+
+
+  private async greedy(tokens: ArrayLike<number>, rows: number): Promise<Int32Array> {
+    const { count, short } = this.advance(tokens, rows);
+    const firstRow = short ? count - rows : 0;
+    const read = this.argmaxRead.subarray(0, rows);
+    this.model.session.read(this.model.argmax!, firstRow * 8, read);
+    const ids = this.argmaxIds.subarray(0, rows);
+    for (let i = 0; i < rows; i++) ids[i] = Number(read[i]!);
+    return ids;
+  }
+
+  /** Validates and runs a forward; the last chunk's outputs are left on the device. */
+  private advance(tokens: ArrayLike<number>, logitsRows: number): { count: number; short: boolean } {
     if (this.disposed) throw new Error('sequence is disposed');
     const t = tokens.length;
     if (t === 0) throw new InvalidRequestError('forward needs at least one token');
@@ -227,11 +261,13 @@ class DeviceSequence implements DecoderSequence {
       this.run(tokens, start, FORWARD_TOKENS_MAX, 0);
       start += FORWARD_TOKENS_MAX;
     }
-    return this.run(tokens, start, t - start, logitsRows);
+    const count = t - start;
+    this.run(tokens, start, count, logitsRows);
+    return { count, short: count <= this.model.rows };
   }
 
-  /** Runs tokens[start, start+count); returns the logits of the last `rows` of them (none for rows = 0). */
-  private run(tokens: ArrayLike<number>, start: number, count: number, rows: number): Float32Array {
+  /** Runs tokens[start, start+count), computing logits (and argmax) for its last `rows` (short forwards: all rows). */
+  private run(tokens: ArrayLike<number>, start: number, count: number, rows: number): void {
     const model = this.model;
     const session = model.session;
     const short = count <= model.rows;
@@ -252,6 +288,7 @@ class DeviceSequence implements DecoderSequence {
       this.logitsStart[0] = 0n;
       this.logitsEnd[0] = BigInt(padded);
       this.logitsValue.dims = this.shortLogitsDims;
+      if (this.argmaxValue !== undefined) this.argmaxValue.dims = this.shortIdsDims;
       if (this.kvLength > 0) graphId = this.graphId;
     } else {
       const ids = this.idsLong.subarray(0, padded);
@@ -264,6 +301,7 @@ class DeviceSequence implements DecoderSequence {
       this.logitsStart[0] = BigInt(count - kept);
       this.logitsEnd[0] = BigInt(count);
       this.logitsValue.dims = [1, kept, model.vocab];
+      if (this.argmaxValue !== undefined) this.argmaxValue.dims = [1, kept];
     }
     this.seqlensK[0] = this.kvLength + padded - 1;
     session.write(model.seqlensK, 0, this.seqlensK);
@@ -275,12 +313,6 @@ class DeviceSequence implements DecoderSequence {
     this.totalLength[0] = this.kvLength === 0 || !model.fixedTotalLength ? this.kvLength + padded : model.kvSlots;
     session.run(this.inputs, this.outputs, graphId);
     this.kvLength += count;
-    if (rows === 0) return EMPTY;
-    const logits = this.logitsOf(rows);
-    // Short forwards computed every row: the wanted ones are the last `rows` real ones.
-    const firstRow = short ? count - rows : 0;
-    session.read(model.logits, firstRow * model.vocab * 4, logits);
-    return logits;
   }
 
   private logitsOf(rows: number): Float32Array {
@@ -305,7 +337,6 @@ class DeviceSequence implements DecoderSequence {
   }
 }
 
-const EMPTY = new Float32Array(0);
 
 /** Smallest forward shape in PREFILL_SHAPES that holds `count` tokens and fits `room` KV slots, else `count`. */
 export function prefillShape(count: number, room: number): number {

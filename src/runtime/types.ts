@@ -42,6 +42,12 @@ export interface DecoderSequence {
    * row-major [logitsRows × vocabSize]. The array is reused by the next forward: copy what you keep.
    */
   forward(tokens: ArrayLike<number>, logitsRows: number): Promise<Float32Array>;
+  /**
+   * Where the model computes it (a GPU graph's `argmax` output): as forward(), but returns each of
+   * the last `rows` logits rows' argmax (ONNX ArgMax: ties to the first index) instead of the rows, which stay
+   * on the device. Absent where greedy decoding reads the logits itself. Reused like forward()'s array.
+   */
+  readonly forwardGreedy?: ((tokens: ArrayLike<number>, rows: number) => Promise<Int32Array>) | undefined;
   /** Forgets every position ≥ `length` (a rejected draft). O(1) for the GQA layout. */
   rewind(length: number): void;
   dispose(): void;
@@ -91,6 +97,11 @@ export interface RuntimeOptions {
   readonly deviceRun?: DeviceRunMode;
   /** With the device path on 'cuda': replay fixed-shape forwards as CUDA graphs. @default true */
   readonly cudaGraphs?: boolean;
+  /**
+   * Device path, graphs with an `argmax` output (float16): greedy steps bring back each row's argmax
+   * instead of its logits. false: always the logits (for measuring what that costs). @default true
+   */
+  readonly greedyOnDevice?: boolean;
   /** Device path on CUDA: run each forward shape once at load (ORT's first run of a shape is slow). @default true */
   readonly warmUp?: boolean;
   /** CUDA device ordinal. @default 0 */

@@ -7,6 +7,8 @@
 # off, token ids compared), rows (decode by forward row count), the peers run against llama.cpp,
 # scale (a 1.7B-shaped random model, both engines), concurrency.
 #   ROWS="4 8" bash bench/gpu/h200-run.sh [steps...]   (default: all)
+#   MODEL=/tmp/g16 GGUF=/tmp/gemma.gguf GREEDY="on off" TAG=-gemma bash bench/gpu/h200-run.sh peers
+#     (another model; greedy decoding with the argmax on the device and with the logits brought back)
 set -u -o pipefail
 out=${OUT:-/tmp/out}; mkdir -p "$out"
 source .gpu/base/unpack.sh >/dev/null
@@ -50,7 +52,9 @@ for step in $steps; do
     peers)
       say peers "(llama build rc: $(cat /tmp/b/build.rc 2>/dev/null || echo none))"
       for r in $rows_list; do
-        timeout 200 node dist/bench/gpu-peers.js --model "$model" --gguf "$gguf" --llama-bin "$llama" --rows-min $r --out "$out/peers-rows$r.json" 2>&1 | grep -v '^{' | tee -a "$log"
+        for g in ${GREEDY:-on}; do
+          timeout 200 node dist/bench/gpu-peers.js --model "$model" --gguf "$gguf" --llama-bin "$llama" --rows-min $r --greedy-on-device $g --out "$out/peers${TAG:-}-rows$r-greedy-$g.json" 2>&1 | grep -v '^{' | tee -a "$log"
+        done
       done ;;
     scale)
       say scale

@@ -93,6 +93,8 @@ for (const [mix, typeOf] of Object.entries(MIXES)) {
       // What packing for MatMulNBits costs, against the GGUF's exact values (logged for the notes).
       t.log(`${mix}: packed vs exact weights, logits max |diff| ${packing.max.toPrecision(3)}, RMS ${packing.rms.toPrecision(3)} (largest |logit| ${packing.scale.toPrecision(3)})`);
       t.true(packing.max < 0.1 * packing.scale, 'packing moved a logit by more than 10% of the largest');
+      // Q4_K maps exactly (scale, zero point 0, and its mins as a block offset).
+      if (mix === 'Q4_K') t.true(packing.max < 1e-6 * packing.scale, `Q4_K packing is not exact: ${packing.max}`);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

@@ -9,9 +9,9 @@
  */
 import { ModelFormatError } from '../errors.js';
 import type { GgufFile, GgufTensorInfo } from './gguf-reader.js';
-import { metaNumber, metaString, requireNumber } from './gguf-reader.js';
+import { GgmlType, metaNumber, metaString, requireNumber } from './gguf-reader.js';
 import { type AttributeValue, type GraphSpec, type Initializer, type NodeSpec, OnnxDataType, type ValueInfo } from './onnx-writer.js';
-import { dequantize, matrixShape, type NBitsWeight, QUANT_BLOCK, toNBits, toNBits8, toNBitsParts, wantsEightBits } from './quantize.js';
+import { dequantize, matrixShape, type NBitsWeight, QUANT_BLOCK, toNBits, toNBits8, toNBitsParts } from './quantize.js';
 
 export const SUPPORTED_ARCHITECTURES = ['llama', 'qwen2', 'qwen3', 'gemma3'] as const;
 export type Architecture = (typeof SUPPORTED_ARCHITECTURES)[number];
@@ -302,6 +302,8 @@ function concatRows(parts: readonly NBitsWeight[]): NBitsWeight {
     }
     return out;
   };
+  // Block mins (Q4_K) where any part has them; the others' blocks get 0.
+  const withMins = parts.some((p) => p.blockMins !== undefined);
   return {
     bits: first.bits,
     n: parts.reduce((s, p) => s + p.n, 0),
@@ -309,6 +311,7 @@ function concatRows(parts: readonly NBitsWeight[]): NBitsWeight {
     packed: cat(parts.map((p) => p.packed), Uint8Array),
     scales: cat(parts.map((p) => p.scales), Float32Array),
     zeroPoints: first.zeroPoints === undefined ? undefined : cat(parts.map((p) => p.zeroPoints!), Uint8Array),
+    blockMins: withMins ? cat(parts.map((p) => p.blockMins ?? new Float32Array(p.scales.length)), Float32Array) : undefined,
   };
 }
 
@@ -357,7 +360,13 @@ export function buildLlamaGraph(file: GgufFile, options: GraphOptions = DEFAULT_
     if (wq.zeroPoints !== undefined) {
       inputs.push(g.init(`${name}.qzeros`, OnnxDataType.UINT8, [wq.zeroPoints.length], wq.zeroPoints));
     }
-    return g.one('MatMulNBits', inputs, { K: wq.k, N: wq.n, bits: wq.bits, block_size: QUANT_BLOCK, accuracy_level: options.accuracyLevel }, 'com.microsoft');
+    const y = g.one('MatMulNBits', inputs, { K: wq.k, N: wq.n, bits: wq.bits, block_size: QUANT_BLOCK, accuracy_level: options.accuracyLevel }, 'com.microsoft');
+    if (wq.blockMins === undefined) return y;
+    // Q4_K's mins: y −= (Σ of each 32-block of x) · mins, a [K/32 × N] MatMul (1 extra bit a weight).
+    const mins = new Float32Array(blocksPerRow * wq.n); // [K/32, N]
+    for (let r = 0; r < wq.n; r++) for (let b = 0; b < blocksPerRow; b++) mins[b * wq.n + r] = wq.blockMins[r * blocksPerRow + b]!;
+    const blockSums = g.one('ReduceSum', [g.one('Reshape', [x, g.i64(g.fresh('shape'), [0, 0, blocksPerRow, QUANT_BLOCK])]), g.i64(g.fresh('axes'), [-1])], { keepdims: 0 });
+    return g.one('Sub', [y, g.one('MatMul', [blockSums, g.f32(`${name}.block_mins`, [blocksPerRow, wq.n], mins)])]);
   };
   const quant = (t: GgufTensorInfo): NBitsWeight => toNBits(file, t);
 
@@ -414,7 +423,8 @@ export function buildLlamaGraph(file: GgufFile, options: GraphOptions = DEFAULT_
   // Embedding: gather rows of the (usually Q8_0) table.
   const embd = tensor('token_embd.weight');
   let x: string;
-  if (wantsEightBits(embd.type) && options.weights === 'nbits') {
+  // Quantized gather where the 8-bit form is exact (Q8_0, Q5_0); other types are dequantized.
+  if ((embd.type === GgmlType.Q8_0 || embd.type === GgmlType.Q5_0) && options.weights === 'nbits') {
     const q = toNBits8(file, embd);
     x = g.one(
       'GatherBlockQuantized',

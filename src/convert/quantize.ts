@@ -21,6 +21,12 @@ export interface NBitsWeight {
   readonly scales: Float32Array;
   /** 4-bit packed zero points [N][ceil(K/32/2)], or undefined for the symmetric default (8 or 128). */
   readonly zeroPoints: Uint8Array | undefined;
+  /**
+   * Per 32-block offsets [N · K/32] subtracted from every weight of the block (Q4_K's mins):
+   * weight = scale · (q − zero_point) − blockMin. MatMulNBits has no such term; the graph adds
+   * −(Σ of the block's inputs) · blockMin as a small MatMul beside it. Undefined: none.
+   */
+  readonly blockMins?: Float32Array | undefined;
 }
 
 const f16 = new Float32Array(1);
@@ -296,6 +302,7 @@ export function toNBitsParts(file: GgufFile, ts: readonly GgufTensorInfo[]): NBi
  * the reference the engine is judged against.
  */
 export function toNBits4(file: GgufFile, t: GgufTensorInfo): NBitsWeight {
+  if (t.type === GgmlType.Q4_K) return q4_KToNBits(file, t);
   const { n, k } = matrixShape(file, t);
   const blocksPerRow = k / QUANT_BLOCK;
   const blocks = n * blocksPerRow;
@@ -331,6 +338,44 @@ export function toNBits4(file: GgufFile, t: GgufTensorInfo): NBitsWeight {
     }
   }
   return { bits: 4, n, k, packed, scales, zeroPoints };
+}
+
+/**
+ * Q4_K exactly: each 32-element sub-block is w = (d·sc)·q − dmin·m with q ∈ [0, 15], i.e. 4-bit
+ * MatMulNBits with scale d·sc, zero point 0, and the sub-block's min as a block offset (see
+ * NBitsWeight.blockMins). Requantizing instead to a 4-bit grid with an integer zero point cost
+ * 8% of the weights' RMS on Gemma 3 270M (bench/results/gemma3-270m/accuracy.json).
+ */
+export function q4_KToNBits(file: GgufFile, t: GgufTensorInfo): NBitsWeight {
+  if (t.type !== GgmlType.Q4_K) throw new Error(`q4_KToNBits: ${t.name} is ${GgmlType[t.type]}`);
+  const { n, k } = matrixShape(file, t);
+  const src = tensorBytes(file, t);
+  const blocks = (n * k) / QUANT_BLOCK;
+  const packed = new Uint8Array(blocks * 16);
+  const scales = new Float32Array(blocks);
+  const blockMins = new Float32Array(blocks);
+  const f = Math.fround;
+  for (let sb = 0; sb < blocks / 8; sb++) {
+    const o = sb * 144;
+    const d = halfToFloat(src.readUInt16LE(o));
+    const dmin = halfToFloat(src.readUInt16LE(o + 2));
+    for (let j = 0; j < 8; j++) {
+      const [sc, m] = scaleMinK4(src, o + 4, j);
+      const b = sb * 8 + j;
+      scales[b] = f(d * sc);
+      blockMins[b] = f(dmin * m);
+      // Sub-blocks 2i and 2i+1 share 32 bytes: low nibbles, then high nibbles.
+      const qs = o + 16 + 32 * (j >> 1);
+      const shift = j & 1 ? 4 : 0;
+      for (let i = 0; i < 16; i++) {
+        const lo = (src[qs + 2 * i]! >> shift) & 0xf;
+        const hi = (src[qs + 2 * i + 1]! >> shift) & 0xf;
+        packed[b * 16 + i] = lo | (hi << 4);
+      }
+    }
+  }
+  const zeroPoints = new Uint8Array(n * Math.ceil(k / QUANT_BLOCK / 2));
+  return { bits: 4, n, k, packed, scales, zeroPoints, blockMins };
 }
 
 function nibbleQ4_0(src: Buffer, block: number, element: number): number {
@@ -410,10 +455,11 @@ export function dequantizeNBits(wt: NBitsWeight): Float32Array {
           const zb = wt.zeroPoints[row * zpStride + (bj >> 1)]!;
           z = bj & 1 ? zb >> 4 : zb & 0xf;
         }
+        const m = wt.blockMins?.[b] ?? 0;
         for (let i = 0; i < 16; i++) {
           const byte = wt.packed[b * 16 + i]!;
-          out[base + 2 * i] = s * ((byte & 0xf) - z);
-          out[base + 2 * i + 1] = s * ((byte >> 4) - z);
+          out[base + 2 * i] = s * ((byte & 0xf) - z) - m;
+          out[base + 2 * i + 1] = s * ((byte >> 4) - z) - m;
         }
       }
     }

@@ -14,6 +14,7 @@ import { ANPD_PAPER_OPTIONS, DEFAULT_NGRAM_OPTIONS, NGRAM_N_MAX, NgramDrafter } 
 import { AnpdError, ContextOverflowError, InvalidRequestError } from '../errors.js';
 import { verifyDraft } from '../generate/verify.js';
 import type { DecoderModel, ModelInfo } from '../runtime/types.js';
+import { tokenLogprob, TOP_LOGPROBS_MAX, type TokenLogprob } from '../sampling/logprobs.js';
 import { GREEDY, Sampler, type SamplingParams, TokenPresence } from '../sampling/sampler.js';
 import { IncrementalDetokenizer } from '../tokenizer/incremental-detokenizer.js';
 import type { ChatMessage, TextTokenizer } from '../tokenizer/tokenizer.js';
@@ -40,6 +41,11 @@ export interface GenerateRequest {
   readonly sampling?: SamplingParams;
   /** Speculation changes speed only, never output. Default: DEFAULT_SPECULATION. */
   readonly speculation?: SpeculationOptions;
+  /**
+   * Each generated token's log-probability and rank, and the `top` most likely tokens at its
+   * position (0..TOP_LOGPROBS_MAX), from the raw model distribution. Absent: none.
+   */
+  readonly logprobs?: { readonly top: number };
 }
 
 export interface SpeculationOptions {
@@ -84,6 +90,8 @@ export interface GenerationDelta {
   readonly type: 'delta';
   readonly text: string;
   readonly tokenIds: readonly number[];
+  /** With GenerateRequest.logprobs: one entry per token of tokenIds. */
+  readonly logprobs?: readonly TokenLogprob[];
 }
 
 export interface GenerationFinal {
@@ -171,6 +179,10 @@ export function validateRequest(info: ModelInfo, request: GenerateRequest, promp
   }
   if (!Number.isInteger(spec.draftTokensMax) || spec.draftTokensMax < 0 || spec.draftTokensMax > DRAFT_TOKENS_LIMIT) {
     throw new InvalidRequestError(`speculation max draft tokens must be an integer in [0, ${DRAFT_TOKENS_LIMIT}], got ${spec.draftTokensMax}`);
+  }
+  if (request.logprobs !== undefined) {
+    const top = request.logprobs.top;
+    if (!Number.isInteger(top) || top < 0 || top > TOP_LOGPROBS_MAX) throw new InvalidRequestError(`logprobs.top_logprobs must be an integer in [0, ${TOP_LOGPROBS_MAX}], got ${top}`);
   }
   const s = request.sampling ?? GREEDY;
   if (!(s.temperature >= 0) || !Number.isFinite(s.temperature)) throw new InvalidRequestError(`temperature must be ≥ 0, got ${s.temperature}`);
@@ -362,7 +374,10 @@ export class Engine implements GenerationBackend {
       };
       // Greedy without a penalty needs only each row's argmax: where the model computes it (GPU
       // graphs), the logits stay on the device. Plain and speculative rounds both take this path.
-      const forwardGreedy = sampler.greedy && usePresence === undefined ? sequence.forwardGreedy : undefined;
+      // Log-probabilities need the rows (they are read right after the verify, before the next forward reuses them).
+      const logprobTop = request.logprobs?.top;
+      const logprobs: TokenLogprob[] = [];
+      const forwardGreedy = sampler.greedy && usePresence === undefined && logprobTop === undefined ? sequence.forwardGreedy : undefined;
       let greedyIds: Int32Array = EMPTY_IDS;
       const pickGreedy = (row: number): number => greedyIds[row]!;
 
@@ -391,6 +406,10 @@ export class Engine implements GenerationBackend {
           const logits = await sequence.forward(input, input.length);
           stats.forwardMs += performance.now() - f0;
           accepted = verifyDraft(draft, pickAt(logits, draft), emitted);
+          if (logprobTop !== undefined) {
+            logprobs.length = 0;
+            for (let row = 0; row < emitted.length; row++) logprobs.push(tokenLogprob(logits, row * info.vocabSize, info.vocabSize, emitted[row]!, logprobTop));
+          }
         }
         controller.record(draft.length, accepted);
         stats.rounds++;
@@ -438,7 +457,7 @@ export class Engine implements GenerationBackend {
         }
         if (committed.length > 0 || text.length > 0) {
           if (firstTokenMs === 0) firstTokenMs = performance.now() - started;
-          yield { type: 'delta', text, tokenIds: committed };
+          yield logprobTop === undefined ? { type: 'delta', text, tokenIds: committed } : { type: 'delta', text, tokenIds: committed, logprobs: logprobs.slice(0, committed.length) };
         }
       }
       yield {

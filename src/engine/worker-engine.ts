@@ -242,7 +242,7 @@ export class WorkerEngine implements GenerationBackend {
         }
         const message = queue.shift()!;
         if (message.type === 'delta') {
-          yield { type: 'delta', text: message.text, tokenIds: message.tokenIds };
+          yield message.logprobs === undefined ? { type: 'delta', text: message.text, tokenIds: message.tokenIds } : { type: 'delta', text: message.text, tokenIds: message.tokenIds, logprobs: message.logprobs };
           this.post({ type: 'credit', id });
         } else if (message.type === 'final') {
           finished = true;

@@ -3,6 +3,7 @@
  * Plain data only: they cross threads by structured clone.
  */
 import type { RuntimeOptions, ModelInfo } from '../runtime/types.js';
+import type { TokenLogprob } from '../sampling/logprobs.js';
 import type { GenerateRequest, GenerationFinal } from './engine.js';
 
 /**
@@ -50,7 +51,7 @@ export type FromWorker =
   | { readonly type: 'calibrated'; readonly forwardCost: readonly number[]; readonly ms: number }
   | { readonly type: 'calibrate-error'; readonly error: SerializedError }
   | { readonly type: 'init-error'; readonly error: SerializedError }
-  | { readonly type: 'delta'; readonly id: number; readonly text: string; readonly tokenIds: readonly number[] }
+  | { readonly type: 'delta'; readonly id: number; readonly text: string; readonly tokenIds: readonly number[]; readonly logprobs?: readonly TokenLogprob[] }
   | { readonly type: 'final'; readonly id: number; readonly final: GenerationFinal }
   | { readonly type: 'error'; readonly id: number; readonly error: SerializedError }
   | { readonly type: 'disposed' };

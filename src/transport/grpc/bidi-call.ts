@@ -17,6 +17,7 @@ import {
   type BidiServerMsg,
   type GenerateRequestMsg,
   cancelledFinalInfo,
+  deltaChunk,
   parseGenerateRequest,
   toFinalInfo,
 } from './messages.js';
@@ -124,10 +125,11 @@ export class BidiCall {
       const parsed = parseGenerateRequest(msg);
       seed = parsed.seed;
       const meta = { method: 'GenerateBidi', requestId, model: this.service.modelName, request: parsed.request, stream: true };
+      const texts = (ids: readonly number[]) => this.service.decodeTokens(parsed.model, ids);
       const events = this.service.generate(parsed.model, parsed.request, signal);
       for await (const event of observeGeneration(this.telemetry, events, meta, this.rpc?.context ?? ROOT_CONTEXT, signal)) {
         if (event.type === 'delta') {
-          await this.writer.write({ chunk: { request_id: requestId, seq: seq++, text: event.text, token_ids: event.tokenIds } });
+          await this.writer.write({ chunk: deltaChunk(requestId, seq++, event, texts) });
         } else {
           await this.writer.write({
             chunk: { request_id: requestId, seq: seq++, text: '', token_ids: [], final: toFinalInfo(event, seed) },

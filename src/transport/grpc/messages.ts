@@ -4,10 +4,11 @@
  * only the wire can get wrong (missing prompt, unknown role, huge seed) lives here; the engine
  * validates the rest. Every message names the field.
  */
-import type { GenerateRequest as EngineRequest, Prompt, SpeculationOptions } from '../../engine/engine.js';
+import type { GenerateRequest as EngineRequest, GenerationDelta, Prompt, SpeculationOptions } from '../../engine/engine.js';
 import { DEFAULT_SPECULATION } from '../../engine/engine.js';
 import type { ServiceFinal, ServedModelInfo } from '../../engine/inference-service.js';
 import { InvalidRequestError } from '../../errors.js';
+import type { TokenLogprob } from '../../sampling/logprobs.js';
 import type { SamplingParams as EngineSampling } from '../../sampling/sampler.js';
 import type { ChatMessage } from '../../tokenizer/tokenizer.js';
 
@@ -41,6 +42,15 @@ export interface GenerateRequestMsg {
     max_draft_tokens?: number;
     ngram_n?: number;
   };
+  logprobs?: { enabled?: boolean; top_logprobs?: number };
+}
+
+export interface TokenLogprobMsg {
+  token_id: number;
+  logprob: number;
+  rank: number;
+  text: string;
+  top: { token_id: number; logprob: number; text: string }[];
 }
 
 export type FinishReasonMsg =
@@ -64,6 +74,7 @@ export interface GenerateChunkMsg {
   seq: number;
   text: string;
   token_ids: readonly number[];
+  logprobs?: TokenLogprobMsg[];
   final?: FinalInfoMsg;
 }
 
@@ -71,6 +82,7 @@ export interface GenerateResponseMsg {
   request_id: string;
   text: string;
   token_ids: number[];
+  logprobs?: TokenLogprobMsg[];
   final: FinalInfoMsg;
 }
 
@@ -213,7 +225,38 @@ export function parseGenerateRequest(msg: GenerateRequestMsg): ParsedGenerate {
     sampling: parseSampling(msg.sampling),
     speculation: parseSpeculation(msg.speculation),
   };
-  return { requestId, model: msg.model ?? '', request, seed: msg.sampling?.seed || '0' };
+  // top_logprobs > 0 implies enabled; the engine checks its range (the message names the field).
+  const top = msg.logprobs?.top_logprobs ?? 0;
+  const withLogprobs = msg.logprobs?.enabled === true || top > 0 ? { ...request, logprobs: { top } } : request;
+  return { requestId, model: msg.model ?? '', request: withLogprobs, seed: msg.sampling?.seed || '0' };
+}
+
+/** Texts of token ids, one per id (the service decodes them with the model's tokenizer). */
+export type TokenTexts = (ids: readonly number[]) => string[];
+
+/** Engine log-probabilities → wire, each token and alternative with its text (one decode call). */
+export function toLogprobMsgs(entries: readonly TokenLogprob[], texts: TokenTexts): TokenLogprobMsg[] {
+  const ids: number[] = [];
+  for (const e of entries) {
+    ids.push(e.tokenId);
+    for (const t of e.top) ids.push(t.tokenId);
+  }
+  const text = texts(ids);
+  let k = 0;
+  return entries.map((e) => ({
+    token_id: e.tokenId,
+    logprob: e.logprob,
+    rank: e.rank,
+    text: text[k++]!,
+    top: e.top.map((t) => ({ token_id: t.tokenId, logprob: t.logprob, text: text[k++]! })),
+  }));
+}
+
+/** A delta's chunk; its log-probabilities when it carries them. */
+export function deltaChunk(requestId: string, seq: number, delta: GenerationDelta, texts: TokenTexts): GenerateChunkMsg {
+  const chunk: GenerateChunkMsg = { request_id: requestId, seq, text: delta.text, token_ids: delta.tokenIds };
+  if (delta.logprobs !== undefined) chunk.logprobs = toLogprobMsgs(delta.logprobs, texts);
+  return chunk;
 }
 
 const FINISH_REASONS: Record<ServiceFinal['finishReason'], FinishReasonMsg> = {

@@ -26,9 +26,12 @@ import {
   type GenerateResponseMsg,
   type ModelInfoResponseMsg,
   type TokenizeRequestMsg,
+  type TokenLogprobMsg,
+  deltaChunk,
   parseChatMessages,
   parseGenerateRequest,
   toFinalInfo,
+  toLogprobMsgs,
   toModelInfo,
 } from './messages.js';
 import { SERVICE_NAME, loadProtos } from './proto.js';
@@ -117,14 +120,19 @@ export async function startGrpcServer(
           const parsed = parseGenerateRequest(call.request);
           let text = '';
           const tokenIds: number[] = [];
+          const logprobs: TokenLogprobMsg[] = [];
+          const texts = (ids: readonly number[]) => service.decodeTokens(parsed.model, ids);
           const meta = { method: 'Generate', requestId, model: service.modelName, request: parsed.request, stream: false };
           const events = service.generate(parsed.model, parsed.request, context.signal);
           for await (const event of observeGeneration(telemetry, events, meta, rpc?.context ?? ROOT_CONTEXT, context.signal)) {
             if (event.type === 'delta') {
               text += event.text;
               for (const id of event.tokenIds) tokenIds.push(id);
+              if (event.logprobs !== undefined) logprobs.push(...toLogprobMsgs(event.logprobs, texts));
             } else {
-              callback(null, { request_id: requestId, text, token_ids: tokenIds, final: toFinalInfo(event, parsed.seed) });
+              const response: GenerateResponseMsg = { request_id: requestId, text, token_ids: tokenIds, final: toFinalInfo(event, parsed.seed) };
+              if (parsed.request.logprobs !== undefined) response.logprobs = logprobs;
+              callback(null, response);
             }
           }
         } catch (error) {
@@ -148,11 +156,12 @@ export async function startGrpcServer(
         try {
           const parsed = parseGenerateRequest(call.request);
           const meta = { method: 'GenerateStream', requestId, model: service.modelName, request: parsed.request, stream: true };
+          const texts = (ids: readonly number[]) => service.decodeTokens(parsed.model, ids);
           const events = service.generate(parsed.model, parsed.request, context.signal);
           for await (const event of observeGeneration(telemetry, events, meta, rpc?.context ?? ROOT_CONTEXT, context.signal)) {
             const chunk: GenerateChunkMsg =
               event.type === 'delta'
-                ? { request_id: requestId, seq: seq++, text: event.text, token_ids: event.tokenIds }
+                ? deltaChunk(requestId, seq++, event, texts)
                 : { request_id: requestId, seq: seq++, text: '', token_ids: [], final: toFinalInfo(event, parsed.seed) };
             if (!(await writer.write(chunk))) return;
           }

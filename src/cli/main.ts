@@ -230,11 +230,40 @@ async function main(argv: string[]): Promise<number> {
   return 0;
 }
 
-main(process.argv.slice(2)).then(
+/**
+ * A flag the command does not know (or a missing value): one line naming it and the command's
+ * usage, exit 2 — not Node's parseArgs TypeError with its stack. Undefined for other errors.
+ */
+async function usageError(error: unknown, command: string): Promise<string | undefined> {
+  const code = (error as { code?: unknown } | null)?.code;
+  if (typeof code !== 'string' || !code.startsWith('ERR_PARSE_ARGS_')) return undefined;
+  const message = (error as Error).message;
+  const name = /'([^' ]+)/.exec(message)?.[1] ?? '';
+  const line =
+    code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION'
+      ? `unknown option ${name}`
+      : code === 'ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL'
+        ? `unexpected argument ${name}`
+        : /does not take an argument/.test(message)
+          ? `option ${name} takes no value`
+          : `option ${name} needs a value`;
+  const { CLIENT_HELP, HEALTH_HELP } = await import('./client.js');
+  const usage = command === 'client' ? CLIENT_HELP : command === 'health' ? HEALTH_HELP : HELP;
+  return `anpd ${command}: ${line}\n\n${usage}`;
+}
+
+const argv = process.argv.slice(2);
+main(argv).then(
   (code) => {
     process.exitCode = code;
   },
-  (error: unknown) => {
+  async (error: unknown) => {
+    const usage = await usageError(error, argv.find((a) => !a.startsWith('-')) ?? '');
+    if (usage !== undefined) {
+      process.stderr.write(usage);
+      process.exitCode = 2;
+      return;
+    }
     const message = error instanceof AnpdError ? `error (${error.code}): ${error.message}` : `error: ${(error as Error).stack ?? String(error)}`;
     process.stderr.write(`${message}\n`);
     process.exitCode = 1;

@@ -179,8 +179,9 @@ class DeviceSequence implements DecoderSequence {
   private readonly idsValue: DeviceValue;
   private readonly logitsValue: DeviceValue;
   private readonly argmaxValue: DeviceValue | undefined;
-  private readonly argmaxRead = new BigInt64Array(FORWARD_TOKENS_MAX);
-  private readonly argmaxIds = new Int32Array(FORWARD_TOKENS_MAX);
+  /** Views of `rows` entries, made once per row count (a step allocates nothing it need not). */
+  private readonly argmaxReadByRows = new Map<number, BigInt64Array>();
+  private readonly argmaxIdsByRows = new Map<number, Int32Array>();
   /** Where the graph outputs argmax (float16 graphs): greedy steps read 8 bytes a row, not the row. */
   readonly forwardGreedy: ((tokens: ArrayLike<number>, rows: number) => Promise<Int32Array>) | undefined;
   // A decode step's shapes, made once (the step allocates nothing it need not).
@@ -240,9 +241,15 @@ class DeviceSequence implements DecoderSequence {
   private async greedy(tokens: ArrayLike<number>, rows: number): Promise<Int32Array> {
     const { count, short } = this.advance(tokens, rows);
     const firstRow = short ? count - rows : 0;
-    const read = this.argmaxRead.subarray(0, rows);
+    let read = this.argmaxReadByRows.get(rows);
+    let ids = this.argmaxIdsByRows.get(rows);
+    if (read === undefined || ids === undefined) {
+      read = new BigInt64Array(rows);
+      ids = new Int32Array(rows);
+      this.argmaxReadByRows.set(rows, read);
+      this.argmaxIdsByRows.set(rows, ids);
+    }
     this.model.session.read(this.model.argmax!, firstRow * 8, read);
-    const ids = this.argmaxIds.subarray(0, rows);
     for (let i = 0; i < rows; i++) ids[i] = Number(read[i]!);
     return ids;
   }

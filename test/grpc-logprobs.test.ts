@@ -82,6 +82,19 @@ test.serial('logprobs with sampling are those of the raw distribution, and bidi 
   t.true(entries.some((e) => e.rank > 1), 'sampling at temperature 1.2 picks a less likely token somewhere');
 });
 
+test.serial('logprobs are of the raw distribution with a repetition penalty too: the first position\'s equal the unpenalized request\'s', async (t) => {
+  const s = await server();
+  const client = s.client();
+  // The prompt's tokens are in the penalty set from the first position on, and " the" is among them.
+  const base = request('pen', 'Say the word the three times: the the the', { stopping: { max_new_tokens: 4 }, speculation: { mode: 'MODE_OFF' } });
+  const plain = await client.generate(base, { deadlineMs: 60_000 });
+  const penalized = await client.generate({ ...base, sampling: { repetition_penalty: 3 } }, { deadlineMs: 60_000 });
+  t.deepEqual(penalized.logprobs![0]!.top, plain.logprobs![0]!.top, 'the alternatives of the first position do not depend on the penalty');
+  const chosen = penalized.logprobs![0]!;
+  const asAlternative = plain.logprobs![0]!.top.find((x) => x.token_id === chosen.token_id);
+  if (asAlternative !== undefined) t.is(chosen.logprob, asAlternative.logprob);
+});
+
 test.serial('top_logprobs above 20 is INVALID_ARGUMENT naming the field', async (t) => {
   const s = await server();
   const error = await grpcError(s.client().generate(request('bad', 'Hi', { logprobs: { top_logprobs: 21 } }), { deadlineMs: 10_000 }));

@@ -368,15 +368,22 @@ export class Engine implements GenerationBackend {
       const emitted: number[] = [];
       let finishReason: FinishReason | undefined;
       member = this.batchLoad.join(controller.rowsFor(0), 1);
+      // Log-probabilities are of the raw row: the penalty rewrites the row in place when it picks,
+      // so with a penalty the row is copied first. One entry per picked row = per emitted token.
+      const logprobTop = request.logprobs?.top;
+      const logprobs: TokenLogprob[] = [];
+      const rawRow = logprobTop !== undefined && usePresence !== undefined ? new Float32Array(vocab) : undefined;
       const pickAt = (logits: Float32Array, draft: readonly number[]) => (row: number): number => {
         if (row > 0 && usePresence) usePresence.add(draft[row - 1]!);
-        return sampler.pick(logits, row, usePresence);
+        if (logprobTop === undefined) return sampler.pick(logits, row, usePresence);
+        const offset = row * vocab;
+        if (rawRow !== undefined) rawRow.set(logits.subarray(offset, offset + vocab));
+        const token = sampler.pick(logits, row, usePresence);
+        logprobs.push(rawRow !== undefined ? tokenLogprob(rawRow, 0, vocab, token, logprobTop) : tokenLogprob(logits, offset, vocab, token, logprobTop));
+        return token;
       };
       // Greedy without a penalty needs only each row's argmax: where the model computes it (GPU
       // graphs), the logits stay on the device. Plain and speculative rounds both take this path.
-      // Log-probabilities need the rows (they are read right after the verify, before the next forward reuses them).
-      const logprobTop = request.logprobs?.top;
-      const logprobs: TokenLogprob[] = [];
       const forwardGreedy = sampler.greedy && usePresence === undefined && logprobTop === undefined ? sequence.forwardGreedy : undefined;
       let greedyIds: Int32Array = EMPTY_IDS;
       const pickGreedy = (row: number): number => greedyIds[row]!;
@@ -405,11 +412,8 @@ export class Engine implements GenerationBackend {
         } else {
           const logits = await sequence.forward(input, input.length);
           stats.forwardMs += performance.now() - f0;
+          logprobs.length = 0;
           accepted = verifyDraft(draft, pickAt(logits, draft), emitted);
-          if (logprobTop !== undefined) {
-            logprobs.length = 0;
-            for (let row = 0; row < emitted.length; row++) logprobs.push(tokenLogprob(logits, row * info.vocabSize, info.vocabSize, emitted[row]!, logprobTop));
-          }
         }
         controller.record(draft.length, accepted);
         stats.rounds++;

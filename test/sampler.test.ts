@@ -1,5 +1,5 @@
 import test from 'ava';
-import { GREEDY, Rng, Sampler, TokenPresence, argmax, type SamplingParams } from '../src/sampling/sampler.js';
+import { GREEDY, Rng, Sampler, TokenHistory, argmax, type SamplingParams } from '../src/sampling/sampler.js';
 
 function params(overrides: Partial<SamplingParams>): SamplingParams {
   return { ...GREEDY, ...overrides };
@@ -189,10 +189,10 @@ test('top-p alone measures the nucleus against the whole distribution, tiny tail
 test('the repetition penalty divides positive logits and multiplies negative ones of present tokens only', (t) => {
   const vocab = 6;
   const row = Float32Array.from([2, -1, 3, -2, 0.5, 4]);
-  const presence = new TokenPresence(vocab);
-  presence.add(0);
-  presence.add(1);
-  presence.add(4);
+  const presence = new TokenHistory(vocab);
+  presence.addPrompt(0);
+  presence.addPrompt(1);
+  presence.addPrompt(4);
   const sampler = new Sampler(params({ repetitionPenalty: 2 }), vocab);
   sampler.pick(row, 0, presence);
   t.deepEqual(Array.from(row), [1, -2, 3, -2, 0.25, 4]);
@@ -201,17 +201,17 @@ test('the repetition penalty divides positive logits and multiplies negative one
 test('the repetition penalty only touches the row being picked', (t) => {
   const vocab = 3;
   const rows = Float32Array.from([2, 2, 2, 4, -4, 4]);
-  const presence = new TokenPresence(vocab);
-  presence.add(0);
-  presence.add(1);
+  const presence = new TokenHistory(vocab);
+  presence.addPrompt(0);
+  presence.addPrompt(1);
   new Sampler(params({ repetitionPenalty: 4 }), vocab).pick(rows, 1, presence);
   t.deepEqual(Array.from(rows), [2, 2, 2, 1, -16, 4]);
 });
 
 test('the repetition penalty can change the greedy choice, for positive and for negative logits', (t) => {
   const sampler = new Sampler(params({ repetitionPenalty: 1.5 }), 2);
-  const presence = new TokenPresence(2);
-  presence.add(0);
+  const presence = new TokenHistory(2);
+  presence.addPrompt(0);
   // 2.0 / 1.5 = 1.33 < 1.9
   t.is(sampler.pick(Float32Array.from([2, 1.9]), 0, presence), 1);
   // -1.0 * 1.5 = -1.5 < -1.2
@@ -221,52 +221,80 @@ test('the repetition penalty can change the greedy choice, for positive and for 
   t.is(new Sampler(GREEDY, 2).pick(Float32Array.from([2, 1.9]), 0, presence), 0);
 });
 
-test('TokenPresence ignores duplicates and out-of-range ids, and truncate undoes adds', (t) => {
-  const presence = new TokenPresence(10);
-  const ids = (): number[] => {
+test('TokenHistory: distinct seen ids of prompt and output, output counts; duplicates and out-of-range ids ignored', (t) => {
+  const history = new TokenHistory(10);
+  const seen = (): number[] => {
     const out: number[] = [];
-    presence.forEach((id) => out.push(id));
+    history.forEachSeen((id) => out.push(id));
     return out;
   };
-  presence.add(3);
-  presence.add(5);
-  presence.add(3);
-  presence.add(-1);
-  presence.add(10);
-  t.is(presence.size, 2);
-  t.deepEqual(ids(), [3, 5]);
-
-  const mark = presence.size;
-  presence.add(7);
-  presence.add(5); // already present before the mark: not a new add
-  presence.add(9);
-  t.deepEqual(ids(), [3, 5, 7, 9]);
-  presence.truncate(mark);
-  t.is(presence.size, 2);
-  t.deepEqual(ids(), [3, 5]);
-
-  // Undone ids are really forgotten: they can be added again.
-  presence.add(9);
-  t.deepEqual(ids(), [3, 5, 9]);
-  presence.truncate(0);
-  t.is(presence.size, 0);
-  presence.add(3);
-  t.deepEqual(ids(), [3]);
-  // Truncating to a larger count is a no-op.
-  presence.truncate(5);
-  t.deepEqual(ids(), [3]);
+  const counts = (): [number, number][] => {
+    const out: [number, number][] = [];
+    history.forEachOutput((id, count) => out.push([id, count]));
+    return out;
+  };
+  history.addPrompt(3);
+  history.addPrompt(5);
+  history.addPrompt(3);
+  history.addPrompt(-1);
+  history.addPrompt(10);
+  t.deepEqual(seen(), [3, 5]);
+  t.deepEqual(counts(), [], 'prompt tokens are not output');
+  history.addOutput(5);
+  history.addOutput(7);
+  history.addOutput(5);
+  history.addOutput(10);
+  t.deepEqual(seen(), [3, 5, 7]);
+  t.deepEqual(counts(), [[5, 2], [7, 1]]);
 });
 
-test('a truncated token is no longer penalised', (t) => {
-  const presence = new TokenPresence(2);
-  presence.add(1);
-  presence.add(0);
-  presence.truncate(1);
-  const row = Float32Array.from([2, 1.9]);
-  const sampler = new Sampler(params({ repetitionPenalty: 1.5 }), 2);
-  t.is(sampler.pick(row, 0, presence), 0);
-  t.deepEqual(Array.from(row), [2, Math.fround(Math.fround(1.9) / 1.5)]);
+test('presence and frequency penalties subtract per output token (presence once, frequency per occurrence); the repetition penalty also sees the prompt', (t) => {
+  const history = new TokenHistory(4);
+  history.addPrompt(0);
+  history.addOutput(1);
+  history.addOutput(1);
+  history.addOutput(2);
+  const row = Float32Array.from([1, 1, 1, 1]);
+  new Sampler(params({ presencePenalty: 0.5, frequencyPenalty: 0.25 }), 4).pick(row, 0, history);
+  t.deepEqual(Array.from(row), [1, 1 - 0.5 - 0.5, 1 - 0.5 - 0.25, 1]);
+  const row2 = Float32Array.from([2, 2, 2, 2]);
+  new Sampler(params({ repetitionPenalty: 2, frequencyPenalty: 1 }), 4).pick(row2, 0, history);
+  t.deepEqual(Array.from(row2), [1, 2 / 2 - 2, 2 / 2 - 1, 2], 'repetition penalty first, then frequency');
+  t.true(new Sampler(params({ presencePenalty: -1 }), 4).modifiesRow);
+  t.false(new Sampler(params({ minP: 0.5 }), 4).modifiesRow);
 });
+
+test('logit bias adds to the named tokens and can force or forbid a greedy choice; suppressed tokens are never picked', (t) => {
+  const sampler = new Sampler(params({ logitBias: [[2, 5], [0, -100]] }), 3);
+  t.true(sampler.modifiesRow);
+  const row = Float32Array.from([3, 1, 0]);
+  t.is(sampler.pick(row, 0, new TokenHistory(3)), 2);
+  t.deepEqual(Array.from(row), [-97, 1, 5]);
+  const plain = new Sampler(GREEDY, 3);
+  t.is(plain.pick(Float32Array.from([3, 1, 0]), 0, undefined, [0]), 1, 'suppressed top token');
+  const sampled = new Sampler(params({ temperature: 1, seed: 3 }), 3);
+  for (let i = 0; i < 200; i++) t.not(sampled.pick(Float32Array.from([5, 0, 0]), 0, undefined, [0]), 0);
+});
+
+test('min-p keeps exactly the tokens whose probability is at least min_p × the top one, alone and with top-k / top-p', (t) => {
+  // probabilities 0.4, 0.3, 0.2, 0.06, 0.04: min_p 0.5 keeps 0.4, 0.3, 0.2 (≥ 0.2).
+  const logits = logitsFromProbs([0.4, 0.3, 0.2, 0.06, 0.04]);
+  const counts = (p: Partial<SamplingParams>): number[] => {
+    const c = [0, 0, 0, 0, 0];
+    for (const tok of draw(new Sampler(params({ temperature: 1, seed: 11, ...p }), 5), logits, 6000)) c[tok]!++;
+    return c;
+  };
+  const alone = counts({ minP: 0.5 });
+  t.deepEqual(alone.slice(3), [0, 0]);
+  t.true(alone.every((c, i) => i >= 3 || c > 0));
+  // Shares renormalized over 0.9: 0.444, 0.333, 0.222.
+  t.true(Math.abs(alone[0]! / 6000 - 0.4 / 0.9) < 0.03, `share ${alone[0]! / 6000}`);
+  t.deepEqual(counts({ minP: 0.5, topK: 2 }).slice(2), [0, 0, 0], 'top-k 2 is the shorter prefix');
+  t.deepEqual(counts({ minP: 0.2, topP: 0.5 }).slice(2), [0, 0, 0], 'top-p 0.5 is the shorter prefix');
+  t.deepEqual(counts({ minP: 0.9, topK: 4 }).slice(1), [0, 0, 0, 0], 'min-p 0.9 keeps the top token only');
+  t.deepEqual(counts({ minP: 0 }), counts({}), 'min_p 0 is off');
+});
+
 
 test('sampling at temperature 0.7 matches softmax(logits / T) by a chi-square goodness-of-fit test', (t) => {
   const logits = [1.0, 0.5, 0.0, -0.5, 2.0, -1.0];

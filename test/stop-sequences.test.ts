@@ -59,7 +59,7 @@ test('a released near-match that starts a new candidate keeps holding only the c
   t.deepEqual(matcher.push('ab'), { text: '', stopped: false });
   // 'aba' is not a stop prefix but its suffix 'a' is.
   t.deepEqual(matcher.push('a'), { text: 'ab', stopped: false });
-  t.deepEqual(matcher.push('bc'), { text: '', stopped: true });
+  t.deepEqual(matcher.push('bc'), { text: '', stopped: true, stop: 'abc' });
 });
 
 test('flush releases held text when generation ends for another reason', (t) => {
@@ -73,7 +73,7 @@ test('flush releases held text when generation ends for another reason', (t) => 
 test('with several stop strings the earliest occurrence wins, whatever their order in the list', (t) => {
   for (const stops of [['STOP', 'END'], ['END', 'STOP']]) {
     const whole = new StopSequenceMatcher(stops);
-    t.deepEqual(whole.push('one END two STOP three'), { text: 'one ', stopped: true });
+    t.deepEqual(whole.push('one END two STOP three'), { text: 'one ', stopped: true, stop: 'END' });
 
     const streamed = new StopSequenceMatcher(stops);
     const { emitted } = run(streamed, [...'one STO END two STOP three']);
@@ -85,7 +85,7 @@ test('stop strings sharing a prefix hold text until one of them completes', (t) 
   const matcher = new StopSequenceMatcher(['<end>', '<eos>']);
   t.deepEqual(matcher.push('x<e'), { text: 'x', stopped: false });
   t.deepEqual(matcher.push('o'), { text: '', stopped: false });
-  t.deepEqual(matcher.push('s> after'), { text: '', stopped: true });
+  t.deepEqual(matcher.push('s> after'), { text: '', stopped: true, stop: '<eos>' });
 });
 
 test('without stop strings every delta passes straight through', (t) => {

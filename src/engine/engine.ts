@@ -15,7 +15,7 @@ import { AnpdError, ContextOverflowError, InvalidRequestError } from '../errors.
 import { verifyDraft } from '../generate/verify.js';
 import type { DecoderModel, ModelInfo } from '../runtime/types.js';
 import { tokenLogprob, TOP_LOGPROBS_MAX, type TokenLogprob } from '../sampling/logprobs.js';
-import { GREEDY, Sampler, type SamplingParams, TokenPresence } from '../sampling/sampler.js';
+import { GREEDY, LOGIT_BIAS_ABS_MAX, LOGIT_BIAS_ENTRIES_MAX, OCCURRENCE_PENALTY_ABS_MAX, Sampler, type SamplingParams, TokenHistory } from '../sampling/sampler.js';
 import { IncrementalDetokenizer } from '../tokenizer/incremental-detokenizer.js';
 import type { ChatMessage, TextTokenizer } from '../tokenizer/tokenizer.js';
 import { StopSequenceMatcher } from './stop-sequences.js';
@@ -46,7 +46,21 @@ export interface GenerateRequest {
    * position (0..TOP_LOGPROBS_MAX), from the raw model distribution. Absent: none.
    */
   readonly logprobs?: { readonly top: number };
+  /**
+   * The first this-many generated tokens are never EOS or stop tokens (they are suppressed), and
+   * stop sequences are looked for only in the text after them. Default 0.
+   */
+  readonly minNewTokens?: number;
+  /** Stop with finish reason time_limit once decoding (after any wait for a slot) has run this long; 0/absent: no limit. */
+  readonly timeLimitMs?: number;
+  /** Emit the stop sequence that ended the output (default: never emitted). */
+  readonly includeStopSequence?: boolean;
+  /** Keep only the last N prompt tokens when the prompt is longer; 0/absent: the whole prompt. */
+  readonly truncateInputTokens?: number;
 }
+
+/** Longest time_limit_ms a request may set (one day). */
+export const TIME_LIMIT_MS_MAX = 86_400_000;
 
 export interface SpeculationOptions {
   readonly mode: 'off' | 'ngram';
@@ -68,7 +82,7 @@ export const DEFAULT_SPECULATION: SpeculationOptions = { mode: 'ngram', ngramN: 
 export const PAPER_SPECULATION: SpeculationOptions = { mode: 'ngram', ngramN: 5, draftTokensMax: 7, draftLength: 'fixed', drafter: 'paper' };
 export const NO_SPECULATION: SpeculationOptions = { ...DEFAULT_SPECULATION, mode: 'off' };
 
-export type FinishReason = 'length' | 'eos_token' | 'stop_sequence';
+export type FinishReason = 'length' | 'eos_token' | 'stop_sequence' | 'time_limit';
 
 export interface GenerationStats {
   /** Verify steps (forward passes after prefill). */
@@ -184,6 +198,14 @@ export function validateRequest(info: ModelInfo, request: GenerateRequest, promp
     const top = request.logprobs.top;
     if (!Number.isInteger(top) || top < 0 || top > TOP_LOGPROBS_MAX) throw new InvalidRequestError(`logprobs.top_logprobs must be an integer in [0, ${TOP_LOGPROBS_MAX}], got ${top}`);
   }
+  const minNew = request.minNewTokens ?? 0;
+  if (!Number.isInteger(minNew) || minNew < 0 || minNew > maxNewTokens) {
+    throw new InvalidRequestError(`min_new_tokens must be an integer in [0, max_new_tokens = ${maxNewTokens}], got ${minNew}`);
+  }
+  const timeLimitMs = request.timeLimitMs ?? 0;
+  if (!Number.isInteger(timeLimitMs) || timeLimitMs < 0 || timeLimitMs > TIME_LIMIT_MS_MAX) {
+    throw new InvalidRequestError(`time_limit_ms must be an integer in [0, ${TIME_LIMIT_MS_MAX}], got ${timeLimitMs}`);
+  }
   const s = request.sampling ?? GREEDY;
   if (!(s.temperature >= 0) || !Number.isFinite(s.temperature)) throw new InvalidRequestError(`temperature must be ≥ 0, got ${s.temperature}`);
   if (!(s.topP > 0 && s.topP <= 1)) throw new InvalidRequestError(`top_p must be in (0, 1], got ${s.topP}`);
@@ -191,11 +213,29 @@ export function validateRequest(info: ModelInfo, request: GenerateRequest, promp
   if (!(s.repetitionPenalty > 0) || !Number.isFinite(s.repetitionPenalty)) {
     throw new InvalidRequestError(`repetition_penalty must be > 0, got ${s.repetitionPenalty}`);
   }
+  const minP = s.minP ?? 0;
+  if (!(minP >= 0 && minP <= 1)) throw new InvalidRequestError(`min_p must be in [0, 1], got ${minP}`);
+  for (const [name, value] of [['presence_penalty', s.presencePenalty ?? 0], ['frequency_penalty', s.frequencyPenalty ?? 0]] as const) {
+    if (!(Math.abs(value) <= OCCURRENCE_PENALTY_ABS_MAX)) throw new InvalidRequestError(`${name} must be in [-${OCCURRENCE_PENALTY_ABS_MAX}, ${OCCURRENCE_PENALTY_ABS_MAX}], got ${value}`);
+  }
+  const bias = s.logitBias ?? [];
+  if (bias.length > LOGIT_BIAS_ENTRIES_MAX) throw new InvalidRequestError(`logit_bias holds ${bias.length} entries; at most ${LOGIT_BIAS_ENTRIES_MAX}`);
+  const biased = new Set<number>();
+  for (const [id, value] of bias) {
+    if (!Number.isInteger(id) || id < 0 || id >= info.vocabSize) throw new InvalidRequestError(`logit_bias token id ${id} is outside the vocabulary [0, ${info.vocabSize})`);
+    if (biased.has(id)) throw new InvalidRequestError(`logit_bias names token id ${id} twice`);
+    biased.add(id);
+    if (!(Math.abs(value) <= LOGIT_BIAS_ABS_MAX)) throw new InvalidRequestError(`logit_bias for token ${id} must be in [-${LOGIT_BIAS_ABS_MAX}, ${LOGIT_BIAS_ABS_MAX}], got ${value}`);
+  }
 }
 
 /** Tokenizes and validates a request (no model work): what `Engine.run` and engine workers take. */
 export function prepareGeneration(tokenizer: TextTokenizer, info: ModelInfo, request: GenerateRequest): PreparedGeneration {
-  const promptTokens = tokenizePrompt(tokenizer, info, request.prompt);
+  const truncate = request.truncateInputTokens ?? 0;
+  if (!Number.isInteger(truncate) || truncate < 0) throw new InvalidRequestError(`truncate_input_tokens must be a non-negative integer, got ${truncate}`);
+  const tokenized = tokenizePrompt(tokenizer, info, request.prompt);
+  // Left truncation, as TGIS does: the most recent context is what the continuation depends on.
+  const promptTokens = truncate > 0 && tokenized.length > truncate ? tokenized.slice(-truncate) : tokenized;
   validateRequest(info, request, promptTokens.length);
   return { request, promptTokens };
 }
@@ -316,9 +356,12 @@ export class Engine implements GenerationBackend {
     const stopTokens = new Set<number>(request.stopTokenIds ?? []);
     if (!request.ignoreEos) for (const id of info.eosTokenIds) stopTokens.add(id);
     const sampler = new Sampler(request.sampling ?? GREEDY, vocab);
-    const presence = new TokenPresence(vocab);
-    for (const t of promptTokens) presence.add(t);
-    const usePresence = sampler.params.repetitionPenalty !== 1 ? presence : undefined;
+    // Penalty state: it takes each verified draft token as its row is picked (the lossless rule).
+    const history = sampler.modifiesRow ? new TokenHistory(vocab) : undefined;
+    if (history !== undefined) for (const t of promptTokens) history.addPrompt(t);
+    const minNewTokens = request.minNewTokens ?? 0;
+    const suppressedBeforeMin = minNewTokens > 0 ? [...stopTokens] : undefined;
+    const timeLimitMs = request.timeLimitMs ?? 0;
     const spec = request.speculation ?? DEFAULT_SPECULATION;
     const speculate = spec.mode === 'ngram';
     // A draft and the token it is verified with must fit the runtime's exact forward size.
@@ -368,28 +411,38 @@ export class Engine implements GenerationBackend {
       const emitted: number[] = [];
       let finishReason: FinishReason | undefined;
       member = this.batchLoad.join(controller.rowsFor(0), 1);
-      // Log-probabilities are of the raw row: the penalty rewrites the row in place when it picks,
-      // so with a penalty the row is copied first. One entry per picked row = per emitted token.
+      // Log-probabilities are of the raw row: penalties, bias and suppression rewrite the row in
+      // place when picking, so then the row is copied first. One entry per picked row = per emitted token.
       const logprobTop = request.logprobs?.top;
       const logprobs: TokenLogprob[] = [];
-      const rawRow = logprobTop !== undefined && usePresence !== undefined ? new Float32Array(vocab) : undefined;
+      const rawRow = logprobTop !== undefined && (history !== undefined || suppressedBeforeMin !== undefined) ? new Float32Array(vocab) : undefined;
       const pickAt = (logits: Float32Array, draft: readonly number[]) => (row: number): number => {
-        if (row > 0 && usePresence) usePresence.add(draft[row - 1]!);
-        if (logprobTop === undefined) return sampler.pick(logits, row, usePresence);
+        if (row > 0 && history !== undefined) history.addOutput(draft[row - 1]!);
+        // Row `row` picks output token number completionTokens + row (0-based).
+        const suppressed = completionTokens + row < minNewTokens ? suppressedBeforeMin : undefined;
+        if (logprobTop === undefined) return sampler.pick(logits, row, history, suppressed);
         const offset = row * vocab;
         if (rawRow !== undefined) rawRow.set(logits.subarray(offset, offset + vocab));
-        const token = sampler.pick(logits, row, usePresence);
+        const token = sampler.pick(logits, row, history, suppressed);
         logprobs.push(rawRow !== undefined ? tokenLogprob(rawRow, 0, vocab, token, logprobTop) : tokenLogprob(logits, offset, vocab, token, logprobTop));
         return token;
       };
-      // Greedy without a penalty needs only each row's argmax: where the model computes it (GPU
-      // graphs), the logits stay on the device. Plain and speculative rounds both take this path.
-      const forwardGreedy = sampler.greedy && usePresence === undefined && logprobTop === undefined ? sequence.forwardGreedy : undefined;
+      // Greedy without row modifiers needs only each row's argmax: where the model computes it (GPU
+      // graphs), the logits stay on the device. Plain and speculative rounds both take this path
+      // (once past min_new_tokens' suppression; the device argmax equals the row's, tested).
+      const forwardGreedy = sampler.greedy && history === undefined && logprobTop === undefined ? sequence.forwardGreedy : undefined;
       let greedyIds: Int32Array = EMPTY_IDS;
       const pickGreedy = (row: number): number => greedyIds[row]!;
 
       while (finishReason === undefined) {
         throwIfAborted(signal, promptTokens.length, completionTokens);
+        if (timeLimitMs > 0 && performance.now() - started >= timeLimitMs) {
+          finishReason = 'time_limit';
+          let text = stopMatcher.push(detokenizer.flush()).text;
+          if (!stopMatcher.done) text += stopMatcher.flush();
+          if (text.length > 0) yield { type: 'delta', text, tokenIds: [] };
+          break;
+        }
         // Room left for drafts: never past max_new_tokens nor the KV capacity.
         const room = Math.min(controller.current(member.others(others)), request.maxNewTokens - completionTokens - 1, sequence.capacity - sequence.length - 1);
         let draft: readonly number[] = [];
@@ -405,7 +458,7 @@ export class Engine implements GenerationBackend {
         const kvBefore = sequence.length;
         const f0 = performance.now();
         let accepted: number;
-        if (forwardGreedy !== undefined) {
+        if (forwardGreedy !== undefined && completionTokens >= minNewTokens) {
           greedyIds = await forwardGreedy(input, input.length);
           stats.forwardMs += performance.now() - f0;
           accepted = verifyDraft(draft, pickGreedy, emitted);
@@ -438,9 +491,12 @@ export class Engine implements GenerationBackend {
           }
           count++;
           completionTokens++;
-          const r = stopMatcher.push(detokenizer.push(token));
+          const piece = detokenizer.push(token);
+          // Stop sequences are looked for only after min_new_tokens.
+          const r = completionTokens <= minNewTokens ? { text: piece, stopped: false, stop: undefined } : stopMatcher.push(piece);
           text += r.text;
           if (r.stopped) {
+            if (request.includeStopSequence === true && r.stop !== undefined) text += r.stop;
             finishReason = 'stop_sequence';
             break;
           }
@@ -452,7 +508,7 @@ export class Engine implements GenerationBackend {
         const committed = emitted.slice(0, count);
         if (finishReason === undefined) {
           drafter.commit(committed);
-          if (usePresence) usePresence.add(emitted[emitted.length - 1]!);
+          if (history !== undefined) history.addOutput(emitted[emitted.length - 1]!);
           last = emitted[emitted.length - 1]!;
         } else if (finishReason !== 'stop_sequence') {
           text += stopMatcher.push(detokenizer.flush()).text;

@@ -16,20 +16,24 @@ export class StopSequenceMatcher {
     return this.stopped;
   }
 
-  /** Returns the text safe to emit and whether a stop sequence ended the stream. */
-  push(delta: string): { text: string; stopped: boolean } {
+  /** Returns the text safe to emit and whether a stop sequence (`stop`) ended the stream. */
+  push(delta: string): { text: string; stopped: boolean; stop?: string } {
     if (this.stopped) return { text: '', stopped: true };
     if (this.stops.length === 0) return { text: delta, stopped: false };
     const buffer = this.held + delta;
     let cut = -1;
+    let matched = '';
     for (const stop of this.stops) {
       const at = buffer.indexOf(stop);
-      if (at !== -1 && (cut === -1 || at < cut)) cut = at;
+      if (at !== -1 && (cut === -1 || at < cut)) {
+        cut = at;
+        matched = stop;
+      }
     }
     if (cut !== -1) {
       this.stopped = true;
       this.held = '';
-      return { text: buffer.slice(0, cut), stopped: true };
+      return { text: buffer.slice(0, cut), stopped: true, stop: matched };
     }
     const hold = this.longestStopPrefixSuffix(buffer);
     this.held = buffer.slice(buffer.length - hold);

@@ -1,6 +1,6 @@
 /**
- * Token choice from a logits row: greedy, or seeded sampling with temperature, top-k, top-p and a
- * repetition penalty. Pure (no I/O) and allocation-free per call: scratch buffers are sized once.
+ * Token choice from a logits row: greedy, or seeded sampling with temperature, top-k, top-p and
+ * min-p, after the row modifiers (repetition, presence and frequency penalties, logit bias). Pure (no I/O) and allocation-free per call: scratch buffers are sized once.
  * Every pick consumes exactly one uniform from the RNG when sampling, none when greedy, so a
  * speculative decoder that picks at the same positions reproduces plain decoding's choices.
  */
@@ -16,9 +16,22 @@ export interface SamplingParams {
   readonly repetitionPenalty: number;
   /** Seed of the RNG; the same seed and inputs give the same tokens. */
   readonly seed: number;
+  /** In [0, 1]; 0 (default) disables. Keeps tokens whose probability is ≥ minP × the top token's. */
+  readonly minP?: number;
+  /** Subtracted once from the logit of every token the output already holds (OpenAI-style). Default 0. */
+  readonly presencePenalty?: number;
+  /** Subtracted from a token's logit once per occurrence in the output. Default 0. */
+  readonly frequencyPenalty?: number;
+  /** Added to the named tokens' logits (after the penalties), [token id, bias] pairs. */
+  readonly logitBias?: readonly (readonly [number, number])[];
 }
 
 export const GREEDY: SamplingParams = { temperature: 0, topK: 0, topP: 1, repetitionPenalty: 1, seed: 0 };
+/** logit_bias entries per request (OpenAI's bound) and the bias range. */
+export const LOGIT_BIAS_ENTRIES_MAX = 300;
+export const LOGIT_BIAS_ABS_MAX = 100;
+/** presence_penalty and frequency_penalty range (OpenAI's). */
+export const OCCURRENCE_PENALTY_ABS_MAX = 2;
 
 /** xoshiro128** — small, fast, good enough for sampling, fully determined by a 32-bit seed. */
 export class Rng {
@@ -75,33 +88,48 @@ export function argmax(row: Float32Array, offset: number, n: number): number {
   return best;
 }
 
-/** The tokens a repetition penalty applies to: presence flags plus the list of present ids. */
-export class TokenPresence {
+/**
+ * What the penalties look at: which tokens the prompt and output hold (repetition penalty) and how
+ * often each occurs in the output (presence and frequency penalties, as vLLM and OpenAI count).
+ */
+export class TokenHistory {
   private readonly seen: Uint8Array;
-  private readonly ids: number[] = [];
+  private readonly seenIds: number[] = [];
+  private readonly outputCounts: Int32Array;
+  private readonly outputIds: number[] = [];
 
   constructor(vocabSize: number) {
     this.seen = new Uint8Array(vocabSize);
+    this.outputCounts = new Int32Array(vocabSize);
   }
 
-  add(token: number): void {
-    if (token >= 0 && token < this.seen.length && this.seen[token] === 0) {
+  private markSeen(token: number): void {
+    if (this.seen[token] === 0) {
       this.seen[token] = 1;
-      this.ids.push(token);
+      this.seenIds.push(token);
     }
   }
 
-  /** Undo adds back to `count` distinct ids (used when a speculative round rejects tokens). */
-  truncate(count: number): void {
-    while (this.ids.length > count) this.seen[this.ids.pop()!] = 0;
+  addPrompt(token: number): void {
+    if (token >= 0 && token < this.seen.length) this.markSeen(token);
   }
 
-  get size(): number {
-    return this.ids.length;
+  addOutput(token: number): void {
+    if (token < 0 || token >= this.seen.length) return;
+    this.markSeen(token);
+    const count = this.outputCounts[token]!;
+    if (count === 0) this.outputIds.push(token);
+    this.outputCounts[token] = count + 1;
   }
 
-  forEach(fn: (id: number) => void): void {
-    for (const id of this.ids) fn(id);
+  /** Distinct tokens of prompt and output. */
+  forEachSeen(fn: (id: number) => void): void {
+    for (const id of this.seenIds) fn(id);
+  }
+
+  /** Distinct output tokens with their counts. */
+  forEachOutput(fn: (id: number, count: number) => void): void {
+    for (const id of this.outputIds) fn(id, this.outputCounts[id]!);
   }
 }
 
@@ -124,19 +152,39 @@ export class Sampler {
     return this.params.temperature <= 0;
   }
 
+  /** Whether picking rewrites the row (penalties, bias): the pick then needs a TokenHistory. */
+  get modifiesRow(): boolean {
+    const p = this.params;
+    return p.repetitionPenalty !== 1 || (p.presencePenalty ?? 0) !== 0 || (p.frequencyPenalty ?? 0) !== 0 || (p.logitBias?.length ?? 0) > 0;
+  }
+
   /**
-   * Picks a token from logits row `rowIndex` (rows of vocabSize). The penalty is applied in place
-   * on the row, so call once per row.
+   * Picks a token from logits row `rowIndex` (rows of vocabSize). Penalties, bias and `suppressed`
+   * (tokens that may not be picked, e.g. EOS before min_new_tokens) are applied in place on the
+   * row, so call once per row. Order: repetition penalty, presence and frequency penalties, logit
+   * bias, suppression; then temperature, top-k, top-p, min-p.
    */
-  pick(logits: Float32Array, rowIndex: number, presence: TokenPresence | undefined): number {
+  pick(logits: Float32Array, rowIndex: number, history: TokenHistory | undefined, suppressed?: readonly number[]): number {
     const offset = rowIndex * this.vocab;
-    const penalty = this.params.repetitionPenalty;
-    if (penalty !== 1 && presence !== undefined) {
-      presence.forEach((id) => {
-        const v = logits[offset + id]!;
-        logits[offset + id] = v > 0 ? v / penalty : v * penalty;
-      });
+    const p = this.params;
+    if (history !== undefined) {
+      const penalty = p.repetitionPenalty;
+      if (penalty !== 1) {
+        history.forEachSeen((id) => {
+          const v = logits[offset + id]!;
+          logits[offset + id] = v > 0 ? v / penalty : v * penalty;
+        });
+      }
+      const presence = p.presencePenalty ?? 0;
+      const frequency = p.frequencyPenalty ?? 0;
+      if (presence !== 0 || frequency !== 0) {
+        history.forEachOutput((id, count) => {
+          logits[offset + id] = logits[offset + id]! - (presence + frequency * count);
+        });
+      }
     }
+    if (p.logitBias !== undefined) for (const [id, bias] of p.logitBias) logits[offset + id] = logits[offset + id]! + bias;
+    if (suppressed !== undefined) for (const id of suppressed) if (id < this.vocab) logits[offset + id] = -Infinity;
     if (this.greedy) return argmax(logits, offset, this.vocab);
     return this.sample(logits, offset);
   }
@@ -152,7 +200,8 @@ export class Sampler {
       probs[i] = Math.exp((logits[offset + i]! - max) / temperature);
       sum += probs[i]!; // sum the stored float32 values, so the cumulative scan below reaches it
     }
-    if (topK <= 0 && topP >= 1) {
+    const minP = this.params.minP ?? 0;
+    if (topK <= 0 && topP >= 1 && minP <= 0) {
       // Full distribution: no ordering needed.
       const u = this.rng.next() * sum;
       let acc = 0;
@@ -163,9 +212,11 @@ export class Sampler {
       return argmax(logits, offset, n);
     }
     // Candidates are the tokens at or above a threshold, lowered until they hold the top-k set
-    // (top-k given) or the top-p mass (top-p alone), so the filtered set is exact; then sorted.
+    // (top-k given), the top-p mass (top-p alone) or the min-p set, so the filtered set (the
+    // shortest of those prefixes of the sorted order) is exact; then sorted. The top token's
+    // unnormalized probability is 1, so min-p keeps probs ≥ minP.
     const keep = topK > 0 ? Math.min(topK, n) : n;
-    let threshold = sum / (64 * n);
+    let threshold = Math.max(sum / (64 * n), minP);
     let count = 0;
     for (;;) {
       count = 0;
@@ -176,7 +227,7 @@ export class Sampler {
           mass += probs[i]!;
         }
       }
-      const enough = topK > 0 ? count >= keep : mass >= topP * sum;
+      const enough = (topK > 0 ? count >= keep : topP < 1 && mass >= topP * sum) || (minP > 0 && threshold <= minP);
       if (enough || threshold === 0) break;
       threshold = threshold > 1e-30 * sum ? threshold / 64 : 0;
     }
@@ -197,6 +248,15 @@ export class Sampler {
         }
       }
       mass = acc;
+    }
+    if (minP > 0) {
+      let kept = 1;
+      while (kept < limit && probs[candidates[kept]!]! >= minP) kept++;
+      if (kept < limit) {
+        limit = kept;
+        mass = 0;
+        for (let i = 0; i < limit; i++) mass += probs[candidates[i]!]!;
+      }
     }
     const u = this.rng.next() * mass;
     let acc = 0;

@@ -30,12 +30,20 @@ export interface GenerateRequestMsg {
     top_k?: number;
     repetition_penalty?: number;
     seed?: string;
+    min_p?: number;
+    presence_penalty?: number;
+    frequency_penalty?: number;
+    logit_bias?: { token_id?: number; bias?: number }[];
   };
   stopping?: {
     max_new_tokens?: number;
     stop_sequences?: string[];
     stop_token_ids?: number[];
     ignore_eos?: boolean;
+    min_new_tokens?: number;
+    time_limit_ms?: number;
+    include_stop_sequence?: boolean;
+    truncate_input_tokens?: number;
   };
   speculation?: {
     mode?: 'MODE_DEFAULT' | 'MODE_OFF' | 'MODE_NGRAM';
@@ -57,7 +65,8 @@ export type FinishReasonMsg =
   | 'FINISH_REASON_LENGTH'
   | 'FINISH_REASON_EOS_TOKEN'
   | 'FINISH_REASON_STOP_SEQUENCE'
-  | 'FINISH_REASON_CANCELLED';
+  | 'FINISH_REASON_CANCELLED'
+  | 'FINISH_REASON_TIME_LIMIT';
 
 export interface FinalInfoMsg {
   finish_reason: FinishReasonMsg;
@@ -186,7 +195,15 @@ function parseSampling(s: GenerateRequestMsg['sampling']): EngineSampling {
   if (!(repetitionPenalty > 0) || !Number.isFinite(repetitionPenalty)) {
     throw new InvalidRequestError(`sampling.repetition_penalty must be > 0, got ${repetitionPenalty}`);
   }
-  return { temperature, topP, topK: s?.top_k ?? 0, repetitionPenalty, seed: foldSeed(s?.seed) };
+  const sampling: EngineSampling = { temperature, topP, topK: s?.top_k ?? 0, repetitionPenalty, seed: foldSeed(s?.seed) };
+  // Optional knobs only when set, so the engine sees the plain parameters otherwise. Their ranges
+  // are checked by the engine.
+  const extra: { -readonly [K in 'minP' | 'presencePenalty' | 'frequencyPenalty']?: number } & { logitBias?: [number, number][] } = {};
+  if (s?.min_p !== undefined && s.min_p !== 0) extra.minP = s.min_p;
+  if (s?.presence_penalty !== undefined && s.presence_penalty !== 0) extra.presencePenalty = s.presence_penalty;
+  if (s?.frequency_penalty !== undefined && s.frequency_penalty !== 0) extra.frequencyPenalty = s.frequency_penalty;
+  if (s?.logit_bias !== undefined && s.logit_bias.length > 0) extra.logitBias = s.logit_bias.map((b) => [b.token_id ?? 0, b.bias ?? 0]);
+  return { ...sampling, ...extra };
 }
 
 function parseSpeculation(s: GenerateRequestMsg['speculation']): SpeculationOptions {
@@ -224,6 +241,10 @@ export function parseGenerateRequest(msg: GenerateRequestMsg): ParsedGenerate {
     ignoreEos: stopping?.ignore_eos ?? false,
     sampling: parseSampling(msg.sampling),
     speculation: parseSpeculation(msg.speculation),
+    minNewTokens: stopping?.min_new_tokens ?? 0,
+    timeLimitMs: stopping?.time_limit_ms ?? 0,
+    includeStopSequence: stopping?.include_stop_sequence ?? false,
+    truncateInputTokens: stopping?.truncate_input_tokens ?? 0,
   };
   // top_logprobs > 0 implies enabled; the engine checks its range (the message names the field).
   const top = msg.logprobs?.top_logprobs ?? 0;
@@ -263,6 +284,7 @@ const FINISH_REASONS: Record<ServiceFinal['finishReason'], FinishReasonMsg> = {
   length: 'FINISH_REASON_LENGTH',
   eos_token: 'FINISH_REASON_EOS_TOKEN',
   stop_sequence: 'FINISH_REASON_STOP_SEQUENCE',
+  time_limit: 'FINISH_REASON_TIME_LIMIT',
 };
 
 export function toFinalInfo(final: ServiceFinal, seed: string): FinalInfoMsg {

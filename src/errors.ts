@@ -12,6 +12,7 @@ export type ErrorCode =
   | 'DUPLICATE_REQUEST'
   | 'CANCELLED'
   | 'DEADLINE_EXCEEDED'
+  | 'UNAUTHENTICATED'
   | 'INTERNAL';
 
 export class AnpdError extends Error {
@@ -20,6 +21,13 @@ export class AnpdError extends Error {
     super(message, options);
     this.code = code;
     this.name = new.target.name;
+  }
+}
+
+/** A bad setting (flag, variable or the file it names): the message names the flag and, for files, the path. */
+export class ConfigError extends AnpdError {
+  constructor(message: string) {
+    super('INVALID_REQUEST', message);
   }
 }
 
@@ -95,5 +103,12 @@ export class DuplicateRequestError extends AnpdError {
 export class DeadlineExceededError extends AnpdError {
   constructor(message = 'deadline exceeded') {
     super('DEADLINE_EXCEEDED', message);
+  }
+}
+
+/** A call to a key-protected service without a valid bearer token (`--api-key-file`). Never carries the token. */
+export class UnauthenticatedError extends AnpdError {
+  constructor(message: string) {
+    super('UNAUTHENTICATED', message);
   }
 }

@@ -20,6 +20,7 @@ export { InferenceService, type InferenceServiceOptions, type ServiceLimits } fr
 export { SessionPool, type SessionPoolOptions, type SessionPoolState } from './engine/session-pool.js';
 export { createWorkerEngine, WorkerEngine } from './engine/worker-engine.js';
 export { ConfigError, parseServerConfig, type ServerConfig } from './config/server-config.js';
+export { loadTransportSecurity, type TransportSecurity } from './config/transport-security.js';
 export {
   AnpdError,
   ContextOverflowError,
@@ -30,13 +31,14 @@ export {
   ModelFormatError,
   ModelNotFoundError,
   OverloadedError,
+  UnauthenticatedError,
   UnavailableError,
   UnknownModelError,
 } from './errors.js';
 export { createLogger, type Logger, type LogLevel } from './log.js';
 export { GenerationTelemetry } from './telemetry/generation-telemetry.js';
 export { startTelemetry } from './telemetry/telemetry.js';
-export { TextGenerationClient } from './transport/grpc/client.js';
+export { type ClientSecurity, TextGenerationClient } from './transport/grpc/client.js';
 export { DEFAULT_GRPC_SERVER_OPTIONS, type GrpcServerOptions, type RunningGrpcServer, startGrpcServer } from './transport/grpc/server.js';
 export { DEFAULT_MODEL, ensureDefaultModel } from './model/default-model.js';
 export type { DecoderModel, DecoderSequence, ModelInfo, RuntimeOptions } from './runtime/types.js';

@@ -32,6 +32,10 @@ test('empty argv and environment give the documented defaults', (t) => {
     logLevel: 'info',
     metricsPort: 9464,
     metricsHost: '0.0.0.0',
+    tlsCertFile: undefined,
+    tlsKeyFile: undefined,
+    tlsClientCaFile: undefined,
+    apiKeyFile: undefined,
   });
 });
 
@@ -85,6 +89,10 @@ test('environment variables are read', (t) => {
     ANPD_LOG_LEVEL: 'debug',
     ANPD_METRICS_PORT: '0',
     ANPD_METRICS_HOST: '127.0.0.1',
+    ANPD_TLS_CERT: '/tls/cert.pem',
+    ANPD_TLS_KEY: '/tls/key.pem',
+    ANPD_TLS_CLIENT_CA: '/tls/clients.pem',
+    ANPD_API_KEY_FILE: '/keys/api',
   });
   t.deepEqual(config, {
     host: '127.0.0.1',
@@ -112,6 +120,10 @@ test('environment variables are read', (t) => {
     logLevel: 'debug',
     metricsPort: 0,
     metricsHost: '127.0.0.1',
+    tlsCertFile: '/tls/cert.pem',
+    tlsKeyFile: '/tls/key.pem',
+    tlsClientCaFile: '/tls/clients.pem',
+    apiKeyFile: '/keys/api',
   });
 });
 

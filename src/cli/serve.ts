@@ -8,6 +8,7 @@
  * breakdown (docs/perf-notes.md, "Cold start").
  */
 import { batchSlotLadder, parseServerConfig, SERVE_HELP, wantsHelp } from '../config/server-config.js';
+import { loadTransportSecurity } from '../config/transport-security.js';
 import { DEFAULT_GRAPH_OPTIONS, type GraphOptions } from '../convert/llama-graph.js';
 import { createEnginePool } from '../engine/engine-pool.js';
 import { forwardCostPath, readForwardCost, writeForwardCost } from '../engine/forward-cost-cache.js';
@@ -24,6 +25,8 @@ export async function runServe(argv: readonly string[]): Promise<number> {
   }
   const timer = createStartupTimer();
   const config = parseServerConfig(argv, process.env, probeExecutionProvider);
+  // Before the model: a missing certificate or key file stops the start in milliseconds, not after a load.
+  const security = loadTransportSecurity(config);
   const logger = createLogger(config.logLevel);
   timer.mark('configParsed');
   let batchModelDir: readonly string[] | undefined = config.batchModelDir?.split(',').filter((d) => d !== '');
@@ -77,9 +80,11 @@ export async function runServe(argv: readonly string[]): Promise<number> {
   timer.markAt('workerEvaluated', engine.startupTimes.evaluatedAt);
   timer.markAt('modelLoaded', engine.startupTimes.modelLoadedAt);
   timer.mark('engineReady');
+  // The registry's name reads better than a GGUF's general.name ("Smollm2 135M 8k Lc100K Mix1 Ep2").
+  const displayName = modelArgument.kind === 'registry' ? modelArgument.model.name : engine.info.name;
   logger.info('model loaded', {
     modelDir,
-    model: engine.info.name,
+    model: displayName,
     executionProvider: engine.info.executionProvider,
     replicas: engine.replicas.length,
     batchModelDir,
@@ -88,6 +93,7 @@ export async function runServe(argv: readonly string[]): Promise<number> {
   const service = new InferenceService({
     engine,
     modelName: config.modelName ?? modelArgumentName(modelArgument),
+    displayName,
     pool: { maxActive: config.maxActiveSequences, maxQueued: config.maxQueuedRequests },
     limits: { maxNewTokensDefault: config.maxNewTokensDefault, maxNewTokensLimit: config.maxNewTokensLimit },
   });
@@ -97,12 +103,12 @@ export async function runServe(argv: readonly string[]): Promise<number> {
     process.once('SIGTERM', () => resolve('SIGTERM'));
     process.once('SIGINT', () => resolve('SIGINT'));
   });
-  const server = await startGrpcServer(service, config, logger, generationTelemetry);
+  const server = await startGrpcServer(service, { ...config, ...security }, logger, generationTelemetry);
   timer.mark('serving');
   logger.info('started', { startupMs: timer.phases() });
   process.stdout.write(
-    `anpd: serving ${service.modelName} over gRPC on ${config.host}:${server.port} (llm.v1.TextGeneration, health, reflection)\n` +
-      `try:  node dist/src/cli/main.js client --address localhost:${server.port} "What is the capital of France?"\n`,
+    `anpd: serving ${service.modelName} (${displayName}) over gRPC on ${config.host}:${server.port} (llm.v1.TextGeneration, health, reflection)\n` +
+      `try:  node dist/src/cli/main.js client --address localhost:${server.port}${security.tls ? ' --tls-ca CA.pem' : ''}${security.apiKeys ? ' --api-key-file KEYS' : ''} "What is the capital of France?"\n`,
   );
   let stopping = false;
   if (cachedCost === undefined) {

@@ -6,15 +6,12 @@ import { availableParallelism } from 'node:os';
 import { parseArgs } from 'node:util';
 import { MAX_NEW_TOKENS_LIMIT } from '../engine/engine.js';
 import { ENGINE_REPLICAS_LIMIT } from '../engine/engine-pool.js';
-import { AnpdError } from '../errors.js';
+import { ConfigError } from '../errors.js';
 import type { LogLevel } from '../log.js';
 import { EXECUTION_PROVIDERS, type ExecutionProviderName, NATIVE_RUN_MODES, type NativeRunMode } from '../runtime/types.js';
 
-export class ConfigError extends AnpdError {
-  constructor(message: string) {
-    super('INVALID_REQUEST', message);
-  }
-}
+// (Defined in errors.ts so the light transport-security module can throw it; exported here as before.)
+export { ConfigError };
 
 export interface ServerConfig {
   /** @default '0.0.0.0' */
@@ -77,6 +74,14 @@ export interface ServerConfig {
   readonly metricsPort: number;
   /** @default '0.0.0.0' */
   readonly metricsHost: string;
+  /** PEM certificate chain: the gRPC port speaks TLS (with tlsKeyFile). @default none (plaintext) */
+  readonly tlsCertFile: string | undefined;
+  /** PEM private key of tlsCertFile. @default none */
+  readonly tlsKeyFile: string | undefined;
+  /** PEM CA(s) that must have signed every client's certificate (mutual TLS). @default none */
+  readonly tlsClientCaFile: string | undefined;
+  /** Bearer tokens, one per line: TextGeneration calls need `authorization: Bearer <key>`. @default none (open) */
+  readonly apiKeyFile: string | undefined;
 }
 
 interface Setting {
@@ -111,6 +116,10 @@ export const SERVER_SETTINGS = {
   logLevel: { flag: 'log-level', env: ['ANPD_LOG_LEVEL'] },
   metricsPort: { flag: 'metrics-port', env: ['ANPD_METRICS_PORT'] },
   metricsHost: { flag: 'metrics-host', env: ['ANPD_METRICS_HOST'] },
+  tlsCertFile: { flag: 'tls-cert', env: ['ANPD_TLS_CERT'] },
+  tlsKeyFile: { flag: 'tls-key', env: ['ANPD_TLS_KEY'] },
+  tlsClientCaFile: { flag: 'tls-client-ca', env: ['ANPD_TLS_CLIENT_CA'] },
+  apiKeyFile: { flag: 'api-key-file', env: ['ANPD_API_KEY_FILE'] },
 } as const satisfies Record<keyof ServerConfig, Setting>;
 
 export const SERVE_HELP = `anpd serve — start the gRPC server (llm.v1.TextGeneration, health, reflection)
@@ -145,6 +154,12 @@ Options (flag, environment variable, default):
   --log-level debug|info|warn|error|silent   ANPD_LOG_LEVEL          info
   --metrics-port N                   ANPD_METRICS_PORT               9464 (Prometheus /metrics; 0 = off)
   --metrics-host HOST                ANPD_METRICS_HOST               0.0.0.0
+  --tls-cert FILE                    ANPD_TLS_CERT                   none (plaintext; a mesh sidecar's mTLS covers it)
+  --tls-key FILE                     ANPD_TLS_KEY                    none (goes with --tls-cert)
+  --tls-client-ca FILE               ANPD_TLS_CLIENT_CA              none (set: mutual TLS, clients need a cert it signed)
+  --api-key-file FILE                ANPD_API_KEY_FILE               none (set: TextGeneration calls need
+                                                                     "authorization: Bearer KEY"; one key a line, # comments;
+                                                                     health and reflection stay open)
 
 Tracing and OTLP export follow the standard OTEL_* variables (off unless OTEL_TRACES_EXPORTER /
 OTEL_METRICS_EXPORTER are set, e.g. OTEL_TRACES_EXPORTER=otlp OTEL_EXPORTER_OTLP_ENDPOINT=...).
@@ -233,6 +248,15 @@ export function parseServerConfig(argv: readonly string[], env: NodeJS.ProcessEn
   if (raw('batchModelDir') !== undefined && raw('modelDir') === undefined) {
     throw new ConfigError('--batch-model goes with --model (for the default model, --batch-slots K converts its batch graph)');
   }
+  // Files are only paired here; loadTransportSecurity reads them (the keys stay out of this object).
+  const tlsCert = raw('tlsCertFile');
+  const tlsKey = raw('tlsKeyFile');
+  const tlsClientCa = raw('tlsClientCaFile');
+  if (tlsCert !== undefined && tlsKey === undefined) throw new ConfigError(`${tlsCert.source} needs --tls-key (ANPD_TLS_KEY): the certificate's private key`);
+  if (tlsKey !== undefined && tlsCert === undefined) throw new ConfigError(`${tlsKey.source} needs --tls-cert (ANPD_TLS_CERT): the certificate it belongs to`);
+  if (tlsClientCa !== undefined && tlsCert === undefined) {
+    throw new ConfigError(`${tlsClientCa.source} (mutual TLS) needs --tls-cert and --tls-key: the server must speak TLS to check client certificates`);
+  }
   const maxActiveSequences = int('maxActiveSequences', Math.max(4, 2 * availableParallelism()), 1, LIMITS.sequences);
   const maxNewTokensLimit = int('maxNewTokensLimit', 4096, 1, MAX_NEW_TOKENS_LIMIT);
   const maxNewTokensDefault = int('maxNewTokensDefault', Math.min(256, maxNewTokensLimit), 1, maxNewTokensLimit);
@@ -262,6 +286,10 @@ export function parseServerConfig(argv: readonly string[], env: NodeJS.ProcessEn
     logLevel: choice('logLevel', LOG_LEVELS, 'info'),
     metricsPort: int('metricsPort', 9464, 0, 65535),
     metricsHost: raw('metricsHost')?.value ?? '0.0.0.0',
+    tlsCertFile: tlsCert?.value,
+    tlsKeyFile: tlsKey?.value,
+    tlsClientCaFile: tlsClientCa?.value,
+    apiKeyFile: raw('apiKeyFile')?.value,
   };
   return Object.freeze(config);
 }
@@ -277,3 +305,4 @@ export function batchSlotLadder(slots: number): number[] {
   if (slots >= 2) ladder.push(slots);
   return ladder;
 }
+

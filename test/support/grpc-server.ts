@@ -2,9 +2,9 @@ import type { ChannelOptions, ServiceError } from '@grpc/grpc-js';
 import { InferenceService } from '../../src/engine/inference-service.js';
 import { SILENT_LOGGER } from '../../src/log.js';
 import type { GenerationTelemetry } from '../../src/telemetry/generation-telemetry.js';
-import { TextGenerationClient } from '../../src/transport/grpc/client.js';
+import { type ClientSecurity, TextGenerationClient } from '../../src/transport/grpc/client.js';
 import type { GenerateChunkMsg } from '../../src/transport/grpc/messages.js';
-import { DEFAULT_GRPC_SERVER_OPTIONS, type RunningGrpcServer, startGrpcServer } from '../../src/transport/grpc/server.js';
+import { DEFAULT_GRPC_SERVER_OPTIONS, type GrpcServerOptions, type RunningGrpcServer, startGrpcServer } from '../../src/transport/grpc/server.js';
 import { createWorkerEngine, type WorkerEngine } from '../../src/engine/worker-engine.js';
 import { defaultEngine, defaultModelDir, TEST_FORWARD_COST } from './default-model.js';
 
@@ -14,7 +14,8 @@ export interface TestServer {
   readonly address: string;
   readonly service: InferenceService;
   readonly running: RunningGrpcServer;
-  client(channelOptions?: ChannelOptions): TextGenerationClient;
+  /** `security`: TLS roots / client certificate and API key, for servers started with `tls` / `apiKeys`. */
+  client(channelOptions?: ChannelOptions, security?: ClientSecurity): TextGenerationClient;
   close(): Promise<void>;
 }
 
@@ -42,6 +43,8 @@ export async function startTestServer(
     maxConnectionAgeGraceMs?: number;
     backend?: 'worker' | 'in-process';
     telemetry?: (service: InferenceService) => GenerationTelemetry;
+    tls?: GrpcServerOptions['tls'];
+    apiKeys?: readonly string[];
   } = {},
 ): Promise<TestServer> {
   const engine = options.backend === 'in-process' ? await defaultEngine() : await defaultWorkerEngine();
@@ -59,6 +62,8 @@ export async function startTestServer(
       port: 0,
       ...(options.maxReceiveMessageBytes !== undefined ? { maxReceiveMessageBytes: options.maxReceiveMessageBytes } : {}),
       ...(options.maxConnectionAgeMs !== undefined ? { maxConnectionAgeMs: options.maxConnectionAgeMs, maxConnectionAgeGraceMs: options.maxConnectionAgeGraceMs ?? 60_000 } : {}),
+      ...(options.tls !== undefined ? { tls: options.tls } : {}),
+      ...(options.apiKeys !== undefined ? { apiKeys: options.apiKeys } : {}),
     },
     SILENT_LOGGER,
     options.telemetry?.(service),
@@ -69,8 +74,8 @@ export async function startTestServer(
     address,
     service,
     running,
-    client: (channelOptions) => {
-      const c = new TextGenerationClient(address, channelOptions);
+    client: (channelOptions, security) => {
+      const c = new TextGenerationClient(address, channelOptions, security);
       clients.push(c);
       return c;
     },

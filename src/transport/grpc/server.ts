@@ -18,6 +18,7 @@ import type { InferenceService } from '../../engine/inference-service.js';
 import { InvalidRequestError } from '../../errors.js';
 import type { Logger } from '../../log.js';
 import type { GenerationTelemetry } from '../../telemetry/generation-telemetry.js';
+import { bearerTokenInterceptor } from './auth.js';
 import { BidiCall, type BidiStream } from './bidi-call.js';
 import { CallWriter, createCallContext, effectiveError } from './call-context.js';
 import {
@@ -54,6 +55,10 @@ export interface GrpcServerOptions {
   readonly maxConnectionAgeMs?: number;
   /** How long calls in flight at that GOAWAY may go on; long enough for a whole generation. */
   readonly maxConnectionAgeGraceMs?: number;
+  /** PEM certificate chain and key: the port speaks TLS; `clientCa` set: clients must present a cert it signed. Absent: plaintext (behind a mesh sidecar). */
+  readonly tls?: { readonly certChain: Buffer; readonly privateKey: Buffer; readonly clientCa?: Buffer };
+  /** Set: every service but health and reflection needs `authorization: Bearer <one of these>`. */
+  readonly apiKeys?: readonly string[];
 }
 
 export const DEFAULT_GRPC_SERVER_OPTIONS: GrpcServerOptions = {
@@ -102,6 +107,7 @@ export async function startGrpcServer(
     ...(options.maxConnectionAgeMs
       ? { 'grpc.max_connection_age_ms': options.maxConnectionAgeMs, 'grpc.max_connection_age_grace_ms': options.maxConnectionAgeGraceMs ?? 600_000 }
       : {}),
+    ...(options.apiKeys !== undefined ? { interceptors: [bearerTokenInterceptor(options.apiKeys)] } : {}),
   });
   // '' and the service go NOT_SERVING when draining (readiness); 'liveness' stays SERVING while the
   // process answers, so a liveness probe never restarts a pod that is finishing its generations.
@@ -224,13 +230,19 @@ export async function startGrpcServer(
   health.addToServer(server);
   new ReflectionService(protos.packageDefinition).addToServer(server);
 
+  const credentials = options.tls
+    ? ServerCredentials.createSsl(options.tls.clientCa ?? null, [{ cert_chain: options.tls.certChain, private_key: options.tls.privateKey }], options.tls.clientCa !== undefined)
+    : ServerCredentials.createInsecure();
   const port = await new Promise<number>((resolve, reject) => {
-    server.bindAsync(`${options.host}:${options.port}`, ServerCredentials.createInsecure(), (error, bound) => {
+    server.bindAsync(`${options.host}:${options.port}`, credentials, (error, bound) => {
       if (error) reject(error);
       else resolve(bound);
     });
   });
-  logger.info('gRPC server listening', { host: options.host, port, grpcService: SERVICE_NAME, model: service.modelName });
+  const tls = options.tls === undefined ? 'off' : options.tls.clientCa !== undefined ? 'mutual' : 'on';
+  logger.info('gRPC server listening', { host: options.host, port, grpcService: SERVICE_NAME, model: service.modelName, tls, apiKeys: options.apiKeys?.length ?? 0 });
+  // A key over plaintext is readable on the wire unless a sidecar or tunnel encrypts the hop.
+  if (options.apiKeys !== undefined && options.tls === undefined) logger.warn('API keys are checked on a plaintext port: use --tls-cert/--tls-key unless a sidecar encrypts the connection');
 
   let shuttingDown: Promise<boolean> | undefined;
   const shutdown = (graceMs: number): Promise<boolean> => {

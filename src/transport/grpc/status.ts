@@ -23,6 +23,7 @@ const STATUS_BY_ERROR_CODE: Readonly<Record<ErrorCode, Mapping>> = {
   UNAVAILABLE: { code: GrpcStatus.UNAVAILABLE, reason: 'DRAINING', expose: true },
   CANCELLED: { code: GrpcStatus.CANCELLED, reason: 'CANCELLED', expose: true },
   DEADLINE_EXCEEDED: { code: GrpcStatus.DEADLINE_EXCEEDED, reason: 'DEADLINE', expose: true },
+  UNAUTHENTICATED: { code: GrpcStatus.UNAUTHENTICATED, reason: 'UNAUTHENTICATED', expose: true },
   MODEL_INVALID: { code: GrpcStatus.INTERNAL, reason: 'ENGINE', expose: false },
   INTERNAL: { code: GrpcStatus.INTERNAL, reason: 'ENGINE', expose: false },
 };

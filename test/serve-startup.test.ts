@@ -10,7 +10,7 @@ import { DRAFT_TOKENS_LIMIT } from '../src/engine/engine.js';
 import { forwardCostPath, readForwardCost, writeForwardCost } from '../src/engine/forward-cost-cache.js';
 import { createWorkerEngine } from '../src/engine/worker-engine.js';
 import { TextGenerationClient } from '../src/transport/grpc/client.js';
-import { GgmlType, readGguf } from '../src/convert/gguf-reader.js';
+import { GgmlType, metaString, readGguf } from '../src/convert/gguf-reader.js';
 import { defaultGguf, defaultModelDir, TEST_FORWARD_COST } from './support/default-model.js';
 import { randomLlamaGguf } from './support/random-gguf.js';
 import { waitFor } from './support/grpc-server.js';
@@ -202,6 +202,9 @@ test.serial('--model FILE.gguf (a K-quant mix here) is converted into the cache 
     t.is(await client.health(''), 'SERVING');
     const reply = await client.generate({ text: 'Hello', stopping: { max_new_tokens: 6, ignore_eos: true } }, { deadlineMs: 60_000 });
     t.is(reply.token_ids.length, 6);
+    const info = await client.modelInfo();
+    t.is(info.model, 'Tiny-Random.Q4_K_M', 'served under the file name');
+    t.is(info.display_name, metaString(readGguf(ggufPath), 'general.name') ?? 'Tiny-Random.Q4_K_M.gguf', 'a user GGUF is displayed by its general.name');
     const models = readdirSync(join(cache, 'models'));
     t.true(models.includes('gguf-checksums.json'));
     t.true(models.some((m) => m.startsWith('tiny-random.q4_k_m-')), models.join(', '));

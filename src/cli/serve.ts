@@ -13,7 +13,7 @@ import { DEFAULT_GRAPH_OPTIONS, type GraphOptions } from '../convert/llama-graph
 import { createEnginePool } from '../engine/engine-pool.js';
 import { forwardCostPath, readForwardCost, writeForwardCost } from '../engine/forward-cost-cache.js';
 import { createLogger } from '../log.js';
-import { cacheDir, classifyModelArgument, ensureModelArgument, modelArgumentName } from '../model/default-model.js';
+import { cacheDir, classifyModelArgument, ensureModelArgument, modelArgumentName, modelDisplayName } from '../model/default-model.js';
 import { probeExecutionProvider } from '../runtime/gpu-probe.js';
 import { createProgressReporter } from './progress.js';
 import { createStartupTimer } from './startup-timer.js';
@@ -81,7 +81,7 @@ export async function runServe(argv: readonly string[]): Promise<number> {
   timer.markAt('modelLoaded', engine.startupTimes.modelLoadedAt);
   timer.mark('engineReady');
   // The registry's name reads better than a GGUF's general.name ("Smollm2 135M 8k Lc100K Mix1 Ep2").
-  const displayName = modelArgument.kind === 'registry' ? modelArgument.model.name : engine.info.name;
+  const displayName = modelDisplayName(modelArgument, engine.info.name);
   logger.info('model loaded', {
     modelDir,
     model: displayName,

@@ -30,6 +30,8 @@ export interface ServiceFinal extends GenerationFinal {
 export type ServiceEvent = GenerationDelta | ServiceFinal;
 
 export interface ServedModelInfo extends ModelInfo {
+  /** For people: the registry's name (e.g. SmolLM2-135M-Instruct) or what the model file calls itself. */
+  readonly displayName: string;
   readonly maxNewTokensLimit: number;
   readonly maxNewTokensDefault: number;
   readonly draftTokensLimit: number;
@@ -40,6 +42,8 @@ export interface InferenceServiceOptions {
   readonly engine: GenerationBackend;
   /** The name requests use in `model` (empty also selects it). */
   readonly modelName: string;
+  /** For people (ModelInfo, logs); default: the name the model's files give. */
+  readonly displayName?: string;
   readonly pool: SessionPoolOptions;
   readonly limits: ServiceLimits;
 }
@@ -47,15 +51,17 @@ export interface InferenceServiceOptions {
 export class InferenceService {
   readonly engine: GenerationBackend;
   readonly modelName: string;
+  readonly displayName: string;
   readonly pool: SessionPool;
   readonly limits: ServiceLimits;
 
-  constructor({ engine, modelName, pool, limits }: InferenceServiceOptions) {
+  constructor({ engine, modelName, displayName, pool, limits }: InferenceServiceOptions) {
     if (limits.maxNewTokensLimit > MAX_NEW_TOKENS_LIMIT || limits.maxNewTokensDefault > limits.maxNewTokensLimit) {
       throw new RangeError(`need maxNewTokensDefault ≤ maxNewTokensLimit ≤ ${MAX_NEW_TOKENS_LIMIT}`);
     }
     this.engine = engine;
     this.modelName = modelName;
+    this.displayName = displayName ?? engine.info.name;
     this.pool = new SessionPool(pool);
     this.limits = limits;
   }
@@ -79,6 +85,7 @@ export class InferenceService {
     return {
       ...engine.info,
       name: this.modelName,
+      displayName: this.displayName,
       maxNewTokensLimit: this.limits.maxNewTokensLimit,
       maxNewTokensDefault: this.limits.maxNewTokensDefault,
       draftTokensLimit: DRAFT_TOKENS_LIMIT,

@@ -271,6 +271,14 @@ export async function ensureModelArgument(arg: ModelArgument, options: GraphOpti
   }
 }
 
+/**
+ * The name people read (ModelInfo.display_name, logs): the registry's, else what the model's own
+ * files say (`fileName`: a GGUF's general.name, an export's directory name).
+ */
+export function modelDisplayName(arg: ModelArgument, fileName: string): string {
+  return arg.kind === 'registry' ? arg.model.name : fileName;
+}
+
 /** The name a model is served under: the registry id, or the file's or directory's name. */
 export function modelArgumentName(arg: ModelArgument): string {
   return arg.kind === 'registry' ? arg.model.id : basename(resolve(arg.path)).replace(/\.gguf$/i, '');

@@ -137,6 +137,7 @@ export interface ModelInfoResponseMsg {
   execution_provider: string;
   max_active_sequences: number;
   max_queued_requests: number;
+  display_name: string;
 }
 
 /** Request ids are echoed on every chunk: keep them short. */
@@ -331,5 +332,6 @@ export function toModelInfo(info: ServedModelInfo, pool: { maxActive: number; ma
     execution_provider: info.executionProvider,
     max_active_sequences: pool.maxActive,
     max_queued_requests: pool.maxQueued,
+    display_name: info.displayName,
   };
 }

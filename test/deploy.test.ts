@@ -155,7 +155,7 @@ test.serial('the validators reject a typo, a wrong type and a bad quantity, nami
 });
 
 test.serial('every YAML file under deploy/ is checked by some test here', (t) => {
-  const covered = new Set<string>(['envoy/envoy.yaml', 'k8s/prometheus-adapter/values.yaml', 'otel/collector.yaml']);
+  const covered = new Set<string>(['envoy/envoy.yaml', 'envoy/edge.yaml', 'k8s/prometheus-adapter/values.yaml', 'otel/collector.yaml']);
   for (const kustomization of KUSTOMIZATIONS) {
     covered.add(join(kustomization, 'kustomization.yaml'));
     const k = parseYaml(readFileSync(join(DEPLOY, kustomization, 'kustomization.yaml'), 'utf8')) as Obj;
@@ -292,6 +292,45 @@ test.serial('Envoy sidecar example: valid for Envoy, no route timeout, no retrie
   const broken = join(mkdtempSync(join(tmpdir(), 'anpd-envoy-')), 'envoy.yaml');
   writeFileSync(broken, text.replace('stream_idle_timeout: 900s', 'stream_idle_timout: 900s'));
   await assertRejected(t, 'envoy', broken, /unknown field "stream_idle_timout"/, 'a typo fails');
+});
+
+test.serial('Envoy edge (JSON + gRPC-Web): valid for Envoy, the sidecar\'s stream settings, every unary and server-streaming RPC mapped', async (t) => {
+  const path = join(DEPLOY, 'envoy/edge.yaml');
+  const result = await runValidator('envoy', [path]);
+  t.true(result.ok, result.output);
+  const text = readFileSync(path, 'utf8');
+  const config = parseYaml(text) as Obj;
+  t.notRegex(JSON.stringify(config), /retry_polic/, 'no retries anywhere');
+  const hcm = config['static_resources']['listeners'][0]['filter_chains'][0]['filters'][0]['typed_config'] as Obj;
+  for (const vhost of hcm['route_config']['virtual_hosts'] as Obj[]) {
+    for (const route of vhost['routes'] as Obj[]) t.is(route['route']['timeout'], '0s');
+  }
+  t.true(parseDurationS(hcm['stream_idle_timeout']) >= 600);
+  const cluster = config['static_resources']['clusters'][0] as Obj;
+  t.is(cluster['health_checks'][0]['grpc_health_check']['service_name'], SERVICE);
+  // gRPC-Web becomes gRPC before the transcoder (which passes gRPC through); the router is last.
+  const filters = (hcm['http_filters'] as Obj[]).map((f) => f['name'] as string);
+  t.deepEqual(filters, ['envoy.filters.http.cors', 'envoy.filters.http.grpc_web', 'envoy.filters.http.grpc_json_transcoder', 'envoy.filters.http.router']);
+  const transcoder = (hcm['http_filters'] as Obj[])[2]!['typed_config'] as Obj;
+  t.deepEqual(transcoder['services'], [SERVICE]);
+  // The config reads the descriptor where `npm run envoy:descriptor` writes it (relative to the repository root).
+  const scripts = (JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { scripts: Record<string, string> }).scripts;
+  const written = /^cd (\S+) && go run \.\/protoset .*-o (\S+) /.exec(scripts['envoy:descriptor'] ?? '');
+  t.truthy(written, 'npm run envoy:descriptor');
+  t.is(relative(ROOT, join(ROOT, written![1]!, written![2]!)), transcoder['proto_descriptor']);
+  // Every rpc but GenerateBidi (the transcoder maps no bidirectional streams) has an HTTP binding.
+  const proto = readFileSync(join(ROOT, 'proto/llm/v1/generation.proto'), 'utf8');
+  const service = /^service TextGeneration \{([\s\S]*?)^\}/m.exec(proto)![1]!;
+  const rpcs = [...service.matchAll(/^\s*rpc\s+(\w+)\([^)]*\)\s*returns\s*\([^)]*\)\s*(;|\{[^}]*\})/gm)];
+  t.true(rpcs.length >= 5);
+  for (const [, name, body] of rpcs) {
+    if (name === 'GenerateBidi') t.is(body, ';', 'GenerateBidi has no HTTP binding');
+    else t.regex(body!, /option \(google\.api\.http\) = \{\s*(post|get): "\/v1\//, `${name} has no google.api.http binding`);
+  }
+  // The transcoder's own options are checked inside its typed_config, not just the bootstrap.
+  const broken = join(mkdtempSync(join(tmpdir(), 'anpd-envoy-')), 'edge.yaml');
+  writeFileSync(broken, text.replace('stream_newline_delimited: true', 'stream_newline_delimted: true'));
+  await assertRejected(t, 'envoy', broken, /unknown field "stream_newline_delimted"/, 'a typo in the transcoder config fails');
 });
 
 test.serial('OpenTelemetry collector config: every pipeline names components that are defined', (t) => {

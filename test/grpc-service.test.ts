@@ -1,6 +1,6 @@
 import { type ClientDuplexStream, type ServiceError, status as GrpcStatus } from '@grpc/grpc-js';
 import http2 from 'node:http2';
-import { join } from 'node:path';
+import { isAbsolute, join } from 'node:path';
 import test from 'ava';
 import protobuf from 'protobufjs';
 import { GENERATION_PROTO, PROTO_DIR } from '../src/transport/grpc/proto.js';
@@ -317,7 +317,10 @@ test.serial('a slow reader gets backpressure: decoding pauses while the stream i
   const s = await server();
   // A raw HTTP/2 client that stops reading, with a 1 KiB stream window: grpc-js clients keep
   // acknowledging data while paused, so they cannot show this.
-  const root = protobuf.loadSync(join(PROTO_DIR, GENERATION_PROTO));
+  // Imports (google/api/annotations.proto) resolve against the proto root, as proto-loader's includeDirs do.
+  const root = new protobuf.Root();
+  root.resolvePath = (_origin, target) => (isAbsolute(target) ? target : join(PROTO_DIR, target));
+  root.loadSync(GENERATION_PROTO);
   const ClientMessage = root.lookupType('llm.v1.BidiClientMessage');
   const ServerMessage = root.lookupType('llm.v1.BidiServerMessage');
   const frame = (message: object) => {

@@ -60,7 +60,8 @@ async function run(id: number, message: Extract<ToWorker, { type: 'run' }>): Pro
     if (engine === undefined) throw new AnpdError('INTERNAL', 'engine worker is not initialised');
     for await (const event of engine.run({ request: message.request, promptTokens: message.promptTokens }, signal)) {
       if (event.type === 'delta') {
-        post(event.logprobs === undefined ? { type: 'delta', id, text: event.text, tokenIds: event.tokenIds } : { type: 'delta', id, text: event.text, tokenIds: event.tokenIds, logprobs: event.logprobs });
+        // The event's own fields (index, logprobs only when set) travel as they are.
+        post({ ...event, id });
         state.outstanding++;
         // Pause this generation (not the others) until the consumer catches up or cancels.
         while (state.outstanding >= WORKER_DELTAS_IN_FLIGHT_MAX && !signal.aborted) {

@@ -13,7 +13,7 @@ import { type Drafter, NO_DRAFTER } from '../draft/drafter.js';
 import { ANPD_PAPER_OPTIONS, DEFAULT_NGRAM_OPTIONS, NGRAM_N_MAX, NgramDrafter } from '../draft/ngram-drafter.js';
 import { AnpdError, ContextOverflowError, InvalidRequestError } from '../errors.js';
 import { verifyDraft } from '../generate/verify.js';
-import type { DecoderModel, ModelInfo } from '../runtime/types.js';
+import type { DecoderModel, DecoderSequence, ModelInfo } from '../runtime/types.js';
 import { tokenLogprob, TOP_LOGPROBS_MAX, type TokenLogprob } from '../sampling/logprobs.js';
 import { GREEDY, LOGIT_BIAS_ABS_MAX, LOGIT_BIAS_ENTRIES_MAX, OCCURRENCE_PENALTY_ABS_MAX, Sampler, type SamplingParams, TokenHistory } from '../sampling/sampler.js';
 import { IncrementalDetokenizer } from '../tokenizer/incremental-detokenizer.js';
@@ -57,7 +57,14 @@ export interface GenerateRequest {
   readonly includeStopSequence?: boolean;
   /** Keep only the last N prompt tokens when the prompt is longer; 0/absent: the whole prompt. */
   readonly truncateInputTokens?: number;
+  /**
+   * Samples of this prompt (1..SAMPLES_MAX, default 1): one prefill, then each decodes with its own
+   * seed (sampling seed + index), drafter and penalty state.
+   */
+  readonly n?: number;
 }
+
+export const SAMPLES_MAX = 8;
 
 /** Longest time_limit_ms a request may set (one day). */
 export const TIME_LIMIT_MS_MAX = 86_400_000;
@@ -102,6 +109,8 @@ export interface GenerationStats {
 
 export interface GenerationDelta {
   readonly type: 'delta';
+  /** Which sample (GenerateRequest.n > 1); absent for a single one. */
+  readonly index?: number;
   readonly text: string;
   readonly tokenIds: readonly number[];
   /** With GenerateRequest.logprobs: one entry per token of tokenIds. */
@@ -116,6 +125,15 @@ export interface GenerationFinal {
   readonly firstTokenMs: number;
   readonly prefillMs: number;
   readonly totalMs: number;
+  readonly stats: Readonly<GenerationStats>;
+  /** With several samples: each one's end (the fields above: the first sample's finish reason, sums). */
+  readonly samples?: readonly SampleFinal[];
+}
+
+export interface SampleFinal {
+  readonly index: number;
+  readonly finishReason: FinishReason;
+  readonly completionTokens: number;
   readonly stats: Readonly<GenerationStats>;
 }
 
@@ -202,6 +220,8 @@ export function validateRequest(info: ModelInfo, request: GenerateRequest, promp
   if (!Number.isInteger(minNew) || minNew < 0 || minNew > maxNewTokens) {
     throw new InvalidRequestError(`min_new_tokens must be an integer in [0, max_new_tokens = ${maxNewTokens}], got ${minNew}`);
   }
+  const n = request.n ?? 1;
+  if (!Number.isInteger(n) || n < 1 || n > SAMPLES_MAX) throw new InvalidRequestError(`n must be an integer in [1, ${SAMPLES_MAX}], got ${n}`);
   const timeLimitMs = request.timeLimitMs ?? 0;
   if (!Number.isInteger(timeLimitMs) || timeLimitMs < 0 || timeLimitMs > TIME_LIMIT_MS_MAX) {
     throw new InvalidRequestError(`time_limit_ms must be an integer in [0, ${TIME_LIMIT_MS_MAX}], got ${timeLimitMs}`);
@@ -352,10 +372,58 @@ export class Engine implements GenerationBackend {
     const started = performance.now();
     const { request, promptTokens } = prepared;
     const info = this.model.info;
+    const samples = request.n ?? 1;
+    const spec = request.speculation ?? DEFAULT_SPECULATION;
+    const speculate = spec.mode === 'ngram';
+    // A draft and the token it is verified with must fit the runtime's exact forward size.
+    const draftTokensMax = speculate ? Math.max(0, Math.min(spec.draftTokensMax, (info.verifyTokensMax ?? Infinity) - 1)) : 0;
+    const forwardCost = speculate && spec.draftLength === 'adaptive' ? await this.forwardCost() : [];
+    const capacity = Math.min(info.contextLength, promptTokens.length + request.maxNewTokens + draftTokensMax + 1);
+    const sequences: DecoderSequence[] = [];
+    try {
+      for (let i = 0; i < samples; i++) sequences.push(this.model.createSequence({ capacity }));
+      throwIfAborted(signal, promptTokens.length, 0);
+      // Prefill everything but the last prompt token: it opens the first round like every newest token.
+      const t0 = performance.now();
+      if (promptTokens.length > 1) {
+        const prefix = promptTokens.slice(0, -1);
+        const first = sequences[0]!;
+        await first.forward(prefix, 1);
+        // Samples share the one prefill where the runtime copies caches; elsewhere each prefills
+        // (together, so batching runtimes batch them). Same positions either way (batch invariance).
+        await Promise.all(sequences.slice(1).map((s) => (s.copyPrefixFrom !== undefined ? s.copyPrefixFrom(first, prefix.length) : s.forward(prefix, 1))));
+      }
+      const prefill = { ms: performance.now() - started, forwardMs: performance.now() - t0 };
+      const context = { prepared, signal, started, prefill, draftTokensMax, forwardCost };
+      if (samples === 1) {
+        yield* this.decode({ ...context, sequence: sequences[0]!, index: undefined });
+      } else {
+        yield* mergeSamples(
+          sequences.map((sequence, index) => this.decode({ ...context, sequence, index })),
+          promptTokens.length,
+          started,
+          prefill.ms,
+        );
+      }
+    } finally {
+      for (const s of sequences) s.dispose();
+    }
+  }
+
+  /**
+   * One sample's rounds on its prefilled sequence (prompt but the last token in its cache), to its
+   * final event. `index` (several samples): the sample's number, which tags its deltas and adds to
+   * the sampling seed.
+   */
+  private async *decode(ctx: SampleContext): AsyncGenerator<GenerationEvent> {
+    const { prepared, signal, started, sequence, index, draftTokensMax, forwardCost } = ctx;
+    const { request, promptTokens } = prepared;
+    const info = this.model.info;
     const vocab = info.vocabSize;
     const stopTokens = new Set<number>(request.stopTokenIds ?? []);
     if (!request.ignoreEos) for (const id of info.eosTokenIds) stopTokens.add(id);
-    const sampler = new Sampler(request.sampling ?? GREEDY, vocab);
+    const params = request.sampling ?? GREEDY;
+    const sampler = new Sampler(index === undefined ? params : { ...params, seed: (params.seed + index) >>> 0 }, vocab);
     // Penalty state: it takes each verified draft token as its row is picked (the lossless rule).
     const history = sampler.modifiesRow ? new TokenHistory(vocab) : undefined;
     if (history !== undefined) for (const t of promptTokens) history.addPrompt(t);
@@ -364,9 +432,6 @@ export class Engine implements GenerationBackend {
     const timeLimitMs = request.timeLimitMs ?? 0;
     const spec = request.speculation ?? DEFAULT_SPECULATION;
     const speculate = spec.mode === 'ngram';
-    // A draft and the token it is verified with must fit the runtime's exact forward size.
-    const draftTokensMax = speculate ? Math.max(0, Math.min(spec.draftTokensMax, (info.verifyTokensMax ?? Infinity) - 1)) : 0;
-    const forwardCost = speculate && spec.draftLength === 'adaptive' ? await this.forwardCost() : [];
     const rowsMin = info.forwardRowsMin;
     const d0 = performance.now();
     const drafter: Drafter = speculate
@@ -389,22 +454,15 @@ export class Engine implements GenerationBackend {
       draftTokensAccepted: 0,
       draftedAtPosition: new Array<number>(draftTokensMax).fill(0),
       acceptedAtPosition: new Array<number>(draftTokensMax).fill(0),
-      forwardMs: 0,
+      // The shared prefill counts once, on the first sample.
+      forwardMs: index === undefined || index === 0 ? ctx.prefill.forwardMs : 0,
       draftMs: indexMs,
     };
 
     let completionTokens = 0;
     let member: BatchMember | undefined;
-    const sequence = this.model.createSequence({ capacity: Math.min(info.contextLength, promptTokens.length + request.maxNewTokens + draftTokensMax + 1) });
     try {
-      throwIfAborted(signal, promptTokens.length, 0);
-      // Prefill everything but the last prompt token: it opens the first round like every newest token.
-      if (promptTokens.length > 1) {
-        const t0 = performance.now();
-        await sequence.forward(promptTokens.slice(0, -1), 1);
-        stats.forwardMs += performance.now() - t0;
-      }
-      const prefillMs = performance.now() - started;
+      const prefillMs = ctx.prefill.ms;
       let firstTokenMs = 0;
       let last = promptTokens[promptTokens.length - 1]!;
       const input: number[] = [];
@@ -440,7 +498,7 @@ export class Engine implements GenerationBackend {
           finishReason = 'time_limit';
           let text = stopMatcher.push(detokenizer.flush()).text;
           if (!stopMatcher.done) text += stopMatcher.flush();
-          if (text.length > 0) yield { type: 'delta', text, tokenIds: [] };
+          if (text.length > 0) yield withIndex({ type: 'delta', text, tokenIds: [] }, index);
           break;
         }
         // Room left for drafts: never past max_new_tokens nor the KV capacity.
@@ -517,7 +575,7 @@ export class Engine implements GenerationBackend {
         }
         if (committed.length > 0 || text.length > 0) {
           if (firstTokenMs === 0) firstTokenMs = performance.now() - started;
-          yield logprobTop === undefined ? { type: 'delta', text, tokenIds: committed } : { type: 'delta', text, tokenIds: committed, logprobs: logprobs.slice(0, committed.length) };
+          yield withIndex(logprobTop === undefined ? { type: 'delta', text, tokenIds: committed } : { type: 'delta', text, tokenIds: committed, logprobs: logprobs.slice(0, committed.length) }, index);
         }
       }
       yield {
@@ -532,9 +590,104 @@ export class Engine implements GenerationBackend {
       };
     } finally {
       member?.leave();
-      sequence.dispose();
     }
   }
+}
+
+interface SampleContext {
+  readonly prepared: PreparedGeneration;
+  readonly signal: AbortSignal | undefined;
+  readonly started: number;
+  /** Request start → prefill done, and the prefill's forward time. */
+  readonly prefill: { readonly ms: number; readonly forwardMs: number };
+  readonly draftTokensMax: number;
+  readonly forwardCost: readonly number[];
+  readonly sequence: DecoderSequence;
+  /** Set when the request has several samples. */
+  readonly index: number | undefined;
+}
+
+function withIndex(delta: GenerationDelta, index: number | undefined): GenerationDelta {
+  return index === undefined ? delta : { ...delta, index };
+}
+
+/**
+ * Runs the samples' generators side by side (their forwards overlap, and batch where the runtime
+ * batches), passes their deltas through as they come and ends with one final event: the first
+ * sample's finish reason, the prompt counted once, the completions summed, and each sample's own
+ * in `samples`. A sample's failure ends them all.
+ */
+async function* mergeSamples(samples: readonly AsyncGenerator<GenerationEvent>[], promptTokens: number, started: number, prefillMs: number): AsyncGenerator<GenerationEvent> {
+  type Step = { readonly index: number; readonly result?: IteratorResult<GenerationEvent>; readonly error?: unknown };
+  const pending = new Map<number, Promise<Step>>();
+  const pull = (index: number) => {
+    pending.set(
+      index,
+      samples[index]!.next().then(
+        (result) => ({ index, result }),
+        (error: unknown) => ({ index, error }),
+      ),
+    );
+  };
+  const finals: GenerationFinal[] = [];
+  const emitted = new Array<number>(samples.length).fill(0);
+  samples.forEach((_, i) => pull(i));
+  try {
+    while (pending.size > 0) {
+      const step = await Promise.race(pending.values());
+      if (step.error !== undefined) {
+        if (step.error instanceof CancelledError) {
+          throw new CancelledError(step.error.cause ?? step.error, { promptTokens, completionTokens: emitted.reduce((a, b) => a + b, 0) });
+        }
+        throw step.error;
+      }
+      const { done, value } = step.result!;
+      if (done) {
+        pending.delete(step.index);
+        continue;
+      }
+      if (value.type === 'final') {
+        finals[step.index] = value;
+      } else {
+        emitted[step.index]! += value.tokenIds.length;
+        yield value;
+      }
+      pull(step.index);
+    }
+  } finally {
+    // Stop the others (each ends at its next round boundary and leaves its batch) before the caller disposes their sequences.
+    await Promise.allSettled(samples.map((g) => g.return(undefined)));
+  }
+  const first = finals[0]!;
+  const stats = mergeStats(finals.map((f) => f.stats));
+  const withTokens = finals.filter((f) => f.completionTokens > 0);
+  yield {
+    type: 'final',
+    finishReason: first.finishReason,
+    promptTokens,
+    completionTokens: finals.reduce((a, f) => a + f.completionTokens, 0),
+    firstTokenMs: withTokens.length > 0 ? Math.min(...withTokens.map((f) => f.firstTokenMs)) : 0,
+    prefillMs,
+    totalMs: performance.now() - started,
+    stats,
+    samples: finals.map((f, index) => ({ index, finishReason: f.finishReason, completionTokens: f.completionTokens, stats: f.stats })),
+  };
+}
+
+function mergeStats(all: readonly Readonly<GenerationStats>[]): GenerationStats {
+  const sum = (pick: (s: Readonly<GenerationStats>) => number) => all.reduce((a, s) => a + pick(s), 0);
+  const sumArrays = (pick: (s: Readonly<GenerationStats>) => readonly number[]) => all[0]!.draftedAtPosition.map((_, j) => all.reduce((a, s) => a + (pick(s)[j] ?? 0), 0));
+  return {
+    rounds: sum((s) => s.rounds),
+    draftRounds: sum((s) => s.draftRounds),
+    zeroAcceptRounds: sum((s) => s.zeroAcceptRounds),
+    draftTokensProposed: sum((s) => s.draftTokensProposed),
+    draftTokensAccepted: sum((s) => s.draftTokensAccepted),
+    draftedAtPosition: sumArrays((s) => s.draftedAtPosition),
+    acceptedAtPosition: sumArrays((s) => s.acceptedAtPosition),
+    forwardMs: sum((s) => s.forwardMs),
+    draftMs: sum((s) => s.draftMs),
+  };
 }
 
 /** Median time of a forward over each of `sizes` tokens on top of `past`, sizes interleaved in rotating order. */

@@ -125,7 +125,11 @@ export class InferenceService {
     // Full: refuse before tokenizing (a malformed request then also gets RESOURCE_EXHAUSTED).
     this.pool.refuseIfFull();
     const prepared = engine.prepare(this.withLimits(request));
-    const lease = await this.pool.acquire(signal);
+    const samples = request.n ?? 1;
+    if (samples > this.pool.maxActive) {
+      throw new InvalidRequestError(`n = ${samples} samples need as many sequence slots; this server has ${this.pool.maxActive} (ModelInfo.max_active_sequences)`);
+    }
+    const lease = await this.pool.acquire(signal, samples);
     try {
       const queueMs = performance.now() - received;
       for await (const event of engine.run(prepared, signal)) {

@@ -29,6 +29,7 @@ export interface Lease {
 }
 
 interface Waiter {
+  readonly slots: number;
   readonly grant: (lease: Lease) => void;
 }
 
@@ -73,15 +74,18 @@ export class SessionPool {
   }
 
   /**
-   * Resolves with a slot, in arrival order. Rejects at once with OverloadedError when the queue is
-   * full, UnavailableError while draining, and CancelledError if `signal` aborts while waiting.
+   * Resolves with `slots` slots at once (a request with several samples), in arrival order: a
+   * waiter that needs more than is free holds back those behind it, so none starves. Rejects at
+   * once with OverloadedError when the queue is full, UnavailableError while draining, and
+   * CancelledError if `signal` aborts while waiting.
    */
-  acquire(signal?: AbortSignal): Promise<Lease> {
+  acquire(signal?: AbortSignal, slots = 1): Promise<Lease> {
+    if (!Number.isInteger(slots) || slots < 1 || slots > this.maxActive) return Promise.reject(new RangeError(`slots must be an integer in [1, ${this.maxActive}], got ${slots}`));
     if (signal?.aborted) return Promise.reject(new CancelledError(signal.reason));
     if (this.draining) return Promise.reject(new UnavailableError('server is shutting down and accepts no new requests'));
-    if (this.active < this.maxActive) {
-      this.active++;
-      return Promise.resolve(this.newLease());
+    if (this.waiters.length === 0 && this.active + slots <= this.maxActive) {
+      this.active += slots;
+      return Promise.resolve(this.newLease(slots));
     }
     if (this.waiters.length >= this.maxQueued) return Promise.reject(this.overloaded());
     return new Promise<Lease>((resolve, reject) => {
@@ -89,9 +93,12 @@ export class SessionPool {
         const i = this.waiters.indexOf(waiter);
         if (i >= 0) this.waiters.splice(i, 1);
         reject(new CancelledError(signal?.reason));
+        // A large waiter leaving may let smaller ones behind it in.
+        this.grantWaiters();
         this.notifyIfIdle();
       };
       const waiter: Waiter = {
+        slots,
         grant: (lease) => {
           signal?.removeEventListener('abort', onAbort);
           resolve(lease);
@@ -114,21 +121,26 @@ export class SessionPool {
     return new Promise((resolve) => this.idleWaiters.push(resolve));
   }
 
-  private newLease(): Lease {
+  private newLease(slots: number): Lease {
     let released = false;
     return {
       release: () => {
         if (released) return;
         released = true;
-        const next = this.waiters.shift();
-        if (next) {
-          next.grant(this.newLease());
-        } else {
-          this.active--;
-          this.notifyIfIdle();
-        }
+        this.active -= slots;
+        this.grantWaiters();
+        this.notifyIfIdle();
       },
     };
+  }
+
+  /** Grants waiters in order while the first one fits. */
+  private grantWaiters(): void {
+    for (let next = this.waiters[0]; next !== undefined && this.active + next.slots <= this.maxActive; next = this.waiters[0]) {
+      this.waiters.shift();
+      this.active += next.slots;
+      next.grant(this.newLease(next.slots));
+    }
   }
 
   private notifyIfIdle(): void {

@@ -242,7 +242,8 @@ export class WorkerEngine implements GenerationBackend {
         }
         const message = queue.shift()!;
         if (message.type === 'delta') {
-          yield message.logprobs === undefined ? { type: 'delta', text: message.text, tokenIds: message.tokenIds } : { type: 'delta', text: message.text, tokenIds: message.tokenIds, logprobs: message.logprobs };
+          const { id: _id, ...delta } = message;
+          yield delta;
           this.post({ type: 'credit', id });
         } else if (message.type === 'final') {
           finished = true;

@@ -51,7 +51,7 @@ export type FromWorker =
   | { readonly type: 'calibrated'; readonly forwardCost: readonly number[]; readonly ms: number }
   | { readonly type: 'calibrate-error'; readonly error: SerializedError }
   | { readonly type: 'init-error'; readonly error: SerializedError }
-  | { readonly type: 'delta'; readonly id: number; readonly text: string; readonly tokenIds: readonly number[]; readonly logprobs?: readonly TokenLogprob[] }
+  | { readonly type: 'delta'; readonly id: number; readonly text: string; readonly tokenIds: readonly number[]; readonly logprobs?: readonly TokenLogprob[]; readonly index?: number }
   | { readonly type: 'final'; readonly id: number; readonly final: GenerationFinal }
   | { readonly type: 'error'; readonly id: number; readonly error: SerializedError }
   | { readonly type: 'disposed' };

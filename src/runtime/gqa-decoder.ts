@@ -448,24 +448,40 @@ class GqaSequence implements DecoderSequence {
       ] as const) {
         const next = kvTensor(this.manifest, size, dims);
         const old = this.feeds[input];
-        if (old !== undefined && this.kvLength > 0) {
-          const src = old.data as Float32Array;
-          const dst = next.data as Float32Array;
-          // Rows of positions ([head][position][dim]); the native attention kernel keeps keys
-          // transposed, rows of dims ([head][dim][position]) (native/gqa-attention.c).
-          const transposed = this.keysTransposed && input.endsWith('.key');
-          const rows = transposed ? this.kvHeads * this.headDim : this.kvHeads;
-          const rowFloats = transposed ? 1 : this.headDim;
-          for (let r = 0; r < rows; r++) {
-            dst.set(src.subarray(r * this.slots * rowFloats, (r * this.slots + this.kvLength) * rowFloats), r * slots * rowFloats);
-          }
-        }
+        if (old !== undefined && this.kvLength > 0) this.copyKv(input, old.data as Float32Array, this.slots, next.data as Float32Array, slots, this.kvLength);
         this.feeds[input] = next;
         this.fetches[output] = next;
       }
     }
     this.slots = slots;
   }
+
+  /** Copies the first `length` positions of one KV tensor between buffers of `fromSlots` and `toSlots` positions. */
+  private copyKv(input: string, src: Float32Array, fromSlots: number, dst: Float32Array, toSlots: number, length: number): void {
+    // Rows of positions ([head][position][dim]); the native attention kernel keeps keys
+    // transposed, rows of dims ([head][dim][position]) (native/gqa-attention.c).
+    const transposed = this.keysTransposed && input.endsWith('.key');
+    const rows = transposed ? this.kvHeads * this.headDim : this.kvHeads;
+    const rowFloats = transposed ? 1 : this.headDim;
+    for (let r = 0; r < rows; r++) {
+      dst.set(src.subarray(r * fromSlots * rowFloats, (r * fromSlots + length) * rowFloats), r * toSlots * rowFloats);
+    }
+  }
+
+  readonly copyPrefixFrom = (source: DecoderSequence, length: number): void => {
+    if (!(source instanceof GqaSequence) || source.manifest !== this.manifest || this.deviceKv || source.deviceKv) {
+      throw new Error('copyPrefixFrom needs a host-KV sequence of the same model');
+    }
+    if (this.kvLength !== 0) throw new Error('copyPrefixFrom needs an empty sequence');
+    if (!Number.isInteger(length) || length < 0 || length > source.kvLength || length > this.capacity) {
+      throw new RangeError(`copy of ${length} positions from a sequence of ${source.kvLength} into a capacity of ${this.capacity}`);
+    }
+    if (length + this.rowsMin > this.slots) this.bindKv(Math.min(this.capacity + this.rowsMin - 1, Math.ceil((length + this.rowsMin) / KV_SLOTS_STEP) * KV_SLOTS_STEP));
+    for (const [input] of this.kvNames) {
+      this.copyKv(input, source.feeds[input]!.data as Float32Array, source.slots, this.feeds[input]!.data as Float32Array, this.slots, length);
+    }
+    this.kvLength = length;
+  };
 
   async forward(tokens: ArrayLike<number>, logitsRows: number): Promise<Float32Array> {
     if (this.disposed) throw new Error('sequence is disposed');

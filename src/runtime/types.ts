@@ -48,6 +48,12 @@ export interface DecoderSequence {
    * on the device. Absent where greedy decoding reads the logits itself. Reused like forward()'s array.
    */
   readonly forwardGreedy?: ((tokens: ArrayLike<number>, rows: number) => Promise<Int32Array>) | undefined;
+  /**
+   * Where the runtime can (host KV of our GQA layout): makes this empty sequence's cache the first
+   * `length` positions of `source`'s, as if it had run the same forwards: several samples of one
+   * prompt share one prefill. Absent: each sequence prefills itself.
+   */
+  readonly copyPrefixFrom?: ((source: DecoderSequence, length: number) => void) | undefined;
   /** Forgets every position ≥ `length` (a rejected draft). O(1) for the GQA layout. */
   rewind(length: number): void;
   dispose(): void;

@@ -51,6 +51,7 @@ export interface GenerateRequestMsg {
     ngram_n?: number;
   };
   logprobs?: { enabled?: boolean; top_logprobs?: number };
+  n?: number;
 }
 
 export interface TokenLogprobMsg {
@@ -68,8 +69,24 @@ export type FinishReasonMsg =
   | 'FINISH_REASON_CANCELLED'
   | 'FINISH_REASON_TIME_LIMIT';
 
+export interface SampleFinalMsg {
+  index: number;
+  finish_reason: FinishReasonMsg;
+  output_tokens: number;
+  speculation: { verify_steps: number; draft_tokens: number; accepted_tokens: number };
+}
+
+export interface SampleOutputMsg {
+  index: number;
+  text: string;
+  token_ids: number[];
+  logprobs?: TokenLogprobMsg[];
+  finish_reason?: FinishReasonMsg;
+}
+
 export interface FinalInfoMsg {
   finish_reason: FinishReasonMsg;
+  samples?: SampleFinalMsg[];
   usage: { input_tokens: number; output_tokens: number };
   speculation: { verify_steps: number; draft_tokens: number; accepted_tokens: number };
   queue_ms: number;
@@ -84,6 +101,7 @@ export interface GenerateChunkMsg {
   text: string;
   token_ids: readonly number[];
   logprobs?: TokenLogprobMsg[];
+  index?: number;
   final?: FinalInfoMsg;
 }
 
@@ -92,6 +110,7 @@ export interface GenerateResponseMsg {
   text: string;
   token_ids: number[];
   logprobs?: TokenLogprobMsg[];
+  samples?: SampleOutputMsg[];
   final: FinalInfoMsg;
 }
 
@@ -246,6 +265,8 @@ export function parseGenerateRequest(msg: GenerateRequestMsg): ParsedGenerate {
     timeLimitMs: stopping?.time_limit_ms ?? 0,
     includeStopSequence: stopping?.include_stop_sequence ?? false,
     truncateInputTokens: stopping?.truncate_input_tokens ?? 0,
+    // 0 (unset) and 1: one sample; the engine checks the range.
+    ...(msg.n !== undefined && msg.n > 1 ? { n: msg.n } : {}),
   };
   // top_logprobs > 0 implies enabled; the engine checks its range (the message names the field).
   const top = msg.logprobs?.top_logprobs ?? 0;
@@ -278,7 +299,25 @@ export function toLogprobMsgs(entries: readonly TokenLogprob[], texts: TokenText
 export function deltaChunk(requestId: string, seq: number, delta: GenerationDelta, texts: TokenTexts): GenerateChunkMsg {
   const chunk: GenerateChunkMsg = { request_id: requestId, seq, text: delta.text, token_ids: delta.tokenIds };
   if (delta.logprobs !== undefined) chunk.logprobs = toLogprobMsgs(delta.logprobs, texts);
+  if (delta.index !== undefined) chunk.index = delta.index;
   return chunk;
+}
+
+/** A unary response from the per-sample outputs: the top level is sample 0's; all of them in `samples` when there are several. */
+export function toGenerateResponse(requestId: string, outputs: readonly SampleOutputMsg[], final: FinalInfoMsg, withLogprobs: boolean): GenerateResponseMsg {
+  const first = outputs[0]!;
+  const response: GenerateResponseMsg = { request_id: requestId, text: first.text, token_ids: first.token_ids, final };
+  if (withLogprobs) response.logprobs = first.logprobs ?? [];
+  if (outputs.length > 1) {
+    response.samples = outputs.map((o) => {
+      const out: SampleOutputMsg = { index: o.index, text: o.text, token_ids: o.token_ids };
+      if (withLogprobs) out.logprobs = o.logprobs ?? [];
+      const reason = final.samples?.[o.index]?.finish_reason;
+      if (reason !== undefined) out.finish_reason = reason;
+      return out;
+    });
+  }
+  return response;
 }
 
 const FINISH_REASONS: Record<ServiceFinal['finishReason'], FinishReasonMsg> = {
@@ -289,6 +328,19 @@ const FINISH_REASONS: Record<ServiceFinal['finishReason'], FinishReasonMsg> = {
 };
 
 export function toFinalInfo(final: ServiceFinal, seed: string): FinalInfoMsg {
+  const info = toFinalInfoOne(final, seed);
+  if (final.samples !== undefined) {
+    info.samples = final.samples.map((s) => ({
+      index: s.index,
+      finish_reason: FINISH_REASONS[s.finishReason],
+      output_tokens: s.completionTokens,
+      speculation: { verify_steps: s.stats.rounds, draft_tokens: s.stats.draftTokensProposed, accepted_tokens: s.stats.draftTokensAccepted },
+    }));
+  }
+  return info;
+}
+
+function toFinalInfoOne(final: ServiceFinal, seed: string): FinalInfoMsg {
   return {
     finish_reason: FINISH_REASONS[final.finishReason],
     usage: { input_tokens: final.promptTokens, output_tokens: final.completionTokens },

@@ -29,6 +29,7 @@ import {
   type TokenizeRequestMsg,
   type TokenLogprobMsg,
   deltaChunk,
+  toGenerateResponse,
   parseChatMessages,
   parseGenerateRequest,
   toFinalInfo,
@@ -124,21 +125,19 @@ export async function startGrpcServer(
         let failure: MappedStatus | undefined;
         try {
           const parsed = parseGenerateRequest(call.request);
-          let text = '';
-          const tokenIds: number[] = [];
-          const logprobs: TokenLogprobMsg[] = [];
+          // One output per sample (one unless n > 1); the response's top level is sample 0's.
+          const outputs = Array.from({ length: parsed.request.n ?? 1 }, (_, index) => ({ index, text: '', token_ids: [] as number[], logprobs: [] as TokenLogprobMsg[] }));
           const texts = (ids: readonly number[]) => service.decodeTokens(parsed.model, ids);
           const meta = { method: 'Generate', requestId, model: service.modelName, request: parsed.request, stream: false };
           const events = service.generate(parsed.model, parsed.request, context.signal);
           for await (const event of observeGeneration(telemetry, events, meta, rpc?.context ?? ROOT_CONTEXT, context.signal)) {
             if (event.type === 'delta') {
-              text += event.text;
-              for (const id of event.tokenIds) tokenIds.push(id);
-              if (event.logprobs !== undefined) logprobs.push(...toLogprobMsgs(event.logprobs, texts));
+              const out = outputs[event.index ?? 0]!;
+              out.text += event.text;
+              for (const id of event.tokenIds) out.token_ids.push(id);
+              if (event.logprobs !== undefined) out.logprobs.push(...toLogprobMsgs(event.logprobs, texts));
             } else {
-              const response: GenerateResponseMsg = { request_id: requestId, text, token_ids: tokenIds, final: toFinalInfo(event, parsed.seed) };
-              if (parsed.request.logprobs !== undefined) response.logprobs = logprobs;
-              callback(null, response);
+              callback(null, toGenerateResponse(requestId, outputs, toFinalInfo(event, parsed.seed), parsed.request.logprobs !== undefined));
             }
           }
         } catch (error) {

@@ -101,3 +101,23 @@ test.serial('top_logprobs above 20 is INVALID_ARGUMENT naming the field', async 
   t.is(error.code, GrpcStatus.INVALID_ARGUMENT);
   t.regex(error.details, /logprobs\.top_logprobs must be an integer in \[0, 20\], got 21/);
 });
+
+test.serial('prompt log-probabilities: every prompt token but the first, on the first chunk; they equal, bit for bit, the generated tokens\' logprobs when those tokens are fed back as prompt', async (t) => {
+  const client = (await server()).client();
+  const tok = await client.tokenize({ text: 'Lighthouses guide ships along rocky coasts at night. '.repeat(8) });
+  const prompt = tok.token_ids;
+  t.true(prompt.length > 64, 'longer than one scoring chunk');
+  const generated = await client.generate({ token_ids: { ids: prompt }, stopping: { max_new_tokens: 8, ignore_eos: true }, logprobs: { top_logprobs: 3 } }, { deadlineMs: 60_000 });
+  const echoed = [...prompt, ...generated.token_ids];
+  const chunks = await collectStream(client.generateStream({ token_ids: { ids: echoed }, stopping: { max_new_tokens: 2 }, logprobs: { top_logprobs: 3, prompt: true } }));
+  const scored = chunks[0]!.prompt_logprobs!;
+  t.deepEqual(chunks[0]!.token_ids, [], 'a chunk of its own, before any token');
+  t.is(chunks.filter((c) => (c.prompt_logprobs ?? []).length > 0).length, 1, 'only on the first chunk');
+  t.is(scored.length, echoed.length - 1);
+  scored.forEach((e, i) => t.is(e.token_id, echoed[i + 1]!));
+  t.deepEqual(scored.slice(prompt.length - 1), generated.logprobs, 'scoring a token as prompt = its logprob when generated');
+  t.true(scored.every((e) => e.logprob <= 0 && e.rank >= 1 && e.top.length === 3));
+  const unary = await client.generate({ token_ids: { ids: echoed }, stopping: { max_new_tokens: 2 }, logprobs: { top_logprobs: 3, prompt: true } }, { deadlineMs: 60_000 });
+  t.deepEqual(unary.prompt_logprobs, scored);
+  t.is(unary.logprobs!.length, unary.token_ids.length, 'prompt implies enabled');
+});

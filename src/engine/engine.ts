@@ -45,7 +45,7 @@ export interface GenerateRequest {
    * Each generated token's log-probability and rank, and the `top` most likely tokens at its
    * position (0..TOP_LOGPROBS_MAX), from the raw model distribution. Absent: none.
    */
-  readonly logprobs?: { readonly top: number };
+  readonly logprobs?: { readonly top: number; readonly prompt?: boolean };
   /**
    * The first this-many generated tokens are never EOS or stop tokens (they are suppressed), and
    * stop sequences are looked for only in the text after them. Default 0.
@@ -65,6 +65,8 @@ export interface GenerateRequest {
 }
 
 export const SAMPLES_MAX = 8;
+/** Prefill rows per forward when prompt log-probabilities are asked for (each row is a vocab of logits). */
+export const PROMPT_LOGPROBS_CHUNK = 64;
 
 /** Longest time_limit_ms a request may set (one day). */
 export const TIME_LIMIT_MS_MAX = 86_400_000;
@@ -115,6 +117,11 @@ export interface GenerationDelta {
   readonly tokenIds: readonly number[];
   /** With GenerateRequest.logprobs: one entry per token of tokenIds. */
   readonly logprobs?: readonly TokenLogprob[];
+  /**
+   * With logprobs.prompt: each prompt token's but the first (nothing predicts it), in order, on
+   * one delta without tokens that comes before any other.
+   */
+  readonly promptLogprobs?: readonly TokenLogprob[];
 }
 
 export interface GenerationFinal {
@@ -385,15 +392,30 @@ export class Engine implements GenerationBackend {
       throwIfAborted(signal, promptTokens.length, 0);
       // Prefill everything but the last prompt token: it opens the first round like every newest token.
       const t0 = performance.now();
+      const promptLogprobs: TokenLogprob[] | undefined = request.logprobs?.prompt === true ? [] : undefined;
       if (promptTokens.length > 1) {
         const prefix = promptTokens.slice(0, -1);
         const first = sequences[0]!;
-        await first.forward(prefix, 1);
+        if (promptLogprobs === undefined) {
+          await first.forward(prefix, 1);
+        } else {
+          // Every prefill row scores the next prompt token; chunks bound the logits buffer
+          // (PROMPT_LOGPROBS_CHUNK rows × vocab). Same KV and rows as one forward (batch invariance).
+          const vocab = info.vocabSize;
+          const top = request.logprobs!.top;
+          for (let start = 0; start < prefix.length; start += PROMPT_LOGPROBS_CHUNK) {
+            const chunk = prefix.slice(start, start + PROMPT_LOGPROBS_CHUNK);
+            const logits = await first.forward(chunk, chunk.length);
+            for (let r = 0; r < chunk.length; r++) promptLogprobs.push(tokenLogprob(logits, r * vocab, vocab, promptTokens[start + r + 1]!, top));
+            throwIfAborted(signal, promptTokens.length, 0);
+          }
+        }
         // Samples share the one prefill where the runtime copies caches; elsewhere each prefills
         // (together, so batching runtimes batch them). Same positions either way (batch invariance).
         await Promise.all(sequences.slice(1).map((s) => (s.copyPrefixFrom !== undefined ? s.copyPrefixFrom(first, prefix.length) : s.forward(prefix, 1))));
       }
       const prefill = { ms: performance.now() - started, forwardMs: performance.now() - t0 };
+      if (promptLogprobs !== undefined) yield { type: 'delta', text: '', tokenIds: [], promptLogprobs };
       const context = { prepared, signal, started, prefill, draftTokensMax, forwardCost };
       if (samples === 1) {
         yield* this.decode({ ...context, sequence: sequences[0]!, index: undefined });

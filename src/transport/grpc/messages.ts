@@ -50,7 +50,7 @@ export interface GenerateRequestMsg {
     max_draft_tokens?: number;
     ngram_n?: number;
   };
-  logprobs?: { enabled?: boolean; top_logprobs?: number };
+  logprobs?: { enabled?: boolean; top_logprobs?: number; prompt?: boolean };
   n?: number;
 }
 
@@ -101,6 +101,7 @@ export interface GenerateChunkMsg {
   text: string;
   token_ids: readonly number[];
   logprobs?: TokenLogprobMsg[];
+  prompt_logprobs?: TokenLogprobMsg[];
   index?: number;
   final?: FinalInfoMsg;
 }
@@ -110,6 +111,7 @@ export interface GenerateResponseMsg {
   text: string;
   token_ids: number[];
   logprobs?: TokenLogprobMsg[];
+  prompt_logprobs?: TokenLogprobMsg[];
   samples?: SampleOutputMsg[];
   final: FinalInfoMsg;
 }
@@ -268,9 +270,10 @@ export function parseGenerateRequest(msg: GenerateRequestMsg): ParsedGenerate {
     // 0 (unset) and 1: one sample; the engine checks the range.
     ...(msg.n !== undefined && msg.n > 1 ? { n: msg.n } : {}),
   };
-  // top_logprobs > 0 implies enabled; the engine checks its range (the message names the field).
+  // top_logprobs > 0 or prompt imply enabled; the engine checks the range (the message names the field).
   const top = msg.logprobs?.top_logprobs ?? 0;
-  const withLogprobs = msg.logprobs?.enabled === true || top > 0 ? { ...request, logprobs: { top } } : request;
+  const prompt = msg.logprobs?.prompt === true;
+  const withLogprobs = msg.logprobs?.enabled === true || top > 0 || prompt ? { ...request, logprobs: prompt ? { top, prompt } : { top } } : request;
   return { requestId, model: msg.model ?? '', request: withLogprobs, seed: msg.sampling?.seed || '0' };
 }
 
@@ -300,14 +303,16 @@ export function deltaChunk(requestId: string, seq: number, delta: GenerationDelt
   const chunk: GenerateChunkMsg = { request_id: requestId, seq, text: delta.text, token_ids: delta.tokenIds };
   if (delta.logprobs !== undefined) chunk.logprobs = toLogprobMsgs(delta.logprobs, texts);
   if (delta.index !== undefined) chunk.index = delta.index;
+  if (delta.promptLogprobs !== undefined) chunk.prompt_logprobs = toLogprobMsgs(delta.promptLogprobs, texts);
   return chunk;
 }
 
 /** A unary response from the per-sample outputs: the top level is sample 0's; all of them in `samples` when there are several. */
-export function toGenerateResponse(requestId: string, outputs: readonly SampleOutputMsg[], final: FinalInfoMsg, withLogprobs: boolean): GenerateResponseMsg {
+export function toGenerateResponse(requestId: string, outputs: readonly SampleOutputMsg[], final: FinalInfoMsg, withLogprobs: boolean, promptLogprobs?: TokenLogprobMsg[]): GenerateResponseMsg {
   const first = outputs[0]!;
   const response: GenerateResponseMsg = { request_id: requestId, text: first.text, token_ids: first.token_ids, final };
   if (withLogprobs) response.logprobs = first.logprobs ?? [];
+  if (promptLogprobs !== undefined) response.prompt_logprobs = promptLogprobs;
   if (outputs.length > 1) {
     response.samples = outputs.map((o) => {
       const out: SampleOutputMsg = { index: o.index, text: o.text, token_ids: o.token_ids };

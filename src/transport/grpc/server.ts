@@ -128,6 +128,7 @@ export async function startGrpcServer(
           // One output per sample (one unless n > 1); the response's top level is sample 0's.
           const outputs = Array.from({ length: parsed.request.n ?? 1 }, (_, index) => ({ index, text: '', token_ids: [] as number[], logprobs: [] as TokenLogprobMsg[] }));
           const texts = (ids: readonly number[]) => service.decodeTokens(parsed.model, ids);
+          let promptLogprobs: TokenLogprobMsg[] | undefined;
           const meta = { method: 'Generate', requestId, model: service.modelName, request: parsed.request, stream: false };
           const events = service.generate(parsed.model, parsed.request, context.signal);
           for await (const event of observeGeneration(telemetry, events, meta, rpc?.context ?? ROOT_CONTEXT, context.signal)) {
@@ -136,8 +137,9 @@ export async function startGrpcServer(
               out.text += event.text;
               for (const id of event.tokenIds) out.token_ids.push(id);
               if (event.logprobs !== undefined) out.logprobs.push(...toLogprobMsgs(event.logprobs, texts));
+              if (event.promptLogprobs !== undefined) promptLogprobs = toLogprobMsgs(event.promptLogprobs, texts);
             } else {
-              callback(null, toGenerateResponse(requestId, outputs, toFinalInfo(event, parsed.seed), parsed.request.logprobs !== undefined));
+              callback(null, toGenerateResponse(requestId, outputs, toFinalInfo(event, parsed.seed), parsed.request.logprobs !== undefined, promptLogprobs));
             }
           }
         } catch (error) {

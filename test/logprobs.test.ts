@@ -29,11 +29,11 @@ test('a row at an offset of a multi-row buffer; large logits do not overflow', (
   t.true(Math.abs(Math.exp(e.logprob) - 1 / (1 + Math.exp(-1) + Math.exp(-2))) < 1e-9);
 });
 
-test('expNonPositive agrees with Math.exp to 1e-12 relative over [−700, 0] (what a row sum can feel), and is 0 below', (t) => {
+test('expNonPositive agrees with Math.exp to 1e-10 relative (a logprob travels as float32: 6e-8) over [−700, 0] (what a row sum can feel), and is 0 below', (t) => {
   let worst = 0;
   for (let x = 0; x > -700; x -= 0.0137) worst = Math.max(worst, Math.abs(expNonPositive(x) / Math.exp(x) - 1));
   for (const x of [0, -1e-12, -0.5, -Math.LN2 / 2, -Math.LN2, -87.3, -699.9]) worst = Math.max(worst, Math.abs(expNonPositive(x) / Math.exp(x) - 1));
-  t.true(worst < 1e-12, `worst relative error ${worst}`);
+  t.true(worst < 1e-10, `worst relative error ${worst}`);
   t.is(expNonPositive(-701), 0);
   t.is(expNonPositive(-Infinity), 0);
   t.is(expNonPositive(0), 1);

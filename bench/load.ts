@@ -23,7 +23,7 @@ import { ensureDefaultModel, projectRoot } from '../src/model/default-model.js';
 import { TextGenerationClient } from '../src/transport/grpc/client.js';
 import { ensureGhz } from './go-tools.js';
 import { fetchMetricsText, freePort } from './loopback.js';
-import { runSoak, type SoakResult } from './soak.js';
+import { replicaKiller, runSoak, type SoakResult } from './soak.js';
 
 const ROOT = projectRoot();
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
@@ -232,18 +232,21 @@ async function main(): Promise<void> {
     options: {
       quick: { type: 'boolean' },
       'soak-s': { type: 'string' },
+      'kill-replica-every-s': { type: 'string' },
       'out-dir': { type: 'string' },
     },
   });
   const quick = values.quick === true;
   const soakS = Number(values['soak-s'] ?? (quick ? 20 : 300));
+  // Replica kills during the soak (0 = none): the replicas run as processes so they can be killed.
+  const killEveryS = Number(values['kill-replica-every-s'] ?? (quick ? 6 : 30));
   const outDir = values['out-dir'] ?? join(ROOT, 'bench/results');
   const ghzBinary = ensureGhz();
   const modelDir = await ensureDefaultModel();
   const config = (parseYaml(readFileSync(join(ROOT, 'deploy/k8s/base/configmap.yaml'), 'utf8')) as { data: Record<string, string> }).data;
   const [grpcPort, metricsPort] = [await freePort(), await freePort()];
   const address = `127.0.0.1:${grpcPort}`;
-  const env = { ...process.env, ...config, ANPD_HOST: '127.0.0.1', ANPD_PORT: String(grpcPort), ANPD_METRICS_HOST: '127.0.0.1', ANPD_METRICS_PORT: String(metricsPort), ANPD_MODEL_DIR: modelDir };
+  const env = { ...process.env, ...config, ANPD_HOST: '127.0.0.1', ANPD_PORT: String(grpcPort), ANPD_METRICS_HOST: '127.0.0.1', ANPD_METRICS_PORT: String(metricsPort), ANPD_MODEL_DIR: modelDir, ...(killEveryS > 0 ? { ANPD_ENGINE_ISOLATION: 'process' } : {}) };
   const maxActive = Number(config['ANPD_MAX_ACTIVE_SEQUENCES']);
   const maxQueued = Number(config['ANPD_MAX_QUEUED_REQUESTS']);
   const server = spawn(process.execPath, [join(ROOT, 'dist/src/cli/main.js'), 'serve'], { env, stdio: ['ignore', 'ignore', 'ignore'] });
@@ -353,18 +356,25 @@ async function main(): Promise<void> {
     const soakStartRss = rss.read();
     const soakFromMs = rss.now();
     const before = await scrape(metricsPort);
-    const soak = await runSoak({ address, durationMs: soakS * 1000, workers: soakWorkers, seed: 7, maxNewTokensMax: 96 });
+    const soak = await runSoak({
+      address,
+      durationMs: soakS * 1000,
+      workers: soakWorkers,
+      seed: 7,
+      maxNewTokensMax: 96,
+      ...(killEveryS > 0 ? { replicaKills: { everyMs: killEveryS * 1000, kill: replicaKiller(server.pid!) } } : {}),
+    });
     const idle = await waitIdle(metricsPort);
     const after = await scrape(metricsPort);
     const soakEndRss = rss.read();
     results.push({
       name: 'soak',
-      description: `${soakS} s, ${soakWorkers} concurrent clients: bidi calls of 1–4 generations (30% with an in-band cancel, 23% cut by a client disconnect), server streams cut mid-way, unary calls with 0.2–4 s deadlines`,
+      description: `${soakS} s, ${soakWorkers} concurrent clients: bidi calls of 1–4 generations (30% with an in-band cancel, 23% cut by a client disconnect), server streams cut mid-way, unary calls with 0.2–4 s deadlines${killEveryS > 0 ? `; a model replica process SIGKILLed every ${killEveryS} s` : ''}`,
       soak,
       server: serverView(before, after, soak.durationMs / 1000),
       rssMiB: { start: round1(soakStartRss), peak: round1(rss.peakBetween(soakFromMs, rss.now())), end: round1(soakEndRss) },
     });
-    log(`  ${JSON.stringify(soak.generations)}; unexpected: ${soak.unexpected.length}`);
+    log(`  ${JSON.stringify(soak.generations)}; replica kills: ${soak.replicaKills.length}; unexpected: ${soak.unexpected.length}`);
 
     const healthAfter = await client.health('');
     const probeAfter = await client.generate({ ...probe, request_id: 'probe-after' });

@@ -5,6 +5,7 @@
  * exactly one terminal message and that nothing fails in a way the client did not cause.
  * Used by `npm run load` (minutes) and by test/soak.test.ts (seconds).
  */
+import { execFileSync } from 'node:child_process';
 import { status as GrpcStatus, type ServiceError } from '@grpc/grpc-js';
 import { TextGenerationClient } from '../src/transport/grpc/client.js';
 import type { BidiServerMsg, GenerateRequestMsg } from '../src/transport/grpc/messages.js';
@@ -17,6 +18,13 @@ export interface SoakOptions {
   readonly seed: number;
   /** Each generation asks for a random max_new_tokens in [8, this]. */
   readonly maxNewTokensMax: number;
+  /**
+   * Replica kills during the run: every `everyMs`, `kill()` SIGKILLs a model replica (and returns
+   * its pid, or undefined when none could be killed). Generations on the victim end UNAVAILABLE
+   * with reason REPLICA_FAILED (retryable): counted, not unexpected — as is UNAVAILABLE "no model
+   * replica is up" while all are restarting.
+   */
+  readonly replicaKills?: { readonly everyMs: number; readonly kill: () => number | undefined };
 }
 
 export interface SoakResult {
@@ -32,7 +40,11 @@ export interface SoakResult {
     /** RESOURCE_EXHAUSTED: shed by admission control, expected above capacity. */
     readonly shed: number;
     readonly deadlineExceeded: number;
+    /** UNAVAILABLE because their replica was killed (or none was up): only with replicaKills. */
+    readonly replicaFailed: number;
   };
+  /** Replicas killed during the run (pids). */
+  readonly replicaKills: readonly number[];
   readonly outputTokens: number;
   /** Problems: unexpected status codes, missing or duplicated terminal messages. Must be empty. */
   readonly unexpected: readonly string[];
@@ -66,7 +78,11 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
   const pick = <T>(items: readonly T[]): T => items[Math.floor(random() * items.length)]!;
   const between = (lo: number, hi: number) => lo + Math.floor(random() * (hi - lo + 1));
   const calls = { bidi: 0, bidiDisconnected: 0, streamDisconnected: 0, unaryWithDeadline: 0 };
-  const generations = { sent: 0, completed: 0, cancelledInBand: 0, abandoned: 0, shed: 0, deadlineExceeded: 0 };
+  const generations = { sent: 0, completed: 0, cancelledInBand: 0, abandoned: 0, shed: 0, deadlineExceeded: 0, replicaFailed: 0 };
+  const replicaKills: number[] = [];
+  // An UNAVAILABLE a replica kill explains (the status message or the in-band reason says so).
+  const killedReplica = (code: number, text: string) =>
+    options.replicaKills !== undefined && code === GrpcStatus.UNAVAILABLE && /REPLICA_FAILED|replica running this generation|no model replica is up/.test(text);
   let outputTokens = 0;
   const unexpected: string[] = [];
   const unexpectedMax = 50;
@@ -102,6 +118,7 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
         const id = m.error.request_id;
         terminals.set(id, (terminals.get(id) ?? 0) + 1);
         if (m.error.code === GrpcStatus.RESOURCE_EXHAUSTED) generations.shed++;
+        else if (killedReplica(m.error.code, `${m.error.reason} ${m.error.message}`)) generations.replicaFailed++;
         else note(`${id}: in-band error ${m.error.code} ${m.error.reason}: ${m.error.message}`);
       }
     });
@@ -160,6 +177,7 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
     if (s.code === GrpcStatus.RESOURCE_EXHAUSTED) generations.shed++;
     else if (s.code === GrpcStatus.OK && final) generations.completed++;
     else if (s.code === GrpcStatus.CANCELLED) generations.abandoned++;
+    else if (killedReplica(s.code, s.details)) generations.replicaFailed++;
     else note(`disconnected stream ended ${s.code}: ${s.details}`);
   }
 
@@ -174,6 +192,7 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
       const e = error as ServiceError;
       if (e.code === GrpcStatus.DEADLINE_EXCEEDED) generations.deadlineExceeded++;
       else if (e.code === GrpcStatus.RESOURCE_EXHAUSTED) generations.shed++;
+      else if (killedReplica(e.code ?? -1, e.details ?? '')) generations.replicaFailed++;
       else note(`unary ended ${e.code}: ${e.details}`);
     }
   }
@@ -202,6 +221,47 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
     }
   }
 
-  await Promise.all(Array.from({ length: options.workers }, () => worker()));
-  return { durationMs: Math.round(performance.now() - started), calls, generations, outputTokens, unexpected };
+  const killer = options.replicaKills;
+  const killing =
+    killer === undefined
+      ? undefined
+      : setInterval(() => {
+          const pid = killer.kill();
+          if (pid !== undefined) replicaKills.push(pid);
+        }, killer.everyMs);
+  try {
+    await Promise.all(Array.from({ length: options.workers }, () => worker()));
+  } finally {
+    clearInterval(killing);
+  }
+  return { durationMs: Math.round(performance.now() - started), calls, generations, replicaKills, outputTokens, unexpected };
+}
+
+/**
+ * SIGKILLs one model replica process of the server `serverPid` (its children running
+ * engine-worker.js: replicas with --engine-isolation process), taking them in turn; returns the
+ * pid, or undefined when none is running (all restarting).
+ */
+export function replicaKiller(serverPid: number): () => number | undefined {
+  let turn = 0;
+  return () => {
+    let listing = '';
+    try {
+      listing = execFileSync('ps', ['--ppid', String(serverPid), '-o', 'pid=,args='], { encoding: 'utf8' });
+    } catch {
+      return undefined; // ps exits 1 when there are no children
+    }
+    const pids = listing
+      .split('\n')
+      .filter((l) => l.includes('engine-worker.js'))
+      .map((l) => Number(l.trim().split(/\s+/)[0]));
+    if (pids.length === 0) return undefined;
+    const pid = pids[turn++ % pids.length]!;
+    try {
+      process.kill(pid, 'SIGKILL');
+      return pid;
+    } catch {
+      return undefined;
+    }
+  };
 }

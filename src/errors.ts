@@ -13,6 +13,7 @@ export type ErrorCode =
   | 'CANCELLED'
   | 'DEADLINE_EXCEEDED'
   | 'UNAUTHENTICATED'
+  | 'REPLICA_FAILED'
   | 'INTERNAL';
 
 export class AnpdError extends Error {
@@ -110,5 +111,16 @@ export class DeadlineExceededError extends AnpdError {
 export class UnauthenticatedError extends AnpdError {
   constructor(message: string) {
     super('UNAUTHENTICATED', message);
+  }
+}
+
+/**
+ * The model replica running a generation died (its thread or process exited or crashed) or was
+ * declared wedged by the watchdog, or no replica is up: the request did not complete and may be
+ * retried (here once a replica is back, or on another pod).
+ */
+export class ReplicaFailedError extends AnpdError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('REPLICA_FAILED', message, options);
   }
 }

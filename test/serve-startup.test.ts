@@ -224,3 +224,34 @@ test.serial('--model FILE.gguf (a K-quant mix here) is converted into the cache 
   t.not(code, 0);
   t.regex(stderr, /broken\.gguf/);
 });
+
+test.serial('anpd serve logs and counts a replica death and its restart, and exports the replicas-up gauge', async (t) => {
+  const modelDir = await defaultModelDir();
+  const cache = scratchDir(t);
+  const metricsPort = await freePort();
+  const served = await serve(modelDir, cache, { metricsPort, env: { ANPD_ENGINE_ISOLATION: 'process', ANPD_ENGINE_REPLICAS: '1' } });
+  const client = new TextGenerationClient(`127.0.0.1:${served.port}`);
+  try {
+    t.is(await client.health(''), 'SERVING');
+    const loaded = served.records().find((r) => r['msg'] === 'model loaded');
+    const [pid] = loaded?.['replicaPids'] as number[];
+    t.true(Number.isInteger(pid), 'the replica process is named in the log');
+    process.kill(pid!, 'SIGKILL');
+    t.true(await waitFor(() => served.records().some((r) => r['msg'] === 'replica restarted'), 60_000));
+    const died = served.records().find((r) => r['msg'] === 'replica died')!;
+    t.is(died['pid'], pid);
+    t.regex(String(died['reason']), /exited/);
+    t.truthy(served.records().find((r) => r['msg'] === 'no model replica is up: readiness is NOT_SERVING until one restarts'));
+    t.is(await client.health(''), 'SERVING');
+    const reply = await client.generate({ text: 'Hello', stopping: { max_new_tokens: 4, ignore_eos: true } }, { deadlineMs: 60_000 });
+    t.is(reply.token_ids.length, 4);
+    const metrics = await fetchMetricsText(metricsPort);
+    t.regex(metrics, /app_llm_replica_events_total\{[^}]*app_llm_replica_event="died"[^}]*\} 1/);
+    t.regex(metrics, /app_llm_replica_events_total\{[^}]*app_llm_replica_event="restarted"[^}]*\} 1/);
+    t.regex(metrics, /app_llm_replicas_up(_ratio)?(\{[^}]*\})? 1/);
+  } finally {
+    client.close();
+    served.child.kill('SIGTERM');
+  }
+  t.is(await served.exited, 0);
+});

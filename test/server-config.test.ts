@@ -18,6 +18,9 @@ test('empty argv and environment give the documented defaults', (t) => {
     executionProvider: 'cpu',
     intraOpThreads: 0,
     engineReplicas: Math.max(1, Math.floor(availableParallelism() / 4)),
+    engineIsolation: 'auto',
+    forwardTimeoutMs: 60_000,
+    replicaRestartsPerMinute: 5,
     batchSlots: 0,
     batchModelDir: undefined,
     kvCapacity: 8192,
@@ -93,6 +96,9 @@ test('environment variables are read', (t) => {
     ANPD_TLS_KEY: '/tls/key.pem',
     ANPD_TLS_CLIENT_CA: '/tls/clients.pem',
     ANPD_API_KEY_FILE: '/keys/api',
+    ANPD_ENGINE_ISOLATION: 'process',
+    ANPD_FORWARD_TIMEOUT_MS: '5000',
+    ANPD_REPLICA_RESTARTS_PER_MINUTE: '2',
   });
   t.deepEqual(config, {
     host: '127.0.0.1',
@@ -106,6 +112,9 @@ test('environment variables are read', (t) => {
     executionProvider: 'cpu',
     intraOpThreads: 3,
     engineReplicas: 2,
+    engineIsolation: 'process',
+    forwardTimeoutMs: 5000,
+    replicaRestartsPerMinute: 2,
     batchSlots: 4,
     batchModelDir: '/models/x-slots4',
     kvCapacity: 1024,
@@ -308,4 +317,10 @@ test('--execution-provider auto (the default) takes what the probe finds; withou
 test('--batch-slots on cuda is refused while the device path has no batched forwards (unless --native-run off)', (t) => {
   t.throws(() => parseServerConfig(['--execution-provider', 'cuda', '--batch-slots', '4'], {}), { instanceOf: ConfigError, message: /--batch-slots.*cuda/ });
   t.is(parseServerConfig(['--execution-provider', 'cuda', '--batch-slots', '4', '--native-run', 'off'], {}).batchSlots, 4);
+});
+
+test('replica supervision settings are validated, naming the flag', (t) => {
+  t.throws(() => parseServerConfig(['--engine-isolation', 'fiber'], {}), { message: /--engine-isolation must be one of auto, thread, process, got "fiber"/ });
+  t.throws(() => parseServerConfig(['--replica-restarts-per-minute', '0'], {}), { message: /--replica-restarts-per-minute must be an integer in \[1, 600\]/ });
+  t.is(parseServerConfig(['--forward-timeout-ms', '0'], {}).forwardTimeoutMs, 0, '0 turns the watchdog off');
 });

@@ -59,6 +59,8 @@ export async function runServe(argv: readonly string[]): Promise<number> {
   // The model runs on worker threads (one per replica): this thread stays free for gRPC I/O.
   const enginePromise = createEnginePool(modelDir, { ...runtime, ...(batchModelDir !== undefined ? { batchModelDir } : {}) }, {
     replicas: config.engineReplicas,
+    ...(config.engineIsolation !== 'auto' ? { isolation: config.engineIsolation } : {}),
+    supervision: { forwardTimeoutMs: config.forwardTimeoutMs, restartsPerMinuteMax: config.replicaRestartsPerMinute },
     ...(cachedCost !== undefined ? { forwardCost: cachedCost } : { calibrate: false }),
   });
   // (The first worker is spawned and this thread has read the tokenizer.)
@@ -87,6 +89,7 @@ export async function runServe(argv: readonly string[]): Promise<number> {
     model: displayName,
     executionProvider: engine.info.executionProvider,
     replicas: engine.replicas.length,
+    replicaPids: engine.replicas.map((r) => r.pid).filter((pid) => pid !== undefined),
     batchModelDir,
     forwardCost: cachedCost !== undefined ? 'cached' : engine.forwardCost !== undefined ? 'measured' : 'deferred',
   });
@@ -98,6 +101,16 @@ export async function runServe(argv: readonly string[]): Promise<number> {
     limits: { maxNewTokensDefault: config.maxNewTokensDefault, maxNewTokensLimit: config.maxNewTokensLimit },
   });
   const generationTelemetry = new GenerationTelemetry(telemetry.tracer, telemetry.meter, logger, () => service.poolState);
+  generationTelemetry.watchReplicas(() => service.replicas);
+  // One line and one count per replica death, wedge, restart and failed start; the pool does neither itself.
+  engine.onReplicaEvent((event) => {
+    generationTelemetry.replicaEvent(event.kind);
+    const fields = { replica: event.replica, pid: event.pid, reason: event.reason, restartInMs: event.restartInMs, restartsLastMinute: event.restartsLastMinute, replicasUp: event.up, replicas: event.total };
+    if (event.kind === 'restarted') logger.info('replica restarted', fields);
+    else if (event.kind === 'restart-failed') logger.error('replica restart failed', fields);
+    else logger.error(event.kind === 'wedged' ? 'replica wedged' : 'replica died', fields);
+    if (event.up === 0 && event.kind !== 'restarted') logger.error('no model replica is up: readiness is NOT_SERVING until one restarts', { replicas: event.total });
+  });
   // Handled from before the port opens: a SIGTERM right after "listening" drains instead of killing.
   const stopSignal = new Promise<NodeJS.Signals>((resolve) => {
     process.once('SIGTERM', () => resolve('SIGTERM'));

@@ -39,6 +39,12 @@ export interface ServerConfig {
    * threads are shared out when 0. @default cpu: max(1, cores / 4); GPU: 2
    */
   readonly engineReplicas: number;
+  /** Where each replica runs: a worker thread, or a child process of its own. @default auto (process on a GPU with ≥ 2 replicas, else thread) */
+  readonly engineIsolation: 'auto' | 'thread' | 'process';
+  /** A replica whose forwards make no progress this long is declared wedged and replaced; 0 = no watchdog. @default 60000 */
+  readonly forwardTimeoutMs: number;
+  /** Restarts of one replica within any minute; more wait for the window (backoff 0.25 s doubling to 30 s). @default 5 */
+  readonly replicaRestartsPerMinute: number;
   /**
    * Most sequences per batched forward: the default model's 2-, 4-, …, K-slot graphs are converted
    * on first use (a batch runs on the smallest that holds it); with --model, give --batch-model.
@@ -102,6 +108,9 @@ export const SERVER_SETTINGS = {
   executionProvider: { flag: 'execution-provider', env: ['ANPD_EXECUTION_PROVIDER'] },
   intraOpThreads: { flag: 'threads', env: ['ANPD_THREADS'] },
   engineReplicas: { flag: 'engine-replicas', env: ['ANPD_ENGINE_REPLICAS'] },
+  engineIsolation: { flag: 'engine-isolation', env: ['ANPD_ENGINE_ISOLATION'] },
+  forwardTimeoutMs: { flag: 'forward-timeout-ms', env: ['ANPD_FORWARD_TIMEOUT_MS'] },
+  replicaRestartsPerMinute: { flag: 'replica-restarts-per-minute', env: ['ANPD_REPLICA_RESTARTS_PER_MINUTE'] },
   batchSlots: { flag: 'batch-slots', env: ['ANPD_BATCH_SLOTS'] },
   batchModelDir: { flag: 'batch-model', env: ['ANPD_BATCH_MODEL_DIR'] },
   kvCapacity: { flag: 'kv-capacity', env: ['ANPD_KV_CAPACITY'] },
@@ -139,6 +148,12 @@ Options (flag, environment variable, default):
   --threads N                        ANPD_THREADS                    0 (one per core, shared out among replicas)
   --engine-replicas N                ANPD_ENGINE_REPLICAS            cpu: max(1, cores / 4); GPU: 2 (model copies,
                                                                      each with its own session and thread/process)
+  --engine-isolation auto|thread|process  ANPD_ENGINE_ISOLATION      auto (process on a GPU with 2+ replicas, else thread)
+  --forward-timeout-ms N             ANPD_FORWARD_TIMEOUT_MS         60000 (a replica whose forwards make no progress this
+                                                                     long is wedged: its generations end UNAVAILABLE and it
+                                                                     is replaced; 0 = no watchdog)
+  --replica-restarts-per-minute N    ANPD_REPLICA_RESTARTS_PER_MINUTE  5 (per replica; a dead replica restarts after
+                                                                     0.25 s, doubling to 30 s while starts fail)
   --batch-slots K                    ANPD_BATCH_SLOTS                0 (off; up to K sequences per forward)
   --batch-model DIR[,DIR…]           ANPD_BATCH_MODEL_DIR            K-slot graphs of --model's weights
   --kv-capacity N                    ANPD_KV_CAPACITY                8192
@@ -165,7 +180,8 @@ Tracing and OTLP export follow the standard OTEL_* variables (off unless OTEL_TR
 OTEL_METRICS_EXPORTER are set, e.g. OTEL_TRACES_EXPORTER=otlp OTEL_EXPORTER_OTLP_ENDPOINT=...).
 
 On SIGTERM or SIGINT: health NOT_SERVING, new requests UNAVAILABLE, in-flight generations finish
-within the grace period, exit 0.
+within the grace period, exit 0. While no model replica is up (all died or wedged, restarting),
+readiness health is NOT_SERVING too; the "liveness" service stays SERVING.
 `;
 
 const LOG_LEVELS: readonly LogLevel[] = ['debug', 'info', 'warn', 'error', 'silent'];
@@ -272,6 +288,9 @@ export function parseServerConfig(argv: readonly string[], env: NodeJS.ProcessEn
     executionProvider,
     intraOpThreads: int('intraOpThreads', 0, 0, LIMITS.threads),
     engineReplicas: int('engineReplicas', defaultEngineReplicas(executionProvider), 1, ENGINE_REPLICAS_LIMIT),
+    engineIsolation: choice('engineIsolation', ['auto', 'thread', 'process'] as const, 'auto'),
+    forwardTimeoutMs: int('forwardTimeoutMs', 60_000, 0, LIMITS.timerMs),
+    replicaRestartsPerMinute: int('replicaRestartsPerMinute', 5, 1, 600),
     batchSlots,
     batchModelDir: raw('batchModelDir')?.value,
     kvCapacity: int('kvCapacity', 8192, 16, LIMITS.kv),

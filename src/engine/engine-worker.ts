@@ -9,7 +9,8 @@ import { parentPort } from 'node:worker_threads';
 import { AnpdError } from '../errors.js';
 import { createEngine } from './create-engine.js';
 import { CancelledError, type Engine } from './engine.js';
-import { type FromWorker, type SerializedError, type ToWorker, WORKER_DELTAS_IN_FLIGHT_MAX } from './worker-protocol.js';
+import { ForwardWatch } from './forward-watch.js';
+import { type FromWorker, type SerializedError, TEST_WEDGE_FILE_ENV, type ToWorker, WORKER_DELTAS_IN_FLIGHT_MAX, WORKER_HEARTBEAT_MS } from './worker-protocol.js';
 
 interface Run {
   readonly controller: AbortController;
@@ -44,6 +45,8 @@ let engine: Engine | undefined;
 let calibration: Promise<unknown> | undefined;
 const runs = new Map<number, Run>();
 const post = (message: FromWorker) => port.postMessage(message);
+const forwards = new ForwardWatch(process.env[TEST_WEDGE_FILE_ENV] || undefined);
+let heartbeat: NodeJS.Timeout | undefined;
 
 function serialize(error: unknown): SerializedError {
   if (error instanceof CancelledError) return { code: error.code, name: error.name, message: error.message, progress: error.progress };
@@ -95,11 +98,15 @@ port.on('message', (message: ToWorker) => {
       }).then(
         async (created) => {
           engine = created;
+          forwards.attach(created.model);
           const modelLoadedAt = epochNow();
           // Measured before 'ready' only when asked; otherwise on 'calibrate' or at the first adaptive run.
           const measure = message.calibrate && message.forwardCost === undefined;
           const forwardCost = measure || message.forwardCost !== undefined ? await created.forwardCost() : undefined;
           post({ type: 'ready', info: created.model.info, forwardCost, times: { evaluatedAt, modelLoadedAt, ...(measure ? { calibratedAt: epochNow() } : {}) } });
+          // Never keeps the worker alive on its own; stops with 'dispose'.
+          heartbeat = setInterval(() => post({ type: 'heartbeat', forwardsInFlight: forwards.inFlight, progressAt: forwards.progressAt }), WORKER_HEARTBEAT_MS);
+          heartbeat.unref();
         },
         (error: unknown) => post({ type: 'init-error', error: serialize(error) }),
       );
@@ -136,6 +143,7 @@ port.on('message', (message: ToWorker) => {
       break;
     }
     case 'dispose':
+      clearInterval(heartbeat);
       for (const state of runs.values()) state.controller.abort(new Error('engine worker disposed'));
       void Promise.allSettled([calibration])
         .then(() => engine?.dispose())

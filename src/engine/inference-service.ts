@@ -32,6 +32,8 @@ export type ServiceEvent = GenerationDelta | ServiceFinal;
 export interface ServedModelInfo extends ModelInfo {
   /** For people: the registry's name (e.g. SmolLM2-135M-Instruct) or what the model file calls itself. */
   readonly displayName: string;
+  readonly replicasUp: number;
+  readonly replicasTotal: number;
   readonly maxNewTokensLimit: number;
   readonly maxNewTokensDefault: number;
   readonly draftTokensLimit: number;
@@ -86,6 +88,8 @@ export class InferenceService {
       ...engine.info,
       name: this.modelName,
       displayName: this.displayName,
+      replicasUp: this.replicas.up,
+      replicasTotal: this.replicas.total,
       maxNewTokensLimit: this.limits.maxNewTokensLimit,
       maxNewTokensDefault: this.limits.maxNewTokensDefault,
       draftTokensLimit: DRAFT_TOKENS_LIMIT,
@@ -139,6 +143,16 @@ export class InferenceService {
     } finally {
       lease.release();
     }
+  }
+
+  /** Model replicas that can serve now, of how many (1 of 1 for an in-process engine). */
+  get replicas(): { readonly up: number; readonly total: number } {
+    return this.engine.capacity ?? { up: 1, total: 1 };
+  }
+
+  /** Called with the replica count whenever a replica dies, is declared wedged, or comes back. */
+  onReplicasChange(listener: (replicas: { readonly up: number; readonly total: number }) => void): void {
+    this.engine.onReplicaEvent?.((event) => listener({ up: event.up, total: event.total }));
   }
 
   startDraining(): void {

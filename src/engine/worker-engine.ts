@@ -6,7 +6,7 @@
 import { type ChildProcess, fork } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
-import { AnpdError, type ErrorCode } from '../errors.js';
+import { AnpdError, type ErrorCode, ReplicaFailedError } from '../errors.js';
 import type { ModelInfo, RuntimeOptions } from '../runtime/types.js';
 import { loadTokenizer, type TextTokenizer } from '../tokenizer/tokenizer.js';
 import {
@@ -36,10 +36,13 @@ interface EngineHost {
   ref(): void;
   unref(): void;
   terminate(): Promise<unknown>;
+  /** The child process's pid (process isolation); undefined for a thread. */
+  readonly pid?: number | undefined;
 }
 
 function childProcessHost(child: ChildProcess): EngineHost {
   const host = {
+    pid: child.pid,
     postMessage: (message: ToWorker) => {
       if (child.connected) child.send(message);
     },
@@ -107,6 +110,12 @@ export class WorkerEngine implements GenerationBackend {
   private readonly runs = new Map<number, PendingRun>();
   private nextId = 1;
   private failure: Error | undefined;
+  private disposing = false;
+  private readonly deathListeners: ((error: ReplicaFailedError) => void)[] = [];
+  /** From the worker's heartbeats: when the last came (epoch ms), forwards in flight, their last progress. */
+  private heartbeatAt = Date.now();
+  private forwardsInFlight = 0;
+  private progressAt = Date.now();
 
   private constructor(worker: EngineHost, info: ModelInfo, tokenizer: TextTokenizer, ready: Extract<FromWorker, { type: 'ready' }>) {
     this.worker = worker;
@@ -116,13 +125,48 @@ export class WorkerEngine implements GenerationBackend {
     this.startupTimes = ready.times;
     worker.on('message', (message: FromWorker) => {
       if ('id' in message) this.runs.get(message.id)?.push(message);
+      else if (message.type === 'heartbeat') {
+        this.heartbeatAt = Date.now();
+        this.forwardsInFlight = message.forwardsInFlight;
+        this.progressAt = message.progressAt;
+      }
     });
-    const fail = (error: Error) => {
-      this.failure ??= error;
-      for (const [id, run] of this.runs) run.push({ type: 'error', id, error: { code: 'INTERNAL', name: error.name, message: error.message } });
-    };
-    worker.on('error', (error) => fail(new EngineWorkerError(`engine worker failed: ${error.message}`, { cause: error })));
-    worker.on('exit', (code) => fail(new EngineWorkerError(`engine worker exited with code ${code}`)));
+    worker.on('error', (error) => this.fail(new ReplicaFailedError(`the model replica running this generation crashed (${error.message}); retry`, { cause: error })));
+    worker.on('exit', (code) => this.fail(new ReplicaFailedError(`the model replica running this generation exited (code ${code}); retry`)));
+  }
+
+  /** The first failure wins: its runs (and every later one) end with it, and death listeners hear of it once. */
+  private fail(error: ReplicaFailedError): void {
+    if (this.failure !== undefined) return;
+    this.failure = error;
+    for (const [id, run] of this.runs) run.push({ type: 'error', id, error: { code: error.code, name: error.name, message: error.message } });
+    if (!this.disposing) for (const listener of this.deathListeners) listener(error);
+  }
+
+  /** Called once if the worker dies or is killed (not when disposed). */
+  onDeath(listener: (error: ReplicaFailedError) => void): void {
+    this.deathListeners.push(listener);
+  }
+
+  /** The worker's pid when it is a child process. */
+  get pid(): number | undefined {
+    return this.worker.pid;
+  }
+
+  /**
+   * How long this replica has gone without progress at `now` (epoch ms): since its last heartbeat,
+   * or, with forwards in flight, since they last progressed. 0 after it died.
+   */
+  stalledMs(now: number): number {
+    if (this.failure !== undefined) return 0;
+    const silent = now - this.heartbeatAt;
+    return this.forwardsInFlight > 0 ? Math.max(silent, now - this.progressAt) : silent;
+  }
+
+  /** Ends its runs with `reason` (UNAVAILABLE, retryable) and kills the worker without waiting for it (a wedged thread may never yield). */
+  kill(reason: string): void {
+    this.fail(new ReplicaFailedError(reason));
+    this.worker.terminate().catch(() => undefined);
   }
 
   /**
@@ -268,6 +312,7 @@ export class WorkerEngine implements GenerationBackend {
   }
 
   async dispose(): Promise<void> {
+    this.disposing = true;
     this.worker.ref(); // keep the process alive until the worker has released the model
     if (this.failure) {
       await this.worker.terminate();

@@ -51,7 +51,16 @@ export type FromWorker =
   | { readonly type: 'calibrated'; readonly forwardCost: readonly number[]; readonly ms: number }
   | { readonly type: 'calibrate-error'; readonly error: SerializedError }
   | { readonly type: 'init-error'; readonly error: SerializedError }
-  | { readonly type: 'delta'; readonly id: number; readonly text: string; readonly tokenIds: readonly number[]; readonly logprobs?: readonly TokenLogprob[]; readonly index?: number }
+  | { readonly type: 'delta'; readonly id: number; readonly text: string; readonly tokenIds: readonly number[]; readonly logprobs?: readonly TokenLogprob[]; readonly promptLogprobs?: readonly TokenLogprob[]; readonly index?: number }
   | { readonly type: 'final'; readonly id: number; readonly final: GenerationFinal }
   | { readonly type: 'error'; readonly id: number; readonly error: SerializedError }
-  | { readonly type: 'disposed' };
+  | { readonly type: 'disposed' }
+  /**
+   * Every WORKER_HEARTBEAT_MS from 'ready' on: forwards in flight and when they last made progress
+   * (epoch ms). Silence means a blocked worker; old progress with forwards in flight, a stuck one.
+   */
+  | { readonly type: 'heartbeat'; readonly forwardsInFlight: number; readonly progressAt: number };
+
+export const WORKER_HEARTBEAT_MS = 500;
+/** Tests only: a file whose presence wedges the next forward of the replica that deletes it (forward-watch.ts). */
+export const TEST_WEDGE_FILE_ENV = 'ANPD_TEST_WEDGE_FILE';

@@ -67,11 +67,14 @@ export class GenerationTelemetry {
   private readonly instruments: Instruments;
   private readonly logger: Logger;
   private readonly providerName: string;
+  private readonly meter: Meter;
+  private replicaEvents: Counter | undefined;
 
   constructor(tracer: Tracer, meter: Meter, logger: Logger, pool: () => SessionPoolState, providerName = 'onnxruntime') {
     this.tracer = tracer;
     this.logger = logger;
     this.providerName = providerName;
+    this.meter = meter;
     this.instruments = {
       duration: meter.createHistogram(METRIC.requestDuration, { unit: 's', description: 'Generation time, request received to last token', advice: { explicitBucketBoundaries: DURATION_BUCKETS_S } }),
       ttft: meter.createHistogram(METRIC.timeToFirstToken, { unit: 's', description: 'Request received to first output token', advice: { explicitBucketBoundaries: TTFT_BUCKETS_S } }),
@@ -92,6 +95,16 @@ export class GenerationTelemetry {
         const state = pool();
         r.observe(state.active / state.maxActive);
       });
+  }
+
+  /** Replica health: a gauge of replicas up and a counter of deaths, wedges, restarts and failed starts. */
+  watchReplicas(replicas: () => { readonly up: number; readonly total: number }): void {
+    this.meter.createObservableGauge(METRIC.replicasUp, { unit: '{replica}', description: 'Model replicas that can serve' }).addCallback((r) => r.observe(replicas().up));
+    this.replicaEvents = this.meter.createCounter(METRIC.replicaEvents, { unit: '{event}', description: 'Model replica deaths, wedges, restarts and failed restarts' });
+  }
+
+  replicaEvent(kind: string): void {
+    this.replicaEvents?.add(1, { [ATTR.replicaEvent]: kind });
   }
 
   /** A SERVER span for one RPC; generations started under it become its children. */

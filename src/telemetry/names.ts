@@ -43,6 +43,7 @@ export const ATTR = {
   specTau: 'app.llm.spec.tokens_per_step',
   finishReason: 'app.llm.finish_reason',
   outcome: 'app.llm.outcome',
+  replicaEvent: 'app.llm.replica.event',
 } as const;
 
 export const METRIC = {
@@ -59,6 +60,8 @@ export const METRIC = {
   specAcceptedTokens: 'app.llm.spec.accepted_tokens',
   specVerifySteps: 'app.llm.spec.verify_steps',
   specAcceptedPerStep: 'app.llm.spec.accepted_per_step',
+  replicasUp: 'app.llm.replicas.up',
+  replicaEvents: 'app.llm.replica.events',
 } as const;
 
 /** Seconds; the GenAI semconv advisory boundaries. */

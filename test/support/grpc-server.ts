@@ -1,4 +1,5 @@
 import type { ChannelOptions, ServiceError } from '@grpc/grpc-js';
+import type { GenerationBackend } from '../../src/engine/engine.js';
 import { InferenceService } from '../../src/engine/inference-service.js';
 import { SILENT_LOGGER } from '../../src/log.js';
 import type { GenerationTelemetry } from '../../src/telemetry/generation-telemetry.js';
@@ -42,12 +43,14 @@ export async function startTestServer(
     maxConnectionAgeMs?: number;
     maxConnectionAgeGraceMs?: number;
     backend?: 'worker' | 'in-process';
+    /** A backend of the test's own (e.g. an EnginePool); not disposed by close(). */
+    engine?: GenerationBackend;
     telemetry?: (service: InferenceService) => GenerationTelemetry;
     tls?: GrpcServerOptions['tls'];
     apiKeys?: readonly string[];
   } = {},
 ): Promise<TestServer> {
-  const engine = options.backend === 'in-process' ? await defaultEngine() : await defaultWorkerEngine();
+  const engine = options.engine ?? (options.backend === 'in-process' ? await defaultEngine() : await defaultWorkerEngine());
   const service = new InferenceService({
     engine,
     modelName: TEST_MODEL_NAME,

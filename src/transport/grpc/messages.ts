@@ -159,6 +159,8 @@ export interface ModelInfoResponseMsg {
   max_active_sequences: number;
   max_queued_requests: number;
   display_name: string;
+  replicas_up: number;
+  replicas_total: number;
 }
 
 /** Request ids are echoed on every chunk: keep them short. */
@@ -390,5 +392,7 @@ export function toModelInfo(info: ServedModelInfo, pool: { maxActive: number; ma
     max_active_sequences: pool.maxActive,
     max_queued_requests: pool.maxQueued,
     display_name: info.displayName,
+    replicas_up: info.replicasUp,
+    replicas_total: info.replicasTotal,
   };
 }

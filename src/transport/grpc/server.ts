@@ -113,6 +113,15 @@ export async function startGrpcServer(
   // '' and the service go NOT_SERVING when draining (readiness); 'liveness' stays SERVING while the
   // process answers, so a liveness probe never restarts a pod that is finishing its generations.
   const health = new HealthImplementation({ '': 'SERVING', [SERVICE_NAME]: 'SERVING', [LIVENESS_SERVICE]: 'SERVING' });
+  // Readiness also tells whether any model replica can serve: NOT_SERVING while none is up (they
+  // are being restarted), SERVING again when one is. Liveness stays SERVING: the process is fine.
+  let draining = false;
+  service.onReplicasChange(({ up }) => {
+    if (draining) return;
+    const status = up > 0 ? 'SERVING' : 'NOT_SERVING';
+    health.setStatus('', status);
+    health.setStatus(SERVICE_NAME, status);
+  });
   const drainController = new AbortController();
   const bidiCalls = new Set<BidiCall>();
 
@@ -248,6 +257,7 @@ export async function startGrpcServer(
   let shuttingDown: Promise<boolean> | undefined;
   const shutdown = (graceMs: number): Promise<boolean> => {
     shuttingDown ??= (async () => {
+      draining = true;
       health.setStatus('', 'NOT_SERVING');
       health.setStatus(SERVICE_NAME, 'NOT_SERVING');
       service.startDraining();

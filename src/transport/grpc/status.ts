@@ -24,6 +24,8 @@ const STATUS_BY_ERROR_CODE: Readonly<Record<ErrorCode, Mapping>> = {
   CANCELLED: { code: GrpcStatus.CANCELLED, reason: 'CANCELLED', expose: true },
   DEADLINE_EXCEEDED: { code: GrpcStatus.DEADLINE_EXCEEDED, reason: 'DEADLINE', expose: true },
   UNAUTHENTICATED: { code: GrpcStatus.UNAUTHENTICATED, reason: 'UNAUTHENTICATED', expose: true },
+  // Retryable: the replica is restarted (or another pod serves); the message says what happened.
+  REPLICA_FAILED: { code: GrpcStatus.UNAVAILABLE, reason: 'REPLICA_FAILED', expose: true },
   MODEL_INVALID: { code: GrpcStatus.INTERNAL, reason: 'ENGINE', expose: false },
   INTERNAL: { code: GrpcStatus.INTERNAL, reason: 'ENGINE', expose: false },
 };

@@ -223,6 +223,8 @@ interface ScenarioResult {
   readonly description: string;
   readonly ghz?: GhzSummary;
   readonly soak?: SoakResult;
+  /** Replica deaths and recoveries during the soak, from the server's own counters. */
+  readonly replicas?: { readonly kills: number; readonly events: Record<string, number>; readonly upAtEnd: number };
   readonly server: ServerView;
   readonly rssMiB: { start: number; peak: number; end: number };
 }
@@ -371,6 +373,13 @@ async function main(): Promise<void> {
       name: 'soak',
       description: `${soakS} s, ${soakWorkers} concurrent clients: bidi calls of 1–4 generations (30% with an in-band cancel, 23% cut by a client disconnect), server streams cut mid-way, unary calls with 0.2–4 s deadlines${killEveryS > 0 ? `; a model replica process SIGKILLed every ${killEveryS} s` : ''}`,
       soak,
+      replicas: {
+        kills: soak.replicaKills.length,
+        events: Object.fromEntries(
+          ['died', 'wedged', 'restarted', 'restart-failed'].map((e) => [e, total(after, 'app_llm_replica_events_total', { app_llm_replica_event: e }) - total(before, 'app_llm_replica_events_total', { app_llm_replica_event: e })]),
+        ),
+        upAtEnd: total(after, 'app_llm_replicas_up'),
+      },
       server: serverView(before, after, soak.durationMs / 1000),
       rssMiB: { start: round1(soakStartRss), peak: round1(rss.peakBetween(soakFromMs, rss.now())), end: round1(soakEndRss) },
     });
@@ -485,6 +494,10 @@ function markdown(report: {
     lines.push('', '## Soak', '');
     lines.push(`- ${fmt(k.durationMs / 1000)} s: ${k.calls.bidi} bidi calls (${k.calls.bidiDisconnected} cut by a client disconnect), ${k.calls.streamDisconnected} server streams cut mid-way, ${k.calls.unaryWithDeadline} unary calls with deadlines.`);
     lines.push(`- Generations: ${k.generations.sent} sent, ${k.generations.completed} completed, ${k.generations.cancelledInBand} cancelled in-band, ${k.generations.abandoned} abandoned by a disconnect, ${k.generations.shed} shed (RESOURCE_EXHAUSTED), ${k.generations.deadlineExceeded} past their deadline; ${k.outputTokens} output tokens.`);
+    if (soak.replicas !== undefined && soak.replicas.kills > 0) {
+      const r = soak.replicas;
+      lines.push(`- Replica kills (SIGKILL of a model replica process): ${r.kills}; the server counted ${r.events['died']} deaths and ${r.events['restarted']} restarts (${r.events['restart-failed']} failed starts, ${r.events['wedged']} wedges); replicas up at the end: ${r.upAtEnd}. Generations on a killed replica ended UNAVAILABLE (REPLICA_FAILED): ${k.generations.replicaFailed}.`);
+    }
     lines.push(`- Unexpected errors or missing / duplicate terminal messages: ${k.unexpected.length === 0 ? 'none' : k.unexpected.join('; ')}.`);
     lines.push(`- Server RSS: ${fmt(soak.rssMiB.start)} MiB at the start of the soak, peak ${fmt(soak.rssMiB.peak)} MiB, ${fmt(soak.rssMiB.end)} MiB at the end.`);
   }

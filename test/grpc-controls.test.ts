@@ -8,21 +8,13 @@ import { status as GrpcStatus } from '@grpc/grpc-js';
 import test from 'ava';
 import type { GenerateChunkMsg, GenerateRequestMsg } from '../src/transport/grpc/messages.js';
 import { exactnessPrompts } from './support/prompt-set.js';
-import { collectStream, grpcError, joinChunks as joinText, startTestServer, type TestServer } from './support/grpc-server.js';
+import { collectStream, grpcError, joinChunks as joinText, lazyTestServer } from './support/grpc-server.js';
 
 function joinChunks(chunks: readonly GenerateChunkMsg[]) {
   return { ...joinText(chunks), final: chunks[chunks.length - 1]!.final! };
 }
 
-let shared: TestServer | undefined;
-async function server(): Promise<TestServer> {
-  shared ??= await startTestServer({ maxActive: 8, maxQueued: 16 });
-  return shared;
-}
-
-test.after.always(async () => {
-  await shared?.close();
-});
+const server = lazyTestServer({ maxActive: 8, maxQueued: 16 });
 
 const OPTS = { deadlineMs: 120_000 };
 

@@ -1,45 +1,17 @@
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
-import { createRequire } from 'node:module';
-import { dirname, join } from 'node:path';
-import { type GrpcObject, type ServiceClientConstructor, type ServiceError, credentials, loadPackageDefinition, status as GrpcStatus } from '@grpc/grpc-js';
-import { loadSync } from '@grpc/proto-loader';
+import { type ServiceError, status as GrpcStatus } from '@grpc/grpc-js';
 import { listeningPort } from './support/serve-process.js';
 import test from 'ava';
 import { TextGenerationClient } from '../src/transport/grpc/client.js';
 import type { BidiServerMsg, GenerateRequestMsg } from '../src/transport/grpc/messages.js';
 import { defaultModelDir } from './support/default-model.js';
+import { reflectedServices } from './support/reflection.js';
 import { collectStream, grpcError, startTestServer, waitFor } from './support/grpc-server.js';
 
 function countRequest(id: string, maxNewTokens: number): GenerateRequestMsg {
   return { request_id: id, text: 'Count from one to one thousand: one, two, three,', stopping: { max_new_tokens: maxNewTokens, ignore_eos: true } };
 }
 
-
-/** Asks server reflection (v1 or v1alpha) for the list of services. */
-async function reflectedServices(address: string, version: 'v1' | 'v1alpha'): Promise<string[]> {
-  const require = createRequire(import.meta.url);
-  const protoDir = join(dirname(require.resolve('@grpc/reflection/package.json')), 'build', 'proto');
-  const definition = loadSync(join(protoDir, `grpc/reflection/${version}/reflection.proto`), { keepCase: true, includeDirs: [protoDir] });
-  const reflection = ((loadPackageDefinition(definition)['grpc'] as GrpcObject)['reflection'] as GrpcObject)[version] as GrpcObject;
-  const Client = reflection['ServerReflection'] as ServiceClientConstructor;
-  const client = new Client(address, credentials.createInsecure()) as unknown as {
-    ServerReflectionInfo(): NodeJS.ReadWriteStream & { end(): void };
-    close(): void;
-  };
-  try {
-    const call = client.ServerReflectionInfo();
-    const reply = new Promise<{ list_services_response: { service: { name: string }[] } }>((resolve, reject) => {
-      call.on('data', resolve);
-      call.on('error', reject);
-    });
-    call.write({ list_services: '*' } as never);
-    const response = await reply;
-    call.end();
-    return response.list_services_response.service.map((s) => s.name);
-  } finally {
-    client.close();
-  }
-}
 
 test.serial('health reports SERVING, reflection lists the service (v1 and v1alpha)', async (t) => {
   const s = await startTestServer();

@@ -7,17 +7,9 @@ import { status as GrpcStatus } from '@grpc/grpc-js';
 import test from 'ava';
 import type { GenerateRequestMsg, TokenLogprobMsg } from '../src/transport/grpc/messages.js';
 import { exactnessPrompts } from './support/prompt-set.js';
-import { collectStream, grpcError, startTestServer, type TestServer } from './support/grpc-server.js';
+import { collectStream, grpcError, lazyTestServer } from './support/grpc-server.js';
 
-let shared: TestServer | undefined;
-async function server(): Promise<TestServer> {
-  shared ??= await startTestServer({ maxActive: 8, maxQueued: 16 });
-  return shared;
-}
-
-test.after.always(async () => {
-  await shared?.close();
-});
+const server = lazyTestServer({ maxActive: 8, maxQueued: 16 });
 
 function request(id: string, prompt: string, extra: Partial<GenerateRequestMsg> = {}): GenerateRequestMsg {
   return { request_id: id, messages: { messages: [{ role: 'user', content: prompt }] }, stopping: { max_new_tokens: 40 }, logprobs: { top_logprobs: 5 }, ...extra };

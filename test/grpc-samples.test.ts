@@ -8,17 +8,9 @@ import test from 'ava';
 import { loadDecoderModel } from '../src/runtime/load-model.js';
 import type { GenerateChunkMsg, GenerateRequestMsg } from '../src/transport/grpc/messages.js';
 import { defaultModelDir } from './support/default-model.js';
-import { collectStream, grpcError, startTestServer, type TestServer } from './support/grpc-server.js';
+import { collectStream, grpcError, lazyTestServer, startTestServer } from './support/grpc-server.js';
 
-let shared: TestServer | undefined;
-async function server(): Promise<TestServer> {
-  shared ??= await startTestServer({ maxActive: 8, maxQueued: 16 });
-  return shared;
-}
-
-test.after.always(async () => {
-  await shared?.close();
-});
+const server = lazyTestServer({ maxActive: 8, maxQueued: 16 });
 
 const OPTS = { deadlineMs: 120_000 };
 const PROMPT = 'Write a short poem about a lighthouse and the sea.';

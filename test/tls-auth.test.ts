@@ -4,11 +4,9 @@
  * flags. Real servers on loopback; the certificates are made here (test/support/test-certs.ts).
  */
 import { execFile } from 'node:child_process';
-import { createRequire } from 'node:module';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { type ClientDuplexStream, credentials, type GrpcObject, loadPackageDefinition, type ServiceClientConstructor, status as GrpcStatus } from '@grpc/grpc-js';
-import { loadSync } from '@grpc/proto-loader';
+import { type ClientDuplexStream, credentials, status as GrpcStatus } from '@grpc/grpc-js';
 import test from 'ava';
 import { ConfigError, parseServerConfig } from '../src/config/server-config.js';
 import { loadTransportSecurity, parseApiKeys } from '../src/config/transport-security.js';
@@ -18,6 +16,7 @@ import { type ClientSecurity, TextGenerationClient } from '../src/transport/grpc
 import type { BidiClientMsg, BidiServerMsg, GenerateRequestMsg } from '../src/transport/grpc/messages.js';
 import { Metadata } from '@grpc/grpc-js';
 import { collectStream, grpcError, startTestServer, type TestServer } from './support/grpc-server.js';
+import { reflectedServices } from './support/reflection.js';
 import { certDir, issue, makeCa, writeFile } from './support/test-certs.js';
 
 const execFileAsync = promisify(execFile);
@@ -78,30 +77,6 @@ function bidiOnce(call: Bidi, id: string): Promise<{ messages: BidiServerMsg[]; 
   call.write({ generate: request(id) });
   call.end();
   return done;
-}
-
-/** Server reflection's list of services, over the given channel credentials, with no metadata. */
-async function reflectedServices(address: string, security: ClientSecurity['tls']): Promise<string[]> {
-  const require = createRequire(import.meta.url);
-  const protoDir = join(dirname(require.resolve('@grpc/reflection/package.json')), 'build', 'proto');
-  const definition = loadSync(join(protoDir, 'grpc/reflection/v1/reflection.proto'), { keepCase: true, includeDirs: [protoDir] });
-  const reflection = ((loadPackageDefinition(definition)['grpc'] as GrpcObject)['reflection'] as GrpcObject)['v1'] as GrpcObject;
-  const Client = reflection['ServerReflection'] as ServiceClientConstructor;
-  const channel = security ? credentials.createSsl(security.ca ?? null) : credentials.createInsecure();
-  const client = new Client(address, channel) as unknown as { ServerReflectionInfo(): NodeJS.ReadWriteStream & { end(): void }; close(): void };
-  try {
-    const call = client.ServerReflectionInfo();
-    const reply = new Promise<{ list_services_response: { service: { name: string }[] } }>((resolve, reject) => {
-      call.on('data', resolve);
-      call.on('error', reject);
-    });
-    call.write({ list_services: '*' } as never);
-    const response = await reply;
-    call.end();
-    return response.list_services_response.service.map((s) => s.name);
-  } finally {
-    client.close();
-  }
 }
 
 // --- TLS ---------------------------------------------------------------------------------------
@@ -198,7 +173,7 @@ test.serial('API key: health and reflection answer without a key', async (t) => 
   const client = s.client({}, { tls: trustServer });
   t.is(await client.health(''), 'SERVING');
   t.is(await client.health('liveness'), 'SERVING');
-  const services = await reflectedServices(s.address, trustServer);
+  const services = await reflectedServices(s.address, 'v1', credentials.createSsl(trustServer?.ca ?? null));
   t.true(services.includes('llm.v1.TextGeneration'), services.join(', '));
 });
 

@@ -1,4 +1,5 @@
 import type { ChannelOptions, ServiceError } from '@grpc/grpc-js';
+import test from 'ava';
 import type { GenerationBackend } from '../../src/engine/engine.js';
 import { InferenceService } from '../../src/engine/inference-service.js';
 import { SILENT_LOGGER } from '../../src/log.js';
@@ -124,4 +125,13 @@ export async function grpcError(promise: Promise<unknown>): Promise<ServiceError
     return error as ServiceError;
   }
   throw new Error('expected the call to fail');
+}
+
+/** One server for a whole test file, started by the first test that asks and closed after the last. */
+export function lazyTestServer(options: Parameters<typeof startTestServer>[0] = {}): () => Promise<TestServer> {
+  let started: Promise<TestServer> | undefined;
+  test.after.always(async () => {
+    await (await started)?.close();
+  });
+  return () => (started ??= startTestServer(options));
 }

@@ -30,6 +30,7 @@ COPY src ./src
 COPY native ./native
 COPY scripts ./scripts
 COPY bench ./bench
+COPY tools ./tools
 COPY test ./test
 RUN npm run build
 

@@ -13,7 +13,7 @@ import { parseArgs } from 'node:util';
 import { createEngine } from '../src/engine/create-engine.js';
 import { DEFAULT_SPECULATION, NO_SPECULATION, PAPER_SPECULATION, type SpeculationOptions } from '../src/engine/engine.js';
 import { ensureDefaultModel, projectRoot } from '../src/model/default-model.js';
-import { generateOnce, type Sample } from './generate-once.js';
+import { generateOnce, type Sample } from '../tools/generate-once.js';
 
 const MODES = { plain: NO_SPECULATION, adaptive: DEFAULT_SPECULATION, paper: PAPER_SPECULATION } satisfies Record<string, SpeculationOptions>;
 type Mode = keyof typeof MODES;

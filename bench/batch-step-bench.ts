@@ -10,7 +10,7 @@ import { createEngine } from '../src/engine/create-engine.js';
 import { NO_SPECULATION } from '../src/engine/engine.js';
 import type { GqaDecoderModel } from '../src/runtime/gqa-decoder.js';
 import { EXECUTION_PROVIDERS, type ExecutionProviderName } from '../src/runtime/types.js';
-import { generateOnce } from './generate-once.js';
+import { generateOnce } from '../tools/generate-once.js';
 
 const { values } = parseArgs({
   options: {

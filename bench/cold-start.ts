@@ -30,7 +30,7 @@ import { parseArgs } from 'node:util';
 import { DEFAULT_GRAPH_OPTIONS } from '../src/convert/llama-graph.js';
 import { cacheDir, DEFAULT_MODEL, ensureDefaultModel, projectRoot } from '../src/model/default-model.js';
 import { TextGenerationClient } from '../src/transport/grpc/client.js';
-import { freePort } from './loopback.js';
+import { freePort } from '../tools/loopback.js';
 
 const ROOT = projectRoot();
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));

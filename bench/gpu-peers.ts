@@ -19,7 +19,7 @@ import { createEngine } from '../src/engine/create-engine.js';
 import { DEFAULT_SPECULATION, NO_SPECULATION } from '../src/engine/engine.js';
 import { projectRoot } from '../src/model/default-model.js';
 import { EXECUTION_PROVIDERS, type ExecutionProviderName } from '../src/runtime/types.js';
-import { generateOnce } from './generate-once.js';
+import { generateOnce } from '../tools/generate-once.js';
 
 interface Run {
   tokens: number;

@@ -3,7 +3,7 @@
  * started with the settings of deploy/k8s/base/configmap.yaml (what one replica runs with).
  *
  * Scenarios: unary, server streaming, bidi multiplexing (ghz, bounded by count), overload (ghz
- * offering more concurrent calls than slots + queue, bounded by time), then a soak (bench/soak.ts:
+ * offering more concurrent calls than slots + queue, bounded by time), then a soak (tools/soak.ts:
  * concurrent bidi calls with random in-band cancels, disconnects and deadlines). For each, the
  * server's own time-to-first-token, time per output token and tokens/s come from its Prometheus
  * endpoint (deltas over the scenario); the server process's RSS is sampled throughout.
@@ -21,9 +21,9 @@ import { parse as parseYaml } from 'yaml';
 import { cpus } from 'node:os';
 import { ensureDefaultModel, projectRoot } from '../src/model/default-model.js';
 import { TextGenerationClient } from '../src/transport/grpc/client.js';
-import { ensureGhz } from './go-tools.js';
-import { fetchMetricsText, freePort } from './loopback.js';
-import { replicaKiller, runSoak, type SoakResult } from './soak.js';
+import { ensureGhz } from '../tools/go-tools.js';
+import { fetchMetricsText, freePort } from '../tools/loopback.js';
+import { replicaKiller, runSoak, type SoakResult } from '../tools/soak.js';
 
 const ROOT = projectRoot();
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));

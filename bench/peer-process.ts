@@ -5,7 +5,7 @@
  */
 import { type ChildProcessWithoutNullStreams, spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
-import type { PeerSample } from './peer-metrics.js';
+import type { PeerSample } from '../tools/peer-metrics.js';
 
 export interface PeerRequest {
   readonly promptIds: readonly number[];

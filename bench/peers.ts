@@ -33,7 +33,7 @@ import {
   sameText,
   sameTokens,
   summarize,
-} from './peer-metrics.js';
+} from '../tools/peer-metrics.js';
 import { startPeerProcess } from './peer-process.js';
 
 /** Every engine gets the same thread count (issue 8). */

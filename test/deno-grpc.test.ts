@@ -14,7 +14,7 @@ import { dirname, join } from 'node:path';
 import { status as GrpcStatus } from '@grpc/grpc-js';
 import { listeningPort } from './support/serve-process.js';
 import test from 'ava';
-import { fetchMetricsText, freePort } from '../bench/loopback.js';
+import { fetchMetricsText, freePort } from '../tools/loopback.js';
 import { TextGenerationClient } from '../src/transport/grpc/client.js';
 import type { BidiServerMsg, GenerateChunkMsg, GenerateRequestMsg } from '../src/transport/grpc/messages.js';
 import { defaultModelDir } from './support/default-model.js';

@@ -14,7 +14,7 @@ import { toHalfBits } from '../src/convert/llama-graph.js';
 import { loadDecoderModel } from '../src/runtime/load-model.js';
 import { DeviceSession, nativeAddon } from '../src/runtime/native-run.js';
 import { DeviceDecoderModel, DEVICE_FORWARD_ROWS, PREFILL_SHAPES, prefillShape } from '../src/runtime/device-decoder.js';
-import { generateOnce } from '../bench/generate-once.js';
+import { generateOnce } from '../tools/generate-once.js';
 import { argmax } from '../src/sampling/sampler.js';
 import { convertedVariant, defaultModelDir, TEST_FORWARD_COST } from './support/default-model.js';
 import { compareWithReference, NEAR_TIE_GAP, readReference } from './support/greedy-reference.js';

@@ -13,7 +13,7 @@ import { promisify } from 'node:util';
 import type { MethodDefinition } from '@grpc/proto-loader';
 import test from 'ava';
 import { parse as parseYaml, stringify as stringifyYaml } from 'yaml';
-import { freePort } from '../bench/loopback.js';
+import { freePort } from '../tools/loopback.js';
 import { projectRoot } from '../src/model/default-model.js';
 import { TextGenerationClient } from '../src/transport/grpc/client.js';
 import type { GenerateChunkMsg, GenerateRequestMsg, GenerateResponseMsg } from '../src/transport/grpc/messages.js';

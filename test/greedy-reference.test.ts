@@ -6,7 +6,7 @@
 import test from 'ava';
 import { NO_SPECULATION } from '../src/engine/engine.js';
 import { DEFAULT_MODEL } from '../src/model/default-model.js';
-import { generateOnce } from '../bench/generate-once.js';
+import { generateOnce } from '../tools/generate-once.js';
 import { cpuEngine } from './support/default-model.js';
 import { compareWithReference, NEAR_TIE_GAP, readReference, sha256 } from './support/greedy-reference.js';
 import { exactnessPrompts } from './support/prompt-set.js';

@@ -10,7 +10,7 @@ import {
   sameText,
   sameTokens,
   summarize,
-} from '../bench/peer-metrics.js';
+} from '../tools/peer-metrics.js';
 
 test('decode rate counts only the tokens and time after the first chunk', (t) => {
   t.is(decodeTokPerS({ tokenCount: 11, firstChunkTokens: 1, ttftMs: 100, totalMs: 600 }), 20);

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { Metadata } from '@grpc/grpc-js';
 import { listeningPort } from './support/serve-process.js';
 import test from 'ava';
-import { fetchMetricsText, freePort } from '../bench/loopback.js';
+import { fetchMetricsText, freePort } from '../tools/loopback.js';
 import { DRAFT_TOKENS_LIMIT } from '../src/engine/engine.js';
 import { forwardCostPath, readForwardCost, writeForwardCost } from '../src/engine/forward-cost-cache.js';
 import { createWorkerEngine } from '../src/engine/worker-engine.js';

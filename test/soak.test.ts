@@ -1,12 +1,12 @@
 /**
- * A short soak (bench/soak.ts, the driver `npm run load` runs for minutes): concurrent bidi calls
+ * A short soak (tools/soak.ts, the driver `npm run load` runs for minutes): concurrent bidi calls
  * with in-band cancels, client disconnects mid-stream, unary calls past their deadlines, above the
  * server's capacity — every generation the client did not abandon ends with exactly one terminal
  * message, nothing fails that the client did not cause, no slot leaks, and the server still
  * answers the same greedy request with the same text.
  */
 import test from 'ava';
-import { replicaKiller, runSoak } from '../bench/soak.js';
+import { replicaKiller, runSoak } from '../tools/soak.js';
 import { createEnginePool, type ReplicaEvent } from '../src/engine/engine-pool.js';
 import { defaultModelDir, TEST_FORWARD_COST } from './support/default-model.js';
 import { startTestServer, waitFor } from './support/grpc-server.js';

@@ -9,7 +9,7 @@ import type { InferenceService } from '../src/engine/inference-service.js';
 import { createLogger } from '../src/log.js';
 import { GenerationTelemetry } from '../src/telemetry/generation-telemetry.js';
 import type { BidiServerMsg, GenerateRequestMsg, GenerateResponseMsg } from '../src/transport/grpc/messages.js';
-import { freePort } from '../bench/loopback.js';
+import { freePort } from '../tools/loopback.js';
 import { startTestServer, waitFor } from './support/grpc-server.js';
 
 class TestMetricReader extends MetricReader {

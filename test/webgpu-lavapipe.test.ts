@@ -10,7 +10,7 @@
  */
 import test from 'ava';
 import { NO_SPECULATION } from '../src/engine/engine.js';
-import { generateOnce } from '../bench/generate-once.js';
+import { generateOnce } from '../tools/generate-once.js';
 import { defaultEngine } from './support/default-model.js';
 import { compareWithReference, readReference, sha256 } from './support/greedy-reference.js';
 import { ensureLavapipe } from './support/lavapipe.js';

@@ -1,8 +1,8 @@
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { ensureGhz } from '../../bench/go-tools.js';
+import { ensureGhz } from '../../tools/go-tools.js';
 
-export { ensureGhz } from '../../bench/go-tools.js';
+export { ensureGhz } from '../../tools/go-tools.js';
 
 export interface GhzReport {
   count: number;

@@ -13,7 +13,7 @@ import { cpus } from 'node:os';
 import { parseArgs } from 'node:util';
 import { NO_SPECULATION } from '../../src/engine/engine.js';
 import { DEFAULT_MODEL, ensureDefaultModel, projectRoot } from '../../src/model/default-model.js';
-import { generateOnce } from '../../bench/generate-once.js';
+import { generateOnce } from '../../tools/generate-once.js';
 import { cpuEngine } from './default-model.js';
 import { type GreedyReference, REFERENCE_FILES, type ReferenceCase, sha256, topTwoGaps } from './greedy-reference.js';
 import { exactnessPrompts } from './prompt-set.js';

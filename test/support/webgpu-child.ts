@@ -14,7 +14,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createEngine } from '../../src/engine/create-engine.js';
 import { DEFAULT_SPECULATION, NO_SPECULATION, type SpeculationOptions } from '../../src/engine/engine.js';
-import { generateOnce } from '../../bench/generate-once.js';
+import { generateOnce } from '../../tools/generate-once.js';
 import type { GqaDecoderModel } from '../../src/runtime/gqa-decoder.js';
 import { encodeModel, OnnxDataType } from '../../src/convert/onnx-writer.js';
 import { createOrtSession, ort } from '../../src/runtime/ort-session.js';

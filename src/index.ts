@@ -17,7 +17,7 @@ export {
   type SpeculationOptions,
 } from './engine/engine.js';
 export { InferenceService, type InferenceServiceOptions, type ServiceLimits } from './engine/inference-service.js';
-export { SessionPool, type SessionPoolOptions, type SessionPoolState } from './engine/session-pool.js';
+export { AdmissionQueue, type AdmissionQueueOptions, type AdmissionQueueState } from './engine/admission-queue.js';
 export { createWorkerEngine, WorkerEngine } from './engine/worker-engine.js';
 export { ConfigError, parseServerConfig, type ServerConfig } from './config/server-config.js';
 export { loadTransportSecurity, type TransportSecurity } from './config/transport-security.js';

@@ -13,7 +13,7 @@ import {
   MAX_NEW_TOKENS_LIMIT,
   type Prompt,
 } from './engine.js';
-import { SessionPool, type SessionPoolOptions, type SessionPoolState } from './session-pool.js';
+import { AdmissionQueue, type AdmissionQueueOptions, type AdmissionQueueState } from './admission-queue.js';
 
 export interface ServiceLimits {
   /** Used when a request leaves max_new_tokens unset (0). */
@@ -46,7 +46,7 @@ export interface InferenceServiceOptions {
   readonly modelName: string;
   /** For people (ModelInfo, logs); default: the name the model's files give. */
   readonly displayName?: string;
-  readonly pool: SessionPoolOptions;
+  readonly pool: AdmissionQueueOptions;
   readonly limits: ServiceLimits;
 }
 
@@ -54,7 +54,7 @@ export class InferenceService {
   readonly engine: GenerationBackend;
   readonly modelName: string;
   readonly displayName: string;
-  readonly pool: SessionPool;
+  readonly pool: AdmissionQueue;
   readonly limits: ServiceLimits;
 
   constructor({ engine, modelName, displayName, pool, limits }: InferenceServiceOptions) {
@@ -64,11 +64,11 @@ export class InferenceService {
     this.engine = engine;
     this.modelName = modelName;
     this.displayName = displayName ?? engine.info.name;
-    this.pool = new SessionPool(pool);
+    this.pool = new AdmissionQueue(pool);
     this.limits = limits;
   }
 
-  get poolState(): SessionPoolState {
+  get poolState(): AdmissionQueueState {
     return this.pool.state;
   }
 

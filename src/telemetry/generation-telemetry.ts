@@ -19,7 +19,7 @@ import {
 import { CancelledError, DEFAULT_SPECULATION, type GenerateRequest } from '../engine/engine.js';
 import { GREEDY } from '../sampling/sampler.js';
 import type { ServiceEvent } from '../engine/inference-service.js';
-import type { SessionPoolState } from '../engine/session-pool.js';
+import type { AdmissionQueueState } from '../engine/admission-queue.js';
 import type { Logger } from '../log.js';
 import {
   ACCEPTED_PER_STEP_BUCKETS,
@@ -70,7 +70,7 @@ export class GenerationTelemetry {
   private readonly meter: Meter;
   private replicaEvents: Counter | undefined;
 
-  constructor(tracer: Tracer, meter: Meter, logger: Logger, pool: () => SessionPoolState, providerName = 'onnxruntime') {
+  constructor(tracer: Tracer, meter: Meter, logger: Logger, pool: () => AdmissionQueueState, providerName = 'onnxruntime') {
     this.tracer = tracer;
     this.logger = logger;
     this.providerName = providerName;

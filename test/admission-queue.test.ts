@@ -1,7 +1,7 @@
 import test, { type ErrorConstructor, type ExecutionContext, type ThrownError, type ThrowsExpectation } from 'ava';
 import { setImmediate as tick } from 'node:timers/promises';
 import { CancelledError } from '../src/engine/engine.js';
-import { type Lease, SessionPool } from '../src/engine/session-pool.js';
+import { type Lease, AdmissionQueue } from '../src/engine/admission-queue.js';
 import { OverloadedError, UnavailableError } from '../src/errors.js';
 
 /** Tracks whether a promise has settled, without awaiting it. */
@@ -38,8 +38,8 @@ async function rejectsAtOnce<E extends ErrorConstructor>(t: ExecutionContext, pr
   return t.throwsAsync(promise, expectations);
 }
 
-test('acquire grants up to maxActive slots at once', async (t) => {
-  const pool = new SessionPool({ maxActive: 3, maxQueued: 4 });
+test('acquire grants up to maxActive sequence slots at once', async (t) => {
+  const pool = new AdmissionQueue({ maxActive: 3, maxQueued: 4 });
   const leases = await Promise.all([pool.acquire(), pool.acquire(), pool.acquire()]);
   t.like(pool.state, { active: 3, queued: 0, maxActive: 3, maxQueued: 4, draining: false, rejected: 0 });
   // "Up to": the fourth waits.
@@ -53,7 +53,7 @@ test('acquire grants up to maxActive slots at once', async (t) => {
 });
 
 test('a request beyond maxActive waits until a lease is released', async (t) => {
-  const pool = new SessionPool({ maxActive: 1, maxQueued: 1 });
+  const pool = new AdmissionQueue({ maxActive: 1, maxQueued: 1 });
   const first = await pool.acquire();
   const second = track(pool.acquire());
   await flush();
@@ -68,7 +68,7 @@ test('a request beyond maxActive waits until a lease is released', async (t) => 
 });
 
 test('waiting requests are granted in FIFO order as leases release', async (t) => {
-  const pool = new SessionPool({ maxActive: 2, maxQueued: 3 });
+  const pool = new AdmissionQueue({ maxActive: 2, maxQueued: 3 });
   const running = [await pool.acquire(), await pool.acquire()];
   const order: string[] = [];
   const granted = new Map<string, Lease>();
@@ -104,7 +104,7 @@ test('waiting requests are granted in FIFO order as leases release', async (t) =
 });
 
 test('releasing a lease twice frees only one slot', async (t) => {
-  const pool = new SessionPool({ maxActive: 2, maxQueued: 0 });
+  const pool = new AdmissionQueue({ maxActive: 2, maxQueued: 0 });
   const a = await pool.acquire();
   await pool.acquire();
   t.is(pool.state.active, 2);
@@ -119,7 +119,7 @@ test('releasing a lease twice frees only one slot', async (t) => {
 });
 
 test('a double release does not grant two queued waiters', async (t) => {
-  const pool = new SessionPool({ maxActive: 1, maxQueued: 2 });
+  const pool = new AdmissionQueue({ maxActive: 1, maxQueued: 2 });
   const first = await pool.acquire();
   const second = track(pool.acquire());
   const third = track(pool.acquire());
@@ -135,7 +135,7 @@ test('a double release does not grant two queued waiters', async (t) => {
 });
 
 test('a full queue rejects the next acquire at once with OverloadedError and counts it', async (t) => {
-  const pool = new SessionPool({ maxActive: 1, maxQueued: 2 });
+  const pool = new AdmissionQueue({ maxActive: 1, maxQueued: 2 });
   const running = await pool.acquire();
   const queued = [pool.acquire(), pool.acquire()];
   t.like(pool.state, { active: 1, queued: 2, rejected: 0 });
@@ -153,7 +153,7 @@ test('a full queue rejects the next acquire at once with OverloadedError and cou
 });
 
 test('refuseIfFull throws exactly when acquire would refuse, and counts it', async (t) => {
-  const pool = new SessionPool({ maxActive: 1, maxQueued: 1 });
+  const pool = new AdmissionQueue({ maxActive: 1, maxQueued: 1 });
   t.notThrows(() => pool.refuseIfFull());
   const running = await pool.acquire();
   t.notThrows(() => pool.refuseIfFull(), 'a queue place is still free');
@@ -167,7 +167,7 @@ test('refuseIfFull throws exactly when acquire would refuse, and counts it', asy
 });
 
 test('maxQueued 0 means a request never waits', async (t) => {
-  const pool = new SessionPool({ maxActive: 1, maxQueued: 0 });
+  const pool = new AdmissionQueue({ maxActive: 1, maxQueued: 0 });
   const lease = await pool.acquire();
   await rejectsAtOnce(t, pool.acquire(), { instanceOf: OverloadedError });
   t.like(pool.state, { active: 1, queued: 0, rejected: 1 });
@@ -178,7 +178,7 @@ test('maxQueued 0 means a request never waits', async (t) => {
 });
 
 test('aborting the signal of a queued request rejects it with CancelledError and removes the waiter', async (t) => {
-  const pool = new SessionPool({ maxActive: 1, maxQueued: 2 });
+  const pool = new AdmissionQueue({ maxActive: 1, maxQueued: 2 });
   const running = await pool.acquire();
   const controller = new AbortController();
   const cancelled = pool.acquire(controller.signal);
@@ -199,7 +199,7 @@ test('aborting the signal of a queued request rejects it with CancelledError and
 });
 
 test('aborting frees room in the queue for another request', async (t) => {
-  const pool = new SessionPool({ maxActive: 1, maxQueued: 1 });
+  const pool = new AdmissionQueue({ maxActive: 1, maxQueued: 1 });
   const running = await pool.acquire();
   const controller = new AbortController();
   const cancelled = pool.acquire(controller.signal);
@@ -214,7 +214,7 @@ test('aborting frees room in the queue for another request', async (t) => {
 });
 
 test('an already-aborted signal rejects immediately without taking a slot', async (t) => {
-  const pool = new SessionPool({ maxActive: 1, maxQueued: 1 });
+  const pool = new AdmissionQueue({ maxActive: 1, maxQueued: 1 });
   const controller = new AbortController();
   controller.abort();
   await rejectsAtOnce(t, pool.acquire(controller.signal), { instanceOf: CancelledError });
@@ -228,7 +228,7 @@ test('an already-aborted signal rejects immediately without taking a slot', asyn
 });
 
 test('aborting after a slot is granted does not affect the lease', async (t) => {
-  const pool = new SessionPool({ maxActive: 1, maxQueued: 1 });
+  const pool = new AdmissionQueue({ maxActive: 1, maxQueued: 1 });
   const running = await pool.acquire();
   const controller = new AbortController();
   const waiting = pool.acquire(controller.signal);
@@ -242,7 +242,7 @@ test('aborting after a slot is granted does not affect the lease', async (t) => 
 });
 
 test('after startDraining new acquires reject with UnavailableError while queued waiters are still granted', async (t) => {
-  const pool = new SessionPool({ maxActive: 1, maxQueued: 2 });
+  const pool = new AdmissionQueue({ maxActive: 1, maxQueued: 2 });
   const running = await pool.acquire();
   const queued = track(pool.acquire());
   pool.startDraining();
@@ -262,14 +262,14 @@ test('after startDraining new acquires reject with UnavailableError while queued
 });
 
 test('whenIdle resolves at once when nothing runs or waits', async (t) => {
-  const pool = new SessionPool({ maxActive: 2, maxQueued: 2 });
+  const pool = new AdmissionQueue({ maxActive: 2, maxQueued: 2 });
   const idle = track(pool.whenIdle());
   await flush();
   t.true(idle.settled());
 });
 
 test('whenIdle resolves only after all leases are released and the queue is empty', async (t) => {
-  const pool = new SessionPool({ maxActive: 1, maxQueued: 2 });
+  const pool = new AdmissionQueue({ maxActive: 1, maxQueued: 2 });
   const first = await pool.acquire();
   const second = pool.acquire();
   const idle = track(pool.whenIdle());
@@ -289,7 +289,7 @@ test('whenIdle resolves only after all leases are released and the queue is empt
 });
 
 test('whenIdle waits for releases while draining', async (t) => {
-  const pool = new SessionPool({ maxActive: 2, maxQueued: 0 });
+  const pool = new AdmissionQueue({ maxActive: 2, maxQueued: 0 });
   const a = await pool.acquire();
   const b = await pool.acquire();
   pool.startDraining();
@@ -303,7 +303,7 @@ test('whenIdle waits for releases while draining', async (t) => {
 });
 
 test('whenIdle resolves when the last queued waiter is cancelled and no lease is held', async (t) => {
-  const pool = new SessionPool({ maxActive: 1, maxQueued: 1 });
+  const pool = new AdmissionQueue({ maxActive: 1, maxQueued: 1 });
   const running = await pool.acquire();
   const controller = new AbortController();
   const waiting = pool.acquire(controller.signal);
@@ -318,10 +318,10 @@ test('whenIdle resolves when the last queued waiter is cancelled and no lease is
 });
 
 test('the constructor rejects maxActive 0 and other invalid limits', (t) => {
-  t.throws(() => new SessionPool({ maxActive: 0, maxQueued: 1 }), { instanceOf: RangeError, message: /maxActive/ });
-  t.throws(() => new SessionPool({ maxActive: -1, maxQueued: 1 }), { instanceOf: RangeError, message: /maxActive/ });
-  t.throws(() => new SessionPool({ maxActive: 1.5, maxQueued: 1 }), { instanceOf: RangeError, message: /maxActive/ });
-  t.throws(() => new SessionPool({ maxActive: 1, maxQueued: -1 }), { instanceOf: RangeError, message: /maxQueued/ });
-  t.throws(() => new SessionPool({ maxActive: 1, maxQueued: Number.NaN }), { instanceOf: RangeError, message: /maxQueued/ });
-  t.notThrows(() => new SessionPool({ maxActive: 1, maxQueued: 0 }));
+  t.throws(() => new AdmissionQueue({ maxActive: 0, maxQueued: 1 }), { instanceOf: RangeError, message: /maxActive/ });
+  t.throws(() => new AdmissionQueue({ maxActive: -1, maxQueued: 1 }), { instanceOf: RangeError, message: /maxActive/ });
+  t.throws(() => new AdmissionQueue({ maxActive: 1.5, maxQueued: 1 }), { instanceOf: RangeError, message: /maxActive/ });
+  t.throws(() => new AdmissionQueue({ maxActive: 1, maxQueued: -1 }), { instanceOf: RangeError, message: /maxQueued/ });
+  t.throws(() => new AdmissionQueue({ maxActive: 1, maxQueued: Number.NaN }), { instanceOf: RangeError, message: /maxQueued/ });
+  t.notThrows(() => new AdmissionQueue({ maxActive: 1, maxQueued: 0 }));
 });

@@ -1,19 +1,20 @@
 /**
  * Admission control for one model: at most `maxActive` sequences decode at once (each holds a KV
- * cache), at most `maxQueued` requests wait for a slot, and anything beyond that is refused at
- * once with OverloadedError — the queue never grows without bound.
+ * cache), at most `maxQueued` requests wait for sequence slots, and anything beyond that is refused
+ * at once with OverloadedError — the queue never grows without bound. A "sequence slot" here is
+ * the right to decode one sequence; a request with n samples takes n of them.
  */
 import { OverloadedError, UnavailableError } from '../errors.js';
 import { CancelledError } from './engine.js';
 
-export interface SessionPoolOptions {
+export interface AdmissionQueueOptions {
   /** Sequences decoding concurrently (each owns a KV cache). */
   readonly maxActive: number;
-  /** Requests waiting for a slot; beyond it requests are refused. */
+  /** Requests waiting for sequence slots; beyond it requests are refused. */
   readonly maxQueued: number;
 }
 
-export interface SessionPoolState {
+export interface AdmissionQueueState {
   readonly active: number;
   readonly queued: number;
   readonly maxActive: number;
@@ -23,17 +24,17 @@ export interface SessionPoolState {
   readonly rejected: number;
 }
 
-/** A slot; `release` is idempotent so every exit path may call it. */
+/** Granted sequence slots; `release` is idempotent so every exit path may call it. */
 export interface Lease {
   release(): void;
 }
 
 interface Waiter {
-  readonly slots: number;
+  readonly sequences: number;
   readonly grant: (lease: Lease) => void;
 }
 
-export class SessionPool {
+export class AdmissionQueue {
   readonly maxActive: number;
   readonly maxQueued: number;
   private active = 0;
@@ -42,14 +43,14 @@ export class SessionPool {
   private readonly waiters: Waiter[] = [];
   private idleWaiters: Array<() => void> = [];
 
-  constructor(options: SessionPoolOptions) {
+  constructor(options: AdmissionQueueOptions) {
     if (!Number.isInteger(options.maxActive) || options.maxActive < 1) throw new RangeError('maxActive must be an integer ≥ 1');
     if (!Number.isInteger(options.maxQueued) || options.maxQueued < 0) throw new RangeError('maxQueued must be an integer ≥ 0');
     this.maxActive = options.maxActive;
     this.maxQueued = options.maxQueued;
   }
 
-  get state(): SessionPoolState {
+  get state(): AdmissionQueueState {
     return {
       active: this.active,
       queued: this.waiters.length,
@@ -74,18 +75,18 @@ export class SessionPool {
   }
 
   /**
-   * Resolves with `slots` slots at once (a request with several samples), in arrival order: a
+   * Resolves with `sequences` sequence slots at once (a request with several samples), in arrival order: a
    * waiter that needs more than is free holds back those behind it, so none starves. Rejects at
    * once with OverloadedError when the queue is full, UnavailableError while draining, and
    * CancelledError if `signal` aborts while waiting.
    */
-  acquire(signal?: AbortSignal, slots = 1): Promise<Lease> {
-    if (!Number.isInteger(slots) || slots < 1 || slots > this.maxActive) return Promise.reject(new RangeError(`slots must be an integer in [1, ${this.maxActive}], got ${slots}`));
+  acquire(signal?: AbortSignal, sequences = 1): Promise<Lease> {
+    if (!Number.isInteger(sequences) || sequences < 1 || sequences > this.maxActive) return Promise.reject(new RangeError(`sequences must be an integer in [1, ${this.maxActive}], got ${sequences}`));
     if (signal?.aborted) return Promise.reject(new CancelledError(signal.reason));
     if (this.draining) return Promise.reject(new UnavailableError('server is shutting down and accepts no new requests'));
-    if (this.waiters.length === 0 && this.active + slots <= this.maxActive) {
-      this.active += slots;
-      return Promise.resolve(this.newLease(slots));
+    if (this.waiters.length === 0 && this.active + sequences <= this.maxActive) {
+      this.active += sequences;
+      return Promise.resolve(this.newLease(sequences));
     }
     if (this.waiters.length >= this.maxQueued) return Promise.reject(this.overloaded());
     return new Promise<Lease>((resolve, reject) => {
@@ -98,7 +99,7 @@ export class SessionPool {
         this.notifyIfIdle();
       };
       const waiter: Waiter = {
-        slots,
+        sequences,
         grant: (lease) => {
           signal?.removeEventListener('abort', onAbort);
           resolve(lease);
@@ -121,13 +122,13 @@ export class SessionPool {
     return new Promise((resolve) => this.idleWaiters.push(resolve));
   }
 
-  private newLease(slots: number): Lease {
+  private newLease(sequences: number): Lease {
     let released = false;
     return {
       release: () => {
         if (released) return;
         released = true;
-        this.active -= slots;
+        this.active -= sequences;
         this.grantWaiters();
         this.notifyIfIdle();
       },
@@ -136,10 +137,10 @@ export class SessionPool {
 
   /** Grants waiters in order while the first one fits. */
   private grantWaiters(): void {
-    for (let next = this.waiters[0]; next !== undefined && this.active + next.slots <= this.maxActive; next = this.waiters[0]) {
+    for (let next = this.waiters[0]; next !== undefined && this.active + next.sequences <= this.maxActive; next = this.waiters[0]) {
       this.waiters.shift();
-      this.active += next.slots;
-      next.grant(this.newLease(next.slots));
+      this.active += next.sequences;
+      next.grant(this.newLease(next.sequences));
     }
   }
 

@@ -48,7 +48,8 @@ RUN dir="$(node dist/src/cli/main.js fetch-model)" \
 FROM ${NODE_IMAGE} AS deps
 WORKDIR /app
 # skip: CPU only (the default; the binaries are in the package). cuda12: onnxruntime-node's
-# postinstall downloads the CUDA execution provider, which needs network access to its host.
+# postinstall downloads its CUDA 12 execution provider from NuGet (network access to it needed).
+# The CUDA 13 provider that docs/gpu.md uses comes from `npm run install:cuda`, not run here.
 ARG ORT_NODE_INSTALL=skip
 COPY package.json package-lock.json .npmrc ./
 RUN ONNXRUNTIME_NODE_INSTALL="${ORT_NODE_INSTALL}" npm ci --omit=dev --no-audit --no-fund \

@@ -9,6 +9,7 @@ export type ErrorCode =
   | 'CONTEXT_OVERFLOW'
   | 'OVERLOADED'
   | 'UNAVAILABLE'
+  | 'EXECUTION_PROVIDER'
   | 'DUPLICATE_REQUEST'
   | 'CANCELLED'
   | 'DEADLINE_EXCEEDED'
@@ -67,7 +68,7 @@ export class ModelNotFoundError extends AnpdError {
 export class ExecutionProviderError extends AnpdError {
   readonly provider: string;
   constructor(provider: string, message: string, options?: { cause?: unknown }) {
-    super('UNAVAILABLE', `execution provider "${provider}": ${message}`, options);
+    super('EXECUTION_PROVIDER', `execution provider "${provider}": ${message}`, options);
     this.provider = provider;
   }
 }

@@ -32,7 +32,7 @@ for (const provider of ['cuda', 'webgpu'] as const) {
       t.true(error instanceof ExecutionProviderError, `got ${(error as Error).name}: ${(error as Error).message}`);
       t.false(error instanceof ModelFormatError);
       const e = error as ExecutionProviderError;
-      t.is(e.code, 'UNAVAILABLE');
+      t.is(e.code, 'EXECUTION_PROVIDER');
       t.is(e.provider, provider);
       t.regex(e.message, new RegExp(`execution provider "${provider}"`));
       // cuda: the provider is missing (install command) or, installed, the CUDA runtime or a GPU is.

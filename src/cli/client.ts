@@ -6,6 +6,7 @@ import { certificates, parseApiKeys, readSettingFile } from '../config/transport
 import { AnpdError, ConfigError } from '../errors.js';
 import { type ClientSecurity, TextGenerationClient } from '../transport/grpc/client.js';
 import type { GenerateChunkMsg, GenerateRequestMsg } from '../transport/grpc/messages.js';
+import { numberFlag, parseSamplingFlags, SAMPLING_FLAG_OPTIONS } from './sampling-flags.js';
 
 const TLS_HELP = `  --tls                     TLS, trusting the system's roots (implied by the options below)
   --tls-ca FILE             TLS, trusting this PEM CA (default: ANPD_TLS_CA)
@@ -83,13 +84,6 @@ export function clientSecurity(flags: SecurityFlags, env: NodeJS.ProcessEnv = pr
   return { ...(tls !== undefined ? { tls } : {}), ...(apiKey !== undefined ? { apiKey } : {}) };
 }
 
-function number(value: string | undefined, name: string): number | undefined {
-  if (value === undefined) return undefined;
-  const n = Number(value);
-  if (!Number.isFinite(n)) throw new AnpdError('INVALID_REQUEST', `--${name} must be a number, got "${value}"`);
-  return n;
-}
-
 export async function runClient(argv: readonly string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args: [...argv],
@@ -98,13 +92,7 @@ export async function runClient(argv: readonly string[]): Promise<number> {
       help: { type: 'boolean', short: 'h' },
       address: { type: 'string' },
       'no-chat': { type: 'boolean' },
-      'max-new-tokens': { type: 'string' },
-      temperature: { type: 'string' },
-      'top-k': { type: 'string' },
-      'top-p': { type: 'string' },
-      'repetition-penalty': { type: 'string' },
-      seed: { type: 'string' },
-      stop: { type: 'string', multiple: true },
+      ...SAMPLING_FLAG_OPTIONS,
       speculation: { type: 'string' },
       'deadline-ms': { type: 'string' },
       info: { type: 'boolean' },
@@ -118,7 +106,7 @@ export async function runClient(argv: readonly string[]): Promise<number> {
     return 0;
   }
   const client = new TextGenerationClient(values.address ?? (process.env['ANPD_ADDRESS'] || 'localhost:50051'), {}, clientSecurity(values));
-  const deadlineMs = number(values['deadline-ms'], 'deadline-ms');
+  const deadlineMs = numberFlag(values['deadline-ms'], 'deadline-ms');
   const settings = deadlineMs !== undefined ? { deadlineMs } : {};
   try {
     if (values.info) {
@@ -127,21 +115,18 @@ export async function runClient(argv: readonly string[]): Promise<number> {
     }
     const text = positionals.join(' ');
     if (text.trim() === '') throw new AnpdError('INVALID_REQUEST', 'client needs a prompt argument');
+    const flags = parseSamplingFlags(values);
     const sampling: NonNullable<GenerateRequestMsg['sampling']> = {};
-    const temperature = number(values.temperature, 'temperature');
-    if (temperature !== undefined) sampling.temperature = temperature;
-    const topK = number(values['top-k'], 'top-k');
-    if (topK !== undefined) sampling.top_k = topK;
-    const topP = number(values['top-p'], 'top-p');
-    if (topP !== undefined) sampling.top_p = topP;
-    const penalty = number(values['repetition-penalty'], 'repetition-penalty');
-    if (penalty !== undefined) sampling.repetition_penalty = penalty;
-    if (values.seed !== undefined) sampling.seed = values.seed;
+    if (flags.temperature !== undefined) sampling.temperature = flags.temperature;
+    if (flags.topK !== undefined) sampling.top_k = flags.topK;
+    if (flags.topP !== undefined) sampling.top_p = flags.topP;
+    if (flags.repetitionPenalty !== undefined) sampling.repetition_penalty = flags.repetitionPenalty;
+    if (flags.seed !== undefined) sampling.seed = flags.seed;
     const request: GenerateRequestMsg = {
       request_id: `cli-${process.pid}`,
       ...(values['no-chat'] ? { text } : { messages: { messages: [{ role: 'user', content: text }] } }),
       sampling,
-      stopping: { max_new_tokens: number(values['max-new-tokens'], 'max-new-tokens') ?? 0, stop_sequences: values.stop ?? [] },
+      stopping: { max_new_tokens: flags.maxNewTokens ?? 0, stop_sequences: flags.stopSequences },
       speculation: { mode: values.speculation === 'off' ? 'MODE_OFF' : 'MODE_NGRAM' },
     };
     const stream = client.generateStream(request, settings);
@@ -197,7 +182,7 @@ export async function runHealth(argv: readonly string[]): Promise<number> {
   }
   // The server's own port setting, so a container health check follows ANPD_PORT.
   const address = values.address ?? (process.env['ANPD_ADDRESS'] || `127.0.0.1:${process.env['ANPD_PORT'] || 50051}`);
-  const timeoutMs = number(values['timeout-ms'], 'timeout-ms') ?? 3000;
+  const timeoutMs = numberFlag(values['timeout-ms'], 'timeout-ms') ?? 3000;
   const client = new TextGenerationClient(address, {}, clientSecurity(values));
   try {
     const status = await client.health(values.service ?? '', { deadlineMs: timeoutMs });

@@ -12,6 +12,7 @@ import { AnpdError } from '../errors.js';
 import { probeExecutionProvider } from '../runtime/gpu-probe.js';
 import { EXECUTION_PROVIDERS } from '../runtime/types.js';
 import { withProgress } from './progress.js';
+import { numberFlag, parseSamplingFlags, SAMPLING_FLAG_OPTIONS } from './sampling-flags.js';
 import { MAIN_EVALUATED_MARK } from './startup-timer.js';
 
 // Commands import what they need when they run: `serve` must not wait for the converter or an
@@ -87,10 +88,7 @@ function oneOf<T extends string>(value: string | undefined, name: string, allowe
 }
 
 function num(value: string | undefined, name: string, fallback: number): number {
-  if (value === undefined) return fallback;
-  const n = Number(value);
-  if (!Number.isFinite(n)) throw new AnpdError('INVALID_REQUEST', `--${name} must be a number, got "${value}"`);
-  return n;
+  return numberFlag(value, name) ?? fallback;
 }
 
 async function main(argv: string[]): Promise<number> {
@@ -107,13 +105,7 @@ async function main(argv: string[]): Promise<number> {
       'prompt-file': { type: 'string' },
       chat: { type: 'boolean' },
       'no-chat': { type: 'boolean' },
-      'max-new-tokens': { type: 'string' },
-      temperature: { type: 'string' },
-      'top-k': { type: 'string' },
-      'top-p': { type: 'string' },
-      'repetition-penalty': { type: 'string' },
-      seed: { type: 'string' },
-      stop: { type: 'string', multiple: true },
+      ...SAMPLING_FLAG_OPTIONS,
       'ignore-eos': { type: 'boolean' },
       threads: { type: 'string' },
       'execution-provider': { type: 'string' },
@@ -180,21 +172,22 @@ async function main(argv: string[]): Promise<number> {
     draftLength: oneOf(values['draft-length'], 'draft-length', ['adaptive', 'fixed'], DEFAULT_SPECULATION.draftLength),
     drafter: oneOf(values.drafter, 'drafter', ['hybrid', 'paper'], DEFAULT_SPECULATION.drafter),
   };
+  const flags = parseSamplingFlags(values);
   const controller = new AbortController();
   process.once('SIGINT', () => controller.abort(new Error('interrupted')));
   for await (const event of engine.generate(
     {
       prompt,
-      maxNewTokens: num(values['max-new-tokens'], 'max-new-tokens', 256),
-      stopSequences: values.stop ?? [],
+      maxNewTokens: flags.maxNewTokens ?? 256,
+      stopSequences: flags.stopSequences,
       ignoreEos: values['ignore-eos'] ?? false,
       speculation,
       sampling: {
-        temperature: num(values.temperature, 'temperature', 0),
-        topK: num(values['top-k'], 'top-k', 0),
-        topP: num(values['top-p'], 'top-p', 1),
-        repetitionPenalty: num(values['repetition-penalty'], 'repetition-penalty', 1),
-        seed: num(values.seed, 'seed', 0),
+        temperature: flags.temperature ?? 0,
+        topK: flags.topK ?? 0,
+        topP: flags.topP ?? 1,
+        repetitionPenalty: flags.repetitionPenalty ?? 1,
+        seed: num(flags.seed, 'seed', 0),
       },
     },
     controller.signal,

@@ -1,5 +1,5 @@
 /**
- * A GenerationBackend whose model runs on a worker thread (engine-worker.ts). Tokenization and
+ * A GenerationBackend whose model runs on a worker thread or in a child process (engine-worker.ts). Tokenization and
  * validation happen here, on the calling thread, with the same tokenizer files, so bad requests
  * never reach the worker; the worker runs the very same Engine code, so outputs are identical.
  */

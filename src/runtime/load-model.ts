@@ -12,7 +12,7 @@ import { DeviceDecoderModel } from './device-decoder.js';
 import { DeviceSession, nativeAddon, NativeSession } from './native-run.js';
 import { cudaProviderInstalled } from './gpu-probe.js';
 import { createOrtSession, installHint, isProviderFailure } from './ort-session.js';
-import { DEFAULT_RUNTIME_OPTIONS, type DecoderModel, type RuntimeOptions } from './types.js';
+import { DEFAULT_RUNTIME_OPTIONS, type DecoderModel, type RuntimeOptions, WEBGPU_SLOTS_MAX } from './types.js';
 
 /** Where Optimum / transformers.js put the decoder, in order of preference. */
 export const OPTIMUM_ONNX_CANDIDATES = ['onnx/model.onnx', 'onnx/decoder_with_past_model.onnx', 'model.onnx', 'decoder_with_past_model.onnx'];
@@ -24,9 +24,6 @@ function readJsonFile(path: string): Record<string, unknown> {
     throw new ModelFormatError(path, `not valid JSON (${(cause as Error).message})`, { cause });
   }
 }
-
-/** Most slots a batch graph may have on WebGPU. */
-export const WEBGPU_SLOTS_MAX = 15;
 
 /** The K-slot batch graph: it must be ours, batched, and converted from the same source weights. */
 async function loadSlotBatch(dir: string, single: ModelManifest, options: RuntimeOptions): Promise<SlotBatch> {

@@ -69,6 +69,9 @@ export interface DecoderModel {
 export const EXECUTION_PROVIDERS = ['cpu', 'webgpu', 'cuda'] as const;
 export type ExecutionProviderName = (typeof EXECUTION_PROVIDERS)[number];
 
+/** Most slots a batch graph may have on WebGPU: it binds at most 16 storage buffers per shader, and K slots take K + 1. */
+export const WEBGPU_SLOTS_MAX = 15;
+
 export interface RuntimeOptions {
   /** Where the model runs. A GPU provider that cannot take every node is an error, not a silent CPU fallback. */
   readonly executionProvider: ExecutionProviderName;

@@ -21,6 +21,8 @@ const STATUS_BY_ERROR_CODE: Readonly<Record<ErrorCode, Mapping>> = {
   DUPLICATE_REQUEST: { code: GrpcStatus.ALREADY_EXISTS, reason: 'DUPLICATE_ID', expose: true },
   OVERLOADED: { code: GrpcStatus.RESOURCE_EXHAUSTED, reason: 'OVERLOADED', expose: true },
   UNAVAILABLE: { code: GrpcStatus.UNAVAILABLE, reason: 'DRAINING', expose: true },
+  // The server's GPU provider cannot run (normally a startup error); another pod may serve.
+  EXECUTION_PROVIDER: { code: GrpcStatus.UNAVAILABLE, reason: 'EXECUTION_PROVIDER', expose: true },
   CANCELLED: { code: GrpcStatus.CANCELLED, reason: 'CANCELLED', expose: true },
   DEADLINE_EXCEEDED: { code: GrpcStatus.DEADLINE_EXCEEDED, reason: 'DEADLINE', expose: true },
   UNAUTHENTICATED: { code: GrpcStatus.UNAUTHENTICATED, reason: 'UNAUTHENTICATED', expose: true },

@@ -135,7 +135,8 @@ Options (flag, environment variable, default):
   --port N                           ANPD_PORT or PORT               50051
   --model DIR|FILE.gguf|NAME         ANPD_MODEL (or ANPD_MODEL_DIR)  smollm2-135m-instruct; a GGUF file is converted into
                                                                      the cache on first use; NAME (gemma3-270m) is fetched
-  --model-name NAME                  ANPD_MODEL_NAME                 the known model's NAME, or DIR's or FILE's name
+  --model-name NAME                  ANPD_MODEL_NAME                 the known model's NAME, or the directory's or
+                                                                     file's name
   --max-active-sequences N           ANPD_MAX_ACTIVE_SEQUENCES       max(4, 2 × cores)
   --max-queued-requests N            ANPD_MAX_QUEUED_REQUESTS        8 × max-active-sequences
   --max-new-tokens-default N         ANPD_MAX_NEW_TOKENS_DEFAULT     256
@@ -152,7 +153,7 @@ Options (flag, environment variable, default):
   --replica-restarts-per-minute N    ANPD_REPLICA_RESTARTS_PER_MINUTE  5 (per replica; a dead replica restarts after
                                                                      0.25 s, doubling to 30 s while starts fail)
   --batch-slots K                    ANPD_BATCH_SLOTS                0 (off; up to K sequences per forward)
-  --batch-model DIR[,DIR…]           ANPD_BATCH_MODEL_DIR            K-slot graphs of --model's weights
+  --batch-model DIR[,DIR…]           ANPD_BATCH_MODEL_DIR            none (K-slot graphs of --model's weights)
   --kv-capacity N                    ANPD_KV_CAPACITY                8192
   --native-run auto|off              ANPD_NATIVE_RUN                 auto (CPU forwards through the native
                                                                      runner when built; off: onnxruntime-node)

@@ -30,7 +30,10 @@ for (const tier of names) {
     const file = join('dist', 'test', `${name}.test.js`);
     // A name listed before its file lands (another branch adds it) is skipped, not an error.
     if (existsSync(join(root, file))) files.push(file);
-    else console.warn(`test-tier: ${tier} lists ${name}, but ${file} does not exist (not built, or no test/${name}.test.ts)`);
+    else
+      console.warn(
+        `test-tier: ${tier} lists ${name}, but ${file} does not exist (not built, or no test/${name}.test.ts)`,
+      );
   }
 }
 const ava = join(root, 'node_modules', 'ava', 'entrypoints', 'cli.mjs');

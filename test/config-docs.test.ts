@@ -34,7 +34,13 @@ function helpSettings(): Map<string, Documented> {
     if (option !== null) {
       const env = [...line.matchAll(ENV_NAME)].map((m) => m[0]);
       const lastEnv = [...line.matchAll(ENV_NAME)].at(-1);
-      const text = lastEnv === undefined ? '' : line.slice(lastEnv.index + lastEnv[0].length).replace(/^\)/, '').trim();
+      const text =
+        lastEnv === undefined
+          ? ''
+          : line
+              .slice(lastEnv.index + lastEnv[0].length)
+              .replace(/^\)/, '')
+              .trim();
       last = { env, text };
       if (rows.has(option[1]!)) throw new Error(`--${option[1]} is in SERVE_HELP twice`);
       rows.set(option[1]!, last);
@@ -55,7 +61,10 @@ function docsSettings(): Map<string, Documented> {
     const flag = /^`--([a-z-]+)`$/.exec(cells[1] ?? '');
     if (flag === null) continue;
     if (rows.has(flag[1]!)) throw new Error(`--${flag[1]} is in docs/configuration.md twice`);
-    rows.set(flag[1]!, { env: [...(cells[2] ?? '').matchAll(ENV_NAME)].map((m) => m[0]), defaultValue: defaultHead(cells[3] ?? '') });
+    rows.set(flag[1]!, {
+      env: [...(cells[2] ?? '').matchAll(ENV_NAME)].map((m) => m[0]),
+      defaultValue: defaultHead(cells[3] ?? ''),
+    });
   }
   return rows;
 }
@@ -96,7 +105,8 @@ test("the help and the docs give the parser's defaults", (t) => {
     const expected = parserDefault(key);
     if (expected === undefined) {
       // Computed: the help and the docs write the same rule (server-config.test.ts checks the parser's).
-      if (docsDefault?.toLowerCase() !== helpDefault?.toLowerCase()) wrong.push(`--${s.flag}: docs "${docsDefault}", help "${helpDefault}"`);
+      if (docsDefault?.toLowerCase() !== helpDefault?.toLowerCase())
+        wrong.push(`--${s.flag}: docs "${docsDefault}", help "${helpDefault}"`);
     } else {
       if (helpDefault !== expected) wrong.push(`--${s.flag}: help "${helpDefault}", parser "${expected}"`);
       if (docsDefault !== expected) wrong.push(`--${s.flag}: docs "${docsDefault}", parser "${expected}"`);

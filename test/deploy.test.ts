@@ -34,7 +34,7 @@ const SERVICE = 'llm.v1.TextGeneration';
  */
 const STARTUP_PROBE_PERIOD_MAX_S = 2;
 
-// eslint-disable-next-line @typescript-eslint/no-explicit-any -- manifests are free-form YAML
+// biome-ignore lint/suspicious/noExplicitAny: manifests are free-form YAML
 type Obj = Record<string, any>;
 
 const execFileAsync = promisify(execFile);

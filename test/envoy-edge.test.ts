@@ -27,7 +27,7 @@ const EDGE_CONFIG = join(ROOT, 'deploy/envoy/edge.yaml');
 /** Where the committed config expects the descriptor, relative to Envoy's working directory. */
 const DESCRIPTOR_PATH = 'deploy/envoy/generation.pb';
 
-// eslint-disable-next-line @typescript-eslint/no-explicit-any -- Envoy config and JSON bodies are free-form
+// biome-ignore lint/suspicious/noExplicitAny: Envoy config and JSON bodies are free-form
 type Obj = Record<string, any>;
 
 const envoyBinary = await ensureEnvoy();

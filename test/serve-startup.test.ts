@@ -234,7 +234,7 @@ test.serial('anpd serve logs and counts a replica death and its restart, and exp
   try {
     t.is(await client.health(''), 'SERVING');
     const loaded = served.records().find((r) => r['msg'] === 'model loaded');
-    const [pid] = loaded?.['replicaPids'] as number[];
+    const [pid] = (loaded?.['replicaPids'] ?? []) as number[];
     t.true(Number.isInteger(pid), 'the replica process is named in the log');
     process.kill(pid!, 'SIGKILL');
     t.true(await waitFor(() => served.records().some((r) => r['msg'] === 'replica restarted'), 60_000));

@@ -16,7 +16,9 @@ export const SAMPLING_FLAG_OPTIONS = {
   stop: { type: 'string', multiple: true },
 } as const;
 
-type SamplingFlagValues = { readonly [K in Exclude<keyof typeof SAMPLING_FLAG_OPTIONS, 'stop'>]?: string | undefined } & {
+type SamplingFlagValues = {
+  readonly [K in Exclude<keyof typeof SAMPLING_FLAG_OPTIONS, 'stop'>]?: string | undefined;
+} & {
   readonly stop?: string[] | undefined;
 };
 

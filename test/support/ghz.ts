@@ -2,8 +2,6 @@ import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { ensureGhz } from '../../tools/go-tools.js';
 
-export { ensureGhz } from '../../tools/go-tools.js';
-
 export interface GhzReport {
   count: number;
   rps: number;

@@ -21,7 +21,7 @@ export interface ServerConfig {
   readonly modelName: string | undefined;
   /** Sequences decoding at once. @default max(4, 2 × cores) */
   readonly maxActiveSequences: number;
-  /** Requests waiting for a slot; beyond it RESOURCE_EXHAUSTED. @default 8 × maxActiveSequences */
+  /** Requests waiting for sequence slots (admission queue); beyond it RESOURCE_EXHAUSTED. @default 8 × maxActiveSequences */
   readonly maxQueuedRequests: number;
   /** @default 256 */
   readonly maxNewTokensDefault: number;

@@ -18,7 +18,7 @@ export {
 } from './engine/engine.js';
 export { InferenceService, type InferenceServiceOptions, type ServiceLimits } from './engine/inference-service.js';
 export { SessionPool, type SessionPoolOptions, type SessionPoolState } from './engine/session-pool.js';
-export { createWorkerEngine, WorkerEngine } from './engine/worker-engine.js';
+export { WorkerEngine } from './engine/worker-engine.js';
 export { ConfigError, parseServerConfig, type ServerConfig } from './config/server-config.js';
 export { loadTransportSecurity, type TransportSecurity } from './config/transport-security.js';
 export {

@@ -19,14 +19,7 @@ import { type EngineIsolation, WorkerEngine } from './worker-engine.js';
 export const ENGINE_REPLICAS_LIMIT = 64;
 
 /** `workerEntry` (tests): the module every replica's worker runs (see WorkerEngine.create). */
-type PoolOptions = {
-  replicas?: number;
-  calibrate?: boolean;
-  forwardCost?: readonly number[];
-  isolation?: EngineIsolation;
-  supervision?: Partial<SupervisionOptions>;
-  workerEntry?: URL;
-};
+type PoolOptions = { replicas?: number; calibrate?: boolean; forwardCost?: readonly number[]; isolation?: EngineIsolation; supervision?: Partial<SupervisionOptions>; workerEntry?: URL };
 
 export class EnginePool implements GenerationBackend, ReplicaSet {
   private readonly supervisor: ReplicaSupervisor<WorkerEngine>;

@@ -22,7 +22,7 @@ import { parseArgs } from 'node:util';
 import { createEngine } from '../src/engine/create-engine.js';
 import { DEFAULT_SPECULATION, type GenerationBackend, NO_SPECULATION, type SpeculationOptions } from '../src/engine/engine.js';
 import { InferenceService } from '../src/engine/inference-service.js';
-import { createWorkerEngine } from '../src/engine/worker-engine.js';
+import { WorkerEngine } from '../src/engine/worker-engine.js';
 import { SILENT_LOGGER } from '../src/log.js';
 import { GenerationTelemetry } from '../src/telemetry/generation-telemetry.js';
 import { ensureDefaultModel, projectRoot } from '../src/model/default-model.js';
@@ -90,7 +90,7 @@ async function main(): Promise<void> {
   const engine = await createEngine(await ensureDefaultModel(), { executionProvider: 'cpu', intraOpThreads: 0, kvCapacity: 4096 });
   // The server runs the model on a worker thread, as `anpd serve` does, with the same forward-cost
   // table as the in-process engine so both pick the same draft lengths.
-  const workerEngine = await createWorkerEngine(await ensureDefaultModel(), { executionProvider: 'cpu', intraOpThreads: 0, kvCapacity: 4096 }, {
+  const workerEngine = await WorkerEngine.create(await ensureDefaultModel(), { executionProvider: 'cpu', intraOpThreads: 0, kvCapacity: 4096 }, {
     forwardCost: await engine.forwardCost(),
   });
   const service = new InferenceService({

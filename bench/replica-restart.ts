@@ -4,12 +4,12 @@
  *
  *   node dist/bench/replica-restart.js
  */
-import { createEnginePool } from '../src/engine/engine-pool.js';
+import { EnginePool } from '../src/engine/engine-pool.js';
 import { defaultModelDir, TEST_FORWARD_COST } from '../test/support/default-model.js';
 
 // The pool's timers never hold the process open (a server's socket does): this does here.
 const keepAlive = setInterval(() => undefined, 1000);
-const pool = await createEnginePool(await defaultModelDir(), { executionProvider: 'cpu', intraOpThreads: 2, kvCapacity: 4096 }, { replicas: 1, isolation: 'process', forwardCost: TEST_FORWARD_COST });
+const pool = await EnginePool.create(await defaultModelDir(), { executionProvider: 'cpu', intraOpThreads: 2, kvCapacity: 4096 }, { replicas: 1, isolation: 'process', forwardCost: TEST_FORWARD_COST });
 let restarted: (() => void) | undefined;
 pool.onReplicaEvent((e) => {
   if (e.kind === 'restarted') restarted?.();

@@ -115,13 +115,25 @@ export class UnauthenticatedError extends AnpdError {
   }
 }
 
+/** What happened to a model replica: its thread or process died, the watchdog declared it wedged, or it failed to start. */
+export type ReplicaFailureKind = 'died' | 'wedged' | 'failed-start';
+
 /**
  * The model replica running a generation died (its thread or process exited or crashed) or was
- * declared wedged by the watchdog, or no replica is up: the request did not complete and may be
- * retried (here once a replica is back, or on another pod).
+ * declared wedged by the watchdog: the request did not complete and may be retried (here once a
+ * replica is back, or on another pod). `kind` says which, so no one parses the message.
  */
 export class ReplicaFailedError extends AnpdError {
-  constructor(message: string, options?: { cause?: unknown }) {
+  readonly kind: ReplicaFailureKind;
+  constructor(kind: ReplicaFailureKind, message: string, options?: { cause?: unknown }) {
     super('REPLICA_FAILED', message, options);
+    this.kind = kind;
+  }
+}
+
+/** No model replica is up to take a generation (all restarting, or the pool disposed): retryable like a replica failure. */
+export class NoReplicaUpError extends AnpdError {
+  constructor(message: string) {
+    super('REPLICA_FAILED', message);
   }
 }

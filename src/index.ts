@@ -18,7 +18,7 @@ export {
 } from './engine/engine.js';
 export { InferenceService, type InferenceServiceOptions, type ServiceLimits } from './engine/inference-service.js';
 export { AdmissionQueue, type AdmissionQueueOptions, type AdmissionQueueState } from './engine/admission-queue.js';
-export { createWorkerEngine, WorkerEngine } from './engine/worker-engine.js';
+export { WorkerEngine } from './engine/worker-engine.js';
 export { parseServerConfig, type ServerConfig } from './config/server-config.js';
 export { loadTransportSecurity, type TransportSecurity } from './config/transport-security.js';
 export {

@@ -8,7 +8,7 @@ import test from 'ava';
 import { fetchMetricsText, freePort } from '../tools/loopback.js';
 import { DRAFT_TOKENS_LIMIT } from '../src/engine/engine.js';
 import { forwardCostPath, readForwardCost, writeForwardCost } from '../src/engine/forward-cost-cache.js';
-import { createWorkerEngine } from '../src/engine/worker-engine.js';
+import { WorkerEngine } from '../src/engine/worker-engine.js';
 import { TextGenerationClient } from '../src/transport/grpc/client.js';
 import { GgmlType, metaString, readGguf } from '../src/convert/gguf-reader.js';
 import { defaultGguf, defaultModelDir, TEST_FORWARD_COST } from './support/default-model.js';
@@ -58,7 +58,7 @@ test('writing the table where the cache is read-only reports false instead of th
 });
 
 test('a worker engine created without calibrating is ready without a table and measures it on calibrate(), once', async (t) => {
-  const engine = await createWorkerEngine(await defaultModelDir(), RUNTIME, { calibrate: false });
+  const engine = await WorkerEngine.create(await defaultModelDir(), RUNTIME, { calibrate: false });
   try {
     t.is(engine.forwardCost, undefined);
     t.true(engine.startupTimes.evaluatedAt <= engine.startupTimes.modelLoadedAt);

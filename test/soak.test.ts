@@ -7,7 +7,8 @@
  */
 import test from 'ava';
 import { replicaKiller, runSoak } from '../tools/soak.js';
-import { createEnginePool, type ReplicaEvent } from '../src/engine/engine-pool.js';
+import { EnginePool } from '../src/engine/engine-pool.js';
+import type { ReplicaEvent } from '../src/engine/replica-set.js';
 import { defaultModelDir, TEST_FORWARD_COST } from './support/default-model.js';
 import { startTestServer, waitFor } from './support/grpc-server.js';
 
@@ -32,7 +33,7 @@ test.serial('soak: random cancels, disconnects and deadlines above capacity leav
 });
 
 test.serial('soak with replica kills: a model replica process SIGKILLed every 4 s; only its generations end UNAVAILABLE, every terminal is accounted for, the replicas come back, memory stays bounded', async (t) => {
-  const pool = await createEnginePool(await defaultModelDir(), { executionProvider: 'cpu', intraOpThreads: 1, kvCapacity: 1024 }, {
+  const pool = await EnginePool.create(await defaultModelDir(), { executionProvider: 'cpu', intraOpThreads: 1, kvCapacity: 1024 }, {
     replicas: 2,
     isolation: 'process',
     forwardCost: TEST_FORWARD_COST,
@@ -40,7 +41,7 @@ test.serial('soak with replica kills: a model replica process SIGKILLed every 4 
   });
   const events: ReplicaEvent[] = [];
   pool.onReplicaEvent((e) => events.push(e));
-  const s = await startTestServer({ engine: pool, maxActive: 4, maxQueued: 4 });
+  const s = await startTestServer({ engine: pool, replicas: pool, maxActive: 4, maxQueued: 4 });
   try {
     const client = s.client();
     const probe = { request_id: 'probe', messages: { messages: [{ role: 'user' as const, content: 'Name two oceans.' }] }, stopping: { max_new_tokens: 24 } };

@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import test from 'ava';
 import { CancelledError, type GenerateRequest, type GenerationBackend, NO_SPECULATION } from '../src/engine/engine.js';
-import { createWorkerEngine } from '../src/engine/worker-engine.js';
+import { WorkerEngine } from '../src/engine/worker-engine.js';
 import { AnpdError, InvalidRequestError } from '../src/errors.js';
 import { defaultEngine } from './support/default-model.js';
 import { defaultWorkerEngine } from './support/grpc-server.js';
@@ -87,9 +87,9 @@ test('validation happens on the calling thread with the engine’s messages', as
 
 test('a broken model directory fails worker creation with an error naming the file', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'anpd-broken-'));
-  await t.throwsAsync(createWorkerEngine(dir, { executionProvider: 'cpu', intraOpThreads: 0, kvCapacity: 256 }), { instanceOf: AnpdError, message: /tokenizer\.json/ });
+  await t.throwsAsync(WorkerEngine.create(dir, { executionProvider: 'cpu', intraOpThreads: 0, kvCapacity: 256 }), { instanceOf: AnpdError, message: /tokenizer\.json/ });
   writeFileSync(join(dir, 'tokenizer.json'), '{}');
-  const error = await t.throwsAsync(createWorkerEngine(dir, { executionProvider: 'cpu', intraOpThreads: 0, kvCapacity: 256 }));
+  const error = await t.throwsAsync(WorkerEngine.create(dir, { executionProvider: 'cpu', intraOpThreads: 0, kvCapacity: 256 }));
   t.true(error instanceof AnpdError, String(error));
   t.regex(error!.message, new RegExp(dir.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')));
 });

@@ -239,7 +239,7 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
 
 /**
  * SIGKILLs one model replica process of the server `serverPid` (its children running
- * engine-worker.js: replicas with --engine-isolation process), taking them in turn; returns the
+ * engine-worker-main.js: replicas with --engine-isolation process), taking them in turn; returns the
  * pid, or undefined when none is running (all restarting).
  */
 export function replicaKiller(serverPid: number): () => number | undefined {
@@ -253,7 +253,7 @@ export function replicaKiller(serverPid: number): () => number | undefined {
     }
     const pids = listing
       .split('\n')
-      .filter((l) => l.includes('engine-worker.js'))
+      .filter((l) => l.includes('engine-worker-main.js'))
       .map((l) => Number(l.trim().split(/\s+/)[0]));
     if (pids.length === 0) return undefined;
     const pid = pids[turn++ % pids.length]!;

@@ -10,7 +10,7 @@
 import { batchSlotLadder, parseServerConfig, SERVE_HELP, wantsHelp } from '../config/server-config.js';
 import { loadTransportSecurity } from '../config/transport-security.js';
 import { DEFAULT_GRAPH_OPTIONS, type GraphOptions } from '../convert/llama-graph.js';
-import { createEnginePool } from '../engine/engine-pool.js';
+import { EnginePool } from '../engine/engine-pool.js';
 import { forwardCostPath, readForwardCost, writeForwardCost } from '../engine/forward-cost-cache.js';
 import { createLogger } from '../log.js';
 import { cacheDir, classifyModelArgument, ensureModelArgument, modelArgumentName, modelDisplayName } from '../model/default-model.js';
@@ -57,7 +57,7 @@ export async function runServe(argv: readonly string[]): Promise<number> {
   const costCache = forwardCostPath(cacheDir(), modelDir, { ...runtime, replicas: config.engineReplicas, ...(batchModelDir !== undefined ? { batchModelDir } : {}) });
   const cachedCost = readForwardCost(costCache.path, costCache.key);
   // The model runs on worker threads (one per replica): this thread stays free for gRPC I/O.
-  const enginePromise = createEnginePool(modelDir, { ...runtime, ...(batchModelDir !== undefined ? { batchModelDir } : {}) }, {
+  const enginePromise = EnginePool.create(modelDir, { ...runtime, ...(batchModelDir !== undefined ? { batchModelDir } : {}) }, {
     replicas: config.engineReplicas,
     ...(config.engineIsolation !== 'auto' ? { isolation: config.engineIsolation } : {}),
     supervision: { forwardTimeoutMs: config.forwardTimeoutMs, restartsPerMinuteMax: config.replicaRestartsPerMinute },
@@ -95,6 +95,7 @@ export async function runServe(argv: readonly string[]): Promise<number> {
   });
   const service = new InferenceService({
     engine,
+    replicas: engine,
     modelName: config.modelName ?? modelArgumentName(modelArgument),
     displayName,
     pool: { maxActive: config.maxActiveSequences, maxQueued: config.maxQueuedRequests },

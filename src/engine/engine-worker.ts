@@ -1,16 +1,18 @@
 /**
- * Engine worker entry: owns an Engine (and so the ONNX Runtime session) and runs generations
+ * Engine worker: owns an Engine (and so the ONNX Runtime session) and runs generations
  * for the main thread. ORT's `run` is synchronous; here it blocks only this thread, so the main
  * thread keeps serving I/O (gRPC frames, cancels, health checks) while the model computes.
  * Runs as a worker thread, or as a child process (same messages over IPC) where ORT state must
  * not be shared between replicas (the WebGPU provider keeps one device context per process).
+ * Started by an entry module (engine-worker-main.ts; tests have their own that decorate the model).
  */
 import { parentPort } from 'node:worker_threads';
-import { AnpdError } from '../errors.js';
+import { AnpdError, ReplicaFailedError } from '../errors.js';
+import type { DecoderModel } from '../runtime/types.js';
 import { createEngine } from './create-engine.js';
 import { CancelledError, type Engine } from './engine.js';
 import { ForwardWatch } from './forward-watch.js';
-import { type FromWorker, type SerializedError, TEST_WEDGE_FILE_ENV, type ToWorker, WORKER_DELTAS_IN_FLIGHT_MAX, WORKER_HEARTBEAT_MS } from './worker-protocol.js';
+import { type FromWorker, type SerializedError, type ToWorker, WORKER_DELTAS_IN_FLIGHT_MAX, WORKER_HEARTBEAT_MS } from './worker-protocol.js';
 
 interface Run {
   readonly controller: AbortController;
@@ -37,19 +39,22 @@ function processPort(): Port | null {
   };
 }
 
-const port: Port | null = parentPort ?? processPort();
-if (port === null) throw new Error('engine-worker.js must run in a worker thread or a forked child process');
+const parent: Port | null = parentPort ?? processPort();
+if (parent === null) throw new Error('the engine worker must run in a worker thread or a forked child process');
+const port: Port = parent;
 
 let engine: Engine | undefined;
 /** A 'calibrate' in progress: dispose waits for it rather than release the session under it. */
 let calibration: Promise<unknown> | undefined;
 const runs = new Map<number, Run>();
 const post = (message: FromWorker) => port.postMessage(message);
-const forwards = new ForwardWatch(process.env[TEST_WEDGE_FILE_ENV] || undefined);
+/** The loaded model's forwards, for the heartbeats (set with the engine). */
+let forwards: ForwardWatch | undefined;
 let heartbeat: NodeJS.Timeout | undefined;
 
 function serialize(error: unknown): SerializedError {
   if (error instanceof CancelledError) return { code: error.code, name: error.name, message: error.message, progress: error.progress };
+  if (error instanceof ReplicaFailedError) return { code: error.code, name: error.name, message: error.message, replicaFailure: error.kind };
   if (error instanceof AnpdError) return { code: error.code, name: error.name, message: error.message };
   const e = error instanceof Error ? error : new Error(String(error));
   return { code: 'INTERNAL', name: e.name, message: e.stack ?? e.message };
@@ -89,23 +94,35 @@ function wake(state: Run): void {
   resolve?.();
 }
 
-port.on('message', (message: ToWorker) => {
+/**
+ * Serves the main thread's messages from now on. `decorateModel` wraps the loaded model (inside the
+ * forward watch) before the Engine gets it: how tests inject faults without a hook in this code.
+ */
+export function startEngineWorker(decorateModel: (model: DecoderModel) => DecoderModel = (model) => model): void {
+  port.on('message', (message) => handle(message, decorateModel));
+}
+
+function handle(message: ToWorker, decorateModel: (model: DecoderModel) => DecoderModel): void {
   switch (message.type) {
     case 'init':
       createEngine(message.modelDir, message.runtime, {
         calibrate: false,
         ...(message.forwardCost !== undefined ? { forwardCost: message.forwardCost } : {}),
+        decorateModel: (model) => {
+          forwards = new ForwardWatch(decorateModel(model));
+          return forwards;
+        },
       }).then(
         async (created) => {
           engine = created;
-          forwards.attach(created.model);
           const modelLoadedAt = epochNow();
           // Measured before 'ready' only when asked; otherwise on 'calibrate' or at the first adaptive run.
           const measure = message.calibrate && message.forwardCost === undefined;
           const forwardCost = measure || message.forwardCost !== undefined ? await created.forwardCost() : undefined;
           post({ type: 'ready', info: created.model.info, forwardCost, times: { evaluatedAt, modelLoadedAt, ...(measure ? { calibratedAt: epochNow() } : {}) } });
           // Never keeps the worker alive on its own; stops with 'dispose'.
-          heartbeat = setInterval(() => post({ type: 'heartbeat', forwardsInFlight: forwards.inFlight, progressAt: forwards.progressAt }), WORKER_HEARTBEAT_MS);
+          const watch = forwards!;
+          heartbeat = setInterval(() => post({ type: 'heartbeat', forwardsInFlight: watch.inFlight, progressAt: watch.progressAt }), WORKER_HEARTBEAT_MS);
           heartbeat.unref();
         },
         (error: unknown) => post({ type: 'init-error', error: serialize(error) }),
@@ -153,4 +170,4 @@ port.on('message', (message: ToWorker) => {
         });
       break;
   }
-});
+}

@@ -278,9 +278,6 @@ export interface GenerationBackend {
   prepare(request: GenerateRequest): PreparedGeneration;
   run(prepared: PreparedGeneration, signal?: AbortSignal): AsyncGenerator<GenerationEvent>;
   dispose(): Promise<void>;
-  /** Replicated backends (EnginePool): how many replicas can serve now, and a hook for each change. */
-  readonly capacity?: { readonly up: number; readonly total: number };
-  onReplicaEvent?(listener: (event: { readonly up: number; readonly total: number }) => void): void;
 }
 
 export class Engine implements GenerationBackend {

@@ -1,77 +1,93 @@
 /**
  * Progress of a model's forwards, for the replica watchdog: how many are in flight and when one
  * last started from idle or finished. A replica whose forwards are in flight with no progress for
- * longer than the forward timeout is wedged (a native hang, a stuck GPU). Wraps a DecoderModel's
- * sequences in place, so the Engine above needs no hooks.
+ * longer than the forward timeout is wedged (a native hang, a stuck GPU). A DecoderModel that
+ * wraps the real one (and each sequence it creates), so the Engine above needs no hooks.
  */
-import { existsSync, readFileSync, unlinkSync } from 'node:fs';
 import type { DecoderModel, DecoderSequence } from '../runtime/types.js';
 
-export class ForwardWatch {
+export class ForwardWatch implements DecoderModel {
   inFlight = 0;
   /** Epoch ms of the last forward that finished, or that started while none ran. */
   progressAt = Date.now();
-  private readonly wedgeFile: string | undefined;
+  private readonly model: DecoderModel;
 
-  /**
-   * `wedgeFile` (tests only, ANPD_TEST_WEDGE_FILE): when that file exists at a forward's start and
-   * this replica deletes it first, the forward never returns — "async" (the default: the worker's
-   * event loop runs on) or "sync" (its content; the thread blocks, as in a native hang).
-   */
-  constructor(wedgeFile?: string) {
-    this.wedgeFile = wedgeFile;
+  constructor(model: DecoderModel) {
+    this.model = model;
   }
 
-  /** From now on every sequence `model` creates reports its forwards here. */
-  attach(model: DecoderModel): void {
-    const create = model.createSequence.bind(model);
-    const inner = new WeakMap<DecoderSequence, DecoderSequence>();
-    (model as { createSequence: DecoderModel['createSequence'] }).createSequence = (options) => {
-      const sequence = create(options);
-      const watched = this.watch(sequence, inner);
-      inner.set(watched, sequence);
-      return watched;
-    };
+  get info(): DecoderModel['info'] {
+    return this.model.info;
   }
 
-  private watch(sequence: DecoderSequence, inner: WeakMap<DecoderSequence, DecoderSequence>): DecoderSequence {
-    const timed = <T>(forward: (tokens: ArrayLike<number>, rows: number) => Promise<T>) => async (tokens: ArrayLike<number>, rows: number): Promise<T> => {
-      if (this.inFlight++ === 0) this.progressAt = Date.now();
-      try {
-        if (this.wedgeFile !== undefined) await this.maybeWedge();
-        return await forward(tokens, rows);
-      } finally {
-        this.inFlight--;
-        this.progressAt = Date.now();
-      }
-    };
-    const greedy = sequence.forwardGreedy;
-    const copy = sequence.copyPrefixFrom;
-    return {
-      get length() {
-        return sequence.length;
-      },
-      get capacity() {
-        return sequence.capacity;
-      },
-      forward: timed((tokens, rows) => sequence.forward(tokens, rows)),
-      forwardGreedy: greedy === undefined ? undefined : timed((tokens, rows) => greedy(tokens, rows)),
-      copyPrefixFrom: copy === undefined ? undefined : (source, length) => copy(inner.get(source) ?? source, length),
-      rewind: (length) => sequence.rewind(length),
-      dispose: () => sequence.dispose(),
-    };
+  createSequence(options?: { readonly capacity?: number }): DecoderSequence {
+    return new WatchedSequence(this.model.createSequence(options), this);
   }
 
-  private async maybeWedge(): Promise<void> {
-    if (this.wedgeFile === undefined || !existsSync(this.wedgeFile)) return;
-    let mode: string;
+  dispose(): Promise<void> {
+    return this.model.dispose();
+  }
+
+  /** A forward of one of its sequences starts. */
+  started(): void {
+    if (this.inFlight++ === 0) this.progressAt = Date.now();
+  }
+
+  /** That forward returned or threw. */
+  finished(): void {
+    this.inFlight--;
+    this.progressAt = Date.now();
+  }
+}
+
+/** A sequence whose forwards report to its ForwardWatch. */
+class WatchedSequence implements DecoderSequence {
+  readonly forwardGreedy: ((tokens: ArrayLike<number>, rows: number) => Promise<Int32Array>) | undefined;
+  readonly copyPrefixFrom: ((source: DecoderSequence, length: number) => void) | undefined;
+  private readonly sequence: DecoderSequence;
+  private readonly watch: ForwardWatch;
+
+  constructor(sequence: DecoderSequence, watch: ForwardWatch) {
+    this.sequence = sequence;
+    this.watch = watch;
+    // Present exactly where the wrapped sequence has them: the Engine branches on their presence.
+    this.forwardGreedy = sequence.forwardGreedy === undefined ? undefined : (tokens, rows) => this.greedy(tokens, rows);
+    // The runtime copies between its own sequences: hand it the wrapped source.
+    this.copyPrefixFrom =
+      sequence.copyPrefixFrom === undefined ? undefined : (source, length) => sequence.copyPrefixFrom!(source instanceof WatchedSequence ? source.sequence : source, length);
+  }
+
+  get length(): number {
+    return this.sequence.length;
+  }
+
+  get capacity(): number {
+    return this.sequence.capacity;
+  }
+
+  async forward(tokens: ArrayLike<number>, logitsRows: number): Promise<Float32Array> {
+    this.watch.started();
     try {
-      mode = readFileSync(this.wedgeFile, 'utf8').trim();
-      unlinkSync(this.wedgeFile); // only the replica that deletes it wedges
-    } catch {
-      return;
+      return await this.sequence.forward(tokens, logitsRows);
+    } finally {
+      this.watch.finished();
     }
-    if (mode === 'sync') Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0);
-    await new Promise<never>(() => {});
+  }
+
+  private async greedy(tokens: ArrayLike<number>, rows: number): Promise<Int32Array> {
+    this.watch.started();
+    try {
+      return await this.sequence.forwardGreedy!(tokens, rows);
+    } finally {
+      this.watch.finished();
+    }
+  }
+
+  rewind(length: number): void {
+    this.sequence.rewind(length);
+  }
+
+  dispose(): void {
+    this.sequence.dispose();
   }
 }

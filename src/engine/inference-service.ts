@@ -14,6 +14,7 @@ import {
   type Prompt,
 } from './engine.js';
 import { AdmissionQueue, type AdmissionQueueOptions, type AdmissionQueueState } from './admission-queue.js';
+import type { ReplicaCapacity, ReplicaSet } from './replica-set.js';
 
 export interface ServiceLimits {
   /** Used when a request leaves max_new_tokens unset (0). */
@@ -42,6 +43,8 @@ export interface ServedModelInfo extends ModelInfo {
 
 export interface InferenceServiceOptions {
   readonly engine: GenerationBackend;
+  /** The engine's replicas where it has several (an EnginePool, usually the engine itself); else 1 of 1, always up. */
+  readonly replicas?: ReplicaSet;
   /** The name requests use in `model` (empty also selects it). */
   readonly modelName: string;
   /** For people (ModelInfo, logs); default: the name the model's files give. */
@@ -56,12 +59,14 @@ export class InferenceService {
   readonly displayName: string;
   readonly pool: AdmissionQueue;
   readonly limits: ServiceLimits;
+  private readonly replicaSet: ReplicaSet | undefined;
 
-  constructor({ engine, modelName, displayName, pool, limits }: InferenceServiceOptions) {
+  constructor({ engine, replicas, modelName, displayName, pool, limits }: InferenceServiceOptions) {
     if (limits.maxNewTokensLimit > MAX_NEW_TOKENS_LIMIT || limits.maxNewTokensDefault > limits.maxNewTokensLimit) {
       throw new RangeError(`need maxNewTokensDefault ≤ maxNewTokensLimit ≤ ${MAX_NEW_TOKENS_LIMIT}`);
     }
     this.engine = engine;
+    this.replicaSet = replicas;
     this.modelName = modelName;
     this.displayName = displayName ?? engine.info.name;
     this.pool = new AdmissionQueue(pool);
@@ -146,13 +151,13 @@ export class InferenceService {
   }
 
   /** Model replicas that can serve now, of how many (1 of 1 for an in-process engine). */
-  get replicas(): { readonly up: number; readonly total: number } {
-    return this.engine.capacity ?? { up: 1, total: 1 };
+  get replicas(): ReplicaCapacity {
+    return this.replicaSet?.capacity ?? { up: 1, total: 1 };
   }
 
   /** Called with the replica count whenever a replica dies, is declared wedged, or comes back. */
-  onReplicasChange(listener: (replicas: { readonly up: number; readonly total: number }) => void): void {
-    this.engine.onReplicaEvent?.((event) => listener({ up: event.up, total: event.total }));
+  onReplicasChange(listener: (replicas: ReplicaCapacity) => void): void {
+    this.replicaSet?.onReplicaEvent((event) => listener({ up: event.up, total: event.total }));
   }
 
   startDraining(): void {

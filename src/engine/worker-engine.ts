@@ -71,8 +71,10 @@ function childProcessHost(child: ChildProcess): EngineHost {
   return host as EngineHost;
 }
 
-function startHost(isolation: EngineIsolation): EngineHost {
-  const entry = new URL('./engine-worker.js', import.meta.url);
+/** The module an engine worker runs; tests start one of their own (test/support) that decorates the model. */
+const ENGINE_WORKER_MAIN = new URL('./engine-worker-main.js', import.meta.url);
+
+function startHost(isolation: EngineIsolation, entry: URL): EngineHost {
   if (isolation === 'thread') return new Worker(entry) as unknown as EngineHost;
   // 'advanced' serialization = structured clone, as between threads.
   return childProcessHost(fork(fileURLToPath(entry), [], { serialization: 'advanced', execArgv: [], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] }));
@@ -94,6 +96,7 @@ function reviveError(error: SerializedError, signal: AbortSignal | undefined): E
     // Report the caller's own abort reason (cancel, deadline, disconnect), as Engine.run does.
     return new CancelledError(signal?.aborted ? signal.reason : new Error(error.message), error.progress);
   }
+  if (error.replicaFailure !== undefined) return new ReplicaFailedError(error.replicaFailure, error.message);
   const revived = new AnpdError(error.code as ErrorCode, error.message);
   revived.name = error.name;
   return revived;
@@ -131,15 +134,15 @@ export class WorkerEngine implements GenerationBackend {
         this.progressAt = message.progressAt;
       }
     });
-    worker.on('error', (error) => this.fail(new ReplicaFailedError(`the model replica running this generation crashed (${error.message}); retry`, { cause: error })));
-    worker.on('exit', (code) => this.fail(new ReplicaFailedError(`the model replica running this generation exited (code ${code}); retry`)));
+    worker.on('error', (error) => this.fail(new ReplicaFailedError('died', `the model replica running this generation crashed (${error.message}); retry`, { cause: error })));
+    worker.on('exit', (code) => this.fail(new ReplicaFailedError('died', `the model replica running this generation exited (code ${code}); retry`)));
   }
 
   /** The first failure wins: its runs (and every later one) end with it, and death listeners hear of it once. */
   private fail(error: ReplicaFailedError): void {
     if (this.failure !== undefined) return;
     this.failure = error;
-    for (const [id, run] of this.runs) run.push({ type: 'error', id, error: { code: error.code, name: error.name, message: error.message } });
+    for (const [id, run] of this.runs) run.push({ type: 'error', id, error: { code: error.code, name: error.name, message: error.message, replicaFailure: error.kind } });
     if (!this.disposing) for (const listener of this.deathListeners) listener(error);
   }
 
@@ -163,22 +166,23 @@ export class WorkerEngine implements GenerationBackend {
     return this.forwardsInFlight > 0 ? Math.max(silent, now - this.progressAt) : silent;
   }
 
-  /** Ends its runs with `reason` (UNAVAILABLE, retryable) and kills the worker without waiting for it (a wedged thread may never yield). */
-  kill(reason: string): void {
-    this.fail(new ReplicaFailedError(reason));
+  /** Ends its runs with `failure` (UNAVAILABLE, retryable) and kills the worker without waiting for it (a wedged thread may never yield). */
+  kill(failure: ReplicaFailedError): void {
+    this.fail(failure);
     this.worker.terminate().catch(() => undefined);
   }
 
   /**
    * Starts a worker, loads the model there (and calibrates before resolving, unless `forwardCost`
-   * is given or `calibrate` is false: then see `calibrate()`).
+   * is given or `calibrate` is false: then see `calibrate()`). `workerEntry` (tests): the module the
+   * worker runs instead of engine-worker-main.js.
    */
   static async create(
     modelDir: string,
     runtime: RuntimeOptions,
-    options: { calibrate?: boolean; forwardCost?: readonly number[]; tokenizer?: TextTokenizer; isolation?: EngineIsolation } = {},
+    options: { calibrate?: boolean; forwardCost?: readonly number[]; tokenizer?: TextTokenizer; isolation?: EngineIsolation; workerEntry?: URL } = {},
   ): Promise<WorkerEngine> {
-    const worker = startHost(options.isolation ?? 'thread');
+    const worker = startHost(options.isolation ?? 'thread', options.workerEntry ?? ENGINE_WORKER_MAIN);
     // While the worker boots and loads the model, this thread reads the tokenizer.
     let tokenizer: TextTokenizer;
     try {
@@ -329,12 +333,4 @@ export class WorkerEngine implements GenerationBackend {
     this.failure = new EngineWorkerError('engine worker disposed');
     await this.worker.terminate();
   }
-}
-
-export function createWorkerEngine(
-  modelDir: string,
-  runtime: RuntimeOptions,
-  options: { calibrate?: boolean; forwardCost?: readonly number[]; tokenizer?: TextTokenizer } = {},
-): Promise<WorkerEngine> {
-  return WorkerEngine.create(modelDir, runtime, options);
 }

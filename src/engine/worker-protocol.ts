@@ -2,6 +2,7 @@
  * Messages between the main thread (WorkerEngine) and an engine worker (engine-worker.ts).
  * Plain data only: they cross threads by structured clone.
  */
+import type { ReplicaFailureKind } from '../errors.js';
 import type { RuntimeOptions, ModelInfo } from '../runtime/types.js';
 import type { TokenLogprob } from '../sampling/logprobs.js';
 import type { GenerateRequest, GenerationFinal } from './engine.js';
@@ -33,6 +34,8 @@ export interface SerializedError {
   readonly message: string;
   /** For CANCELLED: usage so far. */
   readonly progress?: { readonly promptTokens: number; readonly completionTokens: number };
+  /** For REPLICA_FAILED: what happened to the replica (the class does not survive a structured clone; this field does). */
+  readonly replicaFailure?: ReplicaFailureKind;
 }
 
 /** When the worker got there, in ms since the epoch (performance.timeOrigin + now()): startup breakdowns. */
@@ -62,5 +65,3 @@ export type FromWorker =
   | { readonly type: 'heartbeat'; readonly forwardsInFlight: number; readonly progressAt: number };
 
 export const WORKER_HEARTBEAT_MS = 500;
-/** Tests only: a file whose presence wedges the next forward of the replica that deletes it (forward-watch.ts). */
-export const TEST_WEDGE_FILE_ENV = 'ANPD_TEST_WEDGE_FILE';

@@ -2,12 +2,13 @@ import type { ChannelOptions, ServiceError } from '@grpc/grpc-js';
 import test from 'ava';
 import type { GenerationBackend } from '../../src/engine/engine.js';
 import { InferenceService } from '../../src/engine/inference-service.js';
+import type { ReplicaSet } from '../../src/engine/replica-set.js';
 import { SILENT_LOGGER } from '../../src/log.js';
 import type { GenerationTelemetry } from '../../src/telemetry/generation-telemetry.js';
 import { type ClientSecurity, TextGenerationClient } from '../../src/transport/grpc/client.js';
 import type { GenerateChunkMsg } from '../../src/transport/grpc/messages.js';
 import { DEFAULT_GRPC_SERVER_OPTIONS, type GrpcServerOptions, type RunningGrpcServer, startGrpcServer } from '../../src/transport/grpc/server.js';
-import { createWorkerEngine, type WorkerEngine } from '../../src/engine/worker-engine.js';
+import { WorkerEngine } from '../../src/engine/worker-engine.js';
 import { defaultEngine, defaultModelDir, TEST_FORWARD_COST } from './default-model.js';
 
 export const TEST_MODEL_NAME = 'smollm2-135m-instruct';
@@ -26,7 +27,7 @@ let sharedWorker: Promise<WorkerEngine> | undefined;
 /** One engine worker per test file, as `anpd serve` runs it (fixed forward cost for reproducible drafts). */
 export function defaultWorkerEngine(): Promise<WorkerEngine> {
   sharedWorker ??= defaultModelDir().then((dir) =>
-    createWorkerEngine(dir, { executionProvider: 'cpu', intraOpThreads: 0, kvCapacity: 2048 }, { forwardCost: TEST_FORWARD_COST }),
+    WorkerEngine.create(dir, { executionProvider: 'cpu', intraOpThreads: 0, kvCapacity: 2048 }, { forwardCost: TEST_FORWARD_COST }),
   );
   return sharedWorker;
 }
@@ -46,6 +47,8 @@ export async function startTestServer(
     backend?: 'worker' | 'in-process';
     /** A backend of the test's own (e.g. an EnginePool); not disposed by close(). */
     engine?: GenerationBackend;
+    /** The engine's replicas (an EnginePool passed as `engine` too): readiness and ModelInfo follow them. */
+    replicas?: ReplicaSet;
     telemetry?: (service: InferenceService) => GenerationTelemetry;
     tls?: GrpcServerOptions['tls'];
     apiKeys?: readonly string[];
@@ -54,6 +57,7 @@ export async function startTestServer(
   const engine = options.engine ?? (options.backend === 'in-process' ? await defaultEngine() : await defaultWorkerEngine());
   const service = new InferenceService({
     engine,
+    ...(options.replicas !== undefined ? { replicas: options.replicas } : {}),
     modelName: TEST_MODEL_NAME,
     pool: { maxActive: options.maxActive ?? 16, maxQueued: options.maxQueued ?? 64 },
     limits: { maxNewTokensDefault: 64, maxNewTokensLimit: options.maxNewTokensLimit ?? 2048 },

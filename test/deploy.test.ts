@@ -20,7 +20,7 @@ import { ensureKustomize } from '../tools/go-tools.js';
 import { fetchMetricsText, freePort } from '../tools/loopback.js';
 import { parseServerConfig, SERVER_SETTINGS } from '../src/config/server-config.js';
 import { projectRoot } from '../src/model/default-model.js';
-import { LIVENESS_SERVICE } from '../src/transport/grpc/server.js';
+import { LIVENESS_SERVICE } from '../src/transport/grpc/server-lifecycle.js';
 import { defaultModelDir } from './support/default-model.js';
 
 const ROOT = projectRoot();

@@ -39,7 +39,12 @@ test.serial('shutdown: health turns NOT_SERVING, new work gets UNAVAILABLE, in-f
   idle.on('data', () => {});
   idle.on('error', () => {});
   const idleStatus = new Promise<{ code: number }>((resolve) => idle.on('status', resolve));
-  t.true(await waitFor(() => s.service.poolState.active === 1 && s.running.bidiCalls.size === 1, 10_000));
+  // A message that is neither generate nor cancel gets an in-band error: the server holds the call, idle.
+  const idleAnswered = new Promise<BidiServerMsg>((resolve) => idle.once('data', resolve));
+  idle.write({});
+  const answer = await idleAnswered;
+  t.is('error' in answer ? answer.error.code : undefined, GrpcStatus.INVALID_ARGUMENT);
+  t.true(await waitFor(() => s.service.poolState.active === 1, 10_000));
   const stopped = s.running.shutdown(30_000);
   t.is(await client.health(''), 'NOT_SERVING');
   t.is(await client.health('llm.v1.TextGeneration'), 'NOT_SERVING');

@@ -7,14 +7,15 @@
  * is SERVING (the first adaptive generation waits for it). One `started` log line gives the
  * breakdown (docs/perf-notes.md, "Cold start").
  */
-import { batchSlotLadder, parseServerConfig, SERVE_HELP, wantsHelp } from '../config/server-config.js';
-import { loadTransportSecurity } from '../config/transport-security.js';
+import { batchSlotLadder, parseServerConfig, SERVE_HELP, type ServerConfig, wantsHelp } from '../config/server-config.js';
+import { loadTransportSecurity, type TransportSecurity } from '../config/transport-security.js';
 import { DEFAULT_GRAPH_OPTIONS, type GraphOptions } from '../convert/llama-graph.js';
 import { EnginePool } from '../engine/engine-pool.js';
 import { forwardCostPath, readForwardCost, writeForwardCost } from '../engine/forward-cost-cache.js';
 import { createLogger } from '../log.js';
 import { cacheDir, classifyModelArgument, ensureModelArgument, modelArgumentName, modelDisplayName } from '../model/default-model.js';
 import { probeExecutionProvider } from '../runtime/gpu-probe.js';
+import type { GrpcServerOptions } from '../transport/grpc/server.js';
 import { createProgressReporter } from './progress.js';
 import { createStartupTimer } from './startup-timer.js';
 
@@ -117,7 +118,7 @@ export async function runServe(argv: readonly string[]): Promise<number> {
     process.once('SIGTERM', () => resolve('SIGTERM'));
     process.once('SIGINT', () => resolve('SIGINT'));
   });
-  const server = await startGrpcServer(service, { ...config, ...security }, logger, generationTelemetry);
+  const server = await startGrpcServer(service, grpcServerOptions(config, security), logger, generationTelemetry);
   timer.mark('serving');
   logger.info('started', { startupMs: timer.phases() });
   process.stdout.write(
@@ -147,4 +148,20 @@ export async function runServe(argv: readonly string[]): Promise<number> {
   await telemetry.shutdown();
   logger.info('exiting', { finishedInGrace });
   return 0;
+}
+
+/** Field by field, so a renamed setting on either side is a compile error, not a dropped option. */
+function grpcServerOptions(config: ServerConfig, security: TransportSecurity): GrpcServerOptions {
+  return {
+    host: config.host,
+    port: config.port,
+    maxReceiveMessageBytes: config.maxReceiveMessageBytes,
+    maxConcurrentStreams: config.maxConcurrentStreams,
+    keepaliveTimeMs: config.keepaliveTimeMs,
+    keepaliveTimeoutMs: config.keepaliveTimeoutMs,
+    maxConnectionAgeMs: config.maxConnectionAgeMs,
+    maxConnectionAgeGraceMs: config.maxConnectionAgeGraceMs,
+    ...(security.tls !== undefined ? { tls: security.tls } : {}),
+    ...(security.apiKeys !== undefined ? { apiKeys: security.apiKeys } : {}),
+  };
 }

@@ -12,6 +12,7 @@ import {
   DRAFT_TOKENS_LIMIT,
   MAX_NEW_TOKENS_LIMIT,
   type Prompt,
+  CancelledError,
 } from './engine.js';
 import { AdmissionQueue, type AdmissionQueueOptions, type AdmissionQueueState } from './admission-queue.js';
 import type { ReplicaCapacity, ReplicaSet } from './replica-set.js';
@@ -23,12 +24,37 @@ export interface ServiceLimits {
   readonly maxNewTokensLimit: number;
 }
 
+/**
+ * The engine's final with the times a client sees, all counted from when the service received
+ * the request (the engine counts from when it started the generation): assembled here only.
+ */
 export interface ServiceFinal extends GenerationFinal {
-  /** Time spent waiting for a sequence slot. */
+  /** Waiting for a sequence slot. */
   readonly queueMs: number;
+  /** Received → first token; 0 when none came. */
+  readonly firstTokenMs: number;
+  /** Received → final. */
+  readonly totalMs: number;
 }
 
 export type ServiceEvent = GenerationDelta | ServiceFinal;
+
+/**
+ * How the service ends a cancelled generation: the engine's CancelledError with the times so far
+ * (counted as in ServiceFinal), so a transport can still report them.
+ */
+export class ServiceCancelledError extends CancelledError {
+  /** Waiting for a sequence slot (all of the time when cancelled in the queue). */
+  readonly queueMs: number;
+  /** Received → cancelled. */
+  readonly totalMs: number;
+
+  constructor(cancelled: CancelledError, queueMs: number, totalMs: number) {
+    super(cancelled.cause, cancelled.progress);
+    this.queueMs = queueMs;
+    this.totalMs = totalMs;
+  }
+}
 
 export interface ServedModelInfo extends ModelInfo {
   /** For people: the registry's name (e.g. SmolLM2-135M-Instruct) or what the model file calls itself. */
@@ -138,15 +164,22 @@ export class InferenceService {
     if (samples > this.pool.maxActive) {
       throw new InvalidRequestError(`n = ${samples} samples need as many sequence slots; this server has ${this.pool.maxActive} (ModelInfo.max_active_sequences)`);
     }
-    const lease = await this.pool.acquire(signal, samples);
+    let queueMs: number | undefined;
     try {
-      const queueMs = performance.now() - received;
-      for await (const event of engine.run(prepared, signal)) {
-        if (event.type === 'final') yield { ...event, queueMs };
-        else yield event;
+      const lease = await this.pool.acquire(signal, samples);
+      try {
+        queueMs = performance.now() - received;
+        for await (const event of engine.run(prepared, signal)) {
+          if (event.type === 'final') yield withTimings(event, queueMs);
+          else yield event;
+        }
+      } finally {
+        lease.release();
       }
-    } finally {
-      lease.release();
+    } catch (error) {
+      if (!(error instanceof CancelledError)) throw error;
+      const totalMs = performance.now() - received;
+      throw new ServiceCancelledError(error, queueMs ?? totalMs, totalMs);
     }
   }
 
@@ -169,3 +202,12 @@ export class InferenceService {
   }
 }
 
+/** The engine's times (from its start) → from receipt: the slot wait comes first. */
+function withTimings(final: GenerationFinal, queueMs: number): ServiceFinal {
+  return {
+    ...final,
+    queueMs,
+    firstTokenMs: final.completionTokens > 0 ? queueMs + final.firstTokenMs : 0,
+    totalMs: queueMs + final.totalMs,
+  };
+}

@@ -3,26 +3,14 @@
  * one terminal message (a final chunk or a RequestError), in-band cancel, half-close → finish in
  * flight then OK, client cancel → stop everything and write nothing.
  */
-import type { ServerDuplexStream } from '@grpc/grpc-js';
-import { status as GrpcStatus } from '@grpc/grpc-js';
-import { CancelledError } from '../../engine/engine.js';
-import type { InferenceService } from '../../engine/inference-service.js';
-import { type Context, ROOT_CONTEXT, type Span } from '@opentelemetry/api';
+import { type ServerDuplexStream, status as GrpcStatus } from '@grpc/grpc-js';
 import { DeadlineExceededError, DuplicateRequestError, InvalidRequestError } from '../../errors.js';
 import type { Logger } from '../../log.js';
-import type { GenerationTelemetry } from '../../telemetry/generation-telemetry.js';
-import { CallWriter, createCallContext, effectiveError } from './call-context.js';
-import {
-  type BidiClientMsg,
-  type BidiServerMsg,
-  type GenerateRequestMsg,
-  cancelledFinalInfo,
-  deltaChunk,
-  parseGenerateRequest,
-  toFinalInfo,
-} from './messages.js';
+import { CallWriter, effectiveError } from './call-context.js';
+import type { ChunkSink, GenerationAdapter, GenerationCall } from './generation-adapter.js';
+import type { BidiClientMsg, BidiServerMsg, GenerateRequestMsg } from './messages.js';
+import type { BidiRpcScope } from './rpc-wrapper.js';
 import { toGrpcStatus } from './status.js';
-import { callerContext, observeGeneration } from './tracing.js';
 
 /** The reason a request's own controller aborts with when the client sends `cancel` for it. */
 class CancelRequested extends Error {
@@ -39,29 +27,35 @@ export type BidiStream = ServerDuplexStream<BidiClientMsg, BidiServerMsg>;
 
 export class BidiCall {
   private readonly call: BidiStream;
-  private readonly service: InferenceService;
+  private readonly scope: BidiRpcScope;
+  private readonly generations: GenerationAdapter;
   private readonly logger: Logger;
-  private readonly context;
   private readonly writer: CallWriter<BidiServerMsg>;
+  /**
+   * Never stops a generation: one whose call is gone ends by the call's abort (and telemetry
+   * counts it as cancelled).
+   */
+  private readonly chunks: ChunkSink;
   private readonly inFlight = new Map<string, InFlight>();
   private halfClosed = false;
   private ended = false;
   private readonly onDraining: () => void;
   private readonly drainSignal: AbortSignal;
-
-  private readonly telemetry: GenerationTelemetry | undefined;
-  private readonly rpc: { span: Span; context: Context } | undefined;
   /** Call status for the RPC span: set where the call ends. */
   private endStatus: number = GrpcStatus.CANCELLED;
 
-  constructor(call: BidiStream, service: InferenceService, logger: Logger, drainSignal: AbortSignal, telemetry?: GenerationTelemetry) {
+  constructor(call: BidiStream, scope: BidiRpcScope, generations: GenerationAdapter, logger: Logger, drainSignal: AbortSignal) {
     this.call = call;
-    this.telemetry = telemetry;
-    this.rpc = telemetry?.startRpc('GenerateBidi', callerContext(call.metadata));
-    this.service = service;
+    this.scope = scope;
+    this.generations = generations;
     this.logger = logger;
-    this.context = createCallContext(call);
-    this.writer = new CallWriter(call, this.context.signal);
+    this.writer = new CallWriter(call, scope.signal);
+    this.chunks = {
+      write: async (chunk) => {
+        await this.writer.write({ chunk });
+        return true;
+      },
+    };
     this.drainSignal = drainSignal;
     this.onDraining = () => this.maybeEnd();
     drainSignal.addEventListener('abort', this.onDraining, { once: true });
@@ -71,17 +65,7 @@ export class BidiCall {
       this.maybeEnd();
     });
     call.on('error', (error: Error) => this.logger.debug('bidi call stream error', { error }));
-    this.context.signal.addEventListener('abort', () => this.finish(), { once: true });
-  }
-
-  /** For tests and introspection: ids still running on this call. */
-  get inFlightIds(): string[] {
-    return [...this.inFlight.keys()];
-  }
-
-  /** Messages written so far, and whether writing is blocked on flow control. */
-  get writes(): { readonly written: number; readonly congested: boolean } {
-    return { written: this.writer.written, congested: this.writer.congested };
+    scope.signal.addEventListener('abort', () => this.finish(), { once: true });
   }
 
   private onMessage(message: BidiClientMsg): void {
@@ -117,33 +101,19 @@ export class BidiCall {
   }
 
   private async run(requestId: string, msg: GenerateRequestMsg, controller: AbortController): Promise<void> {
-    const received = performance.now();
-    const signal = AbortSignal.any([this.context.signal, controller.signal]);
-    let seed = '0';
-    let seq = 0;
+    const signal = AbortSignal.any([this.scope.signal, controller.signal]);
+    const call: GenerationCall = {
+      method: 'GenerateBidi',
+      stream: true,
+      signal,
+      parent: this.scope.parent,
+      cancelEndsWithFinal: () => controller.signal.reason instanceof CancelRequested,
+    };
     try {
-      const parsed = parseGenerateRequest(msg);
-      seed = parsed.seed;
-      const meta = { method: 'GenerateBidi', requestId, model: this.service.modelName, request: parsed.request, stream: true };
-      const texts = (ids: readonly number[]) => this.service.decodeTokens(parsed.model, ids);
-      const events = this.service.generate(parsed.model, parsed.request, signal);
-      for await (const event of observeGeneration(this.telemetry, events, meta, this.rpc?.context ?? ROOT_CONTEXT, signal)) {
-        if (event.type === 'delta') {
-          await this.writer.write({ chunk: deltaChunk(requestId, seq++, event, texts) });
-        } else {
-          await this.writer.write({
-            chunk: { request_id: requestId, seq: seq++, text: '', token_ids: [], final: toFinalInfo(event, seed) },
-          });
-        }
-      }
+      await this.generations.run(msg, call, () => this.chunks);
     } catch (error) {
-      if (this.context.signal.aborted) return; // the call is gone: nothing can be written
-      if (error instanceof CancelledError && controller.signal.reason instanceof CancelRequested) {
-        const final = cancelledFinalInfo(error.progress, 0, performance.now() - received, seed); // queue time is known only at the final event
-        await this.writer.write({ chunk: { request_id: requestId, seq: seq++, text: '', token_ids: [], final } });
-      } else {
-        await this.sendError(requestId, effectiveError(error, signal));
-      }
+      if (this.scope.signal.aborted) return; // the call is gone: nothing can be written
+      await this.sendError(requestId, effectiveError(error, signal));
     } finally {
       this.inFlight.delete(requestId);
       this.maybeEnd();
@@ -174,11 +144,7 @@ export class BidiCall {
     if (this.ended) return;
     this.ended = true;
     this.drainSignal.removeEventListener('abort', this.onDraining);
-    this.context.dispose();
-    if (this.rpc) {
-      const reason = this.context.signal.reason;
-      if (this.endStatus === GrpcStatus.CANCELLED && reason instanceof DeadlineExceededError) this.endStatus = GrpcStatus.DEADLINE_EXCEEDED;
-      this.telemetry?.endRpc(this.rpc.span, this.endStatus, this.endStatus === GrpcStatus.OK ? undefined : GrpcStatus[this.endStatus]);
-    }
+    if (this.endStatus === GrpcStatus.CANCELLED && this.scope.signal.reason instanceof DeadlineExceededError) this.endStatus = GrpcStatus.DEADLINE_EXCEEDED;
+    this.scope.end(this.endStatus);
   }
 }

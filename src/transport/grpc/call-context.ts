@@ -10,7 +10,7 @@ import type { EventEmitter } from 'node:events';
 import { CancelledError } from '../../engine/engine.js';
 import { AnpdError, DeadlineExceededError } from '../../errors.js';
 
-interface GrpcCallLike extends EventEmitter {
+export interface GrpcCallLike extends EventEmitter {
   readonly cancelled: boolean;
   getDeadline(): Date | number;
 }
@@ -77,8 +77,6 @@ export class CallWriter<T> {
   private readonly call: WritableCall<T>;
   private readonly signal: AbortSignal;
   private drained: Promise<void> | undefined;
-  /** Messages handed to the stream so far. */
-  written = 0;
 
   constructor(call: WritableCall<T>, signal: AbortSignal) {
     this.call = call;
@@ -98,7 +96,6 @@ export class CallWriter<T> {
   async write(message: T): Promise<boolean> {
     while (this.drained) await this.drained;
     if (!this.open) return false;
-    this.written++;
     if (!this.call.write(message)) await this.waitForDrain();
     return this.open;
   }

@@ -6,7 +6,7 @@
  */
 import type { GenerateRequest as EngineRequest, GenerationDelta, Prompt, SpeculationOptions } from '../../engine/engine.js';
 import { DEFAULT_SPECULATION } from '../../engine/engine.js';
-import type { ServiceFinal, ServedModelInfo } from '../../engine/inference-service.js';
+import type { ServiceCancelledError, ServiceFinal, ServedModelInfo } from '../../engine/inference-service.js';
 import { InvalidRequestError } from '../../errors.js';
 import type { TokenLogprob } from '../../sampling/logprobs.js';
 import type { SamplingParams as EngineSampling } from '../../sampling/sampler.js';
@@ -142,6 +142,12 @@ export interface TokenizeRequestMsg {
   text?: string;
   messages?: { messages?: ChatMessageMsg[] };
   return_tokens?: boolean;
+}
+
+export interface TokenizeResponseMsg {
+  token_count: number;
+  token_ids: number[];
+  tokens: string[];
 }
 
 export interface ModelInfoResponseMsg {
@@ -357,21 +363,21 @@ function toFinalInfoOne(final: ServiceFinal, seed: string): FinalInfoMsg {
       accepted_tokens: final.stats.draftTokensAccepted,
     },
     queue_ms: final.queueMs,
-    first_token_ms: final.completionTokens > 0 ? final.queueMs + final.firstTokenMs : 0,
-    total_ms: final.queueMs + final.totalMs,
+    first_token_ms: final.firstTokenMs,
+    total_ms: final.totalMs,
     seed,
   };
 }
 
 /** The final info of a request ended by a cancel message. */
-export function cancelledFinalInfo(progress: { promptTokens: number; completionTokens: number }, queueMs: number, totalMs: number, seed: string): FinalInfoMsg {
+export function cancelledFinalInfo(cancelled: ServiceCancelledError, seed: string): FinalInfoMsg {
   return {
     finish_reason: 'FINISH_REASON_CANCELLED',
-    usage: { input_tokens: progress.promptTokens, output_tokens: progress.completionTokens },
+    usage: { input_tokens: cancelled.progress.promptTokens, output_tokens: cancelled.progress.completionTokens },
     speculation: { verify_steps: 0, draft_tokens: 0, accepted_tokens: 0 },
-    queue_ms: queueMs,
+    queue_ms: cancelled.queueMs,
     first_token_ms: 0,
-    total_ms: totalMs,
+    total_ms: cancelled.totalMs,
     seed,
   };
 }

@@ -8,9 +8,7 @@ import type { GenerateRequest } from '../../engine/engine.js';
 import type { ServiceEvent } from '../../engine/inference-service.js';
 import type { GenerationTelemetry } from '../../telemetry/generation-telemetry.js';
 import { effectiveError } from './call-context.js';
-import { status as GrpcStatus } from '@grpc/grpc-js';
-import type { Span } from '@opentelemetry/api';
-import { failureInfo, type MappedStatus } from './status.js';
+import { failureInfo } from './status.js';
 
 const METADATA_GETTER: TextMapGetter<Metadata> = {
   get: (carrier, key) => carrier.get(key).map(String),
@@ -30,10 +28,4 @@ export function observeGeneration(
 ): AsyncGenerator<ServiceEvent> {
   if (telemetry === undefined) return events;
   return telemetry.observe(events, meta, parent, (error) => failureInfo(effectiveError(error, signal)));
-}
-
-/** Ends an RPC span with the call's status (OK unless `failure`). */
-export function finishRpc(telemetry: GenerationTelemetry | undefined, rpc: { span: Span } | undefined, failure: MappedStatus | undefined): void {
-  if (telemetry === undefined || rpc === undefined) return;
-  telemetry.endRpc(rpc.span, failure?.code ?? GrpcStatus.OK, failure ? GrpcStatus[failure.code] : undefined);
 }

@@ -10,7 +10,7 @@ import { readFileSync } from 'node:fs';
 import test from 'ava';
 import { createEngine } from '../src/engine/create-engine.js';
 import { DEFAULT_SPECULATION, NO_SPECULATION } from '../src/engine/engine.js';
-import { toHalfBits } from '../src/convert/llama-graph.js';
+import { toHalfBits } from '../src/convert/decoder-graph.js';
 import { loadDecoderModel } from '../src/runtime/load-model.js';
 import { DeviceSession, nativeAddon } from '../src/runtime/native-run.js';
 import { DeviceDecoderModel, DEVICE_FORWARD_ROWS, PREFILL_SHAPES, prefillShape } from '../src/runtime/device-decoder.js';

@@ -11,7 +11,7 @@ import { status as GrpcStatus } from '@grpc/grpc-js';
 import test from 'ava';
 import { GgmlType, readGguf } from '../src/convert/gguf-reader.js';
 import { convertGguf } from '../src/convert/convert-gguf.js';
-import { DEFAULT_GRAPH_OPTIONS } from '../src/convert/llama-graph.js';
+import { DEFAULT_GRAPH_OPTIONS } from '../src/convert/decoder-graph.js';
 import { createEnginePool, type EnginePool, type ReplicaEvent, type SupervisionOptions } from '../src/engine/engine-pool.js';
 import { TEST_WEDGE_FILE_ENV, WORKER_HEARTBEAT_MS } from '../src/engine/worker-protocol.js';
 import type { BidiServerMsg, GenerateRequestMsg } from '../src/transport/grpc/messages.js';

@@ -9,11 +9,13 @@
  */
 import { batchSlotLadder, parseServerConfig, SERVE_HELP, wantsHelp } from '../config/server-config.js';
 import { loadTransportSecurity } from '../config/transport-security.js';
-import { DEFAULT_GRAPH_OPTIONS, type GraphOptions } from '../convert/llama-graph.js';
+import { DEFAULT_GRAPH_OPTIONS, type GraphOptions } from '../convert/decoder-graph.js';
 import { createEnginePool } from '../engine/engine-pool.js';
 import { forwardCostPath, readForwardCost, writeForwardCost } from '../engine/forward-cost-cache.js';
 import { createLogger } from '../log.js';
-import { cacheDir, classifyModelArgument, ensureModelArgument, modelArgumentName, modelDisplayName } from '../model/default-model.js';
+import { cacheDir } from '../paths.js';
+import { ensureModelArgument } from '../registry/model-cache.js';
+import { classifyModelArgument, modelArgumentName, modelDisplayName } from '../registry/model-registry.js';
 import { probeExecutionProvider } from '../runtime/gpu-probe.js';
 import { createProgressReporter } from './progress.js';
 import { createStartupTimer } from './startup-timer.js';

@@ -17,7 +17,7 @@ import { ort } from './ort-session.js';
 import type { NativeSession } from './native-run.js';
 import type { DecoderModel, DecoderSequence, ModelInfo, RuntimeOptions } from './types.js';
 
-// Names must match src/convert/llama-graph.ts IO (the runtime may not import the converter).
+// Names must match src/convert/decoder-graph.ts IO (the runtime may not import the converter).
 const INPUT_IDS = 'input_ids';
 const SEQLENS_K = 'seqlens_k';
 const TOTAL_SEQUENCE_LENGTH = 'total_sequence_length';

@@ -7,7 +7,7 @@
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
-import { projectRoot } from '../model/default-model.js';
+import { projectRoot } from '../paths.js';
 import type { ort } from './ort-session.js';
 
 interface Addon {

@@ -92,6 +92,7 @@ export class DeviceDecoderModel implements DecoderModel {
       verifyTokensMax: this.rows,
       runner: 'native',
       attention: 'onnxruntime',
+      dtype: manifest.dtype ?? 'float32',
     };
   }
 

@@ -84,6 +84,7 @@ export class GqaDecoderModel implements DecoderModel {
       forwardRowsMin: this.rowsMin,
       runner: native === undefined ? 'onnxruntime-node' : 'native',
       attention: native?.ownAttention ? 'native' : 'onnxruntime',
+      dtype: manifest.dtype ?? 'float32',
     };
     const chunk = options.batchPrefillChunkTokens ?? FORWARD_TOKENS_MAX;
     if (!Number.isInteger(chunk) || chunk < 1 || chunk > FORWARD_TOKENS_MAX) throw new RangeError(`batchPrefillChunkTokens must be an integer in [1, ${FORWARD_TOKENS_MAX}], got ${chunk}`);

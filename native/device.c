@@ -214,6 +214,7 @@ static napi_value device_alloc(napi_env env, napi_callback_info info) {
   if (argc < 2) return throw_message(env, "deviceAlloc(session, bytes)");
   Session *s = session_of(env, argv[0]);
   if (s == NULL) return NULL;
+  if (s->session == NULL) return throw_message(env, "deviceAlloc: the session was released");
   int64_t bytes;
   CHECK_NAPI(napi_get_value_int64(env, argv[1], &bytes), "deviceAlloc: bytes must be a number");
   if (bytes <= 0) return throw_message(env, "deviceAlloc: bytes must be positive");
@@ -269,6 +270,8 @@ static napi_value copy(napi_env env, napi_callback_info info, int to_device) {
   if (argc < 4) return throw_message(env, to_device ? "deviceWrite(session, buffer, byteOffset, array)" : "deviceRead(session, buffer, byteOffset, array)");
   Session *s = session_of(env, argv[0]);
   if (s == NULL) return NULL;
+  // Released: its stream is gone, and a copy on the NULL (legacy default) stream would order nothing.
+  if (s->session == NULL) return throw_message(env, "the session was released");
   DeviceBuffer *b = buffer_of(env, argv[1]);
   if (b == NULL) return NULL;
   if (b->owner != s->device_owner) return throw_message(env, "the device buffer belongs to another session");

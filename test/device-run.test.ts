@@ -34,7 +34,7 @@ test('toHalfBits rounds to the nearest binary16, ties to even, with subnormals, 
   t.is(toHalfBits(NaN) & 0x7e00, 0x7e00);
 });
 
-test.serial('the addon: device buffers are zeroed, bounds-checked, owned by their session, and refuse use after free', (t) => {
+test.serial('the addon: device buffers are zeroed, bounds-checked, owned by their session, and refuse use after free or after their session is released', (t) => {
   const addon = nativeAddon();
   if (addon === null) return t.fail('the native addon is not built (the CI builds it: npm run build)');
   return defaultModelDir().then((dir) => {
@@ -54,6 +54,11 @@ test.serial('the addon: device buffers are zeroed, bounds-checked, owned by thei
       session.free(buffer);
       t.throws(() => session.read(buffer, 0, back), { message: /freed/ });
       t.throws(() => session.alloc(0), { message: /positive/ });
+      // A released session's stream is gone: its buffers no longer copy, and it allocates none.
+      const kept = other.alloc(8);
+      other.release();
+      t.throws(() => other.read(kept, 0, new Int32Array(2)), { message: /released/ });
+      t.throws(() => other.alloc(8), { message: /released/ });
     } finally {
       session.release();
       other.release();

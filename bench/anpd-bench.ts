@@ -12,7 +12,8 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { createEngine } from '../src/engine/create-engine.js';
 import { DEFAULT_SPECULATION, NO_SPECULATION, PAPER_SPECULATION, type SpeculationOptions } from '../src/engine/engine.js';
-import { ensureDefaultModel, projectRoot } from '../src/model/default-model.js';
+import { projectRoot } from '../src/paths.js';
+import { ensureDefaultModel } from '../src/registry/model-cache.js';
 import { generateOnce, type Sample } from '../tools/generate-once.js';
 
 const MODES = { plain: NO_SPECULATION, adaptive: DEFAULT_SPECULATION, paper: PAPER_SPECULATION } satisfies Record<string, SpeculationOptions>;

@@ -18,7 +18,8 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { createEngine } from '../src/engine/create-engine.js';
 import { type Engine, type GenerationFinal, NO_SPECULATION } from '../src/engine/engine.js';
-import { ensureDefaultGguf, ensureDefaultModel, projectRoot } from '../src/model/default-model.js';
+import { projectRoot } from '../src/paths.js';
+import { ensureDefaultGguf, ensureDefaultModel } from '../src/registry/model-cache.js';
 import { startPeerProcess } from './peer-process.js';
 
 const { values } = parseArgs({

@@ -27,8 +27,10 @@ import { availableParallelism, cpus, loadavg, tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
-import { DEFAULT_GRAPH_OPTIONS } from '../src/convert/llama-graph.js';
-import { cacheDir, DEFAULT_MODEL, ensureDefaultModel, projectRoot } from '../src/model/default-model.js';
+import { DEFAULT_GRAPH_OPTIONS } from '../src/convert/decoder-graph.js';
+import { cacheDir, projectRoot } from '../src/paths.js';
+import { ensureDefaultModel } from '../src/registry/model-cache.js';
+import { DEFAULT_MODEL } from '../src/registry/model-registry.js';
 import { TextGenerationClient } from '../src/transport/grpc/client.js';
 import { freePort } from '../tools/loopback.js';
 

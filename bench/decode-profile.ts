@@ -12,7 +12,8 @@ import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { createEngine } from '../src/engine/create-engine.js';
 import { NO_SPECULATION } from '../src/engine/engine.js';
-import { ensureDefaultGguf, ensureDefaultModel, projectRoot } from '../src/model/default-model.js';
+import { projectRoot } from '../src/paths.js';
+import { ensureDefaultGguf, ensureDefaultModel } from '../src/registry/model-cache.js';
 import { ort } from '../src/runtime/ort-session.js';
 
 interface ProfileEvent {

@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { createEngine } from '../src/engine/create-engine.js';
 import { DEFAULT_SPECULATION, NO_SPECULATION } from '../src/engine/engine.js';
-import { projectRoot } from '../src/model/default-model.js';
+import { projectRoot } from '../src/paths.js';
 import { generateOnce, type Sample } from '../tools/generate-once.js';
 import { loadDecoderModel } from '../src/runtime/load-model.js';
 import { DEVICE_RUN_MODES, type DeviceRunMode, EXECUTION_PROVIDERS, type ExecutionProviderName, type RuntimeOptions } from '../src/runtime/types.js';

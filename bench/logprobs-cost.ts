@@ -9,10 +9,12 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { DEFAULT_GRAPH_OPTIONS } from '../src/convert/llama-graph.js';
+import { DEFAULT_GRAPH_OPTIONS } from '../src/convert/decoder-graph.js';
 import { createEngine } from '../src/engine/create-engine.js';
 import { DEFAULT_SPECULATION, type Engine, NO_SPECULATION, type SpeculationOptions } from '../src/engine/engine.js';
-import { classifyModelArgument, ensureModelArgument, projectRoot } from '../src/model/default-model.js';
+import { projectRoot } from '../src/paths.js';
+import { ensureModelArgument } from '../src/registry/model-cache.js';
+import { classifyModelArgument } from '../src/registry/model-registry.js';
 import { exactnessPrompts } from '../test/support/prompt-set.js';
 
 const { values } = parseArgs({ options: { model: { type: 'string' }, runs: { type: 'string', default: '3' }, tokens: { type: 'string', default: '96' }, out: { type: 'string' } } });

@@ -12,7 +12,8 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { createEngine } from '../src/engine/create-engine.js';
 import { type Engine, type GenerationFinal, NO_SPECULATION } from '../src/engine/engine.js';
-import { ensureDefaultModel, projectRoot } from '../src/model/default-model.js';
+import { projectRoot } from '../src/paths.js';
+import { ensureDefaultModel } from '../src/registry/model-cache.js';
 
 const { values } = parseArgs({ options: { threads: { type: 'string', default: '2' }, lengths: { type: 'string', default: '64,256,1024,2048' }, tokens: { type: 'string', default: '64' } } });
 const threads = Number(values.threads);

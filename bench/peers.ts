@@ -18,8 +18,10 @@ import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { createEngine } from '../src/engine/create-engine.js';
 import { DEFAULT_SPECULATION, type Engine, NO_SPECULATION, type SpeculationOptions } from '../src/engine/engine.js';
-import { DEFAULT_GRAPH_OPTIONS } from '../src/convert/llama-graph.js';
-import { classifyModelArgument, ensureModelArgument, ensureRegistryGguf, projectRoot } from '../src/model/default-model.js';
+import { DEFAULT_GRAPH_OPTIONS } from '../src/convert/decoder-graph.js';
+import { projectRoot } from '../src/paths.js';
+import { ensureModelArgument, ensureRegistryGguf } from '../src/registry/model-cache.js';
+import { classifyModelArgument } from '../src/registry/model-registry.js';
 import {
   addSample,
   emptyTotals,

@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { EnginePool } from '../src/engine/engine-pool.js';
 import { DEFAULT_SPECULATION, type GenerateRequest, type GenerationFinal, NO_SPECULATION, type SpeculationOptions } from '../src/engine/engine.js';
-import { projectRoot } from '../src/model/default-model.js';
+import { projectRoot } from '../src/paths.js';
 import { EXECUTION_PROVIDERS, type ExecutionProviderName } from '../src/runtime/types.js';
 
 interface Outcome {

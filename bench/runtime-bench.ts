@@ -23,10 +23,12 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { conversionKey, convertGguf, isConverted, ONNX_FILE } from '../src/convert/convert-gguf.js';
-import { DEFAULT_GRAPH_OPTIONS, type GraphOptions } from '../src/convert/llama-graph.js';
+import { DEFAULT_GRAPH_OPTIONS, type GraphOptions } from '../src/convert/decoder-graph.js';
 import { createEngine } from '../src/engine/create-engine.js';
 import { type Engine, NO_SPECULATION } from '../src/engine/engine.js';
-import { cacheDir, DEFAULT_MODEL, ensureConverted, ensureDefaultGguf, projectRoot } from '../src/model/default-model.js';
+import { cacheDir, projectRoot } from '../src/paths.js';
+import { ensureConverted, ensureDefaultGguf } from '../src/registry/model-cache.js';
+import { DEFAULT_MODEL } from '../src/registry/model-registry.js';
 import type { RuntimeOptions } from '../src/runtime/types.js';
 
 // ---------------------------------------------------------------------------------------------

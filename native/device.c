@@ -15,11 +15,11 @@
  *     ordered on the session's stream, done when they return
  */
 #include <dlfcn.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include "anpd-native.h"
+#include <pthread.h>
+#include "device.h"
 
 /* The few CUDA runtime entry points we use (cudart's ABI: int error codes, opaque stream pointers). */
 typedef int (*cuda_malloc_fn)(void **, size_t);
@@ -49,13 +49,12 @@ static struct {
 
 enum { CUDA_MEMCPY_HOST_TO_DEVICE = 1, CUDA_MEMCPY_DEVICE_TO_HOST = 2, CUDA_STREAM_NON_BLOCKING = 1 };
 
-static _Atomic uint64_t next_owner = 1;
-
-uint64_t anpd_next_owner(void) { return atomic_fetch_add(&next_owner, 1); }
+/* Once per process (engine replicas may be worker threads): NULL, or what is missing. */
+static pthread_once_t cuda_once = PTHREAD_ONCE_INIT;
+static const char *cuda_missing;
 
 /* The CUDA runtime the provider links (CUDA 13 for onnxruntime-gpu 1.30), else an older one. */
-static const char *load_cuda(void) {
-  if (cuda.library != NULL) return NULL;
+static const char *open_cuda(void) {
   static const char *names[] = {"libcudart.so.13", "libcudart.so.12", "libcudart.so"};
   void *library = NULL;
   for (size_t i = 0; i < sizeof names / sizeof *names && library == NULL; i++) library = dlopen(names[i], RTLD_NOW | RTLD_GLOBAL);
@@ -75,6 +74,13 @@ static const char *load_cuda(void) {
 #undef SYMBOL
   cuda.library = library;
   return NULL;
+}
+
+static void load_cuda_once(void) { cuda_missing = open_cuda(); }
+
+static const char *load_cuda(void) {
+  pthread_once(&cuda_once, load_cuda_once);
+  return cuda_missing;
 }
 
 static napi_value throw_cuda(napi_env env, const char *what, int error) {
@@ -100,7 +106,8 @@ OrtStatus *anpd_run_options(Session *s, int32_t graph_id, OrtRunOptions **out) {
   return NULL;
 }
 
-void anpd_device_release(Session *s) {
+/* A CUDA session's Session.release_device: its stream and memory info (idempotent). */
+static void release_cuda_session(Session *s) {
   if (s->stream != NULL && cuda.stream_destroy != NULL) cuda.stream_destroy(s->stream);
   s->stream = NULL;
   if (s->device_info != NULL && s->device_info != g_cpu) g_ort->ReleaseMemoryInfo(s->device_info);
@@ -128,10 +135,10 @@ static napi_value create_cuda_session(napi_env env, napi_callback_info info) {
 
   Session *s = calloc(1, sizeof *s);
   if (s == NULL) return throw_message(env, "createCudaSession: out of memory");
+  session_init(s);
   s->cuda = 1;
   s->device_id = device_id;
-  s->device_info = g_cpu;
-  s->device_owner = anpd_next_owner();
+  s->release_device = release_cuda_session;
   error = cuda.stream_create(&s->stream, CUDA_STREAM_NON_BLOCKING);
   if (error != 0) {
     free(s);
@@ -163,7 +170,7 @@ static napi_value create_cuda_session(napi_env env, napi_callback_info info) {
   if (options != NULL) g_ort->ReleaseSessionOptions(options);
   if (device_info != NULL) s->device_info = device_info;
   if (status != NULL) {
-    anpd_device_release(s);
+    release_cuda_session(s);
     free(s);
     return throw_status(env, status);
   }
@@ -207,6 +214,7 @@ static napi_value device_alloc(napi_env env, napi_callback_info info) {
   if (argc < 2) return throw_message(env, "deviceAlloc(session, bytes)");
   Session *s = session_of(env, argv[0]);
   if (s == NULL) return NULL;
+  if (s->session == NULL) return throw_message(env, "deviceAlloc: the session was released");
   int64_t bytes;
   CHECK_NAPI(napi_get_value_int64(env, argv[1], &bytes), "deviceAlloc: bytes must be a number");
   if (bytes <= 0) return throw_message(env, "deviceAlloc: bytes must be positive");
@@ -262,6 +270,8 @@ static napi_value copy(napi_env env, napi_callback_info info, int to_device) {
   if (argc < 4) return throw_message(env, to_device ? "deviceWrite(session, buffer, byteOffset, array)" : "deviceRead(session, buffer, byteOffset, array)");
   Session *s = session_of(env, argv[0]);
   if (s == NULL) return NULL;
+  // Released: its stream is gone, and a copy on the NULL (legacy default) stream would order nothing.
+  if (s->session == NULL) return throw_message(env, "the session was released");
   DeviceBuffer *b = buffer_of(env, argv[1]);
   if (b == NULL) return NULL;
   if (b->owner != s->device_owner) return throw_message(env, "the device buffer belongs to another session");
@@ -272,10 +282,7 @@ static napi_value copy(napi_env env, napi_callback_info info, int to_device) {
   void *data;
   napi_value array_buffer;
   CHECK_NAPI(napi_get_typedarray_info(env, argv[3], &type, &elements, &data, &array_buffer, &array_offset), "array must be a TypedArray");
-  size_t element = type == napi_int8_array || type == napi_uint8_array || type == napi_uint8_clamped_array ? 1
-                 : type == napi_int16_array || type == napi_uint16_array ? 2
-                 : type == napi_int32_array || type == napi_uint32_array || type == napi_float32_array ? 4 : 8;
-  size_t bytes = elements * element;
+  size_t bytes = elements * typedarray_element_bytes(type);
   if (offset < 0 || (size_t)offset > b->bytes || bytes > b->bytes - (size_t)offset) return throw_message(env, "copy outside the device buffer");
   char *device = (char *)b->ptr + offset;
   if (!b->cuda) {

@@ -29,10 +29,11 @@
  * cache never meets both kernels.
  */
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include "onnxruntime_c_api.h"
+#include "gqa-attention.h"
 
 #define BLOCK_KEYS 128
 
@@ -415,6 +416,10 @@ static OrtStatus *ORT_API_CALL compute(void *op_kernel, OrtKernelContext *ctx) {
   if (d > HEAD_SIZE_MAX || d % 2 != 0) return fail("anpd GroupQueryAttention: head_size must be even and at most 256");
   if (vrank != 4 || vdims[1] != kdims[1] || vdims[2] != kdims[2] || vdims[3] != kdims[3]) return fail("anpd GroupQueryAttention: past value must match past key");
   if (crank != 2 || (size_t)cdims[1] * 2 != d) return fail("anpd GroupQueryAttention: cos_cache must be [positions, head_size / 2]");
+  if (snrank != 2 || sndims[0] != cdims[0] || sndims[1] != cdims[1]) return fail("anpd GroupQueryAttention: sin_cache must match cos_cache");
+  /* Batch 1: one seqlens_k ([1]) and one total_sequence_length ([] or [1]) before [0] is read. */
+  if (srank != 1 || sdims[0] != 1) return fail("anpd GroupQueryAttention: seqlens_k must be [1]");
+  if (trank > 1 || (trank == 1 && tdims[0] != 1)) return fail("anpd GroupQueryAttention: total_sequence_length must be a scalar or [1]");
 
   const float *qkv, *past_key, *past_value, *cos_cache, *sin_cache;
   const int32_t *total_data, *seqlens;
@@ -536,11 +541,12 @@ static int ORT_API_CALL homogeneity(const OrtCustomOp *op) { (void)op; return 1;
 static int ORT_API_CALL start_version(const OrtCustomOp *op) { (void)op; return 1; }
 static int ORT_API_CALL end_version(const OrtCustomOp *op) { (void)op; return 1 << 30; }
 
+/* Filled once per process (sessions are created on several worker threads); read-only after. */
 static OrtCustomOp g_op;
+static pthread_once_t g_op_once = PTHREAD_ONCE_INIT;
 
-/* Adds the op, in `domain`, to a session's options. The domain object must outlive the session. */
-OrtStatus *anpd_gqa_register(const OrtApi *api, OrtSessionOptions *options, const char *domain_name, OrtCustomOpDomain **domain) {
-  g_api = api;
+static void init_op(void) {
+  g_api = OrtGetApiBase()->GetApi(ORT_API_VERSION);
   g_op.version = ORT_API_VERSION;
   g_op.CreateKernelV2 = create_kernel;
   g_op.KernelComputeV2 = compute;
@@ -560,6 +566,11 @@ OrtStatus *anpd_gqa_register(const OrtApi *api, OrtSessionOptions *options, cons
   g_op.GetVariadicOutputHomogeneity = homogeneity;
   g_op.GetStartVersion = start_version;
   g_op.GetEndVersion = end_version;
+}
+
+OrtStatus *anpd_gqa_register(const OrtApi *api, OrtSessionOptions *options, const char *domain_name, OrtCustomOpDomain **domain) {
+  pthread_once(&g_op_once, init_op);
+  if (g_api == NULL) return api->CreateStatus(ORT_FAIL, "anpd GroupQueryAttention: this libonnxruntime does not offer the ORT C API version the addon was built for");
   TRY(api->CreateCustomOpDomain(domain_name, domain));
   TRY(api->CustomOpDomain_Add(*domain, &g_op));
   return api->AddCustomOpDomain(options, *domain);

@@ -18,70 +18,17 @@
  *   releaseSession(session): frees the ORT session now (the finalizer frees what is left)
  *   deviceAlloc(session, bytes) / deviceWrite(session, buffer, byteOffset, array) / deviceRead(...): device.c
  */
-#include <node_api.h>
-#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include "onnxruntime_c_api.h"
+#include "common.h"
+#include "device.h"
+#include "gqa-attention.h"
 
 /* Inputs or outputs one run may name: 2 per layer and slot plus a few (64 slots × 30 layers ≈ 3,900). */
 #define VALUES_MAX 16384
 #define RANK_MAX 8
 #define NAME_BYTES_MAX 256
-
-#include "anpd-native.h"
-
-const OrtApi *g_ort;
-OrtEnv *g_env;
-OrtMemoryInfo *g_cpu;
-
-const napi_type_tag SESSION_TAG = {0x616e7064u, 0x73657373696f6e31u};
-const napi_type_tag DEVICE_BUFFER_TAG = {0x616e7064u, 0x6465766275663031u};
-
-napi_value throw_message(napi_env env, const char *message) {
-  napi_throw_error(env, NULL, message);
-  return NULL;
-}
-
-napi_value throw_status(napi_env env, OrtStatus *status) {
-  napi_throw_error(env, NULL, g_ort->GetErrorMessage(status));
-  g_ort->ReleaseStatus(status);
-  return NULL;
-}
-
-OrtStatus *anpd_gqa_register(const OrtApi *api, OrtSessionOptions *options, const char *domain_name, OrtCustomOpDomain **domain);
-
-static void release_ort(Session *s) {
-  if (s->session != NULL) g_ort->ReleaseSession(s->session);
-  if (s->domain != NULL) g_ort->ReleaseCustomOpDomain(s->domain);
-  for (int i = 0; i <= GRAPH_IDS_MAX; i++) {
-    if (s->run_options[i] != NULL) g_ort->ReleaseRunOptions(s->run_options[i]);
-    s->run_options[i] = NULL;
-  }
-  s->session = NULL;
-  s->domain = NULL;
-  anpd_device_release(s);
-}
-
-static void release_session(napi_env env, void *data, void *hint) {
-  (void)env; (void)hint;
-  release_ort(data);
-  free(data);
-}
-
-void *tagged_external(napi_env env, napi_value value, const napi_type_tag *tag) {
-  bool tagged = false;
-  void *data = NULL;
-  if (napi_check_object_type_tag(env, value, tag, &tagged) != napi_ok || !tagged || napi_get_value_external(env, value, &data) != napi_ok) return NULL;
-  return data;
-}
-
-Session *session_of(napi_env env, napi_value value) {
-  Session *s = tagged_external(env, value, &SESSION_TAG);
-  if (s == NULL) napi_throw_type_error(env, NULL, "not a session");
-  return s;
-}
 
 static napi_value release_session_now(napi_env env, napi_callback_info info) {
   size_t argc = 1;
@@ -89,18 +36,8 @@ static napi_value release_session_now(napi_env env, napi_callback_info info) {
   CHECK_NAPI(napi_get_cb_info(env, info, &argc, argv, NULL, NULL), "releaseSession: bad arguments");
   Session *s = argc < 1 ? NULL : session_of(env, argv[0]);
   if (s == NULL) return NULL;
-  release_ort(s);
+  session_release_ort(s);
   return NULL;
-}
-
-napi_value wrap_session(napi_env env, Session *s) {
-  napi_value external;
-  if (napi_create_external(env, s, release_session, NULL, &external) != napi_ok) {
-    release_session(env, s, NULL);
-    return throw_message(env, "createSession: cannot wrap the session");
-  }
-  if (napi_type_tag_object(env, external, &SESSION_TAG) != napi_ok) return throw_message(env, "createSession: cannot tag the session");
-  return external;
 }
 
 static napi_value create_session(napi_env env, napi_callback_info info) {
@@ -130,7 +67,7 @@ static napi_value create_session(napi_env env, napi_callback_info info) {
   if (status == NULL) status = g_ort->SetInterOpNumThreads(options, 1);
   if (status == NULL) status = g_ort->SetSessionLogSeverityLevel(options, 3);
   Session *s = calloc(1, sizeof *s);
-  if (s != NULL) { s->device_info = g_cpu; s->device_owner = anpd_next_owner(); }
+  if (s != NULL) session_init(s);
   if (s == NULL) {
     g_ort->ReleaseSessionOptions(options);
     return throw_message(env, "createSession: out of memory");
@@ -144,15 +81,6 @@ static napi_value create_session(napi_env env, napi_callback_info info) {
     return throw_status(env, status);
   }
   return wrap_session(env, s);
-}
-
-static size_t element_bytes(napi_typedarray_type type) {
-  switch (type) {
-    case napi_int8_array: case napi_uint8_array: case napi_uint8_clamped_array: return 1;
-    case napi_int16_array: case napi_uint16_array: return 2;
-    case napi_int32_array: case napi_uint32_array: case napi_float32_array: return 4;
-    default: return 8;
-  }
 }
 
 /* Values i of names/arrays/dims/types become OrtValues over the arrays' own memory (no copy). */
@@ -189,7 +117,7 @@ static int wrap_values(napi_env env, Session *session, napi_value names, napi_va
       napi_throw_error(env, NULL, "run: data must be a TypedArray or a device buffer");
       return -1;
     } else {
-      bytes = elements * element_bytes(array_type);
+      bytes = elements * typedarray_element_bytes(array_type);
     }
     uint32_t rank;
     if (napi_get_element(env, dims, i, &shape) != napi_ok || napi_get_array_length(env, shape, &rank) != napi_ok || rank > RANK_MAX) {
@@ -243,8 +171,6 @@ static int lists_hold(uint32_t count) {
   return t_held != 0;
 }
 
-void anpd_gqa_release_thread_memory(void);
-
 /* An environment's teardown, on its own thread: that thread's lists and attention memory go. */
 static void release_thread_memory(void *arg) {
   (void)arg;
@@ -295,26 +221,10 @@ static napi_value run(napi_env env, napi_callback_info info) {
   return result;
 }
 
-/* One ORT env per process, whichever thread (main or an engine worker) loads the addon first. */
-static pthread_once_t g_once = PTHREAD_ONCE_INIT;
-static const char *g_init_error;
-
-static void init_ort(void) {
-  g_ort = OrtGetApiBase()->GetApi(ORT_API_VERSION);
-  if (g_ort == NULL) {
-    g_init_error = "this libonnxruntime does not offer the ORT C API version the addon was built for";
-    return;
-  }
-  OrtStatus *status = g_ort->CreateEnv(ORT_LOGGING_LEVEL_WARNING, "anpd-ort-run", &g_env);
-  if (status == NULL) status = g_ort->CreateCpuMemoryInfo(OrtArenaAllocator, OrtMemTypeDefault, &g_cpu);
-  if (status != NULL) g_ort->ReleaseStatus(status);
-  if (status != NULL) g_init_error = "cannot create the ORT environment";
-}
-
 NAPI_MODULE_INIT() {
   const OrtApiBase *base = OrtGetApiBase();
-  pthread_once(&g_once, init_ort);
-  if (g_init_error != NULL) return throw_message(env, g_init_error);
+  const char *init_error = anpd_init_ort();
+  if (init_error != NULL) return throw_message(env, init_error);
   CHECK_NAPI(napi_add_env_cleanup_hook(env, release_thread_memory, NULL), "init");
   napi_value fn;
   CHECK_NAPI(napi_create_function(env, "createSession", NAPI_AUTO_LENGTH, create_session, NULL, &fn), "init");

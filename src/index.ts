@@ -1,6 +1,6 @@
 /** Public surface of the package: explicit named exports only. */
 export { convertGguf } from './convert/convert-gguf.js';
-export { DEFAULT_GRAPH_OPTIONS, type GraphOptions } from './convert/llama-graph.js';
+export { DEFAULT_GRAPH_OPTIONS, type GraphOptions } from './convert/decoder-graph.js';
 export { createEngine } from './engine/create-engine.js';
 export {
   CancelledError,
@@ -41,6 +41,7 @@ export { GenerationTelemetry } from './telemetry/generation-telemetry.js';
 export { startTelemetry } from './telemetry/telemetry.js';
 export { type ClientSecurity, TextGenerationClient } from './transport/grpc/client.js';
 export { DEFAULT_GRPC_SERVER_OPTIONS, type GrpcServerOptions, type RunningGrpcServer, startGrpcServer } from './transport/grpc/server.js';
-export { DEFAULT_MODEL, ensureDefaultModel } from './model/default-model.js';
+export { ensureDefaultModel } from './registry/model-cache.js';
+export { DEFAULT_MODEL } from './registry/model-registry.js';
 export type { DecoderModel, DecoderSequence, ModelInfo, RuntimeOptions } from './runtime/types.js';
 export type { SamplingParams } from './sampling/sampler.js';

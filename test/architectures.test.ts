@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import test from 'ava';
 import { convertGguf } from '../src/convert/convert-gguf.js';
 import { GgmlType, readGguf } from '../src/convert/gguf-reader.js';
-import { DEFAULT_GRAPH_OPTIONS, readHyperParams } from '../src/convert/llama-graph.js';
+import { DEFAULT_GRAPH_OPTIONS, readHyperParams } from '../src/convert/decoder-graph.js';
 import { loadDecoderModel } from '../src/runtime/load-model.js';
 import type { RuntimeOptions } from '../src/runtime/types.js';
 import { defaultGguf } from './support/default-model.js';

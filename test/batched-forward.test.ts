@@ -5,10 +5,10 @@
  * row by row. The real model, the real K-slot graph.
  */
 import test, { type ExecutionContext } from 'ava';
-import { DEFAULT_GRAPH_OPTIONS } from '../src/convert/llama-graph.js';
+import { DEFAULT_GRAPH_OPTIONS } from '../src/convert/decoder-graph.js';
 import { createEngine } from '../src/engine/create-engine.js';
 import { DEFAULT_SPECULATION, type Engine, type GenerateRequest, NO_SPECULATION } from '../src/engine/engine.js';
-import { ensureDefaultModel } from '../src/model/default-model.js';
+import { ensureDefaultModel } from '../src/registry/model-cache.js';
 import type { GqaDecoderModel } from '../src/runtime/gqa-decoder.js';
 import { cpuEngine, defaultModelDir, TEST_FORWARD_COST } from './support/default-model.js';
 import { describeDivergence } from './support/divergence.js';

@@ -19,7 +19,7 @@ import { parse as parseYaml, parseAllDocuments } from 'yaml';
 import { ensureKustomize } from '../tools/go-tools.js';
 import { fetchMetricsText, freePort } from '../tools/loopback.js';
 import { parseServerConfig, SERVER_SETTINGS } from '../src/config/server-config.js';
-import { projectRoot } from '../src/model/default-model.js';
+import { projectRoot } from '../src/paths.js';
 import { LIVENESS_SERVICE } from '../src/transport/grpc/server-lifecycle.js';
 import { defaultModelDir } from './support/default-model.js';
 

@@ -10,7 +10,7 @@ import { readFileSync } from 'node:fs';
 import test from 'ava';
 import { createEngine } from '../src/engine/create-engine.js';
 import { DEFAULT_SPECULATION, NO_SPECULATION } from '../src/engine/engine.js';
-import { toHalfBits } from '../src/convert/llama-graph.js';
+import { toHalfBits } from '../src/convert/decoder-graph.js';
 import { loadDecoderModel } from '../src/runtime/load-model.js';
 import { DeviceSession, nativeAddon } from '../src/runtime/native-run.js';
 import { DeviceDecoderModel, DEVICE_FORWARD_ROWS, PREFILL_SHAPES, prefillShape } from '../src/runtime/device-decoder.js';
@@ -34,7 +34,7 @@ test('toHalfBits rounds to the nearest binary16, ties to even, with subnormals, 
   t.is(toHalfBits(NaN) & 0x7e00, 0x7e00);
 });
 
-test.serial('the addon: device buffers are zeroed, bounds-checked, owned by their session, and refuse use after free', (t) => {
+test.serial('the addon: device buffers are zeroed, bounds-checked, owned by their session, and refuse use after free or after their session is released', (t) => {
   const addon = nativeAddon();
   if (addon === null) return t.fail('the native addon is not built (the CI builds it: npm run build)');
   return defaultModelDir().then((dir) => {
@@ -54,6 +54,11 @@ test.serial('the addon: device buffers are zeroed, bounds-checked, owned by thei
       session.free(buffer);
       t.throws(() => session.read(buffer, 0, back), { message: /freed/ });
       t.throws(() => session.alloc(0), { message: /positive/ });
+      // A released session's stream is gone: its buffers no longer copy, and it allocates none.
+      const kept = other.alloc(8);
+      other.release();
+      t.throws(() => other.read(kept, 0, new Int32Array(2)), { message: /released/ });
+      t.throws(() => other.alloc(8), { message: /released/ });
     } finally {
       session.release();
       other.release();

@@ -14,7 +14,7 @@ import type { MethodDefinition } from '@grpc/proto-loader';
 import test from 'ava';
 import { parse as parseYaml, stringify as stringifyYaml } from 'yaml';
 import { freePort } from '../tools/loopback.js';
-import { projectRoot } from '../src/model/default-model.js';
+import { projectRoot } from '../src/paths.js';
 import { TextGenerationClient } from '../src/transport/grpc/client.js';
 import type { GenerateChunkMsg, GenerateRequestMsg, GenerateResponseMsg } from '../src/transport/grpc/messages.js';
 import { loadProtos } from '../src/transport/grpc/proto.js';

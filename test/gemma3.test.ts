@@ -8,10 +8,12 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import test from 'ava';
-import { DEFAULT_GRAPH_OPTIONS } from '../src/convert/llama-graph.js';
+import { DEFAULT_GRAPH_OPTIONS } from '../src/convert/decoder-graph.js';
 import { createEngine } from '../src/engine/create-engine.js';
 import { DEFAULT_SPECULATION, type Engine, type GenerationFinal, NO_SPECULATION, type SpeculationOptions } from '../src/engine/engine.js';
-import { ensureRegistryModel, GEMMA3_270M, projectRoot } from '../src/model/default-model.js';
+import { projectRoot } from '../src/paths.js';
+import { ensureRegistryModel } from '../src/registry/model-cache.js';
+import { GEMMA3_270M } from '../src/registry/model-registry.js';
 import { TEST_FORWARD_COST } from './support/default-model.js';
 import { categoryOf, exactnessPrompts } from './support/prompt-set.js';
 

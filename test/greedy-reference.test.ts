@@ -5,7 +5,7 @@
  */
 import test from 'ava';
 import { NO_SPECULATION } from '../src/engine/engine.js';
-import { DEFAULT_MODEL } from '../src/model/default-model.js';
+import { DEFAULT_MODEL } from '../src/registry/model-registry.js';
 import { generateOnce } from '../tools/generate-once.js';
 import { cpuEngine } from './support/default-model.js';
 import { compareWithReference, NEAR_TIE_GAP, readReference, sha256 } from './support/greedy-reference.js';

@@ -3,6 +3,7 @@ import http2 from 'node:http2';
 import { isAbsolute, join } from 'node:path';
 import test from 'ava';
 import protobuf from 'protobufjs';
+import { nativeAddon } from '../src/runtime/native-run.js';
 import { GENERATION_PROTO, PROTO_DIR } from '../src/transport/grpc/proto.js';
 import type { BidiClientMsg, BidiServerMsg, GenerateChunkMsg, GenerateRequestMsg } from '../src/transport/grpc/messages.js';
 import { TEST_MODEL_NAME, type TestServer, collectStream, grpcError, joinChunks, startTestServer, waitFor } from './support/grpc-server.js';
@@ -422,6 +423,12 @@ test.serial('Tokenize and ModelInfo describe the served model', async (t) => {
   t.is(info.max_draft_tokens, 16);
   t.is(info.max_new_tokens_limit, 2048);
   t.is(info.max_active_sequences, 16);
+  // What runs: the native runner with its own attention kernel where it is built (always under CI).
+  const native = nativeAddon() !== null;
+  t.is(info.execution_provider, 'cpu');
+  t.is(info.runner, native ? 'native' : 'onnxruntime-node');
+  t.is(info.attention, native ? 'native' : 'onnxruntime');
+  t.is(info.dtype, 'float32');
   const tok = await client.tokenize({ text: 'Hello world', return_tokens: true });
   t.is(tok.token_count, tok.token_ids.length);
   t.true(tok.token_count >= 2);

@@ -11,7 +11,7 @@ import { status as GrpcStatus } from '@grpc/grpc-js';
 import test from 'ava';
 import { GgmlType, readGguf } from '../src/convert/gguf-reader.js';
 import { convertGguf } from '../src/convert/convert-gguf.js';
-import { DEFAULT_GRAPH_OPTIONS } from '../src/convert/llama-graph.js';
+import { DEFAULT_GRAPH_OPTIONS } from '../src/convert/decoder-graph.js';
 import { EnginePool } from '../src/engine/engine-pool.js';
 import type { ReplicaEvent } from '../src/engine/replica-set.js';
 import type { SupervisionOptions } from '../src/engine/replica-supervisor.js';

@@ -1,5 +1,5 @@
 import { type ChildProcess, spawn } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Metadata } from '@grpc/grpc-js';
@@ -8,6 +8,8 @@ import test from 'ava';
 import { fetchMetricsText, freePort } from '../tools/loopback.js';
 import { DRAFT_TOKENS_LIMIT } from '../src/engine/engine.js';
 import { forwardCostPath, readForwardCost, writeForwardCost } from '../src/engine/forward-cost-cache.js';
+import { projectRoot } from '../src/paths.js';
+import { nativeAddon } from '../src/runtime/native-run.js';
 import { WorkerEngine } from '../src/engine/worker-engine.js';
 import { TextGenerationClient } from '../src/transport/grpc/client.js';
 import { GgmlType, metaString, readGguf } from '../src/convert/gguf-reader.js';
@@ -83,8 +85,8 @@ interface Served {
   readonly exited: Promise<number | null>;
 }
 
-async function serve(modelDir: string, cache: string, options: { metricsPort?: number; env?: NodeJS.ProcessEnv } = {}): Promise<Served> {
-  const cli = new URL('../src/cli/main.js', import.meta.url).pathname;
+async function serve(modelDir: string, cache: string, options: { metricsPort?: number; env?: NodeJS.ProcessEnv; cli?: string } = {}): Promise<Served> {
+  const cli = options.cli ?? new URL('../src/cli/main.js', import.meta.url).pathname;
   const args = [cli, 'serve', '--host', '127.0.0.1', '--port', '0', '--metrics-host', '127.0.0.1', '--metrics-port', String(options.metricsPort ?? 0), '--model', modelDir];
   const child = spawn(process.execPath, args, {
     stdio: ['ignore', 'ignore', 'pipe'],
@@ -120,7 +122,12 @@ test.serial('a new replica is SERVING before it measures the forward-cost table,
     t.is(order.at(-1), 'serving');
     for (const name of ['mainEvaluated', 'configParsed', 'workerEvaluated', 'tokenizerLoaded', 'importsDone', 'modelLoaded', 'engineReady']) t.true(order.includes(name), name);
     t.true(started!['configParsed']! <= started!['workerEvaluated']! && started!['modelLoaded']! <= started!['serving']!);
-    t.is(first.records().find((r) => r['msg'] === 'model loaded')?.['forwardCost'], 'deferred');
+    const loaded = first.records().find((r) => r['msg'] === 'model loaded');
+    t.is(loaded?.['forwardCost'], 'deferred');
+    // What runs, said at startup: the native runner and kernel where built (always under CI).
+    const native = nativeAddon() !== null;
+    t.like(loaded, { executionProvider: 'cpu', runner: native ? 'native' : 'onnxruntime-node', attention: native ? 'native' : 'onnxruntime', dtype: 'float32' });
+    t.is(first.records().some((r) => r['msg'] === 'native addon not loaded: onnxruntime-node runs every forward'), !native);
     t.true(await waitFor(() => first.records().some((r) => r['msg'] === 'forward cost measured'), 30_000));
     t.true(first.records().find((r) => r['msg'] === 'forward cost measured')?.['cached'] as boolean);
     t.is(readdirSync(join(cache, 'forward-cost')).length, 1);
@@ -251,6 +258,39 @@ test.serial('anpd serve logs and counts a replica death and its restart, and exp
     t.regex(metrics, /app_llm_replicas_up(_ratio)?(\{[^}]*\})? 1/);
   } finally {
     client.close();
+    served.child.kill('SIGTERM');
+  }
+  t.is(await served.exited, 0);
+});
+
+/** A copy of the built server without dist/native (what a machine without a C compiler has); its CLI's path. */
+function installWithoutAddon(t: { teardown(fn: () => void): void }): string {
+  const root = scratchDir(t);
+  const project = projectRoot();
+  cpSync(join(project, 'dist', 'src'), join(root, 'dist', 'src'), { recursive: true });
+  cpSync(join(project, 'proto'), join(root, 'proto'), { recursive: true });
+  cpSync(join(project, 'package.json'), join(root, 'package.json'));
+  symlinkSync(join(project, 'node_modules'), join(root, 'node_modules'));
+  return join(root, 'dist', 'src', 'cli', 'main.js');
+}
+
+test.serial('without the native addon, anpd serve warns with the cost; with --native-run required it does not start and names the missing file', async (t) => {
+  const cli = installWithoutAddon(t);
+  const required = spawn(process.execPath, [cli, 'serve', '--host', '127.0.0.1', '--port', '0', '--native-run', 'required'], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ANPD_CACHE_DIR: scratchDir(t) } });
+  let stderr = '';
+  required.stderr!.on('data', (c: Buffer) => (stderr += c.toString()));
+  t.is(await new Promise<number | null>((resolve) => required.once('exit', resolve)), 1);
+  t.regex(stderr, /--native-run required \(ANPD_NATIVE=required\) and the native addon is not usable: .*dist\/native\/anpd_ort_run\.node is missing/);
+
+  const served = await serve(await defaultModelDir(), scratchDir(t), { cli, env: { ANPD_NATIVE: 'auto', ANPD_NATIVE_RUN: 'auto' } });
+  try {
+    const warning = served.records().find((r) => r['msg'] === 'native addon not loaded: onnxruntime-node runs every forward');
+    t.regex(String(warning?.['cause']), /anpd_ort_run\.node is missing/);
+    t.regex(String(warning?.['cost']), /slower decode/);
+    t.like(served.records().find((r) => r['msg'] === 'model loaded'), { runner: 'onnxruntime-node', attention: 'onnxruntime', dtype: 'float32' });
+    // SIGTERM drains once the server has logged `started` (it handles the signal from then on).
+    t.true(await waitFor(() => served.records().some((r) => r['msg'] === 'started'), 10_000));
+  } finally {
     served.child.kill('SIGTERM');
   }
   t.is(await served.exited, 0);

@@ -174,7 +174,14 @@ test('the native runner is on by default and can be turned off, by flag or envir
   t.is(parseServerConfig([], {}).nativeRun, 'auto');
   t.is(parseServerConfig(['--native-run', 'off'], {}).nativeRun, 'off');
   t.is(parseServerConfig([], { ANPD_NATIVE_RUN: 'off' }).nativeRun, 'off');
-  t.throws(() => parseServerConfig(['--native-run', 'on'], {}), { instanceOf: ConfigError, message: /--native-run must be one of auto, off, got "on"/ });
+  t.throws(() => parseServerConfig(['--native-run', 'on'], {}), { instanceOf: ConfigError, message: /--native-run must be one of auto, off, required, got "on"/ });
+});
+
+test('ANPD_NATIVE=required (the Dockerfile and CI) requires the native runner; ANPD_NATIVE_RUN and the flag win over it', (t) => {
+  t.is(parseServerConfig([], { ANPD_NATIVE: 'required' }).nativeRun, 'required');
+  t.is(parseServerConfig(['--native-run', 'required'], {}).nativeRun, 'required');
+  t.is(parseServerConfig([], { ANPD_NATIVE: 'required', ANPD_NATIVE_RUN: 'off' }).nativeRun, 'off');
+  t.is(parseServerConfig(['--native-run', 'auto'], { ANPD_NATIVE: 'required' }).nativeRun, 'auto');
 });
 
 test('every log level is accepted', (t) => {

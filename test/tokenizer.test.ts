@@ -1,7 +1,8 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import test from 'ava';
-import { DEFAULT_MODEL, projectRoot } from '../src/model/default-model.js';
+import { projectRoot } from '../src/paths.js';
+import { DEFAULT_MODEL } from '../src/registry/model-registry.js';
 import { loadTokenizer, type TextTokenizer } from '../src/tokenizer/tokenizer.js';
 import { defaultModelDir } from './support/default-model.js';
 

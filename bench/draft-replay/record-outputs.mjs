@@ -1,6 +1,6 @@
 // Records plain greedy outputs (128 new tokens) of every bench prompt for replay.mjs.
 // Run from the project root after `npm run build`: node bench/draft-replay/record-outputs.mjs
-import { ensureDefaultModel } from '../../dist/src/model/default-model.js';
+import { ensureDefaultModel } from '../../dist/src/registry/model-cache.js';
 import { createEngine } from '../../dist/src/engine/create-engine.js';
 import { NO_SPECULATION } from '../../dist/src/engine/engine.js';
 import { readFileSync, writeFileSync } from 'node:fs';

@@ -6,7 +6,7 @@
 import { readFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { parseArgs } from 'node:util';
-import { DEFAULT_GRAPH_OPTIONS, GRAPH_DTYPES, type GraphOptions } from '../convert/llama-graph.js';
+import { DEFAULT_GRAPH_OPTIONS, GRAPH_DTYPES, type GraphOptions } from '../convert/decoder-graph.js';
 import { DEFAULT_SPECULATION, type Prompt, type SpeculationOptions } from '../engine/engine.js';
 import { AnpdError } from '../errors.js';
 import { probeExecutionProvider } from '../runtime/gpu-probe.js';
@@ -95,7 +95,7 @@ async function main(argv: string[]): Promise<number> {
   if (argv[0] === 'serve') return (await import('./serve.js')).runServe(argv.slice(1));
   if (argv[0] === 'client') return (await import('./client.js')).runClient(argv.slice(1));
   if (argv[0] === 'health') return (await import('./client.js')).runHealth(argv.slice(1));
-  const { classifyModelArgument, ensureModelArgument, REGISTRY, registryModel } = await import('../model/default-model.js');
+  const [{ classifyModelArgument, REGISTRY, registryModel }, { ensureModelArgument }] = await Promise.all([import('../registry/model-registry.js'), import('../registry/model-cache.js')]);
   const { values, positionals } = parseArgs({
     args: argv,
     allowPositionals: true,

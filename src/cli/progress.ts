@@ -1,5 +1,5 @@
 import cliProgress from 'cli-progress';
-import type { FetchProgress } from '../model/default-model.js';
+import type { FetchProgress } from '../registry/model-cache.js';
 
 const LABELS: Record<string, string> = {
   download: 'download',

@@ -9,12 +9,16 @@
  */
 import { batchSlotLadder, parseServerConfig, SERVE_HELP, type ServerConfig, wantsHelp } from '../config/server-config.js';
 import { loadTransportSecurity, type TransportSecurity } from '../config/transport-security.js';
-import { DEFAULT_GRAPH_OPTIONS, type GraphOptions } from '../convert/llama-graph.js';
+import { DEFAULT_GRAPH_OPTIONS, type GraphOptions } from '../convert/decoder-graph.js';
 import { EnginePool } from '../engine/engine-pool.js';
 import { forwardCostPath, readForwardCost, writeForwardCost } from '../engine/forward-cost-cache.js';
+import { ConfigError } from '../errors.js';
 import { createLogger } from '../log.js';
-import { cacheDir, classifyModelArgument, ensureModelArgument, modelArgumentName, modelDisplayName } from '../model/default-model.js';
+import { cacheDir } from '../paths.js';
+import { ensureModelArgument } from '../registry/model-cache.js';
+import { classifyModelArgument, modelArgumentName, modelDisplayName } from '../registry/model-registry.js';
 import { probeExecutionProvider } from '../runtime/gpu-probe.js';
+import { nativeAddonFileProblem, nativeAddonProblem } from '../runtime/native-run.js';
 import type { GrpcServerOptions } from '../transport/grpc/server.js';
 import { createProgressReporter } from './progress.js';
 import { createStartupTimer } from './startup-timer.js';
@@ -29,6 +33,9 @@ export async function runServe(argv: readonly string[]): Promise<number> {
   // Before the model: a missing certificate or key file stops the start in milliseconds, not after a load.
   const security = loadTransportSecurity(config);
   const logger = createLogger(config.logLevel);
+  // Before the model too: a missing addon file stops a required start at once (no load: a file check).
+  const addonMissing = config.nativeRun === 'required' ? nativeAddonFileProblem() : undefined;
+  if (addonMissing !== undefined) throw new ConfigError(`${NATIVE_REQUIRED}: ${addonMissing}`);
   timer.mark('configParsed');
   let batchModelDir: readonly string[] | undefined = config.batchModelDir?.split(',').filter((d) => d !== '');
   // The default model, a registry model (--model gemma3-270m) or --model FILE.gguf: fetched and
@@ -54,7 +61,8 @@ export async function runServe(argv: readonly string[]): Promise<number> {
     }
   }
   timer.mark('modelResolved');
-  const runtime = { executionProvider: config.executionProvider, intraOpThreads: config.intraOpThreads, kvCapacity: config.kvCapacity, nativeRun: config.nativeRun };
+  // 'required' runs as 'auto' (and keys the forward-cost cache as it): the check is ours, below.
+  const runtime = { executionProvider: config.executionProvider, intraOpThreads: config.intraOpThreads, kvCapacity: config.kvCapacity, nativeRun: config.nativeRun === 'off' ? ('off' as const) : ('auto' as const) };
   const costCache = forwardCostPath(cacheDir(), modelDir, { ...runtime, replicas: config.engineReplicas, ...(batchModelDir !== undefined ? { batchModelDir } : {}) });
   const cachedCost = readForwardCost(costCache.path, costCache.key);
   // The model runs on worker threads (one per replica): this thread stays free for gRPC I/O.
@@ -83,12 +91,24 @@ export async function runServe(argv: readonly string[]): Promise<number> {
   timer.markAt('workerEvaluated', engine.startupTimes.evaluatedAt);
   timer.markAt('modelLoaded', engine.startupTimes.modelLoadedAt);
   timer.mark('engineReady');
+  const fallback = nativeFallback(config, engine.info);
+  if (fallback !== undefined) {
+    if (config.nativeRun === 'required') {
+      await engine.dispose();
+      await telemetry.shutdown();
+      throw new ConfigError(`${NATIVE_REQUIRED}: ${fallback}`);
+    }
+    logger.warn('native addon not loaded: onnxruntime-node runs every forward', { cause: fallback, cost: NATIVE_FALLBACK_COST });
+  }
   // The registry's name reads better than a GGUF's general.name ("Smollm2 135M 8k Lc100K Mix1 Ep2").
   const displayName = modelDisplayName(modelArgument, engine.info.name);
   logger.info('model loaded', {
     modelDir,
     model: displayName,
     executionProvider: engine.info.executionProvider,
+    runner: engine.info.runner,
+    attention: engine.info.attention,
+    dtype: engine.info.dtype,
     replicas: engine.replicas.length,
     replicaPids: engine.replicas.map((r) => r.pid).filter((pid) => pid !== undefined),
     batchModelDir,
@@ -164,4 +184,20 @@ function grpcServerOptions(config: ServerConfig, security: TransportSecurity): G
     ...(security.tls !== undefined ? { tls: security.tls } : {}),
     ...(security.apiKeys !== undefined ? { apiKeys: security.apiKeys } : {}),
   };
+}
+
+const NATIVE_REQUIRED = '--native-run required (ANPD_NATIVE=required) and the native addon is not usable';
+
+/** What running without the addon costs (README.md, "Development"; docs/benchmarks.md). */
+const NATIVE_FALLBACK_COST =
+  "2.9-8x slower decode on the CPU (64 to 2,048 prompt tokens), no CUDA device path, and ORT's attention kernel, whose greedy outputs differ from the native kernel's in near-ties";
+
+/**
+ * Why the forwards run on onnxruntime-node where the addon would run them (our converted graph on
+ * cpu or cuda, --native-run not off), or undefined. Only then is the addon loaded on this thread, for its error.
+ */
+function nativeFallback(config: ServerConfig, info: { readonly kind: string; readonly runner: string }): string | undefined {
+  if (config.nativeRun === 'off' || info.runner === 'native' || info.kind !== 'anpd-gqa') return undefined;
+  if (config.executionProvider !== 'cpu' && config.executionProvider !== 'cuda') return undefined;
+  return nativeAddonProblem() ?? 'the engine did not load it (its replicas run onnxruntime-node)';
 }

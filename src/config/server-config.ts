@@ -8,7 +8,11 @@ import { MAX_NEW_TOKENS_LIMIT } from '../engine/engine.js';
 import { ENGINE_REPLICAS_LIMIT } from '../engine/engine-pool.js';
 import { ConfigError } from '../errors.js';
 import type { LogLevel } from '../log.js';
-import { EXECUTION_PROVIDERS, type ExecutionProviderName, NATIVE_RUN_MODES, type NativeRunMode, WEBGPU_SLOTS_MAX } from '../runtime/types.js';
+import { EXECUTION_PROVIDERS, type ExecutionProviderName, NATIVE_RUN_MODES, WEBGPU_SLOTS_MAX } from '../runtime/types.js';
+
+/** The runtime's native-run modes, plus 'required': 'auto', and without the addon the server does not start. */
+export const SERVE_NATIVE_RUN_MODES = [...NATIVE_RUN_MODES, 'required'] as const;
+export type ServeNativeRunMode = (typeof SERVE_NATIVE_RUN_MODES)[number];
 
 export interface ServerConfig {
   /** @default '0.0.0.0' */
@@ -54,9 +58,10 @@ export interface ServerConfig {
   readonly kvCapacity: number;
   /**
    * CPU single-sequence forwards through the native runner (outputs written in place) when it is
-   * built; 'off' runs every forward through onnxruntime-node. @default 'auto'
+   * built; 'off' runs every forward through onnxruntime-node; 'required' is 'auto' that refuses to
+   * start without the addon (ANPD_NATIVE=required, as the Dockerfile and CI set). @default 'auto'
    */
-  readonly nativeRun: NativeRunMode;
+  readonly nativeRun: ServeNativeRunMode;
   /** SIGTERM: how long in-flight generations may run before connections are cut. @default 30000 */
   readonly shutdownGraceMs: number;
   /** @default 4194304 */
@@ -111,7 +116,7 @@ export const SERVER_SETTINGS = {
   batchSlots: { flag: 'batch-slots', env: ['ANPD_BATCH_SLOTS'] },
   batchModelDir: { flag: 'batch-model', env: ['ANPD_BATCH_MODEL_DIR'] },
   kvCapacity: { flag: 'kv-capacity', env: ['ANPD_KV_CAPACITY'] },
-  nativeRun: { flag: 'native-run', env: ['ANPD_NATIVE_RUN'] },
+  nativeRun: { flag: 'native-run', env: ['ANPD_NATIVE_RUN', 'ANPD_NATIVE'] },
   shutdownGraceMs: { flag: 'shutdown-grace-ms', env: ['ANPD_SHUTDOWN_GRACE_MS'] },
   maxReceiveMessageBytes: { flag: 'max-receive-message-bytes', env: ['ANPD_MAX_RECEIVE_MESSAGE_BYTES'] },
   maxConcurrentStreams: { flag: 'max-concurrent-streams', env: ['ANPD_MAX_CONCURRENT_STREAMS'] },
@@ -155,8 +160,9 @@ Options (flag, environment variable, default):
   --batch-slots K                    ANPD_BATCH_SLOTS                0 (off; up to K sequences per forward)
   --batch-model DIR[,DIR…]           ANPD_BATCH_MODEL_DIR            none (K-slot graphs of --model's weights)
   --kv-capacity N                    ANPD_KV_CAPACITY                8192
-  --native-run auto|off              ANPD_NATIVE_RUN                 auto (CPU forwards through the native
-                                                                     runner when built; off: onnxruntime-node)
+  --native-run auto|off|required     ANPD_NATIVE_RUN (or ANPD_NATIVE)  auto (CPU forwards through the native
+                                                                     runner when built, else a warning; off:
+                                                                     onnxruntime-node; required: no start without it)
   --shutdown-grace-ms N              ANPD_SHUTDOWN_GRACE_MS          30000
   --max-receive-message-bytes N      ANPD_MAX_RECEIVE_MESSAGE_BYTES  4194304
   --max-concurrent-streams N         ANPD_MAX_CONCURRENT_STREAMS     256
@@ -253,7 +259,7 @@ export function parseServerConfig(argv: readonly string[], env: NodeJS.ProcessEn
   const executionProvider = providerChoice === 'auto' ? probe().provider : providerChoice;
   const batchSlots = int('batchSlots', 0, 0, 64);
   if (batchSlots === 1) throw new ConfigError(`${raw('batchSlots')!.source} must be 0 (off) or at least 2`);
-  const nativeRunChoice = choice('nativeRun', NATIVE_RUN_MODES, 'auto');
+  const nativeRunChoice = choice('nativeRun', SERVE_NATIVE_RUN_MODES, 'auto');
   if (batchSlots > 0 && executionProvider === 'cuda' && nativeRunChoice !== 'off') {
     throw new ConfigError(`${raw('batchSlots')!.source} does not combine with cuda's device path yet (its forwards are one sequence each): leave it at 0, or add --native-run off`);
   }

@@ -9,7 +9,7 @@ import { basename, join } from 'node:path';
 import { CONVERTER_VERSION, MANIFEST_FILE, MANIFEST_FORMAT, type ModelManifest } from '../model/model-manifest.js';
 import { readGguf } from './gguf-reader.js';
 import { buildTokenizer } from './gguf-tokenizer.js';
-import { buildLlamaGraph, DEFAULT_GRAPH_OPTIONS, type GraphOptions } from './llama-graph.js';
+import { buildDecoderGraph, DEFAULT_GRAPH_OPTIONS, type GraphOptions } from './decoder-graph.js';
 import { encodeModel } from './onnx-writer.js';
 
 export const ONNX_FILE = 'model.onnx';
@@ -37,7 +37,7 @@ export function convertGguf(ggufPath: string, outDir: string, options: GraphOpti
   const sha256 = sha256File(file.buffer);
   progress?.('read', 1, 1);
   const tokenizer = buildTokenizer(file);
-  const built = buildLlamaGraph(file, options, (done, total) => progress?.('convert', done, total));
+  const built = buildDecoderGraph(file, options, (done, total) => progress?.('convert', done, total));
   const hp = built.hyper;
 
   const tmp = `${outDir}.tmp-${process.pid}`;

@@ -32,7 +32,7 @@ import type { DecoderModel, DecoderSequence, ModelInfo, RuntimeOptions } from '.
 export const DEVICE_FORWARD_ROWS = 4;
 /** Largest forward (prefill chunk), as on the other runners. */
 const FORWARD_TOKENS_MAX = 512;
-/** CUDA graphs the addon keeps per session (native/anpd-native.h GRAPH_IDS_MAX); later KV sets run without. */
+/** CUDA graphs the addon keeps per session (native/common.h GRAPH_IDS_MAX); later KV sets run without. */
 const GRAPH_IDS_MAX = 256;
 
 interface KvSet {
@@ -92,6 +92,7 @@ export class DeviceDecoderModel implements DecoderModel {
       verifyTokensMax: this.rows,
       runner: 'native',
       attention: 'onnxruntime',
+      dtype: manifest.dtype ?? 'float32',
     };
   }
 

@@ -17,7 +17,7 @@ import { ort } from './ort-session.js';
 import type { NativeSession } from './native-run.js';
 import type { DecoderModel, DecoderSequence, ModelInfo, RuntimeOptions } from './types.js';
 
-// Names must match src/convert/llama-graph.ts IO (the runtime may not import the converter).
+// Names must match src/convert/decoder-graph.ts IO (the runtime may not import the converter).
 const INPUT_IDS = 'input_ids';
 const SEQLENS_K = 'seqlens_k';
 const TOTAL_SEQUENCE_LENGTH = 'total_sequence_length';
@@ -84,6 +84,7 @@ export class GqaDecoderModel implements DecoderModel {
       forwardRowsMin: this.rowsMin,
       runner: native === undefined ? 'onnxruntime-node' : 'native',
       attention: native?.ownAttention ? 'native' : 'onnxruntime',
+      dtype: manifest.dtype ?? 'float32',
     };
     const chunk = options.batchPrefillChunkTokens ?? FORWARD_TOKENS_MAX;
     if (!Number.isInteger(chunk) || chunk < 1 || chunk > FORWARD_TOKENS_MAX) throw new RangeError(`batchPrefillChunkTokens must be an integer in [1, ${FORWARD_TOKENS_MAX}], got ${chunk}`);

@@ -9,7 +9,7 @@ import { MANIFEST_FILE, MANIFEST_FORMAT, type ModelManifest } from '../model/mod
 import { GqaDecoderModel, releaseForwards, type SingleForwards, type SlotBatch } from './gqa-decoder.js';
 import { inspectOptimumSession, OptimumDecoderModel } from './optimum-decoder.js';
 import { DeviceDecoderModel } from './device-decoder.js';
-import { DeviceSession, nativeAddon, NativeSession } from './native-run.js';
+import { DeviceSession, nativeAddon, nativeAddonProblem, NativeSession } from './native-run.js';
 import { cudaProviderInstalled } from './gpu-probe.js';
 import { createOrtSession, installHint, isProviderFailure } from './ort-session.js';
 import { DEFAULT_RUNTIME_OPTIONS, type DecoderModel, type RuntimeOptions, WEBGPU_SLOTS_MAX } from './types.js';
@@ -76,7 +76,7 @@ function openDeviceModel(path: string, manifest: ModelManifest, options: Runtime
   if (target === undefined) return undefined;
   const addon = nativeAddon();
   if (addon === null) {
-    if (target === 'host') throw new ModelFormatError(path, 'deviceRun "emulate" needs the native addon (npm run build:native)');
+    if (target === 'host') throw new ModelFormatError(path, `deviceRun "emulate" needs the native addon: ${nativeAddonProblem() ?? 'it does not load'}`);
     return undefined;
   }
   if (target === 'cuda') {
@@ -179,5 +179,7 @@ export async function loadDecoderModel(dir: string, options: RuntimeOptions = DE
     forwardRowsMin: 1,
     runner: 'onnxruntime-node',
     attention: 'onnxruntime',
+    // The runner feeds and reads float32 KV (inspectOptimumSession refuses other types).
+    dtype: 'float32',
   });
 }

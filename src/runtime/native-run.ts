@@ -1,13 +1,14 @@
 /**
- * The optional native addon (native/ort-run.c, built by scripts/build-native.mjs into
- * dist/native/): the same ONNX Runtime, run with our buffers as outputs and nothing copied back.
+ * The native addon (native/ort-run.c, built by scripts/build-native.mjs into dist/native/;
+ * without it onnxruntime-node runs every forward, and `anpd serve` says so): the same ONNX
+ * Runtime, run with our buffers as outputs and nothing copied back.
  * onnxruntime-node copies every fetched output into a new ArrayBuffer, so binding the KV cache in
  * place still moved the whole cache each step (docs/perf-notes.md, "Outputs in place").
  */
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
-import { projectRoot } from '../model/default-model.js';
+import { projectRoot } from '../paths.js';
 import type { ort } from './ort-session.js';
 
 interface Addon {
@@ -39,17 +40,31 @@ const GQA_DOMAIN = 'com.microsoft';
 export const NATIVE_ADDON_PATH = join(projectRoot(), 'dist', 'native', 'anpd_ort_run.node');
 
 let addon: Addon | null | undefined;
+let addonProblem: string | undefined;
+
+/** Why the addon cannot be here, without loading it: its file is missing. Undefined when it exists. */
+export function nativeAddonFileProblem(): string | undefined {
+  return existsSync(NATIVE_ADDON_PATH) ? undefined : `${NATIVE_ADDON_PATH} is missing: the build did not make it (node scripts/build-native.mjs says why)`;
+}
 
 /** The addon if it was built and loads here, else null (then onnxruntime-node's run is used). */
 export function nativeAddon(): Addon | null {
   if (addon === undefined) {
+    addonProblem = nativeAddonFileProblem();
     try {
-      addon = existsSync(NATIVE_ADDON_PATH) ? (createRequire(import.meta.url)(NATIVE_ADDON_PATH) as Addon) : null;
-    } catch {
+      addon = addonProblem === undefined ? (createRequire(import.meta.url)(NATIVE_ADDON_PATH) as Addon) : null;
+    } catch (error) {
       addon = null;
+      addonProblem = `${NATIVE_ADDON_PATH} does not load: ${(error as Error).message.split('\n')[0]}`;
     }
   }
   return addon;
+}
+
+/** Why the addon does not load here (loading it if no one has), or undefined when it does. */
+export function nativeAddonProblem(): string | undefined {
+  nativeAddon();
+  return addonProblem;
 }
 
 type TensorMap = Record<string, ort.Tensor>;

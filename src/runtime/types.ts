@@ -30,6 +30,8 @@ export interface ModelInfo {
    * runner's own (native/gqa-attention.c: each KV head read once per forward).
    */
   readonly attention: 'onnxruntime' | 'native';
+  /** Float type of activations and KV cache: our graph's (its manifest's dtype), float32 for an Optimum export. */
+  readonly dtype: 'float32' | 'float16';
 }
 
 export interface DecoderSequence {

@@ -1,7 +1,8 @@
-import { DEFAULT_GRAPH_OPTIONS, type GraphOptions } from '../../src/convert/llama-graph.js';
+import { DEFAULT_GRAPH_OPTIONS, type GraphOptions } from '../../src/convert/decoder-graph.js';
 import { createEngine } from '../../src/engine/create-engine.js';
 import type { Engine } from '../../src/engine/engine.js';
-import { DEFAULT_MODEL, ensureConverted, ensureDefaultGguf, ensureDefaultModel } from '../../src/model/default-model.js';
+import { ensureConverted, ensureDefaultGguf, ensureDefaultModel } from '../../src/registry/model-cache.js';
+import { DEFAULT_MODEL } from '../../src/registry/model-registry.js';
 
 /** The default model's GGUF path (downloaded by `npm test`'s fetch-model step, or here). */
 export function defaultGguf(): Promise<string> {

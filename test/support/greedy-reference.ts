@@ -13,7 +13,7 @@ import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Engine } from '../../src/engine/engine.js';
-import { projectRoot } from '../../src/model/default-model.js';
+import { projectRoot } from '../../src/paths.js';
 
 /** Logits: where the reference's top two were closer than this, another CPU may pick the other one. */
 export const NEAR_TIE_GAP = 0.05;

@@ -9,7 +9,7 @@
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { cacheDir } from '../../src/model/default-model.js';
+import { cacheDir } from '../../src/paths.js';
 
 /**
  * Pinned: the versions Dawn was seen to accept (../shared/reference/gpu.md). Backports replace a

@@ -1,7 +1,7 @@
 /** The exactness prompt set: the four bench categories plus the extra cases, read from their JSON files. */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { projectRoot } from '../../src/model/default-model.js';
+import { projectRoot } from '../../src/paths.js';
 
 export interface PromptCase {
   readonly id: string;

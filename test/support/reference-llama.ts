@@ -8,7 +8,7 @@
  * the converter produced, dequantized.
  */
 import type { GgufFile } from '../../src/convert/gguf-reader.js';
-import { readHyperParams } from '../../src/convert/llama-graph.js';
+import { readHyperParams } from '../../src/convert/decoder-graph.js';
 import { dequantize, dequantizeNBits, toNBits, toNBitsParts } from '../../src/convert/quantize.js';
 
 interface Layer {

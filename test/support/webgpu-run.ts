@@ -5,9 +5,10 @@
 import { execFile } from 'node:child_process';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { DEFAULT_GRAPH_OPTIONS } from '../../src/convert/llama-graph.js';
+import { DEFAULT_GRAPH_OPTIONS } from '../../src/convert/decoder-graph.js';
 import type { GenerationFinal } from '../../src/engine/engine.js';
-import { ensureDefaultModel, projectRoot } from '../../src/model/default-model.js';
+import { projectRoot } from '../../src/paths.js';
+import { ensureDefaultModel } from '../../src/registry/model-cache.js';
 
 export interface WebgpuPrompt {
   readonly id: string;

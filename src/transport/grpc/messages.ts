@@ -167,6 +167,9 @@ export interface ModelInfoResponseMsg {
   display_name: string;
   replicas_up: number;
   replicas_total: number;
+  runner: string;
+  attention: string;
+  dtype: string;
 }
 
 /** Request ids are echoed on every chunk: keep them short. */
@@ -400,5 +403,8 @@ export function toModelInfo(info: ServedModelInfo, pool: { maxActive: number; ma
     display_name: info.displayName,
     replicas_up: info.replicasUp,
     replicas_total: info.replicasTotal,
+    runner: info.runner,
+    attention: info.attention,
+    dtype: info.dtype,
   };
 }

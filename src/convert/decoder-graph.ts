@@ -1,5 +1,5 @@
 /**
- * Builds the decoder graph for the llama family (llama, mistral-as-llama, qwen2) from GGUF tensors.
+ * Builds the decoder graph of every supported architecture (SUPPORTED_ARCHITECTURES: llama and mistral-as-llama, qwen2, qwen3, gemma3) from GGUF tensors.
  *
  * KV layout: one key and one value tensor per layer, [1, kvHeads, kvCapacity, headDim] float32,
  * fed as past_key_values.* and bound again as the present.* outputs, so GroupQueryAttention writes
@@ -16,7 +16,7 @@ import { dequantize, matrixShape, type NBitsWeight, QUANT_BLOCK, toNBits, toNBit
 export const SUPPORTED_ARCHITECTURES = ['llama', 'qwen2', 'qwen3', 'gemma3'] as const;
 export type Architecture = (typeof SUPPORTED_ARCHITECTURES)[number];
 
-export interface LlamaHyperParams {
+export interface DecoderHyperParams {
   readonly architecture: Architecture;
   readonly layers: number;
   readonly hidden: number;
@@ -88,7 +88,7 @@ export const FLOAT16_RESIDUAL_SCALE = 1 / 8;
 /** Gemma 3 makes every 6th layer global unless the file says otherwise (as llama.cpp does). */
 const GEMMA3_SLIDING_PATTERN = 6;
 
-export function readHyperParams(file: GgufFile): LlamaHyperParams {
+export function readHyperParams(file: GgufFile): DecoderHyperParams {
   const arch = metaString(file, 'general.architecture');
   if (arch === undefined) throw new ModelFormatError(file.path, 'metadata general.architecture is missing');
   if (!(SUPPORTED_ARCHITECTURES as readonly string[]).includes(arch)) {
@@ -317,7 +317,7 @@ function concatRows(parts: readonly NBitsWeight[]): NBitsWeight {
 
 export interface BuiltGraph {
   readonly graph: GraphSpec;
-  readonly hyper: LlamaHyperParams;
+  readonly hyper: DecoderHyperParams;
   readonly kvCapacityDim: string;
   /** The graph also outputs IO.argmax. */
   readonly greedyOutput: boolean;
@@ -325,7 +325,7 @@ export interface BuiltGraph {
 
 export type ProgressFn = (done: number, total: number) => void;
 
-export function buildLlamaGraph(file: GgufFile, options: GraphOptions = DEFAULT_GRAPH_OPTIONS, progress?: ProgressFn): BuiltGraph {
+export function buildDecoderGraph(file: GgufFile, options: GraphOptions = DEFAULT_GRAPH_OPTIONS, progress?: ProgressFn): BuiltGraph {
   const hp = readHyperParams(file);
   const g = new GraphBuilder(options.dtype ?? 'float32');
   const kvType = g.floatType;

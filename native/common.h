@@ -1,6 +1,10 @@
-/* What native/ort-run.c and native/device.c share. */
-#ifndef ANPD_NATIVE_H
-#define ANPD_NATIVE_H
+/*
+ * What native/ort-run.c and native/device.c share, defined in native/common.c. The calls form a
+ * tree: ort-run.c (the module) -> device.c -> common.c, ort-run.c -> common.c, ort-run.c ->
+ * gqa-attention.c (a leaf). Nothing here calls back up.
+ */
+#ifndef ANPD_COMMON_H
+#define ANPD_COMMON_H
 #include <node_api.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -21,7 +25,7 @@ extern const napi_type_tag DEVICE_BUFFER_TAG;
  * device buffers live: CUDA memory for a CUDA session, host memory otherwise (so the device path
  * runs, and is tested, on a machine without a GPU).
  */
-typedef struct {
+typedef struct Session {
   OrtSession *session;
   OrtCustomOpDomain *domain;
   OrtRunOptions *run_options[GRAPH_IDS_MAX + 1]; /* by graph id + 1 (made once each: a config entry cannot be changed quietly) */
@@ -30,6 +34,8 @@ typedef struct {
   void *stream;                   /* cudaStream_t: ORT's compute stream, and our copies' */
   OrtMemoryInfo *device_info;     /* g_cpu for host sessions */
   uint64_t device_owner;          /* device buffers carry it: a buffer runs only with its session */
+  /* Frees what the session's creator added (device.c: the CUDA stream and memory info); NULL: nothing. */
+  void (*release_device)(struct Session *s);
 } Session;
 
 /* Memory a session's runs read and write in place: a KV cache, an input or output on the device. */
@@ -45,16 +51,19 @@ typedef struct {
 #define CHECK_ORT(call) \
   do { OrtStatus *status_ = (call); if (status_ != NULL) return throw_status(env, status_); } while (0)
 
+/* Once per process, whichever thread loads the addon first: g_ort, g_env, g_cpu. NULL, or what failed. */
+const char *anpd_init_ort(void);
 napi_value throw_message(napi_env env, const char *message);
 napi_value throw_status(napi_env env, OrtStatus *status);
 /* The data of an external made by this addon with `tag`, else NULL (no exception). */
 void *tagged_external(napi_env env, napi_value value, const napi_type_tag *tag);
 Session *session_of(napi_env env, napi_value value);
+/* A new session for `s` (calloc'd by the caller, session not yet created): host device memory, a fresh owner id. */
+void session_init(Session *s);
+/* Hands `s` to JavaScript; its finalizer frees it. On failure frees it and throws. */
 napi_value wrap_session(napi_env env, Session *s);
-
-/* device.c */
-napi_value anpd_device_exports(napi_env env, napi_value exports);
-OrtStatus *anpd_run_options(Session *s, int32_t graph_id, OrtRunOptions **out);
-void anpd_device_release(Session *s);
-uint64_t anpd_next_owner(void);
+/* Frees the ORT session, its domain, run options and device resources; idempotent (the finalizer runs it again). */
+void session_release_ort(Session *s);
+/* Bytes per element of a TypedArray type. */
+size_t typedarray_element_bytes(napi_typedarray_type type);
 #endif

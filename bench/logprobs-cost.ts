@@ -11,7 +11,8 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { DEFAULT_GRAPH_OPTIONS } from '../src/convert/llama-graph.js';
 import { createEngine } from '../src/engine/create-engine.js';
-import { DEFAULT_SPECULATION, type Engine, NO_SPECULATION, type SpeculationOptions } from '../src/engine/engine.js';
+import { DEFAULT_SPECULATION, NO_SPECULATION, type SpeculationOptions } from '../src/contract.js';
+import type { Engine } from '../src/engine/engine.js';
 import { classifyModelArgument, ensureModelArgument, projectRoot } from '../src/model/default-model.js';
 import { exactnessPrompts } from '../test/support/prompt-set.js';
 

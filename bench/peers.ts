@@ -17,7 +17,8 @@ import { cpus, release, totalmem } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { createEngine } from '../src/engine/create-engine.js';
-import { DEFAULT_SPECULATION, type Engine, NO_SPECULATION, type SpeculationOptions } from '../src/engine/engine.js';
+import { DEFAULT_SPECULATION, NO_SPECULATION, type SpeculationOptions } from '../src/contract.js';
+import type { Engine } from '../src/engine/engine.js';
 import { DEFAULT_GRAPH_OPTIONS } from '../src/convert/llama-graph.js';
 import { classifyModelArgument, ensureModelArgument, ensureRegistryGguf, projectRoot } from '../src/model/default-model.js';
 import {

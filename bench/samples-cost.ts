@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { DEFAULT_GRAPH_OPTIONS } from '../src/convert/llama-graph.js';
 import { createEngine } from '../src/engine/create-engine.js';
-import { DEFAULT_SPECULATION, type GenerateRequest } from '../src/engine/engine.js';
+import { DEFAULT_SPECULATION, type GenerateRequest } from '../src/contract.js';
 import { classifyModelArgument, ensureModelArgument, projectRoot } from '../src/model/default-model.js';
 import { exactnessPrompts } from '../test/support/prompt-set.js';
 

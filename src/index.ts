@@ -3,9 +3,7 @@ export { convertGguf } from './convert/convert-gguf.js';
 export { DEFAULT_GRAPH_OPTIONS, type GraphOptions } from './convert/llama-graph.js';
 export { createEngine } from './engine/create-engine.js';
 export {
-  CancelledError,
   DEFAULT_SPECULATION,
-  Engine,
   type FinishReason,
   type GenerateRequest,
   type GenerationBackend,
@@ -15,7 +13,8 @@ export {
   PAPER_SPECULATION,
   type Prompt,
   type SpeculationOptions,
-} from './engine/engine.js';
+} from './contract.js';
+export { Engine } from './engine/engine.js';
 export { InferenceService, type InferenceServiceOptions, type ServiceLimits } from './engine/inference-service.js';
 export { SessionPool, type SessionPoolOptions, type SessionPoolState } from './engine/session-pool.js';
 export { createWorkerEngine, WorkerEngine } from './engine/worker-engine.js';
@@ -23,6 +22,7 @@ export { ConfigError, parseServerConfig, type ServerConfig } from './config/serv
 export { loadTransportSecurity, type TransportSecurity } from './config/transport-security.js';
 export {
   AnpdError,
+  CancelledError,
   ContextOverflowError,
   DeadlineExceededError,
   DuplicateRequestError,

@@ -30,7 +30,7 @@ async function pool(replicas: number, supervision: Partial<SupervisionOptions> =
   const p = await createEnginePool(modelDir ?? (await defaultModelDir()), { executionProvider: 'cpu', intraOpThreads: 1, kvCapacity: 1024 }, {
     replicas,
     isolation: 'process',
-    forwardCost: TEST_FORWARD_COST,
+    forwardCost: { mode: 'fixed', table: TEST_FORWARD_COST },
     supervision,
   });
   const events: ReplicaEvent[] = [];

@@ -9,8 +9,9 @@
 import { availableParallelism } from 'node:os';
 import type { ModelInfo, RuntimeOptions } from '../runtime/types.js';
 import type { TextTokenizer } from '../tokenizer/tokenizer.js';
-import type { GenerateRequest, GenerationBackend, GenerationEvent, PreparedGeneration, Prompt } from './engine.js';
+import type { GenerateRequest, GenerationBackend, GenerationEvent, PreparedGeneration, Prompt } from '../contract.js';
 import { ReplicaFailedError } from '../errors.js';
+import { DEFER_MEASUREMENT, type ForwardCostPlan, MEASURE_NOW } from './forward-cost.js';
 import type { WorkerStartupTimes } from './worker-protocol.js';
 import { type EngineIsolation, WorkerEngine } from './worker-engine.js';
 
@@ -67,7 +68,7 @@ interface Slot {
   timer: NodeJS.Timeout | undefined;
 }
 
-type PoolOptions = { replicas?: number; calibrate?: boolean; forwardCost?: readonly number[]; isolation?: EngineIsolation; supervision?: Partial<SupervisionOptions> };
+type PoolOptions = { replicas?: number; forwardCost?: ForwardCostPlan; isolation?: EngineIsolation; supervision?: Partial<SupervisionOptions> };
 
 export class EnginePool implements GenerationBackend {
   private readonly slots: Slot[];
@@ -108,14 +109,12 @@ export class EnginePool implements GenerationBackend {
     // ORT's WebGPU provider keeps one device context per process, and two threads submitting to it
     // at once corrupt its command encoder (seen on an H200): GPU replicas get a process each.
     const isolation: EngineIsolation = options.isolation ?? (count > 1 && runtime.executionProvider !== 'cpu' ? 'process' : 'thread');
-    // Deferring the measurement (calibrate: false) is for one replica; several share one table.
-    const { replicas: _count, supervision: _supervision, ...engineOptions } = options;
-    const first = await WorkerEngine.create(modelDir, perReplica, { ...engineOptions, isolation, ...(count > 1 ? { calibrate: true } : {}) });
+    // Deferring the measurement is for one replica; several share one table, measured by the first.
+    const plan = options.forwardCost ?? MEASURE_NOW;
+    const first = await WorkerEngine.create(modelDir, perReplica, { forwardCost: count > 1 && plan.mode === 'defer' ? MEASURE_NOW : plan, isolation });
     const table = first.forwardCost;
     const rest = await Promise.allSettled(
-      Array.from({ length: count - 1 }, () =>
-        WorkerEngine.create(modelDir, perReplica, { calibrate: false, ...(table !== undefined ? { forwardCost: table } : {}), tokenizer: first.tokenizer, isolation }),
-      ),
+      Array.from({ length: count - 1 }, () => WorkerEngine.create(modelDir, perReplica, { forwardCost: sharedTable(table), tokenizer: first.tokenizer, isolation })),
     );
     const loaded = [first, ...rest.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []))];
     const failed = rest.find((r): r is PromiseRejectedResult => r.status === 'rejected');
@@ -238,8 +237,7 @@ export class EnginePool implements GenerationBackend {
     try {
       // The converted model and the forward-cost table are reused: a restart loads, never converts or measures.
       const engine = await WorkerEngine.create(this.modelDir, this.runtime, {
-        calibrate: false,
-        ...(table !== undefined ? { forwardCost: table } : {}),
+        forwardCost: sharedTable(table),
         tokenizer: this.tokenizer,
         isolation: this.isolation,
       });
@@ -275,6 +273,11 @@ export class EnginePool implements GenerationBackend {
 
 /** How a watchdog kill's message starts (ReplicaEvent kind 'wedged'). */
 const WEDGED_PREFIX = 'the model replica running this generation was wedged:';
+
+/** Another replica's table where one is known; else this replica measures it on first need too. */
+function sharedTable(table: readonly number[] | undefined): ForwardCostPlan {
+  return table !== undefined ? { mode: 'fixed', table } : DEFER_MEASUREMENT;
+}
 
 export function createEnginePool(modelDir: string, runtime: RuntimeOptions, options: PoolOptions = {}): Promise<EnginePool> {
   return EnginePool.create(modelDir, runtime, options);

@@ -6,9 +6,9 @@
  * not be shared between replicas (the WebGPU provider keeps one device context per process).
  */
 import { parentPort } from 'node:worker_threads';
-import { AnpdError } from '../errors.js';
-import { createEngine } from './create-engine.js';
-import { CancelledError, type Engine } from './engine.js';
+import { AnpdError, CancelledError } from '../errors.js';
+import { loadEngine } from './create-engine.js';
+import type { Engine } from './engine.js';
 import { ForwardWatch } from './forward-watch.js';
 import { type FromWorker, type SerializedError, TEST_WEDGE_FILE_ENV, type ToWorker, WORKER_DELTAS_IN_FLIGHT_MAX, WORKER_HEARTBEAT_MS } from './worker-protocol.js';
 
@@ -92,18 +92,15 @@ function wake(state: Run): void {
 port.on('message', (message: ToWorker) => {
   switch (message.type) {
     case 'init':
-      createEngine(message.modelDir, message.runtime, {
-        calibrate: false,
-        ...(message.forwardCost !== undefined ? { forwardCost: message.forwardCost } : {}),
-      }).then(
+      loadEngine(message.modelDir, message.runtime, message.forwardCost).then(
         async (created) => {
           engine = created;
           forwards.attach(created.model);
           const modelLoadedAt = epochNow();
-          // Measured before 'ready' only when asked; otherwise on 'calibrate' or at the first adaptive run.
-          const measure = message.calibrate && message.forwardCost === undefined;
-          const forwardCost = measure || message.forwardCost !== undefined ? await created.forwardCost() : undefined;
-          post({ type: 'ready', info: created.model.info, forwardCost, times: { evaluatedAt, modelLoadedAt, ...(measure ? { calibratedAt: epochNow() } : {}) } });
+          // The plan's table before 'ready' (measured now, or given); a deferred one on 'calibrate' or at the first adaptive run.
+          const forwardCost = await created.forwardCosts.settle();
+          const measured = message.forwardCost.mode === 'measure-now';
+          post({ type: 'ready', info: created.model.info, forwardCost, times: { evaluatedAt, modelLoadedAt, ...(measured ? { calibratedAt: epochNow() } : {}) } });
           // Never keeps the worker alive on its own; stops with 'dispose'.
           heartbeat = setInterval(() => post({ type: 'heartbeat', forwardsInFlight: forwards.inFlight, progressAt: forwards.progressAt }), WORKER_HEARTBEAT_MS);
           heartbeat.unref();

@@ -3,8 +3,7 @@
  * cache), at most `maxQueued` requests wait for a slot, and anything beyond that is refused at
  * once with OverloadedError — the queue never grows without bound.
  */
-import { OverloadedError, UnavailableError } from '../errors.js';
-import { CancelledError } from './engine.js';
+import { CancelledError, OverloadedError, UnavailableError } from '../errors.js';
 
 export interface SessionPoolOptions {
   /** Sequences decoding concurrently (each owns a KV cache). */

@@ -1,6 +1,6 @@
 import type { ChannelOptions, ServiceError } from '@grpc/grpc-js';
 import test from 'ava';
-import type { GenerationBackend } from '../../src/engine/engine.js';
+import type { GenerationBackend } from '../../src/contract.js';
 import { InferenceService } from '../../src/engine/inference-service.js';
 import { SILENT_LOGGER } from '../../src/log.js';
 import type { GenerationTelemetry } from '../../src/telemetry/generation-telemetry.js';
@@ -26,7 +26,7 @@ let sharedWorker: Promise<WorkerEngine> | undefined;
 /** One engine worker per test file, as `anpd serve` runs it (fixed forward cost for reproducible drafts). */
 export function defaultWorkerEngine(): Promise<WorkerEngine> {
   sharedWorker ??= defaultModelDir().then((dir) =>
-    createWorkerEngine(dir, { executionProvider: 'cpu', intraOpThreads: 0, kvCapacity: 2048 }, { forwardCost: TEST_FORWARD_COST }),
+    createWorkerEngine(dir, { executionProvider: 'cpu', intraOpThreads: 0, kvCapacity: 2048 }, { forwardCost: { mode: 'fixed', table: TEST_FORWARD_COST } }),
   );
   return sharedWorker;
 }

@@ -11,7 +11,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { cpus } from 'node:os';
 import { parseArgs } from 'node:util';
-import { NO_SPECULATION } from '../../src/engine/engine.js';
+import { NO_SPECULATION } from '../../src/contract.js';
 import { DEFAULT_MODEL, ensureDefaultModel, projectRoot } from '../../src/model/default-model.js';
 import { generateOnce } from '../../bench/generate-once.js';
 import { cpuEngine } from './default-model.js';

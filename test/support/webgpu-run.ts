@@ -6,7 +6,7 @@ import { execFile } from 'node:child_process';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { DEFAULT_GRAPH_OPTIONS } from '../../src/convert/llama-graph.js';
-import type { GenerationFinal } from '../../src/engine/engine.js';
+import type { GenerationFinal } from '../../src/contract.js';
 import { ensureDefaultModel, projectRoot } from '../../src/model/default-model.js';
 
 export interface WebgpuPrompt {

@@ -5,10 +5,9 @@
  */
 import type { ServerDuplexStream } from '@grpc/grpc-js';
 import { status as GrpcStatus } from '@grpc/grpc-js';
-import { CancelledError } from '../../engine/engine.js';
 import type { InferenceService } from '../../engine/inference-service.js';
 import { type Context, ROOT_CONTEXT, type Span } from '@opentelemetry/api';
-import { DeadlineExceededError, DuplicateRequestError, InvalidRequestError } from '../../errors.js';
+import { CancelledError, DeadlineExceededError, DuplicateRequestError, InvalidRequestError } from '../../errors.js';
 import type { Logger } from '../../log.js';
 import type { GenerationTelemetry } from '../../telemetry/generation-telemetry.js';
 import { CallWriter, createCallContext, effectiveError } from './call-context.js';

@@ -69,6 +69,7 @@ export interface SampleSetup {
 }
 
 const EMPTY_IDS = new Int32Array(0);
+const NO_DRAFT: readonly number[] = Object.freeze([]);
 
 type DraftLength = Pick<DraftLengthController, 'current' | 'record' | 'rowsFor' | 'expectedTokens'>;
 
@@ -100,7 +101,7 @@ export class SpeculativeDecoder {
   private readonly input: number[] = [];
   private readonly emitted: number[] = [];
   private readonly logprobs: TokenLogprob[] = [];
-  private draft: readonly number[] = [];
+  private draft: readonly number[] = NO_DRAFT;
   private logits: Float32Array = new Float32Array(0);
   private greedyIds: Int32Array = EMPTY_IDS;
   private greedyRound = false;
@@ -201,7 +202,7 @@ export class SpeculativeDecoder {
 
   /** propose: the drafter's continuation of the committed tokens, up to `room` tokens. */
   private propose(room: number): void {
-    this.draft = [];
+    this.draft = NO_DRAFT;
     if (room > 0) {
       const d0 = performance.now();
       this.draft = this.drafter.propose(room);

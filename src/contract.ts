@@ -131,7 +131,7 @@ export interface SampleFinal {
 
 export type GenerationEvent = GenerationDelta | GenerationFinal;
 
-/** A request that passed validation, with its prompt tokenized: what `Engine.run` takes. */
+/** A request checked by engine/validate.ts (max_new_tokens resolved), with its prompt tokenized: what `GenerationBackend.run` takes. */
 export interface PreparedGeneration {
   readonly request: GenerateRequest;
   readonly promptTokens: readonly number[];

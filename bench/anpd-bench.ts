@@ -11,7 +11,7 @@ import { availableParallelism, cpus } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { createEngine } from '../src/engine/create-engine.js';
-import { DEFAULT_SPECULATION, NO_SPECULATION, PAPER_SPECULATION, type SpeculationOptions } from '../src/engine/engine.js';
+import { DEFAULT_SPECULATION, NO_SPECULATION, PAPER_SPECULATION, type SpeculationOptions } from '../src/contract.js';
 import { projectRoot } from '../src/paths.js';
 import { ensureDefaultModel } from '../src/registry/model-cache.js';
 import { generateOnce, type Sample } from '../tools/generate-once.js';

@@ -7,7 +7,7 @@
  */
 import { parseArgs } from 'node:util';
 import { createEngine } from '../src/engine/create-engine.js';
-import { NO_SPECULATION } from '../src/engine/engine.js';
+import { NO_SPECULATION } from '../src/contract.js';
 import type { GqaDecoderModel } from '../src/runtime/gqa-decoder.js';
 import { EXECUTION_PROVIDERS, type ExecutionProviderName } from '../src/runtime/types.js';
 import { generateOnce } from '../tools/generate-once.js';
@@ -27,7 +27,7 @@ if (!EXECUTION_PROVIDERS.includes(provider) || values.model === undefined || val
   throw new Error('usage: batch-step-bench --model DIR --batch-model DIRK [--execution-provider cpu|webgpu|cuda]');
 }
 const flat = Array.from({ length: 18 }, (_, t) => (t === 0 ? 0 : 1));
-const engine = await createEngine(values.model, { executionProvider: provider, intraOpThreads: Number(values.threads), kvCapacity: 512, batchModelDir: values['batch-model'].split(',') }, { forwardCost: flat });
+const engine = await createEngine(values.model, { executionProvider: provider, intraOpThreads: Number(values.threads), kvCapacity: 512, batchModelDir: values['batch-model'].split(',') }, { forwardCost: { mode: 'fixed', table: flat } });
 const model = engine.model as GqaDecoderModel;
 const tokens = Number(values.tokens);
 const prompt = 'Write a short poem about the sea.';

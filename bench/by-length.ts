@@ -17,7 +17,8 @@ import { cpus, release } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { createEngine } from '../src/engine/create-engine.js';
-import { type Engine, type GenerationFinal, NO_SPECULATION } from '../src/engine/engine.js';
+import type { Engine } from '../src/engine/engine.js';
+import { type GenerationFinal, NO_SPECULATION } from '../src/contract.js';
 import { projectRoot } from '../src/paths.js';
 import { ensureDefaultGguf, ensureDefaultModel } from '../src/registry/model-cache.js';
 import { startPeerProcess } from './peer-process.js';
@@ -51,9 +52,9 @@ const dir = await ensureDefaultModel();
 const gguf = await ensureDefaultGguf();
 const kvCapacity = Math.max(...lengths) + newTokens + 64;
 const ours = {
-  native: await createEngine(dir, { executionProvider: 'cpu', intraOpThreads: threads, kvCapacity }, { calibrate: false }),
-  nativeOrtAttention: await createEngine(dir, { executionProvider: 'cpu', intraOpThreads: threads, kvCapacity, nativeAttention: 'off' }, { calibrate: false }),
-  onnxruntimeNode: await createEngine(dir, { executionProvider: 'cpu', intraOpThreads: threads, kvCapacity, nativeRun: 'off' }, { calibrate: false }),
+  native: await createEngine(dir, { executionProvider: 'cpu', intraOpThreads: threads, kvCapacity }, { forwardCost: { mode: 'defer' } }),
+  nativeOrtAttention: await createEngine(dir, { executionProvider: 'cpu', intraOpThreads: threads, kvCapacity, nativeAttention: 'off' }, { forwardCost: { mode: 'defer' } }),
+  onnxruntimeNode: await createEngine(dir, { executionProvider: 'cpu', intraOpThreads: threads, kvCapacity, nativeRun: 'off' }, { forwardCost: { mode: 'defer' } }),
 };
 if (ours.native.info.attention !== 'native') throw new Error('the native runner is not built (npm run build; scripts/build-native.mjs says why)');
 

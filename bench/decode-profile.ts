@@ -11,7 +11,7 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, wri
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { createEngine } from '../src/engine/create-engine.js';
-import { NO_SPECULATION } from '../src/engine/engine.js';
+import { NO_SPECULATION } from '../src/contract.js';
 import { projectRoot } from '../src/paths.js';
 import { ensureDefaultGguf, ensureDefaultModel } from '../src/registry/model-cache.js';
 import { ort } from '../src/runtime/ort-session.js';
@@ -52,7 +52,7 @@ async function main(): Promise<void> {
   };
   // onnxruntime-node's run, so that ORT's profiler sees every kernel (the native runner's session
   // is not an onnxruntime-node one; its attention kernel is our own).
-  const engine = await createEngine(await ensureDefaultModel(), { executionProvider: 'cpu', intraOpThreads: THREADS, kvCapacity: 4096, nativeRun: 'off' }, { calibrate: false });
+  const engine = await createEngine(await ensureDefaultModel(), { executionProvider: 'cpu', intraOpThreads: THREADS, kvCapacity: 4096, nativeRun: 'off' }, { forwardCost: { mode: 'defer' } });
   // Wall time of each forward as Node sees it (ORT run + binding copies + our JS around it).
   const forwards: { rows: number; ms: number }[] = [];
   const seqProto = Object.getPrototypeOf(engine.model.createSequence()) as { forward: (t: readonly number[], r: number) => Promise<Float32Array> };

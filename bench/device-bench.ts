@@ -11,7 +11,7 @@ import { availableParallelism, cpus } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { createEngine } from '../src/engine/create-engine.js';
-import { DEFAULT_SPECULATION, NO_SPECULATION } from '../src/engine/engine.js';
+import { DEFAULT_SPECULATION, NO_SPECULATION } from '../src/contract.js';
 import { projectRoot } from '../src/paths.js';
 import { generateOnce, type Sample } from '../tools/generate-once.js';
 import { loadDecoderModel } from '../src/runtime/load-model.js';

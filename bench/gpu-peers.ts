@@ -16,7 +16,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { createEngine } from '../src/engine/create-engine.js';
-import { DEFAULT_SPECULATION, NO_SPECULATION } from '../src/engine/engine.js';
+import { DEFAULT_SPECULATION, NO_SPECULATION } from '../src/contract.js';
 import { projectRoot } from '../src/paths.js';
 import { EXECUTION_PROVIDERS, type ExecutionProviderName } from '../src/runtime/types.js';
 import { generateOnce } from '../tools/generate-once.js';

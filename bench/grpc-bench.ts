@@ -20,7 +20,7 @@ import { availableParallelism, cpus } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { createEngine } from '../src/engine/create-engine.js';
-import { DEFAULT_SPECULATION, type GenerationBackend, NO_SPECULATION, type SpeculationOptions } from '../src/engine/engine.js';
+import { DEFAULT_SPECULATION, type GenerationBackend, NO_SPECULATION, type SpeculationOptions } from '../src/contract.js';
 import { InferenceService } from '../src/engine/inference-service.js';
 import { WorkerEngine } from '../src/engine/worker-engine.js';
 import { SILENT_LOGGER } from '../src/log.js';
@@ -92,7 +92,7 @@ async function main(): Promise<void> {
   // The server runs the model on a worker thread, as `anpd serve` does, with the same forward-cost
   // table as the in-process engine so both pick the same draft lengths.
   const workerEngine = await WorkerEngine.create(await ensureDefaultModel(), { executionProvider: 'cpu', intraOpThreads: 0, kvCapacity: 4096 }, {
-    forwardCost: await engine.forwardCost(),
+    forwardCost: { mode: 'fixed', table: await engine.forwardCost() },
   });
   const service = new InferenceService({
     engine: workerEngine,

@@ -11,7 +11,8 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { createEngine } from '../src/engine/create-engine.js';
-import { type Engine, type GenerationFinal, NO_SPECULATION } from '../src/engine/engine.js';
+import type { Engine } from '../src/engine/engine.js';
+import { type GenerationFinal, NO_SPECULATION } from '../src/contract.js';
 import { projectRoot } from '../src/paths.js';
 import { ensureDefaultModel } from '../src/registry/model-cache.js';
 
@@ -21,8 +22,8 @@ const newTokens = Number(values.tokens);
 const root = projectRoot();
 const dir = await ensureDefaultModel();
 const engines = {
-  'onnxruntime-node': await createEngine(dir, { executionProvider: 'cpu', intraOpThreads: threads, kvCapacity: 4096, nativeRun: 'off' }, { calibrate: false }),
-  native: await createEngine(dir, { executionProvider: 'cpu', intraOpThreads: threads, kvCapacity: 4096 }, { calibrate: false }),
+  'onnxruntime-node': await createEngine(dir, { executionProvider: 'cpu', intraOpThreads: threads, kvCapacity: 4096, nativeRun: 'off' }, { forwardCost: { mode: 'defer' } }),
+  native: await createEngine(dir, { executionProvider: 'cpu', intraOpThreads: threads, kvCapacity: 4096 }, { forwardCost: { mode: 'defer' } }),
 };
 if (engines.native.info.runner !== 'native') throw new Error('the native runner is not built (npm run build; scripts/build-native.mjs says why)');
 // A long text from the bench prompts, cut to each length (no chat template: lengths exact).

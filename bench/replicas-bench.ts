@@ -11,7 +11,7 @@ import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { EnginePool } from '../src/engine/engine-pool.js';
-import { DEFAULT_SPECULATION, type GenerateRequest, type GenerationFinal, NO_SPECULATION, type SpeculationOptions } from '../src/engine/engine.js';
+import { DEFAULT_SPECULATION, type GenerateRequest, type GenerationFinal, NO_SPECULATION, type SpeculationOptions } from '../src/contract.js';
 import { projectRoot } from '../src/paths.js';
 import { EXECUTION_PROVIDERS, type ExecutionProviderName } from '../src/runtime/types.js';
 
@@ -82,7 +82,7 @@ async function main(): Promise<void> {
         ...(batch !== undefined ? { batchModelDir: batch.split(','), batchPrefillChunkTokens: chunk! } : {}),
       };
       const known = forwardCosts.get(batch ?? '');
-      const pool = await EnginePool.create(values.model, runtime, known === undefined ? { replicas } : { replicas, forwardCost: known });
+      const pool = await EnginePool.create(values.model, runtime, known === undefined ? { replicas } : { replicas, forwardCost: { mode: 'fixed', table: known } });
       if (known === undefined && pool.forwardCost !== undefined) forwardCosts.set(batch ?? '', pool.forwardCost);
       log(`${replicas} replica(s)${batch !== undefined ? ` with batched forwards (prefill chunks of ${chunk})` : ''} loaded in ${((performance.now() - started) / 1000).toFixed(1)} s`);
       for (let r = 0; r < replicas; r++) await generate(pool, 'Hello', anpd, 4); // warm every replica (least-loaded picks in turn)

@@ -25,7 +25,8 @@ import { parseArgs } from 'node:util';
 import { conversionKey, convertGguf, isConverted, ONNX_FILE } from '../src/convert/convert-gguf.js';
 import { DEFAULT_GRAPH_OPTIONS, type GraphOptions } from '../src/convert/decoder-graph.js';
 import { createEngine } from '../src/engine/create-engine.js';
-import { type Engine, NO_SPECULATION } from '../src/engine/engine.js';
+import type { Engine } from '../src/engine/engine.js';
+import { NO_SPECULATION } from '../src/contract.js';
 import { cacheDir, projectRoot } from '../src/paths.js';
 import { ensureConverted, ensureDefaultGguf } from '../src/registry/model-cache.js';
 import { DEFAULT_MODEL } from '../src/registry/model-registry.js';
@@ -388,7 +389,7 @@ async function runVariant(variant: Variant): Promise<VariantResult> {
     async () => {
       const l0 = performance.now();
       // No calibration: load time is tokenizer + ORT session only (the engine's forward-cost table is recorded separately below).
-      const engine = await createEngine(modelDir, runtime, { calibrate: false });
+      const engine = await createEngine(modelDir, runtime, { forwardCost: { mode: 'defer' } });
       return { engine, ms: performance.now() - l0 };
     },
     { discard: (l) => l.engine.model.dispose() },

@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { DEFAULT_GRAPH_OPTIONS } from '../src/convert/decoder-graph.js';
 import { createEngine } from '../src/engine/create-engine.js';
-import { DEFAULT_SPECULATION, type GenerateRequest } from '../src/engine/engine.js';
+import { DEFAULT_SPECULATION, type GenerateRequest } from '../src/contract.js';
 import { projectRoot } from '../src/paths.js';
 import { ensureModelArgument } from '../src/registry/model-cache.js';
 import { classifyModelArgument } from '../src/registry/model-registry.js';

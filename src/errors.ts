@@ -137,3 +137,25 @@ export class NoReplicaUpError extends AnpdError {
     super('REPLICA_FAILED', message);
   }
 }
+
+/** Progress of a generation when it was cancelled, so callers can still report usage. */
+export interface CancelProgress {
+  readonly promptTokens: number;
+  readonly completionTokens: number;
+}
+
+/** The generation was cancelled (the caller's cancel, deadline or disconnect; `cause` is the signal's reason), with its usage so far. */
+export class CancelledError extends AnpdError {
+  readonly progress: CancelProgress;
+  constructor(reason: unknown, progress: CancelProgress = { promptTokens: 0, completionTokens: 0 }) {
+    super('CANCELLED', reason instanceof Error ? reason.message : 'generation cancelled', { cause: reason });
+    this.progress = progress;
+  }
+}
+
+/** An engine worker died or failed: every pending and later run on it fails with this. */
+export class EngineWorkerError extends AnpdError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('INTERNAL', message, options);
+  }
+}

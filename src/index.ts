@@ -3,9 +3,7 @@ export { convertGguf } from './convert/convert-gguf.js';
 export { DEFAULT_GRAPH_OPTIONS, type GraphOptions } from './convert/decoder-graph.js';
 export { createEngine } from './engine/create-engine.js';
 export {
-  CancelledError,
   DEFAULT_SPECULATION,
-  Engine,
   type FinishReason,
   type GenerateRequest,
   type GenerationBackend,
@@ -15,7 +13,8 @@ export {
   PAPER_SPECULATION,
   type Prompt,
   type SpeculationOptions,
-} from './engine/engine.js';
+} from './contract.js';
+export { Engine } from './engine/engine.js';
 export { InferenceService, type InferenceServiceOptions, type ServiceLimits } from './engine/inference-service.js';
 export { AdmissionQueue, type AdmissionQueueOptions, type AdmissionQueueState } from './engine/admission-queue.js';
 export { WorkerEngine } from './engine/worker-engine.js';
@@ -23,6 +22,7 @@ export { parseServerConfig, type ServerConfig } from './config/server-config.js'
 export { loadTransportSecurity, type TransportSecurity } from './config/transport-security.js';
 export {
   AnpdError,
+  CancelledError,
   ConfigError,
   ContextOverflowError,
   DeadlineExceededError,

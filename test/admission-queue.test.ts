@@ -1,8 +1,7 @@
 import test, { type ErrorConstructor, type ExecutionContext, type ThrownError, type ThrowsExpectation } from 'ava';
 import { setImmediate as tick } from 'node:timers/promises';
-import { CancelledError } from '../src/engine/engine.js';
 import { type Lease, AdmissionQueue } from '../src/engine/admission-queue.js';
-import { OverloadedError, UnavailableError } from '../src/errors.js';
+import { CancelledError, OverloadedError, UnavailableError } from '../src/errors.js';
 
 /** Tracks whether a promise has settled, without awaiting it. */
 function track<T>(promise: Promise<T>): { readonly promise: Promise<T>; settled(): boolean } {

@@ -3,15 +3,8 @@
  * decoding on the real default model, over varied prompts, while actually speculating.
  */
 import test from 'ava';
-import {
-  DEFAULT_SPECULATION,
-  type Engine,
-  type GenerateRequest,
-  type GenerationFinal,
-  NO_SPECULATION,
-  PAPER_SPECULATION,
-  type SpeculationOptions,
-} from '../src/engine/engine.js';
+import { DEFAULT_SPECULATION, type GenerateRequest, type GenerationFinal, NO_SPECULATION, PAPER_SPECULATION, type SpeculationOptions } from '../src/contract.js';
+import type { Engine } from '../src/engine/engine.js';
 import { defaultEngine } from './support/default-model.js';
 import { categoryOf, exactnessPrompts } from './support/prompt-set.js';
 

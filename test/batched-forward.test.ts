@@ -7,7 +7,8 @@
 import test, { type ExecutionContext } from 'ava';
 import { DEFAULT_GRAPH_OPTIONS } from '../src/convert/decoder-graph.js';
 import { createEngine } from '../src/engine/create-engine.js';
-import { DEFAULT_SPECULATION, type Engine, type GenerateRequest, NO_SPECULATION } from '../src/engine/engine.js';
+import { DEFAULT_SPECULATION, type GenerateRequest, NO_SPECULATION } from '../src/contract.js';
+import type { Engine } from '../src/engine/engine.js';
 import { ensureDefaultModel } from '../src/registry/model-cache.js';
 import type { GqaDecoderModel } from '../src/runtime/gqa-decoder.js';
 import { cpuEngine, defaultModelDir, TEST_FORWARD_COST } from './support/default-model.js';
@@ -57,7 +58,7 @@ for (const prefillChunk of [512, 32]) {
     const batched = await createEngine(
       await defaultModelDir(),
       { executionProvider: 'cpu', intraOpThreads: 0, kvCapacity: 2048, batchModelDir: batchDir, batchPrefillChunkTokens: prefillChunk },
-      { forwardCost: TEST_FORWARD_COST },
+      { forwardCost: { mode: 'fixed', table: TEST_FORWARD_COST } },
     );
     engines.push(batched);
     const outputs = await Promise.all(REQUESTS.map((r) => tokens(batched, r)));
@@ -71,7 +72,7 @@ for (const prefillChunk of [512, 32]) {
 
 test.serial('with a ladder of graphs (2 and 4 slots), each batch runs on the smallest that holds it, outputs unchanged', async (t) => {
   const ladder = [await ensureDefaultModel({ ...DEFAULT_GRAPH_OPTIONS, slots: 2 }), await ensureDefaultModel({ ...DEFAULT_GRAPH_OPTIONS, slots: 4 })];
-  const batched = await createEngine(await defaultModelDir(), { executionProvider: 'cpu', intraOpThreads: 0, kvCapacity: 2048, batchModelDir: ladder }, { forwardCost: TEST_FORWARD_COST });
+  const batched = await createEngine(await defaultModelDir(), { executionProvider: 'cpu', intraOpThreads: 0, kvCapacity: 2048, batchModelDir: ladder }, { forwardCost: { mode: 'fixed', table: TEST_FORWARD_COST } });
   engines.push(batched);
   t.is(batched.info.batchSlots, 4);
   // Six generations: batches of 4 + 2 while all run, of 3 or 2 as the short ones finish.

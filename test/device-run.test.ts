@@ -9,7 +9,7 @@
 import { readFileSync } from 'node:fs';
 import test from 'ava';
 import { createEngine } from '../src/engine/create-engine.js';
-import { DEFAULT_SPECULATION, NO_SPECULATION } from '../src/engine/engine.js';
+import { DEFAULT_SPECULATION, NO_SPECULATION } from '../src/contract.js';
 import { toHalfBits } from '../src/convert/decoder-graph.js';
 import { loadDecoderModel } from '../src/runtime/load-model.js';
 import { DeviceSession, nativeAddon } from '../src/runtime/native-run.js';
@@ -74,7 +74,7 @@ test.serial('a float32 graph is refused on cuda before anything runs (float16 is
 
 test.serial('emulated device path on the float32 graph reproduces the committed greedy reference of ORT\'s kernel', async (t) => {
   const dir = await defaultModelDir();
-  const engine = await createEngine(dir, EMULATE, { forwardCost: TEST_FORWARD_COST });
+  const engine = await createEngine(dir, EMULATE, { forwardCost: { mode: 'fixed', table: TEST_FORWARD_COST } });
   try {
     t.is(engine.info.runner, 'native');
     t.is(engine.info.forwardRowsMin, DEVICE_FORWARD_ROWS);
@@ -101,7 +101,7 @@ test.serial('emulated device path on the float32 graph reproduces the committed 
 test.serial('float16 graph on the emulated device path: plain and speculative decoding give the same tokens; drafts stay within 4 rows', async (t) => {
   const dir = await convertedVariant({ dtype: 'float16' });
   t.is((JSON.parse(readFileSync(`${dir}/anpd-model.json`, 'utf8')) as { dtype?: string }).dtype, 'float16');
-  const engine = await createEngine(dir, EMULATE, { forwardCost: TEST_FORWARD_COST });
+  const engine = await createEngine(dir, EMULATE, { forwardCost: { mode: 'fixed', table: TEST_FORWARD_COST } });
   try {
     let drafted = 0;
     for (const p of exactnessPrompts().slice(0, 4)) {

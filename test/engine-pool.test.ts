@@ -5,9 +5,9 @@
  */
 import test from 'ava';
 import { execFileSync } from 'node:child_process';
-import { CancelledError, type GenerateRequest, type GenerationBackend } from '../src/engine/engine.js';
+import { CancelledError, ReplicaFailedError } from '../src/errors.js';
+import type { GenerateRequest, GenerationBackend } from '../src/contract.js';
 import { EnginePool } from '../src/engine/engine-pool.js';
-import { ReplicaFailedError } from '../src/errors.js';
 import { defaultEngine, defaultModelDir, TEST_FORWARD_COST } from './support/default-model.js';
 
 async function collect(backend: GenerationBackend, request: GenerateRequest, signal?: AbortSignal, onDelta?: () => void): Promise<number[]> {
@@ -27,7 +27,7 @@ test.after.always(async () => {
 });
 
 test.serial('concurrent runs over the replicas: each output equals the in-process engine', async (t) => {
-  pool = await EnginePool.create(await defaultModelDir(), { executionProvider: 'cpu', intraOpThreads: 1, kvCapacity: 512 }, { replicas: 2, forwardCost: TEST_FORWARD_COST });
+  pool = await EnginePool.create(await defaultModelDir(), { executionProvider: 'cpu', intraOpThreads: 1, kvCapacity: 512 }, { replicas: 2, forwardCost: { mode: 'fixed', table: TEST_FORWARD_COST } });
   t.is(pool.replicas.length, 2);
   // The table each worker reports back from its engine: the given one reached every replica.
   for (const [i, replica] of pool.replicas.entries()) t.deepEqual(replica.forwardCost, TEST_FORWARD_COST, `replica ${i}`);
@@ -64,7 +64,7 @@ test.serial('a cancelled run on one replica leaves the other replica’s run to 
 test.serial('replicas in child processes (how GPU replicas run) give the same outputs, survive a replica dying, and exit on dispose', async (t) => {
   const processes = await EnginePool.create(await defaultModelDir(), { executionProvider: 'cpu', intraOpThreads: 1, kvCapacity: 512 }, {
     replicas: 2,
-    forwardCost: TEST_FORWARD_COST,
+    forwardCost: { mode: 'fixed', table: TEST_FORWARD_COST },
     isolation: 'process',
   });
   try {

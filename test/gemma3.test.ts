@@ -10,7 +10,8 @@ import { join } from 'node:path';
 import test from 'ava';
 import { DEFAULT_GRAPH_OPTIONS } from '../src/convert/decoder-graph.js';
 import { createEngine } from '../src/engine/create-engine.js';
-import { DEFAULT_SPECULATION, type Engine, type GenerationFinal, NO_SPECULATION, type SpeculationOptions } from '../src/engine/engine.js';
+import { DEFAULT_SPECULATION, type GenerationFinal, NO_SPECULATION, type SpeculationOptions } from '../src/contract.js';
+import type { Engine } from '../src/engine/engine.js';
 import { projectRoot } from '../src/paths.js';
 import { ensureRegistryModel } from '../src/registry/model-cache.js';
 import { GEMMA3_270M } from '../src/registry/model-registry.js';
@@ -24,7 +25,7 @@ interface Fixture {
 
 let shared: Promise<Engine> | undefined;
 function gemma(): Promise<Engine> {
-  shared ??= ensureRegistryModel(GEMMA3_270M).then((dir) => createEngine(dir, { executionProvider: 'cpu', intraOpThreads: 0, kvCapacity: 2048 }, { forwardCost: TEST_FORWARD_COST }));
+  shared ??= ensureRegistryModel(GEMMA3_270M).then((dir) => createEngine(dir, { executionProvider: 'cpu', intraOpThreads: 0, kvCapacity: 2048 }, { forwardCost: { mode: 'fixed', table: TEST_FORWARD_COST } }));
   return shared;
 }
 
@@ -112,7 +113,7 @@ test.serial('the float16 graph (what CUDA runs) carries the residual stream scal
   // Gemma 3 270M's residual stream reaches ~1e5, past float16's 65,504: unscaled, this graph
   // decoded a repeated "    \n". Run on the device path's CPU emulation (test/device-run.test.ts).
   const dir = await ensureRegistryModel(GEMMA3_270M, { ...DEFAULT_GRAPH_OPTIONS, dtype: 'float16' });
-  const half = await createEngine(dir, { executionProvider: 'cpu', intraOpThreads: 0, kvCapacity: 1024, deviceRun: 'emulate' }, { forwardCost: TEST_FORWARD_COST });
+  const half = await createEngine(dir, { executionProvider: 'cpu', intraOpThreads: 0, kvCapacity: 1024, deviceRun: 'emulate' }, { forwardCost: { mode: 'fixed', table: TEST_FORWARD_COST } });
   try {
     const full = await gemma();
     for (const prompt of ['def fibonacci(n):', 'The quick silver train crosses the old stone bridge just before dawn. The quick silver']) {

@@ -1,6 +1,7 @@
 import test from 'ava';
-import { CancelledError, type Engine, type GenerateRequest, type GenerationFinal } from '../src/engine/engine.js';
-import { ContextOverflowError, InvalidRequestError } from '../src/errors.js';
+import type { Engine } from '../src/engine/engine.js';
+import type { GenerateRequest, GenerationFinal } from '../src/contract.js';
+import { CancelledError, ContextOverflowError, InvalidRequestError } from '../src/errors.js';
 import { defaultEngine } from './support/default-model.js';
 
 async function run(engine: Engine, request: GenerateRequest, signal?: AbortSignal) {

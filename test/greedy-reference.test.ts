@@ -4,7 +4,7 @@
  * quantization or runtime change that damages both alike must fail here.
  */
 import test from 'ava';
-import { NO_SPECULATION } from '../src/engine/engine.js';
+import { NO_SPECULATION } from '../src/contract.js';
 import { DEFAULT_MODEL } from '../src/registry/model-registry.js';
 import { generateOnce } from '../tools/generate-once.js';
 import { cpuEngine } from './support/default-model.js';

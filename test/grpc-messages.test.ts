@@ -1,6 +1,7 @@
 import test from 'ava';
-import { DEFAULT_SPECULATION } from '../src/engine/engine.js';
+import { DEFAULT_SPECULATION } from '../src/contract.js';
 import type { ServiceFinal } from '../src/engine/inference-service.js';
+import { prepareGeneration } from '../src/engine/validate.js';
 import { InvalidRequestError } from '../src/errors.js';
 import {
   type GenerateRequestMsg,
@@ -9,8 +10,15 @@ import {
   parseGenerateRequest,
   toFinalInfo,
 } from '../src/transport/grpc/messages.js';
+import { FakeDecoderModel, FakeTokenizer } from './support/fake-decoder-model.js';
 
 const TEXT: GenerateRequestMsg = { prompt: 'text', text: 'Hello' };
+
+/** Wire message → the request the service validates (engine/validate.ts): range messages name the proto fields. */
+function validated(msg: GenerateRequestMsg) {
+  const model = new FakeDecoderModel();
+  return prepareGeneration(new FakeTokenizer(), model.info, parseGenerateRequest(msg).request, { maxNewTokensDefault: 16, maxNewTokensLimit: 64 });
+}
 
 function withSampling(sampling: NonNullable<GenerateRequestMsg['sampling']>): GenerateRequestMsg {
   return { ...TEXT, sampling };
@@ -157,39 +165,40 @@ test('set sampling fields are carried over and the seed string is echoed', (t) =
   t.is(parsed.seed, '42');
 });
 
-test('top_p outside (0, 1] is rejected naming sampling.top_p', (t) => {
-  t.throws(() => parseGenerateRequest(withSampling({ top_p: 0 })), { instanceOf: InvalidRequestError, message: /sampling\.top_p/ });
-  t.throws(() => parseGenerateRequest(withSampling({ top_p: 1.5 })), { instanceOf: InvalidRequestError, message: /sampling\.top_p.*1\.5/ });
-  t.throws(() => parseGenerateRequest(withSampling({ top_p: -0.1 })), { instanceOf: InvalidRequestError, message: /sampling\.top_p/ });
-  t.throws(() => parseGenerateRequest(withSampling({ top_p: Number.NaN })), { instanceOf: InvalidRequestError, message: /sampling\.top_p/ });
+test('top_p outside (0, 1] is rejected naming sampling.top_p (by the validator, after parsing)', (t) => {
+  t.throws(() => validated(withSampling({ top_p: 0 })), { instanceOf: InvalidRequestError, message: /sampling\.top_p/ });
+  t.throws(() => validated(withSampling({ top_p: 1.5 })), { instanceOf: InvalidRequestError, message: /sampling\.top_p.*1\.5/ });
+  t.throws(() => validated(withSampling({ top_p: -0.1 })), { instanceOf: InvalidRequestError, message: /sampling\.top_p/ });
+  t.throws(() => validated(withSampling({ top_p: Number.NaN })), { instanceOf: InvalidRequestError, message: /sampling\.top_p/ });
   t.is(parseGenerateRequest(withSampling({ top_p: 1 })).request.sampling?.topP, 1);
+  t.notThrows(() => parseGenerateRequest(withSampling({ top_p: 0 })), 'the transport checks only the wire shape');
 });
 
-test('a negative or non-finite temperature is rejected', (t) => {
-  t.throws(() => parseGenerateRequest(withSampling({ temperature: -0.5 })), {
+test('a negative or non-finite temperature is rejected naming sampling.temperature', (t) => {
+  t.throws(() => validated(withSampling({ temperature: -0.5 })), {
     instanceOf: InvalidRequestError,
     message: /sampling\.temperature.*-0\.5/,
   });
-  t.throws(() => parseGenerateRequest(withSampling({ temperature: Number.POSITIVE_INFINITY })), {
+  t.throws(() => validated(withSampling({ temperature: Number.POSITIVE_INFINITY })), {
     instanceOf: InvalidRequestError,
     message: /sampling\.temperature/,
   });
-  t.throws(() => parseGenerateRequest(withSampling({ temperature: Number.NaN })), {
+  t.throws(() => validated(withSampling({ temperature: Number.NaN })), {
     instanceOf: InvalidRequestError,
     message: /sampling\.temperature/,
   });
 });
 
-test('a repetition_penalty of 0 or below is rejected', (t) => {
-  t.throws(() => parseGenerateRequest(withSampling({ repetition_penalty: 0 })), {
+test('a repetition_penalty of 0 or below is rejected naming sampling.repetition_penalty', (t) => {
+  t.throws(() => validated(withSampling({ repetition_penalty: 0 })), {
     instanceOf: InvalidRequestError,
     message: /sampling\.repetition_penalty/,
   });
-  t.throws(() => parseGenerateRequest(withSampling({ repetition_penalty: -1 })), {
+  t.throws(() => validated(withSampling({ repetition_penalty: -1 })), {
     instanceOf: InvalidRequestError,
     message: /sampling\.repetition_penalty/,
   });
-  t.throws(() => parseGenerateRequest(withSampling({ repetition_penalty: Number.POSITIVE_INFINITY })), {
+  t.throws(() => validated(withSampling({ repetition_penalty: Number.POSITIVE_INFINITY })), {
     instanceOf: InvalidRequestError,
     message: /sampling\.repetition_penalty/,
   });

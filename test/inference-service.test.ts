@@ -1,5 +1,6 @@
 import test from 'ava';
-import { CancelledError, type GenerationBackend, type GenerationEvent, type GenerationFinal, type GenerateRequest } from '../src/engine/engine.js';
+import type { GenerationBackend, GenerationEvent, GenerationFinal, GenerateRequest } from '../src/contract.js';
+import { CancelledError } from '../src/errors.js';
 import { InferenceService, type ServiceEvent, ServiceCancelledError, type ServiceFinal } from '../src/engine/inference-service.js';
 import type { ModelInfo } from '../src/runtime/types.js';
 import type { TextTokenizer } from '../src/tokenizer/tokenizer.js';

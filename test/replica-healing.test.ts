@@ -33,7 +33,7 @@ async function pool(replicas: number, supervision: Partial<SupervisionOptions> =
   const p = await EnginePool.create(modelDir ?? (await defaultModelDir()), { executionProvider: 'cpu', intraOpThreads: 1, kvCapacity: 1024 }, {
     replicas,
     isolation: 'process',
-    forwardCost: TEST_FORWARD_COST,
+    forwardCost: { mode: 'fixed', table: TEST_FORWARD_COST },
     supervision,
     workerEntry: WEDGING_ENGINE_WORKER,
   });

@@ -3,7 +3,7 @@
  * fewest runs in flight, a dead replica is never chosen, and the count drops when a run ends.
  */
 import test from 'ava';
-import type { GenerationEvent, PreparedGeneration } from '../src/engine/engine.js';
+import type { GenerationEvent, PreparedGeneration } from '../src/contract.js';
 import { LeastLoadedRouter, type RoutedEngine } from '../src/engine/replica-router.js';
 import { NoReplicaUpError } from '../src/errors.js';
 

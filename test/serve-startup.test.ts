@@ -6,8 +6,8 @@ import { Metadata } from '@grpc/grpc-js';
 import { listeningPort } from './support/serve-process.js';
 import test from 'ava';
 import { fetchMetricsText, freePort } from '../tools/loopback.js';
-import { DRAFT_TOKENS_LIMIT } from '../src/engine/engine.js';
-import { forwardCostPath, readForwardCost, writeForwardCost } from '../src/engine/forward-cost-cache.js';
+import { DRAFT_TOKENS_LIMIT } from '../src/contract.js';
+import { forwardCostPath, readForwardCost, writeForwardCost } from '../src/engine/forward-cost.js';
 import { projectRoot } from '../src/paths.js';
 import { nativeAddon } from '../src/runtime/native-run.js';
 import { WorkerEngine } from '../src/engine/worker-engine.js';
@@ -60,7 +60,7 @@ test('writing the table where the cache is read-only reports false instead of th
 });
 
 test('a worker engine created without calibrating is ready without a table and measures it on calibrate(), once', async (t) => {
-  const engine = await WorkerEngine.create(await defaultModelDir(), RUNTIME, { calibrate: false });
+  const engine = await WorkerEngine.create(await defaultModelDir(), RUNTIME, { forwardCost: { mode: 'defer' } });
   try {
     t.is(engine.forwardCost, undefined);
     t.true(engine.startupTimes.evaluatedAt <= engine.startupTimes.modelLoadedAt);

@@ -1,7 +1,7 @@
 import test from 'ava';
 import { availableParallelism } from 'node:os';
 import { batchSlotLadder, defaultEngineReplicas, parseServerConfig } from '../src/config/server-config.js';
-import { MAX_NEW_TOKENS_LIMIT } from '../src/engine/engine.js';
+import { MAX_NEW_TOKENS_LIMIT } from '../src/contract.js';
 import { ConfigError } from '../src/errors.js';
 
 test('empty argv and environment give the documented defaults', (t) => {

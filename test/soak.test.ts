@@ -36,7 +36,7 @@ test.serial('soak with replica kills: a model replica process SIGKILLed every 4 
   const pool = await EnginePool.create(await defaultModelDir(), { executionProvider: 'cpu', intraOpThreads: 1, kvCapacity: 1024 }, {
     replicas: 2,
     isolation: 'process',
-    forwardCost: TEST_FORWARD_COST,
+    forwardCost: { mode: 'fixed', table: TEST_FORWARD_COST },
     supervision: { restartBackoffMs: 100, restartsPerMinuteMax: 30 },
   });
   const events: ReplicaEvent[] = [];

@@ -1,5 +1,5 @@
 import test from 'ava';
-import { StopSequenceMatcher } from '../src/engine/stop-sequences.js';
+import { StopSequenceMatcher } from '../src/generate/stop-sequences.js';
 
 /** Pushes each delta, returning what was emitted per push and whether each push reported a stop. */
 function run(matcher: StopSequenceMatcher, deltas: readonly string[]): { emitted: string[]; stopped: boolean[] } {

@@ -9,7 +9,7 @@
  * CI must not report the only WebGPU / device-KV test as passed when it never ran.
  */
 import test from 'ava';
-import { NO_SPECULATION } from '../src/engine/engine.js';
+import { NO_SPECULATION } from '../src/contract.js';
 import { generateOnce } from '../tools/generate-once.js';
 import { defaultEngine } from './support/default-model.js';
 import { compareWithReference, readReference, sha256 } from './support/greedy-reference.js';

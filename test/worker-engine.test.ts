@@ -2,9 +2,9 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import test from 'ava';
-import { CancelledError, type GenerateRequest, type GenerationBackend, NO_SPECULATION } from '../src/engine/engine.js';
+import { type GenerateRequest, type GenerationBackend, NO_SPECULATION } from '../src/contract.js';
+import { AnpdError, CancelledError, InvalidRequestError } from '../src/errors.js';
 import { WorkerEngine } from '../src/engine/worker-engine.js';
-import { AnpdError, InvalidRequestError } from '../src/errors.js';
 import { defaultEngine } from './support/default-model.js';
 import { defaultWorkerEngine } from './support/grpc-server.js';
 

@@ -1,5 +1,6 @@
 /** One chat generation collected into its token ids and final statistics (the benches' unit of work). */
-import type { Engine, GenerationFinal, SpeculationOptions } from '../src/engine/engine.js';
+import type { Engine } from '../src/engine/engine.js';
+import type { GenerationFinal, SpeculationOptions } from '../src/contract.js';
 
 export interface Sample {
   tokens: number[];

@@ -2,9 +2,9 @@
 // Run from the project root after `npm run build`: node bench/draft-replay/record-outputs.mjs
 import { ensureDefaultModel } from '../../dist/src/registry/model-cache.js';
 import { createEngine } from '../../dist/src/engine/create-engine.js';
-import { NO_SPECULATION } from '../../dist/src/engine/engine.js';
+import { NO_SPECULATION } from '../../dist/src/contract.js';
 import { readFileSync, writeFileSync } from 'node:fs';
-const e = await createEngine(await ensureDefaultModel(), undefined, {calibrate:false});
+const e = await createEngine(await ensureDefaultModel(), undefined, {forwardCost:{mode:'defer'}});
 const out = [];
 for (const c of ['summarization','code-editing','document-qa','open-chat']) {
   for (const p of JSON.parse(readFileSync(`bench/prompts/${c}.json`,'utf8'))) {

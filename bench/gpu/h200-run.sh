@@ -25,7 +25,7 @@ for step in $steps; do
       say smoke
       timeout 120 node --input-type=module -e "
         const { createEngine } = await import('./dist/src/engine/create-engine.js');
-        const { NO_SPECULATION, DEFAULT_SPECULATION } = await import('./dist/src/engine/engine.js');
+        const { NO_SPECULATION, DEFAULT_SPECULATION } = await import('./dist/src/contract.js');
         const { generateOnce } = await import('./dist/tools/generate-once.js');
         const e = await createEngine('$model', { executionProvider: 'cuda', intraOpThreads: 4, kvCapacity: 2048 });
         console.log(JSON.stringify(e.info));

@@ -7,7 +7,7 @@ import { readFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { parseArgs } from 'node:util';
 import { DEFAULT_GRAPH_OPTIONS, GRAPH_DTYPES, type GraphOptions } from '../convert/decoder-graph.js';
-import { DEFAULT_SPECULATION, type Prompt, type SpeculationOptions } from '../engine/engine.js';
+import { DEFAULT_SPECULATION, type Prompt, type SpeculationOptions } from '../contract.js';
 import { AnpdError } from '../errors.js';
 import { probeExecutionProvider } from '../runtime/gpu-probe.js';
 import { EXECUTION_PROVIDERS } from '../runtime/types.js';

@@ -11,7 +11,7 @@ import { batchSlotLadder, parseServerConfig, SERVE_HELP, type ServerConfig, want
 import { loadTransportSecurity, type TransportSecurity } from '../config/transport-security.js';
 import { DEFAULT_GRAPH_OPTIONS, type GraphOptions } from '../convert/decoder-graph.js';
 import { EnginePool } from '../engine/engine-pool.js';
-import { forwardCostPath, readForwardCost, writeForwardCost } from '../engine/forward-cost-cache.js';
+import { DEFER_MEASUREMENT, forwardCostPath, readForwardCost, writeForwardCost } from '../engine/forward-cost.js';
 import { ConfigError } from '../errors.js';
 import { createLogger } from '../log.js';
 import { cacheDir } from '../paths.js';
@@ -70,7 +70,8 @@ export async function runServe(argv: readonly string[]): Promise<number> {
     replicas: config.engineReplicas,
     ...(config.engineIsolation !== 'auto' ? { isolation: config.engineIsolation } : {}),
     supervision: { forwardTimeoutMs: config.forwardTimeoutMs, restartsPerMinuteMax: config.replicaRestartsPerMinute },
-    ...(cachedCost !== undefined ? { forwardCost: cachedCost } : { calibrate: false }),
+    // The cached table, else measured after SERVING (below) and written to the cache.
+    forwardCost: cachedCost !== undefined ? { mode: 'fixed', table: cachedCost } : DEFER_MEASUREMENT,
   });
   // (The first worker is spawned and this thread has read the tokenizer.)
   timer.mark('tokenizerLoaded');

@@ -4,7 +4,7 @@
  */
 import { availableParallelism } from 'node:os';
 import { parseArgs } from 'node:util';
-import { MAX_NEW_TOKENS_LIMIT } from '../engine/engine.js';
+import { MAX_NEW_TOKENS_LIMIT } from '../contract.js';
 import { ENGINE_REPLICAS_LIMIT } from '../engine/engine-pool.js';
 import { ConfigError } from '../errors.js';
 import type { LogLevel } from '../log.js';

@@ -4,8 +4,7 @@
  * at once with OverloadedError — the queue never grows without bound. A "sequence slot" here is
  * the right to decode one sequence; a request with n samples takes n of them.
  */
-import { OverloadedError, UnavailableError } from '../errors.js';
-import { CancelledError } from './engine.js';
+import { CancelledError, OverloadedError, UnavailableError } from '../errors.js';
 
 export interface AdmissionQueueOptions {
   /** Sequences decoding concurrently (each owns a KV cache). */

@@ -9,7 +9,8 @@
 import { availableParallelism } from 'node:os';
 import type { ModelInfo, RuntimeOptions } from '../runtime/types.js';
 import type { TextTokenizer } from '../tokenizer/tokenizer.js';
-import type { GenerateRequest, GenerationBackend, GenerationEvent, PreparedGeneration, Prompt } from './engine.js';
+import type { GenerateRequest, GenerationBackend, GenerationEvent, PreparedGeneration, Prompt } from '../contract.js';
+import { DEFER_MEASUREMENT, type ForwardCostPlan, MEASURE_NOW } from './forward-cost.js';
 import { LeastLoadedRouter } from './replica-router.js';
 import type { ReplicaCapacity, ReplicaEvent, ReplicaSet } from './replica-set.js';
 import { DEFAULT_SUPERVISION, ReplicaSupervisor, type SupervisionOptions } from './replica-supervisor.js';
@@ -19,7 +20,7 @@ import { type EngineIsolation, WorkerEngine } from './worker-engine.js';
 export const ENGINE_REPLICAS_LIMIT = 64;
 
 /** `workerEntry` (tests): the module every replica's worker runs (see WorkerEngine.create). */
-type PoolOptions = { replicas?: number; calibrate?: boolean; forwardCost?: readonly number[]; isolation?: EngineIsolation; supervision?: Partial<SupervisionOptions>; workerEntry?: URL };
+type PoolOptions = { replicas?: number; forwardCost?: ForwardCostPlan; isolation?: EngineIsolation; supervision?: Partial<SupervisionOptions>; workerEntry?: URL };
 
 export class EnginePool implements GenerationBackend, ReplicaSet {
   private readonly supervisor: ReplicaSupervisor<WorkerEngine>;
@@ -27,16 +28,13 @@ export class EnginePool implements GenerationBackend, ReplicaSet {
 
   private constructor(replicas: readonly WorkerEngine[], modelDir: string, runtime: RuntimeOptions, isolation: EngineIsolation, supervision: SupervisionOptions, workerEntry: URL | undefined) {
     // A restart loads the same converted model with the same table: it never converts or measures.
-    const start = () => {
-      const table = this.forwardCost;
-      return WorkerEngine.create(modelDir, runtime, {
-        calibrate: false,
-        ...(table !== undefined ? { forwardCost: table } : {}),
+    const start = () =>
+      WorkerEngine.create(modelDir, runtime, {
+        forwardCost: sharedTable(this.forwardCost),
         tokenizer: this.tokenizer,
         isolation,
         ...(workerEntry !== undefined ? { workerEntry } : {}),
       });
-    };
     this.supervisor = new ReplicaSupervisor(replicas, start, supervision);
     this.router = new LeastLoadedRouter(replicas.length, (index) => this.supervisor.engineAt(index));
   }
@@ -57,15 +55,13 @@ export class EnginePool implements GenerationBackend, ReplicaSet {
     // ORT's WebGPU provider keeps one device context per process, and two threads submitting to it
     // at once corrupt its command encoder (seen on an H200): GPU replicas get a process each.
     const isolation: EngineIsolation = options.isolation ?? (count > 1 && runtime.executionProvider !== 'cpu' ? 'process' : 'thread');
-    // Deferring the measurement (calibrate: false) is for one replica; several share one table.
-    const { replicas: _count, supervision: _supervision, ...engineOptions } = options;
+    // Deferring the measurement is for one replica; several share one table, measured by the first.
+    const plan = options.forwardCost ?? MEASURE_NOW;
     const workerEntry = options.workerEntry !== undefined ? { workerEntry: options.workerEntry } : {};
-    const first = await WorkerEngine.create(modelDir, perReplica, { ...engineOptions, isolation, ...(count > 1 ? { calibrate: true } : {}) });
+    const first = await WorkerEngine.create(modelDir, perReplica, { forwardCost: count > 1 && plan.mode === 'defer' ? MEASURE_NOW : plan, isolation, ...workerEntry });
     const table = first.forwardCost;
     const rest = await Promise.allSettled(
-      Array.from({ length: count - 1 }, () =>
-        WorkerEngine.create(modelDir, perReplica, { calibrate: false, ...(table !== undefined ? { forwardCost: table } : {}), tokenizer: first.tokenizer, isolation, ...workerEntry }),
-      ),
+      Array.from({ length: count - 1 }, () => WorkerEngine.create(modelDir, perReplica, { forwardCost: sharedTable(table), tokenizer: first.tokenizer, isolation, ...workerEntry })),
     );
     const loaded = [first, ...rest.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []))];
     const failed = rest.find((r): r is PromiseRejectedResult => r.status === 'rejected');
@@ -127,4 +123,9 @@ export class EnginePool implements GenerationBackend, ReplicaSet {
     this.router.close();
     await this.supervisor.dispose();
   }
+}
+
+/** Another replica's table where one is known; else this replica measures it on first need too. */
+function sharedTable(table: readonly number[] | undefined): ForwardCostPlan {
+  return table !== undefined ? { mode: 'fixed', table } : DEFER_MEASUREMENT;
 }

@@ -7,10 +7,10 @@
  * Started by an entry module (engine-worker-main.ts; tests have their own that decorate the model).
  */
 import { parentPort } from 'node:worker_threads';
-import { AnpdError, ReplicaFailedError } from '../errors.js';
+import { AnpdError, CancelledError, ReplicaFailedError } from '../errors.js';
 import type { DecoderModel } from '../runtime/types.js';
-import { createEngine } from './create-engine.js';
-import { CancelledError, type Engine } from './engine.js';
+import { loadEngine } from './create-engine.js';
+import type { Engine } from './engine.js';
 import { ForwardWatch } from './forward-watch.js';
 import { type FromWorker, type SerializedError, type ToWorker, WORKER_DELTAS_IN_FLIGHT_MAX, WORKER_HEARTBEAT_MS } from './worker-protocol.js';
 
@@ -105,21 +105,17 @@ export function startEngineWorker(decorateModel: (model: DecoderModel) => Decode
 function handle(message: ToWorker, decorateModel: (model: DecoderModel) => DecoderModel): void {
   switch (message.type) {
     case 'init':
-      createEngine(message.modelDir, message.runtime, {
-        calibrate: false,
-        ...(message.forwardCost !== undefined ? { forwardCost: message.forwardCost } : {}),
-        decorateModel: (model) => {
-          forwards = new ForwardWatch(decorateModel(model));
-          return forwards;
-        },
+      loadEngine(message.modelDir, message.runtime, message.forwardCost, (model) => {
+        forwards = new ForwardWatch(decorateModel(model));
+        return forwards;
       }).then(
         async (created) => {
           engine = created;
           const modelLoadedAt = epochNow();
-          // Measured before 'ready' only when asked; otherwise on 'calibrate' or at the first adaptive run.
-          const measure = message.calibrate && message.forwardCost === undefined;
-          const forwardCost = measure || message.forwardCost !== undefined ? await created.forwardCost() : undefined;
-          post({ type: 'ready', info: created.model.info, forwardCost, times: { evaluatedAt, modelLoadedAt, ...(measure ? { calibratedAt: epochNow() } : {}) } });
+          // The plan's table before 'ready' (measured now, or given); a deferred one on 'calibrate' or at the first adaptive run.
+          const forwardCost = await created.forwardCosts.settle();
+          const measured = message.forwardCost.mode === 'measure-now';
+          post({ type: 'ready', info: created.model.info, forwardCost, times: { evaluatedAt, modelLoadedAt, ...(measured ? { calibratedAt: epochNow() } : {}) } });
           // Never keeps the worker alive on its own; stops with 'dispose'.
           const watch = forwards!;
           heartbeat = setInterval(() => post({ type: 'heartbeat', forwardsInFlight: watch.inFlight, progressAt: watch.progressAt }), WORKER_HEARTBEAT_MS);

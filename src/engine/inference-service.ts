@@ -2,8 +2,6 @@
  * What a transport talks to: the served model(s), admission through the session pool, drain on
  * shutdown. Transport-neutral — the gRPC adapter translates messages to and from these calls.
  */
-import { InvalidRequestError, UnavailableError, UnknownModelError } from '../errors.js';
-import type { ModelInfo } from '../runtime/types.js';
 import {
   type GenerationBackend,
   type GenerateRequest,
@@ -12,10 +10,12 @@ import {
   DRAFT_TOKENS_LIMIT,
   MAX_NEW_TOKENS_LIMIT,
   type Prompt,
-  CancelledError,
-} from './engine.js';
+} from '../contract.js';
+import { CancelledError, UnavailableError, UnknownModelError } from '../errors.js';
+import type { ModelInfo } from '../runtime/types.js';
 import { AdmissionQueue, type AdmissionQueueOptions, type AdmissionQueueState } from './admission-queue.js';
 import type { ReplicaCapacity, ReplicaSet } from './replica-set.js';
+import { prepareGeneration, type RequestLimits } from './validate.js';
 
 export interface ServiceLimits {
   /** Used when a request leaves max_new_tokens unset (0). */
@@ -86,6 +86,7 @@ export class InferenceService {
   readonly pool: AdmissionQueue;
   readonly limits: ServiceLimits;
   private readonly replicaSet: ReplicaSet | undefined;
+  private readonly requestLimits: RequestLimits;
 
   constructor({ engine, replicas, modelName, displayName, pool, limits }: InferenceServiceOptions) {
     if (limits.maxNewTokensLimit > MAX_NEW_TOKENS_LIMIT || limits.maxNewTokensDefault > limits.maxNewTokensLimit) {
@@ -97,6 +98,7 @@ export class InferenceService {
     this.displayName = displayName ?? engine.info.name;
     this.pool = new AdmissionQueue(pool);
     this.limits = limits;
+    this.requestLimits = { ...limits, sequenceSlots: this.pool.maxActive };
   }
 
   get poolState(): AdmissionQueueState {
@@ -137,15 +139,6 @@ export class InferenceService {
     return ids.map((id) => tokenizer.decode([id], { skipSpecialTokens: false }));
   }
 
-  /** Applies the default max_new_tokens (0 = unset) and the server's limit. */
-  withLimits(request: GenerateRequest): GenerateRequest {
-    const maxNewTokens = request.maxNewTokens === 0 ? this.limits.maxNewTokensDefault : request.maxNewTokens;
-    if (!Number.isInteger(maxNewTokens) || maxNewTokens < 1 || maxNewTokens > this.limits.maxNewTokensLimit) {
-      throw new InvalidRequestError(`max_new_tokens must be an integer in [1, ${this.limits.maxNewTokensLimit}], got ${maxNewTokens}`);
-    }
-    return maxNewTokens === request.maxNewTokens ? request : { ...request, maxNewTokens };
-  }
-
   /**
    * Refuses at once when every slot and queue place is taken; otherwise validates (before taking a
    * slot, so bad requests cost no queue space), waits for a slot, then
@@ -159,14 +152,11 @@ export class InferenceService {
     if (this.draining) throw new UnavailableError('server is shutting down and accepts no new requests');
     // Full: refuse before tokenizing (a malformed request then also gets RESOURCE_EXHAUSTED).
     this.pool.refuseIfFull();
-    const prepared = engine.prepare(this.withLimits(request));
-    const samples = request.n ?? 1;
-    if (samples > this.pool.maxActive) {
-      throw new InvalidRequestError(`n = ${samples} samples need as many sequence slots; this server has ${this.pool.maxActive} (ModelInfo.max_active_sequences)`);
-    }
+    // The one validation (engine/validate.ts): the server's max_new_tokens default and limit, n within the slots.
+    const prepared = prepareGeneration(engine.tokenizer, engine.info, request, this.requestLimits);
     let queueMs: number | undefined;
     try {
-      const lease = await this.pool.acquire(signal, samples);
+      const lease = await this.pool.acquire(signal, prepared.request.n ?? 1);
       try {
         queueMs = performance.now() - received;
         for await (const event of engine.run(prepared, signal)) {

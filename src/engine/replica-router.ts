@@ -4,7 +4,7 @@
  * supervisor's concern (replica-supervisor.ts).
  */
 import { NoReplicaUpError } from '../errors.js';
-import type { GenerationEvent, PreparedGeneration } from './engine.js';
+import type { GenerationEvent, PreparedGeneration } from '../contract.js';
 
 /** What the router needs of a replica's engine. */
 export interface RoutedEngine {

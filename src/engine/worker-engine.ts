@@ -6,19 +6,12 @@
 import { type ChildProcess, fork } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
-import { AnpdError, type ErrorCode, ReplicaFailedError } from '../errors.js';
+import type { GenerateRequest, GenerationBackend, GenerationEvent, PreparedGeneration, Prompt } from '../contract.js';
+import { AnpdError, CancelledError, EngineWorkerError, type ErrorCode, ReplicaFailedError } from '../errors.js';
 import type { ModelInfo, RuntimeOptions } from '../runtime/types.js';
 import { loadTokenizer, type TextTokenizer } from '../tokenizer/tokenizer.js';
-import {
-  CancelledError,
-  type GenerateRequest,
-  type GenerationBackend,
-  type GenerationEvent,
-  type PreparedGeneration,
-  type Prompt,
-  prepareGeneration,
-  tokenizePrompt,
-} from './engine.js';
+import { type ForwardCostPlan, MEASURE_NOW } from './forward-cost.js';
+import { prepareGeneration, tokenizePrompt } from './validate.js';
 import type { FromWorker, SerializedError, ToWorker, WorkerStartupTimes } from './worker-protocol.js';
 
 type RunMessage = Extract<FromWorker, { id: number }>;
@@ -82,13 +75,6 @@ function startHost(isolation: EngineIsolation, entry: URL): EngineHost {
 
 interface PendingRun {
   push(message: RunMessage): void;
-}
-
-/** The worker died or failed: every pending and later run fails with this. */
-export class EngineWorkerError extends AnpdError {
-  constructor(message: string, options?: { cause?: unknown }) {
-    super('INTERNAL', message, options);
-  }
 }
 
 function reviveError(error: SerializedError, signal: AbortSignal | undefined): Error {
@@ -173,14 +159,14 @@ export class WorkerEngine implements GenerationBackend {
   }
 
   /**
-   * Starts a worker, loads the model there (and calibrates before resolving, unless `forwardCost`
-   * is given or `calibrate` is false: then see `calibrate()`). `workerEntry` (tests): the module the
+   * Starts a worker, loads the model there and carries out the forward-cost plan before resolving
+   * (default: measure now; 'defer': see `calibrate()`). `workerEntry` (tests): the module the
    * worker runs instead of engine-worker-main.js.
    */
   static async create(
     modelDir: string,
     runtime: RuntimeOptions,
-    options: { calibrate?: boolean; forwardCost?: readonly number[]; tokenizer?: TextTokenizer; isolation?: EngineIsolation; workerEntry?: URL } = {},
+    options: { forwardCost?: ForwardCostPlan; tokenizer?: TextTokenizer; isolation?: EngineIsolation; workerEntry?: URL } = {},
   ): Promise<WorkerEngine> {
     const worker = startHost(options.isolation ?? 'thread', options.workerEntry ?? ENGINE_WORKER_MAIN);
     // While the worker boots and loads the model, this thread reads the tokenizer.
@@ -204,7 +190,7 @@ export class WorkerEngine implements GenerationBackend {
       worker.on('message', onMessage);
       worker.on('error', onError);
       worker.on('exit', onExit);
-      const init: ToWorker = { type: 'init', modelDir, runtime, forwardCost: options.forwardCost, calibrate: options.calibrate ?? true };
+      const init: ToWorker = { type: 'init', modelDir, runtime, forwardCost: options.forwardCost ?? MEASURE_NOW };
       worker.postMessage(init);
     }).catch(async (error: unknown) => {
       await worker.terminate();

@@ -5,7 +5,8 @@
 import type { ReplicaFailureKind } from '../errors.js';
 import type { RuntimeOptions, ModelInfo } from '../runtime/types.js';
 import type { TokenLogprob } from '../sampling/logprobs.js';
-import type { GenerateRequest, GenerationFinal } from './engine.js';
+import type { GenerateRequest, GenerationFinal } from '../contract.js';
+import type { ForwardCostPlan } from './forward-cost.js';
 
 /**
  * Deltas a run may have outstanding (posted, not yet taken by the consumer) before the worker
@@ -18,8 +19,8 @@ export type ToWorker =
       readonly type: 'init';
       readonly modelDir: string;
       readonly runtime: RuntimeOptions;
-      readonly forwardCost: readonly number[] | undefined;
-      readonly calibrate: boolean;
+      /** Where the forward-cost table comes from; 'measure-now' measures it before 'ready'. */
+      readonly forwardCost: ForwardCostPlan;
     }
   | { readonly type: 'run'; readonly id: number; readonly request: GenerateRequest; readonly promptTokens: readonly number[] }
   | { readonly type: 'cancel'; readonly id: number; readonly message: string }

@@ -16,7 +16,8 @@ import {
   context as otelContext,
   trace,
 } from '@opentelemetry/api';
-import { CancelledError, DEFAULT_SPECULATION, type GenerateRequest } from '../engine/engine.js';
+import { CancelledError } from '../errors.js';
+import { DEFAULT_SPECULATION, type GenerateRequest } from '../contract.js';
 import { GREEDY } from '../sampling/sampler.js';
 import type { ServiceEvent } from '../engine/inference-service.js';
 import type { AdmissionQueueState } from '../engine/admission-queue.js';

@@ -3,7 +3,8 @@
  * the reference engine's top-2 logit gap at that position. Exactness tests put this in their
  * failure message, so a difference reads as "kernel rounding at a near-tie" or as a real bug.
  */
-import type { Engine, GenerateRequest } from '../../src/engine/engine.js';
+import type { Engine } from '../../src/engine/engine.js';
+import type { GenerateRequest } from '../../src/contract.js';
 
 export async function describeDivergence(reference: Engine, request: GenerateRequest, expected: readonly number[], actual: readonly number[]): Promise<string> {
   let at = 0;

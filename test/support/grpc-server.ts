@@ -1,6 +1,6 @@
 import type { ChannelOptions, ServiceError } from '@grpc/grpc-js';
 import test from 'ava';
-import type { GenerationBackend } from '../../src/engine/engine.js';
+import type { GenerationBackend } from '../../src/contract.js';
 import { InferenceService } from '../../src/engine/inference-service.js';
 import type { ReplicaSet } from '../../src/engine/replica-set.js';
 import { SILENT_LOGGER } from '../../src/log.js';
@@ -27,7 +27,7 @@ let sharedWorker: Promise<WorkerEngine> | undefined;
 /** One engine worker per test file, as `anpd serve` runs it (fixed forward cost for reproducible drafts). */
 export function defaultWorkerEngine(): Promise<WorkerEngine> {
   sharedWorker ??= defaultModelDir().then((dir) =>
-    WorkerEngine.create(dir, { executionProvider: 'cpu', intraOpThreads: 0, kvCapacity: 2048 }, { forwardCost: TEST_FORWARD_COST }),
+    WorkerEngine.create(dir, { executionProvider: 'cpu', intraOpThreads: 0, kvCapacity: 2048 }, { forwardCost: { mode: 'fixed', table: TEST_FORWARD_COST } }),
   );
   return sharedWorker;
 }

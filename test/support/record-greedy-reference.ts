@@ -11,7 +11,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { cpus } from 'node:os';
 import { parseArgs } from 'node:util';
-import { NO_SPECULATION } from '../../src/engine/engine.js';
+import { NO_SPECULATION } from '../../src/contract.js';
 import { projectRoot } from '../../src/paths.js';
 import { ensureDefaultModel } from '../../src/registry/model-cache.js';
 import { DEFAULT_MODEL } from '../../src/registry/model-registry.js';

@@ -13,7 +13,7 @@ import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSyn
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createEngine } from '../../src/engine/create-engine.js';
-import { DEFAULT_SPECULATION, NO_SPECULATION, type SpeculationOptions } from '../../src/engine/engine.js';
+import { DEFAULT_SPECULATION, NO_SPECULATION, type SpeculationOptions } from '../../src/contract.js';
 import { generateOnce } from '../../tools/generate-once.js';
 import type { GqaDecoderModel } from '../../src/runtime/gqa-decoder.js';
 import { encodeModel, OnnxDataType } from '../../src/convert/onnx-writer.js';
@@ -55,7 +55,7 @@ const sessions: ort.InferenceSession[] = [];
 };
 
 const loadStarted = performance.now();
-const engine = await createEngine(modelDir, { executionProvider: 'webgpu', intraOpThreads: 2, kvCapacity: 256 }, { forwardCost: FLAT_FORWARD_COST });
+const engine = await createEngine(modelDir, { executionProvider: 'webgpu', intraOpThreads: 2, kvCapacity: 256 }, { forwardCost: { mode: 'fixed', table: FLAT_FORWARD_COST } });
 const loadMs = performance.now() - loadStarted;
 const speculation: SpeculationOptions = { ...DEFAULT_SPECULATION, draftLength: 'fixed' };
 const results = [];
@@ -77,7 +77,7 @@ rmSync(profileDir, { recursive: true, force: true });
 await engine.dispose();
 let batched: { plain: number[][]; anpd: number[][]; forwards: GqaDecoderModel['forwardCounts'] } | undefined;
 if (batchModelDir !== undefined) {
-  const batching = await createEngine(modelDir, { executionProvider: 'webgpu', intraOpThreads: 2, kvCapacity: 256, batchModelDir }, { forwardCost: FLAT_FORWARD_COST });
+  const batching = await createEngine(modelDir, { executionProvider: 'webgpu', intraOpThreads: 2, kvCapacity: 256, batchModelDir }, { forwardCost: { mode: 'fixed', table: FLAT_FORWARD_COST } });
   const runs = await Promise.all(prompts.flatMap((p) => [generateOnce(batching, p.text, NO_SPECULATION, p.maxNewTokens), generateOnce(batching, p.text, speculation, p.maxNewTokens)]));
   batched = { plain: runs.filter((_, i) => i % 2 === 0).map((r) => r.tokens), anpd: runs.filter((_, i) => i % 2 === 1).map((r) => r.tokens), forwards: (batching.model as GqaDecoderModel).forwardCounts };
   await batching.dispose();

@@ -6,7 +6,7 @@ import { execFile } from 'node:child_process';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { DEFAULT_GRAPH_OPTIONS } from '../../src/convert/decoder-graph.js';
-import type { GenerationFinal } from '../../src/engine/engine.js';
+import type { GenerationFinal } from '../../src/contract.js';
 import { projectRoot } from '../../src/paths.js';
 import { ensureDefaultModel } from '../../src/registry/model-cache.js';
 

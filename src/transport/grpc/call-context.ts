@@ -7,8 +7,7 @@
  * without its callback, so waiting for 'drain' always races the abort.
  */
 import type { EventEmitter } from 'node:events';
-import { CancelledError } from '../../engine/engine.js';
-import { AnpdError, DeadlineExceededError } from '../../errors.js';
+import { AnpdError, CancelledError, DeadlineExceededError } from '../../errors.js';
 
 export interface GrpcCallLike extends EventEmitter {
   readonly cancelled: boolean;

@@ -1,11 +1,10 @@
 /**
  * The proto messages as proto-loader decodes them (keepCase, longs/enums as strings, no defaults,
  * empty arrays, oneof names), and their translation to and from engine types. Validation of what
- * only the wire can get wrong (missing prompt, unknown role, huge seed) lives here; the engine
- * validates the rest. Every message names the field.
+ * only the wire can get wrong (missing prompt, unknown role, huge seed) lives here; the one
+ * validator (engine/validate.ts) checks the values. Every message names the field.
  */
-import type { GenerateRequest as EngineRequest, GenerationDelta, Prompt, SpeculationOptions } from '../../engine/engine.js';
-import { DEFAULT_SPECULATION } from '../../engine/engine.js';
+import { DEFAULT_SPECULATION, type GenerateRequest as EngineRequest, type GenerationDelta, type Prompt, type SpeculationOptions } from '../../contract.js';
 import type { ServiceCancelledError, ServiceFinal, ServedModelInfo } from '../../engine/inference-service.js';
 import { InvalidRequestError } from '../../errors.js';
 import type { TokenLogprob } from '../../sampling/logprobs.js';
@@ -222,15 +221,9 @@ function parseSampling(s: GenerateRequestMsg['sampling']): EngineSampling {
   const temperature = s?.temperature ?? 0;
   const topP = s?.top_p ?? 1;
   const repetitionPenalty = s?.repetition_penalty ?? 1;
-  // Checked here so the message names the proto field; the engine checks again.
-  if (!Number.isFinite(temperature) || temperature < 0) throw new InvalidRequestError(`sampling.temperature must be ≥ 0, got ${temperature}`);
-  if (!(topP > 0 && topP <= 1)) throw new InvalidRequestError(`sampling.top_p must be in (0, 1], got ${topP}`);
-  if (!(repetitionPenalty > 0) || !Number.isFinite(repetitionPenalty)) {
-    throw new InvalidRequestError(`sampling.repetition_penalty must be > 0, got ${repetitionPenalty}`);
-  }
+  // Ranges are checked by the one validator (engine/validate.ts), whose messages name the proto fields.
   const sampling: EngineSampling = { temperature, topP, topK: s?.top_k ?? 0, repetitionPenalty, seed: foldSeed(s?.seed) };
-  // Optional knobs only when set, so the engine sees the plain parameters otherwise. Their ranges
-  // are checked by the engine.
+  // Optional knobs only when set, so the engine sees the plain parameters otherwise.
   const extra: { -readonly [K in 'minP' | 'presencePenalty' | 'frequencyPenalty']?: number } & { logitBias?: [number, number][] } = {};
   if (s?.min_p !== undefined && s.min_p !== 0) extra.minP = s.min_p;
   if (s?.presence_penalty !== undefined && s.presence_penalty !== 0) extra.presencePenalty = s.presence_penalty;
@@ -278,10 +271,10 @@ export function parseGenerateRequest(msg: GenerateRequestMsg): ParsedGenerate {
     timeLimitMs: stopping?.time_limit_ms ?? 0,
     includeStopSequence: stopping?.include_stop_sequence ?? false,
     truncateInputTokens: stopping?.truncate_input_tokens ?? 0,
-    // 0 (unset) and 1: one sample; the engine checks the range.
+    // 0 (unset) and 1: one sample; the validator checks the range.
     ...(msg.n !== undefined && msg.n > 1 ? { n: msg.n } : {}),
   };
-  // top_logprobs > 0 or prompt imply enabled; the engine checks the range (the message names the field).
+  // top_logprobs > 0 or prompt imply enabled; the validator checks the range (the message names the field).
   const top = msg.logprobs?.top_logprobs ?? 0;
   const prompt = msg.logprobs?.prompt === true;
   const withLogprobs = msg.logprobs?.enabled === true || top > 0 || prompt ? { ...request, logprobs: prompt ? { top, prompt } : { top } } : request;

@@ -4,7 +4,7 @@
  */
 import type { Metadata } from '@grpc/grpc-js';
 import { type Context, ROOT_CONTEXT, type TextMapGetter, propagation } from '@opentelemetry/api';
-import type { GenerateRequest } from '../../engine/engine.js';
+import type { GenerateRequest } from '../../contract.js';
 import type { ServiceEvent } from '../../engine/inference-service.js';
 import type { GenerationTelemetry } from '../../telemetry/generation-telemetry.js';
 import { effectiveError } from './call-context.js';

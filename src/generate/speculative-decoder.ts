@@ -1,0 +1,311 @@
+/**
+ * One sample's decode rounds, from its prefilled sequence (prompt but the last token in its KV
+ * cache) to its final event. Each round runs the phases of ARCHITECTURE's round state machine, one
+ * method each: length → propose → plan → forward → verify → record → rewind → emit → commit.
+ *
+ * The committed sequence (prompt + emitted tokens) is the single source of truth: after each round
+ * the KV length is committed − 1 (the newest token is fed at the start of the next round) and the
+ * drafter has seen exactly the committed tokens. Speculation changes speed only: verify accepts a
+ * draft token iff it is what plain decoding would pick at that row, so the output is plain
+ * decoding's, token for token.
+ *
+ * Pure: no ORT, no I/O. The per-token path reuses its arrays (input, emitted, logprobs) across rounds.
+ */
+import {
+  DEFAULT_SPECULATION,
+  type GenerateRequest,
+  type GenerationDelta,
+  type GenerationEvent,
+  type GenerationStats,
+} from '../contract.js';
+import type { OthersLoad } from '../draft/batch-load.js';
+import { DEFAULT_CONTROLLER_OPTIONS, DraftLengthController, fixedDraftLength } from '../draft/draft-length-controller.js';
+import { type Drafter, NO_DRAFTER } from '../draft/drafter.js';
+import { ANPD_PAPER_OPTIONS, DEFAULT_NGRAM_OPTIONS, NgramDrafter } from '../draft/ngram-drafter.js';
+import { CancelledError } from '../errors.js';
+import type { DecoderSequence, ModelInfo } from '../runtime/types.js';
+import { tokenLogprob, type TokenLogprob } from '../sampling/logprobs.js';
+import { GREEDY, Sampler, TokenHistory } from '../sampling/sampler.js';
+import type { TextTokenizer } from '../tokenizer/tokenizer.js';
+import { Emitter } from './emitter.js';
+import { verifyDraft } from './verify.js';
+
+/**
+ * A sequence's seat in the forwards it shares with the other sequences of its replica: it publishes
+ * the rows it will add to the next forward and reads the others' share (draft lengths are chosen
+ * for the batch). Implemented today by draft/batch-load's BatchMember.
+ */
+export interface BatchSeat {
+  others(out: OthersLoad): OthersLoad;
+  plan(rows: number, tokens: number): void;
+  leave(): void;
+}
+
+/** Where a sample takes its seat (today draft/batch-load's BatchLoad; the scheduler step takes this place). */
+export interface BatchPlanner {
+  join(rows: number, tokens: number): BatchSeat;
+}
+
+export interface SampleSetup {
+  /** Checked (engine/validate.ts): max_new_tokens resolved, every range within its limit. */
+  readonly request: GenerateRequest;
+  readonly promptTokens: readonly number[];
+  readonly info: ModelInfo;
+  readonly tokenizer: TextTokenizer;
+  /** Prefilled with every prompt token but the last. */
+  readonly sequence: DecoderSequence;
+  /** The sample's number when the request has several (tags its deltas, adds to the seed); else undefined. */
+  readonly index: number | undefined;
+  /** Largest draft per round (0: plain decoding). */
+  readonly draftTokensMax: number;
+  /** The forward-cost table the adaptive draft length needs (empty when it is not adaptive). */
+  readonly forwardCost: readonly number[];
+  readonly batch: BatchPlanner;
+  readonly signal: AbortSignal | undefined;
+  /** performance.now() when the request started (the time limit's clock and the final's times). */
+  readonly started: number;
+  /** Request start → prefill done, and the prefill's forward time. */
+  readonly prefill: { readonly ms: number; readonly forwardMs: number };
+}
+
+const EMPTY_IDS = new Int32Array(0);
+const NO_DRAFT: readonly number[] = Object.freeze([]);
+
+type DraftLength = Pick<DraftLengthController, 'current' | 'record' | 'rowsFor' | 'expectedTokens'>;
+
+export class SpeculativeDecoder {
+  private readonly setup: SampleSetup;
+  private readonly sequence: DecoderSequence;
+  private readonly vocab: number;
+  private readonly sampler: Sampler;
+  /** Penalty state: it takes each verified draft token as its row is picked (the lossless rule). */
+  private readonly history: TokenHistory | undefined;
+  private readonly minNewTokens: number;
+  private readonly suppressedBeforeMin: readonly number[] | undefined;
+  private readonly drafter: Drafter;
+  private readonly controller: DraftLength;
+  private readonly emitter: Emitter;
+  private readonly stats: GenerationStats;
+  /** With log-probabilities: how many alternatives per token. */
+  private readonly logprobTop: number | undefined;
+  /** Greedy without row modifiers needs only each row's argmax: the runtime's, where it computes it. */
+  private readonly forwardGreedy: DecoderSequence['forwardGreedy'];
+  /**
+   * Log-probabilities are of the raw row: penalties, bias and suppression rewrite the row in place
+   * when picking, so then the row is copied first. One entry per picked row = per emitted token.
+   */
+  private readonly rawRow: Float32Array | undefined;
+
+  // Round state, reused across rounds.
+  private last: number;
+  private readonly input: number[] = [];
+  private readonly emitted: number[] = [];
+  private readonly logprobs: TokenLogprob[] = [];
+  private draft: readonly number[] = NO_DRAFT;
+  private logits: Float32Array = new Float32Array(0);
+  private greedyIds: Int32Array = EMPTY_IDS;
+  private greedyRound = false;
+  private kvBefore = 0;
+  private firstTokenMs = 0;
+
+  constructor(setup: SampleSetup) {
+    this.setup = setup;
+    const { request, promptTokens, info, index, draftTokensMax, forwardCost, sequence } = setup;
+    this.sequence = sequence;
+    this.vocab = info.vocabSize;
+    this.emitter = new Emitter(setup.tokenizer, request, promptTokens, info.eosTokenIds, setup.started);
+    const params = request.sampling ?? GREEDY;
+    this.sampler = new Sampler(index === undefined ? params : { ...params, seed: (params.seed + index) >>> 0 }, this.vocab);
+    this.history = this.sampler.modifiesRow ? new TokenHistory(this.vocab) : undefined;
+    if (this.history !== undefined) for (const t of promptTokens) this.history.addPrompt(t);
+    this.minNewTokens = request.minNewTokens ?? 0;
+    this.suppressedBeforeMin = this.minNewTokens > 0 ? [...this.emitter.stopTokens] : undefined;
+    const spec = request.speculation ?? DEFAULT_SPECULATION;
+    const speculate = spec.mode === 'ngram';
+    const rowsMin = info.forwardRowsMin;
+    const d0 = performance.now();
+    this.drafter = speculate ? new NgramDrafter(promptTokens, { ...(spec.drafter === 'paper' ? ANPD_PAPER_OPTIONS : DEFAULT_NGRAM_OPTIONS), n: spec.ngramN }) : NO_DRAFTER;
+    this.controller = !speculate
+      ? fixedDraftLength(0, rowsMin)
+      : spec.draftLength === 'fixed'
+        ? fixedDraftLength(draftTokensMax, rowsMin)
+        : new DraftLengthController({ ...DEFAULT_CONTROLLER_OPTIONS, draftTokensMax, forwardCost, rowsMin });
+    const indexMs = performance.now() - d0;
+    this.stats = {
+      rounds: 0,
+      draftRounds: 0,
+      zeroAcceptRounds: 0,
+      draftTokensProposed: 0,
+      draftTokensAccepted: 0,
+      draftedAtPosition: new Array<number>(draftTokensMax).fill(0),
+      acceptedAtPosition: new Array<number>(draftTokensMax).fill(0),
+      // The shared prefill counts once, on the first sample.
+      forwardMs: index === undefined || index === 0 ? setup.prefill.forwardMs : 0,
+      draftMs: indexMs,
+    };
+    this.logprobTop = request.logprobs?.top;
+    this.rawRow = this.logprobTop !== undefined && (this.history !== undefined || this.suppressedBeforeMin !== undefined) ? new Float32Array(this.vocab) : undefined;
+    // (Plain and speculative rounds both take the argmax path once past min_new_tokens' suppression;
+    // the device argmax equals the row's, tested.)
+    this.forwardGreedy = this.sampler.greedy && this.history === undefined && this.logprobTop === undefined ? sequence.forwardGreedy : undefined;
+    this.last = promptTokens[promptTokens.length - 1]!;
+  }
+
+  /** The rounds, to the final event. Aborting the signal ends them between rounds with a CancelledError carrying the usage. */
+  async *run(): AsyncGenerator<GenerationEvent> {
+    const { promptTokens, signal, started, prefill } = this.setup;
+    const emitter = this.emitter;
+    this.joinBatch();
+    try {
+      while (emitter.finishReason === undefined) {
+        if (signal?.aborted) throw new CancelledError(signal.reason, { promptTokens: promptTokens.length, completionTokens: emitter.completionTokens });
+        if (emitter.timeUp()) {
+          if (emitter.text.length > 0) yield this.tagged({ type: 'delta', text: emitter.text, tokenIds: [] });
+          break;
+        }
+        const room = this.length();
+        this.propose(room);
+        this.planBatch();
+        await this.forward();
+        const accepted = this.verify();
+        this.record(accepted);
+        this.rewind(accepted);
+        emitter.emit(this.emitted);
+        const committed = this.emitted.slice(0, emitter.count);
+        if (emitter.finishReason === undefined) this.commit(committed);
+        if (committed.length > 0 || emitter.text.length > 0) {
+          if (this.firstTokenMs === 0) this.firstTokenMs = performance.now() - started;
+          const text = emitter.text;
+          yield this.tagged(this.logprobTop === undefined ? { type: 'delta', text, tokenIds: committed } : { type: 'delta', text, tokenIds: committed, logprobs: this.logprobs.slice(0, committed.length) });
+        }
+      }
+      yield {
+        type: 'final',
+        finishReason: emitter.finishReason!, // (set: the loop ends only then)
+        promptTokens: promptTokens.length,
+        completionTokens: emitter.completionTokens,
+        firstTokenMs: this.firstTokenMs,
+        prefillMs: prefill.ms,
+        totalMs: performance.now() - started,
+        stats: this.stats,
+      };
+    } finally {
+      this.leaveBatch();
+    }
+  }
+
+  /** length: how many draft tokens this round may carry; never past max_new_tokens nor the KV capacity. */
+  private length(): number {
+    const completion = this.emitter.completionTokens;
+    return Math.min(this.controller.current(this.othersLoad()), this.setup.request.maxNewTokens - completion - 1, this.sequence.capacity - this.sequence.length - 1);
+  }
+
+  /** propose: the drafter's continuation of the committed tokens, up to `room` tokens. */
+  private propose(room: number): void {
+    this.draft = NO_DRAFT;
+    if (room > 0) {
+      const d0 = performance.now();
+      this.draft = this.drafter.propose(room);
+      this.stats.draftMs += performance.now() - d0;
+    }
+  }
+
+  /** forward: one forward over [last, d1..dK], K + 1 rows: their logits, or (greedy on the device) their argmax. */
+  private async forward(): Promise<void> {
+    const input = this.input;
+    input.length = 0;
+    input.push(this.last);
+    for (const d of this.draft) input.push(d);
+    this.kvBefore = this.sequence.length;
+    const f0 = performance.now();
+    const forwardGreedy = this.forwardGreedy;
+    this.greedyRound = forwardGreedy !== undefined && this.emitter.completionTokens >= this.minNewTokens;
+    if (this.greedyRound) {
+      this.greedyIds = await forwardGreedy!(input, input.length);
+    } else {
+      this.logits = await this.sequence.forward(input, input.length);
+    }
+    this.stats.forwardMs += performance.now() - f0;
+  }
+
+  /** verify: row by row, the model's token against the draft's, to the first mismatch; `emitted` gets the verified tokens. */
+  private verify(): number {
+    if (this.greedyRound) return verifyDraft(this.draft, this.pickGreedy, this.emitted);
+    this.logprobs.length = 0;
+    return verifyDraft(this.draft, this.pickRow, this.emitted);
+  }
+
+  private readonly pickGreedy = (row: number): number => this.greedyIds[row]!;
+
+  /** The token at logits row `row` (sampling, penalties, suppression before min_new_tokens, log-probabilities). */
+  private readonly pickRow = (row: number): number => {
+    const { history, sampler, logits, vocab } = this;
+    if (row > 0 && history !== undefined) history.addOutput(this.draft[row - 1]!);
+    // Row `row` picks output token number completionTokens + row (0-based).
+    const suppressed = this.emitter.completionTokens + row < this.minNewTokens ? this.suppressedBeforeMin : undefined;
+    const top = this.logprobTop;
+    if (top === undefined) return sampler.pick(logits, row, history, suppressed);
+    const offset = row * vocab;
+    const rawRow = this.rawRow;
+    if (rawRow !== undefined) rawRow.set(logits.subarray(offset, offset + vocab));
+    const token = sampler.pick(logits, row, history, suppressed);
+    this.logprobs.push(rawRow !== undefined ? tokenLogprob(rawRow, 0, vocab, token, top) : tokenLogprob(logits, offset, vocab, token, top));
+    return token;
+  };
+
+  /** record: the controller learns the acceptance; the statistics count the round. */
+  private record(accepted: number): void {
+    const drafted = this.draft.length;
+    this.controller.record(drafted, accepted);
+    const stats = this.stats;
+    stats.rounds++;
+    if (drafted > 0) {
+      stats.draftRounds++;
+      if (accepted === 0) stats.zeroAcceptRounds++;
+      stats.draftTokensProposed += drafted;
+      stats.draftTokensAccepted += accepted;
+      for (let j = 0; j < drafted; j++) stats.draftedAtPosition[j]!++;
+      for (let j = 0; j < accepted; j++) stats.acceptedAtPosition[j]!++;
+    }
+  }
+
+  /** rewind: KV keeps [last, accepted drafts]; the model's own token is fed next round. */
+  private rewind(accepted: number): void {
+    this.sequence.rewind(this.kvBefore + 1 + accepted);
+  }
+
+  /** commit: the round's tokens join the committed sequence (drafter, penalty history, the next round's first token). */
+  private commit(committed: readonly number[]): void {
+    const emitted = this.emitted;
+    this.drafter.commit(committed);
+    if (this.history !== undefined) this.history.addOutput(emitted[emitted.length - 1]!);
+    this.last = emitted[emitted.length - 1]!;
+  }
+
+  private tagged(delta: GenerationDelta): GenerationDelta {
+    const index = this.setup.index;
+    return index === undefined ? delta : { ...delta, index };
+  }
+
+  // ---- The batch seat: the round's only contact with the other sequences (join / others / plan / leave). ----
+
+  private seat: BatchSeat | undefined;
+  private readonly others: OthersLoad = { rows: 0, tokens: 0 };
+
+  private joinBatch(): void {
+    this.seat = this.setup.batch.join(this.controller.rowsFor(0), 1);
+  }
+
+  private othersLoad(): OthersLoad {
+    return this.seat!.others(this.others);
+  }
+
+  /** plan: this round's rows and expected tokens, published for the others' draft lengths. */
+  private planBatch(): void {
+    this.seat!.plan(this.controller.rowsFor(this.draft.length), this.controller.expectedTokens(this.draft.length));
+  }
+
+  private leaveBatch(): void {
+    this.seat?.leave();
+  }
+}

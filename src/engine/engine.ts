@@ -7,8 +7,7 @@
  * committed − 1 (the newest token is fed at the start of the next round) and the drafter has seen
  * exactly the committed tokens.
  */
-import { BatchLoad, type BatchMember, type OthersLoad } from '../draft/batch-load.js';
-import { DEFAULT_CONTROLLER_OPTIONS, DraftLengthController, fixedDraftLength } from '../draft/draft-length-controller.js';
+import { DEFAULT_CONTROLLER_OPTIONS, DraftLengthController, fixedDraftLength, type OthersLoad } from '../draft/draft-length-controller.js';
 import { type Drafter, NO_DRAFTER } from '../draft/drafter.js';
 import { ANPD_PAPER_OPTIONS, DEFAULT_NGRAM_OPTIONS, NGRAM_N_MAX, NgramDrafter } from '../draft/ngram-drafter.js';
 import { AnpdError, ContextOverflowError, InvalidRequestError } from '../errors.js';
@@ -16,6 +15,7 @@ import { verifyDraft } from '../generate/verify.js';
 import type { DecoderModel, DecoderSequence, ModelInfo } from '../runtime/types.js';
 import { tokenLogprob, TOP_LOGPROBS_MAX, type TokenLogprob } from '../sampling/logprobs.js';
 import { GREEDY, LOGIT_BIAS_ABS_MAX, LOGIT_BIAS_ENTRIES_MAX, OCCURRENCE_PENALTY_ABS_MAX, Sampler, type SamplingParams, TokenHistory } from '../sampling/sampler.js';
+import { StepScheduler, type StepMember } from '../schedule/step-scheduler.js';
 import { IncrementalDetokenizer } from '../tokenizer/incremental-detokenizer.js';
 import type { ChatMessage, TextTokenizer } from '../tokenizer/tokenizer.js';
 import { StopSequenceMatcher } from './stop-sequences.js';
@@ -286,14 +286,14 @@ export interface GenerationBackend {
 export class Engine implements GenerationBackend {
   readonly model: DecoderModel;
   readonly tokenizer: TextTokenizer;
-  /** What the sequences decoding here put into each batched forward (draft lengths are chosen for the batch). */
-  private readonly batchLoad: BatchLoad;
+  /** What runs in each forward of this model: membership, draft budgets, batching (draft lengths are chosen for the batch). */
+  private readonly steps: StepScheduler;
 
   /** `forwardCost`: a fixed cost-by-T table (index T) instead of measuring one, e.g. for reproducible runs. */
   constructor(model: DecoderModel, tokenizer: TextTokenizer, forwardCost?: readonly number[]) {
     this.model = model;
     this.tokenizer = tokenizer;
-    this.batchLoad = new BatchLoad(model.info.batchSlots);
+    this.steps = StepScheduler.forModel(model);
     if (forwardCost !== undefined) {
       if (forwardCost.length < DRAFT_TOKENS_LIMIT + 2 || forwardCost[1] !== 1) {
         throw new InvalidRequestError(`a forward cost table needs entries for T = 1..${DRAFT_TOKENS_LIMIT + 1} with cost[1] = 1`);
@@ -485,7 +485,7 @@ export class Engine implements GenerationBackend {
     };
 
     let completionTokens = 0;
-    let member: BatchMember | undefined;
+    let member: StepMember | undefined;
     try {
       const prefillMs = ctx.prefill.ms;
       let firstTokenMs = 0;
@@ -493,7 +493,7 @@ export class Engine implements GenerationBackend {
       const input: number[] = [];
       const emitted: number[] = [];
       let finishReason: FinishReason | undefined;
-      member = this.batchLoad.join(controller.rowsFor(0), 1);
+      member = this.steps.join(sequence, controller.rowsFor(0), 1);
       // Log-probabilities are of the raw row: penalties, bias and suppression rewrite the row in
       // place when picking, so then the row is copied first. One entry per picked row = per emitted token.
       const logprobTop = request.logprobs?.top;
@@ -527,7 +527,7 @@ export class Engine implements GenerationBackend {
           break;
         }
         // Room left for drafts: never past max_new_tokens nor the KV capacity.
-        const room = Math.min(controller.current(member.others(others)), request.maxNewTokens - completionTokens - 1, sequence.capacity - sequence.length - 1);
+        const room = Math.min(controller.current(member.budget(others)), request.maxNewTokens - completionTokens - 1, sequence.capacity - sequence.length - 1);
         let draft: readonly number[] = [];
         if (room > 0) {
           const d0 = performance.now();
@@ -546,7 +546,7 @@ export class Engine implements GenerationBackend {
           stats.forwardMs += performance.now() - f0;
           accepted = verifyDraft(draft, pickGreedy, emitted);
         } else {
-          const logits = await sequence.forward(input, input.length);
+          const logits = await member.forward(input, input.length);
           stats.forwardMs += performance.now() - f0;
           logprobs.length = 0;
           accepted = verifyDraft(draft, pickAt(logits, draft), emitted);

@@ -13,8 +13,9 @@
  */
 import { ContextOverflowError, InvalidRequestError } from '../errors.js';
 import type { ModelManifest } from '../model/model-manifest.js';
+import { type BatchableSequence, type BatchGraph, GqaBatchExecutor } from './batch-forward.js';
+import { cachedTensor, type GraphForwards, kvTensor, releaseForwards } from './graph-forwards.js';
 import { ort } from './ort-session.js';
-import type { NativeSession } from './native-run.js';
 import type { DecoderModel, DecoderSequence, ModelInfo, RuntimeOptions } from './types.js';
 
 // Names must match src/convert/llama-graph.ts IO (the runtime may not import the converter).
@@ -34,39 +35,24 @@ export const FORWARD_ROWS_MIN_GPU = 4;
 const LOGITS = 'logits';
 
 /** KV positions allocated at first, and the step buffers grow by, up to the sequence's capacity. */
-export const KV_SLOTS_INITIAL = 256;
-export const KV_SLOTS_STEP = 256;
+export const KV_POSITIONS_INITIAL = 256;
+export const KV_POSITIONS_STEP = 256;
 /** Largest single forward (prefill chunk); larger prompts are fed in chunks of this size. */
 export const FORWARD_TOKENS_MAX = 512;
 
-/**
- * What runs a model's single-sequence forwards: onnxruntime-node's session, or (CPU, when built)
- * the native runner's — then no onnxruntime-node session is created for the graph at all (a
- * second copy of the weights, ~150 MB, and its load time).
- */
-export type SingleForwards = { readonly session: ort.InferenceSession; readonly native?: undefined } | { readonly session?: undefined; readonly native: NativeSession };
-
 export class GqaDecoderModel implements DecoderModel {
   readonly info: ModelInfo;
-  private readonly forwards: SingleForwards;
+  private readonly forwards: GraphForwards;
   private readonly manifest: ModelManifest;
   private readonly defaultCapacity: number;
   private readonly rowsMin: number;
+  readonly batchExecutor: GqaBatchExecutor | undefined;
 
-  private readonly scheduler: ForwardScheduler | undefined;
-  private readonly batches: readonly SlotBatch[];
-
-  /** Forwards run so far: alone, and batched (forwards of the slot graphs / sequences they carried; forwards by graph size). */
-  get forwardCounts(): ForwardCounts {
-    return this.scheduler?.counts ?? { alone: 0, batched: 0, batchedSequences: 0, bySlots: {} };
-  }
-
-  /** `batches`: K-slot graphs of the same weights, any sizes (a batch runs on the smallest that holds it). */
-  constructor(forwards: SingleForwards, manifest: ModelManifest, options: RuntimeOptions, batches: readonly SlotBatch[] = []) {
+  /** `batches`: batch graphs of the same weights, any widths (the step scheduler picks one per forward). */
+  constructor(forwards: GraphForwards, manifest: ModelManifest, options: RuntimeOptions, batches: readonly BatchGraph[] = []) {
     this.forwards = forwards;
     const native = forwards.native;
     this.manifest = manifest;
-    this.batches = [...batches].sort((a, b) => a.slots - b.slots);
     const executionProvider = options.executionProvider;
     this.rowsMin = options.forwardRowsMin ?? (executionProvider === 'cpu' ? FORWARD_ROWS_MIN : FORWARD_ROWS_MIN_GPU);
     if (!Number.isInteger(this.rowsMin) || this.rowsMin < 1 || this.rowsMin > 64) throw new RangeError(`forwardRowsMin must be an integer in [1, 64], got ${this.rowsMin}`);
@@ -80,308 +66,32 @@ export class GqaDecoderModel implements DecoderModel {
       bosTokenId: manifest.bosTokenId ?? undefined,
       eosTokenIds: manifest.eosTokenIds,
       executionProvider,
-      batchSlots: this.batches.at(-1)?.slots ?? 1,
+      batchSlots: Math.max(1, ...batches.map((b) => b.width)),
       forwardRowsMin: this.rowsMin,
       runner: native === undefined ? 'onnxruntime-node' : 'native',
       attention: native?.ownAttention ? 'native' : 'onnxruntime',
     };
     const chunk = options.batchPrefillChunkTokens ?? FORWARD_TOKENS_MAX;
     if (!Number.isInteger(chunk) || chunk < 1 || chunk > FORWARD_TOKENS_MAX) throw new RangeError(`batchPrefillChunkTokens must be an integer in [1, ${FORWARD_TOKENS_MAX}], got ${chunk}`);
-    this.scheduler = this.batches.length === 0 ? undefined : new ForwardScheduler(this.batches.map((b) => new SlotBatchRunner(b, manifest, executionProvider !== 'cpu')), chunk);
+    this.batchExecutor = batches.length === 0 ? undefined : new GqaBatchExecutor(batches, manifest, executionProvider !== 'cpu', chunk);
   }
 
   createSequence(options?: { readonly capacity?: number }): DecoderSequence {
     // One position stays free for the pad row (rotary tables cover contextLength positions).
     const capacity = Math.min(options?.capacity ?? this.defaultCapacity, this.manifest.contextLength - (this.rowsMin - 1));
-    return new GqaSequence(this.forwards, this.manifest, capacity, this.rowsMin, this.info.executionProvider !== 'cpu', this.scheduler);
+    return new GqaSequence(this.forwards, this.manifest, capacity, this.rowsMin, this.info.executionProvider !== 'cpu', this.batchExecutor);
   }
 
   async dispose(): Promise<void> {
-    for (const runner of this.scheduler?.runners ?? []) runner.dispose();
-    for (const forwards of [this.forwards, ...this.batches]) await releaseForwards(forwards);
+    await this.batchExecutor?.dispose();
+    await releaseForwards(this.forwards);
   }
 }
 
-/** Frees whichever session runs these forwards. */
-export async function releaseForwards(forwards: SingleForwards): Promise<void> {
-  await forwards.session?.release();
-  forwards.native?.release();
-}
-
-/**
- * A K-slot batch graph of the same weights (load-model.ts checks that), run like the
- * single-sequence graph: by the native runner when it runs those (then with the same attention
- * kernel, so a sequence's batched and lone forwards agree), else by onnxruntime-node.
- */
-export type SlotBatch = SingleForwards & { readonly slots: number };
-
-export interface ForwardCounts {
-  readonly alone: number;
-  readonly batched: number;
-  readonly batchedSequences: number;
-  /** Batched forwards by the slot count of the graph that ran them. */
-  readonly bySlots: Readonly<Record<number, number>>;
-}
-
-/** Largest forward that joins a batch; longer ones (prefill chunks) run alone so they do not stall the decodes. */
-export const BATCH_TOKENS_MAX = 32;
-
-interface PendingForward {
-  readonly sequence: GqaSequence;
-  readonly tokens: ArrayLike<number>;
-  readonly start: number;
-  readonly count: number;
-  /** count padded to the row minimum (pad rows repeat the last token; their logits are never read). */
-  readonly padded: number;
-  readonly rows: number;
-}
-
-interface QueuedForward extends PendingForward {
-  resolve(logits: Float32Array): void;
-  reject(error: unknown): void;
-}
-
-/**
- * Collects the forwards sequences ask for and runs them together. Generations interleave on one
- * thread: after a forward returns, each resumes, drafts and asks for its next forward in the same
- * turn of the event loop, so one setImmediate later every sequence that is ready has asked. Then
- * up to K forwards run as one K-slot forward; a lone forward, or a long one, runs on the
- * single-sequence graph. Forwards never overlap (each sequence's KV is bound by the run).
- */
-class ForwardScheduler {
-  /** Prefill chunk size: BATCH_TOKENS_MAX joins prefills to the batches; FORWARD_TOKENS_MAX runs them alone. */
-  readonly prefillChunkTokens: number;
-  private queue: QueuedForward[] = [];
-  readonly counts: { alone: number; batched: number; batchedSequences: number; bySlots: Record<number, number> } = { alone: 0, batched: 0, batchedSequences: 0, bySlots: {} };
-  private scheduled = false;
-  private running = false;
-  /** By slot count, ascending. */
-  readonly runners: readonly SlotBatchRunner[];
-  private readonly slotsMax: number;
-
-  constructor(runners: readonly SlotBatchRunner[], prefillChunkTokens: number) {
-    this.runners = runners;
-    this.slotsMax = runners.at(-1)!.slots;
-    this.prefillChunkTokens = prefillChunkTokens;
-  }
-
-  submit(forward: PendingForward): Promise<Float32Array> {
-    return new Promise<Float32Array>((resolve, reject) => {
-      this.queue.push({ ...forward, resolve, reject });
-      this.schedule();
-    });
-  }
-
-  private schedule(): void {
-    if (this.scheduled || this.running) return;
-    this.scheduled = true;
-    setImmediate(() => void this.flush());
-  }
-
-  private async flush(): Promise<void> {
-    this.scheduled = false;
-    this.running = true;
-    const work = this.queue;
-    this.queue = [];
-    const batchable = work.filter((f) => f.padded <= BATCH_TOKENS_MAX);
-    const alone = work.filter((f) => f.padded > BATCH_TOKENS_MAX);
-    if (batchable.length === 1) alone.unshift(batchable.pop()!);
-    try {
-      for (let i = 0; i < batchable.length; i += this.slotsMax) {
-        const group = batchable.slice(i, i + this.slotsMax);
-        if (group.length === 1) {
-          alone.push(group[0]!);
-          continue;
-        }
-        // The smallest graph that holds the group: idle slots cost nearly what busy ones do.
-        const runner = this.runners.find((r) => r.slots >= group.length)!;
-        try {
-          this.counts.batched++;
-          this.counts.batchedSequences += group.length;
-          this.counts.bySlots[runner.slots] = (this.counts.bySlots[runner.slots] ?? 0) + 1;
-          await runner.run(group);
-        } catch (error) {
-          for (const f of group) f.reject(error);
-        }
-      }
-      for (const f of alone) {
-        this.counts.alone++;
-        try {
-          f.resolve(await f.sequence.runAlone(f.tokens, f.start, f.count, f.rows));
-        } catch (error) {
-          f.reject(error);
-        }
-      }
-    } finally {
-      this.running = false;
-      if (this.queue.length > 0) this.schedule();
-    }
-  }
-}
-
-/** A zeroed KV tensor in the graph's float type (float16 graphs: binary16 bits in a Uint16Array). */
-function kvTensor(m: ModelManifest, size: number, dims: readonly number[]): ort.Tensor {
-  return m.dtype === 'float16' ? new ort.Tensor('float16', new Uint16Array(size), dims) : new ort.Tensor('float32', new Float32Array(size), dims);
-}
-
-/** The buffer and tensor of a given size, made on first use. */
-function cached<A>(map: Map<number, { data: A; tensor: ort.Tensor }>, size: number, array: (n: number) => A, tensor: (data: A) => ort.Tensor): { data: A; tensor: ort.Tensor } {
-  let entry = map.get(size);
-  if (entry === undefined) {
-    const data = array(size);
-    entry = { data, tensor: tensor(data) };
-    map.set(size, entry);
-  }
-  return entry;
-}
-
-/**
- * One forward of the K-slot graph: the sequences' new tokens concatenated, each slot bound to its
- * sequence's own KV tensors (appended in place, as alone), idle slots to a 2-position scratch KV
- * with one token. Logits come back for the requested rows of each sequence, in order.
- * On a GPU each slot's present KV stays on the device and becomes its sequence's next past, as alone.
- */
-class SlotBatchRunner {
-  readonly slots: number;
-  private readonly deviceKv: boolean;
-  private readonly forwards: SingleForwards;
-  private readonly vocab: number;
-  private readonly feeds: Record<string, ort.Tensor> = {};
-  private readonly fetches: Record<string, ort.Tensor> = {};
-  private readonly slotTokens: BigInt64Array;
-  private readonly seqlensK: Int32Array[] = [];
-  private readonly totalLength: Int32Array[] = [];
-  private readonly kvNames: (readonly [string, string])[][] = [];
-  private readonly idleKv: ort.Tensor[];
-  /** GPU: each slot's idle KV after its first idle forward stays on the device (no upload per forward). */
-  private readonly idleKvBySlot: ort.Tensor[][];
-  private readonly logitsByRows = new Map<number, { data: Float32Array; tensor: ort.Tensor }>();
-  // By length (≤ K × BATCH_TOKENS_MAX tokens, ≤ K × BATCH_TOKENS_MAX rows): allocated once each.
-  private readonly idsByLength = new Map<number, { data: BigInt64Array; tensor: ort.Tensor }>();
-  private readonly indexByRows = new Map<number, { data: BigInt64Array; tensor: ort.Tensor }>();
-
-  constructor(batch: SlotBatch, m: ModelManifest, deviceKv: boolean) {
-    this.forwards = batch;
-    this.deviceKv = deviceKv;
-    this.slots = batch.slots;
-    this.vocab = m.vocab;
-    this.slotTokens = new BigInt64Array(batch.slots);
-    this.feeds['slot_tokens'] = new ort.Tensor('int64', this.slotTokens, [batch.slots]);
-    const idleDims = [1, m.kvHeads, 2, m.headDim];
-    this.idleKv = Array.from({ length: 2 * m.layers }, () => kvTensor(m, m.kvHeads * 2 * m.headDim, idleDims));
-    this.idleKvBySlot = Array.from({ length: batch.slots }, () => [...this.idleKv]);
-    for (let s = 0; s < batch.slots; s++) {
-      const seqlens = new Int32Array(1);
-      const total = new Int32Array(1);
-      this.seqlensK.push(seqlens);
-      this.totalLength.push(total);
-      this.feeds[`seqlens_k.${s}`] = new ort.Tensor('int32', seqlens, [1]);
-      this.feeds[`total_sequence_length.${s}`] = new ort.Tensor('int32', total, []);
-      const names: (readonly [string, string])[] = [];
-      for (let l = 0; l < m.layers; l++) {
-        names.push([`past_key_values.${s}.${l}.key`, `present.${s}.${l}.key`], [`past_key_values.${s}.${l}.value`, `present.${s}.${l}.value`]);
-      }
-      this.kvNames.push(names);
-    }
-  }
-
-  async run(group: readonly QueuedForward[]): Promise<void> {
-    const idle = this.slots - group.length;
-    let tokens = idle;
-    let rows = 0;
-    for (const f of group) {
-      tokens += f.padded;
-      rows += f.rows;
-    }
-    const ids = cached(this.idsByLength, tokens, (n) => new BigInt64Array(n), (d) => new ort.Tensor('int64', d, [1, tokens]));
-    const logitsIndex = cached(this.indexByRows, rows, (n) => new BigInt64Array(n), (d) => new ort.Tensor('int64', d, [rows]));
-    let offset = 0;
-    let row = 0;
-    for (let s = 0; s < this.slots; s++) {
-      const f = group[s];
-      const names = this.kvNames[s]!;
-      if (f === undefined) {
-        ids.data[offset++] = 0n;
-        this.slotTokens[s] = 1n;
-        this.seqlensK[s]![0] = 0;
-        this.totalLength[s]![0] = 1;
-        names.forEach(([past, present], i) => {
-          this.feeds[past] = this.idleKvBySlot[s]![i]!;
-          if (!this.deviceKv) this.fetches[present] = this.idleKv[i]!;
-        });
-        continue;
-      }
-      for (let i = 0; i < f.count; i++) ids.data[offset + i] = BigInt(f.tokens[f.start + i]!);
-      for (let i = f.count; i < f.padded; i++) ids.data[offset + i] = ids.data[offset + f.count - 1]!;
-      for (let i = f.count - f.rows; i < f.count; i++) logitsIndex.data[row++] = BigInt(offset + i);
-      this.slotTokens[s] = BigInt(f.padded);
-      this.seqlensK[s]![0] = f.sequence.length + (this.forwards.native?.ownAttention ? f.count : f.padded) - 1;
-      this.totalLength[s]![0] = f.sequence.length + f.padded;
-      const kv = f.sequence.kvTensors();
-      names.forEach(([past, present], i) => {
-        this.feeds[past] = kv[i]!;
-        if (!this.deviceKv) this.fetches[present] = kv[i]!;
-      });
-      offset += f.padded;
-    }
-    this.feeds['input_ids'] = ids.tensor;
-    this.feeds['logits_index'] = logitsIndex.tensor;
-    if (this.deviceKv) {
-      await this.runOnDevice(group, rows);
-      return;
-    }
-    const logits = cached(this.logitsByRows, rows, (n) => new Float32Array(n * this.vocab), (d) => new ort.Tensor('float32', d, [1, rows, this.vocab]));
-    this.fetches['logits'] = logits.tensor;
-    if (this.forwards.native !== undefined) this.forwards.native.run(this.feeds, this.fetches);
-    else await this.forwards.session.run(this.feeds, this.fetches);
-    // Each sequence gets its rows in its own buffer: the batch's is reused by the next batch,
-    // which may run before a caller has read them (the native runner runs synchronously).
-    let at = 0;
-    for (const f of group) {
-      f.sequence.advance(f.count);
-      const own = f.sequence.logitsOf(f.rows).data;
-      own.set(logits.data.subarray(at * this.vocab, (at + f.rows) * this.vocab));
-      f.resolve(own);
-      at += f.rows;
-    }
-  }
-
-  dispose(): void {
-    for (const idle of this.idleKvBySlot) for (const t of idle) if (t.location === 'gpu-buffer') t.dispose();
-  }
-
-  /** GPU: ORT allocates every present on the device; each becomes its slot's next past (idle slots' are freed). */
-  private async runOnDevice(group: readonly QueuedForward[], rows: number): Promise<void> {
-    const session = this.forwards.session;
-    if (session === undefined) throw new Error('device KV needs an onnxruntime-node session');
-    const results = await session.run(this.feeds);
-    for (let s = 0; s < this.slots; s++) {
-      const f = group[s];
-      this.kvNames[s]!.forEach(([, present], i) => {
-        const next = results[present]!;
-        if (f !== undefined) f.sequence.adoptDeviceKv(i, next);
-        else {
-          const idle = this.idleKvBySlot[s]!;
-          if (idle[i]!.location === 'gpu-buffer') idle[i]!.dispose();
-          idle[i] = next;
-        }
-      });
-    }
-    const logits = results['logits']!.data as Float32Array;
-    if (logits.length !== rows * this.vocab) throw new Error(`batched forward returned ${logits.length} logits, expected ${rows} rows`);
-    let at = 0;
-    for (const f of group) {
-      f.sequence.advance(f.count);
-      f.resolve(logits.subarray(at * this.vocab, (at + f.rows) * this.vocab));
-      at += f.rows;
-    }
-  }
-}
-
-class GqaSequence implements DecoderSequence {
+class GqaSequence implements DecoderSequence, BatchableSequence {
   readonly capacity: number;
   private kvLength = 0;
-  private readonly forwards: SingleForwards;
+  private readonly forwards: GraphForwards;
   private readonly vocab: number;
   private readonly feeds: Record<string, ort.Tensor> = {};
   private readonly fetches: Record<string, ort.Tensor> = {};
@@ -392,7 +102,8 @@ class GqaSequence implements DecoderSequence {
   private readonly idsByLength = new Map<number, { data: BigInt64Array; tensor: ort.Tensor }>();
   private readonly logitsByRows = new Map<number, { data: Float32Array; tensor: ort.Tensor }>();
   private disposed = false;
-  private slots = 0;
+  /** Positions the KV buffers hold (≥ kvLength; they grow in KV_POSITIONS_STEP steps). */
+  private kvPositions = 0;
   private readonly layers: number;
   private readonly kvHeads: number;
   private readonly headDim: number;
@@ -400,18 +111,19 @@ class GqaSequence implements DecoderSequence {
   /** GPU: the KV cache lives on the device; `past` is bound to the previous forward's `present`. */
   private readonly deviceKv: boolean;
   private readonly kvNames: (readonly [string, string])[] = [];
-  private readonly scheduler: ForwardScheduler | undefined;
+  /** With batch graphs: where forwards go once a step scheduler is attached. */
+  private readonly batching: GqaBatchExecutor | undefined;
 
   /** The native attention kernel's key layout, [head][dim][position]: only that kernel reads this cache. */
   private readonly keysTransposed: boolean;
 
   private readonly manifest: ModelManifest;
 
-  constructor(forwards: SingleForwards, m: ModelManifest, capacity: number, rowsMin: number, deviceKv: boolean, scheduler?: ForwardScheduler) {
+  constructor(forwards: GraphForwards, m: ModelManifest, capacity: number, rowsMin: number, deviceKv: boolean, batching?: GqaBatchExecutor) {
     this.forwards = forwards;
     this.manifest = m;
     this.keysTransposed = forwards.native?.ownAttention === true;
-    this.scheduler = scheduler;
+    this.batching = batching;
     this.capacity = capacity;
     this.rowsMin = rowsMin;
     this.deviceKv = deviceKv;
@@ -421,7 +133,7 @@ class GqaSequence implements DecoderSequence {
     this.kvHeads = m.kvHeads;
     this.headDim = m.headDim;
     // Device buffers cannot grow from here (no device-side copy): they get the full capacity.
-    this.bindKv(deviceKv ? capacity + rowsMin - 1 : Math.min(capacity + rowsMin - 1, KV_SLOTS_INITIAL));
+    this.bindKv(deviceKv ? capacity + rowsMin - 1 : Math.min(capacity + rowsMin - 1, KV_POSITIONS_INITIAL));
     this.feeds[SEQLENS_K] = new ort.Tensor('int32', this.seqlensK, [1]);
     this.feeds[TOTAL_SEQUENCE_LENGTH] = new ort.Tensor('int32', this.totalLength, []);
     this.feeds[LOGITS_START] = new ort.Tensor('int64', this.logitsStart, [1]);
@@ -433,14 +145,14 @@ class GqaSequence implements DecoderSequence {
   }
 
   /**
-   * (Re)allocates the KV buffers with `slots` positions, keeping the first kvLength. ORT's CPU
+   * (Re)allocates the KV buffers with `positions` positions, keeping the first kvLength. ORT's CPU
    * GroupQueryAttention with a shared buffer costs time in proportion to the buffer's length, not
    * the sequence's (docs/perf-notes.md), so buffers start small and grow in steps as the sequence does (a copy of the
-   * live prefix every KV_SLOTS_STEP tokens).
+   * live prefix every KV_POSITIONS_STEP tokens).
    */
-  private bindKv(slots: number): void {
-    const dims = [1, this.kvHeads, slots, this.headDim];
-    const size = this.kvHeads * slots * this.headDim;
+  private bindKv(positions: number): void {
+    const dims = [1, this.kvHeads, positions, this.headDim];
+    const size = this.kvHeads * positions * this.headDim;
     for (let l = 0; l < this.layers; l++) {
       for (const [input, output] of [
         [`past_key_values.${l}.key`, `present.${l}.key`],
@@ -448,23 +160,23 @@ class GqaSequence implements DecoderSequence {
       ] as const) {
         const next = kvTensor(this.manifest, size, dims);
         const old = this.feeds[input];
-        if (old !== undefined && this.kvLength > 0) this.copyKv(input, old.data as Float32Array, this.slots, next.data as Float32Array, slots, this.kvLength);
+        if (old !== undefined && this.kvLength > 0) this.copyKv(input, old.data as Float32Array, this.kvPositions, next.data as Float32Array, positions, this.kvLength);
         this.feeds[input] = next;
         this.fetches[output] = next;
       }
     }
-    this.slots = slots;
+    this.kvPositions = positions;
   }
 
-  /** Copies the first `length` positions of one KV tensor between buffers of `fromSlots` and `toSlots` positions. */
-  private copyKv(input: string, src: Float32Array, fromSlots: number, dst: Float32Array, toSlots: number, length: number): void {
+  /** Copies the first `length` positions of one KV tensor between buffers of `fromPositions` and `toPositions` positions. */
+  private copyKv(input: string, src: Float32Array, fromPositions: number, dst: Float32Array, toPositions: number, length: number): void {
     // Rows of positions ([head][position][dim]); the native attention kernel keeps keys
     // transposed, rows of dims ([head][dim][position]) (native/gqa-attention.c).
     const transposed = this.keysTransposed && input.endsWith('.key');
     const rows = transposed ? this.kvHeads * this.headDim : this.kvHeads;
     const rowFloats = transposed ? 1 : this.headDim;
     for (let r = 0; r < rows; r++) {
-      dst.set(src.subarray(r * fromSlots * rowFloats, (r * fromSlots + length) * rowFloats), r * toSlots * rowFloats);
+      dst.set(src.subarray(r * fromPositions * rowFloats, (r * fromPositions + length) * rowFloats), r * toPositions * rowFloats);
     }
   }
 
@@ -476,9 +188,9 @@ class GqaSequence implements DecoderSequence {
     if (!Number.isInteger(length) || length < 0 || length > source.kvLength || length > this.capacity) {
       throw new RangeError(`copy of ${length} positions from a sequence of ${source.kvLength} into a capacity of ${this.capacity}`);
     }
-    if (length + this.rowsMin > this.slots) this.bindKv(Math.min(this.capacity + this.rowsMin - 1, Math.ceil((length + this.rowsMin) / KV_SLOTS_STEP) * KV_SLOTS_STEP));
+    if (length + this.rowsMin > this.kvPositions) this.bindKv(Math.min(this.capacity + this.rowsMin - 1, Math.ceil((length + this.rowsMin) / KV_POSITIONS_STEP) * KV_POSITIONS_STEP));
     for (const [input] of this.kvNames) {
-      this.copyKv(input, source.feeds[input]!.data as Float32Array, source.slots, this.feeds[input]!.data as Float32Array, this.slots, length);
+      this.copyKv(input, source.feeds[input]!.data as Float32Array, source.kvPositions, this.feeds[input]!.data as Float32Array, this.kvPositions, length);
     }
     this.kvLength = length;
   };
@@ -493,7 +205,7 @@ class GqaSequence implements DecoderSequence {
     }
     // Long prompts go in chunks so one forward's activations stay bounded; logits come from the last chunk.
     // With batching, prefill goes in chunks small enough to join the batches (chunked prefill).
-    const chunkMax = this.scheduler?.prefillChunkTokens ?? FORWARD_TOKENS_MAX;
+    const chunkMax = this.batching?.prefillChunkTokens ?? FORWARD_TOKENS_MAX;
     const lastChunk = t - Math.floor((t - 1) / chunkMax) * chunkMax;
     if (logitsRows > lastChunk) throw new InvalidRequestError(`at most ${lastChunk} logits rows for a forward of ${t} tokens`);
     let start = 0;
@@ -507,11 +219,12 @@ class GqaSequence implements DecoderSequence {
   /** Runs tokens[start, start+count) and returns logits of the last `rows` of them. */
   private run(tokens: ArrayLike<number>, start: number, count: number, rows: number): Promise<Float32Array> {
     const padded = Math.max(count, this.rowsMin);
-    if (this.kvLength + padded > this.slots) {
-      const needed = Math.ceil((this.kvLength + padded) / KV_SLOTS_STEP) * KV_SLOTS_STEP;
+    if (this.kvLength + padded > this.kvPositions) {
+      const needed = Math.ceil((this.kvLength + padded) / KV_POSITIONS_STEP) * KV_POSITIONS_STEP;
       this.bindKv(Math.min(this.capacity + this.rowsMin - 1, needed));
     }
-    if (this.scheduler !== undefined) return this.scheduler.submit({ sequence: this, tokens, start, count, padded, rows });
+    const submitter = this.batching?.submitter;
+    if (submitter !== undefined) return submitter.submit({ sequence: this, tokens, start, count, padded, rows });
     return this.runAlone(tokens, start, count, rows);
   }
 
@@ -522,7 +235,7 @@ class GqaSequence implements DecoderSequence {
 
   /** This sequence's logits buffer for `rows` rows (made once per row count): a forward's result lives here until its next forward. */
   logitsOf(rows: number): { data: Float32Array; tensor: ort.Tensor } {
-    return cached(this.logitsByRows, rows, (n) => new Float32Array(n * this.vocab), (d) => new ort.Tensor('float32', d, [1, rows, this.vocab]));
+    return cachedTensor(this.logitsByRows, rows, (n) => new Float32Array(n * this.vocab), (d) => new ort.Tensor('float32', d, [1, rows, this.vocab]));
   }
 
   /** A batched forward appended `count` positions to this sequence's KV. */

@@ -6,7 +6,9 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ExecutionProviderError, ModelFormatError, ModelNotFoundError } from '../errors.js';
 import { MANIFEST_FILE, MANIFEST_FORMAT, type ModelManifest } from '../model/model-manifest.js';
-import { GqaDecoderModel, releaseForwards, type SingleForwards, type SlotBatch } from './gqa-decoder.js';
+import type { BatchGraph } from './batch-forward.js';
+import { GqaDecoderModel } from './gqa-decoder.js';
+import { type GraphForwards, releaseForwards } from './graph-forwards.js';
 import { inspectOptimumSession, OptimumDecoderModel } from './optimum-decoder.js';
 import { DeviceDecoderModel } from './device-decoder.js';
 import { DeviceSession, nativeAddon, NativeSession } from './native-run.js';
@@ -29,7 +31,7 @@ function readJsonFile(path: string): Record<string, unknown> {
 export const WEBGPU_SLOTS_MAX = 15;
 
 /** The K-slot batch graph: it must be ours, batched, and converted from the same source weights. */
-async function loadSlotBatch(dir: string, single: ModelManifest, options: RuntimeOptions): Promise<SlotBatch> {
+async function loadBatchGraph(dir: string, single: ModelManifest, options: RuntimeOptions): Promise<BatchGraph> {
   const manifestPath = join(dir, MANIFEST_FILE);
   if (!existsSync(manifestPath)) throw new ModelNotFoundError(dir, `batch model directory has no ${MANIFEST_FILE} (convert one with: anpd convert --slots K)`);
   const manifest = readJsonFile(manifestPath) as unknown as ModelManifest;
@@ -50,7 +52,7 @@ async function loadSlotBatch(dir: string, single: ModelManifest, options: Runtim
   }
   const path = join(dir, manifest.onnxFile);
   const native = openNativeSession(path, options, manifest);
-  return native !== undefined ? { native, slots: manifest.slots } : { session: await createOrtSession(path, options, deviceKv), slots: manifest.slots };
+  return native !== undefined ? { native, width: manifest.slots } : { session: await createOrtSession(path, options, deviceKv), width: manifest.slots };
 }
 
 /** CPU only: the addon runs on the host, with host buffers. */
@@ -127,15 +129,15 @@ export async function loadDecoderModel(dir: string, options: RuntimeOptions = DE
     }
     // With the native runner, no onnxruntime-node session for this graph: nothing would run on it.
     const native = openNativeSession(onnxPath, options, manifest);
-    const forwards: SingleForwards = native !== undefined ? { native } : { session: await createOrtSession(onnxPath, options, deviceKv) };
+    const forwards: GraphForwards = native !== undefined ? { native } : { session: await createOrtSession(onnxPath, options, deviceKv) };
     if (options.batchModelDir === undefined) return new GqaDecoderModel(forwards, manifest, options, []);
     const dirs = typeof options.batchModelDir === 'string' ? [options.batchModelDir] : options.batchModelDir;
-    const batches: SlotBatch[] = [];
+    const batches: BatchGraph[] = [];
     try {
       for (const batchDir of dirs) {
-        const batch = await loadSlotBatch(batchDir, manifest, options);
+        const batch = await loadBatchGraph(batchDir, manifest, options);
         batches.push(batch);
-        if (batches.some((b) => b !== batch && b.slots === batch.slots)) throw new ModelFormatError(join(batchDir, MANIFEST_FILE), `a second ${batch.slots}-slot graph: give each slot count once`);
+        if (batches.some((b) => b !== batch && b.width === batch.width)) throw new ModelFormatError(join(batchDir, MANIFEST_FILE), `a second ${batch.width}-slot graph: give each slot count once`);
       }
       return new GqaDecoderModel(forwards, manifest, options, batches);
     } catch (error) {

@@ -62,7 +62,57 @@ export interface DecoderSequence {
 export interface DecoderModel {
   readonly info: ModelInfo;
   createSequence(options?: { readonly capacity?: number }): DecoderSequence;
+  /** Where the model has batch graphs: what runs several sequences' forwards as one (absent: each forward is its sequence's own). */
+  readonly batchExecutor?: BatchExecutor | undefined;
   dispose(): Promise<void>;
+}
+
+/**
+ * One sequence's share of a forward: tokens[start, start + count) appended to its KV, run as
+ * `padded` query rows (pad rows repeat the last token; their logits are never read), logits of the
+ * last `rows` real rows. Made by the runtime's sequences; the scheduler above only groups them.
+ */
+export interface StepForward {
+  /** The runtime's own sequence (opaque above the runtime). */
+  readonly sequence: object;
+  readonly tokens: ArrayLike<number>;
+  readonly start: number;
+  readonly count: number;
+  readonly padded: number;
+  readonly rows: number;
+}
+
+/** What a batch executor's sequences hand each forward to: the step scheduler above installs it. */
+export interface StepSubmitter {
+  /** Resolves with the forward's logits rows, [rows × vocabSize], reused by the sequence's next forward. */
+  submit(forward: StepForward): Promise<Float32Array>;
+}
+
+/** Forwards a batch executor ran: alone, and batched (forwards of the batch graphs / sequences they carried; forwards by graph width). */
+export interface ForwardCounts {
+  readonly alone: number;
+  readonly batched: number;
+  readonly batchedSequences: number;
+  /** Batched forwards by the width (sequences per forward) of the graph that ran them. */
+  readonly byWidth: Readonly<Record<number, number>>;
+}
+
+/**
+ * The batch graphs of a model, as an executor: it runs what the scheduler groups and decides
+ * nothing itself. Forwards never overlap: the scheduler runs one `run` at a time.
+ */
+export interface BatchExecutor {
+  /** Sequences per forward of each batch graph, ascending (each ≥ 2). Width 1 is the single-sequence graph. */
+  readonly widths: readonly number[];
+  readonly counts: ForwardCounts;
+  /**
+   * Runs `forwards` (at most `width`, each of a different sequence) as one forward of the graph of
+   * that width (1: the single-sequence graph, one forward); idle places are padded. Resolves with
+   * each forward's logits, in order. A failure fails them all.
+   */
+  run(width: number, forwards: readonly StepForward[]): Promise<readonly Float32Array[]>;
+  /** From now on the model's sequences hand their forwards to `submitter` (once per model). */
+  attach(submitter: StepSubmitter): void;
 }
 
 /** ONNX Runtime execution providers this runtime knows how to configure. */

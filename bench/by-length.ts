@@ -51,7 +51,7 @@ const gguf = await ensureDefaultGguf();
 const kvCapacity = Math.max(...lengths) + newTokens + 64;
 const ours = {
   native: await createEngine(dir, { executionProvider: 'cpu', intraOpThreads: threads, kvCapacity }, { calibrate: false }),
-  nativeOrtAttention: await createEngine(dir, { executionProvider: 'cpu', intraOpThreads: threads, kvCapacity, nativeAttention: 'off' }, { calibrate: false }),
+  nativeOrtAttention: await createEngine(dir, { executionProvider: 'cpu', intraOpThreads: threads, kvCapacity, experimental: { nativeAttention: 'off' } }, { calibrate: false }),
   onnxruntimeNode: await createEngine(dir, { executionProvider: 'cpu', intraOpThreads: threads, kvCapacity, nativeRun: 'off' }, { calibrate: false }),
 };
 if (ours.native.info.attention !== 'native') throw new Error('the native runner is not built (npm run build; scripts/build-native.mjs says why)');

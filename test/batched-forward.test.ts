@@ -55,7 +55,7 @@ for (const prefillChunk of [512, 32]) {
     const batchDir = await ensureDefaultModel({ ...DEFAULT_GRAPH_OPTIONS, slots: 4 });
     const batched = await createEngine(
       await defaultModelDir(),
-      { executionProvider: 'cpu', intraOpThreads: 0, kvCapacity: 2048, batchModelDir: batchDir, batchPrefillChunkTokens: prefillChunk },
+      { executionProvider: 'cpu', intraOpThreads: 0, kvCapacity: 2048, batchModelDir: batchDir, experimental: { batchPrefillChunkTokens: prefillChunk } },
       { forwardCost: TEST_FORWARD_COST },
     );
     engines.push(batched);

@@ -8,7 +8,7 @@ import { MAX_NEW_TOKENS_LIMIT } from '../engine/engine.js';
 import { ENGINE_REPLICAS_LIMIT } from '../engine/engine-pool.js';
 import { ConfigError } from '../errors.js';
 import type { LogLevel } from '../log.js';
-import { EXECUTION_PROVIDERS, type ExecutionProviderName, NATIVE_RUN_MODES, type NativeRunMode } from '../runtime/types.js';
+import { EXECUTION_PROVIDERS, type ExecutionProviderName, NATIVE_RUN_MODES, type NativeRunMode, WEBGPU_BATCH_WIDTH_MAX } from '../runtime/types.js';
 
 // (Defined in errors.ts so the light transport-security module can throw it; exported here as before.)
 export { ConfigError };
@@ -255,12 +255,11 @@ export function parseServerConfig(argv: readonly string[], env: NodeJS.ProcessEn
   const executionProvider = providerChoice === 'auto' ? probe().provider : providerChoice;
   const batchSlots = int('batchSlots', 0, 0, 64);
   if (batchSlots === 1) throw new ConfigError(`${raw('batchSlots')!.source} must be 0 (off) or at least 2`);
-  // (Mirrors runtime/load-model.ts WEBGPU_SLOTS_MAX; config may not import the runtime.)
   const nativeRunChoice = choice('nativeRun', NATIVE_RUN_MODES, 'auto');
   if (batchSlots > 0 && executionProvider === 'cuda' && nativeRunChoice !== 'off') {
     throw new ConfigError(`${raw('batchSlots')!.source} does not combine with cuda's device path yet (its forwards are one sequence each): leave it at 0, or add --native-run off`);
   }
-  if (batchSlots > 15 && executionProvider === 'webgpu') throw new ConfigError(`${raw('batchSlots')!.source} must be at most 15 on webgpu (16 storage buffers per shader), got ${batchSlots}`);
+  if (batchSlots > WEBGPU_BATCH_WIDTH_MAX && executionProvider === 'webgpu') throw new ConfigError(`${raw('batchSlots')!.source} must be at most ${WEBGPU_BATCH_WIDTH_MAX} on webgpu (16 storage buffers per shader), got ${batchSlots}`);
   if (raw('batchModelDir') !== undefined && raw('modelDir') === undefined) {
     throw new ConfigError('--batch-model goes with --model (for the default model, --batch-slots K converts its batch graph)');
   }

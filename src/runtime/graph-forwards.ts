@@ -33,3 +33,15 @@ export function cachedTensor<A>(map: Map<number, { data: A; tensor: ort.Tensor }
   }
   return entry;
 }
+
+/**
+ * Runs a forward on host buffers, outputs written into `fetches`: the native runner synchronously
+ * (undefined), onnxruntime-node asynchronously (its promise).
+ */
+export function runHostForward(forwards: GraphForwards, feeds: Record<string, ort.Tensor>, fetches: Record<string, ort.Tensor>): Promise<unknown> | undefined {
+  if (forwards.native !== undefined) {
+    forwards.native.run(feeds, fetches);
+    return undefined;
+  }
+  return forwards.session.run(feeds, fetches);
+}

@@ -5,7 +5,8 @@
  * The cache is whatever ORT returned last; rewind slices it (a copy per layer, only when a draft was
  * rejected). Float32 KV only.
  */
-import { ContextOverflowError, InvalidRequestError, ModelFormatError } from '../errors.js';
+import { ModelFormatError } from '../errors.js';
+import { checkForward, checkRewind } from './check-forward.js';
 import { ort } from './ort-session.js';
 import type { DecoderModel, DecoderSequence, ModelInfo } from './types.js';
 
@@ -100,11 +101,8 @@ class OptimumSequence implements DecoderSequence {
 
   async forward(tokens: ArrayLike<number>, logitsRows: number): Promise<Float32Array> {
     const t = tokens.length;
-    if (t === 0) throw new InvalidRequestError('forward needs at least one token');
-    if (logitsRows < 1 || logitsRows > t) throw new InvalidRequestError(`logitsRows ${logitsRows} must be in [1, ${t}]`);
-    if (this.kvLength + t > this.capacity) {
-      throw new ContextOverflowError(`sequence of ${this.kvLength + t} tokens exceeds the context of ${this.capacity}`);
-    }
+    // One forward whatever its length (no chunks: the export's attention takes any).
+    checkForward(t, logitsRows, this.kvLength, this.capacity, Infinity, 'the context');
     if (this.storedLength > this.kvLength) this.truncateStored();
     const past = this.kvLength;
     const ids = new BigInt64Array(t);
@@ -151,9 +149,7 @@ class OptimumSequence implements DecoderSequence {
   }
 
   rewind(length: number): void {
-    if (!Number.isInteger(length) || length < 0 || length > this.kvLength) {
-      throw new RangeError(`rewind to ${length} outside [0, ${this.kvLength}]`);
-    }
+    checkRewind(length, this.kvLength);
     this.kvLength = length;
   }
 

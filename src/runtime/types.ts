@@ -122,8 +122,6 @@ export type ExecutionProviderName = (typeof EXECUTION_PROVIDERS)[number];
 export interface RuntimeOptions {
   /** Where the model runs. A GPU provider that cannot take every node is an error, not a silent CPU fallback. */
   readonly executionProvider: ExecutionProviderName;
-  /** Let ORT put nodes the GPU provider lacks on the CPU instead of failing (slower; for diagnosis). @default false */
-  readonly allowCpuFallback?: boolean;
   /**
    * Query rows every forward runs at least (pad rows are never read). Kernels that change with the
    * row count break the bitwise equality of a position's logits across forward sizes, which
@@ -138,6 +136,25 @@ export interface RuntimeOptions {
    * Same ONNX Runtime and options either way, so logits are bitwise equal. @default 'auto'
    */
   readonly nativeRun?: NativeRunMode;
+  /** CUDA device ordinal. @default 0 */
+  readonly deviceId?: number;
+  /** KV positions allocated per sequence (GQA layout), clamped to the model's context. */
+  readonly kvCapacity: number;
+  /**
+   * Converted batch graphs of the same weights (`anpd convert --slots K`): forwards that several
+   * sequences ask for at the same moment then run as one, on the narrowest graph that holds them
+   * (an idle place costs nearly what a busy one does). Several directories: a ladder, e.g. the
+   * 2-, 4-, 8- and 16-wide graphs. @default none
+   */
+  readonly batchModelDir?: string | readonly string[];
+  /** Switches only tests and benchmarks set (what they measure or reach); production leaves them out. */
+  readonly experimental?: ExperimentalRuntimeOptions;
+}
+
+/** Runtime switches for tests and benchmarks: each has the production behaviour as its default. */
+export interface ExperimentalRuntimeOptions {
+  /** Let ORT put nodes the GPU provider lacks on the CPU instead of failing (slower; for diagnosis). @default false */
+  readonly allowCpuFallback?: boolean;
   /**
    * With the native runner: 'auto' runs attention on its own kernel (native/gqa-attention.c) in
    * every session of the model, the batch graphs' included (a sequence's forwards must all run one
@@ -160,23 +177,15 @@ export interface RuntimeOptions {
   readonly greedyOnDevice?: boolean;
   /** Device path on CUDA: run each forward shape once at load (ORT's first run of a shape is slow). @default true */
   readonly warmUp?: boolean;
-  /** CUDA device ordinal. @default 0 */
-  readonly deviceId?: number;
-  /** KV positions allocated per sequence (GQA layout), clamped to the model's context. */
-  readonly kvCapacity: number;
   /**
-   * Converted K-slot batch graphs of the same weights (`anpd convert --slots K`): forwards that
-   * several sequences ask for at the same moment then run as one, on the smallest graph that holds
-   * them (an idle slot costs nearly what a busy one does). Several directories: a ladder, e.g. the
-   * 2-, 4-, 8- and 16-slot graphs. @default none
-   */
-  readonly batchModelDir?: string | readonly string[];
-  /**
-   * With batching: prefill chunk size. ≤ 32 (BATCH_TOKENS_MAX, with padding) lets prefill chunks
-   * share forwards with other sequences' decodes; 512 runs each prompt alone. @default 512
+   * With batching: prefill chunk size. ≤ 32 (the step scheduler's BATCH_TOKENS_MAX, with padding)
+   * lets prefill chunks share forwards with other sequences' decodes; 512 runs each prompt alone. @default 512
    */
   readonly batchPrefillChunkTokens?: number;
 }
+
+/** Most sequences a batch graph may carry on WebGPU (16 storage buffers per shader: K outputs + 1 input). */
+export const WEBGPU_BATCH_WIDTH_MAX = 15;
 
 export const DEVICE_RUN_MODES = ['auto', 'off', 'emulate'] as const;
 export type DeviceRunMode = (typeof DEVICE_RUN_MODES)[number];

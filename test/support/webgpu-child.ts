@@ -95,7 +95,7 @@ writeFileSync(probePath, Buffer.concat(encodeModel({
 })));
 const tryLoad = async (allowCpuFallback: boolean): Promise<string> => {
   try {
-    await (await createOrtSession(probePath, { executionProvider: 'webgpu', intraOpThreads: 1, kvCapacity: 1, allowCpuFallback })).release();
+    await (await createOrtSession(probePath, { executionProvider: 'webgpu', intraOpThreads: 1, kvCapacity: 1, experimental: { allowCpuFallback } })).release();
     return 'loaded';
   } catch (error) {
     return `${(error as Error).name}: ${(error as Error).message}`;

@@ -35,11 +35,11 @@ export class GqaBatchExecutor implements BatchExecutor {
   readonly counts: { alone: number; batched: number; batchedSequences: number; byWidth: Record<number, number> } = { alone: 0, batched: 0, batchedSequences: 0, byWidth: {} };
   /** Prefill chunk size of the model's sequences while batching (≤ the scheduler's batch entry limit: prefill chunks join the batches). */
   readonly prefillChunkTokens: number;
-  private readonly runners: readonly SlotBatchRunner[];
+  private readonly runners: readonly BatchGraphRunner[];
   private stepSubmitter: StepSubmitter | undefined;
 
   constructor(graphs: readonly BatchGraph[], manifest: ModelManifest, deviceKv: boolean, prefillChunkTokens: number) {
-    this.runners = [...graphs].sort((a, b) => a.width - b.width).map((g) => new SlotBatchRunner(g, manifest, deviceKv));
+    this.runners = [...graphs].sort((a, b) => a.width - b.width).map((g) => new BatchGraphRunner(g, manifest, deviceKv));
     this.widths = this.runners.map((r) => r.width);
     this.prefillChunkTokens = prefillChunkTokens;
   }
@@ -81,7 +81,7 @@ export class GqaBatchExecutor implements BatchExecutor {
  * with one token. Logits come back for the requested rows of each sequence, in order.
  * On a GPU each place's present KV stays on the device and becomes its sequence's next past, as alone.
  */
-class SlotBatchRunner {
+class BatchGraphRunner {
   readonly width: number;
   private readonly deviceKv: boolean;
   private readonly forwards: GraphForwards;

@@ -19,8 +19,8 @@
 import type { ModelManifest } from '../model/model-manifest.js';
 import { checkForward, checkRewind, FORWARD_TOKENS_MAX } from './check-forward.js';
 import { type DeviceBuffer, type DeviceSession, type DeviceValue, ONNX_TYPES } from './native-run.js';
-import { convertedModelInfo, type RuntimePlan } from './runtime-plan.js';
-import type { DecoderModel, DecoderSequence, ModelInfo } from './types.js';
+import { convertedModelInfo } from './runtime-plan.js';
+import type { DecoderModel, DecoderSequence, ModelInfo, RuntimePlan } from './types.js';
 
 /** CUDA graphs the addon keeps per session (native/anpd-native.h GRAPH_IDS_MAX); later KV sets run without. */
 const GRAPH_IDS_MAX = 256;
@@ -32,6 +32,7 @@ interface KvSet {
 
 export class DeviceDecoderModel implements DecoderModel {
   readonly info: ModelInfo;
+  readonly plan: RuntimePlan;
   readonly session: DeviceSession;
   private readonly manifest: ModelManifest;
   readonly rows: number;
@@ -53,6 +54,7 @@ export class DeviceDecoderModel implements DecoderModel {
   readonly fixedTotalLength: boolean;
 
   constructor(session: DeviceSession, manifest: ModelManifest, plan: RuntimePlan) {
+    this.plan = plan;
     this.session = session;
     this.fixedTotalLength = session.target === 'cuda';
     this.manifest = manifest;

@@ -9,14 +9,14 @@ import { type BatchGraph, GqaBatchExecutor } from './batch-forward.js';
 import { DeviceKvSequence } from './device-kv-sequence.js';
 import { type GraphForwards, releaseForwards } from './graph-forwards.js';
 import { HostKvSequence } from './host-kv-sequence.js';
-import { convertedModelInfo, type RuntimePlan } from './runtime-plan.js';
-import type { DecoderModel, DecoderSequence, ModelInfo } from './types.js';
+import { convertedModelInfo } from './runtime-plan.js';
+import type { DecoderModel, DecoderSequence, ModelInfo, RuntimePlan } from './types.js';
 
 export class GqaDecoderModel implements DecoderModel {
   readonly info: ModelInfo;
   private readonly forwards: GraphForwards;
   private readonly manifest: ModelManifest;
-  private readonly plan: RuntimePlan;
+  readonly plan: RuntimePlan;
   private readonly defaultCapacity: number;
   readonly batchExecutor: GqaBatchExecutor | undefined;
 

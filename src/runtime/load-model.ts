@@ -9,13 +9,13 @@ import { MANIFEST_FILE, MANIFEST_FORMAT, type ModelManifest } from '../model/mod
 import type { BatchGraph } from './batch-forward.js';
 import { GqaDecoderModel } from './gqa-decoder.js';
 import { type GraphForwards, releaseForwards } from './graph-forwards.js';
-import { planOptimum, planRuntime, type RuntimePlan } from './runtime-plan.js';
+import { planOptimum, planRuntime } from './runtime-plan.js';
 import { inspectOptimumSession, OptimumDecoderModel } from './optimum-decoder.js';
 import { DeviceDecoderModel } from './device-decoder.js';
 import { DeviceSession, nativeAddon, NativeSession } from './native-run.js';
 import { cudaProviderInstalled } from './gpu-probe.js';
 import { createOrtSession, installHint, isProviderFailure } from './ort-session.js';
-import { DEFAULT_RUNTIME_OPTIONS, type DecoderModel, type RuntimeOptions, WEBGPU_BATCH_WIDTH_MAX } from './types.js';
+import { DEFAULT_RUNTIME_OPTIONS, type DecoderModel, type RuntimeOptions, type RuntimePlan, WEBGPU_BATCH_WIDTH_MAX } from './types.js';
 
 /** Where Optimum / transformers.js put the decoder, in order of preference. */
 export const OPTIMUM_ONNX_CANDIDATES = ['onnx/model.onnx', 'onnx/decoder_with_past_model.onnx', 'model.onnx', 'decoder_with_past_model.onnx'];
@@ -172,5 +172,5 @@ export async function loadDecoderModel(dir: string, options: RuntimeOptions = DE
     forwardRowsMin: plan.rowsMin,
     runner: plan.runner,
     attention: plan.attention,
-  });
+  }, plan);
 }

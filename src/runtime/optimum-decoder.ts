@@ -8,7 +8,7 @@
 import { ModelFormatError } from '../errors.js';
 import { checkForward, checkRewind } from './check-forward.js';
 import { ort } from './ort-session.js';
-import type { DecoderModel, DecoderSequence, ModelInfo } from './types.js';
+import type { DecoderModel, DecoderSequence, ModelInfo, RuntimePlan } from './types.js';
 
 export interface OptimumLayout {
   readonly layers: number;
@@ -51,13 +51,15 @@ export function inspectOptimumSession(path: string, session: ort.InferenceSessio
 
 export class OptimumDecoderModel implements DecoderModel {
   readonly info: ModelInfo;
+  readonly plan: RuntimePlan;
   private readonly session: ort.InferenceSession;
   private readonly layout: OptimumLayout;
 
-  constructor(session: ort.InferenceSession, layout: OptimumLayout, info: ModelInfo) {
+  constructor(session: ort.InferenceSession, layout: OptimumLayout, info: ModelInfo, plan: RuntimePlan) {
     this.session = session;
     this.layout = layout;
     this.info = info;
+    this.plan = plan;
   }
 
   createSequence(options?: { readonly capacity?: number }): DecoderSequence {

@@ -7,7 +7,7 @@
 import { ModelFormatError } from '../errors.js';
 import type { ModelManifest } from '../model/model-manifest.js';
 import { FORWARD_TOKENS_MAX } from './check-forward.js';
-import type { ExecutionProviderName, ModelInfo, RuntimeOptions } from './types.js';
+import type { ModelInfo, RuntimeOptions, RuntimePlan } from './types.js';
 
 /** Query rows every forward runs at least on the CPU (see gqa-sequence.ts, batch invariance). */
 export const FORWARD_ROWS_MIN = 2;
@@ -26,41 +26,6 @@ export const FORWARD_ROWS_MIN_GPU = 4;
  * better ANPD.
  */
 export const DEVICE_FORWARD_ROWS = 4;
-
-/**
- * - `cpu-native`: host KV, forwards through the native addon (src/runtime/native-run.ts);
- * - `cpu-onnxruntime`: host KV, forwards through onnxruntime-node;
- * - `ort-device-kv`: a GPU provider through onnxruntime-node, the KV cache on the device (WebGPU,
- *   or CUDA with the native runner off);
- * - `device`: the native addon's device path (src/runtime/device-decoder.ts), on CUDA or emulated on the CPU;
- * - `optimum`: a Hugging Face ONNX export (src/runtime/optimum-decoder.ts).
- */
-export type RuntimeBackend = 'cpu-native' | 'cpu-onnxruntime' | 'ort-device-kv' | 'device' | 'optimum';
-
-export interface RuntimePlan {
-  readonly backend: RuntimeBackend;
-  readonly provider: ExecutionProviderName;
-  /** What runs the forwards (ModelInfo.runner). */
-  readonly runner: 'native' | 'onnxruntime-node';
-  /** Whose GroupQueryAttention kernel runs (ModelInfo.attention); 'native' keeps keys transposed. */
-  readonly attention: 'native' | 'onnxruntime';
-  readonly dtype: 'float32' | 'float16';
-  /** Query rows every forward runs at least (Optimum: 1). */
-  readonly rowsMin: number;
-  /** Where a sequence's KV cache lives: host buffers we own, or device buffers. */
-  readonly kvPlacement: 'host' | 'device';
-  /** The device path's device: CUDA, or host memory standing in for it (deviceRun 'emulate'). */
-  readonly deviceTarget?: 'cuda' | 'host';
-  readonly deviceId: number;
-  readonly intraOpThreads: number;
-  readonly kvCapacity: number;
-  /** Batch graph directories (none: every forward is one sequence's). */
-  readonly batchGraphDirs: readonly string[];
-  /** Prefill chunk size while batching. */
-  readonly batchPrefillChunkTokens: number;
-  /** The test and benchmark switches, defaults filled in. */
-  readonly experimental: { readonly cudaGraphs: boolean; readonly greedyOnDevice: boolean; readonly warmUp: boolean };
-}
 
 /**
  * The plan for our converted model at `onnxPath` (`manifest`); `nativeBuilt` says whether the

@@ -61,6 +61,8 @@ export interface DecoderSequence {
 
 export interface DecoderModel {
   readonly info: ModelInfo;
+  /** What runs the model, as load-model.ts resolved it from the options (absent: a model made elsewhere, e.g. a test's). */
+  readonly plan?: RuntimePlan;
   createSequence(options?: { readonly capacity?: number }): DecoderSequence;
   /** Where the model has batch graphs: what runs several sequences' forwards as one (absent: each forward is its sequence's own). */
   readonly batchExecutor?: BatchExecutor | undefined;
@@ -182,6 +184,43 @@ export interface ExperimentalRuntimeOptions {
    * lets prefill chunks share forwards with other sequences' decodes; 512 runs each prompt alone. @default 512
    */
   readonly batchPrefillChunkTokens?: number;
+}
+
+/**
+ * Which implementation runs a model (runtime-plan.ts resolves it from RuntimeOptions):
+ * - `cpu-native`: host KV, forwards through the native addon (src/runtime/native-run.ts);
+ * - `cpu-onnxruntime`: host KV, forwards through onnxruntime-node;
+ * - `ort-device-kv`: a GPU provider through onnxruntime-node, the KV cache on the device (WebGPU,
+ *   or CUDA with the native runner off);
+ * - `device`: the native addon's device path (src/runtime/device-decoder.ts), on CUDA or emulated on the CPU;
+ * - `optimum`: a Hugging Face ONNX export (src/runtime/optimum-decoder.ts).
+ */
+export type RuntimeBackend = 'cpu-native' | 'cpu-onnxruntime' | 'ort-device-kv' | 'device' | 'optimum';
+
+/** RuntimeOptions resolved once for one model directory (src/runtime/runtime-plan.ts); each backend reads only this. */
+export interface RuntimePlan {
+  readonly backend: RuntimeBackend;
+  readonly provider: ExecutionProviderName;
+  /** What runs the forwards (ModelInfo.runner). */
+  readonly runner: 'native' | 'onnxruntime-node';
+  /** Whose GroupQueryAttention kernel runs (ModelInfo.attention); 'native' keeps keys transposed. */
+  readonly attention: 'native' | 'onnxruntime';
+  readonly dtype: 'float32' | 'float16';
+  /** Query rows every forward runs at least (Optimum: 1). */
+  readonly rowsMin: number;
+  /** Where a sequence's KV cache lives: host buffers we own, or device buffers. */
+  readonly kvPlacement: 'host' | 'device';
+  /** The device path's device: CUDA, or host memory standing in for it (deviceRun 'emulate'). */
+  readonly deviceTarget?: 'cuda' | 'host';
+  readonly deviceId: number;
+  readonly intraOpThreads: number;
+  readonly kvCapacity: number;
+  /** Batch graph directories (none: every forward is one sequence's). */
+  readonly batchGraphDirs: readonly string[];
+  /** Prefill chunk size while batching. */
+  readonly batchPrefillChunkTokens: number;
+  /** The test and benchmark switches, defaults filled in. */
+  readonly experimental: { readonly cudaGraphs: boolean; readonly greedyOnDevice: boolean; readonly warmUp: boolean };
 }
 
 /** Most sequences a batch graph may carry on WebGPU (16 storage buffers per shader: K outputs + 1 input). */

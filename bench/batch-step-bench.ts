@@ -8,7 +8,6 @@
 import { parseArgs } from 'node:util';
 import { createEngine } from '../src/engine/create-engine.js';
 import { NO_SPECULATION } from '../src/contract.js';
-import type { GqaDecoderModel } from '../src/runtime/gqa-decoder.js';
 import { EXECUTION_PROVIDERS, type ExecutionProviderName } from '../src/runtime/types.js';
 import { generateOnce } from '../tools/generate-once.js';
 
@@ -28,18 +27,18 @@ if (!EXECUTION_PROVIDERS.includes(provider) || values.model === undefined || val
 }
 const flat = Array.from({ length: 18 }, (_, t) => (t === 0 ? 0 : 1));
 const engine = await createEngine(values.model, { executionProvider: provider, intraOpThreads: Number(values.threads), kvCapacity: 512, batchModelDir: values['batch-model'].split(',') }, { forwardCost: { mode: 'fixed', table: flat } });
-const model = engine.model as GqaDecoderModel;
+const executor = engine.model.batchExecutor!;
 const tokens = Number(values.tokens);
 const prompt = 'Write a short poem about the sea.';
 await generateOnce(engine, prompt, NO_SPECULATION, 8);
 const rows = [];
 for (const streams of values.streams!.split(',').map(Number)) {
   for (let rep = 0; rep < 2; rep++) {
-    const before = { ...model.forwardCounts, bySlots: { ...model.forwardCounts.bySlots } };
+    const before = { ...executor.counts, byWidth: { ...executor.counts.byWidth } };
     const t0 = performance.now();
     const outs = await Promise.all(Array.from({ length: streams }, () => generateOnce(engine, prompt, NO_SPECULATION, tokens)));
     const ms = performance.now() - t0;
-    const after = model.forwardCounts;
+    const after = executor.counts;
     const decodeMs = outs.reduce((a, o) => a + o.final.totalMs - o.final.firstTokenMs, 0) / streams;
     const batched = after.batched - before.batched;
     const row = {
@@ -49,7 +48,8 @@ for (const streams of values.streams!.split(',').map(Number)) {
       forwardsAlone: after.alone - before.alone,
       forwardsBatched: batched,
       sequencesPerBatch: +((after.batchedSequences - before.batchedSequences) / Math.max(1, batched)).toFixed(2),
-      bySlots: Object.fromEntries(Object.entries(after.bySlots).map(([k, n]) => [k, n - (before.bySlots[Number(k)] ?? 0)])),
+      // (Key kept from the recorded results in bench/results.)
+      bySlots: Object.fromEntries(Object.entries(after.byWidth).map(([k, n]) => [k, n - (before.byWidth[Number(k)] ?? 0)])),
     };
     if (rep === 1) rows.push(row);
     process.stderr.write(`${JSON.stringify(row)}\n`);

@@ -53,7 +53,7 @@ const gguf = await ensureDefaultGguf();
 const kvCapacity = Math.max(...lengths) + newTokens + 64;
 const ours = {
   native: await createEngine(dir, { executionProvider: 'cpu', intraOpThreads: threads, kvCapacity }, { forwardCost: { mode: 'defer' } }),
-  nativeOrtAttention: await createEngine(dir, { executionProvider: 'cpu', intraOpThreads: threads, kvCapacity, nativeAttention: 'off' }, { forwardCost: { mode: 'defer' } }),
+  nativeOrtAttention: await createEngine(dir, { executionProvider: 'cpu', intraOpThreads: threads, kvCapacity, experimental: { nativeAttention: 'off' } }, { forwardCost: { mode: 'defer' } }),
   onnxruntimeNode: await createEngine(dir, { executionProvider: 'cpu', intraOpThreads: threads, kvCapacity, nativeRun: 'off' }, { forwardCost: { mode: 'defer' } }),
 };
 if (ours.native.info.attention !== 'native') throw new Error('the native runner is not built (npm run build; scripts/build-native.mjs says why)');

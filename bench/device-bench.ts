@@ -89,8 +89,7 @@ async function main(): Promise<void> {
   if (deviceRun !== undefined && !DEVICE_RUN_MODES.includes(deviceRun)) throw new Error(`--device-run must be one of ${DEVICE_RUN_MODES.join(', ')}`);
   const rowsMin = {
     ...(values['rows-min'] !== undefined ? { forwardRowsMin: Number(values['rows-min']) } : {}),
-    ...(deviceRun !== undefined ? { deviceRun } : {}),
-    cudaGraphs: values['cuda-graphs'] !== 'off',
+    experimental: { ...(deviceRun !== undefined ? { deviceRun } : {}), cudaGraphs: values['cuda-graphs'] !== 'off' },
   };
   const tokensOut: Record<string, number[]> = {};
   const promptsMax = values.prompts !== undefined ? Number(values.prompts) : Infinity;

@@ -69,7 +69,7 @@ async function main(): Promise<void> {
 
   const rows = values['rows-min'] !== undefined ? { forwardRowsMin: Number(values['rows-min']) } : {};
   const greedyOnDevice = values['greedy-on-device'] !== 'off';
-  const engine = await createEngine(values.model, { executionProvider: provider, intraOpThreads: 4, kvCapacity: 2048, greedyOnDevice, ...rows });
+  const engine = await createEngine(values.model, { executionProvider: provider, intraOpThreads: 4, kvCapacity: 2048, experimental: { greedyOnDevice }, ...rows });
   log(`ours: ${engine.info.executionProvider}, runner ${engine.info.runner}, ${engine.info.forwardRowsMin} rows per forward, greedy on device ${greedyOnDevice}`);
   const bosText = engine.info.bosTokenId === undefined ? '' : engine.tokenizer.decode([engine.info.bosTokenId], { skipSpecialTokens: false });
   for (let i = 0; i < 3; i++) {

@@ -79,7 +79,7 @@ async function main(): Promise<void> {
         intraOpThreads: Number(values.threads),
         kvCapacity: 1024,
         ...(values['rows-min'] !== undefined ? { forwardRowsMin: Number(values['rows-min']) } : {}),
-        ...(batch !== undefined ? { batchModelDir: batch.split(','), batchPrefillChunkTokens: chunk! } : {}),
+        ...(batch !== undefined ? { batchModelDir: batch.split(','), experimental: { batchPrefillChunkTokens: chunk! } } : {}),
       };
       const known = forwardCosts.get(batch ?? '');
       const pool = await EnginePool.create(values.model, runtime, known === undefined ? { replicas } : { replicas, forwardCost: { mode: 'fixed', table: known } });

@@ -44,7 +44,7 @@ const CASES: Record<string, { shape: RandomLlamaShape; types: (name: string) => 
 
 const KERNELS: Record<string, Partial<RuntimeOptions>> = {
   'onnxruntime-node': { nativeRun: 'off' },
-  'native runner, ORT attention': { nativeAttention: 'off' },
+  'native runner, ORT attention': { experimental: { nativeAttention: 'off' } },
   'native runner, our attention': {},
 };
 
@@ -119,7 +119,7 @@ test.serial('gemma3: past a 128-key block boundary, our attention kernel windows
         await model.dispose();
       }
     };
-    const ort = await run({ nativeAttention: 'off' });
+    const ort = await run({ experimental: { nativeAttention: 'off' } });
     const ours = await run({});
     let worst = 0;
     ort.forEach((row, i) => (worst = Math.max(worst, maxDiff(row, ours[i]!))));

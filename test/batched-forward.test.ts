@@ -10,7 +10,6 @@ import { createEngine } from '../src/engine/create-engine.js';
 import { DEFAULT_SPECULATION, type GenerateRequest, NO_SPECULATION } from '../src/contract.js';
 import type { Engine } from '../src/engine/engine.js';
 import { ensureDefaultModel } from '../src/registry/model-cache.js';
-import type { GqaDecoderModel } from '../src/runtime/gqa-decoder.js';
 import { cpuEngine, defaultModelDir, TEST_FORWARD_COST } from './support/default-model.js';
 import { describeDivergence } from './support/divergence.js';
 
@@ -57,12 +56,12 @@ for (const prefillChunk of [512, 32]) {
     const batchDir = await ensureDefaultModel({ ...DEFAULT_GRAPH_OPTIONS, slots: 4 });
     const batched = await createEngine(
       await defaultModelDir(),
-      { executionProvider: 'cpu', intraOpThreads: 0, kvCapacity: 2048, batchModelDir: batchDir, batchPrefillChunkTokens: prefillChunk },
+      { executionProvider: 'cpu', intraOpThreads: 0, kvCapacity: 2048, batchModelDir: batchDir, experimental: { batchPrefillChunkTokens: prefillChunk } },
       { forwardCost: { mode: 'fixed', table: TEST_FORWARD_COST } },
     );
     engines.push(batched);
     const outputs = await Promise.all(REQUESTS.map((r) => tokens(batched, r)));
-    const counts = (batched.model as GqaDecoderModel).forwardCounts;
+    const counts = batched.model.batchExecutor!.counts;
     t.log(`forwards: ${counts.batched} batched (carrying ${counts.batchedSequences} sequence-forwards), ${counts.alone} alone`);
     t.true(counts.batched > 10, 'concurrent generations should have shared forwards');
     t.true(counts.batchedSequences / counts.batched > 2, 'batches should carry more than two sequences on average');
@@ -77,9 +76,9 @@ test.serial('with a ladder of graphs (2 and 4 slots), each batch runs on the sma
   t.is(batched.info.batchSlots, 4);
   // Six generations: batches of 4 + 2 while all run, of 3 or 2 as the short ones finish.
   const outputs = await Promise.all(REQUESTS.map((r) => tokens(batched, r)));
-  const { bySlots } = (batched.model as GqaDecoderModel).forwardCounts;
-  t.log(`batched forwards by graph: ${JSON.stringify(bySlots)}`);
-  t.true((bySlots[2] ?? 0) > 0 && (bySlots[4] ?? 0) > 0, `both graphs should have run: ${JSON.stringify(bySlots)}`);
+  const { byWidth } = batched.model.batchExecutor!.counts;
+  t.log(`batched forwards by graph: ${JSON.stringify(byWidth)}`);
+  t.true((byWidth[2] ?? 0) > 0 && (byWidth[4] ?? 0) > 0, `both graphs should have run: ${JSON.stringify(byWidth)}`);
   await assertEachAsAlone(t, batched, outputs);
 });
 

@@ -13,14 +13,15 @@ import { DEFAULT_SPECULATION, NO_SPECULATION } from '../src/contract.js';
 import { toHalfBits } from '../src/convert/decoder-graph.js';
 import { loadDecoderModel } from '../src/runtime/load-model.js';
 import { DeviceSession, nativeAddon } from '../src/runtime/native-run.js';
-import { DeviceDecoderModel, DEVICE_FORWARD_ROWS, PREFILL_SHAPES, prefillShape } from '../src/runtime/device-decoder.js';
+import { DeviceDecoderModel, PREFILL_SHAPES, prefillShape } from '../src/runtime/device-decoder.js';
+import { DEVICE_FORWARD_ROWS } from '../src/runtime/runtime-plan.js';
 import { generateOnce } from '../tools/generate-once.js';
 import { argmax } from '../src/sampling/sampler.js';
 import { convertedVariant, defaultModelDir, TEST_FORWARD_COST } from './support/default-model.js';
 import { compareWithReference, NEAR_TIE_GAP, readReference } from './support/greedy-reference.js';
 import { exactnessPrompts } from './support/prompt-set.js';
 
-const EMULATE = { executionProvider: 'cpu', intraOpThreads: 0, kvCapacity: 1024, deviceRun: 'emulate' } as const;
+const EMULATE = { executionProvider: 'cpu', intraOpThreads: 0, kvCapacity: 1024, experimental: { deviceRun: 'emulate' } } as const;
 /** Reference cases checked here (the full set runs in greedy-reference.test.ts on the default runner). */
 const REFERENCE_CASES = 6;
 

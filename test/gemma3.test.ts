@@ -113,7 +113,7 @@ test.serial('the float16 graph (what CUDA runs) carries the residual stream scal
   // Gemma 3 270M's residual stream reaches ~1e5, past float16's 65,504: unscaled, this graph
   // decoded a repeated "    \n". Run on the device path's CPU emulation (test/device-run.test.ts).
   const dir = await ensureRegistryModel(GEMMA3_270M, { ...DEFAULT_GRAPH_OPTIONS, dtype: 'float16' });
-  const half = await createEngine(dir, { executionProvider: 'cpu', intraOpThreads: 0, kvCapacity: 1024, deviceRun: 'emulate' }, { forwardCost: { mode: 'fixed', table: TEST_FORWARD_COST } });
+  const half = await createEngine(dir, { executionProvider: 'cpu', intraOpThreads: 0, kvCapacity: 1024, experimental: { deviceRun: 'emulate' } }, { forwardCost: { mode: 'fixed', table: TEST_FORWARD_COST } });
   try {
     const full = await gemma();
     for (const prompt of ['def fibonacci(n):', 'The quick silver train crosses the old stone bridge just before dawn. The quick silver']) {

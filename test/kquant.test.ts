@@ -70,7 +70,7 @@ for (const [mix, typeOf] of Object.entries(MIXES)) {
       for (const [name, info] of file.tensors) if (info.dims.length === 2) t.is(toNBits(file, info).bits, wantsEightBits(info.type) ? 8 : 4, name);
       // accuracy_level 0: MatMulNBits in float32, so a difference is the graph's.
       convertGguf(ggufPath, join(dir, 'model'), { ...DEFAULT_GRAPH_OPTIONS, accuracyLevel: 0 });
-      const model = await loadDecoderModel(join(dir, 'model'), { executionProvider: 'cpu', intraOpThreads: 1, kvCapacity: 64, nativeAttention: 'off' });
+      const model = await loadDecoderModel(join(dir, 'model'), { executionProvider: 'cpu', intraOpThreads: 1, kvCapacity: 64, experimental: { nativeAttention: 'off' } });
       const seq = model.createSequence();
       const logits = await seq.forward(TOKENS, TOKENS.length);
       const packed = new ReferenceLlama(file);

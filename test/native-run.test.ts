@@ -16,7 +16,7 @@ import { convertedVariant, defaultModelDir } from './support/default-model.js';
 
 const addon = nativeAddon();
 const open = async (nativeRun: 'auto' | 'off', nativeAttention: 'auto' | 'off' = 'off', dir?: string): Promise<DecoderModel> =>
-  loadDecoderModel(dir ?? (await defaultModelDir()), { executionProvider: 'cpu', intraOpThreads: 0, kvCapacity: 1024, nativeRun, nativeAttention });
+  loadDecoderModel(dir ?? (await defaultModelDir()), { executionProvider: 'cpu', intraOpThreads: 0, kvCapacity: 1024, nativeRun, experimental: { nativeAttention } });
 
 /** 300 prompt tokens: past the first KV buffer (256 slots), so the growth copy is exercised too. */
 const PROMPT = (vocab: number) => Array.from({ length: 300 }, (_, i) => (i * 7919 + 13) % vocab);

@@ -8,7 +8,7 @@ import { MAX_NEW_TOKENS_LIMIT } from '../contract.js';
 import { ENGINE_REPLICAS_LIMIT } from '../engine/engine-pool.js';
 import { ConfigError } from '../errors.js';
 import type { LogLevel } from '../log.js';
-import { EXECUTION_PROVIDERS, type ExecutionProviderName, NATIVE_RUN_MODES, WEBGPU_SLOTS_MAX } from '../runtime/types.js';
+import { EXECUTION_PROVIDERS, type ExecutionProviderName, NATIVE_RUN_MODES, WEBGPU_BATCH_WIDTH_MAX } from '../runtime/types.js';
 
 /** The runtime's native-run modes, plus 'required': 'auto', and without the addon the server does not start. */
 export const SERVE_NATIVE_RUN_MODES = [...NATIVE_RUN_MODES, 'required'] as const;
@@ -263,8 +263,8 @@ export function parseServerConfig(argv: readonly string[], env: NodeJS.ProcessEn
   if (batchSlots > 0 && executionProvider === 'cuda' && nativeRunChoice !== 'off') {
     throw new ConfigError(`${raw('batchSlots')!.source} does not combine with cuda's device path yet (its forwards are one sequence each): leave it at 0, or add --native-run off`);
   }
-  if (batchSlots > WEBGPU_SLOTS_MAX && executionProvider === 'webgpu') {
-    throw new ConfigError(`${raw('batchSlots')!.source} must be at most ${WEBGPU_SLOTS_MAX} on webgpu (16 storage buffers per shader), got ${batchSlots}`);
+  if (batchSlots > WEBGPU_BATCH_WIDTH_MAX && executionProvider === 'webgpu') {
+    throw new ConfigError(`${raw('batchSlots')!.source} must be at most ${WEBGPU_BATCH_WIDTH_MAX} on webgpu (16 storage buffers per shader), got ${batchSlots}`);
   }
   if (raw('batchModelDir') !== undefined && raw('modelDir') === undefined) {
     throw new ConfigError('--batch-model goes with --model (for the default model, --batch-slots K converts its batch graph)');

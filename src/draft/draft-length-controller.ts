@@ -16,7 +16,16 @@
  * them where it is not (a GPU's cost is flat to 32 rows), and lengthens them again as load falls.
  * Alone (R = A = 0) it is the single-sequence rule.
  */
-import { NO_LOAD, type OthersLoad } from './batch-load.js';
+
+/** The other sequences' share of the next shared forward (the step scheduler's budget for a member: src/schedule/step-scheduler.ts). */
+export interface OthersLoad {
+  /** Query rows the other sequences add to the forward. */
+  rows: number;
+  /** Tokens they expect to commit from it. */
+  tokens: number;
+}
+
+export const NO_LOAD: Readonly<OthersLoad> = Object.freeze({ rows: 0, tokens: 0 });
 
 export interface DraftLengthControllerOptions {
   /** Largest draft the controller may ask for. */

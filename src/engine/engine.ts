@@ -12,11 +12,11 @@ import {
   type PreparedGeneration,
   type Prompt,
 } from '../contract.js';
-import { BatchLoad } from '../draft/batch-load.js';
 import { CancelledError } from '../errors.js';
 import { type SampleSetup, SpeculativeDecoder } from '../generate/speculative-decoder.js';
 import type { DecoderModel, DecoderSequence, ModelInfo } from '../runtime/types.js';
 import { tokenLogprob, type TokenLogprob } from '../sampling/logprobs.js';
+import { StepScheduler } from '../schedule/step-scheduler.js';
 import type { TextTokenizer } from '../tokenizer/tokenizer.js';
 import { DEFER_MEASUREMENT, type ForwardCostPlan, ForwardCostTable } from './forward-cost.js';
 import { mergeSamples } from './merge-samples.js';
@@ -30,14 +30,14 @@ export class Engine implements GenerationBackend {
   readonly tokenizer: TextTokenizer;
   /** The forward-cost table the adaptive draft length needs: given, measured now or on first need. */
   readonly forwardCosts: ForwardCostTable;
-  /** What the sequences decoding here put into each batched forward (draft lengths are chosen for the batch). */
-  private readonly batchLoad: BatchLoad;
+  /** What runs in each forward of this model: membership, draft budgets, batching (draft lengths are chosen for the batch). */
+  private readonly steps: StepScheduler;
 
   /** `forwardCost`: where the table comes from (default: measured on first need; createEngine measures it now). */
   constructor(model: DecoderModel, tokenizer: TextTokenizer, forwardCost: ForwardCostPlan = DEFER_MEASUREMENT) {
     this.model = model;
     this.tokenizer = tokenizer;
-    this.batchLoad = new BatchLoad(model.info.batchSlots);
+    this.steps = StepScheduler.forModel(model);
     this.forwardCosts = new ForwardCostTable(model, forwardCost);
   }
 
@@ -98,7 +98,7 @@ export class Engine implements GenerationBackend {
         tokenizer: this.tokenizer,
         draftTokensMax,
         forwardCost,
-        batch: this.batchLoad,
+        steps: this.steps,
         signal,
         started,
         prefill,

@@ -18,8 +18,7 @@ import {
   type GenerationEvent,
   type GenerationStats,
 } from '../contract.js';
-import type { OthersLoad } from '../draft/batch-load.js';
-import { DEFAULT_CONTROLLER_OPTIONS, DraftLengthController, fixedDraftLength } from '../draft/draft-length-controller.js';
+import { DEFAULT_CONTROLLER_OPTIONS, DraftLengthController, fixedDraftLength, type OthersLoad } from '../draft/draft-length-controller.js';
 import { type Drafter, NO_DRAFTER } from '../draft/drafter.js';
 import { ANPD_PAPER_OPTIONS, DEFAULT_NGRAM_OPTIONS, NgramDrafter } from '../draft/ngram-drafter.js';
 import { CancelledError } from '../errors.js';
@@ -31,19 +30,20 @@ import { Emitter } from './emitter.js';
 import { verifyDraft } from './verify.js';
 
 /**
- * A sequence's seat in the forwards it shares with the other sequences of its replica: it publishes
- * the rows it will add to the next forward and reads the others' share (draft lengths are chosen
- * for the batch). Implemented today by draft/batch-load's BatchMember.
+ * A sequence's seat in the steps it shares with the other sequences of its replica: it reads the
+ * others' share of the next forward (its draft length is chosen for the batch), publishes the rows
+ * it will add, and submits its forward to the step. Implemented by schedule/StepMember.
  */
-export interface BatchSeat {
-  others(out: OthersLoad): OthersLoad;
+export interface StepSeat {
+  budget(out: OthersLoad): OthersLoad;
   plan(rows: number, tokens: number): void;
+  forward(tokens: ArrayLike<number>, logitsRows: number): Promise<Float32Array>;
   leave(): void;
 }
 
-/** Where a sample takes its seat (today draft/batch-load's BatchLoad; the scheduler step takes this place). */
-export interface BatchPlanner {
-  join(rows: number, tokens: number): BatchSeat;
+/** Where a sample takes its seat: the replica's step scheduler (schedule/StepScheduler). */
+export interface StepPlanner {
+  join(sequence: DecoderSequence, rows: number, tokens: number): StepSeat;
 }
 
 export interface SampleSetup {
@@ -60,7 +60,7 @@ export interface SampleSetup {
   readonly draftTokensMax: number;
   /** The forward-cost table the adaptive draft length needs (empty when it is not adaptive). */
   readonly forwardCost: readonly number[];
-  readonly batch: BatchPlanner;
+  readonly steps: StepPlanner;
   readonly signal: AbortSignal | undefined;
   /** performance.now() when the request started (the time limit's clock and the final's times). */
   readonly started: number;
@@ -223,7 +223,7 @@ export class SpeculativeDecoder {
     if (this.greedyRound) {
       this.greedyIds = await forwardGreedy!(input, input.length);
     } else {
-      this.logits = await this.sequence.forward(input, input.length);
+      this.logits = await this.seat!.forward(input, input.length);
     }
     this.stats.forwardMs += performance.now() - f0;
   }
@@ -287,17 +287,17 @@ export class SpeculativeDecoder {
     return index === undefined ? delta : { ...delta, index };
   }
 
-  // ---- The batch seat: the round's only contact with the other sequences (join / others / plan / leave). ----
+  // ---- The step seat: the round's only contact with the other sequences (join / budget / plan / forward / leave). ----
 
-  private seat: BatchSeat | undefined;
+  private seat: StepSeat | undefined;
   private readonly others: OthersLoad = { rows: 0, tokens: 0 };
 
   private joinBatch(): void {
-    this.seat = this.setup.batch.join(this.controller.rowsFor(0), 1);
+    this.seat = this.setup.steps.join(this.sequence, this.controller.rowsFor(0), 1);
   }
 
   private othersLoad(): OthersLoad {
-    return this.seat!.others(this.others);
+    return this.seat!.budget(this.others);
   }
 
   /** plan: this round's rows and expected tokens, published for the others' draft lengths. */

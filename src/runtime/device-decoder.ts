@@ -16,22 +16,12 @@
  * set's index is the graph id. Ids, seqlens and logits are per model, shared by its sequences
  * (forwards never overlap: the addon runs them synchronously on the calling thread).
  */
-import { ContextOverflowError, InvalidRequestError } from '../errors.js';
 import type { ModelManifest } from '../model/model-manifest.js';
+import { checkForward, checkRewind, FORWARD_TOKENS_MAX } from './check-forward.js';
 import { type DeviceBuffer, type DeviceSession, type DeviceValue, ONNX_TYPES } from './native-run.js';
-import type { DecoderModel, DecoderSequence, ModelInfo, RuntimeOptions } from './types.js';
+import { convertedModelInfo } from './runtime-plan.js';
+import type { DecoderModel, DecoderSequence, ModelInfo, RuntimePlan } from './types.js';
 
-/**
- * Query rows of every short forward on the device, so decoding and verification share one shape
- * (drafts are kept to 3 tokens: ModelInfo.verifyTokensMax). Measured on an H200 in one run
- * (bench/results/h200-issue18/run2-rows.json, peers-rows4/8.json): a graph forward costs
- * 1.2–1.5 ms up to 4 rows and ~0.25 ms more from 5 (ORT's MatMulNBits switches kernels); 4 rows
- * gave the best plain decoding (0.71–0.73× llama.cpp against 0.62–0.63× with 8) and the same or
- * better ANPD.
- */
-export const DEVICE_FORWARD_ROWS = 4;
-/** Largest forward (prefill chunk), as on the other runners. */
-const FORWARD_TOKENS_MAX = 512;
 /** CUDA graphs the addon keeps per session (native/common.h GRAPH_IDS_MAX); later KV sets run without. */
 const GRAPH_IDS_MAX = 256;
 
@@ -42,6 +32,7 @@ interface KvSet {
 
 export class DeviceDecoderModel implements DecoderModel {
   readonly info: ModelInfo;
+  readonly plan: RuntimePlan;
   readonly session: DeviceSession;
   private readonly manifest: ModelManifest;
   readonly rows: number;
@@ -62,13 +53,13 @@ export class DeviceDecoderModel implements DecoderModel {
   /** CUDA: total_sequence_length is the KV set's size after a sequence's first forward (see DeviceSequence.run). */
   readonly fixedTotalLength: boolean;
 
-  constructor(session: DeviceSession, manifest: ModelManifest, options: RuntimeOptions) {
+  constructor(session: DeviceSession, manifest: ModelManifest, plan: RuntimePlan) {
+    this.plan = plan;
     this.session = session;
     this.fixedTotalLength = session.target === 'cuda';
     this.manifest = manifest;
-    this.rows = options.forwardRowsMin ?? DEVICE_FORWARD_ROWS;
-    if (!Number.isInteger(this.rows) || this.rows < 1 || this.rows > 64) throw new RangeError(`forwardRowsMin must be an integer in [1, 64] on the device runner, got ${this.rows}`);
-    const capacity = Math.min(options.kvCapacity, manifest.contextLength - (this.rows - 1));
+    this.rows = plan.rowsMin;
+    const capacity = Math.min(plan.kvCapacity, manifest.contextLength - (this.rows - 1));
     this.kvSlots = capacity + this.rows - 1;
     const float16 = manifest.dtype === 'float16';
     this.elementType = float16 ? ONNX_TYPES['float16']! : ONNX_TYPES['float32']!;
@@ -77,23 +68,8 @@ export class DeviceDecoderModel implements DecoderModel {
     this.idsLong = session.alloc(FORWARD_TOKENS_MAX * 8);
     this.seqlensK = session.alloc(4);
     this.logits = session.alloc(FORWARD_TOKENS_MAX * manifest.vocab * 4);
-    this.argmax = manifest.greedyOutput === true && options.greedyOnDevice !== false ? session.alloc(FORWARD_TOKENS_MAX * 8) : undefined;
-    this.info = {
-      name: manifest.name,
-      kind: 'anpd-gqa',
-      architecture: manifest.architecture,
-      vocabSize: manifest.vocab,
-      contextLength: capacity,
-      bosTokenId: manifest.bosTokenId ?? undefined,
-      eosTokenIds: manifest.eosTokenIds,
-      executionProvider: options.executionProvider,
-      batchSlots: 1,
-      forwardRowsMin: this.rows,
-      verifyTokensMax: this.rows,
-      runner: 'native',
-      attention: 'onnxruntime',
-      dtype: manifest.dtype ?? 'float32',
-    };
+    this.argmax = manifest.greedyOutput === true && plan.experimental.greedyOnDevice ? session.alloc(FORWARD_TOKENS_MAX * 8) : undefined;
+    this.info = convertedModelInfo(manifest, plan, { contextLength: capacity, batchSlots: 1, verifyTokensMax: this.rows });
   }
 
   get layers(): number {
@@ -259,18 +235,10 @@ class DeviceSequence implements DecoderSequence {
   private advance(tokens: ArrayLike<number>, logitsRows: number): { count: number; short: boolean } {
     if (this.disposed) throw new Error('sequence is disposed');
     const t = tokens.length;
-    if (t === 0) throw new InvalidRequestError('forward needs at least one token');
-    if (logitsRows < 1 || logitsRows > t) throw new InvalidRequestError(`logitsRows ${logitsRows} must be in [1, ${t}]`);
-    if (this.kvLength + t > this.capacity) throw new ContextOverflowError(`sequence of ${this.kvLength + t} tokens exceeds the KV capacity of ${this.capacity}`);
-    const lastChunk = t - Math.floor((t - 1) / FORWARD_TOKENS_MAX) * FORWARD_TOKENS_MAX;
-    if (logitsRows > lastChunk) throw new InvalidRequestError(`at most ${lastChunk} logits rows for a forward of ${t} tokens`);
-    let start = 0;
-    while (t - start > FORWARD_TOKENS_MAX) {
-      this.run(tokens, start, FORWARD_TOKENS_MAX, 0);
-      start += FORWARD_TOKENS_MAX;
-    }
-    const count = t - start;
-    this.run(tokens, start, count, logitsRows);
+    const lastStart = checkForward(t, logitsRows, this.kvLength, this.capacity, FORWARD_TOKENS_MAX);
+    for (let start = 0; start < lastStart; start += FORWARD_TOKENS_MAX) this.run(tokens, start, FORWARD_TOKENS_MAX, 0);
+    const count = t - lastStart;
+    this.run(tokens, lastStart, count, logitsRows);
     return { count, short: count <= this.model.rows };
   }
 
@@ -333,7 +301,7 @@ class DeviceSequence implements DecoderSequence {
   }
 
   rewind(length: number): void {
-    if (!Number.isInteger(length) || length < 0 || length > this.kvLength) throw new RangeError(`rewind to ${length} outside [0, ${this.kvLength}]`);
+    checkRewind(length, this.kvLength);
     this.kvLength = length;
   }
 

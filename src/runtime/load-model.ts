@@ -6,13 +6,16 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ExecutionProviderError, ModelFormatError, ModelNotFoundError } from '../errors.js';
 import { MANIFEST_FILE, MANIFEST_FORMAT, type ModelManifest } from '../model/model-manifest.js';
-import { GqaDecoderModel, releaseForwards, type SingleForwards, type SlotBatch } from './gqa-decoder.js';
+import type { BatchGraph } from './batch-forward.js';
+import { GqaDecoderModel } from './gqa-decoder.js';
+import { type GraphForwards, releaseForwards } from './graph-forwards.js';
+import { planOptimum, planRuntime } from './runtime-plan.js';
 import { inspectOptimumSession, OptimumDecoderModel } from './optimum-decoder.js';
 import { DeviceDecoderModel } from './device-decoder.js';
-import { DeviceSession, nativeAddon, nativeAddonProblem, NativeSession } from './native-run.js';
+import { DeviceSession, nativeAddon, NativeSession } from './native-run.js';
 import { cudaProviderInstalled } from './gpu-probe.js';
 import { createOrtSession, installHint, isProviderFailure } from './ort-session.js';
-import { DEFAULT_RUNTIME_OPTIONS, type DecoderModel, type RuntimeOptions, WEBGPU_SLOTS_MAX } from './types.js';
+import { DEFAULT_RUNTIME_OPTIONS, type DecoderModel, type RuntimeOptions, type RuntimePlan, WEBGPU_BATCH_WIDTH_MAX } from './types.js';
 
 /** Where Optimum / transformers.js put the decoder, in order of preference. */
 export const OPTIMUM_ONNX_CANDIDATES = ['onnx/model.onnx', 'onnx/decoder_with_past_model.onnx', 'model.onnx', 'decoder_with_past_model.onnx'];
@@ -25,8 +28,8 @@ function readJsonFile(path: string): Record<string, unknown> {
   }
 }
 
-/** The K-slot batch graph: it must be ours, batched, and converted from the same source weights. */
-async function loadSlotBatch(dir: string, single: ModelManifest, options: RuntimeOptions): Promise<SlotBatch> {
+/** A batch graph: it must be ours, batched, and converted from the same source weights. */
+async function loadBatchGraph(dir: string, single: ModelManifest, options: RuntimeOptions, plan: RuntimePlan): Promise<BatchGraph> {
   const manifestPath = join(dir, MANIFEST_FILE);
   if (!existsSync(manifestPath)) throw new ModelNotFoundError(dir, `batch model directory has no ${MANIFEST_FILE} (convert one with: anpd convert --slots K)`);
   const manifest = readJsonFile(manifestPath) as unknown as ModelManifest;
@@ -37,29 +40,26 @@ async function loadSlotBatch(dir: string, single: ModelManifest, options: Runtim
     throw new ModelFormatError(manifestPath, `was converted from other weights (${manifest.source.file}) than the model (${single.source.file})`);
   }
   // WebGPU binds at most 16 storage buffers per shader: the graph's Split and Concat over K slots take K + 1.
-  if (options.executionProvider === 'webgpu' && manifest.slots > WEBGPU_SLOTS_MAX) {
-    throw new ModelFormatError(manifestPath, `has ${manifest.slots} slots; the webgpu provider takes at most ${WEBGPU_SLOTS_MAX} (16 storage buffers per shader: K outputs + 1 input)`);
+  if (plan.provider === 'webgpu' && manifest.slots > WEBGPU_BATCH_WIDTH_MAX) {
+    throw new ModelFormatError(manifestPath, `has ${manifest.slots} slots; the webgpu provider takes at most ${WEBGPU_BATCH_WIDTH_MAX} (16 storage buffers per shader: K outputs + 1 input)`);
   }
   // On a GPU every slot's KV stays on the device, as the single-sequence graph's does.
   const deviceKv: string[] = [];
-  if (options.executionProvider !== 'cpu') {
+  if (plan.kvPlacement === 'device') {
     for (let s = 0; s < manifest.slots; s++) for (let l = 0; l < manifest.layers; l++) deviceKv.push(`present.${s}.${l}.key`, `present.${s}.${l}.value`);
   }
   const path = join(dir, manifest.onnxFile);
-  const native = openNativeSession(path, options, manifest);
-  return native !== undefined ? { native, slots: manifest.slots } : { session: await createOrtSession(path, options, deviceKv), slots: manifest.slots };
+  const native = openNativeSession(path, plan);
+  return native !== undefined ? { native, width: manifest.slots } : { session: await createOrtSession(path, options, deviceKv), width: manifest.slots };
 }
 
-/** CPU only: the addon runs on the host, with host buffers. */
-function openNativeSession(path: string, options: RuntimeOptions, manifest: ModelManifest): NativeSession | undefined {
-  if (options.executionProvider !== 'cpu' || (options.nativeRun ?? 'auto') === 'off') return undefined;
+/** The CPU native runner's session, where the plan has it (every session of the model, with the plan's attention kernel). */
+function openNativeSession(path: string, plan: RuntimePlan): NativeSession | undefined {
+  if (plan.backend !== 'cpu-native') return undefined;
   const addon = nativeAddon();
   if (addon === null) return undefined;
   try {
-    // Every session of a model (the single-sequence graph and the batch graphs) is native or none
-    // is, so the kernel choice is the same for all the forwards of a sequence. Our kernel is float32.
-    const ownAttention = (options.nativeAttention ?? 'auto') === 'auto' && manifest.dtype !== 'float16';
-    return new NativeSession(addon, path, options.intraOpThreads, ownAttention);
+    return new NativeSession(addon, path, plan.intraOpThreads, plan.attention === 'native');
   } catch (cause) {
     throw new ModelFormatError(path, `ONNX Runtime cannot load it (native runner): ${(cause as Error).message.split('\n')[0]}`, { cause });
   }
@@ -67,18 +67,11 @@ function openNativeSession(path: string, options: RuntimeOptions, manifest: Mode
 
 /**
  * The device path (src/runtime/device-decoder.ts): on 'cuda' when the addon is built (unless
- * deviceRun is 'off'), or emulated on the CPU provider (deviceRun 'emulate').
+ * deviceRun is 'off'), or emulated on the CPU provider (deviceRun 'emulate'); the plan says which.
  */
-function openDeviceModel(path: string, manifest: ModelManifest, options: RuntimeOptions): DeviceDecoderModel | undefined {
-  const mode = options.deviceRun ?? 'auto';
-  // --native-run off keeps every forward on onnxruntime-node, the device path's included.
-  const target = mode === 'emulate' ? 'host' : options.executionProvider === 'cuda' && mode === 'auto' && options.nativeRun !== 'off' ? 'cuda' : undefined;
-  if (target === undefined) return undefined;
-  const addon = nativeAddon();
-  if (addon === null) {
-    if (target === 'host') throw new ModelFormatError(path, `deviceRun "emulate" needs the native addon: ${nativeAddonProblem() ?? 'it does not load'}`);
-    return undefined;
-  }
+function openDeviceModel(path: string, manifest: ModelManifest, plan: RuntimePlan): DeviceDecoderModel {
+  const target = plan.deviceTarget!;
+  const addon = nativeAddon()!;
   if (target === 'cuda') {
     // What the machine lacks comes first: the provider, then the CUDA runtime or a device.
     if (!cudaProviderInstalled()) throw new ExecutionProviderError('cuda', `ORT's CUDA provider is not installed beside onnxruntime-node's library; ${installHint('cuda')}`);
@@ -88,23 +81,22 @@ function openDeviceModel(path: string, manifest: ModelManifest, options: Runtime
     } catch (cause) {
       throw new ExecutionProviderError('cuda', `cannot start: ${(cause as Error).message} (the provider is installed; it needs CUDA 13's runtime libraries on LD_LIBRARY_PATH and an NVIDIA GPU with its driver; docs/gpu.md)`, { cause });
     }
-    const deviceId = options.deviceId ?? 0;
+    const deviceId = plan.deviceId;
     if (deviceId >= devices) throw new ExecutionProviderError('cuda', `no CUDA device ${deviceId} (this machine has ${devices})`);
     if (manifest.dtype !== 'float16') {
       throw new ModelFormatError(path, "is a float32 graph; ORT's CUDA attention takes float16 (convert with --dtype float16; serve converts the default model so for cuda)");
     }
   }
-  if (options.batchModelDir !== undefined) throw new ModelFormatError(path, 'batch graphs do not run on the device path yet: leave --batch-slots at 0 on cuda, or use --native-run off');
+  if (plan.batchGraphDirs.length > 0) throw new ModelFormatError(path, 'batch graphs do not run on the device path yet: leave --batch-slots at 0 on cuda, or use --native-run off');
   let session: DeviceSession;
   try {
-    session = new DeviceSession(addon, path, { target, intraOpThreads: options.intraOpThreads, deviceId: options.deviceId ?? 0, cudaGraphs: options.cudaGraphs ?? true });
+    session = new DeviceSession(addon, path, { target, intraOpThreads: plan.intraOpThreads, deviceId: plan.deviceId, cudaGraphs: plan.experimental.cudaGraphs });
   } catch (cause) {
     const detail = (cause as Error).message.split('\n')[0]?.slice(0, 500) ?? 'unknown error';
     if (target === 'cuda' && isProviderFailure(detail)) throw new ExecutionProviderError('cuda', `cannot start: ${detail}; ${installHint('cuda')}`, { cause });
     throw new ModelFormatError(path, `ONNX Runtime cannot load it (${target === 'cuda' ? 'CUDA execution provider' : 'device path on the CPU'}): ${detail}`, { cause });
   }
-  const model = new DeviceDecoderModel(session, manifest, options);
-  return model;
+  return new DeviceDecoderModel(session, manifest, plan);
 }
 
 export async function loadDecoderModel(dir: string, options: RuntimeOptions = DEFAULT_RUNTIME_OPTIONS): Promise<DecoderModel> {
@@ -113,28 +105,28 @@ export async function loadDecoderModel(dir: string, options: RuntimeOptions = DE
   if (existsSync(manifestPath)) {
     const manifest = readJsonFile(manifestPath) as unknown as ModelManifest;
     if (manifest.format !== MANIFEST_FORMAT) throw new ModelFormatError(manifestPath, `format "${String(manifest.format)}" is not "${MANIFEST_FORMAT}"`);
-    // On a GPU the KV cache stays on the device: ORT leaves the present.* outputs there.
-    const deviceKv = options.executionProvider !== 'cpu' ? Array.from({ length: manifest.layers }, (_, l) => [`present.${l}.key`, `present.${l}.value`]).flat() : [];
     const onnxPath = join(dir, manifest.onnxFile);
-    const device = openDeviceModel(onnxPath, manifest, options);
-    if (device !== undefined) {
+    const plan = planRuntime(options, manifest, onnxPath, () => nativeAddon() !== null);
+    if (plan.backend === 'device') {
+      const device = openDeviceModel(onnxPath, manifest, plan);
       // On CUDA, before the first request: each forward shape's first run is slow.
-      if (device.session.target === 'cuda' && options.warmUp !== false) await device.warmUp();
+      if (device.session.target === 'cuda' && plan.experimental.warmUp) await device.warmUp();
       return device;
     }
+    // On a GPU the KV cache stays on the device: ORT leaves the present.* outputs there.
+    const deviceKv = plan.kvPlacement === 'device' ? Array.from({ length: manifest.layers }, (_, l) => [`present.${l}.key`, `present.${l}.value`]).flat() : [];
     // With the native runner, no onnxruntime-node session for this graph: nothing would run on it.
-    const native = openNativeSession(onnxPath, options, manifest);
-    const forwards: SingleForwards = native !== undefined ? { native } : { session: await createOrtSession(onnxPath, options, deviceKv) };
-    if (options.batchModelDir === undefined) return new GqaDecoderModel(forwards, manifest, options, []);
-    const dirs = typeof options.batchModelDir === 'string' ? [options.batchModelDir] : options.batchModelDir;
-    const batches: SlotBatch[] = [];
+    const native = openNativeSession(onnxPath, plan);
+    const forwards: GraphForwards = native !== undefined ? { native } : { session: await createOrtSession(onnxPath, options, deviceKv) };
+    if (plan.batchGraphDirs.length === 0) return new GqaDecoderModel(forwards, manifest, plan, []);
+    const batches: BatchGraph[] = [];
     try {
-      for (const batchDir of dirs) {
-        const batch = await loadSlotBatch(batchDir, manifest, options);
+      for (const batchDir of plan.batchGraphDirs) {
+        const batch = await loadBatchGraph(batchDir, manifest, options, plan);
         batches.push(batch);
-        if (batches.some((b) => b !== batch && b.slots === batch.slots)) throw new ModelFormatError(join(batchDir, MANIFEST_FILE), `a second ${batch.slots}-slot graph: give each slot count once`);
+        if (batches.some((b) => b !== batch && b.width === batch.width)) throw new ModelFormatError(join(batchDir, MANIFEST_FILE), `a second ${batch.width}-slot graph: give each slot count once`);
       }
-      return new GqaDecoderModel(forwards, manifest, options, batches);
+      return new GqaDecoderModel(forwards, manifest, plan, batches);
     } catch (error) {
       for (const f of [forwards, ...batches]) await releaseForwards(f);
       throw error;
@@ -164,6 +156,7 @@ export async function loadDecoderModel(dir: string, options: RuntimeOptions = DE
   if (expectedLayers !== undefined && expectedLayers !== layout.layers) {
     throw new ModelFormatError(onnxPath, `has ${layout.layers} past_key_values layers but config.json says num_hidden_layers = ${expectedLayers}`);
   }
+  const plan = planOptimum(options);
   const eos = config['eos_token_id'];
   const eosTokenIds = Array.isArray(eos) ? eos.filter((x): x is number => typeof x === 'number') : typeof eos === 'number' ? [eos] : [];
   return new OptimumDecoderModel(session, layout, {
@@ -174,12 +167,12 @@ export async function loadDecoderModel(dir: string, options: RuntimeOptions = DE
     contextLength: Math.min(num('max_position_embeddings') ?? options.kvCapacity, options.kvCapacity),
     bosTokenId: num('bos_token_id'),
     eosTokenIds,
-    executionProvider: options.executionProvider,
+    executionProvider: plan.provider,
     batchSlots: 1,
-    forwardRowsMin: 1,
-    runner: 'onnxruntime-node',
-    attention: 'onnxruntime',
+    forwardRowsMin: plan.rowsMin,
+    runner: plan.runner,
+    attention: plan.attention,
     // The runner feeds and reads float32 KV (inspectOptimumSession refuses other types).
-    dtype: 'float32',
-  });
+    dtype: plan.dtype,
+  }, plan);
 }

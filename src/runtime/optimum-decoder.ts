@@ -5,9 +5,10 @@
  * The cache is whatever ORT returned last; rewind slices it (a copy per layer, only when a draft was
  * rejected). Float32 KV only.
  */
-import { ContextOverflowError, InvalidRequestError, ModelFormatError } from '../errors.js';
+import { ModelFormatError } from '../errors.js';
+import { checkForward, checkRewind } from './check-forward.js';
 import { ort } from './ort-session.js';
-import type { DecoderModel, DecoderSequence, ModelInfo } from './types.js';
+import type { DecoderModel, DecoderSequence, ModelInfo, RuntimePlan } from './types.js';
 
 export interface OptimumLayout {
   readonly layers: number;
@@ -50,13 +51,15 @@ export function inspectOptimumSession(path: string, session: ort.InferenceSessio
 
 export class OptimumDecoderModel implements DecoderModel {
   readonly info: ModelInfo;
+  readonly plan: RuntimePlan;
   private readonly session: ort.InferenceSession;
   private readonly layout: OptimumLayout;
 
-  constructor(session: ort.InferenceSession, layout: OptimumLayout, info: ModelInfo) {
+  constructor(session: ort.InferenceSession, layout: OptimumLayout, info: ModelInfo, plan: RuntimePlan) {
     this.session = session;
     this.layout = layout;
     this.info = info;
+    this.plan = plan;
   }
 
   createSequence(options?: { readonly capacity?: number }): DecoderSequence {
@@ -100,11 +103,8 @@ class OptimumSequence implements DecoderSequence {
 
   async forward(tokens: ArrayLike<number>, logitsRows: number): Promise<Float32Array> {
     const t = tokens.length;
-    if (t === 0) throw new InvalidRequestError('forward needs at least one token');
-    if (logitsRows < 1 || logitsRows > t) throw new InvalidRequestError(`logitsRows ${logitsRows} must be in [1, ${t}]`);
-    if (this.kvLength + t > this.capacity) {
-      throw new ContextOverflowError(`sequence of ${this.kvLength + t} tokens exceeds the context of ${this.capacity}`);
-    }
+    // One forward whatever its length (no chunks: the export's attention takes any).
+    checkForward(t, logitsRows, this.kvLength, this.capacity, Infinity, 'the context');
     if (this.storedLength > this.kvLength) this.truncateStored();
     const past = this.kvLength;
     const ids = new BigInt64Array(t);
@@ -151,9 +151,7 @@ class OptimumSequence implements DecoderSequence {
   }
 
   rewind(length: number): void {
-    if (!Number.isInteger(length) || length < 0 || length > this.kvLength) {
-      throw new RangeError(`rewind to ${length} outside [0, ${this.kvLength}]`);
-    }
+    checkRewind(length, this.kvLength);
     this.kvLength = length;
   }
 

@@ -57,7 +57,7 @@ export async function createOrtSession(path: string, options: RuntimeOptions, de
       logSeverityLevel: 3,
       ...(gpu && deviceOutputs.length > 0 ? { preferredOutputLocation: Object.fromEntries(deviceOutputs.map((n) => [n, 'gpu-buffer' as const])) } : {}),
       // A node the GPU provider cannot run becomes a load error instead of a silent CPU fallback.
-      ...(gpu && options.allowCpuFallback !== true ? { extra: { session: { disable_cpu_ep_fallback: '1' } } } : {}),
+      ...(gpu && options.experimental?.allowCpuFallback !== true ? { extra: { session: { disable_cpu_ep_fallback: '1' } } } : {}),
     });
   } catch (cause) {
     const detail = (cause as Error).message.split('\n')[0]?.slice(0, 500) ?? 'unknown error';

@@ -63,8 +63,60 @@ export interface DecoderSequence {
 
 export interface DecoderModel {
   readonly info: ModelInfo;
+  /** What runs the model, as load-model.ts resolved it from the options (absent: a model made elsewhere, e.g. a test's). */
+  readonly plan?: RuntimePlan;
   createSequence(options?: { readonly capacity?: number }): DecoderSequence;
+  /** Where the model has batch graphs: what runs several sequences' forwards as one (absent: each forward is its sequence's own). */
+  readonly batchExecutor?: BatchExecutor | undefined;
   dispose(): Promise<void>;
+}
+
+/**
+ * One sequence's share of a forward: tokens[start, start + count) appended to its KV, run as
+ * `padded` query rows (pad rows repeat the last token; their logits are never read), logits of the
+ * last `rows` real rows. Made by the runtime's sequences; the scheduler above only groups them.
+ */
+export interface StepForward {
+  /** The runtime's own sequence (opaque above the runtime). */
+  readonly sequence: object;
+  readonly tokens: ArrayLike<number>;
+  readonly start: number;
+  readonly count: number;
+  readonly padded: number;
+  readonly rows: number;
+}
+
+/** What a batch executor's sequences hand each forward to: the step scheduler above installs it. */
+export interface StepSubmitter {
+  /** Resolves with the forward's logits rows, [rows × vocabSize], reused by the sequence's next forward. */
+  submit(forward: StepForward): Promise<Float32Array>;
+}
+
+/** Forwards a batch executor ran: alone, and batched (forwards of the batch graphs / sequences they carried; forwards by graph width). */
+export interface ForwardCounts {
+  readonly alone: number;
+  readonly batched: number;
+  readonly batchedSequences: number;
+  /** Batched forwards by the width (sequences per forward) of the graph that ran them. */
+  readonly byWidth: Readonly<Record<number, number>>;
+}
+
+/**
+ * The batch graphs of a model, as an executor: it runs what the scheduler groups and decides
+ * nothing itself. Forwards never overlap: the scheduler runs one `run` at a time.
+ */
+export interface BatchExecutor {
+  /** Sequences per forward of each batch graph, ascending (each ≥ 2). Width 1 is the single-sequence graph. */
+  readonly widths: readonly number[];
+  readonly counts: ForwardCounts;
+  /**
+   * Runs `forwards` (at most `width`, each of a different sequence) as one forward of the graph of
+   * that width (1: the single-sequence graph, one forward); idle places are padded. Resolves with
+   * each forward's logits, in order. A failure fails them all.
+   */
+  run(width: number, forwards: readonly StepForward[]): Promise<readonly Float32Array[]>;
+  /** From now on the model's sequences hand their forwards to `submitter` (once per model). */
+  attach(submitter: StepSubmitter): void;
 }
 
 /** ONNX Runtime execution providers this runtime knows how to configure. */
@@ -77,8 +129,6 @@ export const WEBGPU_SLOTS_MAX = 15;
 export interface RuntimeOptions {
   /** Where the model runs. A GPU provider that cannot take every node is an error, not a silent CPU fallback. */
   readonly executionProvider: ExecutionProviderName;
-  /** Let ORT put nodes the GPU provider lacks on the CPU instead of failing (slower; for diagnosis). @default false */
-  readonly allowCpuFallback?: boolean;
   /**
    * Query rows every forward runs at least (pad rows are never read). Kernels that change with the
    * row count break the bitwise equality of a position's logits across forward sizes, which
@@ -93,6 +143,25 @@ export interface RuntimeOptions {
    * Same ONNX Runtime and options either way, so logits are bitwise equal. @default 'auto'
    */
   readonly nativeRun?: NativeRunMode;
+  /** CUDA device ordinal. @default 0 */
+  readonly deviceId?: number;
+  /** KV positions allocated per sequence (GQA layout), clamped to the model's context. */
+  readonly kvCapacity: number;
+  /**
+   * Converted batch graphs of the same weights (`anpd convert --slots K`): forwards that several
+   * sequences ask for at the same moment then run as one, on the narrowest graph that holds them
+   * (an idle place costs nearly what a busy one does). Several directories: a ladder, e.g. the
+   * 2-, 4-, 8- and 16-wide graphs. @default none
+   */
+  readonly batchModelDir?: string | readonly string[];
+  /** Switches only tests and benchmarks set (what they measure or reach); production leaves them out. */
+  readonly experimental?: ExperimentalRuntimeOptions;
+}
+
+/** Runtime switches for tests and benchmarks: each has the production behaviour as its default. */
+export interface ExperimentalRuntimeOptions {
+  /** Let ORT put nodes the GPU provider lacks on the CPU instead of failing (slower; for diagnosis). @default false */
+  readonly allowCpuFallback?: boolean;
   /**
    * With the native runner: 'auto' runs attention on its own kernel (native/gqa-attention.c) in
    * every session of the model, the batch graphs' included (a sequence's forwards must all run one
@@ -115,23 +184,52 @@ export interface RuntimeOptions {
   readonly greedyOnDevice?: boolean;
   /** Device path on CUDA: run each forward shape once at load (ORT's first run of a shape is slow). @default true */
   readonly warmUp?: boolean;
-  /** CUDA device ordinal. @default 0 */
-  readonly deviceId?: number;
-  /** KV positions allocated per sequence (GQA layout), clamped to the model's context. */
-  readonly kvCapacity: number;
   /**
-   * Converted K-slot batch graphs of the same weights (`anpd convert --slots K`): forwards that
-   * several sequences ask for at the same moment then run as one, on the smallest graph that holds
-   * them (an idle slot costs nearly what a busy one does). Several directories: a ladder, e.g. the
-   * 2-, 4-, 8- and 16-slot graphs. @default none
-   */
-  readonly batchModelDir?: string | readonly string[];
-  /**
-   * With batching: prefill chunk size. ≤ 32 (BATCH_TOKENS_MAX, with padding) lets prefill chunks
-   * share forwards with other sequences' decodes; 512 runs each prompt alone. @default 512
+   * With batching: prefill chunk size. ≤ 32 (the step scheduler's BATCH_TOKENS_MAX, with padding)
+   * lets prefill chunks share forwards with other sequences' decodes; 512 runs each prompt alone. @default 512
    */
   readonly batchPrefillChunkTokens?: number;
 }
+
+/**
+ * Which implementation runs a model (runtime-plan.ts resolves it from RuntimeOptions):
+ * - `cpu-native`: host KV, forwards through the native addon (src/runtime/native-run.ts);
+ * - `cpu-onnxruntime`: host KV, forwards through onnxruntime-node;
+ * - `ort-device-kv`: a GPU provider through onnxruntime-node, the KV cache on the device (WebGPU,
+ *   or CUDA with the native runner off);
+ * - `device`: the native addon's device path (src/runtime/device-decoder.ts), on CUDA or emulated on the CPU;
+ * - `optimum`: a Hugging Face ONNX export (src/runtime/optimum-decoder.ts).
+ */
+export type RuntimeBackend = 'cpu-native' | 'cpu-onnxruntime' | 'ort-device-kv' | 'device' | 'optimum';
+
+/** RuntimeOptions resolved once for one model directory (src/runtime/runtime-plan.ts); each backend reads only this. */
+export interface RuntimePlan {
+  readonly backend: RuntimeBackend;
+  readonly provider: ExecutionProviderName;
+  /** What runs the forwards (ModelInfo.runner). */
+  readonly runner: 'native' | 'onnxruntime-node';
+  /** Whose GroupQueryAttention kernel runs (ModelInfo.attention); 'native' keeps keys transposed. */
+  readonly attention: 'native' | 'onnxruntime';
+  readonly dtype: 'float32' | 'float16';
+  /** Query rows every forward runs at least (Optimum: 1). */
+  readonly rowsMin: number;
+  /** Where a sequence's KV cache lives: host buffers we own, or device buffers. */
+  readonly kvPlacement: 'host' | 'device';
+  /** The device path's device: CUDA, or host memory standing in for it (deviceRun 'emulate'). */
+  readonly deviceTarget?: 'cuda' | 'host';
+  readonly deviceId: number;
+  readonly intraOpThreads: number;
+  readonly kvCapacity: number;
+  /** Batch graph directories (none: every forward is one sequence's). */
+  readonly batchGraphDirs: readonly string[];
+  /** Prefill chunk size while batching. */
+  readonly batchPrefillChunkTokens: number;
+  /** The test and benchmark switches, defaults filled in. */
+  readonly experimental: { readonly cudaGraphs: boolean; readonly greedyOnDevice: boolean; readonly warmUp: boolean };
+}
+
+/** Most sequences a batch graph may carry on WebGPU (16 storage buffers per shader: K outputs + 1 input). */
+export const WEBGPU_BATCH_WIDTH_MAX = 15;
 
 export const DEVICE_RUN_MODES = ['auto', 'off', 'emulate'] as const;
 export type DeviceRunMode = (typeof DEVICE_RUN_MODES)[number];

@@ -40,7 +40,7 @@ let ortAttention: Promise<Engine> | undefined;
 export function cpuEngine(attention: 'onnxruntime' | 'native'): Promise<Engine> {
   if (attention === 'native') return defaultEngine();
   ortAttention ??= defaultModelDir().then((dir) =>
-    createEngine(dir, { executionProvider: 'cpu', intraOpThreads: 0, kvCapacity: 2048, nativeAttention: 'off' }, { forwardCost: { mode: 'fixed', table: TEST_FORWARD_COST } }),
+    createEngine(dir, { executionProvider: 'cpu', intraOpThreads: 0, kvCapacity: 2048, experimental: { nativeAttention: 'off' } }, { forwardCost: { mode: 'fixed', table: TEST_FORWARD_COST } }),
   );
   return ortAttention;
 }

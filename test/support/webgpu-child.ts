@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { createEngine } from '../../src/engine/create-engine.js';
 import { DEFAULT_SPECULATION, NO_SPECULATION, type SpeculationOptions } from '../../src/contract.js';
 import { generateOnce } from '../../tools/generate-once.js';
-import type { GqaDecoderModel } from '../../src/runtime/gqa-decoder.js';
+import type { ForwardCounts } from '../../src/runtime/types.js';
 import { encodeModel, OnnxDataType } from '../../src/convert/onnx-writer.js';
 import { createOrtSession, ort } from '../../src/runtime/ort-session.js';
 import { topTwoGaps } from './greedy-reference.js';
@@ -75,11 +75,11 @@ for (const file of readdirSync(profileDir)) {
 }
 rmSync(profileDir, { recursive: true, force: true });
 await engine.dispose();
-let batched: { plain: number[][]; anpd: number[][]; forwards: GqaDecoderModel['forwardCounts'] } | undefined;
+let batched: { plain: number[][]; anpd: number[][]; forwards: ForwardCounts } | undefined;
 if (batchModelDir !== undefined) {
   const batching = await createEngine(modelDir, { executionProvider: 'webgpu', intraOpThreads: 2, kvCapacity: 256, batchModelDir }, { forwardCost: { mode: 'fixed', table: FLAT_FORWARD_COST } });
   const runs = await Promise.all(prompts.flatMap((p) => [generateOnce(batching, p.text, NO_SPECULATION, p.maxNewTokens), generateOnce(batching, p.text, speculation, p.maxNewTokens)]));
-  batched = { plain: runs.filter((_, i) => i % 2 === 0).map((r) => r.tokens), anpd: runs.filter((_, i) => i % 2 === 1).map((r) => r.tokens), forwards: (batching.model as GqaDecoderModel).forwardCounts };
+  batched = { plain: runs.filter((_, i) => i % 2 === 0).map((r) => r.tokens), anpd: runs.filter((_, i) => i % 2 === 1).map((r) => r.tokens), forwards: batching.model.batchExecutor!.counts };
   await batching.dispose();
 }
 // Disabled CPU fallback must turn a node webgpu has no kernel for (Det) into a load error, and
@@ -95,7 +95,7 @@ writeFileSync(probePath, Buffer.concat(encodeModel({
 })));
 const tryLoad = async (allowCpuFallback: boolean): Promise<string> => {
   try {
-    await (await createOrtSession(probePath, { executionProvider: 'webgpu', intraOpThreads: 1, kvCapacity: 1, allowCpuFallback })).release();
+    await (await createOrtSession(probePath, { executionProvider: 'webgpu', intraOpThreads: 1, kvCapacity: 1, experimental: { allowCpuFallback } })).release();
     return 'loaded';
   } catch (error) {
     return `${(error as Error).name}: ${(error as Error).message}`;

@@ -1,0 +1,231 @@
+/**
+ * The step scheduler: the one place that decides what runs in a model replica's next forward.
+ *
+ * - Membership: each decoding sequence joins (and leaves) the scheduler and publishes its plan for
+ *   the coming forward: the query rows it will add (its last token, its drafts, pad rows) and the
+ *   tokens it expects to get out of them.
+ * - Budget: a member choosing its draft length sees the sum of the others' plans, scaled to the
+ *   sequences that can share one forward with it (widest graph − 1), so it picks the length for the
+ *   shared forward's throughput. Plans are a step old at worst; that is all a draft length needs.
+ * - Step: the forwards submitted (the members' rounds, and prefill chunks) run together once every
+ *   live member has submitted its forward, or at the next macrotask after the first submission, so
+ *   a member paused by a slow consumer never holds up the others. Generations interleave on one
+ *   thread: after a forward returns each resumes, drafts and submits in the same turn.
+ * - Shape: up to `widest` short forwards run as one forward of the narrowest batch graph that holds
+ *   them (an idle place costs nearly what a busy one does); a lone forward, or a long one (prefill),
+ *   runs on the single-sequence graph so it does not stall the decodes.
+ *
+ * The runtime executes (BatchExecutor); this module holds the policy and imports runtime types only.
+ * Without batch graphs every forward is its sequence's own and goes straight to the runtime.
+ * Sums are kept incrementally: joining, planning and reading the budget allocate nothing.
+ */
+import type { OthersLoad } from '../draft/draft-length-controller.js';
+import type { BatchExecutor, DecoderModel, DecoderSequence, StepForward, StepSubmitter } from '../runtime/types.js';
+
+/** Largest forward (padded rows) that joins a batch; longer ones (prefill chunks) run alone so they do not stall the decodes. */
+export const BATCH_TOKENS_MAX = 32;
+
+/** Forwards one step runs: each group on the graph of `width` sequences (1: the single-sequence graph). */
+export interface StepGroup<F> {
+  readonly width: number;
+  readonly forwards: readonly F[];
+}
+
+/**
+ * Groups one step's forwards onto the graphs that exist (`widths`: the batch graphs, ascending):
+ * short forwards in arrival order, `widths.at(-1)` per group, each on the narrowest graph that holds
+ * it; a group of one and every long forward run on the single-sequence graph, after the batches.
+ */
+export function planStep<F extends Pick<StepForward, 'padded'>>(forwards: readonly F[], widths: readonly number[]): StepGroup<F>[] {
+  const widest = widths.at(-1) ?? 1;
+  const batchable = forwards.filter((f) => f.padded <= BATCH_TOKENS_MAX);
+  const alone = forwards.filter((f) => f.padded > BATCH_TOKENS_MAX);
+  if (batchable.length === 1 || widest < 2) alone.unshift(...batchable.splice(0));
+  const groups: StepGroup<F>[] = [];
+  for (let i = 0; i < batchable.length; i += widest) {
+    const group = batchable.slice(i, i + widest);
+    if (group.length === 1) alone.push(group[0]!);
+    else groups.push({ width: widths.find((w) => w >= group.length)!, forwards: group });
+  }
+  for (const f of alone) groups.push({ width: 1, forwards: [f] });
+  return groups;
+}
+
+interface QueuedForward {
+  readonly forward: StepForward;
+  readonly padded: number;
+  readonly member: StepMember | undefined;
+  resolve(logits: Float32Array): void;
+  reject(error: unknown): void;
+}
+
+export class StepScheduler implements StepSubmitter {
+  /** Sequences one forward carries at most (1 = no batching: every forward is a sequence's own). */
+  readonly widthMax: number;
+  private readonly executor: BatchExecutor | undefined;
+  private members = 0;
+  /** Members with a forward in the queue (the next step's). */
+  private queuedMembers = 0;
+  /** The member whose forward is being submitted (set around its synchronous call into the sequence). */
+  private submitting: StepMember | undefined;
+  private rows = 0;
+  private tokens = 0;
+  private queue: QueuedForward[] = [];
+  private stepQueued = false;
+  private macrotaskQueued = false;
+  private running = false;
+
+  /** `executor`: the model's batch graphs (attached here: the model's sequences then submit through this scheduler). */
+  constructor(widthMax: number, executor?: BatchExecutor) {
+    if (!Number.isInteger(widthMax) || widthMax < 1) throw new RangeError(`widthMax must be a positive integer, got ${widthMax}`);
+    this.widthMax = widthMax;
+    this.executor = executor;
+    executor?.attach(this);
+  }
+
+  /** The scheduler of a model's forwards: batching where it has batch graphs. */
+  static forModel(model: Pick<DecoderModel, 'info' | 'batchExecutor'>): StepScheduler {
+    return new StepScheduler(model.info.batchSlots, model.batchExecutor);
+  }
+
+  /** Live members. */
+  get sequences(): number {
+    return this.members;
+  }
+
+  /** A sequence starts decoding: it plans `rows` rows yielding `tokens` tokens until it says otherwise. */
+  join(sequence: DecoderSequence, rows: number, tokens: number): StepMember {
+    this.members++;
+    this.rows += rows;
+    this.tokens += tokens;
+    return new StepMember(this, sequence, rows, tokens);
+  }
+
+  /** @internal StepMember's bookkeeping. */
+  update(rowsDelta: number, tokensDelta: number, membersDelta: number): void {
+    this.rows += rowsDelta;
+    this.tokens += tokensDelta;
+    this.members += membersDelta;
+    // A member that leaves may be the last one the step waited for.
+    if (membersDelta < 0) this.scheduleStep();
+  }
+
+  /** The others' share of the forward as seen by a member planning `ownRows` rows / `ownTokens` tokens; written into `out`. */
+  budgetOf(ownRows: number, ownTokens: number, out: OthersLoad): OthersLoad {
+    const others = this.members - 1;
+    if (this.widthMax === 1 || others <= 0) {
+      out.rows = 0;
+      out.tokens = 0;
+      return out;
+    }
+    // More sequences than places: the forward carries widthMax − 1 of them, on average like all.
+    const share = Math.min(1, (this.widthMax - 1) / others);
+    // (Incremental float sums drift by ulps; never below zero.)
+    out.rows = Math.max(0, (this.rows - ownRows) * share);
+    out.tokens = Math.max(0, (this.tokens - ownTokens) * share);
+    return out;
+  }
+
+  /** @internal A member's forward: the step waits for it once it is queued. */
+  memberForward(member: StepMember, sequence: DecoderSequence, tokens: ArrayLike<number>, rows: number): Promise<Float32Array> {
+    if (this.executor === undefined) return sequence.forward(tokens, rows);
+    // The sequence submits its (first) chunk synchronously: that submission is the member's.
+    this.submitting = member;
+    try {
+      return sequence.forward(tokens, rows);
+    } finally {
+      this.submitting = undefined;
+    }
+  }
+
+  /** From the model's sequences (BatchExecutor.attach): one forward for the next step. */
+  submit(forward: StepForward): Promise<Float32Array> {
+    const member = this.submitting;
+    this.submitting = undefined;
+    return new Promise<Float32Array>((resolve, reject) => {
+      this.queue.push({ forward, padded: forward.padded, member, resolve, reject });
+      if (member !== undefined) this.queuedMembers++;
+      this.scheduleStep();
+    });
+  }
+
+  private scheduleStep(): void {
+    if (this.running || this.queue.length === 0) return;
+    if (this.members > 0 && this.queuedMembers >= this.members) {
+      if (this.stepQueued) return;
+      this.stepQueued = true;
+      queueMicrotask(() => void this.step());
+      return;
+    }
+    if (this.macrotaskQueued) return;
+    this.macrotaskQueued = true;
+    setImmediate(() => {
+      this.macrotaskQueued = false;
+      void this.step();
+    });
+  }
+
+  /** Runs what is queued: one step. Forwards never overlap (each sequence's KV is bound by the run). */
+  private async step(): Promise<void> {
+    this.stepQueued = false;
+    if (this.running || this.queue.length === 0) return;
+    this.running = true;
+    const work = this.queue;
+    this.queue = [];
+    for (const q of work) if (q.member !== undefined) this.queuedMembers--;
+    try {
+      for (const group of planStep(work, this.executor!.widths)) {
+        try {
+          const logits = await this.executor!.run(group.width, group.forwards.map((q) => q.forward));
+          group.forwards.forEach((q, i) => q.resolve(logits[i]!));
+        } catch (error) {
+          for (const q of group.forwards) q.reject(error);
+        }
+      }
+    } finally {
+      this.running = false;
+      this.scheduleStep();
+    }
+  }
+}
+
+/** A decoding sequence's handle on the scheduler: its budget, its plan, its forwards. */
+export class StepMember {
+  private readonly scheduler: StepScheduler;
+  private readonly sequence: DecoderSequence;
+  private rows: number;
+  private tokens: number;
+  private left = false;
+
+  constructor(scheduler: StepScheduler, sequence: DecoderSequence, rows: number, tokens: number) {
+    this.scheduler = scheduler;
+    this.sequence = sequence;
+    this.rows = rows;
+    this.tokens = tokens;
+  }
+
+  /** The others' share of the next forward right now (written into `out`): the room this member's draft is chosen in. */
+  budget(out: OthersLoad): OthersLoad {
+    return this.scheduler.budgetOf(this.rows, this.tokens, out);
+  }
+
+  /** This member's plan for its next forward. */
+  plan(rows: number, tokens: number): void {
+    if (this.left) return;
+    this.scheduler.update(rows - this.rows, tokens - this.tokens, 0);
+    this.rows = rows;
+    this.tokens = tokens;
+  }
+
+  /** This member's forward (as DecoderSequence.forward), run in the next step. */
+  forward(tokens: ArrayLike<number>, logitsRows: number): Promise<Float32Array> {
+    return this.scheduler.memberForward(this, this.sequence, tokens, logitsRows);
+  }
+
+  /** Idempotent. */
+  leave(): void {
+    if (this.left) return;
+    this.left = true;
+    this.scheduler.update(-this.rows, -this.tokens, -1);
+  }
+}

@@ -1,0 +1,149 @@
+/**
+ * The step scheduler without a model: members' draft budgets (the numbers the draft length
+ * controller has always been given), grouping onto the graph widths that exist, and when a step
+ * runs — at once when every live member has submitted, else at the next macrotask, so a paused
+ * member never holds up the others.
+ */
+import test from 'ava';
+import { NO_LOAD, type OthersLoad } from '../src/draft/draft-length-controller.js';
+import { BATCH_TOKENS_MAX, planStep, StepScheduler } from '../src/schedule/step-scheduler.js';
+import type { BatchExecutor, DecoderSequence, StepForward, StepSubmitter } from '../src/runtime/types.js';
+
+/** A batch executor that records what each run carried (sequence names by width). */
+class FakeExecutor implements BatchExecutor {
+  readonly widths: readonly number[];
+  readonly counts = { alone: 0, batched: 0, batchedSequences: 0, byWidth: {} };
+  readonly runs: { width: number; names: string[] }[] = [];
+  submitter: StepSubmitter | undefined;
+  constructor(widths: readonly number[]) {
+    this.widths = widths;
+  }
+  attach(submitter: StepSubmitter): void {
+    this.submitter = submitter;
+  }
+  async run(width: number, forwards: readonly StepForward[]): Promise<readonly Float32Array[]> {
+    this.runs.push({ width, names: forwards.map((f) => (f.sequence as FakeSequence).name) });
+    return forwards.map((f) => new Float32Array(f.rows));
+  }
+}
+
+/** Submits each forward synchronously, as the runtime's sequences do (one chunk, 2 rows at least). */
+class FakeSequence implements DecoderSequence {
+  readonly name: string;
+  readonly executor: FakeExecutor | undefined;
+  length = 0;
+  readonly capacity = 1024;
+  direct = 0;
+  constructor(name: string, executor?: FakeExecutor) {
+    this.name = name;
+    this.executor = executor;
+  }
+  forward(tokens: ArrayLike<number>, rows: number): Promise<Float32Array> {
+    const submitter = this.executor?.submitter;
+    if (submitter === undefined) {
+      this.direct++;
+      return Promise.resolve(new Float32Array(rows));
+    }
+    return submitter.submit({ sequence: this, tokens, start: 0, count: tokens.length, padded: Math.max(2, tokens.length), rows });
+  }
+  rewind(): void {}
+  dispose(): void {}
+}
+
+const seq = (name = 's'): FakeSequence => new FakeSequence(name);
+
+test("each member's budget is the sum of the others' plans, not its own", (t) => {
+  const steps = new StepScheduler(16);
+  const a = steps.join(seq(), 2, 1);
+  const b = steps.join(seq(), 8, 3.5);
+  const c = steps.join(seq(), 2, 1);
+  const out: OthersLoad = { rows: 0, tokens: 0 };
+  t.deepEqual(a.budget(out), { rows: 10, tokens: 4.5 });
+  t.deepEqual(b.budget(out), { rows: 4, tokens: 2 });
+  b.plan(2, 1.25);
+  t.deepEqual(a.budget(out), { rows: 4, tokens: 2.25 });
+  t.is(steps.sequences, 3);
+  c.leave();
+  c.leave();
+  t.is(steps.sequences, 2);
+  t.deepEqual(a.budget(out), { rows: 2, tokens: 1.25 });
+  c.plan(50, 50); // a member that left changes nothing
+  t.deepEqual(a.budget(out), { rows: 2, tokens: 1.25 });
+  b.leave();
+  t.deepEqual(a.budget(out), NO_LOAD);
+});
+
+test('with more sequences than the widest graph holds, the others count for the width − 1 that share a forward', (t) => {
+  const steps = new StepScheduler(4);
+  const members = Array.from({ length: 7 }, () => steps.join(seq(), 2, 1));
+  // 6 others, 3 of them per forward on average: half their sum.
+  t.deepEqual(members[0]!.budget({ rows: 0, tokens: 0 }), { rows: 6, tokens: 3 });
+});
+
+test('without batching (width 1) nobody shares a forward, and forwards go straight to the sequence', async (t) => {
+  const steps = new StepScheduler(1);
+  const s = seq();
+  const a = steps.join(s, 2, 1);
+  steps.join(seq(), 8, 3);
+  t.deepEqual(a.budget({ rows: 0, tokens: 0 }), { rows: 0, tokens: 0 });
+  await a.forward([1, 2], 2);
+  t.is(s.direct, 1);
+  t.throws(() => new StepScheduler(0), { instanceOf: RangeError });
+});
+
+test('a step groups short forwards onto the narrowest graph that holds them, long and lone ones on the single-sequence graph', (t) => {
+  const f = (name: string, padded: number) => ({ name, padded });
+  const names = (groups: ReturnType<typeof planStep<{ name: string; padded: number }>>) => groups.map((g) => `${g.width}:${g.forwards.map((x) => x.name).join('')}`);
+  // Six short forwards on a 2/4 ladder: 4 + 2.
+  t.deepEqual(names(planStep(['a', 'b', 'c', 'd', 'e', 'f'].map((n) => f(n, 2)), [2, 4])), ['4:abcd', '2:ef']);
+  // Three on the 4-wide graph (one idle place); five: 4 + a lone one alone.
+  t.deepEqual(names(planStep(['a', 'b', 'c'].map((n) => f(n, 4)), [2, 4])), ['4:abc']);
+  t.deepEqual(names(planStep(['a', 'b', 'c', 'd', 'e'].map((n) => f(n, 2)), [2, 4])), ['4:abcd', '1:e']);
+  // A prefill chunk longer than a batch takes runs alone, after the batch; one short forward runs alone first.
+  t.deepEqual(names(planStep([f('p', BATCH_TOKENS_MAX + 1), f('a', 2), f('b', BATCH_TOKENS_MAX)], [2])), ['2:ab', '1:p']);
+  t.deepEqual(names(planStep([f('p', 64), f('a', 2)], [2, 4])), ['1:a', '1:p']);
+});
+
+test('a step runs as soon as every live member has submitted, without waiting for the next macrotask', async (t) => {
+  const executor = new FakeExecutor([2, 4]);
+  const steps = new StepScheduler(4, executor);
+  const a = steps.join(new FakeSequence('a', executor), 2, 1);
+  const b = steps.join(new FakeSequence('b', executor), 2, 1);
+  let macrotask = false;
+  setImmediate(() => (macrotask = true));
+  await Promise.all([a.forward([1], 1), b.forward([1, 2], 2)]);
+  t.false(macrotask);
+  t.deepEqual(executor.runs, [{ width: 2, names: ['a', 'b'] }]);
+});
+
+test('a member that does not submit (a paused consumer) does not block the others: they run at the next macrotask', async (t) => {
+  const executor = new FakeExecutor([2, 4]);
+  const steps = new StepScheduler(4, executor);
+  const a = steps.join(new FakeSequence('a', executor), 2, 1);
+  const b = steps.join(new FakeSequence('b', executor), 2, 1);
+  steps.join(new FakeSequence('paused', executor), 2, 1);
+  let macrotask = false;
+  setImmediate(() => (macrotask = true));
+  await Promise.all([a.forward([1], 1), b.forward([1], 1)]);
+  t.true(macrotask);
+  t.deepEqual(executor.runs, [{ width: 2, names: ['a', 'b'] }]);
+  t.is(steps.sequences, 3);
+});
+
+test('when the member a step waits for leaves, the step runs; forwards of non-members (prefill) join the step', async (t) => {
+  const executor = new FakeExecutor([2, 4]);
+  const steps = new StepScheduler(4, executor);
+  const a = steps.join(new FakeSequence('a', executor), 2, 1);
+  const gone = steps.join(new FakeSequence('gone', executor), 2, 1);
+  const prefill = new FakeSequence('p', executor).forward([5, 6, 7], 1);
+  const forward = a.forward([1], 1);
+  let macrotask = false;
+  setImmediate(() => (macrotask = true));
+  gone.leave();
+  await Promise.all([forward, prefill]);
+  t.false(macrotask);
+  t.deepEqual(executor.runs, [{ width: 2, names: ['p', 'a'] }]);
+  // A lone forward runs on the single-sequence graph.
+  await new FakeSequence('q', executor).forward([1], 1);
+  t.deepEqual(executor.runs.at(-1), { width: 1, names: ['q'] });
+});

@@ -20,6 +20,15 @@ export class ForwardWatch implements DecoderModel {
     return this.model.info;
   }
 
+  get plan(): DecoderModel['plan'] {
+    return this.model.plan;
+  }
+
+  /** The wrapped model's batch graphs: the step scheduler attaches to them through the watch (the watched sequences submit to the inner ones). */
+  get batchExecutor(): DecoderModel['batchExecutor'] {
+    return this.model.batchExecutor;
+  }
+
   createSequence(options?: { readonly capacity?: number }): DecoderSequence {
     return new WatchedSequence(this.model.createSequence(options), this);
   }

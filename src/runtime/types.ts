@@ -64,7 +64,7 @@ export interface DecoderSequence {
 export interface DecoderModel {
   readonly info: ModelInfo;
   /** What runs the model, as load-model.ts resolved it from the options (absent: a model made elsewhere, e.g. a test's). */
-  readonly plan?: RuntimePlan;
+  readonly plan?: RuntimePlan | undefined;
   createSequence(options?: { readonly capacity?: number }): DecoderSequence;
   /** Where the model has batch graphs: what runs several sequences' forwards as one (absent: each forward is its sequence's own). */
   readonly batchExecutor?: BatchExecutor | undefined;

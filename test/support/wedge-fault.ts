@@ -73,6 +73,12 @@ export function wedgingModel(model: DecoderModel, wedgeFile: string): DecoderMod
     get info() {
       return model.info;
     },
+    get plan() {
+      return model.plan;
+    },
+    get batchExecutor() {
+      return model.batchExecutor;
+    },
     createSequence: (options) => new WedgingSequence(model.createSequence(options), wedgeFile),
     dispose: () => model.dispose(),
   };

@@ -25,7 +25,7 @@
  * block's scores vectorize across keys without a transposing copy. Values keep ORT's layout. And
  * seqlens_k names the last real row (ORT's: the last row): pad rows after it get their keys and
  * values written but no attention, their outputs zeroed. The runtime knows both
- * (src/runtime/gqa-decoder.ts); every session of a model runs this kernel or none does, so one
+ * (src/runtime/host-kv-sequence.ts); every session of a model runs this kernel or none does, so one
  * cache never meets both kernels.
  */
 #include <math.h>

@@ -1,6 +1,6 @@
 /**
- * What a transport talks to: the served model(s), admission through the session pool, drain on
- * shutdown. Transport-neutral — the gRPC adapter translates messages to and from these calls.
+ * What a transport talks to: the served model(s), validation (once, engine/validate.ts), admission
+ * (AdmissionQueue), timings from receipt, drain on shutdown. Transport-neutral — the gRPC adapter translates messages to and from these calls.
  */
 import {
   type GenerationBackend,

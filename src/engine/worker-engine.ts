@@ -1,7 +1,8 @@
 /**
- * A GenerationBackend whose model runs on a worker thread or in a child process (engine-worker.ts). Tokenization and
- * validation happen here, on the calling thread, with the same tokenizer files, so bad requests
- * never reach the worker; the worker runs the very same Engine code, so outputs are identical.
+ * A GenerationBackend whose model runs on a worker thread or in a child process (engine-worker.ts).
+ * Tokenization happens on the calling thread, with the same tokenizer files (the InferenceService
+ * validates before admission, so bad requests never reach the worker); the worker runs the very
+ * same Engine code, so outputs are identical.
  */
 import { type ChildProcess, fork } from 'node:child_process';
 import { fileURLToPath } from 'node:url';

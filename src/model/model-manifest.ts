@@ -1,6 +1,6 @@
 /**
  * `anpd-model.json`: what the converter writes next to `model.onnx` and the runtime reads back.
- * Optimum/transformers.js exports have no manifest; `model-directory.ts` derives the same facts from `config.json`.
+ * Optimum/transformers.js exports have no manifest; `runtime/load-model.ts` derives the same facts from `config.json`.
  */
 export const MANIFEST_FILE = 'anpd-model.json';
 export const MANIFEST_FORMAT = 'anpd-gqa-decoder';

@@ -16,7 +16,10 @@ import { projectRoot } from '../src/paths.js';
 import { ensureDefaultModel } from '../src/registry/model-cache.js';
 import { generateOnce, type Sample } from '../tools/generate-once.js';
 
-const MODES = { plain: NO_SPECULATION, adaptive: DEFAULT_SPECULATION, paper: PAPER_SPECULATION } satisfies Record<string, SpeculationOptions>;
+const MODES = { plain: NO_SPECULATION, adaptive: DEFAULT_SPECULATION, paper: PAPER_SPECULATION } satisfies Record<
+  string,
+  SpeculationOptions
+>;
 type Mode = keyof typeof MODES;
 
 interface Totals {
@@ -48,9 +51,18 @@ async function main(): Promise<void> {
   const categories = values.categories!.split(',');
   const root = projectRoot();
   const threads = availableParallelism();
-  const engine = await createEngine(await ensureDefaultModel(), { executionProvider: 'cpu', intraOpThreads: threads, kvCapacity: 4096 });
+  const engine = await createEngine(await ensureDefaultModel(), {
+    executionProvider: 'cpu',
+    intraOpThreads: threads,
+    kvCapacity: 4096,
+  });
   const forwardCost = await engine.forwardCost(9);
-  process.stderr.write(`forward cost T=1..9 relative to T=1: ${forwardCost.slice(1).map((c) => c.toFixed(2)).join(' ')}\n`);
+  process.stderr.write(
+    `forward cost T=1..9 relative to T=1: ${forwardCost
+      .slice(1)
+      .map((c) => c.toFixed(2))
+      .join(' ')}\n`,
+  );
   // Warm-up so the first measured prompt does not pay for lazy allocations.
   await generateOnce(engine, 'Hello', NO_SPECULATION, 8);
   await generateOnce(engine, 'Hello', DEFAULT_SPECULATION, 8);
@@ -58,8 +70,16 @@ async function main(): Promise<void> {
   const results: Record<string, Record<Mode, Totals>> = {};
   let mismatches = 0;
   for (const category of categories) {
-    const prompts = JSON.parse(readFileSync(join(root, 'bench', 'prompts', `${category}.json`), 'utf8')) as { id: string; prompt: string }[];
-    const totals = Object.fromEntries(Object.keys(MODES).map((m) => [m, { tokens: 0, decodeMs: 0, rounds: 0, drafted: 0, accepted: 0, draftMs: 0, speedups: [] }])) as unknown as Record<Mode, Totals>;
+    const prompts = JSON.parse(readFileSync(join(root, 'bench', 'prompts', `${category}.json`), 'utf8')) as {
+      id: string;
+      prompt: string;
+    }[];
+    const totals = Object.fromEntries(
+      Object.keys(MODES).map((m) => [
+        m,
+        { tokens: 0, decodeMs: 0, rounds: 0, drafted: 0, accepted: 0, draftMs: 0, speedups: [] },
+      ]),
+    ) as unknown as Record<Mode, Totals>;
     for (const [pi, p] of prompts.entries()) {
       for (let r = 0; r < runs; r++) {
         // Rotate the order so no mode always runs first (cache and frequency effects).
@@ -110,12 +130,17 @@ async function main(): Promise<void> {
       });
     }
   }
-  const header = '| category | mode | plain tok/s | ANPD tok/s | speedup | median prompt speedup | τ | acceptance | drafted/round | drafting µs/round |';
+  const header =
+    '| category | mode | plain tok/s | ANPD tok/s | speedup | median prompt speedup | τ | acceptance | drafted/round | drafting µs/round |';
   const lines = [header, '|---|---|---|---|---|---|---|---|---|---|'];
   for (const r of rows) {
-    lines.push(`| ${r.category} | ${r.mode} | ${r.plainTokPerS} | ${r.anpdTokPerS} | ${r.speedup}× | ${r.medianPromptSpeedup}× | ${r.tau} | ${r.acceptance} | ${r.draftTokensPerRound} | ${r.draftUsPerRound} |`);
+    lines.push(
+      `| ${r.category} | ${r.mode} | ${r.plainTokPerS} | ${r.anpdTokPerS} | ${r.speedup}× | ${r.medianPromptSpeedup}× | ${r.tau} | ${r.acceptance} | ${r.draftTokensPerRound} | ${r.draftUsPerRound} |`,
+    );
   }
-  process.stdout.write(`${lines.join('\n')}\n\noutputs identical across modes: ${mismatches === 0 ? 'yes' : `NO (${mismatches} mismatches)`}\n`);
+  process.stdout.write(
+    `${lines.join('\n')}\n\noutputs identical across modes: ${mismatches === 0 ? 'yes' : `NO (${mismatches} mismatches)`}\n`,
+  );
   let revision = 'unknown';
   try {
     revision = execSync('git rev-parse --short HEAD', { cwd: root }).toString().trim();

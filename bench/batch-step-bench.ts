@@ -26,7 +26,16 @@ if (!EXECUTION_PROVIDERS.includes(provider) || values.model === undefined || val
   throw new Error('usage: batch-step-bench --model DIR --batch-model DIRK [--execution-provider cpu|webgpu|cuda]');
 }
 const flat = Array.from({ length: 18 }, (_, t) => (t === 0 ? 0 : 1));
-const engine = await createEngine(values.model, { executionProvider: provider, intraOpThreads: Number(values.threads), kvCapacity: 512, batchModelDir: values['batch-model'].split(',') }, { forwardCost: { mode: 'fixed', table: flat } });
+const engine = await createEngine(
+  values.model,
+  {
+    executionProvider: provider,
+    intraOpThreads: Number(values.threads),
+    kvCapacity: 512,
+    batchModelDir: values['batch-model'].split(','),
+  },
+  { forwardCost: { mode: 'fixed', table: flat } },
+);
 const executor = engine.model.batchExecutor!;
 const tokens = Number(values.tokens);
 const prompt = 'Write a short poem about the sea.';
@@ -36,7 +45,9 @@ for (const streams of values.streams!.split(',').map(Number)) {
   for (let rep = 0; rep < 2; rep++) {
     const before = { ...executor.counts, byWidth: { ...executor.counts.byWidth } };
     const t0 = performance.now();
-    const outs = await Promise.all(Array.from({ length: streams }, () => generateOnce(engine, prompt, NO_SPECULATION, tokens)));
+    const outs = await Promise.all(
+      Array.from({ length: streams }, () => generateOnce(engine, prompt, NO_SPECULATION, tokens)),
+    );
     const ms = performance.now() - t0;
     const after = executor.counts;
     const decodeMs = outs.reduce((a, o) => a + o.final.totalMs - o.final.firstTokenMs, 0) / streams;
@@ -49,7 +60,9 @@ for (const streams of values.streams!.split(',').map(Number)) {
       forwardsBatched: batched,
       sequencesPerBatch: +((after.batchedSequences - before.batchedSequences) / Math.max(1, batched)).toFixed(2),
       // (Key kept from the recorded results in bench/results.)
-      bySlots: Object.fromEntries(Object.entries(after.byWidth).map(([k, n]) => [k, n - (before.byWidth[Number(k)] ?? 0)])),
+      bySlots: Object.fromEntries(
+        Object.entries(after.byWidth).map(([k, n]) => [k, n - (before.byWidth[Number(k)] ?? 0)]),
+      ),
     };
     if (rep === 1) rows.push(row);
     process.stderr.write(`${JSON.stringify(row)}\n`);

@@ -38,7 +38,8 @@ const reps = Number(values.reps);
 const lengths = values.lengths.split(',').map(Number);
 const root = projectRoot();
 const peersDir = join(root, '.cache', 'peers');
-if (!values['skip-setup']) execFileSync('bash', [join(root, 'bench', 'peers', 'setup.sh'), peersDir], { stdio: 'inherit', cwd: root });
+if (!values['skip-setup'])
+  execFileSync('bash', [join(root, 'bench', 'peers', 'setup.sh'), peersDir], { stdio: 'inherit', cwd: root });
 const llamaBench = join(peersDir, 'llama.cpp-build', 'bin', 'llama-bench');
 
 interface Measure {
@@ -52,11 +53,24 @@ const dir = await ensureDefaultModel();
 const gguf = await ensureDefaultGguf();
 const kvCapacity = Math.max(...lengths) + newTokens + 64;
 const ours = {
-  native: await createEngine(dir, { executionProvider: 'cpu', intraOpThreads: threads, kvCapacity }, { forwardCost: { mode: 'defer' } }),
-  nativeOrtAttention: await createEngine(dir, { executionProvider: 'cpu', intraOpThreads: threads, kvCapacity, experimental: { nativeAttention: 'off' } }, { forwardCost: { mode: 'defer' } }),
-  onnxruntimeNode: await createEngine(dir, { executionProvider: 'cpu', intraOpThreads: threads, kvCapacity, nativeRun: 'off' }, { forwardCost: { mode: 'defer' } }),
+  native: await createEngine(
+    dir,
+    { executionProvider: 'cpu', intraOpThreads: threads, kvCapacity },
+    { forwardCost: { mode: 'defer' } },
+  ),
+  nativeOrtAttention: await createEngine(
+    dir,
+    { executionProvider: 'cpu', intraOpThreads: threads, kvCapacity, experimental: { nativeAttention: 'off' } },
+    { forwardCost: { mode: 'defer' } },
+  ),
+  onnxruntimeNode: await createEngine(
+    dir,
+    { executionProvider: 'cpu', intraOpThreads: threads, kvCapacity, nativeRun: 'off' },
+    { forwardCost: { mode: 'defer' } },
+  ),
 };
-if (ours.native.info.attention !== 'native') throw new Error('the native runner is not built (npm run build; scripts/build-native.mjs says why)');
+if (ours.native.info.attention !== 'native')
+  throw new Error('the native runner is not built (npm run build; scripts/build-native.mjs says why)');
 
 // Outputs must agree between runs that share numerics: ORT's attention kernel (the native runner
 // with it and onnxruntime-node's run, bitwise equal), and each engine with itself.
@@ -65,13 +79,19 @@ function ourRunner(name: string, engine: Engine): Runner {
   return async (prompt) => {
     const tokens: number[] = [];
     let final: GenerationFinal | undefined;
-    for await (const e of engine.generate({ prompt: { kind: 'tokens', tokenIds: prompt }, maxNewTokens: newTokens, ignoreEos: true, speculation: NO_SPECULATION })) {
+    for await (const e of engine.generate({
+      prompt: { kind: 'tokens', tokenIds: prompt },
+      maxNewTokens: newTokens,
+      ignoreEos: true,
+      speculation: NO_SPECULATION,
+    })) {
       if (e.type === 'delta') tokens.push(...e.tokenIds);
       else final = e;
     }
     const key = `${engine.info.attention}:${prompt.length}`;
     const text = tokens.join();
-    if (outputs.has(key) && outputs.get(key) !== text) throw new Error(`${name}: output differs from the other runner's at ${prompt.length} prompt tokens`);
+    if (outputs.has(key) && outputs.get(key) !== text)
+      throw new Error(`${name}: output differs from the other runner's at ${prompt.length} prompt tokens`);
     outputs.set(key, text);
     return {
       ttftMs: final!.firstTokenMs,
@@ -82,11 +102,31 @@ function ourRunner(name: string, engine: Engine): Runner {
 }
 
 const env = { ...process.env, OMP_NUM_THREADS: String(threads) };
-const nodeLlamaCpp = await startPeerProcess('node-llama-cpp', process.execPath, [join(root, 'bench', 'peers', 'node-llama-cpp-peer.mjs'), '--package', join(peersDir, 'node-llama-cpp'), '--gguf', gguf, '--threads', String(threads), '--mode', 'plain', '--n-ctx', String(kvCapacity)], env);
+const nodeLlamaCpp = await startPeerProcess(
+  'node-llama-cpp',
+  process.execPath,
+  [
+    join(root, 'bench', 'peers', 'node-llama-cpp-peer.mjs'),
+    '--package',
+    join(peersDir, 'node-llama-cpp'),
+    '--gguf',
+    gguf,
+    '--threads',
+    String(threads),
+    '--mode',
+    'plain',
+    '--n-ctx',
+    String(kvCapacity),
+  ],
+  env,
+);
 
 /** llama-bench's own figures: pp N (prefill) and tg at depth N (decode after an N-token context). */
 function llamaBenchRun(args: string[]): number {
-  const out = execFileSync(llamaBench, ['-m', gguf, '-t', String(threads), '-r', '1', '-o', 'json', ...args], { env, maxBuffer: 1 << 24 }).toString();
+  const out = execFileSync(llamaBench, ['-m', gguf, '-t', String(threads), '-r', '1', '-o', 'json', ...args], {
+    env,
+    maxBuffer: 1 << 24,
+  }).toString();
   const rows = JSON.parse(out) as { avg_ts: number }[];
   return rows[0]!.avg_ts;
 }
@@ -101,13 +141,21 @@ const runners: Record<string, Runner> = {
   }),
   'node-llama-cpp plain': async (prompt) => {
     const s = await nodeLlamaCpp.generate({ promptIds: prompt, maxNewTokens: newTokens, eosIds: [] });
-    return { ttftMs: s.ttftMs, prefillTokPerS: (prompt.length / s.ttftMs) * 1000, decodeTokPerS: ((s.tokenCount - 1) / (s.totalMs - s.ttftMs)) * 1000 };
+    return {
+      ttftMs: s.ttftMs,
+      prefillTokPerS: (prompt.length / s.ttftMs) * 1000,
+      decodeTokPerS: ((s.tokenCount - 1) / (s.totalMs - s.ttftMs)) * 1000,
+    };
   },
 };
 const names = Object.keys(runners);
 
 const text = ['summarization', 'document-qa', 'code-editing', 'open-chat']
-  .flatMap((c) => (JSON.parse(readFileSync(join(root, 'bench', 'prompts', `${c}.json`), 'utf8')) as { prompt: string }[]).map((p) => p.prompt))
+  .flatMap((c) =>
+    (JSON.parse(readFileSync(join(root, 'bench', 'prompts', `${c}.json`), 'utf8')) as { prompt: string }[]).map(
+      (p) => p.prompt,
+    ),
+  )
   .join('\n\n');
 const allTokens = ours.native.tokenizePrompt({ kind: 'text', text, chat: false });
 if (allTokens.length < Math.max(...lengths)) throw new Error(`the bench prompts give only ${allTokens.length} tokens`);
@@ -164,10 +212,11 @@ const ratios = rows.map((row) => {
   };
 });
 const lines = ['| prompt tokens | engine | decode tok/s | prefill tok/s | TTFT ms |', '|---:|---|---:|---:|---:|'];
-for (const row of rows) for (const name of names) {
-  const c = cell(row, name);
-  lines.push(`| ${row['promptTokens']} | ${name} | ${c.decodeTokPerS} | ${c.prefillTokPerS} | ${c.ttftMs ?? '–'} |`);
-}
+for (const row of rows)
+  for (const name of names) {
+    const c = cell(row, name);
+    lines.push(`| ${row['promptTokens']} | ${name} | ${c.decodeTokPerS} | ${c.prefillTokPerS} | ${c.ttftMs ?? '–'} |`);
+  }
 process.stdout.write(`${lines.join('\n')}\n\nratios (ours native / peer): ${JSON.stringify(ratios, null, 1)}\n`);
 
 let revision = 'unknown';
@@ -185,10 +234,25 @@ writeFileSync(
       revision,
       command: `npm run bench:by-length --${process.argv.slice(2).length ? ` ${process.argv.slice(2).join(' ')}` : ''}`,
       machine: { cpu: cpus()[0]?.model, cores: cpus().length, kernel: release(), node: process.version },
-      settings: { threads, newTokens, reps, greedy: true, order: 'engines rotated per repetition', gguf: gguf.replace(root, '.'), kvCapacity },
-      versions: { 'node-llama-cpp': nodeLlamaCpp.ready, 'llama-bench': execFileSync(llamaBench, ['--version'], { stdio: ['ignore', 'pipe', 'pipe'] }).toString().trim() || 'see stderr' },
+      settings: {
+        threads,
+        newTokens,
+        reps,
+        greedy: true,
+        order: 'engines rotated per repetition',
+        gguf: gguf.replace(root, '.'),
+        kvCapacity,
+      },
+      versions: {
+        'node-llama-cpp': nodeLlamaCpp.ready,
+        'llama-bench':
+          execFileSync(llamaBench, ['--version'], { stdio: ['ignore', 'pipe', 'pipe'] })
+            .toString()
+            .trim() || 'see stderr',
+      },
       definitions: {
-        decodeTokPerS: 'ours and node-llama-cpp: (new tokens − 1) / time after the first token; llama-bench: its tg test at depth N (the context prefilled untimed)',
+        decodeTokPerS:
+          'ours and node-llama-cpp: (new tokens − 1) / time after the first token; llama-bench: its tg test at depth N (the context prefilled untimed)',
         prefillTokPerS: 'ours and node-llama-cpp: prompt tokens / time to the first token; llama-bench: its pp N test',
         ttftMs: 'request to the first generated token',
       },

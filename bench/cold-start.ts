@@ -93,15 +93,21 @@ async function runOnce(variant: Variant, round: number, modelDir: string): Promi
   };
   const logs: string[] = [];
   const t0 = performance.now();
-  const child: ChildProcess = spawn(variant.command, [...variant.args, 'serve'], { env, stdio: ['ignore', 'ignore', 'pipe'], cwd: ROOT });
+  const child: ChildProcess = spawn(variant.command, [...variant.args, 'serve'], {
+    env,
+    stdio: ['ignore', 'ignore', 'pipe'],
+    cwd: ROOT,
+  });
   createInterface({ input: child.stderr! }).on('line', (line) => logs.push(line));
   const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
   let client: TextGenerationClient | undefined;
   try {
     let portOpenMs = 0;
     for (;;) {
-      if (child.exitCode !== null) throw new Error(`${variant.name}: server exited with ${child.exitCode}:\n${logs.join('\n')}`);
-      if (performance.now() - t0 > START_TIMEOUT_MS) throw new Error(`${variant.name}: not listening after ${START_TIMEOUT_MS} ms`);
+      if (child.exitCode !== null)
+        throw new Error(`${variant.name}: server exited with ${child.exitCode}:\n${logs.join('\n')}`);
+      if (performance.now() - t0 > START_TIMEOUT_MS)
+        throw new Error(`${variant.name}: not listening after ${START_TIMEOUT_MS} ms`);
       if (await portOpen(port)) break;
       await sleep(POLL_MS);
     }
@@ -110,12 +116,16 @@ async function runOnce(variant: Variant, round: number, modelDir: string): Promi
     for (;;) {
       const status = await client.health('', { deadlineMs: 2000 }).catch(() => 'ERROR');
       if (status === 'SERVING') break;
-      if (performance.now() - t0 > START_TIMEOUT_MS) throw new Error(`${variant.name}: not SERVING after ${START_TIMEOUT_MS} ms`);
+      if (performance.now() - t0 > START_TIMEOUT_MS)
+        throw new Error(`${variant.name}: not SERVING after ${START_TIMEOUT_MS} ms`);
       await sleep(POLL_MS);
     }
     const servingMs = performance.now() - t0;
     const g0 = performance.now();
-    await client.generate({ text: 'List the planets of the solar system.', stopping: { max_new_tokens: 16, ignore_eos: true } }, { deadlineMs: 60_000 });
+    await client.generate(
+      { text: 'List the planets of the solar system.', stopping: { max_new_tokens: 16, ignore_eos: true } },
+      { deadlineMs: 60_000 },
+    );
     const firstGenerateMs = performance.now() - g0;
     const k0 = performance.now();
     child.kill('SIGTERM');
@@ -123,16 +133,27 @@ async function runOnce(variant: Variant, round: number, modelDir: string): Promi
     const exitMs = performance.now() - k0;
     if (code !== 0) throw new Error(`${variant.name}: exit code ${code}`);
     const record = (msg: string) =>
-      logs.map((l) => {
-        try {
-          return JSON.parse(l) as Record<string, unknown>;
-        } catch {
-          return undefined;
-        }
-      }).find((r) => r?.['msg'] === msg);
+      logs
+        .map((l) => {
+          try {
+            return JSON.parse(l) as Record<string, unknown>;
+          } catch {
+            return undefined;
+          }
+        })
+        .find((r) => r?.['msg'] === msg);
     const started = record('started')?.['startupMs'] as Record<string, number> | undefined;
     const loadMs = record('model loaded')?.['loadMs'] as number | undefined;
-    return { variant: variant.name, round, servingMs, portOpenMs, firstGenerateMs, exitMs, milestones: started, loadMs };
+    return {
+      variant: variant.name,
+      round,
+      servingMs,
+      portOpenMs,
+      firstGenerateMs,
+      exitMs,
+      milestones: started,
+      loadMs,
+    };
   } finally {
     client?.close();
     if (child.exitCode === null) child.kill('SIGKILL');
@@ -163,7 +184,9 @@ function summarize(runs: readonly Run[]) {
     portOpenMsMedian: round1(median(runs.map((r) => r.portOpenMs))),
     firstGenerateMsMedian: round1(median(runs.map((r) => r.firstGenerateMs))),
     exitMsMedian: round1(median(runs.map((r) => r.exitMs))),
-    ...(Object.keys(milestones).length > 0 ? { milestonesMsMedian: Object.fromEntries(Object.entries(milestones).sort((a, b) => a[1] - b[1])) } : {}),
+    ...(Object.keys(milestones).length > 0
+      ? { milestonesMsMedian: Object.fromEntries(Object.entries(milestones).sort((a, b) => a[1] - b[1])) }
+      : {}),
     ...(loads.length > 0 ? { modelLoadedLogLoadMsMedian: median(loads) } : {}),
   };
 }
@@ -188,9 +211,17 @@ async function main(): Promise<void> {
     const [name, path] = baseline.includes('=') ? (baseline.split('=', 2) as [string, string]) : ['before', baseline];
     variants.push({ name, command: process.execPath, args: [resolve(path)], freshCache: false });
   }
-  if (values.deno) variants.push({ name: 'deno', command: join(ROOT, 'node_modules/.bin/deno'), args: ['run', '-A', main], freshCache: false });
+  if (values.deno)
+    variants.push({
+      name: 'deno',
+      command: join(ROOT, 'node_modules/.bin/deno'),
+      args: ['run', '-A', main],
+      freshCache: false,
+    });
   // One warm-up start per variant (page cache, and the table cache for 'after'); not recorded.
-  process.stderr.write(`cold start: ${rounds} rounds × ${variants.map((v) => v.name).join(', ')} (cache ${cacheDir()})\n`);
+  process.stderr.write(
+    `cold start: ${rounds} rounds × ${variants.map((v) => v.name).join(', ')} (cache ${cacheDir()})\n`,
+  );
   for (const v of variants) await runOnce(v, -1, modelDir);
   const runs: Run[] = [];
   const loadBefore = loadavg()[0]!;
@@ -199,25 +230,42 @@ async function main(): Promise<void> {
       const v = variants[(i + r) % variants.length]!;
       const run = await runOnce(v, r, modelDir);
       runs.push(run);
-      process.stderr.write(`  round ${r} ${v.name.padEnd(16)} serving ${run.servingMs.toFixed(0)} ms, first generate ${run.firstGenerateMs.toFixed(0)} ms\n`);
+      process.stderr.write(
+        `  round ${r} ${v.name.padEnd(16)} serving ${run.servingMs.toFixed(0)} ms, first generate ${run.firstGenerateMs.toFixed(0)} ms\n`,
+      );
     }
   }
-  const summary = Object.fromEntries(variants.map((v) => [v.name, summarize(runs.filter((r) => r.variant === v.name))]));
+  const summary = Object.fromEntries(
+    variants.map((v) => [v.name, summarize(runs.filter((r) => r.variant === v.name))]),
+  );
   const after = summary['after']!.servingMsMedian;
   const before = summary['before']?.servingMsMedian;
   const result = {
     date: new Date().toISOString(),
-    machine: { cpu: cpus()[0]?.model ?? 'unknown', cores: availableParallelism(), loadavg1mStart: loadBefore, loadavg1mEnd: loadavg()[0]! },
+    machine: {
+      cpu: cpus()[0]?.model ?? 'unknown',
+      cores: availableParallelism(),
+      loadavg1mStart: loadBefore,
+      loadavg1mEnd: loadavg()[0]!,
+    },
     node: process.version,
     model: DEFAULT_MODEL.name,
     rounds,
     summary,
     ...(before !== undefined ? { ratioBeforeOverAfter: round1(before / after) } : {}),
-    runs: runs.map((r) => ({ ...r, servingMs: round1(r.servingMs), portOpenMs: round1(r.portOpenMs), firstGenerateMs: round1(r.firstGenerateMs), exitMs: round1(r.exitMs) })),
+    runs: runs.map((r) => ({
+      ...r,
+      servingMs: round1(r.servingMs),
+      portOpenMs: round1(r.portOpenMs),
+      firstGenerateMs: round1(r.firstGenerateMs),
+      exitMs: round1(r.exitMs),
+    })),
   };
   mkdirSync(dirname(values.out), { recursive: true });
   writeFileSync(values.out, `${JSON.stringify(result, null, 2)}\n`);
-  process.stdout.write(`${JSON.stringify({ summary: Object.fromEntries(Object.entries(summary).map(([k, s]) => [k, s.servingMsMedian])), ratioBeforeOverAfter: result.ratioBeforeOverAfter })}\n`);
+  process.stdout.write(
+    `${JSON.stringify({ summary: Object.fromEntries(Object.entries(summary).map(([k, s]) => [k, s.servingMsMedian])), ratioBeforeOverAfter: result.ratioBeforeOverAfter })}\n`,
+  );
 }
 
 main().catch((error: unknown) => {

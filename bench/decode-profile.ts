@@ -37,25 +37,39 @@ async function main(): Promise<void> {
   });
   const root = projectRoot();
   const tokens = Number(values.tokens);
-  const prompt = (JSON.parse(readFileSync(join(root, 'bench', 'prompts', `${values.category}.json`), 'utf8')) as { prompt: string }[])[Number(values.prompt)]!.prompt;
+  const prompt = (
+    JSON.parse(readFileSync(join(root, 'bench', 'prompts', `${values.category}.json`), 'utf8')) as { prompt: string }[]
+  )[Number(values.prompt)]!.prompt;
   const profDir = join(root, '.cache', 'tmp', 'ort-profile');
   rmSync(profDir, { recursive: true, force: true });
   mkdirSync(profDir, { recursive: true });
 
   // Turn ORT's profiler on for the session the engine creates.
   const sessions: ort.InferenceSession[] = [];
-  const create = ort.InferenceSession.create.bind(ort.InferenceSession) as (path: string, options: ort.InferenceSession.SessionOptions) => Promise<ort.InferenceSession>;
-  (ort.InferenceSession as unknown as { create: typeof create }).create = async (path: string, options: ort.InferenceSession.SessionOptions) => {
+  const create = ort.InferenceSession.create.bind(ort.InferenceSession) as (
+    path: string,
+    options: ort.InferenceSession.SessionOptions,
+  ) => Promise<ort.InferenceSession>;
+  (ort.InferenceSession as unknown as { create: typeof create }).create = async (
+    path: string,
+    options: ort.InferenceSession.SessionOptions,
+  ) => {
     const s = await create(path, { ...options, enableProfiling: true, profileFilePrefix: join(profDir, 'ort') });
     sessions.push(s);
     return s;
   };
   // onnxruntime-node's run, so that ORT's profiler sees every kernel (the native runner's session
   // is not an onnxruntime-node one; its attention kernel is our own).
-  const engine = await createEngine(await ensureDefaultModel(), { executionProvider: 'cpu', intraOpThreads: THREADS, kvCapacity: 4096, nativeRun: 'off' }, { forwardCost: { mode: 'defer' } });
+  const engine = await createEngine(
+    await ensureDefaultModel(),
+    { executionProvider: 'cpu', intraOpThreads: THREADS, kvCapacity: 4096, nativeRun: 'off' },
+    { forwardCost: { mode: 'defer' } },
+  );
   // Wall time of each forward as Node sees it (ORT run + binding copies + our JS around it).
   const forwards: { rows: number; ms: number }[] = [];
-  const seqProto = Object.getPrototypeOf(engine.model.createSequence()) as { forward: (t: readonly number[], r: number) => Promise<Float32Array> };
+  const seqProto = Object.getPrototypeOf(engine.model.createSequence()) as {
+    forward: (t: readonly number[], r: number) => Promise<Float32Array>;
+  };
   const forward = seqProto.forward;
   seqProto.forward = async function (this: unknown, t: readonly number[], r: number) {
     const t0 = performance.now();
@@ -65,13 +79,22 @@ async function main(): Promise<void> {
   };
   let final;
   const t0 = performance.now();
-  for await (const e of engine.generate({ prompt: { kind: 'text', text: prompt, chat: true }, maxNewTokens: tokens, ignoreEos: true, speculation: NO_SPECULATION })) {
+  for await (const e of engine.generate({
+    prompt: { kind: 'text', text: prompt, chat: true },
+    maxNewTokens: tokens,
+    ignoreEos: true,
+    speculation: NO_SPECULATION,
+  })) {
     if (e.type === 'final') final = e;
   }
   const wallMs = performance.now() - t0;
   sessions[0]!.endProfiling();
   // onnxruntime-node does not return the file name: it is the one file under profDir (or the cwd).
-  const candidates = [profDir, root].flatMap((d) => readdirSync(d).filter((f) => f.startsWith('ort') && f.endsWith('.json')).map((f) => join(d, f)));
+  const candidates = [profDir, root].flatMap((d) =>
+    readdirSync(d)
+      .filter((f) => f.startsWith('ort') && f.endsWith('.json'))
+      .map((f) => join(d, f)),
+  );
   const profileFile = candidates.sort((a, b) => statSync(b).mtimeMs - statSync(a).mtimeMs)[0];
   if (profileFile === undefined) throw new Error(`no ORT profile file under ${profDir}`);
   await engine.dispose();
@@ -94,7 +117,13 @@ async function main(): Promise<void> {
   const decodeForwards = forwards.slice(-tokens + 1);
   const nodeForwardMs = decodeForwards.reduce((a, f) => a + f.ms, 0) / decodeForwards.length;
   const stepMs = (final!.totalMs - final!.firstTokenMs) / (tokens - 1);
-  const ops = [...byOp].sort((a, b) => b[1] - a[1]).map(([op, us]) => ({ op, msPerStep: +(us / 1000 / steps).toFixed(3), share: +(us / 1000 / steps / stepMs).toFixed(3) }));
+  const ops = [...byOp]
+    .sort((a, b) => b[1] - a[1])
+    .map(([op, us]) => ({
+      op,
+      msPerStep: +(us / 1000 / steps).toFixed(3),
+      share: +(us / 1000 / steps / stepMs).toFixed(3),
+    }));
 
   // llama.cpp on the same weights at the same depth, if built by bench/peers/setup.sh.
   const llamaBench = join(root, '.cache', 'peers', 'llama.cpp-build', 'bin', 'llama-bench');
@@ -102,10 +131,39 @@ async function main(): Promise<void> {
   if (existsSync(llamaBench)) {
     const gguf = await ensureDefaultGguf();
     const depth = promptTokens + tokens / 2;
-    const args = ['-m', gguf, '-t', String(THREADS), '-p', '0', '-n', String(tokens), '-d', `0,${depth}`, '-r', '3', '-o', 'json'];
+    const args = [
+      '-m',
+      gguf,
+      '-t',
+      String(THREADS),
+      '-p',
+      '0',
+      '-n',
+      String(tokens),
+      '-d',
+      `0,${depth}`,
+      '-r',
+      '3',
+      '-o',
+      'json',
+    ];
     try {
-      const rows = JSON.parse(execFileSync(llamaBench, args, { stdio: ['ignore', 'pipe', 'ignore'] }).toString()) as { n_depth: number; avg_ts: number; stddev_ts: number; build_commit: string }[];
-      llama = { command: `llama-bench ${args.join(' ').replace(gguf, 'GGUF')}`, rows: rows.map((r) => ({ depth: r.n_depth, tokPerS: +r.avg_ts.toFixed(1), msPerToken: +(1000 / r.avg_ts).toFixed(2), stddevTokPerS: +r.stddev_ts.toFixed(1), build: r.build_commit })) };
+      const rows = JSON.parse(execFileSync(llamaBench, args, { stdio: ['ignore', 'pipe', 'ignore'] }).toString()) as {
+        n_depth: number;
+        avg_ts: number;
+        stddev_ts: number;
+        build_commit: string;
+      }[];
+      llama = {
+        command: `llama-bench ${args.join(' ').replace(gguf, 'GGUF')}`,
+        rows: rows.map((r) => ({
+          depth: r.n_depth,
+          tokPerS: +r.avg_ts.toFixed(1),
+          msPerToken: +(1000 / r.avg_ts).toFixed(2),
+          stddevTokPerS: +r.stddev_ts.toFixed(1),
+          build: r.build_commit,
+        })),
+      };
     } catch (e) {
       llama = { error: (e as Error).message.slice(0, 500) };
     }

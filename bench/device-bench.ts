@@ -15,7 +15,13 @@ import { DEFAULT_SPECULATION, NO_SPECULATION } from '../src/contract.js';
 import { projectRoot } from '../src/paths.js';
 import { generateOnce, type Sample } from '../tools/generate-once.js';
 import { loadDecoderModel } from '../src/runtime/load-model.js';
-import { DEVICE_RUN_MODES, type DeviceRunMode, EXECUTION_PROVIDERS, type ExecutionProviderName, type RuntimeOptions } from '../src/runtime/types.js';
+import {
+  DEVICE_RUN_MODES,
+  type DeviceRunMode,
+  EXECUTION_PROVIDERS,
+  type ExecutionProviderName,
+  type RuntimeOptions,
+} from '../src/runtime/types.js';
 
 const T_SIZES = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32];
 
@@ -24,7 +30,11 @@ function median(xs: readonly number[]): number {
   return s[Math.floor(s.length / 2)]!;
 }
 
-async function forwardTable(modelDir: string, options: RuntimeOptions, reps: number): Promise<{ t: number; ms: number; ratio: number }[]> {
+async function forwardTable(
+  modelDir: string,
+  options: RuntimeOptions,
+  reps: number,
+): Promise<{ t: number; ms: number; ratio: number }[]> {
   const model = await loadDecoderModel(modelDir, { ...options, kvCapacity: 1024 });
   try {
     const seq = model.createSequence({ capacity: 256 });
@@ -32,7 +42,8 @@ async function forwardTable(modelDir: string, options: RuntimeOptions, reps: num
     const ids = Array.from({ length: prefix + 32 }, (_, i) => (i * 7919 + 13) % model.info.vocabSize);
     await seq.forward(ids.slice(0, prefix), 1);
     const times = new Map<number, number[]>(T_SIZES.map((t) => [t, []]));
-    for (let warm = 0; warm < 3; warm++) for (const t of T_SIZES) (await seq.forward(ids.slice(prefix, prefix + t), 1), seq.rewind(prefix));
+    for (let warm = 0; warm < 3; warm++)
+      for (const t of T_SIZES) await seq.forward(ids.slice(prefix, prefix + t), 1), seq.rewind(prefix);
     for (let r = 0; r < reps; r++) {
       for (const t of T_SIZES) {
         const started = performance.now();
@@ -43,7 +54,11 @@ async function forwardTable(modelDir: string, options: RuntimeOptions, reps: num
     }
     seq.dispose();
     const base = median(times.get(1)!);
-    return T_SIZES.map((t) => ({ t, ms: +median(times.get(t)!).toFixed(3), ratio: +(median(times.get(t)!) / base).toFixed(2) }));
+    return T_SIZES.map((t) => ({
+      t,
+      ms: +median(times.get(t)!).toFixed(3),
+      ratio: +(median(times.get(t)!) / base).toFixed(2),
+    }));
   } finally {
     await model.dispose();
   }
@@ -55,10 +70,21 @@ async function forwardTable(modelDir: string, options: RuntimeOptions, reps: num
  * At 256 KV slots (a sequence under 256 tokens), for 1 and 8 logits rows.
  */
 function hostDeviceBytes(modelDir: string): Record<string, number> {
-  const m = JSON.parse(readFileSync(join(modelDir, 'anpd-model.json'), 'utf8')) as { layers: number; kvHeads: number; headDim: number; vocab: number };
+  const m = JSON.parse(readFileSync(join(modelDir, 'anpd-model.json'), 'utf8')) as {
+    layers: number;
+    kvHeads: number;
+    headDim: number;
+    vocab: number;
+  };
   const slots = 256;
   const kv = m.layers * 2 * m.kvHeads * slots * m.headDim * 4;
-  return { kvUpBytes: kv, kvDownBytes: kv, idsBytes: 2 * 8, logits1RowBytes: m.vocab * 4, logits8RowsBytes: 8 * m.vocab * 4 };
+  return {
+    kvUpBytes: kv,
+    kvDownBytes: kv,
+    idsBytes: 2 * 8,
+    logits1RowBytes: m.vocab * 4,
+    logits8RowsBytes: 8 * m.vocab * 4,
+  };
 }
 
 async function main(): Promise<void> {
@@ -82,11 +108,13 @@ async function main(): Promise<void> {
     },
   });
   const provider = values['execution-provider'] as ExecutionProviderName;
-  if (!EXECUTION_PROVIDERS.includes(provider)) throw new Error(`--execution-provider must be one of ${EXECUTION_PROVIDERS.join(', ')}`);
+  if (!EXECUTION_PROVIDERS.includes(provider))
+    throw new Error(`--execution-provider must be one of ${EXECUTION_PROVIDERS.join(', ')}`);
   if (values.model === undefined) throw new Error('--model DIR (a converted model directory) is required');
   const threads = Number(values.threads ?? availableParallelism());
   const deviceRun = values['device-run'] as DeviceRunMode | undefined;
-  if (deviceRun !== undefined && !DEVICE_RUN_MODES.includes(deviceRun)) throw new Error(`--device-run must be one of ${DEVICE_RUN_MODES.join(', ')}`);
+  if (deviceRun !== undefined && !DEVICE_RUN_MODES.includes(deviceRun))
+    throw new Error(`--device-run must be one of ${DEVICE_RUN_MODES.join(', ')}`);
   const rowsMin = {
     ...(values['rows-min'] !== undefined ? { forwardRowsMin: Number(values['rows-min']) } : {}),
     experimental: { ...(deviceRun !== undefined ? { deviceRun } : {}), cudaGraphs: values['cuda-graphs'] !== 'off' },
@@ -96,28 +124,49 @@ async function main(): Promise<void> {
   const log = (line: string) => process.stderr.write(`[${provider}] ${line}\n`);
 
   const loadStarted = performance.now();
-  const table = values['skip-table'] ? [] : await forwardTable(values.model, { executionProvider: provider, intraOpThreads: threads, kvCapacity: 1024, ...rowsMin }, Number(values.reps));
-  if (table.length > 0) log(`T-ratio: ${table.map((r) => `T=${r.t} ${r.ms} ms (${r.ratio}×)`).join(', ')} [incl. load ${((performance.now() - loadStarted) / 1000).toFixed(1)} s]`);
+  const table = values['skip-table']
+    ? []
+    : await forwardTable(
+        values.model,
+        { executionProvider: provider, intraOpThreads: threads, kvCapacity: 1024, ...rowsMin },
+        Number(values.reps),
+      );
+  if (table.length > 0)
+    log(
+      `T-ratio: ${table.map((r) => `T=${r.t} ${r.ms} ms (${r.ratio}×)`).join(', ')} [incl. load ${((performance.now() - loadStarted) / 1000).toFixed(1)} s]`,
+    );
 
   const decode: Record<string, unknown>[] = [];
   let runnerInfo = 'not loaded';
   let identical = true;
   if (!values['skip-decode']) {
-    const engine = await createEngine(values.model, { executionProvider: provider, intraOpThreads: threads, kvCapacity: 2048, ...rowsMin });
+    const engine = await createEngine(values.model, {
+      executionProvider: provider,
+      intraOpThreads: threads,
+      kvCapacity: 2048,
+      ...rowsMin,
+    });
     runnerInfo = `${engine.info.runner}, rows ${engine.info.forwardRowsMin}`;
     log(`engine: ${runnerInfo}`);
     await generateOnce(engine, 'Hello', NO_SPECULATION, 8);
     await generateOnce(engine, 'Hello', DEFAULT_SPECULATION, 8);
     const maxNewTokens = Number(values['max-new-tokens']);
-    const anpd = values['draft-max'] !== undefined ? { ...DEFAULT_SPECULATION, draftTokensMax: Number(values['draft-max']) } : DEFAULT_SPECULATION;
+    const anpd =
+      values['draft-max'] !== undefined
+        ? { ...DEFAULT_SPECULATION, draftTokensMax: Number(values['draft-max']) }
+        : DEFAULT_SPECULATION;
     for (const category of values.categories!.split(',')) {
-      const prompts = JSON.parse(readFileSync(join(projectRoot(), 'bench', 'prompts', `${category}.json`), 'utf8')) as { id: string; prompt: string }[];
+      const prompts = JSON.parse(readFileSync(join(projectRoot(), 'bench', 'prompts', `${category}.json`), 'utf8')) as {
+        id: string;
+        prompt: string;
+      }[];
       const totals = { plain: { tokens: 0, ms: 0 }, anpd: { tokens: 0, ms: 0, rounds: 0, accepted: 0, drafted: 0 } };
       const prefillMs: number[] = [];
       for (const [i, p] of prompts.slice(0, promptsMax).entries()) {
         const order = i % 2 === 0 ? (['plain', 'anpd'] as const) : (['anpd', 'plain'] as const);
         const runs: Record<string, Sample> = {};
-        for (const mode of order) runs[mode] = await generateOnce(engine, p.prompt, mode === 'plain' ? NO_SPECULATION : anpd, maxNewTokens);
+        for (const mode of order)
+          runs[mode] = await generateOnce(engine, p.prompt, mode === 'plain' ? NO_SPECULATION : anpd, maxNewTokens);
         tokensOut[p.id] = runs['plain']!.tokens;
         if (runs['plain']!.tokens.join() !== runs['anpd']!.tokens.join()) {
           identical = false;
@@ -160,7 +209,8 @@ async function main(): Promise<void> {
     runner: runnerInfo,
     threads,
     forwardRowsMin: values['rows-min'] ?? 'default',
-    draftTokensMax: values['draft-max'] !== undefined ? Number(values['draft-max']) : DEFAULT_SPECULATION.draftTokensMax,
+    draftTokensMax:
+      values['draft-max'] !== undefined ? Number(values['draft-max']) : DEFAULT_SPECULATION.draftTokensMax,
     cpu: `${cpus().length} × ${cpus()[0]?.model ?? 'unknown'}`,
     forwardTable: table,
     decode,

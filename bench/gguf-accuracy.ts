@@ -38,7 +38,10 @@ const dir = await ensureModelArgument(modelArgument, DEFAULT_GRAPH_OPTIONS);
 const file = readGguf(ggufPath);
 
 // Weights, per type.
-const perType = new Map<string, { tensors: number; bits: number; maxAbs: number; sq: number; ref: number; n: number }>();
+const perType = new Map<
+  string,
+  { tensors: number; bits: number; maxAbs: number; sq: number; ref: number; n: number }
+>();
 for (const t of file.tensors.values()) {
   if (t.dims.length !== 2 || t.type === GgmlType.F32) continue;
   const exact = dequantize(file, t);
@@ -56,7 +59,16 @@ for (const t of file.tensors.values()) {
   perType.set(name, s);
 }
 const weights = Object.fromEntries(
-  [...perType].map(([name, s]) => [name, { tensors: s.tensors, nbits: s.bits, maxAbsError: +s.maxAbs.toPrecision(3), rmsError: +Math.sqrt(s.sq / s.n).toPrecision(3), rmsErrorOverRmsWeight: +Math.sqrt(s.sq / s.ref).toPrecision(3) }]),
+  [...perType].map(([name, s]) => [
+    name,
+    {
+      tensors: s.tensors,
+      nbits: s.bits,
+      maxAbsError: +s.maxAbs.toPrecision(3),
+      rmsError: +Math.sqrt(s.sq / s.n).toPrecision(3),
+      rmsErrorOverRmsWeight: +Math.sqrt(s.sq / s.ref).toPrecision(3),
+    },
+  ]),
 );
 process.stderr.write(`weights: ${JSON.stringify(weights)}\n`);
 
@@ -68,7 +80,8 @@ const stat = () => ({ maxAbs: 0, sq: 0, n: 0, top1Same: 0, positions: 0, largest
 const packing = stat();
 const served = stat();
 const add = (s: ReturnType<typeof stat>, a: Float32Array, truth: Float32Array) => {
-  let best = 0, bestTruth = 0;
+  let best = 0,
+    bestTruth = 0;
   for (let i = 0; i < vocab; i++) {
     const d = a[i]! - truth[i]!;
     s.maxAbs = Math.max(s.maxAbs, Math.abs(d));
@@ -96,8 +109,20 @@ for (const p of prompts) {
   process.stderr.write(`${p.id}: ${ids.length} positions\n`);
 }
 await model.dispose();
-const summary = (s: ReturnType<typeof stat>) => ({ maxAbs: +s.maxAbs.toPrecision(3), rms: +Math.sqrt(s.sq / s.n).toPrecision(3), largestLogit: +s.largest.toPrecision(3), top1Agreement: `${s.top1Same}/${s.positions}` });
-const report = { date: new Date().toISOString(), gguf: ggufPath.replace(projectRoot(), '.'), weights, logits: { packedVsExact: summary(packing), servedVsExact: summary(served) }, prompts: prompts.map((p) => p.id), tokensPerPrompt: Number(values.tokens) };
+const summary = (s: ReturnType<typeof stat>) => ({
+  maxAbs: +s.maxAbs.toPrecision(3),
+  rms: +Math.sqrt(s.sq / s.n).toPrecision(3),
+  largestLogit: +s.largest.toPrecision(3),
+  top1Agreement: `${s.top1Same}/${s.positions}`,
+});
+const report = {
+  date: new Date().toISOString(),
+  gguf: ggufPath.replace(projectRoot(), '.'),
+  weights,
+  logits: { packedVsExact: summary(packing), servedVsExact: summary(served) },
+  prompts: prompts.map((p) => p.id),
+  tokensPerPrompt: Number(values.tokens),
+};
 process.stdout.write(`${JSON.stringify(report, null, 1)}\n`);
 const out = values.out ?? join(projectRoot(), 'bench', 'results', 'gguf-accuracy.json');
 mkdirSync(join(out, '..'), { recursive: true });

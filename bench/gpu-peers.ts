@@ -59,8 +59,10 @@ async function main(): Promise<void> {
     },
   });
   const provider = values['execution-provider'] as ExecutionProviderName;
-  if (!EXECUTION_PROVIDERS.includes(provider)) throw new Error(`--execution-provider must be one of ${EXECUTION_PROVIDERS.join(', ')}`);
-  if (values.model === undefined || values.gguf === undefined || values['llama-bin'] === undefined) throw new Error('--model, --gguf and --llama-bin are required');
+  if (!EXECUTION_PROVIDERS.includes(provider))
+    throw new Error(`--execution-provider must be one of ${EXECUTION_PROVIDERS.join(', ')}`);
+  if (values.model === undefined || values.gguf === undefined || values['llama-bin'] === undefined)
+    throw new Error('--model, --gguf and --llama-bin are required');
   const maxNew = Number(values['max-new-tokens']);
   const promptsMax = Number(values.prompts);
   const simple = join(values['llama-bin'], 'llama-simple');
@@ -69,19 +71,41 @@ async function main(): Promise<void> {
 
   const rows = values['rows-min'] !== undefined ? { forwardRowsMin: Number(values['rows-min']) } : {};
   const greedyOnDevice = values['greedy-on-device'] !== 'off';
-  const engine = await createEngine(values.model, { executionProvider: provider, intraOpThreads: 4, kvCapacity: 2048, experimental: { greedyOnDevice }, ...rows });
-  log(`ours: ${engine.info.executionProvider}, runner ${engine.info.runner}, ${engine.info.forwardRowsMin} rows per forward, greedy on device ${greedyOnDevice}`);
-  const bosText = engine.info.bosTokenId === undefined ? '' : engine.tokenizer.decode([engine.info.bosTokenId], { skipSpecialTokens: false });
+  const engine = await createEngine(values.model, {
+    executionProvider: provider,
+    intraOpThreads: 4,
+    kvCapacity: 2048,
+    experimental: { greedyOnDevice },
+    ...rows,
+  });
+  log(
+    `ours: ${engine.info.executionProvider}, runner ${engine.info.runner}, ${engine.info.forwardRowsMin} rows per forward, greedy on device ${greedyOnDevice}`,
+  );
+  const bosText =
+    engine.info.bosTokenId === undefined
+      ? ''
+      : engine.tokenizer.decode([engine.info.bosTokenId], { skipSpecialTokens: false });
   for (let i = 0; i < 3; i++) {
     await generateOnce(engine, 'Hello there', NO_SPECULATION, 16);
     await generateOnce(engine, 'Hello there', DEFAULT_SPECULATION, 16);
   }
-  const engines = ['ours plain', 'ours ANPD', 'llama.cpp plain (llama-simple)', `llama.cpp lookup (llama-lookup --spec-draft-n-max ${values['draft-n-max']})`] as const;
+  const engines = [
+    'ours plain',
+    'ours ANPD',
+    'llama.cpp plain (llama-simple)',
+    `llama.cpp lookup (llama-lookup --spec-draft-n-max ${values['draft-n-max']})`,
+  ] as const;
   type Name = (typeof engines)[number];
   const results: Record<string, unknown>[] = [];
   for (const category of values.categories!.split(',')) {
-    const prompts = (JSON.parse(readFileSync(join(projectRoot(), 'bench', 'prompts', `${category}.json`), 'utf8')) as { id: string; prompt: string }[]).slice(0, promptsMax);
-    const totals: Partial<Record<Name, { tokens: number; ms: number; drafted: number; accepted: number }>> = Object.fromEntries(engines.map((e) => [e, { tokens: 0, ms: 0, drafted: 0, accepted: 0 }]));
+    const prompts = (
+      JSON.parse(readFileSync(join(projectRoot(), 'bench', 'prompts', `${category}.json`), 'utf8')) as {
+        id: string;
+        prompt: string;
+      }[]
+    ).slice(0, promptsMax);
+    const totals: Partial<Record<Name, { tokens: number; ms: number; drafted: number; accepted: number }>> =
+      Object.fromEntries(engines.map((e) => [e, { tokens: 0, ms: 0, drafted: 0, accepted: 0 }]));
     let identical = 0;
     let lookupSameAsSimple = 0;
     for (const [i, p] of prompts.entries()) {
@@ -92,8 +116,19 @@ async function main(): Promise<void> {
       const order = [...engines.slice(i % engines.length), ...engines.slice(0, i % engines.length)];
       for (const name of order) {
         if (name === 'ours plain' || name === 'ours ANPD') {
-          const s = await generateOnce(engine, p.prompt, name === 'ours plain' ? NO_SPECULATION : DEFAULT_SPECULATION, maxNew);
-          runs[name] = { tokens: s.final.completionTokens, decodeMs: s.final.totalMs - s.final.prefillMs, ids: s.tokens, drafted: s.final.stats.draftTokensProposed, accepted: s.final.stats.draftTokensAccepted };
+          const s = await generateOnce(
+            engine,
+            p.prompt,
+            name === 'ours plain' ? NO_SPECULATION : DEFAULT_SPECULATION,
+            maxNew,
+          );
+          runs[name] = {
+            tokens: s.final.completionTokens,
+            decodeMs: s.final.totalMs - s.final.prefillMs,
+            ids: s.tokens,
+            drafted: s.final.stats.draftTokensProposed,
+            accepted: s.final.stats.draftTokensAccepted,
+          };
         } else if (name === 'llama.cpp plain (llama-simple)') {
           const { stdout, stderr } = runLlama(simple, ['-m', values.gguf, '-n', String(maxNew), '-ngl', '99', text]);
           // llama_perf_context_print: eval time = X ms / N runs: the tokens after the prompt.
@@ -102,7 +137,24 @@ async function main(): Promise<void> {
           const evalRuns = num(stderr, /(?<!prompt )\beval time\s*=\s*[\d.]+ ms\s*\/\s*(\d+) runs/, 'eval runs');
           runs[name] = { tokens: evalRuns, decodeMs: evalMs, text: stdout };
         } else {
-          const { stdout, stderr } = runLlama(lookup, ['-m', values.gguf, '-p', text, '-n', String(maxNew - 1), '-ngl', '99', '-c', '2048', '--temp', '0', '-s', '1', '--spec-draft-n-max', values['draft-n-max']!]);
+          const { stdout, stderr } = runLlama(lookup, [
+            '-m',
+            values.gguf,
+            '-p',
+            text,
+            '-n',
+            String(maxNew - 1),
+            '-ngl',
+            '99',
+            '-c',
+            '2048',
+            '--temp',
+            '0',
+            '-s',
+            '1',
+            '--spec-draft-n-max',
+            values['draft-n-max']!,
+          ]);
           runs[name] = {
             tokens: num(stderr, /decoded\s+(\d+) tokens in/, 'decoded line'),
             decodeMs: num(stderr, /decoded\s+\d+ tokens in\s+([\d.]+) seconds/, 'decode time') * 1000,
@@ -126,9 +178,16 @@ async function main(): Promise<void> {
       const lookupText = runs[engines[3]]?.text ?? '';
       // Both print the prompt, then the continuation: compare the first 200 characters after it.
       const marker = text.trimEnd().slice(-10);
-      const tail = (s: string): string => s.slice(s.lastIndexOf(marker) + marker.length).trim().slice(0, 200);
+      const tail = (s: string): string =>
+        s
+          .slice(s.lastIndexOf(marker) + marker.length)
+          .trim()
+          .slice(0, 200);
       if (tail(simpleText) === tail(lookupText)) lookupSameAsSimple++;
-      else if (i === 0) log(`llama-simple: ${JSON.stringify(tail(simpleText).slice(0, 120))} | llama-lookup: ${JSON.stringify(tail(lookupText).slice(0, 120))}`);
+      else if (i === 0)
+        log(
+          `llama-simple: ${JSON.stringify(tail(simpleText).slice(0, 120))} | llama-lookup: ${JSON.stringify(tail(lookupText).slice(0, 120))}`,
+        );
     }
     const tokS = (name: Name): number => +((totals[name]!.tokens / totals[name]!.ms) * 1000).toFixed(1);
     const row = {
@@ -147,7 +206,11 @@ async function main(): Promise<void> {
     log(JSON.stringify(row));
   }
   await engine.dispose();
-  const bench = spawnSync(join(values['llama-bin'], 'llama-bench'), ['-m', values.gguf, '-ngl', '99', '-p', '512', '-n', '128', '-o', 'json'], { encoding: 'utf8' });
+  const bench = spawnSync(
+    join(values['llama-bin'], 'llama-bench'),
+    ['-m', values.gguf, '-ngl', '99', '-p', '512', '-n', '128', '-o', 'json'],
+    { encoding: 'utf8' },
+  );
   const report = {
     date: new Date().toISOString(),
     provider,
@@ -156,7 +219,8 @@ async function main(): Promise<void> {
     model: engine.info.name,
     maxNewTokens: maxNew,
     results,
-    llamaBench: bench.status === 0 ? (JSON.parse(bench.stdout) as unknown) : `failed: ${(bench.stderr ?? '').slice(-500)}`,
+    llamaBench:
+      bench.status === 0 ? (JSON.parse(bench.stdout) as unknown) : `failed: ${(bench.stderr ?? '').slice(-500)}`,
   };
   process.stdout.write(`${JSON.stringify(report)}\n`);
   if (values.out !== undefined) writeFileSync(values.out, `${JSON.stringify(report, null, 2)}\n`);

@@ -14,13 +14,23 @@
  *   npm run bench:grpc [-- --reps 3 --max-new-tokens 96]   → bench/results/grpc.json
  */
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { AggregationTemporality, InMemoryMetricExporter, MeterProvider, PeriodicExportingMetricReader } from '@opentelemetry/sdk-metrics';
+import {
+  AggregationTemporality,
+  InMemoryMetricExporter,
+  MeterProvider,
+  PeriodicExportingMetricReader,
+} from '@opentelemetry/sdk-metrics';
 import { BatchSpanProcessor, InMemorySpanExporter, TracerProvider } from '@opentelemetry/sdk-trace';
 import { availableParallelism, cpus } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { createEngine } from '../src/engine/create-engine.js';
-import { DEFAULT_SPECULATION, type GenerationBackend, NO_SPECULATION, type SpeculationOptions } from '../src/contract.js';
+import {
+  DEFAULT_SPECULATION,
+  type GenerationBackend,
+  NO_SPECULATION,
+  type SpeculationOptions,
+} from '../src/contract.js';
 import { InferenceService } from '../src/engine/inference-service.js';
 import { WorkerEngine } from '../src/engine/worker-engine.js';
 import { SILENT_LOGGER } from '../src/log.js';
@@ -50,11 +60,22 @@ const median = (values: number[]) => {
 };
 const round = (x: number, digits = 2) => Number(x.toFixed(digits));
 
-async function inProcess(engine: GenerationBackend, prompt: string, maxNewTokens: number, speculation: SpeculationOptions) {
+async function inProcess(
+  engine: GenerationBackend,
+  prompt: string,
+  maxNewTokens: number,
+  speculation: SpeculationOptions,
+) {
   const t0 = performance.now();
   let tokens = 0;
   let firstMs = 0;
-  for await (const event of engine.run(engine.prepare({ prompt: { kind: 'messages', messages: [{ role: 'user', content: prompt }] }, maxNewTokens, speculation }))) {
+  for await (const event of engine.run(
+    engine.prepare({
+      prompt: { kind: 'messages', messages: [{ role: 'user', content: prompt }] },
+      maxNewTokens,
+      speculation,
+    }),
+  )) {
     if (event.type === 'delta') {
       if (tokens === 0) firstMs = performance.now() - t0;
       tokens += event.tokenIds.length;
@@ -63,7 +84,12 @@ async function inProcess(engine: GenerationBackend, prompt: string, maxNewTokens
   return { ms: performance.now() - t0, tokens, firstMs };
 }
 
-function request(id: string, prompt: string, maxNewTokens: number, speculation: SpeculationOptions): GenerateRequestMsg {
+function request(
+  id: string,
+  prompt: string,
+  maxNewTokens: number,
+  speculation: SpeculationOptions,
+): GenerateRequestMsg {
   return {
     request_id: id,
     messages: { messages: [{ role: 'user', content: prompt }] },
@@ -84,23 +110,42 @@ async function overGrpc(client: TextGenerationClient, msg: GenerateRequestMsg) {
 }
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { reps: { type: 'string' }, 'max-new-tokens': { type: 'string' }, out: { type: 'string' }, 'skip-concurrency': { type: 'boolean' } } });
+  const { values } = parseArgs({
+    options: {
+      reps: { type: 'string' },
+      'max-new-tokens': { type: 'string' },
+      out: { type: 'string' },
+      'skip-concurrency': { type: 'boolean' },
+    },
+  });
   const reps = Number(values.reps ?? 3);
   const maxNewTokens = Number(values['max-new-tokens'] ?? 96);
   const prompts = loadPrompts();
-  const engine = await createEngine(await ensureDefaultModel(), { executionProvider: 'cpu', intraOpThreads: 0, kvCapacity: 4096 });
+  const engine = await createEngine(await ensureDefaultModel(), {
+    executionProvider: 'cpu',
+    intraOpThreads: 0,
+    kvCapacity: 4096,
+  });
   // The server runs the model on a worker thread, as `anpd serve` does, with the same forward-cost
   // table as the in-process engine so both pick the same draft lengths.
-  const workerEngine = await WorkerEngine.create(await ensureDefaultModel(), { executionProvider: 'cpu', intraOpThreads: 0, kvCapacity: 4096 }, {
-    forwardCost: { mode: 'fixed', table: await engine.forwardCost() },
-  });
+  const workerEngine = await WorkerEngine.create(
+    await ensureDefaultModel(),
+    { executionProvider: 'cpu', intraOpThreads: 0, kvCapacity: 4096 },
+    {
+      forwardCost: { mode: 'fixed', table: await engine.forwardCost() },
+    },
+  );
   const service = new InferenceService({
     engine: workerEngine,
     modelName: 'bench',
     pool: { maxActive: 16, maxQueued: 64 },
     limits: { maxNewTokensDefault: maxNewTokens, maxNewTokensLimit: 4096 },
   });
-  const server = await startGrpcServer(service, { ...DEFAULT_GRPC_SERVER_OPTIONS, host: '127.0.0.1', port: 0 }, SILENT_LOGGER);
+  const server = await startGrpcServer(
+    service,
+    { ...DEFAULT_GRPC_SERVER_OPTIONS, host: '127.0.0.1', port: 0 },
+    SILENT_LOGGER,
+  );
   const client = new TextGenerationClient(`127.0.0.1:${server.port}`);
 
   // Warm-up: first runs pay for JIT, allocations and the first ORT runs.
@@ -132,8 +177,13 @@ async function main(): Promise<void> {
           const j = (k + rep + i) % 3;
           results[j] = await paths[j]!();
         }
-        const [d, w, g] = results as [{ ms: number; tokens: number }, { ms: number; tokens: number }, { ms: number; tokens: number }];
-        if (d.tokens !== g.tokens || w.tokens !== g.tokens) throw new Error(`${p.id}: token counts differ (${d.tokens}, ${w.tokens}, ${g.tokens})`);
+        const [d, w, g] = results as [
+          { ms: number; tokens: number },
+          { ms: number; tokens: number },
+          { ms: number; tokens: number },
+        ];
+        if (d.tokens !== g.tokens || w.tokens !== g.tokens)
+          throw new Error(`${p.id}: token counts differ (${d.tokens}, ${w.tokens}, ${g.tokens})`);
         ratios.push(g.ms / d.ms);
         transportRatios.push(g.ms / w.ms);
         perToken.direct.push(d.ms / d.tokens);
@@ -147,25 +197,48 @@ async function main(): Promise<void> {
     overhead[label] = {
       requests: ratios.length,
       tokensPerPath: tokens,
-      medianMsPerToken: { inProcess: round(median(perToken.direct)), workerDirect: round(median(perToken.worker)), grpc: round(median(perToken.grpc)) },
-      grpcVsInProcess: { medianRatio: round(median(ratios), 4), overheadPct: round(overheadPct, 2), ratioRange: [round(Math.min(...ratios), 3), round(Math.max(...ratios), 3)] },
+      medianMsPerToken: {
+        inProcess: round(median(perToken.direct)),
+        workerDirect: round(median(perToken.worker)),
+        grpc: round(median(perToken.grpc)),
+      },
+      grpcVsInProcess: {
+        medianRatio: round(median(ratios), 4),
+        overheadPct: round(overheadPct, 2),
+        ratioRange: [round(Math.min(...ratios), 3), round(Math.max(...ratios), 3)],
+      },
       grpcVsWorkerDirect: {
         medianRatio: round(median(transportRatios), 4),
         overheadPct: round(transportPct, 2),
         ratioRange: [round(Math.min(...transportRatios), 3), round(Math.max(...transportRatios), 3)],
       },
     };
-    process.stderr.write(`overhead (${label}): vs in-process ${overheadPct.toFixed(2)}%, vs worker direct ${transportPct.toFixed(2)}% (medians of ${ratios.length} ratios)\n`);
+    process.stderr.write(
+      `overhead (${label}): vs in-process ${overheadPct.toFixed(2)}%, vs worker direct ${transportPct.toFixed(2)}% (medians of ${ratios.length} ratios)\n`,
+    );
   }
 
   // Telemetry on vs off: a second server over the same service whose generations are traced
   // (batch span processor into memory, as an exporter would) and metered.
   const spans = new InMemorySpanExporter();
   const tracerProvider = new TracerProvider({ spanProcessors: [new BatchSpanProcessor({ exporter: spans })] });
-  const metricReader = new PeriodicExportingMetricReader({ exporter: new InMemoryMetricExporter(AggregationTemporality.CUMULATIVE), exportIntervalMillis: 1000 });
+  const metricReader = new PeriodicExportingMetricReader({
+    exporter: new InMemoryMetricExporter(AggregationTemporality.CUMULATIVE),
+    exportIntervalMillis: 1000,
+  });
   const meterProvider = new MeterProvider({ readers: [metricReader] });
-  const telemetry = new GenerationTelemetry(tracerProvider.getTracer('bench'), meterProvider.getMeter('bench'), SILENT_LOGGER, () => service.poolState);
-  const tracedServer = await startGrpcServer(service, { ...DEFAULT_GRPC_SERVER_OPTIONS, host: '127.0.0.1', port: 0 }, SILENT_LOGGER, telemetry);
+  const telemetry = new GenerationTelemetry(
+    tracerProvider.getTracer('bench'),
+    meterProvider.getMeter('bench'),
+    SILENT_LOGGER,
+    () => service.poolState,
+  );
+  const tracedServer = await startGrpcServer(
+    service,
+    { ...DEFAULT_GRPC_SERVER_OPTIONS, host: '127.0.0.1', port: 0 },
+    SILENT_LOGGER,
+    telemetry,
+  );
   const tracedClient = new TextGenerationClient(`127.0.0.1:${tracedServer.port}`);
   const telemetryRatios: number[] = [];
   for (let rep = 0; rep < reps; rep++) {
@@ -186,7 +259,9 @@ async function main(): Promise<void> {
     overheadPct: round((median(telemetryRatios) - 1) * 100, 2),
     ratioRange: [round(Math.min(...telemetryRatios), 3), round(Math.max(...telemetryRatios), 3)],
   };
-  process.stderr.write(`telemetry on vs off: ${telemetryOverhead.overheadPct}% (median of ${telemetryRatios.length} ratios)\n`);
+  process.stderr.write(
+    `telemetry on vs off: ${telemetryOverhead.overheadPct}% (median of ${telemetryRatios.length} ratios)\n`,
+  );
   tracedClient.close();
   // Not shutdown(): that drains the service, which the untraced server still uses.
   tracedServer.server.forceShutdown();

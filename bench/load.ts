@@ -98,7 +98,14 @@ function histogramDelta(before: readonly Sample[], after: readonly Sample[], nam
   };
   const finite = cumulative.filter((b) => Number.isFinite(b.bound));
   const topBoundS = finite.length > 0 ? finite[finite.length - 1]!.bound : NaN;
-  return { count, meanS: count > 0 ? sum / count : NaN, p50S: quantile(0.5), p90S: quantile(0.9), p99S: quantile(0.99), topBoundS };
+  return {
+    count,
+    meanS: count > 0 ? sum / count : NaN,
+    p50S: quantile(0.5),
+    p90S: quantile(0.9),
+    p99S: quantile(0.99),
+    topBoundS,
+  };
 }
 
 interface ServerView {
@@ -113,11 +120,14 @@ interface ServerView {
 }
 
 function serverView(before: readonly Sample[], after: readonly Sample[], wallS: number): ServerView {
-  const outputTokens = total(after, 'app_llm_tokens_sum', { gen_ai_token_type: 'output' }) - total(before, 'app_llm_tokens_sum', { gen_ai_token_type: 'output' });
+  const outputTokens =
+    total(after, 'app_llm_tokens_sum', { gen_ai_token_type: 'output' }) -
+    total(before, 'app_llm_tokens_sum', { gen_ai_token_type: 'output' });
   const outcomes: Record<string, number> = {};
   for (const s of after.filter((x) => x.name === 'app_llm_requests_total')) {
     const key = s.labels['app_llm_outcome'] ?? 'unknown';
-    const prior = before.find((b) => b.name === s.name && JSON.stringify(b.labels) === JSON.stringify(s.labels))?.value ?? 0;
+    const prior =
+      before.find((b) => b.name === s.name && JSON.stringify(b.labels) === JSON.stringify(s.labels))?.value ?? 0;
     if (s.value - prior > 0) outcomes[key] = (outcomes[key] ?? 0) + s.value - prior;
   }
   return {
@@ -146,7 +156,10 @@ class RssSampler {
   start(everyMs: number): void {
     this.timer = setInterval(() => {
       try {
-        this.samples.push({ tMs: Math.round(performance.now() - this.started), rssMiB: Math.round(this.read() * 10) / 10 });
+        this.samples.push({
+          tMs: Math.round(performance.now() - this.started),
+          rssMiB: Math.round(this.read() * 10) / 10,
+        });
       } catch {
         // process gone
       }
@@ -169,7 +182,15 @@ interface GhzSummary {
   readonly count: number;
   readonly totalS: number;
   readonly rps: number;
-  readonly latencyMs: { mean: number; p50: number; p90: number; p95: number; p99: number; fastest: number; slowest: number };
+  readonly latencyMs: {
+    mean: number;
+    p50: number;
+    p90: number;
+    p95: number;
+    p99: number;
+    fastest: number;
+    slowest: number;
+  };
   readonly statusCodes: Record<string, number>;
   readonly errors: Record<string, number>;
   /** Latency percentiles per status code, from ghz's per-call details. */
@@ -195,7 +216,11 @@ function percentile(sorted: readonly number[], q: number): number {
 }
 
 async function ghz(binary: string, args: readonly string[]): Promise<GhzSummary> {
-  const { stdout } = await promisify(execFile)(binary, ['--insecure', '-O', 'json', ...args], { encoding: 'utf8', timeout: 900_000, maxBuffer: 512 << 20 });
+  const { stdout } = await promisify(execFile)(binary, ['--insecure', '-O', 'json', ...args], {
+    encoding: 'utf8',
+    timeout: 900_000,
+    maxBuffer: 512 << 20,
+  });
   const r = JSON.parse(stdout) as GhzJson;
   const ms = (ns: number) => Math.round(ns / 1e4) / 100;
   const dist = Object.fromEntries((r.latencyDistribution ?? []).map((d) => [d.percentage, ms(d.latency)]));
@@ -205,7 +230,15 @@ async function ghz(binary: string, args: readonly string[]): Promise<GhzSummary>
     count: r.count,
     totalS: Math.round(r.total / 1e7) / 100,
     rps: Math.round(r.rps * 100) / 100,
-    latencyMs: { mean: ms(r.average), p50: dist[50] ?? NaN, p90: dist[90] ?? NaN, p95: dist[95] ?? NaN, p99: dist[99] ?? NaN, fastest: ms(r.fastest), slowest: ms(r.slowest) },
+    latencyMs: {
+      mean: ms(r.average),
+      p50: dist[50] ?? NaN,
+      p90: dist[90] ?? NaN,
+      p95: dist[95] ?? NaN,
+      p99: dist[99] ?? NaN,
+      fastest: ms(r.fastest),
+      slowest: ms(r.slowest),
+    },
     statusCodes: r.statusCodeDistribution,
     errors: r.errorDistribution ?? {},
     latencyByStatusMs: Object.fromEntries(
@@ -246,13 +279,27 @@ async function main(): Promise<void> {
   const outDir = values['out-dir'] ?? join(ROOT, 'bench/results');
   const ghzBinary = ensureGhz();
   const modelDir = await ensureDefaultModel();
-  const config = (parseYaml(readFileSync(join(ROOT, 'deploy/k8s/base/configmap.yaml'), 'utf8')) as { data: Record<string, string> }).data;
+  const config = (
+    parseYaml(readFileSync(join(ROOT, 'deploy/k8s/base/configmap.yaml'), 'utf8')) as { data: Record<string, string> }
+  ).data;
   const [grpcPort, metricsPort] = [await freePort(), await freePort()];
   const address = `127.0.0.1:${grpcPort}`;
-  const env = { ...process.env, ...config, ANPD_HOST: '127.0.0.1', ANPD_PORT: String(grpcPort), ANPD_METRICS_HOST: '127.0.0.1', ANPD_METRICS_PORT: String(metricsPort), ANPD_MODEL_DIR: modelDir, ...(killEveryS > 0 ? { ANPD_ENGINE_ISOLATION: 'process' } : {}) };
+  const env = {
+    ...process.env,
+    ...config,
+    ANPD_HOST: '127.0.0.1',
+    ANPD_PORT: String(grpcPort),
+    ANPD_METRICS_HOST: '127.0.0.1',
+    ANPD_METRICS_PORT: String(metricsPort),
+    ANPD_MODEL_DIR: modelDir,
+    ...(killEveryS > 0 ? { ANPD_ENGINE_ISOLATION: 'process' } : {}),
+  };
   const maxActive = Number(config['ANPD_MAX_ACTIVE_SEQUENCES']);
   const maxQueued = Number(config['ANPD_MAX_QUEUED_REQUESTS']);
-  const server = spawn(process.execPath, [join(ROOT, 'dist/src/cli/main.js'), 'serve'], { env, stdio: ['ignore', 'ignore', 'ignore'] });
+  const server = spawn(process.execPath, [join(ROOT, 'dist/src/cli/main.js'), 'serve'], {
+    env,
+    stdio: ['ignore', 'ignore', 'ignore'],
+  });
   const serverExit = new Promise<number | null>((resolve) => server.once('exit', resolve));
   const client = new TextGenerationClient(address);
   const log = (line: string) => process.stderr.write(`[load] ${line}\n`);
@@ -270,14 +317,23 @@ async function main(): Promise<void> {
     const rss = new RssSampler(server.pid!);
     const rssIdleStartMiB = rss.read();
     rss.start(250);
-    log(`server pid ${server.pid} on ${address}; settings from deploy/k8s/base/configmap.yaml: ${maxActive} active sequences, queue ${maxQueued}, ${config['ANPD_THREADS']} threads`);
+    log(
+      `server pid ${server.pid} on ${address}; settings from deploy/k8s/base/configmap.yaml: ${maxActive} active sequences, queue ${maxQueued}, ${config['ANPD_THREADS']} threads`,
+    );
 
     // Exactness across the whole run: the same greedy request before and after must match.
-    const probe = { request_id: 'probe', messages: { messages: [{ role: 'user' as const, content: 'Name the three primary colors and one fact about each.' }] }, stopping: { max_new_tokens: 48 } };
+    const probe = {
+      request_id: 'probe',
+      messages: {
+        messages: [{ role: 'user' as const, content: 'Name the three primary colors and one fact about each.' }],
+      },
+      stopping: { max_new_tokens: 48 },
+    };
     const probeBefore = await client.generate(probe);
 
     const maxNewTokens = 64;
-    const prompt = (n: string) => `"messages":{"messages":[{"role":"user","content":"Write a short note about the number ${n} and why it is interesting."}]},"stopping":{"max_new_tokens":${maxNewTokens}}`;
+    const prompt = (n: string) =>
+      `"messages":{"messages":[{"role":"user","content":"Write a short note about the number ${n} and why it is interesting."}]},"stopping":{"max_new_tokens":${maxNewTokens}}`;
     const unaryData = `{"request_id":"{{.UUID}}",${prompt('{{.RequestNumber}}')}}`;
     const n = quick ? 8 : 48;
     const longTokens = quick ? 256 : Number(config['ANPD_MAX_NEW_TOKENS_LIMIT']);
@@ -285,20 +341,64 @@ async function main(): Promise<void> {
       {
         name: 'unary',
         description: `Generate, ${maxActive} workers over 2 connections (= the slots), ${n} calls, ${maxNewTokens} new tokens`,
-        args: ['--call', 'llm.v1.TextGeneration.Generate', '-c', String(maxActive), '--connections', '2', '-n', String(n), '-t', '300s', '--count-errors', '-d', unaryData, address],
+        args: [
+          '--call',
+          'llm.v1.TextGeneration.Generate',
+          '-c',
+          String(maxActive),
+          '--connections',
+          '2',
+          '-n',
+          String(n),
+          '-t',
+          '300s',
+          '--count-errors',
+          '-d',
+          unaryData,
+          address,
+        ],
       },
       {
         name: 'server-stream',
         description: `GenerateStream, ${maxActive} workers, ${n} calls, ${maxNewTokens} new tokens (latency = whole stream)`,
-        args: ['--call', 'llm.v1.TextGeneration.GenerateStream', '-c', String(maxActive), '--connections', '2', '-n', String(n), '-t', '300s', '--count-errors', '-d', unaryData, address],
+        args: [
+          '--call',
+          'llm.v1.TextGeneration.GenerateStream',
+          '-c',
+          String(maxActive),
+          '--connections',
+          '2',
+          '-n',
+          String(n),
+          '-t',
+          '300s',
+          '--count-errors',
+          '-d',
+          unaryData,
+          address,
+        ],
       },
       {
         name: 'bidi-multiplexed',
         description: `GenerateBidi, 2 workers, ${n / 4} calls × 4 generations each (fresh request_id per message, 20 ms apart), then half-close`,
         args: [
-          '--call', 'llm.v1.TextGeneration.GenerateBidi', '-c', '2', '-n', String(n / 4), '-t', '600s', '--count-errors',
-          '--stream-dynamic-messages', '--stream-call-count', '4', '--stream-interval', '20ms',
-          '-d', `{"generate":{"request_id":"{{newUUID}}",${prompt('{{randomInt 1 1000}}')}}}`, address,
+          '--call',
+          'llm.v1.TextGeneration.GenerateBidi',
+          '-c',
+          '2',
+          '-n',
+          String(n / 4),
+          '-t',
+          '600s',
+          '--count-errors',
+          '--stream-dynamic-messages',
+          '--stream-call-count',
+          '4',
+          '--stream-interval',
+          '20ms',
+          '-d',
+          `{"generate":{"request_id":"{{newUUID}}",${prompt('{{randomInt 1 1000}}')}}}`,
+          address,
         ],
       },
       {
@@ -306,14 +406,41 @@ async function main(): Promise<void> {
         name: 'long-generations',
         description: `Generate, ${maxActive} workers, ${maxActive} calls of ${longTokens} new tokens each (ignore_eos): every slot at the longest allowed generation`,
         args: [
-          '--call', 'llm.v1.TextGeneration.Generate', '-c', String(maxActive), '-n', String(maxActive), '-t', '1800s', '--count-errors',
-          '-d', `{"request_id":"{{.UUID}}","text":"Chapter {{.RequestNumber}}. It was a dark and stormy night;","stopping":{"max_new_tokens":${longTokens},"ignore_eos":true}}`, address,
+          '--call',
+          'llm.v1.TextGeneration.Generate',
+          '-c',
+          String(maxActive),
+          '-n',
+          String(maxActive),
+          '-t',
+          '1800s',
+          '--count-errors',
+          '-d',
+          `{"request_id":"{{.UUID}}","text":"Chapter {{.RequestNumber}}. It was a dark and stormy night;","stopping":{"max_new_tokens":${longTokens},"ignore_eos":true}}`,
+          address,
         ],
       },
     ];
     const overloadS = quick ? 15 : 60;
     const overloadWorkers = 4 * (maxActive + maxQueued);
-    const overloadArgs = ['--call', 'llm.v1.TextGeneration.Generate', '-c', String(overloadWorkers), '--connections', '4', '-z', `${overloadS}s`, '--duration-stop', 'wait', '-t', '300s', '--count-errors', '-d', unaryData, address];
+    const overloadArgs = [
+      '--call',
+      'llm.v1.TextGeneration.Generate',
+      '-c',
+      String(overloadWorkers),
+      '--connections',
+      '4',
+      '-z',
+      `${overloadS}s`,
+      '--duration-stop',
+      'wait',
+      '-t',
+      '300s',
+      '--count-errors',
+      '-d',
+      unaryData,
+      address,
+    ];
     const results: ScenarioResult[] = [];
     for (let i = 0; i < scenarios.length; i++) {
       const scenario = scenarios[i]!;
@@ -349,7 +476,9 @@ async function main(): Promise<void> {
         server: serverView(before, after, wallS),
         rssMiB: { start: round1(startRss), peak: round1(rss.peakBetween(fromMs, rss.now())), end: round1(rss.read()) },
       });
-      log(`  ${summary.count} calls, ${summary.rps} calls/s, p50 ${summary.latencyMs.p50} ms, p99 ${summary.latencyMs.p99} ms, ${JSON.stringify(summary.statusCodes)}`);
+      log(
+        `  ${summary.count} calls, ${summary.rps} calls/s, p50 ${summary.latencyMs.p50} ms, p99 ${summary.latencyMs.p99} ms, ${JSON.stringify(summary.statusCodes)}`,
+      );
       await waitIdle(metricsPort);
     }
 
@@ -377,14 +506,24 @@ async function main(): Promise<void> {
       replicas: {
         kills: soak.replicaKills.length,
         events: Object.fromEntries(
-          ['died', 'wedged', 'restarted', 'restart-failed'].map((e) => [e, total(after, 'app_llm_replica_events_total', { app_llm_replica_event: e }) - total(before, 'app_llm_replica_events_total', { app_llm_replica_event: e })]),
+          ['died', 'wedged', 'restarted', 'restart-failed'].map((e) => [
+            e,
+            total(after, 'app_llm_replica_events_total', { app_llm_replica_event: e }) -
+              total(before, 'app_llm_replica_events_total', { app_llm_replica_event: e }),
+          ]),
         ),
         upAtEnd: total(after, 'app_llm_replicas_up'),
       },
       server: serverView(before, after, soak.durationMs / 1000),
-      rssMiB: { start: round1(soakStartRss), peak: round1(rss.peakBetween(soakFromMs, rss.now())), end: round1(soakEndRss) },
+      rssMiB: {
+        start: round1(soakStartRss),
+        peak: round1(rss.peakBetween(soakFromMs, rss.now())),
+        end: round1(soakEndRss),
+      },
     });
-    log(`  ${JSON.stringify(soak.generations)}; replica kills: ${soak.replicaKills.length}; unexpected: ${soak.unexpected.length}`);
+    log(
+      `  ${JSON.stringify(soak.generations)}; replica kills: ${soak.replicaKills.length}; unexpected: ${soak.unexpected.length}`,
+    );
 
     const healthAfter = await client.health('');
     const probeAfter = await client.generate({ ...probe, request_id: 'probe-after' });
@@ -398,7 +537,11 @@ async function main(): Promise<void> {
         idle,
         health: healthAfter,
         probeIdentical: probeAfter.text === probeBefore.text,
-        rssMiB: { idleAtStart: round1(rssIdleStartMiB), runPeak: round1(Math.max(...rss.samples.map((s) => s.rssMiB))), end: round1(rss.read()) },
+        rssMiB: {
+          idleAtStart: round1(rssIdleStartMiB),
+          runPeak: round1(Math.max(...rss.samples.map((s) => s.rssMiB))),
+          end: round1(rss.read()),
+        },
       },
       rssTimelineMiB: rss.samples.filter((_, i) => i % 8 === 0),
     };
@@ -406,9 +549,16 @@ async function main(): Promise<void> {
     writeFileSync(join(outDir, 'load.json'), `${JSON.stringify(report, null, 2)}\n`);
     writeFileSync(join(outDir, 'load.md'), markdown(report));
     log(`wrote ${join(outDir, 'load.json')} and load.md`);
-    const ok = soak.unexpected.length === 0 && healthAfter === 'SERVING' && report.after.probeIdentical && idle && server.exitCode === null;
+    const ok =
+      soak.unexpected.length === 0 &&
+      healthAfter === 'SERVING' &&
+      report.after.probeIdentical &&
+      idle &&
+      server.exitCode === null;
     if (!ok) {
-      log(`FAILED: unexpected=${JSON.stringify(soak.unexpected.slice(0, 10))} health=${healthAfter} probeIdentical=${report.after.probeIdentical} idle=${idle}`);
+      log(
+        `FAILED: unexpected=${JSON.stringify(soak.unexpected.slice(0, 10))} health=${healthAfter} probeIdentical=${report.after.probeIdentical} idle=${idle}`,
+      );
       process.exitCode = 1;
     }
   } finally {
@@ -449,7 +599,12 @@ function markdown(report: {
   machine: { cpus: number; cpuModel: string; node: string };
   server: { settings: Record<string, string> };
   results: ScenarioResult[];
-  after: { idle: boolean; health: string; probeIdentical: boolean; rssMiB: { idleAtStart: number; runPeak: number; end: number } };
+  after: {
+    idle: boolean;
+    health: string;
+    probeIdentical: boolean;
+    rssMiB: { idleAtStart: number; runPeak: number; end: number };
+  };
 }): string {
   const s = report.server.settings;
   const lines: string[] = [
@@ -464,15 +619,27 @@ function markdown(report: {
   ];
   for (const r of report.results.filter((x) => x.ghz)) {
     const g = r.ghz!;
-    lines.push(`| ${r.name} | ${g.count} | ${fmt(g.rps, 2)} | ${fmt(g.latencyMs.p50)} | ${fmt(g.latencyMs.p90)} | ${fmt(g.latencyMs.p99)} | ${Object.entries(g.statusCodes).map(([k, v]) => `${k} ${v}`).join(', ')} |`);
+    lines.push(
+      `| ${r.name} | ${g.count} | ${fmt(g.rps, 2)} | ${fmt(g.latencyMs.p50)} | ${fmt(g.latencyMs.p90)} | ${fmt(g.latencyMs.p99)} | ${Object.entries(
+        g.statusCodes,
+      )
+        .map(([k, v]) => `${k} ${v}`)
+        .join(', ')} |`,
+    );
   }
   lines.push('', '## Server view (its Prometheus metrics, deltas over each scenario)', '');
-  lines.push('| scenario | generations | output tok/s | TTFT p50 ms | TTFT p99 ms | TPOT mean ms | queue mean ms | outcomes |');
+  lines.push(
+    '| scenario | generations | output tok/s | TTFT p50 ms | TTFT p99 ms | TPOT mean ms | queue mean ms | outcomes |',
+  );
   lines.push('| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |');
   for (const r of report.results) {
     const v = r.server;
     lines.push(
-      `| ${r.name} | ${v.requests} | ${fmt(v.outputTokensPerS, 1)} | ${fmtQuantileMs(v.timeToFirstToken, 'p50S')} | ${fmtQuantileMs(v.timeToFirstToken, 'p99S')} | ${fmt(v.timePerOutputToken.meanS * 1000, 1)} | ${fmt(v.queueDuration.meanS * 1000)} | ${Object.entries(v.outcomes).map(([k, n]) => `${k} ${n}`).join(', ')} |`,
+      `| ${r.name} | ${v.requests} | ${fmt(v.outputTokensPerS, 1)} | ${fmtQuantileMs(v.timeToFirstToken, 'p50S')} | ${fmtQuantileMs(v.timeToFirstToken, 'p99S')} | ${fmt(v.timePerOutputToken.meanS * 1000, 1)} | ${fmt(v.queueDuration.meanS * 1000)} | ${Object.entries(
+        v.outcomes,
+      )
+        .map(([k, n]) => `${k} ${n}`)
+        .join(', ')} |`,
     );
   }
   const unary = report.results.find((r) => r.name === 'unary');
@@ -480,12 +647,22 @@ function markdown(report: {
     if (unary?.ghz === undefined || scenario.ghz === undefined) continue;
     const overload = scenario.ghz;
     lines.push('', `## ${scenario.name}: ${scenario.description}`, '');
-    lines.push(`- Decode speed of the generations that ran: TPOT mean ${fmt(scenario.server.timePerOutputToken.meanS * 1000, 1)} ms vs ${fmt(unary.server.timePerOutputToken.meanS * 1000, 1)} ms at capacity; ${fmt(scenario.server.outputTokensPerS, 1)} vs ${fmt(unary.server.outputTokensPerS, 1)} output tok/s.`);
+    lines.push(
+      `- Decode speed of the generations that ran: TPOT mean ${fmt(scenario.server.timePerOutputToken.meanS * 1000, 1)} ms vs ${fmt(unary.server.timePerOutputToken.meanS * 1000, 1)} ms at capacity; ${fmt(scenario.server.outputTokensPerS, 1)} vs ${fmt(unary.server.outputTokensPerS, 1)} output tok/s.`,
+    );
     const ok = overload.latencyByStatusMs['OK'];
     const shed = overload.latencyByStatusMs['ResourceExhausted'];
-    lines.push(`- At capacity (unary scenario): p50 ${fmt(unary.ghz.latencyMs.p50)} ms, p99 ${fmt(unary.ghz.latencyMs.p99)} ms.`);
-    if (ok) lines.push(`- Over capacity, accepted calls (${ok.count}): p50 ${fmt(ok.p50)} ms, p99 ${fmt(ok.p99)} ms — ${fmt(ok.p50 / unary.ghz.latencyMs.p50, 2)}× the at-capacity p50 (the bounded queue allows at most ${fmt(1 + Number(s['ANPD_MAX_QUEUED_REQUESTS']) / Number(s['ANPD_MAX_ACTIVE_SEQUENCES']), 1)}×).`);
-    if (shed) lines.push(`- Shed calls (${shed.count}, RESOURCE_EXHAUSTED): p50 ${fmt(shed.p50, 2)} ms, p99 ${fmt(shed.p99, 2)} ms.`);
+    lines.push(
+      `- At capacity (unary scenario): p50 ${fmt(unary.ghz.latencyMs.p50)} ms, p99 ${fmt(unary.ghz.latencyMs.p99)} ms.`,
+    );
+    if (ok)
+      lines.push(
+        `- Over capacity, accepted calls (${ok.count}): p50 ${fmt(ok.p50)} ms, p99 ${fmt(ok.p99)} ms — ${fmt(ok.p50 / unary.ghz.latencyMs.p50, 2)}× the at-capacity p50 (the bounded queue allows at most ${fmt(1 + Number(s['ANPD_MAX_QUEUED_REQUESTS']) / Number(s['ANPD_MAX_ACTIVE_SEQUENCES']), 1)}×).`,
+      );
+    if (shed)
+      lines.push(
+        `- Shed calls (${shed.count}, RESOURCE_EXHAUSTED): p50 ${fmt(shed.p50, 2)} ms, p99 ${fmt(shed.p99, 2)} ms.`,
+      );
     const other = Object.keys(overload.statusCodes).filter((c) => c !== 'OK' && c !== 'ResourceExhausted');
     lines.push(`- Other status codes: ${other.length === 0 ? 'none' : other.join(', ')}.`);
   }
@@ -493,19 +670,35 @@ function markdown(report: {
   if (soak?.soak) {
     const k = soak.soak;
     lines.push('', '## Soak', '');
-    lines.push(`- ${fmt(k.durationMs / 1000)} s: ${k.calls.bidi} bidi calls (${k.calls.bidiDisconnected} cut by a client disconnect), ${k.calls.streamDisconnected} server streams cut mid-way, ${k.calls.unaryWithDeadline} unary calls with deadlines.`);
-    lines.push(`- Generations: ${k.generations.sent} sent, ${k.generations.completed} completed, ${k.generations.cancelledInBand} cancelled in-band, ${k.generations.abandoned} abandoned by a disconnect, ${k.generations.shed} shed (RESOURCE_EXHAUSTED), ${k.generations.deadlineExceeded} past their deadline; ${k.outputTokens} output tokens.`);
+    lines.push(
+      `- ${fmt(k.durationMs / 1000)} s: ${k.calls.bidi} bidi calls (${k.calls.bidiDisconnected} cut by a client disconnect), ${k.calls.streamDisconnected} server streams cut mid-way, ${k.calls.unaryWithDeadline} unary calls with deadlines.`,
+    );
+    lines.push(
+      `- Generations: ${k.generations.sent} sent, ${k.generations.completed} completed, ${k.generations.cancelledInBand} cancelled in-band, ${k.generations.abandoned} abandoned by a disconnect, ${k.generations.shed} shed (RESOURCE_EXHAUSTED), ${k.generations.deadlineExceeded} past their deadline; ${k.outputTokens} output tokens.`,
+    );
     if (soak.replicas !== undefined && soak.replicas.kills > 0) {
       const r = soak.replicas;
-      lines.push(`- Replica kills (SIGKILL of a model replica process): ${r.kills}; the server counted ${r.events['died']} deaths and ${r.events['restarted']} restarts (${r.events['restart-failed']} failed starts, ${r.events['wedged']} wedges); replicas up at the end: ${r.upAtEnd}. Generations on a killed replica ended UNAVAILABLE (REPLICA_FAILED): ${k.generations.replicaFailed}.`);
+      lines.push(
+        `- Replica kills (SIGKILL of a model replica process): ${r.kills}; the server counted ${r.events['died']} deaths and ${r.events['restarted']} restarts (${r.events['restart-failed']} failed starts, ${r.events['wedged']} wedges); replicas up at the end: ${r.upAtEnd}. Generations on a killed replica ended UNAVAILABLE (REPLICA_FAILED): ${k.generations.replicaFailed}.`,
+      );
     }
-    lines.push(`- Unexpected errors or missing / duplicate terminal messages: ${k.unexpected.length === 0 ? 'none' : k.unexpected.join('; ')}.`);
-    lines.push(`- Server RSS: ${fmt(soak.rssMiB.start)} MiB at the start of the soak, peak ${fmt(soak.rssMiB.peak)} MiB, ${fmt(soak.rssMiB.end)} MiB at the end.`);
+    lines.push(
+      `- Unexpected errors or missing / duplicate terminal messages: ${k.unexpected.length === 0 ? 'none' : k.unexpected.join('; ')}.`,
+    );
+    lines.push(
+      `- Server RSS: ${fmt(soak.rssMiB.start)} MiB at the start of the soak, peak ${fmt(soak.rssMiB.peak)} MiB, ${fmt(soak.rssMiB.end)} MiB at the end.`,
+    );
   }
   lines.push('', '## After the run', '');
-  lines.push(`- No generation running or waiting (no leaked slots): ${report.after.idle ? 'yes' : 'NO'}; health: ${report.after.health}.`);
-  lines.push(`- A greedy probe generation is identical before and after the whole run: ${report.after.probeIdentical ? 'yes' : 'NO'}.`);
-  lines.push(`- Server RSS: ${fmt(report.after.rssMiB.idleAtStart)} MiB idle at start, ${fmt(report.after.rssMiB.runPeak)} MiB peak over the run, ${fmt(report.after.rssMiB.end)} MiB at the end.`);
+  lines.push(
+    `- No generation running or waiting (no leaked slots): ${report.after.idle ? 'yes' : 'NO'}; health: ${report.after.health}.`,
+  );
+  lines.push(
+    `- A greedy probe generation is identical before and after the whole run: ${report.after.probeIdentical ? 'yes' : 'NO'}.`,
+  );
+  lines.push(
+    `- Server RSS: ${fmt(report.after.rssMiB.idleAtStart)} MiB idle at start, ${fmt(report.after.rssMiB.runPeak)} MiB peak over the run, ${fmt(report.after.rssMiB.end)} MiB at the end.`,
+  );
   lines.push('');
   return lines.join('\n');
 }

@@ -32,13 +32,20 @@ for (const signal of ['SIGINT', 'SIGTERM'] as const) {
   });
 }
 
-export async function startPeerProcess(name: string, command: string, args: readonly string[], env: NodeJS.ProcessEnv): Promise<PeerProcess> {
+export async function startPeerProcess(
+  name: string,
+  command: string,
+  args: readonly string[],
+  env: NodeJS.ProcessEnv,
+): Promise<PeerProcess> {
   const child: ChildProcessWithoutNullStreams = spawn(command, args, { env, stdio: 'pipe' });
   children.push(child);
   child.stderr.on('data', (d: Buffer) => process.stderr.write(`  [${name}] ${d.toString()}`));
   const lines = createInterface({ input: child.stdout });
   const queue: ((line: string) => void)[] = [];
-  const exited = new Promise<never>((_, reject) => child.on('exit', (code) => reject(new Error(`${name} exited with code ${code}`))));
+  const exited = new Promise<never>((_, reject) =>
+    child.on('exit', (code) => reject(new Error(`${name} exited with code ${code}`))),
+  );
   exited.catch(() => {});
   lines.on('line', (line) => queue.shift()?.(line));
   const next = () => Promise.race([new Promise<string>((resolve) => queue.push(resolve)), exited]);

@@ -88,21 +88,38 @@ function ourRunner(name: EngineName, engine: Engine, speculation: SpeculationOpt
       const tokens: number[] = [];
       let firstChunkTokens = 0;
       let final;
-      for await (const e of engine.generate({ prompt: { kind: 'tokens', tokenIds: job.promptIds }, maxNewTokens: job.maxNewTokens, speculation })) {
+      for await (const e of engine.generate({
+        prompt: { kind: 'tokens', tokenIds: job.promptIds },
+        maxNewTokens: job.maxNewTokens,
+        speculation,
+      })) {
         if (e.type === 'delta') {
           if (firstChunkTokens === 0) firstChunkTokens = e.tokenIds.length;
           tokens.push(...e.tokenIds);
         } else final = e;
       }
       if (!final) throw new Error('no final event');
-      return { tokens, tokenCount: tokens.length, ttftMs: final.firstTokenMs, totalMs: final.totalMs, firstChunkTokens, modelCalls: final.stats.rounds };
+      return {
+        tokens,
+        tokenCount: tokens.length,
+        ttftMs: final.firstTokenMs,
+        totalMs: final.totalMs,
+        firstChunkTokens,
+        modelCalls: final.stats.rounds,
+      };
     },
     close: async () => {},
   };
 }
 
 /** A long-lived peer process (bench/peer-process.ts). */
-async function lineRunner(name: EngineName, command: string, args: string[], env: NodeJS.ProcessEnv, info: Record<string, unknown>): Promise<Runner> {
+async function lineRunner(
+  name: EngineName,
+  command: string,
+  args: string[],
+  env: NodeJS.ProcessEnv,
+  info: Record<string, unknown>,
+): Promise<Runner> {
   const peer = await startPeerProcess(name, command, args, env);
   info[name] = peer.ready;
   return {
@@ -139,14 +156,39 @@ async function waitForQuietCpu(gate: { waitedMs: number; budgetMs: number }, per
 }
 
 /** llama.cpp's llama-lookup example, one process per prompt (it reports its own timings). */
-function lookupRunner(name: EngineName, bin: string, gguf: string, eogMarkers: readonly string[], bosText: string, draftMax?: number): Runner {
+function lookupRunner(
+  name: EngineName,
+  bin: string,
+  gguf: string,
+  eogMarkers: readonly string[],
+  bosText: string,
+  draftMax?: number,
+): Runner {
   return {
     name,
     async run(job) {
       // llama-lookup adds the BOS token itself: a chat template that writes it (Gemma's) would give two.
-      const promptText = bosText !== '' && job.promptText.startsWith(bosText) ? job.promptText.slice(bosText.length) : job.promptText;
+      const promptText =
+        bosText !== '' && job.promptText.startsWith(bosText) ? job.promptText.slice(bosText.length) : job.promptText;
       // It stops once n_predict > -n, i.e. after at least -n + 1 tokens (more when a round overshoots).
-      const args = ['-m', gguf, '-p', promptText, '-n', String(job.maxNewTokens - 1), '-t', String(THREADS), '-tb', String(THREADS), '-c', '2048', '--temp', '0', '-s', '1'];
+      const args = [
+        '-m',
+        gguf,
+        '-p',
+        promptText,
+        '-n',
+        String(job.maxNewTokens - 1),
+        '-t',
+        String(THREADS),
+        '-tb',
+        String(THREADS),
+        '-c',
+        '2048',
+        '--temp',
+        '0',
+        '-s',
+        '1',
+      ];
       if (draftMax !== undefined) args.push('--spec-draft-n-max', String(draftMax));
       const { stdout, stderr } = await new Promise<{ stdout: string; stderr: string }>((resolve, reject) => {
         const child = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -155,11 +197,17 @@ function lookupRunner(name: EngineName, bin: string, gguf: string, eogMarkers: r
         child.stdout.on('data', (d: Buffer) => (out += d.toString()));
         child.stderr.on('data', (d: Buffer) => (err += d.toString()));
         child.on('error', reject);
-        child.on('close', (code) => (code === 0 ? resolve({ stdout: out, stderr: err }) : reject(new Error(`llama-lookup exited ${code}: ${err.slice(-2000)}`))));
+        child.on('close', (code) =>
+          code === 0
+            ? resolve({ stdout: out, stderr: err })
+            : reject(new Error(`llama-lookup exited ${code}: ${err.slice(-2000)}`)),
+        );
       });
       const run = parseLlamaLookup(stdout, stderr, promptText, eogMarkers);
       if (run.promptTokens !== job.promptIds.length) {
-        throw new Error(`llama-lookup tokenized the prompt into ${run.promptTokens} tokens, we into ${job.promptIds.length}`);
+        throw new Error(
+          `llama-lookup tokenized the prompt into ${run.promptTokens} tokens, we into ${job.promptIds.length}`,
+        );
       }
       return lookupSample(run);
     },
@@ -169,7 +217,9 @@ function lookupRunner(name: EngineName, bin: string, gguf: string, eogMarkers: r
 
 function tryExec(cmd: string, args: string[], env?: NodeJS.ProcessEnv): string {
   try {
-    return execFileSync(cmd, args, { env: env ?? process.env, stdio: ['ignore', 'pipe', 'pipe'] }).toString().trim();
+    return execFileSync(cmd, args, { env: env ?? process.env, stdio: ['ignore', 'pipe', 'pipe'] })
+      .toString()
+      .trim();
   } catch (e) {
     const err = e as { stderr?: Buffer; stdout?: Buffer };
     return `${err.stdout?.toString() ?? ''}${err.stderr?.toString() ?? ''}`.trim();
@@ -207,16 +257,30 @@ async function main(): Promise<void> {
   }
   const python = join(peersDir, 'venv', 'bin', 'python');
   const libDir = join(peersDir, 'llama.cpp-build', 'bin');
-  const env = { ...process.env, LLAMA_CPP_LIB_PATH: libDir, OMP_NUM_THREADS: String(THREADS), MKL_NUM_THREADS: String(THREADS), TOKENIZERS_PARALLELISM: 'false' };
+  const env = {
+    ...process.env,
+    LLAMA_CPP_LIB_PATH: libDir,
+    OMP_NUM_THREADS: String(THREADS),
+    MKL_NUM_THREADS: String(THREADS),
+    TOKENIZERS_PARALLELISM: 'false',
+  };
 
   // --model NAME (a registry model) or FILE.gguf: every engine runs the same GGUF.
   const modelArgument = classifyModelArgument(values.model);
-  if (modelArgument.kind === 'dir') throw new Error('--model takes a registry model name or a GGUF file (the peers need the GGUF)');
+  if (modelArgument.kind === 'dir')
+    throw new Error('--model takes a registry model name or a GGUF file (the peers need the GGUF)');
   const gguf = modelArgument.kind === 'registry' ? await ensureRegistryGguf(modelArgument.model) : modelArgument.path;
-  const engine = await createEngine(await ensureModelArgument(modelArgument, DEFAULT_GRAPH_OPTIONS), { executionProvider: 'cpu', intraOpThreads: THREADS, kvCapacity: 4096 });
+  const engine = await createEngine(await ensureModelArgument(modelArgument, DEFAULT_GRAPH_OPTIONS), {
+    executionProvider: 'cpu',
+    intraOpThreads: THREADS,
+    kvCapacity: 4096,
+  });
   eosIds = engine.info.eosTokenIds;
   const eogMarkers = eosIds.map((id) => engine.tokenizer.decode([id], { skipSpecialTokens: false }));
-  const bosText = engine.info.bosTokenId === undefined || engine.info.bosTokenId === null ? '' : engine.tokenizer.decode([engine.info.bosTokenId], { skipSpecialTokens: false });
+  const bosText =
+    engine.info.bosTokenId === undefined || engine.info.bosTokenId === null
+      ? ''
+      : engine.tokenizer.decode([engine.info.bosTokenId], { skipSpecialTokens: false });
 
   const info: Record<string, unknown> = {};
   const runners: Runner[] = [];
@@ -229,29 +293,82 @@ async function main(): Promise<void> {
   const peerServer = join(root, 'bench', 'peers', 'peer_server.py');
   const pythonRunner = (name: EngineName, args: string[]) => lineRunner(name, python, [peerServer, ...args], env, info);
   const nodeLlamaCppRunner = (name: EngineName, mode: 'plain' | 'lookup') =>
-    lineRunner(name, process.execPath, [join(root, 'bench', 'peers', 'node-llama-cpp-peer.mjs'), '--package', join(peersDir, 'node-llama-cpp'), '--mode', mode, ...ggufArgs], env, info);
+    lineRunner(
+      name,
+      process.execPath,
+      [
+        join(root, 'bench', 'peers', 'node-llama-cpp-peer.mjs'),
+        '--package',
+        join(peersDir, 'node-llama-cpp'),
+        '--mode',
+        mode,
+        ...ggufArgs,
+      ],
+      env,
+      info,
+    );
   process.stderr.write('starting the peer processes (model load and warm-up, not timed)\n');
-  if (want('llama.cpp plain (llama-cpp-python)')) runners.push(await pythonRunner('llama.cpp plain (llama-cpp-python)', ['--engine', 'llama-cpp-python', '--mode', 'plain', ...ggufArgs]));
+  if (want('llama.cpp plain (llama-cpp-python)'))
+    runners.push(
+      await pythonRunner('llama.cpp plain (llama-cpp-python)', [
+        '--engine',
+        'llama-cpp-python',
+        '--mode',
+        'plain',
+        ...ggufArgs,
+      ]),
+    );
   if (want('llama.cpp prompt lookup (llama-cpp-python)')) {
-    runners.push(await pythonRunner('llama.cpp prompt lookup (llama-cpp-python)', ['--engine', 'llama-cpp-python', '--mode', 'lookup', ...ggufArgs]));
+    runners.push(
+      await pythonRunner('llama.cpp prompt lookup (llama-cpp-python)', [
+        '--engine',
+        'llama-cpp-python',
+        '--mode',
+        'lookup',
+        ...ggufArgs,
+      ]),
+    );
   }
   if (want('node-llama-cpp plain')) runners.push(await nodeLlamaCppRunner('node-llama-cpp plain', 'plain'));
-  if (want('node-llama-cpp lookup (InputLookupTokenPredictor)')) runners.push(await nodeLlamaCppRunner('node-llama-cpp lookup (InputLookupTokenPredictor)', 'lookup'));
+  if (want('node-llama-cpp lookup (InputLookupTokenPredictor)'))
+    runners.push(await nodeLlamaCppRunner('node-llama-cpp lookup (InputLookupTokenPredictor)', 'lookup'));
   const lookupBin = join(libDir, 'llama-lookup');
   if (want('llama.cpp lookup (llama-lookup)')) {
     runners.push(lookupRunner('llama.cpp lookup (llama-lookup)', lookupBin, gguf, eogMarkers, bosText));
-    info['llama.cpp lookup (llama-lookup)'] = { settings: { specDraftNMax: 'default (3 in this build)', version: tryExec(lookupBin, ['--version']) } };
+    info['llama.cpp lookup (llama-lookup)'] = {
+      settings: { specDraftNMax: 'default (3 in this build)', version: tryExec(lookupBin, ['--version']) },
+    };
   }
   if (want('llama.cpp lookup (llama-lookup --spec-draft-n-max 10)')) {
-    runners.push(lookupRunner('llama.cpp lookup (llama-lookup --spec-draft-n-max 10)', lookupBin, gguf, eogMarkers, bosText, 10));
+    runners.push(
+      lookupRunner('llama.cpp lookup (llama-lookup --spec-draft-n-max 10)', lookupBin, gguf, eogMarkers, bosText, 10),
+    );
     info['llama.cpp lookup (llama-lookup --spec-draft-n-max 10)'] = { settings: { specDraftNMax: 10 } };
   }
-  if (want('transformers greedy')) runners.push(await pythonRunner('transformers greedy', ['--engine', 'transformers', '--mode', 'greedy', ...ggufArgs]));
-  if (want('transformers prompt lookup')) runners.push(await pythonRunner('transformers prompt lookup', ['--engine', 'transformers', '--mode', 'prompt-lookup', ...ggufArgs]));
+  if (want('transformers greedy'))
+    runners.push(
+      await pythonRunner('transformers greedy', ['--engine', 'transformers', '--mode', 'greedy', ...ggufArgs]),
+    );
+  if (want('transformers prompt lookup'))
+    runners.push(
+      await pythonRunner('transformers prompt lookup', [
+        '--engine',
+        'transformers',
+        '--mode',
+        'prompt-lookup',
+        ...ggufArgs,
+      ]),
+    );
   // Warm-up of every long-lived engine on a long prompt (first-call allocations for large batches:
   // llama.cpp's first 200+-token prefill is several times slower than the next ones).
-  const warmText = (JSON.parse(readFileSync(join(root, 'bench', 'prompts', 'document-qa.json'), 'utf8')) as { prompt: string }[]).at(-1)!.prompt;
-  const warm: Job = { promptIds: engine.tokenizePrompt({ kind: 'text', text: warmText, chat: true }), promptText: '', maxNewTokens: 8 };
+  const warmText = (
+    JSON.parse(readFileSync(join(root, 'bench', 'prompts', 'document-qa.json'), 'utf8')) as { prompt: string }[]
+  ).at(-1)!.prompt;
+  const warm: Job = {
+    promptIds: engine.tokenizePrompt({ kind: 'text', text: warmText, chat: true }),
+    promptText: '',
+    maxNewTokens: 8,
+  };
   for (const r of runners) if (!r.name.includes('llama-lookup')) await r.run(warm);
 
   const started = Date.now();
@@ -263,8 +380,20 @@ async function main(): Promise<void> {
   let failures = 0;
   // Prompt-major order (prompt i of every category, then i + 1), so a run cut by --deadline-min
   // still covers every category alike.
-  const promptsOf = new Map(categories.map((c) => [c, (JSON.parse(readFileSync(join(root, 'bench', 'prompts', `${c}.json`), 'utf8')) as { id: string; prompt: string }[]).slice(0, promptsPerCategory)]));
-  const totalsOf = new Map(categories.map((c) => [c, new Map<EngineName, EngineTotals>(runners.map((r) => [r.name, emptyTotals()]))]));
+  const promptsOf = new Map(
+    categories.map((c) => [
+      c,
+      (
+        JSON.parse(readFileSync(join(root, 'bench', 'prompts', `${c}.json`), 'utf8')) as {
+          id: string;
+          prompt: string;
+        }[]
+      ).slice(0, promptsPerCategory),
+    ]),
+  );
+  const totalsOf = new Map(
+    categories.map((c) => [c, new Map<EngineName, EngineTotals>(runners.map((r) => [r.name, emptyTotals()]))]),
+  );
   const deadline = started + Number(values['deadline-min'] ?? 40) * 60_000;
   let promptsRun = 0;
   outer: for (let pi = 0; pi < promptsPerCategory; pi++) {
@@ -293,10 +422,21 @@ async function main(): Promise<void> {
           process.stderr.write(`FAILED ${r.name} on ${p.id}: ${(e as Error).message}\n`);
         }
       }
-      const compare = (refName: EngineName, name: EngineName, s: PeerSample): { identical: boolean; divergeAt?: number } | undefined => {
+      const compare = (
+        refName: EngineName,
+        name: EngineName,
+        s: PeerSample,
+      ): { identical: boolean; divergeAt?: number } | undefined => {
         const ref = got.get(refName);
         if (ref === undefined || name === refName) return undefined;
-        if (s.text !== undefined) return { identical: sameText(engine.tokenizer.decode(ref.tokens, { skipSpecialTokens: false }), ref.tokenCount >= maxNewTokens, s.text) };
+        if (s.text !== undefined)
+          return {
+            identical: sameText(
+              engine.tokenizer.decode(ref.tokens, { skipSpecialTokens: false }),
+              ref.tokenCount >= maxNewTokens,
+              s.text,
+            ),
+          };
         return { identical: sameTokens(ref.tokens, s.tokens), divergeAt: firstDivergence(ref.tokens, s.tokens) };
       };
       for (const [name, s] of got) {
@@ -338,10 +478,13 @@ async function main(): Promise<void> {
         });
       }
       const elapsed = ((Date.now() - started) / 1000).toFixed(0);
-      process.stderr.write(`${category} ${pi + 1}/${promptsPerCategory} (${job.promptIds.length} prompt tokens) ${elapsed} s, quiet-gate wait ${Math.round(gate.waitedMs / 1000)} s\n`);
+      process.stderr.write(
+        `${category} ${pi + 1}/${promptsPerCategory} (${job.promptIds.length} prompt tokens) ${elapsed} s, quiet-gate wait ${Math.round(gate.waitedMs / 1000)} s\n`,
+      );
     }
   }
-  for (const [category, totals] of totalsOf) results[category] = Object.fromEntries([...totals].map(([name, t]) => [name, summarize(t)]));
+  for (const [category, totals] of totalsOf)
+    results[category] = Object.fromEntries([...totals].map(([name, t]) => [name, summarize(t)]));
   for (const r of runners) await r.close();
 
   const lines = [
@@ -362,20 +505,26 @@ async function main(): Promise<void> {
       const ownShare = o && o.compared > 0 ? o.identical / o.compared : null;
       if (ownShare !== null) (ownAgreementShares[category] ??= {})[name] = +ownShare.toFixed(2);
       const own = ownShare === null ? '–' : `${Math.round(ownShare * 100)}% (${o!.identical}/${o!.compared})`;
-      lines.push(`| ${category} | ${name} | ${r.decodeTokPerS} | ${r.ttftMsMedian} | ${r.tokensPerCall} | ${identical} | ${peer} | ${own} | ${r.meanTokens} |`);
+      lines.push(
+        `| ${category} | ${name} | ${r.decodeTokPerS} | ${r.ttftMsMedian} | ${r.tokensPerCall} | ${identical} | ${peer} | ${own} | ${r.meanTokens} |`,
+      );
     }
   }
   const targets = Object.entries(results).map(([category, rows]) => {
     const anpd = rows['anpd-serve ANPD'];
     const plain = rows['anpd-serve plain'];
     const llamaPlain = rows['llama.cpp plain (llama-cpp-python)'];
-    const lookups = [rows['llama.cpp lookup (llama-lookup)'], rows['llama.cpp lookup (llama-lookup --spec-draft-n-max 10)']].filter((r) => r !== undefined);
+    const lookups = [
+      rows['llama.cpp lookup (llama-lookup)'],
+      rows['llama.cpp lookup (llama-lookup --spec-draft-n-max 10)'],
+    ].filter((r) => r !== undefined);
     // Against the faster of llama-lookup's settings in this category.
     const lookup = lookups.sort((a, b) => b.decodeTokPerS - a.decodeTokPerS)[0];
     const hfPld = rows['transformers prompt lookup'];
     const nlcPlain = rows['node-llama-cpp plain'];
     const nlcLookup = rows['node-llama-cpp lookup (InputLookupTokenPredictor)'];
-    const ratio = (a: EngineRow | undefined, b: EngineRow | undefined) => (a && b && a.samples > 0 && b.samples > 0 ? +(a.decodeTokPerS / b.decodeTokPerS).toFixed(2) : null);
+    const ratio = (a: EngineRow | undefined, b: EngineRow | undefined) =>
+      a && b && a.samples > 0 && b.samples > 0 ? +(a.decodeTokPerS / b.decodeTokPerS).toFixed(2) : null;
     return {
       category,
       anpdOverLlamaLookup: anpd && lookup ? +(anpd.decodeTokPerS / lookup.decodeTokPerS).toFixed(2) : null,
@@ -394,7 +543,11 @@ async function main(): Promise<void> {
   try {
     revision = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: root }).toString().trim();
   } catch {}
-  const ortVersion = (JSON.parse(readFileSync(join(root, 'node_modules', 'onnxruntime-node', 'package.json'), 'utf8')) as { version: string }).version;
+  const ortVersion = (
+    JSON.parse(readFileSync(join(root, 'node_modules', 'onnxruntime-node', 'package.json'), 'utf8')) as {
+      version: string;
+    }
+  ).version;
   mkdirSync(join(root, 'bench', 'results'), { recursive: true });
   writeFileSync(
     resolve(root, out),
@@ -405,22 +558,46 @@ async function main(): Promise<void> {
         gguf: gguf.replace(root, '.'),
         date: new Date().toISOString(),
         durationS: Math.round((Date.now() - started) / 1000),
-        machine: { cpu: cpus()[0]?.model, cores: cpus().length, memoryGiB: Math.round(totalmem() / 2 ** 30), kernel: release(), node: process.version, python: tryExec(python, ['--version']) },
+        machine: {
+          cpu: cpus()[0]?.model,
+          cores: cpus().length,
+          memoryGiB: Math.round(totalmem() / 2 ** 30),
+          kernel: release(),
+          node: process.version,
+          python: tryExec(python, ['--version']),
+        },
         revision,
         command: `npm run bench:peers --${process.argv.slice(2).length ? ` ${process.argv.slice(2).join(' ')}` : ''}`,
-        settings: { threads: THREADS, promptsPerCategory, promptsRun, maxNewTokens, greedy: true, order: 'engines rotated per prompt', categories },
+        settings: {
+          threads: THREADS,
+          promptsPerCategory,
+          promptsRun,
+          maxNewTokens,
+          greedy: true,
+          order: 'engines rotated per prompt',
+          categories,
+        },
         versions: { 'onnxruntime-node': ortVersion },
         engines: info,
         definitions: {
-          decodeTokPerS: 'tokens after the first chunk / time after the first token, summed over the prompts of a category',
-          ttftMs: "request to first generated token by the engine's own clock (llama-lookup: its prompt encode, which includes the last prompt token's forward)",
-          tokensPerModelCall: 'generated tokens / model forward passes that produced them (the prompt pass that gives the first token counts; ours: verify rounds after prefill)',
-          identicalToPlain: 'same token ids as anpd-serve plain greedy (llama-lookup: same text; it may overshoot max new tokens by a round)',
-          identicalToOwnPlain: "a speculative engine's output equals its own plain greedy output on the same prompt (llama.cpp's lookups: llama-cpp-python plain)",
+          decodeTokPerS:
+            'tokens after the first chunk / time after the first token, summed over the prompts of a category',
+          ttftMs:
+            "request to first generated token by the engine's own clock (llama-lookup: its prompt encode, which includes the last prompt token's forward)",
+          tokensPerModelCall:
+            'generated tokens / model forward passes that produced them (the prompt pass that gives the first token counts; ours: verify rounds after prefill)',
+          identicalToPlain:
+            'same token ids as anpd-serve plain greedy (llama-lookup: same text; it may overshoot max new tokens by a round)',
+          identicalToOwnPlain:
+            "a speculative engine's output equals its own plain greedy output on the same prompt (llama.cpp's lookups: llama-cpp-python plain)",
           nodeLlamaCppModelCalls: 'generated tokens − validated predictions it consumed (tokenPredictions.used)',
         },
         failures,
-        quietGate: { waitedS: Math.round(gate.waitedMs / 1000), budgetS: gate.budgetMs / 1000, rule: 'before each engine run, wait (at most 30 s, and within the budget) until the CPU is < 25% busy over 0.5 s' },
+        quietGate: {
+          waitedS: Math.round(gate.waitedMs / 1000),
+          budgetS: gate.budgetMs / 1000,
+          rule: 'before each engine run, wait (at most 30 s, and within the budget) until the CPU is < 25% busy over 0.5 s',
+        },
         targets,
         identicalToLlamaCppPlain: agreement,
         identicalToOwnPlain: ownAgreementShares,

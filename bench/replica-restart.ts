@@ -9,7 +9,11 @@ import { defaultModelDir, TEST_FORWARD_COST } from '../test/support/default-mode
 
 // The pool's timers never hold the process open (a server's socket does): this does here.
 const keepAlive = setInterval(() => undefined, 1000);
-const pool = await EnginePool.create(await defaultModelDir(), { executionProvider: 'cpu', intraOpThreads: 2, kvCapacity: 4096 }, { replicas: 1, isolation: 'process', forwardCost: { mode: 'fixed', table: TEST_FORWARD_COST } });
+const pool = await EnginePool.create(
+  await defaultModelDir(),
+  { executionProvider: 'cpu', intraOpThreads: 2, kvCapacity: 4096 },
+  { replicas: 1, isolation: 'process', forwardCost: { mode: 'fixed', table: TEST_FORWARD_COST } },
+);
 let restarted: (() => void) | undefined;
 pool.onReplicaEvent((e) => {
   if (e.kind === 'restarted') restarted?.();

@@ -11,7 +11,13 @@ import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { EnginePool } from '../src/engine/engine-pool.js';
-import { DEFAULT_SPECULATION, type GenerateRequest, type GenerationFinal, NO_SPECULATION, type SpeculationOptions } from '../src/contract.js';
+import {
+  DEFAULT_SPECULATION,
+  type GenerateRequest,
+  type GenerationFinal,
+  NO_SPECULATION,
+  type SpeculationOptions,
+} from '../src/contract.js';
 import { projectRoot } from '../src/paths.js';
 import { EXECUTION_PROVIDERS, type ExecutionProviderName } from '../src/runtime/types.js';
 
@@ -20,7 +26,12 @@ interface Outcome {
   final: GenerationFinal;
 }
 
-async function generate(pool: EnginePool, prompt: string, speculation: SpeculationOptions, maxNewTokens: number): Promise<Outcome> {
+async function generate(
+  pool: EnginePool,
+  prompt: string,
+  speculation: SpeculationOptions,
+  maxNewTokens: number,
+): Promise<Outcome> {
   const request: GenerateRequest = { prompt: { kind: 'text', text: prompt, chat: true }, maxNewTokens, speculation };
   const tokens: number[] = [];
   let final: GenerationFinal | undefined;
@@ -55,12 +66,20 @@ async function main(): Promise<void> {
     },
   });
   const provider = values['execution-provider'] as ExecutionProviderName;
-  if (!EXECUTION_PROVIDERS.includes(provider)) throw new Error(`--execution-provider must be one of ${EXECUTION_PROVIDERS.join(', ')}`);
+  if (!EXECUTION_PROVIDERS.includes(provider))
+    throw new Error(`--execution-provider must be one of ${EXECUTION_PROVIDERS.join(', ')}`);
   if (values.model === undefined) throw new Error('--model DIR (a converted model directory) is required');
   const log = (line: string) => process.stderr.write(`[replicas ${provider}] ${line}\n`);
   const maxNewTokens = Number(values['max-new-tokens']);
-  const anpd: SpeculationOptions = values['draft-max'] !== undefined ? { ...DEFAULT_SPECULATION, draftTokensMax: Number(values['draft-max']) } : DEFAULT_SPECULATION;
-  const prompts = (JSON.parse(readFileSync(join(projectRoot(), 'bench', 'prompts', `${values.category}.json`), 'utf8')) as { prompt: string }[]).map((p) => p.prompt);
+  const anpd: SpeculationOptions =
+    values['draft-max'] !== undefined
+      ? { ...DEFAULT_SPECULATION, draftTokensMax: Number(values['draft-max']) }
+      : DEFAULT_SPECULATION;
+  const prompts = (
+    JSON.parse(readFileSync(join(projectRoot(), 'bench', 'prompts', `${values.category}.json`), 'utf8')) as {
+      prompt: string;
+    }[]
+  ).map((p) => p.prompt);
   const streamCounts = values.streams!.split(',').map(Number);
   const rows: Record<string, unknown>[] = [];
   const reference = new Map<number, string>();
@@ -68,8 +87,12 @@ async function main(): Promise<void> {
   // One table per graph: a batching engine's runs to 128 rows (its draft lengths are chosen for the batch).
   const forwardCosts = new Map<string, readonly number[]>();
   // Unbatched, then batched once per prefill chunk size.
-  const batchModes: { batch: string | undefined; chunk: number | undefined }[] = [{ batch: undefined, chunk: undefined }];
-  if (values['batch-model'] !== undefined) for (const chunk of values['prefill-chunks']!.split(',').map(Number)) batchModes.push({ batch: values['batch-model'], chunk });
+  const batchModes: { batch: string | undefined; chunk: number | undefined }[] = [
+    { batch: undefined, chunk: undefined },
+  ];
+  if (values['batch-model'] !== undefined)
+    for (const chunk of values['prefill-chunks']!.split(',').map(Number))
+      batchModes.push({ batch: values['batch-model'], chunk });
   const pools: { replicas: number; batch: string | undefined; chunk: number | undefined; pool: EnginePool }[] = [];
   for (const replicas of values.replicas!.split(',').map(Number)) {
     for (const { batch, chunk } of batchModes) {
@@ -79,12 +102,20 @@ async function main(): Promise<void> {
         intraOpThreads: Number(values.threads),
         kvCapacity: 1024,
         ...(values['rows-min'] !== undefined ? { forwardRowsMin: Number(values['rows-min']) } : {}),
-        ...(batch !== undefined ? { batchModelDir: batch.split(','), experimental: { batchPrefillChunkTokens: chunk! } } : {}),
+        ...(batch !== undefined
+          ? { batchModelDir: batch.split(','), experimental: { batchPrefillChunkTokens: chunk! } }
+          : {}),
       };
       const known = forwardCosts.get(batch ?? '');
-      const pool = await EnginePool.create(values.model, runtime, known === undefined ? { replicas } : { replicas, forwardCost: { mode: 'fixed', table: known } });
+      const pool = await EnginePool.create(
+        values.model,
+        runtime,
+        known === undefined ? { replicas } : { replicas, forwardCost: { mode: 'fixed', table: known } },
+      );
       if (known === undefined && pool.forwardCost !== undefined) forwardCosts.set(batch ?? '', pool.forwardCost);
-      log(`${replicas} replica(s)${batch !== undefined ? ` with batched forwards (prefill chunks of ${chunk})` : ''} loaded in ${((performance.now() - started) / 1000).toFixed(1)} s`);
+      log(
+        `${replicas} replica(s)${batch !== undefined ? ` with batched forwards (prefill chunks of ${chunk})` : ''} loaded in ${((performance.now() - started) / 1000).toFixed(1)} s`,
+      );
       for (let r = 0; r < replicas; r++) await generate(pool, 'Hello', anpd, 4); // warm every replica (least-loaded picks in turn)
       await Promise.all(Array.from({ length: replicas }, () => generate(pool, 'Hello', NO_SPECULATION, 4)));
       pools.push({ replicas, batch, chunk, pool });
@@ -93,9 +124,15 @@ async function main(): Promise<void> {
   // Streams outermost, batched and unbatched pools interleaved under them: machine drift hits both alike.
   for (const streams of streamCounts) {
     for (const { replicas, batch, chunk, pool } of pools) {
-      for (const [mode, speculation] of [['plain', NO_SPECULATION], ['anpd', anpd]] as const) {
+      for (const [mode, speculation] of [
+        ['plain', NO_SPECULATION],
+        ['anpd', anpd],
+      ] as const) {
         // `streams` workers each take prompts in turn until the generations (default: max(prompt set, 2 × streams)) are done.
-        const total = values.generations !== undefined ? Math.max(Number(values.generations), streams) : Math.max(prompts.length, 2 * streams);
+        const total =
+          values.generations !== undefined
+            ? Math.max(Number(values.generations), streams)
+            : Math.max(prompts.length, 2 * streams);
         let next = 0;
         let tokens = 0;
         const tpot: number[] = [];
@@ -119,7 +156,9 @@ async function main(): Promise<void> {
               if (!reference.has(i)) reference.set(i, key);
               else if (reference.get(i) !== key) {
                 mismatches++;
-                log(`MISMATCH prompt ${i} (${mode}, ${streams} streams, ${replicas} replicas, batched ${batch !== undefined})`);
+                log(
+                  `MISMATCH prompt ${i} (${mode}, ${streams} streams, ${replicas} replicas, batched ${batch !== undefined})`,
+                );
               }
             }
           }),
@@ -156,7 +195,9 @@ async function main(): Promise<void> {
     draftTokensMax: anpd.draftTokensMax,
     threads: Number(values.threads),
     batchModel: values['batch-model'] ?? null,
-    forwardCost: Object.fromEntries([...forwardCosts].map(([k, v]) => [k === '' ? 'unbatched' : 'batched', v.map((c) => +c.toFixed(3))])),
+    forwardCost: Object.fromEntries(
+      [...forwardCosts].map(([k, v]) => [k === '' ? 'unbatched' : 'batched', v.map((c) => +c.toFixed(3))]),
+    ),
     rows,
     outputsIdentical: mismatches === 0,
   };

@@ -158,13 +158,17 @@ async function waitForIdle(label: string): Promise<{ waitedMs: number; idle: boo
       warned = true;
     }
   }
-  log(`${label}: machine still busy after ${IDLE_WAIT_MAX_MS / 60_000} min, measuring anyway (see contention in the JSON)`);
+  log(
+    `${label}: machine still busy after ${IDLE_WAIT_MAX_MS / 60_000} min, measuring anyway (see contention in the JSON)`,
+  );
   return { waitedMs: round(performance.now() - started, 0), idle: false };
 }
 
 function onnxRuntimeVersion(): string {
   try {
-    const pkg = JSON.parse(readFileSync(join(projectRoot(), 'node_modules', 'onnxruntime-node', 'package.json'), 'utf8')) as { version?: string };
+    const pkg = JSON.parse(
+      readFileSync(join(projectRoot(), 'node_modules', 'onnxruntime-node', 'package.json'), 'utf8'),
+    ) as { version?: string };
     return pkg.version ?? 'unknown';
   } catch {
     return 'unknown';
@@ -173,8 +177,17 @@ function onnxRuntimeVersion(): string {
 
 function gitRevision(): string | null {
   try {
-    const head = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: projectRoot(), encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
-    const dirty = execFileSync('git', ['status', '--porcelain'], { cwd: projectRoot(), encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim() !== '';
+    const head = execFileSync('git', ['rev-parse', '--short', 'HEAD'], {
+      cwd: projectRoot(),
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'ignore'],
+    }).trim();
+    const dirty =
+      execFileSync('git', ['status', '--porcelain'], {
+        cwd: projectRoot(),
+        encoding: 'utf8',
+        stdio: ['ignore', 'pipe', 'ignore'],
+      }).trim() !== '';
     return dirty ? `${head}-dirty` : head;
   } catch {
     return null;
@@ -257,12 +270,23 @@ async function convertOnly(variant: Variant): Promise<ConversionResult> {
     rmSync(tmpDir, { recursive: true, force: true });
     rmSync(`${tmpDir}.tmp-${process.pid}`, { recursive: true, force: true });
   }
-  const expectedDir = join(cacheDir(), 'models', `${DEFAULT_MODEL.name.toLowerCase()}-${conversionKey(DEFAULT_MODEL.ggufSha256, options)}`);
+  const expectedDir = join(
+    cacheDir(),
+    'models',
+    `${DEFAULT_MODEL.name.toLowerCase()}-${conversionKey(DEFAULT_MODEL.ggufSha256, options)}`,
+  );
   const cached = isConverted(expectedDir);
   const t1 = performance.now();
   const modelDir = ensureConverted(gguf, DEFAULT_MODEL.ggufSha256, options, undefined, DEFAULT_MODEL.name);
   const cacheConvertMs = cached ? null : performance.now() - t1;
-  return { convertMs, onnxBytes, cacheConvertMs, modelDir, peakRssMB: peakRssMB(), otherCpuShare: otherCpuShare(c0, c1) };
+  return {
+    convertMs,
+    onnxBytes,
+    cacheConvertMs,
+    modelDir,
+    peakRssMB: peakRssMB(),
+    otherCpuShare: otherCpuShare(c0, c1),
+  };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -282,12 +306,30 @@ interface VariantResult {
   readonly benchmark: 'runtime';
   readonly variant: Variant;
   readonly graphOptions: GraphOptions;
-  readonly model: { readonly name: string; readonly gguf: string; readonly ggufSha256: string; readonly dir: string; readonly onnxBytes: number };
+  readonly model: {
+    readonly name: string;
+    readonly gguf: string;
+    readonly ggufSha256: string;
+    readonly dir: string;
+    readonly onnxBytes: number;
+  };
   readonly machine: Record<string, unknown>;
-  readonly conversion: { readonly convertMs: number; readonly cacheConvertMs: number | null; readonly onnxBytesTemp: number; readonly peakRssMB: number; readonly note: string };
+  readonly conversion: {
+    readonly convertMs: number;
+    readonly cacheConvertMs: number | null;
+    readonly onnxBytesTemp: number;
+    readonly peakRssMB: number;
+    readonly note: string;
+  };
   readonly modelInfo: { readonly vocabSize: number; readonly contextLength: number; readonly kind: string };
   readonly loadMs: number;
-  readonly prefill: { readonly tokens: number; readonly runs: number; readonly medianMs: number; readonly tokPerS: number; readonly samplesMs: number[] };
+  readonly prefill: {
+    readonly tokens: number;
+    readonly runs: number;
+    readonly medianMs: number;
+    readonly tokPerS: number;
+    readonly samplesMs: number[];
+  };
   readonly decode: {
     readonly speculation: 'off';
     readonly promptTokens: number;
@@ -351,7 +393,9 @@ async function guarded<T>(
     if (share === null || share <= CONTENTION_MAX) return value;
     const pct = (share * 100).toFixed(0);
     if (attempt >= PHASE_ATTEMPTS) {
-      log(`${label}: other processes still took ${pct}% of the CPU after ${attempt} attempts; keeping this measurement (flagged in the JSON)`);
+      log(
+        `${label}: other processes still took ${pct}% of the CPU after ${attempt} attempts; keeping this measurement (flagged in the JSON)`,
+      );
       return value;
     }
     log(`${label}: other processes took ${pct}% of the CPU meanwhile, measuring again`);
@@ -361,7 +405,9 @@ async function guarded<T>(
 
 async function runVariant(variant: Variant): Promise<VariantResult> {
   const options = VARIANTS[variant];
-  const phases = Object.fromEntries(PHASES.map((p) => [p, { otherCpuShare: null, attempts: 0, waitedForIdleMs: 0 }])) as Record<Phase, PhaseRecord>;
+  const phases = Object.fromEntries(
+    PHASES.map((p) => [p, { otherCpuShare: null, attempts: 0, waitedForIdleMs: 0 }]),
+  ) as Record<Phase, PhaseRecord>;
 
   // Conversion, in a child process. A retry finds the variant cached, so keep the first cache conversion time.
   let cacheConvertMs: number | null = null;
@@ -446,7 +492,8 @@ async function runVariant(variant: Variant): Promise<VariantResult> {
         }
       }
       if (final === undefined) throw new Error('generate ended without a final event');
-      if (final.completionTokens !== DECODE_NEW_TOKENS) throw new Error(`expected ${DECODE_NEW_TOKENS} tokens, got ${final.completionTokens}`);
+      if (final.completionTokens !== DECODE_NEW_TOKENS)
+        throw new Error(`expected ${DECODE_NEW_TOKENS} tokens, got ${final.completionTokens}`);
       // Decode time: everything after the prompt's prefill, i.e. DECODE_NEW_TOKENS forwards of one token.
       const ms = final.totalMs - final.prefillMs;
       if (i >= DECODE_WARMUP) {
@@ -473,7 +520,9 @@ async function runVariant(variant: Variant): Promise<VariantResult> {
     const seq = model.createSequence({ capacity: FORWARD_PAST + maxT + 8 });
     try {
       await seq.forward(past, 1);
-      const inputs = new Map<number, number[]>(FORWARD_TS.map((t) => [t, fwdIds.slice(FORWARD_PAST, FORWARD_PAST + t)]));
+      const inputs = new Map<number, number[]>(
+        FORWARD_TS.map((t) => [t, fwdIds.slice(FORWARD_PAST, FORWARD_PAST + t)]),
+      );
       for (let r = 0; r < FORWARD_WARMUP_ROUNDS + FORWARD_ROUNDS; r++) {
         for (let j = 0; j < FORWARD_TS.length; j++) {
           // Rotate the order every round: each T takes each position equally often.
@@ -517,14 +566,20 @@ async function runVariant(variant: Variant): Promise<VariantResult> {
     benchmark: 'runtime',
     variant,
     graphOptions: options,
-    model: { name: DEFAULT_MODEL.name, gguf: DEFAULT_MODEL.ggufFile, ggufSha256: DEFAULT_MODEL.ggufSha256, dir: modelDir, onnxBytes },
+    model: {
+      name: DEFAULT_MODEL.name,
+      gguf: DEFAULT_MODEL.ggufFile,
+      ggufSha256: DEFAULT_MODEL.ggufSha256,
+      dir: modelDir,
+      onnxBytes,
+    },
     machine: machineFacts(),
     conversion: {
       convertMs: round(conversion.convertMs, 1),
       cacheConvertMs: cacheConvertMs === null ? null : round(cacheConvertMs, 1),
       onnxBytesTemp: conversion.onnxBytes,
       peakRssMB: conversion.peakRssMB,
-      note: 'convertGguf into a temporary directory under the cache (then deleted), in a child process, one run; peakRssMB is that child\'s',
+      note: "convertGguf into a temporary directory under the cache (then deleted), in a child process, one run; peakRssMB is that child's",
     },
     modelInfo,
     loadMs: round(loadMs, 1),
@@ -544,7 +599,10 @@ async function runVariant(variant: Variant): Promise<VariantResult> {
       samplesTokPerS: decodeTokPerS.map((x) => round(x, 2)),
       medianDecodeMs: round(median(decodeMs), 1),
       identicalOutputs: outputs.every((o) => o === outputs[0]),
-      outputSha256: createHash('sha256').update(outputs[0] ?? '').digest('hex').slice(0, 16),
+      outputSha256: createHash('sha256')
+        .update(outputs[0] ?? '')
+        .digest('hex')
+        .slice(0, 16),
       outputPreview: preview.slice(0, 200),
     },
     forwardCost: {
@@ -554,19 +612,26 @@ async function runVariant(variant: Variant): Promise<VariantResult> {
       order: `T values ${FORWARD_TS.join(',')} interleaved, order rotated each round; forward(T tokens, T logits rows) then rewind(${FORWARD_PAST})`,
       perT,
       engineCalibration: {
-        note: 'Engine.forwardCost(16): the engine\'s own table (index T = cost relative to T=1), as createEngine computes it by default',
+        note: "Engine.forwardCost(16): the engine's own table (index T = cost relative to T=1), as createEngine computes it by default",
         ms: round(engineCalibrationMs, 0),
         costByT: engineCost.map((x) => round(x, 3)),
       },
     },
     peakRssMB: peakRssMB(),
-    peakRssNote: 'process.resourceUsage().maxRSS of the benchmark process (load + prefill + decode + forwards; conversion ran in a child), MB = 10^6 bytes',
+    peakRssNote:
+      'process.resourceUsage().maxRSS of the benchmark process (load + prefill + decode + forwards; conversion ran in a child), MB = 10^6 bytes',
     contention: {
-      note: 'share of the machine\'s CPU used by other processes during each phase (/proc/stat busy time minus this process\'s CPU time); a phase above maxAllowed was measured again (attempts), up to 3 times',
+      note: "share of the machine's CPU used by other processes during each phase (/proc/stat busy time minus this process's CPU time); a phase above maxAllowed was measured again (attempts), up to 3 times",
       maxAllowed: CONTENTION_MAX,
-      otherCpuShare: Object.fromEntries(PHASES.map((p) => [p, phases[p].otherCpuShare])) as Record<Phase, number | null>,
+      otherCpuShare: Object.fromEntries(PHASES.map((p) => [p, phases[p].otherCpuShare])) as Record<
+        Phase,
+        number | null
+      >,
       attempts: Object.fromEntries(PHASES.map((p) => [p, phases[p].attempts])) as Record<Phase, number>,
-      waitedForIdleMs: round(PHASES.reduce((sum, p) => sum + phases[p].waitedForIdleMs, 0), 0),
+      waitedForIdleMs: round(
+        PHASES.reduce((sum, p) => sum + phases[p].waitedForIdleMs, 0),
+        0,
+      ),
     },
   };
   return result;
@@ -603,13 +668,19 @@ function variantMarkdown(r: VariantResult): string {
       ['prefill (tok/s)', r.prefill.tokPerS.toFixed(1)],
       [`greedy decode ${r.decode.newTokens} tokens (tok/s, median of ${r.decode.runs})`, r.decode.tokPerS.toFixed(1)],
       ['peak RSS (MB)', r.peakRssMB.toFixed(1)],
-      ['other processes\' CPU, worst phase (%)', maxOtherCpuPercent(r)],
+      ["other processes' CPU, worst phase (%)", maxOtherCpuPercent(r)],
     ],
   );
   out += `\nOne forward of T new tokens on a past of ${r.forwardCost.pastTokens} tokens (${r.forwardCost.rounds} interleaved rounds):\n\n`;
   out += table(
     ['T', 'median ms', 'p10 ms', 'p90 ms', 'ratio to T=1'],
-    r.forwardCost.perT.map((f) => [f.t, f.medianMs.toFixed(2), f.p10Ms.toFixed(2), f.p90Ms.toFixed(2), f.ratioToT1.toFixed(2)]),
+    r.forwardCost.perT.map((f) => [
+      f.t,
+      f.medianMs.toFixed(2),
+      f.p10Ms.toFixed(2),
+      f.p90Ms.toFixed(2),
+      f.ratioToT1.toFixed(2),
+    ]),
   );
   return out;
 }
@@ -622,7 +693,19 @@ function combinedMarkdown(results: readonly VariantResult[]): string {
     out += `${String(m['cpuModel'])}, ${String(m['cores'])} cores, ${String(m['intraOpThreads'])} intra-op threads, node ${String(m['node'])}, onnxruntime-node ${String(m['onnxruntimeNode'])}\n\n`;
   }
   out += table(
-    ['variant', 'T=1 ms', 'T=8 ratio', 'T=16 ratio', 'decode tok/s', 'prefill tok/s', 'size MB', 'conversion ms', 'load ms', 'peak RSS MB', 'other CPU %'],
+    [
+      'variant',
+      'T=1 ms',
+      'T=8 ratio',
+      'T=16 ratio',
+      'decode tok/s',
+      'prefill tok/s',
+      'size MB',
+      'conversion ms',
+      'load ms',
+      'peak RSS MB',
+      'other CPU %',
+    ],
     results.map((r) => {
       const at = (t: number): ForwardCost | undefined => r.forwardCost.perT.find((f) => f.t === t);
       return [

@@ -18,14 +18,33 @@ import { ensureModelArgument } from '../src/registry/model-cache.js';
 import { classifyModelArgument } from '../src/registry/model-registry.js';
 import { exactnessPrompts } from '../test/support/prompt-set.js';
 
-const { values } = parseArgs({ options: { model: { type: 'string' }, n: { type: 'string', default: '4' }, runs: { type: 'string', default: '3' }, tokens: { type: 'string', default: '64' }, out: { type: 'string' } } });
+const { values } = parseArgs({
+  options: {
+    model: { type: 'string' },
+    n: { type: 'string', default: '4' },
+    runs: { type: 'string', default: '3' },
+    tokens: { type: 'string', default: '64' },
+    out: { type: 'string' },
+  },
+});
 const dir = await ensureModelArgument(classifyModelArgument(values.model), DEFAULT_GRAPH_OPTIONS);
-const engine = await createEngine(dir, { executionProvider: 'cpu', intraOpThreads: availableParallelism(), kvCapacity: 4096 });
+const engine = await createEngine(dir, {
+  executionProvider: 'cpu',
+  intraOpThreads: availableParallelism(),
+  kvCapacity: 4096,
+});
 const n = Number(values.n);
 const maxNewTokens = Number(values.tokens);
 
 function request(prompt: string, seed: number, samples: number): GenerateRequest {
-  return { prompt: { kind: 'text', text: prompt, chat: true }, maxNewTokens, ignoreEos: true, sampling: { temperature: 0.8, topK: 0, topP: 1, repetitionPenalty: 1, seed }, speculation: DEFAULT_SPECULATION, ...(samples > 1 ? { n: samples } : {}) };
+  return {
+    prompt: { kind: 'text', text: prompt, chat: true },
+    maxNewTokens,
+    ignoreEos: true,
+    sampling: { temperature: 0.8, topK: 0, topP: 1, repetitionPenalty: 1, seed },
+    speculation: DEFAULT_SPECULATION,
+    ...(samples > 1 ? { n: samples } : {}),
+  };
 }
 
 /** Tokens per sample, in sample order, and prompt length. */
@@ -40,7 +59,8 @@ async function run(req: GenerateRequest): Promise<{ tokens: number[][]; promptTo
 
 const modes = {
   'one request, n samples': async (prompt: string) => (await run(request(prompt, 11, n))).tokens,
-  'n requests at once': async (prompt: string) => (await Promise.all(Array.from({ length: n }, (_, i) => run(request(prompt, 11 + i, 1))))).map((r) => r.tokens[0]!),
+  'n requests at once': async (prompt: string) =>
+    (await Promise.all(Array.from({ length: n }, (_, i) => run(request(prompt, 11 + i, 1))))).map((r) => r.tokens[0]!),
   'n requests in turn': async (prompt: string) => {
     const out: number[][] = [];
     for (let i = 0; i < n; i++) out.push((await run(request(prompt, 11 + i, 1))).tokens[0]!);
@@ -49,9 +69,14 @@ const modes = {
 } as const;
 
 // Long prompts (document QA, summarization): what a shared prefill saves grows with the prompt.
-const prompts = exactnessPrompts().filter((p) => /document-qa|summarization/.test(p.id)).slice(0, 4);
+const prompts = exactnessPrompts()
+  .filter((p) => /document-qa|summarization/.test(p.id))
+  .slice(0, 4);
 await run(request('Hello', 1, 2));
-const times = Object.fromEntries(Object.keys(modes).map((k) => [k, [] as number[]])) as Record<keyof typeof modes, number[]>;
+const times = Object.fromEntries(Object.keys(modes).map((k) => [k, [] as number[]])) as Record<
+  keyof typeof modes,
+  number[]
+>;
 const promptLengths: number[] = [];
 for (let r = 0; r < Number(values.runs); r++) {
   for (const [i, p] of prompts.entries()) {

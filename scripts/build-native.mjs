@@ -34,7 +34,9 @@ function fail(reason) {
     process.stderr.write(`native addon: ${reason}\n`);
     process.exit(1);
   }
-  process.stderr.write(`native addon not built (${reason}); onnxruntime-node's run is used instead: 2.9–8× slower CPU decode, ORT's attention kernel (its own greedy outputs), no CUDA device path\n`);
+  process.stderr.write(
+    `native addon not built (${reason}); onnxruntime-node's run is used instead: 2.9–8× slower CPU decode, ORT's attention kernel (its own greedy outputs), no CUDA device path\n`,
+  );
   process.exit(0);
 }
 
@@ -54,17 +56,40 @@ for (const [file, pinned] of Object.entries(ORT_HEADERS_SHA256)) {
   const header = join(ortInclude, file);
   if (!existsSync(header)) fail(`no ${header}`);
   const sum = createHash('sha256').update(readFileSync(header)).digest('hex');
-  if (sum !== pinned) fail(`${header} has SHA-256 ${sum}, not the pinned ${pinned} (native/third_party/onnxruntime/README.md)`);
+  if (sum !== pinned)
+    fail(`${header} has SHA-256 ${sum}, not the pinned ${pinned} (native/third_party/onnxruntime/README.md)`);
 }
 const compiler = process.env.CC ?? 'cc';
 try {
-  execFileSync(compiler, [
-    '-O3', '-ffp-contract=off', '-shared', '-fPIC', '-std=gnu11', '-Wall',
-    `-I${napiInclude}`, `-I${ortInclude}`,
-    ...['ort-run.c', 'device.c', 'gqa-attention.c', 'common.c'].map((file) => join(root, 'native', file)), '-o', out,
-    `-L${ortLibDir}`, '-l:libonnxruntime.so.1', `-Wl,-rpath,${ortLibDir}`, '-lpthread', '-ldl',
-  ], { stdio: ['ignore', 'inherit', 'pipe'] });
+  execFileSync(
+    compiler,
+    [
+      '-O3',
+      '-ffp-contract=off',
+      '-shared',
+      '-fPIC',
+      '-std=gnu11',
+      '-Wall',
+      `-I${napiInclude}`,
+      `-I${ortInclude}`,
+      ...['ort-run.c', 'device.c', 'gqa-attention.c', 'common.c'].map((file) => join(root, 'native', file)),
+      '-o',
+      out,
+      `-L${ortLibDir}`,
+      '-l:libonnxruntime.so.1',
+      `-Wl,-rpath,${ortLibDir}`,
+      '-lpthread',
+      '-ldl',
+    ],
+    { stdio: ['ignore', 'inherit', 'pipe'] },
+  );
 } catch (error) {
-  fail(`${compiler} failed: ${String(error.stderr ?? error.message).trim().split('\n').slice(0, 5).join(' | ')}`);
+  fail(
+    `${compiler} failed: ${String(error.stderr ?? error.message)
+      .trim()
+      .split('\n')
+      .slice(0, 5)
+      .join(' | ')}`,
+  );
 }
 process.stderr.write(`native addon built: ${out}\n`);

@@ -32,10 +32,14 @@ const fail = (message) => {
   process.stderr.write(`install-cuda-provider: ${message}\n`);
   process.exit(1);
 };
-if (process.platform !== 'linux' || process.arch !== 'x64') fail(`the CUDA provider wheel is for linux x64, not ${process.platform} ${process.arch}`);
-const version = JSON.parse(readFileSync(join(root, 'node_modules', 'onnxruntime-node', 'package.json'), 'utf8')).version;
+if (process.platform !== 'linux' || process.arch !== 'x64')
+  fail(`the CUDA provider wheel is for linux x64, not ${process.platform} ${process.arch}`);
+const version = JSON.parse(
+  readFileSync(join(root, 'node_modules', 'onnxruntime-node', 'package.json'), 'utf8'),
+).version;
 const wheel = WHEELS[version];
-if (wheel === undefined) fail(`no pinned onnxruntime-gpu wheel for onnxruntime-node ${version} (pinned: ${Object.keys(WHEELS).join(', ')})`);
+if (wheel === undefined)
+  fail(`no pinned onnxruntime-gpu wheel for onnxruntime-node ${version} (pinned: ${Object.keys(WHEELS).join(', ')})`);
 const target = join(root, 'node_modules', 'onnxruntime-node', 'bin', 'napi-v6', 'linux', 'x64');
 if (!existsSync(join(target, 'libonnxruntime.so.1'))) fail(`no libonnxruntime.so.1 in ${target}: run npm ci first`);
 
@@ -48,15 +52,36 @@ if (!existsSync(wheelPath) || sha256(wheelPath) !== wheel.sha256) {
   process.stderr.write(`downloading onnxruntime-gpu==${version} from PyPI (about 250 MB) into ${cache}\n`);
   try {
     // pip draws its own progress bar.
-    execFileSync(python, ['-m', 'pip', 'download', '--no-deps', '--only-binary=:all:', '--python-version', '3.12', '--implementation', 'cp',
-      '--platform', 'manylinux_2_28_x86_64', '-d', cache, `onnxruntime-gpu==${version}`], { stdio: ['ignore', 'inherit', 'inherit'] });
+    execFileSync(
+      python,
+      [
+        '-m',
+        'pip',
+        'download',
+        '--no-deps',
+        '--only-binary=:all:',
+        '--python-version',
+        '3.12',
+        '--implementation',
+        'cp',
+        '--platform',
+        'manylinux_2_28_x86_64',
+        '-d',
+        cache,
+        `onnxruntime-gpu==${version}`,
+      ],
+      { stdio: ['ignore', 'inherit', 'inherit'] },
+    );
   } catch (error) {
     fail(`pip download failed (${error.message.split('\n')[0]}); set ANPD_PYTHON to a Python with pip`);
   }
 }
 if (!existsSync(wheelPath)) fail(`pip did not write ${wheel.file}`);
 const actual = sha256(wheelPath);
-if (actual !== wheel.sha256) fail(`${wheel.file} has SHA-256 ${actual}, expected ${wheel.sha256}: not the pinned build (removed nothing; delete it and retry)`);
+if (actual !== wheel.sha256)
+  fail(
+    `${wheel.file} has SHA-256 ${actual}, expected ${wheel.sha256}: not the pinned build (removed nothing; delete it and retry)`,
+  );
 // A wheel is a zip: Python's zipfile reads it where unzip may be missing.
 const extract = `import sys, zipfile, os
 z = zipfile.ZipFile(sys.argv[1])
@@ -67,4 +92,6 @@ for name in sys.argv[3:]:
     os.replace(path + '.tmp', path)
     print(name, len(data), 'bytes')`;
 execFileSync(python, ['-c', extract, wheelPath, target, ...LIBRARIES], { stdio: ['ignore', 'inherit', 'inherit'] });
-process.stderr.write(`CUDA provider installed in ${target}.\nIt needs CUDA 13's runtime libraries on LD_LIBRARY_PATH (e.g. /usr/local/cuda/lib64); then: anpd serve --execution-provider cuda\n`);
+process.stderr.write(
+  `CUDA provider installed in ${target}.\nIt needs CUDA 13's runtime libraries on LD_LIBRARY_PATH (e.g. /usr/local/cuda/lib64); then: anpd serve --execution-provider cuda\n`,
+);

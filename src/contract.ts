@@ -72,8 +72,20 @@ export interface SpeculationOptions {
 
 /** Cap on draft tokens per round: verify cost grows with every row (see docs/perf-notes.md). */
 export const DRAFT_TOKENS_LIMIT = 16;
-export const DEFAULT_SPECULATION: SpeculationOptions = { mode: 'ngram', ngramN: 5, draftTokensMax: 7, draftLength: 'adaptive', drafter: 'hybrid' };
-export const PAPER_SPECULATION: SpeculationOptions = { mode: 'ngram', ngramN: 5, draftTokensMax: 7, draftLength: 'fixed', drafter: 'paper' };
+export const DEFAULT_SPECULATION: SpeculationOptions = {
+  mode: 'ngram',
+  ngramN: 5,
+  draftTokensMax: 7,
+  draftLength: 'adaptive',
+  drafter: 'hybrid',
+};
+export const PAPER_SPECULATION: SpeculationOptions = {
+  mode: 'ngram',
+  ngramN: 5,
+  draftTokensMax: 7,
+  draftLength: 'fixed',
+  drafter: 'paper',
+};
 export const NO_SPECULATION: SpeculationOptions = { ...DEFAULT_SPECULATION, mode: 'off' };
 
 export type FinishReason = 'length' | 'eos_token' | 'stop_sequence' | 'time_limit';

@@ -40,7 +40,12 @@ export { createLogger, type Logger, type LogLevel } from './log.js';
 export { GenerationTelemetry } from './telemetry/generation-telemetry.js';
 export { startTelemetry } from './telemetry/telemetry.js';
 export { type ClientSecurity, TextGenerationClient } from './transport/grpc/client.js';
-export { DEFAULT_GRPC_SERVER_OPTIONS, type GrpcServerOptions, type RunningGrpcServer, startGrpcServer } from './transport/grpc/server.js';
+export {
+  DEFAULT_GRPC_SERVER_OPTIONS,
+  type GrpcServerOptions,
+  type RunningGrpcServer,
+  startGrpcServer,
+} from './transport/grpc/server.js';
 export { ensureDefaultModel } from './registry/model-cache.js';
 export { DEFAULT_MODEL } from './registry/model-registry.js';
 export type { DecoderModel, DecoderSequence, ModelInfo, RuntimeOptions } from './runtime/types.js';

@@ -27,7 +27,11 @@ async function flush(): Promise<void> {
  * regression that queues a request instead of refusing it, or ignores an abort, fails here rather
  * than leaving the test to await a rejection that only ava's timeout ends.
  */
-async function rejectsAtOnce<E extends ErrorConstructor>(t: ExecutionContext, promise: Promise<unknown>, expectations: ThrowsExpectation<E>): Promise<ThrownError<E> | undefined> {
+async function rejectsAtOnce<E extends ErrorConstructor>(
+  t: ExecutionContext,
+  promise: Promise<unknown>,
+  expectations: ThrowsExpectation<E>,
+): Promise<ThrownError<E> | undefined> {
   const tracked = track(promise);
   await flush();
   if (!tracked.settled()) {
@@ -319,8 +323,14 @@ test('whenIdle resolves when the last queued waiter is cancelled and no lease is
 test('the constructor rejects maxActive 0 and other invalid limits', (t) => {
   t.throws(() => new AdmissionQueue({ maxActive: 0, maxQueued: 1 }), { instanceOf: RangeError, message: /maxActive/ });
   t.throws(() => new AdmissionQueue({ maxActive: -1, maxQueued: 1 }), { instanceOf: RangeError, message: /maxActive/ });
-  t.throws(() => new AdmissionQueue({ maxActive: 1.5, maxQueued: 1 }), { instanceOf: RangeError, message: /maxActive/ });
+  t.throws(() => new AdmissionQueue({ maxActive: 1.5, maxQueued: 1 }), {
+    instanceOf: RangeError,
+    message: /maxActive/,
+  });
   t.throws(() => new AdmissionQueue({ maxActive: 1, maxQueued: -1 }), { instanceOf: RangeError, message: /maxQueued/ });
-  t.throws(() => new AdmissionQueue({ maxActive: 1, maxQueued: Number.NaN }), { instanceOf: RangeError, message: /maxQueued/ });
+  t.throws(() => new AdmissionQueue({ maxActive: 1, maxQueued: Number.NaN }), {
+    instanceOf: RangeError,
+    message: /maxQueued/,
+  });
   t.notThrows(() => new AdmissionQueue({ maxActive: 1, maxQueued: 0 }));
 });

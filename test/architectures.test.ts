@@ -35,7 +35,10 @@ function mix(attnOutput: GgmlType): (name: string) => GgmlType {
 }
 
 const CASES: Record<string, { shape: RandomLlamaShape; types: (name: string) => GgmlType }> = {
-  'llama (Llama 3 rope_freqs)': { shape: { ...BASE, architecture: 'llama', ropeFreqs: true }, types: mix(GgmlType.Q5_0) },
+  'llama (Llama 3 rope_freqs)': {
+    shape: { ...BASE, architecture: 'llama', ropeFreqs: true },
+    types: mix(GgmlType.Q5_0),
+  },
   qwen2: { shape: { ...BASE, architecture: 'qwen2' }, types: mix(GgmlType.Q5_1) },
   qwen3: { shape: { ...BASE, architecture: 'qwen3' }, types: mix(GgmlType.Q5_0) },
   // Six layers: the sixth is global (Gemma 3's pattern), the others see 4 keys.
@@ -55,60 +58,84 @@ function maxDiff(a: Float32Array, b: Float32Array): number {
 }
 
 for (const [name, c] of Object.entries(CASES)) {
-  test.serial(`${name}: converts, and its graph matches the reference forward on every CPU attention kernel`, async (t) => {
-    const dir = mkdtempSync(join(tmpdir(), 'anpd-arch-'));
-    try {
-      const ggufPath = join(dir, 'model.gguf');
-      writeFileSync(ggufPath, randomLlamaGguf(readGguf(await defaultGguf()), c.shape, c.types, 11));
-      const file = readGguf(ggufPath);
-      const hp = readHyperParams(file);
-      t.is(hp.architecture, c.shape.architecture ?? 'llama');
-      t.is(hp.headDim, 32);
-      if (hp.architecture === 'gemma3') t.deepEqual(hp.slidingLayers, [true, true, true, true, true, false]);
-      // accuracy_level 0: MatMulNBits in float32, so a difference is the graph's.
-      convertGguf(ggufPath, join(dir, 'model'), { ...DEFAULT_GRAPH_OPTIONS, accuracyLevel: 0 });
-      const reference = new ReferenceLlama(file);
-      const expected = TOKENS.map((token) => reference.step(token));
-      let scale = 0;
-      for (const row of expected) for (const v of row) scale = Math.max(scale, Math.abs(v));
-      t.true(scale > 0.5, `logits too small to compare meaningfully (largest ${scale})`);
-      for (const [kernel, options] of Object.entries(KERNELS)) {
-        const model = await loadDecoderModel(join(dir, 'model'), { executionProvider: 'cpu', intraOpThreads: 1, kvCapacity: 64, ...options });
-        try {
-          // All at once (prefill), then the same positions one token at a time (decode).
-          const whole = model.createSequence();
-          const logits = await whole.forward(TOKENS, TOKENS.length);
-          whole.dispose();
-          const stepwise = model.createSequence();
-          let worst = 0;
-          for (let p = 0; p < TOKENS.length; p++) {
-            worst = Math.max(worst, maxDiff(logits.subarray(p * VOCAB, (p + 1) * VOCAB), expected[p]!));
-            const row = await stepwise.forward([TOKENS[p]!], 1);
-            worst = Math.max(worst, maxDiff(row.subarray(0, VOCAB), expected[p]!));
+  test.serial(
+    `${name}: converts, and its graph matches the reference forward on every CPU attention kernel`,
+    async (t) => {
+      const dir = mkdtempSync(join(tmpdir(), 'anpd-arch-'));
+      try {
+        const ggufPath = join(dir, 'model.gguf');
+        writeFileSync(ggufPath, randomLlamaGguf(readGguf(await defaultGguf()), c.shape, c.types, 11));
+        const file = readGguf(ggufPath);
+        const hp = readHyperParams(file);
+        t.is(hp.architecture, c.shape.architecture ?? 'llama');
+        t.is(hp.headDim, 32);
+        if (hp.architecture === 'gemma3') t.deepEqual(hp.slidingLayers, [true, true, true, true, true, false]);
+        // accuracy_level 0: MatMulNBits in float32, so a difference is the graph's.
+        convertGguf(ggufPath, join(dir, 'model'), { ...DEFAULT_GRAPH_OPTIONS, accuracyLevel: 0 });
+        const reference = new ReferenceLlama(file);
+        const expected = TOKENS.map((token) => reference.step(token));
+        let scale = 0;
+        for (const row of expected) for (const v of row) scale = Math.max(scale, Math.abs(v));
+        t.true(scale > 0.5, `logits too small to compare meaningfully (largest ${scale})`);
+        for (const [kernel, options] of Object.entries(KERNELS)) {
+          const model = await loadDecoderModel(join(dir, 'model'), {
+            executionProvider: 'cpu',
+            intraOpThreads: 1,
+            kvCapacity: 64,
+            ...options,
+          });
+          try {
+            // All at once (prefill), then the same positions one token at a time (decode).
+            const whole = model.createSequence();
+            const logits = await whole.forward(TOKENS, TOKENS.length);
+            whole.dispose();
+            const stepwise = model.createSequence();
+            let worst = 0;
+            for (let p = 0; p < TOKENS.length; p++) {
+              worst = Math.max(worst, maxDiff(logits.subarray(p * VOCAB, (p + 1) * VOCAB), expected[p]!));
+              const row = await stepwise.forward([TOKENS[p]!], 1);
+              worst = Math.max(worst, maxDiff(row.subarray(0, VOCAB), expected[p]!));
+            }
+            stepwise.dispose();
+            t.true(
+              worst < 2e-3 * Math.max(1, scale),
+              `${kernel}: max |logit − reference| ${worst} (largest |logit| ${scale.toPrecision(3)})`,
+            );
+          } finally {
+            await model.dispose();
           }
-          stepwise.dispose();
-          t.true(worst < 2e-3 * Math.max(1, scale), `${kernel}: max |logit − reference| ${worst} (largest |logit| ${scale.toPrecision(3)})`);
-        } finally {
-          await model.dispose();
         }
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
       }
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-    }
-  });
+    },
+  );
 }
 
-test.serial('gemma3: past a 128-key block boundary, our attention kernel windows as ORT\'s does', async (t) => {
+test.serial("gemma3: past a 128-key block boundary, our attention kernel windows as ORT's does", async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'anpd-arch-'));
   try {
     const ggufPath = join(dir, 'model.gguf');
     // A 40-key window: by position 170 whole blocks lie before it, and it straddles a boundary.
-    writeFileSync(ggufPath, randomLlamaGguf(readGguf(await defaultGguf()), { ...BASE, layers: 6, architecture: 'gemma3', slidingWindow: 40 }, mix(GgmlType.Q8_0), 13));
+    writeFileSync(
+      ggufPath,
+      randomLlamaGguf(
+        readGguf(await defaultGguf()),
+        { ...BASE, layers: 6, architecture: 'gemma3', slidingWindow: 40 },
+        mix(GgmlType.Q8_0),
+        13,
+      ),
+    );
     convertGguf(ggufPath, join(dir, 'model'), { ...DEFAULT_GRAPH_OPTIONS, accuracyLevel: 0 });
     const prompt = Array.from({ length: 170 }, (_, i) => (i * 7919) % 40000);
     const decode = [5, 77, 901, 13];
     const run = async (options: Partial<RuntimeOptions>): Promise<Float32Array[]> => {
-      const model = await loadDecoderModel(join(dir, 'model'), { executionProvider: 'cpu', intraOpThreads: 1, kvCapacity: 256, ...options });
+      const model = await loadDecoderModel(join(dir, 'model'), {
+        executionProvider: 'cpu',
+        intraOpThreads: 1,
+        kvCapacity: 256,
+        ...options,
+      });
       try {
         const seq = model.createSequence();
         const rows = [(await seq.forward(prompt, prompt.length)).slice(-VOCAB)];

@@ -18,7 +18,14 @@ import { fetchMetricsText, freePort } from '../tools/loopback.js';
 import { TextGenerationClient } from '../src/transport/grpc/client.js';
 import type { BidiServerMsg, GenerateChunkMsg, GenerateRequestMsg } from '../src/transport/grpc/messages.js';
 import { defaultModelDir } from './support/default-model.js';
-import { collectStream, grpcError, joinChunks, startTestServer, type TestServer, waitFor } from './support/grpc-server.js';
+import {
+  collectStream,
+  grpcError,
+  joinChunks,
+  startTestServer,
+  type TestServer,
+  waitFor,
+} from './support/grpc-server.js';
 
 /**
  * The native binary of the `deno` devDependency: the copy its postinstall puts in the package, else
@@ -47,7 +54,8 @@ const MAX_ACTIVE = 2;
 
 /** Why Deno cannot run here (no binary for this platform), or undefined when it can. */
 function denoUnavailable(): string | undefined {
-  if (!existsSync(DENO)) return `${DENO} is missing: npm ci installs the deno devDependency and its @deno/<platform> binary (none for ${process.platform}-${process.arch}?)`;
+  if (!existsSync(DENO))
+    return `${DENO} is missing: npm ci installs the deno devDependency and its @deno/<platform> binary (none for ${process.platform}-${process.arch}?)`;
   const version = spawnSync(DENO, ['--version'], { encoding: 'utf8' });
   if (version.status !== 0) return `${DENO} --version failed: ${version.error?.message ?? version.stderr}`;
   return undefined;
@@ -56,11 +64,19 @@ function denoUnavailable(): string | undefined {
 const unavailable = denoUnavailable();
 
 function chat(id: string, question: string, maxNewTokens = 32): GenerateRequestMsg {
-  return { request_id: id, messages: { messages: [{ role: 'user', content: question }] }, stopping: { max_new_tokens: maxNewTokens } };
+  return {
+    request_id: id,
+    messages: { messages: [{ role: 'user', content: question }] },
+    stopping: { max_new_tokens: maxNewTokens },
+  };
 }
 
 function long(id: string): GenerateRequestMsg {
-  return { request_id: id, text: 'Count from one to one thousand: one, two, three,', stopping: { max_new_tokens: 2000, ignore_eos: true } };
+  return {
+    request_id: id,
+    text: 'Count from one to one thousand: one, two, three,',
+    stopping: { max_new_tokens: 2000, ignore_eos: true },
+  };
 }
 
 interface DenoServer {
@@ -74,10 +90,26 @@ interface DenoServer {
 async function spawnDenoServer(): Promise<DenoServer> {
   const modelDir = await defaultModelDir();
   const metricsPort = await freePort();
-  const args = ['run', '-A', CLI, 'serve', '--host', '127.0.0.1', '--port', '0', '--model', modelDir, '--model-name', 'smollm2-135m-instruct'];
+  const args = [
+    'run',
+    '-A',
+    CLI,
+    'serve',
+    '--host',
+    '127.0.0.1',
+    '--port',
+    '0',
+    '--model',
+    modelDir,
+    '--model-name',
+    'smollm2-135m-instruct',
+  ];
   args.push('--metrics-port', String(metricsPort), '--metrics-host', '127.0.0.1');
   args.push('--max-active-sequences', String(MAX_ACTIVE), '--max-queued-requests', '0', '--shutdown-grace-ms', '30000');
-  const child = spawn(DENO, args, { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, DENO_NO_UPDATE_CHECK: '1', NO_COLOR: '1' } });
+  const child = spawn(DENO, args, {
+    stdio: ['ignore', 'ignore', 'pipe'],
+    env: { ...process.env, DENO_NO_UPDATE_CHECK: '1', NO_COLOR: '1' },
+  });
   const logs: string[] = [];
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
   const port = await listeningPort(child, logs);
@@ -123,8 +155,15 @@ if (unavailable !== undefined && process.env['CI'] === 'true') {
     const n = (await nodeServer()).client();
     const onDeno = await client().modelInfo('');
     // What comes from the model must agree; limits come from each server's own settings.
-    const limits = ['max_active_sequences', 'max_queued_requests', 'max_context_tokens', 'max_new_tokens_default', 'max_new_tokens_limit'];
-    const fromModel = (info: object) => Object.fromEntries(Object.entries(info).filter(([key]) => !limits.includes(key)));
+    const limits = [
+      'max_active_sequences',
+      'max_queued_requests',
+      'max_context_tokens',
+      'max_new_tokens_default',
+      'max_new_tokens_limit',
+    ];
+    const fromModel = (info: object) =>
+      Object.fromEntries(Object.entries(info).filter(([key]) => !limits.includes(key)));
     t.deepEqual(fromModel(onDeno), fromModel(await n.modelInfo('')));
     t.is(onDeno.max_active_sequences, MAX_ACTIVE);
     t.is(onDeno.max_queued_requests, 0);
@@ -144,34 +183,41 @@ if (unavailable !== undefined && process.env['CI'] === 'true') {
     t.deepEqual(streamed.tokenIds, onNode.token_ids);
   });
 
-  test.serial('a bidi stream under Deno: two requests multiplexed, an in-band cancel ends one with CANCELLED', async (t) => {
-    const call = client().generateBidi({ deadlineMs: 120_000 });
-    const messages: BidiServerMsg[] = [];
-    let cancelSent = false;
-    const status = new Promise<{ code: number }>((resolve) => {
-      call.on('data', (m: BidiServerMsg) => {
-        messages.push(m);
-        if (!cancelSent && 'chunk' in m && m.chunk.request_id === 'victim') {
-          cancelSent = true;
-          call.write({ cancel: { request_ids: ['victim'] } });
-          call.end();
-        }
+  test.serial(
+    'a bidi stream under Deno: two requests multiplexed, an in-band cancel ends one with CANCELLED',
+    async (t) => {
+      const call = client().generateBidi({ deadlineMs: 120_000 });
+      const messages: BidiServerMsg[] = [];
+      let cancelSent = false;
+      const status = new Promise<{ code: number }>((resolve) => {
+        call.on('data', (m: BidiServerMsg) => {
+          messages.push(m);
+          if (!cancelSent && 'chunk' in m && m.chunk.request_id === 'victim') {
+            cancelSent = true;
+            call.write({ cancel: { request_ids: ['victim'] } });
+            call.end();
+          }
+        });
+        call.on('error', () => {}); // the status event carries it
+        call.on('status', resolve);
       });
-      call.on('error', () => {}); // the status event carries it
-      call.on('status', resolve);
-    });
-    call.write({ generate: long('victim') });
-    call.write({ generate: chat('survivor', 'Name three primary colors.', 24) });
-    t.is((await status).code, GrpcStatus.OK);
-    const chunks = (id: string): GenerateChunkMsg[] => messages.flatMap((m) => ('chunk' in m && m.chunk.request_id === id ? [m.chunk] : []));
-    const victimFinals = chunks('victim').filter((c) => c.final);
-    t.is(victimFinals.length, 1);
-    t.is(victimFinals[0]!.final!.finish_reason, 'FINISH_REASON_CANCELLED');
-    const survivorFinals = chunks('survivor').filter((c) => c.final);
-    t.is(survivorFinals.length, 1);
-    t.not(survivorFinals[0]!.final!.finish_reason, 'FINISH_REASON_CANCELLED');
-    t.deepEqual(messages.filter((m) => 'error' in m), []);
-  });
+      call.write({ generate: long('victim') });
+      call.write({ generate: chat('survivor', 'Name three primary colors.', 24) });
+      t.is((await status).code, GrpcStatus.OK);
+      const chunks = (id: string): GenerateChunkMsg[] =>
+        messages.flatMap((m) => ('chunk' in m && m.chunk.request_id === id ? [m.chunk] : []));
+      const victimFinals = chunks('victim').filter((c) => c.final);
+      t.is(victimFinals.length, 1);
+      t.is(victimFinals[0]!.final!.finish_reason, 'FINISH_REASON_CANCELLED');
+      const survivorFinals = chunks('survivor').filter((c) => c.final);
+      t.is(survivorFinals.length, 1);
+      t.not(survivorFinals[0]!.final!.finish_reason, 'FINISH_REASON_CANCELLED');
+      t.deepEqual(
+        messages.filter((m) => 'error' in m),
+        [],
+      );
+    },
+  );
 
   test.serial('cancelling calls under Deno frees their slots: a full server takes new work again', async (t) => {
     const streams = Array.from({ length: MAX_ACTIVE }, (_, i) => client().generateStream(long(`gone-${i}`)));
@@ -186,7 +232,9 @@ if (unavailable !== undefined && process.env['CI'] === 'true') {
     // Each try waits for all its calls to end, so one admitted by a half-free server never holds a
     // slot against the next try. Generous bound: a busy 2-core machine slows every round.
     while (!freed && Date.now() - cancelled < 20_000) {
-      const tries = await Promise.allSettled(Array.from({ length: MAX_ACTIVE }, (_, i) => client().generate(chat(`after-${i}`, 'Hi', 4))));
+      const tries = await Promise.allSettled(
+        Array.from({ length: MAX_ACTIVE }, (_, i) => client().generate(chat(`after-${i}`, 'Hi', 4))),
+      );
       freed = tries.every((r) => r.status === 'fulfilled');
       if (!freed) await new Promise((resolve) => setTimeout(resolve, 50));
     }
@@ -202,7 +250,11 @@ if (unavailable !== undefined && process.env['CI'] === 'true') {
 
   test.serial('SIGTERM under Deno: health goes NOT_SERVING, an in-flight generation finishes, exit 0', async (t) => {
     const tokens = 160;
-    const call = client().generateStream({ request_id: 'last', text: 'Count: one, two,', stopping: { max_new_tokens: tokens, ignore_eos: true } });
+    const call = client().generateStream({
+      request_id: 'last',
+      text: 'Count: one, two,',
+      stopping: { max_new_tokens: tokens, ignore_eos: true },
+    });
     const chunks: GenerateChunkMsg[] = [];
     const ended = new Promise<void>((resolve, reject) => {
       call.on('data', (c: GenerateChunkMsg) => chunks.push(c));

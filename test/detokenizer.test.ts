@@ -114,7 +114,10 @@ test('a long stream past the window trim still reassembles exactly', (t) => {
   const text = unit.repeat(60);
   const bytes = new TextEncoder().encode(text).length;
   // One token per byte: hundreds of tokens, far beyond the 64-token trim threshold.
-  const { tokenizer, ids } = tokenize(text, Array.from({ length: bytes - 1 }, (_, i) => i + 1));
+  const { tokenizer, ids } = tokenize(
+    text,
+    Array.from({ length: bytes - 1 }, (_, i) => i + 1),
+  );
   t.true(ids.length > 500);
   const detok = new IncrementalDetokenizer(tokenizer);
   const deltas = pushAll(detok, ids);

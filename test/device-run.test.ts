@@ -21,160 +21,204 @@ import { convertedVariant, defaultModelDir, TEST_FORWARD_COST } from './support/
 import { compareWithReference, NEAR_TIE_GAP, readReference } from './support/greedy-reference.js';
 import { exactnessPrompts } from './support/prompt-set.js';
 
-const EMULATE = { executionProvider: 'cpu', intraOpThreads: 0, kvCapacity: 1024, experimental: { deviceRun: 'emulate' } } as const;
+const EMULATE = {
+  executionProvider: 'cpu',
+  intraOpThreads: 0,
+  kvCapacity: 1024,
+  experimental: { deviceRun: 'emulate' },
+} as const;
 /** Reference cases checked here (the full set runs in greedy-reference.test.ts on the default runner). */
 const REFERENCE_CASES = 6;
 
 test('toHalfBits rounds to the nearest binary16, ties to even, with subnormals, infinities and NaN', (t) => {
   const cases: [number, number][] = [
-    [0, 0x0000], [-0, 0x8000], [1, 0x3c00], [-2, 0xc000], [0.1, 0x2e66], [65504, 0x7bff], [65520, 0x7c00], [1e9, 0x7c00],
-    [-Infinity, 0xfc00], [2 ** -24, 0x0001], [2 ** -25, 0x0000], [3 * 2 ** -26, 0x0001], [2 ** -14, 0x0400],
-    [1 + 2 ** -11, 0x3c00], [1 + 3 * 2 ** -11, 0x3c02], [1 + 2 ** -10, 0x3c01], [0.333251953125, 0x3555],
+    [0, 0x0000],
+    [-0, 0x8000],
+    [1, 0x3c00],
+    [-2, 0xc000],
+    [0.1, 0x2e66],
+    [65504, 0x7bff],
+    [65520, 0x7c00],
+    [1e9, 0x7c00],
+    [-Infinity, 0xfc00],
+    [2 ** -24, 0x0001],
+    [2 ** -25, 0x0000],
+    [3 * 2 ** -26, 0x0001],
+    [2 ** -14, 0x0400],
+    [1 + 2 ** -11, 0x3c00],
+    [1 + 3 * 2 ** -11, 0x3c02],
+    [1 + 2 ** -10, 0x3c01],
+    [0.333251953125, 0x3555],
   ];
   for (const [x, bits] of cases) t.is(toHalfBits(x), bits, `toHalfBits(${x})`);
   t.is(toHalfBits(NaN) & 0x7e00, 0x7e00);
 });
 
-test.serial('the addon: device buffers are zeroed, bounds-checked, owned by their session, and refuse use after free or after their session is released', (t) => {
-  const addon = nativeAddon();
-  if (addon === null) return t.fail('the native addon is not built (the CI builds it: npm run build)');
-  return defaultModelDir().then((dir) => {
-    const session = new DeviceSession(addon, `${dir}/model.onnx`, { target: 'host', intraOpThreads: 1 });
-    const other = new DeviceSession(addon, `${dir}/model.onnx`, { target: 'host', intraOpThreads: 1 });
+test.serial(
+  'the addon: device buffers are zeroed, bounds-checked, owned by their session, and refuse use after free or after their session is released',
+  (t) => {
+    const addon = nativeAddon();
+    if (addon === null) return t.fail('the native addon is not built (the CI builds it: npm run build)');
+    return defaultModelDir().then((dir) => {
+      const session = new DeviceSession(addon, `${dir}/model.onnx`, { target: 'host', intraOpThreads: 1 });
+      const other = new DeviceSession(addon, `${dir}/model.onnx`, { target: 'host', intraOpThreads: 1 });
+      try {
+        const buffer = session.alloc(32);
+        const back = new Int32Array(8);
+        session.read(buffer, 0, back);
+        t.deepEqual([...back], [0, 0, 0, 0, 0, 0, 0, 0]);
+        session.write(buffer, 8, new Int32Array([7, 8]));
+        session.read(buffer, 0, back);
+        t.deepEqual([...back], [0, 0, 7, 8, 0, 0, 0, 0]);
+        t.throws(() => session.write(buffer, 28, new Int32Array(2)), { message: /outside the device buffer/ });
+        t.throws(() => session.read(buffer, -4, back), { message: /outside the device buffer/ });
+        t.throws(() => other.read(buffer, 0, back), { message: /another session/ });
+        session.free(buffer);
+        t.throws(() => session.read(buffer, 0, back), { message: /freed/ });
+        t.throws(() => session.alloc(0), { message: /positive/ });
+        // A released session's stream is gone: its buffers no longer copy, and it allocates none.
+        const kept = other.alloc(8);
+        other.release();
+        t.throws(() => other.read(kept, 0, new Int32Array(2)), { message: /released/ });
+        t.throws(() => other.alloc(8), { message: /released/ });
+      } finally {
+        session.release();
+        other.release();
+      }
+    });
+  },
+);
+
+test.serial(
+  'a float32 graph is refused on cuda before anything runs (float16 is what ORT CUDA attention takes), or cuda is missing',
+  async (t) => {
+    const error = await t.throwsAsync(
+      loadDecoderModel(await defaultModelDir(), { executionProvider: 'cuda', intraOpThreads: 1, kvCapacity: 256 }),
+    );
+    // Here: no CUDA provider or no GPU (named); on a GPU machine: the dtype.
+    t.regex(error!.message, /execution provider "cuda"|float32 graph/);
+  },
+);
+
+test.serial(
+  "emulated device path on the float32 graph reproduces the committed greedy reference of ORT's kernel",
+  async (t) => {
+    const dir = await defaultModelDir();
+    const engine = await createEngine(dir, EMULATE, { forwardCost: { mode: 'fixed', table: TEST_FORWARD_COST } });
     try {
-      const buffer = session.alloc(32);
-      const back = new Int32Array(8);
-      session.read(buffer, 0, back);
-      t.deepEqual([...back], [0, 0, 0, 0, 0, 0, 0, 0]);
-      session.write(buffer, 8, new Int32Array([7, 8]));
-      session.read(buffer, 0, back);
-      t.deepEqual([...back], [0, 0, 7, 8, 0, 0, 0, 0]);
-      t.throws(() => session.write(buffer, 28, new Int32Array(2)), { message: /outside the device buffer/ });
-      t.throws(() => session.read(buffer, -4, back), { message: /outside the device buffer/ });
-      t.throws(() => other.read(buffer, 0, back), { message: /another session/ });
-      session.free(buffer);
-      t.throws(() => session.read(buffer, 0, back), { message: /freed/ });
-      t.throws(() => session.alloc(0), { message: /positive/ });
-      // A released session's stream is gone: its buffers no longer copy, and it allocates none.
-      const kept = other.alloc(8);
-      other.release();
-      t.throws(() => other.read(kept, 0, new Int32Array(2)), { message: /released/ });
-      t.throws(() => other.alloc(8), { message: /released/ });
+      t.is(engine.info.runner, 'native');
+      t.is(engine.info.forwardRowsMin, DEVICE_FORWARD_ROWS);
+      t.is(engine.info.verifyTokensMax, DEVICE_FORWARD_ROWS);
+      const reference = readReference('cpu');
+      const prompts = new Map(exactnessPrompts().map((p) => [p.id, p.prompt]));
+      const regressions: string[] = [];
+      let identical = 0;
+      for (const expected of reference.cases.slice(0, REFERENCE_CASES)) {
+        const { tokens } = await generateOnce(engine, prompts.get(expected.id)!, NO_SPECULATION, expected.maxNewTokens);
+        const result = compareWithReference(expected, tokens);
+        if (result.kind === 'identical') identical++;
+        else if (result.kind === 'near-tie') t.log(`forgiven (gap < ${NEAR_TIE_GAP}): ${result.message}`);
+        else regressions.push(result.message);
+      }
+      t.log(`${identical}/${REFERENCE_CASES} identical to the reference`);
+      t.deepEqual(regressions, []);
+      t.true(identical >= REFERENCE_CASES - 1);
     } finally {
-      session.release();
-      other.release();
+      await engine.dispose();
     }
-  });
-});
+  },
+);
 
-test.serial('a float32 graph is refused on cuda before anything runs (float16 is what ORT CUDA attention takes), or cuda is missing', async (t) => {
-  const error = await t.throwsAsync(loadDecoderModel(await defaultModelDir(), { executionProvider: 'cuda', intraOpThreads: 1, kvCapacity: 256 }));
-  // Here: no CUDA provider or no GPU (named); on a GPU machine: the dtype.
-  t.regex(error!.message, /execution provider "cuda"|float32 graph/);
-});
-
-test.serial('emulated device path on the float32 graph reproduces the committed greedy reference of ORT\'s kernel', async (t) => {
-  const dir = await defaultModelDir();
-  const engine = await createEngine(dir, EMULATE, { forwardCost: { mode: 'fixed', table: TEST_FORWARD_COST } });
-  try {
-    t.is(engine.info.runner, 'native');
-    t.is(engine.info.forwardRowsMin, DEVICE_FORWARD_ROWS);
-    t.is(engine.info.verifyTokensMax, DEVICE_FORWARD_ROWS);
-    const reference = readReference('cpu');
-    const prompts = new Map(exactnessPrompts().map((p) => [p.id, p.prompt]));
-    const regressions: string[] = [];
-    let identical = 0;
-    for (const expected of reference.cases.slice(0, REFERENCE_CASES)) {
-      const { tokens } = await generateOnce(engine, prompts.get(expected.id)!, NO_SPECULATION, expected.maxNewTokens);
-      const result = compareWithReference(expected, tokens);
-      if (result.kind === 'identical') identical++;
-      else if (result.kind === 'near-tie') t.log(`forgiven (gap < ${NEAR_TIE_GAP}): ${result.message}`);
-      else regressions.push(result.message);
+test.serial(
+  'float16 graph on the emulated device path: plain and speculative decoding give the same tokens; drafts stay within 4 rows',
+  async (t) => {
+    const dir = await convertedVariant({ dtype: 'float16' });
+    t.is((JSON.parse(readFileSync(`${dir}/anpd-model.json`, 'utf8')) as { dtype?: string }).dtype, 'float16');
+    const engine = await createEngine(dir, EMULATE, { forwardCost: { mode: 'fixed', table: TEST_FORWARD_COST } });
+    try {
+      let drafted = 0;
+      for (const p of exactnessPrompts().slice(0, 4)) {
+        const plain = await generateOnce(engine, p.prompt, NO_SPECULATION, 48);
+        const anpd = await generateOnce(engine, p.prompt, { ...DEFAULT_SPECULATION, draftTokensMax: 16 }, 48);
+        t.deepEqual(anpd.tokens, plain.tokens, `${p.id}: speculation changed the output`);
+        t.true(plain.tokens.length > 0);
+        // Asked for up to 16, the engine drafts at most verifyTokensMax − 1 = 3.
+        t.is(anpd.final.stats.draftedAtPosition.length, DEVICE_FORWARD_ROWS - 1);
+        drafted += anpd.final.stats.draftTokensProposed;
+      }
+      t.true(drafted > 0, 'no draft was proposed: the exactness check above checked nothing');
+    } finally {
+      await engine.dispose();
     }
-    t.log(`${identical}/${REFERENCE_CASES} identical to the reference`);
-    t.deepEqual(regressions, []);
-    t.true(identical >= REFERENCE_CASES - 1);
-  } finally {
-    await engine.dispose();
-  }
-});
+  },
+);
 
-test.serial('float16 graph on the emulated device path: plain and speculative decoding give the same tokens; drafts stay within 4 rows', async (t) => {
-  const dir = await convertedVariant({ dtype: 'float16' });
-  t.is((JSON.parse(readFileSync(`${dir}/anpd-model.json`, 'utf8')) as { dtype?: string }).dtype, 'float16');
-  const engine = await createEngine(dir, EMULATE, { forwardCost: { mode: 'fixed', table: TEST_FORWARD_COST } });
-  try {
-    let drafted = 0;
-    for (const p of exactnessPrompts().slice(0, 4)) {
-      const plain = await generateOnce(engine, p.prompt, NO_SPECULATION, 48);
-      const anpd = await generateOnce(engine, p.prompt, { ...DEFAULT_SPECULATION, draftTokensMax: 16 }, 48);
-      t.deepEqual(anpd.tokens, plain.tokens, `${p.id}: speculation changed the output`);
-      t.true(plain.tokens.length > 0);
-      // Asked for up to 16, the engine drafts at most verifyTokensMax − 1 = 3.
-      t.is(anpd.final.stats.draftedAtPosition.length, DEVICE_FORWARD_ROWS - 1);
-      drafted += anpd.final.stats.draftTokensProposed;
+test.serial(
+  "float16 graphs output each row's argmax: greedy steps read ids, not logits rows, and they match the logits",
+  async (t) => {
+    const dir = await convertedVariant({ dtype: 'float16' });
+    t.true((JSON.parse(readFileSync(`${dir}/anpd-model.json`, 'utf8')) as { greedyOutput?: boolean }).greedyOutput);
+    const model = (await loadDecoderModel(dir, EMULATE)) as DeviceDecoderModel;
+    try {
+      const viaLogits = model.createSequence();
+      const viaIds = model.createSequence();
+      t.truthy(viaIds.forwardGreedy);
+      const steps: [number[], number][] = [
+        [[1, 9690, 198, 2683, 359, 253, 5356], 1],
+        [[28, 29, 30], 3],
+        [[31], 1],
+        [[17, 18], 2],
+      ];
+      for (const [ids, rows] of steps) {
+        const logits = await viaLogits.forward(ids, rows);
+        const expected = Array.from({ length: rows }, (_, r) => argmax(logits, r * model.vocab, model.vocab));
+        t.deepEqual([...(await viaIds.forwardGreedy!(ids, rows))], expected, `forward of ${ids.length}, ${rows} rows`);
+      }
+      viaLogits.dispose();
+      viaIds.dispose();
+    } finally {
+      await model.dispose();
     }
-    t.true(drafted > 0, 'no draft was proposed: the exactness check above checked nothing');
-  } finally {
-    await engine.dispose();
-  }
-});
-
-test.serial('float16 graphs output each row\'s argmax: greedy steps read ids, not logits rows, and they match the logits', async (t) => {
-  const dir = await convertedVariant({ dtype: 'float16' });
-  t.true((JSON.parse(readFileSync(`${dir}/anpd-model.json`, 'utf8')) as { greedyOutput?: boolean }).greedyOutput);
-  const model = (await loadDecoderModel(dir, EMULATE)) as DeviceDecoderModel;
-  try {
-    const viaLogits = model.createSequence();
-    const viaIds = model.createSequence();
-    t.truthy(viaIds.forwardGreedy);
-    const steps: [number[], number][] = [[[1, 9690, 198, 2683, 359, 253, 5356], 1], [[28, 29, 30], 3], [[31], 1], [[17, 18], 2]];
-    for (const [ids, rows] of steps) {
-      const logits = await viaLogits.forward(ids, rows);
-      const expected = Array.from({ length: rows }, (_, r) => argmax(logits, r * model.vocab, model.vocab));
-      t.deepEqual([...(await viaIds.forwardGreedy!(ids, rows))], expected, `forward of ${ids.length}, ${rows} rows`);
+    // float32 graphs have no such output: their sequences read logits.
+    const f32 = (await loadDecoderModel(await defaultModelDir(), EMULATE)) as DeviceDecoderModel;
+    try {
+      const seq = f32.createSequence();
+      t.is(seq.forwardGreedy, undefined);
+      seq.dispose();
+    } finally {
+      await f32.dispose();
     }
-    viaLogits.dispose();
-    viaIds.dispose();
-  } finally {
-    await model.dispose();
-  }
-  // float32 graphs have no such output: their sequences read logits.
-  const f32 = (await loadDecoderModel(await defaultModelDir(), EMULATE)) as DeviceDecoderModel;
-  try {
-    const seq = f32.createSequence();
-    t.is(seq.forwardGreedy, undefined);
-    seq.dispose();
-  } finally {
-    await f32.dispose();
-  }
-});
+  },
+);
 
-test.serial('a sequence gives its KV set back: the next sequence reuses it (and on CUDA its captured graph); positions are rewound for free', async (t) => {
-  const model = (await loadDecoderModel(await defaultModelDir(), EMULATE)) as DeviceDecoderModel;
-  try {
-    const first = model.createSequence();
-    const ids = [1, 9690, 198, 2683, 359, 253, 5356];
-    const a = Float32Array.from(await first.forward(ids, 1));
-    await first.forward([28, 29], 2);
-    first.rewind(ids.length);
-    const again = Float32Array.from(await first.forward([28], 1));
-    first.dispose();
-    t.is(model.kvSetCount, 1);
-    const second = model.createSequence();
-    t.is(model.kvSetCount, 1, 'the disposed sequence\'s KV set is reused');
-    const b = await second.forward(ids, 1);
-    t.deepEqual([...b], [...a], 'a reused KV set gives the same logits');
-    const third = model.createSequence();
-    t.is(model.kvSetCount, 2, 'a live sequence keeps its own');
-    t.is(again.length, model.info.vocabSize);
-    second.dispose();
-    third.dispose();
-    await t.throwsAsync(second.forward([1], 1), { message: /disposed/ });
-  } finally {
-    await model.dispose();
-  }
-});
+test.serial(
+  'a sequence gives its KV set back: the next sequence reuses it (and on CUDA its captured graph); positions are rewound for free',
+  async (t) => {
+    const model = (await loadDecoderModel(await defaultModelDir(), EMULATE)) as DeviceDecoderModel;
+    try {
+      const first = model.createSequence();
+      const ids = [1, 9690, 198, 2683, 359, 253, 5356];
+      const a = Float32Array.from(await first.forward(ids, 1));
+      await first.forward([28, 29], 2);
+      first.rewind(ids.length);
+      const again = Float32Array.from(await first.forward([28], 1));
+      first.dispose();
+      t.is(model.kvSetCount, 1);
+      const second = model.createSequence();
+      t.is(model.kvSetCount, 1, "the disposed sequence's KV set is reused");
+      const b = await second.forward(ids, 1);
+      t.deepEqual([...b], [...a], 'a reused KV set gives the same logits');
+      const third = model.createSequence();
+      t.is(model.kvSetCount, 2, 'a live sequence keeps its own');
+      t.is(again.length, model.info.vocabSize);
+      second.dispose();
+      third.dispose();
+      await t.throwsAsync(second.forward([1], 1), { message: /disposed/ });
+    } finally {
+      await model.dispose();
+    }
+  },
+);
 
 test('prefill chunks are padded to a few shapes, where the KV set has room', (t) => {
   t.is(prefillShape(5, 1000), 16);

@@ -11,7 +11,10 @@ import {
 const CPU_COST: readonly number[] = [0, 1, 1.02, 1.3, 1.5, 1.7, 1.9, 2.2, 2.5];
 const CPU_MAX = CPU_COST.length - 2;
 
-function controller(overrides: Partial<DraftLengthControllerOptions> & Pick<DraftLengthControllerOptions, 'draftTokensMax' | 'forwardCost'>): DraftLengthController {
+function controller(
+  overrides: Partial<DraftLengthControllerOptions> &
+    Pick<DraftLengthControllerOptions, 'draftTokensMax' | 'forwardCost'>,
+): DraftLengthController {
   return new DraftLengthController({ ...DEFAULT_CONTROLLER_OPTIONS, ...overrides });
 }
 
@@ -135,7 +138,13 @@ test('on a realistic CPU table, acceptance near 0.9 per position gives a K betwe
     observe(c, CPU_MAX, 0.9, 1, 1000 + round);
     if (round < 50) continue;
     const k = c.current();
-    t.true(k >= 2 && k <= 7, `K ${k} with estimates ${c.estimates().map((p) => p.toFixed(2)).join(' ')}`);
+    t.true(
+      k >= 2 && k <= 7,
+      `K ${k} with estimates ${c
+        .estimates()
+        .map((p) => p.toFixed(2))
+        .join(' ')}`,
+    );
   }
 });
 
@@ -159,7 +168,14 @@ test('on a realistic CPU table, acceptance near 0.3 per position gives a K of at
 test('in closed loop from the default prior, acceptance near 0.9 grows K to between 2 and 7', (t) => {
   const c = controller({ draftTokensMax: CPU_MAX, forwardCost: CPU_COST });
   const chosen = simulate(c, 0.9, 400, 1).slice(200);
-  for (const k of chosen) t.true(k >= 2 && k <= 7, `K ${k} at acceptance 0.9; estimates ${c.estimates().map((p) => p.toFixed(2)).join(' ')}`);
+  for (const k of chosen)
+    t.true(
+      k >= 2 && k <= 7,
+      `K ${k} at acceptance 0.9; estimates ${c
+        .estimates()
+        .map((p) => p.toFixed(2))
+        .join(' ')}`,
+    );
 });
 
 test('in closed loop from the default prior, drafts that are always fully accepted grow K above 1', (t) => {
@@ -169,7 +185,13 @@ test('in closed loop from the default prior, drafts that are always fully accept
     c.record(k, k);
   }
   // With every estimate at 1 the best is K = 7 (8 tokens for 2.5): observed K = 1, estimates [1, 0.5, 0.5, …].
-  t.true(c.current() >= 2, `K ${c.current()}; estimates ${c.estimates().map((p) => p.toFixed(2)).join(' ')}`);
+  t.true(
+    c.current() >= 2,
+    `K ${c.current()}; estimates ${c
+      .estimates()
+      .map((p) => p.toFixed(2))
+      .join(' ')}`,
+  );
 });
 
 test('a K that fell to 1 after a short bad streak at position 2 recovers once drafts are accepted again', (t) => {
@@ -183,7 +205,13 @@ test('a K that fell to 1 after a short bad streak at position 2 recovers once dr
     const k = c.current();
     c.record(k, k);
   }
-  t.true(c.current() >= 2, `K ${c.current()}; estimates ${c.estimates().map((p) => p.toFixed(2)).join(' ')}`);
+  t.true(
+    c.current() >= 2,
+    `K ${c.current()}; estimates ${c
+      .estimates()
+      .map((p) => p.toFixed(2))
+      .join(' ')}`,
+  );
 });
 
 test('record only updates the positions that were tested (accepted + 1, at most drafted)', (t) => {
@@ -250,7 +278,10 @@ function linearCost(rows: number, slope: number): number[] {
 }
 
 /** Flat to 32 rows, then rising: a GPU whose forward is dispatch-bound until its compute ridge. */
-const GPU_COST: readonly number[] = [0, ...Array.from({ length: 128 }, (_, i) => (i + 1 <= 32 ? 1 : 1 + 0.02 * (i + 1 - 32)))];
+const GPU_COST: readonly number[] = [
+  0,
+  ...Array.from({ length: 128 }, (_, i) => (i + 1 <= 32 ? 1 : 1 + 0.02 * (i + 1 - 32))),
+];
 
 test('under load on a compute-bound table, drafts shrink as the others add rows and come back as they leave', (t) => {
   const c = controller({ draftTokensMax: 7, forwardCost: linearCost(128, 0.15), prior: 0.7 });
@@ -272,7 +303,10 @@ test('under load, a pad row every forward takes anyway makes a one-token draft f
   t.is(c.rowsFor(5), 6);
   t.is(c.current({ rows: 30, tokens: 15 }), 1);
   // Without the pad row the same estimate does not pay under that load.
-  t.is(controller({ draftTokensMax: 7, forwardCost: linearCost(128, 0.15), prior: 0.5 }).current({ rows: 15, tokens: 15 }), 0);
+  t.is(
+    controller({ draftTokensMax: 7, forwardCost: linearCost(128, 0.15), prior: 0.5 }).current({ rows: 15, tokens: 15 }),
+    0,
+  );
 });
 
 test('under load on a table flat to the compute ridge, drafts keep their length', (t) => {

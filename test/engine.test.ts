@@ -68,12 +68,20 @@ function request(speculation: SpeculationOptions, extra: Partial<GenerateRequest
 
 const SAMPLED: SamplingParams = { temperature: 0.9, topK: 0, topP: 0.95, repetitionPenalty: 1, seed: 7 };
 
-for (const [name, sampling] of [['greedy', GREEDY], ['seeded sampling', SAMPLED], ['penalties and bias', { ...SAMPLED, repetitionPenalty: 1.3, presencePenalty: 0.4, logitBias: [[5, 2]] }]] as const) {
+for (const [name, sampling] of [
+  ['greedy', GREEDY],
+  ['seeded sampling', SAMPLED],
+  ['penalties and bias', { ...SAMPLED, repetitionPenalty: 1.3, presencePenalty: 0.4, logitBias: [[5, 2]] }],
+] as const) {
   test(`speculative output equals plain output token for token (${name})`, async (t) => {
     const { engine: e } = engine();
     const plain = await collect(e.generate(request(NO_SPECULATION, { sampling })));
     t.is(plain.final.stats.draftRounds, 0);
-    for (const speculation of [DEFAULT_SPECULATION, PAPER_SPECULATION, { ...PAPER_SPECULATION, draftTokensMax: DRAFT_TOKENS_LIMIT }]) {
+    for (const speculation of [
+      DEFAULT_SPECULATION,
+      PAPER_SPECULATION,
+      { ...PAPER_SPECULATION, draftTokensMax: DRAFT_TOKENS_LIMIT },
+    ]) {
       const fast = await collect(e.generate(request(speculation, { sampling })));
       t.deepEqual(fast.tokens, plain.tokens, JSON.stringify(speculation));
       t.is(fast.text, plain.text);
@@ -89,7 +97,13 @@ for (const [name, sampling] of [['greedy', GREEDY], ['seeded sampling', SAMPLED]
 
 test('logprobs and min_new_tokens do not change under speculation', async (t) => {
   const { engine: e } = engine();
-  const extra = { sampling: { ...SAMPLED, repetitionPenalty: 1.2 }, logprobs: { top: 3 }, minNewTokens: 10, ignoreEos: false, maxNewTokens: 60 };
+  const extra = {
+    sampling: { ...SAMPLED, repetitionPenalty: 1.2 },
+    logprobs: { top: 3 },
+    minNewTokens: 10,
+    ignoreEos: false,
+    maxNewTokens: 60,
+  };
   const plain = await collect(e.generate(request(NO_SPECULATION, extra)));
   const fast = await collect(e.generate(request(PAPER_SPECULATION, extra)));
   t.deepEqual(fast.tokens, plain.tokens);
@@ -102,7 +116,10 @@ test('rewinds leave the cache as a clean run would: each forward starts on exact
   const { engine: e, model } = engine();
   const prompt = new FakeTokenizer().encode(PROMPT.text);
   const r = await collect(e.generate(request(PAPER_SPECULATION)));
-  t.true(r.final.stats.zeroAcceptRounds > 0 || r.final.stats.draftTokensAccepted < r.final.stats.draftTokensProposed, 'some drafts were rewound');
+  t.true(
+    r.final.stats.zeroAcceptRounds > 0 || r.final.stats.draftTokensAccepted < r.final.stats.draftTokensProposed,
+    'some drafts were rewound',
+  );
   const committed = [...prompt, ...r.tokens];
   const decode = model.forwards.filter((f) => f.kvBefore.length >= prompt.length - 1);
   t.is(decode.length, r.final.stats.rounds);
@@ -112,7 +129,13 @@ test('rewinds leave the cache as a clean run would: each forward starts on exact
     t.is(f.tokens[0], committed[f.kvBefore.length]);
   }
   // Resuming after a rewind equals a clean run: the same prefix on a fresh sequence gives the same output.
-  const again = await collect(engine().engine.generate({ ...request(NO_SPECULATION), prompt: { kind: 'tokens', tokenIds: committed.slice(0, prompt.length + 50) }, maxNewTokens: 70 }));
+  const again = await collect(
+    engine().engine.generate({
+      ...request(NO_SPECULATION),
+      prompt: { kind: 'tokens', tokenIds: committed.slice(0, prompt.length + 50) },
+      maxNewTokens: 70,
+    }),
+  );
   t.deepEqual(again.tokens, r.tokens.slice(50));
 });
 
@@ -124,12 +147,25 @@ test('samples: one final, deltas tagged by index, usage summed; sample i equals 
     t.deepEqual([...merged.byIndex.keys()].sort(), [0, 1, 2]);
     const final = merged.final;
     t.is(final.samples?.length, n);
-    t.is(final.completionTokens, final.samples!.reduce((a, s) => a + s.completionTokens, 0));
+    t.is(
+      final.completionTokens,
+      final.samples!.reduce((a, s) => a + s.completionTokens, 0),
+    );
     t.is(final.completionTokens, merged.tokens.length);
-    t.is(final.stats.rounds, final.samples!.reduce((a, s) => a + s.stats.rounds, 0));
-    t.deepEqual(final.samples!.map((s) => s.index), [0, 1, 2]);
+    t.is(
+      final.stats.rounds,
+      final.samples!.reduce((a, s) => a + s.stats.rounds, 0),
+    );
+    t.deepEqual(
+      final.samples!.map((s) => s.index),
+      [0, 1, 2],
+    );
     for (let i = 0; i < n; i++) {
-      const single = await collect(e.generate(request(DEFAULT_SPECULATION, { sampling: { ...SAMPLED, seed: SAMPLED.seed + i }, maxNewTokens: 40 })));
+      const single = await collect(
+        e.generate(
+          request(DEFAULT_SPECULATION, { sampling: { ...SAMPLED, seed: SAMPLED.seed + i }, maxNewTokens: 40 }),
+        ),
+      );
       t.deepEqual(merged.byIndex.get(i), single.tokens, `sample ${i}`);
       t.is(final.samples![i]!.completionTokens, single.final.completionTokens);
     }
@@ -150,7 +186,10 @@ test('the samples merge: a cancelled sample ends all with the usage of every sam
       yield { type: 'delta', text: 'y', tokenIds: [99] };
     }
   }
-  const error = await t.throwsAsync(collect(mergeSamples([sample(3, false), sample(2, true)], 4, performance.now(), 1)), { instanceOf: CancelledError });
+  const error = await t.throwsAsync(
+    collect(mergeSamples([sample(3, false), sample(2, true)], 4, performance.now(), 1)),
+    { instanceOf: CancelledError },
+  );
   t.deepEqual(error.progress, { promptTokens: 4, completionTokens: 5 });
   t.is(error.message, 'stop');
 });
@@ -187,11 +226,15 @@ test('EOS, a stop token and a stop sequence end the output; max_new_tokens cuts 
   const free = await collect(e.generate(request(PAPER_SPECULATION, { maxNewTokens: 200 })));
   const stopToken = free.tokens[30]!;
   const first = free.tokens.indexOf(stopToken);
-  const byToken = await collect(e.generate(request(PAPER_SPECULATION, { maxNewTokens: 200, stopTokenIds: [stopToken] })));
+  const byToken = await collect(
+    e.generate(request(PAPER_SPECULATION, { maxNewTokens: 200, stopTokenIds: [stopToken] })),
+  );
   t.is(byToken.final.finishReason, 'eos_token');
   t.deepEqual(byToken.tokens, free.tokens.slice(0, first));
   const word = `w${free.tokens[40]} w${free.tokens[41]}`;
-  const bySequence = await collect(e.generate(request(PAPER_SPECULATION, { maxNewTokens: 200, stopSequences: [word] })));
+  const bySequence = await collect(
+    e.generate(request(PAPER_SPECULATION, { maxNewTokens: 200, stopSequences: [word] })),
+  );
   t.is(bySequence.final.finishReason, 'stop_sequence');
   t.is(bySequence.text, free.text.slice(0, free.text.indexOf(word)));
   const cut = await collect(e.generate(request(PAPER_SPECULATION, { maxNewTokens: 13 })));
@@ -201,7 +244,10 @@ test('EOS, a stop token and a stop sequence end the output; max_new_tokens cuts 
 
 test('forward-cost plans: fixed is checked and known, defer waits for the first need, measuring happens once', async (t) => {
   const model = new FakeDecoderModel();
-  t.throws(() => new ForwardCostTable(model, { mode: 'fixed', table: [0, 2, 3] }), { instanceOf: InvalidRequestError, message: /T = 1\.\.17 with cost\[1\] = 1/ });
+  t.throws(() => new ForwardCostTable(model, { mode: 'fixed', table: [0, 2, 3] }), {
+    instanceOf: InvalidRequestError,
+    message: /T = 1\.\.17 with cost\[1\] = 1/,
+  });
   t.deepEqual(new ForwardCostTable(model, { mode: 'fixed', table: COST }).known, COST);
   const deferred = new ForwardCostTable(model, DEFER_MEASUREMENT);
   t.is(await deferred.settle(), undefined);
@@ -221,7 +267,8 @@ test('the validator: messages as clients see them, in the order they meet them',
   const tokenizer = new FakeTokenizer();
   const base: GenerateRequest = { prompt: PROMPT, maxNewTokens: 10 };
   const limits = { maxNewTokensDefault: 32, maxNewTokensLimit: 64, sequenceSlots: 2 };
-  const check = (r: Partial<GenerateRequest>, l: RequestLimits = limits) => prepareGeneration(tokenizer, model.info, { ...base, ...r }, l);
+  const check = (r: Partial<GenerateRequest>, l: RequestLimits = limits) =>
+    prepareGeneration(tokenizer, model.info, { ...base, ...r }, l);
   const cases: [Partial<GenerateRequest>, RegExp][] = [
     [{ sampling: { ...GREEDY, temperature: -0.5 } }, /^sampling\.temperature must be ≥ 0, got -0\.5$/],
     [{ sampling: { ...GREEDY, temperature: Number.NaN } }, /^sampling\.temperature/],
@@ -236,25 +283,48 @@ test('the validator: messages as clients see them, in the order they meet them',
     [{ stopSequences: Array.from({ length: 17 }, (_, i) => `s${i}`) }, /^at most 16 stop sequences, got 17$/],
     [{ stopSequences: [''] }, /^stop sequences must be 1\.\.256 characters$/],
     [{ speculation: { ...DEFAULT_SPECULATION, ngramN: 1 } }, /^speculation n must be an integer in \[2, \d+\], got 1$/],
-    [{ speculation: { ...DEFAULT_SPECULATION, draftTokensMax: 17 } }, /^speculation max draft tokens must be an integer in \[0, 16\], got 17$/],
+    [
+      { speculation: { ...DEFAULT_SPECULATION, draftTokensMax: 17 } },
+      /^speculation max draft tokens must be an integer in \[0, 16\], got 17$/,
+    ],
     [{ logprobs: { top: 21 } }, /^logprobs\.top_logprobs must be an integer in \[0, 20\], got 21$/],
     [{ minNewTokens: 11 }, /^min_new_tokens must be an integer in \[0, max_new_tokens = 10\], got 11$/],
     [{ n: 9 }, /^n must be an integer in \[1, 8\], got 9$/],
     [{ timeLimitMs: 90_000_000 }, /^time_limit_ms must be an integer in \[0, 86400000\], got 90000000$/],
     [{ sampling: { ...GREEDY, minP: 1.5 } }, /^min_p must be in \[0, 1\], got 1\.5$/],
     [{ sampling: { ...GREEDY, presencePenalty: 3 } }, /^presence_penalty must be in \[-2, 2\], got 3$/],
-    [{ sampling: { ...GREEDY, logitBias: [[5, 1], [5, 2]] } }, /^logit_bias names token id 5 twice$/],
+    [
+      {
+        sampling: {
+          ...GREEDY,
+          logitBias: [
+            [5, 1],
+            [5, 2],
+          ],
+        },
+      },
+      /^logit_bias names token id 5 twice$/,
+    ],
     [{ sampling: { ...GREEDY, logitBias: [[5, 101]] } }, /^logit_bias for token 5 must be in \[-100, 100\], got 101$/],
     [{ n: 3 }, /^n = 3 samples need as many sequence slots; this server has 2 \(ModelInfo\.max_active_sequences\)$/],
     // Order: sampling before max_new_tokens before the prompt.
-    [{ sampling: { ...GREEDY, topP: 2 }, maxNewTokens: 65, prompt: { kind: 'tokens', tokenIds: [99] } }, /^sampling\.top_p/],
+    [
+      { sampling: { ...GREEDY, topP: 2 }, maxNewTokens: 65, prompt: { kind: 'tokens', tokenIds: [99] } },
+      /^sampling\.top_p/,
+    ],
     [{ maxNewTokens: 65, prompt: { kind: 'tokens', tokenIds: [99] } }, /^max_new_tokens/],
   ];
-  for (const [r, message] of cases) t.throws(() => check(r), { instanceOf: InvalidRequestError, message }, message.source);
-  t.throws(() => check({ prompt: { kind: 'tokens', tokenIds: new Array(4090).fill(3) } }), { instanceOf: ContextOverflowError, message: /^prompt of 4090 tokens plus max_new_tokens 10 exceeds the context of 4096 tokens$/ });
+  for (const [r, message] of cases)
+    t.throws(() => check(r), { instanceOf: InvalidRequestError, message }, message.source);
+  t.throws(() => check({ prompt: { kind: 'tokens', tokenIds: new Array(4090).fill(3) } }), {
+    instanceOf: ContextOverflowError,
+    message: /^prompt of 4090 tokens plus max_new_tokens 10 exceeds the context of 4096 tokens$/,
+  });
   // Defaults and limits: 0 takes the server's default; without server limits, the engine's own.
   t.is(check({ maxNewTokens: 0 }).request.maxNewTokens, 32);
-  t.throws(() => check({ maxNewTokens: 0 }, ENGINE_LIMITS), { message: /^max_new_tokens must be an integer in \[1, 8192\], got 0$/ });
+  t.throws(() => check({ maxNewTokens: 0 }, ENGINE_LIMITS), {
+    message: /^max_new_tokens must be an integer in \[1, 8192\], got 0$/,
+  });
   const ok = check({ prompt: { kind: 'tokens', tokenIds: [3, 4, 5, 6] }, truncateInputTokens: 2 });
   t.deepEqual(ok.promptTokens, [5, 6], 'left truncation');
   t.is(ok.request.maxNewTokens, 10);

@@ -39,10 +39,17 @@ let edgePort = 0;
 let work = '';
 
 /** Greedy (temperature unset), a fixed length: the same tokens through every route. */
-const GREEDY: GenerateRequestMsg = { text: 'The capital of France is', stopping: { max_new_tokens: 20, ignore_eos: true } };
+const GREEDY: GenerateRequestMsg = {
+  text: 'The capital of France is',
+  stopping: { max_new_tokens: 20, ignore_eos: true },
+};
 
 function postJson(path: string, body: unknown): Promise<Response> {
-  return fetch(`${base}${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+  return fetch(`${base}${path}`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify(body),
+  });
 }
 
 /** A gRPC-Web frame: flags byte, big-endian length, payload (the gRPC length-prefixed message). */
@@ -81,7 +88,10 @@ function rpc(name: string): MethodDefinition<object, object> {
   return definition;
 }
 
-async function grpcWebCall(method: string, request: object): Promise<{ response: Response; messages: Buffer[]; trailers: Record<string, string> }> {
+async function grpcWebCall(
+  method: string,
+  request: object,
+): Promise<{ response: Response; messages: Buffer[]; trailers: Record<string, string> }> {
   const definition = rpc(method);
   const response = await fetch(`${base}/llm.v1.TextGeneration/${method}`, {
     method: 'POST',
@@ -115,8 +125,13 @@ if (!envoyBinary.ok) {
     const config = parseYaml(readFileSync(EDGE_CONFIG, 'utf8')) as Obj;
     edgePort = await freePort();
     const adminPort = await freePort();
-    config['static_resources']['listeners'][0]['address']['socket_address'] = { address: '127.0.0.1', port_value: edgePort };
-    config['static_resources']['clusters'][0]['load_assignment']['endpoints'][0]['lb_endpoints'][0]['endpoint']['address']['socket_address']['port_value'] = server.running.port;
+    config['static_resources']['listeners'][0]['address']['socket_address'] = {
+      address: '127.0.0.1',
+      port_value: edgePort,
+    };
+    config['static_resources']['clusters'][0]['load_assignment']['endpoints'][0]['lb_endpoints'][0]['endpoint'][
+      'address'
+    ]['socket_address']['port_value'] = server.running.port;
     config['admin']['address']['socket_address']['port_value'] = adminPort;
     writeFileSync(join(work, 'edge.yaml'), stringifyYaml(config));
     envoy = await startEnvoy(envoyBinary.path, join(work, 'edge.yaml'), adminPort, work);
@@ -129,10 +144,17 @@ if (!envoyBinary.ok) {
     if (work !== '') rmSync(work, { recursive: true, force: true });
   });
 
-  test.serial('the committed edge.yaml passes `envoy --mode validate` with the descriptor built from the proto', async (t) => {
-    const { stdout } = await promisify(execFile)(envoyBinary.path, ['--mode', 'validate', '-c', EDGE_CONFIG, '--log-level', 'error'], { cwd: work, encoding: 'utf8' });
-    t.regex(stdout, /configuration .* OK/);
-  });
+  test.serial(
+    'the committed edge.yaml passes `envoy --mode validate` with the descriptor built from the proto',
+    async (t) => {
+      const { stdout } = await promisify(execFile)(
+        envoyBinary.path,
+        ['--mode', 'validate', '-c', EDGE_CONFIG, '--log-level', 'error'],
+        { cwd: work, encoding: 'utf8' },
+      );
+      t.regex(stdout, /configuration .* OK/);
+    },
+  );
 
   test.serial('POST /v1/generate: the same text, tokens and finish reason as the gRPC call', async (t) => {
     const expected = await server!.client().generate(GREEDY);
@@ -150,34 +172,37 @@ if (!envoyBinary.ok) {
     t.true(body['text'].length > 0);
   });
 
-  test.serial('POST /v1/generate:stream: newline-delimited chunks that join to the gRPC stream, the last with final', async (t) => {
-    const expected = joinChunks(await collectStream(server!.client().generateStream(GREEDY)));
-    const response = await postJson('/v1/generate:stream', GREEDY);
-    t.is(response.status, 200);
-    // Read as it arrives: chunks must come in more than one piece, not buffered into one body.
-    let text = '';
-    let reads = 0;
-    const decoder = new TextDecoder();
-    for await (const piece of response.body! as AsyncIterable<Uint8Array>) {
-      reads += 1;
-      text += decoder.decode(piece, { stream: true });
-    }
-    t.true(reads > 1, 'the whole stream arrived in one read');
-    const lines = text.split('\n').filter((l) => l.trim() !== '');
-    const chunks = lines.map((l) => JSON.parse(l) as Obj);
-    t.true(chunks.length > 1, `${chunks.length} chunk(s): not streamed`);
-    t.deepEqual(
-      chunks.map((c) => c['seq']),
-      chunks.map((_, i) => i),
-    );
-    t.is(chunks.map((c) => c['text']).join(''), expected.text);
-    t.deepEqual(
-      chunks.flatMap((c) => c['token_ids'] as number[]),
-      expected.tokenIds,
-    );
-    t.is(chunks.at(-1)!['final']['finish_reason'], 'FINISH_REASON_LENGTH');
-    t.true(chunks.slice(0, -1).every((c) => c['final'] === undefined));
-  });
+  test.serial(
+    'POST /v1/generate:stream: newline-delimited chunks that join to the gRPC stream, the last with final',
+    async (t) => {
+      const expected = joinChunks(await collectStream(server!.client().generateStream(GREEDY)));
+      const response = await postJson('/v1/generate:stream', GREEDY);
+      t.is(response.status, 200);
+      // Read as it arrives: chunks must come in more than one piece, not buffered into one body.
+      let text = '';
+      let reads = 0;
+      const decoder = new TextDecoder();
+      for await (const piece of response.body! as AsyncIterable<Uint8Array>) {
+        reads += 1;
+        text += decoder.decode(piece, { stream: true });
+      }
+      t.true(reads > 1, 'the whole stream arrived in one read');
+      const lines = text.split('\n').filter((l) => l.trim() !== '');
+      const chunks = lines.map((l) => JSON.parse(l) as Obj);
+      t.true(chunks.length > 1, `${chunks.length} chunk(s): not streamed`);
+      t.deepEqual(
+        chunks.map((c) => c['seq']),
+        chunks.map((_, i) => i),
+      );
+      t.is(chunks.map((c) => c['text']).join(''), expected.text);
+      t.deepEqual(
+        chunks.flatMap((c) => c['token_ids'] as number[]),
+        expected.tokenIds,
+      );
+      t.is(chunks.at(-1)!['final']['finish_reason'], 'FINISH_REASON_LENGTH');
+      t.true(chunks.slice(0, -1).every((c) => c['final'] === undefined));
+    },
+  );
 
   test.serial('POST /v1/tokenize and GET /v1/model_info answer what the gRPC calls do', async (t) => {
     const client = server!.client();
@@ -196,87 +221,120 @@ if (!envoyBinary.ok) {
     t.is(((await unknown.json()) as Obj)['code'], 5);
   });
 
-  test.serial('errors: a gRPC INVALID_ARGUMENT is an HTTP 400 with its message; a wrong type is 400, an unknown path 404', async (t) => {
-    const bad: GenerateRequestMsg = { text: 'hi', stopping: { max_new_tokens: 999_999 } };
-    const expected = await grpcError(server!.client().generate(bad));
-    for (const path of ['/v1/generate', '/v1/generate:stream']) {
-      const response = await postJson(path, bad);
-      t.is(response.status, 400, path);
-      const body = (await response.json()) as Obj;
-      t.is(body['code'], 3, path);
-      t.is(body['message'], expected.details, path);
-      t.regex(body['message'] as string, /max_new_tokens/);
-    }
-    // Envoy's transcoder ignores unknown JSON fields (1.40 has no option to refuse them): a misspelt
-    // field falls back to its default, here max_new_tokens_default. Pinned so a change is noticed;
-    // the README says so.
-    const typo = await postJson('/v1/generate', { text: 'hi', stoping: { max_new_tokens: 999_999 }, stopping: { max_new_tokens: 2 } });
-    t.is(typo.status, 200);
-    t.is(((await typo.json()) as Obj)['final']['usage']['output_tokens'], 2);
-    // A value of the wrong type is refused, with the field named.
-    const wrongType = await postJson('/v1/generate', { text: 'hi', stopping: { max_new_tokens: 'many' } });
-    t.is(wrongType.status, 400);
-    t.regex(await wrongType.text(), /max_new_tokens/);
-    // An error after the first chunk (here the deadline a grpc-timeout header sets) cannot change
-    // the 200 already sent: over HTTP/1.1 the body just ends, without a line carrying `final`.
-    const cut = await fetch(`${base}/v1/generate:stream`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json', 'grpc-timeout': '300m' },
-      body: JSON.stringify({ text: 'Count:', stopping: { max_new_tokens: 1000, ignore_eos: true } }),
-    });
-    t.is(cut.status, 200);
-    const cutChunks = (await cut.text()).split('\n').filter((l) => l.trim() !== '').map((l) => JSON.parse(l) as Obj);
-    t.true(cutChunks.length > 0);
-    t.true(cutChunks.every((c) => c['final'] === undefined), 'a deadline-cut stream has no final chunk');
-    const unknownPath = await postJson('/v1/generat', GREEDY);
-    t.is(unknownPath.status, 404);
-  });
+  test.serial(
+    'errors: a gRPC INVALID_ARGUMENT is an HTTP 400 with its message; a wrong type is 400, an unknown path 404',
+    async (t) => {
+      const bad: GenerateRequestMsg = { text: 'hi', stopping: { max_new_tokens: 999_999 } };
+      const expected = await grpcError(server!.client().generate(bad));
+      for (const path of ['/v1/generate', '/v1/generate:stream']) {
+        const response = await postJson(path, bad);
+        t.is(response.status, 400, path);
+        const body = (await response.json()) as Obj;
+        t.is(body['code'], 3, path);
+        t.is(body['message'], expected.details, path);
+        t.regex(body['message'] as string, /max_new_tokens/);
+      }
+      // Envoy's transcoder ignores unknown JSON fields (1.40 has no option to refuse them): a misspelt
+      // field falls back to its default, here max_new_tokens_default. Pinned so a change is noticed;
+      // the README says so.
+      const typo = await postJson('/v1/generate', {
+        text: 'hi',
+        stoping: { max_new_tokens: 999_999 },
+        stopping: { max_new_tokens: 2 },
+      });
+      t.is(typo.status, 200);
+      t.is(((await typo.json()) as Obj)['final']['usage']['output_tokens'], 2);
+      // A value of the wrong type is refused, with the field named.
+      const wrongType = await postJson('/v1/generate', { text: 'hi', stopping: { max_new_tokens: 'many' } });
+      t.is(wrongType.status, 400);
+      t.regex(await wrongType.text(), /max_new_tokens/);
+      // An error after the first chunk (here the deadline a grpc-timeout header sets) cannot change
+      // the 200 already sent: over HTTP/1.1 the body just ends, without a line carrying `final`.
+      const cut = await fetch(`${base}/v1/generate:stream`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', 'grpc-timeout': '300m' },
+        body: JSON.stringify({ text: 'Count:', stopping: { max_new_tokens: 1000, ignore_eos: true } }),
+      });
+      t.is(cut.status, 200);
+      const cutChunks = (await cut.text())
+        .split('\n')
+        .filter((l) => l.trim() !== '')
+        .map((l) => JSON.parse(l) as Obj);
+      t.true(cutChunks.length > 0);
+      t.true(
+        cutChunks.every((c) => c['final'] === undefined),
+        'a deadline-cut stream has no final chunk',
+      );
+      const unknownPath = await postJson('/v1/generat', GREEDY);
+      t.is(unknownPath.status, 404);
+    },
+  );
 
-  test.serial('gRPC-Web: a hand-framed unary call and a server stream answer the gRPC results, with grpc-status 0 in the trailer frame', async (t) => {
-    const expected = await server!.client().generate(GREEDY);
-    const unary = await grpcWebCall('Generate', GREEDY);
-    t.is(unary.response.status, 200);
-    t.regex(unary.response.headers.get('content-type') ?? '', /^application\/grpc-web/);
-    t.is(unary.messages.length, 1);
-    const message = deserialize<GenerateResponseMsg>('Generate', unary.messages[0]!);
-    t.is(message.text, expected.text);
-    t.deepEqual(message.token_ids, expected.token_ids);
-    t.is(message.final!.finish_reason, expected.final!.finish_reason);
-    t.is(unary.trailers['grpc-status'], '0');
+  test.serial(
+    'gRPC-Web: a hand-framed unary call and a server stream answer the gRPC results, with grpc-status 0 in the trailer frame',
+    async (t) => {
+      const expected = await server!.client().generate(GREEDY);
+      const unary = await grpcWebCall('Generate', GREEDY);
+      t.is(unary.response.status, 200);
+      t.regex(unary.response.headers.get('content-type') ?? '', /^application\/grpc-web/);
+      t.is(unary.messages.length, 1);
+      const message = deserialize<GenerateResponseMsg>('Generate', unary.messages[0]!);
+      t.is(message.text, expected.text);
+      t.deepEqual(message.token_ids, expected.token_ids);
+      t.is(message.final!.finish_reason, expected.final!.finish_reason);
+      t.is(unary.trailers['grpc-status'], '0');
 
-    const stream = await grpcWebCall('GenerateStream', GREEDY);
-    const chunks = stream.messages.map((m) => deserialize<GenerateChunkMsg>('GenerateStream', m));
-    t.true(chunks.length > 1);
-    t.is(joinChunks(chunks).text, expected.text);
-    t.is(stream.trailers['grpc-status'], '0');
+      const stream = await grpcWebCall('GenerateStream', GREEDY);
+      const chunks = stream.messages.map((m) => deserialize<GenerateChunkMsg>('GenerateStream', m));
+      t.true(chunks.length > 1);
+      t.is(joinChunks(chunks).text, expected.text);
+      t.is(stream.trailers['grpc-status'], '0');
 
-    // An error arrives as grpc-status/grpc-message (headers of a trailers-only response or the trailer frame).
-    const bad = await grpcWebCall('Generate', { text: 'hi', stopping: { max_new_tokens: 999_999 } });
-    t.is(bad.messages.length, 0);
-    t.is(bad.response.headers.get('grpc-status') ?? bad.trailers['grpc-status'], '3');
+      // An error arrives as grpc-status/grpc-message (headers of a trailers-only response or the trailer frame).
+      const bad = await grpcWebCall('Generate', { text: 'hi', stopping: { max_new_tokens: 999_999 } });
+      t.is(bad.messages.length, 0);
+      t.is(bad.response.headers.get('grpc-status') ?? bad.trailers['grpc-status'], '3');
 
-    // A browser's CORS preflight for a gRPC-Web call is answered by Envoy.
-    const preflight = await fetch(`${base}/llm.v1.TextGeneration/Generate`, {
-      method: 'OPTIONS',
-      headers: { origin: 'http://app.example', 'access-control-request-method': 'POST', 'access-control-request-headers': 'content-type,x-grpc-web' },
-    });
-    t.is(preflight.headers.get('access-control-allow-origin'), 'http://app.example');
-    t.regex(preflight.headers.get('access-control-allow-headers') ?? '', /x-grpc-web/);
-  });
+      // A browser's CORS preflight for a gRPC-Web call is answered by Envoy.
+      const preflight = await fetch(`${base}/llm.v1.TextGeneration/Generate`, {
+        method: 'OPTIONS',
+        headers: {
+          origin: 'http://app.example',
+          'access-control-request-method': 'POST',
+          'access-control-request-headers': 'content-type,x-grpc-web',
+        },
+      });
+      t.is(preflight.headers.get('access-control-allow-origin'), 'http://app.example');
+      t.regex(preflight.headers.get('access-control-allow-headers') ?? '', /x-grpc-web/);
+    },
+  );
 
-  test.serial('plain gRPC passes through the edge unchanged; reflection still describes the service (ghz)', async (t) => {
-    const viaEdge = new TextGenerationClient(`127.0.0.1:${edgePort}`);
-    try {
-      const direct = await server!.client().generate(GREEDY);
-      const proxied = await viaEdge.generate(GREEDY);
-      t.is(proxied.text, direct.text);
-      t.deepEqual(proxied.token_ids, direct.token_ids);
-    } finally {
-      viaEdge.close();
-    }
-    // ghz resolves the method by server reflection, through Envoy: the google/api import must not
-    // break what reflection serves.
-    const report = await runGhz(['--call', 'llm.v1.TextGeneration.ModelInfo', '-n', '2', '-c', '1', '-d', '{}', `127.0.0.1:${edgePort}`]);
-    t.deepEqual(report.statusCodeDistribution, { OK: 2 });
-  });
+  test.serial(
+    'plain gRPC passes through the edge unchanged; reflection still describes the service (ghz)',
+    async (t) => {
+      const viaEdge = new TextGenerationClient(`127.0.0.1:${edgePort}`);
+      try {
+        const direct = await server!.client().generate(GREEDY);
+        const proxied = await viaEdge.generate(GREEDY);
+        t.is(proxied.text, direct.text);
+        t.deepEqual(proxied.token_ids, direct.token_ids);
+      } finally {
+        viaEdge.close();
+      }
+      // ghz resolves the method by server reflection, through Envoy: the google/api import must not
+      // break what reflection serves.
+      const report = await runGhz([
+        '--call',
+        'llm.v1.TextGeneration.ModelInfo',
+        '-n',
+        '2',
+        '-c',
+        '1',
+        '-d',
+        '{}',
+        `127.0.0.1:${edgePort}`,
+      ]);
+      t.deepEqual(report.statusCodeDistribution, { OK: 2 });
+    },
+  );
 }

@@ -21,27 +21,38 @@ test('the npm build bundles cpu and webgpu; cuda is listed but not bundled', (t)
 });
 
 for (const provider of ['cuda', 'webgpu'] as const) {
-  test.serial(`${provider}: loads on a machine that has it, else a clear ExecutionProviderError (no CPU fallback)`, async (t) => {
-    const dir = await defaultModelDir();
-    try {
-      const model = await loadDecoderModel(dir, { executionProvider: provider, intraOpThreads: 1, kvCapacity: 256 });
-      t.is(model.info.executionProvider, provider);
-      t.log(`${provider} is available on this machine`);
-      await model.dispose();
-    } catch (error) {
-      t.true(error instanceof ExecutionProviderError, `got ${(error as Error).name}: ${(error as Error).message}`);
-      t.false(error instanceof ModelFormatError);
-      const e = error as ExecutionProviderError;
-      t.is(e.code, 'EXECUTION_PROVIDER');
-      t.is(e.provider, provider);
-      t.regex(e.message, new RegExp(`execution provider "${provider}"`));
-      // cuda: the provider is missing (install command) or, installed, the CUDA runtime or a GPU is.
-      t.regex(e.message, provider === 'cuda' ? /npm run install:cuda|LD_LIBRARY_PATH/ : /Vulkan/);
-      t.log(e.message.slice(0, 300));
-    }
-  });
+  test.serial(
+    `${provider}: loads on a machine that has it, else a clear ExecutionProviderError (no CPU fallback)`,
+    async (t) => {
+      const dir = await defaultModelDir();
+      try {
+        const model = await loadDecoderModel(dir, { executionProvider: provider, intraOpThreads: 1, kvCapacity: 256 });
+        t.is(model.info.executionProvider, provider);
+        t.log(`${provider} is available on this machine`);
+        await model.dispose();
+      } catch (error) {
+        t.true(error instanceof ExecutionProviderError, `got ${(error as Error).name}: ${(error as Error).message}`);
+        t.false(error instanceof ModelFormatError);
+        const e = error as ExecutionProviderError;
+        t.is(e.code, 'EXECUTION_PROVIDER');
+        t.is(e.provider, provider);
+        t.regex(e.message, new RegExp(`execution provider "${provider}"`));
+        // cuda: the provider is missing (install command) or, installed, the CUDA runtime or a GPU is.
+        t.regex(e.message, provider === 'cuda' ? /npm run install:cuda|LD_LIBRARY_PATH/ : /Vulkan/);
+        t.log(e.message.slice(0, 300));
+      }
+    },
+  );
 }
 
 test.serial('forwardRowsMin is validated', async (t) => {
-  await t.throwsAsync(loadDecoderModel(await defaultModelDir(), { executionProvider: 'cpu', intraOpThreads: 1, kvCapacity: 256, forwardRowsMin: 0 }), { instanceOf: RangeError, message: /forwardRowsMin/ });
+  await t.throwsAsync(
+    loadDecoderModel(await defaultModelDir(), {
+      executionProvider: 'cpu',
+      intraOpThreads: 1,
+      kvCapacity: 256,
+      forwardRowsMin: 0,
+    }),
+    { instanceOf: RangeError, message: /forwardRowsMin/ },
+  );
 });

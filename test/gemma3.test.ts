@@ -25,7 +25,13 @@ interface Fixture {
 
 let shared: Promise<Engine> | undefined;
 function gemma(): Promise<Engine> {
-  shared ??= ensureRegistryModel(GEMMA3_270M).then((dir) => createEngine(dir, { executionProvider: 'cpu', intraOpThreads: 0, kvCapacity: 2048 }, { forwardCost: { mode: 'fixed', table: TEST_FORWARD_COST } }));
+  shared ??= ensureRegistryModel(GEMMA3_270M).then((dir) =>
+    createEngine(
+      dir,
+      { executionProvider: 'cpu', intraOpThreads: 0, kvCapacity: 2048 },
+      { forwardCost: { mode: 'fixed', table: TEST_FORWARD_COST } },
+    ),
+  );
   return shared;
 }
 
@@ -33,10 +39,13 @@ test.after.always(async () => {
   if (shared !== undefined) await (await shared).dispose();
 });
 
-test.serial('the model loads with Gemma 3\'s shape, its end-of-turn stop and a chat template', async (t) => {
+test.serial("the model loads with Gemma 3's shape, its end-of-turn stop and a chat template", async (t) => {
   const engine = await gemma();
   t.is(engine.info.vocabSize, 262144);
-  t.deepEqual([...engine.info.eosTokenIds].sort((a, b) => a - b), [1, 106]); // <eos>, <end_of_turn>
+  t.deepEqual(
+    [...engine.info.eosTokenIds].sort((a, b) => a - b),
+    [1, 106],
+  ); // <eos>, <end_of_turn>
   t.true(engine.tokenizer.hasChatTemplate);
   t.is(
     engine.tokenizer.applyChatTemplate([
@@ -49,9 +58,15 @@ test.serial('the model loads with Gemma 3\'s shape, its end-of-turn stop and a c
   );
 });
 
-test.serial('the SentencePiece tokenizer gives llama.cpp\'s ids on 90 varied texts', async (t) => {
-  const fixture = JSON.parse(readFileSync(join(projectRoot(), 'test', 'fixtures', 'gemma3-tokenizer-ids.json'), 'utf8')) as Fixture;
-  t.is(fixture.provenance.input.sha256, GEMMA3_270M.ggufSha256, 'the registry model changed: regenerate test/fixtures/gemma3-tokenizer-ids.json');
+test.serial("the SentencePiece tokenizer gives llama.cpp's ids on 90 varied texts", async (t) => {
+  const fixture = JSON.parse(
+    readFileSync(join(projectRoot(), 'test', 'fixtures', 'gemma3-tokenizer-ids.json'), 'utf8'),
+  ) as Fixture;
+  t.is(
+    fixture.provenance.input.sha256,
+    GEMMA3_270M.ggufSha256,
+    'the registry model changed: regenerate test/fixtures/gemma3-tokenizer-ids.json',
+  );
   const { tokenizer } = await gemma();
   let differing = 0;
   for (const s of fixture.samples) {
@@ -70,7 +85,11 @@ test.serial('the SentencePiece tokenizer gives llama.cpp\'s ids on 90 varied tex
 async function generate(engine: Engine, prompt: string, speculation: SpeculationOptions, chat: boolean) {
   const tokens: number[] = [];
   let final: GenerationFinal | undefined;
-  for await (const e of engine.generate({ prompt: { kind: 'text', text: prompt, chat }, maxNewTokens: 64, speculation })) {
+  for await (const e of engine.generate({
+    prompt: { kind: 'text', text: prompt, chat },
+    maxNewTokens: 64,
+    speculation,
+  })) {
     if (e.type === 'delta') tokens.push(...e.tokenIds);
     else final = e;
   }
@@ -109,24 +128,35 @@ test.serial('as a completion model it continues text sensibly (greedy)', async (
   t.regex(text, /^\n {4}if n == 0:\n {8}return 0\n {4}elif n == 1:\n {8}return 1/);
 });
 
-test.serial('the float16 graph (what CUDA runs) carries the residual stream scaled, and decodes as the float32 graph does', async (t) => {
-  // Gemma 3 270M's residual stream reaches ~1e5, past float16's 65,504: unscaled, this graph
-  // decoded a repeated "    \n". Run on the device path's CPU emulation (test/device-run.test.ts).
-  const dir = await ensureRegistryModel(GEMMA3_270M, { ...DEFAULT_GRAPH_OPTIONS, dtype: 'float16' });
-  const half = await createEngine(dir, { executionProvider: 'cpu', intraOpThreads: 0, kvCapacity: 1024, experimental: { deviceRun: 'emulate' } }, { forwardCost: { mode: 'fixed', table: TEST_FORWARD_COST } });
-  try {
-    const full = await gemma();
-    for (const prompt of ['def fibonacci(n):', 'The quick silver train crosses the old stone bridge just before dawn. The quick silver']) {
-      const reference = await generate(full, prompt, NO_SPECULATION, false);
-      const plain = await generate(half, prompt, NO_SPECULATION, false);
-      const fast = await generate(half, prompt, DEFAULT_SPECULATION, false);
-      t.deepEqual(fast.tokens, plain.tokens, `${prompt}: float16 speculative vs plain`);
-      // float16 rounds differently: where the two first differ is logged; the code prompt's first 24 tokens agree.
-      const at = plain.tokens.findIndex((id, i) => id !== reference.tokens[i]);
-      t.log(`${JSON.stringify(prompt.slice(0, 20))}: float16 and float32 first differ at token ${at}`);
-      if (prompt.startsWith('def')) t.deepEqual(plain.tokens.slice(0, 24), reference.tokens.slice(0, 24), `${prompt}: float16 vs float32`);
+test.serial(
+  'the float16 graph (what CUDA runs) carries the residual stream scaled, and decodes as the float32 graph does',
+  async (t) => {
+    // Gemma 3 270M's residual stream reaches ~1e5, past float16's 65,504: unscaled, this graph
+    // decoded a repeated "    \n". Run on the device path's CPU emulation (test/device-run.test.ts).
+    const dir = await ensureRegistryModel(GEMMA3_270M, { ...DEFAULT_GRAPH_OPTIONS, dtype: 'float16' });
+    const half = await createEngine(
+      dir,
+      { executionProvider: 'cpu', intraOpThreads: 0, kvCapacity: 1024, experimental: { deviceRun: 'emulate' } },
+      { forwardCost: { mode: 'fixed', table: TEST_FORWARD_COST } },
+    );
+    try {
+      const full = await gemma();
+      for (const prompt of [
+        'def fibonacci(n):',
+        'The quick silver train crosses the old stone bridge just before dawn. The quick silver',
+      ]) {
+        const reference = await generate(full, prompt, NO_SPECULATION, false);
+        const plain = await generate(half, prompt, NO_SPECULATION, false);
+        const fast = await generate(half, prompt, DEFAULT_SPECULATION, false);
+        t.deepEqual(fast.tokens, plain.tokens, `${prompt}: float16 speculative vs plain`);
+        // float16 rounds differently: where the two first differ is logged; the code prompt's first 24 tokens agree.
+        const at = plain.tokens.findIndex((id, i) => id !== reference.tokens[i]);
+        t.log(`${JSON.stringify(prompt.slice(0, 20))}: float16 and float32 first differ at token ${at}`);
+        if (prompt.startsWith('def'))
+          t.deepEqual(plain.tokens.slice(0, 24), reference.tokens.slice(0, 24), `${prompt}: float16 vs float32`);
+      }
+    } finally {
+      await half.dispose();
     }
-  } finally {
-    await half.dispose();
-  }
-});
+  },
+);

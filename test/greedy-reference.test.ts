@@ -19,7 +19,11 @@ test('the cpu references cover every exactness prompt, as written now, from the 
   const prompts = exactnessPrompts();
   for (const file of Object.values(FILES)) {
     const reference = readReference(file);
-    t.deepEqual(reference.cases.map((c) => [c.id, c.promptSha256]), prompts.map((p) => [p.id, sha256(p.prompt)]), `${file}: the prompt set changed: re-record the reference`);
+    t.deepEqual(
+      reference.cases.map((c) => [c.id, c.promptSha256]),
+      prompts.map((p) => [p.id, sha256(p.prompt)]),
+      `${file}: the prompt set changed: re-record the reference`,
+    );
     t.is((reference.provenance['model'] as { gguf: string }).gguf, DEFAULT_MODEL.ggufSha256);
     for (const c of reference.cases) {
       t.true(c.tokens.length > 0, `${file} ${c.id}: an empty reference`);
@@ -30,27 +34,37 @@ test('the cpu references cover every exactness prompt, as written now, from the 
 
 // ORT's kernel serves batched forwards and builds without the addon; the native one is the default.
 for (const attention of ['onnxruntime', 'native'] as const) {
-  test.serial(`plain greedy decoding on the cpu (${attention} attention kernel) reproduces the committed reference token for token`, async (t) => {
-    const engine = await cpuEngine(attention);
-    if (engine.info.attention !== attention) {
-      // Only where the native runner is not built (the CI requires it: test/native-run.test.ts).
-      t.log(`the engine runs the ${engine.info.attention} kernel here: the ${attention} reference is not checked`);
-      t.pass();
-      return;
-    }
-    const reference = readReference(FILES[attention]);
-    const prompts = new Map(exactnessPrompts().map((p) => [p.id, p.prompt]));
-    let identical = 0;
-    const regressions: string[] = [];
-    for (const expected of reference.cases) {
-      const { tokens } = await generateOnce(engine, prompts.get(expected.id)!, NO_SPECULATION, expected.maxNewTokens);
-      const result = compareWithReference(expected, tokens);
-      if (result.kind === 'identical') identical++;
-      else if (result.kind === 'near-tie') t.log(`forgiven (gap < ${NEAR_TIE_GAP}): ${result.message}`);
-      else regressions.push(result.message);
-    }
-    t.log(`${identical}/${reference.cases.length} outputs identical to the reference`);
-    t.is(regressions.length, 0, `${regressions.length} of ${reference.cases.length} prompts regressed:\n${regressions.join('\n')}`);
-    t.true(reference.cases.length - identical <= NEAR_TIES_MAX, `${reference.cases.length - identical} outputs differ at near-ties`);
-  });
+  test.serial(
+    `plain greedy decoding on the cpu (${attention} attention kernel) reproduces the committed reference token for token`,
+    async (t) => {
+      const engine = await cpuEngine(attention);
+      if (engine.info.attention !== attention) {
+        // Only where the native runner is not built (the CI requires it: test/native-run.test.ts).
+        t.log(`the engine runs the ${engine.info.attention} kernel here: the ${attention} reference is not checked`);
+        t.pass();
+        return;
+      }
+      const reference = readReference(FILES[attention]);
+      const prompts = new Map(exactnessPrompts().map((p) => [p.id, p.prompt]));
+      let identical = 0;
+      const regressions: string[] = [];
+      for (const expected of reference.cases) {
+        const { tokens } = await generateOnce(engine, prompts.get(expected.id)!, NO_SPECULATION, expected.maxNewTokens);
+        const result = compareWithReference(expected, tokens);
+        if (result.kind === 'identical') identical++;
+        else if (result.kind === 'near-tie') t.log(`forgiven (gap < ${NEAR_TIE_GAP}): ${result.message}`);
+        else regressions.push(result.message);
+      }
+      t.log(`${identical}/${reference.cases.length} outputs identical to the reference`);
+      t.is(
+        regressions.length,
+        0,
+        `${regressions.length} of ${reference.cases.length} prompts regressed:\n${regressions.join('\n')}`,
+      );
+      t.true(
+        reference.cases.length - identical <= NEAR_TIES_MAX,
+        `${reference.cases.length - identical} outputs differ at near-ties`,
+      );
+    },
+  );
 }

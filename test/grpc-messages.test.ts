@@ -17,7 +17,10 @@ const TEXT: GenerateRequestMsg = { prompt: 'text', text: 'Hello' };
 /** Wire message → the request the service validates (engine/validate.ts): range messages name the proto fields. */
 function validated(msg: GenerateRequestMsg) {
   const model = new FakeDecoderModel();
-  return prepareGeneration(new FakeTokenizer(), model.info, parseGenerateRequest(msg).request, { maxNewTokensDefault: 16, maxNewTokensLimit: 64 });
+  return prepareGeneration(new FakeTokenizer(), model.info, parseGenerateRequest(msg).request, {
+    maxNewTokensDefault: 16,
+    maxNewTokensLimit: 64,
+  });
 }
 
 function withSampling(sampling: NonNullable<GenerateRequestMsg['sampling']>): GenerateRequestMsg {
@@ -96,7 +99,10 @@ test('a missing prompt is rejected with a message mentioning prompt', (t) => {
 });
 
 test('an empty text prompt is rejected', (t) => {
-  t.throws(() => parseGenerateRequest({ prompt: 'text', text: '' }), { instanceOf: InvalidRequestError, message: /text/ });
+  t.throws(() => parseGenerateRequest({ prompt: 'text', text: '' }), {
+    instanceOf: InvalidRequestError,
+    message: /text/,
+  });
   t.throws(() => parseGenerateRequest({ prompt: 'text' }), { instanceOf: InvalidRequestError, message: /text/ });
 });
 
@@ -105,7 +111,10 @@ test('an empty token id list is rejected', (t) => {
     instanceOf: InvalidRequestError,
     message: /token_ids\.ids/,
   });
-  t.throws(() => parseGenerateRequest({ prompt: 'token_ids' }), { instanceOf: InvalidRequestError, message: /token_ids\.ids/ });
+  t.throws(() => parseGenerateRequest({ prompt: 'token_ids' }), {
+    instanceOf: InvalidRequestError,
+    message: /token_ids\.ids/,
+  });
 });
 
 test('an empty message list is rejected', (t) => {
@@ -113,7 +122,10 @@ test('an empty message list is rejected', (t) => {
     instanceOf: InvalidRequestError,
     message: /messages\.messages/,
   });
-  t.throws(() => parseGenerateRequest({ prompt: 'messages' }), { instanceOf: InvalidRequestError, message: /messages\.messages/ });
+  t.throws(() => parseGenerateRequest({ prompt: 'messages' }), {
+    instanceOf: InvalidRequestError,
+    message: /messages\.messages/,
+  });
 });
 
 test('a chat message with an unknown role is rejected naming its index', (t) => {
@@ -121,7 +133,12 @@ test('a chat message with an unknown role is rejected naming its index', (t) => 
     () =>
       parseGenerateRequest({
         prompt: 'messages',
-        messages: { messages: [{ role: 'user', content: 'Hi' }, { role: 'wizard', content: 'Abracadabra' }] },
+        messages: {
+          messages: [
+            { role: 'user', content: 'Hi' },
+            { role: 'wizard', content: 'Abracadabra' },
+          ],
+        },
       }),
     { instanceOf: InvalidRequestError, message: /messages\.messages\[1\]\.role.*"wizard"/ },
   );
@@ -136,7 +153,13 @@ test('a chat message with empty content is rejected naming its index', (t) => {
     () =>
       parseGenerateRequest({
         prompt: 'messages',
-        messages: { messages: [{ role: 'system', content: 'x' }, { role: 'user', content: 'y' }, { role: 'user', content: '' }] },
+        messages: {
+          messages: [
+            { role: 'system', content: 'x' },
+            { role: 'user', content: 'y' },
+            { role: 'user', content: '' },
+          ],
+        },
       }),
     { instanceOf: InvalidRequestError, message: /messages\.messages\[2\]\.content/ },
   );
@@ -160,16 +183,30 @@ test('unset sampling gives greedy defaults', (t) => {
 });
 
 test('set sampling fields are carried over and the seed string is echoed', (t) => {
-  const parsed = parseGenerateRequest(withSampling({ temperature: 0.7, top_p: 0.9, top_k: 40, repetition_penalty: 1.1, seed: '42' }));
+  const parsed = parseGenerateRequest(
+    withSampling({ temperature: 0.7, top_p: 0.9, top_k: 40, repetition_penalty: 1.1, seed: '42' }),
+  );
   t.deepEqual(parsed.request.sampling, { temperature: 0.7, topP: 0.9, topK: 40, repetitionPenalty: 1.1, seed: 42 });
   t.is(parsed.seed, '42');
 });
 
 test('top_p outside (0, 1] is rejected naming sampling.top_p (by the validator, after parsing)', (t) => {
-  t.throws(() => validated(withSampling({ top_p: 0 })), { instanceOf: InvalidRequestError, message: /sampling\.top_p/ });
-  t.throws(() => validated(withSampling({ top_p: 1.5 })), { instanceOf: InvalidRequestError, message: /sampling\.top_p.*1\.5/ });
-  t.throws(() => validated(withSampling({ top_p: -0.1 })), { instanceOf: InvalidRequestError, message: /sampling\.top_p/ });
-  t.throws(() => validated(withSampling({ top_p: Number.NaN })), { instanceOf: InvalidRequestError, message: /sampling\.top_p/ });
+  t.throws(() => validated(withSampling({ top_p: 0 })), {
+    instanceOf: InvalidRequestError,
+    message: /sampling\.top_p/,
+  });
+  t.throws(() => validated(withSampling({ top_p: 1.5 })), {
+    instanceOf: InvalidRequestError,
+    message: /sampling\.top_p.*1\.5/,
+  });
+  t.throws(() => validated(withSampling({ top_p: -0.1 })), {
+    instanceOf: InvalidRequestError,
+    message: /sampling\.top_p/,
+  });
+  t.throws(() => validated(withSampling({ top_p: Number.NaN })), {
+    instanceOf: InvalidRequestError,
+    message: /sampling\.top_p/,
+  });
   t.is(parseGenerateRequest(withSampling({ top_p: 1 })).request.sampling?.topP, 1);
   t.notThrows(() => parseGenerateRequest(withSampling({ top_p: 0 })), 'the transport checks only the wire shape');
 });
@@ -205,7 +242,10 @@ test('a repetition_penalty of 0 or below is rejected naming sampling.repetition_
 });
 
 test('a non-numeric seed is rejected naming sampling.seed', (t) => {
-  t.throws(() => parseGenerateRequest(withSampling({ seed: 'abc' })), { instanceOf: InvalidRequestError, message: /sampling\.seed.*"abc"/ });
+  t.throws(() => parseGenerateRequest(withSampling({ seed: 'abc' })), {
+    instanceOf: InvalidRequestError,
+    message: /sampling\.seed.*"abc"/,
+  });
 });
 
 test('speculation mode MODE_OFF maps to off and everything else to ngram', (t) => {
@@ -221,7 +261,10 @@ test('unset speculation gives the default speculation options', (t) => {
 });
 
 test('max_draft_tokens and ngram_n of 0 mean the defaults', (t) => {
-  const parsed = parseGenerateRequest({ ...TEXT, speculation: { mode: 'MODE_NGRAM', max_draft_tokens: 0, ngram_n: 0 } });
+  const parsed = parseGenerateRequest({
+    ...TEXT,
+    speculation: { mode: 'MODE_NGRAM', max_draft_tokens: 0, ngram_n: 0 },
+  });
   t.is(parsed.request.speculation?.draftTokensMax, DEFAULT_SPECULATION.draftTokensMax);
   t.is(parsed.request.speculation?.ngramN, DEFAULT_SPECULATION.ngramN);
 });
@@ -308,7 +351,7 @@ test('toFinalInfo maps each finish reason', (t) => {
   t.is(toFinalInfo(final({ finishReason: 'stop_sequence' }), '0').finish_reason, 'FINISH_REASON_STOP_SEQUENCE');
 });
 
-test('toFinalInfo only renames the service\'s times (the service counts them from receipt)', (t) => {
+test("toFinalInfo only renames the service's times (the service counts them from receipt)", (t) => {
   t.deepEqual(toFinalInfo(final(), '42'), {
     finish_reason: 'FINISH_REASON_LENGTH',
     usage: { input_tokens: 11, output_tokens: 7 },

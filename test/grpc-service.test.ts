@@ -5,8 +5,21 @@ import test from 'ava';
 import protobuf from 'protobufjs';
 import { nativeAddon } from '../src/runtime/native-run.js';
 import { GENERATION_PROTO, PROTO_DIR } from '../src/transport/grpc/proto.js';
-import type { BidiClientMsg, BidiServerMsg, GenerateChunkMsg, GenerateRequestMsg } from '../src/transport/grpc/messages.js';
-import { TEST_MODEL_NAME, type TestServer, collectStream, grpcError, joinChunks, startTestServer, waitFor } from './support/grpc-server.js';
+import type {
+  BidiClientMsg,
+  BidiServerMsg,
+  GenerateChunkMsg,
+  GenerateRequestMsg,
+} from '../src/transport/grpc/messages.js';
+import {
+  TEST_MODEL_NAME,
+  type TestServer,
+  collectStream,
+  grpcError,
+  joinChunks,
+  startTestServer,
+  waitFor,
+} from './support/grpc-server.js';
 
 const QUESTIONS = [
   'What is the capital of France?',
@@ -19,13 +32,27 @@ const QUESTIONS = [
   'Why is the sky blue?',
 ];
 
-function chatRequest(id: string, question: string, maxNewTokens = 24, extra: Partial<GenerateRequestMsg> = {}): GenerateRequestMsg {
-  return { request_id: id, messages: { messages: [{ role: 'user', content: question }] }, stopping: { max_new_tokens: maxNewTokens }, ...extra };
+function chatRequest(
+  id: string,
+  question: string,
+  maxNewTokens = 24,
+  extra: Partial<GenerateRequestMsg> = {},
+): GenerateRequestMsg {
+  return {
+    request_id: id,
+    messages: { messages: [{ role: 'user', content: question }] },
+    stopping: { max_new_tokens: maxNewTokens },
+    ...extra,
+  };
 }
 
 /** A request that runs until cancelled or for `maxNewTokens` tokens. */
 function longRequest(id: string, maxNewTokens = 2000): GenerateRequestMsg {
-  return { request_id: id, text: 'Count from one to one thousand: one, two, three,', stopping: { max_new_tokens: maxNewTokens, ignore_eos: true } };
+  return {
+    request_id: id,
+    text: 'Count from one to one thousand: one, two, three,',
+    stopping: { max_new_tokens: maxNewTokens, ignore_eos: true },
+  };
 }
 
 interface BidiResult {
@@ -52,9 +79,10 @@ function chunksOf(messages: readonly BidiServerMsg[], id: string): GenerateChunk
 }
 
 function errorsOf(messages: readonly BidiServerMsg[], id?: string) {
-  return messages.flatMap((m) => ('error' in m && m.error && (id === undefined || m.error.request_id === id) ? [m.error] : []));
+  return messages.flatMap((m) =>
+    'error' in m && m.error && (id === undefined || m.error.request_id === id) ? [m.error] : [],
+  );
 }
-
 
 let shared: TestServer | undefined;
 async function server(): Promise<TestServer> {
@@ -66,90 +94,102 @@ test.after.always(async () => {
   await shared?.close();
 });
 
-test.serial('eight generations multiplexed on one bidi call interleave, end exactly once each and equal the unary answers', async (t) => {
-  const s = await server();
-  const client = s.client();
-  const call = client.generateBidi({ deadlineMs: 120_000 });
-  const done = collectBidi(call);
-  const requests = QUESTIONS.map((q, i) => chatRequest(`req-${i}`, q));
-  for (const r of requests) call.write({ generate: r });
-  call.end(); // half-close: the server finishes what is in flight, then ends the call OK
-  const { messages, status } = await done;
-  t.is(status.code, GrpcStatus.OK);
-  t.deepEqual(errorsOf(messages), []);
+test.serial(
+  'eight generations multiplexed on one bidi call interleave, end exactly once each and equal the unary answers',
+  async (t) => {
+    const s = await server();
+    const client = s.client();
+    const call = client.generateBidi({ deadlineMs: 120_000 });
+    const done = collectBidi(call);
+    const requests = QUESTIONS.map((q, i) => chatRequest(`req-${i}`, q));
+    for (const r of requests) call.write({ generate: r });
+    call.end(); // half-close: the server finishes what is in flight, then ends the call OK
+    const { messages, status } = await done;
+    t.is(status.code, GrpcStatus.OK);
+    t.deepEqual(errorsOf(messages), []);
 
-  const order = messages.map((m) => ('chunk' in m ? m.chunk.request_id : ''));
-  let interleaved = false;
-  for (const r of requests) {
-    const id = r.request_id!;
-    const chunks = chunksOf(messages, id);
-    t.deepEqual(
-      chunks.map((c) => c.seq),
-      chunks.map((_, i) => i),
-      `${id}: seq counts 0, 1, 2, …`,
-    );
-    const finals = chunks.filter((c) => c.final !== undefined && c.final !== null);
-    t.is(finals.length, 1, `${id}: exactly one terminal message`);
-    t.is(chunks[chunks.length - 1]!.final, finals[0]!.final, `${id}: the final chunk comes last`);
-    const first = order.indexOf(id);
-    const last = order.lastIndexOf(id);
-    if (order.slice(first, last).some((other) => other !== id)) interleaved = true;
+    const order = messages.map((m) => ('chunk' in m ? m.chunk.request_id : ''));
+    let interleaved = false;
+    for (const r of requests) {
+      const id = r.request_id!;
+      const chunks = chunksOf(messages, id);
+      t.deepEqual(
+        chunks.map((c) => c.seq),
+        chunks.map((_, i) => i),
+        `${id}: seq counts 0, 1, 2, …`,
+      );
+      const finals = chunks.filter((c) => c.final !== undefined && c.final !== null);
+      t.is(finals.length, 1, `${id}: exactly one terminal message`);
+      t.is(chunks[chunks.length - 1]!.final, finals[0]!.final, `${id}: the final chunk comes last`);
+      const first = order.indexOf(id);
+      const last = order.lastIndexOf(id);
+      if (order.slice(first, last).some((other) => other !== id)) interleaved = true;
 
-    const joined = joinChunks(chunks);
-    t.is(finals[0]!.final!.usage.output_tokens, joined.tokenIds.length);
-    const unary = await client.generate(r, { deadlineMs: 60_000 });
-    t.is(joined.text, unary.text, `${id}: same text as the unary call`);
-    t.deepEqual(joined.tokenIds, unary.token_ids, `${id}: same tokens as the unary call`);
-    t.is(unary.final.finish_reason, finals[0]!.final!.finish_reason);
-  }
-  t.true(interleaved, 'chunks of different requests interleave on the call');
-  t.is(s.service.poolState.active, 0);
-});
-
-test.serial('speculation on and off give the same tokens through GenerateStream, with fewer verify steps when on', async (t) => {
-  const s = await server();
-  const client = s.client();
-  const base = chatRequest('spec', 'Repeat this sentence twice: the quick brown fox jumps over the lazy dog.', 48);
-  const on = await collectStream(client.generateStream({ ...base, speculation: { mode: 'MODE_NGRAM' } }));
-  const off = await collectStream(client.generateStream({ ...base, speculation: { mode: 'MODE_OFF' } }));
-  t.deepEqual(joinChunks(on).tokenIds, joinChunks(off).tokenIds);
-  t.is(joinChunks(on).text, joinChunks(off).text);
-  const finalOn = on[on.length - 1]!.final!;
-  const finalOff = off[off.length - 1]!.final!;
-  t.is(finalOff.speculation.draft_tokens, 0);
-  t.true(finalOn.speculation.accepted_tokens > 0, 'drafts were accepted on a repetitive prompt');
-  t.true(finalOn.speculation.verify_steps < finalOff.speculation.verify_steps);
-  t.true(on.some((c) => c.token_ids.length > 1), 'a chunk carries several accepted tokens');
-});
-
-test.serial('a cancel message ends that request with finish reason CANCELLED and leaves the others running', async (t) => {
-  const s = await server();
-  const call = s.client().generateBidi({ deadlineMs: 120_000 });
-  let cancelSent = false;
-  const done = collectBidi(call, (m) => {
-    if (!cancelSent && 'chunk' in m && m.chunk.request_id === 'victim') {
-      cancelSent = true;
-      call.write({ cancel: { request_ids: ['victim', 'no-such-id'] } });
-      call.end();
+      const joined = joinChunks(chunks);
+      t.is(finals[0]!.final!.usage.output_tokens, joined.tokenIds.length);
+      const unary = await client.generate(r, { deadlineMs: 60_000 });
+      t.is(joined.text, unary.text, `${id}: same text as the unary call`);
+      t.deepEqual(joined.tokenIds, unary.token_ids, `${id}: same tokens as the unary call`);
+      t.is(unary.final.finish_reason, finals[0]!.final!.finish_reason);
     }
-  });
-  call.write({ generate: longRequest('victim') });
-  call.write({ generate: chatRequest('survivor', QUESTIONS[0]!, 32) });
-  const { messages, status } = await done;
-  t.is(status.code, GrpcStatus.OK);
-  const victim = chunksOf(messages, 'victim');
-  const finals = victim.filter((c) => c.final);
-  t.is(finals.length, 1);
-  t.is(finals[0]!.final!.finish_reason, 'FINISH_REASON_CANCELLED');
-  // Tokens, not chunks: a chunk carries every token a verify step accepted.
-  const generated = finals[0]!.final!.usage.output_tokens;
-  t.true(generated < 200, `stopped long before 2000 tokens, after ${generated}`);
-  t.is(generated, joinChunks(victim).tokenIds.length);
-  const survivor = chunksOf(messages, 'survivor');
-  t.is(survivor.filter((c) => c.final).length, 1);
-  t.not(survivor[survivor.length - 1]!.final!.finish_reason, 'FINISH_REASON_CANCELLED');
-  t.deepEqual(errorsOf(messages), []);
-});
+    t.true(interleaved, 'chunks of different requests interleave on the call');
+    t.is(s.service.poolState.active, 0);
+  },
+);
+
+test.serial(
+  'speculation on and off give the same tokens through GenerateStream, with fewer verify steps when on',
+  async (t) => {
+    const s = await server();
+    const client = s.client();
+    const base = chatRequest('spec', 'Repeat this sentence twice: the quick brown fox jumps over the lazy dog.', 48);
+    const on = await collectStream(client.generateStream({ ...base, speculation: { mode: 'MODE_NGRAM' } }));
+    const off = await collectStream(client.generateStream({ ...base, speculation: { mode: 'MODE_OFF' } }));
+    t.deepEqual(joinChunks(on).tokenIds, joinChunks(off).tokenIds);
+    t.is(joinChunks(on).text, joinChunks(off).text);
+    const finalOn = on[on.length - 1]!.final!;
+    const finalOff = off[off.length - 1]!.final!;
+    t.is(finalOff.speculation.draft_tokens, 0);
+    t.true(finalOn.speculation.accepted_tokens > 0, 'drafts were accepted on a repetitive prompt');
+    t.true(finalOn.speculation.verify_steps < finalOff.speculation.verify_steps);
+    t.true(
+      on.some((c) => c.token_ids.length > 1),
+      'a chunk carries several accepted tokens',
+    );
+  },
+);
+
+test.serial(
+  'a cancel message ends that request with finish reason CANCELLED and leaves the others running',
+  async (t) => {
+    const s = await server();
+    const call = s.client().generateBidi({ deadlineMs: 120_000 });
+    let cancelSent = false;
+    const done = collectBidi(call, (m) => {
+      if (!cancelSent && 'chunk' in m && m.chunk.request_id === 'victim') {
+        cancelSent = true;
+        call.write({ cancel: { request_ids: ['victim', 'no-such-id'] } });
+        call.end();
+      }
+    });
+    call.write({ generate: longRequest('victim') });
+    call.write({ generate: chatRequest('survivor', QUESTIONS[0]!, 32) });
+    const { messages, status } = await done;
+    t.is(status.code, GrpcStatus.OK);
+    const victim = chunksOf(messages, 'victim');
+    const finals = victim.filter((c) => c.final);
+    t.is(finals.length, 1);
+    t.is(finals[0]!.final!.finish_reason, 'FINISH_REASON_CANCELLED');
+    // Tokens, not chunks: a chunk carries every token a verify step accepted.
+    const generated = finals[0]!.final!.usage.output_tokens;
+    t.true(generated < 200, `stopped long before 2000 tokens, after ${generated}`);
+    t.is(generated, joinChunks(victim).tokenIds.length);
+    const survivor = chunksOf(messages, 'survivor');
+    t.is(survivor.filter((c) => c.final).length, 1);
+    t.not(survivor[survivor.length - 1]!.final!.finish_reason, 'FINISH_REASON_CANCELLED');
+    t.deepEqual(errorsOf(messages), []);
+  },
+);
 
 test.serial('a request cancelled by a cancel message reports the time it waited for a slot', async (t) => {
   const s = await startTestServer({ maxActive: 1 });
@@ -171,7 +211,9 @@ test.serial('a request cancelled by a cancel message reports the time it waited 
     const first = chunksOf(messages, 'first').find((c) => c.final)!.final!;
     const waited = chunksOf(messages, 'waited').find((c) => c.final)!.final!;
     t.is(waited.finish_reason, 'FINISH_REASON_CANCELLED');
-    t.log(`first: total ${first.total_ms.toFixed(1)} ms; waited: queue ${waited.queue_ms.toFixed(1)} ms, total ${waited.total_ms.toFixed(1)} ms`);
+    t.log(
+      `first: total ${first.total_ms.toFixed(1)} ms; waited: queue ${waited.queue_ms.toFixed(1)} ms, total ${waited.total_ms.toFixed(1)} ms`,
+    );
     t.true(waited.queue_ms > first.total_ms / 2, 'the queue time covers the wait for the slot');
     t.true(waited.queue_ms < waited.total_ms, 'and the total includes it');
     t.is(waited.first_token_ms, 0);
@@ -232,13 +274,29 @@ test.serial('malformed requests get INVALID_ARGUMENT naming the field, an unknow
     ['no prompt', { request_id: 'bad', stopping: { max_new_tokens: 4 } }, /prompt/],
     ['empty token ids', { request_id: 'bad', token_ids: { ids: [] } }, /token_ids/],
     ['max_new_tokens above the limit', { ...ok, stopping: { max_new_tokens: 5000 } }, /max_new_tokens/],
-    ['prompt + max_new_tokens beyond the context', { request_id: 'bad', token_ids: { ids: new Array(8000).fill(42) }, stopping: { max_new_tokens: 1000 } }, /context/],
+    [
+      'prompt + max_new_tokens beyond the context',
+      { request_id: 'bad', token_ids: { ids: new Array(8000).fill(42) }, stopping: { max_new_tokens: 1000 } },
+      /context/,
+    ],
     ['top_p 0', { ...ok, sampling: { top_p: 0 } }, /top_p/],
     ['top_p above 1', { ...ok, sampling: { top_p: 1.5 } }, /top_p/],
     ['negative temperature', { ...ok, sampling: { temperature: -1 } }, /temperature/],
-    ['too many stop sequences', { ...ok, stopping: { max_new_tokens: 8, stop_sequences: Array.from({ length: 17 }, (_, i) => `s${i}`) } }, /stop sequences/],
-    ['unknown chat role', { request_id: 'bad', messages: { messages: [{ role: 'robot', content: 'hi' }] } }, /messages\.messages\[0\]\.role/],
-    ['empty chat content', { request_id: 'bad', messages: { messages: [{ role: 'user', content: '' }] } }, /messages\.messages\[0\]\.content/],
+    [
+      'too many stop sequences',
+      { ...ok, stopping: { max_new_tokens: 8, stop_sequences: Array.from({ length: 17 }, (_, i) => `s${i}`) } },
+      /stop sequences/,
+    ],
+    [
+      'unknown chat role',
+      { request_id: 'bad', messages: { messages: [{ role: 'robot', content: 'hi' }] } },
+      /messages\.messages\[0\]\.role/,
+    ],
+    [
+      'empty chat content',
+      { request_id: 'bad', messages: { messages: [{ role: 'user', content: '' }] } },
+      /messages\.messages\[0\]\.content/,
+    ],
     ['no chat messages', { request_id: 'bad', messages: { messages: [] } }, /messages/],
     ['token id outside the vocabulary', { request_id: 'bad', token_ids: { ids: [1, 99_999_999] } }, /vocabulary/],
     ['unknown model', { ...ok, model: 'gpt-9' }, /gpt-9.*smollm2-135m-instruct/, GrpcStatus.NOT_FOUND],
@@ -329,7 +387,13 @@ test.serial('garbage bytes and oversized messages get an error status and the se
       ): void;
     };
     const garbage = await new Promise<ServiceError | null>((resolve) =>
-      raw.makeUnaryRequest('/llm.v1.TextGeneration/Generate', (b) => b, (b) => b, Buffer.from([0xff, 0xff, 0xff, 0xff, 0x0f, 0x12]), resolve),
+      raw.makeUnaryRequest(
+        '/llm.v1.TextGeneration/Generate',
+        (b) => b,
+        (b) => b,
+        Buffer.from([0xff, 0xff, 0xff, 0xff, 0x0f, 0x12]),
+        resolve,
+      ),
     );
     t.truthy(garbage, 'undecodable bytes are refused');
     t.not(garbage!.code, GrpcStatus.OK);
@@ -342,74 +406,95 @@ test.serial('garbage bytes and oversized messages get an error status and the se
   }
 });
 
-test.serial('a slow reader gets backpressure: decoding pauses while the stream is not writable, then completes', async (t) => {
-  const s = await server();
-  // A raw HTTP/2 client that stops reading, with a 1 KiB stream window: grpc-js clients keep
-  // acknowledging data while paused, so they cannot show this.
-  // Imports (google/api/annotations.proto) resolve against the proto root, as proto-loader's includeDirs do.
-  const root = new protobuf.Root();
-  root.resolvePath = (_origin, target) => (isAbsolute(target) ? target : join(PROTO_DIR, target));
-  root.loadSync(GENERATION_PROTO);
-  const ClientMessage = root.lookupType('llm.v1.BidiClientMessage');
-  const ServerMessage = root.lookupType('llm.v1.BidiServerMessage');
-  const frame = (message: object) => {
-    const body = ClientMessage.encode(ClientMessage.fromObject(message)).finish();
-    const out = Buffer.alloc(5 + body.length);
-    out.writeUInt32BE(body.length, 1);
-    out.set(body, 5);
-    return out;
-  };
-  // Events the transport took from the service: it takes the next only once the last is written.
-  let produced = 0;
-  const generate = s.service.generate;
-  s.service.generate = async function* (...args: Parameters<typeof generate>) {
-    for await (const event of generate.apply(s.service, args)) {
-      produced++;
-      yield event;
+test.serial(
+  'a slow reader gets backpressure: decoding pauses while the stream is not writable, then completes',
+  async (t) => {
+    const s = await server();
+    // A raw HTTP/2 client that stops reading, with a 1 KiB stream window: grpc-js clients keep
+    // acknowledging data while paused, so they cannot show this.
+    // Imports (google/api/annotations.proto) resolve against the proto root, as proto-loader's includeDirs do.
+    const root = new protobuf.Root();
+    root.resolvePath = (_origin, target) => (isAbsolute(target) ? target : join(PROTO_DIR, target));
+    root.loadSync(GENERATION_PROTO);
+    const ClientMessage = root.lookupType('llm.v1.BidiClientMessage');
+    const ServerMessage = root.lookupType('llm.v1.BidiServerMessage');
+    const frame = (message: object) => {
+      const body = ClientMessage.encode(ClientMessage.fromObject(message)).finish();
+      const out = Buffer.alloc(5 + body.length);
+      out.writeUInt32BE(body.length, 1);
+      out.set(body, 5);
+      return out;
+    };
+    // Events the transport took from the service: it takes the next only once the last is written.
+    let produced = 0;
+    const generate = s.service.generate;
+    s.service.generate = async function* (...args: Parameters<typeof generate>) {
+      for await (const event of generate.apply(s.service, args)) {
+        produced++;
+        yield event;
+      }
+    };
+    const session = http2.connect(`http://${s.address}`, { settings: { initialWindowSize: 1024 } });
+    try {
+      const stream = session.request({
+        ':method': 'POST',
+        ':path': '/llm.v1.TextGeneration/GenerateBidi',
+        'content-type': 'application/grpc',
+        te: 'trailers',
+      });
+      stream.pause();
+      const maxNewTokens = 400;
+      const ids = ['slow-1', 'slow-2', 'slow-3'];
+      for (const id of ids)
+        stream.write(
+          frame({
+            generate: {
+              requestId: id,
+              text: 'Count from one to one thousand: one, two, three,',
+              stopping: { maxNewTokens, ignoreEos: true },
+            },
+          }),
+        );
+      stream.end();
+      let last = -1;
+      const stalled = await waitFor(
+        () => {
+          const same = produced > 0 && produced === last;
+          last = produced;
+          return same;
+        },
+        30_000,
+        1000,
+      );
+      t.true(stalled, 'the generations block on flow control and stay blocked');
+      const producedWhenBlocked = produced;
+      await new Promise((r) => setTimeout(r, 1000));
+      t.is(produced, producedWhenBlocked, 'nothing more is produced while the reader does not read');
+      t.true(producedWhenBlocked < maxNewTokens, 'decoding stopped well before the end');
+      t.is(s.service.poolState.active, 3, 'the generations wait, holding their slots');
+      const chunks: Buffer[] = [];
+      stream.on('data', (d: Buffer) => chunks.push(d));
+      const trailers = new Promise<http2.IncomingHttpHeaders>((resolve) => stream.on('trailers', resolve));
+      stream.resume();
+      await new Promise((r) => stream.on('end', r));
+      t.is((await trailers)['grpc-status'], '0');
+      const data = Buffer.concat(chunks);
+      const outputTokens = new Map<string, number>();
+      for (let at = 0; at < data.length; ) {
+        const length = data.readUInt32BE(at + 1);
+        const message = ServerMessage.toObject(ServerMessage.decode(data.subarray(at + 5, at + 5 + length))) as {
+          chunk?: { requestId: string; final?: { usage: { outputTokens: number } } };
+        };
+        if (message.chunk?.final) outputTokens.set(message.chunk.requestId, message.chunk.final.usage.outputTokens);
+        at += 5 + length;
+      }
+      t.deepEqual(Object.fromEntries(outputTokens), Object.fromEntries(ids.map((id) => [id, maxNewTokens])));
+    } finally {
+      session.close();
+      s.service.generate = generate;
     }
-  };
-  const session = http2.connect(`http://${s.address}`, { settings: { initialWindowSize: 1024 } });
-  try {
-    const stream = session.request({ ':method': 'POST', ':path': '/llm.v1.TextGeneration/GenerateBidi', 'content-type': 'application/grpc', te: 'trailers' });
-    stream.pause();
-    const maxNewTokens = 400;
-    const ids = ['slow-1', 'slow-2', 'slow-3'];
-    for (const id of ids) stream.write(frame({ generate: { requestId: id, text: 'Count from one to one thousand: one, two, three,', stopping: { maxNewTokens, ignoreEos: true } } }));
-    stream.end();
-    let last = -1;
-    const stalled = await waitFor(() => {
-      const same = produced > 0 && produced === last;
-      last = produced;
-      return same;
-    }, 30_000, 1000);
-    t.true(stalled, 'the generations block on flow control and stay blocked');
-    const producedWhenBlocked = produced;
-    await new Promise((r) => setTimeout(r, 1000));
-    t.is(produced, producedWhenBlocked, 'nothing more is produced while the reader does not read');
-    t.true(producedWhenBlocked < maxNewTokens, 'decoding stopped well before the end');
-    t.is(s.service.poolState.active, 3, 'the generations wait, holding their slots');
-    const chunks: Buffer[] = [];
-    stream.on('data', (d: Buffer) => chunks.push(d));
-    const trailers = new Promise<http2.IncomingHttpHeaders>((resolve) => stream.on('trailers', resolve));
-    stream.resume();
-    await new Promise((r) => stream.on('end', r));
-    t.is((await trailers)['grpc-status'], '0');
-    const data = Buffer.concat(chunks);
-    const outputTokens = new Map<string, number>();
-    for (let at = 0; at < data.length; ) {
-      const length = data.readUInt32BE(at + 1);
-      const message = ServerMessage.toObject(ServerMessage.decode(data.subarray(at + 5, at + 5 + length))) as {
-        chunk?: { requestId: string; final?: { usage: { outputTokens: number } } };
-      };
-      if (message.chunk?.final) outputTokens.set(message.chunk.requestId, message.chunk.final.usage.outputTokens);
-      at += 5 + length;
-    }
-    t.deepEqual(Object.fromEntries(outputTokens), Object.fromEntries(ids.map((id) => [id, maxNewTokens])));
-  } finally {
-    session.close();
-    s.service.generate = generate;
-  }
-});
+  },
+);
 
 test.serial('Tokenize and ModelInfo describe the served model', async (t) => {
   const s = await server();

@@ -1,7 +1,12 @@
 import test from 'ava';
 import type { GenerationBackend, GenerationEvent, GenerationFinal, GenerateRequest } from '../src/contract.js';
 import { CancelledError } from '../src/errors.js';
-import { InferenceService, type ServiceEvent, ServiceCancelledError, type ServiceFinal } from '../src/engine/inference-service.js';
+import {
+  InferenceService,
+  type ServiceEvent,
+  ServiceCancelledError,
+  type ServiceFinal,
+} from '../src/engine/inference-service.js';
 import type { ModelInfo } from '../src/runtime/types.js';
 import type { TextTokenizer } from '../src/tokenizer/tokenizer.js';
 
@@ -15,7 +20,17 @@ const ENGINE_FINAL: GenerationFinal = {
   firstTokenMs: 3,
   prefillMs: 2,
   totalMs: 10,
-  stats: { rounds: 4, draftRounds: 0, zeroAcceptRounds: 0, draftTokensProposed: 0, draftTokensAccepted: 0, draftedAtPosition: [], acceptedAtPosition: [], forwardMs: 8, draftMs: 0 },
+  stats: {
+    rounds: 4,
+    draftRounds: 0,
+    zeroAcceptRounds: 0,
+    draftTokensProposed: 0,
+    draftTokensAccepted: 0,
+    draftedAtPosition: [],
+    acceptedAtPosition: [],
+    forwardMs: 8,
+    draftMs: 0,
+  },
 };
 
 /** A backend without a model: each run waits for `gate`, then yields one delta and ENGINE_FINAL (or `final`), or ends cancelled when its signal aborts. */
@@ -27,7 +42,11 @@ function fakeBackend(gate: Promise<void>, final: GenerationFinal = ENGINE_FINAL)
     prepare: (request) => ({ request, promptTokens: [1, 2] }),
     async *run(_prepared, signal): AsyncGenerator<GenerationEvent> {
       yield { type: 'delta', text: 'a', tokenIds: [7] };
-      if (signal?.aborted !== true) await Promise.race([gate, new Promise((resolve) => signal?.addEventListener('abort', resolve, { once: true }))]);
+      if (signal?.aborted !== true)
+        await Promise.race([
+          gate,
+          new Promise((resolve) => signal?.addEventListener('abort', resolve, { once: true })),
+        ]);
       if (signal?.aborted) throw new CancelledError(signal.reason, { promptTokens: 2, completionTokens: 1 });
       yield final;
     },
@@ -36,7 +55,12 @@ function fakeBackend(gate: Promise<void>, final: GenerationFinal = ENGINE_FINAL)
 }
 
 function service(engine: GenerationBackend): InferenceService {
-  return new InferenceService({ engine, modelName: 'fake', pool: { maxActive: 1, maxQueued: 4 }, limits: { maxNewTokensDefault: 4, maxNewTokensLimit: 16 } });
+  return new InferenceService({
+    engine,
+    modelName: 'fake',
+    pool: { maxActive: 1, maxQueued: 4 },
+    limits: { maxNewTokensDefault: 4, maxNewTokensLimit: 16 },
+  });
 }
 
 async function finalOf(events: AsyncGenerator<ServiceEvent>): Promise<ServiceFinal> {
@@ -55,7 +79,7 @@ function gated(): { gate: Promise<void>; open: () => void } {
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
-test('the final counts every time from receipt: the slot wait, then the engine\'s first-token and total times', async (t) => {
+test("the final counts every time from receipt: the slot wait, then the engine's first-token and total times", async (t) => {
   const { gate, open } = gated();
   const s = service(fakeBackend(gate));
   const first = s.generate('', REQUEST);

@@ -24,7 +24,9 @@ interface Fixture {
 }
 
 test('Q4_K, Q5_K and Q6_K dequantize bit for bit as gguf-py does', (t) => {
-  const fixture = JSON.parse(readFileSync(join(projectRoot(), 'test', 'fixtures', 'kquant-blocks.json'), 'utf8')) as Fixture;
+  const fixture = JSON.parse(
+    readFileSync(join(projectRoot(), 'test', 'fixtures', 'kquant-blocks.json'), 'utf8'),
+  ) as Fixture;
   t.deepEqual(Object.keys(fixture.types).sort(), ['Q4_K', 'Q5_K', 'Q6_K']);
   for (const [name, c] of Object.entries(fixture.types)) {
     const raw = new Uint8Array(Buffer.from(c.raw, 'base64'));
@@ -61,42 +63,53 @@ const MIXES: Record<string, (name: string) => GgmlType> = {
 };
 
 for (const [mix, typeOf] of Object.entries(MIXES)) {
-  test.serial(`a ${mix} GGUF converts and its graph matches the reference forward on the same packed weights`, async (t) => {
-    const dir = mkdtempSync(join(tmpdir(), 'anpd-kquant-'));
-    try {
-      const ggufPath = join(dir, `${mix}.gguf`);
-      writeFileSync(ggufPath, randomLlamaGguf(readGguf(await defaultGguf()), SHAPE, typeOf, 7));
-      const file = readGguf(ggufPath);
-      for (const [name, info] of file.tensors) if (info.dims.length === 2) t.is(toNBits(file, info).bits, wantsEightBits(info.type) ? 8 : 4, name);
-      // accuracy_level 0: MatMulNBits in float32, so a difference is the graph's.
-      convertGguf(ggufPath, join(dir, 'model'), { ...DEFAULT_GRAPH_OPTIONS, accuracyLevel: 0 });
-      const model = await loadDecoderModel(join(dir, 'model'), { executionProvider: 'cpu', intraOpThreads: 1, kvCapacity: 64, experimental: { nativeAttention: 'off' } });
-      const seq = model.createSequence();
-      const logits = await seq.forward(TOKENS, TOKENS.length);
-      const packed = new ReferenceLlama(file);
-      const exact = new ReferenceLlama(file, undefined, 'exact');
-      let worstGraph = 0;
-      const packing = { max: 0, rms: 0, scale: 0 };
-      for (let p = 0; p < TOKENS.length; p++) {
-        const row = logits.subarray(p * VOCAB, (p + 1) * VOCAB);
-        const ref = packed.step(TOKENS[p]!);
-        const truth = exact.step(TOKENS[p]!);
-        worstGraph = Math.max(worstGraph, stats(row, ref).max);
-        const s = stats(ref, truth);
-        packing.max = Math.max(packing.max, s.max);
-        packing.rms = Math.max(packing.rms, s.rms);
-        for (const v of truth) packing.scale = Math.max(packing.scale, Math.abs(v));
+  test.serial(
+    `a ${mix} GGUF converts and its graph matches the reference forward on the same packed weights`,
+    async (t) => {
+      const dir = mkdtempSync(join(tmpdir(), 'anpd-kquant-'));
+      try {
+        const ggufPath = join(dir, `${mix}.gguf`);
+        writeFileSync(ggufPath, randomLlamaGguf(readGguf(await defaultGguf()), SHAPE, typeOf, 7));
+        const file = readGguf(ggufPath);
+        for (const [name, info] of file.tensors)
+          if (info.dims.length === 2) t.is(toNBits(file, info).bits, wantsEightBits(info.type) ? 8 : 4, name);
+        // accuracy_level 0: MatMulNBits in float32, so a difference is the graph's.
+        convertGguf(ggufPath, join(dir, 'model'), { ...DEFAULT_GRAPH_OPTIONS, accuracyLevel: 0 });
+        const model = await loadDecoderModel(join(dir, 'model'), {
+          executionProvider: 'cpu',
+          intraOpThreads: 1,
+          kvCapacity: 64,
+          experimental: { nativeAttention: 'off' },
+        });
+        const seq = model.createSequence();
+        const logits = await seq.forward(TOKENS, TOKENS.length);
+        const packed = new ReferenceLlama(file);
+        const exact = new ReferenceLlama(file, undefined, 'exact');
+        let worstGraph = 0;
+        const packing = { max: 0, rms: 0, scale: 0 };
+        for (let p = 0; p < TOKENS.length; p++) {
+          const row = logits.subarray(p * VOCAB, (p + 1) * VOCAB);
+          const ref = packed.step(TOKENS[p]!);
+          const truth = exact.step(TOKENS[p]!);
+          worstGraph = Math.max(worstGraph, stats(row, ref).max);
+          const s = stats(ref, truth);
+          packing.max = Math.max(packing.max, s.max);
+          packing.rms = Math.max(packing.rms, s.rms);
+          for (const v of truth) packing.scale = Math.max(packing.scale, Math.abs(v));
+        }
+        seq.dispose();
+        await model.dispose();
+        t.true(worstGraph < 2e-3, `graph vs reference on the packed weights: max |diff| ${worstGraph}`);
+        // What packing for MatMulNBits costs, against the GGUF's exact values (logged for the notes).
+        t.log(
+          `${mix}: packed vs exact weights, logits max |diff| ${packing.max.toPrecision(3)}, RMS ${packing.rms.toPrecision(3)} (largest |logit| ${packing.scale.toPrecision(3)})`,
+        );
+        t.true(packing.max < 0.1 * packing.scale, 'packing moved a logit by more than 10% of the largest');
+        // Q4_K maps exactly (scale, zero point 0, and its mins as a block offset).
+        if (mix === 'Q4_K') t.true(packing.max < 1e-6 * packing.scale, `Q4_K packing is not exact: ${packing.max}`);
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
       }
-      seq.dispose();
-      await model.dispose();
-      t.true(worstGraph < 2e-3, `graph vs reference on the packed weights: max |diff| ${worstGraph}`);
-      // What packing for MatMulNBits costs, against the GGUF's exact values (logged for the notes).
-      t.log(`${mix}: packed vs exact weights, logits max |diff| ${packing.max.toPrecision(3)}, RMS ${packing.rms.toPrecision(3)} (largest |logit| ${packing.scale.toPrecision(3)})`);
-      t.true(packing.max < 0.1 * packing.scale, 'packing moved a logit by more than 10% of the largest');
-      // Q4_K maps exactly (scale, zero point 0, and its mins as a block offset).
-      if (mix === 'Q4_K') t.true(packing.max < 1e-6 * packing.scale, `Q4_K packing is not exact: ${packing.max}`);
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-    }
-  });
+    },
+  );
 }

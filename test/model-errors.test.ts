@@ -49,7 +49,10 @@ test('a truncated GGUF is reported as truncated, naming the file', async (t) => 
   const headerCut = file('cut-header.gguf', real.subarray(0, 5000));
   t.throws(() => readGguf(headerCut), { instanceOf: ModelFormatError, message: /cut-header\.gguf: truncated/ });
   const dataCut = file('cut-data.gguf', real.subarray(0, real.length - 1000));
-  t.throws(() => readGguf(dataCut), { instanceOf: ModelFormatError, message: /cut-data\.gguf: truncated: tensor \S+ needs bytes/ });
+  t.throws(() => readGguf(dataCut), {
+    instanceOf: ModelFormatError,
+    message: /cut-data\.gguf: truncated: tensor \S+ needs bytes/,
+  });
 });
 
 test('an unsupported GGUF version is refused', (t) => {
@@ -59,21 +62,34 @@ test('an unsupported GGUF version is refused', (t) => {
 
 test('an unsupported architecture is refused by the converter with the architecture named', (t) => {
   const path = file('mamba.gguf', writeGguf({ ...LLAMA_META, 'general.architecture': { str: 'mamba' } }, []));
-  t.throws(() => convertGguf(path, join(dir, 'out-mamba')), { instanceOf: ModelFormatError, message: /mamba\.gguf: unsupported architecture "mamba"/ });
+  t.throws(() => convertGguf(path, join(dir, 'out-mamba')), {
+    instanceOf: ModelFormatError,
+    message: /mamba\.gguf: unsupported architecture "mamba"/,
+  });
 });
 
 test('an unsupported tensor quantization type is refused naming the tensor', (t) => {
   // Q2_K (type 10): readable, not converted; the message lists what is.
   const q2_k = { name: 'token_embd.weight', dims: [256, 2], type: 10, data: new Uint8Array(84 * 2) };
   const path = file('q2_k.gguf', writeGguf(LLAMA_META, [q2_k]));
-  t.throws(() => convertGguf(path, join(dir, 'out-q2_k')), { instanceOf: ModelFormatError, message: /token_embd\.weight: ggml type Q2_K cannot be dequantized.*Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K/ });
+  t.throws(() => convertGguf(path, join(dir, 'out-q2_k')), {
+    instanceOf: ModelFormatError,
+    message: /token_embd\.weight: ggml type Q2_K cannot be dequantized.*Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K/,
+  });
   const unknown = file('type99.gguf', writeGguf(LLAMA_META, [{ ...q2_k, type: 99 }]));
-  t.throws(() => readGguf(unknown), { instanceOf: ModelFormatError, message: /type99\.gguf: tensor token_embd\.weight has ggml type 99/ });
+  t.throws(() => readGguf(unknown), {
+    instanceOf: ModelFormatError,
+    message: /type99\.gguf: tensor token_embd\.weight has ggml type 99/,
+  });
 });
 
 test('a GGUF whose tokenizer model is neither byte-level BPE nor SentencePiece is refused', (t) => {
   const path = file('t5.gguf', writeGguf({ ...LLAMA_META, 'tokenizer.ggml.model': { str: 't5' } }, []));
-  t.throws(() => convertGguf(path, join(dir, 'out-t5')), { instanceOf: ModelFormatError, message: /t5\.gguf: tokenizer model "t5" is not supported \(supported: byte-level BPE "gpt2", SentencePiece "llama"\)/ });
+  t.throws(() => convertGguf(path, join(dir, 'out-t5')), {
+    instanceOf: ModelFormatError,
+    message:
+      /t5\.gguf: tokenizer model "t5" is not supported \(supported: byte-level BPE "gpt2", SentencePiece "llama"\)/,
+  });
 });
 
 test('a model directory without tokenizer.json names the missing file', async (t) => {
@@ -88,7 +104,8 @@ test('a corrupt model.onnx is reported by path, not as a crash inside ONNX Runti
   const source = await defaultModelDir();
   const model = join(dir, 'corrupt-onnx');
   mkdirSync(model, { recursive: true });
-  for (const f of ['anpd-model.json', 'tokenizer.json', 'tokenizer_config.json']) copyFileSync(join(source, f), join(model, f));
+  for (const f of ['anpd-model.json', 'tokenizer.json', 'tokenizer_config.json'])
+    copyFileSync(join(source, f), join(model, f));
   writeFileSync(join(model, 'model.onnx'), Buffer.from('this is not a protobuf model at all'.repeat(10)));
   const e = await t.throwsAsync(loadDecoderModel(model), { instanceOf: ModelFormatError });
   t.true(e!.message.startsWith(join(model, 'model.onnx')));
@@ -98,13 +115,22 @@ test('a corrupt model.onnx is reported by path, not as a crash inside ONNX Runti
 test('a directory that is not a model says what it expected', async (t) => {
   const empty = join(dir, 'empty');
   mkdirSync(empty, { recursive: true });
-  await t.throwsAsync(loadDecoderModel(empty), { instanceOf: ModelNotFoundError, message: /expected anpd-model\.json .* or config\.json/ });
-  await t.throwsAsync(loadDecoderModel(join(dir, 'missing')), { instanceOf: ModelNotFoundError, message: /model directory not found/ });
+  await t.throwsAsync(loadDecoderModel(empty), {
+    instanceOf: ModelNotFoundError,
+    message: /expected anpd-model\.json .* or config\.json/,
+  });
+  await t.throwsAsync(loadDecoderModel(join(dir, 'missing')), {
+    instanceOf: ModelNotFoundError,
+    message: /model directory not found/,
+  });
 });
 
 test('an invalid config.json is named', async (t) => {
   const model = join(dir, 'bad-config');
   mkdirSync(model, { recursive: true });
   writeFileSync(join(model, 'config.json'), '{ not json');
-  await t.throwsAsync(loadDecoderModel(model), { instanceOf: ModelFormatError, message: /bad-config\/config\.json: not valid JSON/ });
+  await t.throwsAsync(loadDecoderModel(model), {
+    instanceOf: ModelFormatError,
+    message: /bad-config\/config\.json: not valid JSON/,
+  });
 });

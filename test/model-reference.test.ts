@@ -8,7 +8,9 @@ import { ReferenceLlama } from './support/reference-llama.js';
 const VOCAB = 49152;
 // "<|im_start|>user\nWhat is the capital" in SmolLM2's vocabulary, and a longer mixed tail.
 const TOKENS = [1, 4093, 198, 1780, 314, 260];
-const LONG = [1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47, 2, 198, 1, 520, 9531, 198, 504, 3575, 282, 4649, 314, 7042, 28];
+const LONG = [
+  1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47, 2, 198, 1, 520, 9531, 198, 504, 3575, 282, 4649, 314, 7042, 28,
+];
 
 function maxAbsDiff(a: Float32Array, b: Float32Array): number {
   let m = 0;
@@ -88,7 +90,10 @@ test('the default model (int8 activations) stays within twice its measured dista
     t.true(overlap >= TOP10_OVERLAP_MIN, `position ${p}: top-10 overlap ${overlap}`);
     t.is(argmax(row), argmax(ref[p]!), `position ${p}`);
   }
-  t.true(overlapSum / LONG.length >= TOP10_OVERLAP_MEAN_MIN, `mean top-10 overlap ${(overlapSum / LONG.length).toFixed(2)}`);
+  t.true(
+    overlapSum / LONG.length >= TOP10_OVERLAP_MEAN_MIN,
+    `mean top-10 overlap ${(overlapSum / LONG.length).toFixed(2)}`,
+  );
   await model.dispose();
 });
 
@@ -105,7 +110,11 @@ test('logits of a position are bitwise identical whatever the forward size and r
     for (let p = prefix; p + T <= LONG.length; p += T) {
       const logits = await seq.forward(LONG.slice(p, p + T), T);
       for (let r = 0; r < T; r++) {
-        t.is(maxAbsDiff(logits.subarray(r * VOCAB, (r + 1) * VOCAB), oneByOne[p - prefix + r]!), 0, `T=${T} position ${p + r}`);
+        t.is(
+          maxAbsDiff(logits.subarray(r * VOCAB, (r + 1) * VOCAB), oneByOne[p - prefix + r]!),
+          0,
+          `T=${T} position ${p + r}`,
+        );
       }
     }
   }

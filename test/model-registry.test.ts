@@ -3,7 +3,13 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import test from 'ava';
-import { classifyModelArgument, DEFAULT_MODEL, GEMMA3_270M, modelArgumentName, modelDisplayName } from '../src/registry/model-registry.js';
+import {
+  classifyModelArgument,
+  DEFAULT_MODEL,
+  GEMMA3_270M,
+  modelArgumentName,
+  modelDisplayName,
+} from '../src/registry/model-registry.js';
 
 test('registry models are served under their id and displayed by the registry name, not the GGUF general.name', (t) => {
   const fallback = classifyModelArgument(undefined);

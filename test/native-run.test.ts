@@ -15,8 +15,18 @@ import type { DecoderModel, DecoderSequence } from '../src/runtime/types.js';
 import { convertedVariant, defaultModelDir } from './support/default-model.js';
 
 const addon = nativeAddon();
-const open = async (nativeRun: 'auto' | 'off', nativeAttention: 'auto' | 'off' = 'off', dir?: string): Promise<DecoderModel> =>
-  loadDecoderModel(dir ?? (await defaultModelDir()), { executionProvider: 'cpu', intraOpThreads: 0, kvCapacity: 1024, nativeRun, experimental: { nativeAttention } });
+const open = async (
+  nativeRun: 'auto' | 'off',
+  nativeAttention: 'auto' | 'off' = 'off',
+  dir?: string,
+): Promise<DecoderModel> =>
+  loadDecoderModel(dir ?? (await defaultModelDir()), {
+    executionProvider: 'cpu',
+    intraOpThreads: 0,
+    kvCapacity: 1024,
+    nativeRun,
+    experimental: { nativeAttention },
+  });
 
 /** 300 prompt tokens: past the first KV buffer (256 slots), so the growth copy is exercised too. */
 const PROMPT = (vocab: number) => Array.from({ length: 300 }, (_, i) => (i * 7919 + 13) % vocab);
@@ -33,7 +43,12 @@ function forwardSteps(vocab: number): { tokens: number[]; rows: number; rewindTo
 }
 
 /** Runs the steps on two sequences side by side and hands each step's logits to `check`. */
-async function sideBySide(a: DecoderSequence, b: DecoderSequence, vocab: number, check: (step: number, rows: number, x: Float32Array, y: Float32Array) => void): Promise<void> {
+async function sideBySide(
+  a: DecoderSequence,
+  b: DecoderSequence,
+  vocab: number,
+  check: (step: number, rows: number, x: Float32Array, y: Float32Array) => void,
+): Promise<void> {
   for (const [i, step] of forwardSteps(vocab).entries()) {
     if (step.rewindTo !== undefined) {
       a.rewind(step.rewindTo);
@@ -53,7 +68,9 @@ function argmax(row: Float32Array): number {
 
 if (addon === null && process.env['CI'] === 'true') {
   test('the native runner is built in CI', (t) => {
-    t.fail(`${NATIVE_ADDON_PATH} is missing or does not load: npm run build builds it (scripts/build-native.mjs says why not)`);
+    t.fail(
+      `${NATIVE_ADDON_PATH} is missing or does not load: npm run build builds it (scripts/build-native.mjs says why not)`,
+    );
   });
 } else if (addon === null) {
   test.skip(`the native runner (not built: ${NATIVE_ADDON_PATH})`, () => {});
@@ -146,7 +163,11 @@ if (addon === null && process.env['CI'] === 'true') {
         const inVerify = all.subarray(r * vocab, (r + 1) * vocab);
         let differing = 0;
         for (let j = 0; j < vocab; j++) if (!Object.is(expected[j], inVerify[j])) differing++;
-        t.is(differing, 0, `prompt ${promptLength}, row ${r}: ${differing} logits differ between the 1-row and the ${continuation.length}-row forward`);
+        t.is(
+          differing,
+          0,
+          `prompt ${promptLength}, row ${r}: ${differing} logits differ between the 1-row and the ${continuation.length}-row forward`,
+        );
         if (r >= 3) {
           const again = redo.subarray((r - 3) * vocab, (r - 2) * vocab);
           let changed = 0;

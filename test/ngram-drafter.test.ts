@@ -9,7 +9,13 @@ import {
 } from '../src/draft/ngram-drafter.js';
 
 /** The paper's multi-level n-gram alone: N = 5, every entry confident, no span copy. */
-const PAPER: NgramDrafterOptions = { n: 5, minCount: [1, 1, 1, 1, 1, 1, 1], minShare: 0, copyMinMatch: 0, copyMaxMatch: 0 };
+const PAPER: NgramDrafterOptions = {
+  n: 5,
+  minCount: [1, 1, 1, 1, 1, 1, 1],
+  minShare: 0,
+  copyMinMatch: 0,
+  copyMaxMatch: 0,
+};
 /** Bigrams only (context of one token), every entry confident, no span copy. */
 const BIGRAM: NgramDrafterOptions = { n: 2, minCount: [1], minShare: 0, copyMinMatch: 0, copyMaxMatch: 0 };
 
@@ -50,16 +56,8 @@ function structuredSequence(length: number, vocab: number, seed: number): number
  * Separators (50+) are fresh tokens so the segments share no longer context.
  */
 const STAIRCASE: readonly number[] = [
-  1, 2, 3, 4, 104,
-  50, 2, 3, 4, 103,
-  51, 2, 3, 4, 103,
-  52, 53, 3, 4, 102,
-  54, 55, 3, 4, 102,
-  56, 57, 3, 4, 102,
-  58, 59, 60, 4, 101,
-  61, 62, 63, 4, 101,
-  64, 65, 66, 4, 101,
-  67, 68, 69, 4, 101,
+  1, 2, 3, 4, 104, 50, 2, 3, 4, 103, 51, 2, 3, 4, 103, 52, 53, 3, 4, 102, 54, 55, 3, 4, 102, 56, 57, 3, 4, 102, 58, 59,
+  60, 4, 101, 61, 62, 63, 4, 101, 64, 65, 66, 4, 101, 67, 68, 69, 4, 101,
 ];
 
 test('a 4-token context seen before drafts its continuation from the highest level', (t) => {
@@ -109,7 +107,11 @@ test('chaining runs on while each extended context is known and stops at the fir
 
 test('the most frequent continuation wins even when another one is more recent', (t) => {
   t.deepEqual(proposeFor([7, 2, 7, 2, 7, 1, 7], BIGRAM, 1), [2]);
-  t.deepEqual(proposeFor([7, 2, 7, 1, 7, 1, 7, 2, 7, 1, 7, 3, 7], BIGRAM, 1), [1], '1 three times beats 2 twice and the latest 3');
+  t.deepEqual(
+    proposeFor([7, 2, 7, 1, 7, 1, 7, 2, 7, 1, 7, 3, 7], BIGRAM, 1),
+    [1],
+    '1 three times beats 2 twice and the latest 3',
+  );
   // Same at a higher level of the full drafter: "5 6" → 8 twice, → 9 once (latest).
   t.deepEqual(proposeFor([5, 6, 8, 0, 5, 6, 8, 1, 5, 6, 9, 2, 5, 6], { ...PAPER, n: 3 }, 1), [8]);
 });
@@ -208,8 +210,14 @@ test('an index built by single-token commits proposes exactly what one built fro
   }
 });
 
-test('a continuation below its level\'s minCount is not drafted; at minCount it is', (t) => {
-  const gated: NgramDrafterOptions = { n: 5, minCount: [2, 1, 1, 1, 1, 1, 1], minShare: 0, copyMinMatch: 0, copyMaxMatch: 0 };
+test("a continuation below its level's minCount is not drafted; at minCount it is", (t) => {
+  const gated: NgramDrafterOptions = {
+    n: 5,
+    minCount: [2, 1, 1, 1, 1, 1, 1],
+    minShare: 0,
+    copyMinMatch: 0,
+    copyMaxMatch: 0,
+  };
   // Bigram "1 → 2" seen once: below minCount[0] = 2.
   t.deepEqual(proposeFor([1, 2, 9, 1], gated, 1), []);
   t.deepEqual(proposeFor([1, 2, 9, 1], PAPER, 1), [2], 'the same history drafts with minCount 1');
@@ -227,7 +235,13 @@ test('a continuation below its level\'s minCount is not drafted; at minCount it 
 test('minShare excludes a continuation whose share of its context is below it and falls back a level', (t) => {
   // Context "8 7" → 1, 2, 3 once each (best share 1/3); context "7" → 4 six times of nine (2/3).
   const prompt = [8, 7, 1, 8, 7, 2, 8, 7, 3, 0, 7, 4, 0, 7, 4, 0, 7, 4, 0, 7, 4, 0, 7, 4, 0, 7, 4, 8, 7];
-  const withShare = (minShare: number): NgramDrafterOptions => ({ n: 3, minCount: [1, 1], minShare, copyMinMatch: 0, copyMaxMatch: 0 });
+  const withShare = (minShare: number): NgramDrafterOptions => ({
+    n: 3,
+    minCount: [1, 1],
+    minShare,
+    copyMinMatch: 0,
+    copyMaxMatch: 0,
+  });
   t.deepEqual(proposeFor(prompt, withShare(0), 1), [3], 'no share gate: the latest of the tie at the higher level');
   t.deepEqual(proposeFor(prompt, withShare(1 / 3), 1), [3], 'a share equal to minShare passes');
   t.deepEqual(proposeFor(prompt, withShare(0.5), 1), [4], 'the higher level is excluded, the lower level passes');
@@ -236,14 +250,35 @@ test('minShare excludes a continuation whose share of its context is below it an
 });
 
 /** A 30-token span of fresh symbols with an embedded "1 2 3 4" that elsewhere is followed by 50. */
-const SPAN: readonly number[] = [20, 21, 22, 23, 24, 25, 1, 2, 3, 4, 60, 61, 62, 63, 64, 65, 66, 67, 68, 69, 70, 71, 72, 73, 74, 75, 76, 77, 78, 79];
+const SPAN: readonly number[] = [
+  20, 21, 22, 23, 24, 25, 1, 2, 3, 4, 60, 61, 62, 63, 64, 65, 66, 67, 68, 69, 70, 71, 72, 73, 74, 75, 76, 77, 78, 79,
+];
 const COPY_TEXT: readonly number[] = [
-  1, 2, 3, 4, 50, 40,
-  1, 2, 3, 4, 50, 41,
+  1,
+  2,
+  3,
+  4,
+  50,
+  40,
+  1,
+  2,
+  3,
+  4,
+  50,
+  41,
   ...SPAN,
-  42, 43, 44, 45,
+  42,
+  43,
+  44,
+  45,
   // The tail repeats the first six tokens of the span, preceded by a token other than the span's.
-  46, 20, 21, 22, 23, 24, 25,
+  46,
+  20,
+  21,
+  22,
+  23,
+  24,
+  25,
 ];
 
 test('span copy drafts exactly the tokens that followed the earlier occurrence, up to maxTokens', (t) => {
@@ -261,10 +296,13 @@ test('span copy requires an exact suffix match of copyMinMatch tokens, measured 
   // One more is not there: the tables draft instead (and prefer the more frequent 50).
   t.deepEqual(proposeFor(COPY_TEXT, { ...DEFAULT_NGRAM_OPTIONS, copyMinMatch: 7 }, 5), [1, 2, 3, 4, 50]);
   // A match measured only up to copyMaxMatch = 5 never reaches copyMinMatch = 6.
-  t.deepEqual(proposeFor(COPY_TEXT, { ...DEFAULT_NGRAM_OPTIONS, copyMinMatch: 6, copyMaxMatch: 5 }, 5), [1, 2, 3, 4, 50]);
+  t.deepEqual(
+    proposeFor(COPY_TEXT, { ...DEFAULT_NGRAM_OPTIONS, copyMinMatch: 6, copyMaxMatch: 5 }, 5),
+    [1, 2, 3, 4, 50],
+  );
 });
 
-test('span copy ignores the tables\' confidence gates', (t) => {
+test("span copy ignores the tables' confidence gates", (t) => {
   // Every context is seen once, so minCount 2 everywhere would block the tables.
   const strict: NgramDrafterOptions = { ...DEFAULT_NGRAM_OPTIONS, minCount: [2, 2, 2, 2] };
   const prompt = [30, 31, 32, 33, 34, 35, 36, 9, 30, 31, 32, 33];
@@ -277,16 +315,23 @@ test('a periodic pattern extends itself past the end of history', (t) => {
   t.deepEqual(proposeFor([5, 5, 5, 5, 5], DEFAULT_NGRAM_OPTIONS, 6), [5, 5, 5, 5, 5, 5]);
   // A whole-line repeat: after the line recurs, the copy keeps producing it.
   const line = [40, 41, 42, 43, 44, 45];
-  t.deepEqual(proposeFor([...line, ...line.slice(0, 4)], DEFAULT_NGRAM_OPTIONS, 10), [44, 45, 40, 41, 42, 43, 44, 45, 40, 41]);
+  t.deepEqual(
+    proposeFor([...line, ...line.slice(0, 4)], DEFAULT_NGRAM_OPTIONS, 10),
+    [44, 45, 40, 41, 42, 43, 44, 45, 40, 41],
+  );
 });
 
-test('a hash collision between two contexts costs at most a miss, never the other context\'s continuation', (t) => {
+test("a hash collision between two contexts costs at most a miss, never the other context's continuation", (t) => {
   // Contexts differing in one token (ids 2^20 apart) must never lend each other continuations,
   // whether or not their hashes collide.
   const A = 5;
   const B = A + 2 ** 20;
   const prompt = [9, 8, 7, A, 1, 9, 8, 7, B, 2, 9, 8, 7, A];
-  for (const [name, options] of [['paper', PAPER], ['default', DEFAULT_NGRAM_OPTIONS], ['bigram', BIGRAM]] as const) {
+  for (const [name, options] of [
+    ['paper', PAPER],
+    ['default', DEFAULT_NGRAM_OPTIONS],
+    ['bigram', BIGRAM],
+  ] as const) {
     const draft = proposeFor(prompt, options, 4);
     t.false(draft.includes(2), `${name}: ${draft.join(' ')}`);
     t.true(draft.length === 0 || draft[0] === 1, `${name}: ${draft.join(' ')}`);
@@ -347,7 +392,10 @@ test('n outside [2, 8] throws a RangeError', (t) => {
  */
 class ReferenceDrafter {
   private readonly history: number[] = [];
-  private readonly tables: Map<string, { slots: { token: number; count: number; last: number }[]; total: number; latest: number }>[];
+  private readonly tables: Map<
+    string,
+    { slots: { token: number; count: number; last: number }[]; total: number; latest: number }
+  >[];
 
   constructor(private readonly options: NgramDrafterOptions) {
     this.tables = Array.from({ length: options.n - 1 }, () => new Map());
@@ -369,7 +417,9 @@ class ReferenceDrafter {
       } else if (entry.slots.length < SLOTS_PER_CONTEXT) {
         entry.slots.push({ token, count: 1, last: pos });
       } else {
-        const weakest = entry.slots.reduce((w, s) => (s.count < w.count || (s.count === w.count && s.last < w.last) ? s : w));
+        const weakest = entry.slots.reduce((w, s) =>
+          s.count < w.count || (s.count === w.count && s.last < w.last) ? s : w,
+        );
         entry.total -= weakest.count;
         Object.assign(weakest, { token, count: 1, last: pos });
       }
@@ -390,9 +440,15 @@ class ReferenceDrafter {
       const entry = this.tables[ctx - 1]!.get(h.slice(h.length - ctx).join(','));
       if (entry !== undefined) {
         let match = ctx;
-        while (match < o.copyMaxMatch && entry.latest - match - 1 >= 0 && h[entry.latest - match - 1] === h[h.length - match - 1]) match++;
+        while (
+          match < o.copyMaxMatch &&
+          entry.latest - match - 1 >= 0 &&
+          h[entry.latest - match - 1] === h[h.length - match - 1]
+        )
+          match++;
         if (match >= o.copyMinMatch) {
-          for (let i = entry.latest; draft.length < maxTokens; i++) draft.push(i < h.length ? h[i]! : draft[i - h.length]!);
+          for (let i = entry.latest; draft.length < maxTokens; i++)
+            draft.push(i < h.length ? h[i]! : draft[i - h.length]!);
           return draft;
         }
       }
@@ -403,7 +459,9 @@ class ReferenceDrafter {
       for (let ctx = Math.min(o.n - 1, all.length); ctx >= 1 && next < 0; ctx--) {
         const entry = this.tables[ctx - 1]!.get(all.slice(all.length - ctx).join(','));
         if (entry === undefined) continue;
-        const best = entry.slots.reduce((b, s) => (s.count > b.count || (s.count === b.count && s.last > b.last) ? s : b));
+        const best = entry.slots.reduce((b, s) =>
+          s.count > b.count || (s.count === b.count && s.last > b.last) ? s : b,
+        );
         if (best.count < (o.minCount[ctx - 1] ?? 1) || best.count < o.minShare * entry.total) continue;
         next = best.token;
       }
@@ -423,7 +481,11 @@ test('proposals and context counts agree with a brute-force reference that keys 
     ['bigram', BIGRAM],
   ];
   // A tiny vocabulary (heavy eviction), a small one, and a real tokenizer's size (hash keys spread wide).
-  const texts: [number, number][] = [[5, 1200], [20, 1200], [150_000, 3000]];
+  const texts: [number, number][] = [
+    [5, 1200],
+    [20, 1200],
+    [150_000, 3000],
+  ];
   let checks = 0;
   let nonEmpty = 0;
   for (const [name, options] of configurations) {

@@ -29,7 +29,12 @@ function f32(name: string, dims: number[], data: Float32Array): Initializer {
   return { name, type: OnnxDataType.FLOAT, dims, data: new Uint8Array(data.buffer, data.byteOffset, data.byteLength) };
 }
 function i64(name: string, values: number[]): Initializer {
-  return { name, type: OnnxDataType.INT64, dims: [values.length], data: new Uint8Array(BigInt64Array.from(values.map(BigInt)).buffer) };
+  return {
+    name,
+    type: OnnxDataType.INT64,
+    dims: [values.length],
+    data: new Uint8Array(BigInt64Array.from(values.map(BigInt)).buffer),
+  };
 }
 
 function tinyDecoder(): Uint8Array {
@@ -40,7 +45,15 @@ function tinyDecoder(): Uint8Array {
     opsets: [{ domain: '', version: 17 }],
     graph: {
       name: 'tiny-cumsum',
-      initializers: [f32('E', [VOCAB, HIDDEN], E), f32('W', [HIDDEN, VOCAB], W), f32('scale', [], new Float32Array([POSITION_SCALE])), i64('axis1', [1]), i64('end', [Number.MAX_SAFE_INTEGER]), i64('axis2', [2]), i64('axis_last', [-1])],
+      initializers: [
+        f32('E', [VOCAB, HIDDEN], E),
+        f32('W', [HIDDEN, VOCAB], W),
+        f32('scale', [], new Float32Array([POSITION_SCALE])),
+        i64('axis1', [1]),
+        i64('end', [Number.MAX_SAFE_INTEGER]),
+        i64('axis2', [2]),
+        i64('axis_last', [-1]),
+      ],
       inputs: [
         { name: 'input_ids', type: OnnxDataType.INT64, shape: [1, 'T'] },
         { name: 'attention_mask', type: OnnxDataType.INT64, shape: [1, 'total'] },
@@ -61,7 +74,12 @@ function tinyDecoder(): Uint8Array {
         { op: 'Add', inputs: ['emb', 'pos3'], outputs: ['x'] },
         { op: 'Unsqueeze', inputs: ['x', 'axis1'], outputs: ['k'] },
         { op: 'Concat', inputs: ['past_key_values.0.key', 'k'], outputs: ['present.0.key'], attributes: { axis: 2 } },
-        { op: 'Concat', inputs: ['past_key_values.0.value', 'k'], outputs: ['present.0.value'], attributes: { axis: 2 } },
+        {
+          op: 'Concat',
+          inputs: ['past_key_values.0.value', 'k'],
+          outputs: ['present.0.value'],
+          attributes: { axis: 2 },
+        },
         { op: 'CumSum', inputs: ['present.0.key', 'axis2'], outputs: ['cs'] },
         { op: 'Shape', inputs: ['input_ids'], outputs: ['t_len'], attributes: { start: 1 } },
         { op: 'Neg', inputs: ['t_len'], outputs: ['neg_t'] },
@@ -78,7 +96,8 @@ function tinyDecoder(): Uint8Array {
 function referenceLogits(tokens: readonly number[]): Float32Array[] {
   const acc = new Float64Array(HIDDEN);
   return tokens.map((tok, p) => {
-    for (let h = 0; h < HIDDEN; h++) acc[h] = acc[h]! + Math.fround(E[tok * HIDDEN + h]! + Math.fround(p * POSITION_SCALE));
+    for (let h = 0; h < HIDDEN; h++)
+      acc[h] = acc[h]! + Math.fround(E[tok * HIDDEN + h]! + Math.fround(p * POSITION_SCALE));
     const row = new Float32Array(VOCAB);
     for (let v = 0; v < VOCAB; v++) {
       let s = 0;
@@ -110,7 +129,17 @@ async function writeModelDir(): Promise<string> {
   writeFileSync(join(dir, 'onnx', 'model.onnx'), tinyDecoder());
   writeFileSync(
     join(dir, 'config.json'),
-    JSON.stringify({ model_type: 'tiny-cumsum', num_hidden_layers: 1, num_attention_heads: 1, num_key_value_heads: 1, hidden_size: HIDDEN, vocab_size: VOCAB, max_position_embeddings: 128, bos_token_id: 1, eos_token_id: 2 }),
+    JSON.stringify({
+      model_type: 'tiny-cumsum',
+      num_hidden_layers: 1,
+      num_attention_heads: 1,
+      num_key_value_heads: 1,
+      hidden_size: HIDDEN,
+      vocab_size: VOCAB,
+      max_position_embeddings: 128,
+      bos_token_id: 1,
+      eos_token_id: 2,
+    }),
   );
   const source = await defaultModelDir();
   for (const f of ['tokenizer.json', 'tokenizer_config.json']) copyFileSync(join(source, f), join(dir, f));
@@ -126,7 +155,8 @@ test('an Optimum-layout export loads and its logits match the reference for a mu
   const ref = referenceLogits(TOKENS);
   const seq = model.createSequence();
   const logits = await seq.forward(TOKENS.slice(0, 5), 5);
-  for (let p = 0; p < 5; p++) t.true(maxDiff(logits.subarray(p * VOCAB, (p + 1) * VOCAB), ref[p]!) < 1e-3, `position ${p}`);
+  for (let p = 0; p < 5; p++)
+    t.true(maxDiff(logits.subarray(p * VOCAB, (p + 1) * VOCAB), ref[p]!) < 1e-3, `position ${p}`);
   for (let p = 5; p < TOKENS.length; p++) {
     const row = await seq.forward([TOKENS[p]!], 1);
     t.true(maxDiff(row, ref[p]!) < 1e-3, `position ${p} (one at a time, positions and mask from the runtime)`);
@@ -143,7 +173,8 @@ test('rewinding an Optimum-layout sequence drops the rejected positions', async 
   await seq.forward([999, 998, 997], 3); // rejected draft
   seq.rewind(4);
   const logits = await seq.forward(TOKENS.slice(4), TOKENS.length - 4);
-  for (let p = 4; p < TOKENS.length; p++) t.true(maxDiff(logits.subarray((p - 4) * VOCAB, (p - 3) * VOCAB), ref[p]!) < 1e-3, `position ${p}`);
+  for (let p = 4; p < TOKENS.length; p++)
+    t.true(maxDiff(logits.subarray((p - 4) * VOCAB, (p - 3) * VOCAB), ref[p]!) < 1e-3, `position ${p}`);
   await model.dispose();
 });
 
@@ -153,7 +184,11 @@ test('the engine generates from an Optimum-layout export exactly as the referenc
   const expected = [...prompt];
   for (let i = 0; i < 6; i++) expected.push(argmax(referenceLogits(expected)[expected.length - 1]!));
   const got: number[] = [];
-  for await (const e of engine.generate({ prompt: { kind: 'tokens', tokenIds: prompt }, maxNewTokens: 6, ignoreEos: true })) {
+  for await (const e of engine.generate({
+    prompt: { kind: 'tokens', tokenIds: prompt },
+    maxNewTokens: 6,
+    ignoreEos: true,
+  })) {
     if (e.type === 'delta') got.push(...e.tokenIds);
   }
   t.deepEqual(got, expected.slice(prompt.length));
@@ -179,6 +214,9 @@ test('an export without past_key_values inputs is refused with the reason', asyn
     },
   });
   writeFileSync(join(dir, 'onnx', 'model.onnx'), Buffer.concat(chunks));
-  writeFileSync(join(dir, 'config.json'), JSON.stringify({ num_attention_heads: 1, hidden_size: HIDDEN, vocab_size: VOCAB }));
+  writeFileSync(
+    join(dir, 'config.json'),
+    JSON.stringify({ num_attention_heads: 1, hidden_size: HIDDEN, vocab_size: VOCAB }),
+  );
   await t.throwsAsync(loadDecoderModel(dir), { message: /model\.onnx: graph has no past_key_values\.\*\.key inputs/ });
 });

@@ -49,7 +49,10 @@ accept       = 25.000%
 
 test('llama-lookup output parses into text, counts and timings', (t) => {
   const prompt = '<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n';
-  const run = parseLlamaLookup(`\n\n${prompt}Hello there.<|im_end|>\n\n\n\n`, LOOKUP_STDERR, prompt, ['<|im_end|>', '<|endoftext|>']);
+  const run = parseLlamaLookup(`\n\n${prompt}Hello there.<|im_end|>\n\n\n\n`, LOOKUP_STDERR, prompt, [
+    '<|im_end|>',
+    '<|endoftext|>',
+  ]);
   t.is(run.text, 'Hello there.');
   t.true(run.endedOnEog);
   t.is(run.promptTokens, 412);
@@ -74,8 +77,17 @@ test('a lookup run cut by the limit keeps every token and its text', (t) => {
 
 test('category summaries divide totals by totals and report the identical share', (t) => {
   const totals = emptyTotals();
-  addSample(totals, { tokens: [], tokenCount: 11, ttftMs: 100, totalMs: 600, firstChunkTokens: 1, modelCalls: 11 }, true);
-  addSample(totals, { tokens: [], tokenCount: 21, ttftMs: 300, totalMs: 800, firstChunkTokens: 1, modelCalls: 10 }, false, 7);
+  addSample(
+    totals,
+    { tokens: [], tokenCount: 11, ttftMs: 100, totalMs: 600, firstChunkTokens: 1, modelCalls: 11 },
+    true,
+  );
+  addSample(
+    totals,
+    { tokens: [], tokenCount: 21, ttftMs: 300, totalMs: 800, firstChunkTokens: 1, modelCalls: 10 },
+    false,
+    7,
+  );
   const row = summarize(totals);
   t.is(row.decodeTokPerS, 30); // (10 + 20) tokens / (0.5 + 0.5) s
   t.is(row.ttftMsMedian, 200);

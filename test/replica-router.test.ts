@@ -25,7 +25,10 @@ class FakeEngine implements RoutedEngine {
   }
 }
 
-const PREPARED = { request: { prompt: { kind: 'text', text: 'hi' }, maxNewTokens: 1 }, promptTokens: [1] } as PreparedGeneration;
+const PREPARED = {
+  request: { prompt: { kind: 'text', text: 'hi' }, maxNewTokens: 1 },
+  promptTokens: [1],
+} as PreparedGeneration;
 
 /** Starts a run and waits for its first event, so it is routed and in flight. */
 async function start(router: LeastLoadedRouter): Promise<AsyncGenerator<GenerationEvent>> {
@@ -43,7 +46,10 @@ test('runs go to the replica with the fewest in flight, and the counts drop as t
   const router = new LeastLoadedRouter(2, (i) => engines[i]!);
   const runs = [await start(router), await start(router), await start(router), await start(router)];
   t.deepEqual(router.runsInFlight, [2, 2], 'four runs sit two per replica');
-  t.deepEqual(engines.map((e) => e.runs), [2, 2]);
+  t.deepEqual(
+    engines.map((e) => e.runs),
+    [2, 2],
+  );
   // Runs 0 and 2 went to replica 0 (a tie goes to the first): they end.
   engines[0]!.releaseAll();
   await Promise.all([drain(runs[0]!), drain(runs[2]!)]);
@@ -63,7 +69,10 @@ test('a dead replica is never chosen; none alive or closed: NoReplicaUpError (RE
   const runs = [await start(router), await start(router)];
   t.deepEqual(router.runsInFlight, [0, 2]);
   engines[1]!.alive = false;
-  const refused = await t.throwsAsync(router.run(PREPARED).next(), { instanceOf: NoReplicaUpError, message: /no model replica is up \(2 restarting\); retry shortly/ });
+  const refused = await t.throwsAsync(router.run(PREPARED).next(), {
+    instanceOf: NoReplicaUpError,
+    message: /no model replica is up \(2 restarting\); retry shortly/,
+  });
   t.is(refused?.code, 'REPLICA_FAILED');
   engines[1]!.releaseAll();
   await Promise.all(runs.map(drain));

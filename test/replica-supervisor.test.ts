@@ -58,12 +58,19 @@ test('a replica that died is replaced after the backoff; the event says died bec
     started.push(engine);
     return engine;
   };
-  const supervisor = new ReplicaSupervisor([first], start, { forwardTimeoutMs: 0, restartsPerMinuteMax: 5, restartBackoffMs: 20, restartBackoffMaxMs: 1_000 });
+  const supervisor = new ReplicaSupervisor([first], start, {
+    forwardTimeoutMs: 0,
+    restartsPerMinuteMax: 5,
+    restartBackoffMs: 20,
+    restartBackoffMaxMs: 1_000,
+  });
   const events: ReplicaEvent[] = [];
   supervisor.onReplicaEvent((e) => events.push(e));
   try {
     // A message that reads like a wedge: only the kind counts.
-    first.die(new ReplicaFailedError('died', 'the model replica running this generation was wedged: (not really); retry'));
+    first.die(
+      new ReplicaFailedError('died', 'the model replica running this generation was wedged: (not really); retry'),
+    );
     t.deepEqual(supervisor.capacity, { up: 0, total: 1 });
     t.true(await waitFor(() => events.length === 2));
     t.like(events[0], { kind: 'died', replica: 0, pid: first.pid, restartInMs: 20, up: 0, total: 1 });
@@ -77,7 +84,12 @@ test('a replica that died is replaced after the backoff; the event says died bec
 
 test('the watchdog kills a stalled replica with a wedged failure, and the event says wedged', async (t) => {
   const first = new FakeEngine();
-  const supervisor = new ReplicaSupervisor([first], async () => new FakeEngine(), { forwardTimeoutMs: 200, restartsPerMinuteMax: 5, restartBackoffMs: 20, restartBackoffMaxMs: 1_000 });
+  const supervisor = new ReplicaSupervisor([first], async () => new FakeEngine(), {
+    forwardTimeoutMs: 200,
+    restartsPerMinuteMax: 5,
+    restartBackoffMs: 20,
+    restartBackoffMaxMs: 1_000,
+  });
   const events: ReplicaEvent[] = [];
   supervisor.onReplicaEvent((e) => events.push(e));
   try {
@@ -85,7 +97,10 @@ test('the watchdog kills a stalled replica with a wedged failure, and the event 
     t.true(await waitFor(() => events.some((e) => e.kind === 'restarted')));
     t.is(first.killedWith?.kind, 'wedged');
     t.is(first.killedWith?.code, 'REPLICA_FAILED');
-    t.regex(first.killedWith!.message, /^the model replica running this generation was wedged: no forward progress for 250 ms \(limit 200 ms\); retry$/);
+    t.regex(
+      first.killedWith!.message,
+      /^the model replica running this generation was wedged: no forward progress for 250 ms \(limit 200 ms\); retry$/,
+    );
     t.like(events[0], { kind: 'wedged', reason: first.killedWith!.message });
   } finally {
     await supervisor.dispose();
@@ -107,7 +122,10 @@ test('failed starts are restart-failed events with a growing backoff, bounded pe
     first.die(new ReplicaFailedError('died', 'exited (code 1)'));
     t.true(await waitFor(() => events.filter((e) => e.kind === 'restart-failed').length === 3));
     const failed = events.filter((e) => e.kind === 'restart-failed');
-    t.deepEqual(failed.slice(0, 2).map((e) => e.restartInMs), [20, 40]);
+    t.deepEqual(
+      failed.slice(0, 2).map((e) => e.restartInMs),
+      [20, 40],
+    );
     t.true(failed[2]!.restartInMs! > 50_000, 'the fourth start waits for the minute');
     t.regex(failed[0]!.reason!, /model\.onnx/);
     t.deepEqual(supervisor.capacity, { up: 0, total: 1 });

@@ -123,7 +123,10 @@ test('top-k never returns a token outside the k largest logits, and reaches each
   const sampler = new Sampler(params({ temperature: 2, topK: k, seed: 11 }), vocab);
   const tokens = draw(sampler, row, 3000);
   for (const token of tokens) t.true(allowed.has(token), `token ${token} is outside the top ${k}`);
-  t.deepEqual([...new Set(tokens)].sort((a, b) => a - b), [...allowed].sort((a, b) => a - b));
+  t.deepEqual(
+    [...new Set(tokens)].sort((a, b) => a - b),
+    [...allowed].sort((a, b) => a - b),
+  );
 });
 
 test('top-k larger than the vocabulary behaves like no top-k at all', (t) => {
@@ -160,7 +163,11 @@ test('top-p samples exactly the nucleus: only its tokens over 2000 draws, and ev
   for (const { topP, nucleus } of cases) {
     const sampler = new Sampler(params({ temperature: 1, topP, seed: 2024 }), probs.length);
     const seen = new Set(draw(sampler, row, 2000));
-    t.deepEqual([...seen].sort((a, b) => a - b), nucleus, `top-p ${topP}`);
+    t.deepEqual(
+      [...seen].sort((a, b) => a - b),
+      nucleus,
+      `top-p ${topP}`,
+    );
   }
 });
 
@@ -171,7 +178,10 @@ test('top-k and top-p combine: top-p applies to the renormalised top-k set', (t)
   // (0.733) but not 4; over the full distribution 0.7 would have needed 4 as well.
   const sampler = new Sampler(params({ temperature: 1, topK: 3, topP: 0.7, seed: 8 }), probs.length);
   const seen = new Set(draw(sampler, row, 2000));
-  t.deepEqual([...seen].sort((a, b) => a - b), [1, 3]);
+  t.deepEqual(
+    [...seen].sort((a, b) => a - b),
+    [1, 3],
+  );
 });
 
 // Regression: the nucleus target was once topP times the mass of the threshold candidates, not of
@@ -183,7 +193,10 @@ test('top-p alone measures the nucleus against the whole distribution, tiny tail
   const row = logitsFromProbs(probs);
   const sampler = new Sampler(params({ temperature: 1, topP: 0.602, seed: 1 }), probs.length);
   const seen = new Set(draw(sampler, row, 2000));
-  t.deepEqual([...seen].sort((a, b) => a - b), [0, 1]);
+  t.deepEqual(
+    [...seen].sort((a, b) => a - b),
+    [0, 1],
+  );
 });
 
 test('the repetition penalty divides positive logits and multiplies negative ones of present tokens only', (t) => {
@@ -245,7 +258,10 @@ test('TokenHistory: distinct seen ids of prompt and output, output counts; dupli
   history.addOutput(5);
   history.addOutput(10);
   t.deepEqual(seen(), [3, 5, 7]);
-  t.deepEqual(counts(), [[5, 2], [7, 1]]);
+  t.deepEqual(counts(), [
+    [5, 2],
+    [7, 1],
+  ]);
 });
 
 test('presence and frequency penalties subtract per output token (presence once, frequency per occurrence); the repetition penalty also sees the prompt', (t) => {
@@ -265,7 +281,15 @@ test('presence and frequency penalties subtract per output token (presence once,
 });
 
 test('logit bias adds to the named tokens and can force or forbid a greedy choice; suppressed tokens are never picked', (t) => {
-  const sampler = new Sampler(params({ logitBias: [[2, 5], [0, -100]] }), 3);
+  const sampler = new Sampler(
+    params({
+      logitBias: [
+        [2, 5],
+        [0, -100],
+      ],
+    }),
+    3,
+  );
   t.true(sampler.modifiesRow);
   const row = Float32Array.from([3, 1, 0]);
   t.is(sampler.pick(row, 0, new TokenHistory(3)), 2);
@@ -294,7 +318,6 @@ test('min-p keeps exactly the tokens whose probability is at least min_p × the 
   t.deepEqual(counts({ minP: 0.9, topK: 4 }).slice(1), [0, 0, 0, 0], 'min-p 0.9 keeps the top token only');
   t.deepEqual(counts({ minP: 0 }), counts({}), 'min_p 0 is off');
 });
-
 
 test('sampling at temperature 0.7 matches softmax(logits / T) by a chi-square goodness-of-fit test', (t) => {
   const logits = [1.0, 0.5, 0.0, -0.5, 2.0, -1.0];
@@ -363,7 +386,11 @@ test('Rng outputs lie in [0, 1) and are roughly uniform', (t) => {
       buckets[b] = buckets[b]! + 1;
     }
     t.true(min < 0.001 && max > 0.999, `seed ${seed}: range [${min}, ${max}]`);
-    for (const count of buckets) t.true(Math.abs(count - n / 10) < 4.5 * sigma, `seed ${seed}: buckets ${buckets.join(', ')} (σ = ${sigma.toFixed(1)})`);
+    for (const count of buckets)
+      t.true(
+        Math.abs(count - n / 10) < 4.5 * sigma,
+        `seed ${seed}: buckets ${buckets.join(', ')} (σ = ${sigma.toFixed(1)})`,
+      );
   }
 });
 

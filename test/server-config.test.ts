@@ -49,14 +49,20 @@ test('engine replicas default to a quarter of the cores on the CPU (at least 1) 
   t.is(defaultEngineReplicas('webgpu', 16), 2);
   t.is(parseServerConfig(['--execution-provider', 'webgpu'], {}).engineReplicas, 2);
   t.is(parseServerConfig(['--engine-replicas', '3'], {}).engineReplicas, 3);
-  t.throws(() => parseServerConfig(['--engine-replicas', '0'], {}), { message: /--engine-replicas must be an integer in \[1, 64\]/ });
+  t.throws(() => parseServerConfig(['--engine-replicas', '0'], {}), {
+    message: /--engine-replicas must be an integer in \[1, 64\]/,
+  });
 });
 
 test('batched forwards: 0 or K ≥ 2 slots, any provider, --batch-model only with --model', (t) => {
   t.is(parseServerConfig(['--batch-slots', '4'], {}).batchSlots, 4);
-  t.throws(() => parseServerConfig(['--batch-slots', '1'], {}), { message: /--batch-slots must be 0 \(off\) or at least 2/ });
+  t.throws(() => parseServerConfig(['--batch-slots', '1'], {}), {
+    message: /--batch-slots must be 0 \(off\) or at least 2/,
+  });
   t.is(parseServerConfig(['--batch-slots', '4', '--execution-provider', 'webgpu'], {}).batchSlots, 4);
-  t.throws(() => parseServerConfig(['--batch-slots', '16', '--execution-provider', 'webgpu'], {}), { message: /--batch-slots must be at most 15 on webgpu/ });
+  t.throws(() => parseServerConfig(['--batch-slots', '16', '--execution-provider', 'webgpu'], {}), {
+    message: /--batch-slots must be at most 15 on webgpu/,
+  });
   t.throws(() => parseServerConfig(['--batch-model', '/m'], {}), { message: /--batch-model goes with --model/ });
 });
 
@@ -153,20 +159,44 @@ test('empty environment variables count as unset', (t) => {
 
 test('flags are read, in both --flag value and --flag=value forms', (t) => {
   const config = parseServerConfig(
-    ['--host', '::1', '--port=7000', '--model', '/m', '--model-name', 'mine', '--threads', '2', '--log-level=warn', '--kv-capacity', '16'],
+    [
+      '--host',
+      '::1',
+      '--port=7000',
+      '--model',
+      '/m',
+      '--model-name',
+      'mine',
+      '--threads',
+      '2',
+      '--log-level=warn',
+      '--kv-capacity',
+      '16',
+    ],
     {},
   );
-  t.like(config, { host: '::1', port: 7000, modelDir: '/m', modelName: 'mine', intraOpThreads: 2, logLevel: 'warn', kvCapacity: 16 });
+  t.like(config, {
+    host: '::1',
+    port: 7000,
+    modelDir: '/m',
+    modelName: 'mine',
+    intraOpThreads: 2,
+    logLevel: 'warn',
+    kvCapacity: 16,
+  });
 });
 
 test('flags override environment variables', (t) => {
-  const config = parseServerConfig(['--port', '1234', '--max-active-sequences', '6', '--log-level', 'error', '--host', 'localhost'], {
-    ANPD_PORT: '9999',
-    PORT: '8888',
-    ANPD_MAX_ACTIVE_SEQUENCES: '2',
-    ANPD_LOG_LEVEL: 'debug',
-    ANPD_HOST: '10.0.0.1',
-  });
+  const config = parseServerConfig(
+    ['--port', '1234', '--max-active-sequences', '6', '--log-level', 'error', '--host', 'localhost'],
+    {
+      ANPD_PORT: '9999',
+      PORT: '8888',
+      ANPD_MAX_ACTIVE_SEQUENCES: '2',
+      ANPD_LOG_LEVEL: 'debug',
+      ANPD_HOST: '10.0.0.1',
+    },
+  );
   t.like(config, { port: 1234, maxActiveSequences: 6, maxQueuedRequests: 48, logLevel: 'error', host: 'localhost' });
 });
 
@@ -174,7 +204,10 @@ test('the native runner is on by default and can be turned off, by flag or envir
   t.is(parseServerConfig([], {}).nativeRun, 'auto');
   t.is(parseServerConfig(['--native-run', 'off'], {}).nativeRun, 'off');
   t.is(parseServerConfig([], { ANPD_NATIVE_RUN: 'off' }).nativeRun, 'off');
-  t.throws(() => parseServerConfig(['--native-run', 'on'], {}), { instanceOf: ConfigError, message: /--native-run must be one of auto, off, required, got "on"/ });
+  t.throws(() => parseServerConfig(['--native-run', 'on'], {}), {
+    instanceOf: ConfigError,
+    message: /--native-run must be one of auto, off, required, got "on"/,
+  });
 });
 
 test('ANPD_NATIVE=required (the Dockerfile and CI) requires the native runner; ANPD_NATIVE_RUN and the flag win over it', (t) => {
@@ -193,9 +226,12 @@ test('every log level is accepted', (t) => {
 test('the result is frozen', (t) => {
   const config = parseServerConfig([], {});
   t.true(Object.isFrozen(config));
-  t.throws(() => {
-    (config as { port: number }).port = 1;
-  }, { instanceOf: TypeError });
+  t.throws(
+    () => {
+      (config as { port: number }).port = 1;
+    },
+    { instanceOf: TypeError },
+  );
 });
 
 test('port 0 (any free port) and 65535 are accepted', (t) => {
@@ -204,7 +240,10 @@ test('port 0 (any free port) and 65535 are accepted', (t) => {
 });
 
 test('a non-numeric flag value throws a ConfigError naming the flag and the value', (t) => {
-  const error = t.throws(() => parseServerConfig(['--port', 'abc'], {}), { instanceOf: ConfigError, message: /--port.*"abc"/ });
+  const error = t.throws(() => parseServerConfig(['--port', 'abc'], {}), {
+    instanceOf: ConfigError,
+    message: /--port.*"abc"/,
+  });
   t.is(error?.code, 'INVALID_REQUEST');
   t.throws(() => parseServerConfig(['--max-active-sequences', '2.5'], {}), {
     instanceOf: ConfigError,
@@ -215,7 +254,10 @@ test('a non-numeric flag value throws a ConfigError naming the flag and the valu
 });
 
 test('a non-numeric environment value throws a ConfigError naming the variable and the value', (t) => {
-  t.throws(() => parseServerConfig([], { ANPD_PORT: 'http' }), { instanceOf: ConfigError, message: /ANPD_PORT.*"http"/ });
+  t.throws(() => parseServerConfig([], { ANPD_PORT: 'http' }), {
+    instanceOf: ConfigError,
+    message: /ANPD_PORT.*"http"/,
+  });
   t.throws(() => parseServerConfig([], { PORT: 'x1' }), { instanceOf: ConfigError, message: /\bPORT.*"x1"/ });
   t.throws(() => parseServerConfig([], { ANPD_MAX_ACTIVE_SEQUENCES: 'many' }), {
     instanceOf: ConfigError,
@@ -229,12 +271,21 @@ test('negative values are rejected', (t) => {
     instanceOf: ConfigError,
     message: /ANPD_MAX_QUEUED_REQUESTS.*"-5"/,
   });
-  t.throws(() => parseServerConfig([], { ANPD_THREADS: '-1' }), { instanceOf: ConfigError, message: /ANPD_THREADS.*"-1"/ });
+  t.throws(() => parseServerConfig([], { ANPD_THREADS: '-1' }), {
+    instanceOf: ConfigError,
+    message: /ANPD_THREADS.*"-1"/,
+  });
 });
 
 test('out-of-range values are rejected with the allowed range', (t) => {
-  t.throws(() => parseServerConfig(['--port', '70000'], {}), { instanceOf: ConfigError, message: /--port.*\[0, 65535\].*"70000"/ });
-  t.throws(() => parseServerConfig([], { ANPD_PORT: '65536' }), { instanceOf: ConfigError, message: /ANPD_PORT.*"65536"/ });
+  t.throws(() => parseServerConfig(['--port', '70000'], {}), {
+    instanceOf: ConfigError,
+    message: /--port.*\[0, 65535\].*"70000"/,
+  });
+  t.throws(() => parseServerConfig([], { ANPD_PORT: '65536' }), {
+    instanceOf: ConfigError,
+    message: /ANPD_PORT.*"65536"/,
+  });
   t.throws(() => parseServerConfig(['--max-active-sequences', '0'], {}), {
     instanceOf: ConfigError,
     message: /--max-active-sequences.*"0"/,
@@ -243,7 +294,10 @@ test('out-of-range values are rejected with the allowed range', (t) => {
     instanceOf: ConfigError,
     message: /--max-active-sequences.*"1025"/,
   });
-  t.throws(() => parseServerConfig(['--kv-capacity', '15'], {}), { instanceOf: ConfigError, message: /--kv-capacity.*"15"/ });
+  t.throws(() => parseServerConfig(['--kv-capacity', '15'], {}), {
+    instanceOf: ConfigError,
+    message: /--kv-capacity.*"15"/,
+  });
   t.throws(() => parseServerConfig(['--keepalive-time-ms', '999'], {}), {
     instanceOf: ConfigError,
     message: /--keepalive-time-ms.*"999"/,
@@ -252,7 +306,10 @@ test('out-of-range values are rejected with the allowed range', (t) => {
     instanceOf: ConfigError,
     message: /--max-new-tokens-limit/,
   });
-  t.throws(() => parseServerConfig(['--port', '99999999999999999999'], {}), { instanceOf: ConfigError, message: /--port/ });
+  t.throws(() => parseServerConfig(['--port', '99999999999999999999'], {}), {
+    instanceOf: ConfigError,
+    message: /--port/,
+  });
 });
 
 test('an unknown execution provider is rejected naming the source and the value; cpu, webgpu and cuda are known', (t) => {
@@ -264,12 +321,19 @@ test('an unknown execution provider is rejected naming the source and the value;
     instanceOf: ConfigError,
     message: /ANPD_EXECUTION_PROVIDER.*"gpu"/,
   });
-  for (const provider of ['cpu', 'webgpu', 'cuda'] as const) t.is(parseServerConfig(['--execution-provider', provider], {}).executionProvider, provider);
+  for (const provider of ['cpu', 'webgpu', 'cuda'] as const)
+    t.is(parseServerConfig(['--execution-provider', provider], {}).executionProvider, provider);
 });
 
 test('an unknown log level is rejected naming the source and the value', (t) => {
-  t.throws(() => parseServerConfig(['--log-level', 'verbose'], {}), { instanceOf: ConfigError, message: /--log-level.*"verbose"/ });
-  t.throws(() => parseServerConfig([], { ANPD_LOG_LEVEL: 'INFO' }), { instanceOf: ConfigError, message: /ANPD_LOG_LEVEL.*"INFO"/ });
+  t.throws(() => parseServerConfig(['--log-level', 'verbose'], {}), {
+    instanceOf: ConfigError,
+    message: /--log-level.*"verbose"/,
+  });
+  t.throws(() => parseServerConfig([], { ANPD_LOG_LEVEL: 'INFO' }), {
+    instanceOf: ConfigError,
+    message: /ANPD_LOG_LEVEL.*"INFO"/,
+  });
 });
 
 test('unknown flags and positional arguments throw ConfigError', (t) => {
@@ -323,12 +387,22 @@ test('--execution-provider auto (the default) takes what the probe finds; withou
 });
 
 test('--batch-slots on cuda is refused while the device path has no batched forwards (unless --native-run off)', (t) => {
-  t.throws(() => parseServerConfig(['--execution-provider', 'cuda', '--batch-slots', '4'], {}), { instanceOf: ConfigError, message: /--batch-slots.*cuda/ });
-  t.is(parseServerConfig(['--execution-provider', 'cuda', '--batch-slots', '4', '--native-run', 'off'], {}).batchSlots, 4);
+  t.throws(() => parseServerConfig(['--execution-provider', 'cuda', '--batch-slots', '4'], {}), {
+    instanceOf: ConfigError,
+    message: /--batch-slots.*cuda/,
+  });
+  t.is(
+    parseServerConfig(['--execution-provider', 'cuda', '--batch-slots', '4', '--native-run', 'off'], {}).batchSlots,
+    4,
+  );
 });
 
 test('replica supervision settings are validated, naming the flag', (t) => {
-  t.throws(() => parseServerConfig(['--engine-isolation', 'fiber'], {}), { message: /--engine-isolation must be one of auto, thread, process, got "fiber"/ });
-  t.throws(() => parseServerConfig(['--replica-restarts-per-minute', '0'], {}), { message: /--replica-restarts-per-minute must be an integer in \[1, 600\]/ });
+  t.throws(() => parseServerConfig(['--engine-isolation', 'fiber'], {}), {
+    message: /--engine-isolation must be one of auto, thread, process, got "fiber"/,
+  });
+  t.throws(() => parseServerConfig(['--replica-restarts-per-minute', '0'], {}), {
+    message: /--replica-restarts-per-minute must be an integer in \[1, 600\]/,
+  });
   t.is(parseServerConfig(['--forward-timeout-ms', '0'], {}).forwardTimeoutMs, 0, '0 turns the watchdog off');
 });

@@ -12,58 +12,105 @@ import type { ReplicaEvent } from '../src/engine/replica-set.js';
 import { defaultModelDir, TEST_FORWARD_COST } from './support/default-model.js';
 import { startTestServer, waitFor } from './support/grpc-server.js';
 
-test.serial('soak: random cancels, disconnects and deadlines above capacity leave a healthy server with every terminal accounted for', async (t) => {
-  const s = await startTestServer({ maxActive: 2, maxQueued: 2 });
-  try {
-    const client = s.client();
-    const probe = { request_id: 'probe', messages: { messages: [{ role: 'user' as const, content: 'Name two oceans.' }] }, stopping: { max_new_tokens: 24 } };
-    const before = await client.generate(probe);
-    const result = await runSoak({ address: s.address, durationMs: 20_000, workers: 5, seed: 11, maxNewTokensMax: 32 });
-    t.log(JSON.stringify({ calls: result.calls, generations: result.generations, outputTokens: result.outputTokens }));
-    t.deepEqual(result.unexpected, []);
-    t.true(result.generations.completed > 0);
-    t.true(result.calls.bidiDisconnected + result.calls.streamDisconnected > 0, 'some calls were cut by the client');
-    t.true(await waitFor(() => s.service.poolState.active === 0 && s.service.poolState.queued === 0, 10_000), 'no slot leaked');
-    t.is(await client.health(''), 'SERVING');
-    const after = await client.generate({ ...probe, request_id: 'probe-after' });
-    t.is(after.text, before.text);
-  } finally {
-    await s.close();
-  }
-});
+test.serial(
+  'soak: random cancels, disconnects and deadlines above capacity leave a healthy server with every terminal accounted for',
+  async (t) => {
+    const s = await startTestServer({ maxActive: 2, maxQueued: 2 });
+    try {
+      const client = s.client();
+      const probe = {
+        request_id: 'probe',
+        messages: { messages: [{ role: 'user' as const, content: 'Name two oceans.' }] },
+        stopping: { max_new_tokens: 24 },
+      };
+      const before = await client.generate(probe);
+      const result = await runSoak({
+        address: s.address,
+        durationMs: 20_000,
+        workers: 5,
+        seed: 11,
+        maxNewTokensMax: 32,
+      });
+      t.log(
+        JSON.stringify({ calls: result.calls, generations: result.generations, outputTokens: result.outputTokens }),
+      );
+      t.deepEqual(result.unexpected, []);
+      t.true(result.generations.completed > 0);
+      t.true(result.calls.bidiDisconnected + result.calls.streamDisconnected > 0, 'some calls were cut by the client');
+      t.true(
+        await waitFor(() => s.service.poolState.active === 0 && s.service.poolState.queued === 0, 10_000),
+        'no slot leaked',
+      );
+      t.is(await client.health(''), 'SERVING');
+      const after = await client.generate({ ...probe, request_id: 'probe-after' });
+      t.is(after.text, before.text);
+    } finally {
+      await s.close();
+    }
+  },
+);
 
-test.serial('soak with replica kills: a model replica process SIGKILLed every 4 s; only its generations end UNAVAILABLE, every terminal is accounted for, the replicas come back, memory stays bounded', async (t) => {
-  const pool = await EnginePool.create(await defaultModelDir(), { executionProvider: 'cpu', intraOpThreads: 1, kvCapacity: 1024 }, {
-    replicas: 2,
-    isolation: 'process',
-    forwardCost: { mode: 'fixed', table: TEST_FORWARD_COST },
-    supervision: { restartBackoffMs: 100, restartsPerMinuteMax: 30 },
-  });
-  const events: ReplicaEvent[] = [];
-  pool.onReplicaEvent((e) => events.push(e));
-  const s = await startTestServer({ engine: pool, replicas: pool, maxActive: 4, maxQueued: 4 });
-  try {
-    const client = s.client();
-    const probe = { request_id: 'probe', messages: { messages: [{ role: 'user' as const, content: 'Name two oceans.' }] }, stopping: { max_new_tokens: 24 } };
-    const before = await client.generate(probe);
-    const rssStart = process.memoryUsage().rss;
-    const result = await runSoak({ address: s.address, durationMs: 20_000, workers: 6, seed: 23, maxNewTokensMax: 48, replicaKills: { everyMs: 4_000, kill: replicaKiller(process.pid) } });
-    const rssGrowthMiB = (process.memoryUsage().rss - rssStart) / 2 ** 20;
-    t.log(JSON.stringify({ calls: result.calls, generations: result.generations, kills: result.replicaKills.length, events: events.map((e) => e.kind), rssGrowthMiB: Math.round(rssGrowthMiB) }));
-    t.deepEqual(result.unexpected, []);
-    t.true(result.replicaKills.length >= 3, `${result.replicaKills.length} kills`);
-    t.true(result.generations.replicaFailed > 0, 'some generations were on a killed replica');
-    t.true(result.generations.completed > 0);
-    t.true(await waitFor(() => pool.capacity.up === 2, 30_000), 'every replica back');
-    t.is(events.filter((e) => e.kind === 'died').length, result.replicaKills.length, 'each kill seen as a death');
-    t.true(events.filter((e) => e.kind === 'restarted').length >= result.replicaKills.length);
-    t.true(await waitFor(() => s.service.poolState.active === 0 && s.service.poolState.queued === 0, 10_000), 'no slot leaked');
-    t.is(await client.health(''), 'SERVING');
-    const after = await client.generate({ ...probe, request_id: 'probe-after' });
-    t.is(after.text, before.text);
-    t.true(rssGrowthMiB < 200, `server RSS grew ${rssGrowthMiB.toFixed(0)} MiB`);
-  } finally {
-    await s.close();
-    await pool.dispose();
-  }
-});
+test.serial(
+  'soak with replica kills: a model replica process SIGKILLed every 4 s; only its generations end UNAVAILABLE, every terminal is accounted for, the replicas come back, memory stays bounded',
+  async (t) => {
+    const pool = await EnginePool.create(
+      await defaultModelDir(),
+      { executionProvider: 'cpu', intraOpThreads: 1, kvCapacity: 1024 },
+      {
+        replicas: 2,
+        isolation: 'process',
+        forwardCost: { mode: 'fixed', table: TEST_FORWARD_COST },
+        supervision: { restartBackoffMs: 100, restartsPerMinuteMax: 30 },
+      },
+    );
+    const events: ReplicaEvent[] = [];
+    pool.onReplicaEvent((e) => events.push(e));
+    const s = await startTestServer({ engine: pool, replicas: pool, maxActive: 4, maxQueued: 4 });
+    try {
+      const client = s.client();
+      const probe = {
+        request_id: 'probe',
+        messages: { messages: [{ role: 'user' as const, content: 'Name two oceans.' }] },
+        stopping: { max_new_tokens: 24 },
+      };
+      const before = await client.generate(probe);
+      const rssStart = process.memoryUsage().rss;
+      const result = await runSoak({
+        address: s.address,
+        durationMs: 20_000,
+        workers: 6,
+        seed: 23,
+        maxNewTokensMax: 48,
+        replicaKills: { everyMs: 4_000, kill: replicaKiller(process.pid) },
+      });
+      const rssGrowthMiB = (process.memoryUsage().rss - rssStart) / 2 ** 20;
+      t.log(
+        JSON.stringify({
+          calls: result.calls,
+          generations: result.generations,
+          kills: result.replicaKills.length,
+          events: events.map((e) => e.kind),
+          rssGrowthMiB: Math.round(rssGrowthMiB),
+        }),
+      );
+      t.deepEqual(result.unexpected, []);
+      t.true(result.replicaKills.length >= 3, `${result.replicaKills.length} kills`);
+      t.true(result.generations.replicaFailed > 0, 'some generations were on a killed replica');
+      t.true(result.generations.completed > 0);
+      t.true(await waitFor(() => pool.capacity.up === 2, 30_000), 'every replica back');
+      t.is(events.filter((e) => e.kind === 'died').length, result.replicaKills.length, 'each kill seen as a death');
+      t.true(events.filter((e) => e.kind === 'restarted').length >= result.replicaKills.length);
+      t.true(
+        await waitFor(() => s.service.poolState.active === 0 && s.service.poolState.queued === 0, 10_000),
+        'no slot leaked',
+      );
+      t.is(await client.health(''), 'SERVING');
+      const after = await client.generate({ ...probe, request_id: 'probe-after' });
+      t.is(after.text, before.text);
+      t.true(rssGrowthMiB < 200, `server RSS grew ${rssGrowthMiB.toFixed(0)} MiB`);
+    } finally {
+      await s.close();
+      await pool.dispose();
+    }
+  },
+);

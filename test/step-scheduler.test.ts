@@ -44,7 +44,14 @@ class FakeSequence implements DecoderSequence {
       this.direct++;
       return Promise.resolve(new Float32Array(rows));
     }
-    return submitter.submit({ sequence: this, tokens, start: 0, count: tokens.length, padded: Math.max(2, tokens.length), rows });
+    return submitter.submit({
+      sequence: this,
+      tokens,
+      start: 0,
+      count: tokens.length,
+      padded: Math.max(2, tokens.length),
+      rows,
+    });
   }
   rewind(): void {}
   dispose(): void {}
@@ -93,14 +100,42 @@ test('without batching (width 1) nobody shares a forward, and forwards go straig
 
 test('a step groups short forwards onto the narrowest graph that holds them, long and lone ones on the single-sequence graph', (t) => {
   const f = (name: string, padded: number) => ({ name, padded });
-  const names = (groups: ReturnType<typeof planStep<{ name: string; padded: number }>>) => groups.map((g) => `${g.width}:${g.forwards.map((x) => x.name).join('')}`);
+  const names = (groups: ReturnType<typeof planStep<{ name: string; padded: number }>>) =>
+    groups.map((g) => `${g.width}:${g.forwards.map((x) => x.name).join('')}`);
   // Six short forwards on a 2/4 ladder: 4 + 2.
-  t.deepEqual(names(planStep(['a', 'b', 'c', 'd', 'e', 'f'].map((n) => f(n, 2)), [2, 4])), ['4:abcd', '2:ef']);
+  t.deepEqual(
+    names(
+      planStep(
+        ['a', 'b', 'c', 'd', 'e', 'f'].map((n) => f(n, 2)),
+        [2, 4],
+      ),
+    ),
+    ['4:abcd', '2:ef'],
+  );
   // Three on the 4-wide graph (one idle place); five: 4 + a lone one alone.
-  t.deepEqual(names(planStep(['a', 'b', 'c'].map((n) => f(n, 4)), [2, 4])), ['4:abc']);
-  t.deepEqual(names(planStep(['a', 'b', 'c', 'd', 'e'].map((n) => f(n, 2)), [2, 4])), ['4:abcd', '1:e']);
+  t.deepEqual(
+    names(
+      planStep(
+        ['a', 'b', 'c'].map((n) => f(n, 4)),
+        [2, 4],
+      ),
+    ),
+    ['4:abc'],
+  );
+  t.deepEqual(
+    names(
+      planStep(
+        ['a', 'b', 'c', 'd', 'e'].map((n) => f(n, 2)),
+        [2, 4],
+      ),
+    ),
+    ['4:abcd', '1:e'],
+  );
   // A prefill chunk longer than a batch takes runs alone, after the batch; one short forward runs alone first.
-  t.deepEqual(names(planStep([f('p', BATCH_TOKENS_MAX + 1), f('a', 2), f('b', BATCH_TOKENS_MAX)], [2])), ['2:ab', '1:p']);
+  t.deepEqual(names(planStep([f('p', BATCH_TOKENS_MAX + 1), f('a', 2), f('b', BATCH_TOKENS_MAX)], [2])), [
+    '2:ab',
+    '1:p',
+  ]);
   t.deepEqual(names(planStep([f('p', 64), f('a', 2)], [2, 4])), ['1:a', '1:p']);
 });
 

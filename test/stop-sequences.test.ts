@@ -25,7 +25,10 @@ test('a stop string split one character per delta is never partially emitted, an
   }
   t.is(soFar, expected);
   const stopAt = text.indexOf('<|end|>') + '<|end|>'.length - 1;
-  t.deepEqual(stopped, [...text].map((_, i) => i >= stopAt));
+  t.deepEqual(
+    stopped,
+    [...text].map((_, i) => i >= stopAt),
+  );
   t.true(matcher.done);
   t.is(matcher.flush(), '');
 });
@@ -71,7 +74,10 @@ test('flush releases held text when generation ends for another reason', (t) => 
 });
 
 test('with several stop strings the earliest occurrence wins, whatever their order in the list', (t) => {
-  for (const stops of [['STOP', 'END'], ['END', 'STOP']]) {
+  for (const stops of [
+    ['STOP', 'END'],
+    ['END', 'STOP'],
+  ]) {
     const whole = new StopSequenceMatcher(stops);
     t.deepEqual(whole.push('one END two STOP three'), { text: 'one ', stopped: true, stop: 'END' });
 

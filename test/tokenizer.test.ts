@@ -52,7 +52,11 @@ for (const [i, text] of SAMPLES.entries()) {
 }
 
 test('the token id fixture was computed from the GGUF the default model is converted from', (t) => {
-  t.is(ID_FIXTURE.provenance.input.sha256, DEFAULT_MODEL.ggufSha256, 'the default model changed: regenerate test/fixtures/tokenizer-ids.json');
+  t.is(
+    ID_FIXTURE.provenance.input.sha256,
+    DEFAULT_MODEL.ggufSha256,
+    'the default model changed: regenerate test/fixtures/tokenizer-ids.json',
+  );
   t.is(new Set(ID_FIXTURE.samples.map((s) => s.name)).size, ID_FIXTURE.samples.length);
   t.true(ID_FIXTURE.samples.length >= 30);
 });

@@ -70,10 +70,14 @@ test('out is cleared before anything is written to it', (t) => {
 test('out is already empty when pickAt is first called', (t) => {
   const out: number[] = [1, 2, 3];
   const lengths: number[] = [];
-  verifyDraft([4, 5], (row) => {
-    lengths.push(out.length);
-    return [4, 5, 6][row]!;
-  }, out);
+  verifyDraft(
+    [4, 5],
+    (row) => {
+      lengths.push(out.length);
+      return [4, 5, 6][row]!;
+    },
+    out,
+  );
   t.deepEqual(lengths, [0, 1, 2]);
   t.deepEqual(out, [4, 5, 6]);
 });

@@ -30,7 +30,10 @@ test('the worker engine gives exactly the in-process engine output (greedy, plai
   t.deepEqual(worker.info, direct.info);
   const requests: GenerateRequest[] = [
     { prompt: { kind: 'text', text: 'What is the capital of France?', chat: true }, maxNewTokens: 24 },
-    { prompt: { kind: 'messages', messages: [{ role: 'user', content: 'Repeat twice: the quick brown fox.' }] }, maxNewTokens: 40 },
+    {
+      prompt: { kind: 'messages', messages: [{ role: 'user', content: 'Repeat twice: the quick brown fox.' }] },
+      maxNewTokens: 40,
+    },
     { prompt: { kind: 'text', text: 'Name three colors.', chat: true }, maxNewTokens: 32, speculation: NO_SPECULATION },
     {
       prompt: { kind: 'text', text: 'Once upon a time' },
@@ -54,7 +57,11 @@ test('aborting the signal cancels the run on the worker, which goes on serving',
   let deltas = 0;
   const error = await t.throwsAsync(async () => {
     for await (const event of worker.run(
-      worker.prepare({ prompt: { kind: 'text', text: 'Count: one, two, three,' }, maxNewTokens: 2000, ignoreEos: true }),
+      worker.prepare({
+        prompt: { kind: 'text', text: 'Count: one, two, three,' },
+        maxNewTokens: 2000,
+        ignoreEos: true,
+      }),
       controller.signal,
     )) {
       if (event.type === 'delta' && ++deltas === 3) controller.abort(reason);
@@ -64,32 +71,52 @@ test('aborting the signal cancels the run on the worker, which goes on serving',
   t.is((error as CancelledError).cause, reason, 'the caller’s own abort reason is reported');
   t.true((error as CancelledError).progress.completionTokens >= 3);
   t.true(deltas < 20, 'stopped within a few steps');
-  const after = await run(worker, { prompt: { kind: 'text', text: 'What is the capital of France?', chat: true }, maxNewTokens: 8 });
+  const after = await run(worker, {
+    prompt: { kind: 'text', text: 'What is the capital of France?', chat: true },
+    maxNewTokens: 8,
+  });
   t.true(after.tokens.length > 0);
 });
 
 test('a consumer that stops reading early ends the worker run', async (t) => {
   const worker = await defaultWorkerEngine();
-  for await (const event of worker.run(worker.prepare({ prompt: { kind: 'text', text: 'Count: one, two,' }, maxNewTokens: 2000, ignoreEos: true }))) {
+  for await (const event of worker.run(
+    worker.prepare({ prompt: { kind: 'text', text: 'Count: one, two,' }, maxNewTokens: 2000, ignoreEos: true }),
+  )) {
     if (event.type === 'delta') break;
   }
   const started = performance.now();
-  const next = await run(worker, { prompt: { kind: 'text', text: 'Hi' }, maxNewTokens: 4, speculation: NO_SPECULATION });
+  const next = await run(worker, {
+    prompt: { kind: 'text', text: 'Hi' },
+    maxNewTokens: 4,
+    speculation: NO_SPECULATION,
+  });
   t.is(next.tokens.length, 4);
   t.true(performance.now() - started < 10_000, 'the abandoned run is not still decoding 2000 tokens');
 });
 
 test('validation happens on the calling thread with the engine’s messages', async (t) => {
   const worker = await defaultWorkerEngine();
-  t.throws(() => worker.prepare({ prompt: { kind: 'text', text: 'hi' }, maxNewTokens: 0 }), { instanceOf: InvalidRequestError, message: /max_new_tokens/ });
-  t.throws(() => worker.prepare({ prompt: { kind: 'tokens', tokenIds: [1, 10_000_000] }, maxNewTokens: 4 }), { instanceOf: InvalidRequestError, message: /vocabulary/ });
+  t.throws(() => worker.prepare({ prompt: { kind: 'text', text: 'hi' }, maxNewTokens: 0 }), {
+    instanceOf: InvalidRequestError,
+    message: /max_new_tokens/,
+  });
+  t.throws(() => worker.prepare({ prompt: { kind: 'tokens', tokenIds: [1, 10_000_000] }, maxNewTokens: 4 }), {
+    instanceOf: InvalidRequestError,
+    message: /vocabulary/,
+  });
 });
 
 test('a broken model directory fails worker creation with an error naming the file', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'anpd-broken-'));
-  await t.throwsAsync(WorkerEngine.create(dir, { executionProvider: 'cpu', intraOpThreads: 0, kvCapacity: 256 }), { instanceOf: AnpdError, message: /tokenizer\.json/ });
+  await t.throwsAsync(WorkerEngine.create(dir, { executionProvider: 'cpu', intraOpThreads: 0, kvCapacity: 256 }), {
+    instanceOf: AnpdError,
+    message: /tokenizer\.json/,
+  });
   writeFileSync(join(dir, 'tokenizer.json'), '{}');
-  const error = await t.throwsAsync(WorkerEngine.create(dir, { executionProvider: 'cpu', intraOpThreads: 0, kvCapacity: 256 }));
+  const error = await t.throwsAsync(
+    WorkerEngine.create(dir, { executionProvider: 'cpu', intraOpThreads: 0, kvCapacity: 256 }),
+  );
   t.true(error instanceof AnpdError, String(error));
   t.regex(error!.message, new RegExp(dir.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')));
 });

@@ -7,10 +7,19 @@ export interface Sample {
   final: GenerationFinal;
 }
 
-export async function generateOnce(engine: Engine, prompt: string, speculation: SpeculationOptions, maxNewTokens: number): Promise<Sample> {
+export async function generateOnce(
+  engine: Engine,
+  prompt: string,
+  speculation: SpeculationOptions,
+  maxNewTokens: number,
+): Promise<Sample> {
   const tokens: number[] = [];
   let final: GenerationFinal | undefined;
-  for await (const e of engine.generate({ prompt: { kind: 'text', text: prompt, chat: true }, maxNewTokens, speculation })) {
+  for await (const e of engine.generate({
+    prompt: { kind: 'text', text: prompt, chat: true },
+    maxNewTokens,
+    speculation,
+  })) {
     if (e.type === 'delta') tokens.push(...e.tokenIds);
     else final = e;
   }

@@ -78,7 +78,12 @@ function num(text: string, re: RegExp, what: string): number {
  * "\n\n…"; stderr carries "encoded N tokens in S seconds", "decoded N tokens in S seconds",
  * n_drafted and n_accept.
  */
-export function parseLlamaLookup(stdout: string, stderr: string, promptText: string, eogMarkers: readonly string[]): LookupRun {
+export function parseLlamaLookup(
+  stdout: string,
+  stderr: string,
+  promptText: string,
+  eogMarkers: readonly string[],
+): LookupRun {
   const start = stdout.indexOf(promptText);
   if (start < 0) throw new Error('llama-lookup stdout does not echo the prompt');
   let text = stdout.slice(start + promptText.length).replace(/\n+$/, '');
@@ -135,7 +140,17 @@ export interface EngineTotals {
 }
 
 export function emptyTotals(): EngineTotals {
-  return { samples: 0, tokens: 0, decodeTokens: 0, decodeMs: 0, modelCalls: 0, ttftMs: [], identical: 0, compared: 0, divergeAt: [] };
+  return {
+    samples: 0,
+    tokens: 0,
+    decodeTokens: 0,
+    decodeMs: 0,
+    modelCalls: 0,
+    ttftMs: [],
+    identical: 0,
+    compared: 0,
+    divergeAt: [],
+  };
 }
 
 export function addSample(t: EngineTotals, s: PeerSample, identical: boolean | undefined, divergeAt?: number): void {

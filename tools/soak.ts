@@ -78,11 +78,21 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
   const pick = <T>(items: readonly T[]): T => items[Math.floor(random() * items.length)]!;
   const between = (lo: number, hi: number) => lo + Math.floor(random() * (hi - lo + 1));
   const calls = { bidi: 0, bidiDisconnected: 0, streamDisconnected: 0, unaryWithDeadline: 0 };
-  const generations = { sent: 0, completed: 0, cancelledInBand: 0, abandoned: 0, shed: 0, deadlineExceeded: 0, replicaFailed: 0 };
+  const generations = {
+    sent: 0,
+    completed: 0,
+    cancelledInBand: 0,
+    abandoned: 0,
+    shed: 0,
+    deadlineExceeded: 0,
+    replicaFailed: 0,
+  };
   const replicaKills: number[] = [];
   // An UNAVAILABLE a replica kill explains (the status message or the in-band reason says so).
   const killedReplica = (code: number, text: string) =>
-    options.replicaKills !== undefined && code === GrpcStatus.UNAVAILABLE && /REPLICA_FAILED|replica running this generation|no model replica is up/.test(text);
+    options.replicaKills !== undefined &&
+    code === GrpcStatus.UNAVAILABLE &&
+    /REPLICA_FAILED|replica running this generation|no model replica is up/.test(text);
   let outputTokens = 0;
   const unexpected: string[] = [];
   const unexpectedMax = 50;
@@ -144,7 +154,8 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
       call.cancel();
       const s = await ended;
       // A disconnect may race the last terminal: the call may have ended OK just before it.
-      if (s.code !== GrpcStatus.CANCELLED && s.code !== GrpcStatus.OK) note(`disconnected bidi call ended ${s.code}: ${s.details}`);
+      if (s.code !== GrpcStatus.CANCELLED && s.code !== GrpcStatus.OK)
+        note(`disconnected bidi call ended ${s.code}: ${s.details}`);
       for (const id of ids) if ((terminals.get(id) ?? 0) === 0) generations.abandoned++;
       for (const [id, n] of terminals) if (n > 1) note(`${id}: ${n} terminal messages`);
       return;
@@ -234,7 +245,14 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
   } finally {
     clearInterval(killing);
   }
-  return { durationMs: Math.round(performance.now() - started), calls, generations, replicaKills, outputTokens, unexpected };
+  return {
+    durationMs: Math.round(performance.now() - started),
+    calls,
+    generations,
+    replicaKills,
+    outputTokens,
+    unexpected,
+  };
 }
 
 /**

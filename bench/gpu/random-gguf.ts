@@ -23,13 +23,22 @@ function main(): void {
       type: { type: 'string', default: 'Q4_0' },
     },
   });
-  if (values['tokenizer-from'] === undefined || values.out === undefined) throw new Error('--tokenizer-from REAL.gguf and --out FILE are required');
+  if (values['tokenizer-from'] === undefined || values.out === undefined)
+    throw new Error('--tokenizer-from REAL.gguf and --out FILE are required');
   const type = GgmlType[values.type as keyof typeof GgmlType];
   if (type === undefined) throw new Error(`--type: unknown ggml type ${values.type}`);
-  const [layers, hidden, ffn, heads, kvHeads] = [values.layers, values.hidden, values.ffn, values.heads, values['kv-heads']].map(Number) as [number, number, number, number, number];
+  const [layers, hidden, ffn, heads, kvHeads] = [
+    values.layers,
+    values.hidden,
+    values.ffn,
+    values.heads,
+    values['kv-heads'],
+  ].map(Number) as [number, number, number, number, number];
   const file = randomLlamaGguf(readGguf(values['tokenizer-from']), { layers, hidden, ffn, heads, kvHeads }, () => type);
   writeFileSync(values.out, file);
-  process.stderr.write(`${values.out}: ${layers} layers, hidden ${hidden}, ffn ${ffn}, ${heads}/${kvHeads} heads, ${values.type}, ${(file.length / 1e9).toFixed(2)} GB\n`);
+  process.stderr.write(
+    `${values.out}: ${layers} layers, hidden ${hidden}, ffn ${ffn}, ${heads}/${kvHeads} heads, ${values.type}, ${(file.length / 1e9).toFixed(2)} GB\n`,
+  );
 }
 
 main();

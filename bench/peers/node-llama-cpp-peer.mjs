@@ -35,9 +35,20 @@ const { getLlama, InputLookupTokenPredictor } = await import(pathToFileURL(join(
 const threads = Number(values.threads);
 
 // The CPU prebuilt binary only: no GPU, no build from source, no download at run time.
-const llama = await getLlama({ gpu: false, build: 'never', usePrebuiltBinaries: true, skipDownload: true, maxThreads: threads, logLevel: 'error' });
+const llama = await getLlama({
+  gpu: false,
+  build: 'never',
+  usePrebuiltBinaries: true,
+  skipDownload: true,
+  maxThreads: threads,
+  logLevel: 'error',
+});
 const model = await llama.loadModel({ modelPath: values.gguf, gpuLayers: 0 });
-const context = await model.createContext({ contextSize: Number(values['n-ctx']), sequences: 1, threads: { ideal: threads, min: threads } });
+const context = await model.createContext({
+  contextSize: Number(values['n-ctx']),
+  sequences: 1,
+  threads: { ideal: threads, min: threads },
+});
 const predictor = values.mode === 'lookup' ? new InputLookupTokenPredictor() : undefined;
 const sequence = context.getSequence(predictor ? { tokenPredictor: predictor } : undefined);
 
@@ -79,8 +90,19 @@ await generate(model.tokenize('Warm-up: the quick brown fox jumps over the lazy 
 process.stdout.write(
   `${JSON.stringify({
     ready: true,
-    versions: { 'node-llama-cpp': version, llamaCppRelease: llama.llamaCppRelease?.release ?? null, gpu: llama.gpu, buildType: llama.buildType ?? null },
-    settings: { mode: values.mode, threads, contextSize: context.contextSize, tokenPredictor: predictor ? 'InputLookupTokenPredictor (defaults)' : null, temperature: 0 },
+    versions: {
+      'node-llama-cpp': version,
+      llamaCppRelease: llama.llamaCppRelease?.release ?? null,
+      gpu: llama.gpu,
+      buildType: llama.buildType ?? null,
+    },
+    settings: {
+      mode: values.mode,
+      threads,
+      contextSize: context.contextSize,
+      tokenPredictor: predictor ? 'InputLookupTokenPredictor (defaults)' : null,
+      temperature: 0,
+    },
   })}\n`,
 );
 

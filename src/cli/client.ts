@@ -65,7 +65,8 @@ export function clientSecurity(flags: SecurityFlags, env: NodeJS.ProcessEnv = pr
   const cert = pick('tls-cert', 'ANPD_CLIENT_TLS_CERT');
   const key = pick('tls-key', 'ANPD_CLIENT_TLS_KEY');
   const serverName = pick('tls-server-name', 'ANPD_TLS_SERVER_NAME');
-  if ((cert === undefined) !== (key === undefined)) throw new ConfigError('--tls-cert and --tls-key go together (the client certificate and its key, for mutual TLS)');
+  if ((cert === undefined) !== (key === undefined))
+    throw new ConfigError('--tls-cert and --tls-key go together (the client certificate and its key, for mutual TLS)');
   const read = (file: { value: string; source: string }) => readSettingFile(file.source, file.value);
   let tls: ClientSecurity['tls'];
   if (flags.tls === true || ca !== undefined || cert !== undefined || serverName !== undefined) {
@@ -79,7 +80,8 @@ export function clientSecurity(flags: SecurityFlags, env: NodeJS.ProcessEnv = pr
   }
   let apiKey: string | undefined;
   const keyFile = flags['api-key-file'];
-  if (keyFile !== undefined) apiKey = parseApiKeys(readSettingFile('api-key-file', keyFile).toString('utf8'), keyFile)[0];
+  if (keyFile !== undefined)
+    apiKey = parseApiKeys(readSettingFile('api-key-file', keyFile).toString('utf8'), keyFile)[0];
   else if (env['ANPD_API_KEY']) apiKey = env['ANPD_API_KEY'].trim();
   return { ...(tls !== undefined ? { tls } : {}), ...(apiKey !== undefined ? { apiKey } : {}) };
 }
@@ -105,7 +107,11 @@ export async function runClient(argv: readonly string[]): Promise<number> {
     process.stdout.write(CLIENT_HELP);
     return 0;
   }
-  const client = new TextGenerationClient(values.address ?? (process.env['ANPD_ADDRESS'] || 'localhost:50051'), {}, clientSecurity(values));
+  const client = new TextGenerationClient(
+    values.address ?? (process.env['ANPD_ADDRESS'] || 'localhost:50051'),
+    {},
+    clientSecurity(values),
+  );
   const deadlineMs = numberFlag(values['deadline-ms'], 'deadline-ms');
   const settings = deadlineMs !== undefined ? { deadlineMs } : {};
   try {

@@ -70,20 +70,41 @@ Environment:
   ANPD_PYTHON               Python used for pip download (default: python3)
 `;
 
-function graphOptions(values: { weights?: string | undefined; norms?: string | undefined; slots?: string | undefined; dtype?: string | undefined; 'execution-provider'?: string | undefined }): GraphOptions {
+function graphOptions(values: {
+  weights?: string | undefined;
+  norms?: string | undefined;
+  slots?: string | undefined;
+  dtype?: string | undefined;
+  'execution-provider'?: string | undefined;
+}): GraphOptions {
   const weights = values.weights ?? DEFAULT_GRAPH_OPTIONS.weights;
   const norms = values.norms ?? DEFAULT_GRAPH_OPTIONS.norms;
-  if (weights !== 'nbits' && weights !== 'f32') throw new AnpdError('INVALID_REQUEST', `--weights must be nbits or f32, got ${weights}`);
-  if (norms !== 'fused' && norms !== 'plain') throw new AnpdError('INVALID_REQUEST', `--norms must be fused or plain, got ${norms}`);
+  if (weights !== 'nbits' && weights !== 'f32')
+    throw new AnpdError('INVALID_REQUEST', `--weights must be nbits or f32, got ${weights}`);
+  if (norms !== 'fused' && norms !== 'plain')
+    throw new AnpdError('INVALID_REQUEST', `--norms must be fused or plain, got ${norms}`);
   const slots = Number(values.slots ?? 0);
-  if (!Number.isInteger(slots) || slots < 0 || slots > 64 || slots === 1) throw new AnpdError('INVALID_REQUEST', `--slots must be 0 or an integer in [2, 64], got ${values.slots}`);
-  const dtype = oneOf(values.dtype, 'dtype', GRAPH_DTYPES, values['execution-provider'] === 'cuda' ? 'float16' : 'float32');
-  return { ...DEFAULT_GRAPH_OPTIONS, weights, norms, ...(slots > 0 ? { slots } : {}), ...(dtype === 'float16' ? { dtype } : {}) };
+  if (!Number.isInteger(slots) || slots < 0 || slots > 64 || slots === 1)
+    throw new AnpdError('INVALID_REQUEST', `--slots must be 0 or an integer in [2, 64], got ${values.slots}`);
+  const dtype = oneOf(
+    values.dtype,
+    'dtype',
+    GRAPH_DTYPES,
+    values['execution-provider'] === 'cuda' ? 'float16' : 'float32',
+  );
+  return {
+    ...DEFAULT_GRAPH_OPTIONS,
+    weights,
+    norms,
+    ...(slots > 0 ? { slots } : {}),
+    ...(dtype === 'float16' ? { dtype } : {}),
+  };
 }
 
 function oneOf<T extends string>(value: string | undefined, name: string, allowed: readonly T[], fallback: T): T {
   if (value === undefined) return fallback;
-  if (!(allowed as readonly string[]).includes(value)) throw new AnpdError('INVALID_REQUEST', `--${name} must be one of ${allowed.join(', ')}, got "${value}"`);
+  if (!(allowed as readonly string[]).includes(value))
+    throw new AnpdError('INVALID_REQUEST', `--${name} must be one of ${allowed.join(', ')}, got "${value}"`);
   return value as T;
 }
 
@@ -95,7 +116,10 @@ async function main(argv: string[]): Promise<number> {
   if (argv[0] === 'serve') return (await import('./serve.js')).runServe(argv.slice(1));
   if (argv[0] === 'client') return (await import('./client.js')).runClient(argv.slice(1));
   if (argv[0] === 'health') return (await import('./client.js')).runHealth(argv.slice(1));
-  const [{ classifyModelArgument, REGISTRY, registryModel }, { ensureModelArgument }] = await Promise.all([import('../registry/model-registry.js'), import('../registry/model-cache.js')]);
+  const [{ classifyModelArgument, REGISTRY, registryModel }, { ensureModelArgument }] = await Promise.all([
+    import('../registry/model-registry.js'),
+    import('../registry/model-cache.js'),
+  ]);
   const { values, positionals } = parseArgs({
     args: argv,
     allowPositionals: true,
@@ -132,17 +156,23 @@ async function main(argv: string[]): Promise<number> {
   if (command === 'fetch-model') {
     const id = rest[0];
     const model = id === undefined ? REGISTRY[0]! : registryModel(id);
-    if (model === undefined) throw new AnpdError('INVALID_REQUEST', `unknown model "${id}" (known: ${REGISTRY.map((m) => m.id).join(', ')})`);
+    if (model === undefined)
+      throw new AnpdError('INVALID_REQUEST', `unknown model "${id}" (known: ${REGISTRY.map((m) => m.id).join(', ')})`);
     const dir = await withProgress((progress) => ensureModelArgument({ kind: 'registry', model }, options, progress));
     process.stdout.write(`${dir}\n`);
     return 0;
   }
   if (command === 'convert') {
     const [gguf, out] = rest;
-    if (gguf === undefined || out === undefined) throw new AnpdError('INVALID_REQUEST', 'usage: anpd convert FILE.gguf OUT_DIR');
+    if (gguf === undefined || out === undefined)
+      throw new AnpdError('INVALID_REQUEST', 'usage: anpd convert FILE.gguf OUT_DIR');
     const { convertGguf } = await import('../convert/convert-gguf.js');
-    const result = await withProgress((progress) => convertGguf(gguf, out, options, (phase, done, total) => progress({ phase: phase as 'convert', done, total })));
-    process.stdout.write(`${result.dir} (${(result.onnxBytes / 1e6).toFixed(1)} MB, ${(result.convertMs / 1000).toFixed(1)} s)\n`);
+    const result = await withProgress((progress) =>
+      convertGguf(gguf, out, options, (phase, done, total) => progress({ phase: phase as 'convert', done, total })),
+    );
+    process.stdout.write(
+      `${result.dir} (${(result.onnxBytes / 1e6).toFixed(1)} MB, ${(result.convertMs / 1000).toFixed(1)} s)\n`,
+    );
     return 0;
   }
   if (command !== 'generate') {
@@ -153,16 +183,30 @@ async function main(argv: string[]): Promise<number> {
   let text = rest.join(' ');
   if (values['prompt-file'] !== undefined) text = readFileSync(values['prompt-file'], 'utf8');
   if (text.trim() === '') throw new AnpdError('INVALID_REQUEST', 'generate needs a prompt (argument or --prompt-file)');
-  const choice = oneOf(values['execution-provider'], 'execution-provider', [...EXECUTION_PROVIDERS, 'auto'] as const, 'auto');
+  const choice = oneOf(
+    values['execution-provider'],
+    'execution-provider',
+    [...EXECUTION_PROVIDERS, 'auto'] as const,
+    'auto',
+  );
   const executionProvider = choice === 'auto' ? probeExecutionProvider().provider : choice;
   // CUDA runs the float16 graph (ORT's CUDA attention takes only 16-bit types).
-  const graph = executionProvider === 'cuda' && values.dtype === undefined ? { ...options, dtype: 'float16' as const } : options;
+  const graph =
+    executionProvider === 'cuda' && values.dtype === undefined ? { ...options, dtype: 'float16' as const } : options;
   const modelArgument = classifyModelArgument(values.model);
-  const modelDir = modelArgument.kind === 'dir' ? modelArgument.path : await withProgress((progress) => ensureModelArgument(modelArgument, graph, progress));
+  const modelDir =
+    modelArgument.kind === 'dir'
+      ? modelArgument.path
+      : await withProgress((progress) => ensureModelArgument(modelArgument, graph, progress));
   const threads = num(values.threads, 'threads', cpus().length);
   const rowsMin = values['rows-min'] !== undefined ? { forwardRowsMin: num(values['rows-min'], 'rows-min', 2) } : {};
   const { createEngine } = await import('../engine/create-engine.js');
-  const engine = await createEngine(modelDir, { executionProvider, intraOpThreads: threads, kvCapacity: 4096, ...rowsMin });
+  const engine = await createEngine(modelDir, {
+    executionProvider,
+    intraOpThreads: threads,
+    kvCapacity: 4096,
+    ...rowsMin,
+  });
   const chat = values['no-chat'] ? false : (values.chat ?? engine.tokenizer.hasChatTemplate);
   const prompt: Prompt = { kind: 'text', text, chat };
   const speculation: SpeculationOptions = {
@@ -213,7 +257,9 @@ async function main(argv: string[]): Promise<number> {
             decodeMs: +decodeMs.toFixed(1),
             tokPerS: decodeMs > 0 ? +((event.completionTokens / decodeMs) * 1000).toFixed(2) : 0,
             draftMs: +s.draftMs.toFixed(2),
-            acceptanceByPosition: s.draftedAtPosition.map((d, j) => (d > 0 ? +(s.acceptedAtPosition[j]! / d).toFixed(3) : null)),
+            acceptanceByPosition: s.draftedAtPosition.map((d, j) =>
+              d > 0 ? +(s.acceptedAtPosition[j]! / d).toFixed(3) : null,
+            ),
           })}\n`,
         );
       }
@@ -257,7 +303,10 @@ main(argv).then(
       process.exitCode = 2;
       return;
     }
-    const message = error instanceof AnpdError ? `error (${error.code}): ${error.message}` : `error: ${(error as Error).stack ?? String(error)}`;
+    const message =
+      error instanceof AnpdError
+        ? `error (${error.code}): ${error.message}`
+        : `error: ${(error as Error).stack ?? String(error)}`;
     process.stderr.write(`${message}\n`);
     process.exitCode = 1;
   },

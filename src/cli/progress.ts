@@ -28,7 +28,13 @@ export function createProgressReporter(): FetchProgress & { stop(): void } {
       stop();
       phase = event.phase;
       bar = new cliProgress.SingleBar(
-        { format: `${LABELS[phase] ?? phase} [{bar}] {percentage}% | {value}/{total}`, stream: process.stderr, noTTYOutput: true, notTTYSchedule: 5000, hideCursor: true },
+        {
+          format: `${LABELS[phase] ?? phase} [{bar}] {percentage}% | {value}/{total}`,
+          stream: process.stderr,
+          noTTYOutput: true,
+          notTTYSchedule: 5000,
+          hideCursor: true,
+        },
         cliProgress.Presets.shades_classic,
       );
       bar.start(event.total, event.done);
@@ -42,7 +48,9 @@ export function createProgressReporter(): FetchProgress & { stop(): void } {
 }
 
 /** Runs `work` with a progress reporter that is stopped however it ends (its timer would keep the process alive). */
-export async function withProgress<T>(work: (progress: ReturnType<typeof createProgressReporter>) => T | Promise<T>): Promise<T> {
+export async function withProgress<T>(
+  work: (progress: ReturnType<typeof createProgressReporter>) => T | Promise<T>,
+): Promise<T> {
   const progress = createProgressReporter();
   try {
     return await work(progress);

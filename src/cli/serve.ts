@@ -7,7 +7,13 @@
  * is SERVING (the first adaptive generation waits for it). One `started` log line gives the
  * breakdown (docs/perf-notes.md, "Cold start").
  */
-import { batchSlotLadder, parseServerConfig, SERVE_HELP, type ServerConfig, wantsHelp } from '../config/server-config.js';
+import {
+  batchSlotLadder,
+  parseServerConfig,
+  SERVE_HELP,
+  type ServerConfig,
+  wantsHelp,
+} from '../config/server-config.js';
 import { loadTransportSecurity, type TransportSecurity } from '../config/transport-security.js';
 import { DEFAULT_GRAPH_OPTIONS, type GraphOptions } from '../convert/decoder-graph.js';
 import { EnginePool } from '../engine/engine-pool.js';
@@ -45,7 +51,10 @@ export async function runServe(argv: readonly string[]): Promise<number> {
   if (modelArgument.kind !== 'dir') {
     const progress = createProgressReporter();
     // CUDA runs the float16 graph (ORT's CUDA attention takes only 16-bit types).
-    const graph = config.executionProvider === 'cuda' ? { ...DEFAULT_GRAPH_OPTIONS, dtype: 'float16' as const } : DEFAULT_GRAPH_OPTIONS;
+    const graph =
+      config.executionProvider === 'cuda'
+        ? { ...DEFAULT_GRAPH_OPTIONS, dtype: 'float16' as const }
+        : DEFAULT_GRAPH_OPTIONS;
     const ensure = (options: GraphOptions) => ensureModelArgument(modelArgument, options, progress);
     try {
       modelDir = await ensure(graph);
@@ -62,17 +71,30 @@ export async function runServe(argv: readonly string[]): Promise<number> {
   }
   timer.mark('modelResolved');
   // 'required' runs as 'auto' (and keys the forward-cost cache as it): the check is ours, below.
-  const runtime = { executionProvider: config.executionProvider, intraOpThreads: config.intraOpThreads, kvCapacity: config.kvCapacity, nativeRun: config.nativeRun === 'off' ? ('off' as const) : ('auto' as const) };
-  const costCache = forwardCostPath(cacheDir(), modelDir, { ...runtime, replicas: config.engineReplicas, ...(batchModelDir !== undefined ? { batchModelDir } : {}) });
+  const runtime = {
+    executionProvider: config.executionProvider,
+    intraOpThreads: config.intraOpThreads,
+    kvCapacity: config.kvCapacity,
+    nativeRun: config.nativeRun === 'off' ? ('off' as const) : ('auto' as const),
+  };
+  const costCache = forwardCostPath(cacheDir(), modelDir, {
+    ...runtime,
+    replicas: config.engineReplicas,
+    ...(batchModelDir !== undefined ? { batchModelDir } : {}),
+  });
   const cachedCost = readForwardCost(costCache.path, costCache.key);
   // The model runs on worker threads (one per replica): this thread stays free for gRPC I/O.
-  const enginePromise = EnginePool.create(modelDir, { ...runtime, ...(batchModelDir !== undefined ? { batchModelDir } : {}) }, {
-    replicas: config.engineReplicas,
-    ...(config.engineIsolation !== 'auto' ? { isolation: config.engineIsolation } : {}),
-    supervision: { forwardTimeoutMs: config.forwardTimeoutMs, restartsPerMinuteMax: config.replicaRestartsPerMinute },
-    // The cached table, else measured after SERVING (below) and written to the cache.
-    forwardCost: cachedCost !== undefined ? { mode: 'fixed', table: cachedCost } : DEFER_MEASUREMENT,
-  });
+  const enginePromise = EnginePool.create(
+    modelDir,
+    { ...runtime, ...(batchModelDir !== undefined ? { batchModelDir } : {}) },
+    {
+      replicas: config.engineReplicas,
+      ...(config.engineIsolation !== 'auto' ? { isolation: config.engineIsolation } : {}),
+      supervision: { forwardTimeoutMs: config.forwardTimeoutMs, restartsPerMinuteMax: config.replicaRestartsPerMinute },
+      // The cached table, else measured after SERVING (below) and written to the cache.
+      forwardCost: cachedCost !== undefined ? { mode: 'fixed', table: cachedCost } : DEFER_MEASUREMENT,
+    },
+  );
   // (The first worker is spawned and this thread has read the tokenizer.)
   timer.mark('tokenizerLoaded');
   // Handled where it is awaited; this keeps a load failure during the imports from going unhandled.
@@ -86,7 +108,10 @@ export async function runServe(argv: readonly string[]): Promise<number> {
     import('../engine/inference-service.js'),
   ]);
   timer.mark('importsDone');
-  const telemetry = await startTelemetry({ serviceName: 'anpd-serve', metricsPort: config.metricsPort, metricsHost: config.metricsHost }, logger);
+  const telemetry = await startTelemetry(
+    { serviceName: 'anpd-serve', metricsPort: config.metricsPort, metricsHost: config.metricsHost },
+    logger,
+  );
   timer.mark('telemetryStarted');
   const engine = await enginePromise;
   timer.markAt('workerEvaluated', engine.startupTimes.evaluatedAt);
@@ -99,7 +124,10 @@ export async function runServe(argv: readonly string[]): Promise<number> {
       await telemetry.shutdown();
       throw new ConfigError(`${NATIVE_REQUIRED}: ${fallback}`);
     }
-    logger.warn('native addon not loaded: onnxruntime-node runs every forward', { cause: fallback, cost: NATIVE_FALLBACK_COST });
+    logger.warn('native addon not loaded: onnxruntime-node runs every forward', {
+      cause: fallback,
+      cost: NATIVE_FALLBACK_COST,
+    });
   }
   // The registry's name reads better than a GGUF's general.name ("Smollm2 135M 8k Lc100K Mix1 Ep2").
   const displayName = modelDisplayName(modelArgument, engine.info.name);
@@ -123,16 +151,30 @@ export async function runServe(argv: readonly string[]): Promise<number> {
     pool: { maxActive: config.maxActiveSequences, maxQueued: config.maxQueuedRequests },
     limits: { maxNewTokensDefault: config.maxNewTokensDefault, maxNewTokensLimit: config.maxNewTokensLimit },
   });
-  const generationTelemetry = new GenerationTelemetry(telemetry.tracer, telemetry.meter, logger, () => service.poolState);
+  const generationTelemetry = new GenerationTelemetry(
+    telemetry.tracer,
+    telemetry.meter,
+    logger,
+    () => service.poolState,
+  );
   generationTelemetry.watchReplicas(() => service.replicas);
   // One line and one count per replica death, wedge, restart and failed start; the pool does neither itself.
   engine.onReplicaEvent((event) => {
     generationTelemetry.replicaEvent(event.kind);
-    const fields = { replica: event.replica, pid: event.pid, reason: event.reason, restartInMs: event.restartInMs, restartsLastMinute: event.restartsLastMinute, replicasUp: event.up, replicas: event.total };
+    const fields = {
+      replica: event.replica,
+      pid: event.pid,
+      reason: event.reason,
+      restartInMs: event.restartInMs,
+      restartsLastMinute: event.restartsLastMinute,
+      replicasUp: event.up,
+      replicas: event.total,
+    };
     if (event.kind === 'restarted') logger.info('replica restarted', fields);
     else if (event.kind === 'restart-failed') logger.error('replica restart failed', fields);
     else logger.error(event.kind === 'wedged' ? 'replica wedged' : 'replica died', fields);
-    if (event.up === 0 && event.kind !== 'restarted') logger.error('no model replica is up: readiness is NOT_SERVING until one restarts', { replicas: event.total });
+    if (event.up === 0 && event.kind !== 'restarted')
+      logger.error('no model replica is up: readiness is NOT_SERVING until one restarts', { replicas: event.total });
   });
   // Handled from before the port opens: a SIGTERM right after "listening" drains instead of killing.
   const stopSignal = new Promise<NodeJS.Signals>((resolve) => {
@@ -151,7 +193,11 @@ export async function runServe(argv: readonly string[]): Promise<number> {
     // After SERVING, not before: a replica takes traffic ~1 s sooner, and only adaptive
     // generations that arrive meanwhile wait for the table (they cannot decide K without it).
     engine.calibrate().then(
-      (table) => logger.info('forward cost measured', { cached: writeForwardCost(costCache.path, costCache.key, table), path: costCache.path }),
+      (table) =>
+        logger.info('forward cost measured', {
+          cached: writeForwardCost(costCache.path, costCache.key, table),
+          path: costCache.path,
+        }),
       (error: unknown) => {
         if (!stopping) logger.warn('forward cost measurement failed', { error });
       },
@@ -197,7 +243,10 @@ const NATIVE_FALLBACK_COST =
  * Why the forwards run on onnxruntime-node where the addon would run them (our converted graph on
  * cpu or cuda, --native-run not off), or undefined. Only then is the addon loaded on this thread, for its error.
  */
-function nativeFallback(config: ServerConfig, info: { readonly kind: string; readonly runner: string }): string | undefined {
+function nativeFallback(
+  config: ServerConfig,
+  info: { readonly kind: string; readonly runner: string },
+): string | undefined {
   if (config.nativeRun === 'off' || info.runner === 'native' || info.kind !== 'anpd-gqa') return undefined;
   if (config.executionProvider !== 'cpu' && config.executionProvider !== 'cuda') return undefined;
   return nativeAddonProblem() ?? 'the engine did not load it (its replicas run onnxruntime-node)';

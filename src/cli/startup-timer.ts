@@ -33,7 +33,9 @@ export function createStartupTimer(): StartupTimer {
       if (typeof bootstrapped === 'number') out['nodeBootstrapped'] = Math.round(bootstrapped);
       const main = at(MAIN_EVALUATED_MARK);
       if (main !== undefined) out['mainEvaluated'] = Math.round(main);
-      const marks = names.map((name) => [name, at(`anpd:${name}`)] as const).filter((m): m is readonly [string, number] => m[1] !== undefined);
+      const marks = names
+        .map((name) => [name, at(`anpd:${name}`)] as const)
+        .filter((m): m is readonly [string, number] => m[1] !== undefined);
       for (const [name, ms] of marks.sort((a, b) => a[1] - b[1])) out[name] = Math.round(ms);
       return out;
     },

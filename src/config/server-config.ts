@@ -8,7 +8,12 @@ import { MAX_NEW_TOKENS_LIMIT } from '../contract.js';
 import { ENGINE_REPLICAS_LIMIT } from '../engine/engine-pool.js';
 import { ConfigError } from '../errors.js';
 import type { LogLevel } from '../log.js';
-import { EXECUTION_PROVIDERS, type ExecutionProviderName, NATIVE_RUN_MODES, WEBGPU_BATCH_WIDTH_MAX } from '../runtime/types.js';
+import {
+  EXECUTION_PROVIDERS,
+  type ExecutionProviderName,
+  NATIVE_RUN_MODES,
+  WEBGPU_BATCH_WIDTH_MAX,
+} from '../runtime/types.js';
 
 /** The runtime's native-run modes, plus 'required': 'auto', and without the addon the server does not start. */
 export const SERVE_NATIVE_RUN_MODES = [...NATIVE_RUN_MODES, 'required'] as const;
@@ -221,11 +226,20 @@ const CPU_ONLY: ProviderProbe = () => ({ provider: 'cpu', reason: 'no probe' });
  * `probe`: what `--execution-provider auto` (the default) becomes — the server's looks for cuda
  * (its provider installed, the addon built, a GPU present), else cpu.
  */
-export function parseServerConfig(argv: readonly string[], env: NodeJS.ProcessEnv = process.env, probe: ProviderProbe = CPU_ONLY): ServerConfig {
+export function parseServerConfig(
+  argv: readonly string[],
+  env: NodeJS.ProcessEnv = process.env,
+  probe: ProviderProbe = CPU_ONLY,
+): ServerConfig {
   const options = Object.fromEntries(Object.values(SERVER_SETTINGS).map((s) => [s.flag, { type: 'string' as const }]));
   let values: Record<string, string | boolean | undefined>;
   try {
-    ({ values } = parseArgs({ args: [...argv], options: { ...options, help: { type: 'boolean', short: 'h' } }, allowPositionals: false, strict: true }));
+    ({ values } = parseArgs({
+      args: [...argv],
+      options: { ...options, help: { type: 'boolean', short: 'h' } },
+      allowPositionals: false,
+      strict: true,
+    }));
   } catch (cause) {
     throw new ConfigError((cause as Error).message);
   }
@@ -251,7 +265,8 @@ export function parseServerConfig(argv: readonly string[], env: NodeJS.ProcessEn
   const choice = <T extends string>(key: keyof ServerConfig, allowed: readonly T[], fallback: T): T => {
     const r = raw(key);
     if (r === undefined) return fallback;
-    if (!(allowed as readonly string[]).includes(r.value)) throw new ConfigError(`${r.source} must be one of ${allowed.join(', ')}, got "${r.value}"`);
+    if (!(allowed as readonly string[]).includes(r.value))
+      throw new ConfigError(`${r.source} must be one of ${allowed.join(', ')}, got "${r.value}"`);
     return r.value as T;
   };
 
@@ -261,22 +276,32 @@ export function parseServerConfig(argv: readonly string[], env: NodeJS.ProcessEn
   if (batchSlots === 1) throw new ConfigError(`${raw('batchSlots')!.source} must be 0 (off) or at least 2`);
   const nativeRunChoice = choice('nativeRun', SERVE_NATIVE_RUN_MODES, 'auto');
   if (batchSlots > 0 && executionProvider === 'cuda' && nativeRunChoice !== 'off') {
-    throw new ConfigError(`${raw('batchSlots')!.source} does not combine with cuda's device path yet (its forwards are one sequence each): leave it at 0, or add --native-run off`);
+    throw new ConfigError(
+      `${raw('batchSlots')!.source} does not combine with cuda's device path yet (its forwards are one sequence each): leave it at 0, or add --native-run off`,
+    );
   }
   if (batchSlots > WEBGPU_BATCH_WIDTH_MAX && executionProvider === 'webgpu') {
-    throw new ConfigError(`${raw('batchSlots')!.source} must be at most ${WEBGPU_BATCH_WIDTH_MAX} on webgpu (16 storage buffers per shader), got ${batchSlots}`);
+    throw new ConfigError(
+      `${raw('batchSlots')!.source} must be at most ${WEBGPU_BATCH_WIDTH_MAX} on webgpu (16 storage buffers per shader), got ${batchSlots}`,
+    );
   }
   if (raw('batchModelDir') !== undefined && raw('modelDir') === undefined) {
-    throw new ConfigError('--batch-model goes with --model (for the default model, --batch-slots K converts its batch graph)');
+    throw new ConfigError(
+      '--batch-model goes with --model (for the default model, --batch-slots K converts its batch graph)',
+    );
   }
   // Files are only paired here; loadTransportSecurity reads them (the keys stay out of this object).
   const tlsCert = raw('tlsCertFile');
   const tlsKey = raw('tlsKeyFile');
   const tlsClientCa = raw('tlsClientCaFile');
-  if (tlsCert !== undefined && tlsKey === undefined) throw new ConfigError(`${tlsCert.source} needs --tls-key (ANPD_TLS_KEY): the certificate's private key`);
-  if (tlsKey !== undefined && tlsCert === undefined) throw new ConfigError(`${tlsKey.source} needs --tls-cert (ANPD_TLS_CERT): the certificate it belongs to`);
+  if (tlsCert !== undefined && tlsKey === undefined)
+    throw new ConfigError(`${tlsCert.source} needs --tls-key (ANPD_TLS_KEY): the certificate's private key`);
+  if (tlsKey !== undefined && tlsCert === undefined)
+    throw new ConfigError(`${tlsKey.source} needs --tls-cert (ANPD_TLS_CERT): the certificate it belongs to`);
   if (tlsClientCa !== undefined && tlsCert === undefined) {
-    throw new ConfigError(`${tlsClientCa.source} (mutual TLS) needs --tls-cert and --tls-key: the server must speak TLS to check client certificates`);
+    throw new ConfigError(
+      `${tlsClientCa.source} (mutual TLS) needs --tls-cert and --tls-key: the server must speak TLS to check client certificates`,
+    );
   }
   const maxActiveSequences = int('maxActiveSequences', Math.max(4, 2 * availableParallelism()), 1, LIMITS.sequences);
   const maxNewTokensLimit = int('maxNewTokensLimit', 4096, 1, MAX_NEW_TOKENS_LIMIT);
@@ -329,4 +354,3 @@ export function batchSlotLadder(slots: number): number[] {
   if (slots >= 2) ladder.push(slots);
   return ladder;
 }
-

@@ -34,14 +34,22 @@ export function readSettingFile(flag: string, path: string): Buffer {
     return readFileSync(path);
   } catch (cause) {
     const code = (cause as NodeJS.ErrnoException).code;
-    const why = code === 'ENOENT' ? 'no such file' : code === 'EACCES' ? 'permission denied' : code === 'EISDIR' ? 'is a directory' : (cause as Error).message;
+    const why =
+      code === 'ENOENT'
+        ? 'no such file'
+        : code === 'EACCES'
+          ? 'permission denied'
+          : code === 'EISDIR'
+            ? 'is a directory'
+            : (cause as Error).message;
     throw new ConfigError(`--${flag} ${path}: cannot read (${why})`);
   }
 }
 
 export function certificates(flag: string, path: string, pem: Buffer): X509Certificate[] {
   const blocks = pem.toString('utf8').match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? [];
-  if (blocks.length === 0) throw new ConfigError(`--${flag} ${path}: no PEM certificate in it (expected -----BEGIN CERTIFICATE-----)`);
+  if (blocks.length === 0)
+    throw new ConfigError(`--${flag} ${path}: no PEM certificate in it (expected -----BEGIN CERTIFICATE-----)`);
   return blocks.map((block) => {
     try {
       return new X509Certificate(block);
@@ -61,10 +69,14 @@ export function parseApiKeys(text: string, path: string, flag = 'api-key-file'):
   text.split(/\r?\n/).forEach((line, index) => {
     const key = line.trim();
     if (key === '' || key.startsWith('#')) return;
-    if (!/^[\x21-\x7e]+$/.test(key)) throw new ConfigError(`--${flag} ${path}: line ${index + 1} is not a usable key (printable ASCII without spaces)`);
+    if (!/^[\x21-\x7e]+$/.test(key))
+      throw new ConfigError(
+        `--${flag} ${path}: line ${index + 1} is not a usable key (printable ASCII without spaces)`,
+      );
     keys.push(key);
   });
-  if (keys.length === 0) throw new ConfigError(`--${flag} ${path}: no key in it (one key a line; blank lines and # comments are skipped)`);
+  if (keys.length === 0)
+    throw new ConfigError(`--${flag} ${path}: no key in it (one key a line; blank lines and # comments are skipped)`);
   return keys;
 }
 
@@ -82,9 +94,14 @@ export function loadTransportSecurity(config: TransportSecurityFiles): Transport
     try {
       key = createPrivateKey(privateKey);
     } catch (cause) {
-      throw new ConfigError(`--tls-key ${config.tlsKeyFile}: not a usable PEM private key (${(cause as Error).message}); it must not need a passphrase`);
+      throw new ConfigError(
+        `--tls-key ${config.tlsKeyFile}: not a usable PEM private key (${(cause as Error).message}); it must not need a passphrase`,
+      );
     }
-    if (!leaf!.checkPrivateKey(key)) throw new ConfigError(`--tls-key ${config.tlsKeyFile} is not the private key of --tls-cert ${config.tlsCertFile}`);
+    if (!leaf!.checkPrivateKey(key))
+      throw new ConfigError(
+        `--tls-key ${config.tlsKeyFile} is not the private key of --tls-cert ${config.tlsCertFile}`,
+      );
     let clientCa: Buffer | undefined;
     if (config.tlsClientCaFile !== undefined) {
       clientCa = readSettingFile('tls-client-ca', config.tlsClientCaFile);
@@ -92,6 +109,9 @@ export function loadTransportSecurity(config: TransportSecurityFiles): Transport
     }
     tls = { certChain, privateKey, ...(clientCa !== undefined ? { clientCa } : {}) };
   }
-  const apiKeys = config.apiKeyFile !== undefined ? parseApiKeys(readSettingFile('api-key-file', config.apiKeyFile).toString('utf8'), config.apiKeyFile) : undefined;
+  const apiKeys =
+    config.apiKeyFile !== undefined
+      ? parseApiKeys(readSettingFile('api-key-file', config.apiKeyFile).toString('utf8'), config.apiKeyFile)
+      : undefined;
   return { ...(tls !== undefined ? { tls } : {}), ...(apiKeys !== undefined ? { apiKeys } : {}) };
 }

@@ -30,7 +30,12 @@ export function sha256File(buffer: Uint8Array): string {
   return createHash('sha256').update(buffer).digest('hex');
 }
 
-export function convertGguf(ggufPath: string, outDir: string, options: GraphOptions = DEFAULT_GRAPH_OPTIONS, progress?: ConvertProgress): ConvertResult {
+export function convertGguf(
+  ggufPath: string,
+  outDir: string,
+  options: GraphOptions = DEFAULT_GRAPH_OPTIONS,
+  progress?: ConvertProgress,
+): ConvertResult {
   const started = performance.now();
   progress?.('read', 0, 1);
   const file = readGguf(ggufPath);
@@ -70,7 +75,10 @@ export function convertGguf(ggufPath: string, outDir: string, options: GraphOpti
   const manifest: ModelManifest = {
     format: MANIFEST_FORMAT,
     converterVersion: CONVERTER_VERSION,
-    name: typeof file.metadata.get('general.name') === 'string' ? (file.metadata.get('general.name') as string) : basename(ggufPath),
+    name:
+      typeof file.metadata.get('general.name') === 'string'
+        ? (file.metadata.get('general.name') as string)
+        : basename(ggufPath),
     architecture: hp.architecture,
     layers: hp.layers,
     hidden: hp.hidden,

@@ -10,7 +10,14 @@
 import { ModelFormatError } from '../errors.js';
 import type { GgufFile, GgufTensorInfo } from './gguf-reader.js';
 import { GgmlType, metaNumber, metaString, requireNumber } from './gguf-reader.js';
-import { type AttributeValue, type GraphSpec, type Initializer, type NodeSpec, OnnxDataType, type ValueInfo } from './onnx-writer.js';
+import {
+  type AttributeValue,
+  type GraphSpec,
+  type Initializer,
+  type NodeSpec,
+  OnnxDataType,
+  type ValueInfo,
+} from './onnx-writer.js';
 import { dequantize, matrixShape, type NBitsWeight, QUANT_BLOCK, toNBits, toNBits8, toNBitsParts } from './quantize.js';
 
 export const SUPPORTED_ARCHITECTURES = ['llama', 'qwen2', 'qwen3', 'gemma3'] as const;
@@ -92,7 +99,10 @@ export function readHyperParams(file: GgufFile): DecoderHyperParams {
   const arch = metaString(file, 'general.architecture');
   if (arch === undefined) throw new ModelFormatError(file.path, 'metadata general.architecture is missing');
   if (!(SUPPORTED_ARCHITECTURES as readonly string[]).includes(arch)) {
-    throw new ModelFormatError(file.path, `unsupported architecture "${arch}" (supported: ${SUPPORTED_ARCHITECTURES.join(', ')})`);
+    throw new ModelFormatError(
+      file.path,
+      `unsupported architecture "${arch}" (supported: ${SUPPORTED_ARCHITECTURES.join(', ')})`,
+    );
   }
   const a = arch as Architecture;
   const hidden = requireNumber(file, `${a}.embedding_length`);
@@ -100,14 +110,23 @@ export function readHyperParams(file: GgufFile): DecoderHyperParams {
   const layers = requireNumber(file, `${a}.block_count`);
   const embd = file.tensors.get('token_embd.weight');
   if (embd === undefined) throw new ModelFormatError(file.path, 'tensor token_embd.weight is missing');
-  const headDim = metaNumber(file, `${a}.attention.key_length`) ?? metaNumber(file, `${a}.rope.dimension_count`) ?? hidden / heads;
+  const headDim =
+    metaNumber(file, `${a}.attention.key_length`) ?? metaNumber(file, `${a}.rope.dimension_count`) ?? hidden / heads;
   const valueDim = metaNumber(file, `${a}.attention.value_length`) ?? headDim;
   const ropeDim = metaNumber(file, `${a}.rope.dimension_count`) ?? headDim;
-  if (valueDim !== headDim) throw new ModelFormatError(file.path, `value head size ${valueDim} differs from key head size ${headDim} (not supported)`);
-  if (ropeDim !== headDim) throw new ModelFormatError(file.path, `partial rotary (${ropeDim} of ${headDim} dimensions) is not supported`);
+  if (valueDim !== headDim)
+    throw new ModelFormatError(
+      file.path,
+      `value head size ${valueDim} differs from key head size ${headDim} (not supported)`,
+    );
+  if (ropeDim !== headDim)
+    throw new ModelFormatError(file.path, `partial rotary (${ropeDim} of ${headDim} dimensions) is not supported`);
   const scalingType = metaString(file, `${a}.rope.scaling.type`) ?? 'none';
   if (scalingType !== 'none' && scalingType !== 'linear') {
-    throw new ModelFormatError(file.path, `rope scaling "${scalingType}" is not supported (supported: none, linear, Llama 3 rope_freqs)`);
+    throw new ModelFormatError(
+      file.path,
+      `rope scaling "${scalingType}" is not supported (supported: none, linear, Llama 3 rope_freqs)`,
+    );
   }
   const ropeScale = metaNumber(file, `${a}.rope.scaling.factor`) ?? metaNumber(file, `${a}.rope.scale_linear`) ?? 1;
   const freqs = file.tensors.get('rope_freqs.weight');
@@ -152,7 +171,13 @@ export function readHyperParams(file: GgufFile): DecoderHyperParams {
  * cos/sin tables [positions, headDim/2] of rope with base `theta`: angle = (p / scale) · θ^(−2i/d) / factor_i,
  * in double precision, as llama.cpp computes them (its rope takes theta_scale = base^(−2/d) powers).
  */
-export function ropeTables(positions: number, headDim: number, theta: number, scale: number, factors: Float32Array | undefined): { cos: Float32Array; sin: Float32Array } {
+export function ropeTables(
+  positions: number,
+  headDim: number,
+  theta: number,
+  scale: number,
+  factors: Float32Array | undefined,
+): { cos: Float32Array; sin: Float32Array } {
   const half = headDim / 2;
   const cos = new Float32Array(positions * half);
   const sin = new Float32Array(positions * half);
@@ -252,7 +277,13 @@ class GraphBuilder {
     return `${prefix}_${this.counter++}`;
   }
 
-  node(op: string, inputs: readonly string[], outputs: readonly string[], attributes?: NodeSpec['attributes'], domain?: string): void {
+  node(
+    op: string,
+    inputs: readonly string[],
+    outputs: readonly string[],
+    attributes?: NodeSpec['attributes'],
+    domain?: string,
+  ): void {
     this.nodes.push({
       op,
       inputs,
@@ -276,7 +307,9 @@ class GraphBuilder {
 
   /** A real-valued initializer in the graph's float type. */
   f32(name: string, dims: readonly number[], data: Float32Array): string {
-    return this.floatType === OnnxDataType.FLOAT16 ? this.init(name, OnnxDataType.FLOAT16, dims, f16Bytes(data)) : this.init(name, OnnxDataType.FLOAT, dims, f32Bytes(data));
+    return this.floatType === OnnxDataType.FLOAT16
+      ? this.init(name, OnnxDataType.FLOAT16, dims, f16Bytes(data))
+      : this.init(name, OnnxDataType.FLOAT, dims, f32Bytes(data));
   }
 
   i64(name: string, values: readonly number[], scalar = false): string {
@@ -308,10 +341,27 @@ function concatRows(parts: readonly NBitsWeight[]): NBitsWeight {
     bits: first.bits,
     n: parts.reduce((s, p) => s + p.n, 0),
     k: first.k,
-    packed: cat(parts.map((p) => p.packed), Uint8Array),
-    scales: cat(parts.map((p) => p.scales), Float32Array),
-    zeroPoints: first.zeroPoints === undefined ? undefined : cat(parts.map((p) => p.zeroPoints!), Uint8Array),
-    blockMins: withMins ? cat(parts.map((p) => p.blockMins ?? new Float32Array(p.scales.length)), Float32Array) : undefined,
+    packed: cat(
+      parts.map((p) => p.packed),
+      Uint8Array,
+    ),
+    scales: cat(
+      parts.map((p) => p.scales),
+      Float32Array,
+    ),
+    zeroPoints:
+      first.zeroPoints === undefined
+        ? undefined
+        : cat(
+            parts.map((p) => p.zeroPoints!),
+            Uint8Array,
+          ),
+    blockMins: withMins
+      ? cat(
+          parts.map((p) => p.blockMins ?? new Float32Array(p.scales.length)),
+          Float32Array,
+        )
+      : undefined,
   };
 }
 
@@ -325,15 +375,21 @@ export interface BuiltGraph {
 
 export type ProgressFn = (done: number, total: number) => void;
 
-export function buildDecoderGraph(file: GgufFile, options: GraphOptions = DEFAULT_GRAPH_OPTIONS, progress?: ProgressFn): BuiltGraph {
+export function buildDecoderGraph(
+  file: GgufFile,
+  options: GraphOptions = DEFAULT_GRAPH_OPTIONS,
+  progress?: ProgressFn,
+): BuiltGraph {
   const hp = readHyperParams(file);
   const g = new GraphBuilder(options.dtype ?? 'float32');
   const kvType = g.floatType;
   const slots = options.slots ?? 0;
-  if (!Number.isInteger(slots) || slots < 0 || slots > 64) throw new RangeError(`slots must be an integer in [0, 64], got ${slots}`);
+  if (!Number.isInteger(slots) || slots < 0 || slots > 64)
+    throw new RangeError(`slots must be an integer in [0, 64], got ${slots}`);
   const tensor = (name: string): GgufTensorInfo => {
     const t = file.tensors.get(name);
-    if (t === undefined) throw new ModelFormatError(file.path, `tensor ${name} is missing (architecture ${hp.architecture})`);
+    if (t === undefined)
+      throw new ModelFormatError(file.path, `tensor ${name} is missing (architecture ${hp.architecture})`);
     return t;
   };
   const optionalTensor = (name: string): GgufTensorInfo | undefined => file.tensors.get(name);
@@ -360,12 +416,22 @@ export function buildDecoderGraph(file: GgufFile, options: GraphOptions = DEFAUL
     if (wq.zeroPoints !== undefined) {
       inputs.push(g.init(`${name}.qzeros`, OnnxDataType.UINT8, [wq.zeroPoints.length], wq.zeroPoints));
     }
-    const y = g.one('MatMulNBits', inputs, { K: wq.k, N: wq.n, bits: wq.bits, block_size: QUANT_BLOCK, accuracy_level: options.accuracyLevel }, 'com.microsoft');
+    const y = g.one(
+      'MatMulNBits',
+      inputs,
+      { K: wq.k, N: wq.n, bits: wq.bits, block_size: QUANT_BLOCK, accuracy_level: options.accuracyLevel },
+      'com.microsoft',
+    );
     if (wq.blockMins === undefined) return y;
     // Q4_K's mins: y −= (Σ of each 32-block of x) · mins, a [K/32 × N] MatMul (1 extra bit a weight).
     const mins = new Float32Array(blocksPerRow * wq.n); // [K/32, N]
-    for (let r = 0; r < wq.n; r++) for (let b = 0; b < blocksPerRow; b++) mins[b * wq.n + r] = wq.blockMins[r * blocksPerRow + b]!;
-    const blockSums = g.one('ReduceSum', [g.one('Reshape', [x, g.i64(g.fresh('shape'), [0, 0, blocksPerRow, QUANT_BLOCK])]), g.i64(g.fresh('axes'), [-1])], { keepdims: 0 });
+    for (let r = 0; r < wq.n; r++)
+      for (let b = 0; b < blocksPerRow; b++) mins[b * wq.n + r] = wq.blockMins[r * blocksPerRow + b]!;
+    const blockSums = g.one(
+      'ReduceSum',
+      [g.one('Reshape', [x, g.i64(g.fresh('shape'), [0, 0, blocksPerRow, QUANT_BLOCK])]), g.i64(g.fresh('axes'), [-1])],
+      { keepdims: 0 },
+    );
     return g.one('Sub', [y, g.one('MatMul', [blockSums, g.f32(`${name}.block_mins`, [blocksPerRow, wq.n], mins)])]);
   };
   const quant = (t: GgufTensorInfo): NBitsWeight => toNBits(file, t);
@@ -388,7 +454,12 @@ export function buildDecoderGraph(file: GgufFile, options: GraphOptions = DEFAUL
   const residualScale = g.floatType === OnnxDataType.FLOAT16 && hp.postNorms ? FLOAT16_RESIDUAL_SCALE : 1;
   const residualEps = hp.rmsEps * residualScale * residualScale;
   const rmsNorm = (x: string, weight: string, epsilon = hp.rmsEps): string => {
-    if (options.norms === 'fused') return g.one('SimplifiedLayerNormalization', [x, weight], { axis: -1, epsilon: { float: epsilon }, stash_type: 1 });
+    if (options.norms === 'fused')
+      return g.one('SimplifiedLayerNormalization', [x, weight], {
+        axis: -1,
+        epsilon: { float: epsilon },
+        stash_type: 1,
+      });
     const sq = g.one('Mul', [x, x]);
     const mean = g.one('ReduceMean', [sq, g.i64(g.fresh('axes'), [-1])], { keepdims: 1 });
     const rms = g.one('Sqrt', [g.one('Add', [mean, g.f32(g.fresh('eps'), [], new Float32Array([epsilon]))])]);
@@ -399,7 +470,13 @@ export function buildDecoderGraph(file: GgufFile, options: GraphOptions = DEFAUL
     if (options.norms === 'fused') {
       const normed = g.fresh('skipnorm');
       const sum = g.fresh('residual');
-      g.node('SkipSimplifiedLayerNormalization', [x, residual, weight], [normed, '', '', sum], { epsilon: { float: residualEps } }, 'com.microsoft');
+      g.node(
+        'SkipSimplifiedLayerNormalization',
+        [x, residual, weight],
+        [normed, '', '', sum],
+        { epsilon: { float: residualEps } },
+        'com.microsoft',
+      );
       return [normed, sum];
     }
     const sum = g.one('Add', [x, residual]);
@@ -415,7 +492,10 @@ export function buildDecoderGraph(file: GgufFile, options: GraphOptions = DEFAUL
   // layers, the local one.
   const tables = (theta: number, scale: number, name: string): [string, string] => {
     const { cos, sin } = ropeTables(hp.contextLength, hp.headDim, theta, scale, hp.ropeFreqFactors);
-    return [g.f32(`${name}.cos_cache`, [hp.contextLength, hp.headDim / 2], cos), g.f32(`${name}.sin_cache`, [hp.contextLength, hp.headDim / 2], sin)];
+    return [
+      g.f32(`${name}.cos_cache`, [hp.contextLength, hp.headDim / 2], cos),
+      g.f32(`${name}.sin_cache`, [hp.contextLength, hp.headDim / 2], sin),
+    ];
   };
   const globalRope = tables(hp.ropeTheta, hp.ropeScale, 'rotary');
   const localRope = hp.slidingLayers.some((s) => s) ? tables(hp.ropeThetaLocal, 1, 'rotary_local') : globalRope;
@@ -437,7 +517,9 @@ export function buildDecoderGraph(file: GgufFile, options: GraphOptions = DEFAUL
       'com.microsoft',
     );
   } else {
-    x = g.one('Gather', [g.f32('token_embd.weight', [hp.vocab, hp.hidden], dequantize(file, embd)), IO.inputIds], { axis: 0 });
+    x = g.one('Gather', [g.f32('token_embd.weight', [hp.vocab, hp.hidden], dequantize(file, embd)), IO.inputIds], {
+      axis: 0,
+    });
   }
   const embedScale = hp.embedScale * residualScale;
   if (embedScale !== 1) x = g.one('Mul', [x, g.f32('token_embd.scale', [], new Float32Array([embedScale]))]);
@@ -451,7 +533,8 @@ export function buildDecoderGraph(file: GgufFile, options: GraphOptions = DEFAUL
     let qkv = fusedLinear(normed, `${p}.attn_qkv`, [`${p}.attn_q.weight`, `${p}.attn_k.weight`, `${p}.attn_v.weight`]);
     const biases = ['q', 'k', 'v'].map((n) => optionalTensor(`${p}.attn_${n}.bias`));
     if (biases.some((b) => b !== undefined)) {
-      if (!biases.every((b) => b !== undefined)) throw new ModelFormatError(file.path, `${p}: only some of the q/k/v biases are present`);
+      if (!biases.every((b) => b !== undefined))
+        throw new ModelFormatError(file.path, `${p}: only some of the q/k/v biases are present`);
       const parts = biases.map((b) => dequantize(file, b!));
       const all = new Float32Array(parts.reduce((s, a) => s + a.length, 0));
       let o = 0;
@@ -463,7 +546,12 @@ export function buildDecoderGraph(file: GgufFile, options: GraphOptions = DEFAUL
     }
     const sliding = hp.slidingLayers[l] === true;
     const [cosCache, sinCache] = sliding ? localRope : globalRope;
-    const gqaAttributes: Record<string, AttributeValue> = { num_heads: hp.heads, kv_num_heads: hp.kvHeads, do_rotary: 1, rotary_interleaved: hp.ropeInterleaved ? 1 : 0 };
+    const gqaAttributes: Record<string, AttributeValue> = {
+      num_heads: hp.heads,
+      kv_num_heads: hp.kvHeads,
+      do_rotary: 1,
+      rotary_interleaved: hp.ropeInterleaved ? 1 : 0,
+    };
     if (hp.attentionScale !== 1 / Math.sqrt(hp.headDim)) gqaAttributes['scale'] = { float: hp.attentionScale };
     // ORT 1.30 counts the query's own key in its window (as llama.cpp and Hugging Face do; measured
     // in test/architectures.test.ts, and older ORT releases counted one more).
@@ -477,9 +565,16 @@ export function buildDecoderGraph(file: GgufFile, options: GraphOptions = DEFAUL
       g.node('Split', [qkv, g.i64(g.fresh('split'), [qWidth, kvWidth, kvWidth])], [q, k, v], { axis: -1 });
       const headNorm = (x: string, heads: number, weight: string): string => {
         const perHead = g.one('Reshape', [x, g.i64(g.fresh('shape'), [0, 0, heads, hp.headDim])]);
-        return g.one('Reshape', [rmsNorm(perHead, vector(weight)), g.i64(g.fresh('shape'), [0, 0, heads * hp.headDim])]);
+        return g.one('Reshape', [
+          rmsNorm(perHead, vector(weight)),
+          g.i64(g.fresh('shape'), [0, 0, heads * hp.headDim]),
+        ]);
       };
-      qkvInputs = [headNorm(q, hp.heads, `${p}.attn_q_norm.weight`), headNorm(k, hp.kvHeads, `${p}.attn_k_norm.weight`), v];
+      qkvInputs = [
+        headNorm(q, hp.heads, `${p}.attn_q_norm.weight`),
+        headNorm(k, hp.kvHeads, `${p}.attn_k_norm.weight`),
+        v,
+      ];
     }
     let attn = g.fresh('attn');
     if (slots === 0) {
@@ -502,7 +597,15 @@ export function buildDecoderGraph(file: GgufFile, options: GraphOptions = DEFAUL
         const out = g.fresh('attn_slot');
         g.node(
           'GroupQueryAttention',
-          [...perSlot.map((parts) => parts[s]!), SLOT_IO.pastKey(s, l), SLOT_IO.pastValue(s, l), SLOT_IO.seqlensK(s), SLOT_IO.totalSequenceLength(s), cosCache, sinCache],
+          [
+            ...perSlot.map((parts) => parts[s]!),
+            SLOT_IO.pastKey(s, l),
+            SLOT_IO.pastValue(s, l),
+            SLOT_IO.seqlensK(s),
+            SLOT_IO.totalSequenceLength(s),
+            cosCache,
+            sinCache,
+          ],
           [out, SLOT_IO.presentKey(s, l), SLOT_IO.presentValue(s, l)],
           gqaAttributes,
           'com.microsoft',
@@ -511,16 +614,27 @@ export function buildDecoderGraph(file: GgufFile, options: GraphOptions = DEFAUL
       });
       attn = g.one('Concat', attns, { axis: 1 });
     }
-    const o = linear(attn, `${p}.attn_output`, options.weights === 'f32' ? tensor(`${p}.attn_output.weight`) : quant(tensor(`${p}.attn_output.weight`)));
+    const o = linear(
+      attn,
+      `${p}.attn_output`,
+      options.weights === 'f32' ? tensor(`${p}.attn_output.weight`) : quant(tensor(`${p}.attn_output.weight`)),
+    );
     const attnOut = hp.postNorms ? rmsNorm(o, postNormWeight(`${p}.post_attention_norm.weight`)) : o;
     const [ffnIn, res1] = skipNorm(attnOut, residual, vector(`${p}.ffn_norm.weight`));
     const gateUp = fusedLinear(ffnIn, `${p}.ffn_gate_up`, [`${p}.ffn_gate.weight`, `${p}.ffn_up.weight`]);
     const gate = g.fresh('gate');
     const up = g.fresh('up');
     g.node('Split', [gateUp, g.i64(g.fresh('split'), [hp.ffn, hp.ffn])], [gate, up], { axis: -1 });
-    const gateAct = hp.activation === 'silu' ? g.one('Mul', [gate, g.one('Sigmoid', [gate])]) : g.one('FastGelu', [gate], undefined, 'com.microsoft');
+    const gateAct =
+      hp.activation === 'silu'
+        ? g.one('Mul', [gate, g.one('Sigmoid', [gate])])
+        : g.one('FastGelu', [gate], undefined, 'com.microsoft');
     const act = g.one('Mul', [gateAct, up]);
-    const down = linear(act, `${p}.ffn_down`, options.weights === 'f32' ? tensor(`${p}.ffn_down.weight`) : quant(tensor(`${p}.ffn_down.weight`)));
+    const down = linear(
+      act,
+      `${p}.ffn_down`,
+      options.weights === 'f32' ? tensor(`${p}.ffn_down.weight`) : quant(tensor(`${p}.ffn_down.weight`)),
+    );
     const ffnOut = hp.postNorms ? rmsNorm(down, postNormWeight(`${p}.post_ffw_norm.weight`)) : down;
     const nextNorm = l + 1 < hp.layers ? `blk.${l + 1}.attn_norm.weight` : 'output_norm.weight';
     [normed, residual] = skipNorm(ffnOut, res1, vector(nextNorm));
@@ -530,7 +644,9 @@ export function buildDecoderGraph(file: GgufFile, options: GraphOptions = DEFAUL
   // Only the requested rows go through the LM head: prefill needs one, a padded decode step one
   // (the pad row is skipped), verification all of them.
   const kept =
-    slots === 0 ? g.one('Slice', [normed, IO.logitsStart, IO.logitsEnd, g.i64('slice.axis', [1])]) : g.one('Gather', [normed, SLOT_IO.logitsIndex], { axis: 1 });
+    slots === 0
+      ? g.one('Slice', [normed, IO.logitsStart, IO.logitsEnd, g.i64('slice.axis', [1])])
+      : g.one('Gather', [normed, SLOT_IO.logitsIndex], { axis: 1 });
   const headTensor = optionalTensor('output.weight') ?? embd;
   const head = options.weights === 'f32' ? headTensor : quant(headTensor);
   let logits = linear(kept, 'lm_head', head);
@@ -553,16 +669,38 @@ export function buildDecoderGraph(file: GgufFile, options: GraphOptions = DEFAUL
       { name: SLOT_IO.slotTokens, type: OnnxDataType.INT64, shape: [slots] },
       { name: SLOT_IO.logitsIndex, type: OnnxDataType.INT64, shape: ['logits_rows'] },
     ];
-    const slotOutputs: ValueInfo[] = [{ name: SLOT_IO.logits, type: OnnxDataType.FLOAT, shape: [1, 'logits_rows', hp.vocab] }];
+    const slotOutputs: ValueInfo[] = [
+      { name: SLOT_IO.logits, type: OnnxDataType.FLOAT, shape: [1, 'logits_rows', hp.vocab] },
+    ];
     for (let s = 0; s < slots; s++) {
       const kv = [1, hp.kvHeads, `kv_capacity_${s}`, hp.headDim];
-      slotInputs.push({ name: SLOT_IO.seqlensK(s), type: OnnxDataType.INT32, shape: [1] }, { name: SLOT_IO.totalSequenceLength(s), type: OnnxDataType.INT32, shape: [] });
+      slotInputs.push(
+        { name: SLOT_IO.seqlensK(s), type: OnnxDataType.INT32, shape: [1] },
+        { name: SLOT_IO.totalSequenceLength(s), type: OnnxDataType.INT32, shape: [] },
+      );
       for (let l = 0; l < hp.layers; l++) {
-        slotInputs.push({ name: SLOT_IO.pastKey(s, l), type: kvType, shape: kv }, { name: SLOT_IO.pastValue(s, l), type: kvType, shape: kv });
-        slotOutputs.push({ name: SLOT_IO.presentKey(s, l), type: kvType, shape: kv }, { name: SLOT_IO.presentValue(s, l), type: kvType, shape: kv });
+        slotInputs.push(
+          { name: SLOT_IO.pastKey(s, l), type: kvType, shape: kv },
+          { name: SLOT_IO.pastValue(s, l), type: kvType, shape: kv },
+        );
+        slotOutputs.push(
+          { name: SLOT_IO.presentKey(s, l), type: kvType, shape: kv },
+          { name: SLOT_IO.presentValue(s, l), type: kvType, shape: kv },
+        );
       }
     }
-    return { graph: { name: `${hp.architecture}-decoder-${slots}-slots`, nodes: g.nodes, inputs: slotInputs, outputs: slotOutputs, initializers: g.initializers }, hyper: hp, kvCapacityDim, greedyOutput };
+    return {
+      graph: {
+        name: `${hp.architecture}-decoder-${slots}-slots`,
+        nodes: g.nodes,
+        inputs: slotInputs,
+        outputs: slotOutputs,
+        initializers: g.initializers,
+      },
+      hyper: hp,
+      kvCapacityDim,
+      greedyOutput,
+    };
   }
   const inputs: ValueInfo[] = [
     { name: IO.inputIds, type: OnnxDataType.INT64, shape: [1, 'sequence_length'] },
@@ -579,5 +717,10 @@ export function buildDecoderGraph(file: GgufFile, options: GraphOptions = DEFAUL
     outputs.push({ name: IO.presentKey(l), type: kvType, shape: kvShape });
     outputs.push({ name: IO.presentValue(l), type: kvType, shape: kvShape });
   }
-  return { graph: { name: `${hp.architecture}-decoder`, nodes: g.nodes, inputs, outputs, initializers: g.initializers }, hyper: hp, kvCapacityDim, greedyOutput };
+  return {
+    graph: { name: `${hp.architecture}-decoder`, nodes: g.nodes, inputs, outputs, initializers: g.initializers },
+    hyper: hp,
+    kvCapacityDim,
+    greedyOutput,
+  };
 }

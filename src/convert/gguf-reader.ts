@@ -113,19 +113,49 @@ export function parseGguf(path: string, buffer: Buffer): GgufFile {
   };
   const scalar = (type: number): GgufValue => {
     switch (type) {
-      case 0: need(1); return buffer.readUInt8(pos++);
-      case 1: need(1); return buffer.readInt8(pos++);
-      case 2: need(2); pos += 2; return buffer.readUInt16LE(pos - 2);
-      case 3: need(2); pos += 2; return buffer.readInt16LE(pos - 2);
-      case 4: return u32();
-      case 5: need(4); pos += 4; return buffer.readInt32LE(pos - 4);
-      case 6: need(4); pos += 4; return buffer.readFloatLE(pos - 4);
-      case 7: need(1); return buffer.readUInt8(pos++) !== 0;
-      case 8: return str();
-      case 10: need(8); pos += 8; return buffer.readBigUInt64LE(pos - 8);
-      case 11: need(8); pos += 8; return buffer.readBigInt64LE(pos - 8);
-      case 12: need(8); pos += 8; return buffer.readDoubleLE(pos - 8);
-      default: return fail(`unknown metadata value type ${type} at byte ${pos}`);
+      case 0:
+        need(1);
+        return buffer.readUInt8(pos++);
+      case 1:
+        need(1);
+        return buffer.readInt8(pos++);
+      case 2:
+        need(2);
+        pos += 2;
+        return buffer.readUInt16LE(pos - 2);
+      case 3:
+        need(2);
+        pos += 2;
+        return buffer.readInt16LE(pos - 2);
+      case 4:
+        return u32();
+      case 5:
+        need(4);
+        pos += 4;
+        return buffer.readInt32LE(pos - 4);
+      case 6:
+        need(4);
+        pos += 4;
+        return buffer.readFloatLE(pos - 4);
+      case 7:
+        need(1);
+        return buffer.readUInt8(pos++) !== 0;
+      case 8:
+        return str();
+      case 10:
+        need(8);
+        pos += 8;
+        return buffer.readBigUInt64LE(pos - 8);
+      case 11:
+        need(8);
+        pos += 8;
+        return buffer.readBigInt64LE(pos - 8);
+      case 12:
+        need(8);
+        pos += 8;
+        return buffer.readDoubleLE(pos - 8);
+      default:
+        return fail(`unknown metadata value type ${type} at byte ${pos}`);
     }
   };
   const value = (type: number): GgufValue => {
@@ -174,16 +204,28 @@ export function parseGguf(path: string, buffer: Buffer): GgufFile {
   for (const info of infos) {
     const block = GGML_BLOCK[info.type as GgmlType];
     if (block === undefined) {
-      fail(`tensor ${info.name} has ggml type ${info.type} (${GgmlType[info.type] ?? 'unknown'}), which this converter does not support`);
+      fail(
+        `tensor ${info.name} has ggml type ${info.type} (${GgmlType[info.type] ?? 'unknown'}), which this converter does not support`,
+      );
     }
     const elementCount = info.dims.reduce((a, b) => a * b, 1);
-    if (elementCount % block!.elements !== 0) fail(`tensor ${info.name}: ${elementCount} elements is not a whole number of blocks`);
+    if (elementCount % block!.elements !== 0)
+      fail(`tensor ${info.name}: ${elementCount} elements is not a whole number of blocks`);
     const byteLength = (elementCount / block!.elements) * block!.bytes;
     const byteOffset = dataStart + info.offset;
     if (byteOffset + byteLength > buffer.length) {
-      fail(`truncated: tensor ${info.name} needs bytes up to ${byteOffset + byteLength} but the file has ${buffer.length}`);
+      fail(
+        `truncated: tensor ${info.name} needs bytes up to ${byteOffset + byteLength} but the file has ${buffer.length}`,
+      );
     }
-    tensors.set(info.name, { name: info.name, dims: info.dims, type: info.type as GgmlType, elementCount, byteOffset, byteLength });
+    tensors.set(info.name, {
+      name: info.name,
+      dims: info.dims,
+      type: info.type as GgmlType,
+      elementCount,
+      byteOffset,
+      byteLength,
+    });
   }
   return { path, version, metadata, tensors, buffer };
 }

@@ -34,8 +34,18 @@ const LLAMA3_SPLIT =
 const QWEN2_SPLIT =
   "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
 
-const byteLevel = (useRegex: boolean) => ({ type: 'ByteLevel', add_prefix_space: false, trim_offsets: true, use_regex: useRegex });
-const split = (pattern: string) => ({ type: 'Split', pattern: { Regex: pattern }, behavior: 'Isolated', invert: false });
+const byteLevel = (useRegex: boolean) => ({
+  type: 'ByteLevel',
+  add_prefix_space: false,
+  trim_offsets: true,
+  use_regex: useRegex,
+});
+const split = (pattern: string) => ({
+  type: 'Split',
+  pattern: { Regex: pattern },
+  behavior: 'Isolated',
+  invert: false,
+});
 
 /** tokenizer.ggml.pre → HF pre_tokenizer. */
 const PRE_TOKENIZERS: Readonly<Record<string, unknown>> = {
@@ -67,12 +77,26 @@ function byteLevelBpe(file: GgufFile, vocab: Record<string, number>): TokenizerM
   const pre = metaString(file, 'tokenizer.ggml.pre') ?? 'default';
   const preTokenizer = PRE_TOKENIZERS[pre];
   if (preTokenizer === undefined) {
-    throw new ModelFormatError(file.path, `pre-tokenizer "${pre}" is not supported (supported: ${Object.keys(PRE_TOKENIZERS).join(', ')})`);
+    throw new ModelFormatError(
+      file.path,
+      `pre-tokenizer "${pre}" is not supported (supported: ${Object.keys(PRE_TOKENIZERS).join(', ')})`,
+    );
   }
   const merges = file.metadata.get('tokenizer.ggml.merges');
   if (!Array.isArray(merges)) throw new ModelFormatError(file.path, 'tokenizer.ggml.merges is missing');
   return {
-    model: { type: 'BPE', dropout: null, unk_token: null, continuing_subword_prefix: null, end_of_word_suffix: null, fuse_unk: false, byte_fallback: false, ignore_merges: false, vocab, merges },
+    model: {
+      type: 'BPE',
+      dropout: null,
+      unk_token: null,
+      continuing_subword_prefix: null,
+      end_of_word_suffix: null,
+      fuse_unk: false,
+      byte_fallback: false,
+      ignore_merges: false,
+      vocab,
+      merges,
+    },
     normalizer: null,
     preTokenizer,
     decoder: { type: 'ByteLevel', add_prefix_space: true, trim_offsets: true, use_regex: true },
@@ -86,9 +110,15 @@ function byteLevelBpe(file: GgufFile, vocab: Record<string, number>): TokenizerM
  * tokens. As BPE merges: every split of a normal piece into two symbols (vocabulary pieces or single
  * characters), ranked by the piece's score — the conversion Hugging Face applies to SentencePiece models.
  */
-function sentencePieceBpe(file: GgufFile, tokens: readonly string[], types: readonly unknown[] | undefined, vocab: Record<string, number>): TokenizerModelParts {
+function sentencePieceBpe(
+  file: GgufFile,
+  tokens: readonly string[],
+  types: readonly unknown[] | undefined,
+  vocab: Record<string, number>,
+): TokenizerModelParts {
   const scores = file.metadata.get('tokenizer.ggml.scores');
-  if (!Array.isArray(scores) || scores.length !== tokens.length) throw new ModelFormatError(file.path, 'tokenizer.ggml.scores is missing or its length differs from the vocabulary');
+  if (!Array.isArray(scores) || scores.length !== tokens.length)
+    throw new ModelFormatError(file.path, 'tokenizer.ggml.scores is missing or its length differs from the vocabulary');
   const isNormal = (id: number): boolean => (types === undefined ? true : types[id] === TOKEN_TYPE_NORMAL);
   const normal = new Map<string, number>();
   tokens.forEach((t, id) => {
@@ -103,7 +133,8 @@ function sentencePieceBpe(file: GgufFile, tokens: readonly string[], types: read
     for (let i = 1; i < chars.length; i++) {
       left += chars[i - 1]!;
       const right = chars.slice(i).join('');
-      if (symbol(left, i) && symbol(right, chars.length - i)) candidates.push({ left, right, score: scores[id] as number, id });
+      if (symbol(left, i) && symbol(right, chars.length - i))
+        candidates.push({ left, right, score: scores[id] as number, id });
     }
   }
   candidates.sort((a, b) => b.score - a.score || a.id - b.id || a.left.length - b.left.length);
@@ -111,11 +142,20 @@ function sentencePieceBpe(file: GgufFile, tokens: readonly string[], types: read
   const replaceSpaces = { type: 'Replace', pattern: { String: ' ' }, content: SPM_SPACE };
   return {
     model: {
-      type: 'BPE', dropout: null, unk_token: tokens[metaNumber(file, 'tokenizer.ggml.unknown_token_id') ?? -1] ?? null, continuing_subword_prefix: null,
-      end_of_word_suffix: null, fuse_unk: true, byte_fallback: true, ignore_merges: false, vocab,
+      type: 'BPE',
+      dropout: null,
+      unk_token: tokens[metaNumber(file, 'tokenizer.ggml.unknown_token_id') ?? -1] ?? null,
+      continuing_subword_prefix: null,
+      end_of_word_suffix: null,
+      fuse_unk: true,
+      byte_fallback: true,
+      ignore_merges: false,
+      vocab,
       merges: candidates.map((c) => [c.left, c.right]),
     },
-    normalizer: addSpacePrefix ? { type: 'Sequence', normalizers: [{ type: 'Prepend', prepend: SPM_SPACE }, replaceSpaces] } : replaceSpaces,
+    normalizer: addSpacePrefix
+      ? { type: 'Sequence', normalizers: [{ type: 'Prepend', prepend: SPM_SPACE }, replaceSpaces] }
+      : replaceSpaces,
     preTokenizer: null,
     decoder: {
       type: 'Sequence',
@@ -133,7 +173,10 @@ function sentencePieceBpe(file: GgufFile, tokens: readonly string[], types: read
 export function buildTokenizer(file: GgufFile): BuiltTokenizer {
   const model = metaString(file, 'tokenizer.ggml.model');
   if (model !== 'gpt2' && model !== 'llama') {
-    throw new ModelFormatError(file.path, `tokenizer model "${model ?? 'missing'}" is not supported (supported: byte-level BPE "gpt2", SentencePiece "llama")`);
+    throw new ModelFormatError(
+      file.path,
+      `tokenizer model "${model ?? 'missing'}" is not supported (supported: byte-level BPE "gpt2", SentencePiece "llama")`,
+    );
   }
   const tokens = file.metadata.get('tokenizer.ggml.tokens');
   const types = file.metadata.get('tokenizer.ggml.token_type');
@@ -159,7 +202,8 @@ export function buildTokenizer(file: GgufFile): BuiltTokenizer {
       });
     }
   });
-  const parts = model === 'gpt2' ? byteLevelBpe(file, vocab) : sentencePieceBpe(file, tokens as string[], typeList, vocab);
+  const parts =
+    model === 'gpt2' ? byteLevelBpe(file, vocab) : sentencePieceBpe(file, tokens as string[], typeList, vocab);
 
   const bosTokenId = metaNumber(file, 'tokenizer.ggml.bos_token_id');
   const eosTokenId = metaNumber(file, 'tokenizer.ggml.eos_token_id');
@@ -167,7 +211,9 @@ export function buildTokenizer(file: GgufFile): BuiltTokenizer {
   const eosTokenIds = [...new Set([eosTokenId, eotTokenId].filter((x): x is number => x !== undefined))];
   const tokenName = (id: number | undefined) => (id === undefined ? undefined : (tokens[id] as string | undefined));
   const architecture = metaString(file, 'general.architecture');
-  const chatTemplate = metaString(file, 'tokenizer.chat_template') ?? (architecture?.startsWith('gemma') ? GEMMA_CHAT_TEMPLATE : undefined);
+  const chatTemplate =
+    metaString(file, 'tokenizer.chat_template') ??
+    (architecture?.startsWith('gemma') ? GEMMA_CHAT_TEMPLATE : undefined);
   const addBos = file.metadata.get('tokenizer.ggml.add_bos_token') === true;
 
   const tokenizerJson = {
@@ -177,14 +223,28 @@ export function buildTokenizer(file: GgufFile): BuiltTokenizer {
     added_tokens: addedTokens,
     normalizer: parts.normalizer,
     pre_tokenizer: parts.preTokenizer,
-    post_processor: addBos && bosTokenId !== undefined
-      ? {
-          type: 'TemplateProcessing',
-          single: [{ SpecialToken: { id: tokenName(bosTokenId), type_id: 0 } }, { Sequence: { id: 'A', type_id: 0 } }],
-          pair: [{ SpecialToken: { id: tokenName(bosTokenId), type_id: 0 } }, { Sequence: { id: 'A', type_id: 0 } }, { Sequence: { id: 'B', type_id: 1 } }],
-          special_tokens: { [tokenName(bosTokenId)!]: { id: tokenName(bosTokenId), ids: [bosTokenId], tokens: [tokenName(bosTokenId)] } },
-        }
-      : null,
+    post_processor:
+      addBos && bosTokenId !== undefined
+        ? {
+            type: 'TemplateProcessing',
+            single: [
+              { SpecialToken: { id: tokenName(bosTokenId), type_id: 0 } },
+              { Sequence: { id: 'A', type_id: 0 } },
+            ],
+            pair: [
+              { SpecialToken: { id: tokenName(bosTokenId), type_id: 0 } },
+              { Sequence: { id: 'A', type_id: 0 } },
+              { Sequence: { id: 'B', type_id: 1 } },
+            ],
+            special_tokens: {
+              [tokenName(bosTokenId)!]: {
+                id: tokenName(bosTokenId),
+                ids: [bosTokenId],
+                tokens: [tokenName(bosTokenId)],
+              },
+            },
+          }
+        : null,
     decoder: parts.decoder,
     model: parts.model,
   };

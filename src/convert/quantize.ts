@@ -130,11 +130,26 @@ export function dequantize(file: GgufFile, t: GgufTensorInfo): Float32Array {
       dequantizeK(t.type, src, out, t.elementCount / K_BLOCK);
       return out;
     default:
-      throw new ModelFormatError(file.path, `tensor ${t.name}: ggml type ${GgmlType[t.type]} cannot be dequantized by this converter (supported: ${DEQUANTIZABLE.join(', ')})`);
+      throw new ModelFormatError(
+        file.path,
+        `tensor ${t.name}: ggml type ${GgmlType[t.type]} cannot be dequantized by this converter (supported: ${DEQUANTIZABLE.join(', ')})`,
+      );
   }
 }
 
-export const DEQUANTIZABLE = ['F32', 'F16', 'BF16', 'Q4_0', 'Q4_1', 'Q5_0', 'Q5_1', 'Q8_0', 'Q4_K', 'Q5_K', 'Q6_K'] as const;
+export const DEQUANTIZABLE = [
+  'F32',
+  'F16',
+  'BF16',
+  'Q4_0',
+  'Q4_1',
+  'Q5_0',
+  'Q5_1',
+  'Q8_0',
+  'Q4_K',
+  'Q5_K',
+  'Q6_K',
+] as const;
 
 /** Elements per K-quant super-block. */
 export const K_BLOCK = 256;
@@ -142,7 +157,10 @@ export const K_BLOCK = 256;
 /** The 6-bit scale and min of sub-block j (0..7) of a Q4_K / Q5_K block, packed in 12 bytes at `at`. */
 function scaleMinK4(src: Uint8Array, at: number, j: number): [number, number] {
   if (j < 4) return [src[at + j]! & 63, src[at + j + 4]! & 63];
-  return [(src[at + j + 4]! & 0xf) | ((src[at + j - 4]! >> 6) << 4), (src[at + j + 4]! >> 4) | ((src[at + j]! >> 6) << 4)];
+  return [
+    (src[at + j + 4]! & 0xf) | ((src[at + j - 4]! >> 6) << 4),
+    (src[at + j + 4]! >> 4) | ((src[at + j]! >> 6) << 4),
+  ];
 }
 
 /**
@@ -189,7 +207,10 @@ export function dequantizeK(type: GgmlType, src: Uint8Array, out: Float32Array, 
     for (let j = 0; j < 4; j++) {
       const [sc1, m1] = scaleMinK4(src, o + 4, 2 * j);
       const [sc2, m2] = scaleMinK4(src, o + 4, 2 * j + 1);
-      const d1 = f(d * sc1), min1 = f(dmin * m1), d2 = f(d * sc2), min2 = f(dmin * m2);
+      const d1 = f(d * sc1),
+        min1 = f(dmin * m1),
+        d2 = f(d * sc2),
+        min2 = f(dmin * m2);
       for (let l = 0; l < 32; l++) {
         const q = src[qs + 32 * j + l]!;
         const hi1 = five && src[qh + l]! & (1 << (2 * j)) ? 16 : 0;
@@ -203,10 +224,12 @@ export function dequantizeK(type: GgmlType, src: Uint8Array, out: Float32Array, 
 
 /** The ggml matrix shape as (rows N, row length K). */
 export function matrixShape(file: GgufFile, t: GgufTensorInfo): { n: number; k: number } {
-  if (t.dims.length !== 2) throw new ModelFormatError(file.path, `tensor ${t.name} should be 2-D, has dims [${t.dims.join(', ')}]`);
+  if (t.dims.length !== 2)
+    throw new ModelFormatError(file.path, `tensor ${t.name} should be 2-D, has dims [${t.dims.join(', ')}]`);
   const k = t.dims[0]!;
   const n = t.dims[1]!;
-  if (k % QUANT_BLOCK !== 0) throw new ModelFormatError(file.path, `tensor ${t.name}: row length ${k} is not a multiple of ${QUANT_BLOCK}`);
+  if (k % QUANT_BLOCK !== 0)
+    throw new ModelFormatError(file.path, `tensor ${t.name}: row length ${k} is not a multiple of ${QUANT_BLOCK}`);
   return { n, k };
 }
 
@@ -247,7 +270,8 @@ export function toNBits8(file: GgufFile, t: GgufTensorInfo): NBitsWeight {
     for (let j = 0; j < QUANT_BLOCK; j++) amax = Math.max(amax, Math.abs(w[base + j]!));
     const scale = amax === 0 ? 1 : Math.fround(amax / 127);
     scales[b] = scale;
-    for (let j = 0; j < QUANT_BLOCK; j++) packed[base + j] = Math.min(127, Math.max(-127, Math.round(w[base + j]! / scale))) + 128;
+    for (let j = 0; j < QUANT_BLOCK; j++)
+      packed[base + j] = Math.min(127, Math.max(-127, Math.round(w[base + j]! / scale))) + 128;
   }
   return { bits: 8, n, k, packed, scales, zeroPoints: undefined };
 }
@@ -277,7 +301,13 @@ export function q5_0ToNBits(file: GgufFile, t: GgufTensorInfo): NBitsWeight {
  * grids 4 bits would coarsen (Q5_0 and Q8_0 map exactly).
  */
 export function wantsEightBits(type: GgmlType): boolean {
-  return type === GgmlType.Q5_0 || type === GgmlType.Q5_1 || type === GgmlType.Q5_K || type === GgmlType.Q6_K || type === GgmlType.Q8_0;
+  return (
+    type === GgmlType.Q5_0 ||
+    type === GgmlType.Q5_1 ||
+    type === GgmlType.Q5_K ||
+    type === GgmlType.Q6_K ||
+    type === GgmlType.Q8_0
+  );
 }
 
 /**
@@ -420,11 +450,17 @@ export function quantizeBlock4(w: Float32Array, base: number, q: Uint8Array): { 
       q.set(trial);
     }
     // Least squares for v ≈ s·q − s·z, i.e. v ≈ a·q + c with c = −s·z; then round z.
-    let sq = 0, sqq = 0, sv = 0, sqv = 0;
+    let sq = 0,
+      sqq = 0,
+      sv = 0,
+      sqv = 0;
     for (let j = 0; j < QUANT_BLOCK; j++) {
       const qi = trial[j]!;
       const v = w[base + j]!;
-      sq += qi; sqq += qi * qi; sv += v; sqv += qi * v;
+      sq += qi;
+      sqq += qi * qi;
+      sv += v;
+      sqv += qi * v;
     }
     const det = QUANT_BLOCK * sqq - sq * sq;
     if (det <= 0) break;

@@ -147,6 +147,9 @@ export class DraftLengthController {
 }
 
 /** A controller that always asks for the same length (the paper's fixed K). */
-export function fixedDraftLength(k: number, rowsMin = 1): Pick<DraftLengthController, 'current' | 'record' | 'rowsFor' | 'expectedTokens'> {
+export function fixedDraftLength(
+  k: number,
+  rowsMin = 1,
+): Pick<DraftLengthController, 'current' | 'record' | 'rowsFor' | 'expectedTokens'> {
   return { current: () => k, record: () => {}, rowsFor: (d) => Math.max(d + 1, rowsMin), expectedTokens: () => 1 };
 }

@@ -32,13 +32,25 @@ export const NGRAM_N_MAX = 8;
 /** Continuations remembered per context: constant memory per entry (llama.cpp ngram-mod keeps 4). */
 export const SLOTS_PER_CONTEXT = 4;
 
-export const ANPD_PAPER_OPTIONS: NgramDrafterOptions = { n: 5, minCount: [1, 1, 1, 1, 1, 1, 1], minShare: 0, copyMinMatch: 0, copyMaxMatch: 0 };
+export const ANPD_PAPER_OPTIONS: NgramDrafterOptions = {
+  n: 5,
+  minCount: [1, 1, 1, 1, 1, 1, 1],
+  minShare: 0,
+  copyMinMatch: 0,
+  copyMaxMatch: 0,
+};
 /**
  * Span copy on top of ungated tables: in the replay of recorded greedy outputs
  * (bench/draft-replay), confidence gating (minCount 2 at n = 2, share ≥ 0.3) lowered τ slightly on
  * every category, so the default gates nothing; the copy is kept for long matches.
  */
-export const DEFAULT_NGRAM_OPTIONS: NgramDrafterOptions = { n: 5, minCount: [1, 1, 1, 1, 1, 1, 1], minShare: 0, copyMinMatch: 3, copyMaxMatch: 16 };
+export const DEFAULT_NGRAM_OPTIONS: NgramDrafterOptions = {
+  n: 5,
+  minCount: [1, 1, 1, 1, 1, 1, 1],
+  minShare: 0,
+  copyMinMatch: 3,
+  copyMaxMatch: 16,
+};
 
 class Entry {
   readonly tokens = new Int32Array(SLOTS_PER_CONTEXT);
@@ -70,7 +82,8 @@ export class NgramDrafter implements Drafter {
   hits = 0;
 
   constructor(prompt: readonly number[], options: NgramDrafterOptions = DEFAULT_NGRAM_OPTIONS) {
-    if (!Number.isInteger(options.n) || options.n < 2 || options.n > NGRAM_N_MAX) throw new RangeError(`n must be in [2, ${NGRAM_N_MAX}]`);
+    if (!Number.isInteger(options.n) || options.n < 2 || options.n > NGRAM_N_MAX)
+      throw new RangeError(`n must be in [2, ${NGRAM_N_MAX}]`);
     this.options = options;
     this.tables = Array.from({ length: options.n - 1 }, () => new Map<number, Entry>());
     this.history = new Int32Array(Math.max(64, prompt.length * 2));
@@ -135,7 +148,8 @@ export class NgramDrafter implements Drafter {
       if (src >= 0) {
         // Past the end of history the copy continues from its own draft: a periodic pattern
         // (a list, a repeated line) extends itself.
-        for (let i = src; draft.length < maxTokens; i++) draft.push(i < this.length ? this.history[i]! : draft[i - this.length]!);
+        for (let i = src; draft.length < maxTokens; i++)
+          draft.push(i < this.length ? this.history[i]! : draft[i - this.length]!);
         return draft;
       }
     }
@@ -161,7 +175,12 @@ export class NgramDrafter implements Drafter {
     if (entry === undefined || entry.used === 0) return -1;
     if (!this.contextMatches(entry.latest, this.length, ctx)) return -1;
     let match = ctx;
-    while (match < o.copyMaxMatch && entry.latest - match - 1 >= 0 && this.history[entry.latest - match - 1] === this.history[this.length - match - 1]) match++;
+    while (
+      match < o.copyMaxMatch &&
+      entry.latest - match - 1 >= 0 &&
+      this.history[entry.latest - match - 1] === this.history[this.length - match - 1]
+    )
+      match++;
     if (match < o.copyMinMatch) return -1;
     this.hits++;
     return entry.latest;
@@ -224,7 +243,11 @@ function addContinuation(entry: Entry, token: number, pos: number): void {
   // Full: replace the weakest slot (lowest count, then oldest).
   let weakest = 0;
   for (let s = 1; s < SLOTS_PER_CONTEXT; s++) {
-    if (entry.counts[s]! < entry.counts[weakest]! || (entry.counts[s] === entry.counts[weakest] && entry.last[s]! < entry.last[weakest]!)) weakest = s;
+    if (
+      entry.counts[s]! < entry.counts[weakest]! ||
+      (entry.counts[s] === entry.counts[weakest] && entry.last[s]! < entry.last[weakest]!)
+    )
+      weakest = s;
   }
   entry.total -= entry.counts[weakest]!;
   entry.tokens[weakest] = token;
@@ -236,7 +259,11 @@ function addContinuation(entry: Entry, token: number, pos: number): void {
 function bestSlot(entry: Entry): number {
   let best = 0;
   for (let s = 1; s < entry.used; s++) {
-    if (entry.counts[s]! > entry.counts[best]! || (entry.counts[s] === entry.counts[best] && entry.last[s]! > entry.last[best]!)) best = s;
+    if (
+      entry.counts[s]! > entry.counts[best]! ||
+      (entry.counts[s] === entry.counts[best] && entry.last[s]! > entry.last[best]!)
+    )
+      best = s;
   }
   return best;
 }

@@ -43,8 +43,10 @@ export class AdmissionQueue {
   private idleWaiters: Array<() => void> = [];
 
   constructor(options: AdmissionQueueOptions) {
-    if (!Number.isInteger(options.maxActive) || options.maxActive < 1) throw new RangeError('maxActive must be an integer ≥ 1');
-    if (!Number.isInteger(options.maxQueued) || options.maxQueued < 0) throw new RangeError('maxQueued must be an integer ≥ 0');
+    if (!Number.isInteger(options.maxActive) || options.maxActive < 1)
+      throw new RangeError('maxActive must be an integer ≥ 1');
+    if (!Number.isInteger(options.maxQueued) || options.maxQueued < 0)
+      throw new RangeError('maxQueued must be an integer ≥ 0');
     this.maxActive = options.maxActive;
     this.maxQueued = options.maxQueued;
   }
@@ -65,12 +67,15 @@ export class AdmissionQueue {
    * for the request (tokenizing), which is most of a refusal's cost under an overload storm.
    */
   refuseIfFull(): void {
-    if (this.active >= this.maxActive && this.waiters.length >= this.maxQueued && !this.draining) throw this.overloaded();
+    if (this.active >= this.maxActive && this.waiters.length >= this.maxQueued && !this.draining)
+      throw this.overloaded();
   }
 
   private overloaded(): OverloadedError {
     this.rejected++;
-    return new OverloadedError(`server is at capacity: ${this.active} generations running and ${this.waiters.length} queued; retry later`);
+    return new OverloadedError(
+      `server is at capacity: ${this.active} generations running and ${this.waiters.length} queued; retry later`,
+    );
   }
 
   /**
@@ -80,9 +85,11 @@ export class AdmissionQueue {
    * CancelledError if `signal` aborts while waiting.
    */
   acquire(signal?: AbortSignal, sequences = 1): Promise<Lease> {
-    if (!Number.isInteger(sequences) || sequences < 1 || sequences > this.maxActive) return Promise.reject(new RangeError(`sequences must be an integer in [1, ${this.maxActive}], got ${sequences}`));
+    if (!Number.isInteger(sequences) || sequences < 1 || sequences > this.maxActive)
+      return Promise.reject(new RangeError(`sequences must be an integer in [1, ${this.maxActive}], got ${sequences}`));
     if (signal?.aborted) return Promise.reject(new CancelledError(signal.reason));
-    if (this.draining) return Promise.reject(new UnavailableError('server is shutting down and accepts no new requests'));
+    if (this.draining)
+      return Promise.reject(new UnavailableError('server is shutting down and accepts no new requests'));
     if (this.waiters.length === 0 && this.active + sequences <= this.maxActive) {
       this.active += sequences;
       return Promise.resolve(this.newLease(sequences));
@@ -136,7 +143,11 @@ export class AdmissionQueue {
 
   /** Grants waiters in order while the first one fits. */
   private grantWaiters(): void {
-    for (let next = this.waiters[0]; next !== undefined && this.active + next.sequences <= this.maxActive; next = this.waiters[0]) {
+    for (
+      let next = this.waiters[0];
+      next !== undefined && this.active + next.sequences <= this.maxActive;
+      next = this.waiters[0]
+    ) {
       this.waiters.shift();
       this.active += next.sequences;
       next.grant(this.newLease(next.sequences));

@@ -24,7 +24,12 @@ export async function createEngine(
 }
 
 /** As createEngine, but returns once the model is loaded: the plan's measurement is then `engine.forwardCosts.settle()`'s. */
-export async function loadEngine(modelDir: string, runtime: RuntimeOptions, forwardCost: ForwardCostPlan, decorateModel?: ModelDecorator): Promise<Engine> {
+export async function loadEngine(
+  modelDir: string,
+  runtime: RuntimeOptions,
+  forwardCost: ForwardCostPlan,
+  decorateModel?: ModelDecorator,
+): Promise<Engine> {
   const tokenizer = loadTokenizer(modelDir);
   const loaded = await loadDecoderModel(modelDir, runtime);
   return new Engine(decorateModel?.(loaded) ?? loaded, tokenizer, forwardCost);

@@ -20,13 +20,26 @@ import { type EngineIsolation, WorkerEngine } from './worker-engine.js';
 export const ENGINE_REPLICAS_LIMIT = 64;
 
 /** `workerEntry` (tests): the module every replica's worker runs (see WorkerEngine.create). */
-type PoolOptions = { replicas?: number; forwardCost?: ForwardCostPlan; isolation?: EngineIsolation; supervision?: Partial<SupervisionOptions>; workerEntry?: URL };
+type PoolOptions = {
+  replicas?: number;
+  forwardCost?: ForwardCostPlan;
+  isolation?: EngineIsolation;
+  supervision?: Partial<SupervisionOptions>;
+  workerEntry?: URL;
+};
 
 export class EnginePool implements GenerationBackend, ReplicaSet {
   private readonly supervisor: ReplicaSupervisor<WorkerEngine>;
   private readonly router: LeastLoadedRouter;
 
-  private constructor(replicas: readonly WorkerEngine[], modelDir: string, runtime: RuntimeOptions, isolation: EngineIsolation, supervision: SupervisionOptions, workerEntry: URL | undefined) {
+  private constructor(
+    replicas: readonly WorkerEngine[],
+    modelDir: string,
+    runtime: RuntimeOptions,
+    isolation: EngineIsolation,
+    supervision: SupervisionOptions,
+    workerEntry: URL | undefined,
+  ) {
     // A restart loads the same converted model with the same table: it never converts or measures.
     const start = () =>
       WorkerEngine.create(modelDir, runtime, {
@@ -51,17 +64,31 @@ export class EnginePool implements GenerationBackend, ReplicaSet {
     const supervision: SupervisionOptions = { ...DEFAULT_SUPERVISION, ...options.supervision };
     // "0 = one thread per core" is shared out, or the replicas' thread pools would fight over cores.
     const perReplica: RuntimeOptions =
-      runtime.intraOpThreads === 0 && count > 1 ? { ...runtime, intraOpThreads: Math.max(1, Math.floor(availableParallelism() / count)) } : runtime;
+      runtime.intraOpThreads === 0 && count > 1
+        ? { ...runtime, intraOpThreads: Math.max(1, Math.floor(availableParallelism() / count)) }
+        : runtime;
     // ORT's WebGPU provider keeps one device context per process, and two threads submitting to it
     // at once corrupt its command encoder (seen on an H200): GPU replicas get a process each.
-    const isolation: EngineIsolation = options.isolation ?? (count > 1 && runtime.executionProvider !== 'cpu' ? 'process' : 'thread');
+    const isolation: EngineIsolation =
+      options.isolation ?? (count > 1 && runtime.executionProvider !== 'cpu' ? 'process' : 'thread');
     // Deferring the measurement is for one replica; several share one table, measured by the first.
     const plan = options.forwardCost ?? MEASURE_NOW;
     const workerEntry = options.workerEntry !== undefined ? { workerEntry: options.workerEntry } : {};
-    const first = await WorkerEngine.create(modelDir, perReplica, { forwardCost: count > 1 && plan.mode === 'defer' ? MEASURE_NOW : plan, isolation, ...workerEntry });
+    const first = await WorkerEngine.create(modelDir, perReplica, {
+      forwardCost: count > 1 && plan.mode === 'defer' ? MEASURE_NOW : plan,
+      isolation,
+      ...workerEntry,
+    });
     const table = first.forwardCost;
     const rest = await Promise.allSettled(
-      Array.from({ length: count - 1 }, () => WorkerEngine.create(modelDir, perReplica, { forwardCost: sharedTable(table), tokenizer: first.tokenizer, isolation, ...workerEntry })),
+      Array.from({ length: count - 1 }, () =>
+        WorkerEngine.create(modelDir, perReplica, {
+          forwardCost: sharedTable(table),
+          tokenizer: first.tokenizer,
+          isolation,
+          ...workerEntry,
+        }),
+      ),
     );
     const loaded = [first, ...rest.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []))];
     const failed = rest.find((r): r is PromiseRejectedResult => r.status === 'rejected');

@@ -12,7 +12,13 @@ import type { DecoderModel } from '../runtime/types.js';
 import { loadEngine } from './create-engine.js';
 import type { Engine } from './engine.js';
 import { ForwardWatch } from './forward-watch.js';
-import { type FromWorker, type SerializedError, type ToWorker, WORKER_DELTAS_IN_FLIGHT_MAX, WORKER_HEARTBEAT_MS } from './worker-protocol.js';
+import {
+  type FromWorker,
+  type SerializedError,
+  type ToWorker,
+  WORKER_DELTAS_IN_FLIGHT_MAX,
+  WORKER_HEARTBEAT_MS,
+} from './worker-protocol.js';
 
 interface Run {
   readonly controller: AbortController;
@@ -53,8 +59,10 @@ let forwards: ForwardWatch | undefined;
 let heartbeat: NodeJS.Timeout | undefined;
 
 function serialize(error: unknown): SerializedError {
-  if (error instanceof CancelledError) return { code: error.code, name: error.name, message: error.message, progress: error.progress };
-  if (error instanceof ReplicaFailedError) return { code: error.code, name: error.name, message: error.message, replicaFailure: error.kind };
+  if (error instanceof CancelledError)
+    return { code: error.code, name: error.name, message: error.message, progress: error.progress };
+  if (error instanceof ReplicaFailedError)
+    return { code: error.code, name: error.name, message: error.message, replicaFailure: error.kind };
   if (error instanceof AnpdError) return { code: error.code, name: error.name, message: error.message };
   const e = error instanceof Error ? error : new Error(String(error));
   return { code: 'INTERNAL', name: e.name, message: e.stack ?? e.message };
@@ -115,10 +123,18 @@ function handle(message: ToWorker, decorateModel: (model: DecoderModel) => Decod
           // The plan's table before 'ready' (measured now, or given); a deferred one on 'calibrate' or at the first adaptive run.
           const forwardCost = await created.forwardCosts.settle();
           const measured = message.forwardCost.mode === 'measure-now';
-          post({ type: 'ready', info: created.model.info, forwardCost, times: { evaluatedAt, modelLoadedAt, ...(measured ? { calibratedAt: epochNow() } : {}) } });
+          post({
+            type: 'ready',
+            info: created.model.info,
+            forwardCost,
+            times: { evaluatedAt, modelLoadedAt, ...(measured ? { calibratedAt: epochNow() } : {}) },
+          });
           // Never keeps the worker alive on its own; stops with 'dispose'.
           const watch = forwards!;
-          heartbeat = setInterval(() => post({ type: 'heartbeat', forwardsInFlight: watch.inFlight, progressAt: watch.progressAt }), WORKER_HEARTBEAT_MS);
+          heartbeat = setInterval(
+            () => post({ type: 'heartbeat', forwardsInFlight: watch.inFlight, progressAt: watch.progressAt }),
+            WORKER_HEARTBEAT_MS,
+          );
           heartbeat.unref();
         },
         (error: unknown) => post({ type: 'init-error', error: serialize(error) }),
@@ -127,7 +143,10 @@ function handle(message: ToWorker, decorateModel: (model: DecoderModel) => Decod
     case 'calibrate': {
       const started = performance.now();
       if (engine === undefined) {
-        post({ type: 'calibrate-error', error: { code: 'INTERNAL', name: 'Error', message: 'engine worker is not initialised' } });
+        post({
+          type: 'calibrate-error',
+          error: { code: 'INTERNAL', name: 'Error', message: 'engine worker is not initialised' },
+        });
         break;
       }
       calibration = engine.forwardCost().then(

@@ -80,7 +80,9 @@ export class Engine implements GenerationBackend {
     const spec = request.speculation ?? DEFAULT_SPECULATION;
     const speculate = spec.mode === 'ngram';
     // A draft and the token it is verified with must fit the runtime's exact forward size.
-    const draftTokensMax = speculate ? Math.max(0, Math.min(spec.draftTokensMax, (info.verifyTokensMax ?? Infinity) - 1)) : 0;
+    const draftTokensMax = speculate
+      ? Math.max(0, Math.min(spec.draftTokensMax, (info.verifyTokensMax ?? Infinity) - 1))
+      : 0;
     const forwardCost = speculate && spec.draftLength === 'adaptive' ? await this.forwardCost() : [];
     const capacity = Math.min(info.contextLength, promptTokens.length + request.maxNewTokens + draftTokensMax + 1);
     const sequences: DecoderSequence[] = [];
@@ -122,7 +124,11 @@ export class Engine implements GenerationBackend {
    * Prefills every prompt token but the last (it opens the first round like every newest token)
    * into each sample's sequence. Returns the prompt's log-probabilities when they are asked for.
    */
-  private async prefill(prepared: PreparedGeneration, sequences: readonly DecoderSequence[], signal: AbortSignal | undefined): Promise<TokenLogprob[] | undefined> {
+  private async prefill(
+    prepared: PreparedGeneration,
+    sequences: readonly DecoderSequence[],
+    signal: AbortSignal | undefined,
+  ): Promise<TokenLogprob[] | undefined> {
     const { request, promptTokens } = prepared;
     const promptLogprobs: TokenLogprob[] | undefined = request.logprobs?.prompt === true ? [] : undefined;
     if (promptTokens.length <= 1) return promptLogprobs;
@@ -138,13 +144,18 @@ export class Engine implements GenerationBackend {
       for (let start = 0; start < prefix.length; start += PROMPT_LOGPROBS_CHUNK) {
         const chunk = prefix.slice(start, start + PROMPT_LOGPROBS_CHUNK);
         const logits = await first.forward(chunk, chunk.length);
-        for (let r = 0; r < chunk.length; r++) promptLogprobs.push(tokenLogprob(logits, r * vocab, vocab, promptTokens[start + r + 1]!, top));
+        for (let r = 0; r < chunk.length; r++)
+          promptLogprobs.push(tokenLogprob(logits, r * vocab, vocab, promptTokens[start + r + 1]!, top));
         throwIfAborted(signal, promptTokens.length);
       }
     }
     // Samples share the one prefill where the runtime copies caches; elsewhere each prefills
     // (together, so batching runtimes batch them). Same positions either way (batch invariance).
-    await Promise.all(sequences.slice(1).map((s) => (s.copyPrefixFrom !== undefined ? s.copyPrefixFrom(first, prefix.length) : s.forward(prefix, 1))));
+    await Promise.all(
+      sequences
+        .slice(1)
+        .map((s) => (s.copyPrefixFrom !== undefined ? s.copyPrefixFrom(first, prefix.length) : s.forward(prefix, 1))),
+    );
     return promptLogprobs;
   }
 }

@@ -47,7 +47,9 @@ export class ForwardCostTable {
     this.plan = plan;
     if (plan.mode === 'fixed') {
       if (plan.table.length < DRAFT_TOKENS_LIMIT + 2 || plan.table[1] !== 1) {
-        throw new InvalidRequestError(`a forward cost table needs entries for T = 1..${DRAFT_TOKENS_LIMIT + 1} with cost[1] = 1`);
+        throw new InvalidRequestError(
+          `a forward cost table needs entries for T = 1..${DRAFT_TOKENS_LIMIT + 1} with cost[1] = 1`,
+        );
       }
       this.measured = [...plan.table];
       this.table = Promise.resolve([...plan.table]);
@@ -70,7 +72,10 @@ export class ForwardCostTable {
    * once per engine on this model and device (median of interleaved repetitions, made monotone).
    */
   async get(maxT?: number): Promise<number[]> {
-    this.table ??= measureForwardCost(this.model, this.model.info.batchSlots > 1 ? BATCH_COST_ROWS_MAX : DRAFT_TOKENS_LIMIT + 1).then((table) => {
+    this.table ??= measureForwardCost(
+      this.model,
+      this.model.info.batchSlots > 1 ? BATCH_COST_ROWS_MAX : DRAFT_TOKENS_LIMIT + 1,
+    ).then((table) => {
       this.measured = table;
       return table;
     });
@@ -82,7 +87,12 @@ export class ForwardCostTable {
 /** Bump when the measurement or the file format changes: older tables stop matching. */
 const FORWARD_COST_FORMAT = 2;
 /** Model files whose identity keys the table (ours first, then Optimum's layout). */
-const MODEL_FILES = ['model.onnx', 'onnx/model.onnx', 'onnx/decoder_with_past_model.onnx', 'decoder_with_past_model.onnx'];
+const MODEL_FILES = [
+  'model.onnx',
+  'onnx/model.onnx',
+  'onnx/decoder_with_past_model.onnx',
+  'decoder_with_past_model.onnx',
+];
 
 export interface ForwardCostFile {
   readonly format: number;
@@ -91,7 +101,9 @@ export interface ForwardCostFile {
 }
 
 /** What the table was measured with: provider, intra-op threads, and how many replicas share the cores. */
-export type ForwardCostRuntime = Pick<RuntimeOptions, 'executionProvider' | 'intraOpThreads' | 'batchModelDir'> & { readonly replicas?: number };
+export type ForwardCostRuntime = Pick<RuntimeOptions, 'executionProvider' | 'intraOpThreads' | 'batchModelDir'> & {
+  readonly replicas?: number;
+};
 
 function forwardCostKey(modelDir: string, runtime: ForwardCostRuntime): Record<string, string | number> {
   const dir = resolve(modelDir);
@@ -102,7 +114,12 @@ function forwardCostKey(modelDir: string, runtime: ForwardCostRuntime): Record<s
     intraOpThreads: runtime.intraOpThreads,
     replicas: runtime.replicas ?? 1,
     // A batching engine's table runs to more rows (BATCH_COST_ROWS_MAX).
-    batchModelDir: runtime.batchModelDir === undefined ? '' : (typeof runtime.batchModelDir === 'string' ? [runtime.batchModelDir] : runtime.batchModelDir).map((d) => resolve(d)).join(','),
+    batchModelDir:
+      runtime.batchModelDir === undefined
+        ? ''
+        : (typeof runtime.batchModelDir === 'string' ? [runtime.batchModelDir] : runtime.batchModelDir)
+            .map((d) => resolve(d))
+            .join(','),
     cpu: cpus()[0]?.model ?? 'unknown',
     cores: availableParallelism(),
     arch: arch(),
@@ -116,7 +133,11 @@ function forwardCostKey(modelDir: string, runtime: ForwardCostRuntime): Record<s
 }
 
 /** Where the cached table for this model and runtime lives under `cacheRoot`. */
-export function forwardCostPath(cacheRoot: string, modelDir: string, runtime: ForwardCostRuntime): { path: string; key: Record<string, string | number> } {
+export function forwardCostPath(
+  cacheRoot: string,
+  modelDir: string,
+  runtime: ForwardCostRuntime,
+): { path: string; key: Record<string, string | number> } {
   const key = forwardCostKey(modelDir, runtime);
   const digest = createHash('sha256').update(JSON.stringify(key)).digest('hex').slice(0, 24);
   return { path: join(cacheRoot, 'forward-cost', `${digest}.json`), key };
@@ -143,7 +164,11 @@ export function readForwardCost(path: string, key: Readonly<Record<string, strin
 }
 
 /** Writes the table atomically; false (never a throw) where the cache is read-only or missing. */
-export function writeForwardCost(path: string, key: Readonly<Record<string, string | number>>, forwardCost: readonly number[]): boolean {
+export function writeForwardCost(
+  path: string,
+  key: Readonly<Record<string, string | number>>,
+  forwardCost: readonly number[],
+): boolean {
   const file: ForwardCostFile = { format: FORWARD_COST_FORMAT, key, forwardCost };
   try {
     mkdirSync(join(path, '..'), { recursive: true });
@@ -160,7 +185,9 @@ async function measureForwardCost(model: DecoderModel, maxT: number): Promise<nu
   const draftT = Math.min(maxT, DRAFT_TOKENS_LIMIT + 1);
   // Draft sizes: every T up to 9, then 12 and 17 (the rest interpolated), interleaved among
   // themselves only: a 128-row forward just before disturbs the timing of a 2-row one.
-  const small = [...new Set([...Array.from({ length: Math.min(9, draftT) }, (_, i) => i + 1), Math.min(12, draftT), draftT])];
+  const small = [
+    ...new Set([...Array.from({ length: Math.min(9, draftT) }, (_, i) => i + 1), Math.min(12, draftT), draftT]),
+  ];
   // Batch sizes, where forwards are batched: a second pass anchored on the largest draft size.
   const large = maxT > draftT ? [draftT, ...[24, 32, 48, 64, 96].filter((t) => t > draftT && t < maxT), maxT] : [];
   const past = 48;
@@ -193,7 +220,12 @@ async function measureForwardCost(model: DecoderModel, maxT: number): Promise<nu
 }
 
 /** Median time of a forward over each of `sizes` tokens on top of `past`, sizes interleaved in rotating order. */
-async function timeForwards(seq: ReturnType<DecoderModel['createSequence']>, ids: readonly number[], past: number, sizes: readonly number[]): Promise<Map<number, number>> {
+async function timeForwards(
+  seq: ReturnType<DecoderModel['createSequence']>,
+  ids: readonly number[],
+  past: number,
+  sizes: readonly number[],
+): Promise<Map<number, number>> {
   const rounds = 5;
   const samples = new Map<number, number[]>(sizes.map((t) => [t, []]));
   for (let r = 0; r <= rounds; r++) {

@@ -63,7 +63,10 @@ class WatchedSequence implements DecoderSequence {
     this.forwardGreedy = sequence.forwardGreedy === undefined ? undefined : (tokens, rows) => this.greedy(tokens, rows);
     // The runtime copies between its own sequences: hand it the wrapped source.
     this.copyPrefixFrom =
-      sequence.copyPrefixFrom === undefined ? undefined : (source, length) => sequence.copyPrefixFrom!(source instanceof WatchedSequence ? source.sequence : source, length);
+      sequence.copyPrefixFrom === undefined
+        ? undefined
+        : (source, length) =>
+            sequence.copyPrefixFrom!(source instanceof WatchedSequence ? source.sequence : source, length);
   }
 
   get length(): number {

@@ -11,7 +11,12 @@ import { CancelledError } from '../errors.js';
  * sample's finish reason, the prompt counted once, the completions summed, and each sample's own
  * in `samples`. A sample's failure ends them all.
  */
-export async function* mergeSamples(samples: readonly AsyncGenerator<GenerationEvent>[], promptTokens: number, started: number, prefillMs: number): AsyncGenerator<GenerationEvent> {
+export async function* mergeSamples(
+  samples: readonly AsyncGenerator<GenerationEvent>[],
+  promptTokens: number,
+  started: number,
+  prefillMs: number,
+): AsyncGenerator<GenerationEvent> {
   type Step = { readonly index: number; readonly result?: IteratorResult<GenerationEvent>; readonly error?: unknown };
   const pending = new Map<number, Promise<Step>>();
   const pull = (index: number) => {
@@ -31,7 +36,10 @@ export async function* mergeSamples(samples: readonly AsyncGenerator<GenerationE
       const step = await Promise.race(pending.values());
       if (step.error !== undefined) {
         if (step.error instanceof CancelledError) {
-          throw new CancelledError(step.error.cause ?? step.error, { promptTokens, completionTokens: emitted.reduce((a, b) => a + b, 0) });
+          throw new CancelledError(step.error.cause ?? step.error, {
+            promptTokens,
+            completionTokens: emitted.reduce((a, b) => a + b, 0),
+          });
         }
         throw step.error;
       }
@@ -64,13 +72,19 @@ export async function* mergeSamples(samples: readonly AsyncGenerator<GenerationE
     prefillMs,
     totalMs: performance.now() - started,
     stats,
-    samples: finals.map((f, index) => ({ index, finishReason: f.finishReason, completionTokens: f.completionTokens, stats: f.stats })),
+    samples: finals.map((f, index) => ({
+      index,
+      finishReason: f.finishReason,
+      completionTokens: f.completionTokens,
+      stats: f.stats,
+    })),
   };
 }
 
 export function mergeStats(all: readonly Readonly<GenerationStats>[]): GenerationStats {
   const sum = (pick: (s: Readonly<GenerationStats>) => number) => all.reduce((a, s) => a + pick(s), 0);
-  const sumArrays = (pick: (s: Readonly<GenerationStats>) => readonly number[]) => all[0]!.draftedAtPosition.map((_, j) => all.reduce((a, s) => a + (pick(s)[j] ?? 0), 0));
+  const sumArrays = (pick: (s: Readonly<GenerationStats>) => readonly number[]) =>
+    all[0]!.draftedAtPosition.map((_, j) => all.reduce((a, s) => a + (pick(s)[j] ?? 0), 0));
   return {
     rounds: sum((s) => s.rounds),
     draftRounds: sum((s) => s.draftRounds),

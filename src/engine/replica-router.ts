@@ -40,7 +40,8 @@ export class LeastLoadedRouter {
     for (let i = 0; i < this.inFlight.length; i++) {
       if (this.engineAt(i).alive && (chosen === -1 || this.inFlight[i]! < this.inFlight[chosen]!)) chosen = i;
     }
-    if (chosen === -1) throw new NoReplicaUpError(`no model replica is up (${this.inFlight.length} restarting); retry shortly`);
+    if (chosen === -1)
+      throw new NoReplicaUpError(`no model replica is up (${this.inFlight.length} restarting); retry shortly`);
     const engine = this.engineAt(chosen);
     this.inFlight[chosen]!++;
     try {

@@ -22,7 +22,12 @@ export interface SupervisionOptions {
  * The slowest forward measured here is a 512-token prefill chunk: ~0.5 s on 2 CPU cores, far
  * less on a GPU; a minute is two orders of magnitude above it, yet a hang is caught in a minute.
  */
-export const DEFAULT_SUPERVISION: SupervisionOptions = { forwardTimeoutMs: 60_000, restartsPerMinuteMax: 5, restartBackoffMs: 250, restartBackoffMaxMs: 30_000 };
+export const DEFAULT_SUPERVISION: SupervisionOptions = {
+  forwardTimeoutMs: 60_000,
+  restartsPerMinuteMax: 5,
+  restartBackoffMs: 250,
+  restartBackoffMaxMs: 30_000,
+};
 
 /** What the supervisor needs of a replica's engine (a WorkerEngine). */
 export interface SupervisedEngine {
@@ -66,7 +71,10 @@ export class ReplicaSupervisor<E extends SupervisedEngine> implements ReplicaSet
     this.replicas = engines.map((engine) => ({ engine, down: false, restarts: [], failedStarts: 0, timer: undefined }));
     this.replicas.forEach((replica, i) => this.supervise(i, replica.engine));
     if (options.forwardTimeoutMs > 0) {
-      this.watchdog = setInterval(() => this.checkWedged(), Math.min(1_000, Math.max(50, options.forwardTimeoutMs / 4)));
+      this.watchdog = setInterval(
+        () => this.checkWedged(),
+        Math.min(1_000, Math.max(50, options.forwardTimeoutMs / 4)),
+      );
       this.watchdog.unref();
     }
   }
@@ -116,12 +124,23 @@ export class ReplicaSupervisor<E extends SupervisedEngine> implements ReplicaSet
     replica.down = true;
     const now = Date.now();
     replica.restarts = replica.restarts.filter((t) => now - t < 60_000);
-    const backoff = Math.min(this.options.restartBackoffMaxMs, this.options.restartBackoffMs * 2 ** replica.failedStarts);
+    const backoff = Math.min(
+      this.options.restartBackoffMaxMs,
+      this.options.restartBackoffMs * 2 ** replica.failedStarts,
+    );
     // At the bound: wait until the oldest restart of the last minute leaves the window.
-    const limited = replica.restarts.length >= this.options.restartsPerMinuteMax ? replica.restarts[0]! + 60_000 - now : 0;
+    const limited =
+      replica.restarts.length >= this.options.restartsPerMinuteMax ? replica.restarts[0]! + 60_000 - now : 0;
     const delay = Math.max(backoff, limited);
     const kind = failure.kind === 'failed-start' ? 'restart-failed' : failure.kind;
-    this.emit({ kind, replica: index, reason: failure.message, restartInMs: delay, restartsLastMinute: replica.restarts.length, ...(pid !== undefined ? { pid } : {}) });
+    this.emit({
+      kind,
+      replica: index,
+      reason: failure.message,
+      restartInMs: delay,
+      restartsLastMinute: replica.restarts.length,
+      ...(pid !== undefined ? { pid } : {}),
+    });
     replica.timer = setTimeout(() => void this.restart(index), delay);
     replica.timer.unref();
   }
@@ -142,11 +161,21 @@ export class ReplicaSupervisor<E extends SupervisedEngine> implements ReplicaSet
       replica.failedStarts = 0;
       this.supervise(index, engine);
       old.dispose().catch(() => undefined);
-      this.emit({ kind: 'restarted', replica: index, restartsLastMinute: replica.restarts.length, ...(engine.pid !== undefined ? { pid: engine.pid } : {}) });
+      this.emit({
+        kind: 'restarted',
+        replica: index,
+        restartsLastMinute: replica.restarts.length,
+        ...(engine.pid !== undefined ? { pid: engine.pid } : {}),
+      });
     } catch (error) {
       if (this.disposed) return;
       replica.failedStarts++;
-      this.scheduleRestart(index, new ReplicaFailedError('failed-start', error instanceof Error ? error.message : String(error), { cause: error }));
+      this.scheduleRestart(
+        index,
+        new ReplicaFailedError('failed-start', error instanceof Error ? error.message : String(error), {
+          cause: error,
+        }),
+      );
     }
   }
 
@@ -158,7 +187,12 @@ export class ReplicaSupervisor<E extends SupervisedEngine> implements ReplicaSet
       if (replica.down || !replica.engine.alive) continue;
       const stalled = replica.engine.stalledMs(now);
       if (stalled > limit) {
-        replica.engine.kill(new ReplicaFailedError('wedged', `the model replica running this generation was wedged: no forward progress for ${Math.round(stalled)} ms (limit ${limit} ms); retry`));
+        replica.engine.kill(
+          new ReplicaFailedError(
+            'wedged',
+            `the model replica running this generation was wedged: no forward progress for ${Math.round(stalled)} ms (limit ${limit} ms); retry`,
+          ),
+        );
       }
     }
   }

@@ -21,7 +21,13 @@ import { NGRAM_N_MAX } from '../draft/ngram-drafter.js';
 import { ContextOverflowError, InvalidRequestError } from '../errors.js';
 import type { ModelInfo } from '../runtime/types.js';
 import { TOP_LOGPROBS_MAX } from '../sampling/logprobs.js';
-import { GREEDY, LOGIT_BIAS_ABS_MAX, LOGIT_BIAS_ENTRIES_MAX, OCCURRENCE_PENALTY_ABS_MAX, type SamplingParams } from '../sampling/sampler.js';
+import {
+  GREEDY,
+  LOGIT_BIAS_ABS_MAX,
+  LOGIT_BIAS_ENTRIES_MAX,
+  OCCURRENCE_PENALTY_ABS_MAX,
+  type SamplingParams,
+} from '../sampling/sampler.js';
 import type { TextTokenizer } from '../tokenizer/tokenizer.js';
 
 /** What the server allows beyond the engine's own limits. */
@@ -55,7 +61,9 @@ export function tokenizePrompt(tokenizer: TextTokenizer, info: ModelInfo, prompt
       break;
     case 'text':
       ids = prompt.chat
-        ? tokenizer.encode(tokenizer.applyChatTemplate([{ role: 'user', content: prompt.text }]), { addSpecialTokens: false })
+        ? tokenizer.encode(tokenizer.applyChatTemplate([{ role: 'user', content: prompt.text }]), {
+            addSpecialTokens: false,
+          })
         : tokenizer.encode(prompt.text, { addSpecialTokens: true });
       break;
   }
@@ -68,16 +76,27 @@ export function tokenizePrompt(tokenizer: TextTokenizer, info: ModelInfo, prompt
  * have always met them: sampling's basic ranges, max_new_tokens, truncation, the prompt, the
  * context, then the rest; n against the server's slots last.
  */
-export function prepareGeneration(tokenizer: TextTokenizer, info: ModelInfo, request: GenerateRequest, limits: RequestLimits = ENGINE_LIMITS): PreparedGeneration {
+export function prepareGeneration(
+  tokenizer: TextTokenizer,
+  info: ModelInfo,
+  request: GenerateRequest,
+  limits: RequestLimits = ENGINE_LIMITS,
+): PreparedGeneration {
   const sampling = request.sampling ?? GREEDY;
   checkSamplingRanges(sampling);
-  const maxNewTokens = request.maxNewTokens === 0 && limits.maxNewTokensDefault !== undefined ? limits.maxNewTokensDefault : request.maxNewTokens;
+  const maxNewTokens =
+    request.maxNewTokens === 0 && limits.maxNewTokensDefault !== undefined
+      ? limits.maxNewTokensDefault
+      : request.maxNewTokens;
   if (!Number.isInteger(maxNewTokens) || maxNewTokens < 1 || maxNewTokens > limits.maxNewTokensLimit) {
-    throw new InvalidRequestError(`max_new_tokens must be an integer in [1, ${limits.maxNewTokensLimit}], got ${maxNewTokens}`);
+    throw new InvalidRequestError(
+      `max_new_tokens must be an integer in [1, ${limits.maxNewTokensLimit}], got ${maxNewTokens}`,
+    );
   }
   const checked = maxNewTokens === request.maxNewTokens ? request : { ...request, maxNewTokens };
   const truncate = request.truncateInputTokens ?? 0;
-  if (!Number.isInteger(truncate) || truncate < 0) throw new InvalidRequestError(`truncate_input_tokens must be a non-negative integer, got ${truncate}`);
+  if (!Number.isInteger(truncate) || truncate < 0)
+    throw new InvalidRequestError(`truncate_input_tokens must be a non-negative integer, got ${truncate}`);
   const tokenized = tokenizePrompt(tokenizer, info, request.prompt);
   // Left truncation, as TGIS does: the most recent context is what the continuation depends on.
   const promptTokens = truncate > 0 && tokenized.length > truncate ? tokenized.slice(-truncate) : tokenized;
@@ -90,14 +109,17 @@ export function prepareGeneration(tokenizer: TextTokenizer, info: ModelInfo, req
   checkControls(checked, info);
   const n = request.n ?? 1;
   if (limits.sequenceSlots !== undefined && n > limits.sequenceSlots) {
-    throw new InvalidRequestError(`n = ${n} samples need as many sequence slots; this server has ${limits.sequenceSlots} (ModelInfo.max_active_sequences)`);
+    throw new InvalidRequestError(
+      `n = ${n} samples need as many sequence slots; this server has ${limits.sequenceSlots} (ModelInfo.max_active_sequences)`,
+    );
   }
   return { request: checked, promptTokens };
 }
 
 /** The ranges the wire's sampling fields are known by (the messages name the proto fields). */
 function checkSamplingRanges(s: SamplingParams): void {
-  if (!Number.isFinite(s.temperature) || s.temperature < 0) throw new InvalidRequestError(`sampling.temperature must be ≥ 0, got ${s.temperature}`);
+  if (!Number.isFinite(s.temperature) || s.temperature < 0)
+    throw new InvalidRequestError(`sampling.temperature must be ≥ 0, got ${s.temperature}`);
   if (!(s.topP > 0 && s.topP <= 1)) throw new InvalidRequestError(`sampling.top_p must be in (0, 1], got ${s.topP}`);
   if (!(s.repetitionPenalty > 0) || !Number.isFinite(s.repetitionPenalty)) {
     throw new InvalidRequestError(`sampling.repetition_penalty must be > 0, got ${s.repetitionPenalty}`);
@@ -108,48 +130,68 @@ function checkSamplingRanges(s: SamplingParams): void {
 function checkControls(request: GenerateRequest, info: ModelInfo): void {
   const { maxNewTokens } = request;
   const stops = request.stopSequences ?? [];
-  if (stops.length > STOP_SEQUENCES_MAX) throw new InvalidRequestError(`at most ${STOP_SEQUENCES_MAX} stop sequences, got ${stops.length}`);
+  if (stops.length > STOP_SEQUENCES_MAX)
+    throw new InvalidRequestError(`at most ${STOP_SEQUENCES_MAX} stop sequences, got ${stops.length}`);
   for (const s of stops) {
     if (s.length === 0 || s.length > STOP_SEQUENCE_CHARS_MAX) {
       throw new InvalidRequestError(`stop sequences must be 1..${STOP_SEQUENCE_CHARS_MAX} characters`);
     }
   }
   const spec = request.speculation ?? DEFAULT_SPECULATION;
-  if (spec.mode !== 'off' && spec.mode !== 'ngram') throw new InvalidRequestError(`speculation mode must be off or ngram, got ${String(spec.mode)}`);
+  if (spec.mode !== 'off' && spec.mode !== 'ngram')
+    throw new InvalidRequestError(`speculation mode must be off or ngram, got ${String(spec.mode)}`);
   if (!Number.isInteger(spec.ngramN) || spec.ngramN < 2 || spec.ngramN > NGRAM_N_MAX) {
     throw new InvalidRequestError(`speculation n must be an integer in [2, ${NGRAM_N_MAX}], got ${spec.ngramN}`);
   }
   if (!Number.isInteger(spec.draftTokensMax) || spec.draftTokensMax < 0 || spec.draftTokensMax > DRAFT_TOKENS_LIMIT) {
-    throw new InvalidRequestError(`speculation max draft tokens must be an integer in [0, ${DRAFT_TOKENS_LIMIT}], got ${spec.draftTokensMax}`);
+    throw new InvalidRequestError(
+      `speculation max draft tokens must be an integer in [0, ${DRAFT_TOKENS_LIMIT}], got ${spec.draftTokensMax}`,
+    );
   }
   if (request.logprobs !== undefined) {
     const top = request.logprobs.top;
-    if (!Number.isInteger(top) || top < 0 || top > TOP_LOGPROBS_MAX) throw new InvalidRequestError(`logprobs.top_logprobs must be an integer in [0, ${TOP_LOGPROBS_MAX}], got ${top}`);
+    if (!Number.isInteger(top) || top < 0 || top > TOP_LOGPROBS_MAX)
+      throw new InvalidRequestError(`logprobs.top_logprobs must be an integer in [0, ${TOP_LOGPROBS_MAX}], got ${top}`);
   }
   const minNew = request.minNewTokens ?? 0;
   if (!Number.isInteger(minNew) || minNew < 0 || minNew > maxNewTokens) {
-    throw new InvalidRequestError(`min_new_tokens must be an integer in [0, max_new_tokens = ${maxNewTokens}], got ${minNew}`);
+    throw new InvalidRequestError(
+      `min_new_tokens must be an integer in [0, max_new_tokens = ${maxNewTokens}], got ${minNew}`,
+    );
   }
   const n = request.n ?? 1;
-  if (!Number.isInteger(n) || n < 1 || n > SAMPLES_MAX) throw new InvalidRequestError(`n must be an integer in [1, ${SAMPLES_MAX}], got ${n}`);
+  if (!Number.isInteger(n) || n < 1 || n > SAMPLES_MAX)
+    throw new InvalidRequestError(`n must be an integer in [1, ${SAMPLES_MAX}], got ${n}`);
   const timeLimitMs = request.timeLimitMs ?? 0;
   if (!Number.isInteger(timeLimitMs) || timeLimitMs < 0 || timeLimitMs > TIME_LIMIT_MS_MAX) {
     throw new InvalidRequestError(`time_limit_ms must be an integer in [0, ${TIME_LIMIT_MS_MAX}], got ${timeLimitMs}`);
   }
   const s = request.sampling ?? GREEDY;
-  if (!Number.isInteger(s.topK) || s.topK < 0) throw new InvalidRequestError(`top_k must be a non-negative integer, got ${s.topK}`);
+  if (!Number.isInteger(s.topK) || s.topK < 0)
+    throw new InvalidRequestError(`top_k must be a non-negative integer, got ${s.topK}`);
   const minP = s.minP ?? 0;
   if (!(minP >= 0 && minP <= 1)) throw new InvalidRequestError(`min_p must be in [0, 1], got ${minP}`);
-  for (const [name, value] of [['presence_penalty', s.presencePenalty ?? 0], ['frequency_penalty', s.frequencyPenalty ?? 0]] as const) {
-    if (!(Math.abs(value) <= OCCURRENCE_PENALTY_ABS_MAX)) throw new InvalidRequestError(`${name} must be in [-${OCCURRENCE_PENALTY_ABS_MAX}, ${OCCURRENCE_PENALTY_ABS_MAX}], got ${value}`);
+  for (const [name, value] of [
+    ['presence_penalty', s.presencePenalty ?? 0],
+    ['frequency_penalty', s.frequencyPenalty ?? 0],
+  ] as const) {
+    if (!(Math.abs(value) <= OCCURRENCE_PENALTY_ABS_MAX))
+      throw new InvalidRequestError(
+        `${name} must be in [-${OCCURRENCE_PENALTY_ABS_MAX}, ${OCCURRENCE_PENALTY_ABS_MAX}], got ${value}`,
+      );
   }
   const bias = s.logitBias ?? [];
-  if (bias.length > LOGIT_BIAS_ENTRIES_MAX) throw new InvalidRequestError(`logit_bias holds ${bias.length} entries; at most ${LOGIT_BIAS_ENTRIES_MAX}`);
+  if (bias.length > LOGIT_BIAS_ENTRIES_MAX)
+    throw new InvalidRequestError(`logit_bias holds ${bias.length} entries; at most ${LOGIT_BIAS_ENTRIES_MAX}`);
   const biased = new Set<number>();
   for (const [id, value] of bias) {
-    if (!Number.isInteger(id) || id < 0 || id >= info.vocabSize) throw new InvalidRequestError(`logit_bias token id ${id} is outside the vocabulary [0, ${info.vocabSize})`);
+    if (!Number.isInteger(id) || id < 0 || id >= info.vocabSize)
+      throw new InvalidRequestError(`logit_bias token id ${id} is outside the vocabulary [0, ${info.vocabSize})`);
     if (biased.has(id)) throw new InvalidRequestError(`logit_bias names token id ${id} twice`);
     biased.add(id);
-    if (!(Math.abs(value) <= LOGIT_BIAS_ABS_MAX)) throw new InvalidRequestError(`logit_bias for token ${id} must be in [-${LOGIT_BIAS_ABS_MAX}, ${LOGIT_BIAS_ABS_MAX}], got ${value}`);
+    if (!(Math.abs(value) <= LOGIT_BIAS_ABS_MAX))
+      throw new InvalidRequestError(
+        `logit_bias for token ${id} must be in [-${LOGIT_BIAS_ABS_MAX}, ${LOGIT_BIAS_ABS_MAX}], got ${value}`,
+      );
   }
 }

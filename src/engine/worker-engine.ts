@@ -71,7 +71,13 @@ const ENGINE_WORKER_MAIN = new URL('./engine-worker-main.js', import.meta.url);
 function startHost(isolation: EngineIsolation, entry: URL): EngineHost {
   if (isolation === 'thread') return new Worker(entry) as unknown as EngineHost;
   // 'advanced' serialization = structured clone, as between threads.
-  return childProcessHost(fork(fileURLToPath(entry), [], { serialization: 'advanced', execArgv: [], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] }));
+  return childProcessHost(
+    fork(fileURLToPath(entry), [], {
+      serialization: 'advanced',
+      execArgv: [],
+      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+    }),
+  );
 }
 
 interface PendingRun {
@@ -107,7 +113,12 @@ export class WorkerEngine implements GenerationBackend {
   private forwardsInFlight = 0;
   private progressAt = Date.now();
 
-  private constructor(worker: EngineHost, info: ModelInfo, tokenizer: TextTokenizer, ready: Extract<FromWorker, { type: 'ready' }>) {
+  private constructor(
+    worker: EngineHost,
+    info: ModelInfo,
+    tokenizer: TextTokenizer,
+    ready: Extract<FromWorker, { type: 'ready' }>,
+  ) {
     this.worker = worker;
     this.info = info;
     this.tokenizer = tokenizer;
@@ -121,15 +132,30 @@ export class WorkerEngine implements GenerationBackend {
         this.progressAt = message.progressAt;
       }
     });
-    worker.on('error', (error) => this.fail(new ReplicaFailedError('died', `the model replica running this generation crashed (${error.message}); retry`, { cause: error })));
-    worker.on('exit', (code) => this.fail(new ReplicaFailedError('died', `the model replica running this generation exited (code ${code}); retry`)));
+    worker.on('error', (error) =>
+      this.fail(
+        new ReplicaFailedError('died', `the model replica running this generation crashed (${error.message}); retry`, {
+          cause: error,
+        }),
+      ),
+    );
+    worker.on('exit', (code) =>
+      this.fail(
+        new ReplicaFailedError('died', `the model replica running this generation exited (code ${code}); retry`),
+      ),
+    );
   }
 
   /** The first failure wins: its runs (and every later one) end with it, and death listeners hear of it once. */
   private fail(error: ReplicaFailedError): void {
     if (this.failure !== undefined) return;
     this.failure = error;
-    for (const [id, run] of this.runs) run.push({ type: 'error', id, error: { code: error.code, name: error.name, message: error.message, replicaFailure: error.kind } });
+    for (const [id, run] of this.runs)
+      run.push({
+        type: 'error',
+        id,
+        error: { code: error.code, name: error.name, message: error.message, replicaFailure: error.kind },
+      });
     if (!this.disposing) for (const listener of this.deathListeners) listener(error);
   }
 
@@ -167,7 +193,12 @@ export class WorkerEngine implements GenerationBackend {
   static async create(
     modelDir: string,
     runtime: RuntimeOptions,
-    options: { forwardCost?: ForwardCostPlan; tokenizer?: TextTokenizer; isolation?: EngineIsolation; workerEntry?: URL } = {},
+    options: {
+      forwardCost?: ForwardCostPlan;
+      tokenizer?: TextTokenizer;
+      isolation?: EngineIsolation;
+      workerEntry?: URL;
+    } = {},
   ): Promise<WorkerEngine> {
     const worker = startHost(options.isolation ?? 'thread', options.workerEntry ?? ENGINE_WORKER_MAIN);
     // While the worker boots and loads the model, this thread reads the tokenizer.
@@ -187,7 +218,8 @@ export class WorkerEngine implements GenerationBackend {
         else if (message.type === 'init-error') reject(reviveError(message.error, undefined));
       };
       onError = reject;
-      onExit = (code: number) => reject(new EngineWorkerError(`engine worker exited with code ${code} while loading ${modelDir}`));
+      onExit = (code: number) =>
+        reject(new EngineWorkerError(`engine worker exited with code ${code} while loading ${modelDir}`));
       worker.on('message', onMessage);
       worker.on('error', onError);
       worker.on('exit', onExit);
@@ -229,7 +261,9 @@ export class WorkerEngine implements GenerationBackend {
         }
       };
       this.worker.on('message', onMessage);
-      this.worker.on('exit', (code) => reject(new EngineWorkerError(`engine worker exited with code ${code} while calibrating`)));
+      this.worker.on('exit', (code) =>
+        reject(new EngineWorkerError(`engine worker exited with code ${code} while calibrating`)),
+      );
       if (this.failure) reject(this.failure);
       else this.post({ type: 'calibrate' });
     });
@@ -264,7 +298,8 @@ export class WorkerEngine implements GenerationBackend {
       },
     });
     let finished = false;
-    const onAbort = () => this.post({ type: 'cancel', id, message: signal?.reason instanceof Error ? signal.reason.message : 'cancelled' });
+    const onAbort = () =>
+      this.post({ type: 'cancel', id, message: signal?.reason instanceof Error ? signal.reason.message : 'cancelled' });
     signal?.addEventListener('abort', onAbort, { once: true });
     try {
       this.post({ type: 'run', id, request: prepared.request, promptTokens: prepared.promptTokens });

@@ -22,7 +22,12 @@ export type ToWorker =
       /** Where the forward-cost table comes from; 'measure-now' measures it before 'ready'. */
       readonly forwardCost: ForwardCostPlan;
     }
-  | { readonly type: 'run'; readonly id: number; readonly request: GenerateRequest; readonly promptTokens: readonly number[] }
+  | {
+      readonly type: 'run';
+      readonly id: number;
+      readonly request: GenerateRequest;
+      readonly promptTokens: readonly number[];
+    }
   | { readonly type: 'cancel'; readonly id: number; readonly message: string }
   | { readonly type: 'credit'; readonly id: number }
   /** Measure the forward-cost table now (if not known yet); answered by 'calibrated'. */
@@ -51,11 +56,24 @@ export interface WorkerStartupTimes {
 
 export type FromWorker =
   /** `forwardCost` is undefined when the table was neither given nor measured yet (see 'calibrate'). */
-  | { readonly type: 'ready'; readonly info: ModelInfo; readonly forwardCost: readonly number[] | undefined; readonly times: WorkerStartupTimes }
+  | {
+      readonly type: 'ready';
+      readonly info: ModelInfo;
+      readonly forwardCost: readonly number[] | undefined;
+      readonly times: WorkerStartupTimes;
+    }
   | { readonly type: 'calibrated'; readonly forwardCost: readonly number[]; readonly ms: number }
   | { readonly type: 'calibrate-error'; readonly error: SerializedError }
   | { readonly type: 'init-error'; readonly error: SerializedError }
-  | { readonly type: 'delta'; readonly id: number; readonly text: string; readonly tokenIds: readonly number[]; readonly logprobs?: readonly TokenLogprob[]; readonly promptLogprobs?: readonly TokenLogprob[]; readonly index?: number }
+  | {
+      readonly type: 'delta';
+      readonly id: number;
+      readonly text: string;
+      readonly tokenIds: readonly number[];
+      readonly logprobs?: readonly TokenLogprob[];
+      readonly promptLogprobs?: readonly TokenLogprob[];
+      readonly index?: number;
+    }
   | { readonly type: 'final'; readonly id: number; readonly final: GenerationFinal }
   | { readonly type: 'error'; readonly id: number; readonly error: SerializedError }
   | { readonly type: 'disposed' }

@@ -31,7 +31,13 @@ export class Emitter {
   /** performance.now() when the time limit's clock started. */
   private readonly started: number;
 
-  constructor(tokenizer: TextTokenizer, request: GenerateRequest, promptTokens: readonly number[], eosTokenIds: readonly number[], started: number) {
+  constructor(
+    tokenizer: TextTokenizer,
+    request: GenerateRequest,
+    promptTokens: readonly number[],
+    eosTokenIds: readonly number[],
+    started: number,
+  ) {
     const stopTokens = new Set<number>(request.stopTokenIds ?? []);
     if (!request.ignoreEos) for (const id of eosTokenIds) stopTokens.add(id);
     this.stopTokens = stopTokens;

@@ -18,7 +18,12 @@ import {
   type GenerationEvent,
   type GenerationStats,
 } from '../contract.js';
-import { DEFAULT_CONTROLLER_OPTIONS, DraftLengthController, fixedDraftLength, type OthersLoad } from '../draft/draft-length-controller.js';
+import {
+  DEFAULT_CONTROLLER_OPTIONS,
+  DraftLengthController,
+  fixedDraftLength,
+  type OthersLoad,
+} from '../draft/draft-length-controller.js';
 import { type Drafter, NO_DRAFTER } from '../draft/drafter.js';
 import { ANPD_PAPER_OPTIONS, DEFAULT_NGRAM_OPTIONS, NgramDrafter } from '../draft/ngram-drafter.js';
 import { CancelledError } from '../errors.js';
@@ -115,7 +120,10 @@ export class SpeculativeDecoder {
     this.vocab = info.vocabSize;
     this.emitter = new Emitter(setup.tokenizer, request, promptTokens, info.eosTokenIds, setup.started);
     const params = request.sampling ?? GREEDY;
-    this.sampler = new Sampler(index === undefined ? params : { ...params, seed: (params.seed + index) >>> 0 }, this.vocab);
+    this.sampler = new Sampler(
+      index === undefined ? params : { ...params, seed: (params.seed + index) >>> 0 },
+      this.vocab,
+    );
     this.history = this.sampler.modifiesRow ? new TokenHistory(this.vocab) : undefined;
     if (this.history !== undefined) for (const t of promptTokens) this.history.addPrompt(t);
     this.minNewTokens = request.minNewTokens ?? 0;
@@ -124,7 +132,12 @@ export class SpeculativeDecoder {
     const speculate = spec.mode === 'ngram';
     const rowsMin = info.forwardRowsMin;
     const d0 = performance.now();
-    this.drafter = speculate ? new NgramDrafter(promptTokens, { ...(spec.drafter === 'paper' ? ANPD_PAPER_OPTIONS : DEFAULT_NGRAM_OPTIONS), n: spec.ngramN }) : NO_DRAFTER;
+    this.drafter = speculate
+      ? new NgramDrafter(promptTokens, {
+          ...(spec.drafter === 'paper' ? ANPD_PAPER_OPTIONS : DEFAULT_NGRAM_OPTIONS),
+          n: spec.ngramN,
+        })
+      : NO_DRAFTER;
     this.controller = !speculate
       ? fixedDraftLength(0, rowsMin)
       : spec.draftLength === 'fixed'
@@ -144,10 +157,16 @@ export class SpeculativeDecoder {
       draftMs: indexMs,
     };
     this.logprobTop = request.logprobs?.top;
-    this.rawRow = this.logprobTop !== undefined && (this.history !== undefined || this.suppressedBeforeMin !== undefined) ? new Float32Array(this.vocab) : undefined;
+    this.rawRow =
+      this.logprobTop !== undefined && (this.history !== undefined || this.suppressedBeforeMin !== undefined)
+        ? new Float32Array(this.vocab)
+        : undefined;
     // (Plain and speculative rounds both take the argmax path once past min_new_tokens' suppression;
     // the device argmax equals the row's, tested.)
-    this.forwardGreedy = this.sampler.greedy && this.history === undefined && this.logprobTop === undefined ? sequence.forwardGreedy : undefined;
+    this.forwardGreedy =
+      this.sampler.greedy && this.history === undefined && this.logprobTop === undefined
+        ? sequence.forwardGreedy
+        : undefined;
     this.last = promptTokens[promptTokens.length - 1]!;
   }
 
@@ -158,7 +177,11 @@ export class SpeculativeDecoder {
     this.joinBatch();
     try {
       while (emitter.finishReason === undefined) {
-        if (signal?.aborted) throw new CancelledError(signal.reason, { promptTokens: promptTokens.length, completionTokens: emitter.completionTokens });
+        if (signal?.aborted)
+          throw new CancelledError(signal.reason, {
+            promptTokens: promptTokens.length,
+            completionTokens: emitter.completionTokens,
+          });
         if (emitter.timeUp()) {
           if (emitter.text.length > 0) yield this.tagged({ type: 'delta', text: emitter.text, tokenIds: [] });
           break;
@@ -176,7 +199,11 @@ export class SpeculativeDecoder {
         if (committed.length > 0 || emitter.text.length > 0) {
           if (this.firstTokenMs === 0) this.firstTokenMs = performance.now() - started;
           const text = emitter.text;
-          yield this.tagged(this.logprobTop === undefined ? { type: 'delta', text, tokenIds: committed } : { type: 'delta', text, tokenIds: committed, logprobs: this.logprobs.slice(0, committed.length) });
+          yield this.tagged(
+            this.logprobTop === undefined
+              ? { type: 'delta', text, tokenIds: committed }
+              : { type: 'delta', text, tokenIds: committed, logprobs: this.logprobs.slice(0, committed.length) },
+          );
         }
       }
       yield {
@@ -197,7 +224,11 @@ export class SpeculativeDecoder {
   /** length: how many draft tokens this round may carry; never past max_new_tokens nor the KV capacity. */
   private length(): number {
     const completion = this.emitter.completionTokens;
-    return Math.min(this.controller.current(this.othersLoad()), this.setup.request.maxNewTokens - completion - 1, this.sequence.capacity - this.sequence.length - 1);
+    return Math.min(
+      this.controller.current(this.othersLoad()),
+      this.setup.request.maxNewTokens - completion - 1,
+      this.sequence.capacity - this.sequence.length - 1,
+    );
   }
 
   /** propose: the drafter's continuation of the committed tokens, up to `room` tokens. */
@@ -249,7 +280,11 @@ export class SpeculativeDecoder {
     const rawRow = this.rawRow;
     if (rawRow !== undefined) rawRow.set(logits.subarray(offset, offset + vocab));
     const token = sampler.pick(logits, row, history, suppressed);
-    this.logprobs.push(rawRow !== undefined ? tokenLogprob(rawRow, 0, vocab, token, top) : tokenLogprob(logits, offset, vocab, token, top));
+    this.logprobs.push(
+      rawRow !== undefined
+        ? tokenLogprob(rawRow, 0, vocab, token, top)
+        : tokenLogprob(logits, offset, vocab, token, top),
+    );
     return token;
   };
 

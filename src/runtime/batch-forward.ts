@@ -32,14 +32,21 @@ export interface BatchableSequence {
 
 export class GqaBatchExecutor implements BatchExecutor {
   readonly widths: readonly number[];
-  readonly counts: { alone: number; batched: number; batchedSequences: number; byWidth: Record<number, number> } = { alone: 0, batched: 0, batchedSequences: 0, byWidth: {} };
+  readonly counts: { alone: number; batched: number; batchedSequences: number; byWidth: Record<number, number> } = {
+    alone: 0,
+    batched: 0,
+    batchedSequences: 0,
+    byWidth: {},
+  };
   /** Prefill chunk size of the model's sequences while batching (≤ the scheduler's batch entry limit: prefill chunks join the batches). */
   readonly prefillChunkTokens: number;
   private readonly runners: readonly BatchGraphRunner[];
   private stepSubmitter: StepSubmitter | undefined;
 
   constructor(graphs: readonly BatchGraph[], manifest: ModelManifest, deviceKv: boolean, prefillChunkTokens: number) {
-    this.runners = [...graphs].sort((a, b) => a.width - b.width).map((g) => new BatchGraphRunner(g, manifest, deviceKv));
+    this.runners = [...graphs]
+      .sort((a, b) => a.width - b.width)
+      .map((g) => new BatchGraphRunner(g, manifest, deviceKv));
     this.widths = this.runners.map((r) => r.width);
     this.prefillChunkTokens = prefillChunkTokens;
   }
@@ -56,14 +63,17 @@ export class GqaBatchExecutor implements BatchExecutor {
 
   async run(width: number, forwards: readonly StepForward[]): Promise<readonly Float32Array[]> {
     if (width === 1) {
-      if (forwards.length !== 1) throw new RangeError(`the single-sequence graph runs one forward, got ${forwards.length}`);
+      if (forwards.length !== 1)
+        throw new RangeError(`the single-sequence graph runs one forward, got ${forwards.length}`);
       const f = forwards[0]!;
       this.counts.alone++;
       return [await (f.sequence as BatchableSequence).runAlone(f.tokens, f.start, f.count, f.rows)];
     }
     const runner = this.runners.find((r) => r.width === width);
-    if (runner === undefined) throw new RangeError(`no batch graph of width ${width} (widths: ${this.widths.join(', ')})`);
-    if (forwards.length < 1 || forwards.length > width) throw new RangeError(`a width-${width} forward carries 1..${width} sequences, got ${forwards.length}`);
+    if (runner === undefined)
+      throw new RangeError(`no batch graph of width ${width} (widths: ${this.widths.join(', ')})`);
+    if (forwards.length < 1 || forwards.length > width)
+      throw new RangeError(`a width-${width} forward carries 1..${width} sequences, got ${forwards.length}`);
     this.counts.batched++;
     this.counts.batchedSequences += forwards.length;
     this.counts.byWidth[width] = (this.counts.byWidth[width] ?? 0) + 1;
@@ -120,7 +130,10 @@ class BatchGraphRunner {
       this.feeds[`total_sequence_length.${s}`] = new ort.Tensor('int32', total, []);
       const names: (readonly [string, string])[] = [];
       for (let l = 0; l < m.layers; l++) {
-        names.push([`past_key_values.${s}.${l}.key`, `present.${s}.${l}.key`], [`past_key_values.${s}.${l}.value`, `present.${s}.${l}.value`]);
+        names.push(
+          [`past_key_values.${s}.${l}.key`, `present.${s}.${l}.key`],
+          [`past_key_values.${s}.${l}.value`, `present.${s}.${l}.value`],
+        );
       }
       this.kvNames.push(names);
     }
@@ -134,8 +147,18 @@ class BatchGraphRunner {
       tokens += f.padded;
       rows += f.rows;
     }
-    const ids = cachedTensor(this.idsByLength, tokens, (n) => new BigInt64Array(n), (d) => new ort.Tensor('int64', d, [1, tokens]));
-    const logitsIndex = cachedTensor(this.indexByRows, rows, (n) => new BigInt64Array(n), (d) => new ort.Tensor('int64', d, [rows]));
+    const ids = cachedTensor(
+      this.idsByLength,
+      tokens,
+      (n) => new BigInt64Array(n),
+      (d) => new ort.Tensor('int64', d, [1, tokens]),
+    );
+    const logitsIndex = cachedTensor(
+      this.indexByRows,
+      rows,
+      (n) => new BigInt64Array(n),
+      (d) => new ort.Tensor('int64', d, [rows]),
+    );
     let offset = 0;
     let row = 0;
     for (let s = 0; s < this.width; s++) {
@@ -169,7 +192,12 @@ class BatchGraphRunner {
     this.feeds['input_ids'] = ids.tensor;
     this.feeds['logits_index'] = logitsIndex.tensor;
     if (this.deviceKv) return this.runOnDevice(group, rows);
-    const logits = cachedTensor(this.logitsByRows, rows, (n) => new Float32Array(n * this.vocab), (d) => new ort.Tensor('float32', d, [1, rows, this.vocab]));
+    const logits = cachedTensor(
+      this.logitsByRows,
+      rows,
+      (n) => new Float32Array(n * this.vocab),
+      (d) => new ort.Tensor('float32', d, [1, rows, this.vocab]),
+    );
     this.fetches['logits'] = logits.tensor;
     if (this.forwards.native !== undefined) this.forwards.native.run(this.feeds, this.fetches);
     else await this.forwards.session.run(this.feeds, this.fetches);
@@ -211,7 +239,8 @@ class BatchGraphRunner {
       });
     }
     const logits = results['logits']!.data as Float32Array;
-    if (logits.length !== rows * this.vocab) throw new Error(`batched forward returned ${logits.length} logits, expected ${rows} rows`);
+    if (logits.length !== rows * this.vocab)
+      throw new Error(`batched forward returned ${logits.length} logits, expected ${rows} rows`);
     const out: Float32Array[] = [];
     let at = 0;
     for (const f of group) {

@@ -12,12 +12,22 @@ export const FORWARD_TOKENS_MAX = 512;
  * `length` of `capacity` positions, fed in chunks of at most `chunkTokens` (logits come from the
  * last chunk). Returns where the last chunk starts: the chunks before it are whole.
  */
-export function checkForward(tokens: number, logitsRows: number, length: number, capacity: number, chunkTokens: number, capacityName = 'the KV capacity'): number {
+export function checkForward(
+  tokens: number,
+  logitsRows: number,
+  length: number,
+  capacity: number,
+  chunkTokens: number,
+  capacityName = 'the KV capacity',
+): number {
   if (tokens === 0) throw new InvalidRequestError('forward needs at least one token');
-  if (logitsRows < 1 || logitsRows > tokens) throw new InvalidRequestError(`logitsRows ${logitsRows} must be in [1, ${tokens}]`);
-  if (length + tokens > capacity) throw new ContextOverflowError(`sequence of ${length + tokens} tokens exceeds ${capacityName} of ${capacity}`);
+  if (logitsRows < 1 || logitsRows > tokens)
+    throw new InvalidRequestError(`logitsRows ${logitsRows} must be in [1, ${tokens}]`);
+  if (length + tokens > capacity)
+    throw new ContextOverflowError(`sequence of ${length + tokens} tokens exceeds ${capacityName} of ${capacity}`);
   const lastStart = tokens > chunkTokens ? Math.floor((tokens - 1) / chunkTokens) * chunkTokens : 0;
-  if (logitsRows > tokens - lastStart) throw new InvalidRequestError(`at most ${tokens - lastStart} logits rows for a forward of ${tokens} tokens`);
+  if (logitsRows > tokens - lastStart)
+    throw new InvalidRequestError(`at most ${tokens - lastStart} logits rows for a forward of ${tokens} tokens`);
   return lastStart;
 }
 

@@ -68,8 +68,15 @@ export class DeviceDecoderModel implements DecoderModel {
     this.idsLong = session.alloc(FORWARD_TOKENS_MAX * 8);
     this.seqlensK = session.alloc(4);
     this.logits = session.alloc(FORWARD_TOKENS_MAX * manifest.vocab * 4);
-    this.argmax = manifest.greedyOutput === true && plan.experimental.greedyOnDevice ? session.alloc(FORWARD_TOKENS_MAX * 8) : undefined;
-    this.info = convertedModelInfo(manifest, plan, { contextLength: capacity, batchSlots: 1, verifyTokensMax: this.rows });
+    this.argmax =
+      manifest.greedyOutput === true && plan.experimental.greedyOnDevice
+        ? session.alloc(FORWARD_TOKENS_MAX * 8)
+        : undefined;
+    this.info = convertedModelInfo(manifest, plan, {
+      contextLength: capacity,
+      batchSlots: 1,
+      verifyTokensMax: this.rows,
+    });
   }
 
   get layers(): number {
@@ -132,7 +139,8 @@ export class DeviceDecoderModel implements DecoderModel {
   async dispose(): Promise<void> {
     this.disposed = true;
     for (const kv of this.kvSets) for (const b of kv.buffers) this.session.free(b);
-    for (const b of [this.idsShort, this.idsLong, this.seqlensK, this.logits, this.argmax]) if (b !== undefined) this.session.free(b);
+    for (const b of [this.idsShort, this.idsLong, this.seqlensK, this.logits, this.argmax])
+      if (b !== undefined) this.session.free(b);
     this.session.release();
   }
 }
@@ -213,7 +221,6 @@ class DeviceSequence implements DecoderSequence {
     this.model.session.read(this.model.logits, firstRow * this.model.vocab * 4, logits);
     return logits;
   }
-
 
   private async greedy(tokens: ArrayLike<number>, rows: number): Promise<Int32Array> {
     const { count, short } = this.advance(tokens, rows);
@@ -312,7 +319,6 @@ class DeviceSequence implements DecoderSequence {
     this.model.releaseKvSet(this.kv);
   }
 }
-
 
 /** Smallest forward shape in PREFILL_SHAPES that holds `count` tokens and fits `room` KV slots, else `count`. */
 export function prefillShape(count: number, room: number): number {

@@ -12,7 +12,13 @@ import type { ort } from './ort-session.js';
 export class DeviceKvSequence extends GqaSequence {
   private readonly session: ort.InferenceSession;
 
-  constructor(session: ort.InferenceSession, m: ModelManifest, capacity: number, rowsMin: number, batching: GqaBatchExecutor | undefined) {
+  constructor(
+    session: ort.InferenceSession,
+    m: ModelManifest,
+    capacity: number,
+    rowsMin: number,
+    batching: GqaBatchExecutor | undefined,
+  ) {
     super(m, capacity, rowsMin, false, batching);
     this.session = session;
     // Device buffers cannot grow from here (no device-side copy): they get the full capacity. The
@@ -40,7 +46,9 @@ export class DeviceKvSequence extends GqaSequence {
   adoptDeviceKv(index: number, next: ort.Tensor | undefined): void {
     const [past, present] = this.kvNames[index]!;
     if (next === undefined || next.location !== 'gpu-buffer') {
-      throw new Error(`${present} came back at "${next?.location}", not on the device: the provider did not keep the KV cache`);
+      throw new Error(
+        `${present} came back at "${next?.location}", not on the device: the provider did not keep the KV cache`,
+      );
     }
     const previous = this.feeds[past]!;
     if (previous.location === 'gpu-buffer') previous.dispose();

@@ -12,14 +12,23 @@ import type { ExecutionProviderName } from './types.js';
 
 /** The folder of onnxruntime-node's native library (where ORT looks for provider libraries). */
 export function ortLibraryDir(): string {
-  return join(dirname(createRequire(import.meta.url).resolve('onnxruntime-node/package.json')), 'bin', 'napi-v6', process.platform, process.arch);
+  return join(
+    dirname(createRequire(import.meta.url).resolve('onnxruntime-node/package.json')),
+    'bin',
+    'napi-v6',
+    process.platform,
+    process.arch,
+  );
 }
 
 /** Whether ORT's CUDA provider libraries sit beside onnxruntime-node's library (npm run install:cuda). */
 export function cudaProviderInstalled(): boolean {
   try {
     const dir = ortLibraryDir();
-    return existsSync(join(dir, 'libonnxruntime_providers_cuda.so')) && existsSync(join(dir, 'libonnxruntime_providers_shared.so'));
+    return (
+      existsSync(join(dir, 'libonnxruntime_providers_cuda.so')) &&
+      existsSync(join(dir, 'libonnxruntime_providers_shared.so'))
+    );
   } catch {
     return false;
   }
@@ -31,7 +40,9 @@ export function probeExecutionProvider(): { readonly provider: ExecutionProvider
   if (addon === null) return { provider: 'cpu', reason: 'the native addon is not built' };
   try {
     const devices = addon.cudaDeviceCount();
-    return devices > 0 ? { provider: 'cuda', reason: `${devices} CUDA device(s)` } : { provider: 'cpu', reason: 'no CUDA device' };
+    return devices > 0
+      ? { provider: 'cuda', reason: `${devices} CUDA device(s)` }
+      : { provider: 'cpu', reason: 'no CUDA device' };
   } catch (error) {
     return { provider: 'cpu', reason: (error as Error).message };
   }

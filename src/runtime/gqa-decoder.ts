@@ -21,8 +21,14 @@ export class GqaDecoderModel implements DecoderModel {
   readonly batchExecutor: GqaBatchExecutor | undefined;
 
   /** `batches`: batch graphs of the same weights, any widths (the step scheduler picks one per forward). */
-  constructor(forwards: GraphForwards, manifest: ModelManifest, plan: RuntimePlan, batches: readonly BatchGraph[] = []) {
-    if (plan.kvPlacement === 'device' && forwards.session === undefined) throw new Error('device KV needs an onnxruntime-node session');
+  constructor(
+    forwards: GraphForwards,
+    manifest: ModelManifest,
+    plan: RuntimePlan,
+    batches: readonly BatchGraph[] = [],
+  ) {
+    if (plan.kvPlacement === 'device' && forwards.session === undefined)
+      throw new Error('device KV needs an onnxruntime-node session');
     this.forwards = forwards;
     this.manifest = manifest;
     this.plan = plan;
@@ -31,14 +37,18 @@ export class GqaDecoderModel implements DecoderModel {
       contextLength: Math.min(manifest.contextLength - (plan.rowsMin - 1), this.defaultCapacity),
       batchSlots: Math.max(1, ...batches.map((b) => b.width)),
     });
-    this.batchExecutor = batches.length === 0 ? undefined : new GqaBatchExecutor(batches, manifest, plan.kvPlacement === 'device', plan.batchPrefillChunkTokens);
+    this.batchExecutor =
+      batches.length === 0
+        ? undefined
+        : new GqaBatchExecutor(batches, manifest, plan.kvPlacement === 'device', plan.batchPrefillChunkTokens);
   }
 
   createSequence(options?: { readonly capacity?: number }): DecoderSequence {
     const rowsMin = this.plan.rowsMin;
     // One position stays free for the pad row (rotary tables cover contextLength positions).
     const capacity = Math.min(options?.capacity ?? this.defaultCapacity, this.manifest.contextLength - (rowsMin - 1));
-    if (this.plan.kvPlacement === 'device') return new DeviceKvSequence(this.forwards.session!, this.manifest, capacity, rowsMin, this.batchExecutor);
+    if (this.plan.kvPlacement === 'device')
+      return new DeviceKvSequence(this.forwards.session!, this.manifest, capacity, rowsMin, this.batchExecutor);
     return new HostKvSequence(this.forwards, this.manifest, capacity, rowsMin, this.batchExecutor);
   }
 

@@ -48,14 +48,24 @@ export abstract class GqaSequence implements DecoderSequence, BatchableSequence 
   /** seqlens_k names the last real row (the native attention kernel: it skips the pad rows), else the last row. */
   private readonly seqlensOfLastRealRow: boolean;
 
-  protected constructor(m: ModelManifest, capacity: number, rowsMin: number, seqlensOfLastRealRow: boolean, batching: GqaBatchExecutor | undefined) {
+  protected constructor(
+    m: ModelManifest,
+    capacity: number,
+    rowsMin: number,
+    seqlensOfLastRealRow: boolean,
+    batching: GqaBatchExecutor | undefined,
+  ) {
     this.manifest = m;
     this.capacity = capacity;
     this.rowsMin = rowsMin;
     this.vocab = m.vocab;
     this.seqlensOfLastRealRow = seqlensOfLastRealRow;
     this.batching = batching;
-    for (let l = 0; l < m.layers; l++) this.kvNames.push([`past_key_values.${l}.key`, `present.${l}.key`], [`past_key_values.${l}.value`, `present.${l}.value`]);
+    for (let l = 0; l < m.layers; l++)
+      this.kvNames.push(
+        [`past_key_values.${l}.key`, `present.${l}.key`],
+        [`past_key_values.${l}.value`, `present.${l}.value`],
+      );
     this.feeds[SEQLENS_K] = new ort.Tensor('int32', this.seqlensK, [1]);
     this.feeds[TOTAL_SEQUENCE_LENGTH] = new ort.Tensor('int32', this.totalLength, []);
     this.feeds[LOGITS_START] = new ort.Tensor('int64', this.logitsStart, [1]);
@@ -99,7 +109,12 @@ export abstract class GqaSequence implements DecoderSequence, BatchableSequence 
 
   /** This sequence's logits buffer for `rows` rows (made once per row count): a forward's result lives here until its next forward. */
   logitsOf(rows: number): { data: Float32Array; tensor: ort.Tensor } {
-    return cachedTensor(this.logitsByRows, rows, (n) => new Float32Array(n * this.vocab), (d) => new ort.Tensor('float32', d, [1, rows, this.vocab]));
+    return cachedTensor(
+      this.logitsByRows,
+      rows,
+      (n) => new Float32Array(n * this.vocab),
+      (d) => new ort.Tensor('float32', d, [1, rows, this.vocab]),
+    );
   }
 
   /** A batched forward appended `count` positions to this sequence's KV. */
@@ -113,7 +128,12 @@ export abstract class GqaSequence implements DecoderSequence, BatchableSequence 
   /** One forward of this sequence alone (the single-sequence graph). */
   async runAlone(tokens: ArrayLike<number>, start: number, count: number, rows: number): Promise<Float32Array> {
     const padded = Math.max(count, this.rowsMin);
-    const ids = cachedTensor(this.idsByLength, padded, (n) => new BigInt64Array(n), (d) => new ort.Tensor('int64', d, [1, padded]));
+    const ids = cachedTensor(
+      this.idsByLength,
+      padded,
+      (n) => new BigInt64Array(n),
+      (d) => new ort.Tensor('int64', d, [1, padded]),
+    );
     for (let i = 0; i < count; i++) ids.data[i] = BigInt(tokens[start + i]!);
     // Pad rows repeat the last token; causal attention keeps them out of the real rows.
     for (let i = count; i < padded; i++) ids.data[i] = ids.data[count - 1]!;

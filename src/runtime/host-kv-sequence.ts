@@ -24,7 +24,13 @@ export class HostKvSequence extends GqaSequence {
   /** The native attention kernel's key layout, [head][dim][position]: only that kernel reads this cache. */
   private readonly keysTransposed: boolean;
 
-  constructor(forwards: GraphForwards, m: ModelManifest, capacity: number, rowsMin: number, batching: GqaBatchExecutor | undefined) {
+  constructor(
+    forwards: GraphForwards,
+    m: ModelManifest,
+    capacity: number,
+    rowsMin: number,
+    batching: GqaBatchExecutor | undefined,
+  ) {
     const keysTransposed = forwards.native?.ownAttention === true;
     super(m, capacity, rowsMin, keysTransposed, batching);
     this.forwards = forwards;
@@ -45,7 +51,15 @@ export class HostKvSequence extends GqaSequence {
     for (const [input, output] of this.kvNames) {
       const next = kvTensor(m, size, dims);
       const old = this.feeds[input];
-      if (old !== undefined && this.kvLength > 0) this.copyKv(input, old.data as Float32Array, this.kvPositions, next.data as Float32Array, positions, this.kvLength);
+      if (old !== undefined && this.kvLength > 0)
+        this.copyKv(
+          input,
+          old.data as Float32Array,
+          this.kvPositions,
+          next.data as Float32Array,
+          positions,
+          this.kvLength,
+        );
       this.feeds[input] = next;
       this.fetches[output] = next;
     }
@@ -53,19 +67,32 @@ export class HostKvSequence extends GqaSequence {
   }
 
   /** Copies the first `length` positions of one KV tensor between buffers of `fromPositions` and `toPositions` positions. */
-  private copyKv(input: string, src: Float32Array, fromPositions: number, dst: Float32Array, toPositions: number, length: number): void {
+  private copyKv(
+    input: string,
+    src: Float32Array,
+    fromPositions: number,
+    dst: Float32Array,
+    toPositions: number,
+    length: number,
+  ): void {
     // Rows of positions ([head][position][dim]); the native attention kernel keeps keys
     // transposed, rows of dims ([head][dim][position]) (native/gqa-attention.c).
     const transposed = this.keysTransposed && input.endsWith('.key');
     const rows = transposed ? this.manifest.kvHeads * this.manifest.headDim : this.manifest.kvHeads;
     const rowFloats = transposed ? 1 : this.manifest.headDim;
     for (let r = 0; r < rows; r++) {
-      dst.set(src.subarray(r * fromPositions * rowFloats, (r * fromPositions + length) * rowFloats), r * toPositions * rowFloats);
+      dst.set(
+        src.subarray(r * fromPositions * rowFloats, (r * fromPositions + length) * rowFloats),
+        r * toPositions * rowFloats,
+      );
     }
   }
 
   protected reserve(positions: number): void {
-    if (positions > this.kvPositions) this.bindKv(Math.min(this.capacity + this.rowsMin - 1, Math.ceil(positions / KV_POSITIONS_STEP) * KV_POSITIONS_STEP));
+    if (positions > this.kvPositions)
+      this.bindKv(
+        Math.min(this.capacity + this.rowsMin - 1, Math.ceil(positions / KV_POSITIONS_STEP) * KV_POSITIONS_STEP),
+      );
   }
 
   readonly copyPrefixFrom = (source: DecoderSequence, length: number): void => {
@@ -74,11 +101,20 @@ export class HostKvSequence extends GqaSequence {
     }
     if (this.kvLength !== 0) throw new Error('copyPrefixFrom needs an empty sequence');
     if (!Number.isInteger(length) || length < 0 || length > source.kvLength || length > this.capacity) {
-      throw new RangeError(`copy of ${length} positions from a sequence of ${source.kvLength} into a capacity of ${this.capacity}`);
+      throw new RangeError(
+        `copy of ${length} positions from a sequence of ${source.kvLength} into a capacity of ${this.capacity}`,
+      );
     }
     this.reserve(length + this.rowsMin);
     for (const [input] of this.kvNames) {
-      this.copyKv(input, source.feeds[input]!.data as Float32Array, source.kvPositions, this.feeds[input]!.data as Float32Array, this.kvPositions, length);
+      this.copyKv(
+        input,
+        source.feeds[input]!.data as Float32Array,
+        source.kvPositions,
+        this.feeds[input]!.data as Float32Array,
+        this.kvPositions,
+        length,
+      );
     }
     this.kvLength = length;
   };

@@ -29,10 +29,15 @@ export interface DeviceBuffer {
   readonly __deviceBuffer: unique symbol;
 }
 
-
-
 /** ONNX TensorProto element types of the tensors our graphs take and give. */
-const ELEMENT_TYPES: Readonly<Record<string, number>> = { float32: 1, uint8: 2, int8: 3, int32: 6, int64: 7, float16: 10 };
+const ELEMENT_TYPES: Readonly<Record<string, number>> = {
+  float32: 1,
+  uint8: 2,
+  int8: 3,
+  int32: 6,
+  int64: 7,
+  float16: 10,
+};
 
 /** Our kernel registers under GroupQueryAttention's own domain, so the converted graph needs no change. */
 const GQA_DOMAIN = 'com.microsoft';
@@ -44,7 +49,9 @@ let addonProblem: string | undefined;
 
 /** Why the addon cannot be here, without loading it: its file is missing. Undefined when it exists. */
 export function nativeAddonFileProblem(): string | undefined {
-  return existsSync(NATIVE_ADDON_PATH) ? undefined : `${NATIVE_ADDON_PATH} is missing: the build did not make it (node scripts/build-native.mjs says why)`;
+  return existsSync(NATIVE_ADDON_PATH)
+    ? undefined
+    : `${NATIVE_ADDON_PATH} is missing: the build did not make it (node scripts/build-native.mjs says why)`;
 }
 
 /** The addon if it was built and loads here, else null (then onnxruntime-node's run is used). */
@@ -103,7 +110,17 @@ export class NativeSession {
   run(feeds: TensorMap, fetches: TensorMap): void {
     fill(feeds, this.inNames, this.inArrays, this.inDims, this.inTypes);
     fill(fetches, this.outNames, this.outArrays, this.outDims, this.outTypes);
-    this.addon.run(this.handle, this.inNames, this.inArrays, this.inDims, this.inTypes, this.outNames, this.outArrays, this.outDims, this.outTypes);
+    this.addon.run(
+      this.handle,
+      this.inNames,
+      this.inArrays,
+      this.inDims,
+      this.inTypes,
+      this.outNames,
+      this.outArrays,
+      this.outDims,
+      this.outTypes,
+    );
   }
 }
 
@@ -135,11 +152,23 @@ export class DeviceSession {
   private readonly outDims: (readonly number[])[] = [];
   private readonly outTypes: number[] = [];
 
-  constructor(addon: Addon, path: string, options: { readonly target: 'cuda' | 'host'; readonly intraOpThreads: number; readonly deviceId?: number; readonly cudaGraphs?: boolean }) {
+  constructor(
+    addon: Addon,
+    path: string,
+    options: {
+      readonly target: 'cuda' | 'host';
+      readonly intraOpThreads: number;
+      readonly deviceId?: number;
+      readonly cudaGraphs?: boolean;
+    },
+  ) {
     this.addon = addon;
     this.target = options.target;
     this.cudaGraphs = options.target === 'cuda' && options.cudaGraphs !== false;
-    this.handle = options.target === 'cuda' ? addon.createCudaSession(path, options.intraOpThreads, options.deviceId ?? 0, this.cudaGraphs) : addon.createSession(path, options.intraOpThreads);
+    this.handle =
+      options.target === 'cuda'
+        ? addon.createCudaSession(path, options.intraOpThreads, options.deviceId ?? 0, this.cudaGraphs)
+        : addon.createSession(path, options.intraOpThreads);
   }
 
   /** Zeroed memory of `bytes` bytes, freed by free() or when collected. */
@@ -162,10 +191,25 @@ export class DeviceSession {
   }
 
   /** graphId ≥ 0: the CUDA graph this run captures or replays (same shapes and addresses every time); -1: none. */
-  run(inputs: Readonly<Record<string, DeviceValue>>, outputs: Readonly<Record<string, DeviceValue>>, graphId: number): void {
+  run(
+    inputs: Readonly<Record<string, DeviceValue>>,
+    outputs: Readonly<Record<string, DeviceValue>>,
+    graphId: number,
+  ): void {
     fillValues(inputs, this.inNames, this.inArrays, this.inDims, this.inTypes);
     fillValues(outputs, this.outNames, this.outArrays, this.outDims, this.outTypes);
-    this.addon.run(this.handle, this.inNames, this.inArrays, this.inDims, this.inTypes, this.outNames, this.outArrays, this.outDims, this.outTypes, this.cudaGraphs ? graphId : -1);
+    this.addon.run(
+      this.handle,
+      this.inNames,
+      this.inArrays,
+      this.inDims,
+      this.inTypes,
+      this.outNames,
+      this.outArrays,
+      this.outDims,
+      this.outTypes,
+      this.cudaGraphs ? graphId : -1,
+    );
   }
 
   release(): void {
@@ -173,7 +217,13 @@ export class DeviceSession {
   }
 }
 
-function fillValues(values: Readonly<Record<string, DeviceValue>>, names: string[], arrays: (ArrayBufferView | DeviceBuffer)[], dims: (readonly number[])[], types: number[]): void {
+function fillValues(
+  values: Readonly<Record<string, DeviceValue>>,
+  names: string[],
+  arrays: (ArrayBufferView | DeviceBuffer)[],
+  dims: (readonly number[])[],
+  types: number[],
+): void {
   let i = 0;
   for (const name in values) {
     const value = values[name]!;
@@ -186,12 +236,19 @@ function fillValues(values: Readonly<Record<string, DeviceValue>>, names: string
   names.length = arrays.length = dims.length = types.length = i;
 }
 
-function fill(tensors: TensorMap, names: string[], arrays: ArrayBufferView[], dims: (readonly number[])[], types: number[]): void {
+function fill(
+  tensors: TensorMap,
+  names: string[],
+  arrays: ArrayBufferView[],
+  dims: (readonly number[])[],
+  types: number[],
+): void {
   let i = 0;
   for (const name in tensors) {
     const tensor = tensors[name]!;
     const type = ELEMENT_TYPES[tensor.type];
-    if (type === undefined) throw new TypeError(`native run: tensor ${name} has type ${tensor.type}, which the addon does not take`);
+    if (type === undefined)
+      throw new TypeError(`native run: tensor ${name} has type ${tensor.type}, which the addon does not take`);
     names[i] = name;
     arrays[i] = tensor.data as ArrayBufferView;
     dims[i] = tensor.dims;

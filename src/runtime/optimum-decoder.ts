@@ -22,18 +22,32 @@ export interface OptimumLayout {
 const PAST_KEY = /^past_key_values\.(\d+)\.key$/;
 
 /** Reads the layout from the session's declared inputs/outputs; errors name the file and what is missing. */
-export function inspectOptimumSession(path: string, session: ort.InferenceSession, config: { kvHeads: number; headDim: number }): OptimumLayout {
+export function inspectOptimumSession(
+  path: string,
+  session: ort.InferenceSession,
+  config: { kvHeads: number; headDim: number },
+): OptimumLayout {
   const inputs = new Set(session.inputNames);
   const outputs = new Set(session.outputNames);
   if (!inputs.has('input_ids')) throw new ModelFormatError(path, 'graph has no input_ids input');
   if (!outputs.has('logits')) throw new ModelFormatError(path, 'graph has no logits output');
-  if (inputs.has('use_cache_branch')) throw new ModelFormatError(path, 'merged decoders (use_cache_branch) are not supported: export decoder_with_past or a single decoder with past inputs');
+  if (inputs.has('use_cache_branch'))
+    throw new ModelFormatError(
+      path,
+      'merged decoders (use_cache_branch) are not supported: export decoder_with_past or a single decoder with past inputs',
+    );
   let layers = 0;
   for (const name of inputs) if (PAST_KEY.test(name)) layers++;
-  if (layers === 0) throw new ModelFormatError(path, 'graph has no past_key_values.*.key inputs: export it with use_cache (text-generation-with-past)');
+  if (layers === 0)
+    throw new ModelFormatError(
+      path,
+      'graph has no past_key_values.*.key inputs: export it with use_cache (text-generation-with-past)',
+    );
   for (let l = 0; l < layers; l++) {
-    for (const n of [`past_key_values.${l}.key`, `past_key_values.${l}.value`]) if (!inputs.has(n)) throw new ModelFormatError(path, `graph lacks input ${n}`);
-    for (const n of [`present.${l}.key`, `present.${l}.value`]) if (!outputs.has(n)) throw new ModelFormatError(path, `graph lacks output ${n}`);
+    for (const n of [`past_key_values.${l}.key`, `past_key_values.${l}.value`])
+      if (!inputs.has(n)) throw new ModelFormatError(path, `graph lacks input ${n}`);
+    for (const n of [`present.${l}.key`, `present.${l}.value`])
+      if (!outputs.has(n)) throw new ModelFormatError(path, `graph lacks output ${n}`);
   }
   const meta = session.inputMetadata.find((m) => m.name === 'past_key_values.0.key');
   if (meta !== undefined && meta.isTensor && meta.type !== 'float32') {
@@ -63,7 +77,12 @@ export class OptimumDecoderModel implements DecoderModel {
   }
 
   createSequence(options?: { readonly capacity?: number }): DecoderSequence {
-    return new OptimumSequence(this.session, this.layout, this.info.vocabSize, Math.min(options?.capacity ?? this.info.contextLength, this.info.contextLength));
+    return new OptimumSequence(
+      this.session,
+      this.layout,
+      this.info.vocabSize,
+      Math.min(options?.capacity ?? this.info.contextLength, this.info.contextLength),
+    );
   }
 
   async dispose(): Promise<void> {
@@ -110,13 +129,15 @@ class OptimumSequence implements DecoderSequence {
     const ids = new BigInt64Array(t);
     for (let i = 0; i < t; i++) ids[i] = BigInt(tokens[i]!);
     const feeds: Record<string, ort.Tensor> = { input_ids: new ort.Tensor('int64', ids, [1, t]) };
-    if (this.layout.hasAttentionMask) feeds['attention_mask'] = new ort.Tensor('int64', new BigInt64Array(past + t).fill(1n), [1, past + t]);
+    if (this.layout.hasAttentionMask)
+      feeds['attention_mask'] = new ort.Tensor('int64', new BigInt64Array(past + t).fill(1n), [1, past + t]);
     if (this.layout.hasPositionIds) {
       const pos = new BigInt64Array(t);
       for (let i = 0; i < t; i++) pos[i] = BigInt(past + i);
       feeds['position_ids'] = new ort.Tensor('int64', pos, [1, t]);
     }
-    if (this.layout.hasLogitsToKeep) feeds['num_logits_to_keep'] = new ort.Tensor('int64', BigInt64Array.from([BigInt(logitsRows)]), []);
+    if (this.layout.hasLogitsToKeep)
+      feeds['num_logits_to_keep'] = new ort.Tensor('int64', BigInt64Array.from([BigInt(logitsRows)]), []);
     for (let l = 0; l < this.layout.layers; l++) {
       feeds[`past_key_values.${l}.key`] = this.kv[l]![0]!;
       feeds[`past_key_values.${l}.value`] = this.kv[l]![1]!;
@@ -142,7 +163,10 @@ class OptimumSequence implements DecoderSequence {
         const src = pair[i]!.data as Float32Array;
         const dst = new Float32Array(kvHeads * keep * headDim);
         for (let h = 0; h < kvHeads; h++) {
-          dst.set(src.subarray(h * this.storedLength * headDim, (h * this.storedLength + keep) * headDim), h * keep * headDim);
+          dst.set(
+            src.subarray(h * this.storedLength * headDim, (h * this.storedLength + keep) * headDim),
+            h * keep * headDim,
+          );
         }
         pair[i] = new ort.Tensor('float32', dst, [1, kvHeads, keep, headDim]);
       }

@@ -32,31 +32,76 @@ export const DEVICE_FORWARD_ROWS = 4;
  * native addon loads (asked only where it could run). Machine checks (a CUDA device, the
  * provider's libraries) stay with the backend that needs them.
  */
-export function planRuntime(options: RuntimeOptions, manifest: ModelManifest, onnxPath: string, nativeBuilt: () => boolean): RuntimePlan {
+export function planRuntime(
+  options: RuntimeOptions,
+  manifest: ModelManifest,
+  onnxPath: string,
+  nativeBuilt: () => boolean,
+): RuntimePlan {
   const x = options.experimental ?? {};
   const provider = options.executionProvider;
   const dtype = manifest.dtype ?? 'float32';
   const deviceRun = x.deviceRun ?? 'auto';
   // --native-run off keeps every forward on onnxruntime-node, the device path's included.
-  const deviceTarget = deviceRun === 'emulate' ? 'host' : provider === 'cuda' && deviceRun === 'auto' && options.nativeRun !== 'off' && nativeBuilt() ? 'cuda' : undefined;
-  if (deviceRun === 'emulate' && !nativeBuilt()) throw new ModelFormatError(onnxPath, 'deviceRun "emulate" needs the native addon, which is not built or does not load (node scripts/build-native.mjs says why)');
+  const deviceTarget =
+    deviceRun === 'emulate'
+      ? 'host'
+      : provider === 'cuda' && deviceRun === 'auto' && options.nativeRun !== 'off' && nativeBuilt()
+        ? 'cuda'
+        : undefined;
+  if (deviceRun === 'emulate' && !nativeBuilt())
+    throw new ModelFormatError(
+      onnxPath,
+      'deviceRun "emulate" needs the native addon, which is not built or does not load (node scripts/build-native.mjs says why)',
+    );
   const common = {
     provider,
     dtype,
     deviceId: options.deviceId ?? 0,
     intraOpThreads: options.intraOpThreads,
     kvCapacity: options.kvCapacity,
-    batchGraphDirs: options.batchModelDir === undefined ? [] : typeof options.batchModelDir === 'string' ? [options.batchModelDir] : options.batchModelDir,
-    experimental: { cudaGraphs: x.cudaGraphs ?? true, greedyOnDevice: x.greedyOnDevice ?? true, warmUp: x.warmUp ?? true },
+    batchGraphDirs:
+      options.batchModelDir === undefined
+        ? []
+        : typeof options.batchModelDir === 'string'
+          ? [options.batchModelDir]
+          : options.batchModelDir,
+    experimental: {
+      cudaGraphs: x.cudaGraphs ?? true,
+      greedyOnDevice: x.greedyOnDevice ?? true,
+      warmUp: x.warmUp ?? true,
+    },
   };
   if (deviceTarget !== undefined) {
     const rowsMin = checkRowsMin(options.forwardRowsMin ?? DEVICE_FORWARD_ROWS, ' on the device runner');
-    return { ...common, backend: 'device', runner: 'native', attention: 'onnxruntime', rowsMin, kvPlacement: 'device', deviceTarget, batchPrefillChunkTokens: FORWARD_TOKENS_MAX };
+    return {
+      ...common,
+      backend: 'device',
+      runner: 'native',
+      attention: 'onnxruntime',
+      rowsMin,
+      kvPlacement: 'device',
+      deviceTarget,
+      batchPrefillChunkTokens: FORWARD_TOKENS_MAX,
+    };
   }
-  const rowsMin = checkRowsMin(options.forwardRowsMin ?? (provider === 'cpu' ? FORWARD_ROWS_MIN : FORWARD_ROWS_MIN_GPU), '');
+  const rowsMin = checkRowsMin(
+    options.forwardRowsMin ?? (provider === 'cpu' ? FORWARD_ROWS_MIN : FORWARD_ROWS_MIN_GPU),
+    '',
+  );
   const chunk = x.batchPrefillChunkTokens ?? FORWARD_TOKENS_MAX;
-  if (!Number.isInteger(chunk) || chunk < 1 || chunk > FORWARD_TOKENS_MAX) throw new RangeError(`batchPrefillChunkTokens must be an integer in [1, ${FORWARD_TOKENS_MAX}], got ${chunk}`);
-  if (provider !== 'cpu') return { ...common, backend: 'ort-device-kv', runner: 'onnxruntime-node', attention: 'onnxruntime', rowsMin, kvPlacement: 'device', batchPrefillChunkTokens: chunk };
+  if (!Number.isInteger(chunk) || chunk < 1 || chunk > FORWARD_TOKENS_MAX)
+    throw new RangeError(`batchPrefillChunkTokens must be an integer in [1, ${FORWARD_TOKENS_MAX}], got ${chunk}`);
+  if (provider !== 'cpu')
+    return {
+      ...common,
+      backend: 'ort-device-kv',
+      runner: 'onnxruntime-node',
+      attention: 'onnxruntime',
+      rowsMin,
+      kvPlacement: 'device',
+      batchPrefillChunkTokens: chunk,
+    };
   // The addon runs on the host, with host buffers. Every session of a model (the single-sequence
   // graph and the batch graphs) is native or none is, so the kernel choice is the same for all the
   // forwards of a sequence. Our kernel is float32.
@@ -93,12 +138,17 @@ export function planOptimum(options: RuntimeOptions): RuntimePlan {
 }
 
 function checkRowsMin(rows: number, where: string): number {
-  if (!Number.isInteger(rows) || rows < 1 || rows > 64) throw new RangeError(`forwardRowsMin must be an integer in [1, 64]${where}, got ${rows}`);
+  if (!Number.isInteger(rows) || rows < 1 || rows > 64)
+    throw new RangeError(`forwardRowsMin must be an integer in [1, 64]${where}, got ${rows}`);
   return rows;
 }
 
 /** ModelInfo of our converted model run by `plan`. */
-export function convertedModelInfo(manifest: ModelManifest, plan: RuntimePlan, shape: { readonly contextLength: number; readonly batchSlots: number; readonly verifyTokensMax?: number }): ModelInfo {
+export function convertedModelInfo(
+  manifest: ModelManifest,
+  plan: RuntimePlan,
+  shape: { readonly contextLength: number; readonly batchSlots: number; readonly verifyTokensMax?: number },
+): ModelInfo {
   return {
     name: manifest.name,
     kind: 'anpd-gqa',

@@ -237,4 +237,8 @@ export type DeviceRunMode = (typeof DEVICE_RUN_MODES)[number];
 export const NATIVE_RUN_MODES = ['auto', 'off'] as const;
 export type NativeRunMode = (typeof NATIVE_RUN_MODES)[number];
 
-export const DEFAULT_RUNTIME_OPTIONS: RuntimeOptions = { executionProvider: 'cpu', intraOpThreads: 0, kvCapacity: 4096 };
+export const DEFAULT_RUNTIME_OPTIONS: RuntimeOptions = {
+  executionProvider: 'cpu',
+  intraOpThreads: 0,
+  kvCapacity: 4096,
+};

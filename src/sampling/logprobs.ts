@@ -80,7 +80,13 @@ const TOP_VALUES = new Float64Array(TOP_LOGPROBS_MAX);
  * TOP_VALUES, value descending, id ascending) by insertion behind a floor most values fail at once.
  * The row's max is TOP_VALUES[0]. Returns the count kept (< top only for rows shorter than top).
  */
-function rankAndTop(logits: Float32Array, start: number, end: number, chosen: number, top: number): { better: number; kept: number } {
+function rankAndTop(
+  logits: Float32Array,
+  start: number,
+  end: number,
+  chosen: number,
+  top: number,
+): { better: number; kept: number } {
   let better = 0;
   let kept = 0;
   let floor = -Infinity;
@@ -106,7 +112,13 @@ function rankAndTop(logits: Float32Array, start: number, end: number, chosen: nu
  * The logprob entry for `tokenId` from row [offset, offset + vocab) of `logits`: a pass for the
  * rank and the top N (or the max), one for Σexp. No allocation beyond the result.
  */
-export function tokenLogprob(logits: Float32Array, offset: number, vocab: number, tokenId: number, top: number): TokenLogprob {
+export function tokenLogprob(
+  logits: Float32Array,
+  offset: number,
+  vocab: number,
+  tokenId: number,
+  top: number,
+): TokenLogprob {
   const end = offset + vocab;
   const chosen = logits[offset + tokenId]!;
   let max: number;

@@ -155,7 +155,12 @@ export class Sampler {
   /** Whether picking rewrites the row (penalties, bias): the pick then needs a TokenHistory. */
   get modifiesRow(): boolean {
     const p = this.params;
-    return p.repetitionPenalty !== 1 || (p.presencePenalty ?? 0) !== 0 || (p.frequencyPenalty ?? 0) !== 0 || (p.logitBias?.length ?? 0) > 0;
+    return (
+      p.repetitionPenalty !== 1 ||
+      (p.presencePenalty ?? 0) !== 0 ||
+      (p.frequencyPenalty ?? 0) !== 0 ||
+      (p.logitBias?.length ?? 0) > 0
+    );
   }
 
   /**
@@ -164,7 +169,12 @@ export class Sampler {
    * row, so call once per row. Order: repetition penalty, presence and frequency penalties, logit
    * bias, suppression; then temperature, top-k, top-p, min-p.
    */
-  pick(logits: Float32Array, rowIndex: number, history: TokenHistory | undefined, suppressed?: readonly number[]): number {
+  pick(
+    logits: Float32Array,
+    rowIndex: number,
+    history: TokenHistory | undefined,
+    suppressed?: readonly number[],
+  ): number {
     const offset = rowIndex * this.vocab;
     const p = this.params;
     if (history !== undefined) {
@@ -183,7 +193,8 @@ export class Sampler {
         });
       }
     }
-    if (p.logitBias !== undefined) for (const [id, bias] of p.logitBias) logits[offset + id] = logits[offset + id]! + bias;
+    if (p.logitBias !== undefined)
+      for (const [id, bias] of p.logitBias) logits[offset + id] = logits[offset + id]! + bias;
     if (suppressed !== undefined) for (const id of suppressed) if (id < this.vocab) logits[offset + id] = -Infinity;
     if (this.greedy) return argmax(logits, offset, this.vocab);
     return this.sample(logits, offset);

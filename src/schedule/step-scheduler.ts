@@ -36,7 +36,10 @@ export interface StepGroup<F> {
  * short forwards in arrival order, `widths.at(-1)` per group, each on the narrowest graph that holds
  * it; a group of one and every long forward run on the single-sequence graph, after the batches.
  */
-export function planStep<F extends Pick<StepForward, 'padded'>>(forwards: readonly F[], widths: readonly number[]): StepGroup<F>[] {
+export function planStep<F extends Pick<StepForward, 'padded'>>(
+  forwards: readonly F[],
+  widths: readonly number[],
+): StepGroup<F>[] {
   const widest = widths.at(-1) ?? 1;
   const batchable = forwards.filter((f) => f.padded <= BATCH_TOKENS_MAX);
   const alone = forwards.filter((f) => f.padded > BATCH_TOKENS_MAX);
@@ -77,7 +80,8 @@ export class StepScheduler implements StepSubmitter {
 
   /** `executor`: the model's batch graphs (attached here: the model's sequences then submit through this scheduler). */
   constructor(widthMax: number, executor?: BatchExecutor) {
-    if (!Number.isInteger(widthMax) || widthMax < 1) throw new RangeError(`widthMax must be a positive integer, got ${widthMax}`);
+    if (!Number.isInteger(widthMax) || widthMax < 1)
+      throw new RangeError(`widthMax must be a positive integer, got ${widthMax}`);
     this.widthMax = widthMax;
     this.executor = executor;
     executor?.attach(this);
@@ -127,7 +131,12 @@ export class StepScheduler implements StepSubmitter {
   }
 
   /** @internal A member's forward: the step waits for it once it is queued. */
-  memberForward(member: StepMember, sequence: DecoderSequence, tokens: ArrayLike<number>, rows: number): Promise<Float32Array> {
+  memberForward(
+    member: StepMember,
+    sequence: DecoderSequence,
+    tokens: ArrayLike<number>,
+    rows: number,
+  ): Promise<Float32Array> {
     if (this.executor === undefined) return sequence.forward(tokens, rows);
     // The sequence submits its (first) chunk synchronously: that submission is the member's.
     this.submitting = member;
@@ -176,7 +185,10 @@ export class StepScheduler implements StepSubmitter {
     try {
       for (const group of planStep(work, this.executor!.widths)) {
         try {
-          const logits = await this.executor!.run(group.width, group.forwards.map((q) => q.forward));
+          const logits = await this.executor!.run(
+            group.width,
+            group.forwards.map((q) => q.forward),
+          );
           group.forwards.forEach((q, i) => q.resolve(logits[i]!));
         } catch (error) {
           for (const q of group.forwards) q.reject(error);

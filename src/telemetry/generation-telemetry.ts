@@ -71,25 +71,74 @@ export class GenerationTelemetry {
   private readonly meter: Meter;
   private replicaEvents: Counter | undefined;
 
-  constructor(tracer: Tracer, meter: Meter, logger: Logger, pool: () => AdmissionQueueState, providerName = 'onnxruntime') {
+  constructor(
+    tracer: Tracer,
+    meter: Meter,
+    logger: Logger,
+    pool: () => AdmissionQueueState,
+    providerName = 'onnxruntime',
+  ) {
     this.tracer = tracer;
     this.logger = logger;
     this.providerName = providerName;
     this.meter = meter;
     this.instruments = {
-      duration: meter.createHistogram(METRIC.requestDuration, { unit: 's', description: 'Generation time, request received to last token', advice: { explicitBucketBoundaries: DURATION_BUCKETS_S } }),
-      ttft: meter.createHistogram(METRIC.timeToFirstToken, { unit: 's', description: 'Request received to first output token', advice: { explicitBucketBoundaries: TTFT_BUCKETS_S } }),
-      tpot: meter.createHistogram(METRIC.timePerOutputToken, { unit: 's', description: 'Time per output token after the first', advice: { explicitBucketBoundaries: TPOT_BUCKETS_S } }),
-      tokens: meter.createHistogram(METRIC.tokens, { unit: '{token}', description: 'Tokens per request by type (input, output)', advice: { explicitBucketBoundaries: TOKEN_BUCKETS } }),
-      requests: meter.createCounter(METRIC.requests, { unit: '{request}', description: 'Finished requests by outcome and finish reason' }),
-      queue: meter.createHistogram(METRIC.queueDuration, { unit: 's', description: 'Wait for a sequence slot', advice: { explicitBucketBoundaries: TTFT_BUCKETS_S } }),
-      draftTokens: meter.createCounter(METRIC.specDraftTokens, { unit: '{token}', description: 'Draft tokens proposed by the n-gram drafter' }),
-      acceptedTokens: meter.createCounter(METRIC.specAcceptedTokens, { unit: '{token}', description: 'Draft tokens accepted by verification' }),
-      verifySteps: meter.createCounter(METRIC.specVerifySteps, { unit: '{step}', description: 'Forward passes after prefill' }),
-      acceptedPerStep: meter.createHistogram(METRIC.specAcceptedPerStep, { unit: '{token}', description: 'Per request: accepted draft tokens per verify step', advice: { explicitBucketBoundaries: ACCEPTED_PER_STEP_BUCKETS } }),
+      duration: meter.createHistogram(METRIC.requestDuration, {
+        unit: 's',
+        description: 'Generation time, request received to last token',
+        advice: { explicitBucketBoundaries: DURATION_BUCKETS_S },
+      }),
+      ttft: meter.createHistogram(METRIC.timeToFirstToken, {
+        unit: 's',
+        description: 'Request received to first output token',
+        advice: { explicitBucketBoundaries: TTFT_BUCKETS_S },
+      }),
+      tpot: meter.createHistogram(METRIC.timePerOutputToken, {
+        unit: 's',
+        description: 'Time per output token after the first',
+        advice: { explicitBucketBoundaries: TPOT_BUCKETS_S },
+      }),
+      tokens: meter.createHistogram(METRIC.tokens, {
+        unit: '{token}',
+        description: 'Tokens per request by type (input, output)',
+        advice: { explicitBucketBoundaries: TOKEN_BUCKETS },
+      }),
+      requests: meter.createCounter(METRIC.requests, {
+        unit: '{request}',
+        description: 'Finished requests by outcome and finish reason',
+      }),
+      queue: meter.createHistogram(METRIC.queueDuration, {
+        unit: 's',
+        description: 'Wait for a sequence slot',
+        advice: { explicitBucketBoundaries: TTFT_BUCKETS_S },
+      }),
+      draftTokens: meter.createCounter(METRIC.specDraftTokens, {
+        unit: '{token}',
+        description: 'Draft tokens proposed by the n-gram drafter',
+      }),
+      acceptedTokens: meter.createCounter(METRIC.specAcceptedTokens, {
+        unit: '{token}',
+        description: 'Draft tokens accepted by verification',
+      }),
+      verifySteps: meter.createCounter(METRIC.specVerifySteps, {
+        unit: '{step}',
+        description: 'Forward passes after prefill',
+      }),
+      acceptedPerStep: meter.createHistogram(METRIC.specAcceptedPerStep, {
+        unit: '{token}',
+        description: 'Per request: accepted draft tokens per verify step',
+        advice: { explicitBucketBoundaries: ACCEPTED_PER_STEP_BUCKETS },
+      }),
     };
-    meter.createObservableGauge(METRIC.requestsWaiting, { unit: '{request}', description: 'Requests waiting for a sequence slot' }).addCallback((r) => r.observe(pool().queued));
-    meter.createObservableGauge(METRIC.requestsRunning, { unit: '{request}', description: 'Generations decoding' }).addCallback((r) => r.observe(pool().active));
+    meter
+      .createObservableGauge(METRIC.requestsWaiting, {
+        unit: '{request}',
+        description: 'Requests waiting for a sequence slot',
+      })
+      .addCallback((r) => r.observe(pool().queued));
+    meter
+      .createObservableGauge(METRIC.requestsRunning, { unit: '{request}', description: 'Generations decoding' })
+      .addCallback((r) => r.observe(pool().active));
     meter
       .createObservableGauge(METRIC.poolUtilization, { unit: '1', description: 'Busy sequence slots / slots' })
       .addCallback((r) => {
@@ -100,8 +149,13 @@ export class GenerationTelemetry {
 
   /** Replica health: a gauge of replicas up and a counter of deaths, wedges, restarts and failed starts. */
   watchReplicas(replicas: () => { readonly up: number; readonly total: number }): void {
-    this.meter.createObservableGauge(METRIC.replicasUp, { unit: '{replica}', description: 'Model replicas that can serve' }).addCallback((r) => r.observe(replicas().up));
-    this.replicaEvents = this.meter.createCounter(METRIC.replicaEvents, { unit: '{event}', description: 'Model replica deaths, wedges, restarts and failed restarts' });
+    this.meter
+      .createObservableGauge(METRIC.replicasUp, { unit: '{replica}', description: 'Model replicas that can serve' })
+      .addCallback((r) => r.observe(replicas().up));
+    this.replicaEvents = this.meter.createCounter(METRIC.replicaEvents, {
+      unit: '{event}',
+      description: 'Model replica deaths, wedges, restarts and failed restarts',
+    });
   }
 
   replicaEvent(kind: string): void {
@@ -112,7 +166,10 @@ export class GenerationTelemetry {
   startRpc(method: string, parent: Context = otelContext.active()): { span: Span; context: Context } {
     const span = this.tracer.startSpan(
       `llm.v1.TextGeneration/${method}`,
-      { kind: SpanKind.SERVER, attributes: { [ATTR.rpcSystem]: 'grpc', [ATTR.rpcService]: 'llm.v1.TextGeneration', [ATTR.rpcMethod]: method } },
+      {
+        kind: SpanKind.SERVER,
+        attributes: { [ATTR.rpcSystem]: 'grpc', [ATTR.rpcService]: 'llm.v1.TextGeneration', [ATTR.rpcMethod]: method },
+      },
       parent,
     );
     return { span, context: trace.setSpan(parent, span) };
@@ -194,7 +251,11 @@ export class GenerationTelemetry {
         span.recordException(error instanceof Error ? error : new Error(String(error)));
         span.setStatus({ code: SpanStatusCode.ERROR, message: failure.errorType });
       }
-      this.instruments.requests.add(1, { ...base, [ATTR.outcome]: failure.outcome, [ATTR.errorType]: failure.errorType });
+      this.instruments.requests.add(1, {
+        ...base,
+        [ATTR.outcome]: failure.outcome,
+        [ATTR.errorType]: failure.errorType,
+      });
       this.logger.info('request', {
         requestId: meta.requestId,
         method: meta.method,

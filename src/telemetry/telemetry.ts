@@ -41,20 +41,35 @@ export interface RunningTelemetry {
 }
 
 /** Settings only the Node SDK interprets: when any is set, the SDK is loaded. */
-const NODE_SDK_ONLY_ENV = ['OTEL_SDK_DISABLED', 'OTEL_LOG_LEVEL', 'OTEL_PROPAGATORS', 'OTEL_NODE_RESOURCE_DETECTORS', 'OTEL_NODE_EXPERIMENTAL_SDK_METRICS'];
+const NODE_SDK_ONLY_ENV = [
+  'OTEL_SDK_DISABLED',
+  'OTEL_LOG_LEVEL',
+  'OTEL_PROPAGATORS',
+  'OTEL_NODE_RESOURCE_DETECTORS',
+  'OTEL_NODE_EXPERIMENTAL_SDK_METRICS',
+];
 
 /**
  * What `NodeSDK.start()` registers (sdk-node 0.301, `sdk.mjs`) when traces and logs are off and
  * metrics are Prometheus or none: keep in step when upgrading it.
  */
-function startWithoutNodeSdk(serviceName: string, prometheus: { host: string; port: number } | undefined): () => Promise<void> {
+function startWithoutNodeSdk(
+  serviceName: string,
+  prometheus: { host: string; port: number } | undefined,
+): () => Promise<void> {
   const contextManager = new AsyncLocalStorageContextManager();
   contextManager.enable();
   context.setGlobalContextManager(contextManager);
-  propagation.setGlobalPropagator(new CompositePropagator({ propagators: [new W3CTraceContextPropagator(), new W3CBaggagePropagator()] }));
+  propagation.setGlobalPropagator(
+    new CompositePropagator({ propagators: [new W3CTraceContextPropagator(), new W3CBaggagePropagator()] }),
+  );
   if (prometheus === undefined) return () => Promise.resolve();
   const resource = defaultResource()
-    .merge(detectResources({ detectors: [serviceInstanceIdDetector, processDetector, hostDetector, osDetector, envDetector] }))
+    .merge(
+      detectResources({
+        detectors: [serviceInstanceIdDetector, processDetector, hostDetector, osDetector, envDetector],
+      }),
+    )
     .merge(resourceFromAttributes({ 'service.name': serviceName }));
   const meterProvider = new MeterProvider({ resource, readers: [new PrometheusExporter(prometheus)] });
   metrics.setGlobalMeterProvider(meterProvider);
@@ -85,7 +100,10 @@ export async function startTelemetry(options: TelemetryOptions, logger: Logger):
     NODE_SDK_ONLY_ENV.every((name) => env[name] === undefined);
   let shutdown: () => Promise<void>;
   if (withoutNodeSdk) {
-    shutdown = startWithoutNodeSdk(options.serviceName, options.metricsPort > 0 ? { host: options.metricsHost, port: options.metricsPort } : undefined);
+    shutdown = startWithoutNodeSdk(
+      options.serviceName,
+      options.metricsPort > 0 ? { host: options.metricsHost, port: options.metricsPort } : undefined,
+    );
   } else {
     const { NodeSDK } = await import('@opentelemetry/sdk-node');
     const sdk = new NodeSDK({ serviceName: options.serviceName, instrumentations: [] });

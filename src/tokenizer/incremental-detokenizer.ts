@@ -26,7 +26,9 @@ export class IncrementalDetokenizer {
   push(token: number): string {
     this.tokens.push(token);
     const window = this.tokens.slice(this.prefixOffset);
-    const prefixText = this.tokenizer.decode(window.slice(0, this.readOffset - this.prefixOffset), { skipSpecialTokens: true });
+    const prefixText = this.tokenizer.decode(window.slice(0, this.readOffset - this.prefixOffset), {
+      skipSpecialTokens: true,
+    });
     const fullText = this.tokenizer.decode(window, { skipSpecialTokens: true });
     if (fullText.length > prefixText.length && !fullText.endsWith(REPLACEMENT)) {
       const delta = fullText.slice(prefixText.length);
@@ -46,7 +48,9 @@ export class IncrementalDetokenizer {
   /** Text still held back at the end (an incomplete character is emitted as U+FFFD, as decode would). */
   flush(): string {
     const window = this.tokens.slice(this.prefixOffset);
-    const prefixText = this.tokenizer.decode(window.slice(0, this.readOffset - this.prefixOffset), { skipSpecialTokens: true });
+    const prefixText = this.tokenizer.decode(window.slice(0, this.readOffset - this.prefixOffset), {
+      skipSpecialTokens: true,
+    });
     const fullText = this.tokenizer.decode(window, { skipSpecialTokens: true });
     this.prefixOffset = this.readOffset = this.tokens.length;
     return fullText.length > prefixText.length ? fullText.slice(prefixText.length) : '';

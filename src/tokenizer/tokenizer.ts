@@ -43,12 +43,15 @@ export function loadTokenizer(dir: string): TextTokenizer {
   try {
     hf = new HfTokenizer(json, config);
   } catch (cause) {
-    throw new ModelFormatError(tokenizerPath, `cannot build a tokenizer from it (${(cause as Error).message})`, { cause });
+    throw new ModelFormatError(tokenizerPath, `cannot build a tokenizer from it (${(cause as Error).message})`, {
+      cause,
+    });
   }
   let templateSource = config['chat_template'];
   if (Array.isArray(templateSource)) {
     // transformers' list form: [{ name, template }]; take the default one.
-    const entry = (templateSource as { name?: string; template?: string }[]).find((t) => t.name === 'default') ?? templateSource[0];
+    const entry =
+      (templateSource as { name?: string; template?: string }[]).find((t) => t.name === 'default') ?? templateSource[0];
     templateSource = (entry as { template?: string } | undefined)?.template;
   }
   const jinjaPath = join(dir, 'chat_template.jinja');
@@ -64,12 +67,14 @@ export function loadTokenizer(dir: string): TextTokenizer {
   const tokenString = (key: string): string | undefined => {
     const v = config[key];
     if (typeof v === 'string') return v;
-    if (v !== null && typeof v === 'object' && typeof (v as { content?: unknown }).content === 'string') return (v as { content: string }).content;
+    if (v !== null && typeof v === 'object' && typeof (v as { content?: unknown }).content === 'string')
+      return (v as { content: string }).content;
     return undefined;
   };
   const model = json['model'] as { vocab?: Record<string, number> | unknown[] } | undefined;
   const added = (json['added_tokens'] as { id: number; special?: boolean }[] | undefined) ?? [];
-  const baseVocab = model?.vocab === undefined ? 0 : Array.isArray(model.vocab) ? model.vocab.length : Object.keys(model.vocab).length;
+  const baseVocab =
+    model?.vocab === undefined ? 0 : Array.isArray(model.vocab) ? model.vocab.length : Object.keys(model.vocab).length;
   const vocabSize = Math.max(baseVocab, ...added.map((a) => a.id + 1));
   const specialTokenIds = new Set(added.filter((a) => a.special === true).map((a) => a.id));
 
@@ -78,10 +83,17 @@ export function loadTokenizer(dir: string): TextTokenizer {
     hasChatTemplate: template !== undefined,
     specialTokenIds,
     encode: (text, options) => hf.encode(text, { add_special_tokens: options?.addSpecialTokens ?? true }).ids,
-    decode: (ids, options) => ids.length === 0 ? '' : hf.decode(ids as number[], { skip_special_tokens: options?.skipSpecialTokens ?? false, clean_up_tokenization_spaces: false }),
+    decode: (ids, options) =>
+      ids.length === 0
+        ? ''
+        : hf.decode(ids as number[], {
+            skip_special_tokens: options?.skipSpecialTokens ?? false,
+            clean_up_tokenization_spaces: false,
+          }),
     tokenToId: (token) => hf.token_to_id(token),
     applyChatTemplate: (messages) => {
-      if (template === undefined) throw new InvalidRequestError('this model has no chat template: send a plain prompt instead of chat messages');
+      if (template === undefined)
+        throw new InvalidRequestError('this model has no chat template: send a plain prompt instead of chat messages');
       return template.render({
         messages,
         add_generation_prompt: true,

@@ -6,7 +6,12 @@
 import type { Engine } from '../../src/engine/engine.js';
 import type { GenerateRequest } from '../../src/contract.js';
 
-export async function describeDivergence(reference: Engine, request: GenerateRequest, expected: readonly number[], actual: readonly number[]): Promise<string> {
+export async function describeDivergence(
+  reference: Engine,
+  request: GenerateRequest,
+  expected: readonly number[],
+  actual: readonly number[],
+): Promise<string> {
   let at = 0;
   while (at < expected.length && at < actual.length && expected[at] === actual[at]) at++;
   if (at === expected.length && at === actual.length) return 'outputs are identical';

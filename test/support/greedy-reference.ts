@@ -97,7 +97,9 @@ export async function topTwoGaps(engine: Engine, prompt: string, tokens: readonl
   }
 }
 
-export type Comparison = { kind: 'identical' } | { kind: 'near-tie' | 'regression'; at: number; gap: number; message: string };
+export type Comparison =
+  | { kind: 'identical' }
+  | { kind: 'near-tie' | 'regression'; at: number; gap: number; message: string };
 
 /** Where `actual` leaves the reference, and whether the reference was at a near-tie there. */
 export function compareWithReference(expected: ReferenceCase, actual: readonly number[]): Comparison {

@@ -7,7 +7,12 @@ import { SILENT_LOGGER } from '../../src/log.js';
 import type { GenerationTelemetry } from '../../src/telemetry/generation-telemetry.js';
 import { type ClientSecurity, TextGenerationClient } from '../../src/transport/grpc/client.js';
 import type { GenerateChunkMsg } from '../../src/transport/grpc/messages.js';
-import { DEFAULT_GRPC_SERVER_OPTIONS, type GrpcServerOptions, type RunningGrpcServer, startGrpcServer } from '../../src/transport/grpc/server.js';
+import {
+  DEFAULT_GRPC_SERVER_OPTIONS,
+  type GrpcServerOptions,
+  type RunningGrpcServer,
+  startGrpcServer,
+} from '../../src/transport/grpc/server.js';
 import { WorkerEngine } from '../../src/engine/worker-engine.js';
 import { defaultEngine, defaultModelDir, TEST_FORWARD_COST } from './default-model.js';
 
@@ -27,7 +32,11 @@ let sharedWorker: Promise<WorkerEngine> | undefined;
 /** One engine worker per test file, as `anpd serve` runs it (fixed forward cost for reproducible drafts). */
 export function defaultWorkerEngine(): Promise<WorkerEngine> {
   sharedWorker ??= defaultModelDir().then((dir) =>
-    WorkerEngine.create(dir, { executionProvider: 'cpu', intraOpThreads: 0, kvCapacity: 2048 }, { forwardCost: { mode: 'fixed', table: TEST_FORWARD_COST } }),
+    WorkerEngine.create(
+      dir,
+      { executionProvider: 'cpu', intraOpThreads: 0, kvCapacity: 2048 },
+      { forwardCost: { mode: 'fixed', table: TEST_FORWARD_COST } },
+    ),
   );
   return sharedWorker;
 }
@@ -54,7 +63,8 @@ export async function startTestServer(
     apiKeys?: readonly string[];
   } = {},
 ): Promise<TestServer> {
-  const engine = options.engine ?? (options.backend === 'in-process' ? await defaultEngine() : await defaultWorkerEngine());
+  const engine =
+    options.engine ?? (options.backend === 'in-process' ? await defaultEngine() : await defaultWorkerEngine());
   const service = new InferenceService({
     engine,
     ...(options.replicas !== undefined ? { replicas: options.replicas } : {}),
@@ -68,8 +78,15 @@ export async function startTestServer(
       ...DEFAULT_GRPC_SERVER_OPTIONS,
       host: '127.0.0.1',
       port: 0,
-      ...(options.maxReceiveMessageBytes !== undefined ? { maxReceiveMessageBytes: options.maxReceiveMessageBytes } : {}),
-      ...(options.maxConnectionAgeMs !== undefined ? { maxConnectionAgeMs: options.maxConnectionAgeMs, maxConnectionAgeGraceMs: options.maxConnectionAgeGraceMs ?? 60_000 } : {}),
+      ...(options.maxReceiveMessageBytes !== undefined
+        ? { maxReceiveMessageBytes: options.maxReceiveMessageBytes }
+        : {}),
+      ...(options.maxConnectionAgeMs !== undefined
+        ? {
+            maxConnectionAgeMs: options.maxConnectionAgeMs,
+            maxConnectionAgeGraceMs: options.maxConnectionAgeGraceMs ?? 60_000,
+          }
+        : {}),
       ...(options.tls !== undefined ? { tls: options.tls } : {}),
       ...(options.apiKeys !== undefined ? { apiKeys: options.apiKeys } : {}),
     },
@@ -111,7 +128,11 @@ export interface CollectedStream {
 }
 
 export function joinChunks(chunks: readonly GenerateChunkMsg[]): CollectedStream {
-  return { text: chunks.map((c) => c.text).join(''), tokenIds: chunks.flatMap((c) => [...c.token_ids]), chunks: [...chunks] };
+  return {
+    text: chunks.map((c) => c.text).join(''),
+    tokenIds: chunks.flatMap((c) => [...c.token_ids]),
+    chunks: [...chunks],
+  };
 }
 
 /** Every chunk of a server stream, in order. */

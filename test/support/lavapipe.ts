@@ -27,14 +27,41 @@ const PINNED: Record<string, string> = {
  * unpacked too so a machine without them (no X, no LLVM) still loads the driver.
  */
 const LIBRARIES = [
-  'libvulkan1', 'libllvm15', 'libedit2', 'libbsd0', 'libmd0', 'libffi8', 'libtinfo6', 'libxml2', 'libicu72', 'libz3-4',
-  'libelf1', 'libexpat1', 'libzstd1', 'liblzma5', 'libwayland-client0', 'libx11-6', 'libx11-xcb1', 'libxcb1', 'libxau6',
-  'libxdmcp6', 'libxcb-dri3-0', 'libxcb-present0', 'libxcb-randr0', 'libxcb-shm0', 'libxcb-sync1', 'libxcb-xfixes0', 'libxshmfence1',
+  'libvulkan1',
+  'libllvm15',
+  'libedit2',
+  'libbsd0',
+  'libmd0',
+  'libffi8',
+  'libtinfo6',
+  'libxml2',
+  'libicu72',
+  'libz3-4',
+  'libelf1',
+  'libexpat1',
+  'libzstd1',
+  'liblzma5',
+  'libwayland-client0',
+  'libx11-6',
+  'libx11-xcb1',
+  'libxcb1',
+  'libxau6',
+  'libxdmcp6',
+  'libxcb-dri3-0',
+  'libxcb-present0',
+  'libxcb-randr0',
+  'libxcb-shm0',
+  'libxcb-sync1',
+  'libxcb-xfixes0',
+  'libxshmfence1',
 ];
-const SOURCES = 'deb http://deb.debian.org/debian bookworm main\ndeb http://deb.debian.org/debian bookworm-backports main\n';
+const SOURCES =
+  'deb http://deb.debian.org/debian bookworm main\ndeb http://deb.debian.org/debian bookworm-backports main\n';
 
 /** `versions`: the Mesa and libdrm packages unpacked (name=version), as recorded when fetched. */
-export type Lavapipe = { ok: true; env: Record<string, string>; fetchedMs: number; versions: string[] } | { ok: false; reason: string };
+export type Lavapipe =
+  | { ok: true; env: Record<string, string>; fetchedMs: number; versions: string[] }
+  | { ok: false; reason: string };
 
 function hasCommand(name: string): boolean {
   try {
@@ -55,29 +82,56 @@ export function ensureLavapipe(): Lavapipe {
   const env = { LD_LIBRARY_PATH: libDir, VK_ICD_FILENAMES: icd };
   const done = join(base, 'done');
   if (existsSync(done)) return { ok: true, env, fetchedMs: 0, versions: readFileSync(done, 'utf8').trim().split('\n') };
-  if (process.platform !== 'linux' || process.arch !== 'x64') return { ok: false, reason: `lavapipe packages are for linux x64, not ${process.platform} ${process.arch}` };
-  for (const tool of ['apt-get', 'apt-cache', 'dpkg-deb']) if (!hasCommand(tool)) return { ok: false, reason: `${tool} not found (lavapipe comes from Debian bookworm-backports)` };
+  if (process.platform !== 'linux' || process.arch !== 'x64')
+    return { ok: false, reason: `lavapipe packages are for linux x64, not ${process.platform} ${process.arch}` };
+  for (const tool of ['apt-get', 'apt-cache', 'dpkg-deb'])
+    if (!hasCommand(tool))
+      return { ok: false, reason: `${tool} not found (lavapipe comes from Debian bookworm-backports)` };
   rmSync(base, { recursive: true, force: true });
   const apt = join(base, 'apt');
   const debs = join(base, 'debs');
-  for (const dir of [join(apt, 'lists', 'partial'), join(apt, 'cache', 'archives', 'partial'), debs, root]) mkdirSync(dir, { recursive: true });
+  for (const dir of [join(apt, 'lists', 'partial'), join(apt, 'cache', 'archives', 'partial'), debs, root])
+    mkdirSync(dir, { recursive: true });
   writeFileSync(join(apt, 'sources.list'), SOURCES);
   const aptOptions = [
-    '-o', `Dir::Etc::SourceList=${join(apt, 'sources.list')}`, '-o', 'Dir::Etc::SourceParts=/dev/null',
-    '-o', `Dir::State::Lists=${join(apt, 'lists')}`, '-o', `Dir::Cache=${join(apt, 'cache')}`,
-    '-o', 'Debug::NoLocking=1', '-o', 'APT::Sandbox::User=root', '-qq',
+    '-o',
+    `Dir::Etc::SourceList=${join(apt, 'sources.list')}`,
+    '-o',
+    'Dir::Etc::SourceParts=/dev/null',
+    '-o',
+    `Dir::State::Lists=${join(apt, 'lists')}`,
+    '-o',
+    `Dir::Cache=${join(apt, 'cache')}`,
+    '-o',
+    'Debug::NoLocking=1',
+    '-o',
+    'APT::Sandbox::User=root',
+    '-qq',
   ];
   let versions: string[];
   try {
     execFileSync('apt-get', [...aptOptions, 'update'], { stdio: ['ignore', 'ignore', 'pipe'], timeout: 120_000 });
     versions = Object.entries(PINNED).map(([name, pinned]) => `${name}=${servedVersion(aptOptions, name, pinned)}`);
-    execFileSync('apt-get', [...aptOptions, 'download', ...versions, ...LIBRARIES], { cwd: debs, stdio: ['ignore', 'ignore', 'pipe'], timeout: 120_000 });
+    execFileSync('apt-get', [...aptOptions, 'download', ...versions, ...LIBRARIES], {
+      cwd: debs,
+      stdio: ['ignore', 'ignore', 'pipe'],
+      timeout: 120_000,
+    });
   } catch (error) {
-    const stderr = String((error as { stderr?: Buffer }).stderr ?? '').trim().split('\n').slice(-3).join(' | ');
-    return { ok: false, reason: `apt could not fetch lavapipe from bookworm-backports: ${stderr || (error as Error).message}` };
+    const stderr = String((error as { stderr?: Buffer }).stderr ?? '')
+      .trim()
+      .split('\n')
+      .slice(-3)
+      .join(' | ');
+    return {
+      ok: false,
+      reason: `apt could not fetch lavapipe from bookworm-backports: ${stderr || (error as Error).message}`,
+    };
   }
   for (const deb of readdirSync(debs)) execFileSync('dpkg-deb', ['-x', join(debs, deb), root]);
-  const manifest = JSON.parse(readFileSync(join(root, 'usr', 'share', 'vulkan', 'icd.d', 'lvp_icd.json'), 'utf8')) as { ICD: { library_path: string } };
+  const manifest = JSON.parse(readFileSync(join(root, 'usr', 'share', 'vulkan', 'icd.d', 'lvp_icd.json'), 'utf8')) as {
+    ICD: { library_path: string };
+  };
   manifest.ICD.library_path = join(libDir, 'libvulkan_lvp.so');
   writeFileSync(icd, JSON.stringify(manifest));
   rmSync(debs, { recursive: true, force: true });
@@ -88,12 +142,16 @@ export function ensureLavapipe(): Lavapipe {
 
 /** The pinned version if the archive still serves it, else the newest bookworm-backports one. */
 function servedVersion(aptOptions: readonly string[], name: string, pinned: string): string {
-  const rows = execFileSync('apt-cache', [...aptOptions, 'madison', name], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] })
+  const rows = execFileSync('apt-cache', [...aptOptions, 'madison', name], {
+    encoding: 'utf8',
+    stdio: ['ignore', 'pipe', 'pipe'],
+  })
     .split('\n')
     .map((line) => line.split('|').map((cell) => cell.trim()))
     .filter((cells) => cells.length >= 3);
   if (rows.some((cells) => cells[1] === pinned)) return pinned;
   const backport = rows.find((cells) => cells[2]!.includes('bookworm-backports'));
-  if (backport === undefined) throw new Error(`${name}: neither ${pinned} nor any bookworm-backports version is served`);
+  if (backport === undefined)
+    throw new Error(`${name}: neither ${pinned} nor any bookworm-backports version is served`);
   return backport[1]!;
 }

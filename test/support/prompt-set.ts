@@ -10,7 +10,8 @@ export interface PromptCase {
 
 export const CATEGORIES = ['summarization', 'code-editing', 'document-qa', 'open-chat'] as const;
 
-const load = (path: string): PromptCase[] => JSON.parse(readFileSync(join(projectRoot(), path), 'utf8')) as PromptCase[];
+const load = (path: string): PromptCase[] =>
+  JSON.parse(readFileSync(join(projectRoot(), path), 'utf8')) as PromptCase[];
 
 export function exactnessPrompts(): PromptCase[] {
   return [...CATEGORIES.flatMap((c) => load(`bench/prompts/${c}.json`)), ...load('test/fixtures/exactness-extra.json')];

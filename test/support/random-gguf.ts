@@ -24,14 +24,37 @@ export interface RandomLlamaShape {
 }
 
 /** Bytes per block, elements per block, and fp16 fields the generator fixes: [byte offset, half bits]. */
-const BLOCKS: Partial<Record<GgmlType, { bytes: number; elements: number; halves: readonly (readonly [number, number])[] }>> = {
+const BLOCKS: Partial<
+  Record<GgmlType, { bytes: number; elements: number; halves: readonly (readonly [number, number])[] }>
+> = {
   // Magnitudes chosen so that weights stay within about ±0.25 (a few layers keep activations finite).
   [GgmlType.Q4_0]: { bytes: 18, elements: 32, halves: [[0, 0x2266]] }, // 0.0125 · (q − 8)
   [GgmlType.Q5_0]: { bytes: 22, elements: 32, halves: [[0, 0x2000]] }, // 2^-7 · (q − 16)
-  [GgmlType.Q5_1]: { bytes: 24, elements: 32, halves: [[0, 0x2000], [2, 0xafae]] }, // 2^-7 · q − 0.12
+  [GgmlType.Q5_1]: {
+    bytes: 24,
+    elements: 32,
+    halves: [
+      [0, 0x2000],
+      [2, 0xafae],
+    ],
+  }, // 2^-7 · q − 0.12
   [GgmlType.Q8_0]: { bytes: 34, elements: 32, halves: [[0, 0x1c00]] }, // 2^-8 · q
-  [GgmlType.Q4_K]: { bytes: 144, elements: 256, halves: [[0, 0x0c00], [2, 0x0c00]] }, // 2^-12 · sc · q − 2^-12 · m
-  [GgmlType.Q5_K]: { bytes: 176, elements: 256, halves: [[0, 0x0800], [2, 0x0800]] }, // 2^-13 · sc · q − 2^-13 · m
+  [GgmlType.Q4_K]: {
+    bytes: 144,
+    elements: 256,
+    halves: [
+      [0, 0x0c00],
+      [2, 0x0c00],
+    ],
+  }, // 2^-12 · sc · q − 2^-12 · m
+  [GgmlType.Q5_K]: {
+    bytes: 176,
+    elements: 256,
+    halves: [
+      [0, 0x0800],
+      [2, 0x0800],
+    ],
+  }, // 2^-13 · sc · q − 2^-13 · m
   [GgmlType.Q6_K]: { bytes: 210, elements: 256, halves: [[208, 0x0400]] }, // 2^-16 · sc · (q − 32)
 };
 
@@ -77,7 +100,8 @@ function toMeta(key: string, value: GgufValue): MetaValue | undefined {
   if (typeof value === 'string') return { str: value };
   if (typeof value === 'boolean') return { bool: value };
   if (typeof value === 'bigint') return { u32: Number(value) };
-  if (typeof value === 'number') return Number.isInteger(value) && !/eps|freq|scale/.test(key) ? { u32: value } : { f32: value };
+  if (typeof value === 'number')
+    return Number.isInteger(value) && !/eps|freq|scale/.test(key) ? { u32: value } : { f32: value };
   if (Array.isArray(value)) {
     if (value.every((v) => typeof v === 'string')) return { strs: value as string[] };
     if (value.every((v) => typeof v === 'number')) return { i32s: value as number[] };
@@ -89,13 +113,19 @@ function toMeta(key: string, value: GgufValue): MetaValue | undefined {
  * A llama GGUF of the given shape; `typeOf(tensor name)` picks each matrix's ggml type (norms are
  * F32). The vocabulary and tokenizer come from `tokenizerFrom`.
  */
-export function randomLlamaGguf(tokenizerFrom: GgufFile, shape: RandomLlamaShape, typeOf: (name: string) => GgmlType, seed = 1): Buffer {
+export function randomLlamaGguf(
+  tokenizerFrom: GgufFile,
+  shape: RandomLlamaShape,
+  typeOf: (name: string) => GgmlType,
+  seed = 1,
+): Buffer {
   const { layers, hidden, ffn, heads, kvHeads } = shape;
   const arch = shape.architecture ?? 'llama';
   const headDim = shape.headDim ?? hidden / heads;
   const meta: Record<string, MetaValue> = {};
   for (const [key, value] of tokenizerFrom.metadata) {
-    if (key.startsWith(`${String(tokenizerFrom.metadata.get('general.architecture'))}.`) || key.startsWith('general.')) continue;
+    if (key.startsWith(`${String(tokenizerFrom.metadata.get('general.architecture'))}.`) || key.startsWith('general.'))
+      continue;
     const m = toMeta(key, value);
     if (m !== undefined) meta[key] = m;
   }
@@ -116,7 +146,8 @@ export function randomLlamaGguf(tokenizerFrom: GgufFile, shape: RandomLlamaShape
     [`${arch}.attention.layer_norm_rms_epsilon`]: { f32: 1e-5 },
     [`${arch}.vocab_size`]: { u32: vocab },
   } satisfies Record<string, MetaValue>);
-  if (arch === 'gemma3' && shape.slidingWindow !== undefined) meta[`${arch}.attention.sliding_window`] = { u32: shape.slidingWindow };
+  if (arch === 'gemma3' && shape.slidingWindow !== undefined)
+    meta[`${arch}.attention.sliding_window`] = { u32: shape.slidingWindow };
   let next = seed;
   const nextSeed = () => (next++ * 2654435761) >>> 0;
   const matrix = (name: string, k: number, n: number): TensorSpec => {
@@ -125,7 +156,12 @@ export function randomLlamaGguf(tokenizerFrom: GgufFile, shape: RandomLlamaShape
   };
   const norm = (name: string): TensorSpec => ({ name, dims: [hidden], type: GgmlType.F32, data: ones(hidden) });
   // The newer architectures' extra vectors get varied values, so a misplaced one shows.
-  const vector = (name: string, n: number, lo: number, hi: number): TensorSpec => ({ name, dims: [n], type: GgmlType.F32, data: uniform(n, lo, hi, nextSeed()) });
+  const vector = (name: string, n: number, lo: number, hi: number): TensorSpec => ({
+    name,
+    dims: [n],
+    type: GgmlType.F32,
+    data: uniform(n, lo, hi, nextSeed()),
+  });
   const tensors: TensorSpec[] = [matrix('token_embd.weight', hidden, vocab), norm('output_norm.weight')];
   if (shape.ropeFreqs === true) tensors.push(vector('rope_freqs.weight', headDim / 2, 1, 8));
   for (let l = 0; l < layers; l++) {
@@ -142,13 +178,23 @@ export function randomLlamaGguf(tokenizerFrom: GgufFile, shape: RandomLlamaShape
       matrix(`${p}.ffn_down.weight`, ffn, hidden),
     );
     if (arch === 'qwen2') {
-      tensors.push(vector(`${p}.attn_q.bias`, heads * headDim, -0.5, 0.5), vector(`${p}.attn_k.bias`, kvHeads * headDim, -0.5, 0.5), vector(`${p}.attn_v.bias`, kvHeads * headDim, -0.5, 0.5));
+      tensors.push(
+        vector(`${p}.attn_q.bias`, heads * headDim, -0.5, 0.5),
+        vector(`${p}.attn_k.bias`, kvHeads * headDim, -0.5, 0.5),
+        vector(`${p}.attn_v.bias`, kvHeads * headDim, -0.5, 0.5),
+      );
     }
     if (arch === 'qwen3' || arch === 'gemma3') {
-      tensors.push(vector(`${p}.attn_q_norm.weight`, headDim, 0.5, 1.5), vector(`${p}.attn_k_norm.weight`, headDim, 0.5, 1.5));
+      tensors.push(
+        vector(`${p}.attn_q_norm.weight`, headDim, 0.5, 1.5),
+        vector(`${p}.attn_k_norm.weight`, headDim, 0.5, 1.5),
+      );
     }
     if (arch === 'gemma3') {
-      tensors.push(vector(`${p}.post_attention_norm.weight`, hidden, 0.5, 1.5), vector(`${p}.post_ffw_norm.weight`, hidden, 0.5, 1.5));
+      tensors.push(
+        vector(`${p}.post_attention_norm.weight`, hidden, 0.5, 1.5),
+        vector(`${p}.post_ffw_norm.weight`, hidden, 0.5, 1.5),
+      );
     }
   }
   return writeGguf(meta, tensors);

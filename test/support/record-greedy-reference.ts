@@ -27,7 +27,8 @@ const MAX_NEW_TOKENS = 96;
 
 const { values } = parseArgs({ options: { provider: { type: 'string', default: 'cpu' } } });
 const provider = values.provider;
-if (provider !== 'cpu' && provider !== 'cpu-native-attention' && provider !== 'webgpu') throw new Error(`--provider must be cpu, cpu-native-attention or webgpu, not ${provider}`);
+if (provider !== 'cpu' && provider !== 'cpu-native-attention' && provider !== 'webgpu')
+  throw new Error(`--provider must be cpu, cpu-native-attention or webgpu, not ${provider}`);
 
 function cpuFlags(): string[] {
   const info = readFileSync('/proc/cpuinfo', 'utf8');
@@ -36,17 +37,32 @@ function cpuFlags(): string[] {
 }
 
 const modelDir = await ensureDefaultModel();
-const manifest = JSON.parse(readFileSync(join(modelDir, 'anpd-model.json'), 'utf8')) as { converterVersion: number; weights: string; norms: string };
-const ortVersion = (JSON.parse(readFileSync(join(projectRoot(), 'node_modules', 'onnxruntime-node', 'package.json'), 'utf8')) as { version: string }).version;
+const manifest = JSON.parse(readFileSync(join(modelDir, 'anpd-model.json'), 'utf8')) as {
+  converterVersion: number;
+  weights: string;
+  norms: string;
+};
+const ortVersion = (
+  JSON.parse(readFileSync(join(projectRoot(), 'node_modules', 'onnxruntime-node', 'package.json'), 'utf8')) as {
+    version: string;
+  }
+).version;
 const provenance = {
   producedBy: `npm run build && node dist/test/support/record-greedy-reference.js --provider ${provider}`,
   date: new Date().toISOString().slice(0, 10),
-  model: { gguf: DEFAULT_MODEL.ggufSha256, convertedAs: basename(modelDir), converterVersion: manifest.converterVersion, weights: manifest.weights, norms: manifest.norms },
+  model: {
+    gguf: DEFAULT_MODEL.ggufSha256,
+    convertedAs: basename(modelDir),
+    converterVersion: manifest.converterVersion,
+    weights: manifest.weights,
+    norms: manifest.norms,
+  },
   onnxruntimeNode: ortVersion,
   node: process.version,
   cpu: { model: cpus()[0]?.model ?? 'unknown', cores: cpus().length, flags: cpuFlags() },
   decoding: 'plain greedy (speculation off), chat template applied, stops at EOS',
-  regenerate: 'Only with a converter or runtime change that moves outputs on purpose, explained in the note on the issue that makes it; never to make a failing test pass.',
+  regenerate:
+    'Only with a converter or runtime change that moves outputs on purpose, explained in the note on the issue that makes it; never to make a failing test pass.',
 };
 
 const cases: ReferenceCase[] = [];
@@ -54,7 +70,13 @@ if (provider !== 'webgpu') {
   const engine = await cpuEngine(provider === 'cpu' ? 'onnxruntime' : 'native');
   for (const p of exactnessPrompts()) {
     const { tokens } = await generateOnce(engine, p.prompt, NO_SPECULATION, MAX_NEW_TOKENS);
-    cases.push({ id: p.id, promptSha256: sha256(p.prompt), maxNewTokens: MAX_NEW_TOKENS, tokens, gaps: await topTwoGaps(engine, p.prompt, tokens) });
+    cases.push({
+      id: p.id,
+      promptSha256: sha256(p.prompt),
+      maxNewTokens: MAX_NEW_TOKENS,
+      tokens,
+      gaps: await topTwoGaps(engine, p.prompt, tokens),
+    });
     process.stderr.write(`${p.id}: ${tokens.length} tokens\n`);
   }
   await engine.dispose();
@@ -64,13 +86,25 @@ if (provider !== 'webgpu') {
   const child = await runWebgpuChild(lavapipe.env, WEBGPU_PROMPTS);
   child.results.forEach((r, i) => {
     const p = WEBGPU_PROMPTS[i]!;
-    cases.push({ id: p.id, promptSha256: sha256(p.text), maxNewTokens: p.maxNewTokens, tokens: r.plain, gaps: r.plainGaps });
+    cases.push({
+      id: p.id,
+      promptSha256: sha256(p.text),
+      maxNewTokens: p.maxNewTokens,
+      tokens: r.plain,
+      gaps: r.plainGaps,
+    });
   });
-  Object.assign(provenance, { device: 'WebGPU execution provider on Mesa lavapipe (Vulkan on the CPU), run as test/webgpu-lavapipe.test.ts runs it', lavapipe: lavapipe.versions });
+  Object.assign(provenance, {
+    device:
+      'WebGPU execution provider on Mesa lavapipe (Vulkan on the CPU), run as test/webgpu-lavapipe.test.ts runs it',
+    lavapipe: lavapipe.versions,
+  });
 }
 const reference: GreedyReference = { provenance, cases };
 // One case per line: diffs of a re-recorded reference show which prompts moved.
 const casesJson = reference.cases.map((c) => `  ${JSON.stringify(c)}`).join(',\n');
-writeFileSync(join(projectRoot(), REFERENCE_FILES[provider]), `{\n "provenance": ${JSON.stringify(reference.provenance)},\n "cases": [\n${casesJson}\n ]\n}\n`);
+writeFileSync(
+  join(projectRoot(), REFERENCE_FILES[provider]),
+  `{\n "provenance": ${JSON.stringify(reference.provenance)},\n "cases": [\n${casesJson}\n ]\n}\n`,
+);
 process.stderr.write(`wrote ${REFERENCE_FILES[provider]} (${cases.length} cases)\n`);
-

@@ -14,11 +14,20 @@ import { dequantize, dequantizeNBits, toNBits, toNBitsParts } from '../../src/co
 interface Layer {
   attnNorm: Float32Array;
   ffnNorm: Float32Array;
-  q: Float32Array; k: Float32Array; v: Float32Array; o: Float32Array;
-  gate: Float32Array; up: Float32Array; down: Float32Array;
-  qBias: Float32Array | undefined; kBias: Float32Array | undefined; vBias: Float32Array | undefined;
-  qNorm: Float32Array | undefined; kNorm: Float32Array | undefined;
-  postAttnNorm: Float32Array | undefined; postFfnNorm: Float32Array | undefined;
+  q: Float32Array;
+  k: Float32Array;
+  v: Float32Array;
+  o: Float32Array;
+  gate: Float32Array;
+  up: Float32Array;
+  down: Float32Array;
+  qBias: Float32Array | undefined;
+  kBias: Float32Array | undefined;
+  vBias: Float32Array | undefined;
+  qNorm: Float32Array | undefined;
+  kNorm: Float32Array | undefined;
+  postAttnNorm: Float32Array | undefined;
+  postFfnNorm: Float32Array | undefined;
 }
 
 function matvec(w: Float32Array, rows: number, cols: number, x: Float32Array): Float32Array {
@@ -67,20 +76,34 @@ export class ReferenceLlama {
     const optional = (n: string) => (file.tensors.has(n) ? dequantize(file, t(n)) : undefined);
     const exact = weights === 'exact';
     const nbits = (n: string) => (exact ? dequantize(file, t(n)) : dequantizeNBits(toNBits(file, t(n))));
-    const fused = (names: string[]) => (exact ? names.map((n) => dequantize(file, t(n))) : toNBitsParts(file, names.map(t)).map(dequantizeNBits));
+    const fused = (names: string[]) =>
+      exact ? names.map((n) => dequantize(file, t(n))) : toNBitsParts(file, names.map(t)).map(dequantizeNBits);
     const count = layerCount ?? this.hp.layers;
     for (let l = 0; l < count; l++) {
       const p = `blk.${l}`;
-      const [q, k, v] = fused([`${p}.attn_q.weight`, `${p}.attn_k.weight`, `${p}.attn_v.weight`]) as [Float32Array, Float32Array, Float32Array];
+      const [q, k, v] = fused([`${p}.attn_q.weight`, `${p}.attn_k.weight`, `${p}.attn_v.weight`]) as [
+        Float32Array,
+        Float32Array,
+        Float32Array,
+      ];
       const [gate, up] = fused([`${p}.ffn_gate.weight`, `${p}.ffn_up.weight`]) as [Float32Array, Float32Array];
       this.layers.push({
         attnNorm: dequantize(file, t(`${p}.attn_norm.weight`)),
         ffnNorm: dequantize(file, t(`${p}.ffn_norm.weight`)),
-        q, k, v, o: nbits(`${p}.attn_output.weight`),
-        gate, up, down: nbits(`${p}.ffn_down.weight`),
-        qBias: optional(`${p}.attn_q.bias`), kBias: optional(`${p}.attn_k.bias`), vBias: optional(`${p}.attn_v.bias`),
-        qNorm: optional(`${p}.attn_q_norm.weight`), kNorm: optional(`${p}.attn_k_norm.weight`),
-        postAttnNorm: optional(`${p}.post_attention_norm.weight`), postFfnNorm: optional(`${p}.post_ffw_norm.weight`),
+        q,
+        k,
+        v,
+        o: nbits(`${p}.attn_output.weight`),
+        gate,
+        up,
+        down: nbits(`${p}.ffn_down.weight`),
+        qBias: optional(`${p}.attn_q.bias`),
+        kBias: optional(`${p}.attn_k.bias`),
+        vBias: optional(`${p}.attn_v.bias`),
+        qNorm: optional(`${p}.attn_q_norm.weight`),
+        kNorm: optional(`${p}.attn_k_norm.weight`),
+        postAttnNorm: optional(`${p}.post_attention_norm.weight`),
+        postFfnNorm: optional(`${p}.post_ffw_norm.weight`),
       });
       this.keys.push([]);
       this.values.push([]);
@@ -98,10 +121,12 @@ export class ReferenceLlama {
     for (let h = 0; h < heads; h++) {
       for (let i = 0; i < d / 2; i++) {
         const angle = ((pos / scale) * theta ** ((-2 * i) / d)) / (this.hp.ropeFreqFactors?.[i] ?? 1);
-        const c = Math.cos(angle), s = Math.sin(angle);
+        const c = Math.cos(angle),
+          s = Math.sin(angle);
         const a = this.hp.ropeInterleaved ? h * d + 2 * i : h * d + i;
         const b = this.hp.ropeInterleaved ? a + 1 : a + d / 2;
-        const x0 = x[a]!, x1 = x[b]!;
+        const x0 = x[a]!,
+          x1 = x[b]!;
         x[a] = x0 * c - x1 * s;
         x[b] = x0 * s + x1 * c;
       }
@@ -148,7 +173,8 @@ export class ReferenceLlama {
         const e = scores.map((s) => Math.exp(s - m));
         const z = e.reduce((a, b) => a + b, 0);
         this.values[l]!.slice(first).forEach((vp, j) => {
-          for (let i = 0; i < headDim; i++) attn[hh * headDim + i] = attn[hh * headDim + i]! + (e[j]! / z) * vp[kvh * headDim + i]!;
+          for (let i = 0; i < headDim; i++)
+            attn[hh * headDim + i] = attn[hh * headDim + i]! + (e[j]! / z) * vp[kvh * headDim + i]!;
         });
       }
       let o = matvec(L.o, hidden, heads * headDim, attn);

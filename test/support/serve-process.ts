@@ -17,7 +17,9 @@ export function listeningPort(child: ChildProcess, logs: string[], timeoutMs = 1
         // not a log record (a runtime's own warnings)
       }
     });
-    child.once('exit', (code) => reject(new Error(`the server exited with ${code} before listening:\n${logs.join('\n')}`)));
+    child.once('exit', (code) =>
+      reject(new Error(`the server exited with ${code} before listening:\n${logs.join('\n')}`)),
+    );
     setTimeout(() => reject(new Error(`not listening after ${timeoutMs} ms:\n${logs.join('\n')}`)), timeoutMs).unref();
   });
 }

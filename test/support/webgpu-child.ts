@@ -41,13 +41,17 @@ const sessions: ort.InferenceSession[] = [];
     cpuFallbackDisabled: extra?.session?.['disable_cpu_ep_fallback'] === '1',
   });
   const profiled = sessions.length === 0;
-  const session = await create(path, profiled ? { ...options, enableProfiling: true, profileFilePrefix: join(profileDir, 'ort') } : options);
+  const session = await create(
+    path,
+    profiled ? { ...options, enableProfiling: true, profileFilePrefix: join(profileDir, 'ort') } : options,
+  );
   sessions.push(session);
   const run = session.run.bind(session) as (...args: unknown[]) => Promise<ort.InferenceSession.ReturnType>;
   (session as unknown as { run: typeof run }).run = async (...args) => {
     const results = await run(...args);
     for (const [name, tensor] of Object.entries(results)) {
-      if (name.startsWith('present')) observed.kvOutputsByLocation[tensor.location] = (observed.kvOutputsByLocation[tensor.location] ?? 0) + 1;
+      if (name.startsWith('present'))
+        observed.kvOutputsByLocation[tensor.location] = (observed.kvOutputsByLocation[tensor.location] ?? 0) + 1;
     }
     return results;
   };
@@ -55,18 +59,31 @@ const sessions: ort.InferenceSession[] = [];
 };
 
 const loadStarted = performance.now();
-const engine = await createEngine(modelDir, { executionProvider: 'webgpu', intraOpThreads: 2, kvCapacity: 256 }, { forwardCost: { mode: 'fixed', table: FLAT_FORWARD_COST } });
+const engine = await createEngine(
+  modelDir,
+  { executionProvider: 'webgpu', intraOpThreads: 2, kvCapacity: 256 },
+  { forwardCost: { mode: 'fixed', table: FLAT_FORWARD_COST } },
+);
 const loadMs = performance.now() - loadStarted;
 const speculation: SpeculationOptions = { ...DEFAULT_SPECULATION, draftLength: 'fixed' };
 const results = [];
 for (const prompt of prompts) {
   const plain = await generateOnce(engine, prompt.text, NO_SPECULATION, prompt.maxNewTokens);
   const anpd = await generateOnce(engine, prompt.text, speculation, prompt.maxNewTokens);
-  results.push({ plain: plain.tokens, plainGaps: await topTwoGaps(engine, prompt.text, plain.tokens), anpd: anpd.tokens, anpdFinal: anpd.final });
+  results.push({
+    plain: plain.tokens,
+    plainGaps: await topTwoGaps(engine, prompt.text, plain.tokens),
+    anpd: anpd.tokens,
+    anpdFinal: anpd.final,
+  });
 }
 sessions[0]!.endProfiling();
 for (const file of readdirSync(profileDir)) {
-  const events = JSON.parse(readFileSync(join(profileDir, file), 'utf8')) as { cat: string; name: string; args?: { provider?: string } }[];
+  const events = JSON.parse(readFileSync(join(profileDir, file), 'utf8')) as {
+    cat: string;
+    name: string;
+    args?: { provider?: string };
+  }[];
   for (const e of events) {
     if (e.cat !== 'Node' || !e.name.endsWith('_kernel_time')) continue;
     const provider = e.args?.provider ?? 'unknown';
@@ -77,9 +94,22 @@ rmSync(profileDir, { recursive: true, force: true });
 await engine.dispose();
 let batched: { plain: number[][]; anpd: number[][]; forwards: ForwardCounts } | undefined;
 if (batchModelDir !== undefined) {
-  const batching = await createEngine(modelDir, { executionProvider: 'webgpu', intraOpThreads: 2, kvCapacity: 256, batchModelDir }, { forwardCost: { mode: 'fixed', table: FLAT_FORWARD_COST } });
-  const runs = await Promise.all(prompts.flatMap((p) => [generateOnce(batching, p.text, NO_SPECULATION, p.maxNewTokens), generateOnce(batching, p.text, speculation, p.maxNewTokens)]));
-  batched = { plain: runs.filter((_, i) => i % 2 === 0).map((r) => r.tokens), anpd: runs.filter((_, i) => i % 2 === 1).map((r) => r.tokens), forwards: batching.model.batchExecutor!.counts };
+  const batching = await createEngine(
+    modelDir,
+    { executionProvider: 'webgpu', intraOpThreads: 2, kvCapacity: 256, batchModelDir },
+    { forwardCost: { mode: 'fixed', table: FLAT_FORWARD_COST } },
+  );
+  const runs = await Promise.all(
+    prompts.flatMap((p) => [
+      generateOnce(batching, p.text, NO_SPECULATION, p.maxNewTokens),
+      generateOnce(batching, p.text, speculation, p.maxNewTokens),
+    ]),
+  );
+  batched = {
+    plain: runs.filter((_, i) => i % 2 === 0).map((r) => r.tokens),
+    anpd: runs.filter((_, i) => i % 2 === 1).map((r) => r.tokens),
+    forwards: batching.model.batchExecutor!.counts,
+  };
   await batching.dispose();
 }
 // Disabled CPU fallback must turn a node webgpu has no kernel for (Det) into a load error, and
@@ -87,15 +117,33 @@ if (batchModelDir !== undefined) {
 (ort.InferenceSession as unknown as { create: Create }).create = create; // the probe's sessions are not the engine's
 const probeDir = mkdtempSync(join(tmpdir(), 'anpd-webgpu-probe-'));
 const probePath = join(probeDir, 'det.onnx');
-writeFileSync(probePath, Buffer.concat(encodeModel({
-  graph: { name: 'det', nodes: [{ op: 'Det', inputs: ['x'], outputs: ['y'] }], inputs: [{ name: 'x', type: OnnxDataType.FLOAT, shape: [2, 2] }], outputs: [{ name: 'y', type: OnnxDataType.FLOAT, shape: [] }], initializers: [] },
-  opsets: [{ domain: '', version: 17 }],
-  producerName: 'webgpu-child',
-  producerVersion: '1',
-})));
+writeFileSync(
+  probePath,
+  Buffer.concat(
+    encodeModel({
+      graph: {
+        name: 'det',
+        nodes: [{ op: 'Det', inputs: ['x'], outputs: ['y'] }],
+        inputs: [{ name: 'x', type: OnnxDataType.FLOAT, shape: [2, 2] }],
+        outputs: [{ name: 'y', type: OnnxDataType.FLOAT, shape: [] }],
+        initializers: [],
+      },
+      opsets: [{ domain: '', version: 17 }],
+      producerName: 'webgpu-child',
+      producerVersion: '1',
+    }),
+  ),
+);
 const tryLoad = async (allowCpuFallback: boolean): Promise<string> => {
   try {
-    await (await createOrtSession(probePath, { executionProvider: 'webgpu', intraOpThreads: 1, kvCapacity: 1, experimental: { allowCpuFallback } })).release();
+    await (
+      await createOrtSession(probePath, {
+        executionProvider: 'webgpu',
+        intraOpThreads: 1,
+        kvCapacity: 1,
+        experimental: { allowCpuFallback },
+      })
+    ).release();
     return 'loaded';
   } catch (error) {
     return `${(error as Error).name}: ${(error as Error).message}`;
@@ -103,4 +151,6 @@ const tryLoad = async (allowCpuFallback: boolean): Promise<string> => {
 };
 const fallbackProbe = { disabled: await tryLoad(false), allowed: await tryLoad(true) };
 rmSync(probeDir, { recursive: true, force: true });
-process.stdout.write(`${JSON.stringify({ provider: engine.info.executionProvider, loadMs, results, batched, ort: observed, fallbackProbe })}\n`);
+process.stdout.write(
+  `${JSON.stringify({ provider: engine.info.executionProvider, loadMs, results, batched, ort: observed, fallbackProbe })}\n`,
+);

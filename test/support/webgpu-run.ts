@@ -43,16 +43,28 @@ export interface ChildOutput {
   provider: string;
   loadMs: number;
   results: { plain: number[]; plainGaps: number[]; anpd: number[]; anpdFinal: GenerationFinal }[];
-  batched: { plain: number[][]; anpd: number[][]; forwards: { alone: number; batched: number; batchedSequences: number } };
+  batched: {
+    plain: number[][];
+    anpd: number[][];
+    forwards: { alone: number; batched: number; batchedSequences: number };
+  };
   ort: OrtObservations;
   /** Loading a graph with a node webgpu lacks (Det): 'loaded' or the error, with CPU fallback disabled and allowed. */
   fallbackProbe: { disabled: string; allowed: string };
 }
 
-export async function runWebgpuChild(vulkanEnv: Record<string, string>, prompts: readonly WebgpuPrompt[]): Promise<ChildOutput> {
+export async function runWebgpuChild(
+  vulkanEnv: Record<string, string>,
+  prompts: readonly WebgpuPrompt[],
+): Promise<ChildOutput> {
   const { stdout } = await promisify(execFile)(
     process.execPath,
-    [join(projectRoot(), 'dist', 'test', 'support', 'webgpu-child.js'), await ensureDefaultModel(), JSON.stringify(prompts), await ensureDefaultModel({ ...DEFAULT_GRAPH_OPTIONS, slots: 4 })],
+    [
+      join(projectRoot(), 'dist', 'test', 'support', 'webgpu-child.js'),
+      await ensureDefaultModel(),
+      JSON.stringify(prompts),
+      await ensureDefaultModel({ ...DEFAULT_GRAPH_OPTIONS, slots: 4 }),
+    ],
     { env: { ...process.env, ...vulkanEnv }, timeout: CHILD_TIMEOUT_MS, maxBuffer: 16 << 20 },
   );
   return JSON.parse(stdout.trim().split('\n').at(-1)!) as ChildOutput;

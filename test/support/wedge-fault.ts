@@ -43,7 +43,10 @@ class WedgingSequence implements DecoderSequence {
             return sequence.forwardGreedy!(tokens, rows);
           };
     this.copyPrefixFrom =
-      sequence.copyPrefixFrom === undefined ? undefined : (source, length) => sequence.copyPrefixFrom!(source instanceof WedgingSequence ? source.sequence : source, length);
+      sequence.copyPrefixFrom === undefined
+        ? undefined
+        : (source, length) =>
+            sequence.copyPrefixFrom!(source instanceof WedgingSequence ? source.sequence : source, length);
     this.forward = async (tokens, logitsRows) => {
       await maybeWedge(wedgeFile);
       return sequence.forward(tokens, logitsRows);
@@ -83,4 +86,3 @@ export function wedgingModel(model: DecoderModel, wedgeFile: string): DecoderMod
     dispose: () => model.dispose(),
   };
 }
-

@@ -6,5 +6,6 @@ import { startEngineWorker } from '../../src/engine/engine-worker.js';
 import { WEDGE_FILE_ENV, wedgingModel } from './wedge-fault.js';
 
 const wedgeFile = process.env[WEDGE_FILE_ENV];
-if (wedgeFile === undefined || wedgeFile === '') throw new Error(`${WEDGE_FILE_ENV} is not set: the test that starts this worker names the wedge file`);
+if (wedgeFile === undefined || wedgeFile === '')
+  throw new Error(`${WEDGE_FILE_ENV} is not set: the test that starts this worker names the wedge file`);
 startEngineWorker((model) => wedgingModel(model, wedgeFile));

@@ -21,7 +21,11 @@ import { toGrpcStatus } from './status.js';
  * token, and reflection only describes the API. Everything else, including any service added
  * later, needs the key.
  */
-export const OPEN_SERVICES: readonly string[] = ['grpc.health.v1.Health', 'grpc.reflection.v1.ServerReflection', 'grpc.reflection.v1alpha.ServerReflection'];
+export const OPEN_SERVICES: readonly string[] = [
+  'grpc.health.v1.Health',
+  'grpc.reflection.v1.ServerReflection',
+  'grpc.reflection.v1alpha.ServerReflection',
+];
 
 function serviceOf(path: string): string {
   // '/package.Service/Method'
@@ -48,7 +52,11 @@ export class BearerTokenCheck {
     const values = metadata.get('authorization');
     const header = values.length === 1 && typeof values[0] === 'string' ? values[0] : undefined;
     if (header === undefined) {
-      return new UnauthenticatedError(values.length > 1 ? 'send one authorization header, not several' : 'a bearer token is required: send the metadata "authorization: Bearer <key>"');
+      return new UnauthenticatedError(
+        values.length > 1
+          ? 'send one authorization header, not several'
+          : 'a bearer token is required: send the metadata "authorization: Bearer <key>"',
+      );
     }
     const match = /^Bearer +(\S+)\s*$/i.exec(header);
     if (match === null) return new UnauthenticatedError('the authorization metadata must be "Bearer <key>"');
@@ -60,7 +68,10 @@ export class BearerTokenCheck {
 }
 
 /** A grpc-js server interceptor that answers UNAUTHENTICATED before the handler sees the call. */
-export function bearerTokenInterceptor(keys: readonly string[], open: readonly string[] = OPEN_SERVICES): ServerInterceptor {
+export function bearerTokenInterceptor(
+  keys: readonly string[],
+  open: readonly string[] = OPEN_SERVICES,
+): ServerInterceptor {
   const tokens = new BearerTokenCheck(keys);
   const openServices = new Set(open);
   return (method: ServerMethodDefinition<unknown, unknown>, call: ServerInterceptingCallInterface) => {

@@ -44,7 +44,13 @@ export class BidiCall {
   /** Call status for the RPC span: set where the call ends. */
   private endStatus: number = GrpcStatus.CANCELLED;
 
-  constructor(call: BidiStream, scope: BidiRpcScope, generations: GenerationAdapter, logger: Logger, drainSignal: AbortSignal) {
+  constructor(
+    call: BidiStream,
+    scope: BidiRpcScope,
+    generations: GenerationAdapter,
+    logger: Logger,
+    drainSignal: AbortSignal,
+  ) {
     this.call = call;
     this.scope = scope;
     this.generations = generations;
@@ -123,7 +129,9 @@ export class BidiCall {
   private async sendError(requestId: string, error: unknown): Promise<void> {
     const mapped = toGrpcStatus(error);
     if (mapped.internal) this.logger.error('generation failed', { requestId, error });
-    await this.writer.write({ error: { request_id: requestId, code: mapped.code, message: mapped.details, reason: mapped.reason } });
+    await this.writer.write({
+      error: { request_id: requestId, code: mapped.code, message: mapped.details, reason: mapped.reason },
+    });
   }
 
   /** Ends the call once nothing is in flight and the client half-closed or the server drains. */
@@ -136,7 +144,11 @@ export class BidiCall {
     } else if (this.drainSignal.aborted) {
       if (this.writer.open) this.endStatus = GrpcStatus.UNAVAILABLE;
       this.finish();
-      if (this.writer.open) this.call.emit('error', { code: GrpcStatus.UNAVAILABLE, details: 'server is shutting down; reconnect elsewhere' });
+      if (this.writer.open)
+        this.call.emit('error', {
+          code: GrpcStatus.UNAVAILABLE,
+          details: 'server is shutting down; reconnect elsewhere',
+        });
     }
   }
 
@@ -144,7 +156,8 @@ export class BidiCall {
     if (this.ended) return;
     this.ended = true;
     this.drainSignal.removeEventListener('abort', this.onDraining);
-    if (this.endStatus === GrpcStatus.CANCELLED && this.scope.signal.reason instanceof DeadlineExceededError) this.endStatus = GrpcStatus.DEADLINE_EXCEEDED;
+    if (this.endStatus === GrpcStatus.CANCELLED && this.scope.signal.reason instanceof DeadlineExceededError)
+      this.endStatus = GrpcStatus.DEADLINE_EXCEEDED;
     this.scope.end(this.endStatus);
   }
 }

@@ -31,7 +31,8 @@ const TIMER_MS_MAX = 2 ** 31 - 1;
 export function createCallContext(call: GrpcCallLike): CallContext {
   const controller = new AbortController();
   const abortCancelled = () => {
-    if (!controller.signal.aborted) controller.abort(new CancelledError(new Error('the client cancelled the call or disconnected')));
+    if (!controller.signal.aborted)
+      controller.abort(new CancelledError(new Error('the client cancelled the call or disconnected')));
   };
   call.on('cancelled', abortCancelled);
   call.on('close', abortCancelled);
@@ -42,7 +43,8 @@ export function createCallContext(call: GrpcCallLike): CallContext {
     const remainingMs = Math.max(0, deadlineMs - Date.now());
     if (remainingMs < TIMER_MS_MAX) {
       timer = setTimeout(() => {
-        if (!controller.signal.aborted) controller.abort(new DeadlineExceededError('the call deadline passed before the generation finished'));
+        if (!controller.signal.aborted)
+          controller.abort(new DeadlineExceededError('the call deadline passed before the generation finished'));
       }, remainingMs);
       timer.unref();
     }

@@ -25,11 +25,20 @@ import type {
 } from './messages.js';
 import { loadProtos } from './proto.js';
 
-type UnaryMethod<Req, Res> = (request: Req, metadata: Metadata, options: CallOptions, callback: (error: ServiceError | null, response: Res) => void) => void;
+type UnaryMethod<Req, Res> = (
+  request: Req,
+  metadata: Metadata,
+  options: CallOptions,
+  callback: (error: ServiceError | null, response: Res) => void,
+) => void;
 
 interface RawTextGenerationClient {
   Generate: UnaryMethod<GenerateRequestMsg, GenerateResponseMsg>;
-  GenerateStream(request: GenerateRequestMsg, metadata: Metadata, options: CallOptions): ClientReadableStream<GenerateChunkMsg>;
+  GenerateStream(
+    request: GenerateRequestMsg,
+    metadata: Metadata,
+    options: CallOptions,
+  ): ClientReadableStream<GenerateChunkMsg>;
   GenerateBidi(metadata: Metadata, options: CallOptions): ClientDuplexStream<BidiClientMsg, BidiServerMsg>;
   Tokenize: UnaryMethod<TokenizeRequestMsg, { token_count: number; token_ids: number[]; tokens: string[] }>;
   ModelInfo: UnaryMethod<{ model?: string }, ModelInfoResponseMsg>;
@@ -76,9 +85,17 @@ function callOptions(settings: CallSettings | undefined): CallOptions {
   return settings?.deadlineMs !== undefined ? { deadline: Date.now() + settings.deadlineMs } : {};
 }
 
-function unary<Req, Res>(method: UnaryMethod<Req, Res>, self: unknown, request: Req, settings: CallSettings | undefined, metadata = new Metadata()): Promise<Res> {
+function unary<Req, Res>(
+  method: UnaryMethod<Req, Res>,
+  self: unknown,
+  request: Req,
+  settings: CallSettings | undefined,
+  metadata = new Metadata(),
+): Promise<Res> {
   return new Promise((resolve, reject) => {
-    method.call(self, request, metadata, callOptions(settings), (error, response) => (error ? reject(error) : resolve(response)));
+    method.call(self, request, metadata, callOptions(settings), (error, response) =>
+      error ? reject(error) : resolve(response),
+    );
   });
 }
 
@@ -94,10 +111,18 @@ export class TextGenerationClient {
   constructor(address: string, channelOptions: ChannelOptions = {}, security: ClientSecurity = {}) {
     const { clientConstructor, packageDefinition } = loadProtos();
     const options = { ...channelOptions, ...securityChannelOptions(security) };
-    this.raw = new clientConstructor(address, channelCredentials(security), options) as unknown as RawTextGenerationClient;
+    this.raw = new clientConstructor(
+      address,
+      channelCredentials(security),
+      options,
+    ) as unknown as RawTextGenerationClient;
     const grpcObject = loadPackageDefinition(packageDefinition);
     const health = ((grpcObject['grpc'] as GrpcObject)['health'] as GrpcObject)['v1'] as GrpcObject;
-    this.healthClient = new (health['Health'] as ServiceClientConstructor)(address, channelCredentials(security), securityChannelOptions(security)) as unknown as RawHealthClient;
+    this.healthClient = new (health['Health'] as ServiceClientConstructor)(
+      address,
+      channelCredentials(security),
+      securityChannelOptions(security),
+    ) as unknown as RawHealthClient;
     this.apiKey = security.apiKey;
   }
 
@@ -123,7 +148,10 @@ export class TextGenerationClient {
     return this.raw.GenerateBidi(this.metadata(), callOptions(settings));
   }
 
-  tokenize(request: TokenizeRequestMsg, settings?: CallSettings): Promise<{ token_count: number; token_ids: number[]; tokens: string[] }> {
+  tokenize(
+    request: TokenizeRequestMsg,
+    settings?: CallSettings,
+  ): Promise<{ token_count: number; token_ids: number[]; tokens: string[] }> {
     return unary(this.raw.Tokenize, this.raw, request, settings, this.metadata());
   }
 

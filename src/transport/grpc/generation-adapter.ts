@@ -58,11 +58,20 @@ export class GenerationAdapter {
     const sink = open(parsed);
     const texts = (ids: readonly number[]) => this.service.decodeTokens(model, ids);
     const meta = { method: call.method, requestId, model: this.service.modelName, request, stream: call.stream };
-    const events = observeGeneration(this.telemetry, this.service.generate(model, request, call.signal), meta, call.parent, call.signal);
+    const events = observeGeneration(
+      this.telemetry,
+      this.service.generate(model, request, call.signal),
+      meta,
+      call.parent,
+      call.signal,
+    );
     let seq = 0;
     try {
       for await (const event of events) {
-        const chunk = event.type === 'delta' ? deltaChunk(requestId, seq++, event, texts) : finalChunk(requestId, seq++, toFinalInfo(event, seed));
+        const chunk =
+          event.type === 'delta'
+            ? deltaChunk(requestId, seq++, event, texts)
+            : finalChunk(requestId, seq++, toFinalInfo(event, seed));
         if (!(await sink.write(chunk))) return;
       }
     } catch (error) {

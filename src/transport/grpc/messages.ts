@@ -4,7 +4,13 @@
  * only the wire can get wrong (missing prompt, unknown role, huge seed) lives here; the one
  * validator (engine/validate.ts) checks the values. Every message names the field.
  */
-import { DEFAULT_SPECULATION, type GenerateRequest as EngineRequest, type GenerationDelta, type Prompt, type SpeculationOptions } from '../../contract.js';
+import {
+  DEFAULT_SPECULATION,
+  type GenerateRequest as EngineRequest,
+  type GenerationDelta,
+  type Prompt,
+  type SpeculationOptions,
+} from '../../contract.js';
 import type { ServiceCancelledError, ServiceFinal, ServedModelInfo } from '../../engine/inference-service.js';
 import { InvalidRequestError } from '../../errors.js';
 import type { TokenLogprob } from '../../sampling/logprobs.js';
@@ -181,13 +187,15 @@ const UINT32_MAX = 0xffff_ffff;
 export function parseChatMessages(field: string, msg: { messages?: ChatMessageMsg[] } | undefined): ChatMessage[] {
   const list = msg?.messages ?? [];
   if (list.length === 0) throw new InvalidRequestError(`${field} must hold at least one message`);
-  if (list.length > CHAT_MESSAGES_MAX) throw new InvalidRequestError(`${field} holds ${list.length} messages; at most ${CHAT_MESSAGES_MAX}`);
+  if (list.length > CHAT_MESSAGES_MAX)
+    throw new InvalidRequestError(`${field} holds ${list.length} messages; at most ${CHAT_MESSAGES_MAX}`);
   return list.map((m, i) => {
     const role = m.role ?? '';
     if (!CHAT_ROLES.has(role)) {
       throw new InvalidRequestError(`${field}[${i}].role must be one of system, user, assistant; got "${role}"`);
     }
-    if (typeof m.content !== 'string' || m.content.length === 0) throw new InvalidRequestError(`${field}[${i}].content is empty`);
+    if (typeof m.content !== 'string' || m.content.length === 0)
+      throw new InvalidRequestError(`${field}[${i}].content is empty`);
     return { role, content: m.content };
   });
 }
@@ -222,13 +230,22 @@ function parseSampling(s: GenerateRequestMsg['sampling']): EngineSampling {
   const topP = s?.top_p ?? 1;
   const repetitionPenalty = s?.repetition_penalty ?? 1;
   // Ranges are checked by the one validator (engine/validate.ts), whose messages name the proto fields.
-  const sampling: EngineSampling = { temperature, topP, topK: s?.top_k ?? 0, repetitionPenalty, seed: foldSeed(s?.seed) };
+  const sampling: EngineSampling = {
+    temperature,
+    topP,
+    topK: s?.top_k ?? 0,
+    repetitionPenalty,
+    seed: foldSeed(s?.seed),
+  };
   // Optional knobs only when set, so the engine sees the plain parameters otherwise.
-  const extra: { -readonly [K in 'minP' | 'presencePenalty' | 'frequencyPenalty']?: number } & { logitBias?: [number, number][] } = {};
+  const extra: { -readonly [K in 'minP' | 'presencePenalty' | 'frequencyPenalty']?: number } & {
+    logitBias?: [number, number][];
+  } = {};
   if (s?.min_p !== undefined && s.min_p !== 0) extra.minP = s.min_p;
   if (s?.presence_penalty !== undefined && s.presence_penalty !== 0) extra.presencePenalty = s.presence_penalty;
   if (s?.frequency_penalty !== undefined && s.frequency_penalty !== 0) extra.frequencyPenalty = s.frequency_penalty;
-  if (s?.logit_bias !== undefined && s.logit_bias.length > 0) extra.logitBias = s.logit_bias.map((b) => [b.token_id ?? 0, b.bias ?? 0]);
+  if (s?.logit_bias !== undefined && s.logit_bias.length > 0)
+    extra.logitBias = s.logit_bias.map((b) => [b.token_id ?? 0, b.bias ?? 0]);
   return { ...sampling, ...extra };
 }
 
@@ -253,7 +270,8 @@ export interface ParsedGenerate {
 /** Wire request → engine request. max_new_tokens 0 stays 0: the service applies its default. */
 export function parseGenerateRequest(msg: GenerateRequestMsg): ParsedGenerate {
   const requestId = msg.request_id ?? '';
-  if (requestId.length > REQUEST_ID_CHARS_MAX) throw new InvalidRequestError(`request_id is longer than ${REQUEST_ID_CHARS_MAX} characters`);
+  if (requestId.length > REQUEST_ID_CHARS_MAX)
+    throw new InvalidRequestError(`request_id is longer than ${REQUEST_ID_CHARS_MAX} characters`);
   const stopping = msg.stopping;
   const stopTokenIds = stopping?.stop_token_ids ?? [];
   for (const id of stopTokenIds) {
@@ -277,7 +295,10 @@ export function parseGenerateRequest(msg: GenerateRequestMsg): ParsedGenerate {
   // top_logprobs > 0 or prompt imply enabled; the validator checks the range (the message names the field).
   const top = msg.logprobs?.top_logprobs ?? 0;
   const prompt = msg.logprobs?.prompt === true;
-  const withLogprobs = msg.logprobs?.enabled === true || top > 0 || prompt ? { ...request, logprobs: prompt ? { top, prompt } : { top } } : request;
+  const withLogprobs =
+    msg.logprobs?.enabled === true || top > 0 || prompt
+      ? { ...request, logprobs: prompt ? { top, prompt } : { top } }
+      : request;
   return { requestId, model: msg.model ?? '', request: withLogprobs, seed: msg.sampling?.seed || '0' };
 }
 
@@ -303,7 +324,12 @@ export function toLogprobMsgs(entries: readonly TokenLogprob[], texts: TokenText
 }
 
 /** A delta's chunk; its log-probabilities when it carries them. */
-export function deltaChunk(requestId: string, seq: number, delta: GenerationDelta, texts: TokenTexts): GenerateChunkMsg {
+export function deltaChunk(
+  requestId: string,
+  seq: number,
+  delta: GenerationDelta,
+  texts: TokenTexts,
+): GenerateChunkMsg {
   const chunk: GenerateChunkMsg = { request_id: requestId, seq, text: delta.text, token_ids: delta.tokenIds };
   if (delta.logprobs !== undefined) chunk.logprobs = toLogprobMsgs(delta.logprobs, texts);
   if (delta.index !== undefined) chunk.index = delta.index;
@@ -312,7 +338,13 @@ export function deltaChunk(requestId: string, seq: number, delta: GenerationDelt
 }
 
 /** A unary response from the per-sample outputs: the top level is sample 0's; all of them in `samples` when there are several. */
-export function toGenerateResponse(requestId: string, outputs: readonly SampleOutputMsg[], final: FinalInfoMsg, withLogprobs: boolean, promptLogprobs?: TokenLogprobMsg[]): GenerateResponseMsg {
+export function toGenerateResponse(
+  requestId: string,
+  outputs: readonly SampleOutputMsg[],
+  final: FinalInfoMsg,
+  withLogprobs: boolean,
+  promptLogprobs?: TokenLogprobMsg[],
+): GenerateResponseMsg {
   const first = outputs[0]!;
   const response: GenerateResponseMsg = { request_id: requestId, text: first.text, token_ids: first.token_ids, final };
   if (withLogprobs) response.logprobs = first.logprobs ?? [];
@@ -343,7 +375,11 @@ export function toFinalInfo(final: ServiceFinal, seed: string): FinalInfoMsg {
       index: s.index,
       finish_reason: FINISH_REASONS[s.finishReason],
       output_tokens: s.completionTokens,
-      speculation: { verify_steps: s.stats.rounds, draft_tokens: s.stats.draftTokensProposed, accepted_tokens: s.stats.draftTokensAccepted },
+      speculation: {
+        verify_steps: s.stats.rounds,
+        draft_tokens: s.stats.draftTokensProposed,
+        accepted_tokens: s.stats.draftTokensAccepted,
+      },
     }));
   }
   return info;
@@ -378,7 +414,10 @@ export function cancelledFinalInfo(cancelled: ServiceCancelledError, seed: strin
   };
 }
 
-export function toModelInfo(info: ServedModelInfo, pool: { maxActive: number; maxQueued: number }): ModelInfoResponseMsg {
+export function toModelInfo(
+  info: ServedModelInfo,
+  pool: { maxActive: number; maxQueued: number },
+): ModelInfoResponseMsg {
   return {
     model: info.name,
     architecture: info.architecture,

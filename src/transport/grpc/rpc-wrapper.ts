@@ -36,7 +36,11 @@ export interface BidiRpcScope extends RpcScope {
 /** Returns the response; a throw ends the call with the error's status. */
 export type UnaryRpcHandler<Req, Res> = (request: Req, scope: RpcScope) => Res | Promise<Res>;
 /** Writes through `writer`; returning ends the call OK (if it is still open), a throw with the error's status. */
-export type ServerStreamRpcHandler<Req, Res> = (request: Req, writer: CallWriter<Res>, scope: RpcScope) => Promise<void>;
+export type ServerStreamRpcHandler<Req, Res> = (
+  request: Req,
+  writer: CallWriter<Res>,
+  scope: RpcScope,
+) => Promise<void>;
 export type BidiRpcHandler<Req, Res> = (call: ServerDuplexStream<Req, Res>, scope: BidiRpcScope) => void;
 
 /** Fields for the "request failed" log line, from the request (e.g. its id). */
@@ -51,7 +55,11 @@ export class RpcWrapper {
     this.telemetry = telemetry;
   }
 
-  unary<Req, Res>(method: string, handler: UnaryRpcHandler<Req, Res>, logFields?: RpcLogFields<Req>): handleUnaryCall<Req, Res> {
+  unary<Req, Res>(
+    method: string,
+    handler: UnaryRpcHandler<Req, Res>,
+    logFields?: RpcLogFields<Req>,
+  ): handleUnaryCall<Req, Res> {
     return (call, callback) => {
       const scope = this.open(method, call);
       void (async () => {
@@ -69,7 +77,11 @@ export class RpcWrapper {
     };
   }
 
-  serverStream<Req, Res>(method: string, handler: ServerStreamRpcHandler<Req, Res>, logFields?: RpcLogFields<Req>): handleServerStreamingCall<Req, Res> {
+  serverStream<Req, Res>(
+    method: string,
+    handler: ServerStreamRpcHandler<Req, Res>,
+    logFields?: RpcLogFields<Req>,
+  ): handleServerStreamingCall<Req, Res> {
     return (call) => {
       const scope = this.open(method, call);
       const writer = new CallWriter<Res>(call, scope.signal);
@@ -104,13 +116,18 @@ export class RpcWrapper {
         if (ended) return;
         ended = true;
         context.dispose();
-        if (rpc !== undefined) this.telemetry?.endRpc(rpc.span, code, code === GrpcStatus.OK ? undefined : GrpcStatus[code]);
+        if (rpc !== undefined)
+          this.telemetry?.endRpc(rpc.span, code, code === GrpcStatus.OK ? undefined : GrpcStatus[code]);
       },
     };
   }
 
   /** The status a failed call ends with: an abort as its reason (cancel or deadline), anything else as itself. */
-  private failure(error: unknown, signal: AbortSignal, logFields: Record<string, unknown>): Partial<ServiceError> & { readonly code: GrpcStatus } {
+  private failure(
+    error: unknown,
+    signal: AbortSignal,
+    logFields: Record<string, unknown>,
+  ): Partial<ServiceError> & { readonly code: GrpcStatus } {
     const effective = effectiveError(error, signal);
     const mapped = toGrpcStatus(effective);
     if (mapped.internal) this.logger.error('request failed', { ...logFields, error: effective });

@@ -10,7 +10,11 @@ export interface ServerTls {
 
 export function serverCredentials(tls: ServerTls | undefined): ServerCredentials {
   if (tls === undefined) return ServerCredentials.createInsecure();
-  return ServerCredentials.createSsl(tls.clientCa ?? null, [{ cert_chain: tls.certChain, private_key: tls.privateKey }], tls.clientCa !== undefined);
+  return ServerCredentials.createSsl(
+    tls.clientCa ?? null,
+    [{ cert_chain: tls.certChain, private_key: tls.privateKey }],
+    tls.clientCa !== undefined,
+  );
 }
 
 /** For the log: 'off', 'on' or 'mutual'. */

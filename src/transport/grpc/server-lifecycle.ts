@@ -68,10 +68,13 @@ export class ServerLifecycle {
     // Every call has ended by now (or the grace is spent): GOAWAY lets the last statuses flush;
     // whatever is still open after a short wait is cut.
     await new Promise<void>((resolve) => {
-      const cut = setTimeout(() => {
-        server.forceShutdown();
-        resolve();
-      }, finished ? SHUTDOWN_FLUSH_MS : 0);
+      const cut = setTimeout(
+        () => {
+          server.forceShutdown();
+          resolve();
+        },
+        finished ? SHUTDOWN_FLUSH_MS : 0,
+      );
       server.tryShutdown(() => {
         clearTimeout(cut);
         resolve();

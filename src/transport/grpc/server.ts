@@ -63,14 +63,32 @@ export async function startGrpcServer(
   const protos = loadProtos();
   const server = new Server(serverOptions(options));
   const lifecycle = new ServerLifecycle(service, logger);
-  server.addService(protos.service, textGenerationHandlers({ service, logger, ...(telemetry !== undefined ? { telemetry } : {}), drainSignal: lifecycle.drainSignal }));
+  server.addService(
+    protos.service,
+    textGenerationHandlers({
+      service,
+      logger,
+      ...(telemetry !== undefined ? { telemetry } : {}),
+      drainSignal: lifecycle.drainSignal,
+    }),
+  );
   lifecycle.health.addToServer(server);
   new ReflectionService(protos.packageDefinition).addToServer(server);
 
   const port = await bind(server, options);
-  logger.info('gRPC server listening', { host: options.host, port, grpcService: SERVICE_NAME, model: service.modelName, tls: tlsMode(options.tls), apiKeys: options.apiKeys?.length ?? 0 });
+  logger.info('gRPC server listening', {
+    host: options.host,
+    port,
+    grpcService: SERVICE_NAME,
+    model: service.modelName,
+    tls: tlsMode(options.tls),
+    apiKeys: options.apiKeys?.length ?? 0,
+  });
   // A key over plaintext is readable on the wire unless a sidecar or tunnel encrypts the hop.
-  if (options.apiKeys !== undefined && options.tls === undefined) logger.warn('API keys are checked on a plaintext port: use --tls-cert/--tls-key unless a sidecar encrypts the connection');
+  if (options.apiKeys !== undefined && options.tls === undefined)
+    logger.warn(
+      'API keys are checked on a plaintext port: use --tls-cert/--tls-key unless a sidecar encrypts the connection',
+    );
   return { port, server, health: lifecycle.health, shutdown: (graceMs) => lifecycle.shutdown(server, graceMs) };
 }
 
@@ -82,7 +100,10 @@ function serverOptions(options: GrpcServerOptions): ServerOptions {
     'grpc.keepalive_time_ms': options.keepaliveTimeMs,
     'grpc.keepalive_timeout_ms': options.keepaliveTimeoutMs,
     ...(options.maxConnectionAgeMs
-      ? { 'grpc.max_connection_age_ms': options.maxConnectionAgeMs, 'grpc.max_connection_age_grace_ms': options.maxConnectionAgeGraceMs ?? 600_000 }
+      ? {
+          'grpc.max_connection_age_ms': options.maxConnectionAgeMs,
+          'grpc.max_connection_age_grace_ms': options.maxConnectionAgeGraceMs ?? 600_000,
+        }
       : {}),
     ...(options.apiKeys !== undefined ? { interceptors: [bearerTokenInterceptor(options.apiKeys)] } : {}),
   };

@@ -44,7 +44,8 @@ export interface MappedStatus {
 
 export function toGrpcStatus(error: unknown): MappedStatus {
   const mapping = error instanceof AnpdError ? STATUS_BY_ERROR_CODE[error.code] : INTERNAL;
-  const details = mapping.expose && error instanceof Error ? error.message : 'internal error while generating; see the server log';
+  const details =
+    mapping.expose && error instanceof Error ? error.message : 'internal error while generating; see the server log';
   return { code: mapping.code, details, reason: mapping.reason, internal: !mapping.expose };
 }
 
@@ -52,6 +53,7 @@ export function toGrpcStatus(error: unknown): MappedStatus {
 export function failureInfo(error: unknown): { errorType: string; outcome: 'cancelled' | 'error' | 'rejected' } {
   const mapped = toGrpcStatus(error);
   const errorType = GrpcStatus[mapped.code] ?? 'UNKNOWN';
-  if (mapped.code === GrpcStatus.CANCELLED || mapped.code === GrpcStatus.DEADLINE_EXCEEDED) return { errorType, outcome: 'cancelled' };
+  if (mapped.code === GrpcStatus.CANCELLED || mapped.code === GrpcStatus.DEADLINE_EXCEEDED)
+    return { errorType, outcome: 'cancelled' };
   return { errorType, outcome: mapped.internal ? 'error' : 'rejected' };
 }

@@ -35,12 +35,21 @@ export interface TextGenerationDeps {
   readonly drainSignal: AbortSignal;
 }
 
-export function textGenerationHandlers({ service, logger, telemetry, drainSignal }: TextGenerationDeps): UntypedServiceImplementation {
+export function textGenerationHandlers({
+  service,
+  logger,
+  telemetry,
+  drainSignal,
+}: TextGenerationDeps): UntypedServiceImplementation {
   const rpc = new RpcWrapper(logger, telemetry);
   const generations = new GenerationAdapter(service, telemetry);
   const requestId = (request: GenerateRequestMsg) => ({ requestId: request.request_id ?? '' });
   return {
-    Generate: rpc.unary<GenerateRequestMsg, GenerateResponseMsg>('Generate', (request, scope) => generate(generations, request, scope), requestId),
+    Generate: rpc.unary<GenerateRequestMsg, GenerateResponseMsg>(
+      'Generate',
+      (request, scope) => generate(generations, request, scope),
+      requestId,
+    ),
     GenerateStream: rpc.serverStream<GenerateRequestMsg, GenerateChunkMsg>(
       'GenerateStream',
       (request, writer, scope) => generateStream(generations, request, writer, scope),
@@ -50,37 +59,67 @@ export function textGenerationHandlers({ service, logger, telemetry, drainSignal
       new BidiCall(call, scope, generations, logger, drainSignal); // lives on the call's events
     }),
     Tokenize: rpc.unary<TokenizeRequestMsg, TokenizeResponseMsg>('Tokenize', (request) => tokenize(service, request)),
-    ModelInfo: rpc.unary<{ model?: string }, ModelInfoResponseMsg>('ModelInfo', (request) => toModelInfo(service.modelInfo(request.model ?? ''), service.pool)),
+    ModelInfo: rpc.unary<{ model?: string }, ModelInfoResponseMsg>('ModelInfo', (request) =>
+      toModelInfo(service.modelInfo(request.model ?? ''), service.pool),
+    ),
   };
 }
 
 /** Unary: the chunks folded into one response, one output per sample (the top level is sample 0's). */
-async function generate(generations: GenerationAdapter, request: GenerateRequestMsg, scope: RpcScope): Promise<GenerateResponseMsg> {
+async function generate(
+  generations: GenerationAdapter,
+  request: GenerateRequestMsg,
+  scope: RpcScope,
+): Promise<GenerateResponseMsg> {
   let response: GenerateResponseMsg | undefined;
-  await generations.run(request, { method: 'Generate', stream: false, signal: scope.signal, parent: scope.parent }, (parsed) => {
-    const outputs = Array.from({ length: parsed.request.n ?? 1 }, (_, index) => ({ index, text: '', token_ids: [] as number[], logprobs: [] as TokenLogprobMsg[] }));
-    let promptLogprobs: TokenLogprobMsg[] | undefined;
-    return {
-      write: (chunk) => {
-        if (chunk.final !== undefined) {
-          response = toGenerateResponse(parsed.requestId, outputs, chunk.final, parsed.request.logprobs !== undefined, promptLogprobs);
+  await generations.run(
+    request,
+    { method: 'Generate', stream: false, signal: scope.signal, parent: scope.parent },
+    (parsed) => {
+      const outputs = Array.from({ length: parsed.request.n ?? 1 }, (_, index) => ({
+        index,
+        text: '',
+        token_ids: [] as number[],
+        logprobs: [] as TokenLogprobMsg[],
+      }));
+      let promptLogprobs: TokenLogprobMsg[] | undefined;
+      return {
+        write: (chunk) => {
+          if (chunk.final !== undefined) {
+            response = toGenerateResponse(
+              parsed.requestId,
+              outputs,
+              chunk.final,
+              parsed.request.logprobs !== undefined,
+              promptLogprobs,
+            );
+            return true;
+          }
+          const out = outputs[chunk.index ?? 0]!;
+          out.text += chunk.text;
+          for (const id of chunk.token_ids) out.token_ids.push(id);
+          if (chunk.logprobs !== undefined) out.logprobs.push(...chunk.logprobs);
+          if (chunk.prompt_logprobs !== undefined) promptLogprobs = chunk.prompt_logprobs;
           return true;
-        }
-        const out = outputs[chunk.index ?? 0]!;
-        out.text += chunk.text;
-        for (const id of chunk.token_ids) out.token_ids.push(id);
-        if (chunk.logprobs !== undefined) out.logprobs.push(...chunk.logprobs);
-        if (chunk.prompt_logprobs !== undefined) promptLogprobs = chunk.prompt_logprobs;
-        return true;
-      },
-    };
-  });
+        },
+      };
+    },
+  );
   if (response === undefined) throw new Error('the generation ended without a final event');
   return response;
 }
 
-function generateStream(generations: GenerationAdapter, request: GenerateRequestMsg, writer: CallWriter<GenerateChunkMsg>, scope: RpcScope): Promise<void> {
-  return generations.run(request, { method: 'GenerateStream', stream: true, signal: scope.signal, parent: scope.parent }, () => writer);
+function generateStream(
+  generations: GenerationAdapter,
+  request: GenerateRequestMsg,
+  writer: CallWriter<GenerateChunkMsg>,
+  scope: RpcScope,
+): Promise<void> {
+  return generations.run(
+    request,
+    { method: 'GenerateStream', stream: true, signal: scope.signal, parent: scope.parent },
+    () => writer,
+  );
 }
 
 function tokenize(service: InferenceService, msg: TokenizeRequestMsg): TokenizeResponseMsg {

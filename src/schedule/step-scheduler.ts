@@ -7,10 +7,12 @@
  * - Budget: a member choosing its draft length sees the sum of the others' plans, scaled to the
  *   sequences that can share one forward with it (widest graph − 1), so it picks the length for the
  *   shared forward's throughput. Plans are a step old at worst; that is all a draft length needs.
- * - Step: the forwards submitted (the members' rounds, and prefill chunks) run together once every
- *   live member has submitted its forward, or at the next macrotask after the first submission, so
- *   a member paused by a slow consumer never holds up the others. Generations interleave on one
- *   thread: after a forward returns each resumes, drafts and submits in the same turn.
+ * - Step: the forwards submitted (the members' rounds, and prefill chunks) run together at the next
+ *   macrotask after the first submission. Generations interleave on one thread: after a forward
+ *   returns each resumes, drafts and submits in the same turn, so every ready member is in; a member
+ *   paused by a slow consumer never holds up the others; and the event loop turns between steps
+ *   (the CPU runner is synchronous: chained on microtasks, steps would starve cancels, flow-control
+ *   credits, deadlines and new requests for a whole generation).
  * - Shape: up to `widest` short forwards run as one forward of the narrowest batch graph that holds
  *   them (an idle place costs nearly what a busy one does); a lone forward, or a long one (prefill),
  *   runs on the single-sequence graph so it does not stall the decodes.
@@ -57,7 +59,6 @@ export function planStep<F extends Pick<StepForward, 'padded'>>(
 interface QueuedForward {
   readonly forward: StepForward;
   readonly padded: number;
-  readonly member: StepMember | undefined;
   resolve(logits: Float32Array): void;
   reject(error: unknown): void;
 }
@@ -67,15 +68,10 @@ export class StepScheduler implements StepSubmitter {
   readonly widthMax: number;
   private readonly executor: BatchExecutor | undefined;
   private members = 0;
-  /** Members with a forward in the queue (the next step's). */
-  private queuedMembers = 0;
-  /** The member whose forward is being submitted (set around its synchronous call into the sequence). */
-  private submitting: StepMember | undefined;
   private rows = 0;
   private tokens = 0;
   private queue: QueuedForward[] = [];
   private stepQueued = false;
-  private macrotaskQueued = false;
   private running = false;
 
   /** `executor`: the model's batch graphs (attached here: the model's sequences then submit through this scheduler). */
@@ -110,8 +106,6 @@ export class StepScheduler implements StepSubmitter {
     this.rows += rowsDelta;
     this.tokens += tokensDelta;
     this.members += membersDelta;
-    // A member that leaves may be the last one the step waited for.
-    if (membersDelta < 0) this.scheduleStep();
   }
 
   /** The others' share of the forward as seen by a member planning `ownRows` rows / `ownTokens` tokens; written into `out`. */
@@ -130,48 +124,18 @@ export class StepScheduler implements StepSubmitter {
     return out;
   }
 
-  /** @internal A member's forward: the step waits for it once it is queued. */
-  memberForward(
-    member: StepMember,
-    sequence: DecoderSequence,
-    tokens: ArrayLike<number>,
-    rows: number,
-  ): Promise<Float32Array> {
-    if (this.executor === undefined) return sequence.forward(tokens, rows);
-    // The sequence submits its (first) chunk synchronously: that submission is the member's.
-    this.submitting = member;
-    try {
-      return sequence.forward(tokens, rows);
-    } finally {
-      this.submitting = undefined;
-    }
-  }
-
   /** From the model's sequences (BatchExecutor.attach): one forward for the next step. */
   submit(forward: StepForward): Promise<Float32Array> {
-    const member = this.submitting;
-    this.submitting = undefined;
     return new Promise<Float32Array>((resolve, reject) => {
-      this.queue.push({ forward, padded: forward.padded, member, resolve, reject });
-      if (member !== undefined) this.queuedMembers++;
+      this.queue.push({ forward, padded: forward.padded, resolve, reject });
       this.scheduleStep();
     });
   }
 
   private scheduleStep(): void {
-    if (this.running || this.queue.length === 0) return;
-    if (this.members > 0 && this.queuedMembers >= this.members) {
-      if (this.stepQueued) return;
-      this.stepQueued = true;
-      queueMicrotask(() => void this.step());
-      return;
-    }
-    if (this.macrotaskQueued) return;
-    this.macrotaskQueued = true;
-    setImmediate(() => {
-      this.macrotaskQueued = false;
-      void this.step();
-    });
+    if (this.running || this.stepQueued || this.queue.length === 0) return;
+    this.stepQueued = true;
+    setImmediate(() => void this.step());
   }
 
   /** Runs what is queued: one step. Forwards never overlap (each sequence's KV is bound by the run). */
@@ -181,7 +145,6 @@ export class StepScheduler implements StepSubmitter {
     this.running = true;
     const work = this.queue;
     this.queue = [];
-    for (const q of work) if (q.member !== undefined) this.queuedMembers--;
     try {
       for (const group of planStep(work, this.executor!.widths)) {
         try {
@@ -229,9 +192,9 @@ export class StepMember {
     this.tokens = tokens;
   }
 
-  /** This member's forward (as DecoderSequence.forward), run in the next step. */
+  /** This member's forward (as DecoderSequence.forward): a batching model's sequence submits it to the next step. */
   forward(tokens: ArrayLike<number>, logitsRows: number): Promise<Float32Array> {
-    return this.scheduler.memberForward(this, this.sequence, tokens, logitsRows);
+    return this.sequence.forward(tokens, logitsRows);
   }
 
   /** Idempotent. */

@@ -214,7 +214,7 @@ class DeviceSequence implements DecoderSequence {
   }
 
   async forward(tokens: ArrayLike<number>, logitsRows: number): Promise<Float32Array> {
-    const { count, short } = this.advance(tokens, logitsRows);
+    const { count, short } = this.runChunks(tokens, logitsRows);
     const logits = this.logitsOf(logitsRows);
     // Short forwards computed every row: the wanted ones are the last `rows` real ones.
     const firstRow = short ? count - logitsRows : 0;
@@ -223,7 +223,7 @@ class DeviceSequence implements DecoderSequence {
   }
 
   private async greedy(tokens: ArrayLike<number>, rows: number): Promise<Int32Array> {
-    const { count, short } = this.advance(tokens, rows);
+    const { count, short } = this.runChunks(tokens, rows);
     const firstRow = short ? count - rows : 0;
     let read = this.argmaxReadByRows.get(rows);
     let ids = this.argmaxIdsByRows.get(rows);
@@ -239,7 +239,7 @@ class DeviceSequence implements DecoderSequence {
   }
 
   /** Validates and runs a forward; the last chunk's outputs are left on the device. */
-  private advance(tokens: ArrayLike<number>, logitsRows: number): { count: number; short: boolean } {
+  private runChunks(tokens: ArrayLike<number>, logitsRows: number): { count: number; short: boolean } {
     if (this.disposed) throw new Error('sequence is disposed');
     const t = tokens.length;
     const lastStart = checkForward(t, logitsRows, this.kvLength, this.capacity, FORWARD_TOKENS_MAX);

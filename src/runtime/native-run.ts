@@ -30,7 +30,7 @@ export interface DeviceBuffer {
 }
 
 /** ONNX TensorProto element types of the tensors our graphs take and give. */
-const ELEMENT_TYPES: Readonly<Record<string, number>> = {
+export const ONNX_TYPES: Readonly<Record<string, number>> = {
   float32: 1,
   uint8: 2,
   int8: 3,
@@ -130,8 +130,6 @@ export interface DeviceValue {
   dims: readonly number[];
   readonly type: number;
 }
-
-export const ONNX_TYPES = ELEMENT_TYPES;
 
 /**
  * A session whose forwards read and write device memory in place (native/device.c): on ORT's CUDA
@@ -246,7 +244,7 @@ function fill(
   let i = 0;
   for (const name in tensors) {
     const tensor = tensors[name]!;
-    const type = ELEMENT_TYPES[tensor.type];
+    const type = ONNX_TYPES[tensor.type];
     if (type === undefined)
       throw new TypeError(`native run: tensor ${name} has type ${tensor.type}, which the addon does not take`);
     names[i] = name;

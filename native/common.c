@@ -99,3 +99,8 @@ size_t typedarray_element_bytes(napi_typedarray_type type) {
     default: return 8;
   }
 }
+
+void *device_buffer_ptr(const DeviceBuffer *b) {
+  if (b->parent == NULL) return b->ptr;
+  return b->parent->ptr == NULL ? NULL : (char *)b->parent->ptr + b->parent_offset;
+}

@@ -38,13 +38,23 @@ typedef struct Session {
   void (*release_device)(struct Session *s);
 } Session;
 
-/* Memory a session's runs read and write in place: a KV cache, an input or output on the device. */
-typedef struct {
+/*
+ * Memory a session's runs read and write in place: a KV cache, an input or output on the device.
+ * A view (deviceView) is a byte range of another buffer: it frees nothing, holds a reference to its
+ * parent (which outlives it), and is usable while the parent is not freed.
+ */
+typedef struct DeviceBuffer {
   void *ptr;
   size_t bytes;
   int cuda;
   uint64_t owner;
+  struct DeviceBuffer *parent; /* views only */
+  size_t parent_offset;        /* views only: ptr = parent->ptr + parent_offset */
+  napi_ref parent_ref;         /* views only: keeps the parent from being collected first */
 } DeviceBuffer;
+
+/* The buffer's memory now: NULL once it (or, for a view, its parent) was freed. */
+void *device_buffer_ptr(const DeviceBuffer *b);
 
 #define CHECK_NAPI(call, what) \
   do { if ((call) != napi_ok) return throw_message(env, what); } while (0)

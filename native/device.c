@@ -11,7 +11,10 @@
  *   cudaDeviceCount() -> CUDA devices here (throws naming what is missing: the runtime, the driver)
  *   createCudaSession(path, intraOpThreads, deviceId, cudaGraph) -> session
  *   deviceAlloc(session, bytes) -> buffer (zeroed)     freeDevice(buffer): frees it now
+ *   deviceView(buffer, byteOffset, bytes) -> a buffer over that range of `buffer` (one sequence's KV
+ *     rows in a batch's slab: the same memory bound either way; freeing the parent invalidates it)
  *   deviceWrite(session, buffer, byteOffset, typedArray) / deviceRead(session, buffer, byteOffset, typedArray)
+ *   deviceCopy(session, to, toOffset, from, fromOffset, bytes): device to device (a prompt's KV to another sequence)
  *     ordered on the session's stream, done when they return
  */
 #include <dlfcn.h>
@@ -47,7 +50,7 @@ static struct {
   cuda_device_count_fn device_count;
 } cuda;
 
-enum { CUDA_MEMCPY_HOST_TO_DEVICE = 1, CUDA_MEMCPY_DEVICE_TO_HOST = 2, CUDA_STREAM_NON_BLOCKING = 1 };
+enum { CUDA_MEMCPY_HOST_TO_DEVICE = 1, CUDA_MEMCPY_DEVICE_TO_HOST = 2, CUDA_MEMCPY_DEVICE_TO_DEVICE = 3, CUDA_STREAM_NON_BLOCKING = 1 };
 
 /* Once per process (engine replicas may be worker threads): NULL, or what is missing. */
 static pthread_once_t cuda_once = PTHREAD_ONCE_INIT;
@@ -191,9 +194,11 @@ static napi_value cuda_device_count(napi_env env, napi_callback_info info) {
 }
 
 static void release_device_buffer(napi_env env, void *data, void *hint) {
-  (void)env; (void)hint;
+  (void)hint;
   DeviceBuffer *b = data;
-  if (b->ptr != NULL) {
+  if (b->parent != NULL) {
+    if (b->parent_ref != NULL) napi_delete_reference(env, b->parent_ref);
+  } else if (b->ptr != NULL) {
     if (b->cuda) cuda.free(b->ptr);
     else free(b->ptr);
   }
@@ -203,8 +208,47 @@ static void release_device_buffer(napi_env env, void *data, void *hint) {
 static DeviceBuffer *buffer_of(napi_env env, napi_value value) {
   DeviceBuffer *b = tagged_external(env, value, &DEVICE_BUFFER_TAG);
   if (b == NULL) napi_throw_type_error(env, NULL, "not a device buffer");
-  else if (b->ptr == NULL) napi_throw_error(env, NULL, "the device buffer was freed");
-  return b == NULL || b->ptr == NULL ? NULL : b;
+  else if (device_buffer_ptr(b) == NULL) napi_throw_error(env, NULL, "the device buffer was freed");
+  return b == NULL || device_buffer_ptr(b) == NULL ? NULL : b;
+}
+
+static napi_value wrap_buffer(napi_env env, DeviceBuffer *b, const char *what) {
+  napi_value external;
+  if (napi_create_external(env, b, release_device_buffer, NULL, &external) != napi_ok) {
+    release_device_buffer(env, b, NULL);
+    return throw_message(env, what);
+  }
+  CHECK_NAPI(napi_type_tag_object(env, external, &DEVICE_BUFFER_TAG), what);
+  return external;
+}
+
+/* deviceView(buffer, byteOffset, bytes): a buffer over [byteOffset, byteOffset + bytes) of `buffer`. */
+static napi_value device_view(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  CHECK_NAPI(napi_get_cb_info(env, info, &argc, argv, NULL, NULL), "deviceView: bad arguments");
+  if (argc < 3) return throw_message(env, "deviceView(buffer, byteOffset, bytes)");
+  DeviceBuffer *parent = buffer_of(env, argv[0]);
+  if (parent == NULL) return NULL;
+  if (parent->parent != NULL) return throw_message(env, "deviceView: a view of a view (take the range of the parent)");
+  int64_t offset, bytes;
+  CHECK_NAPI(napi_get_value_int64(env, argv[1], &offset), "deviceView: byteOffset must be a number");
+  CHECK_NAPI(napi_get_value_int64(env, argv[2], &bytes), "deviceView: bytes must be a number");
+  if (offset < 0 || bytes <= 0 || (size_t)offset > parent->bytes || (size_t)bytes > parent->bytes - (size_t)offset)
+    return throw_message(env, "deviceView: the range is outside the buffer");
+  DeviceBuffer *b = calloc(1, sizeof *b);
+  if (b == NULL) return throw_message(env, "deviceView: out of memory");
+  b->bytes = (size_t)bytes;
+  b->cuda = parent->cuda;
+  b->owner = parent->owner;
+  b->parent = parent;
+  b->parent_offset = (size_t)offset;
+  b->ptr = (char *)parent->ptr + offset;
+  if (napi_create_reference(env, argv[0], 1, &b->parent_ref) != napi_ok) {
+    free(b);
+    return throw_message(env, "deviceView: cannot reference the parent");
+  }
+  return wrap_buffer(env, b, "deviceView: cannot wrap the view");
 }
 
 static napi_value device_alloc(napi_env env, napi_callback_info info) {
@@ -237,13 +281,7 @@ static napi_value device_alloc(napi_env env, napi_callback_info info) {
     free(b);
     return throw_message(env, "deviceAlloc: out of memory");
   }
-  napi_value external;
-  if (napi_create_external(env, b, release_device_buffer, NULL, &external) != napi_ok) {
-    release_device_buffer(env, b, NULL);
-    return throw_message(env, "deviceAlloc: cannot wrap the buffer");
-  }
-  CHECK_NAPI(napi_type_tag_object(env, external, &DEVICE_BUFFER_TAG), "deviceAlloc: cannot tag the buffer");
-  return external;
+  return wrap_buffer(env, b, "deviceAlloc: cannot wrap the buffer");
 }
 
 static napi_value free_device(napi_env env, napi_callback_info info) {
@@ -253,6 +291,7 @@ static napi_value free_device(napi_env env, napi_callback_info info) {
   if (argc < 1) return throw_message(env, "freeDevice(buffer)");
   DeviceBuffer *b = tagged_external(env, argv[0], &DEVICE_BUFFER_TAG);
   if (b == NULL) return throw_message(env, "freeDevice: not a device buffer");
+  if (b->parent != NULL) return throw_message(env, "freeDevice: a view frees nothing (free its parent)");
   if (b->ptr != NULL) {
     if (b->cuda) cuda.free(b->ptr);
     else free(b->ptr);
@@ -284,7 +323,7 @@ static napi_value copy(napi_env env, napi_callback_info info, int to_device) {
   CHECK_NAPI(napi_get_typedarray_info(env, argv[3], &type, &elements, &data, &array_buffer, &array_offset), "array must be a TypedArray");
   size_t bytes = elements * typedarray_element_bytes(type);
   if (offset < 0 || (size_t)offset > b->bytes || bytes > b->bytes - (size_t)offset) return throw_message(env, "copy outside the device buffer");
-  char *device = (char *)b->ptr + offset;
+  char *device = (char *)device_buffer_ptr(b) + offset;
   if (!b->cuda) {
     if (to_device) memcpy(device, data, bytes);
     else memcpy(data, device, bytes);
@@ -297,13 +336,68 @@ static napi_value copy(napi_env env, napi_callback_info info, int to_device) {
   return NULL;
 }
 
+/* deviceCopy(session, to, toOffset, from, fromOffset, bytes): device to device, on the session's stream. */
+static napi_value device_copy(napi_env env, napi_callback_info info) {
+  size_t argc = 6;
+  napi_value argv[6];
+  CHECK_NAPI(napi_get_cb_info(env, info, &argc, argv, NULL, NULL), "deviceCopy: bad arguments");
+  if (argc < 6) return throw_message(env, "deviceCopy(session, to, toOffset, from, fromOffset, bytes)");
+  Session *s = session_of(env, argv[0]);
+  if (s == NULL) return NULL;
+  if (s->session == NULL) return throw_message(env, "the session was released");
+  DeviceBuffer *to = buffer_of(env, argv[1]);
+  if (to == NULL) return NULL;
+  DeviceBuffer *from = buffer_of(env, argv[3]);
+  if (from == NULL) return NULL;
+  if (to->owner != s->device_owner || from->owner != s->device_owner) return throw_message(env, "deviceCopy: a device buffer belongs to another session");
+  int64_t to_offset, from_offset, bytes;
+  CHECK_NAPI(napi_get_value_int64(env, argv[2], &to_offset), "deviceCopy: toOffset must be a number");
+  CHECK_NAPI(napi_get_value_int64(env, argv[4], &from_offset), "deviceCopy: fromOffset must be a number");
+  CHECK_NAPI(napi_get_value_int64(env, argv[5], &bytes), "deviceCopy: bytes must be a number");
+  if (bytes < 0 || to_offset < 0 || from_offset < 0 || (size_t)to_offset > to->bytes || (size_t)bytes > to->bytes - (size_t)to_offset ||
+      (size_t)from_offset > from->bytes || (size_t)bytes > from->bytes - (size_t)from_offset)
+    return throw_message(env, "deviceCopy: a range is outside its buffer");
+  if (bytes == 0) return NULL;
+  char *dst = (char *)device_buffer_ptr(to) + to_offset;
+  const char *src = (const char *)device_buffer_ptr(from) + from_offset;
+  if (!to->cuda) {
+    memmove(dst, src, (size_t)bytes);
+    return NULL;
+  }
+  int error = cuda.memcpy_async(dst, src, (size_t)bytes, CUDA_MEMCPY_DEVICE_TO_DEVICE, s->stream);
+  if (error == 0) error = cuda.stream_sync(s->stream);
+  if (error != 0) return throw_cuda(env, "deviceCopy", error);
+  return NULL;
+}
+
+/*
+ * shareDeviceMemory(session, withSession): `session` takes `withSession`'s buffers from now on (and
+ * they its): two sessions of one model on one device (the batch graphs and the single-sequence
+ * graph bind the same KV). Their runs are ordered by the host: each run and copy ends synchronized.
+ */
+static napi_value share_device_memory(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  CHECK_NAPI(napi_get_cb_info(env, info, &argc, argv, NULL, NULL), "shareDeviceMemory: bad arguments");
+  if (argc < 2) return throw_message(env, "shareDeviceMemory(session, withSession)");
+  Session *s = session_of(env, argv[0]);
+  if (s == NULL) return NULL;
+  Session *with = session_of(env, argv[1]);
+  if (with == NULL) return NULL;
+  if (s->cuda != with->cuda || (s->cuda && s->device_id != with->device_id))
+    return throw_message(env, "shareDeviceMemory: the sessions run on different devices");
+  s->device_owner = with->device_owner;
+  return NULL;
+}
+
 static napi_value device_write(napi_env env, napi_callback_info info) { return copy(env, info, 1); }
 static napi_value device_read(napi_env env, napi_callback_info info) { return copy(env, info, 0); }
 
 napi_value anpd_device_exports(napi_env env, napi_value exports) {
   static const struct { const char *name; napi_callback fn; } functions[] = {
     {"createCudaSession", create_cuda_session}, {"cudaDeviceCount", cuda_device_count}, {"deviceAlloc", device_alloc}, {"freeDevice", free_device},
-    {"deviceWrite", device_write}, {"deviceRead", device_read},
+    {"deviceWrite", device_write}, {"deviceRead", device_read}, {"deviceView", device_view}, {"deviceCopy", device_copy},
+    {"shareDeviceMemory", share_device_memory},
   };
   for (size_t i = 0; i < sizeof functions / sizeof *functions; i++) {
     napi_value fn;

@@ -16,7 +16,10 @@
  *     an array may be a device buffer (deviceAlloc) instead of a TypedArray; graphId: the CUDA graph
  *     this run captures or replays (-1 or absent: none)
  *   releaseSession(session): frees the ORT session now (the finalizer frees what is left)
- *   deviceAlloc(session, bytes) / deviceWrite(session, buffer, byteOffset, array) / deviceRead(...): device.c
+ *   createBinding(session, <run's eight lists>) -> binding; runBinding(session, binding, graphId); releaseBinding(binding):
+ *     a run whose values are bound once (a batch graph's thousands of KV tensors), replayed as often as wanted
+ *   deviceAlloc(session, bytes) / deviceView(buffer, byteOffset, bytes) / deviceWrite(session, buffer, byteOffset, array) /
+ *   deviceRead(...) / deviceCopy(session, to, toOffset, from, fromOffset, bytes): device.c
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -106,11 +109,11 @@ static int wrap_values(napi_env env, Session *session, napi_value names, napi_va
     }
     DeviceBuffer *device = tagged_external(env, array, &DEVICE_BUFFER_TAG);
     if (device != NULL) {
-      if (device->ptr == NULL || device->owner != session->device_owner) {
+      data = device_buffer_ptr(device);
+      if (data == NULL || device->owner != session->device_owner) {
         napi_throw_error(env, NULL, "run: a device buffer was freed or belongs to another session");
         return -1;
       }
-      data = device->ptr;
       bytes = device->bytes;
       where = session->device_info;
     } else if (napi_get_typedarray_info(env, array, &array_type, &elements, &data, &buffer, &offset) != napi_ok) {
@@ -221,6 +224,130 @@ static napi_value run(napi_env env, napi_callback_info info) {
   return result;
 }
 
+/*
+ * A run whose inputs and outputs are bound once (ORT's IoBinding): a batch graph has thousands of
+ * KV tensors, and wrapping them per forward would cost milliseconds. The values' memory (device
+ * buffers, host arrays) is referenced so it outlives the binding; their contents may change
+ * between runs, their addresses and shapes may not (which is what a CUDA graph replay needs too).
+ */
+typedef struct {
+  OrtIoBinding *binding;
+  napi_ref *refs;
+  uint32_t ref_count;
+  napi_ref session_ref;
+} Binding;
+
+static const napi_type_tag BINDING_TAG = {0x616e7064b1d1b1d1ULL, 0x62696e64696e6701ULL};
+
+static void release_binding_refs(napi_env env, Binding *b) {
+  if (b->binding != NULL) g_ort->ReleaseIoBinding(b->binding);
+  b->binding = NULL;
+  for (uint32_t i = 0; i < b->ref_count; i++) if (b->refs[i] != NULL) napi_delete_reference(env, b->refs[i]);
+  free(b->refs);
+  b->refs = NULL;
+  b->ref_count = 0;
+  if (b->session_ref != NULL) napi_delete_reference(env, b->session_ref);
+  b->session_ref = NULL;
+}
+
+static void finalize_binding(napi_env env, void *data, void *hint) {
+  (void)hint;
+  release_binding_refs(env, data);
+  free(data);
+}
+
+/* References every element of `arrays` (count of them) into refs[at ...]. */
+static int reference_all(napi_env env, napi_value arrays, uint32_t count, napi_ref *refs, uint32_t at) {
+  for (uint32_t i = 0; i < count; i++) {
+    napi_value value;
+    if (napi_get_element(env, arrays, i, &value) != napi_ok || napi_create_reference(env, value, 1, &refs[at + i]) != napi_ok) return -1;
+  }
+  return 0;
+}
+
+/* createBinding(session, inNames, inArrays, inDims, inTypes, outNames, outArrays, outDims, outTypes) -> binding */
+static napi_value create_binding(napi_env env, napi_callback_info info) {
+  size_t argc = 9;
+  napi_value a[9];
+  CHECK_NAPI(napi_get_cb_info(env, info, &argc, a, NULL, NULL), "createBinding: bad arguments");
+  if (argc < 9) return throw_message(env, "createBinding(session, inNames, inArrays, inDims, inTypes, outNames, outArrays, outDims, outTypes)");
+  Session *wrapped = session_of(env, a[0]);
+  if (wrapped == NULL) return NULL;
+  if (wrapped->session == NULL) return throw_message(env, "createBinding: the session was released");
+  uint32_t inputs, outputs;
+  CHECK_NAPI(napi_get_array_length(env, a[1], &inputs), "createBinding: inNames must be an array");
+  CHECK_NAPI(napi_get_array_length(env, a[5], &outputs), "createBinding: outNames must be an array");
+  if (inputs > VALUES_MAX || outputs > VALUES_MAX) return throw_message(env, "createBinding: more than 16384 inputs or outputs");
+  if (!lists_hold(inputs + outputs)) return throw_message(env, "createBinding: out of memory");
+  Binding *b = calloc(1, sizeof *b);
+  if (b == NULL) return throw_message(env, "createBinding: out of memory");
+  b->refs = calloc((size_t)inputs + outputs, sizeof *b->refs);
+  b->ref_count = inputs + outputs;
+  if (b->refs == NULL) {
+    free(b);
+    return throw_message(env, "createBinding: out of memory");
+  }
+  char (*in_names)[NAME_BYTES_MAX] = t_names, (*out_names)[NAME_BYTES_MAX] = t_names + inputs;
+  const char **in_ptrs = t_ptrs, **out_ptrs = t_ptrs + inputs;
+  OrtValue **in_values = t_values, **out_values = t_values + inputs;
+  memset(t_values, 0, (size_t)(inputs + outputs) * sizeof *t_values);
+  int ok = napi_create_reference(env, a[0], 1, &b->session_ref) == napi_ok &&
+           reference_all(env, a[2], inputs, b->refs, 0) == 0 && reference_all(env, a[6], outputs, b->refs, inputs) == 0 &&
+           wrap_values(env, wrapped, a[1], a[2], a[3], a[4], inputs, in_names, in_ptrs, in_values) == 0 &&
+           wrap_values(env, wrapped, a[5], a[6], a[7], a[8], outputs, out_names, out_ptrs, out_values) == 0;
+  OrtStatus *status = NULL;
+  if (ok) status = g_ort->CreateIoBinding(wrapped->session, &b->binding);
+  for (uint32_t i = 0; ok && status == NULL && i < inputs; i++) status = g_ort->BindInput(b->binding, in_ptrs[i], in_values[i]);
+  for (uint32_t i = 0; ok && status == NULL && i < outputs; i++) status = g_ort->BindOutput(b->binding, out_ptrs[i], out_values[i]);
+  /* The binding keeps its own references to the tensors (which do not own their memory). */
+  for (uint32_t i = 0; i < inputs + outputs; i++) if (t_values[i] != NULL) g_ort->ReleaseValue(t_values[i]);
+  if (!ok || status != NULL) {
+    release_binding_refs(env, b);
+    free(b);
+    if (status != NULL) return throw_status(env, status);
+    bool pending = false;
+    napi_is_exception_pending(env, &pending);
+    return pending ? NULL : throw_message(env, "createBinding: cannot reference the values");
+  }
+  napi_value external;
+  if (napi_create_external(env, b, finalize_binding, NULL, &external) != napi_ok) {
+    finalize_binding(env, b, NULL);
+    return throw_message(env, "createBinding: cannot wrap the binding");
+  }
+  CHECK_NAPI(napi_type_tag_object(env, external, &BINDING_TAG), "createBinding: cannot tag the binding");
+  return external;
+}
+
+/* runBinding(session, binding, graphId): one run of the bound values; graphId as run()'s. */
+static napi_value run_binding(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value a[3];
+  CHECK_NAPI(napi_get_cb_info(env, info, &argc, a, NULL, NULL), "runBinding: bad arguments");
+  if (argc < 3) return throw_message(env, "runBinding(session, binding, graphId)");
+  Session *wrapped = session_of(env, a[0]);
+  if (wrapped == NULL) return NULL;
+  if (wrapped->session == NULL) return throw_message(env, "runBinding: the session was released");
+  Binding *b = tagged_external(env, a[1], &BINDING_TAG);
+  if (b == NULL || b->binding == NULL) return throw_message(env, "runBinding: not a live binding");
+  int32_t graph_id;
+  CHECK_NAPI(napi_get_value_int32(env, a[2], &graph_id), "runBinding: graphId must be an integer");
+  OrtRunOptions *run_options = NULL;
+  CHECK_ORT(anpd_run_options(wrapped, graph_id, &run_options));
+  CHECK_ORT(g_ort->RunWithBinding(wrapped->session, run_options, b->binding));
+  return NULL;
+}
+
+/* releaseBinding(binding): frees the ORT binding and its references now (before its session goes). */
+static napi_value release_binding(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value a[1];
+  CHECK_NAPI(napi_get_cb_info(env, info, &argc, a, NULL, NULL), "releaseBinding: bad arguments");
+  Binding *b = argc < 1 ? NULL : tagged_external(env, a[0], &BINDING_TAG);
+  if (b == NULL) return throw_message(env, "releaseBinding: not a binding");
+  release_binding_refs(env, b);
+  return NULL;
+}
+
 NAPI_MODULE_INIT() {
   const OrtApiBase *base = OrtGetApiBase();
   const char *init_error = anpd_init_ort();
@@ -233,6 +360,12 @@ NAPI_MODULE_INIT() {
   CHECK_NAPI(napi_set_named_property(env, exports, "run", fn), "init");
   CHECK_NAPI(napi_create_function(env, "releaseSession", NAPI_AUTO_LENGTH, release_session_now, NULL, &fn), "init");
   CHECK_NAPI(napi_set_named_property(env, exports, "releaseSession", fn), "init");
+  CHECK_NAPI(napi_create_function(env, "createBinding", NAPI_AUTO_LENGTH, create_binding, NULL, &fn), "init");
+  CHECK_NAPI(napi_set_named_property(env, exports, "createBinding", fn), "init");
+  CHECK_NAPI(napi_create_function(env, "runBinding", NAPI_AUTO_LENGTH, run_binding, NULL, &fn), "init");
+  CHECK_NAPI(napi_set_named_property(env, exports, "runBinding", fn), "init");
+  CHECK_NAPI(napi_create_function(env, "releaseBinding", NAPI_AUTO_LENGTH, release_binding, NULL, &fn), "init");
+  CHECK_NAPI(napi_set_named_property(env, exports, "releaseBinding", fn), "init");
   if (anpd_device_exports(env, exports) == NULL) return NULL;
   napi_value version;
   CHECK_NAPI(napi_create_string_utf8(env, base->GetVersionString(), NAPI_AUTO_LENGTH, &version), "init");

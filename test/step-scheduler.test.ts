@@ -51,7 +51,7 @@ class FakeSequence implements DecoderSequence {
       count: tokens.length,
       padded: Math.max(2, tokens.length),
       rows,
-    });
+    }) as Promise<Float32Array>;
   }
   rewind(): void {}
   dispose(): void {}

@@ -275,11 +275,6 @@ export function parseServerConfig(
   const batchSlots = int('batchSlots', 0, 0, 64);
   if (batchSlots === 1) throw new ConfigError(`${raw('batchSlots')!.source} must be 0 (off) or at least 2`);
   const nativeRunChoice = choice('nativeRun', SERVE_NATIVE_RUN_MODES, 'auto');
-  if (batchSlots > 0 && executionProvider === 'cuda' && nativeRunChoice !== 'off') {
-    throw new ConfigError(
-      `${raw('batchSlots')!.source} does not combine with cuda's device path yet (its forwards are one sequence each): leave it at 0, or add --native-run off`,
-    );
-  }
   if (batchSlots > WEBGPU_BATCH_WIDTH_MAX && executionProvider === 'webgpu') {
     throw new ConfigError(
       `${raw('batchSlots')!.source} must be at most ${WEBGPU_BATCH_WIDTH_MAX} on webgpu (16 storage buffers per shader), got ${batchSlots}`,

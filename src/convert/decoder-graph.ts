@@ -658,7 +658,7 @@ export function buildDecoderGraph(
   else g.node('Cast', [logits], [IO.logits], { to: OnnxDataType.FLOAT });
   // On a GPU a logits row is vocab × 4 bytes to bring back (1 MB for Gemma's 262k tokens) and to
   // scan on the host: greedy decoding reads 8 bytes a row instead.
-  const greedyOutput = kvType === OnnxDataType.FLOAT16 && slots === 0;
+  const greedyOutput = kvType === OnnxDataType.FLOAT16;
   if (greedyOutput) g.node('ArgMax', [IO.logits], [IO.argmax], { axis: -1, keepdims: 0, select_last_index: 0 });
   progress?.(totalSteps, totalSteps);
 
@@ -672,6 +672,7 @@ export function buildDecoderGraph(
     const slotOutputs: ValueInfo[] = [
       { name: SLOT_IO.logits, type: OnnxDataType.FLOAT, shape: [1, 'logits_rows', hp.vocab] },
     ];
+    if (greedyOutput) slotOutputs.push({ name: IO.argmax, type: OnnxDataType.INT64, shape: [1, 'logits_rows'] });
     for (let s = 0; s < slots; s++) {
       const kv = [1, hp.kvHeads, `kv_capacity_${s}`, hp.headDim];
       slotInputs.push(

@@ -28,7 +28,7 @@ export interface ModelManifest {
   readonly slots?: number;
   /** Float type of activations and KV (GraphOptions.dtype). Absent: float32. */
   readonly dtype?: 'float32' | 'float16';
-  /** The graph also outputs `argmax` (int64 [1, rows]): each logits row's argmax. */
+  /** The graph also outputs `argmax` (int64 [1, rows]): each logits row's argmax (float16 graphs, slot graphs included). */
   readonly greedyOutput?: boolean;
   readonly source: { readonly file: string; readonly sha256: string };
 }

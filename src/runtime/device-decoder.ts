@@ -18,9 +18,15 @@
  */
 import type { ModelManifest } from '../model/model-manifest.js';
 import { checkForward, checkRewind, FORWARD_TOKENS_MAX } from './check-forward.js';
+import {
+  type DeviceBatchGraph,
+  DeviceBatchExecutor,
+  type DeviceBatchModel,
+  type DeviceBatchSequence,
+} from './device-batch.js';
 import { type DeviceBuffer, type DeviceSession, type DeviceValue, ONNX_TYPES } from './native-run.js';
 import { convertedModelInfo } from './runtime-plan.js';
-import type { DecoderModel, DecoderSequence, ModelInfo, RuntimePlan } from './types.js';
+import type { DecoderModel, DecoderSequence, ModelInfo, RuntimePlan, StepForward, StepResult } from './types.js';
 
 /** CUDA graphs the addon keeps per session (native/common.h GRAPH_IDS_MAX); later KV sets run without. */
 const GRAPH_IDS_MAX = 256;
@@ -30,17 +36,24 @@ interface KvSet {
   readonly buffers: readonly DeviceBuffer[];
 }
 
-export class DeviceDecoderModel implements DecoderModel {
+export class DeviceDecoderModel implements DecoderModel, DeviceBatchModel {
   readonly info: ModelInfo;
   readonly plan: RuntimePlan;
   readonly session: DeviceSession;
-  private readonly manifest: ModelManifest;
+  readonly manifest: ModelManifest;
   readonly rows: number;
   /** Positions in every KV set: the model's capacity plus room for the pad rows. */
   readonly kvSlots: number;
   private readonly kvBytes: number;
   private readonly kvSets: KvSet[] = [];
+  /** Free KV sets, highest index first (pop() hands out the lowest: batches stay on narrow graphs). */
   private readonly freeKvSets: KvSet[] = [];
+  /** Batch graphs' places (0 without batch graphs): KV sets 0 … slots − 1 are views of the slab. */
+  readonly slots: number;
+  /** One buffer per layer and K/V holding every slot's rows (batch graphs bind slot s at s × kvBytes). */
+  private readonly slab: readonly DeviceBuffer[];
+  private readonly liveBySlot: (DeviceSequence | undefined)[];
+  readonly batchExecutor: DeviceBatchExecutor | undefined;
   readonly elementType: number;
   // Per model, shared by its sequences: the ids of a short / long forward, seqlens_k, the logits.
   readonly idsShort: DeviceBuffer;
@@ -48,19 +61,28 @@ export class DeviceDecoderModel implements DecoderModel {
   readonly seqlensK: DeviceBuffer;
   readonly logits: DeviceBuffer;
   /** Each logits row's argmax (int64), where the graph outputs it (float16 graphs). */
-  readonly argmax: DeviceBuffer | undefined;
+  readonly argmaxBuffer: DeviceBuffer | undefined;
   private disposed = false;
   /** CUDA: total_sequence_length is the KV set's size after a sequence's first forward (see DeviceSequence.run). */
   readonly fixedTotalLength: boolean;
 
-  constructor(session: DeviceSession, manifest: ModelManifest, plan: RuntimePlan) {
+  constructor(
+    session: DeviceSession,
+    manifest: ModelManifest,
+    plan: RuntimePlan,
+    batchGraphs: readonly DeviceBatchGraph[] = [],
+  ) {
     this.plan = plan;
     this.session = session;
     this.fixedTotalLength = session.target === 'cuda';
     this.manifest = manifest;
     this.rows = plan.rowsMin;
-    const capacity = Math.min(plan.kvCapacity, manifest.contextLength - (this.rows - 1));
-    this.kvSlots = capacity + this.rows - 1;
+    this.slots = Math.max(0, ...batchGraphs.map((g) => g.width));
+    // With batch graphs one more position: a place padded while its sequence is full still writes
+    // its pad rows past the sequence's length.
+    const padPositions = this.slots > 0 ? this.rows : this.rows - 1;
+    const capacity = Math.min(plan.kvCapacity, manifest.contextLength - padPositions);
+    this.kvSlots = capacity + padPositions;
     const float16 = manifest.dtype === 'float16';
     this.elementType = float16 ? ONNX_TYPES['float16']! : ONNX_TYPES['float32']!;
     this.kvBytes = manifest.kvHeads * this.kvSlots * manifest.headDim * (float16 ? 2 : 4);
@@ -68,15 +90,36 @@ export class DeviceDecoderModel implements DecoderModel {
     this.idsLong = session.alloc(FORWARD_TOKENS_MAX * 8);
     this.seqlensK = session.alloc(4);
     this.logits = session.alloc(FORWARD_TOKENS_MAX * manifest.vocab * 4);
-    this.argmax =
+    this.argmaxBuffer =
       manifest.greedyOutput === true && plan.experimental.greedyOnDevice
         ? session.alloc(FORWARD_TOKENS_MAX * 8)
         : undefined;
+    this.slab =
+      this.slots > 0 ? Array.from({ length: 2 * manifest.layers }, () => session.alloc(this.slots * this.kvBytes)) : [];
+    for (let slot = 0; slot < this.slots; slot++) {
+      const buffers = this.slab.map((b) => session.view(b, slot * this.kvBytes, this.kvBytes));
+      this.kvSets.push({ index: slot, buffers });
+    }
+    this.freeKvSets.push(...[...this.kvSets].reverse());
+    this.liveBySlot = new Array<DeviceSequence | undefined>(this.slots).fill(undefined);
+    this.batchExecutor = this.slots > 0 ? new DeviceBatchExecutor(this, batchGraphs) : undefined;
     this.info = convertedModelInfo(manifest, plan, {
       contextLength: capacity,
-      batchSlots: 1,
+      batchSlots: Math.max(1, this.slots),
       verifyTokensMax: this.rows,
     });
+  }
+
+  get argmax(): boolean {
+    return this.argmaxBuffer !== undefined;
+  }
+
+  slotKv(slot: number): readonly DeviceBuffer[] {
+    return this.kvSets[slot]!.buffers;
+  }
+
+  lengthAt(slot: number): number {
+    return this.liveBySlot[slot]?.length ?? 0;
   }
 
   get layers(): number {
@@ -101,11 +144,14 @@ export class DeviceDecoderModel implements DecoderModel {
     const capacity = Math.min(options?.capacity ?? this.info.contextLength, this.info.contextLength);
     let kv = this.freeKvSets.pop();
     if (kv === undefined) {
+      // Past the batch graphs' places: a KV set of its own, whose forwards run alone.
       const buffers = Array.from({ length: 2 * this.manifest.layers }, () => this.session.alloc(this.kvBytes));
       kv = { index: this.kvSets.length, buffers };
       this.kvSets.push(kv);
     }
-    return new DeviceSequence(this, kv, capacity);
+    const sequence = new DeviceSequence(this, kv, capacity);
+    if (kv.index < this.slots) this.liveBySlot[kv.index] = sequence;
+    return sequence;
   }
 
   /**
@@ -129,24 +175,32 @@ export class DeviceDecoderModel implements DecoderModel {
     } finally {
       sequence.dispose();
     }
+    this.batchExecutor?.warmUp();
   }
 
   /** A sequence gives its KV set back; the next sequence reuses it (and its CUDA graph). */
   releaseKvSet(kv: KvSet): void {
-    if (!this.disposed) this.freeKvSets.push(kv);
+    if (this.disposed) return;
+    if (kv.index < this.slots) this.liveBySlot[kv.index] = undefined;
+    this.freeKvSets.push(kv);
+    this.freeKvSets.sort((a, b) => b.index - a.index);
   }
 
   async dispose(): Promise<void> {
     this.disposed = true;
-    for (const kv of this.kvSets) for (const b of kv.buffers) this.session.free(b);
-    for (const b of [this.idsShort, this.idsLong, this.seqlensK, this.logits, this.argmax])
+    this.batchExecutor?.dispose();
+    // Slab views free nothing: the slab goes below.
+    for (const kv of this.kvSets) if (kv.index >= this.slots) for (const b of kv.buffers) this.session.free(b);
+    for (const b of [...this.slab, this.idsShort, this.idsLong, this.seqlensK, this.logits, this.argmaxBuffer])
       if (b !== undefined) this.session.free(b);
     this.session.release();
   }
 }
 
-class DeviceSequence implements DecoderSequence {
+class DeviceSequence implements DecoderSequence, DeviceBatchSequence {
   readonly capacity: number;
+  /** Its place in the batch graphs (−1: its forwards run alone). */
+  readonly slot: number;
   private kvLength = 0;
   private disposed = false;
   private readonly model: DeviceDecoderModel;
@@ -178,6 +232,7 @@ class DeviceSequence implements DecoderSequence {
     this.kv = kv;
     this.capacity = capacity;
     this.graphId = kv.index < GRAPH_IDS_MAX ? kv.index : -1;
+    this.slot = kv.index < model.slots ? kv.index : -1;
     this.idsShort = new BigInt64Array(model.rows);
     this.shortIdsDims = [1, model.rows];
     this.shortLogitsDims = [1, model.rows, model.vocab];
@@ -192,8 +247,8 @@ class DeviceSequence implements DecoderSequence {
     this.inputs['logits_start'] = { data: this.logitsStart, dims: [1], type: int64 };
     this.inputs['logits_end'] = { data: this.logitsEnd, dims: [1], type: int64 };
     this.outputs['logits'] = this.logitsValue;
-    if (model.argmax !== undefined) {
-      this.argmaxValue = { data: model.argmax, dims: [1, model.rows], type: int64 };
+    if (model.argmaxBuffer !== undefined) {
+      this.argmaxValue = { data: model.argmaxBuffer, dims: [1, model.rows], type: int64 };
       this.outputs['argmax'] = this.argmaxValue;
       this.forwardGreedy = (tokens, rows) => this.greedy(tokens, rows);
     }
@@ -214,6 +269,45 @@ class DeviceSequence implements DecoderSequence {
   }
 
   async forward(tokens: ArrayLike<number>, logitsRows: number): Promise<Float32Array> {
+    const submitter = this.model.batchExecutor?.submitter;
+    if (submitter !== undefined && this.joinsSteps(tokens, logitsRows))
+      return submitter.submit(this.stepForward(tokens, logitsRows, false)) as Promise<Float32Array>;
+    return this.forwardNow(tokens, logitsRows);
+  }
+
+  private async greedy(tokens: ArrayLike<number>, rows: number): Promise<Int32Array> {
+    const submitter = this.model.batchExecutor?.submitter;
+    if (submitter !== undefined && this.joinsSteps(tokens, rows))
+      return submitter.submit(this.stepForward(tokens, rows, true)) as Promise<Int32Array>;
+    return this.greedyNow(tokens, rows);
+  }
+
+  /**
+   * Whether this forward goes to the model's step (batched with the other sequences'): a decode
+   * step or a draft verification (at most `rows` tokens) of a sequence with a place. Prefill (the
+   * first forward, longer ones) runs alone at once. Validated here, so a bad forward fails alone.
+   */
+  private joinsSteps(tokens: ArrayLike<number>, rows: number): boolean {
+    if (this.slot < 0 || this.kvLength === 0 || tokens.length > this.model.rows) return false;
+    if (this.disposed) throw new Error('sequence is disposed');
+    checkForward(tokens.length, rows, this.kvLength, this.capacity, FORWARD_TOKENS_MAX);
+    return true;
+  }
+
+  private stepForward(tokens: ArrayLike<number>, rows: number, argmax: boolean): StepForward {
+    return { sequence: this, tokens, start: 0, count: tokens.length, padded: this.model.rows, rows, argmax };
+  }
+
+  runAlone(forward: StepForward): StepResult {
+    const tokens = forward.start === 0 ? forward.tokens : Array.from(forward.tokens).slice(forward.start);
+    return forward.argmax === true ? this.greedyNow(tokens, forward.rows) : this.forwardNow(tokens, forward.rows);
+  }
+
+  advance(count: number): void {
+    this.kvLength += count;
+  }
+
+  private forwardNow(tokens: ArrayLike<number>, logitsRows: number): Float32Array {
     const { count, short } = this.runChunks(tokens, logitsRows);
     const logits = this.logitsOf(logitsRows);
     // Short forwards computed every row: the wanted ones are the last `rows` real ones.
@@ -222,19 +316,26 @@ class DeviceSequence implements DecoderSequence {
     return logits;
   }
 
-  private async greedy(tokens: ArrayLike<number>, rows: number): Promise<Int32Array> {
+  private greedyNow(tokens: ArrayLike<number>, rows: number): Int32Array {
     const { count, short } = this.runChunks(tokens, rows);
     const firstRow = short ? count - rows : 0;
     let read = this.argmaxReadByRows.get(rows);
-    let ids = this.argmaxIdsByRows.get(rows);
-    if (read === undefined || ids === undefined) {
+    if (read === undefined) {
       read = new BigInt64Array(rows);
-      ids = new Int32Array(rows);
       this.argmaxReadByRows.set(rows, read);
+    }
+    const ids = this.argmaxOf(rows);
+    this.model.session.read(this.model.argmaxBuffer!, firstRow * 8, read);
+    for (let i = 0; i < rows; i++) ids[i] = Number(read[i]!);
+    return ids;
+  }
+
+  argmaxOf(rows: number): Int32Array {
+    let ids = this.argmaxIdsByRows.get(rows);
+    if (ids === undefined) {
+      ids = new Int32Array(rows);
       this.argmaxIdsByRows.set(rows, ids);
     }
-    this.model.session.read(this.model.argmax!, firstRow * 8, read);
-    for (let i = 0; i < rows; i++) ids[i] = Number(read[i]!);
     return ids;
   }
 
@@ -298,7 +399,7 @@ class DeviceSequence implements DecoderSequence {
     this.kvLength += count;
   }
 
-  private logitsOf(rows: number): Float32Array {
+  logitsOf(rows: number): Float32Array {
     let logits = this.logitsByRows.get(rows);
     if (logits === undefined) {
       logits = new Float32Array(rows * this.model.vocab);

@@ -92,7 +92,9 @@ export abstract class GqaSequence implements DecoderSequence, BatchableSequence 
     const padded = Math.max(count, this.rowsMin);
     this.reserve(this.kvLength + padded);
     const submitter = this.batching?.submitter;
-    if (submitter !== undefined) return submitter.submit({ sequence: this, tokens, start, count, padded, rows });
+    // (This runtime's forwards never ask for argmax: the result is the logits.)
+    if (submitter !== undefined)
+      return submitter.submit({ sequence: this, tokens, start, count, padded, rows }) as Promise<Float32Array>;
     return this.runAlone(tokens, start, count, rows);
   }
 

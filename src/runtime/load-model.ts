@@ -11,6 +11,7 @@ import { GqaDecoderModel } from './gqa-decoder.js';
 import { type GraphForwards, releaseForwards } from './graph-forwards.js';
 import { planOptimum, planRuntime } from './runtime-plan.js';
 import { inspectOptimumSession, OptimumDecoderModel } from './optimum-decoder.js';
+import type { DeviceBatchGraph } from './device-batch.js';
 import { DeviceDecoderModel } from './device-decoder.js';
 import { DeviceSession, nativeAddon, NativeSession } from './native-run.js';
 import { cudaProviderInstalled } from './gpu-probe.js';
@@ -46,6 +47,22 @@ async function loadBatchGraph(
   options: RuntimeOptions,
   plan: RuntimePlan,
 ): Promise<BatchGraph> {
+  const manifest = readBatchManifest(dir, single, plan);
+  // On a GPU every slot's KV stays on the device, as the single-sequence graph's does.
+  const deviceKv: string[] = [];
+  if (plan.kvPlacement === 'device') {
+    for (let s = 0; s < manifest.slots!; s++)
+      for (let l = 0; l < manifest.layers; l++) deviceKv.push(`present.${s}.${l}.key`, `present.${s}.${l}.value`);
+  }
+  const path = join(dir, manifest.onnxFile);
+  const native = openNativeSession(path, plan);
+  return native !== undefined
+    ? { native, width: manifest.slots! }
+    : { session: await createOrtSession(path, options, deviceKv), width: manifest.slots! };
+}
+
+/** A batch graph directory's manifest, checked against the model's (same weights, slots ≥ 2, the provider's limits). */
+function readBatchManifest(dir: string, single: ModelManifest, plan: RuntimePlan): ModelManifest {
   const manifestPath = join(dir, MANIFEST_FILE);
   if (!existsSync(manifestPath))
     throw new ModelNotFoundError(
@@ -73,17 +90,12 @@ async function loadBatchGraph(
       `has ${manifest.slots} slots; the webgpu provider takes at most ${WEBGPU_BATCH_WIDTH_MAX} (16 storage buffers per shader: K outputs + 1 input)`,
     );
   }
-  // On a GPU every slot's KV stays on the device, as the single-sequence graph's does.
-  const deviceKv: string[] = [];
-  if (plan.kvPlacement === 'device') {
-    for (let s = 0; s < manifest.slots; s++)
-      for (let l = 0; l < manifest.layers; l++) deviceKv.push(`present.${s}.${l}.key`, `present.${s}.${l}.value`);
-  }
-  const path = join(dir, manifest.onnxFile);
-  const native = openNativeSession(path, plan);
-  return native !== undefined
-    ? { native, width: manifest.slots }
-    : { session: await createOrtSession(path, options, deviceKv), width: manifest.slots };
+  if (manifest.dtype !== single.dtype)
+    throw new ModelFormatError(
+      manifestPath,
+      `is a ${manifest.dtype ?? 'float32'} graph and the model a ${single.dtype ?? 'float32'} one: convert both with the same --dtype`,
+    );
+  return manifest;
 }
 
 /** The CPU native runner's session, where the plan has it (every session of the model, with the plan's attention kernel). */
@@ -136,19 +148,17 @@ function openDeviceModel(path: string, manifest: ModelManifest, plan: RuntimePla
       );
     }
   }
-  if (plan.batchGraphDirs.length > 0)
-    throw new ModelFormatError(
-      path,
-      'batch graphs do not run on the device path yet: leave --batch-slots at 0 on cuda, or use --native-run off',
-    );
-  let session: DeviceSession;
-  try {
-    session = new DeviceSession(addon, path, {
+  const open = (onnxPath: string, shareWith?: DeviceSession): DeviceSession =>
+    new DeviceSession(addon, onnxPath, {
       target,
       intraOpThreads: plan.intraOpThreads,
       deviceId: plan.deviceId,
       cudaGraphs: plan.experimental.cudaGraphs,
+      ...(shareWith !== undefined ? { shareWith } : {}),
     });
+  let session: DeviceSession;
+  try {
+    session = open(path);
   } catch (cause) {
     const detail = (cause as Error).message.split('\n')[0]?.slice(0, 500) ?? 'unknown error';
     if (target === 'cuda' && isProviderFailure(detail))
@@ -159,7 +169,40 @@ function openDeviceModel(path: string, manifest: ModelManifest, plan: RuntimePla
       { cause },
     );
   }
-  return new DeviceDecoderModel(session, manifest, plan);
+  // Batch graphs: every slot's KV in one device buffer per layer, shared with the single-sequence
+  // session (device-batch.ts).
+  const batches: DeviceBatchGraph[] = [];
+  try {
+    for (const dir of plan.batchGraphDirs) {
+      const batch = readBatchManifest(dir, manifest, plan);
+      const onnxPath = join(dir, batch.onnxFile);
+      // Converters before argmax was added to slot graphs made float16 slot graphs without it.
+      if ((batch.greedyOutput === true) !== (manifest.greedyOutput === true))
+        throw new ModelFormatError(
+          join(dir, MANIFEST_FILE),
+          'has no argmax output, unlike the model: convert it again (anpd convert --slots K --dtype float16)',
+        );
+      if (batches.some((b) => b.width === batch.slots))
+        throw new ModelFormatError(
+          join(dir, MANIFEST_FILE),
+          `a second ${batch.slots}-slot graph: give each slot count once`,
+        );
+      try {
+        batches.push({ width: batch.slots!, session: open(onnxPath, session) });
+      } catch (cause) {
+        throw new ModelFormatError(
+          onnxPath,
+          `ONNX Runtime cannot load it (device path): ${(cause as Error).message.split('\n')[0]?.slice(0, 500)}`,
+          { cause },
+        );
+      }
+    }
+    return new DeviceDecoderModel(session, manifest, plan, batches);
+  } catch (error) {
+    for (const b of batches) b.session.release();
+    session.release();
+    throw error;
+  }
 }
 
 export async function loadDecoderModel(

@@ -22,6 +22,19 @@ interface Addon {
   freeDevice(buffer: DeviceBuffer): void;
   deviceWrite(session: unknown, buffer: DeviceBuffer, byteOffset: number, array: ArrayBufferView): void;
   deviceRead(session: unknown, buffer: DeviceBuffer, byteOffset: number, array: ArrayBufferView): void;
+  deviceView(buffer: DeviceBuffer, byteOffset: number, bytes: number): DeviceBuffer;
+  createBinding(session: unknown, ...lists: unknown[]): unknown;
+  shareDeviceMemory(session: unknown, withSession: unknown): void;
+  runBinding(session: unknown, binding: unknown, graphId: number): void;
+  releaseBinding(binding: unknown): void;
+  deviceCopy(
+    session: unknown,
+    to: DeviceBuffer,
+    toOffset: number,
+    from: DeviceBuffer,
+    fromOffset: number,
+    bytes: number,
+  ): void;
 }
 
 /** Memory the addon allocated for a session: CUDA memory on a CUDA session, host memory otherwise. */
@@ -158,6 +171,8 @@ export class DeviceSession {
       readonly intraOpThreads: number;
       readonly deviceId?: number;
       readonly cudaGraphs?: boolean;
+      /** Another session of the same target and device whose buffers this one may read and write (a model's batch graphs). */
+      readonly shareWith?: DeviceSession;
     },
   ) {
     this.addon = addon;
@@ -167,6 +182,7 @@ export class DeviceSession {
       options.target === 'cuda'
         ? addon.createCudaSession(path, options.intraOpThreads, options.deviceId ?? 0, this.cudaGraphs)
         : addon.createSession(path, options.intraOpThreads);
+    if (options.shareWith !== undefined) addon.shareDeviceMemory(this.handle, options.shareWith.handle);
   }
 
   /** Zeroed memory of `bytes` bytes, freed by free() or when collected. */
@@ -186,6 +202,16 @@ export class DeviceSession {
   /** Device → host, finished when it returns. */
   read(buffer: DeviceBuffer, byteOffset: number, array: ArrayBufferView): void {
     this.addon.deviceRead(this.handle, buffer, byteOffset, array);
+  }
+
+  /** The bytes [byteOffset, byteOffset + bytes) of `buffer` as a buffer of their own (frees nothing; dies with `buffer`). */
+  view(buffer: DeviceBuffer, byteOffset: number, bytes: number): DeviceBuffer {
+    return this.addon.deviceView(buffer, byteOffset, bytes);
+  }
+
+  /** Device → device, finished when it returns (ordered after every earlier run). */
+  copy(to: DeviceBuffer, toOffset: number, from: DeviceBuffer, fromOffset: number, bytes: number): void {
+    this.addon.deviceCopy(this.handle, to, toOffset, from, fromOffset, bytes);
   }
 
   /** graphId ≥ 0: the CUDA graph this run captures or replays (same shapes and addresses every time); -1: none. */
@@ -210,9 +236,42 @@ export class DeviceSession {
     );
   }
 
+  /**
+   * Binds `inputs` and `outputs` once (their memory and shapes are fixed from now on; contents may
+   * change): run() then costs no per-value work, however many KV tensors the graph has.
+   */
+  bind(inputs: Readonly<Record<string, DeviceValue>>, outputs: Readonly<Record<string, DeviceValue>>): BoundRun {
+    fillValues(inputs, this.inNames, this.inArrays, this.inDims, this.inTypes);
+    fillValues(outputs, this.outNames, this.outArrays, this.outDims, this.outTypes);
+    const binding = this.addon.createBinding(
+      this.handle,
+      this.inNames,
+      this.inArrays,
+      this.inDims,
+      this.inTypes,
+      this.outNames,
+      this.outArrays,
+      this.outDims,
+      this.outTypes,
+    );
+    const graphs = this.cudaGraphs;
+    return {
+      run: (graphId) => this.addon.runBinding(this.handle, binding, graphs ? graphId : -1),
+      release: () => this.addon.releaseBinding(binding),
+    };
+  }
+
   release(): void {
     this.addon.releaseSession(this.handle);
   }
+}
+
+/** A run with its values bound once (DeviceSession.bind). */
+export interface BoundRun {
+  /** graphId as DeviceSession.run's. */
+  run(graphId: number): void;
+  /** Frees the binding now (before its session is released). */
+  release(): void;
 }
 
 function fillValues(

@@ -84,12 +84,17 @@ export interface StepForward {
   readonly count: number;
   readonly padded: number;
   readonly rows: number;
+  /** The rows' argmax (Int32Array) instead of their logits, where the model computes it (DecoderSequence.forwardGreedy). */
+  readonly argmax?: boolean;
 }
+
+/** A forward's result: its logits rows, [rows × vocabSize], or (StepForward.argmax) each row's argmax. */
+export type StepResult = Float32Array | Int32Array;
 
 /** What a batch executor's sequences hand each forward to: the step scheduler above installs it. */
 export interface StepSubmitter {
-  /** Resolves with the forward's logits rows, [rows × vocabSize], reused by the sequence's next forward. */
-  submit(forward: StepForward): Promise<Float32Array>;
+  /** Resolves with the forward's logits rows, [rows × vocabSize] (or argmax), reused by the sequence's next forward. */
+  submit(forward: StepForward): Promise<StepResult>;
 }
 
 /** Forwards a batch executor ran: alone, and batched (forwards of the batch graphs / sequences they carried; forwards by graph width). */
@@ -111,10 +116,11 @@ export interface BatchExecutor {
   readonly counts: ForwardCounts;
   /**
    * Runs `forwards` (at most `width`, each of a different sequence) as one forward of the graph of
-   * that width (1: the single-sequence graph, one forward); idle places are padded. Resolves with
-   * each forward's logits, in order. A failure fails them all.
+   * that width (1: the single-sequence graph, one forward); idle places are padded. A device
+   * executor whose sequences own fixed places may run a wider graph (one that holds their places).
+   * Resolves with each forward's result, in order. A failure fails them all.
    */
-  run(width: number, forwards: readonly StepForward[]): Promise<readonly Float32Array[]>;
+  run(width: number, forwards: readonly StepForward[]): Promise<readonly StepResult[]>;
   /** From now on the model's sequences hand their forwards to `submitter` (once per model). */
   attach(submitter: StepSubmitter): void;
 }

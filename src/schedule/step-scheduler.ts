@@ -22,7 +22,14 @@
  * Sums are kept incrementally: joining, planning and reading the budget allocate nothing.
  */
 import type { OthersLoad } from '../draft/draft-length-controller.js';
-import type { BatchExecutor, DecoderModel, DecoderSequence, StepForward, StepSubmitter } from '../runtime/types.js';
+import type {
+  BatchExecutor,
+  DecoderModel,
+  DecoderSequence,
+  StepForward,
+  StepResult,
+  StepSubmitter,
+} from '../runtime/types.js';
 
 /** Largest forward (padded rows) that joins a batch; longer ones (prefill chunks) run alone so they do not stall the decodes. */
 export const BATCH_TOKENS_MAX = 32;
@@ -59,7 +66,7 @@ export function planStep<F extends Pick<StepForward, 'padded'>>(
 interface QueuedForward {
   readonly forward: StepForward;
   readonly padded: number;
-  resolve(logits: Float32Array): void;
+  resolve(result: StepResult): void;
   reject(error: unknown): void;
 }
 
@@ -125,8 +132,8 @@ export class StepScheduler implements StepSubmitter {
   }
 
   /** From the model's sequences (BatchExecutor.attach): one forward for the next step. */
-  submit(forward: StepForward): Promise<Float32Array> {
-    return new Promise<Float32Array>((resolve, reject) => {
+  submit(forward: StepForward): Promise<StepResult> {
+    return new Promise<StepResult>((resolve, reject) => {
       this.queue.push({ forward, padded: forward.padded, resolve, reject });
       this.scheduleStep();
     });

@@ -19,7 +19,7 @@ import {
   type SpeculationOptions,
 } from '../src/contract.js';
 import { projectRoot } from '../src/paths.js';
-import { EXECUTION_PROVIDERS, type ExecutionProviderName } from '../src/runtime/types.js';
+import { type DeviceRunMode, EXECUTION_PROVIDERS, type ExecutionProviderName } from '../src/runtime/types.js';
 
 interface Outcome {
   tokens: number[];
@@ -62,6 +62,8 @@ async function main(): Promise<void> {
       'prefill-chunks': { type: 'string', default: '512' },
       generations: { type: 'string' },
       'rows-min': { type: 'string' },
+      'device-run': { type: 'string' },
+      'kv-capacity': { type: 'string', default: '1024' },
       out: { type: 'string' },
     },
   });
@@ -100,11 +102,14 @@ async function main(): Promise<void> {
       const runtime = {
         executionProvider: provider,
         intraOpThreads: Number(values.threads),
-        kvCapacity: 1024,
+        kvCapacity: Number(values['kv-capacity']),
         ...(values['rows-min'] !== undefined ? { forwardRowsMin: Number(values['rows-min']) } : {}),
-        ...(batch !== undefined
-          ? { batchModelDir: batch.split(','), experimental: { batchPrefillChunkTokens: chunk! } }
-          : {}),
+        ...(batch !== undefined ? { batchModelDir: batch.split(',') } : {}),
+        // 'emulate': the device path on the CPU (how its batching is checked without a GPU).
+        experimental: {
+          ...(batch !== undefined ? { batchPrefillChunkTokens: chunk! } : {}),
+          ...(values['device-run'] !== undefined ? { deviceRun: values['device-run'] as DeviceRunMode } : {}),
+        },
       };
       const known = forwardCosts.get(batch ?? '');
       const pool = await EnginePool.create(

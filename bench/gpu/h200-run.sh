@@ -65,6 +65,15 @@ for step in $steps; do
       done
       timeout 120 "$llama/llama-bench" -m /tmp/big.gguf -ngl 99 -p 512 -n 128 -o json > /tmp/scale-llama.json 2>/tmp/scale-llama.err; tail -2 /tmp/scale-llama.err | tee -a "$log"
       node -e "const fs=require('fs');const o={llamaBench:JSON.parse(fs.readFileSync('/tmp/scale-llama.json','utf8'))};for(const r of '$rows_list'.split(' ')){try{o['ours_rows'+r]=JSON.parse(fs.readFileSync('/tmp/scale-'+r+'.json','utf8'))}catch{}};fs.writeFileSync('$out/scale.json',JSON.stringify(o,null,1))" ;;
+    batch)
+      # Issue 30: batched device forwards (slot graphs, KV slab) against one sequence per forward, in one run.
+      say batch
+      ladder=""
+      for k in ${SLOTS:-2 4 8 16 32 64}; do
+        [ -f /tmp/m16-s$k/anpd-model.json ] || node dist/src/cli/main.js convert "$gguf" /tmp/m16-s$k --dtype float16 --slots $k 2>&1 | tail -1 | tee -a "$log"
+        ladder="$ladder${ladder:+,}/tmp/m16-s$k"
+      done
+      timeout ${BATCH_TIMEOUT:-420} node dist/bench/replicas-bench.js --execution-provider cuda --model "$model" --batch-model "$ladder" --replicas 1 --streams ${STREAMS:-1,4,16,64} --max-new-tokens 64 --category ${CATEGORY:-code-editing} ${GENERATIONS:+--generations $GENERATIONS} --out "$out/batch${TAG:-}.json" 2>&1 | grep -v '^{' | tee -a "$log" ;;
     replicas)
       say replicas
       timeout 240 node dist/bench/replicas-bench.js --execution-provider cuda --model "$model" --replicas 1,2 --streams 1,4,16,64 --max-new-tokens 64 ${REPLICA_ROWS:+--rows-min $REPLICA_ROWS} --out "$out/replicas.json" 2>&1 | grep -v '^{' | tee -a "$log" ;;

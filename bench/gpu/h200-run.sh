@@ -74,6 +74,13 @@ for step in $steps; do
         ladder="$ladder${ladder:+,}/tmp/m16-s$k"
       done
       timeout ${BATCH_TIMEOUT:-420} node dist/bench/replicas-bench.js --execution-provider cuda --model "$model" --batch-model "$ladder" --replicas 1 --streams ${STREAMS:-1,4,16,64} --max-new-tokens 64 --category ${CATEGORY:-code-editing} ${GENERATIONS:+--generations $GENERATIONS} --out "$out/batch${TAG:-}.json" 2>&1 | grep -v '^{' | tee -a "$log" ;;
+    batchstep)
+      # One batched step's cost by width, CUDA graphs on and off (where a step's time goes).
+      say batchstep
+      ladder=$(for k in ${SLOTS:-2 4 8 16 32 64}; do printf '/tmp/m16-s%s,' $k; done); ladder=${ladder%,}
+      for g in on off; do
+        timeout 200 node dist/bench/device-batch-bench.js --model "$model" --batch-model "$ladder" --cuda-graphs $g --out "$out/batchstep-graphs-$g${TAG:-}.json" 2>&1 | grep -v '^{"date' | tee -a "$log"
+      done ;;
     replicas)
       say replicas
       timeout 240 node dist/bench/replicas-bench.js --execution-provider cuda --model "$model" --replicas 1,2 --streams 1,4,16,64 --max-new-tokens 64 ${REPLICA_ROWS:+--rows-min $REPLICA_ROWS} --out "$out/replicas.json" 2>&1 | grep -v '^{' | tee -a "$log" ;;

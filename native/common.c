@@ -64,6 +64,16 @@ void session_init(Session *s) {
 }
 
 void session_release_ort(Session *s) {
+  if (s->session != NULL && s->profiling) {
+    /* ANPD_ORT_PROFILE: ORT writes the profile (a Chrome trace) now. */
+    OrtAllocator *allocator = NULL;
+    char *file = NULL;
+    if (g_ort->GetAllocatorWithDefaultOptions(&allocator) == NULL) {
+      OrtStatus *status = g_ort->SessionEndProfiling(s->session, allocator, &file);
+      if (status != NULL) g_ort->ReleaseStatus(status);
+      else if (file != NULL) allocator->Free(allocator, file);
+    }
+  }
   if (s->session != NULL) g_ort->ReleaseSession(s->session);
   if (s->domain != NULL) g_ort->ReleaseCustomOpDomain(s->domain);
   for (int i = 0; i <= GRAPH_IDS_MAX; i++) {

@@ -34,6 +34,7 @@ typedef struct Session {
   void *stream;                   /* cudaStream_t: ORT's compute stream, and our copies' */
   OrtMemoryInfo *device_info;     /* g_cpu for host sessions */
   uint64_t device_owner;          /* device buffers carry it: a buffer runs only with its session */
+  int profiling;                  /* ANPD_ORT_PROFILE was set at creation (diagnosis: per-node times) */
   /* Frees what the session's creator added (device.c: the CUDA stream and memory info); NULL: nothing. */
   void (*release_device)(struct Session *s);
 } Session;

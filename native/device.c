@@ -163,6 +163,12 @@ static napi_value create_cuda_session(napi_env env, napi_callback_info info) {
   if (status == NULL) status = g_ort->SetSessionLogSeverityLevel(options, 3);
   // A node the CUDA provider cannot take is a load error, not a silent CPU fallback.
   if (status == NULL) status = g_ort->AddSessionConfigEntry(options, "session.disable_cpu_ep_fallback", "1");
+  // Diagnosis only: ANPD_ORT_PROFILE=PREFIX writes ORT's per-node profile when the session is released.
+  const char *profile = getenv("ANPD_ORT_PROFILE");
+  if (status == NULL && profile != NULL && profile[0] != '\0') {
+    status = g_ort->EnableProfiling(options, profile);
+    s->profiling = 1;
+  }
   if (status == NULL) status = g_ort->CreateCUDAProviderOptions(&cuda_options);
   if (status == NULL) status = g_ort->UpdateCUDAProviderOptions(cuda_options, keys, values, sizeof keys / sizeof *keys);
   if (status == NULL) status = g_ort->UpdateCUDAProviderOptionsWithValue(cuda_options, "user_compute_stream", s->stream);

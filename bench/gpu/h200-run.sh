@@ -80,7 +80,11 @@ for step in $steps; do
       ladder=$(for k in ${SLOTS:-2 4 8 16 32 64}; do printf '/tmp/m16-s%s,' $k; done); ladder=${ladder%,}
       for g in on off; do
         timeout 200 node dist/bench/device-batch-bench.js --model "$model" --batch-model "$ladder" --cuda-graphs $g --out "$out/batchstep-graphs-$g${TAG:-}.json" 2>&1 | grep -v '^{"date' | tee -a "$log"
-      done ;;
+      done
+      # Per-node times of the 16-slot graph and the single-sequence graph (graphs off: ORT times each node).
+      rm -rf /tmp/prof; mkdir -p /tmp/prof
+      ANPD_ORT_PROFILE=/tmp/prof/p timeout 120 node dist/bench/device-batch-bench.js --model "$model" --batch-model /tmp/m16-s16 --cuda-graphs off --reps 20 >/dev/null 2>&1
+      for f in /tmp/prof/*.json; do node bench/gpu/profile-summary.mjs "$f" 14 | tee -a "$log"; done ;;
     replicas)
       say replicas
       timeout 240 node dist/bench/replicas-bench.js --execution-provider cuda --model "$model" --replicas 1,2 --streams 1,4,16,64 --max-new-tokens 64 ${REPLICA_ROWS:+--rows-min $REPLICA_ROWS} --out "$out/replicas.json" 2>&1 | grep -v '^{' | tee -a "$log" ;;

@@ -229,3 +229,103 @@ test('prefill chunks are padded to a few shapes, where the KV set has room', (t)
   t.is(prefillShape(600, 1000), 600);
   t.deepEqual([...PREFILL_SHAPES], [16, 32, 64, 128, 256, 512]);
 });
+
+test.serial(
+  'batched device forwards (slot graphs over the KV slab), emulated: 4 streams at once give each prompt its lone output — plain and speculative, greedy and seeded sampling — and the steps ran batched',
+  async (t) => {
+    const single = await convertedVariant({ dtype: 'float16' });
+    const batch2 = await convertedVariant({ dtype: 'float16', slots: 2 });
+    const batch4 = await convertedVariant({ dtype: 'float16', slots: 4 });
+    const engine = await createEngine(
+      single,
+      { ...EMULATE, kvCapacity: 512, batchModelDir: [batch2, batch4] },
+      { forwardCost: { mode: 'fixed', table: TEST_FORWARD_COST } },
+    );
+    try {
+      const model = engine.model as unknown as DeviceDecoderModel;
+      t.is(engine.info.batchSlots, 4);
+      const sampled = { temperature: 0.8, topK: 40, topP: 0.95, repetitionPenalty: 1, seed: 7 };
+      const prompts = exactnessPrompts().slice(0, 4);
+      const run = async (
+        p: (typeof prompts)[number],
+        speculation: typeof NO_SPECULATION,
+        sampling?: typeof sampled,
+      ) => {
+        const tokens: number[] = [];
+        for await (const e of engine.generate({
+          prompt: { kind: 'text', text: p.prompt, chat: true },
+          maxNewTokens: 32,
+          speculation,
+          ...(sampling !== undefined ? { sampling } : {}),
+        }))
+          if (e.type === 'delta') tokens.push(...e.tokenIds);
+        return tokens;
+      };
+      const speculative = { ...DEFAULT_SPECULATION, draftTokensMax: 16 };
+      for (const sampling of [undefined, sampled]) {
+        const lone: number[][] = [];
+        for (const p of prompts) lone.push(await run(p, NO_SPECULATION, sampling));
+        const before = model.batchExecutor!.counts.batchedSequences;
+        for (const speculation of [NO_SPECULATION, speculative]) {
+          const together = await Promise.all(prompts.map((p) => run(p, speculation, sampling)));
+          together.forEach((tokens, i) =>
+            t.deepEqual(tokens, lone[i], `${prompts[i]!.id} (${speculation.mode}, ${sampling ? 'sampled' : 'greedy'})`),
+          );
+        }
+        t.true(
+          model.batchExecutor!.counts.batchedSequences - before > 100,
+          'the concurrent generations did not share forwards: the comparison checked nothing',
+        );
+      }
+    } finally {
+      await engine.dispose();
+    }
+  },
+);
+
+test.serial(
+  "a batched step leaves a place's sequence alone when it sits the step out: its KV is intact, its tokens those of a lone run",
+  async (t) => {
+    const single = await convertedVariant({ dtype: 'float16' });
+    const batch2 = await convertedVariant({ dtype: 'float16', slots: 2 });
+    const model = (await loadDecoderModel(single, {
+      ...EMULATE,
+      kvCapacity: 256,
+      batchModelDir: [batch2],
+    })) as DeviceDecoderModel;
+    try {
+      const executor = model.batchExecutor!;
+      const prompt = [1, 9690, 198, 2683, 359, 253, 5356];
+      const greedyRun = async (sequence: ReturnType<typeof model.createSequence>, steps: number, next: number) => {
+        const out: number[] = [];
+        for (let i = 0; i < steps; i++) {
+          out.push(next);
+          next = (await sequence.forwardGreedy!([next], 1))[0]!;
+        }
+        return out;
+      };
+      const lone = model.createSequence();
+      const expected = await greedyRun(lone, 8, (await lone.forwardGreedy!(prompt, 1))[0]!);
+      lone.dispose();
+      const a = model.createSequence() as unknown as { slot: number } & ReturnType<typeof model.createSequence>;
+      const b = model.createSequence() as unknown as { slot: number } & ReturnType<typeof model.createSequence>;
+      t.deepEqual([a.slot, b.slot], [0, 1], 'slots are handed out lowest first');
+      const firstA = (await a.forwardGreedy!(prompt, 1))[0]!;
+      const firstB = (await b.forwardGreedy!(prompt, 1))[0]!;
+      // Three steps of A alone on the 2-slot graph: B's place is padded.
+      let nextA = firstA;
+      for (let i = 0; i < 3; i++) {
+        const [ids] = await executor.run(2, [
+          { sequence: a, tokens: [nextA], start: 0, count: 1, padded: model.rows, rows: 1, argmax: true },
+        ]);
+        nextA = (ids as Int32Array)[0]!;
+      }
+      t.deepEqual(await greedyRun(b, 8, firstB), expected, "B's output changed while it sat out A's steps");
+      t.is(executor.counts.batched, 3);
+      a.dispose();
+      b.dispose();
+    } finally {
+      await model.dispose();
+    }
+  },
+);

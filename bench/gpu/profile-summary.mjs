@@ -15,6 +15,10 @@ for (const e of events) {
   byOp.set(op, o);
 }
 const total = [...byOp.values()].reduce((s, o) => s + o.us, 0);
-console.log(JSON.stringify({ file: process.argv[2], runs, kernelMsPerRun: +(total / 1000 / Math.max(1, runs)).toFixed(3) }));
+console.log(
+  JSON.stringify({ file: process.argv[2], runs, kernelMsPerRun: +(total / 1000 / Math.max(1, runs)).toFixed(3) }),
+);
 for (const [op, o] of [...byOp].sort((a, b) => b[1].us - a[1].us).slice(0, top))
-  console.log(`${op.padEnd(36)} ${(o.us / 1000 / Math.max(1, runs)).toFixed(3)} ms/run  ${(o.n / Math.max(1, runs)).toFixed(0)} nodes/run`);
+  console.log(
+    `${op.padEnd(36)} ${(o.us / 1000 / Math.max(1, runs)).toFixed(3)} ms/run  ${(o.n / Math.max(1, runs)).toFixed(0)} nodes/run`,
+  );

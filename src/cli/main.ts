@@ -62,6 +62,8 @@ convert options:
   --weights nbits|f32       4-bit MatMulNBits (default) or dequantized float32 MatMul
   --norms fused|plain       fused (Skip)SimplifiedLayerNormalization (default) or plain ops
   --slots K                 a K-slot batch graph (K sequences per forward) for anpd serve --batch-model
+  --attention paged         float16 only: one graph for any number of sequences per forward (CUDA
+                            continuous batching, PagedAttention; what anpd serve --batch-slots converts on cuda)
   --dtype float32|float16   activations and KV cache type (default float32; float16 is what the cuda
                             provider runs, and what fetch-model/generate pick for --execution-provider cuda)
 
@@ -74,6 +76,7 @@ function graphOptions(values: {
   weights?: string | undefined;
   norms?: string | undefined;
   slots?: string | undefined;
+  attention?: string | undefined;
   dtype?: string | undefined;
   'execution-provider'?: string | undefined;
 }): GraphOptions {
@@ -92,12 +95,17 @@ function graphOptions(values: {
     GRAPH_DTYPES,
     values['execution-provider'] === 'cuda' ? 'float16' : 'float32',
   );
+  if (values.attention !== undefined && values.attention !== 'paged')
+    throw new AnpdError('INVALID_REQUEST', `--attention must be paged (or absent), got "${values.attention}"`);
+  if (values.attention === 'paged' && (dtype !== 'float16' || slots > 0))
+    throw new AnpdError('INVALID_REQUEST', '--attention paged goes with --dtype float16 and without --slots');
   return {
     ...DEFAULT_GRAPH_OPTIONS,
     weights,
     norms,
     ...(slots > 0 ? { slots } : {}),
     ...(dtype === 'float16' ? { dtype } : {}),
+    ...(values.attention === 'paged' ? { attention: 'paged' as const } : {}),
   };
 }
 
@@ -143,6 +151,7 @@ async function main(argv: string[]): Promise<number> {
       weights: { type: 'string' },
       norms: { type: 'string' },
       slots: { type: 'string' },
+      attention: { type: 'string' },
       dtype: { type: 'string' },
     },
   });

@@ -9,7 +9,7 @@ import { basename, join } from 'node:path';
 import { CONVERTER_VERSION, MANIFEST_FILE, MANIFEST_FORMAT, type ModelManifest } from '../model/model-manifest.js';
 import { readGguf } from './gguf-reader.js';
 import { buildTokenizer } from './gguf-tokenizer.js';
-import { buildDecoderGraph, DEFAULT_GRAPH_OPTIONS, type GraphOptions } from './decoder-graph.js';
+import { buildDecoderGraph, DEFAULT_GRAPH_OPTIONS, type GraphOptions, pagedBlockSize } from './decoder-graph.js';
 import { encodeModel } from './onnx-writer.js';
 
 export const ONNX_FILE = 'model.onnx';
@@ -93,6 +93,7 @@ export function convertGguf(
     weights: options.weights,
     norms: options.norms,
     ...(options.slots !== undefined && options.slots > 0 ? { slots: options.slots } : {}),
+    ...(options.attention === 'paged' ? { attention: 'paged' as const, kvBlockSize: pagedBlockSize(hp.headDim) } : {}),
     ...(options.dtype === 'float16' ? { dtype: options.dtype } : {}),
     ...(built.greedyOutput ? { greedyOutput: true } : {}),
     source: { file: basename(ggufPath), sha256 },
@@ -110,7 +111,8 @@ export function convertGguf(
 export function conversionKey(ggufSha256: string, options: GraphOptions): string {
   const slots = options.slots ?? 0;
   const dtype = options.dtype === 'float16' ? '-f16' : '';
-  return `${ggufSha256.slice(0, 16)}-v${CONVERTER_VERSION}-${options.weights}-${options.norms}-a${options.accuracyLevel}${slots > 0 ? `-s${slots}` : ''}${dtype}`;
+  const paged = options.attention === 'paged' ? '-paged' : '';
+  return `${ggufSha256.slice(0, 16)}-v${CONVERTER_VERSION}-${options.weights}-${options.norms}-a${options.accuracyLevel}${slots > 0 ? `-s${slots}` : ''}${dtype}${paged}`;
 }
 
 export function isConverted(dir: string): boolean {

@@ -82,6 +82,14 @@ export interface GraphOptions {
    * float32 either way (a Cast after the LM head). @default 'float32'
    */
   readonly dtype?: GraphDtype;
+  /**
+   * float16 only. 'paged': one graph for any number of sequences per forward (continuous batching
+   * on CUDA): their new tokens packed along the token axis, attention by ORT's PagedAttention over
+   * a block KV cache (each sequence's blocks named by a block table), which writes the new keys in
+   * place and attends each sequence to its own past. Absent: GroupQueryAttention, one sequence (or
+   * `slots`) per forward.
+   */
+  readonly attention?: 'paged';
 }
 
 export const GRAPH_DTYPES = ['float32', 'float16'] as const;
@@ -207,6 +215,34 @@ export const IO = {
   presentKey: (layer: number) => `present.${layer}.key`,
   presentValue: (layer: number) => `present.${layer}.value`,
 } as const;
+
+/** Inputs and outputs of the paged graph (GraphOptions.attention 'paged'): B sequences, T tokens in all. */
+export const PAGED_IO = {
+  /** [1, T] int64: every sequence's new tokens, one after the other. */
+  inputIds: 'input_ids',
+  /** [B + 1] int32: where each sequence's tokens start in input_ids (0, …, T). */
+  cumulativeSequenceLength: 'cumulative_sequence_length',
+  /** [B] int32: tokens already in each sequence's cache (the new ones go at these positions). */
+  pastSeqlens: 'past_seqlens',
+  /** [B, blocks per sequence] int32: each sequence's cache blocks, in position order. */
+  blockTable: 'block_table',
+  /** [2] int32, host: upper bounds of the new tokens and of the KV length per sequence (sizes kernels; CUDA graphs need it). */
+  attentionMetadata: 'attention_metadata',
+  /** [R] int64: which of the T rows go through the LM head (logits come back in that order). */
+  logitsIndex: 'logits_index',
+  logits: 'logits',
+  argmax: 'argmax',
+  /** [blocks, block size, kvHeads, headDim]: every sequence's keys of a layer (written in place). */
+  keyCache: (layer: number) => `key_cache.${layer}`,
+  valueCache: (layer: number) => `value_cache.${layer}`,
+  keyCacheOut: (layer: number) => `key_cache_out.${layer}`,
+  valueCacheOut: (layer: number) => `value_cache_out.${layer}`,
+} as const;
+
+/** Positions per KV block of the paged graph: what ORT's flash path over a paged cache needs for the head size. */
+export function pagedBlockSize(headDim: number): number {
+  return headDim <= 64 ? 256 : headDim <= 128 ? 128 : 64;
+}
 
 /** Inputs and outputs of the K-slot graph (GraphOptions.slots); slot s's KV is its own tensors. */
 export const SLOT_IO = {
@@ -386,6 +422,9 @@ export function buildDecoderGraph(
   const slots = options.slots ?? 0;
   if (!Number.isInteger(slots) || slots < 0 || slots > 64)
     throw new RangeError(`slots must be an integer in [0, 64], got ${slots}`);
+  const paged = options.attention === 'paged';
+  if (paged && (options.dtype !== 'float16' || slots > 0))
+    throw new RangeError('paged attention is a float16 graph of its own (no slots): ORT runs it on CUDA only');
   const tensor = (name: string): GgufTensorInfo => {
     const t = file.tensors.get(name);
     if (t === undefined)
@@ -577,7 +616,42 @@ export function buildDecoderGraph(
       ];
     }
     let attn = g.fresh('attn');
-    if (slots === 0) {
+    if (paged) {
+      // PagedAttention takes [tokens, hidden] (the packed sequences, no batch axis).
+      const flatAttn = g.fresh('attn_flat');
+      const pagedAttributes: Record<string, AttributeValue> = {
+        num_heads: hp.heads,
+        kv_num_heads: hp.kvHeads,
+        do_rotary: 1,
+        rotary_interleaved: hp.ropeInterleaved ? 1 : 0,
+      };
+      if (gqaAttributes['scale'] !== undefined) pagedAttributes['scale'] = gqaAttributes['scale'];
+      if (sliding) pagedAttributes['local_window_size'] = hp.slidingWindow;
+      g.node(
+        'PagedAttention',
+        [
+          ...qkvInputs.map((x) => (x === '' ? '' : g.one('Squeeze', [x, g.i64(g.fresh('axes'), [0])]))),
+          PAGED_IO.keyCache(l),
+          PAGED_IO.valueCache(l),
+          PAGED_IO.cumulativeSequenceLength,
+          PAGED_IO.pastSeqlens,
+          PAGED_IO.blockTable,
+          cosCache,
+          sinCache,
+          '',
+          '',
+          '',
+          '',
+          '',
+          '',
+          PAGED_IO.attentionMetadata,
+        ],
+        [flatAttn, PAGED_IO.keyCacheOut(l), PAGED_IO.valueCacheOut(l)],
+        pagedAttributes,
+        'com.microsoft',
+      );
+      attn = g.one('Unsqueeze', [flatAttn, g.i64(g.fresh('axes'), [0])]);
+    } else if (slots === 0) {
       g.node(
         'GroupQueryAttention',
         [...qkvInputs, IO.pastKey(l), IO.pastValue(l), IO.seqlensK, IO.totalSequenceLength, cosCache, sinCache],
@@ -644,7 +718,7 @@ export function buildDecoderGraph(
   // Only the requested rows go through the LM head: prefill needs one, a padded decode step one
   // (the pad row is skipped), verification all of them.
   const kept =
-    slots === 0
+    slots === 0 && !paged
       ? g.one('Slice', [normed, IO.logitsStart, IO.logitsEnd, g.i64('slice.axis', [1])])
       : g.one('Gather', [normed, SLOT_IO.logitsIndex], { axis: 1 });
   const headTensor = optionalTensor('output.weight') ?? embd;
@@ -663,6 +737,44 @@ export function buildDecoderGraph(
   progress?.(totalSteps, totalSteps);
 
   const kvShape = [1, hp.kvHeads, kvCapacityDim, hp.headDim];
+  if (paged) {
+    const blockSize = pagedBlockSize(hp.headDim);
+    const cacheShape = ['kv_blocks', blockSize, hp.kvHeads, hp.headDim];
+    const pagedInputs: ValueInfo[] = [
+      { name: PAGED_IO.inputIds, type: OnnxDataType.INT64, shape: [1, 'tokens'] },
+      { name: PAGED_IO.cumulativeSequenceLength, type: OnnxDataType.INT32, shape: ['batch_plus_one'] },
+      { name: PAGED_IO.pastSeqlens, type: OnnxDataType.INT32, shape: ['batch'] },
+      { name: PAGED_IO.blockTable, type: OnnxDataType.INT32, shape: ['batch', 'blocks_per_sequence'] },
+      { name: PAGED_IO.attentionMetadata, type: OnnxDataType.INT32, shape: [2] },
+      { name: PAGED_IO.logitsIndex, type: OnnxDataType.INT64, shape: ['logits_rows'] },
+    ];
+    const pagedOutputs: ValueInfo[] = [
+      { name: PAGED_IO.logits, type: OnnxDataType.FLOAT, shape: [1, 'logits_rows', hp.vocab] },
+      { name: PAGED_IO.argmax, type: OnnxDataType.INT64, shape: [1, 'logits_rows'] },
+    ];
+    for (let l = 0; l < hp.layers; l++) {
+      pagedInputs.push(
+        { name: PAGED_IO.keyCache(l), type: kvType, shape: cacheShape },
+        { name: PAGED_IO.valueCache(l), type: kvType, shape: cacheShape },
+      );
+      pagedOutputs.push(
+        { name: PAGED_IO.keyCacheOut(l), type: kvType, shape: cacheShape },
+        { name: PAGED_IO.valueCacheOut(l), type: kvType, shape: cacheShape },
+      );
+    }
+    return {
+      graph: {
+        name: `${hp.architecture}-decoder-paged`,
+        nodes: g.nodes,
+        inputs: pagedInputs,
+        outputs: pagedOutputs,
+        initializers: g.initializers,
+      },
+      hyper: hp,
+      kvCapacityDim: 'kv_blocks',
+      greedyOutput,
+    };
+  }
   if (slots > 0) {
     const slotInputs: ValueInfo[] = [
       { name: SLOT_IO.inputIds, type: OnnxDataType.INT64, shape: [1, 'tokens'] },

@@ -30,5 +30,8 @@ export interface ModelManifest {
   readonly dtype?: 'float32' | 'float16';
   /** The graph also outputs `argmax` (int64 [1, rows]): each logits row's argmax (float16 graphs, slot graphs included). */
   readonly greedyOutput?: boolean;
+  /** The paged graph (GraphOptions.attention): any number of sequences per forward, a block KV cache of kvBlockSize positions a block. */
+  readonly attention?: 'paged';
+  readonly kvBlockSize?: number;
   readonly source: { readonly file: string; readonly sha256: string };
 }

@@ -7,6 +7,7 @@
 import { writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import type { DeviceDecoderModel } from '../src/runtime/device-decoder.js';
+import type { PagedDecoderModel } from '../src/runtime/device-paged.js';
 import { loadDecoderModel } from '../src/runtime/load-model.js';
 import type { DecoderSequence, ExecutionProviderName, StepForward } from '../src/runtime/types.js';
 
@@ -18,21 +19,22 @@ const { values } = parseArgs({
     'cuda-graphs': { type: 'string', default: 'on' },
     'device-run': { type: 'string', default: 'auto' },
     reps: { type: 'string', default: '50' },
+    'batch-invariant': { type: 'string', default: 'off' },
     out: { type: 'string' },
   },
 });
-if (values.model === undefined || values['batch-model'] === undefined)
-  throw new Error('--model DIR and --batch-model DIR,DIR,… are required');
+if (values.model === undefined) throw new Error('--model DIR is required (and --batch-model DIR,… unless it is the paged graph)');
 const model = (await loadDecoderModel(values.model, {
   executionProvider: values['execution-provider'] as ExecutionProviderName,
   intraOpThreads: 0,
   kvCapacity: 1024,
-  batchModelDir: values['batch-model'].split(','),
+  ...(values['batch-model'] !== undefined ? { batchModelDir: values['batch-model'].split(',') } : { batchSlots: 64 }),
   experimental: {
     cudaGraphs: values['cuda-graphs'] !== 'off',
+    batchInvariant: values['batch-invariant'] === 'on',
     deviceRun: values['device-run'] as 'auto' | 'emulate',
   },
-})) as DeviceDecoderModel;
+})) as DeviceDecoderModel | PagedDecoderModel;
 const executor = model.batchExecutor!;
 const reps = Number(values.reps);
 const prompt = [1, 9690, 198, 2683, 359, 253, 5356];

@@ -63,6 +63,9 @@ async function main(): Promise<void> {
       generations: { type: 'string' },
       'rows-min': { type: 'string' },
       'device-run': { type: 'string' },
+      'paged-model': { type: 'string' },
+      'batch-slots': { type: 'string', default: '64' },
+      'batch-invariant': { type: 'string', default: 'off' },
       'kv-capacity': { type: 'string', default: '1024' },
       out: { type: 'string' },
     },
@@ -84,51 +87,69 @@ async function main(): Promise<void> {
   ).map((p) => p.prompt);
   const streamCounts = values.streams!.split(',').map(Number);
   const rows: Record<string, unknown>[] = [];
-  const reference = new Map<number, string>();
+  // Each engine's outputs against its own first output of the prompt (batch invariance: every
+  // concurrency, plain and ANPD), and the paged graph's against the one-sequence graph's (other
+  // attention kernels: near-ties may go either way; counted apart).
+  const reference = new Map<string, string>();
   let mismatches = 0;
+  let pagedVsGqa = 0;
+  let generationsChecked = 0;
   // One table per graph: a batching engine's runs to 128 rows (its draft lengths are chosen for the batch).
   const forwardCosts = new Map<string, readonly number[]>();
   // Unbatched, then batched once per prefill chunk size.
-  const batchModes: { batch: string | undefined; chunk: number | undefined }[] = [
+  // 'paged' pools run --paged-model (continuous batching on CUDA), once per --batch-invariant value.
+  const batchModes: { batch: string | undefined; chunk: number | undefined; invariant?: boolean }[] = [
     { batch: undefined, chunk: undefined },
   ];
   if (values['batch-model'] !== undefined)
     for (const chunk of values['prefill-chunks']!.split(',').map(Number))
       batchModes.push({ batch: values['batch-model'], chunk });
-  const pools: { replicas: number; batch: string | undefined; chunk: number | undefined; pool: EnginePool }[] = [];
+  if (values['paged-model'] !== undefined)
+    for (const invariant of values['batch-invariant']!.split(','))
+      batchModes.push({ batch: 'paged', chunk: undefined, invariant: invariant === 'on' });
+  const pools: {
+    replicas: number;
+    batch: string | undefined;
+    chunk: number | undefined;
+    invariant?: boolean;
+    pool: EnginePool;
+  }[] = [];
   for (const replicas of values.replicas!.split(',').map(Number)) {
-    for (const { batch, chunk } of batchModes) {
+    for (const { batch, chunk, invariant } of batchModes) {
+      const paged = batch === 'paged';
       const started = performance.now();
       const runtime = {
         executionProvider: provider,
         intraOpThreads: Number(values.threads),
         kvCapacity: Number(values['kv-capacity']),
         ...(values['rows-min'] !== undefined ? { forwardRowsMin: Number(values['rows-min']) } : {}),
-        ...(batch !== undefined ? { batchModelDir: batch.split(',') } : {}),
+        ...(batch !== undefined && !paged ? { batchModelDir: batch.split(',') } : {}),
+        ...(paged ? { batchSlots: Number(values['batch-slots']) } : {}),
         // 'emulate': the device path on the CPU (how its batching is checked without a GPU).
         experimental: {
-          ...(batch !== undefined ? { batchPrefillChunkTokens: chunk! } : {}),
+          ...(batch !== undefined && !paged ? { batchPrefillChunkTokens: chunk! } : {}),
+          ...(paged ? { batchInvariant: invariant === true } : {}),
           ...(values['device-run'] !== undefined ? { deviceRun: values['device-run'] as DeviceRunMode } : {}),
         },
       };
       const known = forwardCosts.get(batch ?? '');
       const pool = await EnginePool.create(
-        values.model,
+        paged ? values['paged-model']! : values.model,
         runtime,
         known === undefined ? { replicas } : { replicas, forwardCost: { mode: 'fixed', table: known } },
       );
       if (known === undefined && pool.forwardCost !== undefined) forwardCosts.set(batch ?? '', pool.forwardCost);
       log(
-        `${replicas} replica(s)${batch !== undefined ? ` with batched forwards (prefill chunks of ${chunk})` : ''} loaded in ${((performance.now() - started) / 1000).toFixed(1)} s`,
+        `${replicas} replica(s)${paged ? ` paged${invariant ? ', batch-invariant' : ''}` : batch !== undefined ? ` with batched forwards (prefill chunks of ${chunk})` : ''} loaded in ${((performance.now() - started) / 1000).toFixed(1)} s`,
       );
       for (let r = 0; r < replicas; r++) await generate(pool, 'Hello', anpd, 4); // warm every replica (least-loaded picks in turn)
       await Promise.all(Array.from({ length: replicas }, () => generate(pool, 'Hello', NO_SPECULATION, 4)));
-      pools.push({ replicas, batch, chunk, pool });
+      pools.push({ replicas, batch, chunk, ...(invariant !== undefined ? { invariant } : {}), pool });
     }
   }
   // Streams outermost, batched and unbatched pools interleaved under them: machine drift hits both alike.
   for (const streams of streamCounts) {
-    for (const { replicas, batch, chunk, pool } of pools) {
+    for (const { replicas, batch, chunk, invariant, pool } of pools) {
       for (const [mode, speculation] of [
         ['plain', NO_SPECULATION],
         ['anpd', anpd],
@@ -158,11 +179,14 @@ async function main(): Promise<void> {
               ttft.push(out.final.firstTokenMs);
               tpot.push((out.final.totalMs - out.final.firstTokenMs) / Math.max(1, out.tokens.length - 1));
               const key = out.tokens.join(',');
-              if (!reference.has(i)) reference.set(i, key);
-              else if (reference.get(i) !== key) {
+              const family = batch === 'paged' ? `paged${invariant ? '-invariant' : ''}` : 'gqa';
+              generationsChecked++;
+              if (family !== 'gqa' && reference.has(`gqa:${i}`) && reference.get(`gqa:${i}`) !== key) pagedVsGqa++;
+              if (!reference.has(`${family}:${i}`)) reference.set(`${family}:${i}`, key);
+              else if (reference.get(`${family}:${i}`) !== key) {
                 mismatches++;
                 log(
-                  `MISMATCH prompt ${i} (${mode}, ${streams} streams, ${replicas} replicas, batched ${batch !== undefined})`,
+                  `MISMATCH prompt ${i} (${mode}, ${streams} streams, ${replicas} replicas, batched ${batch === 'paged' ? `paged${invariant ? '-invariant' : ''}` : batch !== undefined})`,
                 );
               }
             }
@@ -171,7 +195,7 @@ async function main(): Promise<void> {
         const seconds = (performance.now() - t0) / 1000;
         const row = {
           replicas,
-          batched: batch !== undefined,
+          batched: batch === 'paged' ? (invariant === true ? 'paged-invariant' : 'paged') : batch !== undefined,
           prefillChunkTokens: chunk ?? null,
           streams,
           mode,
@@ -205,6 +229,9 @@ async function main(): Promise<void> {
     ),
     rows,
     outputsIdentical: mismatches === 0,
+    mismatches,
+    generationsChecked,
+    pagedGenerationsDifferingFromGqa: pagedVsGqa,
   };
   process.stdout.write(`${JSON.stringify(report)}\n`);
   if (values.out !== undefined) writeFileSync(values.out, `${JSON.stringify(report, null, 2)}\n`);

@@ -74,6 +74,13 @@ for step in $steps; do
         ladder="$ladder${ladder:+,}/tmp/m16-s$k"
       done
       timeout ${BATCH_TIMEOUT:-420} node dist/bench/replicas-bench.js --execution-provider cuda --model "$model" --batch-model "$ladder" --replicas 1 --streams ${STREAMS:-1,4,16,64} --max-new-tokens 64 --category ${CATEGORY:-code-editing} ${GENERATIONS:+--generations $GENERATIONS} --out "$out/batch${TAG:-}.json" 2>&1 | grep -v '^{' | tee -a "$log" ;;
+    paged)
+      # Issue 30: continuous batching on the paged graph vs one sequence per forward (and the slot graphs), one run.
+      say paged
+      [ -f /tmp/mp/anpd-model.json ] || node dist/src/cli/main.js convert "$gguf" /tmp/mp --dtype float16 --attention paged 2>&1 | tail -1 | tee -a "$log"
+      ladder=""
+      for k in ${SLOTS:-}; do ladder="$ladder${ladder:+,}/tmp/m16-s$k"; done
+      timeout ${PAGED_TIMEOUT:-500} node dist/bench/replicas-bench.js --execution-provider cuda --model "$model" --paged-model /tmp/mp --batch-slots ${BATCH_SLOTS:-64} --batch-invariant ${INVARIANT:-off} ${ladder:+--batch-model $ladder} --replicas 1 --streams ${STREAMS:-1,4,16,64} --max-new-tokens 64 --category ${CATEGORY:-code-editing} ${GENERATIONS:+--generations $GENERATIONS} --out "$out/paged${TAG:-}.json" 2>&1 | grep -v '^{' | tee -a "$log" ;;
     batchstep)
       # One batched step's cost by width, CUDA graphs on and off (where a step's time goes).
       say batchstep
@@ -81,6 +88,7 @@ for step in $steps; do
       for g in on off; do
         timeout 200 node dist/bench/device-batch-bench.js --model "$model" --batch-model "$ladder" --cuda-graphs $g --out "$out/batchstep-graphs-$g${TAG:-}.json" 2>&1 | grep -v '^{"date' | tee -a "$log"
       done
+      [ -f /tmp/mp/anpd-model.json ] && timeout 200 node dist/bench/device-batch-bench.js --model /tmp/mp --out "$out/batchstep-paged${TAG:-}.json" 2>&1 | grep -v '^{"date' | tee -a "$log"
       # Per-node times of the 16-slot graph and the single-sequence graph (graphs off: ORT times each node).
       rm -rf /tmp/prof; mkdir -p /tmp/prof
       ANPD_ORT_PROFILE=/tmp/prof/p timeout 120 node dist/bench/device-batch-bench.js --model "$model" --batch-model /tmp/m16-s16 --cuda-graphs off --reps 20 >/dev/null 2>&1

@@ -13,6 +13,7 @@ import { planOptimum, planRuntime } from './runtime-plan.js';
 import { inspectOptimumSession, OptimumDecoderModel } from './optimum-decoder.js';
 import type { DeviceBatchGraph } from './device-batch.js';
 import { DeviceDecoderModel } from './device-decoder.js';
+import { PagedDecoderModel } from './device-paged.js';
 import { DeviceSession, nativeAddon, NativeSession } from './native-run.js';
 import { cudaProviderInstalled } from './gpu-probe.js';
 import { createOrtSession, installHint, isProviderFailure } from './ort-session.js';
@@ -118,7 +119,11 @@ function openNativeSession(path: string, plan: RuntimePlan): NativeSession | und
  * The device path (src/runtime/device-decoder.ts): on 'cuda' when the addon is built (unless
  * deviceRun is 'off'), or emulated on the CPU provider (deviceRun 'emulate'); the plan says which.
  */
-function openDeviceModel(path: string, manifest: ModelManifest, plan: RuntimePlan): DeviceDecoderModel {
+function openDeviceModel(
+  path: string,
+  manifest: ModelManifest,
+  plan: RuntimePlan,
+): DeviceDecoderModel | PagedDecoderModel {
   const target = plan.deviceTarget!;
   const addon = nativeAddon()!;
   if (target === 'cuda') {
@@ -168,6 +173,14 @@ function openDeviceModel(path: string, manifest: ModelManifest, plan: RuntimePla
       `ONNX Runtime cannot load it (${target === 'cuda' ? 'CUDA execution provider' : 'device path on the CPU'}): ${detail}`,
       { cause },
     );
+  }
+  if (manifest.attention === 'paged') {
+    try {
+      return new PagedDecoderModel(session, manifest, plan, plan.batchSlots);
+    } catch (error) {
+      session.release();
+      throw error;
+    }
   }
   // Batch graphs: every slot's KV in one device buffer per layer, shared with the single-sequence
   // session (device-batch.ts).

@@ -70,8 +70,17 @@ export function planRuntime(
       cudaGraphs: x.cudaGraphs ?? true,
       greedyOnDevice: x.greedyOnDevice ?? true,
       warmUp: x.warmUp ?? true,
+      batchInvariant: x.batchInvariant ?? false,
     },
+    batchSlots: options.batchSlots ?? PAGED_BATCH_SLOTS_DEFAULT,
   };
+  if (!Number.isInteger(common.batchSlots) || common.batchSlots < 1 || common.batchSlots > PAGED_BATCH_SLOTS_MAX)
+    throw new RangeError(`batchSlots must be an integer in [1, ${PAGED_BATCH_SLOTS_MAX}], got ${common.batchSlots}`);
+  if (manifest.attention === 'paged' && deviceTarget !== 'cuda')
+    throw new ModelFormatError(
+      onnxPath,
+      "is the paged graph (PagedAttention), which ONNX Runtime runs on CUDA only: serve it with --execution-provider cuda and the native addon built, or convert without --attention paged",
+    );
   if (deviceTarget !== undefined) {
     const rowsMin = checkRowsMin(options.forwardRowsMin ?? DEVICE_FORWARD_ROWS, ' on the device runner');
     return {
@@ -133,9 +142,14 @@ export function planOptimum(options: RuntimeOptions): RuntimePlan {
     kvCapacity: options.kvCapacity,
     batchGraphDirs: [],
     batchPrefillChunkTokens: FORWARD_TOKENS_MAX,
-    experimental: { cudaGraphs: false, greedyOnDevice: false, warmUp: false },
+    experimental: { cudaGraphs: false, greedyOnDevice: false, warmUp: false, batchInvariant: false },
+    batchSlots: 1,
   };
 }
+
+/** Sequences per forward of the paged graph unless RuntimeOptions.batchSlots says otherwise, and the most it takes. */
+export const PAGED_BATCH_SLOTS_DEFAULT = 16;
+export const PAGED_BATCH_SLOTS_MAX = 256;
 
 function checkRowsMin(rows: number, where: string): number {
   if (!Number.isInteger(rows) || rows < 1 || rows > 64)

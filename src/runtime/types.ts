@@ -160,6 +160,11 @@ export interface RuntimeOptions {
    * 2-, 4-, 8- and 16-wide graphs. @default none
    */
   readonly batchModelDir?: string | readonly string[];
+  /**
+   * The paged graph (`anpd convert --attention paged`, CUDA): sequences one forward may carry, and
+   * KV places held on the device (each a slot of the model's capacity). @default 16
+   */
+  readonly batchSlots?: number;
   /** Switches only tests and benchmarks set (what they measure or reach); production leaves them out. */
   readonly experimental?: ExperimentalRuntimeOptions;
 }
@@ -195,6 +200,12 @@ export interface ExperimentalRuntimeOptions {
    * lets prefill chunks share forwards with other sequences' decodes; 512 runs each prompt alone. @default 512
    */
   readonly batchPrefillChunkTokens?: number;
+  /**
+   * The paged graph: every step runs the widest shape, whatever the load, so a stream's output is
+   * bitwise the same at any concurrency (kernels change with the row count), at the cost of a
+   * lone stream running the full-width step. @default false
+   */
+  readonly batchInvariant?: boolean;
 }
 
 /**
@@ -231,7 +242,14 @@ export interface RuntimePlan {
   /** Prefill chunk size while batching. */
   readonly batchPrefillChunkTokens: number;
   /** The test and benchmark switches, defaults filled in. */
-  readonly experimental: { readonly cudaGraphs: boolean; readonly greedyOnDevice: boolean; readonly warmUp: boolean };
+  readonly experimental: {
+    readonly cudaGraphs: boolean;
+    readonly greedyOnDevice: boolean;
+    readonly warmUp: boolean;
+    readonly batchInvariant: boolean;
+  };
+  /** The paged graph's sequences per forward (RuntimeOptions.batchSlots). */
+  readonly batchSlots: number;
 }
 
 /** Most sequences a batch graph may carry on WebGPU (16 storage buffers per shader: K outputs + 1 input). */

@@ -44,6 +44,7 @@ export async function runServe(argv: readonly string[]): Promise<number> {
   if (addonMissing !== undefined) throw new ConfigError(`${NATIVE_REQUIRED}: ${addonMissing}`);
   timer.mark('configParsed');
   let batchModelDir: readonly string[] | undefined = config.batchModelDir?.split(',').filter((d) => d !== '');
+  const pagedBatching = config.executionProvider === 'cuda' && config.nativeRun !== 'off' && config.batchSlots > 0;
   // The default model, a registry model (--model gemma3-270m) or --model FILE.gguf: fetched and
   // converted into the cache on first use.
   const modelArgument = classifyModelArgument(config.modelDir);
@@ -57,8 +58,11 @@ export async function runServe(argv: readonly string[]): Promise<number> {
         : DEFAULT_GRAPH_OPTIONS;
     const ensure = (options: GraphOptions) => ensureModelArgument(modelArgument, options, progress);
     try {
-      modelDir = await ensure(graph);
-      if (config.batchSlots > 0) {
+      if (pagedBatching) {
+        // cuda's device path batches on one graph for any number of sequences (PagedAttention).
+        modelDir = await ensure({ ...graph, attention: 'paged' });
+      } else modelDir = await ensure(graph);
+      if (config.batchSlots > 0 && !pagedBatching) {
         // A ladder (2, 4, 8, …, K): each batch runs on the smallest graph that holds it.
         const ladder: string[] = [];
         for (const slots of batchSlotLadder(config.batchSlots)) ladder.push(await ensure({ ...graph, slots }));
@@ -76,6 +80,7 @@ export async function runServe(argv: readonly string[]): Promise<number> {
     intraOpThreads: config.intraOpThreads,
     kvCapacity: config.kvCapacity,
     nativeRun: config.nativeRun === 'off' ? ('off' as const) : ('auto' as const),
+    ...(pagedBatching ? { batchSlots: config.batchSlots } : {}),
   };
   const costCache = forwardCostPath(cacheDir(), modelDir, {
     ...runtime,

@@ -12,6 +12,7 @@ import {
   EXECUTION_PROVIDERS,
   type ExecutionProviderName,
   NATIVE_RUN_MODES,
+  PAGED_BATCH_SLOTS_MAX,
   WEBGPU_BATCH_WIDTH_MAX,
 } from '../runtime/types.js';
 
@@ -272,9 +273,12 @@ export function parseServerConfig(
 
   const providerChoice = choice('executionProvider', [...EXECUTION_PROVIDERS, 'auto'] as const, 'auto');
   const executionProvider = providerChoice === 'auto' ? probe().provider : providerChoice;
-  const batchSlots = int('batchSlots', 0, 0, 64);
-  if (batchSlots === 1) throw new ConfigError(`${raw('batchSlots')!.source} must be 0 (off) or at least 2`);
   const nativeRunChoice = choice('nativeRun', SERVE_NATIVE_RUN_MODES, 'auto');
+  // cuda's device path batches on the paged graph (any number of sequences per forward); elsewhere
+  // batch graphs of K slots are converted, K ≤ 64.
+  const pagedBatching = executionProvider === 'cuda' && nativeRunChoice !== 'off';
+  const batchSlots = int('batchSlots', 0, 0, pagedBatching ? PAGED_BATCH_SLOTS_MAX : 64);
+  if (batchSlots === 1) throw new ConfigError(`${raw('batchSlots')!.source} must be 0 (off) or at least 2`);
   if (batchSlots > WEBGPU_BATCH_WIDTH_MAX && executionProvider === 'webgpu') {
     throw new ConfigError(
       `${raw('batchSlots')!.source} must be at most ${WEBGPU_BATCH_WIDTH_MAX} on webgpu (16 storage buffers per shader), got ${batchSlots}`,
@@ -298,7 +302,20 @@ export function parseServerConfig(
       `${tlsClientCa.source} (mutual TLS) needs --tls-cert and --tls-key: the server must speak TLS to check client certificates`,
     );
   }
-  const maxActiveSequences = int('maxActiveSequences', Math.max(4, 2 * availableParallelism()), 1, LIMITS.sequences);
+  const engineReplicas = int(
+    'engineReplicas',
+    pagedBatching && batchSlots > 0 ? 1 : defaultEngineReplicas(executionProvider),
+    1,
+    ENGINE_REPLICAS_LIMIT,
+  );
+  // Batching on cuda: each replica holds batchSlots sequences (their KV places on the device).
+  const placesMax = pagedBatching && batchSlots > 0 ? engineReplicas * batchSlots : LIMITS.sequences;
+  const maxActiveSequences = int(
+    'maxActiveSequences',
+    pagedBatching && batchSlots > 0 ? placesMax : Math.max(4, 2 * availableParallelism()),
+    1,
+    Math.min(LIMITS.sequences, placesMax),
+  );
   const maxNewTokensLimit = int('maxNewTokensLimit', 4096, 1, MAX_NEW_TOKENS_LIMIT);
   const maxNewTokensDefault = int('maxNewTokensDefault', Math.min(256, maxNewTokensLimit), 1, maxNewTokensLimit);
   const config: ServerConfig = {
@@ -312,7 +329,7 @@ export function parseServerConfig(
     maxNewTokensLimit,
     executionProvider,
     intraOpThreads: int('intraOpThreads', 0, 0, LIMITS.threads),
-    engineReplicas: int('engineReplicas', defaultEngineReplicas(executionProvider), 1, ENGINE_REPLICAS_LIMIT),
+    engineReplicas,
     engineIsolation: choice('engineIsolation', ['auto', 'thread', 'process'] as const, 'auto'),
     forwardTimeoutMs: int('forwardTimeoutMs', 60_000, 0, LIMITS.timerMs),
     replicaRestartsPerMinute: int('replicaRestartsPerMinute', 5, 1, 600),

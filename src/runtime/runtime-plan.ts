@@ -7,7 +7,7 @@
 import { ModelFormatError } from '../errors.js';
 import type { ModelManifest } from '../model/model-manifest.js';
 import { FORWARD_TOKENS_MAX } from './check-forward.js';
-import type { ModelInfo, RuntimeOptions, RuntimePlan } from './types.js';
+import { type ModelInfo, PAGED_BATCH_SLOTS_DEFAULT, PAGED_BATCH_SLOTS_MAX, type RuntimeOptions, type RuntimePlan } from './types.js';
 
 /** Query rows every forward runs at least on the CPU (see gqa-sequence.ts, batch invariance). */
 export const FORWARD_ROWS_MIN = 2;
@@ -146,10 +146,6 @@ export function planOptimum(options: RuntimeOptions): RuntimePlan {
     batchSlots: 1,
   };
 }
-
-/** Sequences per forward of the paged graph unless RuntimeOptions.batchSlots says otherwise, and the most it takes. */
-export const PAGED_BATCH_SLOTS_DEFAULT = 16;
-export const PAGED_BATCH_SLOTS_MAX = 256;
 
 function checkRowsMin(rows: number, where: string): number {
   if (!Number.isInteger(rows) || rows < 1 || rows > 64)

@@ -252,6 +252,10 @@ export interface RuntimePlan {
   readonly batchSlots: number;
 }
 
+/** Sequences per forward of the paged graph unless RuntimeOptions.batchSlots says otherwise, and the most it takes. */
+export const PAGED_BATCH_SLOTS_DEFAULT = 16;
+export const PAGED_BATCH_SLOTS_MAX = 256;
+
 /** Most sequences a batch graph may carry on WebGPU (16 storage buffers per shader: K outputs + 1 input). */
 export const WEBGPU_BATCH_WIDTH_MAX = 15;
 

@@ -23,7 +23,8 @@ const { values } = parseArgs({
     out: { type: 'string' },
   },
 });
-if (values.model === undefined) throw new Error('--model DIR is required (and --batch-model DIR,… unless it is the paged graph)');
+if (values.model === undefined)
+  throw new Error('--model DIR is required (and --batch-model DIR,… unless it is the paged graph)');
 const model = (await loadDecoderModel(values.model, {
   executionProvider: values['execution-provider'] as ExecutionProviderName,
   intraOpThreads: 0,

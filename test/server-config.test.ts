@@ -386,15 +386,35 @@ test('--execution-provider auto (the default) takes what the probe finds; withou
   t.is(parseServerConfig(['--execution-provider', 'cpu'], {}, gpu).executionProvider, 'cpu');
 });
 
-test('--batch-slots on cuda is refused while the device path has no batched forwards (unless --native-run off)', (t) => {
-  t.throws(() => parseServerConfig(['--execution-provider', 'cuda', '--batch-slots', '4'], {}), {
+test('--batch-slots K on cuda (device path): one replica of K places, up to 256; max-active-sequences within replicas × K', (t) => {
+  const cuda = parseServerConfig(['--execution-provider', 'cuda', '--batch-slots', '64'], {});
+  t.is(cuda.batchSlots, 64);
+  t.is(cuda.engineReplicas, 1, 'one replica batches every stream');
+  t.is(cuda.maxActiveSequences, 64, 'the default fills the places');
+  t.is(parseServerConfig(['--execution-provider', 'cuda', '--batch-slots', '256'], {}).batchSlots, 256);
+  t.throws(() => parseServerConfig(['--execution-provider', 'cuda', '--batch-slots', '257'], {}), {
     instanceOf: ConfigError,
-    message: /--batch-slots.*cuda/,
+    message: /--batch-slots must be an integer in \[0, 256\]/,
   });
-  t.is(
-    parseServerConfig(['--execution-provider', 'cuda', '--batch-slots', '4', '--native-run', 'off'], {}).batchSlots,
-    4,
+  t.throws(
+    () => parseServerConfig(['--execution-provider', 'cuda', '--batch-slots', '8', '--max-active-sequences', '9'], {}),
+    { instanceOf: ConfigError, message: /--max-active-sequences must be an integer in \[1, 8\]/ },
   );
+  t.is(
+    parseServerConfig(
+      ['--execution-provider', 'cuda', '--batch-slots', '8', '--engine-replicas', '2', '--max-active-sequences', '16'],
+      {},
+    ).maxActiveSequences,
+    16,
+  );
+  // onnxruntime-node on cuda batches with slot graphs, at most 64 slots.
+  t.throws(
+    () => parseServerConfig(['--execution-provider', 'cuda', '--batch-slots', '65', '--native-run', 'off'], {}),
+    {
+      message: /\[0, 64\]/,
+    },
+  );
+  t.is(parseServerConfig(['--execution-provider', 'cpu', '--batch-slots', '4'], {}).engineReplicas >= 1, true);
 });
 
 test('replica supervision settings are validated, naming the flag', (t) => {

@@ -254,7 +254,17 @@ export class PagedDecoderModel implements DecoderModel, BatchExecutor {
    * @internal A forward of one sequence alone (prefill): tokens[start, start + count) at `past`,
    * padded to `padded` tokens; the last `rows` real rows' logits (or argmax) come back.
    */
-  runAlone(slot: number, tokens: ArrayLike<number>, start: number, count: number, padded: number, past: number, rows: number, argmax: boolean, out: Float32Array | Int32Array | undefined): void {
+  runAlone(
+    slot: number,
+    tokens: ArrayLike<number>,
+    start: number,
+    count: number,
+    padded: number,
+    past: number,
+    rows: number,
+    argmax: boolean,
+    out: Float32Array | Int32Array | undefined,
+  ): void {
     const { session, blocksPerSlot } = this;
     const ids = this.hostIds.subarray(0, padded);
     for (let i = 0; i < count; i++) ids[i] = BigInt(tokens[start + i]!);
@@ -262,8 +272,16 @@ export class PagedDecoderModel implements DecoderModel, BatchExecutor {
     session.write(this.ids, 0, ids);
     session.write(this.cumulative, 0, Int32Array.of(0, padded));
     session.write(this.past, 0, Int32Array.of(past));
-    session.write(this.table, 0, Int32Array.from({ length: blocksPerSlot }, (_, j) => slot * blocksPerSlot + j));
-    session.write(this.logitsIndex, 0, BigInt64Array.from({ length: rows }, (_, i) => BigInt(count - rows + i)));
+    session.write(
+      this.table,
+      0,
+      Int32Array.from({ length: blocksPerSlot }, (_, j) => slot * blocksPerSlot + j),
+    );
+    session.write(
+      this.logitsIndex,
+      0,
+      BigInt64Array.from({ length: rows }, (_, i) => BigInt(count - rows + i)),
+    );
     const inputs: Record<string, DeviceValue> = {
       input_ids: { data: this.ids, dims: [1, padded], type: INT64 },
       cumulative_sequence_length: { data: this.cumulative, dims: [2], type: INT32 },
@@ -279,7 +297,11 @@ export class PagedDecoderModel implements DecoderModel, BatchExecutor {
     this.bindCaches(inputs, outputs);
     session.run(inputs, outputs, -1);
     // The step buckets' logits index is 0, 1, 2, …: put it back.
-    session.write(this.logitsIndex, 0, BigInt64Array.from({ length: rows }, (_, i) => BigInt(i)));
+    session.write(
+      this.logitsIndex,
+      0,
+      BigInt64Array.from({ length: rows }, (_, i) => BigInt(i)),
+    );
     if (out === undefined) return;
     if (argmax) {
       const read = this.hostArgmax.subarray(0, rows);
@@ -324,7 +346,16 @@ export class PagedDecoderModel implements DecoderModel, BatchExecutor {
     if (this.disposed) return;
     this.disposed = true;
     for (const b of this.buckets) b.bound.release();
-    for (const b of [...this.caches, this.ids, this.cumulative, this.past, this.table, this.logitsIndex, this.logits, this.argmax])
+    for (const b of [
+      ...this.caches,
+      this.ids,
+      this.cumulative,
+      this.past,
+      this.table,
+      this.logitsIndex,
+      this.logits,
+      this.argmax,
+    ])
       this.session.free(b);
     this.session.release();
   }

@@ -7,7 +7,13 @@
 import { ModelFormatError } from '../errors.js';
 import type { ModelManifest } from '../model/model-manifest.js';
 import { FORWARD_TOKENS_MAX } from './check-forward.js';
-import { type ModelInfo, PAGED_BATCH_SLOTS_DEFAULT, PAGED_BATCH_SLOTS_MAX, type RuntimeOptions, type RuntimePlan } from './types.js';
+import {
+  type ModelInfo,
+  PAGED_BATCH_SLOTS_DEFAULT,
+  PAGED_BATCH_SLOTS_MAX,
+  type RuntimeOptions,
+  type RuntimePlan,
+} from './types.js';
 
 /** Query rows every forward runs at least on the CPU (see gqa-sequence.ts, batch invariance). */
 export const FORWARD_ROWS_MIN = 2;
@@ -79,7 +85,7 @@ export function planRuntime(
   if (manifest.attention === 'paged' && deviceTarget !== 'cuda')
     throw new ModelFormatError(
       onnxPath,
-      "is the paged graph (PagedAttention), which ONNX Runtime runs on CUDA only: serve it with --execution-provider cuda and the native addon built, or convert without --attention paged",
+      'is the paged graph (PagedAttention), which ONNX Runtime runs on CUDA only: serve it with --execution-provider cuda and the native addon built, or convert without --attention paged',
     );
   if (deviceTarget !== undefined) {
     const rowsMin = checkRowsMin(options.forwardRowsMin ?? DEVICE_FORWARD_ROWS, ' on the device runner');

@@ -9,8 +9,9 @@
  * It links against the libonnxruntime.so.1 that onnxruntime-node ships, so both use one ORT.
  * Built by scripts/build-native.mjs; loaded only by src/runtime/native-run.ts.
  *
- *   createSession(path, intraOpThreads, attentionDomain?) -> external
+ *   createSession(path, intraOpThreads, attentionDomain?, pagedAttention?) -> external
  *     attentionDomain: run that domain's GroupQueryAttention nodes with our kernel (gqa-attention.c)
+ *     pagedAttention: run PagedAttention nodes with our CPU kernel (paged-attention.c; ORT has CUDA's only)
  *   createCudaSession(path, intraOpThreads, deviceId, cudaGraph) -> external (CUDA execution provider, see device.c)
  *   run(session, inNames, inArrays, inDims, inTypes, outNames, outArrays, outDims, outTypes, graphId?)
  *     an array may be a device buffer (deviceAlloc) instead of a TypedArray; graphId: the CUDA graph
@@ -27,6 +28,7 @@
 #include "common.h"
 #include "device.h"
 #include "gqa-attention.h"
+#include "paged-attention.h"
 
 /* Inputs or outputs one run may name: 2 per layer and slot plus a few (64 slots × 30 layers ≈ 3,900). */
 #define VALUES_MAX 16384
@@ -44,10 +46,14 @@ static napi_value release_session_now(napi_env env, napi_callback_info info) {
 }
 
 static napi_value create_session(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
-  napi_value argv[3];
+  size_t argc = 4;
+  napi_value argv[4];
   CHECK_NAPI(napi_get_cb_info(env, info, &argc, argv, NULL, NULL), "createSession: bad arguments");
-  if (argc < 2) return throw_message(env, "createSession(path, intraOpThreads, attentionDomain?)");
+  if (argc < 2) return throw_message(env, "createSession(path, intraOpThreads, attentionDomain?, pagedAttention?)");
+  bool paged = false;
+  napi_valuetype paged_type = napi_undefined;
+  if (argc >= 4) CHECK_NAPI(napi_typeof(env, argv[3], &paged_type), "createSession: bad pagedAttention");
+  if (paged_type == napi_boolean) CHECK_NAPI(napi_get_value_bool(env, argv[3], &paged), "createSession: pagedAttention must be a boolean");
   char domain_name[128] = "";
   napi_valuetype domain_type = napi_undefined;
   if (argc >= 3) CHECK_NAPI(napi_typeof(env, argv[2], &domain_type), "createSession: bad attentionDomain");
@@ -75,7 +81,9 @@ static napi_value create_session(napi_env env, napi_callback_info info) {
     g_ort->ReleaseSessionOptions(options);
     return throw_message(env, "createSession: out of memory");
   }
+  if (status == NULL && domain_name[0] != '\0' && paged) status = g_ort->CreateStatus(ORT_INVALID_ARGUMENT, "createSession: our attention kernel and the paged one do not combine");
   if (status == NULL && domain_name[0] != '\0') status = anpd_gqa_register(g_ort, options, domain_name, &s->domain);
+  if (status == NULL && paged) status = anpd_paged_register(g_ort, options, &s->domain);
   if (status == NULL) status = g_ort->CreateSession(g_env, path, options, &s->session);
   g_ort->ReleaseSessionOptions(options);
   if (status != NULL) {

@@ -72,7 +72,9 @@ try {
       '-Wall',
       `-I${napiInclude}`,
       `-I${ortInclude}`,
-      ...['ort-run.c', 'device.c', 'gqa-attention.c', 'common.c'].map((file) => join(root, 'native', file)),
+      ...['ort-run.c', 'device.c', 'gqa-attention.c', 'paged-attention.c', 'common.c'].map((file) =>
+        join(root, 'native', file),
+      ),
       '-o',
       out,
       `-L${ortLibDir}`,

@@ -160,6 +160,7 @@ function openDeviceModel(
       deviceId: plan.deviceId,
       cudaGraphs: plan.experimental.cudaGraphs,
       ...(shareWith !== undefined ? { shareWith } : {}),
+      ...(target === 'host' && manifest.attention === 'paged' ? { pagedAttention: true } : {}),
     });
   let session: DeviceSession;
   try {

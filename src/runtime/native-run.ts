@@ -13,7 +13,7 @@ import type { ort } from './ort-session.js';
 
 interface Addon {
   readonly ortVersion: string;
-  createSession(path: string, intraOpThreads: number, attentionDomain?: string): unknown;
+  createSession(path: string, intraOpThreads: number, attentionDomain?: string, pagedAttention?: boolean): unknown;
   run(session: unknown, ...lists: unknown[]): void;
   releaseSession(session: unknown): void;
   createCudaSession(path: string, intraOpThreads: number, deviceId: number, cudaGraph: boolean): unknown;
@@ -173,6 +173,8 @@ export class DeviceSession {
       readonly cudaGraphs?: boolean;
       /** Another session of the same target and device whose buffers this one may read and write (a model's batch graphs). */
       readonly shareWith?: DeviceSession;
+      /** Host target: PagedAttention nodes run on the addon's CPU kernel (ORT has only CUDA's). */
+      readonly pagedAttention?: boolean;
     },
   ) {
     this.addon = addon;
@@ -181,7 +183,7 @@ export class DeviceSession {
     this.handle =
       options.target === 'cuda'
         ? addon.createCudaSession(path, options.intraOpThreads, options.deviceId ?? 0, this.cudaGraphs)
-        : addon.createSession(path, options.intraOpThreads);
+        : addon.createSession(path, options.intraOpThreads, undefined, options.pagedAttention === true);
     if (options.shareWith !== undefined) addon.shareDeviceMemory(this.handle, options.shareWith.handle);
   }
 

@@ -82,7 +82,8 @@ export function planRuntime(
   };
   if (!Number.isInteger(common.batchSlots) || common.batchSlots < 1 || common.batchSlots > PAGED_BATCH_SLOTS_MAX)
     throw new RangeError(`batchSlots must be an integer in [1, ${PAGED_BATCH_SLOTS_MAX}], got ${common.batchSlots}`);
-  if (manifest.attention === 'paged' && deviceTarget !== 'cuda')
+  // ORT runs PagedAttention on CUDA only; the emulated device path runs it on the addon's CPU kernel.
+  if (manifest.attention === 'paged' && deviceTarget === undefined)
     throw new ModelFormatError(
       onnxPath,
       'is the paged graph (PagedAttention), which ONNX Runtime runs on CUDA only: serve it with --execution-provider cuda and the native addon built, or convert without --attention paged',

@@ -149,28 +149,39 @@ static OrtStatus *ORT_API_CALL compute(void *op_kernel, OrtKernelContext *ctx) {
         }
       }
     }
-    for (size_t j = 0; j < count && st == NULL; j++) {
+    if (st != NULL) break;
+    /* The sequence's keys and values as float, once per call (not once per query row). */
+    const size_t total = p0 + count;
+    if (total * kvh * d * 2 + total > scores_len) {
+      free(scores);
+      scores_len = total * kvh * d * 2 + total;
+      scores = malloc(scores_len * sizeof(float));
+      if (scores == NULL) {
+        st = g_api->CreateStatus(ORT_FAIL, "anpd PagedAttention: out of memory");
+        break;
+      }
+    }
+    float *keys = scores + total, *values = keys + total * kvh * d;
+    for (size_t p = 0; p < total; p++) {
+      const size_t row = ((size_t)tab[b * table_width + p / block_size] * block_size + p % block_size) * kvh * d;
+      for (size_t h = 0; h < kvh; h++)
+        for (size_t x = 0; x < d; x++) {
+          keys[(h * total + p) * d + x] = (float)kc[row + h * d + x];
+          values[(h * total + p) * d + x] = (float)vc[row + h * d + x];
+        }
+    }
+    for (size_t j = 0; j < count; j++) {
       const size_t t = first + j, pos = p0 + j;
       const size_t lo = k->window > 0 && pos + 1 > (size_t)k->window ? pos + 1 - (size_t)k->window : 0;
-      if (pos + 1 > scores_len) {
-        free(scores);
-        scores_len = pos + 1;
-        scores = malloc(scores_len * sizeof(float));
-        if (scores == NULL) {
-          st = g_api->CreateStatus(ORT_FAIL, "anpd PagedAttention: out of memory");
-          break;
-        }
-      }
       for (size_t h = 0; h < heads; h++) {
         float *qh = qf + h * d;
         for (size_t x = 0; x < d; x++) qh[x] = (float)q_in[t * q_stride + h * d + x];
         if (k->rotary) rotate(qh, d, cos_cache + pos * (d / 2), sin_cache + pos * (d / 2), (int)k->interleaved);
-        const size_t kv = h / group;
+        const float *kh = keys + (h / group) * total * d, *vh = values + (h / group) * total * d;
         float top = -INFINITY;
         for (size_t p = lo; p <= pos; p++) {
-          const half *kr = kc + (((size_t)tab[b * table_width + p / block_size] * block_size + p % block_size) * kvh + kv) * d;
           float dot = 0.0f;
-          for (size_t x = 0; x < d; x++) dot += qh[x] * (float)kr[x];
+          for (size_t x = 0; x < d; x++) dot += qh[x] * kh[p * d + x];
           dot *= scale;
           if (k->softcap > 0.0f) dot = k->softcap * tanhf(dot / k->softcap);
           scores[p] = dot;
@@ -180,9 +191,8 @@ static OrtStatus *ORT_API_CALL compute(void *op_kernel, OrtKernelContext *ctx) {
         for (size_t p = lo; p <= pos; p++) sum += scores[p] = expf(scores[p] - top);
         float acc[512] = {0};
         for (size_t p = lo; p <= pos; p++) {
-          const half *vr = vc + (((size_t)tab[b * table_width + p / block_size] * block_size + p % block_size) * kvh + kv) * d;
           const float w = scores[p] / sum;
-          for (size_t x = 0; x < d; x++) acc[x] += w * (float)vr[x];
+          for (size_t x = 0; x < d; x++) acc[x] += w * vh[p * d + x];
         }
         for (size_t x = 0; x < d; x++) out[t * heads * d + h * d + x] = (half)acc[x];
       }

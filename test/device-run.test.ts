@@ -329,3 +329,70 @@ test.serial(
     }
   },
 );
+
+test.serial(
+  'the paged graph on the emulated device path: 4 streams in one forward per step give each prompt its lone output — plain and speculative, greedy and seeded sampling; bucketed steps, prefill alone; places come back',
+  async (t) => {
+    const paged = await convertedVariant({ dtype: 'float16', attention: 'paged' });
+    const engine = await createEngine(
+      paged,
+      { ...EMULATE, kvCapacity: 512, batchSlots: 4 },
+      { forwardCost: { mode: 'fixed', table: TEST_FORWARD_COST } },
+    );
+    try {
+      t.is(engine.info.batchSlots, 4);
+      t.is(engine.info.verifyTokensMax, DEVICE_FORWARD_ROWS);
+      const executor = engine.model.batchExecutor!;
+      t.deepEqual([...executor.widths], [2, 4]);
+      const sampled = { temperature: 0.8, topK: 40, topP: 0.95, repetitionPenalty: 1, seed: 7 };
+      // Shortened: the CPU stand-in for PagedAttention is a plain reference kernel.
+      const prompts = exactnessPrompts()
+        .slice(0, 4)
+        .map((p) => ({ ...p, prompt: p.prompt.slice(0, 600) }));
+      const run = async (
+        p: (typeof prompts)[number],
+        speculation: typeof NO_SPECULATION,
+        sampling?: typeof sampled,
+      ) => {
+        const tokens: number[] = [];
+        for await (const e of engine.generate({
+          prompt: { kind: 'text', text: p.prompt, chat: true },
+          maxNewTokens: 32,
+          speculation,
+          ...(sampling !== undefined ? { sampling } : {}),
+        }))
+          if (e.type === 'delta') tokens.push(...e.tokenIds);
+        return tokens;
+      };
+      const speculative = { ...DEFAULT_SPECULATION, draftTokensMax: 16 };
+      for (const sampling of [undefined, sampled]) {
+        const lone: number[][] = [];
+        for (const p of prompts) lone.push(await run(p, NO_SPECULATION, sampling));
+        const before = executor.counts.batchedSequences;
+        for (const speculation of [NO_SPECULATION, speculative]) {
+          const together = await Promise.all(prompts.map((p) => run(p, speculation, sampling)));
+          together.forEach((tokens, i) =>
+            t.deepEqual(tokens, lone[i], `${prompts[i]!.id} (${speculation.mode}, ${sampling ? 'sampled' : 'greedy'})`),
+          );
+        }
+        t.true(executor.counts.batchedSequences - before > 100, 'the generations did not share forwards');
+      }
+      // Every place came back: four more sequences fit.
+      const model = engine.model;
+      const again = Array.from({ length: 4 }, () => model.createSequence());
+      t.throws(() => model.createSequence(), { message: /all 4 sequence places are taken/ });
+      for (const s of again) s.dispose();
+    } finally {
+      await engine.dispose();
+    }
+  },
+);
+
+test.serial('the paged graph is refused off the device path, naming the file and what runs it', async (t) => {
+  const paged = await convertedVariant({ dtype: 'float16', attention: 'paged' });
+  const error = await t.throwsAsync(
+    loadDecoderModel(paged, { executionProvider: 'cpu', intraOpThreads: 1, kvCapacity: 256 }),
+  );
+  t.regex(error!.message, /paged graph \(PagedAttention\), which ONNX Runtime runs on CUDA only/);
+  t.regex(error!.message, /model\.onnx/);
+});

@@ -66,6 +66,7 @@ async function main(): Promise<void> {
       'paged-model': { type: 'string' },
       'batch-slots': { type: 'string', default: '64' },
       'batch-invariant': { type: 'string', default: 'off' },
+      'cuda-graphs': { type: 'string', default: 'on' },
       'kv-capacity': { type: 'string', default: '1024' },
       out: { type: 'string' },
     },
@@ -129,6 +130,7 @@ async function main(): Promise<void> {
         experimental: {
           ...(batch !== undefined && !paged ? { batchPrefillChunkTokens: chunk! } : {}),
           ...(paged ? { batchInvariant: invariant === true } : {}),
+          ...(values['cuda-graphs'] === 'off' ? { cudaGraphs: false } : {}),
           ...(values['device-run'] !== undefined ? { deviceRun: values['device-run'] as DeviceRunMode } : {}),
         },
       };

@@ -80,7 +80,10 @@ for step in $steps; do
       [ -f /tmp/mp/anpd-model.json ] || node dist/src/cli/main.js convert "$gguf" /tmp/mp --dtype float16 --attention paged 2>&1 | tail -1 | tee -a "$log"
       ladder=""
       for k in ${SLOTS:-}; do ladder="$ladder${ladder:+,}/tmp/m16-s$k"; done
-      timeout ${PAGED_TIMEOUT:-500} node dist/bench/replicas-bench.js --execution-provider cuda --model "$model" --paged-model /tmp/mp --batch-slots ${BATCH_SLOTS:-64} --batch-invariant ${INVARIANT:-off} ${ladder:+--batch-model $ladder} --replicas 1 --streams ${STREAMS:-1,4,16,64} --max-new-tokens 64 --category ${CATEGORY:-code-editing} ${GENERATIONS:+--generations $GENERATIONS} --out "$out/paged${TAG:-}.json" 2>&1 | grep -v '^{' | tee -a "$log" ;;
+      graphs=on
+      timeout 150 node dist/bench/device-batch-bench.js --model /tmp/mp --reps 30 --out "$out/batchstep-paged${TAG:-}.json" 2>&1 | grep -v '^{"date' | tee -a "$log" || graphs=off
+      [ $graphs = off ] && { say "paged: CUDA graphs FAILED, measuring without"; timeout 150 node dist/bench/device-batch-bench.js --model /tmp/mp --cuda-graphs off --reps 30 --out "$out/batchstep-paged-nographs${TAG:-}.json" 2>&1 | tail -12 | tee -a "$log"; }
+      timeout ${PAGED_TIMEOUT:-500} node dist/bench/replicas-bench.js --cuda-graphs $graphs --execution-provider cuda --model "$model" --paged-model /tmp/mp --batch-slots ${BATCH_SLOTS:-64} --batch-invariant ${INVARIANT:-off} ${ladder:+--batch-model $ladder} --replicas 1 --streams ${STREAMS:-1,4,16,64} --max-new-tokens 64 --category ${CATEGORY:-code-editing} ${GENERATIONS:+--generations $GENERATIONS} --out "$out/paged${TAG:-}.json" 2>&1 | grep -v '^{' | tee -a "$log" ;;
     batchstep)
       # One batched step's cost by width, CUDA graphs on and off (where a step's time goes).
       say batchstep

@@ -396,3 +396,51 @@ test.serial('the paged graph is refused off the device path, naming the file and
   t.regex(error!.message, /paged graph \(PagedAttention\), which ONNX Runtime runs on CUDA only/);
   t.regex(error!.message, /model\.onnx/);
 });
+
+test.serial(
+  'n samples on the device paths copy the prompt KV on the device (no second prefill): each sample is the lone request seeded seed + i',
+  async (t) => {
+    const paged = await convertedVariant({ dtype: 'float16', attention: 'paged' });
+    const single = await convertedVariant({ dtype: 'float16' });
+    for (const [dir, extra] of [
+      [paged, { batchSlots: 4 }],
+      [single, {}],
+    ] as const) {
+      const engine = await createEngine(
+        dir,
+        { ...EMULATE, kvCapacity: 256, ...extra },
+        { forwardCost: { mode: 'fixed', table: TEST_FORWARD_COST } },
+      );
+      try {
+        const probe = engine.model.createSequence();
+        t.truthy(probe.copyPrefixFrom, 'the sequence copies prefixes');
+        probe.dispose();
+        const sampling = { temperature: 0.9, topK: 0, topP: 1, repetitionPenalty: 1, seed: 11 };
+        const prompt = { kind: 'text' as const, text: 'Write one sentence about rivers.', chat: true };
+        const together: number[][] = [[], [], []];
+        for await (const e of engine.generate({
+          prompt,
+          maxNewTokens: 12,
+          speculation: NO_SPECULATION,
+          sampling,
+          n: 3,
+        }))
+          if (e.type === 'delta') together[e.index ?? 0]!.push(...e.tokenIds);
+        for (let i = 0; i < 3; i++) {
+          const lone: number[] = [];
+          for await (const e of engine.generate({
+            prompt,
+            maxNewTokens: 12,
+            speculation: NO_SPECULATION,
+            sampling: { ...sampling, seed: sampling.seed + i },
+          }))
+            if (e.type === 'delta') lone.push(...e.tokenIds);
+          t.deepEqual(together[i], lone, `${dir.endsWith('paged') ? 'paged' : 'device'} sample ${i}`);
+        }
+        t.notDeepEqual(together[0], together[1], 'the samples differ (else the check is weak)');
+      } finally {
+        await engine.dispose();
+      }
+    }
+  },
+);

@@ -178,6 +178,11 @@ export class DeviceDecoderModel implements DecoderModel, DeviceBatchModel {
     this.batchExecutor?.warmUp();
   }
 
+  /** @internal Every layer's KV of `from` into `to` (whole sets: the layout is head-major, a prefix is not one range). */
+  copyKvSet(from: KvSet, to: KvSet): void {
+    from.buffers.forEach((b, i) => this.session.copy(to.buffers[i]!, 0, b, 0, this.kvBytes));
+  }
+
   /** A sequence gives its KV set back; the next sequence reuses it (and its CUDA graph). */
   releaseKvSet(kv: KvSet): void {
     if (this.disposed) return;
@@ -267,6 +272,19 @@ class DeviceSequence implements DecoderSequence, DeviceBatchSequence {
   get length(): number {
     return this.kvLength;
   }
+
+  /** n samples of one prompt: this empty sequence takes `source`'s KV (a device copy of each layer's set, no prefill). */
+  readonly copyPrefixFrom = (source: DecoderSequence, length: number): void => {
+    if (!(source instanceof DeviceSequence) || source.model !== this.model)
+      throw new Error('copyPrefixFrom needs a sequence of the same device model');
+    if (this.kvLength !== 0) throw new Error('copyPrefixFrom needs an empty sequence');
+    if (!Number.isInteger(length) || length < 0 || length > source.kvLength || length > this.capacity)
+      throw new RangeError(
+        `copy of ${length} positions from a sequence of ${source.kvLength} into a capacity of ${this.capacity}`,
+      );
+    this.model.copyKvSet(source.kv, this.kv);
+    this.kvLength = length;
+  };
 
   async forward(tokens: ArrayLike<number>, logitsRows: number): Promise<Float32Array> {
     const submitter = this.model.batchExecutor?.submitter;

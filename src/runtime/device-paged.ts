@@ -159,6 +159,25 @@ export class PagedDecoderModel implements DecoderModel, BatchExecutor {
     return new PagedSequence(this, slot, capacity);
   }
 
+  /**
+   * @internal Copies the first `length` positions of slot `from`'s blocks to slot `to`'s, every
+   * layer, on the device (n samples of one prompt share its prefill: bitwise the same keys).
+   */
+  copySlotPrefix(from: number, to: number, length: number): void {
+    const m = this.manifest;
+    const blockBytes = this.blockSize * m.kvHeads * m.headDim * 2;
+    const bytes = Math.ceil(length / this.blockSize) * blockBytes;
+    if (bytes === 0) return;
+    for (const cache of this.caches)
+      this.session.copy(
+        cache,
+        to * this.blocksPerSlot * blockBytes,
+        cache,
+        from * this.blocksPerSlot * blockBytes,
+        bytes,
+      );
+  }
+
   /** @internal A sequence gives its slot back (lowest first next time). */
   releaseSlot(slot: number): void {
     if (this.disposed) return;
@@ -381,6 +400,19 @@ class PagedSequence implements DecoderSequence {
   get length(): number {
     return this.kvLength;
   }
+
+  /** n samples of one prompt: this empty sequence takes `source`'s first `length` positions (a device copy, no prefill). */
+  readonly copyPrefixFrom = (source: DecoderSequence, length: number): void => {
+    if (!(source instanceof PagedSequence) || source.model !== this.model)
+      throw new Error('copyPrefixFrom needs a sequence of the same paged model');
+    if (this.kvLength !== 0) throw new Error('copyPrefixFrom needs an empty sequence');
+    if (!Number.isInteger(length) || length < 0 || length > source.kvLength || length > this.capacity)
+      throw new RangeError(
+        `copy of ${length} positions from a sequence of ${source.kvLength} into a capacity of ${this.capacity}`,
+      );
+    this.model.copySlotPrefix(source.slot, this.slot, length);
+    this.kvLength = length;
+  };
 
   forward(tokens: ArrayLike<number>, logitsRows: number): Promise<Float32Array> {
     return this.forwardAny(tokens, logitsRows, false) as Promise<Float32Array>;

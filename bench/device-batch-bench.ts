@@ -29,10 +29,11 @@ const model = (await loadDecoderModel(values.model, {
   executionProvider: values['execution-provider'] as ExecutionProviderName,
   intraOpThreads: 0,
   kvCapacity: 1024,
-  ...(values['batch-model'] !== undefined ? { batchModelDir: values['batch-model'].split(',') } : { batchSlots: 64 }),
+  ...(values['batch-model'] !== undefined
+    ? { batchModelDir: values['batch-model'].split(',') }
+    : { batchSlots: 64, batchInvariant: values['batch-invariant'] === 'on' }),
   experimental: {
     cudaGraphs: values['cuda-graphs'] !== 'off',
-    batchInvariant: values['batch-invariant'] === 'on',
     deviceRun: values['device-run'] as 'auto' | 'emulate',
   },
 })) as DeviceDecoderModel | PagedDecoderModel;

@@ -125,11 +125,10 @@ async function main(): Promise<void> {
         kvCapacity: Number(values['kv-capacity']),
         ...(values['rows-min'] !== undefined ? { forwardRowsMin: Number(values['rows-min']) } : {}),
         ...(batch !== undefined && !paged ? { batchModelDir: batch.split(',') } : {}),
-        ...(paged ? { batchSlots: Number(values['batch-slots']) } : {}),
+        ...(paged ? { batchSlots: Number(values['batch-slots']), batchInvariant: invariant === true } : {}),
         // 'emulate': the device path on the CPU (how its batching is checked without a GPU).
         experimental: {
           ...(batch !== undefined && !paged ? { batchPrefillChunkTokens: chunk! } : {}),
-          ...(paged ? { batchInvariant: invariant === true } : {}),
           ...(values['cuda-graphs'] === 'off' ? { cudaGraphs: false } : {}),
           ...(values['device-run'] !== undefined ? { deviceRun: values['device-run'] as DeviceRunMode } : {}),
         },

@@ -80,7 +80,7 @@ export async function runServe(argv: readonly string[]): Promise<number> {
     intraOpThreads: config.intraOpThreads,
     kvCapacity: config.kvCapacity,
     nativeRun: config.nativeRun === 'off' ? ('off' as const) : ('auto' as const),
-    ...(pagedBatching ? { batchSlots: config.batchSlots } : {}),
+    ...(pagedBatching ? { batchSlots: config.batchSlots, batchInvariant: config.batchInvariant === 'on' } : {}),
   };
   const costCache = forwardCostPath(cacheDir(), modelDir, {
     ...runtime,

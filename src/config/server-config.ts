@@ -58,6 +58,8 @@ export interface ServerConfig {
    * 0 = every sequence runs its own forwards. @default 0
    */
   readonly batchSlots: number;
+  /** cuda batching (paged graph): every step the full-width shape, so outputs are bitwise the same at any load. @default true */
+  readonly batchInvariant: 'on' | 'off';
   /** K-slot batch graphs of --model's weights, comma-separated (anpd convert --slots K). @default none */
   readonly batchModelDir: string | undefined;
   /** KV positions a sequence may grow to (clamped to the model's context). @default 8192 */
@@ -120,6 +122,7 @@ export const SERVER_SETTINGS = {
   forwardTimeoutMs: { flag: 'forward-timeout-ms', env: ['ANPD_FORWARD_TIMEOUT_MS'] },
   replicaRestartsPerMinute: { flag: 'replica-restarts-per-minute', env: ['ANPD_REPLICA_RESTARTS_PER_MINUTE'] },
   batchSlots: { flag: 'batch-slots', env: ['ANPD_BATCH_SLOTS'] },
+  batchInvariant: { flag: 'batch-invariant', env: ['ANPD_BATCH_INVARIANT'] },
   batchModelDir: { flag: 'batch-model', env: ['ANPD_BATCH_MODEL_DIR'] },
   kvCapacity: { flag: 'kv-capacity', env: ['ANPD_KV_CAPACITY'] },
   nativeRun: { flag: 'native-run', env: ['ANPD_NATIVE_RUN', 'ANPD_NATIVE'] },
@@ -164,6 +167,7 @@ Options (flag, environment variable, default):
   --replica-restarts-per-minute N    ANPD_REPLICA_RESTARTS_PER_MINUTE  5 (per replica; a dead replica restarts after
                                                                      0.25 s, doubling to 30 s while starts fail)
   --batch-slots K                    ANPD_BATCH_SLOTS                0 (off; up to K sequences per forward)
+  --batch-invariant on|off           ANPD_BATCH_INVARIANT            on (cuda batching: outputs the same at any load)
   --batch-model DIR[,DIR…]           ANPD_BATCH_MODEL_DIR            none (K-slot graphs of --model's weights)
   --kv-capacity N                    ANPD_KV_CAPACITY                8192
   --native-run auto|off|required     ANPD_NATIVE_RUN (or ANPD_NATIVE)  auto (CPU forwards through the native
@@ -334,6 +338,7 @@ export function parseServerConfig(
     forwardTimeoutMs: int('forwardTimeoutMs', 60_000, 0, LIMITS.timerMs),
     replicaRestartsPerMinute: int('replicaRestartsPerMinute', 5, 1, 600),
     batchSlots,
+    batchInvariant: choice('batchInvariant', ['on', 'off'] as const, 'on'),
     batchModelDir: raw('batchModelDir')?.value,
     kvCapacity: int('kvCapacity', 8192, 16, LIMITS.kv),
     nativeRun: nativeRunChoice,

@@ -88,7 +88,7 @@ export class PagedDecoderModel implements DecoderModel, BatchExecutor {
     this.plan = plan;
     this.rows = plan.rowsMin;
     this.slots = slots;
-    this.fixedShape = plan.experimental.batchInvariant;
+    this.fixedShape = plan.batchInvariant;
     this.blockSize = manifest.kvBlockSize;
     // Room for the pad rows of a full sequence's last step.
     const wanted = Math.min(plan.kvCapacity, manifest.contextLength - this.rows) + this.rows;

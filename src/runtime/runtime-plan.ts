@@ -76,8 +76,8 @@ export function planRuntime(
       cudaGraphs: x.cudaGraphs ?? true,
       greedyOnDevice: x.greedyOnDevice ?? true,
       warmUp: x.warmUp ?? true,
-      batchInvariant: x.batchInvariant ?? false,
     },
+    batchInvariant: options.batchInvariant ?? true,
     batchSlots: options.batchSlots ?? PAGED_BATCH_SLOTS_DEFAULT,
   };
   if (!Number.isInteger(common.batchSlots) || common.batchSlots < 1 || common.batchSlots > PAGED_BATCH_SLOTS_MAX)
@@ -149,7 +149,8 @@ export function planOptimum(options: RuntimeOptions): RuntimePlan {
     kvCapacity: options.kvCapacity,
     batchGraphDirs: [],
     batchPrefillChunkTokens: FORWARD_TOKENS_MAX,
-    experimental: { cudaGraphs: false, greedyOnDevice: false, warmUp: false, batchInvariant: false },
+    experimental: { cudaGraphs: false, greedyOnDevice: false, warmUp: false },
+    batchInvariant: false,
     batchSlots: 1,
   };
 }

@@ -165,6 +165,14 @@ export interface RuntimeOptions {
    * KV places held on the device (each a slot of the model's capacity). @default 16
    */
   readonly batchSlots?: number;
+  /**
+   * The paged graph: every step runs the full-width shape (batchSlots sequences, pads included)
+   * whatever the load, so a stream's output is bitwise the same at any concurrency and with or
+   * without speculation (ORT's matrix products change kernels with the row count). false: each step
+   * runs the smallest bucket that holds it — faster for few streams, but outputs may differ in
+   * near-ties between loads (docs/gpu.md). @default true
+   */
+  readonly batchInvariant?: boolean;
   /** Switches only tests and benchmarks set (what they measure or reach); production leaves them out. */
   readonly experimental?: ExperimentalRuntimeOptions;
 }
@@ -200,12 +208,6 @@ export interface ExperimentalRuntimeOptions {
    * lets prefill chunks share forwards with other sequences' decodes; 512 runs each prompt alone. @default 512
    */
   readonly batchPrefillChunkTokens?: number;
-  /**
-   * The paged graph: every step runs the widest shape, whatever the load, so a stream's output is
-   * bitwise the same at any concurrency (kernels change with the row count), at the cost of a
-   * lone stream running the full-width step. @default false
-   */
-  readonly batchInvariant?: boolean;
 }
 
 /**
@@ -246,8 +248,9 @@ export interface RuntimePlan {
     readonly cudaGraphs: boolean;
     readonly greedyOnDevice: boolean;
     readonly warmUp: boolean;
-    readonly batchInvariant: boolean;
   };
+  /** The paged graph runs the full-width shape every step (RuntimeOptions.batchInvariant). */
+  readonly batchInvariant: boolean;
   /** The paged graph's sequences per forward (RuntimeOptions.batchSlots). */
   readonly batchSlots: number;
 }

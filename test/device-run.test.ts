@@ -14,6 +14,7 @@ import { toHalfBits } from '../src/convert/decoder-graph.js';
 import { loadDecoderModel } from '../src/runtime/load-model.js';
 import { DeviceSession, nativeAddon } from '../src/runtime/native-run.js';
 import { DeviceDecoderModel, PREFILL_SHAPES, prefillShape } from '../src/runtime/device-decoder.js';
+import type { PagedDecoderModel } from '../src/runtime/device-paged.js';
 import { DEVICE_FORWARD_ROWS } from '../src/runtime/runtime-plan.js';
 import { generateOnce } from '../tools/generate-once.js';
 import { argmax } from '../src/sampling/sampler.js';
@@ -442,5 +443,51 @@ test.serial(
         await engine.dispose();
       }
     }
+  },
+);
+
+test.serial(
+  'the paged graph picks the bucket per step with --batch-invariant off, the full width with on (the default); the outputs agree on the CPU',
+  async (t) => {
+    const paged = await convertedVariant({ dtype: 'float16', attention: 'paged' });
+    const prompt = [1, 9690, 198, 2683, 359, 253, 5356];
+    const outputs: number[][] = [];
+    for (const batchInvariant of [false, true]) {
+      const model = (await loadDecoderModel(paged, {
+        ...EMULATE,
+        kvCapacity: 256,
+        batchSlots: 4,
+        batchInvariant,
+      })) as unknown as PagedDecoderModel;
+      try {
+        const seqs = [model.createSequence(), model.createSequence(), model.createSequence()];
+        let next = await Promise.all(seqs.map(async (s) => (await s.forwardGreedy!(prompt, 1))[0]!));
+        const out: number[] = [];
+        for (let i = 0; i < 4; i++) {
+          const live = i < 2 ? seqs : seqs.slice(0, 1);
+          const results = model.step(
+            live.map((sequence, k) => ({
+              sequence,
+              tokens: [next[k]!],
+              start: 0,
+              count: 1,
+              padded: model.rows,
+              rows: 1,
+              argmax: true,
+            })),
+          );
+          next = results.map((r) => r[0]!);
+          out.push(...next);
+        }
+        outputs.push(out);
+        // Off: three sequences take the 4-wide bucket, one the 1-wide; on: every step is 4 wide.
+        t.deepEqual(model.counts.byWidth, batchInvariant ? { 4: 4 } : { 4: 2 });
+        t.is(model.counts.alone, batchInvariant ? 0 : 2);
+        for (const s of seqs) s.dispose();
+      } finally {
+        await model.dispose();
+      }
+    }
+    t.deepEqual(outputs[0], outputs[1]);
   },
 );

@@ -212,7 +212,8 @@ export class PagedDecoderModel implements DecoderModel, BatchExecutor {
     const bucket = this.fixedShape ? this.buckets.at(-1)! : this.buckets.find((b) => b.sequences >= n);
     if (bucket === undefined || n > bucket.sequences)
       throw new RangeError(`a step carries at most ${this.slots} sequences, got ${n}`);
-    if (n === 1) this.counts.alone++;
+    // By the shape that ran: a lone sequence on the full width (batch-invariant) counts as batched.
+    if (bucket.sequences === 1) this.counts.alone++;
     else {
       this.counts.batched++;
       this.counts.batchedSequences += n;

@@ -12,12 +12,54 @@
  * Unsupported inputs (slot_mapping, head sink, q/k norms, quantized caches) are refused.
  */
 #include <math.h>
+#include <stdint.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include "paged-attention.h"
 
+#if defined(__FLT16_MANT_DIG__) && !defined(ANPD_NO_FLOAT16)
 typedef _Float16 half;
+static inline float half_to_float(half h) { return (float)h; }
+static inline half float_to_half(float f) { return (half)f; }
+#else
+/* Compilers without _Float16: binary16 by bits (round to nearest even). */
+typedef uint16_t half;
+static inline float half_to_float(half h) {
+  uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, mant = h & 0x3ff, bits;
+  if (exp == 0) {
+    if (mant == 0) bits = sign;
+    else {
+      exp = 127 - 15 + 1;
+      while ((mant & 0x400) == 0) { mant <<= 1; exp--; }
+      bits = sign | (exp << 23) | ((mant & 0x3ff) << 13);
+    }
+  } else if (exp == 31) bits = sign | 0x7f800000 | (mant << 13);
+  else bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
+  float f;
+  memcpy(&f, &bits, 4);
+  return f;
+}
+static inline half float_to_half(float f) {
+  uint32_t x;
+  memcpy(&x, &f, 4);
+  uint32_t sign = (x >> 16) & 0x8000, mant = x & 0x7fffff;
+  int32_t exp = (int32_t)((x >> 23) & 0xff) - 127 + 15;
+  if (((x >> 23) & 0xff) == 0xff) return (half)(sign | 0x7c00 | (mant ? 0x200 : 0));
+  if (exp >= 31) return (half)(sign | 0x7c00);
+  if (exp <= 0) {
+    if (exp < -10) return (half)sign;
+    mant |= 0x800000;
+    uint32_t shift = (uint32_t)(14 - exp), r = mant >> shift, rest = mant & ((1u << shift) - 1), halfway = 1u << (shift - 1);
+    if (rest > halfway || (rest == halfway && (r & 1))) r++;
+    return (half)(sign | r);
+  }
+  uint32_t r = mant >> 13, rest = mant & 0x1fff;
+  uint32_t out = sign | ((uint32_t)exp << 10) | r;
+  if (rest > 0x1000 || (rest == 0x1000 && (r & 1))) out++;
+  return (half)out;
+}
+#endif
 
 static const OrtApi *g_api;
 
@@ -48,7 +90,7 @@ static void rotate(float *x, size_t d, const half *cos_row, const half *sin_row,
   float tmp[512];
   memcpy(tmp, x, d * sizeof(float));
   for (size_t j = 0; j < half_d; j++) {
-    float c = (float)cos_row[j], s = (float)sin_row[j];
+    float c = half_to_float(cos_row[j]), s = half_to_float(sin_row[j]);
     if (interleaved) {
       x[2 * j] = tmp[2 * j] * c - tmp[2 * j + 1] * s;
       x[2 * j + 1] = tmp[2 * j + 1] * c + tmp[2 * j] * s;
@@ -141,10 +183,10 @@ static OrtStatus *ORT_API_CALL compute(void *op_kernel, OrtKernelContext *ctx) {
       for (size_t h = 0; h < kvh; h++) {
         const half *src_k = packed ? q_in + t * q_stride + (heads + h) * d : k_in + (t * kvh + h) * d;
         const half *src_v = packed ? q_in + t * q_stride + (heads + kvh + h) * d : v_in + (t * kvh + h) * d;
-        for (size_t x = 0; x < d; x++) kf[x] = (float)src_k[x];
+        for (size_t x = 0; x < d; x++) kf[x] = half_to_float(src_k[x]);
         if (k->rotary) rotate(kf, d, cos_cache + pos * (d / 2), sin_cache + pos * (d / 2), (int)k->interleaved);
         for (size_t x = 0; x < d; x++) {
-          kc[row + h * d + x] = (half)kf[x];
+          kc[row + h * d + x] = float_to_half(kf[x]);
           vc[row + h * d + x] = src_v[x];
         }
       }
@@ -166,8 +208,8 @@ static OrtStatus *ORT_API_CALL compute(void *op_kernel, OrtKernelContext *ctx) {
       const size_t row = ((size_t)tab[b * table_width + p / block_size] * block_size + p % block_size) * kvh * d;
       for (size_t h = 0; h < kvh; h++)
         for (size_t x = 0; x < d; x++) {
-          keys[(h * total + p) * d + x] = (float)kc[row + h * d + x];
-          values[(h * total + p) * d + x] = (float)vc[row + h * d + x];
+          keys[(h * total + p) * d + x] = half_to_float(kc[row + h * d + x]);
+          values[(h * total + p) * d + x] = half_to_float(vc[row + h * d + x]);
         }
     }
     for (size_t j = 0; j < count; j++) {
@@ -175,7 +217,7 @@ static OrtStatus *ORT_API_CALL compute(void *op_kernel, OrtKernelContext *ctx) {
       const size_t lo = k->window > 0 && pos + 1 > (size_t)k->window ? pos + 1 - (size_t)k->window : 0;
       for (size_t h = 0; h < heads; h++) {
         float *qh = qf + h * d;
-        for (size_t x = 0; x < d; x++) qh[x] = (float)q_in[t * q_stride + h * d + x];
+        for (size_t x = 0; x < d; x++) qh[x] = half_to_float(q_in[t * q_stride + h * d + x]);
         if (k->rotary) rotate(qh, d, cos_cache + pos * (d / 2), sin_cache + pos * (d / 2), (int)k->interleaved);
         const float *kh = keys + (h / group) * total * d, *vh = values + (h / group) * total * d;
         float top = -INFINITY;
@@ -194,7 +236,7 @@ static OrtStatus *ORT_API_CALL compute(void *op_kernel, OrtKernelContext *ctx) {
           const float w = scores[p] / sum;
           for (size_t x = 0; x < d; x++) acc[x] += w * vh[p * d + x];
         }
-        for (size_t x = 0; x < d; x++) out[t * heads * d + h * d + x] = (half)acc[x];
+        for (size_t x = 0; x < d; x++) out[t * heads * d + h * d + x] = float_to_half(acc[x]);
       }
     }
   }

@@ -7,9 +7,11 @@
  * the runtime's exact forward size.
  */
 import { readFileSync } from 'node:fs';
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { createEngine } from '../src/engine/create-engine.js';
-import { DEFAULT_SPECULATION, NO_SPECULATION } from '../src/contract.js';
+import { DEFAULT_SPECULATION, NO_SPECULATION, type SpeculationOptions } from '../src/contract.js';
+import type { Engine } from '../src/engine/engine.js';
+import type { BatchExecutor } from '../src/runtime/types.js';
 import { toHalfBits } from '../src/convert/decoder-graph.js';
 import { loadDecoderModel } from '../src/runtime/load-model.js';
 import { DeviceSession, nativeAddon } from '../src/runtime/native-run.js';
@@ -245,39 +247,7 @@ test.serial(
     try {
       const model = engine.model as unknown as DeviceDecoderModel;
       t.is(engine.info.batchSlots, 4);
-      const sampled = { temperature: 0.8, topK: 40, topP: 0.95, repetitionPenalty: 1, seed: 7 };
-      const prompts = exactnessPrompts().slice(0, 4);
-      const run = async (
-        p: (typeof prompts)[number],
-        speculation: typeof NO_SPECULATION,
-        sampling?: typeof sampled,
-      ) => {
-        const tokens: number[] = [];
-        for await (const e of engine.generate({
-          prompt: { kind: 'text', text: p.prompt, chat: true },
-          maxNewTokens: 32,
-          speculation,
-          ...(sampling !== undefined ? { sampling } : {}),
-        }))
-          if (e.type === 'delta') tokens.push(...e.tokenIds);
-        return tokens;
-      };
-      const speculative = { ...DEFAULT_SPECULATION, draftTokensMax: 16 };
-      for (const sampling of [undefined, sampled]) {
-        const lone: number[][] = [];
-        for (const p of prompts) lone.push(await run(p, NO_SPECULATION, sampling));
-        const before = model.batchExecutor!.counts.batchedSequences;
-        for (const speculation of [NO_SPECULATION, speculative]) {
-          const together = await Promise.all(prompts.map((p) => run(p, speculation, sampling)));
-          together.forEach((tokens, i) =>
-            t.deepEqual(tokens, lone[i], `${prompts[i]!.id} (${speculation.mode}, ${sampling ? 'sampled' : 'greedy'})`),
-          );
-        }
-        t.true(
-          model.batchExecutor!.counts.batchedSequences - before > 100,
-          'the concurrent generations did not share forwards: the comparison checked nothing',
-        );
-      }
+      await expectLoneOutputsTogether(t, engine, exactnessPrompts().slice(0, 4), model.batchExecutor!);
     } finally {
       await engine.dispose();
     }
@@ -345,39 +315,11 @@ test.serial(
       t.is(engine.info.verifyTokensMax, DEVICE_FORWARD_ROWS);
       const executor = engine.model.batchExecutor!;
       t.deepEqual([...executor.widths], [2, 4]);
-      const sampled = { temperature: 0.8, topK: 40, topP: 0.95, repetitionPenalty: 1, seed: 7 };
       // Shortened: the CPU stand-in for PagedAttention is a plain reference kernel.
       const prompts = exactnessPrompts()
         .slice(0, 4)
         .map((p) => ({ ...p, prompt: p.prompt.slice(0, 600) }));
-      const run = async (
-        p: (typeof prompts)[number],
-        speculation: typeof NO_SPECULATION,
-        sampling?: typeof sampled,
-      ) => {
-        const tokens: number[] = [];
-        for await (const e of engine.generate({
-          prompt: { kind: 'text', text: p.prompt, chat: true },
-          maxNewTokens: 32,
-          speculation,
-          ...(sampling !== undefined ? { sampling } : {}),
-        }))
-          if (e.type === 'delta') tokens.push(...e.tokenIds);
-        return tokens;
-      };
-      const speculative = { ...DEFAULT_SPECULATION, draftTokensMax: 16 };
-      for (const sampling of [undefined, sampled]) {
-        const lone: number[][] = [];
-        for (const p of prompts) lone.push(await run(p, NO_SPECULATION, sampling));
-        const before = executor.counts.batchedSequences;
-        for (const speculation of [NO_SPECULATION, speculative]) {
-          const together = await Promise.all(prompts.map((p) => run(p, speculation, sampling)));
-          together.forEach((tokens, i) =>
-            t.deepEqual(tokens, lone[i], `${prompts[i]!.id} (${speculation.mode}, ${sampling ? 'sampled' : 'greedy'})`),
-          );
-        }
-        t.true(executor.counts.batchedSequences - before > 100, 'the generations did not share forwards');
-      }
+      await expectLoneOutputsTogether(t, engine, prompts, executor);
       // Every place came back: four more sequences fit.
       const model = engine.model;
       const again = Array.from({ length: 4 }, () => model.createSequence());
@@ -491,3 +433,43 @@ test.serial(
     t.deepEqual(outputs[0], outputs[1]);
   },
 );
+
+/**
+ * Each prompt alone, then all of them at once (plain, then speculative), greedy and seeded
+ * sampling: the concurrent outputs must be the lone ones, and must have shared forwards.
+ */
+async function expectLoneOutputsTogether(
+  t: ExecutionContext,
+  engine: Engine,
+  prompts: readonly { readonly id: string; readonly prompt: string }[],
+  executor: BatchExecutor,
+): Promise<void> {
+  const sampled = { temperature: 0.8, topK: 40, topP: 0.95, repetitionPenalty: 1, seed: 7 };
+  const run = async (text: string, speculation: SpeculationOptions, sampling?: typeof sampled) => {
+    const tokens: number[] = [];
+    for await (const e of engine.generate({
+      prompt: { kind: 'text', text, chat: true },
+      maxNewTokens: 32,
+      speculation,
+      ...(sampling !== undefined ? { sampling } : {}),
+    }))
+      if (e.type === 'delta') tokens.push(...e.tokenIds);
+    return tokens;
+  };
+  const speculative = { ...DEFAULT_SPECULATION, draftTokensMax: 16 };
+  for (const sampling of [undefined, sampled]) {
+    const lone: number[][] = [];
+    for (const p of prompts) lone.push(await run(p.prompt, NO_SPECULATION, sampling));
+    const before = executor.counts.batchedSequences;
+    for (const speculation of [NO_SPECULATION, speculative]) {
+      const together = await Promise.all(prompts.map((p) => run(p.prompt, speculation, sampling)));
+      together.forEach((tokens, i) =>
+        t.deepEqual(tokens, lone[i], `${prompts[i]!.id} (${speculation.mode}, ${sampling ? 'sampled' : 'greedy'})`),
+      );
+    }
+    t.true(
+      executor.counts.batchedSequences - before > 100,
+      'the concurrent generations did not share forwards: the comparison checked nothing',
+    );
+  }
+}

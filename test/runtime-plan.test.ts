@@ -86,6 +86,24 @@ test('on a GPU: onnxruntime-node with the KV on the device and 4 rows, or the de
   );
 });
 
+test('batchSlots asks for the paged graph: a GQA graph is refused naming the file and the conversion; the paged graph needs the device path', (t) => {
+  const emulate = { ...cpu, experimental: { deviceRun: 'emulate' as const } };
+  t.throws(() => planRuntime({ ...emulate, batchSlots: 8 }, manifest('float16'), 'm.onnx', built), {
+    instanceOf: ModelFormatError,
+    message: /m\.onnx.*not the paged graph.*--attention paged/,
+  });
+  const paged = { dtype: 'float16', attention: 'paged' } as unknown as ModelManifest;
+  t.is(planRuntime({ ...emulate, batchSlots: 8 }, paged, 'p.onnx', built).batchSlots, 8);
+  t.true(planRuntime({ ...emulate }, paged, 'p.onnx', built).batchInvariant, 'batch invariance is the default');
+  t.throws(() => planRuntime({ ...cpu, batchSlots: 8 }, paged, 'p.onnx', built), {
+    instanceOf: ModelFormatError,
+    message: /p\.onnx.*CUDA only/,
+  });
+  t.throws(() => planRuntime({ ...emulate, batchSlots: 0 }, paged, 'p.onnx', built), {
+    message: /batchSlots must be an integer in \[1, 256\], got 0/,
+  });
+});
+
 test('what cannot run is refused while planning, with the file or the setting named', (t) => {
   t.throws(() => planRuntime({ ...cpu, experimental: { deviceRun: 'emulate' } }, manifest(), 'm.onnx', missing), {
     instanceOf: ModelFormatError,

@@ -82,6 +82,11 @@ export function planRuntime(
   };
   if (!Number.isInteger(common.batchSlots) || common.batchSlots < 1 || common.batchSlots > PAGED_BATCH_SLOTS_MAX)
     throw new RangeError(`batchSlots must be an integer in [1, ${PAGED_BATCH_SLOTS_MAX}], got ${common.batchSlots}`);
+  if (options.batchSlots !== undefined && manifest.attention !== 'paged')
+    throw new ModelFormatError(
+      onnxPath,
+      'is not the paged graph, and batchSlots (--batch-slots on cuda) batches only that one: convert the GGUF with anpd convert --attention paged --dtype float16 (serve does it for the default and registry models)',
+    );
   // ORT runs PagedAttention on CUDA only; the emulated device path runs it on the addon's CPU kernel.
   if (manifest.attention === 'paged' && deviceTarget === undefined)
     throw new ModelFormatError(

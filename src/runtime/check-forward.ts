@@ -31,6 +31,15 @@ export function checkForward(
   return lastStart;
 }
 
+/** Checks copyPrefixFrom: `length` positions of a source of `sourceLength` into an empty sequence of `capacity`. */
+export function checkCopyPrefix(length: number, sourceLength: number, targetLength: number, capacity: number): void {
+  if (targetLength !== 0) throw new Error('copyPrefixFrom needs an empty sequence');
+  if (!Number.isInteger(length) || length < 0 || length > sourceLength || length > capacity)
+    throw new RangeError(
+      `copy of ${length} positions from a sequence of ${sourceLength} into a capacity of ${capacity}`,
+    );
+}
+
 /** Checks rewind(`to`) on a sequence of `length` positions. */
 export function checkRewind(to: number, length: number): void {
   if (!Number.isInteger(to) || to < 0 || to > length) throw new RangeError(`rewind to ${to} outside [0, ${length}]`);

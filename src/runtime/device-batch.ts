@@ -32,10 +32,43 @@ export interface DeviceBatchSequence {
   /** A batched forward appended `count` positions to its KV. */
   advance(count: number): void;
   /** Its own result arrays (reused by its next forward). */
-  logitsOf(rows: number): Float32Array;
-  argmaxOf(rows: number): Int32Array;
+  readonly results: StepResultArrays;
   /** The forward alone, on the single-sequence graph (synchronous). */
   runAlone(forward: StepForward): StepResult;
+}
+
+/** A sequence's result arrays by row count, each made once (a step allocates none); reused by its next forward. */
+export class StepResultArrays {
+  private readonly vocab: number;
+  private readonly logits = new Map<number, Float32Array>();
+  private readonly ids = new Map<number, Int32Array>();
+
+  constructor(vocab: number) {
+    this.vocab = vocab;
+  }
+
+  logitsOf(rows: number): Float32Array {
+    let logits = this.logits.get(rows);
+    if (logits === undefined) {
+      logits = new Float32Array(rows * this.vocab);
+      this.logits.set(rows, logits);
+    }
+    return logits;
+  }
+
+  argmaxOf(rows: number): Int32Array {
+    let ids = this.ids.get(rows);
+    if (ids === undefined) {
+      ids = new Int32Array(rows);
+      this.ids.set(rows, ids);
+    }
+    return ids;
+  }
+
+  clear(): void {
+    this.logits.clear();
+    this.ids.clear();
+  }
 }
 
 /** What the executor needs of the model: its memory and shapes. */
@@ -167,11 +200,11 @@ export class DeviceBatchExecutor implements BatchExecutor {
       // The forward's last f.rows real rows.
       const first = sequence.slot * rows + f.count - f.rows;
       if (f.argmax === true) {
-        const ids = sequence.argmaxOf(f.rows);
+        const ids = sequence.results.argmaxOf(f.rows);
         for (let i = 0; i < f.rows; i++) ids[i] = Number(this.hostArgmax[first + i]!);
         results.push(ids);
       } else {
-        const logits = sequence.logitsOf(f.rows);
+        const logits = sequence.results.logitsOf(f.rows);
         session.read(this.logits, first * vocab * 4, logits);
         results.push(logits);
       }

@@ -17,12 +17,13 @@
  * (forwards never overlap: the addon runs them synchronously on the calling thread).
  */
 import type { ModelManifest } from '../model/model-manifest.js';
-import { checkForward, checkRewind, FORWARD_TOKENS_MAX } from './check-forward.js';
+import { checkCopyPrefix, checkForward, checkRewind, FORWARD_TOKENS_MAX } from './check-forward.js';
 import {
   type DeviceBatchGraph,
   DeviceBatchExecutor,
   type DeviceBatchModel,
   type DeviceBatchSequence,
+  StepResultArrays,
 } from './device-batch.js';
 import { type DeviceBuffer, type DeviceSession, type DeviceValue, ONNX_TYPES } from './native-run.js';
 import { convertedModelInfo } from './runtime-plan.js';
@@ -219,13 +220,12 @@ class DeviceSequence implements DecoderSequence, DeviceBatchSequence {
   private readonly totalLength = new Int32Array(1);
   private readonly logitsStart = new BigInt64Array(1);
   private readonly logitsEnd = new BigInt64Array(1);
-  private readonly logitsByRows = new Map<number, Float32Array>();
+  readonly results: StepResultArrays;
   private readonly idsValue: DeviceValue;
   private readonly logitsValue: DeviceValue;
   private readonly argmaxValue: DeviceValue | undefined;
   /** Views of `rows` entries, made once per row count (a step allocates nothing it need not). */
   private readonly argmaxReadByRows = new Map<number, BigInt64Array>();
-  private readonly argmaxIdsByRows = new Map<number, Int32Array>();
   /** Where the graph outputs argmax (float16 graphs): greedy steps read 8 bytes a row, not the row. */
   readonly forwardGreedy: ((tokens: ArrayLike<number>, rows: number) => Promise<Int32Array>) | undefined;
   // A decode step's shapes, made once (the step allocates nothing it need not).
@@ -236,6 +236,7 @@ class DeviceSequence implements DecoderSequence, DeviceBatchSequence {
     this.model = model;
     this.kv = kv;
     this.capacity = capacity;
+    this.results = new StepResultArrays(model.vocab);
     this.graphId = kv.index < GRAPH_IDS_MAX ? kv.index : -1;
     this.slot = kv.index < model.slots ? kv.index : -1;
     this.idsShort = new BigInt64Array(model.rows);
@@ -277,11 +278,7 @@ class DeviceSequence implements DecoderSequence, DeviceBatchSequence {
   readonly copyPrefixFrom = (source: DecoderSequence, length: number): void => {
     if (!(source instanceof DeviceSequence) || source.model !== this.model)
       throw new Error('copyPrefixFrom needs a sequence of the same device model');
-    if (this.kvLength !== 0) throw new Error('copyPrefixFrom needs an empty sequence');
-    if (!Number.isInteger(length) || length < 0 || length > source.kvLength || length > this.capacity)
-      throw new RangeError(
-        `copy of ${length} positions from a sequence of ${source.kvLength} into a capacity of ${this.capacity}`,
-      );
+    checkCopyPrefix(length, source.kvLength, this.kvLength, this.capacity);
     this.model.copyKvSet(source.kv, this.kv);
     this.kvLength = length;
   };
@@ -327,7 +324,7 @@ class DeviceSequence implements DecoderSequence, DeviceBatchSequence {
 
   private forwardNow(tokens: ArrayLike<number>, logitsRows: number): Float32Array {
     const { count, short } = this.runChunks(tokens, logitsRows);
-    const logits = this.logitsOf(logitsRows);
+    const logits = this.results.logitsOf(logitsRows);
     // Short forwards computed every row: the wanted ones are the last `rows` real ones.
     const firstRow = short ? count - logitsRows : 0;
     this.model.session.read(this.model.logits, firstRow * this.model.vocab * 4, logits);
@@ -342,18 +339,9 @@ class DeviceSequence implements DecoderSequence, DeviceBatchSequence {
       read = new BigInt64Array(rows);
       this.argmaxReadByRows.set(rows, read);
     }
-    const ids = this.argmaxOf(rows);
+    const ids = this.results.argmaxOf(rows);
     this.model.session.read(this.model.argmaxBuffer!, firstRow * 8, read);
     for (let i = 0; i < rows; i++) ids[i] = Number(read[i]!);
-    return ids;
-  }
-
-  argmaxOf(rows: number): Int32Array {
-    let ids = this.argmaxIdsByRows.get(rows);
-    if (ids === undefined) {
-      ids = new Int32Array(rows);
-      this.argmaxIdsByRows.set(rows, ids);
-    }
     return ids;
   }
 
@@ -417,15 +405,6 @@ class DeviceSequence implements DecoderSequence, DeviceBatchSequence {
     this.kvLength += count;
   }
 
-  logitsOf(rows: number): Float32Array {
-    let logits = this.logitsByRows.get(rows);
-    if (logits === undefined) {
-      logits = new Float32Array(rows * this.model.vocab);
-      this.logitsByRows.set(rows, logits);
-    }
-    return logits;
-  }
-
   rewind(length: number): void {
     checkRewind(length, this.kvLength);
     this.kvLength = length;
@@ -434,7 +413,7 @@ class DeviceSequence implements DecoderSequence, DeviceBatchSequence {
   dispose(): void {
     if (this.disposed) return;
     this.disposed = true;
-    this.logitsByRows.clear();
+    this.results.clear();
     this.model.releaseKvSet(this.kv);
   }
 }

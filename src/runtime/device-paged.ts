@@ -15,7 +15,8 @@
  * cache; the block table names them. Rollback is a length, as on every other path.
  */
 import type { ModelManifest } from '../model/model-manifest.js';
-import { checkForward, checkRewind, FORWARD_TOKENS_MAX } from './check-forward.js';
+import { checkCopyPrefix, checkForward, checkRewind, FORWARD_TOKENS_MAX } from './check-forward.js';
+import { StepResultArrays } from './device-batch.js';
 import { PREFILL_SHAPES, prefillShape } from './device-decoder.js';
 import { type BoundRun, type DeviceBuffer, type DeviceSession, type DeviceValue, ONNX_TYPES } from './native-run.js';
 import { convertedModelInfo } from './runtime-plan.js';
@@ -257,11 +258,11 @@ export class PagedDecoderModel implements DecoderModel, BatchExecutor {
       const sequence = f.sequence as PagedSequence;
       const first = b * rows + f.count - f.rows;
       if (f.argmax === true) {
-        const ids = sequence.argmaxOf(f.rows);
+        const ids = sequence.results.argmaxOf(f.rows);
         for (let i = 0; i < f.rows; i++) ids[i] = Number(this.hostArgmax[first + i]!);
         results.push(ids);
       } else {
-        const logits = sequence.logitsOf(f.rows);
+        const logits = sequence.results.logitsOf(f.rows);
         session.read(this.logits, first * vocab * 4, logits);
         results.push(logits);
       }
@@ -387,14 +388,14 @@ class PagedSequence implements DecoderSequence {
   private kvLength = 0;
   private disposed = false;
   private readonly model: PagedDecoderModel;
-  private readonly logitsByRows = new Map<number, Float32Array>();
-  private readonly argmaxByRows = new Map<number, Int32Array>();
+  readonly results: StepResultArrays;
   readonly forwardGreedy: (tokens: ArrayLike<number>, rows: number) => Promise<Int32Array>;
 
   constructor(model: PagedDecoderModel, slot: number, capacity: number) {
     this.model = model;
     this.slot = slot;
     this.capacity = capacity;
+    this.results = new StepResultArrays(model.vocab);
     this.forwardGreedy = (tokens, rows) => this.forwardAny(tokens, rows, true) as Promise<Int32Array>;
   }
 
@@ -406,11 +407,7 @@ class PagedSequence implements DecoderSequence {
   readonly copyPrefixFrom = (source: DecoderSequence, length: number): void => {
     if (!(source instanceof PagedSequence) || source.model !== this.model)
       throw new Error('copyPrefixFrom needs a sequence of the same paged model');
-    if (this.kvLength !== 0) throw new Error('copyPrefixFrom needs an empty sequence');
-    if (!Number.isInteger(length) || length < 0 || length > source.kvLength || length > this.capacity)
-      throw new RangeError(
-        `copy of ${length} positions from a sequence of ${source.kvLength} into a capacity of ${this.capacity}`,
-      );
+    checkCopyPrefix(length, source.kvLength, this.kvLength, this.capacity);
     this.model.copySlotPrefix(source.slot, this.slot, length);
     this.kvLength = length;
   };
@@ -441,7 +438,7 @@ class PagedSequence implements DecoderSequence {
   prefillNow(tokens: ArrayLike<number>, rows: number, argmax: boolean): StepResult {
     const t = tokens.length;
     const lastStart = checkForward(t, rows, this.kvLength, this.capacity, FORWARD_TOKENS_MAX);
-    const out = argmax ? this.argmaxOf(rows) : this.logitsOf(rows);
+    const out = argmax ? this.results.argmaxOf(rows) : this.results.logitsOf(rows);
     for (let start = 0; start <= lastStart; start += FORWARD_TOKENS_MAX) {
       const count = Math.min(FORWARD_TOKENS_MAX, t - start);
       const last = start === lastStart;
@@ -465,24 +462,6 @@ class PagedSequence implements DecoderSequence {
 
   advance(count: number): void {
     this.kvLength += count;
-  }
-
-  logitsOf(rows: number): Float32Array {
-    let logits = this.logitsByRows.get(rows);
-    if (logits === undefined) {
-      logits = new Float32Array(rows * this.model.vocab);
-      this.logitsByRows.set(rows, logits);
-    }
-    return logits;
-  }
-
-  argmaxOf(rows: number): Int32Array {
-    let ids = this.argmaxByRows.get(rows);
-    if (ids === undefined) {
-      ids = new Int32Array(rows);
-      this.argmaxByRows.set(rows, ids);
-    }
-    return ids;
   }
 
   rewind(length: number): void {

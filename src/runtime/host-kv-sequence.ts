@@ -6,6 +6,7 @@
  */
 import type { ModelManifest } from '../model/model-manifest.js';
 import type { GqaBatchExecutor } from './batch-forward.js';
+import { checkCopyPrefix } from './check-forward.js';
 import { type GraphForwards, kvTensor, runHostForward } from './graph-forwards.js';
 import { GqaSequence, LOGITS } from './gqa-sequence.js';
 import type { ort } from './ort-session.js';
@@ -99,12 +100,7 @@ export class HostKvSequence extends GqaSequence {
     if (!(source instanceof HostKvSequence) || source.manifest !== this.manifest) {
       throw new Error('copyPrefixFrom needs a host-KV sequence of the same model');
     }
-    if (this.kvLength !== 0) throw new Error('copyPrefixFrom needs an empty sequence');
-    if (!Number.isInteger(length) || length < 0 || length > source.kvLength || length > this.capacity) {
-      throw new RangeError(
-        `copy of ${length} positions from a sequence of ${source.kvLength} into a capacity of ${this.capacity}`,
-      );
-    }
+    checkCopyPrefix(length, source.kvLength, this.kvLength, this.capacity);
     this.reserve(length + this.rowsMin);
     for (const [input] of this.kvNames) {
       this.copyKv(

@@ -18,6 +18,7 @@ import { DeviceSession, nativeAddon } from '../src/runtime/native-run.js';
 import { DeviceDecoderModel, PREFILL_SHAPES, prefillShape } from '../src/runtime/device-decoder.js';
 import type { PagedDecoderModel } from '../src/runtime/device-paged.js';
 import { DEVICE_FORWARD_ROWS } from '../src/runtime/runtime-plan.js';
+import { StepScheduler } from '../src/schedule/step-scheduler.js';
 import { generateOnce } from '../tools/generate-once.js';
 import { argmax } from '../src/sampling/sampler.js';
 import { convertedVariant, defaultModelDir, TEST_FORWARD_COST } from './support/default-model.js';
@@ -302,12 +303,12 @@ test.serial(
 );
 
 test.serial(
-  'the paged graph on the emulated device path: 4 streams in one forward per step give each prompt its lone output — plain and speculative, greedy and seeded sampling; bucketed steps, prefill alone; places come back',
+  'the paged graph on the emulated device path: 4 streams in one forward per step give each prompt its lone output — plain and speculative, greedy and seeded sampling; prompts prefilled in packs; places come back',
   async (t) => {
     const paged = await convertedVariant({ dtype: 'float16', attention: 'paged' });
     const engine = await createEngine(
       paged,
-      { ...EMULATE, kvCapacity: 512, batchSlots: 4 },
+      { ...EMULATE, kvCapacity: 512, batchSlots: 4, prefillTokensPerStep: 256 },
       { forwardCost: { mode: 'fixed', table: TEST_FORWARD_COST } },
     );
     try {
@@ -319,9 +320,14 @@ test.serial(
       const prompts = exactnessPrompts()
         .slice(0, 4)
         .map((p) => ({ ...p, prompt: p.prompt.slice(0, 600) }));
+      const model = engine.model as unknown as PagedDecoderModel;
+      const prefill = { ...model.counts.prefill };
       await expectLoneOutputsTogether(t, engine, prompts, executor);
+      // The prompts arriving together shared prefill forwards (each prompt is one chunk here).
+      const forwards = model.counts.prefill.forwards - prefill.forwards;
+      const chunks = model.counts.prefill.chunks - prefill.chunks;
+      t.true(forwards > 0 && chunks > forwards, `${chunks} prompt chunks in ${forwards} prefill forwards`);
       // Every place came back: four more sequences fit.
-      const model = engine.model;
       const again = Array.from({ length: 4 }, () => model.createSequence());
       t.throws(() => model.createSequence(), { message: /all 4 sequence places are taken/ });
       for (const s of again) s.dispose();
@@ -346,7 +352,7 @@ test.serial(
     const paged = await convertedVariant({ dtype: 'float16', attention: 'paged' });
     const single = await convertedVariant({ dtype: 'float16' });
     for (const [dir, extra] of [
-      [paged, { batchSlots: 4 }],
+      [paged, { batchSlots: 4, prefillTokensPerStep: 128 }],
       [single, {}],
     ] as const) {
       const engine = await createEngine(
@@ -431,6 +437,58 @@ test.serial(
       }
     }
     t.deepEqual(outputs[0], outputs[1]);
+  },
+);
+
+test.serial(
+  "the paged graph packs several prompts' prefill into one forward per step, a long prompt in chunks over several steps; each stream's greedy tokens are its lone ones, with --batch-invariant on (one shape) and off (a ladder)",
+  async (t) => {
+    const paged = await convertedVariant({ dtype: 'float16', attention: 'paged' });
+    // Token ids of the prompts (any ids the vocabulary has): 300, 40 and 7 tokens.
+    const ids = (n: number, from: number) => Array.from({ length: n }, (_, i) => 200 + ((from + i * 37) % 9000));
+    const prompts = [ids(300, 1), ids(40, 2), ids(7, 3)];
+    for (const batchInvariant of [true, false]) {
+      const model = (await loadDecoderModel(paged, {
+        ...EMULATE,
+        kvCapacity: 512,
+        batchSlots: 4,
+        batchInvariant,
+        prefillTokensPerStep: 128,
+      })) as unknown as PagedDecoderModel;
+      try {
+        // 128 token rows: 4 chunk entries and 1 pad entry keep one token each.
+        t.deepEqual(model.prefillPack, { tokens: 123, entries: 4 });
+        const generate = async (prompt: number[]) => {
+          const sequence = model.createSequence();
+          try {
+            let next = (await sequence.forwardGreedy!(prompt, 1))[0]!;
+            const out = [next];
+            for (let i = 0; i < 6; i++) out.push((next = (await sequence.forwardGreedy!([next], 1))[0]!));
+            return out;
+          } finally {
+            sequence.dispose();
+          }
+        };
+        // Before a scheduler attaches, a prompt is one unpacked forward of its own (the reference).
+        const unpacked: number[][] = [];
+        for (const p of prompts) unpacked.push(await generate(p));
+        t.is(model.counts.prefill.forwards, 0);
+        new StepScheduler(model.info.batchSlots, model);
+        const lone: number[][] = [];
+        for (const p of prompts) lone.push(await generate(p));
+        t.deepEqual(lone, unpacked, 'a packed prefill gives the tokens of an unpacked one');
+        const before = { ...model.counts.prefill };
+        const together = await Promise.all(prompts.map((p) => generate(p)));
+        together.forEach((tokens, i) => t.deepEqual(tokens, lone[i], `prompt ${i} (batchInvariant ${batchInvariant})`));
+        // Heads of 299 (chunks 123 + 123 + 53), 39 and 6 tokens: 5 chunks in fewer than 5 forwards.
+        const forwards = model.counts.prefill.forwards - before.forwards;
+        t.is(model.counts.prefill.chunks - before.chunks, 5);
+        t.is(model.counts.prefill.tokens - before.tokens, 299 + 39 + 6);
+        t.true(forwards < 5, `${forwards} prefill forwards for 5 chunks`);
+      } finally {
+        await model.dispose();
+      }
+    }
   },
 );
 

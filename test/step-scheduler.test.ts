@@ -6,8 +6,8 @@
  */
 import test from 'ava';
 import { NO_LOAD, type OthersLoad } from '../src/draft/draft-length-controller.js';
-import { BATCH_TOKENS_MAX, planStep, StepScheduler } from '../src/schedule/step-scheduler.js';
-import type { BatchExecutor, DecoderSequence, StepForward, StepSubmitter } from '../src/runtime/types.js';
+import { BATCH_TOKENS_MAX, packPrefill, planStep, StepScheduler } from '../src/schedule/step-scheduler.js';
+import type { BatchExecutor, DecoderSequence, PrefillPack, StepForward, StepSubmitter } from '../src/runtime/types.js';
 
 /** A batch executor that records what each run carried (sequence names by width). */
 class FakeExecutor implements BatchExecutor {
@@ -58,6 +58,33 @@ class FakeSequence implements DecoderSequence {
 }
 
 const seq = (name = 's'): FakeSequence => new FakeSequence(name);
+
+/** An executor that packs prefill chunks (as the paged graph does), recording each step's runs in order. */
+class PackingExecutor extends FakeExecutor {
+  readonly prefillPack: PrefillPack;
+  readonly log: string[] = [];
+  constructor(pack: PrefillPack) {
+    super([2, 4]);
+    this.prefillPack = pack;
+  }
+  override async run(width: number, forwards: readonly StepForward[]): Promise<readonly Float32Array[]> {
+    this.log.push(`decode ${forwards.map((f) => (f.sequence as FakeSequence).name).join('')}`);
+    return super.run(width, forwards);
+  }
+  async runPrefill(forwards: readonly StepForward[]): Promise<void> {
+    this.log.push(`prefill ${forwards.map((f) => `${(f.sequence as FakeSequence).name}${f.count}`).join(' ')}`);
+  }
+}
+
+const fill = (sequence: FakeSequence, count: number): StepForward => ({
+  sequence,
+  tokens: new Array<number>(count).fill(1),
+  start: 0,
+  count,
+  padded: count,
+  rows: 0,
+  fill: true,
+});
 
 test("each member's budget is the sum of the others' plans, not its own", (t) => {
   const steps = new StepScheduler(16);
@@ -184,4 +211,50 @@ test('a member that leaves does not hold up the step; forwards of non-members (p
   // A lone forward runs on the single-sequence graph.
   await new FakeSequence('q', executor).forward([1], 1);
   t.deepEqual(executor.runs.at(-1), { width: 1, names: ['q'] });
+});
+
+test('prefill chunks pack first fit in arrival order, within the entries and tokens of one forward', (t) => {
+  const c = (name: string, count: number) => ({ name, count });
+  const names = (r: ReturnType<typeof packPrefill<{ name: string; count: number }>>) => [
+    r.packed.map((x) => x.name).join(''),
+    r.deferred.map((x) => x.name).join(''),
+  ];
+  t.deepEqual(names(packPrefill([c('a', 60), c('b', 50), c('c', 40), c('d', 1)], { tokens: 101, entries: 4 })), [
+    'acd',
+    'b',
+  ]);
+  t.deepEqual(names(packPrefill([c('a', 1), c('b', 1), c('c', 1)], { tokens: 100, entries: 2 })), ['ab', 'c']);
+  t.deepEqual(names(packPrefill([], { tokens: 100, entries: 2 })), ['', '']);
+});
+
+test("a step runs its decodes, then one packed prefill forward; chunks that did not fit run first in the next step's", async (t) => {
+  const executor = new PackingExecutor({ tokens: 100, entries: 3 });
+  const steps = new StepScheduler(4, executor);
+  const [a, b, c, d] = ['a', 'b', 'c', 'd'].map((n) => new FakeSequence(n, executor));
+  const submitter = executor.submitter!;
+  const done = Promise.all([
+    submitter.submit(fill(a!, 70)),
+    submitter.submit(fill(b!, 50)),
+    submitter.submit(fill(c!, 30)),
+    d!.forward([5], 1),
+    submitter.submit(fill(d!, 20)),
+  ]);
+  const results = await done;
+  t.is(results[0]!.length, 0, 'a fill forward has no result rows');
+  t.deepEqual(executor.log, ['decode d', 'prefill a70 c30', 'prefill b50 d20']);
+  t.is(steps.sequences, 0);
+});
+
+test('a prefill chunk larger than any pack fails with a clear error instead of waiting forever', async (t) => {
+  const executor = new PackingExecutor({ tokens: 100, entries: 3 });
+  new StepScheduler(4, executor);
+  const a = new FakeSequence('a', executor);
+  await t.throwsAsync(executor.submitter!.submit(fill(a, 101)), {
+    message: /prefill chunk of 101 tokens exceeds the pack of 100/,
+  });
+  // Without a pack, a fill forward is refused, not run as a decode.
+  const plain = new FakeExecutor([2]);
+  new StepScheduler(2, plain);
+  await t.throwsAsync(plain.submitter!.submit(fill(new FakeSequence('b', plain), 3)), { message: /packs no prefill/ });
+  t.deepEqual(plain.runs, []);
 });

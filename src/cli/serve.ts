@@ -80,7 +80,13 @@ export async function runServe(argv: readonly string[]): Promise<number> {
     intraOpThreads: config.intraOpThreads,
     kvCapacity: config.kvCapacity,
     nativeRun: config.nativeRun === 'off' ? ('off' as const) : ('auto' as const),
-    ...(pagedBatching ? { batchSlots: config.batchSlots, batchInvariant: config.batchInvariant === 'on' } : {}),
+    ...(pagedBatching
+      ? {
+          batchSlots: config.batchSlots,
+          batchInvariant: config.batchInvariant === 'on',
+          prefillTokensPerStep: config.prefillTokensPerStep,
+        }
+      : {}),
   };
   const costCache = forwardCostPath(cacheDir(), modelDir, {
     ...runtime,

@@ -13,6 +13,9 @@ import {
   type ExecutionProviderName,
   NATIVE_RUN_MODES,
   PAGED_BATCH_SLOTS_MAX,
+  PREFILL_TOKENS_PER_STEP_DEFAULT,
+  PREFILL_TOKENS_PER_STEP_MAX,
+  PREFILL_TOKENS_PER_STEP_MIN,
   WEBGPU_BATCH_WIDTH_MAX,
 } from '../runtime/types.js';
 
@@ -60,6 +63,8 @@ export interface ServerConfig {
   readonly batchSlots: number;
   /** cuda batching (paged graph): every step the full-width shape, so outputs are bitwise the same at any load. @default true */
   readonly batchInvariant: 'on' | 'off';
+  /** With --batch-slots on cuda: token rows of each step's packed prefill forward. */
+  readonly prefillTokensPerStep: number;
   /** K-slot batch graphs of --model's weights, comma-separated (anpd convert --slots K). @default none */
   readonly batchModelDir: string | undefined;
   /** KV positions a sequence may grow to (clamped to the model's context). @default 8192 */
@@ -123,6 +128,7 @@ export const SERVER_SETTINGS = {
   replicaRestartsPerMinute: { flag: 'replica-restarts-per-minute', env: ['ANPD_REPLICA_RESTARTS_PER_MINUTE'] },
   batchSlots: { flag: 'batch-slots', env: ['ANPD_BATCH_SLOTS'] },
   batchInvariant: { flag: 'batch-invariant', env: ['ANPD_BATCH_INVARIANT'] },
+  prefillTokensPerStep: { flag: 'prefill-tokens-per-step', env: ['ANPD_PREFILL_TOKENS_PER_STEP'] },
   batchModelDir: { flag: 'batch-model', env: ['ANPD_BATCH_MODEL_DIR'] },
   kvCapacity: { flag: 'kv-capacity', env: ['ANPD_KV_CAPACITY'] },
   nativeRun: { flag: 'native-run', env: ['ANPD_NATIVE_RUN', 'ANPD_NATIVE'] },
@@ -168,6 +174,7 @@ Options (flag, environment variable, default):
                                                                      0.25 s, doubling to 30 s while starts fail)
   --batch-slots K                    ANPD_BATCH_SLOTS                0 (off; up to K sequences per forward)
   --batch-invariant on|off           ANPD_BATCH_INVARIANT            on (cuda batching: outputs the same at any load)
+  --prefill-tokens-per-step N        ANPD_PREFILL_TOKENS_PER_STEP    1024 (cuda batching: prompts packed per step)
   --batch-model DIR[,DIR…]           ANPD_BATCH_MODEL_DIR            none (K-slot graphs of --model's weights)
   --kv-capacity N                    ANPD_KV_CAPACITY                8192
   --native-run auto|off|required     ANPD_NATIVE_RUN (or ANPD_NATIVE)  auto (CPU forwards through the native
@@ -339,6 +346,12 @@ export function parseServerConfig(
     replicaRestartsPerMinute: int('replicaRestartsPerMinute', 5, 1, 600),
     batchSlots,
     batchInvariant: choice('batchInvariant', ['on', 'off'] as const, 'on'),
+    prefillTokensPerStep: int(
+      'prefillTokensPerStep',
+      PREFILL_TOKENS_PER_STEP_DEFAULT,
+      PREFILL_TOKENS_PER_STEP_MIN,
+      PREFILL_TOKENS_PER_STEP_MAX,
+    ),
     batchModelDir: raw('batchModelDir')?.value,
     kvCapacity: int('kvCapacity', 8192, 16, LIMITS.kv),
     nativeRun: nativeRunChoice,

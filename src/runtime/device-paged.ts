@@ -9,7 +9,13 @@
  * sequence limit), each B × `rows` tokens (pad rows repeat a sequence's last token; pad sequences
  * write a scratch slot), bound once and on CUDA replayed as one captured graph per bucket. So a
  * lone sequence's decode step is the bucket of 1, and the same code runs it at every load.
- * Prefill (and any forward of more than `rows` tokens) runs alone, unbound, padded to a few lengths.
+ *
+ * Prefill: under the step scheduler a prompt's tokens but its last `rows` go in chunks into the
+ * step's one prefill forward, packed with other prompts' chunks (fixed token rows and entries, pad
+ * entries on the scratch slot; bound and captured like the buckets), and the last rows run as a
+ * decode step — so the logits a stream samples from always come from a decode-step shape, and with
+ * batchInvariant every forward has one shape whatever the load. Without a scheduler (or asking for
+ * more logits rows than a step has) a long forward runs alone, unbound, padded to a few lengths.
  *
  * KV: sequence slot s owns blocks [s × blocksPerSlot, (s + 1) × blocksPerSlot) of every layer's
  * cache; the block table names them. Rollback is a length, as on every other path.
@@ -27,6 +33,7 @@ import type {
   ModelInfo,
   RuntimePlan,
   StepForward,
+  PrefillPack,
   StepResult,
   StepSubmitter,
 } from './types.js';
@@ -42,6 +49,20 @@ interface Bucket {
   readonly bound: BoundRun;
 }
 
+/** A prefill forward's shape: `tokens` rows over the fixed entries. */
+interface PrefillBucket {
+  readonly tokens: number;
+  readonly graphId: number;
+  readonly bound: BoundRun;
+  /** [tokens, KV positions]: upper bounds of one entry's new tokens and KV length. */
+  readonly metadata: Int32Array;
+}
+
+/** Prompt chunks one prefill forward carries at most. */
+export const PREFILL_PACK_ENTRIES = 16;
+/** The smallest prefill forward with batchInvariant off (the ladder doubles from here). */
+const PREFILL_BUCKET_MIN = 64;
+
 export class PagedDecoderModel implements DecoderModel, BatchExecutor {
   readonly info: ModelInfo;
   readonly plan: RuntimePlan;
@@ -56,8 +77,16 @@ export class PagedDecoderModel implements DecoderModel, BatchExecutor {
   /** Positions per slot (blocksPerSlot × blockSize). */
   readonly kvSlots: number;
   readonly widths: readonly number[];
-  readonly counts = { alone: 0, batched: 0, batchedSequences: 0, byWidth: {} as Record<number, number> };
+  readonly counts = {
+    alone: 0,
+    batched: 0,
+    batchedSequences: 0,
+    byWidth: {} as Record<number, number>,
+    /** Packed prefill forwards, the prompt chunks and tokens they carried. */
+    prefill: { forwards: 0, chunks: 0, tokens: 0 },
+  };
   readonly batchExecutor: BatchExecutor;
+  readonly prefillPack: PrefillPack;
   private stepSubmitter: StepSubmitter | undefined;
   private readonly caches: readonly DeviceBuffer[];
   private readonly freeSlots: number[];
@@ -77,6 +106,20 @@ export class PagedDecoderModel implements DecoderModel, BatchExecutor {
   private readonly hostArgmax: BigInt64Array;
   private readonly stepMetadata: Int32Array;
   private readonly results: StepResult[] = [];
+  /** Entries of every prefill forward: PREFILL_PACK_ENTRIES chunks, then the pad entries. */
+  private readonly prefillEntries: number;
+  private readonly prefillPadEntries: number;
+  private readonly prefillBuckets: readonly PrefillBucket[];
+  private readonly prefillIds: DeviceBuffer;
+  private readonly prefillCumulative: DeviceBuffer;
+  private readonly prefillPast: DeviceBuffer;
+  private readonly prefillTable: DeviceBuffer;
+  private readonly prefillLogits: DeviceBuffer;
+  private readonly prefillArgmax: DeviceBuffer;
+  private readonly hostPrefillIds: BigInt64Array;
+  private readonly hostPrefillCumulative: Int32Array;
+  private readonly hostPrefillPast: Int32Array;
+  private readonly hostPrefillTable: Int32Array;
   /** Always the widest bucket: every step the same shapes at any load (bitwise batch invariance, at a lone stream's cost). */
   private readonly fixedShape: boolean;
   private disposed = false;
@@ -126,6 +169,31 @@ export class PagedDecoderModel implements DecoderModel, BatchExecutor {
     widths.push(slots);
     this.buckets = widths.map((sequences, i) => ({ sequences, graphId: i, bound: this.bind(sequences) }));
     this.widths = widths.filter((w) => w >= 2);
+    // Prefill: chunk entries, then pad entries (each ≥ 1 token, ≤ a slot's positions) for the rest.
+    const prefillTokens = plan.prefillTokensPerStep;
+    const chunkEntries = Math.min(PREFILL_PACK_ENTRIES, slots);
+    this.prefillPadEntries = Math.ceil(prefillTokens / this.kvSlots);
+    this.prefillEntries = chunkEntries + this.prefillPadEntries;
+    this.prefillPack = { tokens: prefillTokens - this.prefillEntries, entries: chunkEntries };
+    this.prefillIds = session.alloc(prefillTokens * 8);
+    this.prefillCumulative = session.alloc((this.prefillEntries + 1) * 4);
+    this.prefillPast = session.alloc(this.prefillEntries * 4);
+    this.prefillTable = session.alloc(this.prefillEntries * this.blocksPerSlot * 4);
+    this.prefillLogits = session.alloc(manifest.vocab * 4);
+    this.prefillArgmax = session.alloc(8);
+    this.hostPrefillIds = new BigInt64Array(prefillTokens);
+    this.hostPrefillCumulative = new Int32Array(this.prefillEntries + 1);
+    this.hostPrefillPast = new Int32Array(this.prefillEntries);
+    this.hostPrefillTable = new Int32Array(this.prefillEntries * this.blocksPerSlot);
+    // batchInvariant: one shape. Otherwise a ladder, so a short prompt pays for a short forward.
+    const prefillShapes: number[] = [];
+    if (!this.fixedShape)
+      for (let t = PREFILL_BUCKET_MIN; t < prefillTokens; t *= 2) if (t > this.prefillEntries) prefillShapes.push(t);
+    prefillShapes.push(prefillTokens);
+    this.prefillBuckets = prefillShapes.map((tokens, i) => {
+      const metadata = Int32Array.of(tokens, this.kvSlots);
+      return { tokens, metadata, graphId: this.buckets.length + i, bound: this.bindPrefill(tokens, metadata) };
+    });
     this.batchExecutor = this;
     this.info = convertedModelInfo(manifest, plan, {
       contextLength: capacity,
@@ -186,9 +254,10 @@ export class PagedDecoderModel implements DecoderModel, BatchExecutor {
     this.freeSlots.sort((a, b) => b - a);
   }
 
-  /** Each bucket once with pad sequences only, three times (ORT captures a graph on its third run), then each prefill shape. */
+  /** Each bucket (decode and prefill) with pad sequences only, three times (ORT captures a graph on its third run), then each prefill shape. */
   async warmUp(): Promise<void> {
     for (const bucket of this.buckets) for (let i = 0; i < 3; i++) this.runStep(bucket, []);
+    for (const bucket of this.prefillBuckets) for (let i = 0; i < 3; i++) this.runPrefillOn(bucket, []);
     const sequence = this.createSequence() as PagedSequence;
     try {
       const ids = new Array<number>(FORWARD_TOKENS_MAX).fill(this.manifest.bosTokenId ?? 0);
@@ -205,6 +274,58 @@ export class PagedDecoderModel implements DecoderModel, BatchExecutor {
   async run(width: number, forwards: readonly StepForward[]): Promise<readonly StepResult[]> {
     void width; // the bucket follows the sequence count
     return this.step(forwards);
+  }
+
+  /** One packed prefill forward: each fill chunk (of a different sequence) appended to its KV. */
+  async runPrefill(forwards: readonly StepForward[]): Promise<void> {
+    let tokens = 0;
+    for (const f of forwards) tokens += f.count;
+    const pack = this.prefillPack;
+    if (forwards.length > pack.entries || tokens > pack.tokens)
+      throw new RangeError(
+        `a prefill forward carries at most ${pack.entries} chunks of ${pack.tokens} tokens together, got ${forwards.length} of ${tokens}`,
+      );
+    // The smallest shape that holds the chunks and one token for every other entry.
+    const wanted = tokens + this.prefillEntries - forwards.length;
+    const bucket = this.prefillBuckets.find((b) => b.tokens >= wanted)!;
+    this.counts.prefill.forwards++;
+    this.counts.prefill.chunks += forwards.length;
+    this.counts.prefill.tokens += tokens;
+    this.runPrefillOn(bucket, forwards);
+  }
+
+  private runPrefillOn(bucket: PrefillBucket, forwards: readonly StepForward[]): void {
+    const { session, blocksPerSlot } = this;
+    const ids = this.hostPrefillIds;
+    const cumulative = this.hostPrefillCumulative;
+    const entries = this.prefillEntries;
+    let at = 0;
+    for (let e = 0; e < entries; e++) {
+      const f = forwards[e];
+      cumulative[e] = at;
+      const slot = f === undefined ? this.slots : (f.sequence as PagedSequence).slot;
+      for (let j = 0; j < blocksPerSlot; j++) this.hostPrefillTable[e * blocksPerSlot + j] = slot * blocksPerSlot + j;
+      if (f === undefined) {
+        // Pad entries write the scratch slot from position 0: one token each; the last ones share the rest.
+        // (runPrefill's shape choice leaves at least one token per entry; an even split keeps each within a slot.)
+        const padLeft = entries - e;
+        const count = e < entries - this.prefillPadEntries ? 1 : Math.ceil((bucket.tokens - at) / padLeft);
+        ids.fill(0n, at, at + count);
+        this.hostPrefillPast[e] = 0;
+        at += count;
+        continue;
+      }
+      for (let i = 0; i < f.count; i++) ids[at + i] = BigInt(f.tokens[f.start + i]!);
+      this.hostPrefillPast[e] = (f.sequence as PagedSequence).length;
+      at += f.count;
+    }
+    cumulative[entries] = at;
+    session.write(this.prefillIds, 0, ids.subarray(0, bucket.tokens));
+    session.write(this.prefillCumulative, 0, cumulative);
+    session.write(this.prefillPast, 0, this.hostPrefillPast);
+    session.write(this.prefillTable, 0, this.hostPrefillTable);
+    bucket.bound.run(bucket.graphId);
+    for (const f of forwards) (f.sequence as PagedSequence).advance(f.count);
   }
 
   /** One step: `forwards` (each ≤ rows tokens, of different sequences) in one forward of the smallest bucket that holds them. */
@@ -363,11 +484,37 @@ export class PagedDecoderModel implements DecoderModel, BatchExecutor {
     return this.session.bind(inputs, outputs);
   }
 
+  private bindPrefill(tokens: number, metadata: Int32Array): BoundRun {
+    const entries = this.prefillEntries;
+    const inputs: Record<string, DeviceValue> = {
+      input_ids: { data: this.prefillIds, dims: [1, tokens], type: INT64 },
+      cumulative_sequence_length: { data: this.prefillCumulative, dims: [entries + 1], type: INT32 },
+      past_seqlens: { data: this.prefillPast, dims: [entries], type: INT32 },
+      block_table: { data: this.prefillTable, dims: [entries, this.blocksPerSlot], type: INT32 },
+      attention_metadata: { data: metadata, dims: [2], type: INT32 },
+      // Row 0's logits, never read: a prefill forward only fills the KV.
+      logits_index: { data: this.logitsIndex, dims: [1], type: INT64 },
+    };
+    const outputs: Record<string, DeviceValue> = {
+      logits: { data: this.prefillLogits, dims: [1, 1, this.manifest.vocab], type: FLOAT32 },
+      argmax: { data: this.prefillArgmax, dims: [1, 1], type: INT64 },
+    };
+    this.bindCaches(inputs, outputs);
+    return this.session.bind(inputs, outputs);
+  }
+
   async dispose(): Promise<void> {
     if (this.disposed) return;
     this.disposed = true;
     for (const b of this.buckets) b.bound.release();
+    for (const b of this.prefillBuckets) b.bound.release();
     for (const b of [
+      this.prefillIds,
+      this.prefillCumulative,
+      this.prefillPast,
+      this.prefillTable,
+      this.prefillLogits,
+      this.prefillArgmax,
       ...this.caches,
       this.ids,
       this.cumulative,
@@ -419,19 +566,41 @@ class PagedSequence implements DecoderSequence {
   private forwardAny(tokens: ArrayLike<number>, rows: number, argmax: boolean): Promise<StepResult> {
     if (this.disposed) throw new Error('sequence is disposed');
     checkForward(tokens.length, rows, this.kvLength, this.capacity, FORWARD_TOKENS_MAX);
-    if (tokens.length > this.model.rows) return Promise.resolve(this.prefillNow(tokens, rows, argmax));
-    const forward: StepForward = {
-      sequence: this,
-      tokens,
-      start: 0,
-      count: tokens.length,
-      padded: this.model.rows,
-      rows,
-      argmax,
-    };
     const submitter = this.model.submitter;
+    if (tokens.length > this.model.rows) {
+      if (submitter === undefined || rows > this.model.rows)
+        return Promise.resolve(this.prefillNow(tokens, rows, argmax));
+      return this.prefillPacked(submitter, tokens, rows, argmax);
+    }
+    const forward = this.stepForward(tokens, 0, tokens.length, rows, argmax);
     if (submitter !== undefined) return submitter.submit(forward);
     return Promise.resolve(this.model.step([forward])[0]!);
+  }
+
+  private stepForward(
+    tokens: ArrayLike<number>,
+    start: number,
+    count: number,
+    rows: number,
+    argmax: boolean,
+  ): StepForward {
+    return { sequence: this, tokens, start, count, padded: this.model.rows, rows, argmax };
+  }
+
+  /** All but the last `rows` tokens as fill chunks of the steps' prefill forwards; those rows as a decode step. */
+  private async prefillPacked(
+    submitter: StepSubmitter,
+    tokens: ArrayLike<number>,
+    rows: number,
+    argmax: boolean,
+  ): Promise<StepResult> {
+    const head = tokens.length - rows;
+    const chunk = Math.min(FORWARD_TOKENS_MAX, this.model.prefillPack.tokens);
+    for (let start = 0; start < head; start += chunk) {
+      const count = Math.min(chunk, head - start);
+      await submitter.submit({ sequence: this, tokens, start, count, padded: count, rows: 0, fill: true });
+    }
+    return submitter.submit(this.stepForward(tokens, head, rows, rows, argmax));
   }
 
   /** @internal A forward of more than `rows` tokens, alone, in chunks (the last chunk's rows come back). */

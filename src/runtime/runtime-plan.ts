@@ -11,6 +11,9 @@ import {
   type ModelInfo,
   PAGED_BATCH_SLOTS_DEFAULT,
   PAGED_BATCH_SLOTS_MAX,
+  PREFILL_TOKENS_PER_STEP_DEFAULT,
+  PREFILL_TOKENS_PER_STEP_MAX,
+  PREFILL_TOKENS_PER_STEP_MIN,
   type RuntimeOptions,
   type RuntimePlan,
 } from './types.js';
@@ -79,7 +82,17 @@ export function planRuntime(
     },
     batchInvariant: options.batchInvariant ?? true,
     batchSlots: options.batchSlots ?? PAGED_BATCH_SLOTS_DEFAULT,
+    prefillTokensPerStep: options.prefillTokensPerStep ?? PREFILL_TOKENS_PER_STEP_DEFAULT,
   };
+  const prefillTokens = common.prefillTokensPerStep;
+  if (
+    !Number.isInteger(prefillTokens) ||
+    prefillTokens < PREFILL_TOKENS_PER_STEP_MIN ||
+    prefillTokens > PREFILL_TOKENS_PER_STEP_MAX
+  )
+    throw new RangeError(
+      `prefillTokensPerStep must be an integer in [${PREFILL_TOKENS_PER_STEP_MIN}, ${PREFILL_TOKENS_PER_STEP_MAX}], got ${prefillTokens}`,
+    );
   if (!Number.isInteger(common.batchSlots) || common.batchSlots < 1 || common.batchSlots > PAGED_BATCH_SLOTS_MAX)
     throw new RangeError(`batchSlots must be an integer in [1, ${PAGED_BATCH_SLOTS_MAX}], got ${common.batchSlots}`);
   if (options.batchSlots !== undefined && manifest.attention !== 'paged')
@@ -157,6 +170,7 @@ export function planOptimum(options: RuntimeOptions): RuntimePlan {
     experimental: { cudaGraphs: false, greedyOnDevice: false, warmUp: false },
     batchInvariant: false,
     batchSlots: 1,
+    prefillTokensPerStep: PREFILL_TOKENS_PER_STEP_DEFAULT,
   };
 }
 

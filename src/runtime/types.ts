@@ -86,6 +86,11 @@ export interface StepForward {
   readonly rows: number;
   /** The rows' argmax (Int32Array) instead of their logits, where the model computes it (DecoderSequence.forwardGreedy). */
   readonly argmax?: boolean;
+  /**
+   * A prefill chunk that only appends to the KV (rows 0, an empty result): the scheduler packs such
+   * chunks of several sequences into one forward (BatchExecutor.prefillPack).
+   */
+  readonly fill?: boolean;
 }
 
 /** A forward's result: its logits rows, [rows × vocabSize], or (StepForward.argmax) each row's argmax. */
@@ -123,6 +128,19 @@ export interface BatchExecutor {
   run(width: number, forwards: readonly StepForward[]): Promise<readonly StepResult[]>;
   /** From now on the model's sequences hand their forwards to `submitter` (once per model). */
   attach(submitter: StepSubmitter): void;
+  /**
+   * Where the executor packs prefill chunks (StepForward.fill) of several sequences into one
+   * forward: at most `entries` chunks of at most `tokens` tokens together.
+   */
+  readonly prefillPack?: PrefillPack;
+  /** Runs one pack of fill forwards (each of a different sequence) as one forward. */
+  runPrefill?(forwards: readonly StepForward[]): Promise<void>;
+}
+
+/** The most one packed prefill forward carries: chunks (entries) and their tokens together. */
+export interface PrefillPack {
+  readonly tokens: number;
+  readonly entries: number;
 }
 
 /** ONNX Runtime execution providers this runtime knows how to configure. */
@@ -173,6 +191,13 @@ export interface RuntimeOptions {
    * near-ties between loads (docs/gpu.md). @default true
    */
   readonly batchInvariant?: boolean;
+  /**
+   * The paged graph: token rows of one step's prefill forward, into which the prompts waiting
+   * that step are packed (chunks of several prompts, with the decode steps of the others between
+   * two such forwards). Larger: a burst of prompts gets its first tokens sooner, each step with a
+   * prefill costs more. @default 1024
+   */
+  readonly prefillTokensPerStep?: number;
   /** Switches only tests and benchmarks set (what they measure or reach); production leaves them out. */
   readonly experimental?: ExperimentalRuntimeOptions;
 }
@@ -253,11 +278,18 @@ export interface RuntimePlan {
   readonly batchInvariant: boolean;
   /** The paged graph's sequences per forward (RuntimeOptions.batchSlots). */
   readonly batchSlots: number;
+  /** The paged graph's prefill forward, in token rows (RuntimeOptions.prefillTokensPerStep). */
+  readonly prefillTokensPerStep: number;
 }
 
 /** Sequences per forward of the paged graph unless RuntimeOptions.batchSlots says otherwise, and the most it takes. */
 export const PAGED_BATCH_SLOTS_DEFAULT = 16;
 export const PAGED_BATCH_SLOTS_MAX = 256;
+
+/** The paged graph's prefill forward (token rows) unless RuntimeOptions.prefillTokensPerStep says otherwise, and its bounds. */
+export const PREFILL_TOKENS_PER_STEP_DEFAULT = 1024;
+export const PREFILL_TOKENS_PER_STEP_MIN = 64;
+export const PREFILL_TOKENS_PER_STEP_MAX = 8192;
 
 /** Most sequences a batch graph may carry on WebGPU (16 storage buffers per shader: K outputs + 1 input). */
 export const WEBGPU_BATCH_WIDTH_MAX = 15;

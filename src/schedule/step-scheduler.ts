@@ -16,6 +16,10 @@
  * - Shape: up to `widest` short forwards run as one forward of the narrowest batch graph that holds
  *   them (an idle place costs nearly what a busy one does); a lone forward, or a long one (prefill),
  *   runs on the single-sequence graph so it does not stall the decodes.
+ * - Prefill packing (executors with a prefillPack: the paged graph): prefill chunks of several
+ *   prompts run as one forward after the step's decodes, first fit in arrival order, at most one
+ *   such forward per step; chunks that do not fit wait, first in line, for the next step. So a burst
+ *   of prompts is prefilled many per forward, and the decoding streams get a step between any two.
  *
  * The runtime executes (BatchExecutor); this module holds the policy and imports runtime types only.
  * Without batch graphs every forward is its sequence's own and goes straight to the runtime.
@@ -26,6 +30,7 @@ import type {
   BatchExecutor,
   DecoderModel,
   DecoderSequence,
+  PrefillPack,
   StepForward,
   StepResult,
   StepSubmitter,
@@ -62,6 +67,29 @@ export function planStep<F extends Pick<StepForward, 'padded'>>(
   for (const f of alone) groups.push({ width: 1, forwards: [f] });
   return groups;
 }
+
+/**
+ * One step's prefill forward: the fill chunks (in arrival order) that fit `pack` first-fit, and
+ * those left for a later step (in order).
+ */
+export function packPrefill<F extends Pick<StepForward, 'count'>>(
+  fills: readonly F[],
+  pack: PrefillPack,
+): { readonly packed: F[]; readonly deferred: F[] } {
+  const packed: F[] = [];
+  const deferred: F[] = [];
+  let tokens = 0;
+  for (const f of fills) {
+    if (packed.length < pack.entries && tokens + f.count <= pack.tokens) {
+      packed.push(f);
+      tokens += f.count;
+    } else deferred.push(f);
+  }
+  return { packed, deferred };
+}
+
+/** A fill forward's result: nothing (it only appends to the KV). */
+const EMPTY_RESULT = new Float32Array(0);
 
 interface QueuedForward {
   readonly forward: StepForward;
@@ -145,17 +173,47 @@ export class StepScheduler implements StepSubmitter {
     setImmediate(() => void this.step());
   }
 
+  /** One packed prefill forward; the chunks that did not fit go first in line for the next step. */
+  private async runPrefill(executor: BatchExecutor, fills: QueuedForward[]): Promise<void> {
+    if (executor.prefillPack === undefined || executor.runPrefill === undefined) {
+      const error = new Error('a prefill chunk reached a step scheduler whose executor packs no prefill');
+      for (const q of fills) q.reject(error);
+      return;
+    }
+    const { packed, deferred } = packPrefill(
+      fills.map((q) => ({ q, count: q.forward.count })),
+      executor.prefillPack,
+    );
+    if (packed.length === 0) {
+      // Larger than any pack: it would wait forever.
+      const { tokens } = executor.prefillPack;
+      for (const d of deferred)
+        d.q.reject(new RangeError(`a prefill chunk of ${d.count} tokens exceeds the pack of ${tokens}`));
+      return;
+    }
+    this.queue.unshift(...deferred.map((d) => d.q));
+    try {
+      await executor.runPrefill(packed.map((p) => p.q.forward));
+      for (const p of packed) p.q.resolve(EMPTY_RESULT);
+    } catch (error) {
+      for (const p of packed) p.q.reject(error);
+    }
+  }
+
   /** Runs what is queued: one step. Forwards never overlap (each sequence's KV is bound by the run). */
   private async step(): Promise<void> {
     this.stepQueued = false;
     if (this.running || this.queue.length === 0) return;
     this.running = true;
+    const executor = this.executor!;
     const work = this.queue;
     this.queue = [];
     try {
-      for (const group of planStep(work, this.executor!.widths)) {
+      const fills = work.filter((q) => q.forward.fill === true);
+      const others = fills.length === 0 ? work : work.filter((q) => q.forward.fill !== true);
+      for (const group of planStep(others, executor.widths)) {
         try {
-          const logits = await this.executor!.run(
+          const logits = await executor.run(
             group.width,
             group.forwards.map((q) => q.forward),
           );
@@ -164,6 +222,7 @@ export class StepScheduler implements StepSubmitter {
           for (const q of group.forwards) q.reject(error);
         }
       }
+      if (fills.length > 0) await this.runPrefill(executor, fills);
     } finally {
       this.running = false;
       this.scheduleStep();

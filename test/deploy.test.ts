@@ -302,13 +302,16 @@ for (const kustomization of ['k8s/base', 'k8s/overlays/gpu'] as const) {
   );
 }
 
-test.serial('the GPU overlay asks for a GPU and scales on queue depth only', (t) => {
+test.serial('the GPU overlay asks for a GPU, batches on CUDA and scales on queue depth only', (t) => {
   const { objects } = render('k8s/overlays/gpu');
   const container = find(objects, 'Deployment')['spec']['template']['spec']['containers'][0] as Obj;
   t.is(container['resources']['limits']['nvidia.com/gpu'], '1');
   t.regex(container['image'] as string, /-gpu$/);
   const data = find(objects, 'ConfigMap', 'anpd-serve-config')['data'] as Record<string, string>;
-  t.is(parseServerConfig([], data).executionProvider, 'webgpu');
+  const config = parseServerConfig([], data);
+  t.is(config.executionProvider, 'cuda');
+  t.is(config.batchSlots, 64);
+  t.is(config.maxActiveSequences, config.engineReplicas * config.batchSlots, 'every place of the replica is used');
   const metrics = find(objects, 'HorizontalPodAutoscaler')['spec']['metrics'] as Obj[];
   t.deepEqual(
     metrics.map((m) => m['type']),
@@ -482,7 +485,7 @@ test.serial(
       .split('\n')
       .filter((l) => l.trim() !== '' && !l.trimStart().startsWith('#'));
     const stages = instructions.filter((l) => l.startsWith('FROM ')).map((l) => / AS (\S+)/i.exec(l)?.[1]);
-    t.deepEqual(stages, ['build', 'model', 'deps', 'runtime-base', 'runtime-gpu', 'runtime']);
+    t.deepEqual(stages, ['build', 'model', 'deps', 'runtime-base', 'cuda-provider', 'runtime-gpu', 'runtime']);
     for (const l of instructions.filter((i) => i.includes('--from='))) {
       t.true(stages.includes(/--from=(\S+)/.exec(l)![1]), l);
     }
@@ -493,7 +496,10 @@ test.serial(
         .filter((s) => !s.startsWith('--')))
         t.true(existsSync(join(ROOT, source)), `COPY ${source}: no such path`);
     }
-    const runtime = instructions.slice(instructions.findIndex((l) => / AS runtime/.test(l)));
+    const runtime = instructions.slice(
+      instructions.findIndex((l) => / AS runtime-base/.test(l)),
+      instructions.findIndex((l) => / AS cuda-provider/.test(l)),
+    );
     const user = runtime.find((l) => l.startsWith('USER '))!.split(/\s+/)[1]!;
     const uid = Number(user.split(':')[0]);
     t.true(Number.isInteger(uid) && uid > 0, 'numeric non-root user (runAsNonRoot can verify it)');
@@ -506,15 +512,37 @@ test.serial(
     const modelMove = / mv "\$dir" (\S+)/.exec(instructions.find((l) => l.includes('fetch-model'))!)![1];
     t.regex(runtime.find((l) => l.includes('ANPD_MODEL_DIR='))!, new RegExp(`ANPD_MODEL_DIR=${modelMove}\\b`));
     t.regex(text, /ARG ORT_NODE_INSTALL=skip/);
-    // The GPU target: the Vulkan loader, back to the non-root user, the WebGPU provider, the graphics capability.
+    // The GPU target: CUDA 13's runtime base, the CUDA provider installed by our script, the paged
+    // graph the model stage converts, batching on, the same non-root user, ports and health check.
     const gpu = instructions.slice(
       instructions.findIndex((l) => / AS runtime-gpu/.test(l)),
       instructions.findIndex((l) => / AS runtime$/.test(l)),
     );
-    t.true(gpu.some((l) => l.startsWith('RUN ') && l.includes('libvulkan1')));
-    t.is(gpu.filter((l) => l.startsWith('USER ')).at(-1), user === undefined ? undefined : `USER ${user}`);
-    t.regex(gpu.join('\n'), /ANPD_EXECUTION_PROVIDER=webgpu/);
-    t.regex(gpu.join('\n'), /NVIDIA_DRIVER_CAPABILITIES=\S*graphics/);
+    const gpuText = gpu.join('\n');
+    t.regex(text, /ARG CUDA_IMAGE=nvidia\/cuda:13\.\S+-runtime-/);
+    t.regex(gpu[0]!, /^FROM \$\{CUDA_IMAGE\} AS runtime-gpu/);
+    const provider = instructions.slice(
+      instructions.findIndex((l) => / AS cuda-provider/.test(l)),
+      instructions.findIndex((l) => / AS runtime-gpu/.test(l)),
+    );
+    t.true(provider.some((l) => l.startsWith('RUN ') && l.includes('node scripts/install-cuda-provider.mjs')));
+    t.regex(gpuText, /COPY --from=cuda-provider \/app\/node_modules/);
+    t.is(gpu.filter((l) => l.startsWith('USER ')).at(-1), `USER ${user}`);
+    t.deepEqual(
+      gpu.filter((l) => l.startsWith('EXPOSE ')).flatMap((l) => l.split(/\s+/).slice(1).map(Number)),
+      exposed,
+    );
+    t.regex(gpu.find((l) => l.startsWith('HEALTHCHECK '))!, /"dist\/src\/cli\/main\.js", "health"/);
+    const pagedMove = / mv "\$paged" (\S+)/.exec(instructions.find((l) => l.includes('--attention paged'))!)![1];
+    t.regex(gpuText, new RegExp(`ANPD_MODEL_DIR=${pagedMove}\\b`));
+    t.regex(gpuText, new RegExp(`COPY --from=model ${pagedMove} ${pagedMove}`));
+    const env = parseServerConfig(
+      [],
+      Object.fromEntries([...gpuText.matchAll(/\b(ANPD_[A-Z_]+)=(\S+)/g)].map((m) => [m[1]!, m[2]!])),
+    );
+    t.is(env.executionProvider, 'cuda');
+    t.true(env.batchSlots >= 16, 'the GPU image batches (continuous batching on CUDA)');
+    t.regex(gpuText, /NVIDIA_DRIVER_CAPABILITIES=compute,utility/);
   },
 );
 

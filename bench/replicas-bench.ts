@@ -66,6 +66,10 @@ async function main(): Promise<void> {
       'paged-model': { type: 'string' },
       'batch-slots': { type: 'string', default: '64' },
       'batch-invariant': { type: 'string', default: 'off' },
+      // Paged pools once per value (token rows of each step's packed prefill forward).
+      'prefill-tokens-per-step': { type: 'string', default: '1024' },
+      // Stream counts the one-sequence-per-forward pool runs (default: all of --streams).
+      'unbatched-streams': { type: 'string' },
       'cuda-graphs': { type: 'string', default: 'on' },
       'kv-capacity': { type: 'string', default: '1024' },
       out: { type: 'string' },
@@ -99,24 +103,31 @@ async function main(): Promise<void> {
   const forwardCosts = new Map<string, readonly number[]>();
   // Unbatched, then batched once per prefill chunk size.
   // 'paged' pools run --paged-model (continuous batching on CUDA), once per --batch-invariant value.
-  const batchModes: { batch: string | undefined; chunk: number | undefined; invariant?: boolean }[] = [
-    { batch: undefined, chunk: undefined },
-  ];
+  const batchModes: {
+    batch: string | undefined;
+    chunk: number | undefined;
+    invariant?: boolean;
+    prefillTokens?: number;
+  }[] = [{ batch: undefined, chunk: undefined }];
   if (values['batch-model'] !== undefined)
     for (const chunk of values['prefill-chunks']!.split(',').map(Number))
       batchModes.push({ batch: values['batch-model'], chunk });
   if (values['paged-model'] !== undefined)
     for (const invariant of values['batch-invariant']!.split(','))
-      batchModes.push({ batch: 'paged', chunk: undefined, invariant: invariant === 'on' });
+      for (const prefillTokens of values['prefill-tokens-per-step']!.split(',').map(Number))
+        batchModes.push({ batch: 'paged', chunk: undefined, invariant: invariant === 'on', prefillTokens });
+  const unbatchedStreams =
+    values['unbatched-streams'] === undefined ? undefined : values['unbatched-streams'].split(',').map(Number);
   const pools: {
     replicas: number;
     batch: string | undefined;
     chunk: number | undefined;
     invariant?: boolean;
+    prefillTokens?: number;
     pool: EnginePool;
   }[] = [];
   for (const replicas of values.replicas!.split(',').map(Number)) {
-    for (const { batch, chunk, invariant } of batchModes) {
+    for (const { batch, chunk, invariant, prefillTokens } of batchModes) {
       const paged = batch === 'paged';
       const started = performance.now();
       const runtime = {
@@ -125,7 +136,13 @@ async function main(): Promise<void> {
         kvCapacity: Number(values['kv-capacity']),
         ...(values['rows-min'] !== undefined ? { forwardRowsMin: Number(values['rows-min']) } : {}),
         ...(batch !== undefined && !paged ? { batchModelDir: batch.split(',') } : {}),
-        ...(paged ? { batchSlots: Number(values['batch-slots']), batchInvariant: invariant === true } : {}),
+        ...(paged
+          ? {
+              batchSlots: Number(values['batch-slots']),
+              batchInvariant: invariant === true,
+              prefillTokensPerStep: prefillTokens!,
+            }
+          : {}),
         // 'emulate': the device path on the CPU (how its batching is checked without a GPU).
         experimental: {
           ...(batch !== undefined && !paged ? { batchPrefillChunkTokens: chunk! } : {}),
@@ -141,16 +158,23 @@ async function main(): Promise<void> {
       );
       if (known === undefined && pool.forwardCost !== undefined) forwardCosts.set(batch ?? '', pool.forwardCost);
       log(
-        `${replicas} replica(s)${paged ? ` paged${invariant ? ', batch-invariant' : ''}` : batch !== undefined ? ` with batched forwards (prefill chunks of ${chunk})` : ''} loaded in ${((performance.now() - started) / 1000).toFixed(1)} s`,
+        `${replicas} replica(s)${paged ? ` paged${invariant ? ', batch-invariant' : ''}, prefill ${prefillTokens} tokens/step` : batch !== undefined ? ` with batched forwards (prefill chunks of ${chunk})` : ''} loaded in ${((performance.now() - started) / 1000).toFixed(1)} s`,
       );
       for (let r = 0; r < replicas; r++) await generate(pool, 'Hello', anpd, 4); // warm every replica (least-loaded picks in turn)
       await Promise.all(Array.from({ length: replicas }, () => generate(pool, 'Hello', NO_SPECULATION, 4)));
-      pools.push({ replicas, batch, chunk, ...(invariant !== undefined ? { invariant } : {}), pool });
+      pools.push({
+        replicas,
+        batch,
+        chunk,
+        ...(invariant !== undefined ? { invariant, prefillTokens: prefillTokens! } : {}),
+        pool,
+      });
     }
   }
   // Streams outermost, batched and unbatched pools interleaved under them: machine drift hits both alike.
   for (const streams of streamCounts) {
-    for (const { replicas, batch, chunk, invariant, pool } of pools) {
+    for (const { replicas, batch, chunk, invariant, prefillTokens, pool } of pools) {
+      if (batch === undefined && unbatchedStreams !== undefined && !unbatchedStreams.includes(streams)) continue;
       for (const [mode, speculation] of [
         ['plain', NO_SPECULATION],
         ['anpd', anpd],
@@ -164,6 +188,9 @@ async function main(): Promise<void> {
         let tokens = 0;
         const tpot: number[] = [];
         const ttft: number[] = [];
+        // The first wave starts at once (a burst: every prompt's prefill at the same moment); later ones arrive as streams finish.
+        const ttftBurst: number[] = [];
+        let started = 0;
         let rounds = 0;
         let drafted = 0;
         let accepted = 0;
@@ -172,7 +199,9 @@ async function main(): Promise<void> {
           Array.from({ length: streams }, async () => {
             while (next < total) {
               const i = next++ % prompts.length;
+              const burst = started++ < streams;
               const out = await generate(pool, prompts[i]!, speculation, maxNewTokens);
+              if (burst) ttftBurst.push(out.final.firstTokenMs);
               tokens += out.tokens.length;
               rounds += out.final.stats.rounds;
               drafted += out.final.stats.draftTokensProposed;
@@ -180,7 +209,8 @@ async function main(): Promise<void> {
               ttft.push(out.final.firstTokenMs);
               tpot.push((out.final.totalMs - out.final.firstTokenMs) / Math.max(1, out.tokens.length - 1));
               const key = out.tokens.join(',');
-              const family = batch === 'paged' ? `paged${invariant ? '-invariant' : ''}` : 'gqa';
+              // (A paged engine's outputs are checked against its own configuration's: another prefill shape may round differently.)
+              const family = batch === 'paged' ? `paged${invariant ? '-invariant' : ''}-p${prefillTokens}` : 'gqa';
               generationsChecked++;
               if (family !== 'gqa' && reference.has(`gqa:${i}`) && reference.get(`gqa:${i}`) !== key) pagedVsGqa++;
               if (!reference.has(`${family}:${i}`)) reference.set(`${family}:${i}`, key);
@@ -198,12 +228,15 @@ async function main(): Promise<void> {
           replicas,
           batched: batch === 'paged' ? (invariant === true ? 'paged-invariant' : 'paged') : batch !== undefined,
           prefillChunkTokens: chunk ?? null,
+          prefillTokensPerStep: prefillTokens ?? null,
           streams,
           mode,
           generations: total,
           aggregateTokPerS: +(tokens / seconds).toFixed(1),
           ttftMsP50: +percentile(ttft, 0.5).toFixed(1),
           ttftMsP99: +percentile(ttft, 0.99).toFixed(1),
+          ttftBurstMsP50: +percentile(ttftBurst, 0.5).toFixed(1),
+          ttftBurstMsP99: +percentile(ttftBurst, 0.99).toFixed(1),
           tpotMsP50: +percentile(tpot, 0.5).toFixed(2),
           tpotMsP99: +percentile(tpot, 0.99).toFixed(2),
           // Batch-aware drafting shows here: drafts shrink as streams grow where the forward is compute-bound.

@@ -308,7 +308,7 @@ test.serial(
     const paged = await convertedVariant({ dtype: 'float16', attention: 'paged' });
     const engine = await createEngine(
       paged,
-      { ...EMULATE, kvCapacity: 512, batchSlots: 4, prefillTokensPerStep: 256 },
+      { ...EMULATE, kvCapacity: 512, batchSlots: 4, prefillTokensPerStep: 512 },
       { forwardCost: { mode: 'fixed', table: TEST_FORWARD_COST } },
     );
     try {

@@ -4,6 +4,8 @@
 // decoding; aggregate tok/s, TTFT and TPOT percentiles, and outputs checked against the first run's.
 //   node bench/gpu/llama-server-load.mjs --bin /tmp/b/llama.cpp/build/bin --gguf /tmp/model.gguf \
 //     --streams 1,16,64 [--np streams|N] [--spec-type ngram-simple] [--max-new-tokens 64] --out l.json
+// --spec-type takes llama.cpp's names (ngram-simple: a 12-token lookup drafting up to 48; both sizes
+// through --server-args '--spec-ngram-simple-size-n N --spec-ngram-simple-size-m M').
 import { spawn } from 'node:child_process';
 import { closeSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -18,6 +20,8 @@ const { values } = parseArgs({
     streams: { type: 'string', default: '1,16,64' },
     np: { type: 'string', default: 'streams' },
     'spec-type': { type: 'string' },
+    // More llama-server flags, space-separated, e.g. '--spec-ngram-simple-size-m 8' (draft length).
+    'server-args': { type: 'string', default: '' },
     category: { type: 'string', default: 'code-editing' },
     'max-new-tokens': { type: 'string', default: '64' },
     generations: { type: 'string' },
@@ -53,14 +57,21 @@ for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'])
 
 const tail = (file) => readFileSync(file, 'utf8').split('\n').slice(-30).join('\n');
 
+// GET /health's status; 0 when nothing answers.
+const health = () =>
+  fetch(`${base}/health`, { signal: AbortSignal.timeout(2000) }).then(
+    (r) => r.status,
+    () => 0,
+  );
+
 async function startServer(np) {
   // A server already answering on the port would be measured instead of ours.
-  if (await fetch(`${base}/health`, { signal: AbortSignal.timeout(2000) }).then(() => true, () => false))
-    throw new Error(`something already answers on ${base}; pick another --port`);
+  if ((await health()) !== 0) throw new Error(`something already answers on ${base}; pick another --port`);
   const logFile = `/tmp/llama-server-${values.port}-np${np}${specType ? `-${specType}` : ''}.log`;
   const fd = openSync(logFile, 'w');
   const args = ['-m', values.gguf, '-ngl', '99', '-np', `${np}`, '-c', `${np * Number(values['ctx-per-slot'])}`];
   args.push('--port', values.port, ...(specType ? ['--spec-type', specType] : []));
+  args.push(...values['server-args'].split(/\s+/).filter(Boolean));
   // LD_LIBRARY_PATH: a shared-library build keeps libllama/libggml beside the binary, wherever it was moved.
   const env = { ...process.env, LD_LIBRARY_PATH: [values.bin, process.env.LD_LIBRARY_PATH].filter(Boolean).join(':') };
   log(`llama-server ${args.join(' ')} (log ${logFile})`);
@@ -72,14 +83,11 @@ async function startServer(np) {
   child.on('exit', (code, signal) => (died ??= `exit ${code ?? signal}`));
   const deadline = Date.now() + 120_000;
   for (;;) {
-    if (died !== undefined) throw new Error(`llama-server died (${died}) before it was healthy; ${logFile}:\n${tail(logFile)}`);
+    if (died !== undefined)
+      throw new Error(`llama-server died (${died}) before it was healthy; ${logFile}:\n${tail(logFile)}`);
     if (Date.now() > deadline) throw new Error(`llama-server not healthy in 120 s; ${logFile}:\n${tail(logFile)}`);
     // 503 while the model loads, 200 once the slots are ready.
-    const status = await fetch(`${base}/health`, { signal: AbortSignal.timeout(2000) }).then(
-      (r) => r.status,
-      () => 0,
-    );
-    if (status === 200) return;
+    if ((await health()) === 200) return;
     await sleep(250);
   }
 }
@@ -231,6 +239,7 @@ const report = {
   gguf: values.gguf,
   category: values.category,
   maxNewTokens,
+  serverArgs: values['server-args'] || null,
   template,
   rows,
 };

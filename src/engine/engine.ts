@@ -135,7 +135,8 @@ export class Engine implements GenerationBackend {
     const prefix = promptTokens.slice(0, -1);
     const first = sequences[0]!;
     if (promptLogprobs === undefined) {
-      await first.forward(prefix, 1);
+      // The prefix's logits are never read: where the runtime can skip them, it does.
+      await (first.fill !== undefined ? first.fill(prefix) : first.forward(prefix, 1));
     } else {
       // Every prefill row scores the next prompt token; chunks bound the logits buffer
       // (PROMPT_LOGPROBS_CHUNK rows × vocab). Same KV and rows as one forward (batch invariance).
@@ -154,7 +155,13 @@ export class Engine implements GenerationBackend {
     await Promise.all(
       sequences
         .slice(1)
-        .map((s) => (s.copyPrefixFrom !== undefined ? s.copyPrefixFrom(first, prefix.length) : s.forward(prefix, 1))),
+        .map((s) =>
+          s.copyPrefixFrom !== undefined
+            ? s.copyPrefixFrom(first, prefix.length)
+            : s.fill !== undefined
+              ? s.fill(prefix)
+              : s.forward(prefix, 1),
+        ),
     );
     return promptLogprobs;
   }

@@ -53,6 +53,7 @@ export class ForwardWatch implements DecoderModel {
 class WatchedSequence implements DecoderSequence {
   readonly forwardGreedy: ((tokens: ArrayLike<number>, rows: number) => Promise<Int32Array>) | undefined;
   readonly copyPrefixFrom: ((source: DecoderSequence, length: number) => void) | undefined;
+  readonly fill: ((tokens: ArrayLike<number>) => Promise<void>) | undefined;
   private readonly sequence: DecoderSequence;
   private readonly watch: ForwardWatch;
 
@@ -67,6 +68,16 @@ class WatchedSequence implements DecoderSequence {
         ? undefined
         : (source, length) =>
             sequence.copyPrefixFrom!(source instanceof WatchedSequence ? source.sequence : source, length);
+    this.fill = sequence.fill === undefined ? undefined : (tokens) => this.watched(() => sequence.fill!(tokens));
+  }
+
+  private async watched<T>(run: () => Promise<T>): Promise<T> {
+    this.watch.started();
+    try {
+      return await run();
+    } finally {
+      this.watch.finished();
+    }
   }
 
   get length(): number {

@@ -58,6 +58,9 @@ interface PrefillBucket {
   readonly metadata: Int32Array;
 }
 
+/** Logits rows a forward of one sequence alone may ask for: the forward-cost probe's 128 (engine/forward-cost.ts), prompt log-probabilities' 64. */
+const LONE_LOGITS_ROWS_MAX = 128;
+
 /** Prompt chunks one prefill forward carries at most. */
 export const PREFILL_PACK_ENTRIES = 16;
 /** The smallest prefill forward with batchInvariant off (the ladder doubles from here). */
@@ -98,6 +101,7 @@ export class PagedDecoderModel implements DecoderModel, BatchExecutor {
   private readonly table: DeviceBuffer;
   private readonly logitsIndex: DeviceBuffer;
   private readonly logits: DeviceBuffer;
+  private readonly logitsRows: number;
   private readonly argmax: DeviceBuffer;
   private readonly hostIds: BigInt64Array;
   private readonly hostCumulative: Int32Array;
@@ -150,7 +154,9 @@ export class PagedDecoderModel implements DecoderModel, BatchExecutor {
     this.past = session.alloc(slots * 4);
     this.table = session.alloc(slots * this.blocksPerSlot * 4);
     this.logitsIndex = session.alloc(entries * 8);
-    this.logits = session.alloc(slots * this.rows * manifest.vocab * 4);
+    // Also a lone forward's rows (LONE_LOGITS_ROWS_MAX).
+    this.logitsRows = Math.max(slots * this.rows, LONE_LOGITS_ROWS_MAX);
+    this.logits = session.alloc(this.logitsRows * manifest.vocab * 4);
     this.argmax = session.alloc(entries * 8);
     this.hostIds = new BigInt64Array(entries);
     this.hostCumulative = new Int32Array(slots + 1);
@@ -408,6 +414,8 @@ export class PagedDecoderModel implements DecoderModel, BatchExecutor {
     out: Float32Array | Int32Array | undefined,
   ): void {
     const { session, blocksPerSlot } = this;
+    if (rows > this.logitsRows)
+      throw new RangeError(`a forward alone brings back at most ${this.logitsRows} logits rows, asked for ${rows}`);
     const ids = this.hostIds.subarray(0, padded);
     for (let i = 0; i < count; i++) ids[i] = BigInt(tokens[start + i]!);
     for (let i = count; i < padded; i++) ids[i] = ids[count - 1]!;
@@ -587,6 +595,30 @@ class PagedSequence implements DecoderSequence {
     return { sequence: this, tokens, start, count, padded: this.model.rows, rows, argmax };
   }
 
+  /**
+   * Appends `tokens` to the cache without logits: under a step scheduler in chunks of the steps'
+   * packed prefill forwards, else one forward alone.
+   */
+  readonly fill = async (tokens: ArrayLike<number>): Promise<void> => {
+    if (this.disposed) throw new Error('sequence is disposed');
+    const submitter = this.model.submitter;
+    if (submitter === undefined) {
+      await this.forwardAny(tokens, 1, true);
+      return;
+    }
+    checkForward(tokens.length, 1, this.kvLength, this.capacity, FORWARD_TOKENS_MAX);
+    await this.submitFills(submitter, tokens, tokens.length);
+  };
+
+  /** tokens[0, end) as fill chunks, one per step (each waits for the previous: a sequence's KV grows in order). */
+  private async submitFills(submitter: StepSubmitter, tokens: ArrayLike<number>, end: number): Promise<void> {
+    const chunk = Math.min(FORWARD_TOKENS_MAX, this.model.prefillPack.tokens);
+    for (let start = 0; start < end; start += chunk) {
+      const count = Math.min(chunk, end - start);
+      await submitter.submit({ sequence: this, tokens, start, count, padded: count, rows: 0, fill: true });
+    }
+  }
+
   /** All but the last `rows` tokens as fill chunks of the steps' prefill forwards; those rows as a decode step. */
   private async prefillPacked(
     submitter: StepSubmitter,
@@ -595,11 +627,7 @@ class PagedSequence implements DecoderSequence {
     argmax: boolean,
   ): Promise<StepResult> {
     const head = tokens.length - rows;
-    const chunk = Math.min(FORWARD_TOKENS_MAX, this.model.prefillPack.tokens);
-    for (let start = 0; start < head; start += chunk) {
-      const count = Math.min(chunk, head - start);
-      await submitter.submit({ sequence: this, tokens, start, count, padded: count, rows: 0, fill: true });
-    }
+    await this.submitFills(submitter, tokens, head);
     return submitter.submit(this.stepForward(tokens, head, rows, rows, argmax));
   }
 

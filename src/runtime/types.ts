@@ -56,6 +56,12 @@ export interface DecoderSequence {
    * prompt share one prefill. Absent: each sequence prefills itself.
    */
   readonly copyPrefixFrom?: ((source: DecoderSequence, length: number) => void) | undefined;
+  /**
+   * Where the runtime has a cheaper way than forward() to only append tokens to the cache (no
+   * logits: a prompt's prefix): the paged graph packs it into the steps' prefill forwards. Absent:
+   * forward(tokens, 1) does it.
+   */
+  readonly fill?: ((tokens: ArrayLike<number>) => Promise<void>) | undefined;
   /** Forgets every position ≥ `length` (a rejected draft). O(1) for the GQA layout. */
   rewind(length: number): void;
   dispose(): void;

@@ -5,7 +5,7 @@
 # float16 model converted to /tmp/m16 and llama.cpp built with CUDA under /tmp/b/llama.cpp/build.
 # Writes its logs and JSON results to $OUT. Steps: smoke, forward table, decode (CUDA graphs on /
 # off, token ids compared), rows (decode by forward row count), the peers run against llama.cpp,
-# scale (a 1.7B-shaped random model, both engines), concurrency.
+# scale (a 1.7B-shaped random model, both engines), concurrency; issue 30: llamabuild, load, llama, hostprof.
 #   ROWS="4 8" bash bench/gpu/h200-run.sh [steps...]   (default: all)
 #   MODEL=/tmp/g16 GGUF=/tmp/gemma.gguf GREEDY="on off" TAG=-gemma bash bench/gpu/h200-run.sh peers
 #     (another model; greedy decoding with the argmax on the device and with the logits brought back)
@@ -96,6 +96,35 @@ for step in $steps; do
       rm -rf /tmp/prof; mkdir -p /tmp/prof
       ANPD_ORT_PROFILE=/tmp/prof/p timeout 120 node dist/bench/device-batch-bench.js --model "$model" --batch-model /tmp/m16-s16 --cuda-graphs off --reps 20 >/dev/null 2>&1
       for f in /tmp/prof/*.json; do node bench/gpu/profile-summary.mjs "$f" 14 | tee -a "$log"; done ;;
+    llamabuild)
+      # llama.cpp with CUDA (the peer; ~5 min, and the call that runs it returns only when it ends).
+      say llamabuild
+      ( mkdir -p /tmp/b && tar -xJf .gpu/llama/llamacpp-src.tar.xz -C /tmp/b && cd /tmp/b/llama.cpp \
+        && cmake -B build -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
+             -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DCMAKE_BUILD_TYPE=Release > /tmp/b/cmake.log 2>&1 \
+        && cmake --build build -j16 --target llama-server llama-bench llama-simple > /tmp/b/build.log 2>&1; echo $? > /tmp/b/build.rc )
+      say "llamabuild rc $(cat /tmp/b/build.rc)"; tail -3 /tmp/b/build.log | tee -a "$log" ;;
+    load)
+      # Issue 30: continuous batching with packed prefill (paged graph, batch-invariant) against one
+      # sequence per forward at 1 stream, 64 new tokens; code editing and summarization (~450-token prompts: TTFT).
+      say load
+      [ -f /tmp/mp/anpd-model.json ] || node dist/src/cli/main.js convert "$gguf" /tmp/mp --dtype float16 --attention paged 2>&1 | tail -1 | tee -a "$log"
+      for cat in ${CATEGORIES:-code-editing summarization}; do
+        timeout ${LOAD_TIMEOUT:-200} node dist/bench/replicas-bench.js --execution-provider cuda --model "$model" --paged-model /tmp/mp --batch-slots ${BATCH_SLOTS:-64} --batch-invariant ${INVARIANT:-on} --prefill-tokens-per-step ${PREFILL:-1024} --unbatched-streams 1 --replicas 1 --streams ${STREAMS:-1,16,64} --max-new-tokens 64 --kv-capacity 2048 --category $cat --out "$out/load-$cat${TAG:-}.json" 2>&1 | grep -v '^{"date' | tee -a "$log"
+      done ;;
+    llama)
+      # llama-server (CUDA) under the same load: -np = streams, -np 64, and its n-gram speculation.
+      say llama
+      for cat in ${CATEGORIES:-code-editing summarization}; do
+        timeout 150 node bench/gpu/llama-server-load.mjs --bin "$llama" --gguf "$gguf" --streams ${STREAMS:-1,16,64} --np streams --category $cat --max-new-tokens 64 --tag np-streams --out "$out/llama-$cat-np-streams.json" 2>&1 | grep -v '^{"date' | tee -a "$log"
+      done
+      timeout 120 node bench/gpu/llama-server-load.mjs --bin "$llama" --gguf "$gguf" --streams ${STREAMS:-1,16,64} --np 64 --category code-editing --max-new-tokens 64 --tag np64 --out "$out/llama-code-editing-np64.json" 2>&1 | grep -v '^{"date' | tee -a "$log"
+      timeout 120 node bench/gpu/llama-server-load.mjs --bin "$llama" --gguf "$gguf" --streams ${STREAMS:-1,16,64} --np 64 --spec-type ngram-simple --category code-editing --max-new-tokens 64 --tag np64-ngram --out "$out/llama-code-editing-np64-ngram.json" 2>&1 | grep -v '^{"date' | tee -a "$log" ;;
+    hostprof)
+      # Where a 64-stream step's host time goes: a CPU profile of the bench process (ANPD and plain, paged).
+      say hostprof
+      mkdir -p "$out/prof"
+      timeout 120 node --cpu-prof --cpu-prof-dir "$out/prof" dist/bench/replicas-bench.js --execution-provider cuda --model "$model" --paged-model /tmp/mp --batch-slots 64 --batch-invariant on --unbatched-streams 0 --replicas 1 --streams 64 --generations 256 --max-new-tokens 64 --kv-capacity 2048 --category code-editing 2>&1 | grep -v '^{"date' | tee -a "$log" ;;
     replicas)
       say replicas
       timeout 240 node dist/bench/replicas-bench.js --execution-provider cuda --model "$model" --replicas 1,2 --streams 1,4,16,64 --max-new-tokens 64 ${REPLICA_ROWS:+--rows-min $REPLICA_ROWS} --out "$out/replicas.json" 2>&1 | grep -v '^{' | tee -a "$log" ;;

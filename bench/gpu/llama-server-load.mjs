@@ -5,7 +5,7 @@
 //   node bench/gpu/llama-server-load.mjs --bin /tmp/b/llama.cpp/build/bin --gguf /tmp/model.gguf \
 //     --streams 1,16,64 [--np streams|N] [--spec-type ngram-simple] [--max-new-tokens 64] --out l.json
 // --spec-type takes llama.cpp's names (ngram-simple: a 12-token lookup drafting up to 48; both sizes
-// through --server-args '--spec-ngram-simple-size-n N --spec-ngram-simple-size-m M').
+// through --server-args='--spec-ngram-simple-size-n N --spec-ngram-simple-size-m M'; the '=' is needed).
 import { spawn } from 'node:child_process';
 import { closeSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -20,7 +20,7 @@ const { values } = parseArgs({
     streams: { type: 'string', default: '1,16,64' },
     np: { type: 'string', default: 'streams' },
     'spec-type': { type: 'string' },
-    // More llama-server flags, space-separated, e.g. '--spec-ngram-simple-size-m 8' (draft length).
+    // More llama-server flags, space-separated: --server-args='--spec-ngram-simple-size-m 8' (with '=').
     'server-args': { type: 'string', default: '' },
     category: { type: 'string', default: 'code-editing' },
     'max-new-tokens': { type: 'string', default: '64' },
@@ -141,7 +141,7 @@ async function complete(prompt, nPredict) {
   let ttft;
   let text = '';
   let contentEvents = 0;
-  let predicted;
+  let final;
   let pending = '';
   const decoder = new TextDecoder();
   for await (const chunk of res.body) {
@@ -157,11 +157,13 @@ async function complete(prompt, nPredict) {
         text += event.content;
         contentEvents++;
       }
-      if (event.stop) predicted = event.tokens_predicted;
+      if (event.stop) final = event;
     }
   }
   const totalMs = performance.now() - t0;
-  return { text, tokens: predicted ?? contentEvents, ttftMs: ttft ?? totalMs, totalMs };
+  if (final === undefined) throw new Error('/completion: the stream ended before its final event');
+  // A content event may carry several tokens (accepted drafts): the count comes from the final event.
+  return { text, tokens: final.tokens_predicted ?? contentEvents, ttftMs: ttft ?? totalMs, totalMs };
 }
 
 function percentile(xs, q) {

@@ -102,7 +102,7 @@ test('batchSlots asks for the paged graph: a GQA graph is refused naming the fil
   t.throws(() => planRuntime({ ...emulate, batchSlots: 0 }, paged, 'p.onnx', built), {
     message: /batchSlots must be an integer in \[1, 256\], got 0/,
   });
-  t.is(planRuntime({ ...emulate }, paged, 'p.onnx', built).prefillTokensPerStep, 1024);
+  t.is(planRuntime({ ...emulate }, paged, 'p.onnx', built).prefillTokensPerStep, 2048);
   t.throws(() => planRuntime({ ...emulate, prefillTokensPerStep: 32 }, paged, 'p.onnx', built), {
     message: /prefillTokensPerStep must be an integer in \[64, 8192\], got 32/,
   });

@@ -24,7 +24,7 @@ test('empty argv and environment give the documented defaults', (t) => {
     replicaRestartsPerMinute: 5,
     batchSlots: 0,
     batchInvariant: 'on',
-    prefillTokensPerStep: 1024,
+    prefillTokensPerStep: 2048,
     batchModelDir: undefined,
     kvCapacity: 8192,
     nativeRun: 'auto',

@@ -6,7 +6,13 @@
  */
 import test from 'ava';
 import { NO_LOAD, type OthersLoad } from '../src/draft/draft-length-controller.js';
-import { BATCH_TOKENS_MAX, packPrefill, planStep, StepScheduler } from '../src/schedule/step-scheduler.js';
+import {
+  BATCH_TOKENS_MAX,
+  PREFILL_FORWARDS_PER_STEP_MAX,
+  packPrefill,
+  planStep,
+  StepScheduler,
+} from '../src/schedule/step-scheduler.js';
 import type { BatchExecutor, DecoderSequence, PrefillPack, StepForward, StepSubmitter } from '../src/runtime/types.js';
 
 /** A batch executor that records what each run carried (sequence names by width). */
@@ -241,7 +247,21 @@ test("a step runs its decodes, then one packed prefill forward; chunks that did 
   ]);
   const results = await done;
   t.is(results[0]!.length, 0, 'a fill forward has no result rows');
+  // Two packs in the step (PREFILL_FORWARDS_PER_STEP_MAX allows them), after the decode.
   t.deepEqual(executor.log, ['decode d', 'prefill a70 c30', 'prefill b50 d20']);
+  // More packs than a step runs: the rest wait, first in line, for the next step (after its decodes).
+  executor.log.length = 0;
+  const many = Array.from({ length: PREFILL_FORWARDS_PER_STEP_MAX + 2 }, (_, i) => new FakeSequence(`${i}`, executor));
+  const e = new FakeSequence('e', executor);
+  const fills = many.map((s) => submitter.submit(fill(s, 60)));
+  const decode = e.forward([5], 1);
+  await Promise.all([...fills, decode]);
+  t.deepEqual(executor.log, [
+    'decode e',
+    ...Array.from({ length: PREFILL_FORWARDS_PER_STEP_MAX }, (_, i) => `prefill ${i}60`),
+    `prefill ${PREFILL_FORWARDS_PER_STEP_MAX}60`,
+    `prefill ${PREFILL_FORWARDS_PER_STEP_MAX + 1}60`,
+  ]);
   t.is(steps.sequences, 0);
 });
 

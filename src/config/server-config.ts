@@ -174,7 +174,7 @@ Options (flag, environment variable, default):
                                                                      0.25 s, doubling to 30 s while starts fail)
   --batch-slots K                    ANPD_BATCH_SLOTS                0 (off; up to K sequences per forward)
   --batch-invariant on|off           ANPD_BATCH_INVARIANT            on (cuda batching: outputs the same at any load)
-  --prefill-tokens-per-step N        ANPD_PREFILL_TOKENS_PER_STEP    1024 (cuda batching: prompts packed per step)
+  --prefill-tokens-per-step N        ANPD_PREFILL_TOKENS_PER_STEP    2048 (cuda batching: prompts packed per step)
   --batch-model DIR[,DIR…]           ANPD_BATCH_MODEL_DIR            none (K-slot graphs of --model's weights)
   --kv-capacity N                    ANPD_KV_CAPACITY                8192
   --native-run auto|off|required     ANPD_NATIVE_RUN (or ANPD_NATIVE)  auto (CPU forwards through the native

@@ -201,7 +201,7 @@ export interface RuntimeOptions {
    * The paged graph: token rows of one step's prefill forward, into which the prompts waiting
    * that step are packed (chunks of several prompts, with the decode steps of the others between
    * two such forwards). Larger: a burst of prompts gets its first tokens sooner, each step with a
-   * prefill costs more. @default 1024
+   * prefill costs more. @default 2048
    */
   readonly prefillTokensPerStep?: number;
   /** Switches only tests and benchmarks set (what they measure or reach); production leaves them out. */
@@ -293,7 +293,7 @@ export const PAGED_BATCH_SLOTS_DEFAULT = 16;
 export const PAGED_BATCH_SLOTS_MAX = 256;
 
 /** The paged graph's prefill forward (token rows) unless RuntimeOptions.prefillTokensPerStep says otherwise, and its bounds. */
-export const PREFILL_TOKENS_PER_STEP_DEFAULT = 1024;
+export const PREFILL_TOKENS_PER_STEP_DEFAULT = 2048;
 export const PREFILL_TOKENS_PER_STEP_MIN = 64;
 export const PREFILL_TOKENS_PER_STEP_MAX = 8192;
 

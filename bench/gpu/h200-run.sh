@@ -5,7 +5,7 @@
 # float16 model converted to /tmp/m16 and llama.cpp built with CUDA under /tmp/b/llama.cpp/build.
 # Writes its logs and JSON results to $OUT. Steps: smoke, forward table, decode (CUDA graphs on /
 # off, token ids compared), rows (decode by forward row count), the peers run against llama.cpp,
-# scale (a 1.7B-shaped random model, both engines), concurrency; issue 30: llamabuild, load, llama, hostprof.
+# scale (a 1.7B-shaped random model, both engines), concurrency; issue 30: llamabuild, load, llama, hostprof, gemma, bigload.
 #   ROWS="4 8" bash bench/gpu/h200-run.sh [steps...]   (default: all)
 #   MODEL=/tmp/g16 GGUF=/tmp/gemma.gguf GREEDY="on off" TAG=-gemma bash bench/gpu/h200-run.sh peers
 #     (another model; greedy decoding with the argmax on the device and with the logits brought back)
@@ -120,6 +120,25 @@ for step in $steps; do
       done
       timeout 120 node bench/gpu/llama-server-load.mjs --bin "$llama" --gguf "$gguf" --streams ${STREAMS:-1,16,64} --np 64 --category code-editing --max-new-tokens 64 --tag np64 --out "$out/llama-code-editing-np64.json" 2>&1 | grep -v '^{"date' | tee -a "$log"
       timeout 120 node bench/gpu/llama-server-load.mjs --bin "$llama" --gguf "$gguf" --streams ${STREAMS:-1,16,64} --np 64 --spec-type ngram-simple --category code-editing --max-new-tokens 64 --tag np64-ngram --out "$out/llama-code-editing-np64-ngram.json" 2>&1 | grep -v '^{"date' | tee -a "$log" ;;
+    gemma)
+      # Gemma 3 270M (sliding-window layers) on the paged graph against its GQA graph: long prompts
+      # (~850 tokens, past the 512-token window) show whether PagedAttention's local_window_size
+      # matches; then the load. GGUF at /tmp/gemma.gguf.
+      say gemma
+      for d in g16:"" gp:"--attention paged"; do
+        [ -f /tmp/${d%%:*}/anpd-model.json ] || node dist/src/cli/main.js convert /tmp/gemma.gguf /tmp/${d%%:*} --dtype float16 ${d#*:} 2>&1 | tail -1 | tee -a "$log"
+      done
+      for cat in ${CATEGORIES:-long-context code-editing}; do
+        timeout ${LOAD_TIMEOUT:-200} node dist/bench/replicas-bench.js --execution-provider cuda --model /tmp/g16 --paged-model /tmp/gp --batch-slots 64 --batch-invariant on --unbatched-streams 1 --replicas 1 --streams ${STREAMS:-1,16,64} --max-new-tokens 64 --kv-capacity 2048 --category $cat --out "$out/gemma-$cat.json" 2>&1 | grep -v '^{"date' | tee -a "$log"
+      done ;;
+    bigload)
+      # The 1.7B-shaped random model (scale step's GGUF) on the paged graph: does batching hold at 13× the weights?
+      say bigload
+      [ -f /tmp/big.gguf ] || timeout 200 node dist/bench/gpu/random-gguf.js --tokenizer-from "$gguf" --out /tmp/big.gguf 2>&1 | tail -1 | tee -a "$log"
+      for d in big16:"" bigp:"--attention paged"; do
+        [ -f /tmp/${d%%:*}/anpd-model.json ] || timeout 300 node dist/src/cli/main.js convert /tmp/big.gguf /tmp/${d%%:*} --dtype float16 ${d#*:} 2>&1 | tail -1 | tee -a "$log"
+      done
+      timeout ${LOAD_TIMEOUT:-200} node dist/bench/replicas-bench.js --execution-provider cuda --model /tmp/big16 --paged-model /tmp/bigp --batch-slots 64 --batch-invariant on --unbatched-streams 1 --replicas 1 --streams ${STREAMS:-1,16,64} --max-new-tokens 64 --kv-capacity 2048 --category code-editing --out "$out/big-code-editing.json" 2>&1 | grep -v '^{"date' | tee -a "$log" ;;
     hostprof)
       # Where a 64-stream step's host time goes: a CPU profile of the bench process (ANPD and plain, paged).
       say hostprof

@@ -52,15 +52,97 @@ export const DEFAULT_NGRAM_OPTIONS: NgramDrafterOptions = {
   copyMaxMatch: 16,
 };
 
-class Entry {
-  readonly tokens = new Int32Array(SLOTS_PER_CONTEXT);
-  readonly counts = new Int32Array(SLOTS_PER_CONTEXT);
-  /** History index of the continuation token at its latest occurrence, per slot. */
-  readonly last = new Int32Array(SLOTS_PER_CONTEXT);
-  used = 0;
-  total = 0;
-  /** History index of the continuation at the latest occurrence of this context (any slot). */
-  latest = 0;
+/**
+ * Every level's entries in flat typed arrays, indexed by entry: no object per context. (A prompt of
+ * a few hundred tokens made thousands of entry objects per request; at 64 streams on an H100 their
+ * allocation and garbage were ~14% of an ANPD step's time, docs/perf-notes.md.)
+ */
+class EntryPool {
+  size = 0;
+  /** Per slot (entry × SLOTS_PER_CONTEXT + slot): the continuation, its count, its latest history index. */
+  tokens: Int32Array;
+  counts: Int32Array;
+  last: Int32Array;
+  /** Per entry: slots used, total count, history index of the continuation at the latest occurrence of the context. */
+  used: Int32Array;
+  total: Int32Array;
+  latest: Int32Array;
+
+  constructor(capacity: number) {
+    this.tokens = new Int32Array(capacity * SLOTS_PER_CONTEXT);
+    this.counts = new Int32Array(capacity * SLOTS_PER_CONTEXT);
+    this.last = new Int32Array(capacity * SLOTS_PER_CONTEXT);
+    this.used = new Int32Array(capacity);
+    this.total = new Int32Array(capacity);
+    this.latest = new Int32Array(capacity);
+  }
+
+  /** A new empty entry's index. */
+  add(): number {
+    if (this.size === this.used.length) {
+      const grow = (a: Int32Array) => {
+        const b = new Int32Array(a.length * 2);
+        b.set(a);
+        return b;
+      };
+      this.tokens = grow(this.tokens);
+      this.counts = grow(this.counts);
+      this.last = grow(this.last);
+      this.used = grow(this.used);
+      this.total = grow(this.total);
+      this.latest = grow(this.latest);
+    }
+    return this.size++;
+  }
+}
+
+/** One level's map from a context's 32-bit hash to its entry: open addressing over typed arrays (no boxed keys, no garbage). */
+class ContextTable {
+  size = 0;
+  private keys: Int32Array;
+  /** Entry index + 1; 0: empty. */
+  private values: Int32Array;
+
+  constructor(capacity: number) {
+    let n = 16;
+    while (n < capacity * 2) n *= 2;
+    this.keys = new Int32Array(n);
+    this.values = new Int32Array(n);
+  }
+
+  /** The entry of `hash`, or −1. */
+  get(hash: number): number {
+    const mask = this.keys.length - 1;
+    const key = hash | 0;
+    for (let i = key & mask; ; i = (i + 1) & mask) {
+      const v = this.values[i]!;
+      if (v === 0) return -1;
+      if (this.keys[i] === key) return v - 1;
+    }
+  }
+
+  /** Adds `hash` (absent) → `entry`. */
+  set(hash: number, entry: number): void {
+    // At most half full: probes stay short and get() always meets an empty slot.
+    if (2 * (this.size + 1) > this.keys.length) this.rehash();
+    this.insert(hash | 0, entry + 1);
+    this.size++;
+  }
+
+  private insert(key: number, value: number): void {
+    const mask = this.keys.length - 1;
+    let i = key & mask;
+    while (this.values[i] !== 0) i = (i + 1) & mask;
+    this.keys[i] = key;
+    this.values[i] = value;
+  }
+
+  private rehash(): void {
+    const { keys, values } = this;
+    this.keys = new Int32Array(keys.length * 2);
+    this.values = new Int32Array(values.length * 2);
+    for (let i = 0; i < keys.length; i++) if (values[i] !== 0) this.insert(keys[i]!, values[i]!);
+  }
 }
 
 /** 32-bit rolling hash step (murmur-style, exact integer arithmetic via Math.imul). */
@@ -75,8 +157,9 @@ export class NgramDrafter implements Drafter {
   readonly options: NgramDrafterOptions;
   private history: Int32Array;
   private length = 0;
-  /** tables[level] for level = n − 2 (context of n − 1 tokens). */
-  private readonly tables: Map<number, Entry>[];
+  /** tables[level] for level = n − 2 (context of n − 1 tokens): context hash → entry of `entries`. */
+  private readonly tables: ContextTable[];
+  private readonly entries: EntryPool;
   private readonly scratch: number[] = [];
   lookups = 0;
   hits = 0;
@@ -85,8 +168,11 @@ export class NgramDrafter implements Drafter {
     if (!Number.isInteger(options.n) || options.n < 2 || options.n > NGRAM_N_MAX)
       throw new RangeError(`n must be in [2, ${NGRAM_N_MAX}]`);
     this.options = options;
-    this.tables = Array.from({ length: options.n - 1 }, () => new Map<number, Entry>());
-    this.history = new Int32Array(Math.max(64, prompt.length * 2));
+    // Sized for the prompt and as many tokens again (each grows by doubling).
+    const expected = Math.max(64, prompt.length * 2);
+    this.tables = Array.from({ length: options.n - 1 }, () => new ContextTable(expected));
+    this.entries = new EntryPool(expected * (options.n - 1));
+    this.history = new Int32Array(expected);
     this.commit(prompt);
   }
 
@@ -117,16 +203,17 @@ export class NgramDrafter implements Drafter {
     for (let ctx = 1; ctx <= this.tables.length && ctx <= pos; ctx++) {
       h = mix(h, this.history[pos - ctx]!);
       const table = this.tables[ctx - 1]!;
+      const pool = this.entries;
       let entry = table.get(h);
-      if (entry === undefined) {
-        entry = new Entry();
+      if (entry < 0) {
+        entry = pool.add();
         table.set(h, entry);
-      } else if (!this.contextMatches(entry.latest, pos, ctx)) {
+      } else if (!this.contextMatches(pool.latest[entry]!, pos, ctx)) {
         // Hash collision with a different context: the newer context takes the slot.
-        entry.used = 0;
-        entry.total = 0;
+        pool.used[entry] = 0;
+        pool.total[entry] = 0;
       }
-      addContinuation(entry, token, pos);
+      addContinuation(pool, entry, token, pos);
     }
   }
 
@@ -171,19 +258,20 @@ export class NgramDrafter implements Drafter {
     for (let i = 1; i <= ctx; i++) h = mix(h, this.history[this.length - i]!);
     this.lookups++;
     const entry = this.tables[ctx - 1]!.get(h);
-    // entry.latest < length always: the context at the end of history has no continuation yet.
-    if (entry === undefined || entry.used === 0) return -1;
-    if (!this.contextMatches(entry.latest, this.length, ctx)) return -1;
+    // The latest occurrence < length always: the context at the end of history has no continuation yet.
+    if (entry < 0 || this.entries.used[entry] === 0) return -1;
+    const latest = this.entries.latest[entry]!;
+    if (!this.contextMatches(latest, this.length, ctx)) return -1;
     let match = ctx;
     while (
       match < o.copyMaxMatch &&
-      entry.latest - match - 1 >= 0 &&
-      this.history[entry.latest - match - 1] === this.history[this.length - match - 1]
+      latest - match - 1 >= 0 &&
+      this.history[latest - match - 1] === this.history[this.length - match - 1]
     )
       match++;
     if (match < o.copyMinMatch) return -1;
     this.hits++;
-    return entry.latest;
+    return latest;
   }
 
   /** Next token after committed history + draft from the highest confident level, or −1. */
@@ -204,18 +292,20 @@ export class NgramDrafter implements Drafter {
       hashes[ctx] = h;
     }
     this.lookups++;
+    const pool = this.entries;
     for (let ctx = maxCtx; ctx >= 1; ctx--) {
       const entry = this.tables[ctx - 1]!.get(hashes[ctx]!);
-      if (entry === undefined || entry.used === 0) continue;
+      if (entry < 0 || pool.used[entry] === 0) continue;
       // Confirm the context (collisions are misses).
+      const latest = pool.latest[entry]!;
       let same = true;
-      for (let i = 1; i <= ctx && same; i++) same = this.history[entry.latest - i] === at(i);
+      for (let i = 1; i <= ctx && same; i++) same = this.history[latest - i] === at(i);
       if (!same) continue;
-      const best = bestSlot(entry);
-      const count = entry.counts[best]!;
-      if (count < (o.minCount[ctx - 1] ?? 1) || count < o.minShare * entry.total) continue;
+      const best = bestSlot(pool, entry);
+      const count = pool.counts[best]!;
+      if (count < (o.minCount[ctx - 1] ?? 1) || count < o.minShare * pool.total[entry]!) continue;
       this.hits++;
-      return entry.tokens[best]!;
+      return pool.tokens[best]!;
     }
     return -1;
   }
@@ -223,47 +313,45 @@ export class NgramDrafter implements Drafter {
   private readonly hashScratch: number[] = new Array<number>(NGRAM_N_MAX + 1).fill(0);
 }
 
-function addContinuation(entry: Entry, token: number, pos: number): void {
-  entry.total++;
-  entry.latest = pos;
-  for (let s = 0; s < entry.used; s++) {
-    if (entry.tokens[s] === token) {
-      entry.counts[s]!++;
-      entry.last[s] = pos;
+function addContinuation(pool: EntryPool, entry: number, token: number, pos: number): void {
+  const { tokens, counts, last } = pool;
+  pool.total[entry]!++;
+  pool.latest[entry] = pos;
+  const first = entry * SLOTS_PER_CONTEXT;
+  const used = pool.used[entry]!;
+  for (let s = first; s < first + used; s++) {
+    if (tokens[s] === token) {
+      counts[s]!++;
+      last[s] = pos;
       return;
     }
   }
-  if (entry.used < SLOTS_PER_CONTEXT) {
-    const s = entry.used++;
-    entry.tokens[s] = token;
-    entry.counts[s] = 1;
-    entry.last[s] = pos;
+  if (used < SLOTS_PER_CONTEXT) {
+    const s = first + used;
+    pool.used[entry] = used + 1;
+    tokens[s] = token;
+    counts[s] = 1;
+    last[s] = pos;
     return;
   }
   // Full: replace the weakest slot (lowest count, then oldest).
-  let weakest = 0;
-  for (let s = 1; s < SLOTS_PER_CONTEXT; s++) {
-    if (
-      entry.counts[s]! < entry.counts[weakest]! ||
-      (entry.counts[s] === entry.counts[weakest] && entry.last[s]! < entry.last[weakest]!)
-    )
-      weakest = s;
+  let weakest = first;
+  for (let s = first + 1; s < first + SLOTS_PER_CONTEXT; s++) {
+    if (counts[s]! < counts[weakest]! || (counts[s] === counts[weakest] && last[s]! < last[weakest]!)) weakest = s;
   }
-  entry.total -= entry.counts[weakest]!;
-  entry.tokens[weakest] = token;
-  entry.counts[weakest] = 1;
-  entry.last[weakest] = pos;
+  pool.total[entry]! -= counts[weakest]!;
+  tokens[weakest] = token;
+  counts[weakest] = 1;
+  last[weakest] = pos;
 }
 
-/** Most frequent continuation; ties go to the most recent. */
-function bestSlot(entry: Entry): number {
-  let best = 0;
-  for (let s = 1; s < entry.used; s++) {
-    if (
-      entry.counts[s]! > entry.counts[best]! ||
-      (entry.counts[s] === entry.counts[best] && entry.last[s]! > entry.last[best]!)
-    )
-      best = s;
+/** The slot (index into the pool's slot arrays) of the most frequent continuation; ties go to the most recent. */
+function bestSlot(pool: EntryPool, entry: number): number {
+  const { counts, last } = pool;
+  const first = entry * SLOTS_PER_CONTEXT;
+  let best = first;
+  for (let s = first + 1; s < first + pool.used[entry]!; s++) {
+    if (counts[s]! > counts[best]! || (counts[s] === counts[best] && last[s]! > last[best]!)) best = s;
   }
   return best;
 }

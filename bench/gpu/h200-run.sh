@@ -120,6 +120,15 @@ for step in $steps; do
       done
       timeout 120 node bench/gpu/llama-server-load.mjs --bin "$llama" --gguf "$gguf" --streams ${STREAMS:-1,16,64} --np 64 --category code-editing --max-new-tokens 64 --tag np64 --out "$out/llama-code-editing-np64.json" 2>&1 | grep -v '^{"date' | tee -a "$log"
       timeout 120 node bench/gpu/llama-server-load.mjs --bin "$llama" --gguf "$gguf" --streams ${STREAMS:-1,16,64} --np 64 --spec-type ngram-simple --category code-editing --max-new-tokens 64 --tag np64-ngram --out "$out/llama-code-editing-np64-ngram.json" 2>&1 | grep -v '^{"date' | tee -a "$log" ;;
+    ab)
+      # A B A B: the build in .gpu/dist-prev (the previous commit, built here) against dist, paged, 16 and 64 streams.
+      say ab
+      for rep in 1 2; do
+        for v in prev new; do
+          d=dist; [ $v = prev ] && d=.gpu/dist-prev
+          timeout 120 node $d/bench/replicas-bench.js --execution-provider cuda --model "$model" --paged-model /tmp/mp --batch-slots 64 --batch-invariant on --unbatched-streams 0 --replicas 1 --streams ${STREAMS:-16,64} --max-new-tokens 64 --kv-capacity 2048 --category ${CATEGORY:-code-editing} --out "$out/ab-$v-$rep.json" 2>&1 | grep -o '"streams":[0-9]*,"mode":"[a-z]*","generations":[0-9]*,"aggregateTokPerS":[0-9.]*' | sed "s/^/$v $rep /" | tee -a "$log"
+        done
+      done ;;
     gemma)
       # Gemma 3 270M (sliding-window layers) on the paged graph against its GQA graph: long prompts
       # (~850 tokens, past the 512-token window) show whether PagedAttention's local_window_size

@@ -160,3 +160,55 @@ test.serial(
     }
   },
 );
+
+test.serial(
+  "the paged graph (CUDA continuous batching) keeps Gemma 3's sliding window: on the emulated device path its greedy tokens equal the GQA graph's on a prompt longer than the 512-token window",
+  async (t) => {
+    // The CPU stand-ins of both attention kernels (native/), so this checks our graphs: the paged
+    // one's local_window_size, local rope base per layer and block table against the GQA one's.
+    const float16 = { ...DEFAULT_GRAPH_OPTIONS, dtype: 'float16' as const };
+    const gqaDir = await ensureRegistryModel(GEMMA3_270M, float16);
+    const pagedDir = await ensureRegistryModel(GEMMA3_270M, { ...float16, attention: 'paged' });
+    const text = (
+      JSON.parse(readFileSync(join(projectRoot(), 'bench', 'prompts', 'long-context.json'), 'utf8')) as {
+        prompt: string;
+      }[]
+    )[0]!.prompt;
+    const tokens: number[][] = [];
+    for (const [dir, extra] of [
+      [gqaDir, {}],
+      [pagedDir, { batchSlots: 2, prefillTokensPerStep: 1024 }],
+    ] as const) {
+      const engine = await createEngine(
+        dir,
+        {
+          executionProvider: 'cpu',
+          intraOpThreads: 0,
+          kvCapacity: 2048,
+          experimental: { deviceRun: 'emulate' },
+          ...extra,
+        },
+        { forwardCost: { mode: 'fixed', table: TEST_FORWARD_COST } },
+      );
+      try {
+        const templated = engine.tokenizer.applyChatTemplate([{ role: 'user', content: text }]);
+        t.true(
+          engine.tokenizer.encode(templated, { addSpecialTokens: false }).length > 600,
+          'the prompt reaches past the window',
+        );
+        const out: number[] = [];
+        for await (const e of engine.generate({
+          prompt: { kind: 'text', text, chat: true },
+          maxNewTokens: 24,
+          speculation: NO_SPECULATION,
+        }))
+          if (e.type === 'delta') out.push(...e.tokenIds);
+        tokens.push(out);
+      } finally {
+        await engine.dispose();
+      }
+    }
+    t.is(tokens[0]!.length, 24);
+    t.deepEqual(tokens[1], tokens[0]);
+  },
+);

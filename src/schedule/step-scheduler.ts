@@ -97,6 +97,9 @@ export function packPrefill<F extends Pick<StepForward, 'count'>>(
   return { packed, deferred };
 }
 
+const isFill = (q: QueuedForward): boolean => q.forward.fill === true;
+const NO_FILLS: readonly QueuedForward[] = [];
+
 /** A fill forward's result: nothing (it only appends to the KV). */
 const EMPTY_RESULT = new Float32Array(0);
 
@@ -183,7 +186,7 @@ export class StepScheduler implements StepSubmitter {
   }
 
   /** Up to PREFILL_FORWARDS_PER_STEP_MAX packed prefill forwards; the chunks left go first in line for the next step. */
-  private async runPrefill(executor: BatchExecutor, fills: QueuedForward[]): Promise<void> {
+  private async runPrefill(executor: BatchExecutor, fills: readonly QueuedForward[]): Promise<void> {
     if (executor.prefillPack === undefined || executor.runPrefill === undefined) {
       const error = new Error('a prefill chunk reached a step scheduler whose executor packs no prefill');
       for (const q of fills) q.reject(error);
@@ -219,8 +222,9 @@ export class StepScheduler implements StepSubmitter {
     const work = this.queue;
     this.queue = [];
     try {
-      const fills = work.filter((q) => q.forward.fill === true);
-      const others = fills.length === 0 ? work : work.filter((q) => q.forward.fill !== true);
+      // Most steps carry no prompt: no second array then.
+      const fills = work.some(isFill) ? work.filter(isFill) : NO_FILLS;
+      const others = fills.length === 0 ? work : work.filter((q) => !isFill(q));
       for (const group of planStep(others, executor.widths)) {
         try {
           const logits = await executor.run(

@@ -10,12 +10,13 @@
  * write a scratch slot), bound once and on CUDA replayed as one captured graph per bucket. So a
  * lone sequence's decode step is the bucket of 1, and the same code runs it at every load.
  *
- * Prefill: under the step scheduler a prompt's tokens but its last `rows` go in chunks into the
- * step's one prefill forward, packed with other prompts' chunks (fixed token rows and entries, pad
- * entries on the scratch slot; bound and captured like the buckets), and the last rows run as a
- * decode step — so the logits a stream samples from always come from a decode-step shape, and with
- * batchInvariant every forward has one shape whatever the load. Without a scheduler (or asking for
- * more logits rows than a step has) a long forward runs alone, unbound, padded to a few lengths.
+ * Prefill: under the step scheduler a prompt's prefix (`fill`: all but its last token, no logits;
+ * a long `forward`: all but its last `rows` tokens) goes in chunks into the steps' packed prefill
+ * forwards, with other prompts' chunks (fixed token rows and entries, pad entries on the scratch
+ * slot; bound and captured like the buckets); the rest runs as a decode step — so the logits a
+ * stream samples from always come from a decode-step shape, and with batchInvariant every forward
+ * has one shape whatever the load. Without a scheduler (or asking for more logits rows than a step
+ * has) a long forward runs alone, unbound, padded to a few lengths.
  *
  * KV: sequence slot s owns blocks [s × blocksPerSlot, (s + 1) × blocksPerSlot) of every layer's
  * cache; the block table names them. Rollback is a length, as on every other path.
@@ -62,7 +63,7 @@ interface PrefillBucket {
 const LONE_LOGITS_ROWS_MAX = 128;
 
 /** Prompt chunks one prefill forward carries at most. */
-export const PREFILL_PACK_ENTRIES = 16;
+const PREFILL_PACK_ENTRIES = 16;
 /** The smallest prefill forward with batchInvariant off (the ladder doubles from here). */
 const PREFILL_BUCKET_MIN = 64;
 

@@ -14,6 +14,7 @@ import type { Engine } from './engine.js';
 import { ForwardWatch } from './forward-watch.js';
 import {
   type FromWorker,
+  type RunMessage,
   type SerializedError,
   type ToWorker,
   WORKER_DELTAS_IN_FLIGHT_MAX,
@@ -53,7 +54,30 @@ let engine: Engine | undefined;
 /** A 'calibrate' in progress: dispose waits for it rather than release the session under it. */
 let calibration: Promise<unknown> | undefined;
 const runs = new Map<number, Run>();
-const post = (message: FromWorker) => port.postMessage(message);
+/**
+ * The runs' messages of this macrotask, posted as one RunEvents at the next (a step resumes every
+ * stream at once). Bounded: a run posts at most WORKER_DELTAS_IN_FLIGHT_MAX deltas and one end.
+ */
+let outbox: RunMessage[] = [];
+let flushQueued = false;
+function flushRuns(): void {
+  flushQueued = false;
+  if (outbox.length === 0) return;
+  const messages = outbox;
+  outbox = [];
+  port.postMessage({ type: 'events', messages });
+}
+const postRun = (message: RunMessage) => {
+  outbox.push(message);
+  if (flushQueued) return;
+  flushQueued = true;
+  setImmediate(flushRuns);
+};
+/** Other messages keep their order after the runs' (e.g. 'disposed' after the aborted runs' errors). */
+const post = (message: FromWorker) => {
+  flushRuns();
+  port.postMessage(message);
+};
 /** The loaded model's forwards, for the heartbeats (set with the engine). */
 let forwards: ForwardWatch | undefined;
 let heartbeat: NodeJS.Timeout | undefined;
@@ -77,7 +101,7 @@ async function run(id: number, message: Extract<ToWorker, { type: 'run' }>): Pro
     for await (const event of engine.run({ request: message.request, promptTokens: message.promptTokens }, signal)) {
       if (event.type === 'delta') {
         // The event's own fields (index, logprobs only when set) travel as they are.
-        post({ ...event, id });
+        postRun({ ...event, id });
         state.outstanding++;
         // Pause this generation (not the others) until the consumer catches up or cancels.
         while (state.outstanding >= WORKER_DELTAS_IN_FLIGHT_MAX && !signal.aborted) {
@@ -86,11 +110,11 @@ async function run(id: number, message: Extract<ToWorker, { type: 'run' }>): Pro
           });
         }
       } else {
-        post({ type: 'final', id, final: event });
+        postRun({ type: 'final', id, final: event });
       }
     }
   } catch (error) {
-    post({ type: 'error', id, error: serialize(error) });
+    postRun({ type: 'error', id, error: serialize(error) });
   } finally {
     runs.delete(id);
   }
@@ -166,14 +190,15 @@ function handle(message: ToWorker, decorateModel: (model: DecoderModel) => Decod
       }
       break;
     }
-    case 'credit': {
-      const state = runs.get(message.id);
-      if (state) {
-        state.outstanding--;
-        wake(state);
+    case 'credits':
+      for (const id of message.ids) {
+        const state = runs.get(id);
+        if (state) {
+          state.outstanding--;
+          wake(state);
+        }
       }
       break;
-    }
     case 'dispose':
       clearInterval(heartbeat);
       for (const state of runs.values()) state.controller.abort(new Error('engine worker disposed'));

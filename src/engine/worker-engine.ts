@@ -13,9 +13,7 @@ import type { ModelInfo, RuntimeOptions } from '../runtime/types.js';
 import { loadTokenizer, type TextTokenizer } from '../tokenizer/tokenizer.js';
 import { type ForwardCostPlan, MEASURE_NOW } from './forward-cost.js';
 import { prepareGeneration, tokenizePrompt } from './validate.js';
-import type { FromWorker, SerializedError, ToWorker, WorkerStartupTimes } from './worker-protocol.js';
-
-type RunMessage = Extract<FromWorker, { id: number }>;
+import type { FromWorker, RunMessage, SerializedError, ToWorker, WorkerStartupTimes } from './worker-protocol.js';
 
 /** Where an engine worker runs: a thread of this process, or a child process of its own. */
 export type EngineIsolation = 'thread' | 'process';
@@ -105,6 +103,9 @@ export class WorkerEngine implements GenerationBackend {
   private calibration: Promise<readonly number[]> | undefined;
   private readonly runs = new Map<number, PendingRun>();
   private nextId = 1;
+  /** Credits of this macrotask (a run's id once per delta its consumer took); bounded by the runs' deltas in flight. */
+  private credits: number[] = [];
+  private creditsQueued = false;
   private failure: Error | undefined;
   private disposing = false;
   private readonly deathListeners: ((error: ReplicaFailedError) => void)[] = [];
@@ -125,7 +126,7 @@ export class WorkerEngine implements GenerationBackend {
     this.costTable = ready.forwardCost;
     this.startupTimes = ready.times;
     worker.on('message', (message: FromWorker) => {
-      if ('id' in message) this.runs.get(message.id)?.push(message);
+      if (message.type === 'events') for (const m of message.messages) this.runs.get(m.id)?.push(m);
       else if (message.type === 'heartbeat') {
         this.heartbeatAt = Date.now();
         this.forwardsInFlight = message.forwardsInFlight;
@@ -314,7 +315,7 @@ export class WorkerEngine implements GenerationBackend {
         if (message.type === 'delta') {
           const { id: _id, ...delta } = message;
           yield delta;
-          this.post({ type: 'credit', id });
+          this.credit(id);
         } else if (message.type === 'final') {
           finished = true;
           yield message.final;
@@ -331,6 +332,19 @@ export class WorkerEngine implements GenerationBackend {
       this.runs.delete(id);
       if (this.runs.size === 0) this.worker.unref();
     }
+  }
+
+  /** A delta taken: its credit goes back with the others of this macrotask (one message, not one each). */
+  private credit(id: number): void {
+    this.credits.push(id);
+    if (this.creditsQueued) return;
+    this.creditsQueued = true;
+    setImmediate(() => {
+      this.creditsQueued = false;
+      const ids = this.credits;
+      this.credits = [];
+      this.post({ type: 'credits', ids });
+    });
   }
 
   private post(message: ToWorker): void {

@@ -67,6 +67,18 @@ const PREFILL_PACK_ENTRIES = 16;
 /** The smallest prefill forward with batchInvariant off (the ladder doubles from here). */
 const PREFILL_BUCKET_MIN = 64;
 
+// The 32-bit views below read an int64's low word first.
+if (new Uint8Array(Uint32Array.of(1).buffer)[0] !== 1)
+  throw new Error('the paged graph runs on little-endian hosts only');
+
+/** int64 elements [at, at + count) of `words` (an int64 array's 32-bit view) = tokens[start, start + count) (ids < 2³¹). */
+function setIds(words: Int32Array, at: number, tokens: ArrayLike<number>, start: number, count: number): void {
+  for (let i = 0; i < count; i++) {
+    words[2 * (at + i)] = tokens[start + i]!;
+    words[2 * (at + i) + 1] = 0;
+  }
+}
+
 export class PagedDecoderModel implements DecoderModel, BatchExecutor {
   readonly info: ModelInfo;
   readonly plan: RuntimePlan;
@@ -105,10 +117,13 @@ export class PagedDecoderModel implements DecoderModel, BatchExecutor {
   private readonly logitsRows: number;
   private readonly argmax: DeviceBuffer;
   private readonly hostIds: BigInt64Array;
+  /** hostIds (and below, hostArgmax, hostPrefillIds) as 32-bit words: ids set and read without a BigInt each. */
+  private readonly hostIdWords: Int32Array;
   private readonly hostCumulative: Int32Array;
   private readonly hostPast: Int32Array;
   private readonly hostTable: Int32Array;
   private readonly hostArgmax: BigInt64Array;
+  private readonly hostArgmaxWords: Int32Array;
   private readonly stepMetadata: Int32Array;
   private readonly results: StepResult[] = [];
   /** Entries of every prefill forward: PREFILL_PACK_ENTRIES chunks, then the pad entries. */
@@ -122,6 +137,7 @@ export class PagedDecoderModel implements DecoderModel, BatchExecutor {
   private readonly prefillLogits: DeviceBuffer;
   private readonly prefillArgmax: DeviceBuffer;
   private readonly hostPrefillIds: BigInt64Array;
+  private readonly hostPrefillIdWords: Int32Array;
   private readonly hostPrefillCumulative: Int32Array;
   private readonly hostPrefillPast: Int32Array;
   private readonly hostPrefillTable: Int32Array;
@@ -160,10 +176,12 @@ export class PagedDecoderModel implements DecoderModel, BatchExecutor {
     this.logits = session.alloc(this.logitsRows * manifest.vocab * 4);
     this.argmax = session.alloc(entries * 8);
     this.hostIds = new BigInt64Array(entries);
+    this.hostIdWords = new Int32Array(this.hostIds.buffer);
     this.hostCumulative = new Int32Array(slots + 1);
     this.hostPast = new Int32Array(slots);
     this.hostTable = new Int32Array(slots * this.blocksPerSlot);
     this.hostArgmax = new BigInt64Array(entries);
+    this.hostArgmaxWords = new Int32Array(this.hostArgmax.buffer);
     // Upper bounds of the new tokens and of the KV length per sequence: fixed, so graphs replay.
     this.stepMetadata = Int32Array.of(this.rows, this.kvSlots);
     session.write(
@@ -189,6 +207,7 @@ export class PagedDecoderModel implements DecoderModel, BatchExecutor {
     this.prefillLogits = session.alloc(manifest.vocab * 4);
     this.prefillArgmax = session.alloc(8);
     this.hostPrefillIds = new BigInt64Array(prefillTokens);
+    this.hostPrefillIdWords = new Int32Array(this.hostPrefillIds.buffer);
     this.hostPrefillCumulative = new Int32Array(this.prefillEntries + 1);
     this.hostPrefillPast = new Int32Array(this.prefillEntries);
     this.hostPrefillTable = new Int32Array(this.prefillEntries * this.blocksPerSlot);
@@ -322,7 +341,7 @@ export class PagedDecoderModel implements DecoderModel, BatchExecutor {
         at += count;
         continue;
       }
-      for (let i = 0; i < f.count; i++) ids[at + i] = BigInt(f.tokens[f.start + i]!);
+      setIds(this.hostPrefillIdWords, at, f.tokens, f.start, f.count);
       this.hostPrefillPast[e] = (f.sequence as PagedSequence).length;
       at += f.count;
     }
@@ -368,7 +387,7 @@ export class PagedDecoderModel implements DecoderModel, BatchExecutor {
         this.hostPast[b] = 0;
         continue;
       }
-      for (let i = 0; i < f.count; i++) this.hostIds[at + i] = BigInt(f.tokens[f.start + i]!);
+      setIds(this.hostIdWords, at, f.tokens, f.start, f.count);
       for (let i = f.count; i < rows; i++) this.hostIds[at + i] = this.hostIds[at + f.count - 1]!;
       this.hostPast[b] = (f.sequence as PagedSequence).length;
       if (f.argmax === true) argmaxWanted = true;
@@ -387,7 +406,7 @@ export class PagedDecoderModel implements DecoderModel, BatchExecutor {
       const first = b * rows + f.count - f.rows;
       if (f.argmax === true) {
         const ids = sequence.results.argmaxOf(f.rows);
-        for (let i = 0; i < f.rows; i++) ids[i] = Number(this.hostArgmax[first + i]!);
+        for (let i = 0; i < f.rows; i++) ids[i] = this.hostArgmaxWords[2 * (first + i)]!;
         results.push(ids);
       } else {
         const logits = sequence.results.logitsOf(f.rows);
@@ -418,7 +437,7 @@ export class PagedDecoderModel implements DecoderModel, BatchExecutor {
     if (rows > this.logitsRows)
       throw new RangeError(`a forward alone brings back at most ${this.logitsRows} logits rows, asked for ${rows}`);
     const ids = this.hostIds.subarray(0, padded);
-    for (let i = 0; i < count; i++) ids[i] = BigInt(tokens[start + i]!);
+    setIds(this.hostIdWords, 0, tokens, start, count);
     for (let i = count; i < padded; i++) ids[i] = ids[count - 1]!;
     session.write(this.ids, 0, ids);
     session.write(this.cumulative, 0, Int32Array.of(0, padded));

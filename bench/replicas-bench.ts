@@ -31,13 +31,16 @@ async function generate(
   prompt: string,
   speculation: SpeculationOptions,
   maxNewTokens: number,
+  onTokens?: (count: number) => void,
 ): Promise<Outcome> {
   const request: GenerateRequest = { prompt: { kind: 'text', text: prompt, chat: true }, maxNewTokens, speculation };
   const tokens: number[] = [];
   let final: GenerationFinal | undefined;
   for await (const e of pool.run(pool.prepare(request))) {
-    if (e.type === 'delta') tokens.push(...e.tokenIds);
-    else final = e;
+    if (e.type === 'delta') {
+      tokens.push(...e.tokenIds);
+      onTokens?.(e.tokenIds.length);
+    } else final = e;
   }
   return { tokens, final: final! };
 }
@@ -193,6 +196,13 @@ async function main(): Promise<void> {
         // The first wave starts at once (a burst: every prompt's prefill at the same moment); later ones arrive as streams finish.
         const ttftBurst: number[] = [];
         let started = 0;
+        // Steady state: tokens while every stream has work, i.e. until the first finds no prompt left
+        // (a server under continuous load; after that the last generations run down with fewer streams).
+        let drainAt = Infinity;
+        let steadyTokens = 0;
+        const countSteady = (count: number) => {
+          if (performance.now() < drainAt) steadyTokens += count;
+        };
         let rounds = 0;
         let drafted = 0;
         let accepted = 0;
@@ -202,7 +212,7 @@ async function main(): Promise<void> {
             while (next < total) {
               const i = next++ % prompts.length;
               const burst = started++ < streams;
-              const out = await generate(pool, prompts[i]!, speculation, maxNewTokens);
+              const out = await generate(pool, prompts[i]!, speculation, maxNewTokens, countSteady);
               if (burst) ttftBurst.push(out.final.firstTokenMs);
               tokens += out.tokens.length;
               rounds += out.final.stats.rounds;
@@ -230,6 +240,7 @@ async function main(): Promise<void> {
                 );
               }
             }
+            if (drainAt === Infinity) drainAt = performance.now();
           }),
         );
         const seconds = (performance.now() - t0) / 1000;
@@ -242,6 +253,7 @@ async function main(): Promise<void> {
           mode,
           generations: total,
           aggregateTokPerS: +(tokens / seconds).toFixed(1),
+          steadyTokPerS: +(steadyTokens / ((drainAt - t0) / 1000)).toFixed(1),
           ttftMsP50: +percentile(ttft, 0.5).toFixed(1),
           ttftMsP99: +percentile(ttft, 0.99).toFixed(1),
           ttftBurstMsP50: +percentile(ttftBurst, 0.5).toFixed(1),

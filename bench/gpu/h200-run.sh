@@ -121,12 +121,15 @@ for step in $steps; do
       timeout 120 node bench/gpu/llama-server-load.mjs --bin "$llama" --gguf "$gguf" --streams ${STREAMS:-1,16,64} --np 64 --category code-editing --max-new-tokens 64 --tag np64 --out "$out/llama-code-editing-np64.json" 2>&1 | grep -v '^{"date' | tee -a "$log"
       timeout 120 node bench/gpu/llama-server-load.mjs --bin "$llama" --gguf "$gguf" --streams ${STREAMS:-1,16,64} --np 64 --spec-type ngram-simple --category code-editing --max-new-tokens 64 --tag np64-ngram --out "$out/llama-code-editing-np64-ngram.json" 2>&1 | grep -v '^{"date' | tee -a "$log" ;;
     ab)
-      # A B A B: the build in .gpu/dist-prev (the previous commit, built here) against dist, paged, 16 and 64 streams.
+      # Builds against each other, in turns (A B C A B C …): AB lists name:dist-dir pairs (the previous
+      # builds built here into .gpu/, ignored); paged, batch-invariant, 16 and 64 streams, each category.
       say ab
-      for rep in 1 2; do
-        for v in prev new; do
-          d=dist; [ $v = prev ] && d=.gpu/dist-prev
-          timeout 120 node $d/bench/replicas-bench.js --execution-provider cuda --model "$model" --paged-model /tmp/mp --batch-slots 64 --batch-invariant on --unbatched-streams 0 --replicas 1 --streams ${STREAMS:-16,64} --max-new-tokens 64 --kv-capacity 2048 --category ${CATEGORY:-code-editing} --out "$out/ab-$v-$rep.json" 2>&1 | grep -o '"streams":[0-9]*,"mode":"[a-z]*","generations":[0-9]*,"aggregateTokPerS":[0-9.]*' | sed "s/^/$v $rep /" | tee -a "$log"
+      for cat in ${CATEGORIES:-code-editing summarization}; do
+        for rep in $(seq ${REPS:-3}); do
+          for pair in ${AB:-prev:.gpu/dist-prev new:dist}; do
+            v=${pair%%:*}; d=${pair#*:}
+            timeout 120 node $d/bench/replicas-bench.js --execution-provider cuda --model "$model" --paged-model /tmp/mp --batch-slots 64 --batch-invariant on --prefill-tokens-per-step ${PREFILL:-2048} --unbatched-streams 0 --replicas 1 --streams ${STREAMS:-16,64} --generations ${GENERATIONS:-256} --max-new-tokens 64 --kv-capacity 2048 --category $cat --out "$out/ab-$cat-$v-$rep.json" 2>&1 | grep -o '"streams":[0-9]*,"mode":"[a-z]*","generations":[0-9]*,"aggregateTokPerS":[0-9.]*\(,"steadyTokPerS":[0-9.]*\)\?\|MISMATCH.*' | sed "s/^/$cat $v $rep /" | tee -a "$log"
+          done
         done
       done ;;
     gemma)
@@ -152,7 +155,8 @@ for step in $steps; do
       # Where a 64-stream step's host time goes: a CPU profile of the bench process (ANPD and plain, paged).
       say hostprof
       mkdir -p "$out/prof"
-      timeout 120 node --cpu-prof --cpu-prof-dir "$out/prof" dist/bench/replicas-bench.js --execution-provider cuda --model "$model" --paged-model /tmp/mp --batch-slots 64 --batch-invariant on --unbatched-streams 0 --replicas 1 --streams 64 --generations 256 --max-new-tokens 64 --kv-capacity 2048 --category code-editing 2>&1 | grep -v '^{"date' | tee -a "$log" ;;
+      timeout 120 node --cpu-prof --cpu-prof-dir "$out/prof" dist/bench/replicas-bench.js --execution-provider cuda --model "$model" --paged-model /tmp/mp --batch-slots 64 --batch-invariant on --unbatched-streams 0 --replicas 1 --streams 64 --generations 256 --max-new-tokens 64 --kv-capacity 2048 --category code-editing 2>&1 | grep -v '^{"date' | tee -a "$log"
+      for f in "$out"/prof/*.cpuprofile; do node bench/gpu/cpuprof-summary.mjs "$f" 30 >> "$out/hostprof.txt"; done ;;
     replicas)
       say replicas
       timeout 240 node dist/bench/replicas-bench.js --execution-provider cuda --model "$model" --replicas 1,2 --streams 1,4,16,64 --max-new-tokens 64 ${REPLICA_ROWS:+--rows-min $REPLICA_ROWS} --out "$out/replicas.json" 2>&1 | grep -v '^{' | tee -a "$log" ;;

@@ -51,7 +51,26 @@ export interface GenerateRequest {
    * seed (sampling seed + index), drafter and penalty state.
    */
   readonly n?: number;
+  /**
+   * Constrains the output to a JSON schema, any JSON, a regular expression or a grammar; every
+   * token is picked from those the constraint allows (speculation keeps the output identical).
+   */
+  readonly responseFormat?: ResponseFormat;
 }
+
+/**
+ * What the output must match. `grammar`: XGrammar's EBNF (GBNF-like: `root ::= ...`, character
+ * classes, `* + ?`, `{m,n}`). `json_schema`: a JSON Schema as text; `strict` (default true) allows no
+ * properties beyond those listed where the schema says nothing of `additionalProperties`.
+ */
+export type ResponseFormat =
+  | { readonly type: 'json_object' }
+  | { readonly type: 'json_schema'; readonly schema: string; readonly strict?: boolean }
+  | { readonly type: 'regex'; readonly pattern: string }
+  | { readonly type: 'grammar'; readonly ebnf: string };
+
+/** Longest schema, pattern or grammar text a request may carry. */
+export const RESPONSE_FORMAT_CHARS_MAX = 65_536;
 
 export const SAMPLES_MAX = 8;
 
@@ -68,6 +87,8 @@ export interface SpeculationOptions {
   readonly draftLength: 'adaptive' | 'fixed';
   /** 'hybrid': span copy + confidence-gated tables; 'paper': ANPD's multi-level tables only, ungated. */
   readonly drafter: 'hybrid' | 'paper';
+  /** With a response_format: draft the text the grammar forces next (default true). */
+  readonly forcedDrafts?: boolean;
 }
 
 /** Cap on draft tokens per round: verify cost grows with every row (see docs/perf-notes.md). */
@@ -88,7 +109,8 @@ export const PAPER_SPECULATION: SpeculationOptions = {
 };
 export const NO_SPECULATION: SpeculationOptions = { ...DEFAULT_SPECULATION, mode: 'off' };
 
-export type FinishReason = 'length' | 'eos_token' | 'stop_sequence' | 'time_limit';
+/** `constraint_incomplete`: max_new_tokens (or the context) ran out before the response_format was complete. */
+export type FinishReason = 'length' | 'eos_token' | 'stop_sequence' | 'time_limit' | 'constraint_incomplete';
 
 export interface GenerationStats {
   /** Verify steps (forward passes after prefill). */

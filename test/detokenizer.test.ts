@@ -28,6 +28,10 @@ class ByteTokenizer implements TextTokenizer {
     throw new Error('not needed by these tests');
   }
 
+  grammarVocab(): never {
+    throw new Error('not needed by these tests');
+  }
+
   decode(ids: readonly number[]): string {
     const total = ids.reduce((n, id) => n + this.pieces[id]!.length, 0);
     const bytes = new Uint8Array(total);

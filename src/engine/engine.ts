@@ -12,6 +12,7 @@ import {
   type PreparedGeneration,
   type Prompt,
 } from '../contract.js';
+import { type GrammarMatcher, grammarCompilerFor } from '../constrain/grammar.js';
 import { CancelledError } from '../errors.js';
 import { type SampleSetup, SpeculativeDecoder } from '../generate/speculative-decoder.js';
 import type { DecoderModel, DecoderSequence, ModelInfo } from '../runtime/types.js';
@@ -86,7 +87,14 @@ export class Engine implements GenerationBackend {
     const forwardCost = speculate && spec.draftLength === 'adaptive' ? await this.forwardCost() : [];
     const capacity = Math.min(info.contextLength, promptTokens.length + request.maxNewTokens + draftTokensMax + 1);
     const sequences: DecoderSequence[] = [];
+    const constraints: GrammarMatcher[] = [];
     try {
+      const format = request.responseFormat;
+      if (format !== undefined) {
+        const compiler = await grammarCompilerFor(this.tokenizer, info.vocabSize, info.eosTokenIds);
+        const grammar = await compiler.compile(format);
+        for (let i = 0; i < samples; i++) constraints.push(await grammar.matcher());
+      }
       for (let i = 0; i < samples; i++) sequences.push(this.model.createSequence({ capacity }));
       throwIfAborted(signal, promptTokens.length);
       const t0 = performance.now();
@@ -105,11 +113,19 @@ export class Engine implements GenerationBackend {
         started,
         prefill,
       };
+      const constraintOf = (index: number) => (constraints.length > 0 ? { constraint: constraints[index]! } : {});
       if (samples === 1) {
-        yield* new SpeculativeDecoder({ ...setup, sequence: sequences[0]!, index: undefined }).run();
+        yield* new SpeculativeDecoder({
+          ...setup,
+          sequence: sequences[0]!,
+          index: undefined,
+          ...constraintOf(0),
+        }).run();
       } else {
         yield* mergeSamples(
-          sequences.map((sequence, index) => new SpeculativeDecoder({ ...setup, sequence, index }).run()),
+          sequences.map((sequence, index) =>
+            new SpeculativeDecoder({ ...setup, sequence, index, ...constraintOf(index) }).run(),
+          ),
           promptTokens.length,
           started,
           prefill.ms,
@@ -117,6 +133,7 @@ export class Engine implements GenerationBackend {
       }
     } finally {
       for (const s of sequences) s.dispose();
+      for (const c of constraints) c.dispose();
     }
   }
 

@@ -13,6 +13,7 @@ import {
 } from '../contract.js';
 import { CancelledError, UnavailableError, UnknownModelError } from '../errors.js';
 import type { ModelInfo } from '../runtime/types.js';
+import { grammarCompilerFor } from '../constrain/grammar.js';
 import { AdmissionQueue, type AdmissionQueueOptions, type AdmissionQueueState } from './admission-queue.js';
 import type { ReplicaCapacity, ReplicaSet } from './replica-set.js';
 import { prepareGeneration, type RequestLimits } from './validate.js';
@@ -154,6 +155,12 @@ export class InferenceService {
     this.pool.refuseIfFull();
     // The one validation (engine/validate.ts): the server's max_new_tokens default and limit, n within the slots.
     const prepared = prepareGeneration(engine.tokenizer, engine.info, request, this.requestLimits);
+    // A response_format is compiled here (cached) so that a bad one is refused before it takes a slot.
+    const format = prepared.request.responseFormat;
+    if (format !== undefined)
+      await (await grammarCompilerFor(engine.tokenizer, engine.info.vocabSize, engine.info.eosTokenIds)).compile(
+        format,
+      );
     let queueMs: number | undefined;
     try {
       const lease = await this.pool.acquire(signal, prepared.request.n ?? 1);

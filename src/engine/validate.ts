@@ -17,6 +17,7 @@ import {
   STOP_SEQUENCES_MAX,
   TIME_LIMIT_MS_MAX,
 } from '../contract.js';
+import { checkResponseFormat } from '../constrain/grammar.js';
 import { NGRAM_N_MAX } from '../draft/ngram-drafter.js';
 import { ContextOverflowError, InvalidRequestError } from '../errors.js';
 import type { ModelInfo } from '../runtime/types.js';
@@ -127,6 +128,8 @@ function checkSamplingRanges(s: SamplingParams): void {
 }
 
 /** Stop sequences, speculation, log-probabilities, min_new_tokens, n, the time limit and the other sampling knobs. */
+const RESPONSE_FORMAT_TYPES: readonly string[] = ['json_object', 'json_schema', 'regex', 'grammar'];
+
 function checkControls(request: GenerateRequest, info: ModelInfo): void {
   const { maxNewTokens } = request;
   const stops = request.stopSequences ?? [];
@@ -158,6 +161,22 @@ function checkControls(request: GenerateRequest, info: ModelInfo): void {
     throw new InvalidRequestError(
       `min_new_tokens must be an integer in [0, max_new_tokens = ${maxNewTokens}], got ${minNew}`,
     );
+  }
+  const format = request.responseFormat;
+  if (format !== undefined) {
+    if (!RESPONSE_FORMAT_TYPES.includes(format.type))
+      throw new InvalidRequestError(
+        `response_format must be one of ${RESPONSE_FORMAT_TYPES.join(', ')}, got ${String(format.type)}`,
+      );
+    checkResponseFormat(format);
+    if (request.ignoreEos === true)
+      throw new InvalidRequestError(
+        'response_format cannot be combined with stopping.ignore_eos: a constrained output ends with the end-of-sequence token',
+      );
+    if (minNew > 0)
+      throw new InvalidRequestError(
+        'response_format cannot be combined with stopping.min_new_tokens: the constraint decides where the output may end',
+      );
   }
   const n = request.n ?? 1;
   if (!Number.isInteger(n) || n < 1 || n > SAMPLES_MAX)

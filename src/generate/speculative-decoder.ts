@@ -51,6 +51,19 @@ export interface StepPlanner {
   join(sequence: DecoderSequence, rows: number, tokens: number): StepSeat;
 }
 
+/**
+ * A sample's output constraint (constrain/GrammarMatcher: the request's response_format): which
+ * tokens may come next, as a bitmask over the vocabulary (bit t of mask[t >> 5]).
+ */
+export interface TokenConstraint {
+  nextTokenMask(): Promise<Int32Array>;
+  /** Takes `token` if allowed (true); otherwise changes nothing (false). */
+  accept(token: number): boolean;
+  rollback(tokens: number): void;
+  /** The text the constraint forces next ('' when the model has a choice). */
+  forcedText(): string;
+}
+
 export interface SampleSetup {
   /** Checked (engine/validate.ts): max_new_tokens resolved, every range within its limit. */
   readonly request: GenerateRequest;
@@ -71,9 +84,14 @@ export interface SampleSetup {
   readonly started: number;
   /** Request start → prefill done, and the prefill's forward time. */
   readonly prefill: { readonly ms: number; readonly forwardMs: number };
+  /** The response_format's matcher for this sample, at the start of its output; absent: unconstrained. */
+  readonly constraint?: TokenConstraint;
 }
 
 const EMPTY_IDS = new Int32Array(0);
+
+/** Bit `token` of a token bitmask. */
+const allows = (mask: Int32Array, token: number): boolean => ((mask[token >> 5]! >>> (token & 31)) & 1) === 1;
 const NO_DRAFT: readonly number[] = Object.freeze([]);
 
 type DraftLength = Pick<DraftLengthController, 'current' | 'record' | 'rowsFor' | 'expectedTokens'>;
@@ -107,6 +125,13 @@ export class SpeculativeDecoder {
   private readonly emitted: number[] = [];
   private readonly logprobs: TokenLogprob[] = [];
   private draft: readonly number[] = NO_DRAFT;
+  /** With a constraint: the allowed tokens at each row of this round's forward (row i follows d1..di). */
+  private readonly masks: Int32Array[] = [];
+  private readonly constraint: TokenConstraint | undefined;
+  /** The model's end tokens (a constrained output is complete when one of them is allowed). */
+  private readonly eosTokenIds: readonly number[];
+  /** Speculating under a constraint: the text it forces is the draft (SpeculationOptions.forcedDrafts). */
+  private readonly forcedDrafts: boolean;
   private logits: Float32Array = new Float32Array(0);
   private greedyIds: Int32Array = EMPTY_IDS;
   private greedyRound = false;
@@ -118,6 +143,8 @@ export class SpeculativeDecoder {
     const { request, promptTokens, info, index, draftTokensMax, forwardCost, sequence } = setup;
     this.sequence = sequence;
     this.vocab = info.vocabSize;
+    this.constraint = setup.constraint;
+    this.eosTokenIds = info.eosTokenIds;
     this.emitter = new Emitter(setup.tokenizer, request, promptTokens, info.eosTokenIds, setup.started);
     const params = request.sampling ?? GREEDY;
     this.sampler = new Sampler(
@@ -131,6 +158,7 @@ export class SpeculativeDecoder {
     const spec = request.speculation ?? DEFAULT_SPECULATION;
     const speculate = spec.mode === 'ngram';
     const rowsMin = info.forwardRowsMin;
+    this.forcedDrafts = speculate && spec.forcedDrafts !== false;
     const d0 = performance.now();
     this.drafter = speculate
       ? new NgramDrafter(promptTokens, {
@@ -158,13 +186,17 @@ export class SpeculativeDecoder {
     };
     this.logprobTop = request.logprobs?.top;
     this.rawRow =
-      this.logprobTop !== undefined && (this.history !== undefined || this.suppressedBeforeMin !== undefined)
+      this.logprobTop !== undefined &&
+      (this.history !== undefined || this.suppressedBeforeMin !== undefined || this.constraint !== undefined)
         ? new Float32Array(this.vocab)
         : undefined;
     // (Plain and speculative rounds both take the argmax path once past min_new_tokens' suppression;
     // the device argmax equals the row's, tested.)
     this.forwardGreedy =
-      this.sampler.greedy && this.history === undefined && this.logprobTop === undefined
+      this.sampler.greedy &&
+      this.history === undefined &&
+      this.logprobTop === undefined &&
+      this.constraint === undefined
         ? sequence.forwardGreedy
         : undefined;
     this.last = promptTokens[promptTokens.length - 1]!;
@@ -188,6 +220,7 @@ export class SpeculativeDecoder {
         }
         const room = this.length();
         this.propose(room);
+        if (this.constraint !== undefined) await this.constrain(this.constraint);
         this.planBatch();
         await this.forward();
         const accepted = this.verify();
@@ -195,6 +228,7 @@ export class SpeculativeDecoder {
         this.rewind(accepted);
         emitter.emit(this.emitted);
         const committed = this.emitted.slice(0, emitter.count);
+        if (this.constraint !== undefined) this.constraintTakes(this.constraint, committed);
         if (emitter.finishReason === undefined) this.commit(committed);
         if (committed.length > 0 || emitter.text.length > 0) {
           if (this.firstTokenMs === 0) this.firstTokenMs = performance.now() - started;
@@ -206,6 +240,9 @@ export class SpeculativeDecoder {
           );
         }
       }
+      // Out of tokens before the constrained output was complete: say so, not 'length'.
+      if (emitter.finishReason === 'length' && this.constraint !== undefined && !(await this.constraintComplete()))
+        emitter.finishReason = 'constraint_incomplete';
       yield {
         type: 'final',
         finishReason: emitter.finishReason!, // (set: the loop ends only then)
@@ -231,14 +268,64 @@ export class SpeculativeDecoder {
     );
   }
 
-  /** propose: the drafter's continuation of the committed tokens, up to `room` tokens. */
+  /**
+   * propose: the drafter's continuation of the committed tokens, up to `room` tokens; with a
+   * constraint that forces the next text, that text's tokens instead (all but the last: it may
+   * merge with what follows; verification decides either way).
+   */
   private propose(room: number): void {
     this.draft = NO_DRAFT;
     if (room > 0) {
       const d0 = performance.now();
-      this.draft = this.drafter.propose(room);
+      const forced = this.constraint !== undefined && this.forcedDrafts ? this.forcedTokens(room) : NO_DRAFT;
+      this.draft = forced.length > 0 ? forced : this.drafter.propose(room);
       this.stats.draftMs += performance.now() - d0;
     }
+  }
+
+  private forcedTokens(room: number): readonly number[] {
+    const text = this.constraint!.forcedText();
+    if (text.length === 0) return NO_DRAFT;
+    const tokens = this.setup.tokenizer.encode(text, { addSpecialTokens: false });
+    return tokens.slice(0, Math.min(room, tokens.length - 1));
+  }
+
+  /**
+   * constrain: the draft cut at its first token the constraint forbids, and the allowed tokens at
+   * every row of the forward (row i's after d1..di), read before the forward; the constraint is
+   * left where it was (the verified tokens are taken after emit).
+   */
+  private async constrain(constraint: TokenConstraint): Promise<void> {
+    const draft = this.draft;
+    const masks = this.masks;
+    masks.length = 0;
+    masks.push(await constraint.nextTokenMask());
+    let taken = 0;
+    // (The mask is checked first: the matcher warns on stderr about every token it refuses. An end
+    // token is never drafted: nothing may follow it, and the model picks it at its row anyway.)
+    while (
+      taken < draft.length &&
+      allows(masks[taken]!, draft[taken]!) &&
+      !this.eosTokenIds.includes(draft[taken]!) &&
+      constraint.accept(draft[taken]!)
+    ) {
+      taken++;
+      masks.push(await constraint.nextTokenMask());
+    }
+    constraint.rollback(taken);
+    if (taken < draft.length) this.draft = draft.slice(0, taken);
+  }
+
+  /** The verified tokens: each was picked under its row's mask, so the constraint takes it (or the state is corrupt). */
+  private constraintTakes(constraint: TokenConstraint, tokens: readonly number[]): void {
+    for (const t of tokens)
+      if (!constraint.accept(t)) throw new Error(`the response_format refused token ${t}, which its mask allowed`);
+  }
+
+  /** The constrained output may end here: one of the model's end tokens is allowed next. */
+  private async constraintComplete(): Promise<boolean> {
+    const mask = await this.constraint!.nextTokenMask();
+    return this.eosTokenIds.some((id) => allows(mask, id));
   }
 
   /** forward: one forward over [last, d1..dK], K + 1 rows: their logits, or (greedy on the device) their argmax. */
@@ -275,11 +362,12 @@ export class SpeculativeDecoder {
     // Row `row` picks output token number completionTokens + row (0-based).
     const suppressed = this.emitter.completionTokens + row < this.minNewTokens ? this.suppressedBeforeMin : undefined;
     const top = this.logprobTop;
-    if (top === undefined) return sampler.pick(logits, row, history, suppressed);
+    const allowed = this.constraint !== undefined ? this.masks[row] : undefined;
+    if (top === undefined) return sampler.pick(logits, row, history, suppressed, allowed);
     const offset = row * vocab;
     const rawRow = this.rawRow;
     if (rawRow !== undefined) rawRow.set(logits.subarray(offset, offset + vocab));
-    const token = sampler.pick(logits, row, history, suppressed);
+    const token = sampler.pick(logits, row, history, suppressed, allowed);
     this.logprobs.push(
       rawRow !== undefined
         ? tokenLogprob(rawRow, 0, vocab, token, top)

@@ -133,6 +133,44 @@ export class TokenHistory {
   }
 }
 
+/**
+ * The first index of the row's largest value among the allowed tokens (bit t of allowed[t >> 5]):
+ * argmax of the row with every other token at −∞, without writing it. −1 when none is allowed.
+ */
+export function maskedArgmax(logits: Float32Array, offset: number, vocab: number, allowed: Int32Array): number {
+  let best = -1;
+  let bestValue = -Infinity;
+  const words = Math.min(allowed.length, Math.ceil(vocab / 32));
+  for (let w = 0; w < words; w++) {
+    let bits = allowed[w]!;
+    while (bits !== 0) {
+      const bit = 31 - Math.clz32(bits & -bits);
+      bits &= bits - 1;
+      const id = w * 32 + bit;
+      if (id >= vocab) break;
+      const v = logits[offset + id]!;
+      if (v > bestValue || best === -1) {
+        best = id;
+        bestValue = v;
+      }
+    }
+  }
+  return best;
+}
+
+/** Sets every token the bitmask does not allow to −∞ (whole words at once where none is allowed). */
+export function applyTokenMask(logits: Float32Array, offset: number, vocab: number, allowed: Int32Array): void {
+  const words = Math.ceil(vocab / 32);
+  for (let w = 0; w < words; w++) {
+    const bits = w < allowed.length ? allowed[w]! : 0;
+    if (bits === -1) continue;
+    const start = w * 32;
+    const end = Math.min(vocab, start + 32);
+    if (bits === 0) logits.fill(-Infinity, offset + start, offset + end);
+    else for (let id = start; id < end; id++) if (((bits >>> (id - start)) & 1) === 0) logits[offset + id] = -Infinity;
+  }
+}
+
 export class Sampler {
   readonly params: SamplingParams;
   private readonly vocab: number;
@@ -167,13 +205,15 @@ export class Sampler {
    * Picks a token from logits row `rowIndex` (rows of vocabSize). Penalties, bias and `suppressed`
    * (tokens that may not be picked, e.g. EOS before min_new_tokens) are applied in place on the
    * row, so call once per row. Order: repetition penalty, presence and frequency penalties, logit
-   * bias, suppression; then temperature, top-k, top-p, min-p.
+   * bias, suppression, the `allowed` bitmask (a response_format's: bit t of allowed[t >> 5]); then
+   * temperature, top-k, top-p, min-p.
    */
   pick(
     logits: Float32Array,
     rowIndex: number,
     history: TokenHistory | undefined,
     suppressed?: readonly number[],
+    allowed?: Int32Array,
   ): number {
     const offset = rowIndex * this.vocab;
     const p = this.params;
@@ -196,6 +236,10 @@ export class Sampler {
     if (p.logitBias !== undefined)
       for (const [id, bias] of p.logitBias) logits[offset + id] = logits[offset + id]! + bias;
     if (suppressed !== undefined) for (const id of suppressed) if (id < this.vocab) logits[offset + id] = -Infinity;
+    if (allowed !== undefined) {
+      if (this.greedy) return maskedArgmax(logits, offset, this.vocab, allowed);
+      applyTokenMask(logits, offset, this.vocab, allowed);
+    }
     if (this.greedy) return argmax(logits, offset, this.vocab);
     return this.sample(logits, offset);
   }

@@ -23,6 +23,34 @@ export interface TextTokenizer {
   /** Ids of tokens marked special (control tokens), e.g. for skip-on-decode. */
   readonly specialTokenIds: ReadonlySet<number>;
   tokenToId(token: string): number | undefined;
+  /** The vocabulary as a grammar engine reads it (built on first use). */
+  grammarVocab(): GrammarVocab;
+}
+
+/**
+ * Each id's token as stored in tokenizer.json (byte-level "Ġthe", byte-fallback "<0x0A>" / "▁the"),
+ * special tokens as '' (never text inside a constrained string), and how to read them back to bytes.
+ */
+export interface GrammarVocab {
+  readonly tokens: readonly string[];
+  readonly kind: 'byte_level' | 'byte_fallback' | 'raw';
+  /** A SentencePiece-style normalizer puts "▁" before the text. */
+  readonly prependSpace: boolean;
+}
+
+/** How tokenizer.json's decoder turns tokens back into bytes. */
+function vocabKind(json: Record<string, unknown>): GrammarVocab['kind'] {
+  const decoder = json['decoder'] as { type?: string; decoders?: { type?: string }[] } | null | undefined;
+  const types = [decoder?.type, ...(decoder?.decoders ?? []).map((d) => d.type)];
+  if (types.includes('ByteLevel')) return 'byte_level';
+  if (types.includes('ByteFallback')) return 'byte_fallback';
+  return 'raw';
+}
+
+function prependsSpace(json: Record<string, unknown>): boolean {
+  const normalizer = json['normalizer'] as { type?: string; prepend?: string; normalizers?: unknown[] } | null;
+  const all = [normalizer, ...((normalizer?.normalizers as { type?: string; prepend?: string }[] | undefined) ?? [])];
+  return all.some((n) => n?.type === 'Prepend' && n.prepend === '\u2581');
 }
 
 function readJson(path: string): Record<string, unknown> {
@@ -77,6 +105,7 @@ export function loadTokenizer(dir: string): TextTokenizer {
     model?.vocab === undefined ? 0 : Array.isArray(model.vocab) ? model.vocab.length : Object.keys(model.vocab).length;
   const vocabSize = Math.max(baseVocab, ...added.map((a) => a.id + 1));
   const specialTokenIds = new Set(added.filter((a) => a.special === true).map((a) => a.id));
+  let grammarVocab: GrammarVocab | undefined;
 
   return {
     vocabSize,
@@ -91,6 +120,14 @@ export function loadTokenizer(dir: string): TextTokenizer {
             clean_up_tokenization_spaces: false,
           }),
     tokenToId: (token) => hf.token_to_id(token),
+    grammarVocab: () =>
+      (grammarVocab ??= {
+        tokens: Array.from({ length: vocabSize }, (_, id) =>
+          specialTokenIds.has(id) ? '' : (hf.id_to_token(id) ?? ''),
+        ),
+        kind: vocabKind(json),
+        prependSpace: prependsSpace(json),
+      }),
     applyChatTemplate: (messages) => {
       if (template === undefined)
         throw new InvalidRequestError('this model has no chat template: send a plain prompt instead of chat messages');

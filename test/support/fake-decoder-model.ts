@@ -8,7 +8,7 @@
  * Like the real runtimes, forward() returns a buffer that the next forward reuses, and the logits
  * of a position depend only on the tokens before it (batch invariance), whatever the forward size.
  */
-import type { ChatMessage, TextTokenizer } from '../../src/tokenizer/tokenizer.js';
+import type { ChatMessage, GrammarVocab, TextTokenizer } from '../../src/tokenizer/tokenizer.js';
 import type { DecoderModel, DecoderSequence, ModelInfo } from '../../src/runtime/types.js';
 
 export const FAKE_EOS = 1;
@@ -176,5 +176,13 @@ export class FakeTokenizer implements TextTokenizer {
 
   tokenToId(token: string): number | undefined {
     return /^w\d+$/.test(token) ? Number(token.slice(1)) : undefined;
+  }
+
+  grammarVocab(): GrammarVocab {
+    return {
+      tokens: Array.from({ length: this.vocabSize }, (_, id) => (id === FAKE_EOS ? '' : `w${id} `)),
+      kind: 'raw',
+      prependSpace: false,
+    };
   }
 }

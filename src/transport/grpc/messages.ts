@@ -9,6 +9,7 @@ import {
   type GenerateRequest as EngineRequest,
   type GenerationDelta,
   type Prompt,
+  type ResponseFormat,
   type SpeculationOptions,
 } from '../../contract.js';
 import type { ServiceCancelledError, ServiceFinal, ServedModelInfo } from '../../engine/inference-service.js';
@@ -54,9 +55,17 @@ export interface GenerateRequestMsg {
     mode?: 'MODE_DEFAULT' | 'MODE_OFF' | 'MODE_NGRAM';
     max_draft_tokens?: number;
     ngram_n?: number;
+    forced_drafts?: boolean;
   };
   logprobs?: { enabled?: boolean; top_logprobs?: number; prompt?: boolean };
   n?: number;
+  response_format?: {
+    format?: 'json_object' | 'json_schema' | 'regex' | 'grammar';
+    json_object?: object;
+    json_schema?: { schema?: string; strict?: boolean };
+    regex?: string;
+    grammar?: string;
+  };
 }
 
 export interface TokenLogprobMsg {
@@ -72,7 +81,8 @@ export type FinishReasonMsg =
   | 'FINISH_REASON_EOS_TOKEN'
   | 'FINISH_REASON_STOP_SEQUENCE'
   | 'FINISH_REASON_CANCELLED'
-  | 'FINISH_REASON_TIME_LIMIT';
+  | 'FINISH_REASON_TIME_LIMIT'
+  | 'FINISH_REASON_CONSTRAINT_INCOMPLETE';
 
 export interface SampleFinalMsg {
   index: number;
@@ -256,7 +266,28 @@ function parseSpeculation(s: GenerateRequestMsg['speculation']): SpeculationOpti
     mode,
     draftTokensMax: s?.max_draft_tokens || DEFAULT_SPECULATION.draftTokensMax,
     ngramN: s?.ngram_n || DEFAULT_SPECULATION.ngramN,
+    ...(s?.forced_drafts === false ? { forcedDrafts: false } : {}),
   };
+}
+
+/** The oneof set, or undefined (free text). The schema's content is checked by the service. */
+function parseResponseFormat(r: GenerateRequestMsg['response_format']): ResponseFormat | undefined {
+  switch (r?.format) {
+    case undefined:
+      return undefined;
+    case 'json_object':
+      return { type: 'json_object' };
+    case 'json_schema':
+      return {
+        type: 'json_schema',
+        schema: r.json_schema?.schema ?? '',
+        ...(r.json_schema?.strict === false ? { strict: false } : {}),
+      };
+    case 'regex':
+      return { type: 'regex', pattern: r.regex ?? '' };
+    case 'grammar':
+      return { type: 'grammar', ebnf: r.grammar ?? '' };
+  }
 }
 
 export interface ParsedGenerate {
@@ -277,7 +308,7 @@ export function parseGenerateRequest(msg: GenerateRequestMsg): ParsedGenerate {
   for (const id of stopTokenIds) {
     if (id > UINT32_MAX) throw new InvalidRequestError(`stopping.stop_token_ids holds ${id}, outside uint32`);
   }
-  const request: EngineRequest = {
+  let request: EngineRequest = {
     prompt: parsePrompt(msg),
     maxNewTokens: stopping?.max_new_tokens ?? 0,
     stopSequences: stopping?.stop_sequences ?? [],
@@ -292,6 +323,8 @@ export function parseGenerateRequest(msg: GenerateRequestMsg): ParsedGenerate {
     // 0 (unset) and 1: one sample; the validator checks the range.
     ...(msg.n !== undefined && msg.n > 1 ? { n: msg.n } : {}),
   };
+  const responseFormat = parseResponseFormat(msg.response_format);
+  if (responseFormat !== undefined) request = { ...request, responseFormat };
   // top_logprobs > 0 or prompt imply enabled; the validator checks the range (the message names the field).
   const top = msg.logprobs?.top_logprobs ?? 0;
   const prompt = msg.logprobs?.prompt === true;
@@ -366,6 +399,7 @@ const FINISH_REASONS: Record<ServiceFinal['finishReason'], FinishReasonMsg> = {
   eos_token: 'FINISH_REASON_EOS_TOKEN',
   stop_sequence: 'FINISH_REASON_STOP_SEQUENCE',
   time_limit: 'FINISH_REASON_TIME_LIMIT',
+  constraint_incomplete: 'FINISH_REASON_CONSTRAINT_INCOMPLETE',
 };
 
 export function toFinalInfo(final: ServiceFinal, seed: string): FinalInfoMsg {

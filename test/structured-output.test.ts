@@ -216,7 +216,7 @@ test.serial(
     const c = CASES[1]!;
     const format: ResponseFormat = { type: 'json_schema', schema: JSON.stringify(c.schema) };
     const plain = await generate(engine, c.prompt, format, NO_SPECULATION);
-    GrammarMatcher.prototype.rollback = function (): void {};
+    GrammarMatcher.prototype.rollback = (): void => {};
     try {
       const outcome = await generate(engine, c.prompt, format, DEFAULT_SPECULATION).then(
         (r) => r.tokens.join(','),

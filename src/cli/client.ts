@@ -3,6 +3,7 @@
  */
 import { parseArgs } from 'node:util';
 import { certificates, parseApiKeys, readSettingFile } from '../config/transport-security.js';
+import type { ResponseFormat } from '../contract.js';
 import { AnpdError, ConfigError } from '../errors.js';
 import { type ClientSecurity, TextGenerationClient } from '../transport/grpc/client.js';
 import type { GenerateChunkMsg, GenerateRequestMsg } from '../transport/grpc/messages.js';
@@ -24,6 +25,10 @@ Options:
   --max-new-tokens N        (default: the server's default)
   --temperature T --top-k K --top-p P --repetition-penalty R --seed S
   --stop TEXT               stop sequence (repeatable)
+  --json-schema FILE        constrain the output to this JSON Schema (structured output)
+  --json                    constrain the output to JSON
+  --regex R                 constrain the output to match this regular expression
+  --grammar FILE            constrain the output to this grammar (XGrammar EBNF, GBNF-like)
   --speculation off|ngram   (default ngram; the output is the same either way)
   --deadline-ms N           call deadline
   --info                    print ModelInfo as JSON instead of generating
@@ -134,6 +139,7 @@ export async function runClient(argv: readonly string[]): Promise<number> {
       sampling,
       stopping: { max_new_tokens: flags.maxNewTokens ?? 0, stop_sequences: flags.stopSequences },
       speculation: { mode: values.speculation === 'off' ? 'MODE_OFF' : 'MODE_NGRAM' },
+      ...(flags.responseFormat !== undefined ? { response_format: responseFormatMsg(flags.responseFormat) } : {}),
     };
     const stream = client.generateStream(request, settings);
     process.once('SIGINT', () => stream.cancel());
@@ -154,6 +160,19 @@ export async function runClient(argv: readonly string[]): Promise<number> {
     throw error;
   } finally {
     client.close();
+  }
+}
+
+function responseFormatMsg(format: ResponseFormat): NonNullable<GenerateRequestMsg['response_format']> {
+  switch (format.type) {
+    case 'json_object':
+      return { json_object: {} };
+    case 'json_schema':
+      return { json_schema: { schema: format.schema } };
+    case 'regex':
+      return { regex: format.pattern };
+    case 'grammar':
+      return { grammar: format.ebnf };
   }
 }
 

@@ -44,6 +44,10 @@ generate options:
   --repetition-penalty R    penalise tokens already present (default 1 = off)
   --seed S                  RNG seed for sampling (default 0)
   --stop TEXT               stop sequence (repeatable)
+  --json-schema FILE        constrain the output to this JSON Schema (structured output)
+  --json                    constrain the output to JSON
+  --regex R                 constrain the output to match this regular expression
+  --grammar FILE            constrain the output to this grammar (XGrammar EBNF, GBNF-like)
   --ignore-eos              keep generating past the end-of-sequence token
   --speculation off|ngram   n-gram speculative decoding (default ngram; output is identical either way)
   --draft-max K             largest draft per round (default 7, at most 16)
@@ -242,6 +246,7 @@ async function main(argv: string[]): Promise<number> {
         repetitionPenalty: flags.repetitionPenalty ?? 1,
         seed: num(flags.seed, 'seed', 0),
       },
+      ...(flags.responseFormat !== undefined ? { responseFormat: flags.responseFormat } : {}),
     },
     controller.signal,
   )) {

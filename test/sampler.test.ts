@@ -1,5 +1,14 @@
 import test from 'ava';
-import { GREEDY, Rng, Sampler, TokenHistory, argmax, type SamplingParams } from '../src/sampling/sampler.js';
+import {
+  applyTokenMask,
+  argmax,
+  GREEDY,
+  maskedArgmax,
+  Rng,
+  Sampler,
+  type SamplingParams,
+  TokenHistory,
+} from '../src/sampling/sampler.js';
 
 function params(overrides: Partial<SamplingParams>): SamplingParams {
   return { ...GREEDY, ...overrides };
@@ -403,4 +412,31 @@ test('Rng with the same seed repeats its sequence and different seeds diverge', 
   t.notDeepEqual(seq(5), seq(6));
   // Seeds are taken as 32-bit unsigned.
   t.deepEqual(seq(-1), seq(0xffffffff));
+});
+
+test('a token bitmask: maskedArgmax equals argmax of the row with every other token at −∞ (applyTokenMask), and the pick never leaves the mask', (t) => {
+  const vocab = 1000;
+  let seed = 7;
+  const rand = () => (seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32;
+  for (let trial = 0; trial < 200; trial++) {
+    const logits = Float32Array.from({ length: vocab }, () => Math.round(rand() * 40) / 4 - 5);
+    const mask = new Int32Array(Math.ceil(vocab / 32));
+    for (let w = 0; w < mask.length; w++) {
+      const kind = rand();
+      mask[w] = kind < 0.3 ? -1 : kind < 0.6 ? 0 : (rand() * 2 ** 32) | 0;
+    }
+    const masked = Float32Array.from(logits);
+    applyTokenMask(masked, 0, vocab, mask);
+    const expected = argmax(masked, 0, vocab);
+    const anyAllowed = masked.some((v) => v !== -Infinity);
+    if (anyAllowed) t.is(maskedArgmax(logits, 0, vocab, mask), expected);
+    for (let id = 0; id < vocab; id++)
+      if (((mask[id >> 5]! >>> (id & 31)) & 1) === 0) t.is(masked[id], -Infinity);
+      else t.is(masked[id], logits[id]);
+    if (anyAllowed) {
+      const sampler = new Sampler({ ...GREEDY, temperature: 1, topP: 0.9, seed: trial }, vocab);
+      const picked = sampler.pick(Float32Array.from(logits), 0, undefined, undefined, mask);
+      t.is((mask[picked >> 5]! >>> (picked & 31)) & 1, 1);
+    }
+  }
 });

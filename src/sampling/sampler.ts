@@ -143,6 +143,18 @@ export function maskedArgmax(logits: Float32Array, offset: number, vocab: number
   const words = Math.min(allowed.length, Math.ceil(vocab / 32));
   for (let w = 0; w < words; w++) {
     let bits = allowed[w]!;
+    if (bits === -1) {
+      // A word of allowed tokens (most of them inside a JSON string): a plain scan.
+      const end = Math.min(vocab, w * 32 + 32);
+      for (let id = w * 32; id < end; id++) {
+        const v = logits[offset + id]!;
+        if (v > bestValue || best === -1) {
+          best = id;
+          bestValue = v;
+        }
+      }
+      continue;
+    }
     while (bits !== 0) {
       const bit = 31 - Math.clz32(bits & -bits);
       bits &= bits - 1;

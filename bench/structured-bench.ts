@@ -27,6 +27,7 @@ import type { Engine } from '../src/engine/engine.js';
 import { projectRoot } from '../src/paths.js';
 import { ensureDefaultModel } from '../src/registry/model-cache.js';
 import { maskedArgmax } from '../src/sampling/sampler.js';
+import { loadTokenizer, type TextTokenizer } from '../src/tokenizer/tokenizer.js';
 
 interface StructuredPrompt {
   readonly id: string;
@@ -82,17 +83,22 @@ const percentile = (xs: readonly number[], q: number) =>
   [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(q * xs.length))]!;
 
 /** The constraint's host cost per output token: mask, masked pick over a logits row, accept (replaying constrained plain's tokens). */
-async function maskCostUs(engine: Engine, format: ResponseFormat, tokens: readonly number[]): Promise<number[]> {
-  const info = engine.info;
-  const compiler = await grammarCompilerFor(engine.tokenizer, info.vocabSize, info.eosTokenIds);
+async function maskCostUs(
+  tokenizer: TextTokenizer,
+  vocabSize: number,
+  eosTokenIds: readonly number[],
+  format: ResponseFormat,
+  tokens: readonly number[],
+): Promise<number[]> {
+  const compiler = await grammarCompilerFor(tokenizer, vocabSize, eosTokenIds);
   const matcher = await (await compiler.compile(format)).matcher();
-  const logits = new Float32Array(info.vocabSize).map((_, i) => Math.sin(i * 12.9898) * 10);
+  const logits = new Float32Array(vocabSize).map((_, i) => Math.sin(i * 12.9898) * 10);
   const us: number[] = [];
   try {
     for (const t of tokens) {
       const t0 = performance.now();
       const mask = await matcher.nextTokenMask();
-      maskedArgmax(logits, 0, info.vocabSize, mask);
+      maskedArgmax(logits, 0, vocabSize, mask);
       matcher.accept(t);
       us.push((performance.now() - t0) * 1000);
     }
@@ -164,10 +170,12 @@ async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
       reps: { type: 'string', default: '3' },
-      'max-new-tokens': { type: 'string', default: '160' },
+      'max-new-tokens': { type: 'string', default: '256' },
       'llama-bin': { type: 'string' },
       gguf: { type: 'string' },
       port: { type: 'string', default: '8399' },
+      // Also the constraint's cost at another model's vocabulary (e.g. Gemma 3's 262k): its tokenizer re-encodes constrained plain's outputs.
+      'mask-model': { type: 'string', multiple: true },
       out: { type: 'string' },
     },
   });
@@ -194,6 +202,7 @@ async function main(): Promise<void> {
   let invalid = 0;
   let mismatches = 0;
   const maskUs: number[] = [];
+  const replays: { format: ResponseFormat; text: string }[] = [];
   const plainStepMs: number[] = [];
   for (const [category, prompts] of Object.entries(sets)) {
     const perMode: Record<Mode, { ms: number[]; tokens: number; decodeMs: number; rounds: number }> =
@@ -231,7 +240,11 @@ async function main(): Promise<void> {
         }
         const decodeMs = out.final.totalMs - out.final.prefillMs;
         if (mode === 'free-plain') plainStepMs.push(decodeMs / Math.max(1, out.tokens.length));
-        if (mode === 'json-plain') maskUs.push(...(await maskCostUs(engine, format, out.tokens)));
+        if (mode === 'json-plain') {
+          const info = engine.info;
+          maskUs.push(...(await maskCostUs(engine.tokenizer, info.vocabSize, info.eosTokenIds, format, out.tokens)));
+          if (out.final.finishReason === 'eos_token') replays.push({ format, text: out.text });
+        }
         const m = perMode[mode];
         m.ms.push(median(times));
         m.tokens += out.tokens.length;
@@ -275,6 +288,29 @@ async function main(): Promise<void> {
   log(
     `constraint cost per token: median ${mask.medianUs} µs, p90 ${mask.p90Us} µs; plain decode step ${stepMs.toFixed(2)} ms`,
   );
+
+  const otherVocabularies: Record<string, unknown> = {};
+  for (const dir of values['mask-model'] ?? []) {
+    const tokenizer = loadTokenizer(dir);
+    const manifest = JSON.parse(readFileSync(join(dir, 'anpd-model.json'), 'utf8')) as {
+      vocab: number;
+      eosTokenIds?: number[];
+      eosTokenId?: number;
+    };
+    const eos = manifest.eosTokenIds ?? (manifest.eosTokenId !== undefined ? [manifest.eosTokenId] : []);
+    const us: number[] = [];
+    for (const r of replays)
+      us.push(
+        ...(await maskCostUs(tokenizer, manifest.vocab, eos, r.format, tokenizer.encode(r.text, { addSpecialTokens: false }))),
+      );
+    otherVocabularies[dir] = {
+      vocab: manifest.vocab,
+      medianUs: +median(us).toFixed(1),
+      p90Us: +percentile(us, 0.9).toFixed(1),
+      samples: us.length,
+    };
+    log(`constraint cost per token at ${manifest.vocab} tokens (${dir}): ${JSON.stringify(otherVocabularies[dir])}`);
+  }
 
   let llama: Record<string, unknown> | undefined;
   if (values['llama-bin'] !== undefined) {
@@ -341,6 +377,7 @@ async function main(): Promise<void> {
     constraintCostPerToken: mask,
     plainDecodeStepMs: +stepMs.toFixed(3),
     constraintShareOfPlainStep: +((mask.medianUs / 1000 / stepMs) * 100).toFixed(1),
+    otherVocabularies,
     summary,
     ...(llama !== undefined ? { llamaServer: llama } : {}),
     rows,

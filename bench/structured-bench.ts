@@ -301,7 +301,13 @@ async function main(): Promise<void> {
     const us: number[] = [];
     for (const r of replays)
       us.push(
-        ...(await maskCostUs(tokenizer, manifest.vocab, eos, r.format, tokenizer.encode(r.text, { addSpecialTokens: false }))),
+        ...(await maskCostUs(
+          tokenizer,
+          manifest.vocab,
+          eos,
+          r.format,
+          tokenizer.encode(r.text, { addSpecialTokens: false }),
+        )),
       );
     otherVocabularies[dir] = {
       vocab: manifest.vocab,

@@ -35,10 +35,10 @@ const CASES: readonly Case[] = [
     schema: {
       type: 'object',
       properties: {
-        name: { type: 'string' },
+        name: { type: 'string', maxLength: 40 },
         age: { type: 'integer', minimum: 0, maximum: 150 },
         city: { type: 'string', enum: ['Paris', 'Berlin', 'Tokyo'] },
-        hobbies: { type: 'array', items: { type: 'string' }, maxItems: 3 },
+        hobbies: { type: 'array', items: { type: 'string', maxLength: 30 }, maxItems: 3 },
       },
       required: ['name', 'age', 'city', 'hobbies'],
     },
@@ -56,7 +56,11 @@ const CASES: readonly Case[] = [
           maxItems: 3,
           items: {
             type: 'object',
-            properties: { product: { type: 'string' }, quantity: { type: 'integer' }, price: { type: 'number' } },
+            properties: {
+              product: { type: 'string', maxLength: 30 },
+              quantity: { type: 'integer' },
+              price: { type: 'number' },
+            },
             required: ['product', 'quantity', 'price'],
           },
         },
@@ -93,7 +97,7 @@ const CASES: readonly Case[] = [
   },
 ];
 
-const MAX_NEW_TOKENS = 120;
+const MAX_NEW_TOKENS = 200;
 const SAMPLED: SamplingParams = { ...GREEDY, temperature: 0.8, topP: 0.95, seed: 11 };
 
 async function generate(

@@ -21,8 +21,12 @@ type XgMatcher = Awaited<ReturnType<XG['GrammarMatcher']['createGrammarMatcher']
 
 /** Compiled grammars kept per compiler (least recently used dropped first). */
 export const COMPILED_GRAMMARS_MAX = 64;
-/** Consecutive whitespace characters a JSON output may hold between tokens (small models can loop on whitespace). */
-const JSON_WHITESPACE_MAX = 4;
+/**
+ * A schema's JSON is laid out one way (indented by 2, ", " / ": " separators, as small instruct
+ * models write it anyway): the structure between values is then forced text the drafts take for
+ * free, and a model cannot loop on whitespace.
+ */
+const JSON_INDENT = 2;
 
 /** The format's cache key, and a readable name of its kind for errors. */
 function keyOf(format: ResponseFormat): string {
@@ -128,14 +132,7 @@ export class GrammarCompiler {
           case 'json_object':
             return compiler.compileBuiltinJSONGrammar();
           case 'json_schema':
-            return compiler.compileJSONSchema(
-              format.schema,
-              true,
-              undefined,
-              undefined,
-              format.strict !== false,
-              JSON_WHITESPACE_MAX,
-            );
+            return compiler.compileJSONSchema(format.schema, false, JSON_INDENT, [',', ': '], format.strict !== false);
           case 'regex':
             return compiler.compileStructuralTag({
               type: 'structural_tag',

@@ -170,7 +170,7 @@ async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
       reps: { type: 'string', default: '3' },
-      'max-new-tokens': { type: 'string', default: '256' },
+      'max-new-tokens': { type: 'string', default: '384' },
       'llama-bin': { type: 'string' },
       gguf: { type: 'string' },
       port: { type: 'string', default: '8399' },
@@ -199,6 +199,7 @@ async function main(): Promise<void> {
 
   const rows: Record<string, unknown>[] = [];
   const summary: Record<string, Record<string, unknown>> = {};
+  const speedupOverConstrainedPlain: Record<string, unknown> = {};
   let invalid = 0;
   let mismatches = 0;
   const maskUs: number[] = [];
@@ -264,6 +265,18 @@ async function main(): Promise<void> {
       }
       log(`${p.id}: ${MODES.map((m) => `${m} ${perMode[m].ms.at(-1)!.toFixed(0)} ms`).join(', ')}`);
     }
+    // Per prompt, constrained plain's time over each constrained ANPD mode's (medians of the reps), then their median and geometric mean.
+    const speedups = (mode: Mode) => {
+      const ratios = perMode['json-plain'].ms.map((ms, i) => ms / perMode[mode].ms[i]!);
+      return {
+        median: +median(ratios).toFixed(2),
+        geometricMean: +Math.exp(ratios.reduce((a, r) => a + Math.log(r), 0) / ratios.length).toFixed(2),
+      };
+    };
+    speedupOverConstrainedPlain[category] = {
+      'json-anpd': speedups('json-anpd'),
+      'json-anpd-forced': speedups('json-anpd-forced'),
+    };
     summary[category] = Object.fromEntries(
       MODES.map((m) => {
         const x = perMode[m];
@@ -385,6 +398,7 @@ async function main(): Promise<void> {
     constraintShareOfPlainStep: +((mask.medianUs / 1000 / stepMs) * 100).toFixed(1),
     otherVocabularies,
     summary,
+    speedupOverConstrainedPlain,
     ...(llama !== undefined ? { llamaServer: llama } : {}),
     rows,
   };

@@ -16,9 +16,10 @@ import {
   type ResponseFormat,
   type SpeculationOptions,
 } from '../src/contract.js';
+import { createEngine } from '../src/engine/create-engine.js';
 import type { Engine } from '../src/engine/engine.js';
 import { GREEDY, type SamplingParams } from '../src/sampling/sampler.js';
-import { defaultEngine } from './support/default-model.js';
+import { convertedVariant, defaultEngine, TEST_FORWARD_COST } from './support/default-model.js';
 import { collectStream, grpcError, joinChunks, lazyTestServer } from './support/grpc-server.js';
 
 interface Case {
@@ -282,5 +283,30 @@ test.serial(
     );
     t.is(combined.code, GrpcStatus.INVALID_ARGUMENT);
     t.regex(combined.details, /ignore_eos/);
+  },
+);
+
+test.serial(
+  'on the emulated device path (float16 graph, the argmax on the device for unconstrained greedy), constrained requests bring the logits rows back and hold the same guarantees',
+  async (t) => {
+    const dir = await convertedVariant({ dtype: 'float16' });
+    const engine = await createEngine(
+      dir,
+      { executionProvider: 'cpu', intraOpThreads: 0, kvCapacity: 1024, experimental: { deviceRun: 'emulate' } },
+      { forwardCost: { mode: 'fixed', table: TEST_FORWARD_COST } },
+    );
+    try {
+      const ajv = new Ajv({ strict: false });
+      for (const c of [CASES[0]!, CASES[2]!]) {
+        const format: ResponseFormat = { type: 'json_schema', schema: JSON.stringify(c.schema) };
+        const plain = await generate(engine, c.prompt, format, NO_SPECULATION);
+        const anpd = await generate(engine, c.prompt, format, DEFAULT_SPECULATION);
+        t.deepEqual(anpd.tokens, plain.tokens, c.name);
+        t.is(plain.final.finishReason, 'eos_token', plain.text);
+        t.true(ajv.validate(c.schema, JSON.parse(plain.text)), plain.text);
+      }
+    } finally {
+      await engine.dispose();
+    }
   },
 );

@@ -193,6 +193,20 @@ export async function runServe(argv: readonly string[]): Promise<number> {
     process.once('SIGINT', () => resolve('SIGINT'));
   });
   const server = await startGrpcServer(service, grpcServerOptions(config, security), logger, generationTelemetry);
+  const http =
+    config.httpPort === 0
+      ? undefined
+      : await (await import('../transport/openai/openai-server.js')).startOpenAiServer(
+          service,
+          {
+            host: config.host,
+            port: config.httpPort,
+            ...(security.apiKeys !== undefined ? { apiKeys: security.apiKeys } : {}),
+            ...(security.tls !== undefined ? { tls: security.tls } : {}),
+          },
+          logger,
+        );
+  if (http !== undefined) logger.info('openai http api listening', { port: http.port });
   timer.mark('serving');
   logger.info('started', { startupMs: timer.phases() });
   process.stdout.write(
@@ -221,7 +235,10 @@ export async function runServe(argv: readonly string[]): Promise<number> {
   const forceExit = () => process.exit(1);
   process.once('SIGTERM', forceExit);
   process.once('SIGINT', forceExit);
-  const finishedInGrace = await server.shutdown(config.shutdownGraceMs);
+  const [finishedInGrace] = await Promise.all([
+    server.shutdown(config.shutdownGraceMs),
+    http?.close(config.shutdownGraceMs),
+  ]);
   await engine.dispose();
   await telemetry.shutdown();
   logger.info('exiting', { finishedInGrace });

@@ -93,6 +93,8 @@ export interface ServerConfig {
   readonly logLevel: LogLevel;
   /** Prometheus scrape endpoint port; 0 turns it off. @default 9464 */
   readonly metricsPort: number;
+  /** OpenAI-compatible HTTP API port (/v1/chat/completions, /v1/completions, /v1/models); 0 turns it off. @default 0 */
+  readonly httpPort: number;
   /** @default '0.0.0.0' */
   readonly metricsHost: string;
   /** PEM certificate chain: the gRPC port speaks TLS (with tlsKeyFile). @default none (plaintext) */
@@ -141,6 +143,7 @@ export const SERVER_SETTINGS = {
   maxConnectionAgeGraceMs: { flag: 'max-connection-age-grace-ms', env: ['ANPD_MAX_CONNECTION_AGE_GRACE_MS'] },
   logLevel: { flag: 'log-level', env: ['ANPD_LOG_LEVEL'] },
   metricsPort: { flag: 'metrics-port', env: ['ANPD_METRICS_PORT'] },
+  httpPort: { flag: 'http-port', env: ['ANPD_HTTP_PORT'] },
   metricsHost: { flag: 'metrics-host', env: ['ANPD_METRICS_HOST'] },
   tlsCertFile: { flag: 'tls-cert', env: ['ANPD_TLS_CERT'] },
   tlsKeyFile: { flag: 'tls-key', env: ['ANPD_TLS_KEY'] },
@@ -189,6 +192,7 @@ Options (flag, environment variable, default):
   --max-connection-age-grace-ms N    ANPD_MAX_CONNECTION_AGE_GRACE_MS  600000
   --log-level debug|info|warn|error|silent   ANPD_LOG_LEVEL          info
   --metrics-port N                   ANPD_METRICS_PORT               9464 (Prometheus /metrics; 0 = off)
+  --http-port N                      ANPD_HTTP_PORT                  0 (OpenAI-compatible HTTP API; 0 = off)
   --metrics-host HOST                ANPD_METRICS_HOST               0.0.0.0
   --tls-cert FILE                    ANPD_TLS_CERT                   none (plaintext; a mesh sidecar's mTLS covers it)
   --tls-key FILE                     ANPD_TLS_KEY                    none (goes with --tls-cert)
@@ -364,6 +368,7 @@ export function parseServerConfig(
     maxConnectionAgeGraceMs: int('maxConnectionAgeGraceMs', 600_000, 0, LIMITS.timerMs),
     logLevel: choice('logLevel', LOG_LEVELS, 'info'),
     metricsPort: int('metricsPort', 9464, 0, 65535),
+    httpPort: int('httpPort', 0, 0, 65535),
     metricsHost: raw('metricsHost')?.value ?? '0.0.0.0',
     tlsCertFile: tlsCert?.value,
     tlsKeyFile: tlsKey?.value,

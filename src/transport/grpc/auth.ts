@@ -3,9 +3,7 @@
  * every protected service is covered by construction — unary, server-streaming and bidi alike —
  * before a handler runs (a rejected call never takes a slot or starts a span).
  */
-import { createHash, timingSafeEqual } from 'node:crypto';
 import {
-  type Metadata,
   ResponderBuilder,
   type ServerInterceptingCallInterface,
   ServerInterceptingCall,
@@ -13,7 +11,7 @@ import {
   ServerListenerBuilder,
   type ServerMethodDefinition,
 } from '@grpc/grpc-js';
-import { UnauthenticatedError } from '../../errors.js';
+import { BearerTokenCheck } from '../bearer-token.js';
 import { toGrpcStatus } from './status.js';
 
 /**
@@ -32,41 +30,6 @@ function serviceOf(path: string): string {
   return path.slice(1, path.lastIndexOf('/'));
 }
 
-const digest = (value: string): Buffer => createHash('sha256').update(value, 'utf8').digest();
-
-/**
- * Checks `authorization: Bearer <key>` against the configured keys. Comparisons are of SHA-256
- * digests (equal length, so neither the key's length nor where it differs shows in the timing),
- * and every key is compared, so which one matched does not show either.
- */
-export class BearerTokenCheck {
-  private readonly digests: readonly Buffer[];
-
-  constructor(keys: readonly string[]) {
-    if (keys.length === 0) throw new Error('BearerTokenCheck needs at least one key');
-    this.digests = keys.map(digest);
-  }
-
-  /** Undefined when the call may go on; else the error to answer with (never containing the token). */
-  check(metadata: Metadata): UnauthenticatedError | undefined {
-    const values = metadata.get('authorization');
-    const header = values.length === 1 && typeof values[0] === 'string' ? values[0] : undefined;
-    if (header === undefined) {
-      return new UnauthenticatedError(
-        values.length > 1
-          ? 'send one authorization header, not several'
-          : 'a bearer token is required: send the metadata "authorization: Bearer <key>"',
-      );
-    }
-    const match = /^Bearer +(\S+)\s*$/i.exec(header);
-    if (match === null) return new UnauthenticatedError('the authorization metadata must be "Bearer <key>"');
-    const presented = digest(match[1]!);
-    let ok = false;
-    for (const d of this.digests) ok = timingSafeEqual(presented, d) || ok;
-    return ok ? undefined : new UnauthenticatedError('invalid bearer token');
-  }
-}
-
 /** A grpc-js server interceptor that answers UNAUTHENTICATED before the handler sees the call. */
 export function bearerTokenInterceptor(
   keys: readonly string[],
@@ -78,7 +41,7 @@ export function bearerTokenInterceptor(
     if (openServices.has(serviceOf(method.path))) return new ServerInterceptingCall(call);
     const listener = new ServerListenerBuilder()
       .withOnReceiveMetadata((metadata, next) => {
-        const error = tokens.check(metadata);
+        const error = tokens.check(metadata.get('authorization'), 'metadata');
         if (error === undefined) {
           next(metadata);
           return;

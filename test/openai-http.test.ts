@@ -1,0 +1,223 @@
+/**
+ * The OpenAI-compatible HTTP API (issue 32) against the official `openai` npm client on loopback,
+ * over the same InferenceService as the gRPC server: models, chat non-streamed and streamed (the
+ * text equals the gRPC result for the same request), n = 2, logprobs, stop, usage, structured
+ * output, the legacy completions endpoint; bad inputs get the documented status and error object;
+ * a client that disconnects mid-stream frees its slot.
+ */
+import test from 'ava';
+import OpenAI from 'openai';
+import { SILENT_LOGGER } from '../src/log.js';
+import { type RunningOpenAiServer, startOpenAiServer } from '../src/transport/openai/openai-server.js';
+import { lazyTestServer, TEST_MODEL_NAME, waitFor } from './support/grpc-server.js';
+
+const server = lazyTestServer({ maxActive: 4, maxQueued: 8 });
+let http: RunningOpenAiServer | undefined;
+
+async function client(): Promise<OpenAI> {
+  const s = await server();
+  http ??= await startOpenAiServer(s.service, { host: '127.0.0.1', port: 0 }, SILENT_LOGGER);
+  return new OpenAI({ baseURL: `http://127.0.0.1:${http.port}/v1`, apiKey: 'unused', maxRetries: 0 });
+}
+
+test.after.always(async () => {
+  await http?.close();
+});
+
+const QUESTION = 'Name three primary colors.';
+
+test.serial(
+  'models, then a greedy chat completion equal to the gRPC result, non-streamed and streamed, with usage',
+  async (t) => {
+    const openai = await client();
+    const models = await openai.models.list();
+    t.deepEqual(
+      models.data.map((m) => m.id),
+      [TEST_MODEL_NAME],
+    );
+    const chat = await openai.chat.completions.create({
+      model: TEST_MODEL_NAME,
+      messages: [{ role: 'user', content: QUESTION }],
+      temperature: 0,
+      max_tokens: 40,
+    });
+    const grpc = await (await server())
+      .client()
+      .generate(
+        { messages: { messages: [{ role: 'user', content: QUESTION }] }, stopping: { max_new_tokens: 40 } },
+        { deadlineMs: 60_000 },
+      );
+    t.is(chat.choices[0]!.message.content, grpc.text);
+    t.is(chat.usage!.completion_tokens, grpc.final!.usage.output_tokens);
+    t.true(['stop', 'length'].includes(chat.choices[0]!.finish_reason));
+
+    const stream = await openai.chat.completions.create({
+      model: TEST_MODEL_NAME,
+      messages: [{ role: 'user', content: QUESTION }],
+      temperature: 0,
+      max_tokens: 40,
+      stream: true,
+      stream_options: { include_usage: true },
+    });
+    let text = '';
+    let finish: string | null = null;
+    let usage: OpenAI.CompletionUsage | undefined | null;
+    for await (const chunk of stream) {
+      for (const c of chunk.choices) {
+        text += c.delta.content ?? '';
+        finish = c.finish_reason ?? finish;
+      }
+      if (chunk.usage) usage = chunk.usage;
+    }
+    t.is(text, grpc.text);
+    t.is(finish, chat.choices[0]!.finish_reason);
+    t.is(usage?.completion_tokens, chat.usage!.completion_tokens);
+  },
+);
+
+test.serial(
+  'n = 2 seeded samples, stop, logprobs with top alternatives, and the legacy completions endpoint',
+  async (t) => {
+    const openai = await client();
+    const two = await openai.chat.completions.create({
+      messages: [{ role: 'user', content: 'Write a name for a cat.' }],
+      model: TEST_MODEL_NAME,
+      n: 2,
+      seed: 5,
+      temperature: 0.9,
+      max_tokens: 12,
+    });
+    t.is(two.choices.length, 2);
+    t.deepEqual(
+      two.choices.map((c) => c.index),
+      [0, 1],
+    );
+    const stopped = await openai.chat.completions.create({
+      messages: [{ role: 'user', content: 'Count from one to ten in words, separated by commas.' }],
+      model: TEST_MODEL_NAME,
+      temperature: 0,
+      max_tokens: 40,
+      stop: [','],
+    });
+    t.false(stopped.choices[0]!.message.content!.includes(','));
+    t.is(stopped.choices[0]!.finish_reason, 'stop');
+    const scored = await openai.chat.completions.create({
+      messages: [{ role: 'user', content: QUESTION }],
+      model: TEST_MODEL_NAME,
+      temperature: 0,
+      max_tokens: 6,
+      logprobs: true,
+      top_logprobs: 3,
+    });
+    const content = scored.choices[0]!.logprobs!.content!;
+    t.is(content.length, scored.usage!.completion_tokens);
+    for (const l of content) {
+      t.is(l.top_logprobs.length, 3);
+      t.is(l.top_logprobs[0]!.logprob, l.logprob, 'greedy: the token is the most likely one');
+    }
+    t.is(content.map((l) => l.token).join(''), scored.choices[0]!.message.content ?? '');
+    const legacy = await openai.completions.create({
+      model: TEST_MODEL_NAME,
+      prompt: 'The capital of France is',
+      max_tokens: 5,
+      temperature: 0,
+    });
+    t.is(legacy.choices[0]!.text.length > 0, true);
+    t.is(legacy.usage!.completion_tokens, 5);
+  },
+);
+
+test.serial('response_format json_schema gives JSON that matches the schema', async (t) => {
+  const openai = await client();
+  const r = await openai.chat.completions.create({
+    model: TEST_MODEL_NAME,
+    messages: [{ role: 'user', content: 'Extract: Ada is 36 and lives in London.' }],
+    temperature: 0,
+    max_tokens: 60,
+    response_format: {
+      type: 'json_schema',
+      json_schema: {
+        name: 'person',
+        schema: {
+          type: 'object',
+          properties: { name: { type: 'string', maxLength: 30 }, age: { type: 'integer' } },
+          required: ['name', 'age'],
+        },
+      },
+    },
+  });
+  const value = JSON.parse(r.choices[0]!.message.content!) as { name: unknown; age: unknown };
+  t.is(typeof value.name, 'string');
+  t.true(Number.isInteger(value.age));
+});
+
+test.serial('bad inputs get the documented status and an OpenAI error object', async (t) => {
+  const openai = await client();
+  const cases: [() => Promise<unknown>, number, RegExp][] = [
+    [
+      () => openai.chat.completions.create({ model: TEST_MODEL_NAME, messages: [], max_tokens: 4 }),
+      400,
+      /messages must be a non-empty array/,
+    ],
+    [
+      () =>
+        openai.chat.completions.create({
+          model: TEST_MODEL_NAME,
+          messages: [{ role: 'user', content: 'x' }],
+          max_tokens: 4,
+          temperature: -1,
+        }),
+      400,
+      /temperature/,
+    ],
+    [
+      () =>
+        openai.chat.completions.create({ model: 'gpt-9', messages: [{ role: 'user', content: 'x' }], max_tokens: 4 }),
+      404,
+      /gpt-9/,
+    ],
+    [
+      () =>
+        openai.chat.completions.create({
+          model: TEST_MODEL_NAME,
+          messages: [{ role: 'user', content: 'x' }],
+          max_tokens: 4,
+          response_format: { type: 'json_schema', json_schema: { name: 'x', schema: { type: 'foo' } } },
+        }),
+      400,
+      /foo/,
+    ],
+  ];
+  for (const [call, status, message] of cases) {
+    const error = await t.throwsAsync(call);
+    t.true(error instanceof OpenAI.APIError, String(error));
+    const api = error as InstanceType<typeof OpenAI.APIError>;
+    t.is(api.status, status, api.message);
+    t.regex(api.message, message);
+    t.is(typeof (api.error as { type?: unknown }).type, 'string');
+  }
+  const response = await fetch(`http://127.0.0.1:${http!.port}/v1/chat/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: '{"messages": [',
+  });
+  t.is(response.status, 400);
+  t.regex(((await response.json()) as { error: { message: string } }).error.message, /not JSON/);
+});
+
+test.serial('a client that disconnects mid-stream frees its slot', async (t) => {
+  const openai = await client();
+  const { service } = await server();
+  const stream = await openai.chat.completions.create({
+    model: TEST_MODEL_NAME,
+    messages: [{ role: 'user', content: 'Tell a long story about a lighthouse keeper.' }],
+    temperature: 0,
+    max_tokens: 2000,
+    stream: true,
+  });
+  let chunks = 0;
+  // Leaving the loop aborts the response (the client closes the connection) after 3 chunks of up to 2000 tokens.
+  for await (const _ of stream) if (++chunks === 3) break;
+  t.is(chunks, 3);
+  t.true(await waitFor(() => service.poolState.active === 0, 10_000), 'the slot came back');
+});

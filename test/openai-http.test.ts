@@ -6,8 +6,13 @@
  * a client that disconnects mid-stream frees its slot.
  */
 import test from 'ava';
+import { propagation } from '@opentelemetry/api';
+import { W3CTraceContextPropagator } from '@opentelemetry/core';
+import { MeterProvider } from '@opentelemetry/sdk-metrics';
+import { InMemorySpanExporter, SimpleSpanProcessor, TracerProvider } from '@opentelemetry/sdk-trace';
 import OpenAI from 'openai';
-import { SILENT_LOGGER } from '../src/log.js';
+import { createLogger, SILENT_LOGGER } from '../src/log.js';
+import { GenerationTelemetry } from '../src/telemetry/generation-telemetry.js';
 import { type RunningOpenAiServer, startOpenAiServer } from '../src/transport/openai/openai-server.js';
 import { lazyTestServer, TEST_MODEL_NAME, waitFor } from './support/grpc-server.js';
 
@@ -221,3 +226,41 @@ test.serial('a client that disconnects mid-stream frees its slot', async (t) => 
   t.is(chunks, 3);
   t.true(await waitFor(() => service.poolState.active === 0, 10_000), 'the slot came back');
 });
+
+test.serial(
+  'with telemetry on, an HTTP generation records the span and log line a gRPC one does, under the caller trace',
+  async (t) => {
+    // As startTelemetry sets it (W3C traceparent).
+    propagation.setGlobalPropagator(new W3CTraceContextPropagator());
+    const spans = new InMemorySpanExporter();
+    const tracerProvider = new TracerProvider({ spanProcessors: [new SimpleSpanProcessor({ exporter: spans })] });
+    const meterProvider = new MeterProvider({ readers: [] });
+    const lines: Record<string, unknown>[] = [];
+    const logger = createLogger('info', (line) => lines.push(JSON.parse(line) as Record<string, unknown>));
+    const { service } = await server();
+    const telemetry = new GenerationTelemetry(
+      tracerProvider.getTracer('test'),
+      meterProvider.getMeter('test'),
+      logger,
+      () => service.poolState,
+    );
+    const traced = await startOpenAiServer(service, { host: '127.0.0.1', port: 0 }, SILENT_LOGGER, telemetry);
+    try {
+      const traceId = '4bf92f3577b34da6a3ce929d0e0e4736';
+      const response = await fetch(`http://127.0.0.1:${traced.port}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', traceparent: `00-${traceId}-00f067aa0ba902b7-01` },
+        body: JSON.stringify({ messages: [{ role: 'user', content: QUESTION }], max_tokens: 8, temperature: 0 }),
+      });
+      t.is(response.status, 200);
+      await response.json();
+      const done = spans.getFinishedSpans();
+      t.is(done.length, 1);
+      t.is(done[0]!.spanContext().traceId, traceId);
+      t.is(done[0]!.attributes['gen_ai.usage.output_tokens'], 8);
+      t.true(lines.some((l) => l['method'] === 'ChatCompletions'));
+    } finally {
+      await traced.close();
+    }
+  },
+);

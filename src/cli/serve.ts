@@ -205,6 +205,7 @@ export async function runServe(argv: readonly string[]): Promise<number> {
             ...(security.tls !== undefined ? { tls: security.tls } : {}),
           },
           logger,
+          generationTelemetry,
         );
   if (http !== undefined) logger.info('openai http api listening', { port: http.port });
   timer.mark('serving');

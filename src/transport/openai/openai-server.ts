@@ -8,10 +8,12 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createTlsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
+import { propagation, ROOT_CONTEXT, type TextMapGetter } from '@opentelemetry/api';
 import type { FinishReason, GenerationDelta } from '../../contract.js';
 import type { InferenceService, ServiceFinal } from '../../engine/inference-service.js';
 import { AnpdError, type ErrorCode, InvalidRequestError } from '../../errors.js';
 import type { Logger } from '../../log.js';
+import type { GenerationTelemetry } from '../../telemetry/generation-telemetry.js';
 import { BearerTokenCheck } from '../bearer-token.js';
 import {
   chatLogprobs,
@@ -87,6 +89,18 @@ function errorBody(error: unknown): { status: number; body: object; internal: bo
   return { status: m.status, body: { error: { message, type: m.type, param: null, code } }, internal: !m.expose };
 }
 
+const HEADER_GETTER: TextMapGetter<IncomingMessage['headers']> = {
+  get: (carrier, key) => carrier[key.toLowerCase()],
+  keys: (carrier) => Object.keys(carrier),
+};
+
+/** How telemetry reports a failed generation: the HTTP status and whether it was shed, cancelled or an error. */
+function failureOf(error: unknown): { errorType: string; outcome: 'cancelled' | 'error' | 'rejected' } {
+  const { status, internal } = errorBody(error);
+  const outcome = status === 499 || status === 504 ? 'cancelled' : internal ? 'error' : 'rejected';
+  return { errorType: `HTTP ${status}`, outcome };
+}
+
 function sendJson(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
   const text = JSON.stringify(body);
   res.writeHead(status, {
@@ -129,10 +143,12 @@ interface Choice {
   finishReason: FinishReason | undefined;
 }
 
+/** `telemetry`: the generation spans and metrics the gRPC port records (the HTTP method names the route). */
 export async function startOpenAiServer(
   service: InferenceService,
   options: OpenAiServerOptions,
   logger: Logger,
+  telemetry?: GenerationTelemetry,
 ): Promise<RunningOpenAiServer> {
   const tokens = options.apiKeys !== undefined ? new BearerTokenCheck(options.apiKeys) : undefined;
   let nextId = 1;
@@ -163,7 +179,22 @@ export async function startOpenAiServer(
     const texts = (ids: readonly number[]) => service.decodeTokens('', ids);
     const n = parsed.request.n ?? 1;
     const choices: Choice[] = Array.from({ length: n }, () => ({ text: '', logprobs: [], finishReason: undefined }));
-    const events = service.generate('', parsed.request, controller.signal);
+    const generation = service.generate('', parsed.request, controller.signal);
+    const events =
+      telemetry === undefined
+        ? generation
+        : telemetry.observe(
+            generation,
+            {
+              method: kind === 'chat' ? 'ChatCompletions' : 'Completions',
+              requestId: id,
+              model: service.modelName,
+              request: parsed.request,
+              stream: parsed.stream,
+            },
+            propagation.extract(ROOT_CONTEXT, req.headers, HEADER_GETTER),
+            failureOf,
+          );
     try {
       await respond();
     } finally {

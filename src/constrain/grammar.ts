@@ -209,11 +209,6 @@ export class GrammarMatcher {
     if (tokens > 0) this.matcher.rollBack(tokens);
   }
 
-  /** The grammar is complete and a stop token was taken: nothing may follow. */
-  get terminated(): boolean {
-    return this.matcher.isTerminated();
-  }
-
   /** The text the grammar forces next, whatever the model would pick ('' when there is a choice). */
   forcedText(): string {
     return this.matcher.findJumpForwardString();

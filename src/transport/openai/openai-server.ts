@@ -140,7 +140,6 @@ async function readJson(req: IncomingMessage): Promise<Record<string, unknown>> 
 interface Choice {
   text: string;
   logprobs: ReturnType<typeof chatLogprobs>;
-  finishReason: FinishReason | undefined;
 }
 
 /** `telemetry`: the generation spans and metrics the gRPC port records (the HTTP method names the route). */
@@ -178,7 +177,7 @@ export async function startOpenAiServer(
     const object = kind === 'chat' ? 'chat.completion' : 'text_completion';
     const texts = (ids: readonly number[]) => service.decodeTokens('', ids);
     const n = parsed.request.n ?? 1;
-    const choices: Choice[] = Array.from({ length: n }, () => ({ text: '', logprobs: [], finishReason: undefined }));
+    const choices: Choice[] = Array.from({ length: n }, () => ({ text: '', logprobs: [] }));
     const generation = service.generate('', parsed.request, controller.signal);
     const events =
       telemetry === undefined

@@ -13,8 +13,13 @@ import { InMemorySpanExporter, SimpleSpanProcessor, TracerProvider } from '@open
 import OpenAI from 'openai';
 import { createLogger, SILENT_LOGGER } from '../src/log.js';
 import { GenerationTelemetry } from '../src/telemetry/generation-telemetry.js';
-import { type RunningOpenAiServer, startOpenAiServer } from '../src/transport/openai/openai-server.js';
-import { lazyTestServer, TEST_MODEL_NAME, waitFor } from './support/grpc-server.js';
+import {
+  OPENAI_BODY_BYTES_MAX,
+  OPENAI_BODY_DEPTH_MAX,
+  type RunningOpenAiServer,
+  startOpenAiServer,
+} from '../src/transport/openai/openai-server.js';
+import { lazyTestServer, startTestServer, TEST_MODEL_NAME, waitFor } from './support/grpc-server.js';
 
 const server = lazyTestServer({ maxActive: 4, maxQueued: 8 });
 let http: RunningOpenAiServer | undefined;
@@ -208,6 +213,83 @@ test.serial('bad inputs get the documented status and an OpenAI error object', a
   });
   t.is(response.status, 400);
   t.regex(((await response.json()) as { error: { message: string } }).error.message, /not JSON/);
+});
+
+test.serial(
+  'a bad key gets 401, an oversized body 413, a too-deep body 400, each an OpenAI error object',
+  async (t) => {
+    const { service } = await server();
+    const keyed = await startOpenAiServer(service, { host: '127.0.0.1', port: 0, apiKeys: ['k1'] }, SILENT_LOGGER);
+    try {
+      const base = `http://127.0.0.1:${keyed.port}/v1`;
+      for (const apiKey of ['wrong', '']) {
+        const openai = new OpenAI({
+          baseURL: base,
+          apiKey: apiKey || 'x',
+          maxRetries: 0,
+          defaultHeaders: apiKey === '' ? { authorization: null } : {},
+        });
+        const error = await t.throwsAsync(openai.models.list());
+        t.is((error as InstanceType<typeof OpenAI.APIError>).status, 401, String(error));
+      }
+      const good = new OpenAI({ baseURL: base, apiKey: 'k1', maxRetries: 0 });
+      t.is((await good.models.list()).data[0]!.id, TEST_MODEL_NAME);
+      const post = (body: string) =>
+        fetch(`${base}/chat/completions`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json', authorization: 'Bearer k1' },
+          body,
+        });
+      const big = await post(
+        JSON.stringify({ messages: [{ role: 'user', content: 'x'.repeat(OPENAI_BODY_BYTES_MAX) }] }),
+      );
+      t.is(big.status, 413);
+      t.regex(((await big.json()) as { error: { message: string } }).error.message, /larger than/);
+      const deep = await post(
+        `{"messages": [{"role": "user", "content": "x"}], "x": ${'['.repeat(OPENAI_BODY_DEPTH_MAX)}${']'.repeat(OPENAI_BODY_DEPTH_MAX)}}`,
+      );
+      t.is(deep.status, 400);
+      t.regex(((await deep.json()) as { error: { message: string } }).error.message, /deeper than 64/);
+    } finally {
+      await keyed.close();
+    }
+  },
+);
+
+test.serial('a full queue gets 429 with Retry-After; a draining server 503', async (t) => {
+  const s = await startTestServer({ maxActive: 1, maxQueued: 1 });
+  const small = await startOpenAiServer(s.service, { host: '127.0.0.1', port: 0 }, SILENT_LOGGER);
+  const held = new AbortController();
+  try {
+    const url = `http://127.0.0.1:${small.port}/v1/chat/completions`;
+    const post = (stream: boolean, signal?: AbortSignal) =>
+      fetch(url, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ messages: [{ role: 'user', content: 'Tell a long story.' }], max_tokens: 1500, stream }),
+        ...(signal !== undefined ? { signal } : {}),
+      });
+    // One holds the slot, one waits in the queue; the third finds no room.
+    const first = await post(true, held.signal);
+    t.is(first.status, 200);
+    const queued = post(true, held.signal).catch(() => undefined);
+    t.true(await waitFor(() => s.service.poolState.queued === 1, 5_000));
+    const full = await post(false);
+    t.is(full.status, 429);
+    t.is(full.headers.get('retry-after'), '1');
+    t.is(((await full.json()) as { error: { type: string } }).error.type, 'rate_limit_error');
+    held.abort();
+    await queued;
+    t.true(await waitFor(() => s.service.poolState.active === 0 && s.service.poolState.queued === 0, 10_000));
+    s.service.startDraining();
+    const draining = await post(false);
+    t.is(draining.status, 503);
+    t.regex(((await draining.json()) as { error: { message: string } }).error.message, /shutting down/);
+  } finally {
+    held.abort();
+    await small.close();
+    await s.close();
+  }
 });
 
 test.serial('a client that disconnects mid-stream frees its slot', async (t) => {

@@ -3,14 +3,19 @@
  * with in-band cancels, client disconnects mid-stream, unary calls past their deadlines, above the
  * server's capacity — every generation the client did not abandon ends with exactly one terminal
  * message, nothing fails that the client did not cause, no slot leaks, and the server still
- * answers the same greedy request with the same text.
+ * answers the same greedy request with the same text. The same over the OpenAI-compatible HTTP API
+ * (tools/http-soak.ts, the official openai client): dropped streams and abandoned calls.
  */
 import test from 'ava';
+import OpenAI from 'openai';
 import { replicaKiller, runSoak } from '../tools/soak.js';
+import { runHttpSoak } from '../tools/http-soak.js';
+import { SILENT_LOGGER } from '../src/log.js';
+import { startOpenAiServer } from '../src/transport/openai/openai-server.js';
 import { EnginePool } from '../src/engine/engine-pool.js';
 import type { ReplicaEvent } from '../src/engine/replica-set.js';
 import { defaultModelDir, TEST_FORWARD_COST } from './support/default-model.js';
-import { startTestServer, waitFor } from './support/grpc-server.js';
+import { startTestServer, TEST_MODEL_NAME, waitFor } from './support/grpc-server.js';
 
 test.serial(
   'soak: random cancels, disconnects and deadlines above capacity leave a healthy server with every terminal accounted for',
@@ -111,6 +116,47 @@ test.serial(
     } finally {
       await s.close();
       await pool.dispose();
+    }
+  },
+);
+
+test.serial(
+  'HTTP soak: dropped streams, abandoned calls and bad requests above capacity leave a healthy server with every answer whole',
+  async (t) => {
+    const s = await startTestServer({ maxActive: 2, maxQueued: 2 });
+    const http = await startOpenAiServer(s.service, { host: '127.0.0.1', port: 0 }, SILENT_LOGGER);
+    try {
+      const baseUrl = `http://127.0.0.1:${http.port}/v1`;
+      const openai = new OpenAI({ baseURL: baseUrl, apiKey: 'unused', maxRetries: 0 });
+      const probe = {
+        model: TEST_MODEL_NAME,
+        messages: [{ role: 'user' as const, content: 'Name two oceans.' }],
+        max_tokens: 24,
+        temperature: 0,
+      };
+      const before = await openai.chat.completions.create(probe);
+      const result = await runHttpSoak({
+        baseUrl,
+        model: TEST_MODEL_NAME,
+        durationMs: 15_000,
+        workers: 5,
+        seed: 7,
+        maxTokensMax: 32,
+      });
+      t.log(JSON.stringify(result));
+      t.deepEqual(result.unexpected, []);
+      t.true(result.outcomes.completed > 0);
+      t.true(result.outcomes.abandoned > 0, 'some requests were dropped by the client');
+      t.true(result.outcomes.refused > 0, 'bad requests were refused');
+      t.true(
+        await waitFor(() => s.service.poolState.active === 0 && s.service.poolState.queued === 0, 10_000),
+        'no slot leaked',
+      );
+      const after = await openai.chat.completions.create(probe);
+      t.is(after.choices[0]!.message.content, before.choices[0]!.message.content);
+    } finally {
+      await http.close();
+      await s.close();
     }
   },
 );

@@ -9,6 +9,7 @@ import { execFileSync } from 'node:child_process';
 import { status as GrpcStatus, type ServiceError } from '@grpc/grpc-js';
 import { TextGenerationClient } from '../src/transport/grpc/client.js';
 import type { BidiServerMsg, GenerateRequestMsg } from '../src/transport/grpc/messages.js';
+import { rng, SOAK_PROMPTS, sleep } from './soak-random.js';
 
 export interface SoakOptions {
   readonly address: string;
@@ -50,29 +51,6 @@ export interface SoakResult {
   readonly unexpected: readonly string[];
 }
 
-/** Small deterministic PRNG (mulberry32): a soak is repeatable for a given seed. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-const PROMPTS = [
-  'List the planets of the solar system with one fact about each.',
-  'Write a Python function that reverses a linked list, then explain it.',
-  'Count from one to forty in words, separated by commas.',
-  'Explain how a hash map works, step by step.',
-  'Repeat after me three times: the quick brown fox jumps over the lazy dog.',
-  'Describe the water cycle for a ten-year-old.',
-];
-
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
-
 export async function runSoak(options: SoakOptions): Promise<SoakResult> {
   const random = rng(options.seed);
   const pick = <T>(items: readonly T[]): T => items[Math.floor(random() * items.length)]!;
@@ -102,7 +80,7 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
   let nextId = 0;
   const request = (): GenerateRequestMsg => ({
     request_id: `soak-${nextId++}`,
-    messages: { messages: [{ role: 'user', content: pick(PROMPTS) }] },
+    messages: { messages: [{ role: 'user', content: pick(SOAK_PROMPTS) }] },
     stopping: { max_new_tokens: between(8, options.maxNewTokensMax) },
   });
   const started = performance.now();

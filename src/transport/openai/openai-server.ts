@@ -25,6 +25,26 @@ import {
 
 /** Largest request body (bytes): a long prompt is well within; 413 past it. */
 export const OPENAI_BODY_BYTES_MAX = 4 * 1024 * 1024;
+/** Deepest nesting of objects and arrays a body may have (a JSON schema in response_format is the deep part); 400 past it. */
+export const OPENAI_BODY_DEPTH_MAX = 64;
+
+/** Whether JSON text nests objects and arrays deeper than `depthMax` (counted before parsing: no deep structure is built). */
+export function jsonDeeperThan(text: string, depthMax: number): boolean {
+  let depth = 0;
+  let inString = false;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (inString) {
+      if (c === 0x5c)
+        i++; // backslash: skip the escaped character
+      else if (c === 0x22) inString = false;
+    } else if (c === 0x22) inString = true;
+    else if (c === 0x7b || c === 0x5b) {
+      if (++depth > depthMax) return true;
+    } else if (c === 0x7d || c === 0x5d) depth--;
+  }
+  return false;
+}
 
 export interface OpenAiServerOptions {
   readonly host: string;
@@ -126,9 +146,12 @@ async function readJson(req: IncomingMessage): Promise<Record<string, unknown>> 
       throw new HttpError(413, 'invalid_request_error', `the body is larger than ${OPENAI_BODY_BYTES_MAX} bytes`);
     chunks.push(chunk as Buffer);
   }
+  const text = Buffer.concat(chunks).toString('utf8');
+  if (jsonDeeperThan(text, OPENAI_BODY_DEPTH_MAX))
+    throw new InvalidRequestError(`the body nests objects and arrays deeper than ${OPENAI_BODY_DEPTH_MAX} levels`);
   let body: unknown;
   try {
-    body = JSON.parse(Buffer.concat(chunks).toString('utf8'));
+    body = JSON.parse(text);
   } catch (error) {
     throw new InvalidRequestError(`the body is not JSON: ${(error as Error).message}`);
   }

@@ -72,6 +72,7 @@ ENV NODE_ENV=production \
     ANPD_HOST=0.0.0.0 \
     ANPD_PORT=50051 \
     ANPD_METRICS_PORT=9464 \
+    ANPD_HTTP_PORT=8000 \
     ANPD_MODEL_DIR=/models/smollm2-135m-instruct \
     ANPD_MODEL_NAME=smollm2-135m-instruct \
     ANPD_CACHE_DIR=/tmp/anpd-cache
@@ -84,7 +85,7 @@ COPY --from=build /app/dist/native ./dist/native
 COPY --from=model /models/smollm2-135m-instruct /models/smollm2-135m-instruct
 # The image's own "node" user, by number so Kubernetes' runAsNonRoot can verify it.
 USER 1000:1000
-EXPOSE 50051 9464
+EXPOSE 50051 9464 8000
 # Asks grpc.health.v1 on 127.0.0.1:$ANPD_PORT through our CLI: SERVING -> healthy; NOT_SERVING
 # (draining) or no answer -> unhealthy.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
@@ -116,6 +117,7 @@ ENV NODE_ENV=production \
     ANPD_HOST=0.0.0.0 \
     ANPD_PORT=50051 \
     ANPD_METRICS_PORT=9464 \
+    ANPD_HTTP_PORT=8000 \
     ANPD_MODEL_DIR=/models/smollm2-135m-instruct-paged \
     ANPD_MODEL_NAME=smollm2-135m-instruct \
     ANPD_CACHE_DIR=/tmp/anpd-cache \
@@ -131,7 +133,7 @@ COPY --from=build /app/dist/native ./dist/native
 COPY --from=model /models/smollm2-135m-instruct-paged /models/smollm2-135m-instruct-paged
 # uid 1000 ("ubuntu" in this base), as the CPU image: runAsNonRoot can verify it.
 USER 1000:1000
-EXPOSE 50051 9464
+EXPOSE 50051 9464 8000
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
   CMD ["node", "dist/src/cli/main.js", "health", "--timeout-ms", "3000"]
 STOPSIGNAL SIGTERM

@@ -282,7 +282,7 @@ async function main(): Promise<void> {
   const config = (
     parseYaml(readFileSync(join(ROOT, 'deploy/k8s/base/configmap.yaml'), 'utf8')) as { data: Record<string, string> }
   ).data;
-  const [grpcPort, metricsPort] = [await freePort(), await freePort()];
+  const [grpcPort, metricsPort, httpPort] = [await freePort(), await freePort(), await freePort()];
   const address = `127.0.0.1:${grpcPort}`;
   const env = {
     ...process.env,
@@ -291,6 +291,7 @@ async function main(): Promise<void> {
     ANPD_PORT: String(grpcPort),
     ANPD_METRICS_HOST: '127.0.0.1',
     ANPD_METRICS_PORT: String(metricsPort),
+    ANPD_HTTP_PORT: String(httpPort), // the ConfigMap's 8000 may be taken here
     ANPD_MODEL_DIR: modelDir,
     ...(killEveryS > 0 ? { ANPD_ENGINE_ISOLATION: 'process' } : {}),
   };

@@ -237,8 +237,10 @@ for (const kustomization of ['k8s/base', 'k8s/overlays/gpu'] as const) {
       const metricsPort = (container['ports'] as Obj[]).find((p) => p['name'] === 'metrics')![
         'containerPort'
       ] as number;
+      const httpPort = (container['ports'] as Obj[]).find((p) => p['name'] === 'http')!['containerPort'] as number;
       t.is(config.port, grpcPort);
       t.is(config.metricsPort, metricsPort);
+      t.is(config.httpPort, httpPort, 'the OpenAI-compatible API is on, on the container port named http');
       t.is(deployment['spec']['template']['metadata']['annotations']['prometheus.io/port'], String(metricsPort));
       for (const probe of ['startupProbe', 'readinessProbe', 'livenessProbe']) {
         t.is(container[probe]['grpc']['port'], grpcPort, `${probe} port must be the numeric gRPC port`);
@@ -291,6 +293,11 @@ for (const kustomization of ['k8s/base', 'k8s/overlays/gpu'] as const) {
         servicePort['appProtocol'] === 'grpc' && String(servicePort['name']).startsWith('grpc'),
         'Istio needs the port named grpc* or appProtocol grpc',
       );
+      const openaiPort = (service['spec']['ports'] as Obj[]).find((p) => p['targetPort'] === 'http')!;
+      t.true(
+        openaiPort['appProtocol'] === 'http' && String(openaiPort['name']).startsWith('http'),
+        'the OpenAI port is HTTP/1.1 for the mesh (named http*, appProtocol http)',
+      );
       t.deepEqual(service['spec']['selector'], deployment['spec']['selector']['matchLabels']);
       t.deepEqual(
         find(objects, 'PodDisruptionBudget')['spec']['selector']['matchLabels'],
@@ -320,7 +327,7 @@ test.serial('the GPU overlay asks for a GPU, batches on CUDA and scales on queue
 });
 
 test.serial(
-  'Istio: generation RPCs are never retried and have no route timeout; the rule targets the Service',
+  'Istio: generation RPCs and OpenAI completions are never retried, have no route timeout and stay on their port; the rule targets the Service',
   async (t) => {
     const { objects } = render('istio');
     const base = render('k8s/base').objects;
@@ -330,20 +337,45 @@ test.serial(
     const virtualService = find(objects, 'VirtualService');
     t.deepEqual(virtualService['spec']['hosts'], [serviceName]);
     const routes = virtualService['spec']['http'] as Obj[];
-    // Every Generate* RPC in the proto must hit the no-retry route: it is the first route matching it.
+    // The first route matching a request on a Service port, as Istio picks it.
+    const routeFor = (port: number, path: string) =>
+      routes.find(
+        (r) =>
+          r['match'] === undefined ||
+          (r['match'] as Obj[]).some(
+            (m) =>
+              (m['port'] === undefined || m['port'] === port) &&
+              (m['uri'] === undefined || path.startsWith(m['uri']['prefix'])),
+          ),
+      );
+    const servicePorts = find(base, 'Service', 'anpd-serve')['spec']['ports'] as Obj[];
+    const grpcPort = servicePorts.find((p) => p['name'] === 'grpc')!['port'] as number;
+    const httpPort = servicePorts.find((p) => p['name'] === 'http-openai')!['port'] as number;
+    // Every Generate* RPC in the proto and every OpenAI generation must hit a no-retry route without a timeout, on its own port.
     const proto = readFileSync(join(ROOT, 'proto/llm/v1/generation.proto'), 'utf8');
     const rpcs = [...proto.matchAll(/^\s*rpc\s+(\w+)/gm)].map((m) => m[1]!);
     t.true(rpcs.includes('GenerateBidi'));
-    for (const rpc of rpcs.filter((r) => r.startsWith('Generate'))) {
-      const path = `/${SERVICE}/${rpc}`;
-      const route = routes.find(
-        (r) =>
-          r['match'] === undefined || (r['match'] as Obj[]).some((m) => path.startsWith(m['uri']?.['prefix'] ?? '\0')),
-      );
+    const generations: [number, string][] = [
+      ...rpcs.filter((r) => r.startsWith('Generate')).map((rpc): [number, string] => [grpcPort, `/${SERVICE}/${rpc}`]),
+      [httpPort, '/v1/chat/completions'],
+      [httpPort, '/v1/completions'],
+    ];
+    for (const [port, path] of generations) {
+      const route = routeFor(port, path);
       t.truthy(route, path);
       t.is(route!['retries']['attempts'], 0, `${path} must not be retried`);
       t.is(route!['timeout'], '0s', `${path} must have no route timeout`);
+      t.is(route!['route'][0]['destination']['port']['number'], port, `${path} must stay on port ${port}`);
     }
+    for (const [port, path] of [
+      [grpcPort, `/${SERVICE}/ModelInfo`],
+      [httpPort, '/v1/models'],
+    ] as const)
+      t.is(
+        routeFor(port, path)?.['route'][0]['destination']['port']['number'],
+        port,
+        `${path} must stay on port ${port}`,
+      );
     // The EnvoyFilter's patch is a partial HttpConnectionManager: check it against Envoy's protos.
     const filter = find(objects, 'EnvoyFilter');
     const typedConfig = filter['spec']['configPatches'][0]['patch']['value']['typed_config'] as Obj;
@@ -529,7 +561,10 @@ test.serial(
     t.regex(gpuText, /COPY --from=cuda-provider \/app\/node_modules/);
     t.is(gpu.filter((l) => l.startsWith('USER ')).at(-1), `USER ${user}`);
     t.deepEqual(
-      gpu.filter((l) => l.startsWith('EXPOSE ')).flatMap((l) => l.split(/\s+/).slice(1).map(Number)),
+      gpu
+        .filter((l) => l.startsWith('EXPOSE '))
+        .flatMap((l) => l.split(/\s+/).slice(1).map(Number))
+        .sort(),
       exposed,
     );
     t.regex(gpu.find((l) => l.startsWith('HEALTHCHECK '))!, /"dist\/src\/cli\/main\.js", "health"/);
@@ -575,7 +610,7 @@ test.serial('the image runs from what it ships: dist/src imports only production
 });
 
 test.serial(
-  "the image's file set boots with the base ConfigMap; health answers through the CLI; /metrics has the autoscaler's series",
+  "the image's file set boots with the base ConfigMap; health answers through the CLI, /v1/models over HTTP; /metrics has the autoscaler's series",
   async (t) => {
     // The runtime stage: package.json, proto/, dist/src/, node_modules (production), the model.
     const app = mkdtempSync(join(tmpdir(), 'anpd-image-'));
@@ -586,7 +621,8 @@ test.serial(
     symlinkSync(join(ROOT, 'node_modules'), join(app, 'node_modules'));
     const { objects } = render('k8s/base');
     const data = find(objects, 'ConfigMap', 'anpd-serve-config')['data'] as Record<string, string>;
-    const [grpcPort, metricsPort] = [await freePort(), await freePort()];
+    const [grpcPort, metricsPort, httpPort] = [await freePort(), await freePort(), await freePort()];
+    t.not(data['ANPD_HTTP_PORT'], undefined, 'the base turns the OpenAI-compatible API on');
     const env = {
       PATH: process.env['PATH'] ?? '',
       HOME: app,
@@ -595,7 +631,9 @@ test.serial(
       ANPD_PORT: String(grpcPort),
       ANPD_METRICS_HOST: '127.0.0.1',
       ANPD_METRICS_PORT: String(metricsPort),
+      ANPD_HTTP_PORT: String(httpPort),
       ANPD_MODEL_DIR: await defaultModelDir(),
+      ANPD_MODEL_NAME: 'smollm2-135m-instruct', // as the Dockerfile sets it
       ANPD_CACHE_DIR: join(app, 'cache'),
     };
     const cli = join(app, 'dist/src/cli/main.js');
@@ -621,6 +659,13 @@ test.serial(
         encoding: 'utf8',
       });
       t.is(liveness.stdout.trim(), 'SERVING');
+      const models = (await (await fetch(`http://127.0.0.1:${httpPort}/v1/models`)).json()) as {
+        data: { id: string }[];
+      };
+      t.deepEqual(
+        models.data.map((m) => m.id),
+        ['smollm2-135m-instruct'],
+      );
       const adapter = parseYaml(readFileSync(join(DEPLOY, 'k8s/prometheus-adapter/values.yaml'), 'utf8')) as Obj;
       const rule = adapter['rules']['custom'][0] as Obj;
       const series = /^(\w+)\{/.exec(rule['seriesQuery'] as string)![1]!;

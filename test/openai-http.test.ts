@@ -6,7 +6,7 @@
  * a client that disconnects mid-stream frees its slot.
  */
 import test from 'ava';
-import { propagation } from '@opentelemetry/api';
+import { propagation, SpanKind } from '@opentelemetry/api';
 import { W3CTraceContextPropagator } from '@opentelemetry/core';
 import { MeterProvider } from '@opentelemetry/sdk-metrics';
 import { InMemorySpanExporter, SimpleSpanProcessor, TracerProvider } from '@opentelemetry/sdk-trace';
@@ -310,7 +310,7 @@ test.serial('a client that disconnects mid-stream frees its slot', async (t) => 
 });
 
 test.serial(
-  'with telemetry on, an HTTP generation records the span and log line a gRPC one does, under the caller trace',
+  'with telemetry on, an HTTP request records a SERVER span with its status and, under it, the generation span and log line a gRPC one does, in the caller trace',
   async (t) => {
     // As startTelemetry sets it (W3C traceparent).
     propagation.setGlobalPropagator(new W3CTraceContextPropagator());
@@ -337,10 +337,31 @@ test.serial(
       t.is(response.status, 200);
       await response.json();
       const done = spans.getFinishedSpans();
-      t.is(done.length, 1);
-      t.is(done[0]!.spanContext().traceId, traceId);
-      t.is(done[0]!.attributes['gen_ai.usage.output_tokens'], 8);
+      t.is(done.length, 2);
+      const server = done.find((s) => s.name === 'POST /v1/chat/completions')!;
+      const generation = done.find((s) => s !== server)!;
+      t.is(server.kind, SpanKind.SERVER);
+      t.is(server.attributes['http.response.status_code'], 200);
+      t.is(server.attributes['error.type'], undefined);
+      t.is(
+        generation.parentSpanContext?.spanId,
+        server.spanContext().spanId,
+        "the generation is the request span's child",
+      );
+      for (const span of done) t.is(span.spanContext().traceId, traceId);
+      t.is(generation.attributes['gen_ai.usage.output_tokens'], 8);
       t.true(lines.some((l) => l['method'] === 'ChatCompletions'));
+      // A refused request is recorded with its status.
+      const refused = await fetch(`http://127.0.0.1:${traced.port}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ messages: [], max_tokens: 8 }),
+      });
+      t.is(refused.status, 400);
+      await refused.json();
+      const bad = spans.getFinishedSpans().find((s) => s.name === 'POST /v1/chat/completions' && s !== server)!;
+      t.is(bad.attributes['http.response.status_code'], 400);
+      t.is(bad.attributes['error.type'], '400');
     } finally {
       await traced.close();
     }

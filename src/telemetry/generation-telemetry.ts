@@ -184,6 +184,24 @@ export class GenerationTelemetry {
     span.end();
   }
 
+  /** A SERVER span for one HTTP request (the OpenAI-compatible API); its generations become its children. */
+  startHttp(method: string, route: string, parent: Context): { span: Span; context: Context } {
+    const span = this.tracer.startSpan(
+      `${method} ${route}`,
+      { kind: SpanKind.SERVER, attributes: { [ATTR.httpRequestMethod]: method, [ATTR.httpRoute]: route } },
+      parent,
+    );
+    return { span, context: trace.setSpan(parent, span) };
+  }
+
+  /** Ends an HTTP span: as OpenTelemetry's HTTP conventions have it, a server span is an error only at 5xx. */
+  endHttp(span: Span, status: number, errorType?: string): void {
+    span.setAttribute(ATTR.httpResponseStatusCode, status);
+    if (errorType !== undefined) span.setAttribute(ATTR.errorType, errorType);
+    if (status >= 500) span.setStatus({ code: SpanStatusCode.ERROR });
+    span.end();
+  }
+
   /**
    * Passes `events` through, recording the generation's span and metrics. `classify` maps an
    * error to its gRPC status name and outcome (the transport owns that table).

@@ -8,7 +8,7 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createTlsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
-import { propagation, ROOT_CONTEXT, type TextMapGetter } from '@opentelemetry/api';
+import { type Context, propagation, ROOT_CONTEXT, type TextMapGetter } from '@opentelemetry/api';
 import type { FinishReason, GenerationDelta } from '../../contract.js';
 import type { InferenceService, ServiceFinal } from '../../engine/inference-service.js';
 import { AnpdError, type ErrorCode, InvalidRequestError } from '../../errors.js';
@@ -22,6 +22,9 @@ import {
   parseChatCompletion,
   parseCompletion,
 } from './openai-messages.js';
+
+/** The routes served (the span names of their requests). */
+const ROUTES = new Set(['/v1/models', '/v1/chat/completions', '/v1/completions']);
 
 /** Largest request body (bytes): a long prompt is well within; 413 past it. */
 export const OPENAI_BODY_BYTES_MAX = 4 * 1024 * 1024;
@@ -184,7 +187,12 @@ export async function startOpenAiServer(
     };
   };
 
-  async function generate(req: IncomingMessage, res: ServerResponse, kind: 'chat' | 'text'): Promise<void> {
+  async function generate(
+    req: IncomingMessage,
+    res: ServerResponse,
+    kind: 'chat' | 'text',
+    parent: Context,
+  ): Promise<void> {
     const body = await readJson(req);
     const parsed: ParsedOpenAiRequest = kind === 'chat' ? parseChatCompletion(body) : parseCompletion(body);
     // The served model answers to its name (or none); another is not here.
@@ -214,7 +222,7 @@ export async function startOpenAiServer(
               request: parsed.request,
               stream: parsed.stream,
             },
-            propagation.extract(ROOT_CONTEXT, req.headers, HEADER_GETTER),
+            parent,
             failureOf,
           );
     try {
@@ -338,16 +346,33 @@ export async function startOpenAiServer(
         );
 
   async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const path = (req.url ?? '/').split('?')[0]!;
+    const route = ROUTES.has(path) ? path : undefined;
+    // One SERVER span per request on a known route, under the caller's trace (W3C traceparent), as gRPC has per RPC.
+    const caller = propagation.extract(ROOT_CONTEXT, req.headers, HEADER_GETTER);
+    const http = route !== undefined ? telemetry?.startHttp(req.method ?? 'GET', route, caller) : undefined;
     try {
-      const path = (req.url ?? '/').split('?')[0]!;
+      await serve(req, res, path, http?.context ?? caller);
+    } finally {
+      if (http !== undefined) {
+        const status = res.statusCode;
+        // An error status, or a response the client did not wait for (its generation was cancelled).
+        const errorType = status >= 400 ? String(status) : res.writableEnded ? undefined : 'CANCELLED';
+        telemetry!.endHttp(http.span, status, errorType);
+      }
+    }
+  }
+
+  async function serve(req: IncomingMessage, res: ServerResponse, path: string, context: Context): Promise<void> {
+    try {
       if (tokens !== undefined) {
         const header = req.headers.authorization;
         const error = tokens.check(header === undefined ? [] : [header], 'header');
         if (error !== undefined) throw error;
       }
       if (req.method === 'GET' && path === '/v1/models') return sendJson(res, 200, models());
-      if (req.method === 'POST' && path === '/v1/chat/completions') return await generate(req, res, 'chat');
-      if (req.method === 'POST' && path === '/v1/completions') return await generate(req, res, 'text');
+      if (req.method === 'POST' && path === '/v1/chat/completions') return await generate(req, res, 'chat', context);
+      if (req.method === 'POST' && path === '/v1/completions') return await generate(req, res, 'text', context);
       throw new HttpError(
         404,
         'not_found_error',

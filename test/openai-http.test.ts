@@ -137,6 +137,60 @@ test.serial(
   },
 );
 
+test.serial(
+  'legacy completions with echo: the prompt scored (max_tokens 0), and echoed before a completion, streamed or not',
+  async (t) => {
+    const openai = await client();
+    const prompt = 'The capital of France is Paris, and the capital of Italy is';
+    const scored = await openai.completions.create({
+      model: TEST_MODEL_NAME,
+      prompt,
+      max_tokens: 0,
+      echo: true,
+      logprobs: 1,
+    });
+    const choice = scored.choices[0]!;
+    t.is(choice.text, prompt);
+    t.is(choice.finish_reason, 'length');
+    t.is(scored.usage!.completion_tokens, 0);
+    const lp = choice.logprobs!;
+    t.is(lp.tokens!.length, scored.usage!.prompt_tokens);
+    t.is(lp.tokens!.join(''), prompt);
+    // OpenAI's types leave out the null an echoed first token has.
+    t.is((lp.token_logprobs as unknown[])[0], null, 'nothing predicts the first token');
+    t.true(lp.token_logprobs!.slice(1).every((x) => typeof x === 'number' && x <= 0));
+    t.is((lp.top_logprobs as unknown[])[0], null);
+    t.true(lp.top_logprobs!.slice(1).every((x) => x !== null && Object.keys(x).length >= 1));
+
+    const plain = await openai.completions.create({ model: TEST_MODEL_NAME, prompt, max_tokens: 4, temperature: 0 });
+    const echoed = await openai.completions.create({
+      model: TEST_MODEL_NAME,
+      prompt,
+      max_tokens: 4,
+      temperature: 0,
+      echo: true,
+      logprobs: 1,
+    });
+    t.is(echoed.choices[0]!.text, prompt + plain.choices[0]!.text);
+    const both = echoed.choices[0]!.logprobs!;
+    t.is(both.tokens!.length, lp.tokens!.length + echoed.usage!.completion_tokens);
+    t.deepEqual(both.token_logprobs!.slice(0, lp.tokens!.length), lp.token_logprobs, 'the same prompt scores');
+
+    const stream = await openai.completions.create({
+      model: TEST_MODEL_NAME,
+      prompt,
+      max_tokens: 4,
+      temperature: 0,
+      echo: true,
+      stream: true,
+    });
+    const texts: string[] = [];
+    for await (const chunk of stream) texts.push(chunk.choices[0]?.text ?? '');
+    t.is(texts[0], prompt, 'the prompt comes first');
+    t.is(texts.join(''), prompt + plain.choices[0]!.text);
+  },
+);
+
 test.serial('response_format json_schema gives JSON that matches the schema', async (t) => {
   const openai = await client();
   const r = await openai.chat.completions.create({

@@ -18,6 +18,12 @@ export interface ParsedOpenAiRequest {
   readonly stream: boolean;
   readonly includeUsage: boolean;
   readonly logprobs: boolean;
+  /**
+   * The legacy endpoint's `echo`: the prompt comes back before the completion (with its
+   * log-probabilities when logprobs are asked for). `scoreOnly` (max_tokens 0): the prompt alone;
+   * one token is generated (the engine always generates one) and not returned.
+   */
+  readonly echo?: { readonly prompt: string; readonly scoreOnly: boolean };
 }
 
 const isObject = (v: unknown): v is Body => typeof v === 'object' && v !== null && !Array.isArray(v);
@@ -175,18 +181,35 @@ export function parseChatCompletion(body: Body): ParsedOpenAiRequest {
 export function parseCompletion(body: Body): ParsedOpenAiRequest {
   const prompt = body['prompt'];
   if (typeof prompt !== 'string') throw new InvalidRequestError('prompt must be a string');
-  // The legacy endpoint's default max_tokens is 16.
   const parsed = common(body, { kind: 'text', text: prompt }, ['max_tokens']);
-  const withDefault = parsed.request.maxNewTokens === 0 ? { ...parsed.request, maxNewTokens: 16 } : parsed.request;
+  const echo = optionalBoolean(body, 'echo') ?? false;
+  // Scoring a prompt: echo with max_tokens 0.
+  const scoreOnly = echo && body['max_tokens'] === 0;
+  // The legacy endpoint's default max_tokens is 16.
+  const maxNewTokens = scoreOnly ? 1 : parsed.request.maxNewTokens === 0 ? 16 : parsed.request.maxNewTokens;
   const logprobs = optionalNumber(body, 'logprobs');
-  return logprobs !== undefined
-    ? { ...parsed, logprobs: true, request: { ...withDefault, logprobs: { top: logprobs } } }
-    : { ...parsed, request: withDefault };
+  return {
+    ...parsed,
+    request: {
+      ...parsed.request,
+      maxNewTokens,
+      ...(logprobs !== undefined ? { logprobs: { top: logprobs, ...(echo ? { prompt: true } : {}) } } : {}),
+    },
+    logprobs: logprobs !== undefined,
+    ...(echo ? { echo: { prompt, scoreOnly } } : {}),
+  };
 }
 
 /** OpenAI has stop and length: a stop sequence or EOS is "stop"; running out (of tokens, time, a constraint's room) is "length". */
 export function finishReasonOf(reason: FinishReason): 'stop' | 'length' {
   return reason === 'eos_token' || reason === 'stop_sequence' ? 'stop' : 'length';
+}
+
+/** The first prompt token's entry when the prompt is echoed: nothing predicts it, so it has no log-probability. */
+export interface UnscoredToken {
+  readonly token: string;
+  readonly logprob: null;
+  readonly top_logprobs: null;
 }
 
 /** Chat log-probabilities: each token with its text and bytes, and the alternatives. */

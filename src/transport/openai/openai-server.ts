@@ -13,6 +13,7 @@ import type { FinishReason, GenerationDelta } from '../../contract.js';
 import type { InferenceService, ServiceFinal } from '../../engine/inference-service.js';
 import { AnpdError, type ErrorCode, InvalidRequestError } from '../../errors.js';
 import type { Logger } from '../../log.js';
+import type { TokenLogprob } from '../../sampling/logprobs.js';
 import type { GenerationTelemetry } from '../../telemetry/generation-telemetry.js';
 import { BearerTokenCheck } from '../bearer-token.js';
 import {
@@ -21,6 +22,7 @@ import {
   type ParsedOpenAiRequest,
   parseChatCompletion,
   parseCompletion,
+  type UnscoredToken,
 } from './openai-messages.js';
 
 /** The routes served (the span names of their requests). */
@@ -163,9 +165,11 @@ async function readJson(req: IncomingMessage): Promise<Record<string, unknown>> 
   return body as Record<string, unknown>;
 }
 
+type LogprobEntry = ReturnType<typeof chatLogprobs>[number] | UnscoredToken;
+
 interface Choice {
   text: string;
-  logprobs: ReturnType<typeof chatLogprobs>;
+  logprobs: LogprobEntry[];
 }
 
 /** `telemetry`: the generation spans and metrics the gRPC port records (the HTTP method names the route). */
@@ -207,6 +211,12 @@ export async function startOpenAiServer(
     const created = Math.floor(Date.now() / 1000);
     const object = kind === 'chat' ? 'chat.completion' : 'text_completion';
     const texts = (ids: readonly number[]) => service.decodeTokens('', ids);
+    /** The echoed prompt's entries: its first token (unscored), then each scored one. */
+    const echoed = (scored: readonly TokenLogprob[]): LogprobEntry[] => {
+      const promptIds = service.tokenize('', parsed.request.prompt);
+      const head: UnscoredToken = { token: texts(promptIds.slice(0, 1))[0] ?? '', logprob: null, top_logprobs: null };
+      return [head, ...chatLogprobs(scored, texts)];
+    };
     const n = parsed.request.n ?? 1;
     const choices: Choice[] = Array.from({ length: n }, () => ({ text: '', logprobs: [] }));
     const generation = service.generate('', parsed.request, controller.signal);
@@ -235,10 +245,11 @@ export async function startOpenAiServer(
       // The first event decides the status: errors before it (validation, a full queue) are plain HTTP errors.
       const first = await events.next();
       let final: ServiceFinal | undefined;
+      const completionTokens = (f: ServiceFinal) => (parsed.echo?.scoreOnly === true ? 0 : f.completionTokens);
       const usageOf = (f: ServiceFinal) => ({
         prompt_tokens: f.promptTokens,
-        completion_tokens: f.completionTokens,
-        total_tokens: f.promptTokens + f.completionTokens,
+        completion_tokens: completionTokens(f),
+        total_tokens: f.promptTokens + completionTokens(f),
         // Our extension: what speculation did.
         anpd: {
           verify_steps: f.stats.rounds,
@@ -247,16 +258,22 @@ export async function startOpenAiServer(
         },
       });
       const finishReasons = (f: ServiceFinal): FinishReason[] =>
-        choices.map((_, i) => f.samples?.[i]?.finishReason ?? f.finishReason);
+        choices.map((_, i) =>
+          parsed.echo?.scoreOnly === true ? 'length' : (f.samples?.[i]?.finishReason ?? f.finishReason),
+        );
       if (!parsed.stream) {
         for (let step = first; !step.done; step = await events.next()) {
           const e = step.value;
-          if (e.type === 'delta') {
+          if (e.type === 'final') final = e;
+          else if (e.promptLogprobs !== undefined)
+            for (const c of choices) c.logprobs.push(...echoed(e.promptLogprobs));
+          else if (parsed.echo?.scoreOnly !== true) {
             const c = choices[e.index ?? 0]!;
             c.text += e.text;
             if (e.logprobs !== undefined) c.logprobs.push(...chatLogprobs(e.logprobs, texts));
-          } else final = e;
+          }
         }
+        if (parsed.echo !== undefined) for (const c of choices) c.text = parsed.echo.prompt + c.text;
         const reasons = finishReasons(final!);
         sendJson(res, 200, {
           id,
@@ -292,6 +309,13 @@ export async function startOpenAiServer(
       if (kind === 'chat')
         for (let index = 0; index < n; index++)
           res.write(chunk({ index, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }));
+      if (parsed.echo !== undefined) {
+        // The prompt first (its log-probabilities are the first event when asked for).
+        const scored = first.done || first.value.type !== 'delta' ? undefined : first.value.promptLogprobs;
+        const logprobs = scored !== undefined ? completionLogprobs(echoed(scored)) : null;
+        for (let index = 0; index < n; index++)
+          res.write(chunk({ index, text: parsed.echo.prompt, logprobs, finish_reason: null }));
+      }
       try {
         for (let step = first; !step.done; step = await events.next()) {
           const e = step.value;
@@ -299,7 +323,7 @@ export async function startOpenAiServer(
             final = e;
             continue; // the last event: the loop ends with the generator (its slot is released then)
           }
-          if (e.text === '' && e.logprobs === undefined) continue;
+          if ((e.text === '' && e.logprobs === undefined) || parsed.echo?.scoreOnly === true) continue;
           res.write(chunk(deltaChoice(kind, e, parsed.logprobs ? chatLogprobs(e.logprobs ?? [], texts) : undefined)));
         }
         const reasons = finishReasons(final!);
@@ -428,11 +452,13 @@ function deltaChoice(
   };
 }
 
-/** The legacy endpoint's log-probability shape. */
-function completionLogprobs(l: ReturnType<typeof chatLogprobs>): object {
+/** The legacy endpoint's log-probability shape (an echoed prompt's first token: null, as OpenAI has it). */
+function completionLogprobs(l: readonly LogprobEntry[]): object {
   return {
     tokens: l.map((x) => x.token),
     token_logprobs: l.map((x) => x.logprob),
-    top_logprobs: l.map((x) => Object.fromEntries(x.top_logprobs.map((t) => [t.token, t.logprob]))),
+    top_logprobs: l.map((x) =>
+      x.top_logprobs === null ? null : Object.fromEntries(x.top_logprobs.map((t) => [t.token, t.logprob])),
+    ),
   };
 }

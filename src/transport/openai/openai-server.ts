@@ -265,9 +265,10 @@ export async function startOpenAiServer(
         for (let step = first; !step.done; step = await events.next()) {
           const e = step.value;
           if (e.type === 'final') final = e;
-          else if (e.promptLogprobs !== undefined)
-            for (const c of choices) c.logprobs.push(...echoed(e.promptLogprobs));
-          else if (parsed.echo?.scoreOnly !== true) {
+          else if (e.promptLogprobs !== undefined) {
+            const prompt = echoed(e.promptLogprobs);
+            for (const c of choices) c.logprobs.push(...prompt);
+          } else if (parsed.echo?.scoreOnly !== true) {
             const c = choices[e.index ?? 0]!;
             c.text += e.text;
             if (e.logprobs !== undefined) c.logprobs.push(...chatLogprobs(e.logprobs, texts));

@@ -56,6 +56,11 @@ export interface GenerateRequest {
    * token is picked from those the constraint allows (speculation keeps the output identical).
    */
   readonly responseFormat?: ResponseFormat;
+  /**
+   * The shared draft pool this request drafts from and feeds (issue 34): earlier requests of the
+   * same scope. Set by the transport from the caller's API key and cache salt; absent: none.
+   */
+  readonly cacheScope?: string;
 }
 
 /**
@@ -126,6 +131,9 @@ export interface GenerationStats {
   acceptedAtPosition: number[];
   forwardMs: number;
   draftMs: number;
+  /** Of draftTokensProposed / draftTokensAccepted: those the shared draft pool proposed (GenerateRequest.cacheScope). */
+  poolDraftTokens: number;
+  poolAcceptedTokens: number;
 }
 
 export interface GenerationDelta {

@@ -47,6 +47,8 @@ function final(overrides: Partial<ServiceFinal> = {}): ServiceFinal {
       acceptedAtPosition: [],
       forwardMs: 50,
       draftMs: 1,
+      poolDraftTokens: 0,
+      poolAcceptedTokens: 0,
     },
     ...overrides,
   };
@@ -355,7 +357,13 @@ test("toFinalInfo only renames the service's times (the service counts them from
   t.deepEqual(toFinalInfo(final(), '42'), {
     finish_reason: 'FINISH_REASON_LENGTH',
     usage: { input_tokens: 11, output_tokens: 7 },
-    speculation: { verify_steps: 4, draft_tokens: 9, accepted_tokens: 3 },
+    speculation: {
+      verify_steps: 4,
+      draft_tokens: 9,
+      accepted_tokens: 3,
+      pool_draft_tokens: 0,
+      pool_accepted_tokens: 0,
+    },
     queue_ms: 5,
     first_token_ms: 20,
     total_ms: 100,

@@ -30,6 +30,8 @@ const ENGINE_FINAL: GenerationFinal = {
     acceptedAtPosition: [],
     forwardMs: 8,
     draftMs: 0,
+    poolDraftTokens: 0,
+    poolAcceptedTokens: 0,
   },
 };
 

@@ -161,6 +161,7 @@ export async function runServe(argv: readonly string[]): Promise<number> {
     displayName,
     pool: { maxActive: config.maxActiveSequences, maxQueued: config.maxQueuedRequests },
     limits: { maxNewTokensDefault: config.maxNewTokensDefault, maxNewTokensLimit: config.maxNewTokensLimit },
+    draftPools: config.draftPool === 'on',
   });
   const generationTelemetry = new GenerationTelemetry(
     telemetry.tracer,

@@ -61,6 +61,8 @@ export interface ServerConfig {
    * 0 = every sequence runs its own forwards. @default 0
    */
   readonly batchSlots: number;
+  /** Shared draft pools: requests of one cache scope (API key + salt) draft from each other's text. @default on */
+  readonly draftPool: 'on' | 'off';
   /** cuda batching (paged graph): every step the full-width shape, so outputs are bitwise the same at any load. @default true */
   readonly batchInvariant: 'on' | 'off';
   /** With --batch-slots on cuda: token rows of each step's packed prefill forward. */
@@ -130,6 +132,7 @@ export const SERVER_SETTINGS = {
   replicaRestartsPerMinute: { flag: 'replica-restarts-per-minute', env: ['ANPD_REPLICA_RESTARTS_PER_MINUTE'] },
   batchSlots: { flag: 'batch-slots', env: ['ANPD_BATCH_SLOTS'] },
   batchInvariant: { flag: 'batch-invariant', env: ['ANPD_BATCH_INVARIANT'] },
+  draftPool: { flag: 'draft-pool', env: ['ANPD_DRAFT_POOL'] },
   prefillTokensPerStep: { flag: 'prefill-tokens-per-step', env: ['ANPD_PREFILL_TOKENS_PER_STEP'] },
   batchModelDir: { flag: 'batch-model', env: ['ANPD_BATCH_MODEL_DIR'] },
   kvCapacity: { flag: 'kv-capacity', env: ['ANPD_KV_CAPACITY'] },
@@ -177,6 +180,8 @@ Options (flag, environment variable, default):
                                                                      0.25 s, doubling to 30 s while starts fail)
   --batch-slots K                    ANPD_BATCH_SLOTS                0 (off; up to K sequences per forward)
   --batch-invariant on|off           ANPD_BATCH_INVARIANT            on (cuda batching: outputs the same at any load)
+  --draft-pool on|off                ANPD_DRAFT_POOL                 on (requests of one API key + cache salt draft
+                                                                     from each other's text; speed only)
   --prefill-tokens-per-step N        ANPD_PREFILL_TOKENS_PER_STEP    2048 (cuda batching: prompts packed per step)
   --batch-model DIR[,DIR…]           ANPD_BATCH_MODEL_DIR            none (K-slot graphs of --model's weights)
   --kv-capacity N                    ANPD_KV_CAPACITY                8192
@@ -350,6 +355,7 @@ export function parseServerConfig(
     replicaRestartsPerMinute: int('replicaRestartsPerMinute', 5, 1, 600),
     batchSlots,
     batchInvariant: choice('batchInvariant', ['on', 'off'] as const, 'on'),
+    draftPool: choice('draftPool', ['on', 'off'] as const, 'on'),
     prefillTokensPerStep: int(
       'prefillTokensPerStep',
       PREFILL_TOKENS_PER_STEP_DEFAULT,

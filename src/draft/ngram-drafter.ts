@@ -13,6 +13,7 @@
  * otherwise draft token by token from the highest level that has a confident entry (ANPD's
  * multi-level n-gram), the most frequent continuation first, ties to the most recent.
  */
+import { ContextTable, mix } from './context-table.js';
 import type { Drafter } from './drafter.js';
 
 export interface NgramDrafterOptions {
@@ -96,63 +97,6 @@ class EntryPool {
   }
 }
 
-/** One level's map from a context's 32-bit hash to its entry: open addressing over typed arrays (no boxed keys, no garbage). */
-class ContextTable {
-  size = 0;
-  private keys: Int32Array;
-  /** Entry index + 1; 0: empty. */
-  private values: Int32Array;
-
-  constructor(capacity: number) {
-    let n = 16;
-    while (n < capacity * 2) n *= 2;
-    this.keys = new Int32Array(n);
-    this.values = new Int32Array(n);
-  }
-
-  /** The entry of `hash`, or −1. */
-  get(hash: number): number {
-    const mask = this.keys.length - 1;
-    const key = hash | 0;
-    for (let i = key & mask; ; i = (i + 1) & mask) {
-      const v = this.values[i]!;
-      if (v === 0) return -1;
-      if (this.keys[i] === key) return v - 1;
-    }
-  }
-
-  /** Adds `hash` (absent) → `entry`. */
-  set(hash: number, entry: number): void {
-    // At most half full: probes stay short and get() always meets an empty slot.
-    if (2 * (this.size + 1) > this.keys.length) this.rehash();
-    this.insert(hash | 0, entry + 1);
-    this.size++;
-  }
-
-  private insert(key: number, value: number): void {
-    const mask = this.keys.length - 1;
-    let i = key & mask;
-    while (this.values[i] !== 0) i = (i + 1) & mask;
-    this.keys[i] = key;
-    this.values[i] = value;
-  }
-
-  private rehash(): void {
-    const { keys, values } = this;
-    this.keys = new Int32Array(keys.length * 2);
-    this.values = new Int32Array(values.length * 2);
-    for (let i = 0; i < keys.length; i++) if (values[i] !== 0) this.insert(keys[i]!, values[i]!);
-  }
-}
-
-/** 32-bit rolling hash step (murmur-style, exact integer arithmetic via Math.imul). */
-function mix(h: number, token: number): number {
-  let x = (h ^ Math.imul(token + 1, 0x9e3779b1)) >>> 0;
-  x = Math.imul(x ^ (x >>> 16), 0x85ebca6b);
-  x = Math.imul(x ^ (x >>> 13), 0xc2b2ae35);
-  return (x ^ (x >>> 16)) >>> 0;
-}
-
 export class NgramDrafter implements Drafter {
   readonly options: NgramDrafterOptions;
   private history: Int32Array;
@@ -163,6 +107,8 @@ export class NgramDrafter implements Drafter {
   private readonly scratch: number[] = [];
   lookups = 0;
   hits = 0;
+  /** The last proposal's span-copy match length (tokens), 0 when it did not copy. */
+  lastCopyMatch = 0;
 
   constructor(prompt: readonly number[], options: NgramDrafterOptions = DEFAULT_NGRAM_OPTIONS) {
     if (!Number.isInteger(options.n) || options.n < 2 || options.n > NGRAM_N_MAX)
@@ -178,6 +124,11 @@ export class NgramDrafter implements Drafter {
 
   get size(): number {
     return this.length;
+  }
+
+  /** The committed tokens are `committed()[0, size)` (the array is replaced as it grows: read it, do not keep it). */
+  committed(): Int32Array {
+    return this.history;
   }
 
   /** Number of distinct contexts stored per level (for tests and memory accounting). */
@@ -229,6 +180,7 @@ export class NgramDrafter implements Drafter {
     draft.length = 0;
     if (maxTokens <= 0 || this.length === 0) return draft;
     const o = this.options;
+    this.lastCopyMatch = 0;
     // 1. Span copy from the latest occurrence of the longest context, if its match is long enough.
     if (o.copyMinMatch > 0) {
       const src = this.copySource();
@@ -271,6 +223,7 @@ export class NgramDrafter implements Drafter {
       match++;
     if (match < o.copyMinMatch) return -1;
     this.hits++;
+    this.lastCopyMatch = match;
     return latest;
   }
 

@@ -13,6 +13,7 @@ import {
   type Prompt,
 } from '../contract.js';
 import { type GrammarMatcher, grammarCompilerFor } from '../constrain/grammar.js';
+import { DraftPools } from '../draft/draft-pool.js';
 import { CancelledError } from '../errors.js';
 import { type SampleSetup, SpeculativeDecoder } from '../generate/speculative-decoder.js';
 import type { DecoderModel, DecoderSequence, ModelInfo } from '../runtime/types.js';
@@ -25,6 +26,12 @@ import { prepareGeneration, tokenizePrompt } from './validate.js';
 
 /** Prefill rows per forward when prompt log-probabilities are asked for (each row is a vocab of logits). */
 export const PROMPT_LOGPROBS_CHUNK = 64;
+/**
+ * Shared draft pools (issue 34): corpus tokens kept per cache scope and scopes kept per replica
+ * (least recently used out). ~1.3 MB a full scope (corpus and index): ≤ ~21 MB a replica.
+ */
+export const DRAFT_POOL_TOKENS_MAX = 65_536;
+export const DRAFT_POOL_SCOPES_MAX = 16;
 
 export class Engine implements GenerationBackend {
   readonly model: DecoderModel;
@@ -33,6 +40,8 @@ export class Engine implements GenerationBackend {
   readonly forwardCosts: ForwardCostTable;
   /** What runs in each forward of this model: membership, draft budgets, batching (draft lengths are chosen for the batch). */
   private readonly steps: StepScheduler;
+  /** Shared draft pools per cache scope (GenerateRequest.cacheScope), bounded. */
+  readonly draftPools = new DraftPools({ tokensMax: DRAFT_POOL_TOKENS_MAX }, DRAFT_POOL_SCOPES_MAX);
 
   /** `forwardCost`: where the table comes from (default: measured on first need; createEngine measures it now). */
   constructor(model: DecoderModel, tokenizer: TextTokenizer, forwardCost: ForwardCostPlan = DEFER_MEASUREMENT) {
@@ -112,6 +121,9 @@ export class Engine implements GenerationBackend {
         signal,
         started,
         prefill,
+        ...(speculate && request.cacheScope !== undefined
+          ? { draftPool: this.draftPools.get(request.cacheScope) }
+          : {}),
       };
       const constraintOf = (index: number) => (constraints.length > 0 ? { constraint: constraints[index]! } : {});
       if (samples === 1) {

@@ -78,6 +78,8 @@ export interface InferenceServiceOptions {
   readonly displayName?: string;
   readonly pool: AdmissionQueueOptions;
   readonly limits: ServiceLimits;
+  /** Shared draft pools (issue 34: requests of one cache scope draft from each other's text). @default true */
+  readonly draftPools?: boolean;
 }
 
 export class InferenceService {
@@ -88,8 +90,9 @@ export class InferenceService {
   readonly limits: ServiceLimits;
   private readonly replicaSet: ReplicaSet | undefined;
   private readonly requestLimits: RequestLimits;
+  private readonly draftPools: boolean;
 
-  constructor({ engine, replicas, modelName, displayName, pool, limits }: InferenceServiceOptions) {
+  constructor({ engine, replicas, modelName, displayName, pool, limits, draftPools }: InferenceServiceOptions) {
     if (limits.maxNewTokensLimit > MAX_NEW_TOKENS_LIMIT || limits.maxNewTokensDefault > limits.maxNewTokensLimit) {
       throw new RangeError(`need maxNewTokensDefault ≤ maxNewTokensLimit ≤ ${MAX_NEW_TOKENS_LIMIT}`);
     }
@@ -100,6 +103,7 @@ export class InferenceService {
     this.pool = new AdmissionQueue(pool);
     this.limits = limits;
     this.requestLimits = { ...limits, sequenceSlots: this.pool.maxActive };
+    this.draftPools = draftPools ?? true;
   }
 
   get poolState(): AdmissionQueueState {
@@ -154,7 +158,13 @@ export class InferenceService {
     // Full: refuse before tokenizing (a malformed request then also gets RESOURCE_EXHAUSTED).
     this.pool.refuseIfFull();
     // The one validation (engine/validate.ts): the server's max_new_tokens default and limit, n within the slots.
-    const prepared = prepareGeneration(engine.tokenizer, engine.info, request, this.requestLimits);
+    const prepared = prepareGeneration(
+      engine.tokenizer,
+      engine.info,
+      // Pools off server-wide: no request has a scope.
+      this.draftPools || request.cacheScope === undefined ? request : withoutCacheScope(request),
+      this.requestLimits,
+    );
     // A response_format is compiled here (cached) so that a bad one is refused before it takes a slot.
     const format = prepared.request.responseFormat;
     if (format !== undefined)
@@ -207,4 +217,9 @@ function withTimings(final: GenerationFinal, queueMs: number): ServiceFinal {
     firstTokenMs: final.completionTokens > 0 ? queueMs + final.firstTokenMs : 0,
     totalMs: queueMs + final.totalMs,
   };
+}
+
+function withoutCacheScope(request: GenerateRequest): GenerateRequest {
+  const { cacheScope: _, ...rest } = request;
+  return rest;
 }

@@ -95,5 +95,7 @@ export function mergeStats(all: readonly Readonly<GenerationStats>[]): Generatio
     acceptedAtPosition: sumArrays((s) => s.acceptedAtPosition),
     forwardMs: sum((s) => s.forwardMs),
     draftMs: sum((s) => s.draftMs),
+    poolDraftTokens: sum((s) => s.poolDraftTokens),
+    poolAcceptedTokens: sum((s) => s.poolAcceptedTokens),
   };
 }

@@ -25,7 +25,9 @@ import {
   type OthersLoad,
 } from '../draft/draft-length-controller.js';
 import { type Drafter, NO_DRAFTER } from '../draft/drafter.js';
+import type { DraftPool } from '../draft/draft-pool.js';
 import { ANPD_PAPER_OPTIONS, DEFAULT_NGRAM_OPTIONS, NgramDrafter } from '../draft/ngram-drafter.js';
+import { PooledDrafter } from '../draft/pooled-drafter.js';
 import { CancelledError } from '../errors.js';
 import type { DecoderSequence, ModelInfo } from '../runtime/types.js';
 import { tokenLogprob, type TokenLogprob } from '../sampling/logprobs.js';
@@ -86,6 +88,8 @@ export interface SampleSetup {
   readonly prefill: { readonly ms: number; readonly forwardMs: number };
   /** The response_format's matcher for this sample, at the start of its output; absent: unconstrained. */
   readonly constraint?: TokenConstraint;
+  /** The request's shared draft pool (GenerateRequest.cacheScope); absent: its own tables alone. */
+  readonly draftPool?: DraftPool;
 }
 
 const EMPTY_IDS = new Int32Array(0);
@@ -106,6 +110,8 @@ export class SpeculativeDecoder {
   private readonly minNewTokens: number;
   private readonly suppressedBeforeMin: readonly number[] | undefined;
   private readonly drafter: Drafter;
+  /** The drafter when a shared pool stands beside the request's own tables. */
+  private readonly pooled: PooledDrafter | undefined;
   private readonly controller: DraftLength;
   private readonly emitter: Emitter;
   private readonly stats: GenerationStats;
@@ -160,12 +166,18 @@ export class SpeculativeDecoder {
     const rowsMin = info.forwardRowsMin;
     this.forcedDrafts = speculate && spec.forcedDrafts !== false;
     const d0 = performance.now();
-    this.drafter = speculate
+    const own = speculate
       ? new NgramDrafter(promptTokens, {
           ...(spec.drafter === 'paper' ? ANPD_PAPER_OPTIONS : DEFAULT_NGRAM_OPTIONS),
           n: spec.ngramN,
         })
-      : NO_DRAFTER;
+      : undefined;
+    // One sample of several feeds the pool: the prompt once.
+    this.pooled =
+      own !== undefined && setup.draftPool !== undefined
+        ? new PooledDrafter(own, setup.draftPool, index === undefined || index === 0)
+        : undefined;
+    this.drafter = this.pooled ?? own ?? NO_DRAFTER;
     this.controller = !speculate
       ? fixedDraftLength(0, rowsMin)
       : spec.draftLength === 'fixed'
@@ -183,6 +195,8 @@ export class SpeculativeDecoder {
       // The shared prefill counts once, on the first sample.
       forwardMs: index === undefined || index === 0 ? setup.prefill.forwardMs : 0,
       draftMs: indexMs,
+      poolDraftTokens: 0,
+      poolAcceptedTokens: 0,
     };
     this.logprobTop = request.logprobs?.top;
     this.rawRow =
@@ -230,6 +244,8 @@ export class SpeculativeDecoder {
         const committed = this.emitted.slice(0, emitter.count);
         if (this.constraint !== undefined) this.constraintTakes(this.constraint, committed);
         if (emitter.finishReason === undefined) this.commit(committed);
+        // The last round's tokens still count for the pool (its acceptance, and the text it keeps).
+        else this.pooled?.commit(committed);
         if (committed.length > 0 || emitter.text.length > 0) {
           if (this.firstTokenMs === 0) this.firstTokenMs = performance.now() - started;
           const text = emitter.text;
@@ -243,6 +259,11 @@ export class SpeculativeDecoder {
       // Out of tokens before the constrained output was complete: say so, not 'length'.
       if (emitter.finishReason === 'length' && this.constraint !== undefined && !(await this.constraintComplete()))
         emitter.finishReason = 'constraint_incomplete';
+      if (this.pooled !== undefined) {
+        this.stats.poolDraftTokens = this.pooled.poolDraftTokens;
+        this.stats.poolAcceptedTokens = this.pooled.poolAcceptedTokens;
+        this.pooled.finish();
+      }
       yield {
         type: 'final',
         finishReason: emitter.finishReason!, // (set: the loop ends only then)

@@ -113,6 +113,7 @@ export class BidiCall {
       stream: true,
       signal,
       parent: this.scope.parent,
+      authorization: this.scope.authorization,
       cancelEndsWithFinal: () => controller.signal.reason instanceof CancelRequested,
     };
     try {

@@ -3,6 +3,7 @@
  * GenerateBidi): parse → service.generate → observe (telemetry) → map to chunks → write. The
  * handlers only choose where the chunks go and what an error becomes.
  */
+import { cacheScopeOf } from '../cache-scope.js';
 import type { Context } from '@opentelemetry/api';
 import { type InferenceService, ServiceCancelledError } from '../../engine/inference-service.js';
 import type { GenerationTelemetry } from '../../telemetry/generation-telemetry.js';
@@ -32,6 +33,8 @@ export interface GenerationCall {
   readonly signal: AbortSignal;
   /** The RPC span's context: the generation span's parent. */
   readonly parent: Context;
+  /** The caller's authorization metadata: with CacheOptions, the request's cache scope. */
+  readonly authorization: unknown;
   /**
    * Whether a cancellation is the client's own cancel for this request: then it ends with a
    * CANCELLED final chunk instead of an error (GenerateBidi's cancel message).
@@ -54,7 +57,9 @@ export class GenerationAdapter {
    */
   async run(msg: GenerateRequestMsg, call: GenerationCall, open: (parsed: ParsedGenerate) => ChunkSink): Promise<void> {
     const parsed = parseGenerateRequest(msg);
-    const { requestId, model, request, seed } = parsed;
+    const { requestId, model, seed } = parsed;
+    const cacheScope = cacheScopeOf(call.authorization, parsed.cache.salt, parsed.cache.off);
+    const request = cacheScope !== undefined ? { ...parsed.request, cacheScope } : parsed.request;
     const sink = open(parsed);
     const texts = (ids: readonly number[]) => this.service.decodeTokens(model, ids);
     const meta = { method: call.method, requestId, model: this.service.modelName, request, stream: call.stream };

@@ -8,12 +8,14 @@ import {
   DEFAULT_SPECULATION,
   type GenerateRequest as EngineRequest,
   type GenerationDelta,
+  type GenerationStats,
   type Prompt,
   type ResponseFormat,
   type SpeculationOptions,
 } from '../../contract.js';
 import type { ServiceCancelledError, ServiceFinal, ServedModelInfo } from '../../engine/inference-service.js';
 import { InvalidRequestError } from '../../errors.js';
+import { CACHE_SALT_CHARS_MAX } from '../cache-scope.js';
 import type { TokenLogprob } from '../../sampling/logprobs.js';
 import type { SamplingParams as EngineSampling } from '../../sampling/sampler.js';
 import type { ChatMessage } from '../../tokenizer/tokenizer.js';
@@ -66,6 +68,7 @@ export interface GenerateRequestMsg {
     regex?: string;
     grammar?: string;
   };
+  cache?: { salt?: string; off?: boolean };
 }
 
 export interface TokenLogprobMsg {
@@ -84,11 +87,29 @@ export type FinishReasonMsg =
   | 'FINISH_REASON_TIME_LIMIT'
   | 'FINISH_REASON_CONSTRAINT_INCOMPLETE';
 
+export interface SpeculationStatsMsg {
+  verify_steps: number;
+  draft_tokens: number;
+  accepted_tokens: number;
+  pool_draft_tokens: number;
+  pool_accepted_tokens: number;
+}
+
+function speculationStats(stats: Readonly<GenerationStats>): SpeculationStatsMsg {
+  return {
+    verify_steps: stats.rounds,
+    draft_tokens: stats.draftTokensProposed,
+    accepted_tokens: stats.draftTokensAccepted,
+    pool_draft_tokens: stats.poolDraftTokens,
+    pool_accepted_tokens: stats.poolAcceptedTokens,
+  };
+}
+
 export interface SampleFinalMsg {
   index: number;
   finish_reason: FinishReasonMsg;
   output_tokens: number;
-  speculation: { verify_steps: number; draft_tokens: number; accepted_tokens: number };
+  speculation: SpeculationStatsMsg;
 }
 
 export interface SampleOutputMsg {
@@ -103,7 +124,7 @@ export interface FinalInfoMsg {
   finish_reason: FinishReasonMsg;
   samples?: SampleFinalMsg[];
   usage: { input_tokens: number; output_tokens: number };
-  speculation: { verify_steps: number; draft_tokens: number; accepted_tokens: number };
+  speculation: SpeculationStatsMsg;
   queue_ms: number;
   first_token_ms: number;
   total_ms: number;
@@ -296,6 +317,8 @@ export interface ParsedGenerate {
   readonly request: EngineRequest;
   /** Echoed in FinalInfo.seed. */
   readonly seed: string;
+  /** CacheOptions: the transport makes the request's cache scope of them and the caller's key. */
+  readonly cache: { readonly salt: string; readonly off: boolean };
 }
 
 /** Wire request → engine request. max_new_tokens 0 stays 0: the service applies its default. */
@@ -332,7 +355,16 @@ export function parseGenerateRequest(msg: GenerateRequestMsg): ParsedGenerate {
     msg.logprobs?.enabled === true || top > 0 || prompt
       ? { ...request, logprobs: prompt ? { top, prompt } : { top } }
       : request;
-  return { requestId, model: msg.model ?? '', request: withLogprobs, seed: msg.sampling?.seed || '0' };
+  const salt = msg.cache?.salt ?? '';
+  if (salt.length > CACHE_SALT_CHARS_MAX)
+    throw new InvalidRequestError(`cache.salt is longer than ${CACHE_SALT_CHARS_MAX} characters`);
+  return {
+    requestId,
+    model: msg.model ?? '',
+    request: withLogprobs,
+    seed: msg.sampling?.seed || '0',
+    cache: { salt, off: msg.cache?.off === true },
+  };
 }
 
 /** Texts of token ids, one per id (the service decodes them with the model's tokenizer). */
@@ -409,11 +441,7 @@ export function toFinalInfo(final: ServiceFinal, seed: string): FinalInfoMsg {
       index: s.index,
       finish_reason: FINISH_REASONS[s.finishReason],
       output_tokens: s.completionTokens,
-      speculation: {
-        verify_steps: s.stats.rounds,
-        draft_tokens: s.stats.draftTokensProposed,
-        accepted_tokens: s.stats.draftTokensAccepted,
-      },
+      speculation: speculationStats(s.stats),
     }));
   }
   return info;
@@ -423,11 +451,7 @@ function toFinalInfoOne(final: ServiceFinal, seed: string): FinalInfoMsg {
   return {
     finish_reason: FINISH_REASONS[final.finishReason],
     usage: { input_tokens: final.promptTokens, output_tokens: final.completionTokens },
-    speculation: {
-      verify_steps: final.stats.rounds,
-      draft_tokens: final.stats.draftTokensProposed,
-      accepted_tokens: final.stats.draftTokensAccepted,
-    },
+    speculation: speculationStats(final.stats),
     queue_ms: final.queueMs,
     first_token_ms: final.firstTokenMs,
     total_ms: final.totalMs,
@@ -440,7 +464,13 @@ export function cancelledFinalInfo(cancelled: ServiceCancelledError, seed: strin
   return {
     finish_reason: 'FINISH_REASON_CANCELLED',
     usage: { input_tokens: cancelled.progress.promptTokens, output_tokens: cancelled.progress.completionTokens },
-    speculation: { verify_steps: 0, draft_tokens: 0, accepted_tokens: 0 },
+    speculation: {
+      verify_steps: 0,
+      draft_tokens: 0,
+      accepted_tokens: 0,
+      pool_draft_tokens: 0,
+      pool_accepted_tokens: 0,
+    },
     queue_ms: cancelled.queueMs,
     first_token_ms: 0,
     total_ms: cancelled.totalMs,

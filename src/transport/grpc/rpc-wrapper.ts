@@ -26,6 +26,8 @@ export interface RpcScope {
   readonly signal: AbortSignal;
   /** The RPC span's context: the parent of the spans the handler starts. */
   readonly parent: Context;
+  /** The caller's authorization metadata (its API key: the tenant of the request's cache scope). */
+  readonly authorization: unknown;
 }
 
 /** A bidi call outlives its handler: the handler ends the RPC itself, once, with the call's status. */
@@ -112,6 +114,7 @@ export class RpcWrapper {
     return {
       signal: context.signal,
       parent: rpc?.context ?? ROOT_CONTEXT,
+      authorization: call.metadata.get('authorization')[0],
       end: (code) => {
         if (ended) return;
         ended = true;

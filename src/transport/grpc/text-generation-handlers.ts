@@ -74,7 +74,13 @@ async function generate(
   let response: GenerateResponseMsg | undefined;
   await generations.run(
     request,
-    { method: 'Generate', stream: false, signal: scope.signal, parent: scope.parent },
+    {
+      method: 'Generate',
+      stream: false,
+      signal: scope.signal,
+      parent: scope.parent,
+      authorization: scope.authorization,
+    },
     (parsed) => {
       const outputs = Array.from({ length: parsed.request.n ?? 1 }, (_, index) => ({
         index,
@@ -117,7 +123,13 @@ function generateStream(
 ): Promise<void> {
   return generations.run(
     request,
-    { method: 'GenerateStream', stream: true, signal: scope.signal, parent: scope.parent },
+    {
+      method: 'GenerateStream',
+      stream: true,
+      signal: scope.signal,
+      parent: scope.parent,
+      authorization: scope.authorization,
+    },
     () => writer,
   );
 }

@@ -6,6 +6,7 @@
 import type { FinishReason, GenerateRequest, Prompt, ResponseFormat, SpeculationOptions } from '../../contract.js';
 import { DEFAULT_SPECULATION } from '../../contract.js';
 import { InvalidRequestError } from '../../errors.js';
+import { CACHE_SALT_CHARS_MAX } from '../cache-scope.js';
 import type { TokenLogprob } from '../../sampling/logprobs.js';
 import type { SamplingParams } from '../../sampling/sampler.js';
 import type { ChatMessage } from '../../tokenizer/tokenizer.js';
@@ -24,6 +25,8 @@ export interface ParsedOpenAiRequest {
    * one token is generated (the engine always generates one) and not returned.
    */
   readonly echo?: { readonly prompt: string; readonly scoreOnly: boolean };
+  /** `cache_salt` (as vLLM takes it) and our `cache_off`: with the caller's key, the request's cache scope. */
+  readonly cache: { readonly salt: string; readonly off: boolean };
 }
 
 const isObject = (v: unknown): v is Body => typeof v === 'object' && v !== null && !Array.isArray(v);
@@ -158,12 +161,16 @@ function common(body: Body, prompt: Prompt, maxTokensFields: readonly string[]):
     ...(n !== 1 ? { n } : {}),
     ...(responseFormat !== undefined ? { responseFormat } : {}),
   };
+  const salt = body['cache_salt'] ?? '';
+  if (typeof salt !== 'string' || salt.length > CACHE_SALT_CHARS_MAX)
+    throw new InvalidRequestError(`cache_salt must be a string of at most ${CACHE_SALT_CHARS_MAX} characters`);
   return {
     model: model ?? '',
     request,
     stream: optionalBoolean(body, 'stream') ?? false,
     includeUsage: isObject(streamOptions) && streamOptions['include_usage'] === true,
     logprobs: false,
+    cache: { salt, off: optionalBoolean(body, 'cache_off') ?? false },
   };
 }
 

@@ -16,6 +16,7 @@ import type { Logger } from '../../log.js';
 import type { TokenLogprob } from '../../sampling/logprobs.js';
 import type { GenerationTelemetry } from '../../telemetry/generation-telemetry.js';
 import { BearerTokenCheck } from '../bearer-token.js';
+import { cacheScopeOf } from '../cache-scope.js';
 import {
   chatLogprobs,
   finishReasonOf,
@@ -219,7 +220,9 @@ export async function startOpenAiServer(
     };
     const n = parsed.request.n ?? 1;
     const choices: Choice[] = Array.from({ length: n }, () => ({ text: '', logprobs: [] }));
-    const generation = service.generate('', parsed.request, controller.signal);
+    const cacheScope = cacheScopeOf(req.headers.authorization, parsed.cache.salt, parsed.cache.off);
+    const request = cacheScope !== undefined ? { ...parsed.request, cacheScope } : parsed.request;
+    const generation = service.generate('', request, controller.signal);
     const events =
       telemetry === undefined
         ? generation
@@ -255,6 +258,8 @@ export async function startOpenAiServer(
           verify_steps: f.stats.rounds,
           draft_tokens: f.stats.draftTokensProposed,
           accepted_tokens: f.stats.draftTokensAccepted,
+          pool_draft_tokens: f.stats.poolDraftTokens,
+          pool_accepted_tokens: f.stats.poolAcceptedTokens,
         },
       });
       const finishReasons = (f: ServiceFinal): FinishReason[] =>

@@ -191,6 +191,30 @@ test.serial(
   },
 );
 
+test.serial(
+  'cache_salt: a repeat drafts from the shared pool (usage.anpd), cache_off keeps a request out',
+  async (t) => {
+    const openai = await client();
+    const body = {
+      model: TEST_MODEL_NAME,
+      messages: [{ role: 'user' as const, content: 'List five prime numbers and say why each is prime.' }],
+      max_tokens: 48,
+      temperature: 0,
+    };
+    type AnpdUsage = { anpd: { pool_draft_tokens: number; pool_accepted_tokens: number } };
+    const usage = (r: { usage?: unknown }) => (r.usage as AnpdUsage).anpd;
+    // Extra body fields as vLLM takes them.
+    const first = await openai.chat.completions.create({ ...body, cache_salt: 'http' } as typeof body);
+    const again = await openai.chat.completions.create({ ...body, cache_salt: 'http' } as typeof body);
+    const off = await openai.chat.completions.create({ ...body, cache_salt: 'http', cache_off: true } as typeof body);
+    t.is(again.choices[0]!.message.content, first.choices[0]!.message.content);
+    t.is(off.choices[0]!.message.content, first.choices[0]!.message.content);
+    t.is(usage(first).pool_draft_tokens, 0);
+    t.true(usage(again).pool_accepted_tokens > 0);
+    t.is(usage(off).pool_draft_tokens, 0);
+  },
+);
+
 test.serial('response_format json_schema gives JSON that matches the schema', async (t) => {
   const openai = await client();
   const r = await openai.chat.completions.create({

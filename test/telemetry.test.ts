@@ -84,6 +84,8 @@ test.serial(
       t.is(a['app.llm.spec.method'], 'ngram');
       t.is(a['app.llm.spec.draft_tokens'], response.final.speculation.draft_tokens);
       t.is(a['app.llm.spec.accepted_tokens'], response.final.speculation.accepted_tokens);
+      t.is(a['app.llm.spec.pool_draft_tokens'], response.final.speculation.pool_draft_tokens);
+      t.is(a['app.llm.spec.pool_accepted_tokens'], response.final.speculation.pool_accepted_tokens);
       t.is(a['app.llm.spec.verify_steps'], response.final.speculation.verify_steps);
       t.true((a['app.llm.spec.tokens_per_step'] as number) > 1, 'drafts were accepted on a repetitive prompt');
       t.deepEqual(
@@ -205,6 +207,10 @@ test.serial('metrics after a known workload add up to the responses', async (t) 
     t.is(
       counter('app.llm.spec.accepted_tokens'),
       sum((r) => r.final.speculation.accepted_tokens),
+    );
+    t.is(
+      counter('app.llm.spec.pool_accepted_tokens'),
+      sum((r) => r.final.speculation.pool_accepted_tokens),
     );
     t.is(
       counter('app.llm.spec.verify_steps'),

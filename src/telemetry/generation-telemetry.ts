@@ -59,6 +59,8 @@ interface Instruments {
   readonly queue: Histogram;
   readonly draftTokens: Counter;
   readonly acceptedTokens: Counter;
+  readonly poolDraftTokens: Counter;
+  readonly poolAcceptedTokens: Counter;
   readonly verifySteps: Counter;
   readonly acceptedPerStep: Histogram;
 }
@@ -119,6 +121,14 @@ export class GenerationTelemetry {
       acceptedTokens: meter.createCounter(METRIC.specAcceptedTokens, {
         unit: '{token}',
         description: 'Draft tokens accepted by verification',
+      }),
+      poolDraftTokens: meter.createCounter(METRIC.specPoolDraftTokens, {
+        unit: '{token}',
+        description: 'Draft tokens proposed by the shared draft pools (of all draft tokens)',
+      }),
+      poolAcceptedTokens: meter.createCounter(METRIC.specPoolAcceptedTokens, {
+        unit: '{token}',
+        description: 'Shared-pool draft tokens accepted by verification',
       }),
       verifySteps: meter.createCounter(METRIC.specVerifySteps, {
         unit: '{step}',
@@ -310,6 +320,8 @@ export class GenerationTelemetry {
       [ATTR.ttftMs]: Math.round(ttftS * 1e5) / 100,
       [ATTR.specDraftTokens]: s.draftTokensProposed,
       [ATTR.specAcceptedTokens]: s.draftTokensAccepted,
+      [ATTR.specPoolDraftTokens]: s.poolDraftTokens,
+      [ATTR.specPoolAcceptedTokens]: s.poolAcceptedTokens,
       [ATTR.specVerifySteps]: s.rounds,
       [ATTR.specTau]: Math.round(tokensPerStep * 1000) / 1000,
     });
@@ -324,6 +336,8 @@ export class GenerationTelemetry {
     m.requests.add(1, { ...attrs, [ATTR.outcome]: 'ok' });
     m.draftTokens.add(s.draftTokensProposed, base);
     m.acceptedTokens.add(s.draftTokensAccepted, base);
+    m.poolDraftTokens.add(s.poolDraftTokens, base);
+    m.poolAcceptedTokens.add(s.poolAcceptedTokens, base);
     m.verifySteps.add(s.rounds, base);
     if (s.rounds > 0) m.acceptedPerStep.record(s.draftTokensAccepted / s.rounds, base);
     this.logger.info('request', {

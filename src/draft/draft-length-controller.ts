@@ -135,9 +135,14 @@ export class DraftLengthController {
     }
   }
 
-  /** Running acceptance estimate per position (for statistics). */
+  /** Running acceptance estimate per position (for statistics, and to start another controller from). */
   estimates(): readonly number[] {
     return Array.from(this.p);
+  }
+
+  /** Starts from another controller's estimates (positions past them keep theirs). */
+  restore(estimates: readonly number[]): void {
+    for (let j = 0; j < Math.min(estimates.length, this.p.length); j++) this.p[j] = estimates[j]!;
   }
 
   reset(): void {

@@ -45,6 +45,12 @@ export class DraftPool {
   private index: ContextTable;
   /** Documents dropped to stay within tokensMax. */
   evictions = 0;
+  /**
+   * How the scope's pool drafts are accepted, per draft position, as the last request to finish
+   * measured them: the next request sizes its pool drafts from there, not from a blind prior (a
+   * pool's reliability is the scope's, and a request is too short to learn it alone).
+   */
+  acceptance: readonly number[] | undefined;
 
   constructor(options: DraftPoolOptions) {
     if (!Number.isInteger(options.tokensMax) || options.tokensMax < 64)

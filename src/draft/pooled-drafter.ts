@@ -2,8 +2,9 @@
  * A request's own n-gram drafter with its scope's shared pool beside it (issue 34). Each round the
  * pool is asked for the continuation of the request's last tokens; its draft is taken when its
  * match is longer than the request's own span copy (a request's own text wins ties), otherwise the
- * request's own draft is. Counts what the pool proposed and what of it was accepted; at the end,
- * the request's tokens join the pool (`finish`).
+ * request's own draft is. The source is chosen first (`prepare`) so the decoder can size the draft
+ * with that source's acceptance. Counts what the pool proposed and what of it was accepted; at the
+ * end, the request's tokens join the pool (`finish`).
  */
 import type { Drafter } from './drafter.js';
 import type { DraftPool } from './draft-pool.js';
@@ -17,6 +18,9 @@ export class PooledDrafter implements Drafter {
   private readonly fromPool: number[] = [];
   /** Tokens of the current round's proposal that came from the pool (0: the round's draft is the request's own). */
   private pending = 0;
+  /** This round's prepared drafts (undefined: none prepared) and which one is taken. */
+  private ownDraft: readonly number[] | undefined;
+  private fromPoolChosen = false;
   poolDraftTokens = 0;
   poolAcceptedTokens = 0;
 
@@ -26,15 +30,28 @@ export class PooledDrafter implements Drafter {
     this.contributes = contributes;
   }
 
-  propose(maxTokens: number): readonly number[] {
-    const own = this.own.propose(maxTokens);
+  /**
+   * Chooses this round's source before its length is: the pool's continuation of the committed
+   * tokens when it matches longer than the request's own span copy, else the request's own draft,
+   * each up to `maxTokens`. Returns whether the pool is the source (its drafts are accepted at their
+   * own rate, so the decoder sizes them with their own estimates).
+   */
+  prepare(maxTokens: number): boolean {
+    this.ownDraft = this.own.propose(maxTokens);
     const match = this.pool.continuation(this.own.committed(), this.own.size, maxTokens, this.fromPool);
-    if (match > this.own.lastCopyMatch) {
-      this.pending = this.fromPool.length;
-      return this.fromPool;
-    }
-    this.pending = 0;
-    return own;
+    this.fromPoolChosen = match > this.own.lastCopyMatch;
+    return this.fromPoolChosen;
+  }
+
+  /** The prepared draft's first `maxTokens` tokens (a prefix: what propose(maxTokens) would have given). */
+  propose(maxTokens: number): readonly number[] {
+    if (this.ownDraft === undefined) this.prepare(maxTokens);
+    const draft = this.fromPoolChosen ? this.fromPool : (this.ownDraft as number[]);
+    // Both arrays are scratch, rewritten by the next prepare: trimming them allocates nothing.
+    if (draft.length > maxTokens) draft.length = maxTokens;
+    this.ownDraft = undefined;
+    this.pending = this.fromPoolChosen ? draft.length : 0;
+    return draft;
   }
 
   commit(tokens: readonly number[]): void {

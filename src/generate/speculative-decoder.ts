@@ -112,7 +112,12 @@ export class SpeculativeDecoder {
   private readonly drafter: Drafter;
   /** The drafter when a shared pool stands beside the request's own tables. */
   private readonly pooled: PooledDrafter | undefined;
+  /** Sizes the request's own drafts. */
   private readonly controller: DraftLength;
+  /** Sizes the shared pool's drafts (with a pool: they are accepted at a rate of their own). */
+  private readonly poolController: DraftLength | undefined;
+  /** The controller that sized this round's draft (it learns the round's acceptance). */
+  private roundController: DraftLength;
   private readonly emitter: Emitter;
   private readonly stats: GenerationStats;
   /** With log-probabilities: how many alternatives per token. */
@@ -178,11 +183,18 @@ export class SpeculativeDecoder {
         ? new PooledDrafter(own, setup.draftPool, index === undefined || index === 0)
         : undefined;
     this.drafter = this.pooled ?? own ?? NO_DRAFTER;
-    this.controller = !speculate
-      ? fixedDraftLength(0, rowsMin)
-      : spec.draftLength === 'fixed'
-        ? fixedDraftLength(draftTokensMax, rowsMin)
-        : new DraftLengthController({ ...DEFAULT_CONTROLLER_OPTIONS, draftTokensMax, forwardCost, rowsMin });
+    const controllerOf = (): DraftLength =>
+      !speculate
+        ? fixedDraftLength(0, rowsMin)
+        : spec.draftLength === 'fixed'
+          ? fixedDraftLength(draftTokensMax, rowsMin)
+          : new DraftLengthController({ ...DEFAULT_CONTROLLER_OPTIONS, draftTokensMax, forwardCost, rowsMin });
+    this.controller = controllerOf();
+    this.poolController = this.pooled !== undefined ? controllerOf() : undefined;
+    const poolAcceptance = setup.draftPool?.acceptance;
+    if (this.poolController instanceof DraftLengthController && poolAcceptance !== undefined)
+      this.poolController.restore(poolAcceptance);
+    this.roundController = this.controller;
     const indexMs = performance.now() - d0;
     this.stats = {
       rounds: 0,
@@ -263,6 +275,8 @@ export class SpeculativeDecoder {
         this.stats.poolDraftTokens = this.pooled.poolDraftTokens;
         this.stats.poolAcceptedTokens = this.pooled.poolAcceptedTokens;
         this.pooled.finish();
+        if (this.poolController instanceof DraftLengthController && this.pooled.poolDraftTokens > 0)
+          this.setup.draftPool!.acceptance = this.poolController.estimates();
       }
       yield {
         type: 'final',
@@ -279,14 +293,21 @@ export class SpeculativeDecoder {
     }
   }
 
-  /** length: how many draft tokens this round may carry; never past max_new_tokens nor the KV capacity. */
+  /**
+   * length: how many draft tokens this round may carry, by the estimates of the source that will
+   * draft it; never past max_new_tokens nor the KV capacity.
+   */
   private length(): number {
     const completion = this.emitter.completionTokens;
-    return Math.min(
-      this.controller.current(this.othersLoad()),
+    const limit = Math.min(
       this.setup.request.maxNewTokens - completion - 1,
       this.sequence.capacity - this.sequence.length - 1,
     );
+    this.roundController =
+      this.pooled !== undefined && limit > 0 && this.pooled.prepare(Math.min(limit, this.setup.draftTokensMax))
+        ? this.poolController!
+        : this.controller;
+    return Math.min(this.roundController.current(this.othersLoad()), limit);
   }
 
   /**
@@ -400,7 +421,7 @@ export class SpeculativeDecoder {
   /** record: the controller learns the acceptance; the statistics count the round. */
   private record(accepted: number): void {
     const drafted = this.draft.length;
-    this.controller.record(drafted, accepted);
+    this.roundController.record(drafted, accepted);
     const stats = this.stats;
     stats.rounds++;
     if (drafted > 0) {
@@ -446,7 +467,10 @@ export class SpeculativeDecoder {
 
   /** plan: this round's rows and expected tokens, published for the others' draft lengths. */
   private planBatch(): void {
-    this.seat!.plan(this.controller.rowsFor(this.draft.length), this.controller.expectedTokens(this.draft.length));
+    this.seat!.plan(
+      this.roundController.rowsFor(this.draft.length),
+      this.roundController.expectedTokens(this.draft.length),
+    );
   }
 
   private leaveBatch(): void {

@@ -104,6 +104,7 @@ export async function runServe(argv: readonly string[]): Promise<number> {
       supervision: { forwardTimeoutMs: config.forwardTimeoutMs, restartsPerMinuteMax: config.replicaRestartsPerMinute },
       // The cached table, else measured after SERVING (below) and written to the cache.
       forwardCost: cachedCost !== undefined ? { mode: 'fixed', table: cachedCost } : DEFER_MEASUREMENT,
+      prefixCacheBytes: config.prefixCacheMb * 2 ** 20,
     },
   );
   // (The first worker is spawned and this thread has read the tokenizer.)

@@ -63,6 +63,8 @@ export interface ServerConfig {
   readonly batchSlots: number;
   /** Shared draft pools: requests of one cache scope (API key + salt) draft from each other's text. @default on */
   readonly draftPool: 'on' | 'off';
+  /** Prefix KV cache per replica, MiB (CPU): prompts that start like an earlier one of their scope skip that prefill. 0 = off. @default 128 */
+  readonly prefixCacheMb: number;
   /** cuda batching (paged graph): every step the full-width shape, so outputs are bitwise the same at any load. @default true */
   readonly batchInvariant: 'on' | 'off';
   /** With --batch-slots on cuda: token rows of each step's packed prefill forward. */
@@ -133,6 +135,7 @@ export const SERVER_SETTINGS = {
   batchSlots: { flag: 'batch-slots', env: ['ANPD_BATCH_SLOTS'] },
   batchInvariant: { flag: 'batch-invariant', env: ['ANPD_BATCH_INVARIANT'] },
   draftPool: { flag: 'draft-pool', env: ['ANPD_DRAFT_POOL'] },
+  prefixCacheMb: { flag: 'prefix-cache-mb', env: ['ANPD_PREFIX_CACHE_MB'] },
   prefillTokensPerStep: { flag: 'prefill-tokens-per-step', env: ['ANPD_PREFILL_TOKENS_PER_STEP'] },
   batchModelDir: { flag: 'batch-model', env: ['ANPD_BATCH_MODEL_DIR'] },
   kvCapacity: { flag: 'kv-capacity', env: ['ANPD_KV_CAPACITY'] },
@@ -182,6 +185,8 @@ Options (flag, environment variable, default):
   --batch-invariant on|off           ANPD_BATCH_INVARIANT            on (cuda batching: outputs the same at any load)
   --draft-pool on|off                ANPD_DRAFT_POOL                 on (requests of one API key + cache salt draft
                                                                      from each other's text; speed only)
+  --prefix-cache-mb N                ANPD_PREFIX_CACHE_MB            128 (per replica, CPU: a prompt starting like an
+                                                                     earlier one of its scope copies that KV; 0 = off)
   --prefill-tokens-per-step N        ANPD_PREFILL_TOKENS_PER_STEP    2048 (cuda batching: prompts packed per step)
   --batch-model DIR[,DIR…]           ANPD_BATCH_MODEL_DIR            none (K-slot graphs of --model's weights)
   --kv-capacity N                    ANPD_KV_CAPACITY                8192
@@ -356,6 +361,7 @@ export function parseServerConfig(
     batchSlots,
     batchInvariant: choice('batchInvariant', ['on', 'off'] as const, 'on'),
     draftPool: choice('draftPool', ['on', 'off'] as const, 'on'),
+    prefixCacheMb: int('prefixCacheMb', 128, 0, 65_536),
     prefillTokensPerStep: int(
       'prefillTokensPerStep',
       PREFILL_TOKENS_PER_STEP_DEFAULT,

@@ -16,9 +16,15 @@ export type ModelDecorator = (model: DecoderModel) => DecoderModel;
 export async function createEngine(
   modelDir: string,
   runtime: RuntimeOptions = DEFAULT_RUNTIME_OPTIONS,
-  options: { forwardCost?: ForwardCostPlan; decorateModel?: ModelDecorator } = {},
+  options: { forwardCost?: ForwardCostPlan; decorateModel?: ModelDecorator; prefixCacheBytes?: number } = {},
 ): Promise<Engine> {
-  const engine = await loadEngine(modelDir, runtime, options.forwardCost ?? MEASURE_NOW, options.decorateModel);
+  const engine = await loadEngine(
+    modelDir,
+    runtime,
+    options.forwardCost ?? MEASURE_NOW,
+    options.decorateModel,
+    options.prefixCacheBytes,
+  );
   await engine.forwardCosts.settle();
   return engine;
 }
@@ -29,8 +35,9 @@ export async function loadEngine(
   runtime: RuntimeOptions,
   forwardCost: ForwardCostPlan,
   decorateModel?: ModelDecorator,
+  prefixCacheBytes?: number,
 ): Promise<Engine> {
   const tokenizer = loadTokenizer(modelDir);
   const loaded = await loadDecoderModel(modelDir, runtime);
-  return new Engine(decorateModel?.(loaded) ?? loaded, tokenizer, forwardCost);
+  return new Engine(decorateModel?.(loaded) ?? loaded, tokenizer, forwardCost, prefixCacheBytes);
 }

@@ -26,6 +26,8 @@ type PoolOptions = {
   isolation?: EngineIsolation;
   supervision?: Partial<SupervisionOptions>;
   workerEntry?: URL;
+  /** Each replica's prefix cache bound (absent: the engine's default; 0: none). */
+  prefixCacheBytes?: number;
 };
 
 export class EnginePool implements GenerationBackend, ReplicaSet {
@@ -39,6 +41,7 @@ export class EnginePool implements GenerationBackend, ReplicaSet {
     isolation: EngineIsolation,
     supervision: SupervisionOptions,
     workerEntry: URL | undefined,
+    prefixCacheBytes: number | undefined,
   ) {
     // A restart loads the same converted model with the same table: it never converts or measures.
     const start = () =>
@@ -47,6 +50,7 @@ export class EnginePool implements GenerationBackend, ReplicaSet {
         tokenizer: this.tokenizer,
         isolation,
         ...(workerEntry !== undefined ? { workerEntry } : {}),
+        ...(prefixCacheBytes !== undefined ? { prefixCacheBytes } : {}),
       });
     this.supervisor = new ReplicaSupervisor(replicas, start, supervision);
     this.router = new LeastLoadedRouter(replicas.length, (index) => this.supervisor.engineAt(index));
@@ -73,7 +77,10 @@ export class EnginePool implements GenerationBackend, ReplicaSet {
       options.isolation ?? (count > 1 && runtime.executionProvider !== 'cpu' ? 'process' : 'thread');
     // Deferring the measurement is for one replica; several share one table, measured by the first.
     const plan = options.forwardCost ?? MEASURE_NOW;
-    const workerEntry = options.workerEntry !== undefined ? { workerEntry: options.workerEntry } : {};
+    const workerEntry = {
+      ...(options.workerEntry !== undefined ? { workerEntry: options.workerEntry } : {}),
+      ...(options.prefixCacheBytes !== undefined ? { prefixCacheBytes: options.prefixCacheBytes } : {}),
+    };
     const first = await WorkerEngine.create(modelDir, perReplica, {
       forwardCost: count > 1 && plan.mode === 'defer' ? MEASURE_NOW : plan,
       isolation,
@@ -96,7 +103,15 @@ export class EnginePool implements GenerationBackend, ReplicaSet {
       await Promise.all(loaded.map((replica) => replica.dispose()));
       throw failed.reason;
     }
-    return new EnginePool(loaded, modelDir, perReplica, isolation, supervision, options.workerEntry);
+    return new EnginePool(
+      loaded,
+      modelDir,
+      perReplica,
+      isolation,
+      supervision,
+      options.workerEntry,
+      options.prefixCacheBytes,
+    );
   }
 
   /** Each replica's current engine (a dead one until its restart has loaded). */

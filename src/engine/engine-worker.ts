@@ -137,10 +137,16 @@ export function startEngineWorker(decorateModel: (model: DecoderModel) => Decode
 function handle(message: ToWorker, decorateModel: (model: DecoderModel) => DecoderModel): void {
   switch (message.type) {
     case 'init':
-      loadEngine(message.modelDir, message.runtime, message.forwardCost, (model) => {
-        forwards = new ForwardWatch(decorateModel(model));
-        return forwards;
-      }).then(
+      loadEngine(
+        message.modelDir,
+        message.runtime,
+        message.forwardCost,
+        (model) => {
+          forwards = new ForwardWatch(decorateModel(model));
+          return forwards;
+        },
+        message.prefixCacheBytes,
+      ).then(
         async (created) => {
           engine = created;
           const modelLoadedAt = epochNow();

@@ -22,6 +22,7 @@ import { StepScheduler } from '../schedule/step-scheduler.js';
 import type { TextTokenizer } from '../tokenizer/tokenizer.js';
 import { DEFER_MEASUREMENT, type ForwardCostPlan, ForwardCostTable } from './forward-cost.js';
 import { mergeSamples } from './merge-samples.js';
+import { PrefixCache } from './prefix-cache.js';
 import { prepareGeneration, tokenizePrompt } from './validate.js';
 
 /** Prefill rows per forward when prompt log-probabilities are asked for (each row is a vocab of logits). */
@@ -32,6 +33,8 @@ export const PROMPT_LOGPROBS_CHUNK = 64;
  */
 export const DRAFT_POOL_TOKENS_MAX = 65_536;
 export const DRAFT_POOL_SCOPES_MAX = 16;
+/** The prefix cache's default bound (~2,800 positions of SmolLM2-135M's float32 KV at 46 KB a position). */
+export const PREFIX_CACHE_BYTES_DEFAULT = 128 * 2 ** 20;
 
 export class Engine implements GenerationBackend {
   readonly model: DecoderModel;
@@ -43,12 +46,29 @@ export class Engine implements GenerationBackend {
   /** Shared draft pools per cache scope (GenerateRequest.cacheScope), bounded. */
   readonly draftPools = new DraftPools({ tokensMax: DRAFT_POOL_TOKENS_MAX }, DRAFT_POOL_SCOPES_MAX);
 
-  /** `forwardCost`: where the table comes from (default: measured on first need; createEngine measures it now). */
-  constructor(model: DecoderModel, tokenizer: TextTokenizer, forwardCost: ForwardCostPlan = DEFER_MEASUREMENT) {
+  /**
+   * Finished requests' KV by cache scope (host-KV models, `prefixCacheBytes` > 0): later prompts
+   * that start the same way copy it and prefill only the rest.
+   */
+  readonly prefixCache: PrefixCache | undefined;
+
+  /**
+   * `forwardCost`: where the table comes from (default: measured on first need; createEngine
+   * measures it now). `prefixCacheBytes`: the prefix cache's bound (0: none).
+   */
+  constructor(
+    model: DecoderModel,
+    tokenizer: TextTokenizer,
+    forwardCost: ForwardCostPlan = DEFER_MEASUREMENT,
+    prefixCacheBytes = PREFIX_CACHE_BYTES_DEFAULT,
+  ) {
     this.model = model;
     this.tokenizer = tokenizer;
     this.steps = StepScheduler.forModel(model);
     this.forwardCosts = new ForwardCostTable(model, forwardCost);
+    const perPosition = model.info.kvBytesPerPosition;
+    this.prefixCache =
+      prefixCacheBytes > 0 && perPosition !== undefined ? new PrefixCache(prefixCacheBytes, perPosition) : undefined;
   }
 
   get info(): ModelInfo {
@@ -71,6 +91,7 @@ export class Engine implements GenerationBackend {
   }
 
   dispose(): Promise<void> {
+    this.prefixCache?.dispose();
     return this.model.dispose();
   }
 
@@ -97,6 +118,13 @@ export class Engine implements GenerationBackend {
     const capacity = Math.min(info.contextLength, promptTokens.length + request.maxNewTokens + draftTokensMax + 1);
     const sequences: DecoderSequence[] = [];
     const constraints: GrammarMatcher[] = [];
+    // One sample, scoped, no prompt log-probabilities (they need every prompt row's logits): its
+    // prompt may start from a cached prefix, and its sequence is kept for later ones.
+    const scope = request.cacheScope;
+    const cache =
+      samples === 1 && scope !== undefined && request.logprobs?.prompt !== true ? this.prefixCache : undefined;
+    const outputIds: number[] = [];
+    let finished = false;
     try {
       const format = request.responseFormat;
       if (format !== undefined) {
@@ -107,7 +135,9 @@ export class Engine implements GenerationBackend {
       for (let i = 0; i < samples; i++) sequences.push(this.model.createSequence({ capacity }));
       throwIfAborted(signal, promptTokens.length);
       const t0 = performance.now();
-      const promptLogprobs = await this.prefill(prepared, sequences, signal);
+      const hit = cache?.lookup(scope!, promptTokens.slice(0, -1));
+      if (hit !== undefined) sequences[0]!.copyPrefixFrom?.(hit.sequence, hit.length);
+      const promptLogprobs = await this.prefill(prepared, sequences, signal, hit !== undefined ? hit.length : 0);
       const prefill = { ms: performance.now() - started, forwardMs: performance.now() - t0 };
       if (promptLogprobs !== undefined) yield { type: 'delta', text: '', tokenIds: [], promptLogprobs };
       const setup: Omit<SampleSetup, 'sequence' | 'index'> = {
@@ -127,12 +157,16 @@ export class Engine implements GenerationBackend {
       };
       const constraintOf = (index: number) => (constraints.length > 0 ? { constraint: constraints[index]! } : {});
       if (samples === 1) {
-        yield* new SpeculativeDecoder({
+        for await (const event of new SpeculativeDecoder({
           ...setup,
           sequence: sequences[0]!,
           index: undefined,
           ...constraintOf(0),
-        }).run();
+        }).run()) {
+          if (cache !== undefined && event.type === 'delta') for (const id of event.tokenIds) outputIds.push(id);
+          if (event.type === 'final') finished = true;
+          yield event;
+        }
       } else {
         yield* mergeSamples(
           sequences.map((sequence, index) =>
@@ -144,6 +178,16 @@ export class Engine implements GenerationBackend {
         );
       }
     } finally {
+      const kept = cache !== undefined && finished ? sequences.shift() : undefined;
+      if (kept !== undefined) {
+        // The KV holds the prompt and the output but its last token (fed next round), maybe fewer.
+        const length = Math.min(kept.length, promptTokens.length + outputIds.length - 1);
+        const tokens = new Int32Array(length);
+        for (let i = 0; i < length; i++)
+          tokens[i] = i < promptTokens.length ? promptTokens[i]! : outputIds[i - promptTokens.length]!;
+        kept.rewind(length);
+        cache!.retain(scope!, tokens, kept);
+      }
       for (const s of sequences) s.dispose();
       for (const c of constraints) c.dispose();
     }
@@ -157,6 +201,7 @@ export class Engine implements GenerationBackend {
     prepared: PreparedGeneration,
     sequences: readonly DecoderSequence[],
     signal: AbortSignal | undefined,
+    cached: number,
   ): Promise<TokenLogprob[] | undefined> {
     const { request, promptTokens } = prepared;
     const promptLogprobs: TokenLogprob[] | undefined = request.logprobs?.prompt === true ? [] : undefined;
@@ -164,8 +209,10 @@ export class Engine implements GenerationBackend {
     const prefix = promptTokens.slice(0, -1);
     const first = sequences[0]!;
     if (promptLogprobs === undefined) {
-      // The prefix's logits are never read: where the runtime can skip them, it does.
-      await (first.fill !== undefined ? first.fill(prefix) : first.forward(prefix, 1));
+      // The first `cached` positions came from the prefix cache. The prefix's logits are never
+      // read: where the runtime can skip them, it does.
+      const rest = cached > 0 ? prefix.slice(cached) : prefix;
+      if (rest.length > 0) await (first.fill !== undefined ? first.fill(rest) : first.forward(rest, 1));
     } else {
       // Every prefill row scores the next prompt token; chunks bound the logits buffer
       // (PROMPT_LOGPROBS_CHUNK rows × vocab). Same KV and rows as one forward (batch invariance).

@@ -199,6 +199,8 @@ export class WorkerEngine implements GenerationBackend {
       tokenizer?: TextTokenizer;
       isolation?: EngineIsolation;
       workerEntry?: URL;
+      /** The prefix cache's bound (absent: the engine's default; 0: none). */
+      prefixCacheBytes?: number;
     } = {},
   ): Promise<WorkerEngine> {
     const worker = startHost(options.isolation ?? 'thread', options.workerEntry ?? ENGINE_WORKER_MAIN);
@@ -224,7 +226,13 @@ export class WorkerEngine implements GenerationBackend {
       worker.on('message', onMessage);
       worker.on('error', onError);
       worker.on('exit', onExit);
-      const init: ToWorker = { type: 'init', modelDir, runtime, forwardCost: options.forwardCost ?? MEASURE_NOW };
+      const init: ToWorker = {
+        type: 'init',
+        modelDir,
+        runtime,
+        forwardCost: options.forwardCost ?? MEASURE_NOW,
+        ...(options.prefixCacheBytes !== undefined ? { prefixCacheBytes: options.prefixCacheBytes } : {}),
+      };
       worker.postMessage(init);
     }).catch(async (error: unknown) => {
       await worker.terminate();

@@ -21,6 +21,8 @@ export type ToWorker =
       readonly runtime: RuntimeOptions;
       /** Where the forward-cost table comes from; 'measure-now' measures it before 'ready'. */
       readonly forwardCost: ForwardCostPlan;
+      /** The prefix cache's bound in bytes (absent: the engine's default; 0: none). */
+      readonly prefixCacheBytes?: number;
     }
   | {
       readonly type: 'run';

@@ -201,5 +201,11 @@ export function convertedModelInfo(
     runner: plan.runner,
     attention: plan.attention,
     dtype: plan.dtype,
+    ...(plan.provider === 'cpu'
+      ? {
+          kvBytesPerPosition:
+            manifest.layers * 2 * manifest.kvHeads * manifest.headDim * (plan.dtype === 'float16' ? 2 : 4),
+        }
+      : {}),
   };
 }

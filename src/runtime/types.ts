@@ -32,6 +32,8 @@ export interface ModelInfo {
   readonly attention: 'onnxruntime' | 'native';
   /** Float type of activations and KV cache: our graph's (its manifest's dtype), float32 for an Optimum export. */
   readonly dtype: 'float32' | 'float16';
+  /** Host memory one KV position takes (all layers' keys and values), where the KV lives on the host (CPU); absent elsewhere. */
+  readonly kvBytesPerPosition?: number;
 }
 
 export interface DecoderSequence {

@@ -160,6 +160,8 @@ export interface GenerationFinal {
   readonly prefillMs: number;
   readonly totalMs: number;
   readonly stats: Readonly<GenerationStats>;
+  /** Of promptTokens: those whose KV came from the prefix cache (not prefilled); absent: none. */
+  readonly cachedPromptTokens?: number;
   /** With several samples: each one's end (the fields above: the first sample's finish reason, sums). */
   readonly samples?: readonly SampleFinal[];
 }

@@ -1,9 +1,9 @@
 /**
- * Shared draft pools on the real model through gRPC (issue 34): a request that says again what an
- * earlier one of its scope said drafts it from the pool, with the output unchanged (greedy and
- * seeded sampling, against speculation off); scopes are the API key and the salt, so another
- * tenant or another salt gets nothing from the pool, and a request that opts out neither drafts
- * from it nor feeds it.
+ * Shared draft pools and the prefix cache on the real model through gRPC (issue 34): a request
+ * that says again what an earlier one of its scope said drafts it from the pool and starts from
+ * its cached prompt KV, with the output unchanged (greedy and seeded sampling, against speculation
+ * off); scopes are the API key and the salt, so another tenant or another salt gets nothing from
+ * either, and a request that opts out neither uses nor feeds them.
  */
 import test from 'ava';
 import type { GenerateRequestMsg, GenerateResponseMsg } from '../src/transport/grpc/messages.js';
@@ -60,13 +60,17 @@ test.serial('another tenant, another salt and an opted-out request get nothing f
   await generate(KEY_A, { salt: 'private' });
   const mine = await generate(KEY_A, { salt: 'private' });
   t.true(mine.final.speculation.pool_draft_tokens > 0, 'the scope has the text');
+  t.true(mine.final.usage.cached_input_tokens > 0, "the scope's prompt KV is cached");
   const otherTenant = await generate(KEY_B, { salt: 'private' });
   t.is(otherTenant.final.speculation.pool_draft_tokens, 0, "tenant B drafts nothing from tenant A's text");
+  t.is(otherTenant.final.usage.cached_input_tokens, 0, "tenant B's prompt is not served from tenant A's KV");
   t.is(otherTenant.text, mine.text);
   const otherSalt = await generate(KEY_A, { salt: 'elsewhere' });
   t.is(otherSalt.final.speculation.pool_draft_tokens, 0);
+  t.is(otherSalt.final.usage.cached_input_tokens, 0);
   const optedOut = await generate(KEY_A, { salt: 'private', off: true });
   t.is(optedOut.final.speculation.pool_draft_tokens, 0, 'off: no drafts from the pool');
+  t.is(optedOut.final.usage.cached_input_tokens, 0, 'off: no cached prefix');
   // off also keeps a request out of the pool: a scope fed only by opted-out requests stays empty.
   await generate(KEY_A, { salt: 'never-fed', off: true });
   const unfed = await generate(KEY_A, { salt: 'never-fed' });

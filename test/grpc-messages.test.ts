@@ -356,7 +356,7 @@ test('toFinalInfo maps each finish reason', (t) => {
 test("toFinalInfo only renames the service's times (the service counts them from receipt)", (t) => {
   t.deepEqual(toFinalInfo(final(), '42'), {
     finish_reason: 'FINISH_REASON_LENGTH',
-    usage: { input_tokens: 11, output_tokens: 7 },
+    usage: { input_tokens: 11, output_tokens: 7, cached_input_tokens: 0 },
     speculation: {
       verify_steps: 4,
       draft_tokens: 9,

@@ -36,6 +36,7 @@ async function open(prefixCacheBytes?: number): Promise<Engine> {
 interface Output {
   ids: number[];
   logprobs: TokenLogprob[];
+  cached?: number;
 }
 
 async function run(e: Engine, content: string, extra: Partial<GenerateRequest> = {}): Promise<Output> {
@@ -55,7 +56,7 @@ async function run(e: Engine, content: string, extra: Partial<GenerateRequest> =
     if (event.type === 'delta') {
       out.ids.push(...event.tokenIds);
       out.logprobs.push(...(event.logprobs ?? []));
-    }
+    } else out.cached = event.cachedPromptTokens ?? 0;
   }
   return out;
 }
@@ -74,7 +75,11 @@ test.serial('a cached prefix gives the tokens and bitwise the log-probabilities 
         const warm = await run(e, question, { ...extra, cacheScope: scope });
         t.deepEqual(warm.ids, cold.ids, `${scope}: ${question}`);
         t.deepEqual(warm.logprobs, cold.logprobs, `${scope}: ${question} (log-probabilities bitwise)`);
-        if (question !== QUESTIONS[0]) t.is(cache.hits, hitsBefore + 1, 'the shared document came from the cache');
+        t.is(cold.cached, 0);
+        if (question !== QUESTIONS[0]) {
+          t.is(cache.hits, hitsBefore + 1, 'the shared document came from the cache');
+          t.true(warm.cached! > 300, `${warm.cached} prompt tokens from the cache`);
+        }
       }
     }
   }

@@ -85,6 +85,7 @@ test.serial(
       t.is(a['app.llm.spec.draft_tokens'], response.final.speculation.draft_tokens);
       t.is(a['app.llm.spec.accepted_tokens'], response.final.speculation.accepted_tokens);
       t.is(a['app.llm.spec.pool_draft_tokens'], response.final.speculation.pool_draft_tokens);
+      t.is(a['app.llm.prefix_cache.hit_tokens'], response.final.usage.cached_input_tokens);
       t.is(a['app.llm.spec.pool_accepted_tokens'], response.final.speculation.pool_accepted_tokens);
       t.is(a['app.llm.spec.verify_steps'], response.final.speculation.verify_steps);
       t.true((a['app.llm.spec.tokens_per_step'] as number) > 1, 'drafts were accepted on a repetitive prompt');

@@ -164,8 +164,11 @@ export class Engine implements GenerationBackend {
           ...constraintOf(0),
         }).run()) {
           if (cache !== undefined && event.type === 'delta') for (const id of event.tokenIds) outputIds.push(id);
-          if (event.type === 'final') finished = true;
-          yield event;
+          if (event.type !== 'final') yield event;
+          else {
+            finished = true;
+            yield hit !== undefined ? { ...event, cachedPromptTokens: hit.length } : event;
+          }
         }
       } else {
         yield* mergeSamples(

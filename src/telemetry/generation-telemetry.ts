@@ -60,6 +60,7 @@ interface Instruments {
   readonly draftTokens: Counter;
   readonly acceptedTokens: Counter;
   readonly poolDraftTokens: Counter;
+  readonly prefixCacheHitTokens: Counter;
   readonly poolAcceptedTokens: Counter;
   readonly verifySteps: Counter;
   readonly acceptedPerStep: Histogram;
@@ -121,6 +122,10 @@ export class GenerationTelemetry {
       acceptedTokens: meter.createCounter(METRIC.specAcceptedTokens, {
         unit: '{token}',
         description: 'Draft tokens accepted by verification',
+      }),
+      prefixCacheHitTokens: meter.createCounter(METRIC.prefixCacheHitTokens, {
+        unit: '{token}',
+        description: 'Prompt tokens whose KV came from the prefix cache (not prefilled)',
       }),
       poolDraftTokens: meter.createCounter(METRIC.specPoolDraftTokens, {
         unit: '{token}',
@@ -320,6 +325,7 @@ export class GenerationTelemetry {
       [ATTR.ttftMs]: Math.round(ttftS * 1e5) / 100,
       [ATTR.specDraftTokens]: s.draftTokensProposed,
       [ATTR.specAcceptedTokens]: s.draftTokensAccepted,
+      [ATTR.prefixCacheHitTokens]: final.cachedPromptTokens ?? 0,
       [ATTR.specPoolDraftTokens]: s.poolDraftTokens,
       [ATTR.specPoolAcceptedTokens]: s.poolAcceptedTokens,
       [ATTR.specVerifySteps]: s.rounds,
@@ -336,6 +342,7 @@ export class GenerationTelemetry {
     m.requests.add(1, { ...attrs, [ATTR.outcome]: 'ok' });
     m.draftTokens.add(s.draftTokensProposed, base);
     m.acceptedTokens.add(s.draftTokensAccepted, base);
+    m.prefixCacheHitTokens.add(final.cachedPromptTokens ?? 0, base);
     m.poolDraftTokens.add(s.poolDraftTokens, base);
     m.poolAcceptedTokens.add(s.poolAcceptedTokens, base);
     m.verifySteps.add(s.rounds, base);

@@ -123,7 +123,7 @@ export interface SampleOutputMsg {
 export interface FinalInfoMsg {
   finish_reason: FinishReasonMsg;
   samples?: SampleFinalMsg[];
-  usage: { input_tokens: number; output_tokens: number };
+  usage: { input_tokens: number; output_tokens: number; cached_input_tokens: number };
   speculation: SpeculationStatsMsg;
   queue_ms: number;
   first_token_ms: number;
@@ -450,7 +450,11 @@ export function toFinalInfo(final: ServiceFinal, seed: string): FinalInfoMsg {
 function toFinalInfoOne(final: ServiceFinal, seed: string): FinalInfoMsg {
   return {
     finish_reason: FINISH_REASONS[final.finishReason],
-    usage: { input_tokens: final.promptTokens, output_tokens: final.completionTokens },
+    usage: {
+      input_tokens: final.promptTokens,
+      output_tokens: final.completionTokens,
+      cached_input_tokens: final.cachedPromptTokens ?? 0,
+    },
     speculation: speculationStats(final.stats),
     queue_ms: final.queueMs,
     first_token_ms: final.firstTokenMs,
@@ -463,7 +467,11 @@ function toFinalInfoOne(final: ServiceFinal, seed: string): FinalInfoMsg {
 export function cancelledFinalInfo(cancelled: ServiceCancelledError, seed: string): FinalInfoMsg {
   return {
     finish_reason: 'FINISH_REASON_CANCELLED',
-    usage: { input_tokens: cancelled.progress.promptTokens, output_tokens: cancelled.progress.completionTokens },
+    usage: {
+      input_tokens: cancelled.progress.promptTokens,
+      output_tokens: cancelled.progress.completionTokens,
+      cached_input_tokens: 0,
+    },
     speculation: {
       verify_steps: 0,
       draft_tokens: 0,

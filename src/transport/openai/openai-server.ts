@@ -253,6 +253,7 @@ export async function startOpenAiServer(
         prompt_tokens: f.promptTokens,
         completion_tokens: completionTokens(f),
         total_tokens: f.promptTokens + completionTokens(f),
+        prompt_tokens_details: { cached_tokens: f.cachedPromptTokens ?? 0 },
         // Our extension: what speculation did.
         anpd: {
           verify_steps: f.stats.rounds,

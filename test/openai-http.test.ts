@@ -192,7 +192,7 @@ test.serial(
 );
 
 test.serial(
-  'cache_salt: a repeat drafts from the shared pool (usage.anpd), cache_off keeps a request out',
+  'cache_salt: a repeat drafts from the shared pool (usage.anpd) and starts from its cached prompt (cached_tokens), cache_off keeps a request out',
   async (t) => {
     const openai = await client();
     const body = {
@@ -211,7 +211,9 @@ test.serial(
     t.is(off.choices[0]!.message.content, first.choices[0]!.message.content);
     t.is(usage(first).pool_draft_tokens, 0);
     t.true(usage(again).pool_accepted_tokens > 0);
+    t.true(again.usage!.prompt_tokens_details!.cached_tokens! > 0, 'the prompt came from the prefix cache');
     t.is(usage(off).pool_draft_tokens, 0);
+    t.is(off.usage!.prompt_tokens_details!.cached_tokens, 0);
   },
 );
 

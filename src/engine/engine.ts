@@ -189,6 +189,7 @@ export class Engine implements GenerationBackend {
         for (let i = 0; i < length; i++)
           tokens[i] = i < promptTokens.length ? promptTokens[i]! : outputIds[i - promptTokens.length]!;
         kept.rewind(length);
+        kept.releaseScratch?.();
         cache!.retain(scope!, tokens, kept);
       }
       for (const s of sequences) s.dispose();

@@ -54,6 +54,7 @@ class WatchedSequence implements DecoderSequence {
   readonly forwardGreedy: ((tokens: ArrayLike<number>, rows: number) => Promise<Int32Array>) | undefined;
   readonly copyPrefixFrom: ((source: DecoderSequence, length: number) => void) | undefined;
   readonly fill: ((tokens: ArrayLike<number>) => Promise<void>) | undefined;
+  readonly releaseScratch: (() => void) | undefined;
   private readonly sequence: DecoderSequence;
   private readonly watch: ForwardWatch;
 
@@ -69,6 +70,7 @@ class WatchedSequence implements DecoderSequence {
         : (source, length) =>
             sequence.copyPrefixFrom!(source instanceof WatchedSequence ? source.sequence : source, length);
     this.fill = sequence.fill === undefined ? undefined : (tokens) => this.watched(() => sequence.fill!(tokens));
+    this.releaseScratch = sequence.releaseScratch;
   }
 
   private async watched<T>(run: () => Promise<T>): Promise<T> {

@@ -156,6 +156,10 @@ export abstract class GqaSequence implements DecoderSequence, BatchableSequence 
     this.kvLength = length;
   }
 
+  readonly releaseScratch = (): void => {
+    this.logitsByRows.clear();
+  };
+
   dispose(): void {
     this.disposed = true;
     this.idsByLength.clear();

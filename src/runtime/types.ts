@@ -66,6 +66,11 @@ export interface DecoderSequence {
   readonly fill?: ((tokens: ArrayLike<number>) => Promise<void>) | undefined;
   /** Forgets every position ≥ `length` (a rejected draft). O(1) for the GQA layout. */
   rewind(length: number): void;
+  /**
+   * Frees what only its forwards need (logits buffers), keeping the KV: for a sequence that will
+   * only be copied from from now on (the prefix cache). A later forward makes them again.
+   */
+  readonly releaseScratch?: (() => void) | undefined;
   dispose(): void;
 }
 

@@ -49,6 +49,11 @@ interface RunResult {
   readonly accepted: number;
   readonly poolAccepted: number;
   readonly ids: number[][];
+  /** Per request: verify steps, pool-accepted tokens, milliseconds. */
+  readonly perRequest: { rounds: number; poolAccepted: number; ms: number; decodeMs: number }[];
+  /** After each request's first token: the decode phase alone (its prefill is the same either way). */
+  readonly decodeMs: number;
+  readonly decodeTokens: number;
 }
 
 async function runLoop(engine: Engine, trace: readonly string[], maxNewTokens: number, scope: string | undefined) {
@@ -57,8 +62,12 @@ async function runLoop(engine: Engine, trace: readonly string[], maxNewTokens: n
   let rounds = 0;
   let accepted = 0;
   let poolAccepted = 0;
+  let decodeMs = 0;
+  let decodeTokens = 0;
+  const perRequest: RunResult['perRequest'] = [];
   const t0 = performance.now();
   for (const prompt of trace) {
+    const r0 = performance.now();
     const request: GenerateRequest = {
       prompt: { kind: 'messages', messages: [{ role: 'user', content: prompt }] },
       maxNewTokens,
@@ -73,11 +82,29 @@ async function runLoop(engine: Engine, trace: readonly string[], maxNewTokens: n
         rounds += event.stats.rounds;
         accepted += event.stats.draftTokensAccepted;
         poolAccepted += event.stats.poolAcceptedTokens;
+        decodeMs += event.totalMs - event.firstTokenMs;
+        decodeTokens += event.completionTokens - 1;
+        perRequest.push({
+          rounds: event.stats.rounds,
+          poolAccepted: event.stats.poolAcceptedTokens,
+          ms: Math.round(performance.now() - r0),
+          decodeMs: Math.round(event.totalMs - event.firstTokenMs),
+        });
       }
     }
     ids.push(out);
   }
-  return { ms: performance.now() - t0, tokens, rounds, accepted, poolAccepted, ids } satisfies RunResult;
+  return {
+    ms: performance.now() - t0,
+    tokens,
+    rounds,
+    accepted,
+    poolAccepted,
+    ids,
+    perRequest,
+    decodeMs,
+    decodeTokens,
+  } satisfies RunResult;
 }
 
 async function main(): Promise<void> {
@@ -94,8 +121,17 @@ async function main(): Promise<void> {
   });
   await runLoop(engine, trace.slice(0, 2), 16, undefined); // warm-up
 
-  const runs: { pools: 'off' | 'on'; tokPerS: number; tokensPerStep: number; poolAccepted: number; ms: number }[] = [];
+  const runs: {
+    pools: 'off' | 'on';
+    tokPerS: number;
+    decodeTokPerS: number;
+    tokensPerStep: number;
+    poolAccepted: number;
+    ms: number;
+  }[] = [];
   const ratios: number[] = [];
+  const decodeRatios: number[] = [];
+  let lastPair: Record<'off' | 'on', RunResult> | undefined;
   for (let rep = 0; rep < reps; rep++) {
     const order: ('off' | 'on')[] = rep % 2 === 0 ? ['off', 'on'] : ['on', 'off'];
     const pair: Partial<Record<'off' | 'on', RunResult>> = {};
@@ -106,6 +142,7 @@ async function main(): Promise<void> {
         pools,
         ms: Math.round(r.ms),
         tokPerS: round((r.tokens / r.ms) * 1000, 1),
+        decodeTokPerS: round((r.decodeTokens / r.decodeMs) * 1000, 1),
         tokensPerStep: round(r.tokens / r.rounds, 3),
         poolAccepted: r.poolAccepted,
       };
@@ -117,6 +154,8 @@ async function main(): Promise<void> {
       if (ids.join() !== on.ids[i]!.join()) throw new Error(`request ${i}: pools on changed the output`);
     });
     ratios.push(off.ms / on.ms);
+    decodeRatios.push(off.decodeMs / on.decodeMs);
+    lastPair = { off, on };
   }
   const result = {
     date: new Date().toISOString(),
@@ -126,9 +165,13 @@ async function main(): Promise<void> {
     maxNewTokens,
     outputsIdentical: true,
     runs,
+    lastRepPerRequest: { off: lastPair?.off.perRequest, on: lastPair?.on.perRequest },
+    /** Whole requests (prefill included: the same work either way) and the decode phase alone (the issue's decode tok/s). */
     onOverOff: {
       medianSpeedup: round(median(ratios), 3),
       range: [round(Math.min(...ratios), 3), round(Math.max(...ratios), 3)],
+      decodeMedianSpeedup: round(median(decodeRatios), 3),
+      decodeRange: [round(Math.min(...decodeRatios), 3), round(Math.max(...decodeRatios), 3)],
     },
   };
   const out = values.out ?? join(projectRoot(), 'bench', 'results', 'draft-pool.json');

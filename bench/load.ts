@@ -270,12 +270,16 @@ async function main(): Promise<void> {
       'soak-s': { type: 'string' },
       'kill-replica-every-s': { type: 'string' },
       'out-dir': { type: 'string' },
+      caches: { type: 'boolean' },
     },
   });
+  // The cache soak (issue 34): no ghz scenarios; varied prompts under many cache salts fill, hit and
+  // evict the prefix cache and the draft pools; their gauges are sampled against the bound.
+  const cachesMode = values.caches === true;
   const quick = values.quick === true;
   const soakS = Number(values['soak-s'] ?? (quick ? 20 : 300));
   // Replica kills during the soak (0 = none): the replicas run as processes so they can be killed.
-  const killEveryS = Number(values['kill-replica-every-s'] ?? (quick ? 6 : 30));
+  const killEveryS = Number(values['kill-replica-every-s'] ?? (cachesMode ? 0 : quick ? 6 : 30));
   const outDir = values['out-dir'] ?? join(ROOT, 'bench/results');
   const ghzBinary = ensureGhz();
   const modelDir = await ensureDefaultModel();
@@ -443,7 +447,7 @@ async function main(): Promise<void> {
       address,
     ];
     const results: ScenarioResult[] = [];
-    for (let i = 0; i < scenarios.length; i++) {
+    for (let i = 0; i < (cachesMode ? 0 : scenarios.length); i++) {
       const scenario = scenarios[i]!;
       if (scenario.name === 'bidi-multiplexed') {
         // Offered load relative to what the unary scenario measured the capacity to be.
@@ -489,6 +493,8 @@ async function main(): Promise<void> {
     const soakStartRss = rss.read();
     const soakFromMs = rss.now();
     const before = await scrape(metricsPort);
+    const cacheSampler = cachesMode ? new CacheSampler(metricsPort, rss) : undefined;
+    cacheSampler?.start(2000);
     const soak = await runSoak({
       address,
       durationMs: soakS * 1000,
@@ -496,7 +502,9 @@ async function main(): Promise<void> {
       seed: 7,
       maxNewTokensMax: 96,
       ...(killEveryS > 0 ? { replicaKills: { everyMs: killEveryS * 1000, kill: replicaKiller(server.pid!) } } : {}),
+      ...(cachesMode ? { variedDocuments: variedDocuments() } : {}),
     });
+    await cacheSampler?.stop();
     const idle = await waitIdle(metricsPort);
     const after = await scrape(metricsPort);
     const soakEndRss = rss.read();
@@ -545,12 +553,15 @@ async function main(): Promise<void> {
         },
       },
       rssTimelineMiB: rss.samples.filter((_, i) => i % 8 === 0),
+      ...(cacheSampler !== undefined ? { caches: cacheSampler.summary() } : {}),
     };
+    const base = cachesMode ? 'cache-soak' : 'load';
     mkdirSync(outDir, { recursive: true });
-    writeFileSync(join(outDir, 'load.json'), `${JSON.stringify(report, null, 2)}\n`);
-    writeFileSync(join(outDir, 'load.md'), markdown(report));
-    log(`wrote ${join(outDir, 'load.json')} and load.md`);
+    writeFileSync(join(outDir, `${base}.json`), `${JSON.stringify(report, null, 2)}\n`);
+    writeFileSync(join(outDir, `${base}.md`), markdown(report));
+    log(`wrote ${join(outDir, `${base}.json`)} and ${base}.md`);
     const ok =
+      (report.caches === undefined || report.caches.usageWithinBound) &&
       soak.unexpected.length === 0 &&
       healthAfter === 'SERVING' &&
       report.after.probeIdentical &&
@@ -574,6 +585,112 @@ function round1(x: number): number {
 }
 
 /** Waits until no generation runs or waits (no leaked slots); false after 60 s. */
+// ---------- caches (issue 34) ----------
+
+/** The bench prompts' texts: the varied soak's shared document heads. */
+function variedDocuments(): string[] {
+  return ['code-editing', 'summarization', 'document-qa'].flatMap((name) =>
+    (JSON.parse(readFileSync(join(ROOT, `bench/prompts/${name}.json`), 'utf8')) as { prompt: string }[]).map(
+      (p) => p.prompt,
+    ),
+  );
+}
+
+interface CacheSample {
+  readonly tMs: number;
+  readonly usage: number;
+  readonly limit: number;
+  readonly entries: number;
+  readonly evictions: number;
+  readonly hitTokens: number;
+  readonly poolTokens: number;
+  readonly poolScopes: number;
+  readonly poolEvictedTokens: number;
+  readonly rssMiB: number;
+}
+
+interface CacheSummary {
+  readonly samples: readonly CacheSample[];
+  readonly limitMiB: number;
+  readonly maxUsageMiB: number;
+  readonly usageWithinBound: boolean;
+  readonly evictions: number;
+  readonly hitTokens: number;
+  readonly maxPoolTokens: number;
+  readonly maxPoolScopes: number;
+  readonly poolEvictedTokens: number;
+  readonly rssByMinuteMiB: readonly number[];
+}
+
+/** Scrapes the cache gauges (app_llm_prefix_cache_*, app_llm_draft_pool_*) every few seconds. */
+class CacheSampler {
+  readonly samples: CacheSample[] = [];
+  private timer: NodeJS.Timeout | undefined;
+  private inFlight: Promise<void> = Promise.resolve();
+  private readonly started = performance.now();
+
+  constructor(
+    private readonly metricsPort: number,
+    private readonly rss: RssSampler,
+  ) {}
+
+  start(everyMs: number): void {
+    this.timer = setInterval(() => {
+      this.inFlight = this.sample().catch(() => {});
+    }, everyMs);
+  }
+
+  async stop(): Promise<void> {
+    clearInterval(this.timer);
+    await this.inFlight;
+    await this.sample();
+  }
+
+  private async sample(): Promise<void> {
+    const s = await scrape(this.metricsPort);
+    // The exporter adds unit suffixes (_bytes, _total): match by prefix.
+    const value = (prefix: string) =>
+      total(
+        s.filter((x) => x.name.startsWith(prefix)),
+        s.find((x) => x.name.startsWith(prefix))?.name ?? '',
+      );
+    this.samples.push({
+      tMs: Math.round(performance.now() - this.started),
+      usage: value('app_llm_prefix_cache_usage'),
+      limit: value('app_llm_prefix_cache_limit'),
+      entries: value('app_llm_prefix_cache_entries'),
+      evictions: value('app_llm_prefix_cache_evictions'),
+      hitTokens: value('app_llm_prefix_cache_hit_tokens'),
+      poolTokens: value('app_llm_draft_pool_tokens'),
+      poolScopes: value('app_llm_draft_pool_scopes'),
+      poolEvictedTokens: value('app_llm_draft_pool_evicted_tokens'),
+      rssMiB: round1(this.rss.read()),
+    });
+  }
+
+  summary(): CacheSummary {
+    const last = this.samples[this.samples.length - 1]!;
+    const mib = (bytes: number) => round1(bytes / 2 ** 20);
+    const byMinute: number[] = [];
+    for (const x of this.samples) {
+      const m = Math.floor(x.tMs / 60_000);
+      byMinute[m] = Math.max(byMinute[m] ?? 0, x.rssMiB);
+    }
+    return {
+      samples: this.samples,
+      limitMiB: mib(last.limit),
+      maxUsageMiB: mib(Math.max(...this.samples.map((x) => x.usage))),
+      usageWithinBound: last.limit > 0 && this.samples.every((x) => x.usage <= x.limit),
+      evictions: last.evictions,
+      hitTokens: last.hitTokens,
+      maxPoolTokens: Math.max(...this.samples.map((x) => x.poolTokens)),
+      maxPoolScopes: Math.max(...this.samples.map((x) => x.poolScopes)),
+      poolEvictedTokens: last.poolEvictedTokens,
+      rssByMinuteMiB: byMinute.map((m) => m ?? 0),
+    };
+  }
+}
+
 async function waitIdle(metricsPort: number): Promise<boolean> {
   const until = performance.now() + 60_000;
   while (performance.now() < until) {
@@ -606,6 +723,7 @@ function markdown(report: {
     probeIdentical: boolean;
     rssMiB: { idleAtStart: number; runPeak: number; end: number };
   };
+  caches?: CacheSummary;
 }): string {
   const s = report.server.settings;
   const lines: string[] = [
@@ -688,6 +806,19 @@ function markdown(report: {
     );
     lines.push(
       `- Server RSS: ${fmt(soak.rssMiB.start)} MiB at the start of the soak, peak ${fmt(soak.rssMiB.peak)} MiB, ${fmt(soak.rssMiB.end)} MiB at the end.`,
+    );
+  }
+  if (report.caches !== undefined) {
+    const c = report.caches;
+    lines.push('', '## Caches (issue 34: varied prompts under many cache salts)', '');
+    lines.push(
+      `- Prefix cache: bound ${fmt(c.limitMiB, 1)} MiB; held at most ${fmt(c.maxUsageMiB, 1)} MiB over ${c.samples.length} scrapes (within the bound at every one: ${c.usageWithinBound ? 'yes' : 'NO'}); ${c.evictions} entries evicted; ${c.hitTokens} prompt tokens served from it.`,
+    );
+    lines.push(
+      `- Draft pools: at most ${c.maxPoolTokens} tokens in ${c.maxPoolScopes} scopes; ${c.poolEvictedTokens} tokens evicted.`,
+    );
+    lines.push(
+      `- Server RSS by minute of the soak (MiB, max in each): ${c.rssByMinuteMiB.map((m) => fmt(m, 0)).join(', ')}.`,
     );
   }
   lines.push('', '## After the run', '');

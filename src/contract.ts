@@ -98,6 +98,13 @@ export interface SpeculationOptions {
 
 /** Cap on draft tokens per round: verify cost grows with every row (see docs/perf-notes.md). */
 export const DRAFT_TOKENS_LIMIT = 16;
+/**
+ * Largest draft from a scope's shared pool (issue 34), with the adaptive draft length: a pool match
+ * is a repeated file or tool call, often accepted whole, so its drafts may run past max_draft_tokens
+ * (which bounds the request's own tables); the controller still sizes each one by the pool's
+ * measured acceptance and the forward-cost table.
+ */
+export const POOL_DRAFT_TOKENS_MAX = DRAFT_TOKENS_LIMIT;
 export const DEFAULT_SPECULATION: SpeculationOptions = {
   mode: 'ngram',
   ngramN: 5,
@@ -192,5 +199,39 @@ export interface GenerationBackend {
   tokenizePrompt(prompt: Prompt): number[];
   prepare(request: GenerateRequest): PreparedGeneration;
   run(prepared: PreparedGeneration, signal?: AbortSignal): AsyncGenerator<GenerationEvent>;
+  /** What the cross-request caches hold now (summed over replicas); undefined where there are none. */
+  cacheStats?(): CacheStats | undefined;
   dispose(): Promise<void>;
+}
+
+/** The cross-request caches of issue 34, for metrics: held now, and evicted since start (cumulative). */
+export interface CacheStats {
+  readonly prefixCacheBytes: number;
+  readonly prefixCacheBytesMax: number;
+  readonly prefixCacheEntries: number;
+  readonly prefixCacheEvictions: number;
+  readonly draftPoolTokens: number;
+  readonly draftPoolScopes: number;
+  /** Pool tokens dropped: the oldest text of a full pool, and whole scopes past the scope limit. */
+  readonly draftPoolEvictedTokens: number;
+}
+
+export const NO_CACHES: CacheStats = Object.freeze({
+  prefixCacheBytes: 0,
+  prefixCacheBytesMax: 0,
+  prefixCacheEntries: 0,
+  prefixCacheEvictions: 0,
+  draftPoolTokens: 0,
+  draftPoolScopes: 0,
+  draftPoolEvictedTokens: 0,
+});
+
+/** Sums replicas' cache figures. */
+export function sumCacheStats(all: readonly (CacheStats | undefined)[]): CacheStats {
+  const sum: Record<keyof CacheStats, number> = { ...NO_CACHES };
+  for (const stats of all) {
+    if (stats === undefined) continue;
+    for (const key of Object.keys(sum) as (keyof CacheStats)[]) sum[key] += stats[key];
+  }
+  return sum;
 }

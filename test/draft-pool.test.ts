@@ -39,6 +39,7 @@ test('a pool stays within tokensMax: the oldest documents leave, the newest stay
     t.true(pool.size <= OPTIONS.tokensMax, `${pool.size} tokens`);
   }
   t.true(pool.evictions > 0);
+  t.is(pool.evictedTokens + pool.size, docs.length * 41, 'every token (and separator) is held or counted evicted');
   const out: number[] = [];
   const last = docs.at(-1)!;
   t.is(pool.continuation(last.slice(0, 10), 10, 5, out), 10);
@@ -62,6 +63,10 @@ test('scopes are separate pools, at most scopesMax of them, least recently used 
   t.true(pools.has('a') && pools.has('c') && !pools.has('b'));
   t.is(pools.scopeEvictions, 1);
   t.is(pools.scopes, 2);
+  t.is(pools.tokens, 7, "a's text and its separator");
+  t.is(pools.evictedTokens, 0, 'b held nothing');
+  pools.get('d'); // a goes, with its 7 tokens
+  t.is(pools.evictedTokens, 7);
 });
 
 test("the pooled drafter takes the pool's draft when it matches longer than the request's own copy, and counts what was accepted", (t) => {
@@ -97,4 +102,18 @@ test("the request's own span copy wins over a pool match that is no longer", (t)
   t.is(drafter.poolDraftTokens, 0);
   drafter.finish();
   t.is(pool.documents, 1, 'a sample that does not contribute adds nothing');
+});
+
+test('a pool draft is no longer than the match behind it, and prepare bounds the two sources apart', (t) => {
+  const pool = new DraftPool(OPTIONS);
+  const earlier = Array.from({ length: 40 }, (_, i) => 100 + i);
+  pool.add(earlier);
+  // A 4-token match (the minimum) earns at most 4 tokens, however long a draft is allowed.
+  const short = new PooledDrafter(new NgramDrafter([1, 2, 100, 101, 102, 103]), pool, false);
+  t.true(short.prepare(7, 16));
+  t.deepEqual(short.propose(16), [104, 105, 106, 107]);
+  // A 12-token match earns up to 12 from the pool (its own bound 16), past the request's own 7.
+  const long = new PooledDrafter(new NgramDrafter(earlier.slice(0, 12)), pool, false);
+  t.true(long.prepare(7, 16));
+  t.deepEqual(long.propose(16), earlier.slice(12, 24));
 });

@@ -3,6 +3,7 @@ import type { AddressInfo } from 'node:net';
 import { SpanKind } from '@opentelemetry/api';
 import { PrometheusExporter } from '@opentelemetry/exporter-prometheus';
 import {
+  type GaugeMetricData,
   type HistogramMetricData,
   MeterProvider,
   MetricReader,
@@ -12,6 +13,7 @@ import {
 import { InMemorySpanExporter, type ReadableSpan, SimpleSpanProcessor, TracerProvider } from '@opentelemetry/sdk-trace';
 import test from 'ava';
 import type { InferenceService } from '../src/engine/inference-service.js';
+import { WORKER_HEARTBEAT_MS } from '../src/engine/worker-protocol.js';
 import { createLogger } from '../src/log.js';
 import { GenerationTelemetry } from '../src/telemetry/generation-telemetry.js';
 import type { BidiServerMsg, GenerateRequestMsg, GenerateResponseMsg } from '../src/transport/grpc/messages.js';
@@ -30,13 +32,16 @@ function setup(readers: MetricReader[] = []) {
   const meterProvider = new MeterProvider({ readers: [reader, ...readers] });
   const lines: Array<Record<string, unknown>> = [];
   const logger = createLogger('info', (line) => lines.push(JSON.parse(line) as Record<string, unknown>));
-  const telemetry = (service: InferenceService) =>
-    new GenerationTelemetry(
+  const telemetry = (service: InferenceService) => {
+    const generation = new GenerationTelemetry(
       tracerProvider.getTracer('test'),
       meterProvider.getMeter('test'),
       logger,
       () => service.poolState,
     );
+    generation.watchCaches(() => service.cacheStats);
+    return generation;
+  };
   return { spans, reader, lines, telemetry };
 }
 
@@ -172,6 +177,8 @@ test.serial('metrics after a known workload add up to the responses', async (t) 
       responses.push(await client.generate(chat(`m${i}`, q, 16)));
     }
     await client.generate({ ...chat('bad', 'hi', 4), model: 'nope' }).catch(() => undefined);
+    // The cache gauges read the replica's heartbeats (every WORKER_HEARTBEAT_MS): let one come.
+    await new Promise((resolve) => setTimeout(resolve, 2 * WORKER_HEARTBEAT_MS));
     const { resourceMetrics } = await reader.collect();
     const all = resourceMetrics.scopeMetrics.flatMap((sm) => sm.metrics);
     const sum = (f: (r: (typeof responses)[number]) => number) => responses.reduce((acc, r) => acc + f(r), 0);
@@ -217,6 +224,17 @@ test.serial('metrics after a known workload add up to the responses', async (t) 
       counter('app.llm.spec.verify_steps'),
       sum((r) => r.final.speculation.verify_steps),
     );
+
+    // The caches: every request over the transport has a scope, so its prompt's KV and its text were kept.
+    const gauge = (name: string) =>
+      (metric(all, name) as GaugeMetricData).dataPoints.reduce((acc, p) => acc + p.value, 0);
+    t.true(gauge('app.llm.prefix_cache.limit') > 0);
+    t.true(gauge('app.llm.prefix_cache.entries') >= 1, 'the prompts were kept');
+    t.true(gauge('app.llm.prefix_cache.usage') > 0);
+    t.true(gauge('app.llm.prefix_cache.usage') <= gauge('app.llm.prefix_cache.limit'));
+    t.true(gauge('app.llm.draft_pool.scopes') >= 1);
+    t.true(gauge('app.llm.draft_pool.tokens') > 0);
+    t.is(counter('app.llm.prefix_cache.evictions'), 0);
 
     const duration = metric(all, 'gen_ai.server.request.duration') as HistogramMetricData;
     t.is(duration.descriptor.unit, 's');

@@ -22,3 +22,38 @@ export const SOAK_PROMPTS = [
 ];
 
 export const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+
+/** Each tenant's documents (its system prompts, its files): prompts of one tenant share heads. */
+const VARIED_DOCUMENTS_PER_TENANT = 3;
+
+/** Tenants of the varied soak: more than the engine's draft-pool scopes, so whole scopes are evicted too. */
+export const VARIED_SOAK_TENANTS = 24;
+
+/**
+ * A varied prompt for the cache soak (issue 34): a tenant's salt (of VARIED_SOAK_TENANTS), one of
+ * its VARIED_DOCUMENTS_PER_TENANT `documents` as a shared head (prefix-cache hits within a tenant, and pool text), then a question
+ * with random numbers and words, so no two prompts are the same and the caches keep filling,
+ * hitting and evicting.
+ */
+export function variedSoakPrompt(
+  random: () => number,
+  documents: readonly string[],
+): { readonly content: string; readonly salt: string } {
+  const pick = <T>(items: readonly T[]): T => items[Math.floor(random() * items.length)]!;
+  const tenant = Math.floor(random() * VARIED_SOAK_TENANTS);
+  const words = Array.from({ length: 3 + Math.floor(random() * 12) }, () => pick(VARIED_WORDS)).join(' ');
+  const n = Math.floor(random() * 1_000_000);
+  return {
+    salt: `tenant-${tenant}`,
+    content: `${documents[(tenant * VARIED_DOCUMENTS_PER_TENANT + Math.floor(random() * VARIED_DOCUMENTS_PER_TENANT)) % documents.length]}\n\nQuestion ${n}: ${pick(VARIED_QUESTIONS)} Keywords: ${words}.`,
+  };
+}
+
+const VARIED_QUESTIONS = [
+  'Summarize the text above in two sentences.',
+  'What is the main point of the text above?',
+  'List three facts from the text above.',
+  'Rewrite the first paragraph above more simply.',
+  'Which names appear in the text above?',
+];
+const VARIED_WORDS = ['river', 'cache', 'orbit', 'lattice', 'amber', 'signal', 'harbor', 'vector', 'meadow', 'quartz'];

@@ -9,7 +9,7 @@ import { execFileSync } from 'node:child_process';
 import { status as GrpcStatus, type ServiceError } from '@grpc/grpc-js';
 import { TextGenerationClient } from '../src/transport/grpc/client.js';
 import type { BidiServerMsg, GenerateRequestMsg } from '../src/transport/grpc/messages.js';
-import { rng, SOAK_PROMPTS, sleep } from './soak-random.js';
+import { rng, SOAK_PROMPTS, sleep, variedSoakPrompt } from './soak-random.js';
 
 export interface SoakOptions {
   readonly address: string;
@@ -26,6 +26,11 @@ export interface SoakOptions {
    * replica is up" while all are restarting.
    */
   readonly replicaKills?: { readonly everyMs: number; readonly kill: () => number | undefined };
+  /**
+   * Varied prompts (the cache soak): each generation's prompt is one of these documents plus a
+   * random question, under one of VARIED_SOAK_TENANTS cache salts. Absent: SOAK_PROMPTS, no salt.
+   */
+  readonly variedDocuments?: readonly string[];
 }
 
 export interface SoakResult {
@@ -78,11 +83,16 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
     if (unexpected.length < unexpectedMax) unexpected.push(problem);
   };
   let nextId = 0;
-  const request = (): GenerateRequestMsg => ({
-    request_id: `soak-${nextId++}`,
-    messages: { messages: [{ role: 'user', content: pick(SOAK_PROMPTS) }] },
-    stopping: { max_new_tokens: between(8, options.maxNewTokensMax) },
-  });
+  const documents = options.variedDocuments;
+  const request = (): GenerateRequestMsg => {
+    const varied = documents !== undefined ? variedSoakPrompt(random, documents) : undefined;
+    return {
+      request_id: `soak-${nextId++}`,
+      messages: { messages: [{ role: 'user', content: varied?.content ?? pick(SOAK_PROMPTS) }] },
+      stopping: { max_new_tokens: between(8, options.maxNewTokensMax) },
+      ...(varied !== undefined ? { cache: { salt: varied.salt } } : {}),
+    };
+  };
   const started = performance.now();
   const deadline = started + options.durationMs;
 

@@ -5,7 +5,8 @@
 # float16 model converted to /tmp/m16 and llama.cpp built with CUDA under /tmp/b/llama.cpp/build.
 # Writes its logs and JSON results to $OUT. Steps: smoke, forward table, decode (CUDA graphs on /
 # off, token ids compared), rows (decode by forward row count), the peers run against llama.cpp,
-# scale (a 1.7B-shaped random model, both engines), concurrency; issue 30: llamabuild, load, llama, hostprof, gemma, bigload.
+# scale (a 1.7B-shaped random model, both engines), concurrency; issue 30: llamabuild, load, llama, hostprof, gemma, bigload;
+# issue 33: stepprof.
 #   ROWS="4 8" bash bench/gpu/h200-run.sh [steps...]   (default: all)
 #   MODEL=/tmp/g16 GGUF=/tmp/gemma.gguf GREEDY="on off" TAG=-gemma bash bench/gpu/h200-run.sh peers
 #     (another model; greedy decoding with the argmax on the device and with the logits brought back)
@@ -157,6 +158,25 @@ for step in $steps; do
       mkdir -p "$out/prof"
       timeout 120 node --cpu-prof --cpu-prof-dir "$out/prof" dist/bench/replicas-bench.js --execution-provider cuda --model "$model" --paged-model /tmp/mp --batch-slots 64 --batch-invariant on --unbatched-streams 0 --replicas 1 --streams 64 --generations 256 --max-new-tokens 64 --kv-capacity 2048 --category code-editing 2>&1 | grep -v '^{"date' | tee -a "$log"
       for f in "$out"/prof/*.cpuprofile; do node bench/gpu/cpuprof-summary.mjs "$f" 30 >> "$out/hostprof.txt"; done ;;
+    stepprof)
+      # Issue 33: one decode step alone per model (64-token prefix, 1 token a forward at the 4-row
+      # shape): its time with CUDA graphs on and off, ORT's per-node profile (graphs off) summed
+      # by operator, and llama.cpp's `llama-bench` tg128 on the same GGUF (the peer's step).
+      # PROFILE_MODELS lists name:dir:gguf triples (converted float16 graphs and their GGUFs).
+      say stepprof
+      for triple in ${PROFILE_MODELS:-smollm2:/tmp/m16:/tmp/model.gguf gemma3:/tmp/g16:/tmp/gemma.gguf big1p7:/tmp/big16:/tmp/big.gguf}; do
+        name=${triple%%:*}; rest=${triple#*:}; dir=${rest%%:*}; gg=${rest#*:}
+        [ -x "$llama/llama-bench" ] && [ -f "$gg" ] && timeout 120 "$llama/llama-bench" -m "$gg" -ngl 99 -p 0 -n 128 -r 5 -o json > "$out/llama-$name.json" 2>/dev/null \
+          && node -e "const r=JSON.parse(require('fs').readFileSync('$out/llama-$name.json','utf8'));console.log('llama-bench $name tg128', r.map(x=>x.avg_ts.toFixed(1)+' tok/s').join(', '))" | tee -a "$log"
+        [ -f "$dir/anpd-model.json" ] || { say "stepprof: no $dir"; continue; }
+        for g in on off; do
+          timeout 120 node dist/bench/gpu/step-profile.js --model "$dir" --cuda-graphs $g --steps 400 --out "$out/step-$name-graphs-$g.json" 2>&1 | tail -1 | tee -a "$log"
+        done
+        rm -rf /tmp/prof; mkdir -p /tmp/prof
+        ANPD_ORT_PROFILE=/tmp/prof/p timeout 150 node dist/bench/gpu/step-profile.js --model "$dir" --cuda-graphs off --steps 200 >/dev/null 2>&1
+        for f in /tmp/prof/*.json; do node bench/gpu/profile-summary.mjs "$f" 30; done > "$out/profile-$name.txt" 2>&1
+        head -14 "$out/profile-$name.txt" | tee -a "$log"
+      done ;;
     replicas)
       say replicas
       timeout 240 node dist/bench/replicas-bench.js --execution-provider cuda --model "$model" --replicas 1,2 --streams 1,4,16,64 --max-new-tokens 64 ${REPLICA_ROWS:+--rows-min $REPLICA_ROWS} --out "$out/replicas.json" 2>&1 | grep -v '^{' | tee -a "$log" ;;

@@ -171,6 +171,7 @@ export async function runServe(argv: readonly string[]): Promise<number> {
     () => service.poolState,
   );
   generationTelemetry.watchReplicas(() => service.replicas);
+  generationTelemetry.watchCaches(() => service.cacheStats);
   // One line and one count per replica death, wedge, restart and failed start; the pool does neither itself.
   engine.onReplicaEvent((event) => {
     generationTelemetry.replicaEvent(event.kind);

@@ -43,8 +43,9 @@ export class DraftPool {
   /** Starts of the documents in the corpus, oldest first (each after its separator). */
   private starts: number[] = [];
   private index: ContextTable;
-  /** Documents dropped to stay within tokensMax. */
+  /** Documents dropped to stay within tokensMax, and their tokens. */
   evictions = 0;
+  evictedTokens = 0;
   /**
    * How the scope's pool drafts are accepted, per draft position, as the last request to finish
    * measured them: the next request sizes its pool drafts from there, not from a blind prior (a
@@ -139,6 +140,7 @@ export class DraftPool {
     const kept = this.starts.slice(first);
     this.evictions += first;
     const from = kept.length > 0 ? kept[0]! - 1 : this.length;
+    this.evictedTokens += from;
     const old = this.corpus.subarray(from, this.length).slice();
     this.length = 0;
     this.starts = [];
@@ -161,8 +163,9 @@ export class DraftPools {
   private readonly pools = new Map<string, DraftPool>();
   private readonly options: DraftPoolOptions;
   private readonly scopesMax: number;
-  /** Scopes dropped to stay within scopesMax. */
+  /** Scopes dropped to stay within scopesMax, and the tokens their pools held (and had evicted). */
   scopeEvictions = 0;
+  private droppedTokens = 0;
 
   constructor(options: Partial<DraftPoolOptions> & Pick<DraftPoolOptions, 'tokensMax'>, scopesMax: number) {
     if (!Number.isInteger(scopesMax) || scopesMax < 1)
@@ -183,8 +186,10 @@ export class DraftPools {
     pool = new DraftPool(this.options);
     this.pools.set(scope, pool);
     if (this.pools.size > this.scopesMax) {
-      this.pools.delete(this.pools.keys().next().value!);
+      const [oldest, dropped] = this.pools.entries().next().value!;
+      this.pools.delete(oldest);
       this.scopeEvictions++;
+      this.droppedTokens += dropped.size + dropped.evictedTokens;
     }
     return pool;
   }
@@ -202,6 +207,13 @@ export class DraftPools {
   get tokens(): number {
     let n = 0;
     for (const p of this.pools.values()) n += p.size;
+    return n;
+  }
+
+  /** Tokens dropped since start: from full pools and with evicted scopes. */
+  get evictedTokens(): number {
+    let n = this.droppedTokens;
+    for (const p of this.pools.values()) n += p.evictedTokens;
     return n;
   }
 }

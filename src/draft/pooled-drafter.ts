@@ -32,20 +32,23 @@ export class PooledDrafter implements Drafter {
 
   /**
    * Chooses this round's source before its length is: the pool's continuation of the committed
-   * tokens when it matches longer than the request's own span copy, else the request's own draft,
-   * each up to `maxTokens`. Returns whether the pool is the source (its drafts are accepted at their
-   * own rate, so the decoder sizes them with their own estimates).
+   * tokens (up to `poolMaxTokens`) when it matches longer than the request's own span copy, else the
+   * request's own draft (up to `ownMaxTokens`). Returns whether the pool is the source (its drafts
+   * are accepted at their own rate, so the decoder sizes them with their own estimates).
    */
-  prepare(maxTokens: number): boolean {
-    this.ownDraft = this.own.propose(maxTokens);
-    const match = this.pool.continuation(this.own.committed(), this.own.size, maxTokens, this.fromPool);
+  prepare(ownMaxTokens: number, poolMaxTokens: number = ownMaxTokens): boolean {
+    this.ownDraft = this.own.propose(ownMaxTokens);
+    const match = this.pool.continuation(this.own.committed(), this.own.size, poolMaxTokens, this.fromPool);
+    // SuffixDecoding's rule: a draft no longer than the match behind it (a 4-token match is weak
+    // evidence for 16 tokens; a repeated file matches far back).
+    if (this.fromPool.length > match) this.fromPool.length = match;
     this.fromPoolChosen = match > this.own.lastCopyMatch;
     return this.fromPoolChosen;
   }
 
   /** The prepared draft's first `maxTokens` tokens (a prefix: what propose(maxTokens) would have given). */
   propose(maxTokens: number): readonly number[] {
-    if (this.ownDraft === undefined) this.prepare(maxTokens);
+    if (this.ownDraft === undefined) this.prepare(maxTokens, maxTokens);
     const draft = this.fromPoolChosen ? this.fromPool : (this.ownDraft as number[]);
     // Both arrays are scratch, rewritten by the next prepare: trimming them allocates nothing.
     if (draft.length > maxTokens) draft.length = maxTokens;

@@ -9,7 +9,15 @@
 import { availableParallelism } from 'node:os';
 import type { ModelInfo, RuntimeOptions } from '../runtime/types.js';
 import type { TextTokenizer } from '../tokenizer/tokenizer.js';
-import type { GenerateRequest, GenerationBackend, GenerationEvent, PreparedGeneration, Prompt } from '../contract.js';
+import {
+  type CacheStats,
+  type GenerateRequest,
+  type GenerationBackend,
+  type GenerationEvent,
+  type PreparedGeneration,
+  type Prompt,
+  sumCacheStats,
+} from '../contract.js';
 import { DEFER_MEASUREMENT, type ForwardCostPlan, MEASURE_NOW } from './forward-cost.js';
 import { LeastLoadedRouter } from './replica-router.js';
 import type { ReplicaCapacity, ReplicaEvent, ReplicaSet } from './replica-set.js';
@@ -159,6 +167,11 @@ export class EnginePool implements GenerationBackend, ReplicaSet {
 
   run(prepared: PreparedGeneration, signal?: AbortSignal): AsyncGenerator<GenerationEvent> {
     return this.router.run(prepared, signal);
+  }
+
+  /** The replicas' caches summed (a replica's are its own: each holds its own KV and pools). */
+  cacheStats(): CacheStats {
+    return sumCacheStats(this.replicas.map((engine) => engine.cacheStats()));
   }
 
   async dispose(): Promise<void> {

@@ -162,7 +162,13 @@ function handle(message: ToWorker, decorateModel: (model: DecoderModel) => Decod
           // Never keeps the worker alive on its own; stops with 'dispose'.
           const watch = forwards!;
           heartbeat = setInterval(
-            () => post({ type: 'heartbeat', forwardsInFlight: watch.inFlight, progressAt: watch.progressAt }),
+            () =>
+              post({
+                type: 'heartbeat',
+                forwardsInFlight: watch.inFlight,
+                progressAt: watch.progressAt,
+                caches: created.cacheStats(),
+              }),
             WORKER_HEARTBEAT_MS,
           );
           heartbeat.unref();

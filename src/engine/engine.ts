@@ -5,7 +5,9 @@
  * contract.ts, its checks in validate.ts, the forward-cost table in forward-cost.ts.
  */
 import {
+  type CacheStats,
   DEFAULT_SPECULATION,
+  POOL_DRAFT_TOKENS_MAX,
   type GenerateRequest,
   type GenerationBackend,
   type GenerationEvent,
@@ -90,6 +92,20 @@ export class Engine implements GenerationBackend {
     return prepareGeneration(this.tokenizer, this.model.info, request);
   }
 
+  /** What the prefix cache and the draft pools hold now, and have evicted. */
+  cacheStats(): CacheStats {
+    const prefix = this.prefixCache;
+    return {
+      prefixCacheBytes: prefix?.bytesHeld ?? 0,
+      prefixCacheBytesMax: prefix?.bytesBound ?? 0,
+      prefixCacheEntries: prefix?.size ?? 0,
+      prefixCacheEvictions: prefix?.evictions ?? 0,
+      draftPoolTokens: this.draftPools.tokens,
+      draftPoolScopes: this.draftPools.scopes,
+      draftPoolEvictedTokens: this.draftPools.evictedTokens,
+    };
+  }
+
   dispose(): Promise<void> {
     this.prefixCache?.dispose();
     return this.model.dispose();
@@ -114,8 +130,20 @@ export class Engine implements GenerationBackend {
     const draftTokensMax = speculate
       ? Math.max(0, Math.min(spec.draftTokensMax, (info.verifyTokensMax ?? Infinity) - 1))
       : 0;
-    const forwardCost = speculate && spec.draftLength === 'adaptive' ? await this.forwardCost() : [];
-    const capacity = Math.min(info.contextLength, promptTokens.length + request.maxNewTokens + draftTokensMax + 1);
+    const adaptive = speculate && spec.draftLength === 'adaptive';
+    const forwardCost = adaptive ? await this.forwardCost() : [];
+    const draftPool =
+      speculate && request.cacheScope !== undefined ? this.draftPools.get(request.cacheScope) : undefined;
+    const poolDraftTokensMax =
+      draftPool === undefined
+        ? 0
+        : adaptive
+          ? Math.max(draftTokensMax, Math.min(POOL_DRAFT_TOKENS_MAX, (info.verifyTokensMax ?? Infinity) - 1))
+          : draftTokensMax;
+    const capacity = Math.min(
+      info.contextLength,
+      promptTokens.length + request.maxNewTokens + Math.max(draftTokensMax, poolDraftTokensMax) + 1,
+    );
     const sequences: DecoderSequence[] = [];
     const constraints: GrammarMatcher[] = [];
     // One sample, scoped, no prompt log-probabilities (they need every prompt row's logits): its
@@ -151,9 +179,7 @@ export class Engine implements GenerationBackend {
         signal,
         started,
         prefill,
-        ...(speculate && request.cacheScope !== undefined
-          ? { draftPool: this.draftPools.get(request.cacheScope) }
-          : {}),
+        ...(draftPool !== undefined ? { draftPool, poolDraftTokensMax } : {}),
       };
       const constraintOf = (index: number) => (constraints.length > 0 ? { constraint: constraints[index]! } : {});
       if (samples === 1) {

@@ -3,6 +3,7 @@
  * (AdmissionQueue), timings from receipt, drain on shutdown. Transport-neutral — the gRPC adapter translates messages to and from these calls.
  */
 import {
+  type CacheStats,
   type GenerationBackend,
   type GenerateRequest,
   type GenerationDelta,
@@ -191,6 +192,11 @@ export class InferenceService {
   }
 
   /** Model replicas that can serve now, of how many (1 of 1 for an in-process engine). */
+  /** The backend's cross-request caches (undefined: it reports none). */
+  get cacheStats(): CacheStats | undefined {
+    return this.engine.cacheStats?.();
+  }
+
   get replicas(): ReplicaCapacity {
     return this.replicaSet?.capacity ?? { up: 1, total: 1 };
   }

@@ -56,6 +56,10 @@ export class PrefixCache {
     return this.bytes;
   }
 
+  get bytesBound(): number {
+    return this.bytesMax;
+  }
+
   /**
    * The scope's entry sharing the longest prefix with `tokens` (at least PREFIX_CACHE_MIN_TOKENS),
    * or undefined. The hit is used at once (copied from synchronously): entries only leave in retain().

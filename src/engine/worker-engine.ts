@@ -7,7 +7,14 @@
 import { type ChildProcess, fork } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
-import type { GenerateRequest, GenerationBackend, GenerationEvent, PreparedGeneration, Prompt } from '../contract.js';
+import type {
+  CacheStats,
+  GenerateRequest,
+  GenerationBackend,
+  GenerationEvent,
+  PreparedGeneration,
+  Prompt,
+} from '../contract.js';
 import { AnpdError, CancelledError, EngineWorkerError, type ErrorCode, ReplicaFailedError } from '../errors.js';
 import type { ModelInfo, RuntimeOptions } from '../runtime/types.js';
 import { loadTokenizer, type TextTokenizer } from '../tokenizer/tokenizer.js';
@@ -113,6 +120,7 @@ export class WorkerEngine implements GenerationBackend {
   private heartbeatAt = Date.now();
   private forwardsInFlight = 0;
   private progressAt = Date.now();
+  private caches: CacheStats | undefined;
 
   private constructor(
     worker: EngineHost,
@@ -131,6 +139,7 @@ export class WorkerEngine implements GenerationBackend {
         this.heartbeatAt = Date.now();
         this.forwardsInFlight = message.forwardsInFlight;
         this.progressAt = message.progressAt;
+        this.caches = message.caches;
       }
     });
     worker.on('error', (error) =>
@@ -357,6 +366,11 @@ export class WorkerEngine implements GenerationBackend {
 
   private post(message: ToWorker): void {
     if (this.failure === undefined) this.worker.postMessage(message);
+  }
+
+  /** The caches as of the worker's last heartbeat (undefined before the first). */
+  cacheStats(): CacheStats | undefined {
+    return this.caches;
   }
 
   async dispose(): Promise<void> {

@@ -5,7 +5,7 @@
 import type { ReplicaFailureKind } from '../errors.js';
 import type { RuntimeOptions, ModelInfo } from '../runtime/types.js';
 import type { TokenLogprob } from '../sampling/logprobs.js';
-import type { GenerateRequest, GenerationFinal } from '../contract.js';
+import type { CacheStats, GenerateRequest, GenerationFinal } from '../contract.js';
 import type { ForwardCostPlan } from './forward-cost.js';
 
 /**
@@ -98,6 +98,12 @@ export type FromWorker =
    * Every WORKER_HEARTBEAT_MS from 'ready' on: forwards in flight and when they last made progress
    * (epoch ms). Silence means a blocked worker; old progress with forwards in flight, a stuck one.
    */
-  | { readonly type: 'heartbeat'; readonly forwardsInFlight: number; readonly progressAt: number };
+  | {
+      readonly type: 'heartbeat';
+      readonly forwardsInFlight: number;
+      readonly progressAt: number;
+      /** The replica's cross-request caches (for metrics). */
+      readonly caches: CacheStats;
+    };
 
 export const WORKER_HEARTBEAT_MS = 500;

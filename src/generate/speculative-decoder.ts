@@ -90,6 +90,8 @@ export interface SampleSetup {
   readonly constraint?: TokenConstraint;
   /** The request's shared draft pool (GenerateRequest.cacheScope); absent: its own tables alone. */
   readonly draftPool?: DraftPool;
+  /** Largest draft from the pool (≥ draftTokensMax; POOL_DRAFT_TOKENS_MAX with the adaptive length). */
+  readonly poolDraftTokensMax?: number;
 }
 
 const EMPTY_IDS = new Int32Array(0);
@@ -116,6 +118,7 @@ export class SpeculativeDecoder {
   private readonly controller: DraftLength;
   /** Sizes the shared pool's drafts (with a pool: they are accepted at a rate of their own). */
   private readonly poolController: DraftLength | undefined;
+  private readonly poolDraftTokensMax: number;
   /** The controller that sized this round's draft (it learns the round's acceptance). */
   private roundController: DraftLength;
   private readonly emitter: Emitter;
@@ -183,14 +186,16 @@ export class SpeculativeDecoder {
         ? new PooledDrafter(own, setup.draftPool, index === undefined || index === 0)
         : undefined;
     this.drafter = this.pooled ?? own ?? NO_DRAFTER;
-    const controllerOf = (): DraftLength =>
+    const controllerOf = (kMax: number): DraftLength =>
       !speculate
         ? fixedDraftLength(0, rowsMin)
         : spec.draftLength === 'fixed'
-          ? fixedDraftLength(draftTokensMax, rowsMin)
-          : new DraftLengthController({ ...DEFAULT_CONTROLLER_OPTIONS, draftTokensMax, forwardCost, rowsMin });
-    this.controller = controllerOf();
-    this.poolController = this.pooled !== undefined ? controllerOf() : undefined;
+          ? fixedDraftLength(kMax, rowsMin)
+          : new DraftLengthController({ ...DEFAULT_CONTROLLER_OPTIONS, draftTokensMax: kMax, forwardCost, rowsMin });
+    this.controller = controllerOf(draftTokensMax);
+    this.poolDraftTokensMax = this.pooled !== undefined ? (setup.poolDraftTokensMax ?? draftTokensMax) : 0;
+    this.poolController = this.pooled !== undefined ? controllerOf(this.poolDraftTokensMax) : undefined;
+    const positions = Math.max(draftTokensMax, this.poolDraftTokensMax);
     const poolAcceptance = setup.draftPool?.acceptance;
     if (this.poolController instanceof DraftLengthController && poolAcceptance !== undefined)
       this.poolController.restore(poolAcceptance);
@@ -202,8 +207,8 @@ export class SpeculativeDecoder {
       zeroAcceptRounds: 0,
       draftTokensProposed: 0,
       draftTokensAccepted: 0,
-      draftedAtPosition: new Array<number>(draftTokensMax).fill(0),
-      acceptedAtPosition: new Array<number>(draftTokensMax).fill(0),
+      draftedAtPosition: new Array<number>(positions).fill(0),
+      acceptedAtPosition: new Array<number>(positions).fill(0),
       // The shared prefill counts once, on the first sample.
       forwardMs: index === undefined || index === 0 ? setup.prefill.forwardMs : 0,
       draftMs: indexMs,
@@ -304,7 +309,9 @@ export class SpeculativeDecoder {
       this.sequence.capacity - this.sequence.length - 1,
     );
     this.roundController =
-      this.pooled !== undefined && limit > 0 && this.pooled.prepare(Math.min(limit, this.setup.draftTokensMax))
+      this.pooled !== undefined &&
+      limit > 0 &&
+      this.pooled.prepare(Math.min(limit, this.setup.draftTokensMax), Math.min(limit, this.poolDraftTokensMax))
         ? this.poolController!
         : this.controller;
     return Math.min(this.roundController.current(this.othersLoad()), limit);

@@ -17,7 +17,7 @@ import {
   trace,
 } from '@opentelemetry/api';
 import { CancelledError } from '../errors.js';
-import { DEFAULT_SPECULATION, type GenerateRequest } from '../contract.js';
+import { type CacheStats, DEFAULT_SPECULATION, type GenerateRequest } from '../contract.js';
 import { GREEDY } from '../sampling/sampler.js';
 import type { ServiceEvent } from '../engine/inference-service.js';
 import type { AdmissionQueueState } from '../engine/admission-queue.js';
@@ -171,6 +171,35 @@ export class GenerationTelemetry {
       unit: '{event}',
       description: 'Model replica deaths, wedges, restarts and failed restarts',
     });
+  }
+
+  /**
+   * The cross-request caches (issue 34): what the prefix cache holds against its bound, and what
+   * both caches evicted — read from the replicas' last heartbeats at each collection.
+   */
+  watchCaches(caches: () => CacheStats | undefined): void {
+    const gauge = (name: string, unit: string, description: string, pick: (c: CacheStats) => number) =>
+      this.meter.createObservableGauge(name, { unit, description }).addCallback((r) => {
+        const c = caches();
+        if (c !== undefined) r.observe(pick(c));
+      });
+    const counter = (name: string, unit: string, description: string, pick: (c: CacheStats) => number) =>
+      this.meter.createObservableCounter(name, { unit, description }).addCallback((r) => {
+        const c = caches();
+        if (c !== undefined) r.observe(pick(c));
+      });
+    gauge(METRIC.prefixCacheUsage, 'By', 'KV bytes the prefix cache holds', (c) => c.prefixCacheBytes);
+    gauge(METRIC.prefixCacheLimit, 'By', "The prefix cache's bound (all replicas)", (c) => c.prefixCacheBytesMax);
+    gauge(METRIC.prefixCacheEntries, '{sequence}', 'Sequences the prefix cache holds', (c) => c.prefixCacheEntries);
+    counter(METRIC.prefixCacheEvictions, '{sequence}', 'Prefix-cache entries evicted', (c) => c.prefixCacheEvictions);
+    gauge(METRIC.draftPoolTokens, '{token}', 'Tokens the shared draft pools hold', (c) => c.draftPoolTokens);
+    gauge(METRIC.draftPoolScopes, '{scope}', 'Cache scopes with a draft pool', (c) => c.draftPoolScopes);
+    counter(
+      METRIC.draftPoolEvictedTokens,
+      '{token}',
+      'Draft-pool tokens evicted (full pools, scopes past the limit)',
+      (c) => c.draftPoolEvictedTokens,
+    );
   }
 
   replicaEvent(kind: string): void {

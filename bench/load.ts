@@ -14,7 +14,7 @@
  *   npm run load -- --quick              # a minute or two: small counts (smoke)
  */
 import { execFile, spawn } from 'node:child_process';
-import { readFileSync, writeFileSync, mkdirSync } from 'node:fs';
+import { mkdirSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs, promisify } from 'node:util';
 import { parse as parseYaml } from 'yaml';
@@ -271,11 +271,15 @@ async function main(): Promise<void> {
       'kill-replica-every-s': { type: 'string' },
       'out-dir': { type: 'string' },
       caches: { type: 'boolean' },
+      'soak-only': { type: 'boolean' },
+      'server-log': { type: 'string' },
     },
   });
   // The cache soak (issue 34): no ghz scenarios; varied prompts under many cache salts fill, hit and
   // evict the prefix cache and the draft pools; their gauges are sampled against the bound.
   const cachesMode = values.caches === true;
+  // Only the soak (no ghz scenarios); --server-log FILE keeps the server's stderr (e.g. with GRPC_TRACE set).
+  const soakOnly = cachesMode || values['soak-only'] === true;
   const quick = values.quick === true;
   const soakS = Number(values['soak-s'] ?? (quick ? 20 : 300));
   // Replica kills during the soak (0 = none): the replicas run as processes so they can be killed.
@@ -301,9 +305,10 @@ async function main(): Promise<void> {
   };
   const maxActive = Number(config['ANPD_MAX_ACTIVE_SEQUENCES']);
   const maxQueued = Number(config['ANPD_MAX_QUEUED_REQUESTS']);
+  const serverLog = values['server-log'] !== undefined ? openSync(values['server-log'], 'w') : 'ignore';
   const server = spawn(process.execPath, [join(ROOT, 'dist/src/cli/main.js'), 'serve'], {
     env,
-    stdio: ['ignore', 'ignore', 'ignore'],
+    stdio: ['ignore', 'ignore', serverLog],
   });
   const serverExit = new Promise<number | null>((resolve) => server.once('exit', resolve));
   const client = new TextGenerationClient(address);
@@ -447,7 +452,7 @@ async function main(): Promise<void> {
       address,
     ];
     const results: ScenarioResult[] = [];
-    for (let i = 0; i < (cachesMode ? 0 : scenarios.length); i++) {
+    for (let i = 0; i < (soakOnly ? 0 : scenarios.length); i++) {
       const scenario = scenarios[i]!;
       if (scenario.name === 'bidi-multiplexed') {
         // Offered load relative to what the unary scenario measured the capacity to be.
@@ -555,7 +560,7 @@ async function main(): Promise<void> {
       rssTimelineMiB: rss.samples.filter((_, i) => i % 8 === 0),
       ...(cacheSampler !== undefined ? { caches: cacheSampler.summary() } : {}),
     };
-    const base = cachesMode ? 'cache-soak' : 'load';
+    const base = cachesMode ? 'cache-soak' : soakOnly ? 'soak' : 'load';
     mkdirSync(outDir, { recursive: true });
     writeFileSync(join(outDir, `${base}.json`), `${JSON.stringify(report, null, 2)}\n`);
     writeFileSync(join(outDir, `${base}.md`), markdown(report));

@@ -16,6 +16,7 @@ import {
 import type { ServiceCancelledError, ServiceFinal, ServedModelInfo } from '../../engine/inference-service.js';
 import { InvalidRequestError } from '../../errors.js';
 import { CACHE_SALT_CHARS_MAX } from '../cache-scope.js';
+import { logprobTexts, type TokenTexts } from '../logprob-texts.js';
 import type { TokenLogprob } from '../../sampling/logprobs.js';
 import type { SamplingParams as EngineSampling } from '../../sampling/sampler.js';
 import type { ChatMessage } from '../../tokenizer/tokenizer.js';
@@ -367,24 +368,15 @@ export function parseGenerateRequest(msg: GenerateRequestMsg): ParsedGenerate {
   };
 }
 
-/** Texts of token ids, one per id (the service decodes them with the model's tokenizer). */
-export type TokenTexts = (ids: readonly number[]) => string[];
-
 /** Engine log-probabilities → wire, each token and alternative with its text (one decode call). */
 export function toLogprobMsgs(entries: readonly TokenLogprob[], texts: TokenTexts): TokenLogprobMsg[] {
-  const ids: number[] = [];
-  for (const e of entries) {
-    ids.push(e.tokenId);
-    for (const t of e.top) ids.push(t.tokenId);
-  }
-  const text = texts(ids);
-  let k = 0;
-  return entries.map((e) => ({
+  const decoded = logprobTexts(entries, texts);
+  return entries.map((e, i) => ({
     token_id: e.tokenId,
     logprob: e.logprob,
     rank: e.rank,
-    text: text[k++]!,
-    top: e.top.map((t) => ({ token_id: t.tokenId, logprob: t.logprob, text: text[k++]! })),
+    text: decoded[i]!.text,
+    top: e.top.map((t, j) => ({ token_id: t.tokenId, logprob: t.logprob, text: decoded[i]!.topTexts[j]! })),
   }));
 }
 

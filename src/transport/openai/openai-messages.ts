@@ -7,6 +7,7 @@ import type { FinishReason, GenerateRequest, Prompt, ResponseFormat, Speculation
 import { DEFAULT_SPECULATION } from '../../contract.js';
 import { InvalidRequestError } from '../../errors.js';
 import { CACHE_SALT_CHARS_MAX } from '../cache-scope.js';
+import { logprobTexts, type TokenTexts } from '../logprob-texts.js';
 import type { TokenLogprob } from '../../sampling/logprobs.js';
 import type { SamplingParams } from '../../sampling/sampler.js';
 import type { ChatMessage } from '../../tokenizer/tokenizer.js';
@@ -222,27 +223,22 @@ export interface UnscoredToken {
 /** Chat log-probabilities: each token with its text and bytes, and the alternatives. */
 export function chatLogprobs(
   logprobs: readonly TokenLogprob[],
-  texts: (ids: readonly number[]) => string[],
+  texts: TokenTexts,
 ): {
   token: string;
   logprob: number;
   bytes: number[];
   top_logprobs: { token: string; logprob: number; bytes: number[] }[];
 }[] {
-  const ids: number[] = [];
-  for (const l of logprobs) {
-    ids.push(l.tokenId);
-    for (const t of l.top) ids.push(t.tokenId);
-  }
-  const decoded = texts(ids);
-  let at = 0;
   const bytes = (s: string) => [...Buffer.from(s, 'utf8')];
-  return logprobs.map((l) => {
-    const token = decoded[at++]!;
-    const top = l.top.map((t) => {
-      const text = decoded[at++]!;
-      return { token: text, logprob: t.logprob, bytes: bytes(text) };
-    });
-    return { token, logprob: l.logprob, bytes: bytes(token), top_logprobs: top };
-  });
+  return logprobTexts(logprobs, texts).map(({ text, topTexts }, i) => ({
+    token: text,
+    logprob: logprobs[i]!.logprob,
+    bytes: bytes(text),
+    top_logprobs: logprobs[i]!.top.map((t, j) => ({
+      token: topTexts[j]!,
+      logprob: t.logprob,
+      bytes: bytes(topTexts[j]!),
+    })),
+  }));
 }

@@ -117,3 +117,18 @@ test('a pool draft is no longer than the match behind it, and prepare bounds the
   t.true(long.prepare(7, 16));
   t.deepEqual(long.propose(16), earlier.slice(12, 24));
 });
+
+test('of several occurrences of a context, the one with the longest match continues (the latest on a tie)', (t) => {
+  const pool = new DraftPool(OPTIONS);
+  // Three documents share the context 50 51 52 53; what precedes it tells them apart.
+  pool.add([1, 2, 3, 50, 51, 52, 53, 61, 62]);
+  pool.add([7, 8, 9, 50, 51, 52, 53, 71, 72]);
+  pool.add([4, 5, 6, 50, 51, 52, 53, 81, 82]);
+  const out: number[] = [];
+  t.is(pool.continuation([0, 8, 9, 50, 51, 52, 53], 7, 2, out), 6, 'the second document matches 6 back');
+  t.deepEqual(out, [71, 72]);
+  t.is(pool.continuation([2, 3, 50, 51, 52, 53], 6, 2, out), 6);
+  t.deepEqual(out, [61, 62]);
+  t.is(pool.continuation([0, 50, 51, 52, 53], 5, 2, out), 4, 'no longer match anywhere: the latest');
+  t.deepEqual(out, [81, 82]);
+});

@@ -5,12 +5,13 @@
  * follows, token for token, text an earlier request produced or read.
  *
  * A pool is a bounded corpus of finished requests' tokens (prompt and output, documents separated)
- * and an index from every `contextTokens`-token context to the position after its latest
- * occurrence. A request whose last tokens match a context there (at least `minMatch` tokens, the
- * match measured back up to `maxMatch`) gets the span that followed it as its draft (prompt lookup
+ * and an index from every `contextTokens`-token context to the positions after its occurrences
+ * (the latest, chained to the earlier ones). A request whose last tokens match a context there (at
+ * least `minMatch` tokens, measured back up to `maxMatch`; of the latest POOL_CANDIDATES_MAX
+ * occurrences the longest match) gets the span that followed it as its draft (prompt lookup
  * across requests). Drafts only change speed: the verifier decides every token.
  *
- * Memory: 4 bytes a corpus token plus the index (~16 bytes a token); past `tokensMax` the oldest
+ * Memory: 8 bytes a corpus token (token, chain) plus the index (~16 bytes a token); past `tokensMax` the oldest
  * documents are dropped and the index rebuilt (at a request's end, never in a decode round).
  * Pools are per scope; `DraftPools` keeps at most `scopesMax` of them, least recently used out.
  */
@@ -33,6 +34,9 @@ export const DEFAULT_DRAFT_POOL_OPTIONS: Omit<DraftPoolOptions, 'tokensMax'> = {
   maxMatch: 32,
 };
 
+/** Occurrences of a context compared per lookup (each at most maxMatch token compares). */
+export const POOL_CANDIDATES_MAX = 8;
+
 /** Between documents: no context spans it and no copy runs past it. */
 const SEPARATOR = -1;
 
@@ -43,6 +47,11 @@ export class DraftPool {
   /** Starts of the documents in the corpus, oldest first (each after its separator). */
   private starts: number[] = [];
   private index: ContextTable;
+  /**
+   * earlier[at]: the position after the previous occurrence of the context that ends before `at`
+   * (−1: none), so the candidates of a context are a chain from the index's latest one.
+   */
+  private earlier: Int32Array;
   /** Documents dropped to stay within tokensMax, and their tokens. */
   evictions = 0;
   evictedTokens = 0;
@@ -60,6 +69,7 @@ export class DraftPool {
       throw new RangeError('need contextTokens ≤ minMatch ≤ maxMatch');
     this.options = options;
     this.corpus = new Int32Array(Math.min(options.tokensMax, 4096));
+    this.earlier = new Int32Array(this.corpus.length + 1);
     this.index = new ContextTable(this.corpus.length);
   }
 
@@ -96,19 +106,31 @@ export class DraftPool {
     if (contextLength < minMatch || maxTokens <= 0 || this.length === 0) return 0;
     let h = 0;
     for (let i = contextLength - contextTokens; i < contextLength; i++) h = mix(h, context[i]!);
-    const at = this.index.get(h);
-    if (at < 0 || at >= this.length) return 0;
+    // The longest match among the context's latest POOL_CANDIDATES_MAX occurrences (the most recent
+    // on a tie): a tool call's skeleton recurs in many documents, and the text before it says which
+    // one this request is repeating.
     const corpus = this.corpus;
+    let best = -1;
     let match = 0;
-    while (
-      match < maxMatch &&
-      match < contextLength &&
-      at - match - 1 >= 0 &&
-      corpus[at - match - 1] === context[contextLength - match - 1]
-    )
-      match++;
-    if (match < minMatch) return 0; // a hash collision, or a shorter match than asked
-    for (let i = at; i < this.length && out.length < maxTokens && corpus[i] !== SEPARATOR; i++) out.push(corpus[i]!);
+    let at = this.index.get(h);
+    for (let n = 0; n < POOL_CANDIDATES_MAX && at >= 0 && at <= this.length; n++, at = this.earlier[at]!) {
+      if (at >= this.length || corpus[at] === SEPARATOR) continue; // nothing follows this one
+      let m = 0;
+      while (
+        m < maxMatch &&
+        m < contextLength &&
+        at - m - 1 >= 0 &&
+        corpus[at - m - 1] === context[contextLength - m - 1]
+      )
+        m++;
+      if (m > match) {
+        match = m;
+        best = at;
+      }
+      if (match >= maxMatch) break;
+    }
+    if (match < minMatch) return 0; // hash collisions, or shorter matches than asked
+    for (let i = best; i < this.length && out.length < maxTokens && corpus[i] !== SEPARATOR; i++) out.push(corpus[i]!);
     return out.length > 0 ? match : 0;
   }
 
@@ -121,6 +143,7 @@ export class DraftPool {
     if (pos + 1 - k < start) return;
     let h = 0;
     for (let i = pos + 1 - k; i <= pos; i++) h = mix(h, this.corpus[i]!);
+    this.earlier[pos + 1] = this.index.get(h);
     this.index.put(h, pos + 1);
   }
 
@@ -131,6 +154,9 @@ export class DraftPool {
     const grown = new Int32Array(Math.min(n, this.options.tokensMax));
     grown.set(this.corpus.subarray(0, this.length));
     this.corpus = grown;
+    const chain = new Int32Array(grown.length + 1);
+    chain.set(this.earlier.subarray(0, this.length + 1));
+    this.earlier = chain;
   }
 
   /** Drops the oldest documents until the corpus holds at most `room` tokens, then rebuilds the index. */

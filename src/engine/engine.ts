@@ -31,7 +31,7 @@ import { prepareGeneration, tokenizePrompt } from './validate.js';
 export const PROMPT_LOGPROBS_CHUNK = 64;
 /**
  * Shared draft pools (issue 34): corpus tokens kept per cache scope and scopes kept per replica
- * (least recently used out). ~1.3 MB a full scope (corpus and index): ≤ ~21 MB a replica.
+ * (least recently used out). ~1.6 MB a full scope (corpus, candidate chain, index): ≤ ~25 MB a replica.
  */
 export const DRAFT_POOL_TOKENS_MAX = 65_536;
 export const DRAFT_POOL_SCOPES_MAX = 16;

@@ -55,6 +55,31 @@ test('a truncated GGUF is reported as truncated, naming the file', async (t) => 
   });
 });
 
+test('a GGUF read in ranges (as files past 512 MiB are) gives the same header and tensor bytes as one read whole', async (t) => {
+  const path = await defaultGguf();
+  const whole = readGguf(path);
+  // A 4 KiB first header read: the header (the tokenizer's ~49k strings) needs several larger reads.
+  const ranged = readGguf(path, { wholeReadBytesMax: 0, headerReadBytes: 4096 });
+  t.is(ranged.size, whole.size);
+  t.deepEqual([...ranged.metadata.keys()], [...whole.metadata.keys()]);
+  t.deepEqual(ranged.metadata.get('tokenizer.ggml.tokens'), whole.metadata.get('tokenizer.ggml.tokens'));
+  t.deepEqual([...ranged.tensors.values()], [...whole.tensors.values()]);
+  for (const info of [...whole.tensors.values()].filter((_, i) => i % 17 === 0))
+    t.true(ranged.tensorBytes(info).equals(whole.tensorBytes(info)), info.name);
+  // Cut files are still named truncated on this path.
+  const real = readFileSync(path);
+  const dataCut = file('cut-data-ranged.gguf', real.subarray(0, real.length - 1000));
+  t.throws(() => readGguf(dataCut, { wholeReadBytesMax: 0, headerReadBytes: 4096 }), {
+    instanceOf: ModelFormatError,
+    message: /cut-data-ranged\.gguf: truncated: tensor \S+ needs bytes/,
+  });
+  const headerCut = file('cut-header-ranged.gguf', real.subarray(0, 5000));
+  t.throws(() => readGguf(headerCut, { wholeReadBytesMax: 0, headerReadBytes: 4096 }), {
+    instanceOf: ModelFormatError,
+    message: /cut-header-ranged\.gguf: truncated/,
+  });
+});
+
 test('an unsupported GGUF version is refused', (t) => {
   const path = file('v9.gguf', writeGguf(LLAMA_META, [], 9));
   t.throws(() => readGguf(path), { instanceOf: ModelFormatError, message: /unsupported GGUF version 9/ });

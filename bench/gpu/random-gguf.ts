@@ -5,7 +5,7 @@
  * (about 1 GB: too big to carry there).
  *   node dist/bench/gpu/random-gguf.js --tokenizer-from REAL.gguf --out BIG.gguf [--layers 24 --hidden 2048 --ffn 8192 --heads 32 --kv-heads 32 --type Q4_0]
  */
-import { writeFileSync } from 'node:fs';
+import { closeSync, openSync, writeSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { GgmlType, readGguf } from '../../src/convert/gguf-reader.js';
 import { randomLlamaGguf } from '../../test/support/random-gguf.js';
@@ -35,7 +35,14 @@ function main(): void {
     values['kv-heads'],
   ].map(Number) as [number, number, number, number, number];
   const file = randomLlamaGguf(readGguf(values['tokenizer-from']), { layers, hidden, ffn, heads, kvHeads }, () => type);
-  writeFileSync(values.out, file);
+  // In pieces: one write takes at most 2 GiB, and an 8B shape is ~4 GB.
+  const fd = openSync(values.out, 'w');
+  try {
+    for (let at = 0; at < file.length; at += 1 << 30)
+      writeSync(fd, file.subarray(at, Math.min(file.length, at + (1 << 30))));
+  } finally {
+    closeSync(fd);
+  }
   process.stderr.write(
     `${values.out}: ${layers} layers, hidden ${hidden}, ffn ${ffn}, ${heads}/${kvHeads} heads, ${values.type}, ${(file.length / 1e9).toFixed(2)} GB\n`,
   );

@@ -2,7 +2,7 @@
  * GGUF v2/v3 reader: metadata, tensor table and raw tensor bytes.
  * Every structural problem becomes a ModelFormatError that names the file.
  */
-import { readFileSync, statSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, readSync, statSync } from 'node:fs';
 import { ModelFormatError, ModelNotFoundError } from '../errors.js';
 
 export const GGUF_MAGIC = 0x46554747; // "GGUF" little-endian
@@ -50,7 +50,7 @@ export interface GgufTensorInfo {
   readonly dims: readonly number[];
   readonly type: GgmlType;
   readonly elementCount: number;
-  /** Absolute byte offset in the file buffer. */
+  /** Absolute byte offset in the file. */
   readonly byteOffset: number;
   readonly byteLength: number;
 }
@@ -60,8 +60,24 @@ export interface GgufFile {
   readonly version: number;
   readonly metadata: ReadonlyMap<string, GgufValue>;
   readonly tensors: ReadonlyMap<string, GgufTensorInfo>;
-  readonly buffer: Buffer;
+  /** Bytes in the file. */
+  readonly size: number;
+  /** A tensor's raw bytes: a view of the file read whole, or read from disk (files past WHOLE_READ_BYTES_MAX). */
+  tensorBytes(t: GgufTensorInfo): Buffer;
 }
+
+/**
+ * Files up to this size are read whole; larger ones (an 8B model is 4–5 GB, past Node's 2 GiB
+ * read and 4 GiB buffer limits) have their header read alone and each tensor read when asked for.
+ */
+export const WHOLE_READ_BYTES_MAX = 512 * 1024 * 1024;
+/** The first header read of a large file; quadrupled while the header runs past it. */
+const HEADER_READ_BYTES = 16 * 1024 * 1024;
+/** One read's most (Node's readSync takes at most 2 GiB). */
+const READ_CHUNK_BYTES = 1024 * 1024 * 1024;
+
+/** Thrown by the header parser when a partial read ends before the header does. */
+class HeaderPastRead extends Error {}
 
 // Guards against corrupt headers asking for absurd allocations.
 const MAX_KV_COUNT = 1_000_000;
@@ -70,7 +86,10 @@ const MAX_ARRAY_LENGTH = 50_000_000;
 const MAX_STRING_BYTES = 64 * 1024 * 1024;
 const MAX_DIMS = 4;
 
-export function readGguf(path: string): GgufFile {
+export function readGguf(
+  path: string,
+  limits: { readonly wholeReadBytesMax?: number; readonly headerReadBytes?: number } = {},
+): GgufFile {
   let size: number;
   try {
     size = statSync(path).size;
@@ -78,17 +97,60 @@ export function readGguf(path: string): GgufFile {
     throw new ModelNotFoundError(path, 'GGUF file not found');
   }
   if (size < 24) throw new ModelFormatError(path, `file is ${size} bytes, too short to be GGUF`);
-  const buffer = readFileSync(path);
-  return parseGguf(path, buffer);
+  if (size <= (limits.wholeReadBytesMax ?? WHOLE_READ_BYTES_MAX)) return parseGguf(path, readFileSync(path));
+  const tensorBytes = (t: GgufTensorInfo): Buffer => readRange(path, t.byteOffset, t.byteLength);
+  for (let headBytes = limits.headerReadBytes ?? HEADER_READ_BYTES; ; headBytes *= 4) {
+    const head = readRange(path, 0, Math.min(headBytes, size));
+    try {
+      return parseHeader(path, head, size, head.length < size, tensorBytes);
+    } catch (e) {
+      if (!(e instanceof HeaderPastRead)) throw e;
+    }
+  }
 }
 
+/** `length` bytes of the file from `offset` (in reads of at most READ_CHUNK_BYTES). */
+function readRange(path: string, offset: number, length: number): Buffer {
+  const out = Buffer.allocUnsafe(length);
+  const fd = openSync(path, 'r');
+  try {
+    for (let done = 0; done < length; ) {
+      const n = readSync(fd, out, done, Math.min(READ_CHUNK_BYTES, length - done), offset + done);
+      if (n === 0) throw new ModelFormatError(path, `truncated: byte ${offset + done} could not be read`);
+      done += n;
+    }
+  } finally {
+    closeSync(fd);
+  }
+  return out;
+}
+
+/** A GGUF held in memory whole. */
 export function parseGguf(path: string, buffer: Buffer): GgufFile {
+  return parseHeader(path, buffer, buffer.length, false, (t) =>
+    buffer.subarray(t.byteOffset, t.byteOffset + t.byteLength),
+  );
+}
+
+/**
+ * Metadata and tensor table from `buffer` (the file's first bytes; all of them unless `partial`).
+ * A partial buffer that ends inside the header throws HeaderPastRead (the caller reads more).
+ */
+function parseHeader(
+  path: string,
+  buffer: Buffer,
+  fileSize: number,
+  partial: boolean,
+  tensorBytes: (t: GgufTensorInfo) => Buffer,
+): GgufFile {
   const fail = (message: string): never => {
     throw new ModelFormatError(path, message);
   };
   let pos = 0;
   const need = (n: number): void => {
-    if (pos + n > buffer.length) fail(`truncated: header needs byte ${pos + n} but the file has ${buffer.length}`);
+    if (pos + n <= buffer.length) return;
+    if (partial) throw new HeaderPastRead();
+    fail(`truncated: header needs byte ${pos + n} but the file has ${fileSize}`);
   };
   const u32 = (): number => {
     need(4);
@@ -213,10 +275,8 @@ export function parseGguf(path: string, buffer: Buffer): GgufFile {
       fail(`tensor ${info.name}: ${elementCount} elements is not a whole number of blocks`);
     const byteLength = (elementCount / block!.elements) * block!.bytes;
     const byteOffset = dataStart + info.offset;
-    if (byteOffset + byteLength > buffer.length) {
-      fail(
-        `truncated: tensor ${info.name} needs bytes up to ${byteOffset + byteLength} but the file has ${buffer.length}`,
-      );
+    if (byteOffset + byteLength > fileSize) {
+      fail(`truncated: tensor ${info.name} needs bytes up to ${byteOffset + byteLength} but the file has ${fileSize}`);
     }
     tensors.set(info.name, {
       name: info.name,
@@ -227,7 +287,7 @@ export function parseGguf(path: string, buffer: Buffer): GgufFile {
       byteLength,
     });
   }
-  return { path, version, metadata, tensors, buffer };
+  return { path, version, metadata, tensors, size: fileSize, tensorBytes };
 }
 
 export function metaString(file: GgufFile, key: string): string | undefined {

@@ -180,21 +180,57 @@ function encodeValueInfo(v: ValueInfo): ProtoWriter {
   return w;
 }
 
-function encodeInitializer(t: Initializer): ProtoWriter {
+/**
+ * ONNX external data: initializers of at least `minBytes` go to one file beside the model (named
+ * `location`, relative to the model's folder) instead of into the protobuf, which cannot pass 2 GiB.
+ * Filled by encodeModel: `chunks` in file order, each tensor at a 4 KiB-aligned offset (mappable).
+ */
+export interface ExternalData {
+  readonly location: string;
+  readonly minBytes: number;
+  readonly chunks: Uint8Array[];
+  length: number;
+}
+
+const EXTERNAL_ALIGN = 4096;
+
+function encodeInitializer(t: Initializer, external: ExternalData | undefined): ProtoWriter {
   const w = new ProtoWriter();
   for (const d of t.dims) w.int(1, d);
   w.int(2, t.type);
   w.string(8, t.name);
-  w.bytes(9, t.data);
+  if (external === undefined || t.data.length < external.minBytes) {
+    w.bytes(9, t.data);
+    return w;
+  }
+  const pad = (EXTERNAL_ALIGN - (external.length % EXTERNAL_ALIGN)) % EXTERNAL_ALIGN;
+  if (pad > 0) external.chunks.push(new Uint8Array(pad));
+  const offset = external.length + pad;
+  external.chunks.push(t.data);
+  external.length = offset + t.data.length;
+  for (const [key, value] of [
+    ['location', external.location],
+    ['offset', String(offset)],
+    ['length', String(t.data.length)],
+  ] as const) {
+    const entry = new ProtoWriter();
+    entry.string(1, key);
+    entry.string(2, value);
+    w.message(13, entry); // external_data
+  }
+  w.int(14, 1); // data_location = EXTERNAL
   return w;
 }
 
-/** Encodes a model as a list of byte chunks (write them in order; no 100 MB concatenation needed). */
-export function encodeModel(model: ModelSpec): Uint8Array[] {
+/**
+ * Encodes a model as a list of byte chunks (write them in order; no 100 MB concatenation needed).
+ * With `external`, large initializers go there instead (write its chunks to its location).
+ */
+export function encodeModel(model: ModelSpec, external?: ExternalData): Uint8Array[] {
   const g = new ProtoWriter();
   for (const n of model.graph.nodes) g.message(1, encodeNode(n));
   g.string(2, model.graph.name);
-  for (const t of model.graph.initializers) g.message(5, encodeInitializer(t));
+  for (const t of model.graph.initializers) g.message(5, encodeInitializer(t, external));
   for (const i of model.graph.inputs) g.message(11, encodeValueInfo(i));
   for (const o of model.graph.outputs) g.message(12, encodeValueInfo(o));
 

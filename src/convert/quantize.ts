@@ -53,7 +53,7 @@ export function halfToFloat(h: number): number {
 }
 
 function tensorBytes(file: GgufFile, t: GgufTensorInfo): Buffer {
-  return file.buffer.subarray(t.byteOffset, t.byteOffset + t.byteLength);
+  return file.tensorBytes(t);
 }
 
 /** Dequantizes any supported ggml tensor to float32 in ggml element order. */

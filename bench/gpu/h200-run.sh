@@ -164,7 +164,7 @@ for step in $steps; do
       # by operator, and llama.cpp's `llama-bench` tg128 on the same GGUF (the peer's step).
       # PROFILE_MODELS lists name:dir:gguf triples (converted float16 graphs and their GGUFs).
       say stepprof
-      for triple in ${PROFILE_MODELS:-smollm2:/tmp/m16:/tmp/model.gguf gemma3:/tmp/g16:/tmp/gemma.gguf big1p7:/tmp/big16:/tmp/big.gguf}; do
+      for triple in ${PROFILE_MODELS:-smollm2:/tmp/m16:/tmp/model.gguf gemma3:/tmp/g16:/tmp/gemma.gguf big1p7:/tmp/big16:/tmp/big.gguf big8b:/tmp/b8-16:/tmp/b8.gguf}; do
         name=${triple%%:*}; rest=${triple#*:}; dir=${rest%%:*}; gg=${rest#*:}
         [ -x "$llama/llama-bench" ] && [ -f "$gg" ] && timeout 120 "$llama/llama-bench" -m "$gg" -ngl 99 -p 0 -n 128 -r 5 -o json > "$out/llama-$name.json" 2>/dev/null \
           && node -e "const r=JSON.parse(require('fs').readFileSync('$out/llama-$name.json','utf8'));console.log('llama-bench $name tg128', r.map(x=>x.avg_ts.toFixed(1)+' tok/s').join(', '))" | tee -a "$log"

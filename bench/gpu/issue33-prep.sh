@@ -30,9 +30,9 @@ case ${1:-} in
     bg "node dist/src/cli/main.js convert /tmp/model.gguf /tmp/m16 --dtype float16 \
       && node dist/bench/gpu/random-gguf.js --tokenizer-from /tmp/model.gguf --out /tmp/big.gguf \
       && node dist/src/cli/main.js convert /tmp/big.gguf /tmp/big16 --dtype float16 \
-      && node --max-old-space-size=60000 dist/bench/gpu/random-gguf.js --tokenizer-from /tmp/model.gguf --out /tmp/b8.gguf \
+      && node dist/bench/gpu/random-gguf.js --tokenizer-from /tmp/model.gguf --out /tmp/b8.gguf \
            --layers 32 --hidden 4096 --ffn 14336 --heads 32 --kv-heads 8 \
-      && node --max-old-space-size=60000 dist/src/cli/main.js convert /tmp/b8.gguf /tmp/b8-16 --dtype float16; echo rc \$?" models ;;
+      && node dist/src/cli/main.js convert /tmp/b8.gguf /tmp/b8-16 --dtype float16; echo rc \$?" models ;;
   gemma)
     cat /tmp/i33/part0 /tmp/i33/part1 /tmp/i33/part2 /tmp/i33/part3 /tmp/i33/part4 > /tmp/gemma.gguf
     bg "node dist/src/cli/main.js convert /tmp/gemma.gguf /tmp/g16 --dtype float16; echo rc \$?" gemma ;;

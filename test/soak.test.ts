@@ -6,8 +6,12 @@
  * answers the same greedy request with the same text. The same over the OpenAI-compatible HTTP API
  * (tools/http-soak.ts, the official openai client): dropped streams and abandoned calls.
  */
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import test from 'ava';
 import OpenAI from 'openai';
+import { WORKER_HEARTBEAT_MS } from '../src/engine/worker-protocol.js';
+import { projectRoot } from '../src/paths.js';
 import { replicaKiller, runSoak } from '../tools/soak.js';
 import { runHttpSoak } from '../tools/http-soak.js';
 import { SILENT_LOGGER } from '../src/log.js';
@@ -113,6 +117,61 @@ test.serial(
       const after = await client.generate({ ...probe, request_id: 'probe-after' });
       t.is(after.text, before.text);
       t.true(rssGrowthMiB < 200, `server RSS grew ${rssGrowthMiB.toFixed(0)} MiB`);
+    } finally {
+      await s.close();
+      await pool.dispose();
+    }
+  },
+);
+
+test.serial(
+  'soak with varied prompts under many cache salts: the prefix cache and draft pools fill, hit and evict under cancels and disconnects, within their bounds, and change no output',
+  async (t) => {
+    const prefixCacheBytes = 48 * 2 ** 20; // ~1 kept prompt of these documents: every few requests evict
+    const pool = await EnginePool.create(
+      await defaultModelDir(),
+      { executionProvider: 'cpu', intraOpThreads: 0, kvCapacity: 2048 },
+      { replicas: 1, forwardCost: { mode: 'fixed', table: TEST_FORWARD_COST }, prefixCacheBytes },
+    );
+    const s = await startTestServer({ engine: pool, replicas: pool, maxActive: 2, maxQueued: 2 });
+    try {
+      const client = s.client();
+      const probe = {
+        request_id: 'probe',
+        messages: { messages: [{ role: 'user' as const, content: 'Name two oceans.' }] },
+        stopping: { max_new_tokens: 24 },
+        cache: { salt: 'probe' },
+      };
+      const before = await client.generate(probe);
+      const documents = ['code-editing', 'summarization'].flatMap((name) =>
+        (JSON.parse(readFileSync(join(projectRoot(), `bench/prompts/${name}.json`), 'utf8')) as { prompt: string }[])
+          .slice(0, 4)
+          .map((p) => p.prompt),
+      );
+      const result = await runSoak({
+        address: s.address,
+        durationMs: 25_000,
+        workers: 4,
+        seed: 29,
+        maxNewTokensMax: 32,
+        variedDocuments: documents,
+      });
+      // The caches' figures come with the replica's heartbeats.
+      await new Promise((resolve) => setTimeout(resolve, 2 * WORKER_HEARTBEAT_MS));
+      const caches = pool.cacheStats();
+      t.log(JSON.stringify({ generations: result.generations, caches }));
+      t.deepEqual(result.unexpected, []);
+      t.true(result.generations.completed > 0);
+      t.true(caches.prefixCacheBytes <= prefixCacheBytes, 'the prefix cache within its bound');
+      t.is(caches.prefixCacheBytesMax, prefixCacheBytes);
+      t.true(caches.prefixCacheEvictions > 0, 'entries were evicted');
+      t.true(caches.draftPoolScopes > 1, 'several tenants have pools');
+      t.true(
+        await waitFor(() => s.service.poolState.active === 0 && s.service.poolState.queued === 0, 10_000),
+        'no slot leaked',
+      );
+      const after = await client.generate({ ...probe, request_id: 'probe-after' });
+      t.is(after.text, before.text);
     } finally {
       await s.close();
       await pool.dispose();

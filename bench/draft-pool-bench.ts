@@ -75,15 +75,20 @@ async function runLoop(engine: Engine, trace: readonly string[], maxNewTokens: n
       ...(scope !== undefined ? { cacheScope: scope } : {}),
     };
     const out: number[] = [];
+    // The first delta's tokens came with the first token's time (a first round may commit a whole
+    // draft): the decode phase is what follows it.
+    let firstDeltaTokens = -1;
     for await (const event of engine.generate(request)) {
-      if (event.type === 'delta') out.push(...event.tokenIds);
-      else {
+      if (event.type === 'delta') {
+        if (firstDeltaTokens < 0 && event.tokenIds.length > 0) firstDeltaTokens = event.tokenIds.length;
+        out.push(...event.tokenIds);
+      } else {
         tokens += event.completionTokens;
         rounds += event.stats.rounds;
         accepted += event.stats.draftTokensAccepted;
         poolAccepted += event.stats.poolAcceptedTokens;
         decodeMs += event.totalMs - event.firstTokenMs;
-        decodeTokens += event.completionTokens - 1;
+        decodeTokens += event.completionTokens - Math.max(1, firstDeltaTokens);
         perRequest.push({
           rounds: event.stats.rounds,
           poolAccepted: event.stats.poolAcceptedTokens,

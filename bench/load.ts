@@ -589,7 +589,6 @@ function round1(x: number): number {
   return Math.round(x * 10) / 10;
 }
 
-/** Waits until no generation runs or waits (no leaked slots); false after 60 s. */
 // ---------- caches (issue 34) ----------
 
 /** The bench prompts' texts: the varied soak's shared document heads. */
@@ -648,7 +647,7 @@ class CacheSampler {
   async stop(): Promise<void> {
     clearInterval(this.timer);
     await this.inFlight;
-    await this.sample();
+    await this.sample().catch(() => {}); // one failed scrape must not lose the run's report
   }
 
   private async sample(): Promise<void> {
@@ -674,6 +673,7 @@ class CacheSampler {
   }
 
   summary(): CacheSummary {
+    if (this.samples.length === 0) throw new Error('no scrape of the cache metrics succeeded');
     const last = this.samples[this.samples.length - 1]!;
     const mib = (bytes: number) => round1(bytes / 2 ** 20);
     const byMinute: number[] = [];
@@ -696,6 +696,7 @@ class CacheSampler {
   }
 }
 
+/** Waits until no generation runs or waits (no leaked slots); false after 60 s. */
 async function waitIdle(metricsPort: number): Promise<boolean> {
   const until = performance.now() + 60_000;
   while (performance.now() < until) {
@@ -734,7 +735,7 @@ function markdown(report: {
   const lines: string[] = [
     '# Load and soak report',
     '',
-    `${report.date} · ${report.machine.cpus} × ${report.machine.cpuModel} · Node ${report.machine.node} · one \`anpd serve\` process on loopback with deploy/k8s/base/configmap.yaml: ${s['ANPD_MAX_ACTIVE_SEQUENCES']} active sequences, queue ${s['ANPD_MAX_QUEUED_REQUESTS']}, ${s['ANPD_THREADS']} ORT threads, SmolLM2-135M-Instruct (4-bit), speculation on (server default). Produced by \`npm run load\` (bench/load.ts); raw numbers in load.json.`,
+    `${report.date} · ${report.machine.cpus} × ${report.machine.cpuModel} · Node ${report.machine.node} · one \`anpd serve\` process on loopback with deploy/k8s/base/configmap.yaml: ${s['ANPD_MAX_ACTIVE_SEQUENCES']} active sequences, queue ${s['ANPD_MAX_QUEUED_REQUESTS']}, ${s['ANPD_THREADS']} ORT threads, SmolLM2-135M-Instruct (4-bit), speculation on (server default). Produced by \`npm run load\` (bench/load.ts); raw numbers in the .json of the same name.`,
     '',
     '## ghz scenarios (client view: whole-RPC latency)',
     '',

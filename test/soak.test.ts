@@ -70,6 +70,8 @@ test.serial(
         isolation: 'process',
         forwardCost: { mode: 'fixed', table: TEST_FORWARD_COST },
         supervision: { restartBackoffMs: 100, restartsPerMinuteMax: 30 },
+        // Small: kept prompts are evicted often, so the eviction counters move across the kills.
+        prefixCacheBytes: 32 * 2 ** 20,
       },
     );
     const events: ReplicaEvent[] = [];
@@ -84,6 +86,12 @@ test.serial(
       };
       const before = await client.generate(probe);
       const rssStart = process.memoryUsage().rss;
+      // The cache counters, as a scrape would read them, must never go down when a replica is replaced.
+      const counters: number[][] = [];
+      const sampler = setInterval(() => {
+        const c = pool.cacheStats();
+        counters.push([c.prefixCacheEvictions, c.draftPoolEvictedTokens]);
+      }, 100);
       const result = await runSoak({
         address: s.address,
         durationMs: 20_000,
@@ -92,6 +100,11 @@ test.serial(
         maxNewTokensMax: 48,
         replicaKills: { everyMs: 4_000, kill: replicaKiller(process.pid) },
       });
+      clearInterval(sampler);
+      for (let i = 1; i < counters.length; i++) {
+        t.true(counters[i]![0]! >= counters[i - 1]![0]!, `prefix-cache evictions went down at sample ${i}`);
+        t.true(counters[i]![1]! >= counters[i - 1]![1]!, `pool evictions went down at sample ${i}`);
+      }
       const rssGrowthMiB = (process.memoryUsage().rss - rssStart) / 2 ** 20;
       t.log(
         JSON.stringify({
@@ -100,6 +113,7 @@ test.serial(
           kills: result.replicaKills.length,
           events: events.map((e) => e.kind),
           rssGrowthMiB: Math.round(rssGrowthMiB),
+          prefixCacheEvictions: counters.at(-1)?.[0],
         }),
       );
       t.deepEqual(result.unexpected, []);

@@ -170,12 +170,12 @@ for step in $steps; do
           && node -e "const r=JSON.parse(require('fs').readFileSync('$out/llama-$name.json','utf8'));console.log('llama-bench $name tg128', r.map(x=>x.avg_ts.toFixed(1)+' tok/s').join(', '))" | tee -a "$log"
         [ -f "$dir/anpd-model.json" ] || { say "stepprof: no $dir"; continue; }
         for g in on off; do
-          timeout 120 node dist/bench/gpu/step-profile.js --model "$dir" --cuda-graphs $g --steps 400 --out "$out/step-$name-graphs-$g.json" 2>&1 | tail -1 | tee -a "$log"
+          timeout ${STEP_TIMEOUT:-300} node dist/bench/gpu/step-profile.js --model "$dir" --cuda-graphs $g --steps 400 --out "$out/step-$name-graphs-$g.json" 2>&1 | tail -1 | tee -a "$log"
         done
         rm -rf /tmp/prof; mkdir -p /tmp/prof
-        ANPD_ORT_PROFILE=/tmp/prof/p timeout 150 node dist/bench/gpu/step-profile.js --model "$dir" --cuda-graphs off --steps 200 >/dev/null 2>&1
+        ANPD_ORT_PROFILE=/tmp/prof/p timeout ${STEP_TIMEOUT:-300} node dist/bench/gpu/step-profile.js --model "$dir" --cuda-graphs off --steps 200 >/dev/null 2>&1
         for f in /tmp/prof/*.json; do node bench/gpu/profile-summary.mjs "$f" 30; done > "$out/profile-$name.txt" 2>&1
-        head -14 "$out/profile-$name.txt" | tee -a "$log"
+        grep -A12 '"file"' "$out/profile-$name.txt" | tee -a "$log"
       done ;;
     replicas)
       say replicas

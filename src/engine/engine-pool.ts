@@ -15,6 +15,7 @@ import {
   type GenerationBackend,
   type GenerationEvent,
   type PreparedGeneration,
+  NO_CACHES,
   type Prompt,
   sumCacheStats,
 } from '../contract.js';
@@ -41,6 +42,13 @@ type PoolOptions = {
 export class EnginePool implements GenerationBackend, ReplicaSet {
   private readonly supervisor: ReplicaSupervisor<WorkerEngine>;
   private readonly router: LeastLoadedRouter;
+  /** Per replica slot: its engine as last seen, that engine's last figures, what replaced engines evicted. */
+  private readonly cacheSlots: {
+    engine: WorkerEngine;
+    last: CacheStats | undefined;
+    prefixEvictions: number;
+    poolEvictedTokens: number;
+  }[] = [];
 
   private constructor(
     replicas: readonly WorkerEngine[],
@@ -169,9 +177,30 @@ export class EnginePool implements GenerationBackend, ReplicaSet {
     return this.router.run(prepared, signal);
   }
 
-  /** The replicas' caches summed (a replica's are its own: each holds its own KV and pools). */
+  /**
+   * The replicas' caches summed (a replica's are its own: each holds its own KV and pools). A dead
+   * replica holds nothing; what a replaced engine had evicted stays counted in its slot, so the
+   * eviction counters never go down across restarts (Prometheus would read a drop as a reset).
+   */
   cacheStats(): CacheStats {
-    return sumCacheStats(this.replicas.map((engine) => engine.cacheStats()));
+    return sumCacheStats(
+      this.replicas.map((engine, i) => {
+        const slot = (this.cacheSlots[i] ??= { engine, last: undefined, prefixEvictions: 0, poolEvictedTokens: 0 });
+        if (slot.engine !== engine) {
+          slot.prefixEvictions += slot.last?.prefixCacheEvictions ?? 0;
+          slot.poolEvictedTokens += slot.last?.draftPoolEvictedTokens ?? 0;
+          slot.engine = engine;
+          slot.last = undefined;
+        }
+        const now = engine.alive ? engine.cacheStats() : undefined;
+        if (now !== undefined) slot.last = now;
+        return {
+          ...(now ?? NO_CACHES),
+          prefixCacheEvictions: slot.prefixEvictions + (slot.last?.prefixCacheEvictions ?? 0),
+          draftPoolEvictedTokens: slot.poolEvictedTokens + (slot.last?.draftPoolEvictedTokens ?? 0),
+        };
+      }),
+    );
   }
 
   async dispose(): Promise<void> {

@@ -134,8 +134,9 @@ export class Engine implements GenerationBackend {
     const forwardCost = adaptive ? await this.forwardCost() : [];
     const draftPool =
       speculate && request.cacheScope !== undefined ? this.draftPools.get(request.cacheScope) : undefined;
+    // No drafts asked for (max_draft_tokens 0): none from the pool either.
     const poolDraftTokensMax =
-      draftPool === undefined
+      draftPool === undefined || draftTokensMax === 0
         ? 0
         : adaptive
           ? Math.max(draftTokensMax, Math.min(POOL_DRAFT_TOKENS_MAX, (info.verifyTokensMax ?? Infinity) - 1))

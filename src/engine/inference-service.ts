@@ -191,12 +191,12 @@ export class InferenceService {
     }
   }
 
-  /** Model replicas that can serve now, of how many (1 of 1 for an in-process engine). */
   /** The backend's cross-request caches (undefined: it reports none). */
   get cacheStats(): CacheStats | undefined {
     return this.engine.cacheStats?.();
   }
 
+  /** Model replicas that can serve now, of how many (1 of 1 for an in-process engine). */
   get replicas(): ReplicaCapacity {
     return this.replicaSet?.capacity ?? { up: 1, total: 1 };
   }

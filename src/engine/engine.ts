@@ -132,11 +132,12 @@ export class Engine implements GenerationBackend {
       : 0;
     const adaptive = speculate && spec.draftLength === 'adaptive';
     const forwardCost = adaptive ? await this.forwardCost() : [];
-    const draftPool =
-      speculate && request.cacheScope !== undefined ? this.draftPools.get(request.cacheScope) : undefined;
+    // The scope's pool is taken (made, or moved to most recent) only once the prompt is in: a
+    // request that ends before then pushes no other scope out.
+    const pooled = speculate && request.cacheScope !== undefined;
     // No drafts asked for (max_draft_tokens 0): none from the pool either.
     const poolDraftTokensMax =
-      draftPool === undefined || draftTokensMax === 0
+      !pooled || draftTokensMax === 0
         ? 0
         : adaptive
           ? Math.max(draftTokensMax, Math.min(POOL_DRAFT_TOKENS_MAX, (info.verifyTokensMax ?? Infinity) - 1))
@@ -180,7 +181,7 @@ export class Engine implements GenerationBackend {
         signal,
         started,
         prefill,
-        ...(draftPool !== undefined ? { draftPool, poolDraftTokensMax } : {}),
+        ...(pooled ? { draftPool: this.draftPools.get(request.cacheScope!), poolDraftTokensMax } : {}),
       };
       const constraintOf = (index: number) => (constraints.length > 0 ? { constraint: constraints[index]! } : {});
       if (samples === 1) {

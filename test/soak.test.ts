@@ -21,17 +21,20 @@ import type { ReplicaEvent } from '../src/engine/replica-set.js';
 import { defaultModelDir, TEST_FORWARD_COST } from './support/default-model.js';
 import { startTestServer, TEST_MODEL_NAME, waitFor } from './support/grpc-server.js';
 
+/** The same greedy request before and after a soak: its text must not change. */
+const PROBE = {
+  request_id: 'probe',
+  messages: { messages: [{ role: 'user' as const, content: 'Name two oceans.' }] },
+  stopping: { max_new_tokens: 24 },
+};
+
 test.serial(
   'soak: random cancels, disconnects and deadlines above capacity leave a healthy server with every terminal accounted for',
   async (t) => {
     const s = await startTestServer({ maxActive: 2, maxQueued: 2 });
     try {
       const client = s.client();
-      const probe = {
-        request_id: 'probe',
-        messages: { messages: [{ role: 'user' as const, content: 'Name two oceans.' }] },
-        stopping: { max_new_tokens: 24 },
-      };
+      const probe = PROBE;
       const before = await client.generate(probe);
       const result = await runSoak({
         address: s.address,
@@ -79,11 +82,7 @@ test.serial(
     const s = await startTestServer({ engine: pool, replicas: pool, maxActive: 4, maxQueued: 4 });
     try {
       const client = s.client();
-      const probe = {
-        request_id: 'probe',
-        messages: { messages: [{ role: 'user' as const, content: 'Name two oceans.' }] },
-        stopping: { max_new_tokens: 24 },
-      };
+      const probe = PROBE;
       const before = await client.generate(probe);
       const rssStart = process.memoryUsage().rss;
       // The cache counters, as a scrape would read them, must never go down when a replica is replaced.
@@ -150,12 +149,7 @@ test.serial(
     const s = await startTestServer({ engine: pool, replicas: pool, maxActive: 2, maxQueued: 2 });
     try {
       const client = s.client();
-      const probe = {
-        request_id: 'probe',
-        messages: { messages: [{ role: 'user' as const, content: 'Name two oceans.' }] },
-        stopping: { max_new_tokens: 24 },
-        cache: { salt: 'probe' },
-      };
+      const probe = { ...PROBE, cache: { salt: 'probe' } };
       const before = await client.generate(probe);
       const documents = ['code-editing', 'summarization'].flatMap((name) =>
         (JSON.parse(readFileSync(join(projectRoot(), `bench/prompts/${name}.json`), 'utf8')) as { prompt: string }[])

@@ -103,6 +103,7 @@ async function main(): Promise<void> {
       out: { type: 'string' },
       'device-run': { type: 'string' },
       'cuda-graphs': { type: 'string', default: 'on' },
+      'weight-gemm': { type: 'string', default: 'on' },
       'tokens-out': { type: 'string' },
       prompts: { type: 'string' },
     },
@@ -117,7 +118,11 @@ async function main(): Promise<void> {
     throw new Error(`--device-run must be one of ${DEVICE_RUN_MODES.join(', ')}`);
   const rowsMin = {
     ...(values['rows-min'] !== undefined ? { forwardRowsMin: Number(values['rows-min']) } : {}),
-    experimental: { ...(deviceRun !== undefined ? { deviceRun } : {}), cudaGraphs: values['cuda-graphs'] !== 'off' },
+    experimental: {
+      ...(deviceRun !== undefined ? { deviceRun } : {}),
+      cudaGraphs: values['cuda-graphs'] !== 'off',
+      weightOnlyGemm: values['weight-gemm'] !== 'off',
+    },
   };
   const tokensOut: Record<string, number[]> = {};
   const promptsMax = values.prompts !== undefined ? Number(values.prompts) : Infinity;
@@ -206,6 +211,7 @@ async function main(): Promise<void> {
     provider,
     deviceRun: deviceRun ?? 'auto',
     cudaGraphs: values['cuda-graphs'] !== 'off',
+    weightOnlyGemm: values['weight-gemm'] !== 'off',
     runner: runnerInfo,
     threads,
     forwardRowsMin: values['rows-min'] ?? 'default',

@@ -9,7 +9,7 @@
  * path runs on the CPU provider (how the tests cover it).
  *
  *   cudaDeviceCount() -> CUDA devices here (throws naming what is missing: the runtime, the driver)
- *   createCudaSession(path, intraOpThreads, deviceId, cudaGraph) -> session
+ *   createCudaSession(path, intraOpThreads, deviceId, cudaGraph, weightOnlyGemm) -> session
  *   deviceAlloc(session, bytes) -> buffer (zeroed)     freeDevice(buffer): frees it now
  *   deviceView(buffer, byteOffset, bytes) -> a buffer over that range of `buffer` (one sequence's KV
  *     rows in a batch's slab: the same memory bound either way; freeing the parent invalidates it)
@@ -118,19 +118,20 @@ static void release_cuda_session(Session *s) {
 }
 
 static napi_value create_cuda_session(napi_env env, napi_callback_info info) {
-  size_t argc = 4;
-  napi_value argv[4];
+  size_t argc = 5;
+  napi_value argv[5];
   CHECK_NAPI(napi_get_cb_info(env, info, &argc, argv, NULL, NULL), "createCudaSession: bad arguments");
-  if (argc < 4) return throw_message(env, "createCudaSession(path, intraOpThreads, deviceId, cudaGraph)");
+  if (argc < 5) return throw_message(env, "createCudaSession(path, intraOpThreads, deviceId, cudaGraph, weightOnlyGemm)");
   char path[4096];
   size_t length;
   CHECK_NAPI(napi_get_value_string_utf8(env, argv[0], path, sizeof path, &length), "createCudaSession: path must be a string");
   if (length >= sizeof path - 1) return throw_message(env, "createCudaSession: path too long");
   int32_t threads, device_id;
-  bool cuda_graph;
+  bool cuda_graph, weight_only_gemm;
   CHECK_NAPI(napi_get_value_int32(env, argv[1], &threads), "createCudaSession: intraOpThreads must be a number");
   CHECK_NAPI(napi_get_value_int32(env, argv[2], &device_id), "createCudaSession: deviceId must be a number");
   CHECK_NAPI(napi_get_value_bool(env, argv[3], &cuda_graph), "createCudaSession: cudaGraph must be a boolean");
+  CHECK_NAPI(napi_get_value_bool(env, argv[4], &weight_only_gemm), "createCudaSession: weightOnlyGemm must be a boolean");
   const char *missing = load_cuda();
   if (missing != NULL) return throw_message(env, missing);
   int error = cuda.set_device(device_id);
@@ -163,6 +164,12 @@ static napi_value create_cuda_session(napi_env env, napi_callback_info info) {
   if (status == NULL) status = g_ort->SetSessionLogSeverityLevel(options, 3);
   // A node the CUDA provider cannot take is a load error, not a silent CPU fallback.
   if (status == NULL) status = g_ort->AddSessionConfigEntry(options, "session.disable_cpu_ep_fallback", "1");
+  // MatMulNBits nodes without zero points (Q4_0, Q8_0) on TensorRT-LLM's weight-only GEMV/GEMM
+  // (docs/perf-notes.md, issue 33). ORT 1.30 reads only the environment, when the session's kernels
+  // are made; later versions take the session entry first. Set both ways, so the option decides.
+  if (status == NULL)
+    status = g_ort->AddSessionConfigEntry(options, "ep.cuda.fpa_intb_gemm", weight_only_gemm ? "1" : "0");
+  if (status == NULL) setenv("ORT_FPA_INTB_GEMM", weight_only_gemm ? "1" : "0", 1);
   // Diagnosis only: ANPD_ORT_PROFILE=PREFIX writes ORT's per-node profile when the session is released.
   const char *profile = getenv("ANPD_ORT_PROFILE");
   if (status == NULL && profile != NULL && profile[0] != '\0') {

@@ -6,7 +6,7 @@
 # Writes its logs and JSON results to $OUT. Steps: smoke, forward table, decode (CUDA graphs on /
 # off, token ids compared), rows (decode by forward row count), the peers run against llama.cpp,
 # scale (a 1.7B-shaped random model, both engines), concurrency; issue 30: llamabuild, load, llama, hostprof, gemma, bigload;
-# issue 33: stepprof.
+# issue 33: stepprof, wgemm.
 #   ROWS="4 8" bash bench/gpu/h200-run.sh [steps...]   (default: all)
 #   MODEL=/tmp/g16 GGUF=/tmp/gemma.gguf GREEDY="on off" TAG=-gemma bash bench/gpu/h200-run.sh peers
 #     (another model; greedy decoding with the argmax on the device and with the logits brought back)
@@ -176,6 +176,23 @@ for step in $steps; do
         ANPD_ORT_PROFILE=/tmp/prof/p timeout ${STEP_TIMEOUT:-300} node dist/bench/gpu/step-profile.js --model "$dir" --cuda-graphs off --steps 200 >/dev/null 2>&1
         for f in /tmp/prof/*.json; do node bench/gpu/profile-summary.mjs "$f" 30; done > "$out/profile-$name.txt" 2>&1
         grep -A12 '"file"' "$out/profile-$name.txt" | tee -a "$log"
+      done ;;
+    wgemm)
+      # Issue 33: ORT's fpA_intB weight-only kernels (RuntimeOptions.experimental.weightOnlyGemm) on
+      # and off, per model, in one run: llama-bench tg128, one decode step alone (graphs on), and the
+      # peers table (plain and ANPD against llama-simple / llama-lookup; ours plain == ANPD checked).
+      say wgemm "(llama build rc: $(cat /tmp/b/build.rc 2>/dev/null || echo none))"
+      for triple in ${PROFILE_MODELS:-smollm2:/tmp/m16:/tmp/model.gguf big1p7:/tmp/big16:/tmp/big.gguf big8b:/tmp/b8-16:/tmp/b8.gguf gemma3:/tmp/g16:/tmp/gemma.gguf}; do
+        name=${triple%%:*}; rest=${triple#*:}; dir=${rest%%:*}; gg=${rest#*:}
+        [ -f "$dir/anpd-model.json" ] || { say "wgemm: no $dir"; continue; }
+        timeout 120 "$llama/llama-bench" -m "$gg" -ngl 99 -p 0 -n 128 -r 5 -o json > "$out/llama-$name.json" 2>/dev/null \
+          && node -e "const r=JSON.parse(require('fs').readFileSync('$out/llama-$name.json','utf8'));console.log('llama-bench $name tg128', r.map(x=>x.avg_ts.toFixed(1)+' tok/s').join(', '))" | tee -a "$log"
+        for w in on off; do
+          timeout 120 node dist/bench/gpu/step-profile.js --model "$dir" --weight-gemm $w --steps 400 2>&1 | tail -1 | tee -a "$log"
+        done
+        for w in ${WGEMM_PEERS:-on}; do
+          timeout ${PEERS_TIMEOUT:-200} node dist/bench/gpu-peers.js --model "$dir" --gguf "$gg" --llama-bin "$llama" --prompts ${PEERS_PROMPTS:-4} --weight-gemm $w --out "$out/peers-$name-wgemm-$w.json" 2>&1 | grep -v '^{' | grep -v '^\[gpu-peers\] prompt' | tail -14 | tee -a "$log"
+        done
       done ;;
     replicas)
       say replicas

@@ -27,7 +27,7 @@ case ${1:-} in
     bg "mkdir -p /tmp/b && tar -xJf .gpu/llama/llamacpp-src.tar.xz -C /tmp/b && cd /tmp/b/llama.cpp \
       && cmake -B build -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
            -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DCMAKE_BUILD_TYPE=Release \
-      && cmake --build build -j12 --target llama-bench llama-simple; echo rc \$? > /tmp/b/build.rc" llama ;;
+      && cmake --build build -j12 --target llama-bench llama-simple llama-lookup; echo rc \$? > /tmp/b/build.rc" llama ;;
   smollm2)
     need gguf1.part gguf2.part
     cat /tmp/i33/gguf1.part /tmp/i33/gguf2.part > /tmp/model.gguf

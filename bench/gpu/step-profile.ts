@@ -4,7 +4,10 @@
  * 256 positions. Prints the median and p10/p90 ms a forward. With ANPD_ORT_PROFILE=PREFIX and
  * `--cuda-graphs off`, ORT writes its per-node profile of (almost only) decode steps:
  * bench/gpu/profile-summary.mjs sums it by operator.
- *   node dist/bench/gpu/step-profile.js --model DIR [--cuda-graphs on|off] [--steps 300] [--out FILE]
+ *   node dist/bench/gpu/step-profile.js --model DIR [--cuda-graphs on|off] [--weight-gemm on|off] [--rows N]
+ *     [--steps 300] [--out FILE]
+ * `--weight-gemm` toggles ORT's fpA_intB kernels (RuntimeOptions.experimental.weightOnlyGemm); `--rows`
+ * the query rows of a short forward (the device path's default, 4, unless given).
  */
 import { writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
@@ -20,6 +23,8 @@ async function main(): Promise<void> {
     options: {
       model: { type: 'string' },
       'cuda-graphs': { type: 'string', default: 'on' },
+      'weight-gemm': { type: 'string', default: 'on' },
+      rows: { type: 'string' },
       steps: { type: 'string', default: '300' },
       provider: { type: 'string', default: 'cuda' },
       out: { type: 'string' },
@@ -31,7 +36,8 @@ async function main(): Promise<void> {
     executionProvider: values.provider as 'cuda',
     intraOpThreads: 4,
     kvCapacity: 1024,
-    experimental: { cudaGraphs: values['cuda-graphs'] !== 'off' },
+    ...(values.rows !== undefined ? { forwardRowsMin: Number(values.rows) } : {}),
+    experimental: { cudaGraphs: values['cuda-graphs'] !== 'off', weightOnlyGemm: values['weight-gemm'] !== 'off' },
   });
   try {
     const seq = model.createSequence({ capacity: 512 });
@@ -50,6 +56,7 @@ async function main(): Promise<void> {
     const result = {
       model: values.model,
       cudaGraphs: values['cuda-graphs'],
+      weightGemm: values['weight-gemm'],
       runner: model.info.runner,
       rows: model.info.forwardRowsMin,
       steps,

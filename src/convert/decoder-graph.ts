@@ -358,7 +358,7 @@ class GraphBuilder {
 function concatRows(parts: readonly NBitsWeight[]): NBitsWeight {
   const first = parts[0]!;
   for (const p of parts) {
-    if (p.k !== first.k || p.bits !== first.bits || (p.zeroPoints === undefined) !== (first.zeroPoints === undefined)) {
+    if (p.k !== first.k || p.bits !== first.bits || (p.bits === 8 && p.zeroPoints !== undefined)) {
       throw new Error('concatRows: incompatible parts');
     }
   }
@@ -385,13 +385,13 @@ function concatRows(parts: readonly NBitsWeight[]): NBitsWeight {
       parts.map((p) => p.scales),
       Float32Array,
     ),
-    zeroPoints:
-      first.zeroPoints === undefined
-        ? undefined
-        : cat(
-            parts.map((p) => p.zeroPoints!),
-            Uint8Array,
-          ),
+    // Zero points where any part has them; a symmetric part (Q4_0) gets its implied default, 8.
+    zeroPoints: parts.every((p) => p.zeroPoints === undefined)
+      ? undefined
+      : cat(
+          parts.map((p) => p.zeroPoints ?? new Uint8Array(p.n * Math.ceil(p.k / QUANT_BLOCK / 2)).fill(0x88)),
+          Uint8Array,
+        ),
     blockMins: withMins
       ? cat(
           parts.map((p) => p.blockMins ?? new Float32Array(p.scales.length)),

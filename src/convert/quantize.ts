@@ -327,7 +327,7 @@ export function toNBitsParts(file: GgufFile, ts: readonly GgufTensorInfo[]): NBi
 
 /**
  * Any tensor → 4-bit MatMulNBits with uint8 zero points (ORT's fast path).
- * Q4_0 maps exactly (scale d, zero point 8). Other formats are requantized per 32-block: min-max init,
+ * Q4_0 maps exactly (scale d, the default zero point 8, so none stored). Other formats are requantized per 32-block: min-max init,
  * then a few least-squares refinements of scale and zero point; the converted ONNX model is then
  * the reference the engine is judged against.
  */
@@ -338,8 +338,6 @@ export function toNBits4(file: GgufFile, t: GgufTensorInfo): NBitsWeight {
   const blocks = n * blocksPerRow;
   const packed = new Uint8Array(blocks * 16);
   const scales = new Float32Array(blocks);
-  const zpStride = Math.ceil(blocksPerRow / 2);
-  const zeroPoints = new Uint8Array(n * zpStride);
   if (t.type === GgmlType.Q4_0) {
     const src = tensorBytes(file, t);
     for (let b = 0; b < blocks; b++) {
@@ -351,9 +349,12 @@ export function toNBits4(file: GgufFile, t: GgufTensorInfo): NBitsWeight {
         packed[b * 16 + i] = lo | (hi << 4);
       }
     }
-    zeroPoints.fill(0x88);
-    return { bits: 4, n, k, packed, scales, zeroPoints };
+    // No zero points: MatMulNBits' default, 8, is Q4_0's, and only such nodes take ORT's fpA_intB
+    // kernels on CUDA (RuntimeOptions.experimental.weightOnlyGemm).
+    return { bits: 4, n, k, packed, scales, zeroPoints: undefined };
   }
+  const zpStride = Math.ceil(blocksPerRow / 2);
+  const zeroPoints = new Uint8Array(n * zpStride);
   const w = dequantize(file, t);
   const q = new Uint8Array(QUANT_BLOCK);
   for (let row = 0; row < n; row++) {

@@ -5,7 +5,7 @@
 export const MANIFEST_FILE = 'anpd-model.json';
 export const MANIFEST_FORMAT = 'anpd-gqa-decoder';
 /** Bump when the converter's output changes: it keys the conversion cache. */
-export const CONVERTER_VERSION = 3;
+export const CONVERTER_VERSION = 4;
 
 export interface ModelManifest {
   readonly format: typeof MANIFEST_FORMAT;

@@ -159,6 +159,7 @@ function openDeviceModel(
       intraOpThreads: plan.intraOpThreads,
       deviceId: plan.deviceId,
       cudaGraphs: plan.experimental.cudaGraphs,
+      weightOnlyGemm: plan.experimental.weightOnlyGemm,
       ...(shareWith !== undefined ? { shareWith } : {}),
       ...(target === 'host' && manifest.attention === 'paged' ? { pagedAttention: true } : {}),
     });

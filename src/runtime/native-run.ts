@@ -16,7 +16,13 @@ interface Addon {
   createSession(path: string, intraOpThreads: number, attentionDomain?: string, pagedAttention?: boolean): unknown;
   run(session: unknown, ...lists: unknown[]): void;
   releaseSession(session: unknown): void;
-  createCudaSession(path: string, intraOpThreads: number, deviceId: number, cudaGraph: boolean): unknown;
+  createCudaSession(
+    path: string,
+    intraOpThreads: number,
+    deviceId: number,
+    cudaGraph: boolean,
+    weightOnlyGemm: boolean,
+  ): unknown;
   cudaDeviceCount(): number;
   deviceAlloc(session: unknown, bytes: number): DeviceBuffer;
   freeDevice(buffer: DeviceBuffer): void;
@@ -171,6 +177,8 @@ export class DeviceSession {
       readonly intraOpThreads: number;
       readonly deviceId?: number;
       readonly cudaGraphs?: boolean;
+      /** CUDA: ORT's fpA_intB kernels for MatMulNBits nodes without zero points (RuntimeOptions.experimental.weightOnlyGemm). */
+      readonly weightOnlyGemm?: boolean;
       /** Another session of the same target and device whose buffers this one may read and write (a model's batch graphs). */
       readonly shareWith?: DeviceSession;
       /** Host target: PagedAttention nodes run on the addon's CPU kernel (ORT has only CUDA's). */
@@ -182,7 +190,13 @@ export class DeviceSession {
     this.cudaGraphs = options.target === 'cuda' && options.cudaGraphs !== false;
     this.handle =
       options.target === 'cuda'
-        ? addon.createCudaSession(path, options.intraOpThreads, options.deviceId ?? 0, this.cudaGraphs)
+        ? addon.createCudaSession(
+            path,
+            options.intraOpThreads,
+            options.deviceId ?? 0,
+            this.cudaGraphs,
+            options.weightOnlyGemm === true,
+          )
         : addon.createSession(path, options.intraOpThreads, undefined, options.pagedAttention === true);
     if (options.shareWith !== undefined) addon.shareDeviceMemory(this.handle, options.shareWith.handle);
   }

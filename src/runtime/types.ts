@@ -242,6 +242,13 @@ export interface ExperimentalRuntimeOptions {
   /** Device path on CUDA: run each forward shape once at load (ORT's first run of a shape is slow). @default true */
   readonly warmUp?: boolean;
   /**
+   * On CUDA: ORT's fpA_intB weight-only kernels for MatMulNBits (TensorRT-LLM's GEMV for a few rows,
+   * a CUTLASS GEMM for prefill; session config `ep.cuda.fpa_intb_gemm`). They take only weights
+   * without zero points (Q4_0, Q8_0, Q5_0 as converted); other nodes keep ORT's default kernels.
+   * false: ORT's default kernels everywhere (for measuring what it wins). @default true
+   */
+  readonly weightOnlyGemm?: boolean;
+  /**
    * With batching: prefill chunk size. ≤ 32 (the step scheduler's BATCH_TOKENS_MAX, with padding)
    * lets prefill chunks share forwards with other sequences' decodes; 512 runs each prompt alone. @default 512
    */
@@ -286,6 +293,7 @@ export interface RuntimePlan {
     readonly cudaGraphs: boolean;
     readonly greedyOnDevice: boolean;
     readonly warmUp: boolean;
+    readonly weightOnlyGemm: boolean;
   };
   /** The paged graph runs the full-width shape every step (RuntimeOptions.batchInvariant). */
   readonly batchInvariant: boolean;

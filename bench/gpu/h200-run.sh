@@ -190,7 +190,7 @@ for step in $steps; do
         for w in on off; do
           timeout 120 node dist/bench/gpu/step-profile.js --model "$dir" --weight-gemm $w --steps 400 2>&1 | tail -1 | tee -a "$log"
         done
-        for w in ${WGEMM_PEERS:-on}; do
+        for w in ${WGEMM_PEERS-on}; do
           timeout ${PEERS_TIMEOUT:-200} node dist/bench/gpu-peers.js --model "$dir" --gguf "$gg" --llama-bin "$llama" --prompts ${PEERS_PROMPTS:-4} --weight-gemm $w --out "$out/peers-$name-wgemm-$w.json" 2>&1 | grep -v '^{' | grep -v '^\[gpu-peers\] prompt' | tail -14 | tee -a "$log"
         done
       done ;;

@@ -10,9 +10,12 @@ import test from 'ava';
 import { DEFAULT_SPECULATION, type GenerateRequest, NO_SPECULATION } from '../src/contract.js';
 import { createEngine } from '../src/engine/create-engine.js';
 import type { Engine } from '../src/engine/engine.js';
+import { PrefixCache } from '../src/engine/prefix-cache.js';
 import { projectRoot } from '../src/paths.js';
+import type { DeviceDecoderModel } from '../src/runtime/device-decoder.js';
+import type { DecoderSequence } from '../src/runtime/types.js';
 import type { TokenLogprob } from '../src/sampling/logprobs.js';
-import { defaultModelDir, TEST_FORWARD_COST } from './support/default-model.js';
+import { convertedVariant, defaultModelDir, TEST_FORWARD_COST } from './support/default-model.js';
 
 const DOCUMENT = (
   JSON.parse(readFileSync(join(projectRoot(), 'bench/prompts/document-qa.json'), 'utf8')) as { prompt: string }[]
@@ -39,13 +42,18 @@ interface Output {
   cached?: number;
 }
 
-async function run(e: Engine, content: string, extra: Partial<GenerateRequest> = {}): Promise<Output> {
+async function run(
+  e: Engine,
+  content: string,
+  extra: Partial<GenerateRequest> = {},
+  system: string = DOCUMENT,
+): Promise<Output> {
   const out: Output = { ids: [], logprobs: [] };
   for await (const event of e.generate({
     prompt: {
       kind: 'messages',
       messages: [
-        { role: 'system', content: DOCUMENT },
+        { role: 'system', content: system },
         { role: 'user', content },
       ],
     },
@@ -138,6 +146,98 @@ test.serial('another scope never hits; the cache stays within its bound and evic
     await small.dispose();
   }
 });
+
+/** A stand-in sequence: the cache only keeps, copies from (not here) and disposes them. */
+function keptSequence(): DecoderSequence & { disposed: boolean } {
+  const s = {
+    length: 0,
+    capacity: 4096,
+    disposed: false,
+    forward: () => Promise.reject(new Error('unused')),
+    rewind: () => {},
+    dispose: () => {
+      s.disposed = true;
+    },
+  };
+  return s;
+}
+
+test('with prefill chunks (the device path), a hit ends on a chunk boundary within what its source prefilled', (t) => {
+  const cache = new PrefixCache(10_000, { bytesPerSequence: 1_000, chunkTokens: 8 });
+  const source = Int32Array.from({ length: 40 }, (_, i) => i);
+  // Positions [0, 30) came from the prompt's prefill, [30, 40) from decoding.
+  cache.retain('s', source, 30, keptSequence());
+  t.is(cache.bytesHeld, 1_000, 'a whole KV set whatever the length');
+  const prompt = (shared: number, length: number) => Array.from({ length }, (_, i) => (i < shared ? i : 1_000 + i));
+  t.is(cache.lookup('s', prompt(40, 50))?.length, 24, 'the generated part and the partial chunk are not reused');
+  t.is(cache.lookup('s', prompt(21, 50))?.length, 16);
+  t.is(cache.lookup('s', prompt(15, 50)), undefined, 'shorter than a chunk: a miss');
+  t.is(cache.lookup('other', prompt(40, 50)), undefined);
+  // Too short a prefill to serve anything: disposed at once.
+  const short = keptSequence();
+  cache.retain('s', source.slice(0, 20), 7, short);
+  t.true(short.disposed);
+  t.is(cache.size, 1);
+  // Without chunks (host KV) the whole shared prefix, generated part included.
+  const host = new PrefixCache(1 << 30, { bytesPerPosition: 100 });
+  host.retain('s', source, 30, keptSequence());
+  t.is(host.lookup('s', prompt(40, 50))?.length, 40);
+  t.is(host.bytesHeld, (40 + 256) * 100);
+});
+
+test.serial(
+  'on the device path (emulated, 2 batch places): a hit starts on a prefill chunk boundary, gives the cold tokens and bitwise log-probabilities, and the kept sequence gives its batch place back',
+  async (t) => {
+    const single = await convertedVariant({ dtype: 'float16' });
+    const batch2 = await convertedVariant({ dtype: 'float16', slots: 2 });
+    const e = await createEngine(
+      single,
+      {
+        executionProvider: 'cpu',
+        intraOpThreads: 0,
+        kvCapacity: 2048,
+        batchModelDir: [batch2],
+        experimental: { deviceRun: 'emulate' },
+      },
+      { forwardCost: { mode: 'fixed', table: TEST_FORWARD_COST }, prefixCacheBytes: 256 * 2 ** 20 },
+    );
+    try {
+      const model = e.model as unknown as DeviceDecoderModel;
+      const chunk = e.info.prefixReuseChunkTokens!;
+      t.is(chunk, 512);
+      t.true(e.info.kvBytesPerSequence! > 0 && e.info.kvBytesPerPosition === undefined);
+      // Two documents: a system prompt past one prefill chunk.
+      const second = (
+        JSON.parse(readFileSync(join(projectRoot(), 'bench/prompts/summarization.json'), 'utf8')) as {
+          prompt: string;
+        }[]
+      )[0]!.prompt;
+      const system = `${DOCUMENT}\n\n${second}`;
+      for (const speculation of [NO_SPECULATION, DEFAULT_SPECULATION]) {
+        const scope = `device-${speculation.mode}`;
+        await run(e, QUESTIONS[0]!, { speculation, cacheScope: scope }, system);
+        const slots = [model.createSequence(), model.createSequence()] as unknown as ({
+          slot: number;
+        } & DecoderSequence)[];
+        t.deepEqual(
+          slots.map((s) => s.slot),
+          [0, 1],
+          'the kept sequence holds no batch place',
+        );
+        for (const s of slots) s.dispose();
+        for (const question of QUESTIONS.slice(1, 3)) {
+          const cold = await run(e, question, { speculation }, system);
+          const warm = await run(e, question, { speculation, cacheScope: scope }, system);
+          t.deepEqual(warm.ids, cold.ids, `${scope}: ${question}`);
+          t.deepEqual(warm.logprobs, cold.logprobs, `${scope}: ${question} (log-probabilities bitwise)`);
+          t.true(warm.cached! >= chunk && warm.cached! % chunk === 0, `${warm.cached} cached prompt tokens`);
+        }
+      }
+    } finally {
+      await e.dispose();
+    }
+  },
+);
 
 test.after.always(async () => {
   await (await shared)?.dispose();

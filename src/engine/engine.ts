@@ -49,8 +49,8 @@ export class Engine implements GenerationBackend {
   readonly draftPools = new DraftPools({ tokensMax: DRAFT_POOL_TOKENS_MAX }, DRAFT_POOL_SCOPES_MAX);
 
   /**
-   * Finished requests' KV by cache scope (host-KV models, `prefixCacheBytes` > 0): later prompts
-   * that start the same way copy it and prefill only the rest.
+   * Finished requests' KV by cache scope (host-KV models and the device path, `prefixCacheBytes` >
+   * 0): later prompts that start the same way copy it and prefill only the rest.
    */
   readonly prefixCache: PrefixCache | undefined;
 
@@ -68,9 +68,15 @@ export class Engine implements GenerationBackend {
     this.tokenizer = tokenizer;
     this.steps = StepScheduler.forModel(model);
     this.forwardCosts = new ForwardCostTable(model, forwardCost);
-    const perPosition = model.info.kvBytesPerPosition;
+    const { kvBytesPerPosition, kvBytesPerSequence, prefixReuseChunkTokens } = model.info;
     this.prefixCache =
-      prefixCacheBytes > 0 && perPosition !== undefined ? new PrefixCache(prefixCacheBytes, perPosition) : undefined;
+      prefixCacheBytes > 0 && (kvBytesPerPosition ?? kvBytesPerSequence) !== undefined
+        ? new PrefixCache(prefixCacheBytes, {
+            bytesPerPosition: kvBytesPerPosition,
+            bytesPerSequence: kvBytesPerSequence,
+            chunkTokens: prefixReuseChunkTokens,
+          })
+        : undefined;
   }
 
   get info(): ModelInfo {
@@ -218,7 +224,7 @@ export class Engine implements GenerationBackend {
           tokens[i] = i < promptTokens.length ? promptTokens[i]! : outputIds[i - promptTokens.length]!;
         kept.rewind(length);
         kept.releaseScratch?.();
-        cache!.retain(scope!, tokens, kept);
+        cache!.retain(scope!, tokens, promptTokens.length - 1, kept);
       }
       for (const s of sequences) s.dispose();
       for (const c of constraints) c.dispose();

@@ -104,11 +104,18 @@ export class DeviceDecoderModel implements DecoderModel, DeviceBatchModel {
     this.freeKvSets.push(...[...this.kvSets].reverse());
     this.liveBySlot = new Array<DeviceSequence | undefined>(this.slots).fill(undefined);
     this.batchExecutor = this.slots > 0 ? new DeviceBatchExecutor(this, batchGraphs) : undefined;
-    this.info = convertedModelInfo(manifest, plan, {
-      contextLength: capacity,
-      batchSlots: Math.max(1, this.slots),
-      verifyTokensMax: this.rows,
-    });
+    this.info = {
+      ...convertedModelInfo(manifest, plan, {
+        contextLength: capacity,
+        batchSlots: Math.max(1, this.slots),
+        verifyTokensMax: this.rows,
+      }),
+      kvBytesPerSequence: 2 * manifest.layers * this.kvBytes,
+      // A prefill runs in chunks of FORWARD_TOKENS_MAX from position 0, each padded to a shape of
+      // its own: a reused prefix ending on a chunk boundary leaves the rest to the very chunks a
+      // cold prefill runs (same shapes, same past lengths, same kernels), so the KV is the same bits.
+      prefixReuseChunkTokens: FORWARD_TOKENS_MAX,
+    };
   }
 
   get argmax(): boolean {
@@ -184,6 +191,25 @@ export class DeviceDecoderModel implements DecoderModel, DeviceBatchModel {
     from.buffers.forEach((b, i) => this.session.copy(to.buffers[i]!, 0, b, 0, this.kvBytes));
   }
 
+  /**
+   * @internal A KV set outside the batch graphs' places (a free one, else a new one) holding a
+   * copy of `from`: a sequence kept only to be copied from (the prefix cache) gives its place back.
+   */
+  parkKvSet(from: KvSet): KvSet {
+    if (this.disposed) return from;
+    const highest = this.freeKvSets[0];
+    let kv: KvSet;
+    if (highest !== undefined && highest.index >= this.slots) kv = this.freeKvSets.shift()!;
+    else {
+      const buffers = Array.from({ length: 2 * this.manifest.layers }, () => this.session.alloc(this.kvBytes));
+      kv = { index: this.kvSets.length, buffers };
+      this.kvSets.push(kv);
+    }
+    this.copyKvSet(from, kv);
+    this.releaseKvSet(from);
+    return kv;
+  }
+
   /** A sequence gives its KV set back; the next sequence reuses it (and its CUDA graph). */
   releaseKvSet(kv: KvSet): void {
     if (this.disposed) return;
@@ -206,12 +232,12 @@ export class DeviceDecoderModel implements DecoderModel, DeviceBatchModel {
 class DeviceSequence implements DecoderSequence, DeviceBatchSequence {
   readonly capacity: number;
   /** Its place in the batch graphs (−1: its forwards run alone). */
-  readonly slot: number;
+  slot: number;
   private kvLength = 0;
   private disposed = false;
   private readonly model: DeviceDecoderModel;
-  private readonly kv: KvSet;
-  private readonly graphId: number;
+  private kv: KvSet;
+  private graphId: number;
   private readonly inputs: Record<string, DeviceValue> = {};
   private readonly outputs: Record<string, DeviceValue> = {};
   private readonly idsShort: BigInt64Array;
@@ -258,6 +284,11 @@ class DeviceSequence implements DecoderSequence, DeviceBatchSequence {
       this.outputs['argmax'] = this.argmaxValue;
       this.forwardGreedy = (tokens, rows) => this.greedy(tokens, rows);
     }
+    this.bindKv(kv);
+  }
+
+  private bindKv(kv: KvSet): void {
+    const model = this.model;
     const dims = model.kvDims;
     for (let l = 0; l < model.layers; l++) {
       const key = { data: kv.buffers[2 * l]!, dims, type: model.elementType };
@@ -409,6 +440,17 @@ class DeviceSequence implements DecoderSequence, DeviceBatchSequence {
     checkRewind(length, this.kvLength);
     this.kvLength = length;
   }
+
+  /** Kept only to be copied from: its batch place goes back to the pool, its KV to a set of its own. */
+  readonly releaseScratch = (): void => {
+    if (this.disposed) return;
+    this.results.clear();
+    if (this.slot < 0) return;
+    this.kv = this.model.parkKvSet(this.kv);
+    this.slot = -1;
+    this.graphId = this.kv.index < GRAPH_IDS_MAX ? this.kv.index : -1;
+    this.bindKv(this.kv);
+  };
 
   dispose(): void {
     if (this.disposed) return;

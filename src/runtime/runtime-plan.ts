@@ -202,7 +202,8 @@ export function convertedModelInfo(
     runner: plan.runner,
     attention: plan.attention,
     dtype: plan.dtype,
-    ...(plan.provider === 'cpu'
+    // The device path (emulated on the CPU too) says its own: its KV comes in whole sets.
+    ...(plan.provider === 'cpu' && plan.backend !== 'device'
       ? {
           kvBytesPerPosition:
             manifest.layers * 2 * manifest.kvHeads * manifest.headDim * (plan.dtype === 'float16' ? 2 : 4),

@@ -34,6 +34,16 @@ export interface ModelInfo {
   readonly dtype: 'float32' | 'float16';
   /** Host memory one KV position takes (all layers' keys and values), where the KV lives on the host (CPU); absent elsewhere. */
   readonly kvBytesPerPosition?: number;
+  /** Device memory a sequence holds whatever its length (the device path: a whole KV set); absent elsewhere. */
+  readonly kvBytesPerSequence?: number;
+  /**
+   * Where a position's KV depends on the forward that computed it (the device path: its kernels
+   * change with the forward's length), a prefix's KV equals a cold prefill's only chunk for
+   * chunk: the prefill's chunk length. A reused prefix (the prefix cache) then ends on a multiple
+   * of it, within the positions its source prefilled. Absent: any shared prefix is reused (host
+   * KV: bitwise the same from any forward, test/model-reference.test.ts).
+   */
+  readonly prefixReuseChunkTokens?: number;
 }
 
 export interface DecoderSequence {
@@ -67,8 +77,9 @@ export interface DecoderSequence {
   /** Forgets every position ≥ `length` (a rejected draft). O(1) for the GQA layout. */
   rewind(length: number): void;
   /**
-   * Frees what only its forwards need (logits buffers), keeping the KV: for a sequence that will
-   * only be copied from from now on (the prefix cache). A later forward makes them again.
+   * Frees what only its forwards need (logits buffers; on the device path its batch place, the KV
+   * moving to a set of its own), keeping the KV: for a sequence that will only be copied from from
+   * now on (the prefix cache). A later forward makes them again.
    */
   readonly releaseScratch?: (() => void) | undefined;
   dispose(): void;

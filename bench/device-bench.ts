@@ -103,7 +103,7 @@ async function main(): Promise<void> {
       out: { type: 'string' },
       'device-run': { type: 'string' },
       'cuda-graphs': { type: 'string', default: 'on' },
-      'weight-gemm': { type: 'string', default: 'on' },
+      'weight-gemm': { type: 'string' },
       'tokens-out': { type: 'string' },
       prompts: { type: 'string' },
     },
@@ -121,7 +121,7 @@ async function main(): Promise<void> {
     experimental: {
       ...(deviceRun !== undefined ? { deviceRun } : {}),
       cudaGraphs: values['cuda-graphs'] !== 'off',
-      weightOnlyGemm: values['weight-gemm'] !== 'off',
+      weightOnlyGemm: values['weight-gemm'] === 'on',
     },
   };
   const tokensOut: Record<string, number[]> = {};
@@ -211,7 +211,7 @@ async function main(): Promise<void> {
     provider,
     deviceRun: deviceRun ?? 'auto',
     cudaGraphs: values['cuda-graphs'] !== 'off',
-    weightOnlyGemm: values['weight-gemm'] !== 'off',
+    weightOnlyGemm: values['weight-gemm'] === 'on',
     runner: runnerInfo,
     threads,
     forwardRowsMin: values['rows-min'] ?? 'default',

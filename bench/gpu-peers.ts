@@ -55,7 +55,7 @@ async function main(): Promise<void> {
       'draft-n-max': { type: 'string', default: '10' },
       'rows-min': { type: 'string' },
       'greedy-on-device': { type: 'string', default: 'on' },
-      'weight-gemm': { type: 'string', default: 'on' },
+      'weight-gemm': { type: 'string' },
       out: { type: 'string' },
     },
   });
@@ -76,7 +76,7 @@ async function main(): Promise<void> {
     executionProvider: provider,
     intraOpThreads: 4,
     kvCapacity: 2048,
-    experimental: { greedyOnDevice, weightOnlyGemm: values['weight-gemm'] !== 'off' },
+    experimental: { greedyOnDevice, weightOnlyGemm: values['weight-gemm'] === 'on' },
     ...rows,
   });
   log(

@@ -6,7 +6,7 @@
  * bench/gpu/profile-summary.mjs sums it by operator.
  *   node dist/bench/gpu/step-profile.js --model DIR [--cuda-graphs on|off] [--weight-gemm on|off] [--rows N]
  *     [--steps 300] [--out FILE]
- * `--weight-gemm` toggles ORT's fpA_intB kernels (RuntimeOptions.experimental.weightOnlyGemm); `--rows`
+ * `--weight-gemm` toggles ORT's fpA_intB kernels (RuntimeOptions.experimental.weightOnlyGemm, default off); `--rows`
  * the query rows of a short forward (the device path's default, 4, unless given).
  */
 import { writeFileSync } from 'node:fs';
@@ -23,7 +23,7 @@ async function main(): Promise<void> {
     options: {
       model: { type: 'string' },
       'cuda-graphs': { type: 'string', default: 'on' },
-      'weight-gemm': { type: 'string', default: 'on' },
+      'weight-gemm': { type: 'string' },
       rows: { type: 'string' },
       steps: { type: 'string', default: '300' },
       provider: { type: 'string', default: 'cuda' },
@@ -37,7 +37,7 @@ async function main(): Promise<void> {
     intraOpThreads: 4,
     kvCapacity: 1024,
     ...(values.rows !== undefined ? { forwardRowsMin: Number(values.rows) } : {}),
-    experimental: { cudaGraphs: values['cuda-graphs'] !== 'off', weightOnlyGemm: values['weight-gemm'] !== 'off' },
+    experimental: { cudaGraphs: values['cuda-graphs'] !== 'off', weightOnlyGemm: values['weight-gemm'] === 'on' },
   });
   try {
     const seq = model.createSequence({ capacity: 512 });
@@ -56,7 +56,7 @@ async function main(): Promise<void> {
     const result = {
       model: values.model,
       cudaGraphs: values['cuda-graphs'],
-      weightGemm: values['weight-gemm'],
+      weightGemm: values['weight-gemm'] ?? 'off',
       runner: model.info.runner,
       rows: model.info.forwardRowsMin,
       steps,

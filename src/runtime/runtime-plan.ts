@@ -79,7 +79,7 @@ export function planRuntime(
       cudaGraphs: x.cudaGraphs ?? true,
       greedyOnDevice: x.greedyOnDevice ?? true,
       warmUp: x.warmUp ?? true,
-      weightOnlyGemm: x.weightOnlyGemm ?? true,
+      weightOnlyGemm: x.weightOnlyGemm ?? false,
     },
     batchInvariant: options.batchInvariant ?? true,
     batchSlots: options.batchSlots ?? PAGED_BATCH_SLOTS_DEFAULT,

@@ -256,7 +256,8 @@ export interface ExperimentalRuntimeOptions {
    * On CUDA: ORT's fpA_intB weight-only kernels for MatMulNBits (TensorRT-LLM's GEMV for a few rows,
    * a CUTLASS GEMM for prefill; session config `ep.cuda.fpa_intb_gemm`). They take only weights
    * without zero points (Q4_0, Q8_0, Q5_0 as converted); other nodes keep ORT's default kernels.
-   * false: ORT's default kernels everywhere (for measuring what it wins). @default true
+   * Off by default until measured on a GPU (docs/perf-notes.md, "Issue 33: the per-step profile"):
+   * the benches' `--weight-gemm on` turns it on. @default false
    */
   readonly weightOnlyGemm?: boolean;
   /**

@@ -25,7 +25,7 @@ import {
   type DeviceBatchSequence,
   StepResultArrays,
 } from './device-batch.js';
-import { type DeviceBuffer, type DeviceSession, type DeviceValue, ONNX_TYPES } from './native-run.js';
+import { type BoundRun, type DeviceBuffer, type DeviceSession, type DeviceValue, ONNX_TYPES } from './native-run.js';
 import { convertedModelInfo } from './runtime-plan.js';
 import type { DecoderModel, DecoderSequence, ModelInfo, RuntimePlan, StepForward, StepResult } from './types.js';
 
@@ -257,6 +257,12 @@ class DeviceSequence implements DecoderSequence, DeviceBatchSequence {
   // A decode step's shapes, made once (the step allocates nothing it need not).
   private readonly shortIdsDims: readonly number[];
   private readonly shortLogitsDims: readonly number[];
+  /**
+   * Decode steps and verifications after the first forward, their values bound once (ORT's
+   * IoBinding): a step then makes and releases no OrtValue (one per input and output, KV
+   * included: ~130 for SmolLM2). Made at the first such step; released with the KV set's binding.
+   */
+  private shortRun: BoundRun | undefined;
 
   constructor(model: DeviceDecoderModel, kv: KvSet, capacity: number) {
     this.model = model;
@@ -288,6 +294,8 @@ class DeviceSequence implements DecoderSequence, DeviceBatchSequence {
   }
 
   private bindKv(kv: KvSet): void {
+    this.shortRun?.release();
+    this.shortRun = undefined;
     const model = this.model;
     const dims = model.kvDims;
     for (let l = 0; l < model.layers; l++) {
@@ -432,7 +440,10 @@ class DeviceSequence implements DecoderSequence, DeviceBatchSequence {
     // The real lengths reach the kernel through seqlens_k. A first forward (no past) passes its own
     // length: that is how ORT tells a first prompt.
     this.totalLength[0] = this.kvLength === 0 || !model.fixedTotalLength ? this.kvLength + padded : model.kvSlots;
-    session.run(this.inputs, this.outputs, graphId);
+    // A short forward after the first: the values set above are the binding's (same memory, same
+    // shapes), only their contents changed.
+    if (short && this.kvLength > 0) (this.shortRun ??= session.bind(this.inputs, this.outputs)).run(graphId);
+    else session.run(this.inputs, this.outputs, graphId);
     this.kvLength += count;
   }
 
@@ -456,6 +467,8 @@ class DeviceSequence implements DecoderSequence, DeviceBatchSequence {
     if (this.disposed) return;
     this.disposed = true;
     this.results.clear();
+    this.shortRun?.release();
+    this.shortRun = undefined;
     this.model.releaseKvSet(this.kv);
   }
 }

@@ -224,6 +224,37 @@ test.serial(
   },
 );
 
+test.serial(
+  "decode steps after the first forward run a binding made once: the same logits as unbound runs, released with the sequence, and before the model's session when a sequence outlives it",
+  async (t) => {
+    const model = (await loadDecoderModel(await defaultModelDir(), EMULATE)) as DeviceDecoderModel;
+    const ids = [1, 9690, 198, 2683, 359, 253, 5356, 28];
+    // Unbound: the whole prompt in one forward, each position's logits kept.
+    const whole = model.createSequence();
+    const expected = Float32Array.from(await whole.forward(ids, 3));
+    whole.dispose();
+    t.is(model.boundSequences.size, 0, 'a first forward binds nothing');
+    // Bound: the same positions one short step at a time after the first forward.
+    const stepped = model.createSequence();
+    await stepped.forward(ids.slice(0, 5), 1);
+    const vocab = model.info.vocabSize;
+    for (let i = 5; i < ids.length; i++) {
+      const row = await stepped.forward([ids[i]!], 1);
+      t.deepEqual([...row], [...expected.subarray((i - 5) * vocab, (i - 4) * vocab)], `position ${i}`);
+    }
+    t.is(model.boundSequences.size, 1, 'the steps share one binding');
+    stepped.dispose();
+    t.is(model.boundSequences.size, 0, 'released with the sequence');
+    const outliving = model.createSequence();
+    await outliving.forward(ids.slice(0, 5), 1);
+    await outliving.forward([ids[5]!], 1);
+    t.is(model.boundSequences.size, 1);
+    await model.dispose();
+    t.is(model.boundSequences.size, 0, "released before the model's session");
+    t.notThrows(() => outliving.dispose());
+  },
+);
+
 test('prefill chunks are padded to a few shapes, where the KV set has room', (t) => {
   t.is(prefillShape(5, 1000), 16);
   t.is(prefillShape(17, 1000), 32);

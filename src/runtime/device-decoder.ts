@@ -218,8 +218,12 @@ export class DeviceDecoderModel implements DecoderModel, DeviceBatchModel {
     this.freeKvSets.sort((a, b) => b.index - a.index);
   }
 
+  /** @internal Sequences holding a bound decode step: their bindings go before the session does. */
+  readonly boundSequences = new Set<{ releaseBinding(): void }>();
+
   async dispose(): Promise<void> {
     this.disposed = true;
+    for (const s of this.boundSequences) s.releaseBinding();
     this.batchExecutor?.dispose();
     // Slab views free nothing: the slab goes below.
     for (const kv of this.kvSets) if (kv.index >= this.slots) for (const b of kv.buffers) this.session.free(b);
@@ -260,7 +264,7 @@ class DeviceSequence implements DecoderSequence, DeviceBatchSequence {
   /**
    * Decode steps and verifications after the first forward, their values bound once (ORT's
    * IoBinding): a step then makes and releases no OrtValue (one per input and output, KV
-   * included: ~130 for SmolLM2). Made at the first such step; released with the KV set's binding.
+   * included: ~130 for SmolLM2). Made at the first such step; released with the sequence, when its KV moves, or before the model's session.
    */
   private shortRun: BoundRun | undefined;
 
@@ -293,9 +297,16 @@ class DeviceSequence implements DecoderSequence, DeviceBatchSequence {
     this.bindKv(kv);
   }
 
-  private bindKv(kv: KvSet): void {
-    this.shortRun?.release();
+  /** @internal Frees the bound decode step (the KV moves, the sequence or its model goes). */
+  releaseBinding(): void {
+    if (this.shortRun === undefined) return;
+    this.shortRun.release();
     this.shortRun = undefined;
+    this.model.boundSequences.delete(this);
+  }
+
+  private bindKv(kv: KvSet): void {
+    this.releaseBinding();
     const model = this.model;
     const dims = model.kvDims;
     for (let l = 0; l < model.layers; l++) {
@@ -442,8 +453,13 @@ class DeviceSequence implements DecoderSequence, DeviceBatchSequence {
     this.totalLength[0] = this.kvLength === 0 || !model.fixedTotalLength ? this.kvLength + padded : model.kvSlots;
     // A short forward after the first: the values set above are the binding's (same memory, same
     // shapes), only their contents changed.
-    if (short && this.kvLength > 0) (this.shortRun ??= session.bind(this.inputs, this.outputs)).run(graphId);
-    else session.run(this.inputs, this.outputs, graphId);
+    if (short && this.kvLength > 0) {
+      if (this.shortRun === undefined) {
+        this.shortRun = session.bind(this.inputs, this.outputs);
+        model.boundSequences.add(this);
+      }
+      this.shortRun.run(graphId);
+    } else session.run(this.inputs, this.outputs, graphId);
     this.kvLength += count;
   }
 
@@ -467,8 +483,7 @@ class DeviceSequence implements DecoderSequence, DeviceBatchSequence {
     if (this.disposed) return;
     this.disposed = true;
     this.results.clear();
-    this.shortRun?.release();
-    this.shortRun = undefined;
+    this.releaseBinding();
     this.model.releaseKvSet(this.kv);
   }
 }

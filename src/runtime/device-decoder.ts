@@ -264,7 +264,8 @@ class DeviceSequence implements DecoderSequence, DeviceBatchSequence {
   /**
    * Decode steps and verifications after the first forward, their values bound once (ORT's
    * IoBinding): a step then makes and releases no OrtValue (one per input and output, KV
-   * included: ~130 for SmolLM2). Made at the first such step; released with the sequence, when its KV moves, or before the model's session.
+   * included: 127 for SmolLM2). Made at the first such step; released with the sequence, when
+   * its KV moves, or before the model's session goes.
    */
   private shortRun: BoundRun | undefined;
 
